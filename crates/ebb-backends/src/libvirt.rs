@@ -1,0 +1,1 @@
+//! libvirt backend over the `virt` crate. BEING WRITTEN.

@@ -1,0 +1,1 @@
+//! In-memory hypervisor for unit tests and the simulator. BEING WRITTEN.

@@ -1,0 +1,11 @@
+//! ebb's pure core: the model of what the agent observes and does, and the
+//! policies that turn one into the other. No I/O, no clock reads, no async:
+//! every function takes `now` and the observation as arguments.
+#![forbid(unsafe_code)]
+
+pub mod memory;
+pub mod model;
+pub mod units;
+
+pub use model::*;
+pub use units::*;

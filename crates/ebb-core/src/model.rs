@@ -1,0 +1,196 @@
+//! What the agent sees each tick (`Observation`) and what it may do
+//! (`Action`), each action carrying the `Reason` that `ebb explain` prints.
+
+use crate::units::{Bytes, Millis};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A VM's identity: its libvirt domain name, unique on a host.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VmId(pub String);
+
+impl VmId {
+    pub fn new(name: impl Into<String>) -> VmId {
+        VmId(name.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for VmId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One tick's view of the host and every domain, read with one bulk call.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    pub at: Millis,
+    pub host: HostMemory,
+    pub vms: Vec<VmObservation>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostMemory {
+    pub total: Bytes,
+    /// What the host could still hand out without swapping (MemAvailable).
+    pub available: Bytes,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    Running,
+    Paused,
+    ShutOff,
+    /// Crashed, suspended by the PM, being migrated, …: nothing to manage.
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmObservation {
+    pub id: VmId,
+    pub state: VmState,
+    /// None when the domain has no balloon device.
+    pub balloon: Option<Balloon>,
+}
+
+/// The balloon as libvirt reports it. `current` is the guest's memory size
+/// (what the balloon leaves the guest), not the balloon's own size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Balloon {
+    pub current: Bytes,
+    pub maximum: Bytes,
+    /// None when the guest driver sends no statistics (no stats period set,
+    /// driver not loaded yet, guest hung).
+    pub stats: Option<GuestMemStats>,
+}
+
+/// The guest's own memory statistics from its balloon driver. Counters are
+/// cumulative since guest boot; the policy turns them into deltas.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GuestMemStats {
+    /// MemTotal as the guest sees it (balloon.available).
+    pub total: Bytes,
+    /// MemFree (balloon.unused).
+    pub unused: Bytes,
+    /// MemAvailable: what the guest could free without swapping (balloon.usable).
+    pub usable: Bytes,
+    pub swap_in: Bytes,
+    pub swap_out: Bytes,
+    pub major_faults: u64,
+    /// Reported by Linux ≥ 6.12 only.
+    pub oom_kills: Option<u64>,
+    /// Guest-side timestamp of the stats (seconds), to tell stale stats.
+    pub last_update: Option<u64>,
+}
+
+impl GuestMemStats {
+    /// Memory the guest needs: what it could not free without swapping.
+    pub fn used(&self) -> Bytes {
+        self.total.saturating_sub(self.usable)
+    }
+}
+
+/// Per-VM settings as the policies see them, after config file, domain
+/// metadata and defaults were merged by the agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmSettings {
+    /// Relative claim on the pool (the seed's shares; Proxmox's default 1000).
+    pub shares: u32,
+    /// Guaranteed size: ebb never targets the guest below it.
+    pub min: Option<Bytes>,
+    /// Largest size ebb gives the guest (capped by the domain's maximum).
+    pub max: Option<Bytes>,
+    /// False: ebb observes the VM but never changes it.
+    pub managed: bool,
+}
+
+impl Default for VmSettings {
+    fn default() -> Self {
+        VmSettings { shares: 1000, min: None, max: None, managed: true }
+    }
+}
+
+/// Why ebb did something: the rule that fired and the numbers behind it,
+/// in words a person reads in `ebb explain`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    pub rule: Rule,
+    pub text: String,
+}
+
+impl Reason {
+    pub fn new(rule: Rule, text: impl Into<String>) -> Reason {
+        Reason { rule, text: text.into() }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// Take idle memory back for the pool (idle memory tax).
+    Reclaim,
+    /// Give memory to a guest under pressure.
+    GiveBack,
+    /// Grow a guest because the pool has room for it.
+    Grow,
+    /// A balloon made no progress: re-target it where it is.
+    Stuck,
+    /// The guest showed distress during a reclaim: stop and back off.
+    BackOff,
+    /// Hold: nothing to change or within the dead band.
+    Hold,
+    /// The VM cannot be managed this tick (no balloon, no stats, not running).
+    Skip,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Reclaim => "reclaim",
+            Rule::GiveBack => "give_back",
+            Rule::Grow => "grow",
+            Rule::Stuck => "stuck",
+            Rule::BackOff => "back_off",
+            Rule::Hold => "hold",
+            Rule::Skip => "skip",
+        }
+    }
+}
+
+/// Something the edges carry out. Every action names its VM and reason.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    /// Set the guest's memory size (virDomainSetMemory): the balloon
+    /// inflates or deflates until the guest has `target`.
+    SetBalloonTarget { vm: VmId, target: Bytes, reason: Reason },
+}
+
+impl Action {
+    pub fn vm(&self) -> &VmId {
+        match self {
+            Action::SetBalloonTarget { vm, .. } => vm,
+        }
+    }
+    pub fn reason(&self) -> &Reason {
+        match self {
+            Action::SetBalloonTarget { reason, .. } => reason,
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::SetBalloonTarget { .. } => "set_balloon_target",
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Unit newtypes. Memory is always `Bytes` inside ebb; the edges convert
+//! from libvirt's KiB once, so "balloon size" and "guest size" cannot mix.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+pub const KIB: u64 = 1024;
+pub const MIB: u64 = 1024 * 1024;
+pub const GIB: u64 = 1024 * 1024 * 1024;
+
+/// An amount of memory in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Bytes(pub u64);
+
+impl Bytes {
+    pub const ZERO: Bytes = Bytes(0);
+    pub const fn from_kib(kib: u64) -> Bytes {
+        Bytes(kib * KIB)
+    }
+    pub const fn from_mib(mib: u64) -> Bytes {
+        Bytes(mib * MIB)
+    }
+    pub const fn from_gib(gib: u64) -> Bytes {
+        Bytes(gib * GIB)
+    }
+    pub const fn kib(self) -> u64 {
+        self.0 / KIB
+    }
+    pub fn mib_f64(self) -> f64 {
+        self.0 as f64 / MIB as f64
+    }
+    pub fn saturating_sub(self, other: Bytes) -> Bytes {
+        Bytes(self.0.saturating_sub(other.0))
+    }
+    pub fn abs_diff(self, other: Bytes) -> Bytes {
+        Bytes(self.0.abs_diff(other.0))
+    }
+    pub fn scale(self, factor: f64) -> Bytes {
+        Bytes((self.0 as f64 * factor).max(0.0).round() as u64)
+    }
+}
+
+impl std::ops::Add for Bytes {
+    type Output = Bytes;
+    fn add(self, o: Bytes) -> Bytes {
+        Bytes(self.0 + o.0)
+    }
+}
+impl std::ops::AddAssign for Bytes {
+    fn add_assign(&mut self, o: Bytes) {
+        self.0 += o.0;
+    }
+}
+impl std::ops::Sub for Bytes {
+    type Output = Bytes;
+    /// Saturating: a negative amount of memory is never meaningful here.
+    fn sub(self, o: Bytes) -> Bytes {
+        self.saturating_sub(o)
+    }
+}
+impl std::iter::Sum for Bytes {
+    fn sum<I: Iterator<Item = Bytes>>(iter: I) -> Bytes {
+        Bytes(iter.map(|b| b.0).sum())
+    }
+}
+
+/// Human form: `512 MiB`, `1.50 GiB`, `64 KiB`, `12 B`.
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b >= GIB {
+            let g = b as f64 / GIB as f64;
+            if b % GIB == 0 { write!(f, "{} GiB", b / GIB) } else { write!(f, "{g:.2} GiB") }
+        } else if b >= MIB {
+            if b % MIB == 0 { write!(f, "{} MiB", b / MIB) } else { write!(f, "{:.1} MiB", self.mib_f64()) }
+        } else if b >= KIB {
+            write!(f, "{} KiB", b / KIB)
+        } else {
+            write!(f, "{b} B")
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SizeError {
+    #[error("\"{0}\" is not a size: write a number with a unit, like 512MiB or 2GiB")]
+    Malformed(String),
+    #[error("\"{0}\" has an unknown unit: use B, KiB, MiB, GiB or TiB (K, M, G, T also mean powers of 1024)")]
+    UnknownUnit(String),
+    #[error("\"{0}\" is negative: a size must be zero or more")]
+    Negative(String),
+}
+
+impl std::str::FromStr for Bytes {
+    type Err = SizeError;
+    /// Parses `512MiB`, `2 GiB`, `1.5G`, `4096` (bytes). Units are powers of 1024.
+    fn from_str(s: &str) -> Result<Bytes, SizeError> {
+        let t = s.trim();
+        if t.starts_with('-') {
+            return Err(SizeError::Negative(s.into()));
+        }
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num.parse().map_err(|_| SizeError::Malformed(s.into()))?;
+        let mult = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kib" | "kb" => KIB,
+            "m" | "mib" | "mb" => MIB,
+            "g" | "gib" | "gb" => GIB,
+            "t" | "tib" | "tb" => GIB * 1024,
+            _ => return Err(SizeError::UnknownUnit(s.into())),
+        };
+        Ok(Bytes((n * mult as f64).round() as u64))
+    }
+}
+
+/// A point in time, milliseconds since the Unix epoch. The core never reads
+/// a clock: the agent passes `now` in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    pub fn since(self, earlier: Millis) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+    pub fn plus(self, ms: u64) -> Millis {
+        Millis(self.0 + ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!("512MiB".parse::<Bytes>(), Ok(Bytes::from_mib(512)));
+        assert_eq!("2 GiB".parse::<Bytes>(), Ok(Bytes::from_gib(2)));
+        assert_eq!("1.5G".parse::<Bytes>(), Ok(Bytes::from_mib(1536)));
+        assert_eq!("4096".parse::<Bytes>(), Ok(Bytes(4096)));
+        assert!(matches!("-1GiB".parse::<Bytes>(), Err(SizeError::Negative(_))));
+        assert!(matches!("12 parsecs".parse::<Bytes>(), Err(SizeError::UnknownUnit(_))));
+        assert!(matches!("lots".parse::<Bytes>(), Err(SizeError::Malformed(_))));
+    }
+
+    #[test]
+    fn displays_sizes() {
+        assert_eq!(Bytes::from_mib(512).to_string(), "512 MiB");
+        assert_eq!(Bytes::from_mib(1536).to_string(), "1.50 GiB");
+        assert_eq!(Bytes::from_gib(2).to_string(), "2 GiB");
+    }
+}

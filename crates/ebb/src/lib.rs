@@ -1,0 +1,1 @@
+//! ebb agent and CLI.
