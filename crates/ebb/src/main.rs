@@ -1,1 +1,139 @@
-fn main() {}
+//! The `ebb` binary: the agent (`ebb run`) and the CLI that talks to it.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use ebb::api_types::{Event, Explain, Status, VmInfo};
+use ebb::client::Client;
+use ebb::config::{Config, DEFAULT_SOCKET};
+use ebb::{cli, run};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// ebb gives back what idle VMs hold on a libvirt host, and hands it back
+/// the moment they need it.
+#[derive(Parser)]
+#[command(name = "ebb", version, about, long_about = None)]
+struct Args {
+    /// The agent's API socket (for the CLI commands).
+    #[arg(long, global = true, env = "EBB_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: observe every domain each tick, balloon their memory, serve the API.
+    Run {
+        #[arg(long, short, default_value = "/etc/ebb/ebb.toml")]
+        config: PathBuf,
+    },
+    /// Check a config file and print what it resolves to; exits non-zero on an error.
+    Check {
+        #[arg(long, short, default_value = "/etc/ebb/ebb.toml")]
+        config: PathBuf,
+    },
+    /// The agent's connection, pool and counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every VM with its memory state and where each setting came from.
+    Vms {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent journal entries: actions with reason and outcome, and the agent's events.
+    Events {
+        /// Only this VM's entries.
+        #[arg(long)]
+        vm: Option<String>,
+        #[arg(long, default_value_t = 30)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What ebb is doing with one VM and why, in plain words.
+    Explain {
+        vm: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prometheus metrics, as the agent serves them at /metrics.
+    Metrics,
+    /// Live demo on three real guests: memory moves from idle guests to a busy one.
+    Demo(ebb::demo::DemoArgs),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(ebb::bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EBB_LOG").unwrap_or_else(|_| "ebb=info,warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("cannot start the async runtime");
+    match rt.block_on(dispatch(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("ebb: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(args: Args) -> Result<(), String> {
+    let client = Client::new(&args.socket);
+    let e = |e: ebb::client::ClientError| e.to_string();
+    match args.command {
+        Command::Run { config } => {
+            let cfg = Config::load(&config).map_err(|e| e.to_string())?;
+            run::run(cfg).await
+        }
+        Command::Check { config } => {
+            let cfg = Config::load(&config).map_err(|e| e.to_string())?;
+            println!("{}: ok", config.display());
+            println!("{}", cli::describe_config(&cfg));
+            Ok(())
+        }
+        Command::Status { json } => {
+            let s: Status = client.get("/v1/status").await.map_err(e)?;
+            print_or_json(json, &s, cli::status_text)
+        }
+        Command::Vms { json } => {
+            let vms: Vec<VmInfo> = client.get("/v1/vms").await.map_err(e)?;
+            print_or_json(json, &vms, |v| cli::vms_table(v))
+        }
+        Command::Events { vm, limit, json } => {
+            let mut path = format!("/v1/events?limit={limit}");
+            if let Some(vm) = vm {
+                path.push_str(&format!("&vm={}", cli::url_encode(&vm)));
+            }
+            let events: Vec<Event> = client.get(&path).await.map_err(e)?;
+            print_or_json(json, &events, |ev| cli::events_table(ev))
+        }
+        Command::Explain { vm, json } => {
+            let x: Explain = client.get(&format!("/v1/vms/{}/explain", cli::url_encode(&vm))).await.map_err(e)?;
+            print_or_json(json, &x, cli::explain_text)
+        }
+        Command::Metrics => {
+            print!("{}", client.get_text("/metrics").await.map_err(e)?);
+            Ok(())
+        }
+        Command::Demo(a) => ebb::demo::run(a).await,
+        Command::Bench(b) => ebb::bench::run(b).await,
+    }
+}
+
+fn print_or_json<T: serde::Serialize>(json: bool, value: &T, text: impl Fn(&T) -> String) -> Result<(), String> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", text(value));
+    }
+    Ok(())
+}

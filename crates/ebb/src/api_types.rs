@@ -1,0 +1,110 @@
+//! The API's types, shared by the server (agent) and the client (CLI) so
+//! neither re-declares a struct.
+
+use ebb_core::memory::VmMemoryView;
+use ebb_core::{Bytes, Millis, VmSettings, VmState};
+use serde::{Deserialize, Serialize};
+
+/// Where a setting's value came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Config,
+    Metadata,
+    Default,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::Metadata => "metadata",
+            Source::Default => "default",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingSources {
+    pub shares: Source,
+    pub min: Source,
+    pub max: Source,
+    pub managed: Source,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Connection {
+    Connected { since: Millis },
+    Disconnected { since: Millis, error: String, attempts: u32, next_try_at: Millis },
+}
+
+/// Everything the agent knows now; published after every tick.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub status: Status,
+    pub vms: Vec<VmInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub uri: String,
+    pub connection: Connection,
+    pub started_at: Millis,
+    pub tick_ms: u64,
+    pub ticks: u64,
+    pub last_tick_at: Option<Millis>,
+    /// Wall time of the last tick's observe + decide + act.
+    pub last_tick_ms: f64,
+    pub memory_enabled: bool,
+    pub pool: Option<Bytes>,
+    pub pool_used: Bytes,
+    pub host_total: Bytes,
+    pub host_available: Bytes,
+    pub vms: usize,
+    pub vms_managed: usize,
+    pub actions_total: u64,
+    pub action_failures_total: u64,
+    pub journal: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub name: String,
+    pub state: VmState,
+    pub memory: VmMemoryView,
+    pub settings: VmSettings,
+    pub sources: SettingSources,
+    /// Settings that were ignored (bad metadata, contradictions), in words.
+    pub settings_problems: Vec<String>,
+}
+
+/// One journal entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub at: Millis,
+    pub vm: Option<String>,
+    pub kind: String,
+    pub rule: Option<String>,
+    pub text: String,
+    pub target: Option<Bytes>,
+    pub outcome: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Explain {
+    pub vm: String,
+    /// The VM as the agent sees it now; None when it is not on the host.
+    pub now: Option<VmInfo>,
+    /// Plain-words sentences: what ebb is doing with this VM and why.
+    pub summary: Vec<String>,
+    /// The recent journal entries about it, newest first.
+    pub events: Vec<Event>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}

@@ -1,0 +1,191 @@
+//! How the CLI shows the API's answers to a person: aligned tables and
+//! sentences. Scripts use `--json` instead.
+
+use crate::agent::vm_state_word;
+use crate::api_types::{Connection, Event, Explain, Source, Status, VmInfo};
+use crate::config::Config;
+use ebb_core::{Bytes, Millis};
+use std::fmt::Write;
+
+/// A plain text table: columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let last = cells.len() - 1;
+        for (i, c) in cells.iter().enumerate() {
+            if i == last {
+                out.push_str(c);
+            } else {
+                let _ = write!(out, "{c:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push('\n');
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+    out
+}
+
+pub fn clock(at: Millis) -> String {
+    let s = at.0 / 1000;
+    format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
+}
+
+fn size(b: Option<Bytes>) -> String {
+    b.map_or("-".into(), |b| b.to_string())
+}
+
+pub fn status_text(s: &Status) -> String {
+    let mut out = String::new();
+    let conn = match &s.connection {
+        Connection::Connected { since } => format!("connected since {} UTC", clock(*since)),
+        Connection::Disconnected { error, attempts, next_try_at, .. } => {
+            format!("DISCONNECTED ({error}); {attempts} attempts, next at {} UTC", clock(*next_try_at))
+        }
+    };
+    let _ = writeln!(out, "ebb {}  libvirt {}: {conn}", s.version, s.uri);
+    let _ = writeln!(out, "ticks: {} every {} ms (last took {:.1} ms)", s.ticks, s.tick_ms, s.last_tick_ms);
+    let mem = if s.memory_enabled { "" } else { " (memory management disabled: observing only)" };
+    let _ = writeln!(out, "pool: {} of {} used{mem}", s.pool_used, size(s.pool));
+    let _ = writeln!(out, "host: {} available of {}", s.host_available, s.host_total);
+    let _ = writeln!(out, "vms: {} ({} managed)", s.vms, s.vms_managed);
+    let _ = writeln!(out, "actions: {} ({} failed)", s.actions_total, s.action_failures_total);
+    let _ = writeln!(out, "journal: {}", s.journal);
+    out
+}
+
+fn with_source(value: String, source: Source) -> String {
+    match source {
+        Source::Default => value,
+        s => format!("{value} ({})", s.as_str()),
+    }
+}
+
+pub fn vms_table(vms: &[VmInfo]) -> String {
+    if vms.is_empty() {
+        return "no domains on this host\n".into();
+    }
+    let rows: Vec<Vec<String>> = vms
+        .iter()
+        .map(|v| {
+            let m = &v.memory;
+            let note = match (&m.skipped, &m.last_reason) {
+                (Some(why), _) => format!("skipped: {why}"),
+                (None, _) if m.under_pressure => "under pressure".into(),
+                (None, Some(r)) => r.text.clone(),
+                (None, None) => String::new(),
+            };
+            vec![
+                v.name.clone(),
+                vm_state_word(v.state).into(),
+                size(m.actual),
+                size(m.target),
+                size(m.used),
+                size(m.entitlement),
+                m.step.to_string(),
+                with_source(v.settings.shares.to_string(), v.sources.shares),
+                with_source(size(v.settings.min), v.sources.min),
+                with_source(size(v.settings.max), v.sources.max),
+                note,
+            ]
+        })
+        .collect();
+    table(&["NAME", "STATE", "ACTUAL", "TARGET", "USED", "SHARE", "STEP", "SHARES", "MIN", "MAX", "LAST"], &rows)
+}
+
+pub fn events_table(events: &[Event]) -> String {
+    if events.is_empty() {
+        return "the journal is empty\n".into();
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .rev()
+        .map(|e| {
+            vec![
+                clock(e.at),
+                e.vm.clone().unwrap_or_else(|| "-".into()),
+                e.kind.clone(),
+                size(e.target),
+                e.outcome.clone().unwrap_or_default(),
+                e.text.clone(),
+            ]
+        })
+        .collect();
+    table(&["TIME(UTC)", "VM", "EVENT", "TARGET", "OUTCOME", "WHY"], &rows)
+}
+
+pub fn explain_text(x: &Explain) -> String {
+    let mut out = String::new();
+    for s in &x.summary {
+        let _ = writeln!(out, "{s}");
+    }
+    if !x.events.is_empty() {
+        let _ = writeln!(out, "\nRecent decisions (oldest first):");
+        for e in x.events.iter().rev() {
+            let outcome = e.outcome.as_deref().map(|o| format!(" [{o}]")).unwrap_or_default();
+            let _ = writeln!(out, "  {} {}{outcome}", clock(e.at), e.text);
+        }
+    }
+    out
+}
+
+pub fn describe_config(c: &Config) -> String {
+    let m = c.memory.policy_config();
+    let mut out = String::new();
+    let _ = writeln!(out, "libvirt: {}  tick: {:?}  socket: {}  journal: {}", c.agent.uri, c.agent.tick, c.agent.socket.display(), c.agent.journal.display());
+    let _ = writeln!(
+        out,
+        "memory: {}  pool: {}  host reserve: {}  idle tax: {}  step: {}..{}",
+        if c.memory.enabled { "managed" } else { "observed only" },
+        m.pool.map_or("host total minus reserve".into(), |p| p.to_string()),
+        m.host_reserve,
+        m.idle_tax,
+        m.step_min,
+        m.step_max
+    );
+    for (name, vm) in &c.vm {
+        let _ = writeln!(
+            out,
+            "vm {name}: shares {} min {} max {} managed {}",
+            vm.shares.as_ref().map_or("-".into(), |s| s.get_ref().to_string()),
+            vm.min.as_ref().map_or("-".into(), |s| s.get_ref().0.to_string()),
+            vm.max.as_ref().map_or("-".into(), |s| s.get_ref().0.to_string()),
+            vm.managed.map_or("-".into(), |b| b.to_string()),
+        );
+    }
+    out
+}
+
+/// Percent-encodes a VM name for a URL path or query.
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["A", "BB"], &[vec!["long".into(), "x".into()], vec!["s".into(), "y".into()]]);
+        assert_eq!(t, "A     BB\nlong  x\ns     y\n");
+    }
+
+    #[test]
+    fn url_encoding() {
+        assert_eq!(url_encode("web 1/a"), "web%201%2Fa");
+    }
+}

@@ -1,0 +1,395 @@
+//! The agent's configuration file (TOML). Every field is documented in
+//! `ebb.example.toml`; unknown fields, zero sizes and contradictions stop
+//! startup with a message that names the field and the line.
+
+use ebb_core::memory::MemoryConfig;
+use ebb_core::{Bytes, VmId};
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub memory: MemorySection,
+    /// Per-VM settings: `[vm.NAME]`. These win over the domain's metadata.
+    #[serde(default)]
+    pub vm: BTreeMap<String, VmSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    pub uri: String,
+    /// Only domains whose names match one of these patterns (`*` matches
+    /// any run of characters) are ebb's; empty means every domain.
+    pub domains: Vec<String>,
+    #[serde(deserialize_with = "de_duration")]
+    pub tick: Duration,
+    /// Tick used while a balloon is moving, to follow it closely.
+    #[serde(deserialize_with = "de_duration")]
+    pub fast_tick: Duration,
+    pub socket: PathBuf,
+    pub journal: PathBuf,
+    /// Journal entries older than this are pruned.
+    pub journal_keep_days: u32,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            uri: "qemu:///system".into(),
+            domains: vec![],
+            tick: Duration::from_secs(2),
+            fast_tick: Duration::from_millis(250),
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            journal: PathBuf::from("/var/lib/ebb/journal.db"),
+            journal_keep_days: 30,
+        }
+    }
+}
+
+pub const DEFAULT_SOCKET: &str = "/run/ebb/ebb.sock";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemorySection {
+    pub enabled: bool,
+    pub pool: Option<Spanned<Size>>,
+    pub host_reserve: Size,
+    pub idle_tax: f64,
+    pub step_min: Size,
+    pub step_max: Size,
+    pub dead_band: Size,
+    pub dead_band_fraction: f64,
+    #[serde(deserialize_with = "de_duration")]
+    pub stuck_after: Duration,
+    pub headroom_min: Size,
+    pub headroom_fraction: f64,
+    pub low_free_fraction: f64,
+    pub major_fault_rate: f64,
+}
+
+impl Default for MemorySection {
+    fn default() -> Self {
+        let d = MemoryConfig::default();
+        MemorySection {
+            enabled: true,
+            pool: None,
+            host_reserve: Size(d.host_reserve),
+            idle_tax: d.idle_tax,
+            step_min: Size(d.step_min),
+            step_max: Size(d.step_max),
+            dead_band: Size(d.dead_band),
+            dead_band_fraction: d.dead_band_fraction,
+            stuck_after: Duration::from_millis(d.stuck_after_ms),
+            headroom_min: Size(d.headroom_min),
+            headroom_fraction: d.headroom_fraction,
+            low_free_fraction: d.low_free_fraction,
+            major_fault_rate: d.major_fault_rate,
+        }
+    }
+}
+
+impl MemorySection {
+    pub fn policy_config(&self) -> MemoryConfig {
+        MemoryConfig {
+            pool: self.pool.as_ref().map(|p| p.get_ref().0),
+            host_reserve: self.host_reserve.0,
+            idle_tax: self.idle_tax,
+            step_min: self.step_min.0,
+            step_max: self.step_max.0,
+            dead_band: self.dead_band.0,
+            dead_band_fraction: self.dead_band_fraction,
+            stuck_after_ms: self.stuck_after.as_millis() as u64,
+            headroom_min: self.headroom_min.0,
+            headroom_fraction: self.headroom_fraction,
+            low_free_fraction: self.low_free_fraction,
+            major_fault_rate: self.major_fault_rate,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct VmSection {
+    pub shares: Option<Spanned<u32>>,
+    pub min: Option<Spanned<Size>>,
+    pub max: Option<Spanned<Size>>,
+    pub managed: Option<bool>,
+}
+
+/// A memory size in a config file: `"512MiB"`, `"2GiB"` or a number of
+/// bytes. Zero and negative sizes are refused where they are read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Size(pub Bytes);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Text(String),
+        }
+        let bytes = match Raw::deserialize(d)? {
+            Raw::Int(n) if n < 0 => {
+                return Err(serde::de::Error::custom(format!("{n} is negative: a size must be more than zero")))
+            }
+            Raw::Int(n) => Bytes(n as u64),
+            Raw::Text(s) => s.parse::<Bytes>().map_err(serde::de::Error::custom)?,
+        };
+        if bytes == Bytes::ZERO {
+            return Err(serde::de::Error::custom("a size of zero is not allowed here"));
+        }
+        Ok(Size(bytes))
+    }
+}
+
+/// `"2s"`, `"250ms"`, `"1m"`, `"1h"`, or a number of seconds.
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(i64),
+        Float(f64),
+        Text(String),
+    }
+    let dur = match Raw::deserialize(d)? {
+        Raw::Int(n) if n > 0 => Duration::from_secs(n as u64),
+        Raw::Float(f) if f > 0.0 => Duration::from_secs_f64(f),
+        Raw::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom)?,
+        _ => return Err(serde::de::Error::custom("a duration must be more than zero")),
+    };
+    Ok(dur)
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a duration: write a number with a unit, like 2s or 250ms"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("\"{s}\" has an unknown unit: use ms, s, m or h")),
+    };
+    if secs <= 0.0 {
+        return Err(format!("\"{s}\": a duration must be more than zero"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl AgentSection {
+    pub fn is_ebbs(&self, name: &str) -> bool {
+        self.domains.is_empty() || self.domains.iter().any(|p| glob_match(p, name))
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, rest)) => {
+            let Some(tail) = name.strip_prefix(head) else { return false };
+            (0..=tail.len()).filter(|i| tail.is_char_boundary(*i)).any(|i| glob_match(rest, &tail[i..]))
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text).map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })
+    }
+
+    /// Parses and validates; the error names the field and its line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
+        cfg.validate(text)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, text: &str) -> Result<(), String> {
+        let m = &self.memory;
+        let at = |span: std::ops::Range<usize>| line_of(text, span.start);
+        if !(0.0..1.0).contains(&m.idle_tax) {
+            return Err(format!("memory.idle_tax = {} is outside [0, 1): 0.75 is ESX's default", m.idle_tax));
+        }
+        for (name, v) in [
+            ("dead_band_fraction", m.dead_band_fraction),
+            ("headroom_fraction", m.headroom_fraction),
+            ("low_free_fraction", m.low_free_fraction),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(format!("memory.{name} = {v} is outside [0, 1)"));
+            }
+        }
+        if m.major_fault_rate <= 0.0 {
+            return Err(format!("memory.major_fault_rate = {} must be more than zero", m.major_fault_rate));
+        }
+        if m.step_min.0 > m.step_max.0 {
+            return Err(format!(
+                "memory.step_min ({}) is above memory.step_max ({})",
+                m.step_min.0, m.step_max.0
+            ));
+        }
+        if self.agent.fast_tick > self.agent.tick {
+            return Err("agent.fast_tick is longer than agent.tick".into());
+        }
+        for (name, vm) in &self.vm {
+            if let (Some(min), Some(max)) = (&vm.min, &vm.max) {
+                if min.get_ref().0 > max.get_ref().0 {
+                    return Err(format!(
+                        "line {}: vm.{name}.min ({}) is above vm.{name}.max ({})",
+                        at(min.span()),
+                        min.get_ref().0,
+                        max.get_ref().0
+                    ));
+                }
+            }
+            if let Some(shares) = &vm.shares {
+                if *shares.get_ref() == 0 {
+                    return Err(format!("line {}: vm.{name}.shares must be more than zero", at(shares.span())));
+                }
+            }
+        }
+        if let Some(pool) = &m.pool {
+            let mins: Bytes = self.vm.values().filter_map(|v| v.min.as_ref().map(|m| m.get_ref().0)).sum();
+            let pool_bytes = pool.get_ref().0;
+            if mins > pool_bytes {
+                return Err(format!(
+                    "line {}: memory.pool ({pool_bytes}) is smaller than the sum of the VMs' minimums ({mins}) by {}: raise the pool or lower some vm.*.min",
+                    at(pool.span()),
+                    mins - pool_bytes
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The per-VM section for a domain, if the config has one.
+    pub fn vm_section(&self, vm: &VmId) -> Option<&VmSection> {
+        self.vm.get(vm.as_str())
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// toml's own message already carries line and column; keep it on one line
+/// without the source excerpt.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let line = e.span().map(|s| format!("line {}: ", line_of(text, s.start))).unwrap_or_default();
+    format!("{line}{}", e.message().trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_gives_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.agent.uri, "qemu:///system");
+        assert_eq!(c.agent.tick, Duration::from_secs(2));
+        assert_eq!(c.memory.policy_config(), MemoryConfig::default());
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = Config::parse(
+            r#"
+            [agent]
+            uri = "test:///default"
+            tick = "500ms"
+            [memory]
+            pool = "2GiB"
+            idle_tax = 0.5
+            [vm.web]
+            shares = 2000
+            min = "256MiB"
+            max = "1GiB"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.agent.tick, Duration::from_millis(500));
+        assert_eq!(c.memory.policy_config().pool, Some(Bytes::from_gib(2)));
+        let web = c.vm_section(&VmId::new("web")).unwrap();
+        assert_eq!(web.min.as_ref().unwrap().get_ref().0, Bytes::from_mib(256));
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_line() {
+        let e = Config::parse("[memory]\npool = \"1GiB\"\nballoon_speed = 3\n").unwrap_err();
+        assert!(e.contains("balloon_speed"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn zero_and_negative_sizes_are_refused() {
+        let e = Config::parse("[memory]\npool = \"0MiB\"\n").unwrap_err();
+        assert!(e.contains("zero") && e.contains("line 2"), "{e}");
+        let e = Config::parse("[vm.a]\nmin = -5\n").unwrap_err();
+        assert!(e.contains("negative"), "{e}");
+        let e = Config::parse("[vm.a]\nmin = \"-1GiB\"\n").unwrap_err();
+        assert!(e.contains("negative"), "{e}");
+    }
+
+    #[test]
+    fn min_above_max_is_refused() {
+        let e = Config::parse("[vm.db]\nmin = \"1GiB\"\nmax = \"512MiB\"\n").unwrap_err();
+        assert!(e.contains("vm.db.min (1 GiB) is above vm.db.max (512 MiB)"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn pool_below_sum_of_minimums_says_by_how_much() {
+        let e = Config::parse(
+            "[memory]\npool = \"1GiB\"\n[vm.a]\nmin = \"768MiB\"\n[vm.b]\nmin = \"512MiB\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("by 256 MiB"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn domain_patterns() {
+        assert!(glob_match("ebb-demo-*", "ebb-demo-1"));
+        assert!(glob_match("*web*", "prod-web-2"));
+        assert!(!glob_match("ebb-demo-*", "prod"));
+        assert!(glob_match("db", "db") && !glob_match("db", "db2"));
+        let c = Config::parse("[agent]\ndomains = [\"a*\", \"b\"]\n").unwrap();
+        assert!(c.agent.is_ebbs("alpha") && c.agent.is_ebbs("b") && !c.agent.is_ebbs("c"));
+        assert!(Config::parse("").unwrap().agent.is_ebbs("anything"));
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        assert!(Config::parse("[memory]\nidle_tax = 1.5\n").unwrap_err().contains("idle_tax"));
+        assert!(Config::parse("[memory]\nstep_min = \"1GiB\"\nstep_max = \"64MiB\"\n")
+            .unwrap_err()
+            .contains("step_min"));
+        assert!(Config::parse("[agent]\ntick = \"2 fortnights\"\n").unwrap_err().contains("unknown unit"));
+        assert!(Config::parse("[memory]\npool = \"lots\"\n").unwrap_err().contains("not a size"));
+    }
+}

@@ -1,0 +1,229 @@
+//! `ebb demo`: the main job on a fresh machine. Three small real guests,
+//! a pool smaller than their sum, and a memory-hungry workload in one of
+//! them: memory visibly moves from the idle guests to the busy one and
+//! back, with no oom kill. The guests are removed afterwards.
+
+use crate::api_types::VmInfo;
+use crate::client::Client;
+use crate::config::Config;
+use crate::lab::{free_port, Guest, GuestSpec, GuestStatus, Lab};
+use crate::run::{libvirt_connector, run_with};
+use ebb_core::Bytes;
+use std::io::Write;
+use std::time::{Duration, Instant};
+use tokio::task::block_in_place;
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Plain log lines instead of a live display (for CI and logs).
+    #[arg(long)]
+    pub no_tty: bool,
+    /// libvirt URI of the host to run the demo guests on.
+    #[arg(long, default_value = "qemu:///system")]
+    pub uri: String,
+    /// MiB the busy guest's workload allocates.
+    #[arg(long, default_value_t = 300)]
+    pub workload_mib: u64,
+}
+
+const PREFIX: &str = "ebb-demo-";
+const GUESTS: usize = 3;
+const GUEST_MAX: Bytes = Bytes::from_mib(512);
+const POOL: Bytes = Bytes::from_mib(900);
+
+pub async fn run(args: DemoArgs) -> Result<(), String> {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temporary folder: {e}"))?;
+    let say = |msg: &str| println!("[{:5.1}s] {msg}", started.elapsed().as_secs_f64());
+
+    let lab = block_in_place(|| Lab::connect(&args.uri)).map_err(|e| e.to_string())?;
+    let leftovers = block_in_place(|| lab.remove_leftovers(PREFIX)).map_err(|e| e.to_string())?;
+    if !leftovers.is_empty() {
+        say(&format!("removed leftovers of an earlier demo: {}", leftovers.join(", ")));
+    }
+    say("preparing the guest image (built once, then cached)");
+    block_in_place(|| lab.image().map(|_| ())).map_err(|e| e.to_string())?;
+
+    say(&format!("booting {GUESTS} guests of {GUEST_MAX} each (software-emulated, ~10-20 s)"));
+    let mut guests: Vec<Guest> = Vec::new();
+    for i in 1..=GUESTS {
+        let mut spec = GuestSpec::new(format!("{PREFIX}{i}"), GUEST_MAX);
+        spec.http_port = Some(free_port());
+        spec.console_log = dir.path().join(format!("{PREFIX}{i}.log"));
+        guests.push(block_in_place(|| lab.create(&spec)).map_err(|e| e.to_string())?);
+    }
+    for g in &guests {
+        let took = block_in_place(|| g.wait_ready(Duration::from_secs(120))).map_err(|e| e.to_string())?;
+        say(&format!("{} is up ({:.1} s)", g.name(), took.as_secs_f64()));
+    }
+
+    let socket = dir.path().join("ebb.sock");
+    let cfg_text = format!(
+        "[agent]\nuri = \"{}\"\ndomains = [\"{PREFIX}*\"]\ntick = \"1s\"\nsocket = \"{}\"\njournal = \"{}\"\n[memory]\npool = \"{}MiB\"\n",
+        args.uri,
+        socket.display(),
+        dir.path().join("journal.db").display(),
+        POOL.0 >> 20,
+    );
+    let cfg = Config::parse(&cfg_text).map_err(|e| format!("demo config: {e}"))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(run_with(cfg, libvirt_connector(), async {
+        let _ = stopped.await;
+    }));
+    let client = Client::new(&socket);
+    let mut screen = Screen { tty: !args.no_tty, started, last_line: Instant::now() - Duration::from_secs(60) };
+
+    let outcome = async {
+        let title = format!("ebb: a {POOL} pool for {GUESTS} guests of {GUEST_MAX} (their sum is {})", Bytes(GUEST_MAX.0 * GUESTS as u64));
+        say(&title);
+        // Phase 1: the guests are idle, the pool is short: ebb reclaims.
+        let phase = "1/3 the guests are idle and the pool is short: ebb inflates their balloons";
+        let converged = screen
+            .watch(&client, &guests, phase, Duration::from_secs(60), |vms, _| {
+                let sum: Bytes = vms.iter().filter_map(|v| v.memory.actual).sum();
+                sum <= POOL && vms.len() == GUESTS && vms.iter().all(|v| v.memory.target == v.memory.actual)
+            })
+            .await?;
+        if !converged {
+            return Err(format!("the guests did not fit the {POOL} pool within 60 s"));
+        }
+        say("phase 1 done: the guests fit the pool, each guest's own MemTotal shrank");
+
+        // Phase 2: one guest needs memory: ebb gives it, taking from the idle ones.
+        let busy = &guests[0];
+        block_in_place(|| busy.start_mem_workload(args.workload_mib, 8, 250, 20)).map_err(|e| e.to_string())?;
+        let phase = format!("2/3 {} allocates {} MiB: ebb deflates its balloon and takes from the idle guests", busy.name(), args.workload_mib);
+        let want = args.workload_mib;
+        let held = screen
+            .watch(&client, &guests, &phase, Duration::from_secs(90), |_, statuses| {
+                statuses[0].as_ref().is_some_and(|s| s.workload_state == "holding" && s.workload_mib >= want)
+            })
+            .await?;
+        let status = block_in_place(|| busy.status()).map_err(|e| e.to_string())?;
+        if !held {
+            return Err(format!("the workload did not get its {want} MiB within 90 s (state {}, {} MiB)", status.workload_state, status.workload_mib));
+        }
+        if status.oom_kills > 0 {
+            return Err(format!("{} reported {} oom kills", busy.name(), status.oom_kills));
+        }
+        say(&format!("phase 2 done: {} holds {want} MiB, oom kills in the guest: {}", busy.name(), status.oom_kills));
+
+        // Phase 3: the workload ends: memory flows back to an even split.
+        block_in_place(|| busy.release_mem_workload()).map_err(|e| e.to_string())?;
+        let phase = format!("3/3 {} released its memory: ebb evens the pool out again", busy.name());
+        screen
+            .watch(&client, &guests, &phase, Duration::from_secs(25), |vms, _| {
+                let sizes: Vec<u64> = vms.iter().filter_map(|v| v.memory.actual.map(|b| b.0)).collect();
+                let (lo, hi) = (sizes.iter().min().copied().unwrap_or(0), sizes.iter().max().copied().unwrap_or(0));
+                vms.iter().all(|v| v.memory.target == v.memory.actual) && hi - lo < Bytes::from_mib(64).0
+            })
+            .await?;
+        let oom: u64 = guests.iter().filter_map(|g| block_in_place(|| g.status()).ok()).map(|s| s.oom_kills).sum();
+        if oom > 0 {
+            return Err(format!("the guests reported {oom} oom kills"));
+        }
+        Ok(())
+    }
+    .await;
+
+    let events: Vec<crate::api_types::Event> = client.get("/v1/events?limit=10000").await.unwrap_or_default();
+    let actions = events.iter().filter(|e| e.kind == "set_balloon_target").count();
+    let _ = stop.send(());
+    let _ = agent.await;
+    say("removing the demo guests");
+    for g in guests {
+        let _ = block_in_place(|| g.remove());
+    }
+    match outcome {
+        Ok(()) => {
+            say(&format!("demo done in {:.0} s: {actions} balloon changes, no oom kill", started.elapsed().as_secs_f64()));
+            Ok(())
+        }
+        Err(e) => Err(format!("demo failed: {e}")),
+    }
+}
+
+struct Screen {
+    tty: bool,
+    started: Instant,
+    last_line: Instant,
+}
+
+impl Screen {
+    /// Shows the guests until `done` holds or `limit` passes; true if done.
+    async fn watch(
+        &mut self,
+        client: &Client,
+        guests: &[Guest],
+        phase: &str,
+        limit: Duration,
+        done: impl Fn(&[VmInfo], &[Option<GuestStatus>]) -> bool,
+    ) -> Result<bool, String> {
+        let until = Instant::now() + limit;
+        if !self.tty {
+            println!("[{:5.1}s] phase {phase}", self.started.elapsed().as_secs_f64());
+        }
+        loop {
+            let vms: Vec<VmInfo> = client.get("/v1/vms").await.map_err(|e| e.to_string())?;
+            let statuses: Vec<Option<GuestStatus>> = guests.iter().map(|g| block_in_place(|| g.status()).ok()).collect();
+            let finished = done(&vms, &statuses);
+            self.show(phase, &vms, guests, &statuses, finished);
+            if finished {
+                return Ok(true);
+            }
+            if Instant::now() >= until {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(if self.tty { 400 } else { 1000 })).await;
+        }
+    }
+
+    fn show(&mut self, phase: &str, vms: &[VmInfo], guests: &[Guest], statuses: &[Option<GuestStatus>], finished: bool) {
+        let t = self.started.elapsed().as_secs_f64();
+        let by_name = |name: &str| vms.iter().find(|v| v.name == name);
+        if self.tty {
+            let mut out = String::from("\x1b[H\x1b[2J");
+            out.push_str(&format!("ebb demo  t={t:.1}s   pool {POOL} for {GUESTS} guests of {GUEST_MAX}\nphase {phase}\n\n"));
+            out.push_str("guest        size (balloon)  guest uses  ebb's target   # used  = free in guest  . given back to the host\n");
+            for (g, st) in guests.iter().zip(statuses) {
+                let vm = by_name(g.name());
+                let actual = vm.and_then(|v| v.memory.actual).unwrap_or_default();
+                let target = vm.and_then(|v| v.memory.target).unwrap_or_default();
+                let used = st.as_ref().map(|s| s.mem_total.saturating_sub(s.mem_available)).unwrap_or_default();
+                out.push_str(&format!("{:<12} {:>13}  {:>10}  {:>12}   {}\n", g.name(), actual.to_string(), used.to_string(), target.to_string(), bar(actual, used, 48)));
+            }
+            let sum: Bytes = vms.iter().filter_map(|v| v.memory.actual).sum();
+            out.push_str(&format!("\npool used: {sum} of {POOL}\n"));
+            if let Some(r) = vms.iter().filter_map(|v| v.memory.last_reason.as_ref().map(|r| (v, r))).last() {
+                out.push_str(&format!("last decision ({}): {}\n", r.0.name, r.1.text));
+            }
+            print!("{out}");
+            let _ = std::io::stdout().flush();
+        } else if finished || self.last_line.elapsed() >= Duration::from_secs(2) {
+            self.last_line = Instant::now();
+            let parts: Vec<String> = guests
+                .iter()
+                .zip(statuses)
+                .map(|(g, st)| {
+                    let vm = by_name(g.name());
+                    let used = st.as_ref().map(|s| s.mem_total.saturating_sub(s.mem_available)).unwrap_or_default();
+                    format!(
+                        "{} {}→{} (uses {})",
+                        g.name(),
+                        vm.and_then(|v| v.memory.actual).unwrap_or_default(),
+                        vm.and_then(|v| v.memory.target).unwrap_or_default(),
+                        used
+                    )
+                })
+                .collect();
+            println!("[{t:5.1}s]   {}", parts.join(" | "));
+        }
+    }
+}
+
+/// `#` used, `=` free inside the guest, `.` given back to the host.
+fn bar(actual: Bytes, used: Bytes, width: usize) -> String {
+    let cells = |b: Bytes| ((b.0 as f64 / GUEST_MAX.0 as f64) * width as f64).round() as usize;
+    let (a, u) = (cells(actual).min(width), cells(used.min(actual)).min(width));
+    format!("[{}{}{}]", "#".repeat(u), "=".repeat(a - u), ".".repeat(width - a))
+}

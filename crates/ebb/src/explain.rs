@@ -1,0 +1,56 @@
+//! `ebb explain VM`: what ebb is doing with one VM and why, in sentences.
+
+use crate::agent::vm_state_word;
+use crate::api_types::{Event, VmInfo};
+
+pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(vm) = now else {
+        out.push(format!("{name} is not on this host now; below is what ebb last did with it."));
+        return out;
+    };
+    let m = &vm.memory;
+    out.push(format!("{name} is {}.", vm_state_word(vm.state)));
+    if let Some(why) = &m.skipped {
+        out.push(format!("ebb does not manage its memory now: {why}."));
+    } else {
+        if let (Some(actual), Some(used)) = (m.actual, m.used) {
+            out.push(format!("Its guest has {actual} and uses {used} of it."));
+        }
+        match (m.target, m.actual, m.entitlement) {
+            (Some(t), Some(a), _) if t != a => out.push(format!("ebb is moving it to {t}, at most {} per step.", m.step)),
+            (_, _, Some(e)) => out.push(format!("It is where ebb wants it; its share of the pool is {e}.")),
+            _ => {}
+        }
+        if m.under_pressure {
+            out.push("It is short of memory: ebb gives to it before anyone else.".into());
+        }
+        let (lo, hi) = (m.floor.map(|f| f.to_string()), m.ceiling.map(|c| c.to_string()));
+        if let (Some(lo), Some(hi)) = (lo, hi) {
+            out.push(format!("ebb keeps it between {lo} (its minimum or what it uses plus headroom) and {hi}."));
+        }
+        if let Some(r) = &m.last_reason {
+            out.push(format!("Last decision: {}.", r.text.trim_end_matches('.')));
+        }
+    }
+    let s = &vm.sources;
+    out.push(format!(
+        "Settings: shares {} ({}), min {} ({}), max {} ({}), managed {} ({}).",
+        vm.settings.shares,
+        s.shares.as_str(),
+        vm.settings.min.map_or("none".into(), |b| b.to_string()),
+        s.min.as_str(),
+        vm.settings.max.map_or("none".into(), |b| b.to_string()),
+        s.max.as_str(),
+        if vm.settings.managed { "yes" } else { "no" },
+        s.managed.as_str(),
+    ));
+    for p in &vm.settings_problems {
+        out.push(format!("Note: {p}."));
+    }
+    let failures = events.iter().filter(|e| e.outcome.as_deref().is_some_and(|o| o.starts_with("failed"))).count();
+    if failures > 0 {
+        out.push(format!("{failures} of its last {} journal entries are failed actions.", events.len()));
+    }
+    out
+}

@@ -1,0 +1,163 @@
+//! The journal: every action with its reason and outcome, and the agent's
+//! own events, in SQLite. It survives restarts: after a crash the agent
+//! resumes each VM's adaptive step and last target from it.
+
+use crate::api_types::Event;
+use ebb_core::memory::Resumed;
+use ebb_core::{Bytes, Millis, VmId};
+use rusqlite::{params, Connection};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot open the journal at {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("cannot create the journal's folder {path}: {source}")]
+    Folder { path: PathBuf, source: std::io::Error },
+    #[error("journal write failed (disk full or read-only?): {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+pub struct Journal {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// An entry to write.
+#[derive(Debug, Clone, Default)]
+pub struct Entry<'a> {
+    pub at: Millis,
+    pub vm: Option<&'a str>,
+    pub kind: &'a str,
+    pub rule: Option<&'a str>,
+    pub text: &'a str,
+    pub target: Option<Bytes>,
+    pub outcome: Option<&'a str>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    vm TEXT,
+    kind TEXT NOT NULL,
+    rule TEXT,
+    text TEXT NOT NULL,
+    target_bytes INTEGER,
+    outcome TEXT
+);
+CREATE INDEX IF NOT EXISTS events_vm ON events (vm, id);
+CREATE TABLE IF NOT EXISTS memory_state (
+    vm TEXT PRIMARY KEY,
+    step_bytes INTEGER NOT NULL,
+    last_target_bytes INTEGER,
+    updated_ms INTEGER NOT NULL
+);
+";
+
+impl Journal {
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| JournalError::Folder { path: dir.to_owned(), source })?;
+        }
+        let open_err = |source| JournalError::Open { path: path.to_owned(), source };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(2)).map_err(open_err)?;
+        // WAL: the API reads while the agent writes; NORMAL: an entry lost
+        // to a power cut is acceptable, a slow tick is not.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        Ok(Journal { conn, path: path.to_owned() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn record(&self, e: &Entry) -> Result<i64, JournalError> {
+        self.conn.execute(
+            "INSERT INTO events (at_ms, vm, kind, rule, text, target_bytes, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![e.at.0 as i64, e.vm, e.kind, e.rule, e.text, e.target.map(|b| b.0 as i64), e.outcome],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Newest first; only one VM's when `vm` is given.
+    pub fn events(&self, vm: Option<&str>, limit: usize) -> Result<Vec<Event>, JournalError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, at_ms, vm, kind, rule, text, target_bytes, outcome FROM events
+             WHERE (?1 IS NULL OR vm = ?1) ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![vm, limit as i64], |r| {
+            Ok(Event {
+                id: r.get(0)?,
+                at: Millis(r.get::<_, i64>(1)? as u64),
+                vm: r.get(2)?,
+                kind: r.get(3)?,
+                rule: r.get(4)?,
+                text: r.get(5)?,
+                target: r.get::<_, Option<i64>>(6)?.map(|b| Bytes(b as u64)),
+                outcome: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn save_memory_state(&self, vm: &VmId, step: Bytes, last_target: Option<Bytes>, at: Millis) -> Result<(), JournalError> {
+        self.conn.execute(
+            "INSERT INTO memory_state (vm, step_bytes, last_target_bytes, updated_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(vm) DO UPDATE SET step_bytes = ?2, last_target_bytes = ?3, updated_ms = ?4",
+            params![vm.as_str(), step.0 as i64, last_target.map(|b| b.0 as i64), at.0 as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn memory_states(&self) -> Result<Vec<(VmId, Resumed)>, JournalError> {
+        let mut stmt = self.conn.prepare("SELECT vm, step_bytes, last_target_bytes FROM memory_state ORDER BY vm")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                VmId(r.get(0)?),
+                Resumed {
+                    step: Bytes(r.get::<_, i64>(1)? as u64),
+                    last_target: r.get::<_, Option<i64>>(2)?.map(|b| Bytes(b as u64)),
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes entries older than `before`; returns how many.
+    pub fn prune(&self, before: Millis) -> Result<usize, JournalError> {
+        Ok(self.conn.execute("DELETE FROM events WHERE at_ms < ?1", params![before.0 as i64])?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/journal.db");
+        {
+            let j = Journal::open(&path).unwrap();
+            j.record(&Entry { at: Millis(1), vm: Some("a"), kind: "set_balloon_target", rule: Some("reclaim"), text: "reclaim 64 MiB", target: Some(Bytes::from_mib(448)), outcome: Some("ok") }).unwrap();
+            j.record(&Entry { at: Millis(2), vm: None, kind: "connected", text: "connected", ..Default::default() }).unwrap();
+            j.save_memory_state(&VmId::new("a"), Bytes::from_mib(64), Some(Bytes::from_mib(448)), Millis(1)).unwrap();
+            j.save_memory_state(&VmId::new("a"), Bytes::from_mib(128), Some(Bytes::from_mib(384)), Millis(3)).unwrap();
+        }
+        let j = Journal::open(&path).unwrap();
+        let all = j.events(None, 10).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].kind, "connected");
+        let a = j.events(Some("a"), 10).unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].target, Some(Bytes::from_mib(448)));
+        let states = j.memory_states().unwrap();
+        assert_eq!(states, vec![(VmId::new("a"), Resumed { step: Bytes::from_mib(128), last_target: Some(Bytes::from_mib(384)) })]);
+        assert_eq!(j.prune(Millis(2)).unwrap(), 1);
+        assert_eq!(j.events(None, 10).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,47 @@
+//! Prometheus text exposition of the agent's snapshot.
+
+use crate::api_types::{Connection, Snapshot};
+use std::fmt::Write;
+
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let st = &s.status;
+    let mut gauge = |name: &str, help: &str, kind: &str, value: f64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    };
+    gauge("ebb_connected", "1 when ebb is connected to libvirt.", "gauge", matches!(st.connection, Connection::Connected { .. }) as u8 as f64);
+    gauge("ebb_ticks_total", "Ticks run since start.", "counter", st.ticks as f64);
+    gauge("ebb_tick_duration_seconds", "Wall time of the last tick.", "gauge", st.last_tick_ms / 1000.0);
+    gauge("ebb_actions_total", "Actions carried out since start.", "counter", st.actions_total as f64);
+    gauge("ebb_action_failures_total", "Actions that failed since start.", "counter", st.action_failures_total as f64);
+    gauge("ebb_memory_pool_bytes", "Memory ebb may hand to guests.", "gauge", st.pool.map_or(0.0, |p| p.0 as f64));
+    gauge("ebb_memory_pool_used_bytes", "Sum of the guests' current sizes.", "gauge", st.pool_used.0 as f64);
+    gauge("ebb_host_memory_total_bytes", "Host memory.", "gauge", st.host_total.0 as f64);
+    gauge("ebb_host_memory_available_bytes", "Host memory available.", "gauge", st.host_available.0 as f64);
+    gauge("ebb_vms", "Domains on the host.", "gauge", st.vms as f64);
+    gauge("ebb_vms_managed", "Domains whose memory ebb manages now.", "gauge", st.vms_managed as f64);
+
+    type Pick = fn(&crate::api_types::VmInfo) -> Option<f64>;
+    let per_vm: [(&str, &str, Pick); 7] = [
+        ("ebb_vm_memory_actual_bytes", "Guest memory size now (balloon current).", |v| v.memory.actual.map(|b| b.0 as f64)),
+        ("ebb_vm_memory_target_bytes", "Guest memory size ebb steers to.", |v| v.memory.target.map(|b| b.0 as f64)),
+        ("ebb_vm_memory_used_bytes", "Memory the guest uses (MemTotal - MemAvailable).", |v| v.memory.used.map(|b| b.0 as f64)),
+        ("ebb_vm_memory_entitlement_bytes", "The guest's share of the pool.", |v| v.memory.entitlement.map(|b| b.0 as f64)),
+        ("ebb_vm_memory_step_bytes", "The guest's adaptive reclaim step.", |v| Some(v.memory.step.0 as f64)),
+        ("ebb_vm_memory_under_pressure", "1 when the guest is short of memory.", |v| Some(v.memory.under_pressure as u8 as f64)),
+        ("ebb_vm_managed", "1 when ebb manages the guest's memory now.", |v| Some(v.memory.skipped.is_none() as u8 as f64)),
+    ];
+    for (name, help, pick) in per_vm {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for vm in &s.vms {
+            if let Some(v) = pick(vm) {
+                let _ = writeln!(out, "{name}{{vm=\"{}\"}} {v}", escape(&vm.name));
+            }
+        }
+    }
+    out
+}
+
+fn escape(label: &str) -> String {
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

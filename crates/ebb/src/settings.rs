@@ -1,0 +1,174 @@
+//! Per-VM settings from two places, the config file's `[vm.NAME]` and the
+//! domain's libvirt `<metadata>` in ebb's namespace (so they travel with the
+//! VM). The config file wins; every value remembers where it came from.
+
+use crate::api_types::{SettingSources, Source};
+use crate::config::VmSection;
+use ebb_core::{Bytes, VmSettings};
+use quick_xml::events::Event;
+
+/// Settings read from a domain's metadata element, e.g.
+/// `<ebb:vm xmlns:ebb="https://ebb.dev/xmlns/vm/1" managed="yes">
+///    <ebb:memory shares="2000" min="256MiB" max="1GiB"/></ebb:vm>`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MetadataSettings {
+    pub shares: Option<u32>,
+    pub min: Option<Bytes>,
+    pub max: Option<Bytes>,
+    pub managed: Option<bool>,
+}
+
+pub fn parse_metadata(xml: &str) -> Result<MetadataSettings, String> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut out = MetadataSettings::default();
+    loop {
+        let ev = reader.read_event().map_err(|e| format!("ebb metadata is not well-formed XML: {e}"))?;
+        let e = match ev {
+            Event::Start(e) | Event::Empty(e) => e,
+            Event::Eof => break,
+            _ => continue,
+        };
+        let element = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+        for attr in e.attributes() {
+            let attr = attr.map_err(|e| format!("ebb metadata has a malformed attribute: {e}"))?;
+            let key = String::from_utf8_lossy(attr.key.local_name().as_ref()).into_owned();
+            if attr.key.as_ref().starts_with(b"xmlns") {
+                continue;
+            }
+            let value = attr
+                .unescape_value()
+                .map_err(|e| format!("ebb metadata attribute {key} is malformed: {e}"))?
+                .into_owned();
+            let field = format!("<{element} {key}=\"{value}\">");
+            match (element.as_str(), key.as_str()) {
+                ("vm", "managed") => out.managed = Some(parse_bool(&value).ok_or(format!("{field}: use yes or no"))?),
+                ("memory", "shares") => {
+                    let s: u32 = value.parse().map_err(|_| format!("{field}: shares must be a whole number"))?;
+                    if s == 0 {
+                        return Err(format!("{field}: shares must be more than zero"));
+                    }
+                    out.shares = Some(s);
+                }
+                ("memory", "min") => out.min = Some(parse_size(&value, &field)?),
+                ("memory", "max") => out.max = Some(parse_size(&value, &field)?),
+                _ => return Err(format!("{field}: ebb does not know this setting")),
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Some(true),
+        "no" | "false" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_size(v: &str, field: &str) -> Result<Bytes, String> {
+    let b: Bytes = v.parse().map_err(|e| format!("{field}: {e}"))?;
+    if b == Bytes::ZERO {
+        return Err(format!("{field}: a size of zero is not allowed"));
+    }
+    Ok(b)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub settings: VmSettings,
+    pub sources: SettingSources,
+    /// Values that had to be ignored, in words.
+    pub problems: Vec<String>,
+}
+
+/// Merges config over metadata over defaults.
+pub fn resolve(config: Option<&VmSection>, meta: Option<&MetadataSettings>) -> Resolved {
+    fn pick<T: Clone>(cfg: Option<T>, meta: Option<T>, default: T) -> (T, Source) {
+        match (cfg, meta) {
+            (Some(v), _) => (v, Source::Config),
+            (None, Some(v)) => (v, Source::Metadata),
+            (None, None) => (default, Source::Default),
+        }
+    }
+    let d = VmSettings::default();
+    let cfg = config.cloned().unwrap_or_default();
+    let meta = meta.cloned().unwrap_or_default();
+    let (shares, s_src) = pick(cfg.shares.map(|s| *s.get_ref()), meta.shares, d.shares);
+    let (min, min_src) = pick(cfg.min.map(|s| Some(s.get_ref().0)), meta.min.map(Some), None);
+    let (max, max_src) = pick(cfg.max.map(|s| Some(s.get_ref().0)), meta.max.map(Some), None);
+    let (managed, m_src) = pick(cfg.managed, meta.managed, d.managed);
+    let mut resolved = Resolved {
+        settings: VmSettings { shares, min, max, managed },
+        sources: SettingSources { shares: s_src, min: min_src, max: max_src, managed: m_src },
+        problems: vec![],
+    };
+    // A min from one place above a max from the other: keep the guarantee,
+    // drop the cap, and say so.
+    if let (Some(lo), Some(hi)) = (min, max) {
+        if lo > hi {
+            resolved.problems.push(format!(
+                "min {lo} ({:?}) is above max {hi} ({:?}): ignoring the max",
+                min_src, max_src
+            ));
+            resolved.settings.max = None;
+            resolved.sources.max = Source::Default;
+        }
+    }
+    resolved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const META: &str = r#"<ebb:vm xmlns:ebb="https://ebb.dev/xmlns/vm/1" managed="yes"><ebb:memory shares="2000" min="256MiB" max="1GiB"/></ebb:vm>"#;
+
+    #[test]
+    fn parses_metadata() {
+        let m = parse_metadata(META).unwrap();
+        assert_eq!(
+            m,
+            MetadataSettings {
+                shares: Some(2000),
+                min: Some(Bytes::from_mib(256)),
+                max: Some(Bytes::from_gib(1)),
+                managed: Some(true)
+            }
+        );
+    }
+
+    #[test]
+    fn bad_metadata_is_named() {
+        let e = parse_metadata(r#"<vm><memory min="lots"/></vm>"#).unwrap_err();
+        assert!(e.contains("min=\"lots\""), "{e}");
+        let e = parse_metadata(r#"<vm><memory colour="red"/></vm>"#).unwrap_err();
+        assert!(e.contains("colour"), "{e}");
+        assert!(parse_metadata("<vm><memory").is_err());
+    }
+
+    #[test]
+    fn config_wins_over_metadata_and_sources_are_kept() {
+        let cfg = Config::parse("[vm.web]\nshares = 500\n").unwrap();
+        let meta = parse_metadata(META).unwrap();
+        let r = resolve(cfg.vm.get("web"), Some(&meta));
+        assert_eq!(r.settings.shares, 500);
+        assert_eq!(r.sources.shares, Source::Config);
+        assert_eq!(r.settings.min, Some(Bytes::from_mib(256)));
+        assert_eq!(r.sources.min, Source::Metadata);
+        let r = resolve(None, None);
+        assert_eq!(r.settings, VmSettings::default());
+        assert_eq!(r.sources.shares, Source::Default);
+    }
+
+    #[test]
+    fn min_above_max_across_sources_drops_the_max() {
+        let cfg = Config::parse("[vm.web]\nmin = \"2GiB\"\n").unwrap();
+        let meta = parse_metadata(META).unwrap();
+        let r = resolve(cfg.vm.get("web"), Some(&meta));
+        assert_eq!(r.settings.min, Some(Bytes::from_gib(2)));
+        assert_eq!(r.settings.max, None);
+        assert_eq!(r.problems.len(), 1);
+    }
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: prepares the host (packages, libvirtd, guest image) and
+# runs every test, the real-guest ones included. Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup-host.sh
+if ! command -v cargo >/dev/null; then
+  echo "cargo is missing: install a Rust toolchain (rustup, Rust ≥ 1.85) first" >&2
+  exit 1
+fi
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  echo "cargo-nextest not found: running cargo test (real-guest tests one at a time)"
+  cargo test --workspace --no-fail-fast "$@" -- --test-threads=1
+fi
