@@ -1,1 +1,393 @@
-//! In-memory hypervisor for unit tests and the simulator. BEING WRITTEN.
+//! In-memory hypervisor for unit tests and the simulator: guests whose
+//! balloons move at a set rate, whose memory demand a test sets, and which
+//! swap (or, without swap, lose a process to the oom killer) when the
+//! balloon leaves them less than they use.
+//!
+//! `SimHypervisor` is a cheap handle: clones share one world, so a test keeps
+//! a handle to drive the guests (`set_used`, `advance`, `fail_next_call`)
+//! while the agent owns another as its `Hypervisor`, made by `connect` (the
+//! agent's connector) each time it (re)connects.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ebb_core::{Balloon, Bytes, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState, GIB, MIB};
+
+use crate::{HvError, Hypervisor};
+
+/// The URI the sim reports in messages.
+pub const SIM_URI: &str = "sim:///";
+
+/// A guest as a test declares it. Start from [`SimVm::new`] and change
+/// fields: `SimVm { used: Bytes::from_mib(300), ..SimVm::new("web", Bytes::from_mib(512)) }`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimVm {
+    pub id: VmId,
+    pub state: VmState,
+    /// The domain's maximum memory (`<memory>`).
+    pub max: Bytes,
+    /// The guest's current size (what the balloon leaves it); also the
+    /// initial balloon target.
+    pub current: Bytes,
+    /// Memory the guest's workload needs (what it could not free).
+    pub used: Bytes,
+    pub has_balloon: bool,
+    /// The guest driver sends statistics (a stats period is set).
+    pub sends_stats: bool,
+    /// The guest has swap: pressure shows as swap-out, not as oom kills.
+    pub has_swap: bool,
+    /// The guest reports oom kills in its balloon stats (Linux ≥ 6.12).
+    pub reports_oom: bool,
+    /// ebb's `<metadata>` element, as `ebb_metadata` returns it.
+    pub metadata: Option<String>,
+}
+
+impl SimVm {
+    /// A running guest with a balloon and stats, at its maximum size, using a
+    /// quarter of it, with swap.
+    pub fn new(id: impl Into<String>, max: Bytes) -> SimVm {
+        SimVm {
+            id: VmId::new(id),
+            state: VmState::Running,
+            max,
+            current: max,
+            used: max.scale(0.25),
+            has_balloon: true,
+            sends_stats: true,
+            has_swap: true,
+            reports_oom: false,
+            metadata: None,
+        }
+    }
+}
+
+/// One `set_memory` call that reached the sim and succeeded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetMemoryCall {
+    pub vm: VmId,
+    pub target: Bytes,
+    /// Sim time of the call, ms since the sim started.
+    pub at_ms: u64,
+}
+
+/// A guest's full state, for tests to inspect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimVmStatus {
+    pub vm: SimVm,
+    pub target: Bytes,
+    pub stalled: bool,
+    /// Part of `used` pushed out to swap.
+    pub swapped: Bytes,
+    pub swap_in: Bytes,
+    pub swap_out: Bytes,
+    pub major_faults: u64,
+    pub oom_kills: u64,
+}
+
+#[derive(Debug)]
+struct Guest {
+    vm: SimVm,
+    target: Bytes,
+    stalled: bool,
+    swapped: Bytes,
+    swap_in: Bytes,
+    swap_out: Bytes,
+    major_faults: u64,
+    oom_kills: u64,
+}
+
+impl Guest {
+    fn status(&self) -> SimVmStatus {
+        SimVmStatus {
+            vm: self.vm.clone(),
+            target: self.target,
+            stalled: self.stalled,
+            swapped: self.swapped,
+            swap_in: self.swap_in,
+            swap_out: self.swap_out,
+            major_faults: self.major_faults,
+            oom_kills: self.oom_kills,
+        }
+    }
+
+    /// Brings swap and oom counters in line with `used` against `current`:
+    /// what does not fit is swapped out (or, without swap, the oom killer
+    /// frees it), and swapped pages fault back in once there is room.
+    fn settle(&mut self) {
+        let cur = self.vm.current;
+        if self.vm.used > cur && !self.vm.has_swap {
+            // The oom killer frees the biggest process: model it as the
+            // guest dropping back to 90% of what it has.
+            self.oom_kills += 1;
+            self.vm.used = cur.scale(0.9);
+        }
+        let excess = self.vm.used - cur;
+        if excess > self.swapped {
+            self.swap_out += excess - self.swapped;
+        } else {
+            let back = self.swapped - excess;
+            self.swap_in += back;
+            self.major_faults += back.0 / (4 * 1024);
+        }
+        self.swapped = excess;
+    }
+
+    fn observe(&self, now_ms: u64) -> VmObservation {
+        let v = &self.vm;
+        let balloon = v.has_balloon.then(|| Balloon {
+            current: v.current,
+            maximum: v.max,
+            stats: (v.sends_stats && v.state == VmState::Running).then(|| {
+                let free = v.current - v.used.min(v.current);
+                GuestMemStats {
+                    total: v.current,
+                    unused: free,
+                    usable: free,
+                    swap_in: self.swap_in,
+                    swap_out: self.swap_out,
+                    major_faults: self.major_faults,
+                    oom_kills: v.reports_oom.then_some(self.oom_kills),
+                    last_update: Some(now_ms / 1000),
+                }
+            }),
+        });
+        VmObservation { id: v.id.clone(), state: v.state, balloon }
+    }
+}
+
+#[derive(Debug)]
+struct World {
+    host_total: Bytes,
+    /// Memory the host itself uses besides its guests.
+    host_used: Bytes,
+    /// Bytes per second a balloon moves.
+    rate: u64,
+    now_ms: u64,
+    guests: BTreeMap<VmId, Guest>,
+    calls: Vec<SetMemoryCall>,
+    reachable: bool,
+    fail_next: u32,
+    connects: u32,
+}
+
+/// The in-memory hypervisor. Clones share the same world.
+#[derive(Clone, Debug)]
+pub struct SimHypervisor {
+    world: Arc<Mutex<World>>,
+}
+
+impl SimHypervisor {
+    /// An empty host with `host_total` of memory and balloons that move at
+    /// 1 GiB/s (what a Linux guest did here even under emulation).
+    pub fn new(host_total: Bytes) -> SimHypervisor {
+        SimHypervisor {
+            world: Arc::new(Mutex::new(World {
+                host_total,
+                host_used: Bytes::ZERO,
+                rate: GIB,
+                now_ms: 0,
+                guests: BTreeMap::new(),
+                calls: Vec::new(),
+                reachable: true,
+                fail_next: 0,
+                connects: 0,
+            })),
+        }
+    }
+
+    fn world(&self) -> MutexGuard<'_, World> {
+        // A test that panicked while holding the lock leaves a usable world.
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_guest<R>(&self, vm: &VmId, f: impl FnOnce(&mut Guest) -> R) -> R {
+        let mut w = self.world();
+        let g = w.guests.get_mut(vm).unwrap_or_else(|| panic!("sim has no VM {vm}"));
+        f(g)
+    }
+
+    /// Adds (or replaces) a guest. Its balloon target starts at `current`.
+    pub fn add_vm(&self, vm: SimVm) {
+        let mut g = Guest {
+            target: vm.current,
+            vm,
+            stalled: false,
+            swapped: Bytes::ZERO,
+            swap_in: Bytes::ZERO,
+            swap_out: Bytes::ZERO,
+            major_faults: 0,
+            oom_kills: 0,
+        };
+        g.settle();
+        self.world().guests.insert(g.vm.id.clone(), g);
+    }
+
+    pub fn remove_vm(&self, vm: &VmId) {
+        self.world().guests.remove(vm);
+    }
+
+    /// Sets what the guest's workload needs; the guest swaps or oom-kills
+    /// at once if that exceeds its current size.
+    pub fn set_used(&self, vm: &VmId, used: Bytes) {
+        self.with_guest(vm, |g| {
+            g.vm.used = used;
+            g.settle();
+        })
+    }
+
+    pub fn set_state(&self, vm: &VmId, state: VmState) {
+        self.with_guest(vm, |g| g.vm.state = state)
+    }
+
+    /// A stalled balloon stays where it is whatever the target.
+    pub fn set_stalled(&self, vm: &VmId, stalled: bool) {
+        self.with_guest(vm, |g| g.stalled = stalled)
+    }
+
+    pub fn set_sends_stats(&self, vm: &VmId, sends: bool) {
+        self.with_guest(vm, |g| g.vm.sends_stats = sends)
+    }
+
+    pub fn set_metadata(&self, vm: &VmId, metadata: Option<String>) {
+        self.with_guest(vm, |g| g.vm.metadata = metadata)
+    }
+
+    /// Memory the host uses besides its guests (default none).
+    pub fn set_host_used(&self, used: Bytes) {
+        self.world().host_used = used;
+    }
+
+    /// How fast balloons move, in bytes per second (default 1 GiB/s).
+    pub fn set_balloon_rate(&self, bytes_per_sec: Bytes) {
+        self.world().rate = bytes_per_sec.0;
+    }
+
+    /// The next call (any trait method) fails as unreachable; the ones after
+    /// it work again.
+    pub fn fail_next_call(&self) {
+        self.world().fail_next += 1;
+    }
+
+    /// While unreachable every call fails, `connect` included.
+    pub fn set_reachable(&self, reachable: bool) {
+        self.world().reachable = reachable;
+    }
+
+    /// What the agent's connector does for the sim: another handle on the
+    /// same world, or `Unreachable` while the sim is set unreachable.
+    pub fn connect(&self) -> Result<SimHypervisor, HvError> {
+        let mut w = self.world();
+        if !w.reachable {
+            return Err(unreachable("the sim is set unreachable"));
+        }
+        w.fail_next = 0;
+        w.connects += 1;
+        Ok(self.clone())
+    }
+
+    /// How many times `connect` succeeded.
+    pub fn connects(&self) -> u32 {
+        self.world().connects
+    }
+
+    /// Successful `set_memory` calls, oldest first.
+    pub fn calls(&self) -> Vec<SetMemoryCall> {
+        self.world().calls.clone()
+    }
+
+    pub fn clear_calls(&self) {
+        self.world().calls.clear();
+    }
+
+    pub fn status(&self, vm: &VmId) -> Option<SimVmStatus> {
+        self.world().guests.get(vm).map(Guest::status)
+    }
+
+    /// Sim time, ms since the sim started.
+    pub fn now_ms(&self) -> u64 {
+        self.world().now_ms
+    }
+
+    /// Lets `ms` of time pass: every running guest's balloon that is not
+    /// stalled moves toward its target at the balloon rate, and the guest
+    /// swaps or oom-kills if it is left with less than it uses.
+    pub fn advance(&self, ms: u64) {
+        let mut w = self.world();
+        w.now_ms += ms;
+        let step = Bytes((u128::from(w.rate) * u128::from(ms) / 1000).min(u128::from(u64::MAX)) as u64);
+        for g in w.guests.values_mut() {
+            if g.vm.state != VmState::Running || !g.vm.has_balloon || g.stalled {
+                continue;
+            }
+            let (cur, target) = (g.vm.current, g.target);
+            g.vm.current = if target < cur { (cur - step).max(target) } else { (cur + step).min(target) };
+            g.settle();
+        }
+    }
+
+    /// Fails the call if the sim is unreachable right now.
+    fn gate(w: &mut World) -> Result<(), HvError> {
+        if w.fail_next > 0 {
+            w.fail_next -= 1;
+            return Err(unreachable("the sim was told to fail this call"));
+        }
+        if !w.reachable {
+            return Err(unreachable("the sim is set unreachable"));
+        }
+        Ok(())
+    }
+}
+
+fn unreachable(detail: &str) -> HvError {
+    HvError::Unreachable { uri: SIM_URI.to_owned(), detail: detail.to_owned() }
+}
+
+impl Hypervisor for SimHypervisor {
+    fn uri(&self) -> &str {
+        SIM_URI
+    }
+
+    fn observe(&mut self) -> Result<Observation, HvError> {
+        let mut w = self.world();
+        Self::gate(&mut w)?;
+        let guests: Bytes = w
+            .guests
+            .values()
+            .filter(|g| matches!(g.vm.state, VmState::Running | VmState::Paused))
+            .map(|g| g.vm.current)
+            .sum();
+        let host = HostMemory { total: w.host_total, available: w.host_total - w.host_used - guests };
+        let vms = w.guests.values().map(|g| g.observe(w.now_ms)).collect();
+        Ok(Observation { at: Default::default(), host, vms })
+    }
+
+    fn set_memory(&mut self, vm: &VmId, target: Bytes) -> Result<(), HvError> {
+        let mut w = self.world();
+        Self::gate(&mut w)?;
+        let now_ms = w.now_ms;
+        let g = w.guests.get_mut(vm).ok_or_else(|| HvError::NoSuchVm(vm.clone()))?;
+        let op = |detail: String| HvError::Operation { op: "set memory", vm: vm.clone(), detail };
+        if !g.vm.has_balloon {
+            return Err(HvError::NoBalloon(vm.clone()));
+        }
+        if g.vm.state != VmState::Running && g.vm.state != VmState::Paused {
+            return Err(op("the domain is not running".into()));
+        }
+        if target > g.vm.max {
+            return Err(op(format!("{target} is above the domain's maximum of {}", g.vm.max)));
+        }
+        if target < Bytes(MIB) {
+            return Err(op(format!("{target} is below 1 MiB")));
+        }
+        g.target = target;
+        w.calls.push(SetMemoryCall { vm: vm.clone(), target, at_ms: now_ms });
+        Ok(())
+    }
+
+    fn ebb_metadata(&mut self, vm: &VmId) -> Result<Option<String>, HvError> {
+        let mut w = self.world();
+        Self::gate(&mut w)?;
+        let g = w.guests.get(vm).ok_or_else(|| HvError::NoSuchVm(vm.clone()))?;
+        Ok(g.vm.metadata.clone())
+    }
+}

@@ -112,7 +112,7 @@ impl Agent {
         tokio::pin!(shutdown);
         loop {
             let moving = self.tick().await;
-            let wait = if moving { self.cfg.agent.fast_tick } else { self.cfg.agent.tick };
+            let wait = if moving { self.cfg.agent.fast_tick.min(self.cfg.agent.tick) } else { self.cfg.agent.tick };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = &mut shutdown => break,

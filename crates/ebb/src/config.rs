@@ -252,9 +252,6 @@ impl Config {
                 m.step_min.0, m.step_max.0
             ));
         }
-        if self.agent.fast_tick > self.agent.tick {
-            return Err("agent.fast_tick is longer than agent.tick".into());
-        }
         for (name, vm) in &self.vm {
             if let (Some(min), Some(max)) = (&vm.min, &vm.max) {
                 if min.get_ref().0 > max.get_ref().0 {
@@ -313,6 +310,14 @@ mod tests {
         assert_eq!(c.agent.uri, "qemu:///system");
         assert_eq!(c.agent.tick, Duration::from_secs(2));
         assert_eq!(c.memory.policy_config(), MemoryConfig::default());
+    }
+
+    #[test]
+    fn example_config_documents_the_defaults() {
+        let c = Config::parse(include_str!("../../../ebb.example.toml")).unwrap();
+        assert_eq!(c.memory.policy_config(), MemoryConfig::default());
+        let d = AgentSection::default();
+        assert_eq!((c.agent.uri, c.agent.tick, c.agent.fast_tick, c.agent.socket, c.agent.journal), (d.uri, d.tick, d.fast_tick, d.socket, d.journal));
     }
 
     #[test]

@@ -1,0 +1,97 @@
+//! The binary end to end without real guests: config errors stop startup
+//! with a clear message; a libvirt URI that does not answer leaves the agent
+//! running and says why in `ebb status`; libvirt's test driver is observed
+//! through the API, the CLI and /metrics.
+
+mod common;
+use common::*;
+use ebb::api_types::Connection;
+use std::time::Duration;
+
+fn run_with_config(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ebb.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = ebb(&["run", "--config", path.to_str().unwrap()]);
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn config_errors_stop_startup_with_the_field_and_line() {
+    let (ok, err) = run_with_config("[memory]\npool = \"1GiB\"\nballoon_speed = 3\n");
+    assert!(!ok);
+    assert!(err.contains("balloon_speed") && err.contains("line 3"), "{err}");
+
+    let (ok, err) = run_with_config("[memory]\npool = \"0\"\n");
+    assert!(!ok);
+    assert!(err.contains("zero"), "{err}");
+
+    let (ok, err) = run_with_config("[vm.db]\nmin = \"2GiB\"\nmax = \"1GiB\"\n");
+    assert!(!ok);
+    assert!(err.contains("vm.db.min (2 GiB) is above vm.db.max (1 GiB)"), "{err}");
+
+    let (ok, err) = run_with_config("[memory]\npool = \"1GiB\"\n[vm.a]\nmin = \"1GiB\"\n[vm.b]\nmin = \"100MiB\"\n");
+    assert!(!ok);
+    assert!(err.contains("by 100 MiB"), "{err}");
+
+    let out = ebb(&["run", "--config", "/nonexistent/ebb.toml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file /nonexistent/ebb.toml"));
+}
+
+#[test]
+fn cli_without_an_agent_says_so() {
+    let out = ebb(&["--socket", "/nonexistent/ebb.sock", "status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no ebb agent answers at /nonexistent/ebb.sock"), "{err}");
+}
+
+#[test]
+fn unreachable_libvirt_keeps_the_agent_running_and_is_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(dir.path(), "uri = \"qemu+tcp://127.0.0.1:1/system\"\ntick = \"200ms\"", "");
+    let status = wait_for("a failed connection attempt", Duration::from_secs(10), || {
+        let s = agent.status();
+        match &s.connection {
+            Connection::Disconnected { attempts, .. } if *attempts >= 1 => Some(s),
+            _ => None,
+        }
+    });
+    let Connection::Disconnected { error, .. } = &status.connection else { unreachable!() };
+    assert!(error.contains("qemu+tcp://127.0.0.1:1/system is not reachable"), "{error}");
+    let text = agent.text(&["status"]);
+    assert!(text.contains("DISCONNECTED"), "{text}");
+    // Still alive, still retrying.
+    std::thread::sleep(Duration::from_millis(1500));
+    let later = agent.status();
+    assert!(later.ticks > status.ticks);
+    let events = agent.events(None);
+    assert_eq!(events.iter().filter(|e| e.kind == "connect_failed").count(), 1, "one entry, not one per retry");
+}
+
+#[test]
+fn test_driver_is_observed_through_api_cli_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(dir.path(), "uri = \"test:///default\"\ntick = \"200ms\"", "[vm.test]\nshares = 3000\n");
+    let vm = wait_for("the test domain", Duration::from_secs(10), || agent.vm("test"));
+    assert_eq!(vm.settings.shares, 3000);
+    assert_eq!(vm.sources.shares, ebb::api_types::Source::Config);
+    // The test driver's domain sends no guest statistics: skipped, with the reason.
+    let why = vm.memory.skipped.clone().unwrap_or_default();
+    assert!(why.contains("statistics") || why.contains("balloon"), "{why}");
+    let table = agent.text(&["vms"]);
+    assert!(table.contains("test") && table.contains("3000 (config)"), "{table}");
+    let metrics = agent.text(&["metrics"]);
+    assert!(metrics.contains("ebb_connected 1"), "{metrics}");
+    assert!(metrics.contains("ebb_vm_managed{vm=\"test\"} 0"), "{metrics}");
+    let explain = agent.text(&["explain", "test"]);
+    assert!(explain.contains("does not manage its memory"), "{explain}");
+    let out = agent.cli(&["explain", "no-such-vm"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("knows nothing about a VM named no-such-vm"));
+    // A second agent on the same socket is refused.
+    let out = ebb(&["run", "--config", agent.config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another ebb is already serving"));
+}

@@ -1,0 +1,143 @@
+//! Shared by the integration tests: the real `ebb` binary run as the agent
+//! and as the CLI, and polling helpers.
+#![allow(dead_code)]
+
+use ebb::api_types::{Event, Status, VmInfo};
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const EBB: &str = env!("CARGO_BIN_EXE_ebb");
+
+/// An `ebb run` process with its own socket and journal in `dir`.
+pub struct AgentProc {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub journal: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl AgentProc {
+    /// Writes a config (agent socket and journal in `dir`, plus `extra`,
+    /// which may add to the [agent] table as it comes first) and starts it.
+    pub fn start(dir: &Path, agent_lines: &str, rest: &str) -> AgentProc {
+        let socket = dir.join("ebb.sock");
+        let journal = dir.join("journal.db");
+        let config = dir.join("ebb.toml");
+        let text = format!(
+            "[agent]\nsocket = \"{}\"\njournal = \"{}\"\n{agent_lines}\n{rest}\n",
+            socket.display(),
+            journal.display()
+        );
+        std::fs::write(&config, text).unwrap();
+        AgentProc::start_with(dir, config, socket, journal)
+    }
+
+    pub fn start_with(dir: &Path, config: PathBuf, socket: PathBuf, journal: PathBuf) -> AgentProc {
+        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        let log = dir.join(format!("agent-{n}.log"));
+        let child = Command::new(EBB)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("EBB_LOG", "ebb=debug,info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("cannot start ebb");
+        let mut agent = AgentProc { child, socket, journal, config, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !agent.socket.exists() {
+            if Instant::now() > deadline || matches!(agent.child.try_wait(), Ok(Some(_))) {
+                panic!("the agent did not open its socket; its log:\n{}", agent.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(EBB).arg("--socket").arg(&self.socket).args(args).output().unwrap()
+    }
+
+    pub fn json<T: DeserializeOwned>(&self, args: &[&str]) -> T {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cli(&all);
+        assert!(out.status.success(), "ebb {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ebb {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    pub fn text(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "ebb {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn vms(&self) -> Vec<VmInfo> {
+        self.json(&["vms"])
+    }
+
+    pub fn vm(&self, name: &str) -> Option<VmInfo> {
+        self.vms().into_iter().find(|v| v.name == name)
+    }
+
+    pub fn status(&self) -> Status {
+        self.json(&["status"])
+    }
+
+    pub fn events(&self, vm: Option<&str>) -> Vec<Event> {
+        match vm {
+            Some(vm) => self.json(&["events", "--limit", "10000", "--vm", vm]),
+            None => self.json(&["events", "--limit", "10000"]),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait: the clean stop.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `f` every 250 ms until it returns Some, or panics after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Runs `ebb` with arguments and no agent.
+pub fn ebb(args: &[&str]) -> Output {
+    Command::new(EBB).args(args).output().unwrap()
+}
