@@ -89,6 +89,8 @@ struct Guest {
     vm: SimVm,
     target: Bytes,
     stalled: bool,
+    /// `set_memory` fails with an operation error (libvirt refusing).
+    refuses_memory: bool,
     swapped: Bytes,
     swap_in: Bytes,
     swap_out: Bytes,
@@ -212,6 +214,7 @@ impl SimHypervisor {
             target: vm.current,
             vm,
             stalled: false,
+            refuses_memory: false,
             swapped: Bytes::ZERO,
             swap_in: Bytes::ZERO,
             swap_out: Bytes::ZERO,
@@ -242,6 +245,11 @@ impl SimHypervisor {
     /// A stalled balloon stays where it is whatever the target.
     pub fn set_stalled(&self, vm: &VmId, stalled: bool) {
         self.with_guest(vm, |g| g.stalled = stalled)
+    }
+
+    /// Every `set_memory` on this VM fails with an operation error.
+    pub fn set_refuses_memory(&self, vm: &VmId, refuses: bool) {
+        self.with_guest(vm, |g| g.refuses_memory = refuses);
     }
 
     pub fn set_sends_stats(&self, vm: &VmId, sends: bool) {
@@ -375,6 +383,9 @@ impl Hypervisor for SimHypervisor {
         }
         if target > g.vm.max {
             return Err(op(format!("{target} is above the domain's maximum of {}", g.vm.max)));
+        }
+        if g.refuses_memory {
+            return Err(op("the sim was told to refuse it".into()));
         }
         if target < Bytes(MIB) {
             return Err(op(format!("{target} is below 1 MiB")));

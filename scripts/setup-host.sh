@@ -1,0 +1,54 @@
+#!/bin/sh
+# Prepares a Debian 12 machine to run ebb's demo and its real-guest tests:
+# installs the virtualization packages, starts virtlogd and libvirtd by hand
+# (these machines have no systemd) and waits until libvirt answers.
+# Idempotent: a rerun on a prepared host only checks and returns in a second.
+set -eu
+
+PACKAGES="qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev \
+busybox-static linux-image-amd64 cpio zstd kmod pkg-config sqlite3 curl"
+URI="qemu:///system"
+
+step() { printf 'setup-host: %s\n' "$*"; }
+die() { printf 'setup-host: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run me as root (I install packages and start libvirtd)"
+
+missing=""
+for p in $PACKAGES; do
+    if ! dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed'; then
+        missing="$missing $p"
+    fi
+done
+if [ -n "$missing" ]; then
+    step "installing:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null || die "apt-get update failed"
+    # shellcheck disable=SC2086
+    apt-get install -y -q --no-install-recommends $missing >/dev/null \
+        || die "apt-get install failed for:$missing"
+else
+    step "packages already installed ($(echo $PACKAGES | wc -w) checked)"
+fi
+
+if pgrep -x virtlogd >/dev/null; then
+    step "virtlogd already running"
+else
+    step "starting virtlogd"
+    virtlogd -d || die "virtlogd did not start"
+fi
+
+if pgrep -x libvirtd >/dev/null; then
+    step "libvirtd already running"
+else
+    step "starting libvirtd"
+    libvirtd -d || die "libvirtd did not start"
+fi
+
+i=0
+until virsh -c "$URI" version >/dev/null 2>&1; do
+    i=$((i + 1))
+    [ "$i" -le 60 ] || die "libvirt at $URI did not answer within 30 s (see /var/log/libvirt/libvirtd.log)"
+    sleep 0.5
+done
+step "libvirt at $URI answers: $(virsh -c "$URI" version 2>/dev/null | grep -i 'running hypervisor' | sed 's/^ *//')"
