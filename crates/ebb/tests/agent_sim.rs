@@ -1,0 +1,155 @@
+//! The agent in-process over the sim backend (fast; the real-guest tests
+//! prove the same against libvirt and QEMU): it converges into the pool,
+//! survives the hypervisor going away mid-run, and notices domains coming
+//! and going.
+
+use ebb::api_types::{Connection, Event, Status, VmInfo};
+use ebb::client::Client;
+use ebb::config::Config;
+use ebb::run::run_with;
+use ebb_backends::sim::{SimHypervisor, SimVm};
+use ebb_core::{Bytes, VmId};
+use std::time::{Duration, Instant};
+
+struct World {
+    sim: SimHypervisor,
+    client: Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    agent: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(sim: SimHypervisor, memory: &str) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ebb.sock");
+    let text = format!(
+        "[agent]\nuri = \"sim\"\ntick = \"100ms\"\nfast_tick = \"50ms\"\nsocket = \"{}\"\njournal = \"{}\"\n[memory]\n{memory}\n",
+        socket.display(),
+        dir.path().join("journal.db").display()
+    );
+    let cfg = Config::parse(&text).unwrap();
+    let handle = sim.clone();
+    let connect: ebb::agent::Connector = Box::new(move |_| handle.connect().map(|h| Box::new(h) as _));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(run_with(cfg, connect, async {
+        let _ = stopped.await;
+    }));
+    // The sim's balloons move only when its clock advances: follow real time.
+    let clock = sim.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            clock.advance(20);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "agent did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    World { sim, client: Client::new(&socket), stop: Some(stop), agent: Some(agent), _dir: dir }
+}
+
+impl World {
+    async fn until<T>(&self, what: &str, mut f: impl FnMut(&[VmInfo], &Status) -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let vms: Vec<VmInfo> = self.client.get("/v1/vms").await.unwrap();
+            let status: Status = self.client.get("/v1/status").await.unwrap();
+            if let Some(v) = f(&vms, &status) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; vms: {vms:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn events(&self) -> Vec<Event> {
+        self.client.get("/v1/events?limit=1000").await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.agent.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+fn converged(vms: &[VmInfo]) -> bool {
+    vms.iter().all(|v| v.memory.skipped.is_some() || v.memory.target == v.memory.actual)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_into_the_pool_and_survives_libvirt_going_away() {
+    let sim = SimHypervisor::new(Bytes::from_gib(16));
+    for (name, used) in [("a", 100), ("b", 100), ("c", 300)] {
+        sim.add_vm(SimVm { used: Bytes::from_mib(used), ..SimVm::new(name, Bytes::from_mib(1024)) });
+    }
+    sim.add_vm(SimVm { has_balloon: false, ..SimVm::new("no-balloon", Bytes::from_mib(512)) });
+    let w = start(sim, "pool = \"2GiB\"").await;
+    let pool = Bytes::from_gib(2);
+    w.until("convergence into the pool", |vms, st| {
+        (st.pool == Some(pool) && st.pool_used <= pool && converged(vms) && st.actions_total > 0).then_some(())
+    })
+    .await;
+    let vms: Vec<VmInfo> = w.client.get("/v1/vms").await.unwrap();
+    let size = |n: &str| vms.iter().find(|v| v.name == n).unwrap().memory.actual.unwrap();
+    assert!(size("c") > size("a"), "the busier guest keeps more: {} vs {}", size("c"), size("a"));
+    let nb = vms.iter().find(|v| v.name == "no-balloon").unwrap();
+    assert!(nb.memory.skipped.as_deref().unwrap_or("").contains("no balloon device"));
+
+    // libvirt goes away: the agent shows it, keeps ticking, and reconnects.
+    w.sim.set_reachable(false);
+    w.until("disconnected", |_, st| matches!(st.connection, Connection::Disconnected { .. }).then_some(())).await;
+    w.sim.set_reachable(true);
+    w.until("reconnected", |_, st| matches!(st.connection, Connection::Connected { .. }).then_some(())).await;
+    let kinds: Vec<String> = w.events().await.into_iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&"disconnected".to_string()) && kinds.iter().filter(|k| *k == "connected").count() >= 2, "{kinds:?}");
+
+    // A guest comes under pressure: it gets memory back from the idle ones.
+    let before = size("a");
+    w.sim.set_used(&VmId::new("a"), before - Bytes::from_mib(10));
+    w.until("give-back to a", |vms, _| {
+        let a = vms.iter().find(|v| v.name == "a")?;
+        (a.memory.actual? > before + Bytes::from_mib(32)).then_some(())
+    })
+    .await;
+
+    // Domains come and go.
+    w.sim.remove_vm(&VmId::new("b"));
+    w.sim.add_vm(SimVm::new("d", Bytes::from_mib(512)));
+    w.until("d appears and b goes", |vms, _| {
+        (vms.iter().any(|v| v.name == "d") && !vms.iter().any(|v| v.name == "b")).then_some(())
+    })
+    .await;
+    let events = w.events().await;
+    assert!(events.iter().any(|e| e.kind == "vm_gone" && e.vm.as_deref() == Some("b")));
+    assert!(events.iter().any(|e| e.kind == "vm_appeared" && e.vm.as_deref() == Some("d")));
+    let actions: Vec<&Event> = events.iter().filter(|e| e.kind == "set_balloon_target").collect();
+    assert!(actions.iter().all(|e| e.outcome.as_deref() == Some("ok") && e.rule.is_some() && !e.text.is_empty()));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_call_is_journaled_and_the_agent_goes_on() {
+    let sim = SimHypervisor::new(Bytes::from_gib(16));
+    sim.add_vm(SimVm { used: Bytes::from_mib(64), ..SimVm::new("a", Bytes::from_mib(1024)) });
+    sim.add_vm(SimVm { used: Bytes::from_mib(64), ..SimVm::new("b", Bytes::from_mib(1024)) });
+    sim.set_refuses_memory(&VmId::new("a"), true);
+    let w = start(sim, "pool = \"1GiB\"").await;
+    let failures = w.until("failed actions", |_, st| (st.action_failures_total >= 2).then_some(st.action_failures_total)).await;
+    let events = w.events().await;
+    let failed: Vec<&Event> = events.iter().filter(|e| e.outcome.as_deref().is_some_and(|o| o.starts_with("failed"))).collect();
+    assert!(!failed.is_empty() && failed.iter().all(|e| e.vm.as_deref() == Some("a")), "{failed:?}");
+    assert!(failed[0].outcome.as_deref().unwrap().contains("refuse"), "{:?}", failed[0]);
+    // The other guest is still managed, and the agent still ticks.
+    let ticks = w.until("more ticks", |_, st| Some(st.ticks)).await;
+    w.until("ticking on", |vms, st| {
+        let b = vms.iter().find(|v| v.name == "b")?;
+        (st.ticks > ticks + 3 && b.memory.skipped.is_none()).then_some(())
+    })
+    .await;
+    // Failures back off (the step is divided) rather than hammering libvirt every tick.
+    let st: Status = w.client.get("/v1/status").await.unwrap();
+    assert!(st.action_failures_total < st.ticks, "{} failures in {} ticks ({failures} at first)", st.action_failures_total, st.ticks);
+    w.stop().await;
+}
