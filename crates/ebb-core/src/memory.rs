@@ -138,6 +138,11 @@ struct VmMem {
     /// No new reclaim before this (after a stuck balloon or a failed call),
     /// so a guest that cannot give memory up is not hammered every tick.
     no_shrink_until: Option<Millis>,
+    /// Memory the guest kernel holds outside its MemTotal (balloon size −
+    /// MemTotal, ~55 MiB on a small Linux guest): the floor adds it, or a
+    /// guest "at used + headroom" would really have almost nothing free.
+    /// None until measured on settled stats.
+    overhead: Option<Bytes>,
     last_reason: Option<Reason>,
 }
 
@@ -177,6 +182,7 @@ impl VmMem {
             moved_at: now,
             reclaim_until: None,
             no_shrink_until: None,
+            overhead: None,
             last_reason: None,
         }
     }
@@ -393,7 +399,18 @@ impl MemoryPolicy {
             let ceiling = kib_down(s.max.unwrap_or(Bytes(u64::MAX)).min(b.maximum));
             let min = kib_up(s.min.unwrap_or(Bytes::ZERO)).min(ceiling);
             let headroom = t.headroom_min.max(used.scale(t.headroom_fraction));
-            let floor = kib_up(min.max(used + headroom)).min(ceiling);
+            // Measured only from stats newer than the balloon's last move
+            // (libvirt's last-update is host wall-clock seconds), since a
+            // stale MemTotal next to a new size would mis-state it.
+            let settled_since = if st.last_current == Some(current) { st.moved_at } else { now };
+            // Until then the unsettled reading serves: while a balloon
+            // shrinks it reads low (never below zero), while it grows high.
+            let reading = current.saturating_sub(stats.total);
+            if stats.last_update.is_some_and(|s| s.saturating_mul(1000) >= settled_since.0 + 1000) {
+                st.overhead = Some(reading);
+            }
+            let overhead = st.overhead.unwrap_or(reading);
+            let floor = kib_up(min.max(used + headroom + overhead)).min(ceiling);
 
             let pressure = pressure_words(&t, stats, current, st.counters.as_ref(), now);
             st.counters = Some(Counters {
@@ -999,6 +1016,8 @@ mod tests {
         swap_out: Bytes,
         major_faults: u64,
         settings: VmSettings,
+        /// Held by the guest kernel outside MemTotal.
+        overhead: Bytes,
     }
 
     fn guest(name: &str, size_mib: u64, used_mib: u64) -> Guest {
@@ -1015,6 +1034,7 @@ mod tests {
             swap_out: Bytes::ZERO,
             major_faults: 0,
             settings: VmSettings::default(),
+            overhead: Bytes::ZERO,
         }
     }
 
@@ -1059,9 +1079,9 @@ mod tests {
                             current: g.current,
                             maximum: g.maximum,
                             stats: g.stats.then(|| GuestMemStats {
-                                total: g.current,
-                                unused: g.current - g.used,
-                                usable: g.current - g.used,
+                                total: g.current - g.overhead,
+                                unused: g.current - g.overhead - g.used,
+                                usable: g.current - g.overhead - g.used,
                                 swap_in: Bytes::ZERO,
                                 swap_out: g.swap_out,
                                 major_faults: g.major_faults,
@@ -1122,6 +1142,25 @@ mod tests {
         d.actions.iter().find(|a| a.vm().as_str() == name).map(|a| match a {
             Action::SetBalloonTarget { target, reason, .. } => (*target, reason),
         })
+    }
+
+    #[test]
+    fn the_floor_keeps_the_guest_kernels_own_memory() {
+        // Two idle guests in a tiny pool: both go to their floors. The one
+        // whose kernel holds 56 MiB outside MemTotal keeps that on top.
+        let mut plain = guest("plain", 512, 100);
+        plain.settings.min = None;
+        let mut kernel = guest("kernel", 512, 100);
+        kernel.overhead = Bytes::from_mib(56);
+        let mut w = World::new(vec![plain, kernel], 400);
+        let d = w.run(40);
+        let floor = |n: &str| view(&d, n).floor.unwrap();
+        assert_eq!(floor("kernel"), floor("plain") + Bytes::from_mib(56));
+        assert!(w.current("kernel") >= floor("kernel"));
+        assert!(w.current("plain") < w.current("kernel"));
+        // What the guest itself sees free stays at the headroom.
+        let free = w.current("kernel") - Bytes::from_mib(56) - Bytes::from_mib(100);
+        assert!(free >= w.cfg.headroom_min, "{free}");
     }
 
     #[test]

@@ -94,6 +94,24 @@ impl AgentProc {
         }
     }
 
+    /// Polls `f` on this agent; on timeout the panic shows what it saw.
+    pub fn wait<T>(&self, what: &str, limit: Duration, mut f: impl FnMut(&AgentProc) -> Option<T>) -> T {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(v) = f(self) {
+                return v;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {limit:?} waiting for {what}\n--- ebb vms\n{}\n--- ebb events\n{}",
+                    String::from_utf8_lossy(&self.cli(&["vms"]).stdout),
+                    String::from_utf8_lossy(&self.cli(&["events", "--limit", "40"]).stdout)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1,0 +1,236 @@
+//! ebb against a real libvirtd with real (software-emulated) QEMU guests:
+//! the agent is the real `ebb` binary, the guests run the project's image
+//! and report their own view of memory over HTTP on a 127.0.0.1 forward.
+//! These run one at a time (see .config/nextest.toml).
+
+mod common;
+use common::*;
+use ebb::api_types::{Connection, Source, VmInfo};
+use ebb::lab::{free_port, Guest, GuestSpec, Lab};
+use ebb_core::Bytes;
+use std::process::Command;
+use std::time::Duration;
+
+const URI: &str = "qemu:///system";
+
+fn lab(prefix: &str) -> Lab {
+    let lab = Lab::connect(URI).expect("libvirtd must run: scripts/setup-host.sh starts it");
+    lab.remove_leftovers(prefix).unwrap();
+    lab
+}
+
+fn boot(lab: &Lab, dir: &std::path::Path, name: &str, edit: impl FnOnce(&mut GuestSpec)) -> Guest {
+    let mut spec = GuestSpec::new(name, Bytes::from_mib(512));
+    spec.http_port = Some(free_port());
+    spec.console_log = dir.join(format!("{name}.console.log"));
+    edit(&mut spec);
+    lab.create(&spec).unwrap()
+}
+
+fn ready(guests: &[&Guest]) {
+    for g in guests {
+        g.wait_ready(Duration::from_secs(180)).unwrap_or_else(|e| panic!("{} did not boot: {e}", g.name()));
+    }
+}
+
+fn agent_config(prefix: &str, memory: &str) -> (String, String) {
+    (format!("uri = \"{URI}\"\ndomains = [\"{prefix}*\"]\ntick = \"1s\""), format!("[memory]\n{memory}"))
+}
+
+fn find<'a>(vms: &'a [VmInfo], name: &str) -> &'a VmInfo {
+    vms.iter().find(|v| v.name == name).unwrap_or_else(|| panic!("{name} not in ebb vms"))
+}
+
+fn settled(v: &VmInfo) -> bool {
+    v.memory.actual.is_some() && v.memory.target == v.memory.actual
+}
+
+fn total(vms: &[VmInfo], names: &[&str]) -> Bytes {
+    names.iter().filter_map(|n| find(vms, n).memory.actual).sum()
+}
+
+#[test]
+fn reclaims_idle_memory_honours_metadata_and_skips_a_guest_without_balloon() {
+    let prefix = "ebb-test-reclaim-";
+    let lab = lab(prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let (a_name, b_name, nb_name) = (format!("{prefix}a"), format!("{prefix}b"), format!("{prefix}nb"));
+    let a = boot(&lab, dir.path(), &a_name, |_| {});
+    let b = boot(&lab, dir.path(), &b_name, |_| {});
+    let nb = boot(&lab, dir.path(), &nb_name, |s| {
+        s.balloon = false;
+        s.http_port = None;
+        s.max_memory = Bytes::from_mib(128);
+        s.memory = Bytes::from_mib(128);
+    });
+    ready(&[&a, &b, &nb]);
+    let before = a.status().unwrap().mem_total;
+
+    // b's minimum travels with the VM, set the way the README says.
+    let out = Command::new("virsh")
+        .args(["-c", URI, "metadata", &b_name, "https://ebb.dev/xmlns/vm/1", "--key", "ebb", "--live", "--config", "--set"])
+        .arg(r#"<vm><memory min="384MiB" shares="500"/></vm>"#)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "virsh metadata: {}", String::from_utf8_lossy(&out.stderr));
+
+    let pool = Bytes::from_mib(700);
+    let (agent_lines, rest) = agent_config(prefix, "pool = \"700MiB\"");
+    let agent = AgentProc::start(dir.path(), &agent_lines, &rest);
+    let names = [a_name.as_str(), b_name.as_str()];
+    let vms = agent.wait("the guests to fit the pool", Duration::from_secs(90), |agent| {
+        let vms = agent.vms();
+        let all = names.iter().all(|n| vms.iter().any(|v| &v.name == n && settled(v)));
+        (all && total(&vms, &names) <= pool).then_some(vms)
+    });
+    let (va, vb) = (find(&vms, &a_name), find(&vms, &b_name));
+    assert_eq!(vb.settings.min, Some(Bytes::from_mib(384)));
+    assert_eq!((vb.sources.min, vb.sources.shares), (Source::Metadata, Source::Metadata));
+    assert!(vb.memory.actual.unwrap() >= Bytes::from_mib(384), "b below its minimum: {:?}", vb.memory);
+    assert!(va.memory.actual.unwrap() < Bytes::from_mib(400), "a was not reclaimed: {:?}", va.memory);
+
+    // The guest itself sees less memory: its balloon driver gave it up.
+    let after = wait_for("a's MemTotal to drop", Duration::from_secs(20), || {
+        let t = a.status().ok()?.mem_total;
+        (t + Bytes::from_mib(100) < before).then_some(t)
+    });
+    assert!(after <= va.memory.actual.unwrap(), "guest MemTotal {after} above its balloon size");
+    assert_eq!(a.status().unwrap().oom_kills, 0);
+    assert_eq!(b.status().unwrap().oom_kills, 0);
+
+    // The guest without a balloon device is shown with the reason and left alone.
+    let vnb = find(&vms, &nb_name);
+    assert!(vnb.memory.skipped.as_deref().unwrap_or("").contains("no balloon device"), "{:?}", vnb.memory);
+    let events = agent.events(Some(&a_name));
+    let reclaims: Vec<_> = events.iter().filter(|e| e.kind == "set_balloon_target").collect();
+    assert!(!reclaims.is_empty() && reclaims.iter().all(|e| e.outcome.as_deref() == Some("ok")));
+    assert!(reclaims.iter().any(|e| e.rule.as_deref() == Some("reclaim") && e.text.contains("reclaim")), "{reclaims:?}");
+    assert!(agent.events(Some(&nb_name)).iter().all(|e| e.kind != "set_balloon_target"));
+    let explain = agent.text(&["explain", &nb_name]);
+    assert!(explain.contains("no balloon device"), "{explain}");
+    let explain = agent.text(&["explain", &b_name]);
+    assert!(explain.contains("min 384 MiB (metadata)"), "{explain}");
+    let metrics = agent.text(&["metrics"]);
+    assert!(metrics.contains(&format!("ebb_vm_memory_actual_bytes{{vm=\"{a_name}\"}}")), "{metrics}");
+}
+
+#[test]
+fn a_busy_guest_gets_memory_from_an_idle_one_with_no_oom_kill() {
+    let prefix = "ebb-test-giveback-";
+    let lab = lab(prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let (busy_name, idle_name) = (format!("{prefix}busy"), format!("{prefix}idle"));
+    let busy = boot(&lab, dir.path(), &busy_name, |_| {});
+    let idle = boot(&lab, dir.path(), &idle_name, |_| {});
+    ready(&[&busy, &idle]);
+
+    let pool = Bytes::from_mib(640);
+    let (agent_lines, rest) = agent_config(prefix, "pool = \"640MiB\"");
+    let agent = AgentProc::start(dir.path(), &agent_lines, &rest);
+    let names = [busy_name.as_str(), idle_name.as_str()];
+    let vms = agent.wait("the guests to fit the pool", Duration::from_secs(90), |agent| {
+        let vms = agent.vms();
+        let all = names.iter().all(|n| vms.iter().any(|v| &v.name == n && settled(v)));
+        (all && total(&vms, &names) <= pool).then_some(vms)
+    });
+    let busy_before = find(&vms, &busy_name).memory.actual.unwrap();
+    let idle_before = find(&vms, &idle_name).memory.actual.unwrap();
+
+    // Far more than the busy guest has free (about 240 MiB at its share of
+    // 320 MiB): it can only finish with memory taken from the idle one.
+    let want = 340;
+    busy.start_mem_workload(want, 8, 250, 0).unwrap();
+    let status = wait_for("the workload to hold its memory", Duration::from_secs(120), || {
+        let s = busy.status().ok()?;
+        assert_ne!(s.workload_state, "failed", "the workload failed: {:?}", s.raw);
+        (s.workload_state == "holding" && s.workload_mib >= want).then_some(s)
+    });
+    assert_eq!(status.oom_kills, 0, "ebb let the busy guest run out of memory: {}", busy.console_log());
+    let vms = agent.wait("the pool to settle again", Duration::from_secs(60), |agent| {
+        let vms = agent.vms();
+        (names.iter().all(|n| settled(find(&vms, n))) && total(&vms, &names) <= pool).then_some(vms)
+    });
+    let (vb, vi) = (find(&vms, &busy_name), find(&vms, &idle_name));
+    assert!(vb.memory.actual.unwrap() > busy_before + Bytes::from_mib(150), "busy did not grow: {busy_before} → {:?}", vb.memory.actual);
+    assert!(vi.memory.actual.unwrap() < idle_before, "idle did not give: {idle_before} → {:?}", vi.memory.actual);
+    let grows = agent.events(Some(&busy_name));
+    assert!(
+        grows.iter().any(|e| matches!(e.rule.as_deref(), Some("give_back") | Some("grow")) && e.outcome.as_deref() == Some("ok")),
+        "{grows:?}"
+    );
+    assert_eq!(busy.status().unwrap().oom_kills, 0);
+    assert_eq!(idle.status().unwrap().oom_kills, 0);
+    assert!(!busy.console_log().contains("Out of memory"), "{}", busy.console_log());
+
+    // The workload ends: its memory goes back to the pool for the idle guest.
+    busy.release_mem_workload().unwrap();
+    agent.wait("the idle guest to get memory back", Duration::from_secs(60), |agent| {
+        let vms = agent.vms();
+        (find(&vms, &idle_name).memory.actual? > vi.memory.actual.unwrap() + Bytes::from_mib(64)).then_some(())
+    });
+}
+
+#[test]
+fn sigkill_mid_reclaim_then_libvirtd_restart_loses_nothing() {
+    let prefix = "ebb-test-crash-";
+    let lab = lab(prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let (a_name, b_name) = (format!("{prefix}a"), format!("{prefix}b"));
+    let a = boot(&lab, dir.path(), &a_name, |_| {});
+    let b = boot(&lab, dir.path(), &b_name, |_| {});
+    ready(&[&a, &b]);
+
+    // Small fixed steps so the reclaim takes many ticks and the kill lands inside it.
+    let pool = Bytes::from_mib(600);
+    let (agent_lines, rest) = agent_config(prefix, "pool = \"600MiB\"\nstep_min = \"16MiB\"\nstep_max = \"16MiB\"");
+    let mut agent = AgentProc::start(dir.path(), &agent_lines, &rest);
+    agent.wait("the reclaim to begin", Duration::from_secs(60), |agent| {
+        let n = agent.events(None).iter().filter(|e| e.kind == "set_balloon_target" && e.outcome.as_deref() == Some("ok")).count();
+        (n >= 2).then_some(())
+    });
+    agent.kill9();
+    let names = [a_name.as_str(), b_name.as_str()];
+    for g in [&a, &b] {
+        assert!(g.domain().is_active().unwrap(), "{} stopped when ebb was killed", g.name());
+        assert!(g.status().is_ok(), "{} does not answer after ebb was killed", g.name());
+    }
+
+    // Restarted on the same journal: it resumes and converges.
+    let mut agent = AgentProc::start_with(dir.path(), agent.config.clone(), agent.socket.clone(), agent.journal.clone());
+    let vms = agent.wait("convergence after the restart", Duration::from_secs(90), |agent| {
+        let vms = agent.vms();
+        let all = names.iter().all(|n| vms.iter().any(|v| &v.name == n && settled(v)));
+        (all && total(&vms, &names) <= pool).then_some(vms)
+    });
+    let events = agent.events(None);
+    assert_eq!(events.iter().filter(|e| e.kind == "started").count(), 2, "one journal across both runs");
+    assert!(vms.iter().all(|v| v.memory.step == Bytes::from_mib(16)));
+
+    // libvirtd restarts under the agent: it shows the loss, reconnects, goes on.
+    assert!(Command::new("pkill").args(["-x", "libvirtd"]).status().unwrap().success());
+    agent.wait("ebb to notice libvirtd is gone", Duration::from_secs(30), |agent| {
+        matches!(agent.status().connection, Connection::Disconnected { .. }).then_some(())
+    });
+    let text = agent.text(&["status"]);
+    assert!(text.contains("DISCONNECTED"), "{text}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(Command::new("libvirtd").arg("-d").status().unwrap().success());
+    agent.wait("ebb to reconnect", Duration::from_secs(60), |agent| {
+        let s = agent.status();
+        (matches!(s.connection, Connection::Connected { .. }) && s.vms >= 2).then_some(())
+    });
+    let kinds: Vec<String> = agent.events(None).into_iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&"disconnected".into()), "{kinds:?}");
+    agent.stop();
+
+    // The guests ran through all of it. The old connection died with
+    // libvirtd: check and clean up through a new one.
+    let lab = Lab::connect(URI).unwrap();
+    for name in names {
+        let dom = lab.connection().lookup_domain_by_name(name).unwrap();
+        assert!(dom.is_active().unwrap(), "{name} is not running");
+    }
+    assert_eq!(a.status().unwrap().oom_kills + b.status().unwrap().oom_kills, 0);
+    drop((a, b));
+    lab.remove_leftovers(prefix).unwrap();
+}
