@@ -71,6 +71,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         let _ = stopped.await;
     }));
     let client = Client::new(&socket);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() && Instant::now() < deadline && !agent.is_finished() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut screen = Screen { tty: !args.no_tty, started, last_line: Instant::now() - Duration::from_secs(60) };
 
     let outcome = async {

@@ -70,7 +70,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EBB_LOG").unwrap_or_else(|_| "ebb=info,warn".into());
+    // The demo draws its own display: the agent inside it only speaks up for trouble.
+    let default_filter = if matches!(args.command, Command::Demo(_)) { "warn" } else { "ebb=info,warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EBB_LOG").unwrap_or_else(|_| default_filter.into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
