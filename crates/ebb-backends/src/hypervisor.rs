@@ -37,6 +37,19 @@ pub trait Hypervisor: Send {
     /// Set a running guest's memory size (the balloon target).
     fn set_memory(&mut self, vm: &VmId, target: Bytes) -> Result<(), HvError>;
 
+    /// The guest's memory size right now. The bulk call's `balloon.current`
+    /// follows QEMU's BALLOON_CHANGE event, which QEMU sends at most once a
+    /// second; this reads the balloon itself, so the agent can follow a
+    /// balloon in flight closely. One call per VM: only for moving ones.
+    fn balloon_now(&mut self, vm: &VmId) -> Result<Bytes, HvError> {
+        self.observe()?
+            .vms
+            .into_iter()
+            .find(|v| &v.id == vm)
+            .and_then(|v| v.balloon.map(|b| b.current))
+            .ok_or_else(|| HvError::NoSuchVm(vm.clone()))
+    }
+
     /// ebb's settings element from the domain's `<metadata>`, as XML text,
     /// or None when the domain carries none.
     fn ebb_metadata(&mut self, vm: &VmId) -> Result<Option<String>, HvError>;

@@ -330,6 +330,17 @@ impl Hypervisor for LibvirtHypervisor {
         Ok(())
     }
 
+    fn balloon_now(&mut self, vm: &VmId) -> Result<Bytes, HvError> {
+        let dom = self.lookup("read balloon", vm)?;
+        // virDomainMemoryStats asks QEMU (query-balloon) for the actual size.
+        let stats = dom.memory_stats(0).map_err(|e| self.vm_error("read balloon", vm, e))?;
+        stats
+            .iter()
+            .find(|s| s.tag == virt_sys::VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON as u32)
+            .map(|s| Bytes::from_kib(s.val))
+            .ok_or_else(|| HvError::NoBalloon(vm.clone()))
+    }
+
     fn ebb_metadata(&mut self, vm: &VmId) -> Result<Option<String>, HvError> {
         let _span = debug_span!("ebb_metadata", vm = %vm).entered();
         let dom = self.lookup("read metadata", vm)?;

@@ -143,6 +143,8 @@ struct VmMem {
     /// guest "at used + headroom" would really have almost nothing free.
     /// None until measured on settled stats.
     overhead: Option<Bytes>,
+    /// The last guest statistics seen, and when.
+    last_stats: Option<(GuestMemStats, Millis)>,
     last_reason: Option<Reason>,
 }
 
@@ -183,6 +185,7 @@ impl VmMem {
             reclaim_until: None,
             no_shrink_until: None,
             overhead: None,
+            last_stats: None,
             last_reason: None,
         }
     }
@@ -236,6 +239,9 @@ impl Tuning {
         Bytes(step.0.saturating_mul(2)).clamp(self.step_min, self.step_max)
     }
 }
+
+/// How long a VM's last guest statistics stand in for missing ones.
+const STATS_GRACE_MS: u64 = 5_000;
 
 /// One eligible VM's numbers for this tick.
 struct Work {
@@ -363,9 +369,21 @@ impl MemoryPolicy {
                 pool_used += b.current;
             }
             let view_index = views.len();
-            let skip = skip_reason(vm, s);
+            // libvirt's bulk call skips the guest stats of a domain busy
+            // with another job (a monitoring tool's query, say): one such
+            // tick reuses the last stats instead of dropping the VM.
+            let fresh = vm.balloon.as_ref().and_then(|b| b.stats.as_ref());
+            if let Some(f) = fresh {
+                st.last_stats = Some((f.clone(), now));
+            }
+            let stats_now = match fresh {
+                Some(f) => Some(f),
+                None => st.last_stats.as_ref().filter(|(_, at)| now.since(*at) < STATS_GRACE_MS).map(|(s, _)| s),
+            };
+            let skip = skip_reason(vm, s, stats_now);
+            let stats_now = stats_now.cloned();
             let (b, stats) = match (&skip, &vm.balloon) {
-                (None, Some(b)) => (b, b.stats.as_ref().expect("checked by skip_reason")),
+                (None, Some(b)) => (b, stats_now.as_ref().expect("checked by skip_reason")),
                 _ => {
                     // Whatever was in flight is no longer ours to judge.
                     st.pending = None;
@@ -403,13 +421,16 @@ impl MemoryPolicy {
             // (libvirt's last-update is host wall-clock seconds), since a
             // stale MemTotal next to a new size would mis-state it.
             let settled_since = if st.last_current == Some(current) { st.moved_at } else { now };
-            // Until then the unsettled reading serves: while a balloon
-            // shrinks it reads low (never below zero), while it grows high.
+            // Until a settled measurement, the reading is only trusted upward:
+            // while a balloon shrinks, the stale MemTotal makes it read low
+            // (which would sink the floor step by step), while it grows, high.
             let reading = current.saturating_sub(stats.total);
-            if stats.last_update.is_some_and(|s| s.saturating_mul(1000) >= settled_since.0 + 1000) {
-                st.overhead = Some(reading);
-            }
-            let overhead = st.overhead.unwrap_or(reading);
+            let overhead = if stats.last_update.is_some_and(|s| s.saturating_mul(1000) >= settled_since.0 + 1000) {
+                reading
+            } else {
+                st.overhead.map_or(reading, |o| o.max(reading))
+            };
+            st.overhead = Some(overhead);
             let floor = kib_up(min.max(used + headroom + overhead)).min(ceiling);
 
             let pressure = pressure_words(&t, stats, current, st.counters.as_ref(), now);
@@ -582,7 +603,7 @@ fn apply_resumed(st: &mut VmMem, r: Resumed) {
     st.last_current = None;
 }
 
-fn skip_reason(vm: &VmObservation, s: &VmSettings) -> Option<String> {
+fn skip_reason(vm: &VmObservation, s: &VmSettings, stats: Option<&GuestMemStats>) -> Option<String> {
     let state = match vm.state {
         VmState::Running => None,
         VmState::Paused => Some("paused"),
@@ -601,7 +622,7 @@ fn skip_reason(vm: &VmObservation, s: &VmSettings) -> Option<String> {
     if b.maximum.0 == 0 || b.current.0 == 0 {
         return Some("the balloon reports no size yet".into());
     }
-    match &b.stats {
+    match stats {
         None => Some("the guest sends no memory statistics (is virtio_balloon loaded and a stats period set?)".into()),
         // A zero MemTotal would read as "uses nothing" and invite a reclaim to the floor.
         Some(st) if st.total.0 == 0 => {
@@ -1018,6 +1039,9 @@ mod tests {
         settings: VmSettings,
         /// Held by the guest kernel outside MemTotal.
         overhead: Bytes,
+        /// The stats report the size of a tick ago (as a real guest's do).
+        lagging: bool,
+        stats_size: Bytes,
     }
 
     fn guest(name: &str, size_mib: u64, used_mib: u64) -> Guest {
@@ -1035,6 +1059,8 @@ mod tests {
             major_faults: 0,
             settings: VmSettings::default(),
             overhead: Bytes::ZERO,
+            lagging: false,
+            stats_size: Bytes::from_mib(size_mib),
         }
     }
 
@@ -1078,16 +1104,18 @@ mod tests {
                         balloon: g.balloon.then(|| Balloon {
                             current: g.current,
                             maximum: g.maximum,
-                            stats: g.stats.then(|| GuestMemStats {
-                                total: g.current - g.overhead,
-                                unused: g.current - g.overhead - g.used,
-                                usable: g.current - g.overhead - g.used,
+                            stats: g.stats.then(|| {
+                                let size = if g.lagging { g.stats_size } else { g.current };
+                                GuestMemStats {
+                                total: size - g.overhead,
+                                unused: size - g.overhead - g.used,
+                                usable: size - g.overhead - g.used,
                                 swap_in: Bytes::ZERO,
                                 swap_out: g.swap_out,
                                 major_faults: g.major_faults,
                                 oom_kills: Some(0),
-                                last_update: Some(self.now.0 / 1000),
-                            }),
+                                last_update: Some(self.now.0 / 1000 - g.lagging as u64),
+                            }}),
                         }),
                     })
                     .collect(),
@@ -1103,6 +1131,7 @@ mod tests {
         fn tick(&mut self) -> MemoryDecision {
             self.now = self.now.plus(1_000);
             for g in &mut self.guests {
+                g.stats_size = g.current;
                 if let (Some(t), false) = (g.pending, g.stall) {
                     g.current = t;
                     g.pending = None;
@@ -1161,6 +1190,40 @@ mod tests {
         // What the guest itself sees free stays at the headroom.
         let free = w.current("kernel") - Bytes::from_mib(56) - Bytes::from_mib(100);
         assert!(free >= w.cfg.headroom_min, "{free}");
+    }
+
+    #[test]
+    fn lagging_stats_never_sink_a_loaded_guests_floor() {
+        // Stats a tick behind the balloon make (size − MemTotal) read low
+        // while shrinking; the floor must hold at used + headroom + kernel.
+        let mut busy = guest("busy", 512, 300);
+        busy.overhead = Bytes::from_mib(56);
+        busy.lagging = true;
+        let mut idle = guest("idle", 512, 20);
+        idle.overhead = Bytes::from_mib(56);
+        idle.lagging = true;
+        let mut w = World::new(vec![busy, idle], 600);
+        let floor = Bytes::from_mib(300 + 64 + 56);
+        for _ in 0..30 {
+            w.tick();
+            assert!(w.current("busy") >= floor, "busy pushed to {} (floor {floor})", w.current("busy"));
+            if let Some(t) = w.g("busy").pending {
+                assert!(t >= floor, "busy targeted at {t} (floor {floor})");
+            }
+        }
+    }
+
+    #[test]
+    fn a_tick_without_stats_reuses_the_last_ones_for_a_while() {
+        let mut w = World::new(vec![guest("a", 512, 100), guest("b", 512, 100)], 600);
+        w.run(3);
+        w.g("a").stats = false;
+        let d = w.tick();
+        assert_eq!(view(&d, "a").skipped, None, "one tick without stats keeps the VM managed");
+        assert!(view(&d, "a").used.is_some());
+        let d = w.run(5);
+        let why = view(&d, "a").skipped.clone().unwrap_or_default();
+        assert!(why.contains("no memory statistics"), "{why}");
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct Agent {
     last_skip: HashMap<VmId, Option<String>>,
     last_problems: HashMap<VmId, Vec<String>>,
     saved_memory: HashMap<VmId, (Bytes, Option<Bytes>)>,
+    /// VMs whose balloon was still moving at the last tick.
+    in_flight: Vec<VmId>,
     started_at: Millis,
     ticks: u64,
     actions_total: u64,
@@ -92,6 +94,7 @@ impl Agent {
             last_skip: HashMap::new(),
             last_problems: HashMap::new(),
             saved_memory,
+            in_flight: Vec::new(),
             started_at,
             ticks: 0,
             actions_total: 0,
@@ -134,10 +137,20 @@ impl Agent {
         }
         let needs_metadata = self.metadata_due(at);
         let filter = self.cfg.agent.clone();
+        let in_flight = self.in_flight.clone();
         let Some(result) = self
             .with_hv(move |hv| {
                 let mut obs = hv.observe()?;
                 obs.vms.retain(|vm| filter.is_ebbs(vm.id.as_str()));
+                // The bulk size of a moving balloon lags up to a second: read
+                // those few live, so each step is seen landing at once.
+                for vm in obs.vms.iter_mut().filter(|v| in_flight.contains(&v.id)) {
+                    match (hv.balloon_now(&vm.id), vm.balloon.as_mut()) {
+                        (Ok(now), Some(b)) => b.current = now,
+                        (Err(e), _) => debug!(vm = %vm.id, "live balloon size unavailable: {e}"),
+                        _ => {}
+                    }
+                }
                 let due: Vec<VmId> = obs.vms.iter().map(|v| v.id.clone()).filter(|id| needs_metadata(id)).collect();
                 let metadata = due.into_iter().map(|id| {
                     let m = hv.ebb_metadata(&id);
@@ -170,10 +183,16 @@ impl Agent {
         let resolved = self.resolve_settings(&obs);
         let settings = resolved.iter().map(|(id, r)| (id.clone(), r.settings.clone())).collect();
         let decision = self.policy.decide(&obs, &settings, &self.mem_cfg, at);
-        let moving = self.act(&decision, at).await;
+        self.act(&decision, at).await;
         self.remember_memory_state(&decision, at);
         self.publish(Some((&obs, &resolved)), Some(&decision), started, at);
-        moving
+        self.in_flight = decision
+            .vms
+            .iter()
+            .filter(|v| v.skipped.is_none() && v.target.is_some() && v.target != v.actual)
+            .map(|v| v.vm.clone())
+            .collect();
+        self.cfg.memory.enabled && !self.in_flight.is_empty()
     }
 
     /// Runs a blocking hypervisor call off the async runtime. None when
@@ -305,7 +324,7 @@ impl Agent {
     }
 
     /// Carries out the decision's actions and journals each outcome.
-    async fn act(&mut self, decision: &MemoryDecision, at: Millis) -> bool {
+    async fn act(&mut self, decision: &MemoryDecision, at: Millis) {
         for view in &decision.vms {
             if self.last_skip.get(&view.vm) != Some(&view.skipped) {
                 if let Some(why) = &view.skipped {
@@ -316,7 +335,7 @@ impl Agent {
             }
         }
         if !self.cfg.memory.enabled || decision.actions.is_empty() {
-            return false;
+            return;
         }
         let actions = decision.actions.clone();
         let Some(results) = self
@@ -333,15 +352,13 @@ impl Agent {
             })
             .await
         else {
-            return false;
+            return;
         };
-        let mut moving = false;
         for (action, result) in results {
             self.actions_total += 1;
             let Action::SetBalloonTarget { vm, target, reason } = &action;
             let outcome = match &result {
                 Ok(()) => {
-                    moving = true;
                     info!(vm = %vm, target = %target, "{reason}");
                     "ok".to_string()
                 }
@@ -360,7 +377,6 @@ impl Agent {
                 }
             }
         }
-        moving
     }
 
     /// Persists each VM's adaptive step and target when they change, so a

@@ -54,7 +54,7 @@ impl Default for AgentSection {
             uri: "qemu:///system".into(),
             domains: vec![],
             tick: Duration::from_secs(2),
-            fast_tick: Duration::from_millis(250),
+            fast_tick: Duration::from_millis(100),
             socket: PathBuf::from(DEFAULT_SOCKET),
             journal: PathBuf::from("/var/lib/ebb/journal.db"),
             journal_keep_days: 30,
