@@ -151,7 +151,9 @@ fn a_busy_guest_gets_memory_from_an_idle_one_with_no_oom_kill() {
         (names.iter().all(|n| settled(find(&vms, n))) && total(&vms, &names) <= pool).then_some(vms)
     });
     let (vb, vi) = (find(&vms, &busy_name), find(&vms, &idle_name));
-    assert!(vb.memory.actual.unwrap() > busy_before + Bytes::from_mib(150), "busy did not grow: {busy_before} → {:?}", vb.memory.actual);
+    let grown = vb.memory.actual.unwrap();
+    assert!(grown > busy_before + Bytes::from_mib(100), "busy did not grow: {busy_before} → {grown}");
+    assert!(grown >= Bytes::from_mib(want), "busy holds {want} MiB in {grown}?");
     assert!(vi.memory.actual.unwrap() < idle_before, "idle did not give: {idle_before} → {:?}", vi.memory.actual);
     let grows = agent.events(Some(&busy_name));
     assert!(

@@ -48,7 +48,8 @@ impl AgentProc {
             .expect("cannot start ebb");
         let mut agent = AgentProc { child, socket, journal, config, log };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !agent.socket.exists() {
+        // A socket file may be left by a killed agent: wait for an answer.
+        while std::os::unix::net::UnixStream::connect(&agent.socket).is_err() {
             if Instant::now() > deadline || matches!(agent.child.try_wait(), Ok(Some(_))) {
                 panic!("the agent did not open its socket; its log:\n{}", agent.log_text());
             }
