@@ -4,9 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-host.sh
-if ! command -v cargo >/dev/null; then
-  echo "cargo is missing: install a Rust toolchain (rustup, Rust ≥ 1.85) first" >&2
-  exit 1
-fi
 cargo build --release -p ebb
 exec ./target/release/ebb demo "$@"

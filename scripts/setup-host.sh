@@ -52,3 +52,7 @@ until virsh -c "$URI" version >/dev/null 2>&1; do
     sleep 0.5
 done
 step "libvirt at $URI answers: $(virsh -c "$URI" version 2>/dev/null | grep -i 'running hypervisor' | sed 's/^ *//')"
+
+# ebb itself is built from source: a Rust toolchain must be there already.
+command -v cargo >/dev/null || die "cargo is missing: install a Rust toolchain (rustup, Rust ≥ 1.85) first"
+step "cargo: $(cargo --version)"

@@ -4,10 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-host.sh
-if ! command -v cargo >/dev/null; then
-  echo "cargo is missing: install a Rust toolchain (rustup, Rust ≥ 1.85) first" >&2
-  exit 1
-fi
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

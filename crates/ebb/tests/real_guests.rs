@@ -49,6 +49,15 @@ fn total(vms: &[VmInfo], names: &[&str]) -> Bytes {
     names.iter().filter_map(|n| find(vms, n).memory.actual).sum()
 }
 
+/// Waits until every named guest's balloon is where ebb wants it and they fit the pool.
+fn fit_the_pool(agent: &AgentProc, what: &str, names: &[&str], pool: Bytes) -> Vec<VmInfo> {
+    agent.wait(what, Duration::from_secs(90), |agent| {
+        let vms = agent.vms();
+        let all = names.iter().all(|n| vms.iter().any(|v| &v.name == n && settled(v)));
+        (all && total(&vms, names) <= pool).then_some(vms)
+    })
+}
+
 #[test]
 fn reclaims_idle_memory_honours_metadata_and_skips_a_guest_without_balloon() {
     let prefix = "ebb-test-reclaim-";
@@ -78,11 +87,7 @@ fn reclaims_idle_memory_honours_metadata_and_skips_a_guest_without_balloon() {
     let (agent_lines, rest) = agent_config(prefix, "pool = \"700MiB\"");
     let agent = AgentProc::start(dir.path(), &agent_lines, &rest);
     let names = [a_name.as_str(), b_name.as_str()];
-    let vms = agent.wait("the guests to fit the pool", Duration::from_secs(90), |agent| {
-        let vms = agent.vms();
-        let all = names.iter().all(|n| vms.iter().any(|v| &v.name == n && settled(v)));
-        (all && total(&vms, &names) <= pool).then_some(vms)
-    });
+    let vms = fit_the_pool(&agent, "the guests to fit the pool", &names, pool);
     let (va, vb) = (find(&vms, &a_name), find(&vms, &b_name));
     assert_eq!(vb.settings.min, Some(Bytes::from_mib(384)));
     assert_eq!((vb.sources.min, vb.sources.shares), (Source::Metadata, Source::Metadata));
@@ -128,11 +133,7 @@ fn a_busy_guest_gets_memory_from_an_idle_one_with_no_oom_kill() {
     let (agent_lines, rest) = agent_config(prefix, "pool = \"640MiB\"");
     let agent = AgentProc::start(dir.path(), &agent_lines, &rest);
     let names = [busy_name.as_str(), idle_name.as_str()];
-    let vms = agent.wait("the guests to fit the pool", Duration::from_secs(90), |agent| {
-        let vms = agent.vms();
-        let all = names.iter().all(|n| vms.iter().any(|v| &v.name == n && settled(v)));
-        (all && total(&vms, &names) <= pool).then_some(vms)
-    });
+    let vms = fit_the_pool(&agent, "the guests to fit the pool", &names, pool);
     let busy_before = find(&vms, &busy_name).memory.actual.unwrap();
     let idle_before = find(&vms, &idle_name).memory.actual.unwrap();
 
@@ -146,10 +147,7 @@ fn a_busy_guest_gets_memory_from_an_idle_one_with_no_oom_kill() {
         (s.workload_state == "holding" && s.workload_mib >= want).then_some(s)
     });
     assert_eq!(status.oom_kills, 0, "ebb let the busy guest run out of memory: {}", busy.console_log());
-    let vms = agent.wait("the pool to settle again", Duration::from_secs(60), |agent| {
-        let vms = agent.vms();
-        (names.iter().all(|n| settled(find(&vms, n))) && total(&vms, &names) <= pool).then_some(vms)
-    });
+    let vms = fit_the_pool(&agent, "the pool to settle again", &names, pool);
     let (vb, vi) = (find(&vms, &busy_name), find(&vms, &idle_name));
     let grown = vb.memory.actual.unwrap();
     assert!(grown > busy_before + Bytes::from_mib(100), "busy did not grow: {busy_before} → {grown}");
@@ -199,11 +197,7 @@ fn sigkill_mid_reclaim_then_libvirtd_restart_loses_nothing() {
 
     // Restarted on the same journal: it resumes and converges.
     let mut agent = AgentProc::start_with(dir.path(), agent.config.clone(), agent.socket.clone(), agent.journal.clone());
-    let vms = agent.wait("convergence after the restart", Duration::from_secs(90), |agent| {
-        let vms = agent.vms();
-        let all = names.iter().all(|n| vms.iter().any(|v| &v.name == n && settled(v)));
-        (all && total(&vms, &names) <= pool).then_some(vms)
-    });
+    let vms = fit_the_pool(&agent, "convergence after the restart", &names, pool);
     let events = agent.events(None);
     assert_eq!(events.iter().filter(|e| e.kind == "started").count(), 2, "one journal across both runs");
     assert!(vms.iter().all(|v| v.memory.step == Bytes::from_mib(16)));
