@@ -421,9 +421,10 @@ impl MemoryPolicy {
             // (libvirt's last-update is host wall-clock seconds), since a
             // stale MemTotal next to a new size would mis-state it.
             let settled_since = if st.last_current == Some(current) { st.moved_at } else { now };
-            // Until a settled measurement, the reading is only trusted upward:
-            // while a balloon shrinks, the stale MemTotal makes it read low
-            // (which would sink the floor step by step), while it grows, high.
+            // An unsettled reading is only trusted upward: while a balloon
+            // shrinks the stale MemTotal makes it read low, which would sink
+            // the floor step by step. (While it grows it reads high, which
+            // costs a second of caution until the next settled reading.)
             let reading = current.saturating_sub(stats.total);
             let overhead = if stats.last_update.is_some_and(|s| s.saturating_mul(1000) >= settled_since.0 + 1000) {
                 reading
@@ -557,7 +558,9 @@ impl MemoryPolicy {
             notes.push(note);
         }
 
-        plan(&mut work, &t, pool, committed);
+        // What the host itself can still give, for guarantees the pool cannot cover.
+        let host_spare = if obs.host.total.0 > 0 { obs.host.available.saturating_sub(t.host_reserve) } else { Bytes(u64::MAX) };
+        plan(&mut work, &t, pool, committed, host_spare);
 
         // Actions, views and remembered state, in id order.
         let mut actions = Vec::new();
@@ -826,8 +829,10 @@ fn allot(work: &mut [Work], pool: Bytes, k: f64) -> Option<String> {
 }
 
 /// Turns entitlements into this tick's targets: shrinks by at most the step,
-/// grows at once but only out of what the pool has free.
-fn plan(work: &mut [Work], t: &Tuning, pool: Bytes, committed: Bytes) {
+/// grows at once out of what the pool has free. A guest below its floor
+/// (its use grew after a reclaim) is raised back to it even past the pool,
+/// out of the host's own spare memory: the guarantee beats the accounting.
+fn plan(work: &mut [Work], t: &Tuning, pool: Bytes, committed: Bytes, mut host_spare: Bytes) {
     let mut shrunk = Bytes::ZERO;
     let mut grows: Vec<usize> = Vec::new();
     // VMs a hair above their entitlement that the dead band lets stay.
@@ -922,7 +927,15 @@ fn plan(work: &mut [Work], t: &Tuning, pool: Bytes, committed: Bytes) {
         let base = w.committed.max(c);
         let goal = w.entitlement.max(c);
         let need = goal.saturating_sub(base);
-        let give = Bytes(need.0.min(budget.max(0) as u64));
+        let from_pool = Bytes(need.0.min(budget.max(0) as u64));
+        let below_floor = w.floor.saturating_sub(base).min(need);
+        let give = if below_floor > from_pool {
+            let extra = (below_floor - from_pool).min(host_spare);
+            host_spare = host_spare - extra;
+            from_pool + extra
+        } else {
+            from_pool
+        };
         // The operator's max wins even over pressure: never a target above the ceiling.
         let target = kib_down(base + give).max(c);
         if w.back_off {
@@ -1211,6 +1224,23 @@ mod tests {
                 assert!(t >= floor, "busy targeted at {t} (floor {floor})");
             }
         }
+    }
+
+    #[test]
+    fn a_guest_below_its_floor_grows_back_past_an_exhausted_pool() {
+        let mut w = World::new(vec![guest("a", 512, 100)], 256);
+        w.host_total = w.host_total + Bytes::from_mib(100);
+        w.run(20);
+        assert!(w.current("a").abs_diff(Bytes::from_mib(256)) < Bytes::from_mib(1), "{}", w.current("a"));
+        // Its use grows after the reclaim: floor 250 + 64 = 314 MiB, past the pool.
+        w.g("a").used = Bytes::from_mib(250);
+        let d = w.run(5);
+        assert!(w.current("a") >= Bytes::from_mib(314), "a left at {} below its floor", w.current("a"));
+        assert!(d.pool_note.is_some());
+        // The host's own reserve still bounds it: only 100 MiB were spare.
+        w.g("a").used = Bytes::from_mib(400);
+        w.run(5);
+        assert!(w.current("a") <= Bytes::from_mib(356) + Bytes::from_mib(1), "a took {} past the host's spare", w.current("a"));
     }
 
     #[test]
