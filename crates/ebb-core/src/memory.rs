@@ -240,6 +240,10 @@ impl Tuning {
     }
 }
 
+/// How close a balloon lands to its target (it moves in 4 KiB pages and
+/// libvirt reports KiB): gaps below this are not worth a call.
+const BALLOON_PRECISION: Bytes = Bytes(64 * KIB);
+
 /// How long a VM's last guest statistics stand in for missing ones.
 const STATS_GRACE_MS: u64 = 5_000;
 
@@ -751,8 +755,9 @@ fn allot(work: &mut [Work], pool: Bytes, k: f64) -> Option<String> {
             [w.shares.max(0.0), active.0 as f64, w.floor.0 as f64, w.ceiling.0 as f64]
         })
         .collect();
-    // Rounding each entitlement up to a KiB adds < 1 KiB per VM: leave room for it.
-    let target = pool.0 as f64 - (items.len() as f64) * KIB as f64;
+    // Rounding each entitlement up to a KiB adds < 1 KiB per VM, and a
+    // balloon lands within BALLOON_PRECISION of its target: leave room for both.
+    let target = pool.0 as f64 - (items.len() as f64) * (KIB + BALLOON_PRECISION.0) as f64;
     let inv_k = 1.0 / k;
     let fill = |inv_lambda: f64, out: Option<&mut [Work]>| -> f64 {
         let mut sum = 0.0;
@@ -897,10 +902,15 @@ fn plan(work: &mut [Work], t: &Tuning, pool: Bytes, committed: Bytes, mut host_s
 
     // The dead band must not let the pool overflow: when it would, the VMs
     // it holds above their entitlement go all the way down, largest first.
-    if settled > pool && !held_over.is_empty() {
+    // Only overflow the band itself caused (floors above the pool are not),
+    // and only gaps a balloon can close: it lands within a few KiB, and
+    // re-aiming at such a gap every tick is churn.
+    let entitled: Bytes = work.iter().map(|w| w.entitlement).sum();
+    held_over.retain(|&i| work[i].current - work[i].entitlement >= BALLOON_PRECISION);
+    if settled > pool.max(entitled) && !held_over.is_empty() {
         held_over.sort_by_key(|&i| std::cmp::Reverse(work[i].current - work[i].entitlement));
         for i in held_over {
-            if settled <= pool {
+            if settled <= pool.max(entitled) {
                 break;
             }
             let w = &mut work[i];
@@ -1054,6 +1064,8 @@ mod tests {
         overhead: Bytes,
         /// The stats report the size of a tick ago (as a real guest's do).
         lagging: bool,
+        /// A real balloon lands a few KiB off its target.
+        lands_off: Bytes,
         stats_size: Bytes,
     }
 
@@ -1073,6 +1085,7 @@ mod tests {
             settings: VmSettings::default(),
             overhead: Bytes::ZERO,
             lagging: false,
+            lands_off: Bytes::ZERO,
             stats_size: Bytes::from_mib(size_mib),
         }
     }
@@ -1146,7 +1159,7 @@ mod tests {
             for g in &mut self.guests {
                 g.stats_size = g.current;
                 if let (Some(t), false) = (g.pending, g.stall) {
-                    g.current = t;
+                    g.current = t + g.lands_off;
                     g.pending = None;
                 }
                 if g.used > g.current {
@@ -1241,6 +1254,23 @@ mod tests {
         w.g("a").used = Bytes::from_mib(400);
         w.run(5);
         assert!(w.current("a") <= Bytes::from_mib(356) + Bytes::from_mib(1), "a took {} past the host's spare", w.current("a"));
+    }
+
+    #[test]
+    fn balloons_that_land_a_few_kib_off_do_not_churn() {
+        for pool in [600, 400] {
+            // 400: the floors (364 + 84 MiB) exceed the pool.
+            let mut busy = guest("busy", 512, 300);
+            busy.lands_off = Bytes::from_kib(3);
+            let mut idle = guest("idle", 512, 20);
+            idle.lands_off = Bytes::from_kib(20);
+            let mut w = World::new(vec![busy, idle], pool);
+            w.run(40);
+            for _ in 0..10 {
+                let d = w.tick();
+                assert!(d.actions.is_empty(), "pool {pool}: churn {:?}", d.actions);
+            }
+        }
     }
 
     #[test]
