@@ -55,9 +55,11 @@ fn total(vms: &[VmInfo], names: &[&str]) -> Bytes {
 fn fit_the_pool(agent: &AgentProc, what: &str, names: &[&str], pool: Bytes) -> Vec<VmInfo> {
     agent.wait(what, Duration::from_secs(90), |agent| {
         let vms = agent.vms();
-        let all = names.iter().all(|n| vms.iter().any(|v| &v.name == n && settled(v)));
+        if !names.iter().all(|n| vms.iter().any(|v| &v.name == n && settled(v))) {
+            return None;
+        }
         let floors: Bytes = names.iter().filter_map(|n| find(&vms, n).memory.floor).sum();
-        (all && total(&vms, names) <= pool.max(floors + Bytes::from_mib(1))).then_some(vms)
+        (total(&vms, names) <= pool.max(floors + Bytes::from_mib(1))).then_some(vms)
     })
 }
 
