@@ -20,6 +20,7 @@
 //!   pass it on under one of the names in `OOM_FIELDS`.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 use std::fmt::Write as _;
 
 use ebb_core::{Balloon, Bytes, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState};
@@ -59,6 +60,17 @@ pub struct LibvirtHypervisor {
     balloons: HashMap<String, (Option<u32>, bool)>,
     /// False once the driver said it has no node memory stats.
     node_stats: bool,
+    /// Each running domain's last guest statistics, by name, and when.
+    last_stats: HashMap<String, (GuestMemStats, Instant)>,
+}
+
+/// The bulk call runs with NOWAIT, so a domain busy with another job (a
+/// monitoring tool's query, say) comes back without guest stats; for this
+/// long its last ones stand in rather than dropping it from management.
+const STATS_GRACE: Duration = Duration::from_secs(5);
+
+fn stats_or_recent(fresh: Option<GuestMemStats>, last: Option<&(GuestMemStats, Instant)>, now: Instant) -> Option<GuestMemStats> {
+    fresh.or_else(|| last.filter(|(_, at)| now.duration_since(*at) < STATS_GRACE).map(|(s, _)| s.clone()))
 }
 
 impl std::fmt::Debug for LibvirtHypervisor {
@@ -75,7 +87,7 @@ impl LibvirtHypervisor {
         virt::error::clear_error_callback();
         let conn = open(uri)?;
         debug!(uri, "connected to libvirt");
-        Ok(LibvirtHypervisor { uri: uri.to_owned(), conn, balloons: HashMap::new(), node_stats: true })
+        Ok(LibvirtHypervisor { uri: uri.to_owned(), conn, balloons: HashMap::new(), node_stats: true, last_stats: HashMap::new() })
     }
 
     /// The underlying connection, for callers that need more than the trait
@@ -305,11 +317,23 @@ impl Hypervisor for LibvirtHypervisor {
             if state == VmState::Running || state == VmState::Paused {
                 guests += current;
             }
-            let balloon =
-                self.has_balloon(&rec.dom, &name).then(|| Balloon { current, maximum, stats: f.guest_stats() });
+            let now = Instant::now();
+            let stats = match (f.guest_stats(), state) {
+                (Some(fresh), _) => {
+                    self.last_stats.insert(name.clone(), (fresh.clone(), now));
+                    Some(fresh)
+                }
+                (None, VmState::Running) => stats_or_recent(None, self.last_stats.get(&name), now),
+                (None, _) => {
+                    self.last_stats.remove(&name);
+                    None
+                }
+            };
+            let balloon = self.has_balloon(&rec.dom, &name).then(|| Balloon { current, maximum, stats });
             vms.push(VmObservation { id: VmId::new(name), state, balloon });
         }
         self.balloons.retain(|uuid, _| seen.contains(uuid));
+        self.last_stats.retain(|name, _| vms.iter().any(|v| v.id.as_str() == name));
 
         let host = self.host_memory(guests)?;
         Ok(Observation { at: Default::default(), host, vms })
@@ -513,6 +537,17 @@ mod ffi {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn missing_stats_are_stood_in_for_a_few_seconds() {
+        let t0 = Instant::now();
+        let last = (GuestMemStats { total: Bytes::from_mib(400), ..Default::default() }, t0);
+        let fresh = GuestMemStats { total: Bytes::from_mib(300), ..Default::default() };
+        assert_eq!(stats_or_recent(Some(fresh.clone()), Some(&last), t0), Some(fresh));
+        assert_eq!(stats_or_recent(None, Some(&last), t0 + Duration::from_secs(2)), Some(last.0.clone()));
+        assert_eq!(stats_or_recent(None, Some(&last), t0 + STATS_GRACE), None);
+        assert_eq!(stats_or_recent(None, None, t0), None);
+    }
     use super::*;
 
     #[test]

@@ -143,8 +143,6 @@ struct VmMem {
     /// guest "at used + headroom" would really have almost nothing free.
     /// None until measured on settled stats.
     overhead: Option<Bytes>,
-    /// The last guest statistics seen, and when.
-    last_stats: Option<(GuestMemStats, Millis)>,
     last_reason: Option<Reason>,
 }
 
@@ -185,7 +183,6 @@ impl VmMem {
             reclaim_until: None,
             no_shrink_until: None,
             overhead: None,
-            last_stats: None,
             last_reason: None,
         }
     }
@@ -243,9 +240,6 @@ impl Tuning {
 /// How close a balloon lands to its target (it moves in 4 KiB pages and
 /// libvirt reports KiB): gaps below this are not worth a call.
 const BALLOON_PRECISION: Bytes = Bytes(64 * KIB);
-
-/// How long a VM's last guest statistics stand in for missing ones.
-const STATS_GRACE_MS: u64 = 5_000;
 
 /// One eligible VM's numbers for this tick.
 struct Work {
@@ -373,21 +367,9 @@ impl MemoryPolicy {
                 pool_used += b.current;
             }
             let view_index = views.len();
-            // libvirt's bulk call skips the guest stats of a domain busy
-            // with another job (a monitoring tool's query, say): one such
-            // tick reuses the last stats instead of dropping the VM.
-            let fresh = vm.balloon.as_ref().and_then(|b| b.stats.as_ref());
-            if let Some(f) = fresh {
-                st.last_stats = Some((f.clone(), now));
-            }
-            let stats_now = match fresh {
-                Some(f) => Some(f),
-                None => st.last_stats.as_ref().filter(|(_, at)| now.since(*at) < STATS_GRACE_MS).map(|(s, _)| s),
-            };
-            let skip = skip_reason(vm, s, stats_now);
-            let stats_now = stats_now.cloned();
+            let skip = skip_reason(vm, s);
             let (b, stats) = match (&skip, &vm.balloon) {
-                (None, Some(b)) => (b, stats_now.as_ref().expect("checked by skip_reason")),
+                (None, Some(b)) => (b, b.stats.as_ref().expect("checked by skip_reason")),
                 _ => {
                     // Whatever was in flight is no longer ours to judge.
                     st.pending = None;
@@ -610,7 +592,7 @@ fn apply_resumed(st: &mut VmMem, r: Resumed) {
     st.last_current = None;
 }
 
-fn skip_reason(vm: &VmObservation, s: &VmSettings, stats: Option<&GuestMemStats>) -> Option<String> {
+fn skip_reason(vm: &VmObservation, s: &VmSettings) -> Option<String> {
     let state = match vm.state {
         VmState::Running => None,
         VmState::Paused => Some("paused"),
@@ -629,7 +611,7 @@ fn skip_reason(vm: &VmObservation, s: &VmSettings, stats: Option<&GuestMemStats>
     if b.maximum.0 == 0 || b.current.0 == 0 {
         return Some("the balloon reports no size yet".into());
     }
-    match stats {
+    match &b.stats {
         None => Some("the guest sends no memory statistics (is virtio_balloon loaded and a stats period set?)".into()),
         // A zero MemTotal would read as "uses nothing" and invite a reclaim to the floor.
         Some(st) if st.total.0 == 0 => {
@@ -1271,19 +1253,6 @@ mod tests {
                 assert!(d.actions.is_empty(), "pool {pool}: churn {:?}", d.actions);
             }
         }
-    }
-
-    #[test]
-    fn a_tick_without_stats_reuses_the_last_ones_for_a_while() {
-        let mut w = World::new(vec![guest("a", 512, 100), guest("b", 512, 100)], 600);
-        w.run(3);
-        w.g("a").stats = false;
-        let d = w.tick();
-        assert_eq!(view(&d, "a").skipped, None, "one tick without stats keeps the VM managed");
-        assert!(view(&d, "a").used.is_some());
-        let d = w.run(5);
-        let why = view(&d, "a").skipped.clone().unwrap_or_default();
-        assert!(why.contains("no memory statistics"), "{why}");
     }
 
     #[test]
