@@ -12,6 +12,9 @@ pub enum HvError {
     NoSuchVm(VmId),
     #[error("domain {0} has no balloon device: add <memballoon model='virtio'> to its XML to let ebb manage its memory")]
     NoBalloon(VmId),
+    /// managedsave needs a persistent definition to attach the image to.
+    #[error("domain {0} is transient: only a persistent domain can be saved; define it with virsh define (or let it sleep by pausing)")]
+    Transient(VmId),
     /// Any other failure of one operation on one VM.
     #[error("{op} on {vm} failed: {detail}")]
     Operation { op: &'static str, vm: VmId, detail: String },
@@ -53,6 +56,43 @@ pub trait Hypervisor: Send {
     /// ebb's settings element from the domain's `<metadata>`, as XML text,
     /// or None when the domain carries none.
     fn ebb_metadata(&mut self, vm: &VmId) -> Result<Option<String>, HvError>;
+
+    // Sleep and wake (SPEC §2). None of these ever destroys a domain: a
+    // failed save leaves the VM running, a failed start leaves the image.
+
+    /// Saves a running domain's state to disk and stops it, freeing its
+    /// memory (virDomainManagedSave). `HvError::Transient` for a domain
+    /// without a persistent definition.
+    fn save(&mut self, vm: &VmId) -> Result<(), HvError> {
+        Err(unsupported("save", vm))
+    }
+
+    /// Pauses a running domain's vCPUs; it keeps its memory.
+    fn pause(&mut self, vm: &VmId) -> Result<(), HvError> {
+        Err(unsupported("pause", vm))
+    }
+
+    /// Resumes a paused domain.
+    fn resume(&mut self, vm: &VmId) -> Result<(), HvError> {
+        Err(unsupported("resume", vm))
+    }
+
+    /// Starts a shut-off domain (virDomainCreate): restores it from its
+    /// managed save image when it has one, boots it otherwise. Returns once
+    /// the domain runs.
+    fn start(&mut self, vm: &VmId) -> Result<(), HvError> {
+        Err(unsupported("start", vm))
+    }
+
+    /// Deletes a domain's managed save image, so its next start boots
+    /// afresh. Nothing to do when it has none.
+    fn discard_save(&mut self, vm: &VmId) -> Result<(), HvError> {
+        Err(unsupported("discard save", vm))
+    }
+}
+
+fn unsupported(op: &'static str, vm: &VmId) -> HvError {
+    HvError::Operation { op, vm: vm.clone(), detail: "not supported by this backend".into() }
 }
 
 /// The XML namespace of ebb's per-VM settings in a domain's `<metadata>`.

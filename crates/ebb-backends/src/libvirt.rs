@@ -18,12 +18,22 @@
 //! - No balloon stat for oom kills exists in libvirt 9.0 (13 memory stat tags,
 //!   none for oom); QEMU ≥ 9.1 has `stat-oom-kills`, so a later libvirt may
 //!   pass it on under one of the names in `OOM_FIELDS`.
+//! - Activity: QEMU reports `cpu.time` (ns, the domain's cgroup, so it starts
+//!   again from zero after a restore), `net.count` and `block.count` even with
+//!   no devices, and per device `net.<n>.rx.bytes`/`tx.bytes`,
+//!   `block.<n>.rd.bytes`/`wr.bytes`; a user-mode NIC counts in `net.count`
+//!   but has no counters. A shut-off domain still gets a meaningless
+//!   `cpu.time`, so counters are read for active domains only. The test
+//!   driver reports none of them.
+//!   Its `managedsave`, `create` (restore), `suspend`, `resume` and
+//!   `managedsave-remove` all work, and it refuses a transient domain's
+//!   managedsave with OPERATION_INVALID, as QEMU does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use std::fmt::Write as _;
 
-use ebb_core::{Balloon, Bytes, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState};
+use ebb_core::{Activity, Balloon, Bytes, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState};
 use tracing::{debug, debug_span, warn};
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -62,6 +72,10 @@ pub struct LibvirtHypervisor {
     node_stats: bool,
     /// Each running domain's last guest statistics, by name, and when.
     last_stats: HashMap<String, (GuestMemStats, Instant)>,
+    /// Each active domain's last activity counters, by name: a busy domain's
+    /// record (NOWAIT) may lack its disk counters for a tick, and a sum that
+    /// dropped to zero and came back would look like a burst of I/O.
+    last_activity: HashMap<String, Activity>,
 }
 
 /// The bulk call runs with NOWAIT, so a domain busy with another job (a
@@ -87,7 +101,14 @@ impl LibvirtHypervisor {
         virt::error::clear_error_callback();
         let conn = open(uri)?;
         debug!(uri, "connected to libvirt");
-        Ok(LibvirtHypervisor { uri: uri.to_owned(), conn, balloons: HashMap::new(), node_stats: true, last_stats: HashMap::new() })
+        Ok(LibvirtHypervisor {
+            uri: uri.to_owned(),
+            conn,
+            balloons: HashMap::new(),
+            node_stats: true,
+            last_stats: HashMap::new(),
+            last_activity: HashMap::new(),
+        })
     }
 
     /// The underlying connection, for callers that need more than the trait
@@ -146,6 +167,31 @@ impl LibvirtHypervisor {
         }
     }
 
+    /// Names of the domains `virConnectListAllDomains` lists with `flags`.
+    /// One call per tick however many domains there are, and always fresh:
+    /// a per-domain cache would miss a `virsh define` of a running transient
+    /// domain, the very fix the transient error asks for.
+    fn domain_names(&self, flags: u32) -> Result<Option<HashSet<String>>, HvError> {
+        match self.conn.list_all_domains(flags) {
+            Ok(doms) => Ok(Some(doms.iter().filter_map(|d| d.name().ok()).collect())),
+            Err(e) if self.connection_lost(&e) => Err(self.unreachable(&e)),
+            Err(e) => {
+                debug!(uri = %self.uri, flags, error = %e.message(), "listing domains failed");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Runs one sleep/wake operation on a domain, in its own span.
+    fn domain_op(&mut self, op: &'static str, vm: &VmId, f: impl FnOnce(&Domain) -> Result<(), VirtError>) -> Result<(), HvError> {
+        let _span = debug_span!("domain_op", op, vm = %vm).entered();
+        let dom = self.lookup(op, vm)?;
+        let started = Instant::now();
+        f(&dom).map_err(|e| self.vm_error(op, vm, e))?;
+        debug!(ms = started.elapsed().as_millis() as u64, "done");
+        Ok(())
+    }
+
     /// Host memory. `guests` is the memory of running guests, used only to
     /// estimate what is available on drivers without node memory stats.
     fn host_memory(&mut self, guests: Bytes) -> Result<HostMemory, HvError> {
@@ -196,6 +242,14 @@ fn is_no_balloon(e: &VirtError) -> bool {
     unsupported || (code_is(e, ErrorNumber::OperationInvalid) && msg.contains("balloon"))
 }
 
+/// `net.0.rx.bytes` → ("net", "rx.bytes"): a per-device counter's group and
+/// name, or None for anything else (`net.count`, `block.0.name`, …).
+fn device_counter(name: &str) -> Option<(&str, &str)> {
+    let (group, rest) = name.split_once('.')?;
+    let (index, counter) = rest.split_once('.')?;
+    index.bytes().all(|b| b.is_ascii_digit()).then_some((group, counter))
+}
+
 /// Whether a domain's XML has a usable balloon device. QEMU always writes a
 /// `<memballoon>` element on x86; `model='none'` means there is none.
 fn xml_has_balloon(xml: &str) -> bool {
@@ -229,6 +283,14 @@ struct Fields {
     major_fault: Option<u64>,
     last_update: Option<u64>,
     oom_kills: Option<u64>,
+    cpu_time: Option<u64>,
+    net_count: u64,
+    block_count: u64,
+    /// Sums over devices; None when no device reported the counter.
+    net_rx: Option<u64>,
+    net_tx: Option<u64>,
+    block_rd: Option<u64>,
+    block_wr: Option<u64>,
 }
 
 impl Fields {
@@ -250,11 +312,53 @@ impl Fields {
                 "balloon.major_fault" => &mut f.major_fault,
                 "balloon.last-update" => &mut f.last_update,
                 n if OOM_FIELDS.contains(&n) => &mut f.oom_kills,
-                _ => continue,
+                "cpu.time" => &mut f.cpu_time,
+                "net.count" => {
+                    f.net_count = value.as_u64().unwrap_or(0);
+                    continue;
+                }
+                "block.count" => {
+                    f.block_count = value.as_u64().unwrap_or(0);
+                    continue;
+                }
+                n => {
+                    let sum = match device_counter(n) {
+                        Some(("net", "rx.bytes")) => &mut f.net_rx,
+                        Some(("net", "tx.bytes")) => &mut f.net_tx,
+                        Some(("block", "rd.bytes")) => &mut f.block_rd,
+                        Some(("block", "wr.bytes")) => &mut f.block_wr,
+                        _ => continue,
+                    };
+                    if let Some(v) = value.as_u64() {
+                        *sum = Some(sum.unwrap_or(0).saturating_add(v));
+                    }
+                    continue;
+                }
             };
             *slot = value.as_u64();
         }
         f
+    }
+
+    /// The domain's activity counters: None without `cpu.time` (inactive
+    /// domain, or a driver without the group). A device group that has
+    /// devices but no counters this tick (a busy domain under NOWAIT) takes
+    /// its sums from `last`, so the sum never dips and jumps back.
+    fn activity(&self, last: Option<&Activity>) -> Option<Activity> {
+        let cpu_time_ns = self.cpu_time?;
+        let pick = |count: u64, now: Option<u64>, before: Option<u64>| match now {
+            Some(v) => v,
+            None if count > 0 => before.unwrap_or(0),
+            None => 0,
+        };
+        let (net, block) = (self.net_count, self.block_count);
+        Some(Activity {
+            cpu_time_ns,
+            net_rx_bytes: pick(net, self.net_rx, last.map(|a| a.net_rx_bytes)),
+            net_tx_bytes: pick(net, self.net_tx, last.map(|a| a.net_tx_bytes)),
+            disk_read_bytes: pick(block, self.block_rd, last.map(|a| a.disk_read_bytes)),
+            disk_write_bytes: pick(block, self.block_wr, last.map(|a| a.disk_write_bytes)),
+        })
     }
 
     /// Guest stats exist only when the guest driver sent them: MemTotal and
@@ -292,6 +396,11 @@ impl Hypervisor for LibvirtHypervisor {
             self.unreachable(&e)
         })?;
 
+        // Listed after the stats: a domain saved in between shows as shut off
+        // with an image a tick early rather than running without one.
+        let transient = self.domain_names(virt_sys::VIR_CONNECT_LIST_DOMAINS_TRANSIENT)?;
+        let saved = self.domain_names(virt_sys::VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE)?;
+
         let mut vms = Vec::with_capacity(records.len());
         let mut seen = Vec::with_capacity(records.len());
         let mut guests = Bytes::ZERO;
@@ -302,6 +411,23 @@ impl Hypervisor for LibvirtHypervisor {
             }
             let f = Fields::parse(&rec.params);
             let state = vm_state(f.state);
+            // Unknown (the listing failed): persistent, so a save is tried
+            // and its own error says what is wrong.
+            let persistent = transient.as_ref().is_none_or(|t| !t.contains(&name));
+            let managed_save = saved.as_ref().is_some_and(|s| s.contains(&name));
+            // libvirt 9.0 reports a `cpu.time` for shut-off domains too (a
+            // defined, never started one showed 0.9 s): counters only mean
+            // something while a QEMU process runs.
+            let active = matches!(state, VmState::Running | VmState::Paused);
+            let activity = if active { f.activity(self.last_activity.get(&name)) } else { None };
+            match activity {
+                Some(a) => {
+                    self.last_activity.insert(name.clone(), a);
+                }
+                None => {
+                    self.last_activity.remove(&name);
+                }
+            }
             let (current, maximum) = match (f.current, f.maximum) {
                 (Some(c), Some(m)) => (Bytes::from_kib(c), Bytes::from_kib(m)),
                 // Drivers without the balloon group (the test driver).
@@ -309,7 +435,7 @@ impl Hypervisor for LibvirtHypervisor {
                     Ok(info) => (Bytes::from_kib(info.memory), Bytes::from_kib(info.max_mem)),
                     Err(e) => {
                         debug!(vm = %name, error = %e.message(), "no balloon stats and no domain info");
-                        vms.push(VmObservation { id: VmId::new(name), state, balloon: None });
+                        vms.push(VmObservation { id: VmId::new(name), state, balloon: None, activity, persistent, managed_save });
                         continue;
                     }
                 },
@@ -329,11 +455,12 @@ impl Hypervisor for LibvirtHypervisor {
                     None
                 }
             };
-            let balloon = self.has_balloon(&rec.dom, &name).then(|| Balloon { current, maximum, stats });
-            vms.push(VmObservation { id: VmId::new(name), state, balloon });
+            let balloon = self.has_balloon(&rec.dom, &name).then_some(Balloon { current, maximum, stats });
+            vms.push(VmObservation { id: VmId::new(name), state, balloon, activity, persistent, managed_save });
         }
         self.balloons.retain(|uuid, _| seen.contains(uuid));
         self.last_stats.retain(|name, _| vms.iter().any(|v| v.id.as_str() == name));
+        self.last_activity.retain(|name, _| vms.iter().any(|v| v.id.as_str() == name));
 
         let host = self.host_memory(guests)?;
         Ok(Observation { at: Default::default(), host, vms })
@@ -360,7 +487,7 @@ impl Hypervisor for LibvirtHypervisor {
         let stats = dom.memory_stats(0).map_err(|e| self.vm_error("read balloon", vm, e))?;
         stats
             .iter()
-            .find(|s| s.tag == virt_sys::VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON as u32)
+            .find(|s| s.tag == virt_sys::VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON)
             .map(|s| Bytes::from_kib(s.val))
             .ok_or_else(|| HvError::NoBalloon(vm.clone()))
     }
@@ -373,6 +500,41 @@ impl Hypervisor for LibvirtHypervisor {
             Err(e) if code_is(&e, ErrorNumber::NoDomainMetadata) => Ok(None),
             Err(e) => Err(self.vm_error("read metadata", vm, e)),
         }
+    }
+
+    fn save(&mut self, vm: &VmId) -> Result<(), HvError> {
+        let _span = debug_span!("save", vm = %vm).entered();
+        let dom = self.lookup("save", vm)?;
+        let started = Instant::now();
+        if let Err(e) = dom.managed_save(0) {
+            // libvirt says "cannot do managed save for transient domain";
+            // asking the domain itself does not depend on that wording.
+            // Disk full, I/O errors and the rest pass libvirt's own message.
+            if !self.connection_lost(&e) && matches!(dom.is_persistent(), Ok(false)) {
+                return Err(HvError::Transient(vm.clone()));
+            }
+            return Err(self.vm_error("save", vm, e));
+        }
+        debug!(ms = started.elapsed().as_millis() as u64, "saved");
+        Ok(())
+    }
+
+    fn pause(&mut self, vm: &VmId) -> Result<(), HvError> {
+        self.domain_op("pause", vm, |d| d.suspend())
+    }
+
+    fn resume(&mut self, vm: &VmId) -> Result<(), HvError> {
+        self.domain_op("resume", vm, |d| d.resume())
+    }
+
+    fn start(&mut self, vm: &VmId) -> Result<(), HvError> {
+        // Plain virDomainCreate: it restores from the managed save image when
+        // there is one. Never FORCE_BOOT, which would throw the image away.
+        self.domain_op("start", vm, |d| d.create())
+    }
+
+    fn discard_save(&mut self, vm: &VmId) -> Result<(), HvError> {
+        self.domain_op("discard save", vm, |d| d.managed_save_remove(0))
     }
 }
 
@@ -583,6 +745,42 @@ mod tests {
         assert_eq!(s.major_faults, 7);
         assert_eq!(s.oom_kills, Some(2));
         assert_eq!(s.last_update, Some(1700000000));
+    }
+
+    #[test]
+    fn activity_sums_devices_and_bridges_missing_counters() {
+        let p = |n: &str, v: u64| (n.to_owned(), ffi::Value::UInt(v));
+        let mut params = vec![
+            p("cpu.time", 7_000_000),
+            p("net.count", 2),
+            p("net.0.rx.bytes", 100),
+            p("net.0.tx.bytes", 10),
+            p("net.1.rx.bytes", 200),
+            p("net.1.tx.bytes", 20),
+            p("net.0.rx.pkts", 99),
+            p("block.count", 1),
+            ("block.0.name".to_owned(), ffi::Value::Str("vda".into())),
+            p("block.0.rd.bytes", 4096),
+            p("block.0.wr.bytes", 512),
+            p("block.0.rd.reqs", 8),
+        ];
+        let a = Fields::parse(&params).activity(None).expect("activity");
+        assert_eq!(
+            a,
+            Activity { cpu_time_ns: 7_000_000, net_rx_bytes: 300, net_tx_bytes: 30, disk_read_bytes: 4096, disk_write_bytes: 512 }
+        );
+        // A busy domain under NOWAIT: the disk has no counters this tick, and
+        // the last sums stand in rather than dropping to zero.
+        params.retain(|(n, _)| !n.starts_with("block.0.rd") && !n.starts_with("block.0.wr"));
+        assert_eq!(Fields::parse(&params).activity(Some(&a)).unwrap().disk_read_bytes, 4096);
+        // No devices at all: zero, not the last.
+        let bare = [p("cpu.time", 1), p("net.count", 0), p("block.count", 0)];
+        assert_eq!(Fields::parse(&bare).activity(Some(&a)).unwrap(), Activity { cpu_time_ns: 1, ..Activity::default() });
+        // No cpu.time: no counters from this driver.
+        assert_eq!(Fields::parse(&[p("state.state", 1)]).activity(None), None);
+        assert_eq!(device_counter("net.12.tx.bytes"), Some(("net", "tx.bytes")));
+        assert_eq!(device_counter("net.count"), None);
+        assert_eq!(device_counter("cpu.cache.monitor.count"), None);
     }
 
     #[test]

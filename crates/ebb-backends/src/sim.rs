@@ -7,11 +7,17 @@
 //! a handle to drive the guests (`set_used`, `advance`, `fail_next_call`)
 //! while the agent owns another as its `Hypervisor`, made by `connect` (the
 //! agent's connector) each time it (re)connects.
+//!
+//! Sleep and wake follow libvirt: `save` stops the guest and frees its memory
+//! (shut off, with a managed save image), `start` restores it after a restore
+//! delay in sim time (paused meanwhile, as libvirt shows a domain being
+//! restored), with activity counters starting again from zero as a new QEMU
+//! process's do. A test can make a VM's save or start fail.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ebb_core::{Balloon, Bytes, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState, GIB, MIB};
+use ebb_core::{Activity, Balloon, Bytes, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState, GIB, MIB};
 
 use crate::{HvError, Hypervisor};
 
@@ -40,6 +46,11 @@ pub struct SimVm {
     pub reports_oom: bool,
     /// ebb's `<metadata>` element, as `ebb_metadata` returns it.
     pub metadata: Option<String>,
+    /// Has a persistent definition: only such a VM can be saved.
+    pub persistent: bool,
+    /// CPU use while running, as a fraction of one vCPU: `advance` adds it to
+    /// the VM's CPU time.
+    pub cpu_load: f64,
 }
 
 impl SimVm {
@@ -57,6 +68,8 @@ impl SimVm {
             has_swap: true,
             reports_oom: false,
             metadata: None,
+            persistent: true,
+            cpu_load: 0.0,
         }
     }
 }
@@ -82,6 +95,13 @@ pub struct SimVmStatus {
     pub swap_out: Bytes,
     pub major_faults: u64,
     pub oom_kills: u64,
+    /// The VM's activity counters (kept while it is shut off; observations
+    /// show them only while it is active).
+    pub activity: Activity,
+    /// A managed save image exists.
+    pub managed_save: bool,
+    /// Sim time at which a restore in progress completes.
+    pub restoring_until: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -96,6 +116,12 @@ struct Guest {
     swap_out: Bytes,
     major_faults: u64,
     oom_kills: u64,
+    activity: Activity,
+    managed_save: bool,
+    restoring_until: Option<u64>,
+    /// `save` / `start` fail with this detail (libvirt's own message).
+    fail_save: Option<String>,
+    fail_start: Option<String>,
 }
 
 impl Guest {
@@ -109,7 +135,15 @@ impl Guest {
             swap_out: self.swap_out,
             major_faults: self.major_faults,
             oom_kills: self.oom_kills,
+            activity: self.activity,
+            managed_save: self.managed_save,
+            restoring_until: self.restoring_until,
         }
+    }
+
+    /// A new QEMU process: counters start from zero.
+    fn new_process(&mut self) {
+        self.activity = Activity::default();
     }
 
     /// Brings swap and oom counters in line with `used` against `current`:
@@ -153,7 +187,15 @@ impl Guest {
                 }
             }),
         });
-        VmObservation { id: v.id.clone(), state: v.state, balloon }
+        let active = matches!(v.state, VmState::Running | VmState::Paused);
+        VmObservation {
+            id: v.id.clone(),
+            state: v.state,
+            balloon,
+            activity: active.then_some(self.activity),
+            persistent: v.persistent,
+            managed_save: self.managed_save,
+        }
     }
 }
 
@@ -170,6 +212,8 @@ struct World {
     reachable: bool,
     fail_next: u32,
     connects: u32,
+    /// How long a restore from a managed save takes, in sim ms.
+    restore_delay_ms: u64,
 }
 
 /// The in-memory hypervisor. Clones share the same world.
@@ -193,6 +237,7 @@ impl SimHypervisor {
                 reachable: true,
                 fail_next: 0,
                 connects: 0,
+                restore_delay_ms: 500,
             })),
         }
     }
@@ -220,6 +265,11 @@ impl SimHypervisor {
             swap_out: Bytes::ZERO,
             major_faults: 0,
             oom_kills: 0,
+            activity: Activity::default(),
+            managed_save: false,
+            restoring_until: None,
+            fail_save: None,
+            fail_start: None,
         };
         g.settle();
         self.world().guests.insert(g.vm.id.clone(), g);
@@ -258,6 +308,48 @@ impl SimHypervisor {
 
     pub fn set_metadata(&self, vm: &VmId, metadata: Option<String>) {
         self.with_guest(vm, |g| g.vm.metadata = metadata)
+    }
+
+    pub fn set_persistent(&self, vm: &VmId, persistent: bool) {
+        self.with_guest(vm, |g| g.vm.persistent = persistent)
+    }
+
+    /// CPU use while running, as a fraction of one vCPU.
+    pub fn set_cpu_load(&self, vm: &VmId, load: f64) {
+        self.with_guest(vm, |g| g.vm.cpu_load = load)
+    }
+
+    /// Sets the VM's activity counters outright.
+    pub fn set_activity(&self, vm: &VmId, activity: Activity) {
+        self.with_guest(vm, |g| g.activity = activity)
+    }
+
+    /// Adds network and disk bytes to the VM's counters (received, sent,
+    /// read, written), as traffic between two ticks would.
+    pub fn add_io(&self, vm: &VmId, rx: u64, tx: u64, read: u64, write: u64) {
+        self.with_guest(vm, |g| {
+            g.activity.net_rx_bytes += rx;
+            g.activity.net_tx_bytes += tx;
+            g.activity.disk_read_bytes += read;
+            g.activity.disk_write_bytes += write;
+        })
+    }
+
+    /// `save` on this VM fails with `detail` (say "No space left on device")
+    /// until cleared with None; the VM keeps running.
+    pub fn set_fail_save(&self, vm: &VmId, detail: Option<&str>) {
+        self.with_guest(vm, |g| g.fail_save = detail.map(str::to_owned))
+    }
+
+    /// `start` on this VM fails with `detail` until cleared; a save image stays.
+    pub fn set_fail_start(&self, vm: &VmId, detail: Option<&str>) {
+        self.with_guest(vm, |g| g.fail_start = detail.map(str::to_owned))
+    }
+
+    /// How long a restore from a managed save takes in sim time (default
+    /// 500 ms, what a 512 MiB guest took here).
+    pub fn set_restore_delay(&self, ms: u64) {
+        self.world().restore_delay_ms = ms;
     }
 
     /// Memory the host uses besides its guests (default none).
@@ -323,7 +415,19 @@ impl SimHypervisor {
         let mut w = self.world();
         w.now_ms += ms;
         let step = Bytes((u128::from(w.rate) * u128::from(ms) / 1000).min(u128::from(u64::MAX)) as u64);
+        let now_ms = w.now_ms;
         for g in w.guests.values_mut() {
+            // The guest runs (and uses CPU) only for the part of the step
+            // after its restore completed.
+            let mut ran_ms = ms;
+            if let Some(at) = g.restoring_until.filter(|&at| at <= now_ms) {
+                g.restoring_until = None;
+                g.vm.state = VmState::Running;
+                ran_ms = now_ms - at;
+            }
+            if g.vm.state == VmState::Running {
+                g.activity.cpu_time_ns += (g.vm.cpu_load * ran_ms as f64 * 1e6) as u64;
+            }
             if g.vm.state != VmState::Running || !g.vm.has_balloon || g.stalled {
                 continue;
             }
@@ -400,5 +504,96 @@ impl Hypervisor for SimHypervisor {
         Self::gate(&mut w)?;
         let g = w.guests.get(vm).ok_or_else(|| HvError::NoSuchVm(vm.clone()))?;
         Ok(g.vm.metadata.clone())
+    }
+
+    fn save(&mut self, vm: &VmId) -> Result<(), HvError> {
+        self.guest_op("save", vm, |g, _| {
+            if !g.vm.persistent {
+                return Err(Op::Transient);
+            }
+            if !matches!(g.vm.state, VmState::Running | VmState::Paused) || g.restoring_until.is_some() {
+                return Err(Op::Failed("domain is not running".into()));
+            }
+            if let Some(detail) = &g.fail_save {
+                return Err(Op::Failed(detail.clone()));
+            }
+            // Shut off with an image: its memory goes back to the host.
+            g.vm.state = VmState::ShutOff;
+            g.managed_save = true;
+            Ok(())
+        })
+    }
+
+    fn pause(&mut self, vm: &VmId) -> Result<(), HvError> {
+        self.guest_op("pause", vm, |g, _| {
+            if g.vm.state != VmState::Running {
+                return Err(Op::Failed("domain is not running".into()));
+            }
+            g.vm.state = VmState::Paused;
+            Ok(())
+        })
+    }
+
+    fn resume(&mut self, vm: &VmId) -> Result<(), HvError> {
+        self.guest_op("resume", vm, |g, _| {
+            if g.vm.state != VmState::Paused || g.restoring_until.is_some() {
+                return Err(Op::Failed("domain is not paused".into()));
+            }
+            g.vm.state = VmState::Running;
+            Ok(())
+        })
+    }
+
+    fn start(&mut self, vm: &VmId) -> Result<(), HvError> {
+        self.guest_op("start", vm, |g, (now_ms, delay)| {
+            if g.vm.state != VmState::ShutOff {
+                return Err(Op::Failed("domain is already running".into()));
+            }
+            if let Some(detail) = &g.fail_start {
+                return Err(Op::Failed(detail.clone()));
+            }
+            g.new_process();
+            if std::mem::take(&mut g.managed_save) && delay > 0 {
+                // libvirt shows a domain being restored as paused.
+                g.vm.state = VmState::Paused;
+                g.restoring_until = Some(now_ms + delay);
+            } else {
+                g.vm.state = VmState::Running;
+            }
+            Ok(())
+        })
+    }
+
+    fn discard_save(&mut self, vm: &VmId) -> Result<(), HvError> {
+        self.guest_op("discard save", vm, |g, _| {
+            g.managed_save = false;
+            Ok(())
+        })
+    }
+}
+
+/// Why a sim operation on one guest failed.
+enum Op {
+    Transient,
+    Failed(String),
+}
+
+impl SimHypervisor {
+    /// Runs one operation on one guest, with the gate and errors as the
+    /// libvirt backend maps them. `f` gets the guest and (now, restore delay).
+    fn guest_op(
+        &self,
+        op: &'static str,
+        vm: &VmId,
+        f: impl FnOnce(&mut Guest, (u64, u64)) -> Result<(), Op>,
+    ) -> Result<(), HvError> {
+        let mut w = self.world();
+        Self::gate(&mut w)?;
+        let clock = (w.now_ms, w.restore_delay_ms);
+        let g = w.guests.get_mut(vm).ok_or_else(|| HvError::NoSuchVm(vm.clone()))?;
+        f(g, clock).map_err(|e| match e {
+            Op::Transient => HvError::Transient(vm.clone()),
+            Op::Failed(detail) => HvError::Operation { op, vm: vm.clone(), detail },
+        })
     }
 }

@@ -196,3 +196,69 @@ fn node_file_with_100_domains() {
     assert_eq!(b.current, Bytes::from_mib(300));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn vm_obs(hv: &mut LibvirtHypervisor, name: &str) -> ebb_core::VmObservation {
+    hv.observe().unwrap().vms.into_iter().find(|v| v.id.as_str() == name).unwrap_or_else(|| panic!("{name} listed"))
+}
+
+/// The test driver saves, restores, pauses and resumes (in memory), and
+/// reports no activity counters.
+#[test]
+fn save_start_pause_resume() {
+    let mut hv = connect();
+    let name = "ebb-sleep-persistent";
+    let vm = VmId::new(name);
+    define(&hv, name, "virtio");
+    let v = vm_obs(&mut hv, name);
+    assert_eq!((v.state, v.persistent, v.managed_save, v.activity), (VmState::ShutOff, true, false, None));
+    assert!(hv.save(&vm).is_err(), "a shut-off domain cannot be saved");
+
+    hv.start(&vm).expect("cold start");
+    let v = vm_obs(&mut hv, name);
+    assert_eq!((v.state, v.managed_save), (VmState::Running, false));
+    assert_eq!(v.activity, None, "the test driver has no cpu/net/block stats");
+
+    hv.save(&vm).expect("managed save");
+    let v = vm_obs(&mut hv, name);
+    assert_eq!((v.state, v.managed_save), (VmState::ShutOff, true));
+    hv.start(&vm).expect("restore");
+    let v = vm_obs(&mut hv, name);
+    assert_eq!((v.state, v.managed_save), (VmState::Running, false));
+
+    hv.pause(&vm).expect("pause");
+    assert_eq!(vm_obs(&mut hv, name).state, VmState::Paused);
+    hv.resume(&vm).expect("resume");
+    assert_eq!(vm_obs(&mut hv, name).state, VmState::Running);
+    match hv.resume(&vm) {
+        Err(HvError::Operation { op: "resume", detail, .. }) => assert!(!detail.is_empty()),
+        other => panic!("expected an operation error, got {other:?}"),
+    }
+
+    hv.save(&vm).unwrap();
+    hv.discard_save(&vm).expect("discard the image");
+    let v = vm_obs(&mut hv, name);
+    assert_eq!((v.state, v.managed_save), (VmState::ShutOff, false));
+    assert!(matches!(hv.start(&VmId::new("ebb-no-such-domain")), Err(HvError::NoSuchVm(_))));
+}
+
+#[test]
+fn a_transient_domain_cannot_be_saved() {
+    let mut hv = connect();
+    let name = "ebb-sleep-transient";
+    let xml = format!(
+        "<domain type='test'><name>{name}</name><memory unit='MiB'>256</memory>\
+         <os><type>hvm</type></os></domain>"
+    );
+    hv.connection().create_domain_xml(&xml, 0).expect("create a transient domain");
+    let v = vm_obs(&mut hv, name);
+    assert_eq!((v.state, v.persistent), (VmState::Running, false));
+    let err = hv.save(&VmId::new(name)).expect_err("managedsave of a transient domain");
+    assert!(matches!(err, HvError::Transient(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("domain {name} is transient: only a persistent domain can be saved; define it with virsh define (or let it sleep by pausing)")
+    );
+    assert_eq!(vm_obs(&mut hv, name).state, VmState::Running, "still running");
+    hv.pause(&VmId::new(name)).expect("a transient domain can be paused");
+    let _ = hv.connection().lookup_domain_by_name(name).and_then(|d| d.destroy());
+}

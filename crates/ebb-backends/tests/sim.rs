@@ -173,3 +173,90 @@ fn set_memory_errors() {
     assert!(hv.calls().is_empty());
     assert!(matches!(hv.ebb_metadata(&VmId::new("nope")), Err(HvError::NoSuchVm(_))));
 }
+
+#[test]
+fn save_frees_memory_and_start_restores_after_the_delay() {
+    let mut hv = SimHypervisor::new(Bytes::from_gib(4));
+    hv.add_vm(SimVm { cpu_load: 0.5, ..SimVm::new("web", mib(1024)) });
+    let web = VmId::new("web");
+    hv.advance(1000);
+    let v = vm_obs(&mut hv, &web);
+    assert_eq!(v.activity.unwrap().cpu_time_ns, 500_000_000, "half a vCPU for a second");
+    assert!(v.persistent && !v.managed_save);
+    hv.add_io(&web, 10, 20, 30, 40);
+    let a = vm_obs(&mut hv, &web).activity.unwrap();
+    assert_eq!((a.net_rx_bytes, a.net_tx_bytes, a.disk_read_bytes, a.disk_write_bytes), (10, 20, 30, 40));
+
+    hv.save(&web).expect("save");
+    let obs = hv.observe().unwrap();
+    assert_eq!(obs.host.available, Bytes::from_gib(4), "its memory went back to the host");
+    let v = vm_obs(&mut hv, &web);
+    assert_eq!((v.state, v.managed_save, v.activity), (VmState::ShutOff, true, None));
+    assert!(hv.save(&web).is_err(), "a shut-off VM cannot be saved again");
+
+    hv.set_restore_delay(400);
+    hv.start(&web).expect("start");
+    let v = vm_obs(&mut hv, &web);
+    assert_eq!((v.state, v.managed_save), (VmState::Paused, false), "restoring");
+    assert!(hv.resume(&web).is_err(), "a restore in flight is not a pause");
+    hv.advance(399);
+    assert_eq!(vm_obs(&mut hv, &web).state, VmState::Paused);
+    hv.advance(1);
+    let v = vm_obs(&mut hv, &web);
+    assert_eq!(v.state, VmState::Running);
+    assert_eq!(v.activity.unwrap().cpu_time_ns, 0, "a new QEMU process: counters start again");
+    assert_eq!(hv.observe().unwrap().host.available, Bytes::from_gib(3));
+    assert!(hv.start(&web).is_err(), "already running");
+}
+
+#[test]
+fn pause_resume_and_discard() {
+    let mut hv = SimHypervisor::new(Bytes::from_gib(4));
+    hv.add_vm(SimVm::new("web", mib(1024)));
+    let web = VmId::new("web");
+    assert!(hv.resume(&web).is_err(), "not paused");
+    hv.pause(&web).expect("pause");
+    assert_eq!(vm_obs(&mut hv, &web).state, VmState::Paused);
+    assert_eq!(hv.observe().unwrap().host.available, Bytes::from_gib(3), "a paused VM keeps its memory");
+    assert!(hv.pause(&web).is_err(), "already paused");
+    hv.resume(&web).expect("resume");
+    assert_eq!(vm_obs(&mut hv, &web).state, VmState::Running);
+
+    hv.save(&web).unwrap();
+    hv.discard_save(&web).expect("discard");
+    assert!(!vm_obs(&mut hv, &web).managed_save);
+    hv.discard_save(&web).expect("discarding nothing is fine");
+    hv.start(&web).unwrap();
+    assert_eq!(vm_obs(&mut hv, &web).state, VmState::Running, "a cold boot: no restore delay");
+}
+
+#[test]
+fn save_and_start_failures() {
+    let mut hv = SimHypervisor::new(Bytes::from_gib(4));
+    hv.add_vm(SimVm { persistent: false, ..SimVm::new("tr", mib(512)) });
+    hv.add_vm(SimVm::new("web", mib(512)));
+    let (tr, web) = (VmId::new("tr"), VmId::new("web"));
+    assert!(!vm_obs(&mut hv, &tr).persistent);
+    match hv.save(&tr) {
+        Err(HvError::Transient(v)) => assert_eq!(v, tr),
+        other => panic!("expected Transient, got {other:?}"),
+    }
+    assert_eq!(vm_obs(&mut hv, &tr).state, VmState::Running, "a refused save leaves the VM running");
+    hv.pause(&tr).expect("a transient VM can be paused");
+
+    hv.set_fail_save(&web, Some("No space left on device"));
+    match hv.save(&web) {
+        Err(HvError::Operation { op: "save", detail, .. }) => assert_eq!(detail, "No space left on device"),
+        other => panic!("expected a save error, got {other:?}"),
+    }
+    assert_eq!(vm_obs(&mut hv, &web).state, VmState::Running);
+    hv.set_fail_save(&web, None);
+    hv.save(&web).unwrap();
+    hv.set_fail_start(&web, Some("cannot read the save image"));
+    assert!(matches!(hv.start(&web), Err(HvError::Operation { op: "start", .. })));
+    let v = vm_obs(&mut hv, &web);
+    assert_eq!((v.state, v.managed_save), (VmState::ShutOff, true), "a failed start keeps the image");
+    hv.set_fail_start(&web, None);
+    hv.start(&web).unwrap();
+    assert!(matches!(hv.save(&VmId::new("nope")), Err(HvError::NoSuchVm(_))));
+}

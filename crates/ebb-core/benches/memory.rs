@@ -52,6 +52,9 @@ fn world(n: usize) -> World {
                     ..GuestMemStats::default()
                 }),
             }),
+            activity: None,
+            persistent: true,
+            managed_save: false,
         });
     }
     // Overcommitted by a third, so the water-fill has real work every tick.

@@ -5,6 +5,7 @@
 
 pub mod memory;
 pub mod model;
+pub mod sleep;
 pub mod units;
 
 pub use model::*;

@@ -993,7 +993,8 @@ fn reason_text(w: &Work, target: Bytes, rule: Rule, pool: Bytes, step: Bytes) ->
                 secs(idle_ms)
             )
         }
-        Rule::Hold | Rule::Skip => format!(
+        // The memory policy never sets a target under the sleep rules.
+        Rule::Hold | Rule::Skip | Rule::Sleep | Rule::Wake => format!(
             "hold at {target}: idle-taxed entitlement is now {} (guest uses {} of {c}), so the last target no longer applies",
             w.entitlement, w.used
         ),
@@ -1125,6 +1126,9 @@ mod tests {
                                 last_update: Some(self.now.0 / 1000 - g.lagging as u64),
                             }}),
                         }),
+                        activity: None,
+                        persistent: true,
+                        managed_save: false,
                     })
                     .collect(),
             }
@@ -1224,7 +1228,7 @@ mod tests {
     #[test]
     fn a_guest_below_its_floor_grows_back_past_an_exhausted_pool() {
         let mut w = World::new(vec![guest("a", 512, 100)], 256);
-        w.host_total = w.host_total + Bytes::from_mib(100);
+        w.host_total += Bytes::from_mib(100);
         w.run(20);
         assert!(w.current("a").abs_diff(Bytes::from_mib(256)) < Bytes::from_mib(1), "{}", w.current("a"));
         // Its use grows after the reclaim: floor 250 + 64 = 314 MiB, past the pool.

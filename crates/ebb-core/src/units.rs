@@ -71,9 +71,9 @@ impl fmt::Display for Bytes {
         let b = self.0;
         if b >= GIB {
             let g = b as f64 / GIB as f64;
-            if b % GIB == 0 { write!(f, "{} GiB", b / GIB) } else { write!(f, "{g:.2} GiB") }
+            if b.is_multiple_of(GIB) { write!(f, "{} GiB", b / GIB) } else { write!(f, "{g:.2} GiB") }
         } else if b >= MIB {
-            if b % MIB == 0 { write!(f, "{} MiB", b / MIB) } else { write!(f, "{:.1} MiB", self.mib_f64()) }
+            if b.is_multiple_of(MIB) { write!(f, "{} MiB", b / MIB) } else { write!(f, "{:.1} MiB", self.mib_f64()) }
         } else if b >= KIB {
             write!(f, "{} KiB", b / KIB)
         } else {
