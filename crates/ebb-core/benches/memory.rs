@@ -69,7 +69,7 @@ fn world(n: usize) -> World {
 fn step_world(w: &mut World, actions: &[Action], rng: &mut Lcg) {
     let mut targets: BTreeMap<&VmId, Bytes> = BTreeMap::new();
     for a in actions {
-        let Action::SetBalloonTarget { vm, target, .. } = a;
+        let Action::SetBalloonTarget { vm, target, .. } = a else { continue };
         targets.insert(vm, *target);
     }
     let landed: Vec<(usize, Bytes)> = w

@@ -1155,7 +1155,7 @@ mod tests {
             let obs = self.observe();
             let d = self.policy.decide(&obs, &self.settings(), &self.cfg, self.now);
             for a in &d.actions {
-                let Action::SetBalloonTarget { vm, target, .. } = a;
+                let Action::SetBalloonTarget { vm, target, .. } = a else { continue };
                 let g = self.guests.iter_mut().find(|g| &g.id == vm).expect("action for an unknown VM");
                 g.pending = Some(*target);
             }
@@ -1182,6 +1182,7 @@ mod tests {
     fn action_for<'a>(d: &'a MemoryDecision, name: &str) -> Option<(Bytes, &'a Reason)> {
         d.actions.iter().find(|a| a.vm().as_str() == name).map(|a| match a {
             Action::SetBalloonTarget { target, reason, .. } => (*target, reason),
+            other => panic!("the memory policy only sets balloon targets: {other:?}"),
         })
     }
 
@@ -1570,7 +1571,7 @@ mod tests {
             prop_assert!(v.step >= w.cfg.step_min && v.step <= w.cfg.step_max, "step {} out of bounds", v.step);
         }
         for a in &d.actions {
-            let Action::SetBalloonTarget { vm, target, reason } = a;
+            let Action::SetBalloonTarget { vm, target, reason } = a else { continue };
             let g = w.guests.iter().find(|g| &g.id == vm).unwrap();
             let v = view(d, vm.as_str());
             let ceiling = g.settings.max.unwrap_or(Bytes(u64::MAX)).min(g.maximum);

@@ -230,22 +230,31 @@ pub enum Action {
     /// Set the guest's memory size (virDomainSetMemory): the balloon
     /// inflates or deflates until the guest has `target`.
     SetBalloonTarget { vm: VmId, target: Bytes, reason: Reason },
+    /// Put an idle VM to sleep: save it to disk (managed save) or pause it.
+    /// A VM that cannot be saved keeps running; it is never destroyed.
+    Sleep { vm: VmId, mode: SleepMode, reason: Reason },
+    /// Wake a sleeping VM: start it from its saved image, or resume it.
+    Wake { vm: VmId, reason: Reason },
 }
 
 impl Action {
     pub fn vm(&self) -> &VmId {
         match self {
-            Action::SetBalloonTarget { vm, .. } => vm,
+            Action::SetBalloonTarget { vm, .. } | Action::Sleep { vm, .. } | Action::Wake { vm, .. } => vm,
         }
     }
     pub fn reason(&self) -> &Reason {
         match self {
-            Action::SetBalloonTarget { reason, .. } => reason,
+            Action::SetBalloonTarget { reason, .. } | Action::Sleep { reason, .. } | Action::Wake { reason, .. } => {
+                reason
+            }
         }
     }
     pub fn kind(&self) -> &'static str {
         match self {
             Action::SetBalloonTarget { .. } => "set_balloon_target",
+            Action::Sleep { .. } => "sleep",
+            Action::Wake { .. } => "wake",
         }
     }
 }

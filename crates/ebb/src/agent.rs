@@ -4,21 +4,28 @@
 //! channel. Runtime faults (libvirtd gone, a VM vanishing, a failed call)
 //! are journaled and shown; they never stop the agent.
 
-use crate::api_types::{Connection, Snapshot, Status, VmInfo};
+use crate::api_types::{Connection, SleepRecord, Snapshot, Status, VmInfo};
 use crate::config::Config;
 use crate::journal::{Entry, Journal};
 use crate::settings::{self, MetadataSettings, Resolved};
 use ebb_backends::{HvError, Hypervisor};
 use ebb_core::memory::{MemoryConfig, MemoryDecision, MemoryPolicy, VmMemoryView};
-use ebb_core::{Action, Bytes, Millis, Observation, VmId, VmState};
+use ebb_core::sleep::{SleepDecision, SleepPolicy, SleepSettings, VmIdleView};
+use ebb_core::{Action, Bytes, Millis, Observation, Reason, Rule, SleepMode, VmId, VmState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 /// Opens a hypervisor connection; called again after the connection is lost.
 pub type Connector = Box<dyn Fn(&str) -> Result<Box<dyn Hypervisor>, HvError> + Send + Sync>;
+
+/// What the API asks of the agent; the reply says what happened, in words.
+pub enum Command {
+    Sleep { vm: VmId, reply: oneshot::Sender<Result<String, String>> },
+    Wake { vm: VmId, reply: oneshot::Sender<Result<String, String>> },
+}
 
 /// How often a domain's `<metadata>` is re-read (it rarely changes, and
 /// reading it is one call per VM, unlike the bulk stats).
@@ -52,10 +59,17 @@ pub struct Agent {
     saved_memory: HashMap<VmId, (Bytes, Option<Bytes>)>,
     /// VMs whose balloon was still moving at the last tick.
     in_flight: Vec<VmId>,
+    sleep_policy: SleepPolicy,
+    /// The VMs ebb holds asleep (also in the journal, for restarts).
+    sleeping: BTreeMap<VmId, SleepRecord>,
+    commands: mpsc::Receiver<Command>,
     started_at: Millis,
     ticks: u64,
     actions_total: u64,
     action_failures_total: u64,
+    sleeps_total: u64,
+    wakes_total: u64,
+    last_wake_ms: Option<f64>,
     snapshot: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -63,8 +77,16 @@ impl Agent {
     /// Builds the agent and resumes what the journal remembers. Does not
     /// connect yet: the first tick does, so a libvirtd that is down at start
     /// is handled like one that goes away later.
-    pub fn new(cfg: Config, journal: Journal, connect: Connector) -> (Agent, watch::Receiver<Arc<Snapshot>>) {
+    pub fn new(cfg: Config, journal: Journal, connect: Connector) -> (Agent, watch::Receiver<Arc<Snapshot>>, mpsc::Sender<Command>) {
         let started_at = now();
+        let sleeping = match journal.sleeping() {
+            Ok(list) => list.into_iter().collect(),
+            Err(e) => {
+                warn!("could not read the sleeping VMs from the journal: {e}");
+                BTreeMap::new()
+            }
+        };
+        let (command_tx, commands) = mpsc::channel(64);
         let mem_cfg = cfg.memory.policy_config();
         let mut policy = MemoryPolicy::new();
         let mut saved_memory = HashMap::new();
@@ -95,10 +117,16 @@ impl Agent {
             last_problems: HashMap::new(),
             saved_memory,
             in_flight: Vec::new(),
+            sleep_policy: SleepPolicy::new(),
+            sleeping,
+            commands,
             started_at,
             ticks: 0,
             actions_total: 0,
             action_failures_total: 0,
+            sleeps_total: 0,
+            wakes_total: 0,
+            last_wake_ms: None,
             snapshot: watch::channel(Arc::new(Snapshot { status: placeholder_status(), vms: vec![] })).0,
             journal,
             cfg,
@@ -106,19 +134,23 @@ impl Agent {
         let status = agent.status(None, None, 0.0);
         agent.snapshot.send_replace(Arc::new(Snapshot { status, vms: vec![] }));
         let rx = agent.snapshot.subscribe();
-        (agent, rx)
+        (agent, rx, command_tx)
     }
 
     /// Runs until `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         self.journal_event(None, "started", &format!("ebb {} started, watching {}", env!("CARGO_PKG_VERSION"), self.cfg.agent.uri));
         tokio::pin!(shutdown);
-        loop {
+        'ticks: loop {
             let moving = self.tick().await;
             let wait = if moving { self.cfg.agent.fast_tick.min(self.cfg.agent.tick) } else { self.cfg.agent.tick };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = &mut shutdown => break,
+            let next = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => break,
+                    Some(cmd) = self.commands.recv() => self.command(cmd).await,
+                    _ = &mut shutdown => break 'ticks,
+                }
             }
         }
         self.journal_event(None, "stopped", "ebb stopped");
@@ -180,12 +212,22 @@ impl Agent {
             self.metadata.insert(vm, CachedMetadata { fetched_at: at, settings });
         }
         self.note_vm_changes(&obs, at);
+        self.note_power_changes(&obs, at);
         let resolved = self.resolve_settings(&obs);
         let settings = resolved.iter().map(|(id, r)| (id.clone(), r.settings.clone())).collect();
         let decision = self.policy.decide(&obs, &settings, &self.mem_cfg, at);
-        self.act(&decision, at).await;
+        self.note_skips(&decision, at);
+        let idle = self.sleep_policy.decide(&obs, &self.sleep_settings(&obs), &BTreeMap::new(), at);
+        let mut actions = if self.cfg.memory.enabled { decision.actions.clone() } else { vec![] };
+        actions.extend(
+            idle.to_sleep
+                .iter()
+                .filter(|(vm, ..)| !self.sleeping.contains_key(vm))
+                .map(|(vm, mode, reason)| Action::Sleep { vm: vm.clone(), mode: *mode, reason: reason.clone() }),
+        );
+        self.act(actions, at).await;
         self.remember_memory_state(&decision, at);
-        self.publish(Some((&obs, &resolved)), Some(&decision), started, at);
+        self.publish(Some((&obs, &resolved)), Some((&decision, &idle)), started, at);
         self.in_flight = decision
             .vms
             .iter()
@@ -323,8 +365,8 @@ impl Agent {
         out
     }
 
-    /// Carries out the decision's actions and journals each outcome.
-    async fn act(&mut self, decision: &MemoryDecision, at: Millis) {
+    /// Journals a VM's skip reason when it changes.
+    fn note_skips(&mut self, decision: &MemoryDecision, at: Millis) {
         for view in &decision.vms {
             if self.last_skip.get(&view.vm) != Some(&view.skipped) {
                 if let Some(why) = &view.skipped {
@@ -334,49 +376,168 @@ impl Agent {
                 self.last_skip.insert(view.vm.clone(), view.skipped.clone());
             }
         }
-        if !self.cfg.memory.enabled || decision.actions.is_empty() {
-            return;
+    }
+
+    /// The sleep settings of the VMs that have a `[vm.NAME.sleep]` section.
+    fn sleep_settings(&self, obs: &Observation) -> BTreeMap<VmId, SleepSettings> {
+        obs.vms
+            .iter()
+            .filter_map(|vm| Some((vm.id.clone(), self.cfg.vm_section(&vm.id)?.sleep.as_ref()?.settings())))
+            .collect()
+    }
+
+    /// A VM ebb holds asleep that runs again was started behind ebb's back
+    /// (`virsh start`, `virsh resume`): it is awake, and ebb says so.
+    fn note_power_changes(&mut self, obs: &Observation, at: Millis) {
+        let woke: Vec<VmId> = self
+            .sleeping
+            .iter()
+            .filter(|(id, rec)| {
+                let seen = obs.vms.iter().find(|v| &v.id == *id);
+                match (seen.map(|v| v.state), rec.mode) {
+                    (None, _) => true,
+                    (Some(VmState::Running), _) => true,
+                    (Some(VmState::ShutOff), SleepMode::Pause) => true,
+                    _ => false,
+                }
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for vm in woke {
+            let text = match obs.vms.iter().find(|v| v.id == vm) {
+                Some(v) => format!("{vm} is {} again without ebb waking it: no longer held asleep", vm_state_word(v.state)),
+                None => format!("{vm} is gone: forgetting that it slept"),
+            };
+            info!(vm = %vm, "{text}");
+            self.journal_vm(&vm, at, "woke_outside", Some(Rule::Wake.as_str()), &text, None, None);
+            self.forget_sleep(&vm);
         }
-        let actions = decision.actions.clone();
+    }
+
+    fn forget_sleep(&mut self, vm: &VmId) {
+        self.sleeping.remove(vm);
+        self.sleep_policy.woke(vm);
+        if let Err(e) = self.journal.clear_sleeping(vm) {
+            warn!("{e}");
+        }
+    }
+
+    /// Answers an API request: carries the action out at once.
+    async fn command(&mut self, cmd: Command) {
+        let at = now();
+        let snap = self.snapshot.borrow().clone();
+        let (action, reply) = match cmd {
+            Command::Sleep { vm, reply } => {
+                let mode = self.cfg.vm_section(&vm).and_then(|s| s.sleep.as_ref()).map_or(SleepMode::Save, |s| s.mode);
+                let state = snap.vms.iter().find(|v| v.name == vm.0).map(|v| v.state);
+                if state != Some(VmState::Running) {
+                    let why = match state {
+                        None => format!("no VM named {vm} on this host"),
+                        Some(s) => format!("{vm} is {}: only a running VM can be put to sleep", vm_state_word(s)),
+                    };
+                    let _ = reply.send(Err(why));
+                    return;
+                }
+                let reason = Reason::new(Rule::Sleep, format!("asked to sleep ({}) through the API", mode.as_str()));
+                (Action::Sleep { vm, mode, reason }, reply)
+            }
+            Command::Wake { vm, reply } => {
+                let known = self.sleeping.contains_key(&vm)
+                    || snap.vms.iter().any(|v| v.name == vm.0 && matches!(v.state, VmState::ShutOff | VmState::Paused));
+                if !known {
+                    let _ = reply.send(Err(format!("{vm} is not asleep")));
+                    return;
+                }
+                (Action::Wake { vm, reason: Reason::new(Rule::Wake, "asked to wake through the API") }, reply)
+            }
+        };
+        let outcome = self.act(vec![action], at).await.pop();
+        self.republish();
+        let _ = reply.send(match outcome {
+            Some((_, Ok(()))) => Ok("done".into()),
+            Some((_, Err(e))) => Err(e),
+            None => Err("libvirt is not reachable now: try again when `ebb status` says connected".into()),
+        });
+    }
+
+    /// Carries out actions and journals each outcome; returns them.
+    async fn act(&mut self, actions: Vec<Action>, at: Millis) -> Vec<(Action, Result<(), String>)> {
+        if actions.is_empty() {
+            return vec![];
+        }
+        // Waking a paused VM resumes it; waking a saved one starts it from its image.
+        let sleeping = self.sleeping.clone();
         let Some(results) = self
             .with_hv(move |hv| {
                 actions
                     .into_iter()
                     .map(|a| {
+                        let t0 = Instant::now();
                         let r = match &a {
                             Action::SetBalloonTarget { vm, target, .. } => hv.set_memory(vm, *target),
+                            Action::Sleep { vm, mode: SleepMode::Save, .. } => hv.save(vm),
+                            Action::Sleep { vm, mode: SleepMode::Pause, .. } => hv.pause(vm),
+                            Action::Wake { vm, .. } => match sleeping.get(vm).map(|r| r.mode) {
+                                Some(SleepMode::Pause) => hv.resume(vm),
+                                _ => hv.start(vm).or_else(|e| hv.resume(vm).map_err(|_| e)),
+                            },
                         };
-                        (a, r)
+                        (a, r, t0.elapsed())
                     })
                     .collect::<Vec<_>>()
             })
             .await
         else {
-            return;
+            return vec![];
         };
-        for (action, result) in results {
+        let mut out = Vec::with_capacity(results.len());
+        for (action, result, took) in results {
             self.actions_total += 1;
-            let Action::SetBalloonTarget { vm, target, reason } = &action;
-            let outcome = match &result {
-                Ok(()) => {
-                    info!(vm = %vm, target = %target, "{reason}");
-                    "ok".to_string()
-                }
-                Err(e) => {
-                    self.action_failures_total += 1;
-                    self.policy.record_failure(vm, at);
-                    warn!(vm = %vm, "setting memory to {target} failed: {e}");
-                    format!("failed: {e}")
-                }
+            let vm = action.vm().clone();
+            let reason = action.reason().clone();
+            if let Err(e) = &result {
+                self.action_failures_total += 1;
+                warn!(vm = %vm, "{} failed: {e}", action.kind());
+            } else {
+                info!(vm = %vm, "{}: {reason}", action.kind());
+            }
+            let target = match &action {
+                Action::SetBalloonTarget { target, .. } => Some(*target),
+                _ => None,
             };
-            self.journal_vm(vm, at, action.kind(), Some(reason.rule.as_str()), &reason.text, Some(*target), Some(&outcome));
-            if let Err(e) = result {
-                if e.is_connection_lost() {
-                    self.lost_connection(at, &e);
-                    break;
+            match (&action, &result) {
+                (Action::SetBalloonTarget { .. }, Err(_)) => self.policy.record_failure(&vm, at),
+                (Action::Sleep { mode, .. }, Ok(())) => {
+                    self.sleeps_total += 1;
+                    let rec = SleepRecord { mode: *mode, since: at, reason: reason.text.clone() };
+                    if let Err(e) = self.journal.set_sleeping(&vm, &rec) {
+                        warn!("{e}");
+                    }
+                    self.sleeping.insert(vm.clone(), rec);
                 }
+                (Action::Wake { .. }, Ok(())) => {
+                    self.wakes_total += 1;
+                    self.last_wake_ms = Some(took.as_secs_f64() * 1000.0);
+                    self.forget_sleep(&vm);
+                }
+                _ => {}
+            }
+            let outcome = match &result {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("failed: {e}"),
+            };
+            self.journal_vm(&vm, at, action.kind(), Some(reason.rule.as_str()), &reason.text, target, Some(&outcome));
+            let lost = result.as_ref().err().is_some_and(|e| e.is_connection_lost());
+            out.push((action, result.map_err(|e| e.to_string())));
+            if lost {
+                if let Some((_, Err(e))) = out.last() {
+                    let e = HvError::Unreachable { uri: self.cfg.agent.uri.clone(), detail: e.clone() };
+                    self.lost_connection(at, &e);
+                }
+                break;
             }
         }
+        out
     }
 
     /// Persists each VM's adaptive step and target when they change, so a
@@ -401,14 +562,17 @@ impl Agent {
     fn publish(
         &self,
         seen: Option<(&Observation, &BTreeMap<VmId, Resolved>)>,
-        decision: Option<&MemoryDecision>,
+        decisions: Option<(&MemoryDecision, &SleepDecision)>,
         started: Instant,
         at: Millis,
     ) {
         let tick_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let (obs, vms) = match (seen, decision) {
-            (Some((obs, resolved)), Some(decision)) => {
+        let decision = decisions.map(|d| d.0);
+        let (obs, vms) = match (seen, decisions) {
+            (Some((obs, resolved)), Some((decision, idle))) => {
                 let views: HashMap<&VmId, &VmMemoryView> = decision.vms.iter().map(|v| (&v.vm, v)).collect();
+                let idle_views: HashMap<&VmId, &VmIdleView> = idle.views.iter().map(|v| (&v.vm, v)).collect();
+                let with_sleep = |id: &VmId| self.cfg.vm_section(id).is_some_and(|s| s.sleep.is_some());
                 let vms = obs
                     .vms
                     .iter()
@@ -421,6 +585,8 @@ impl Agent {
                             settings: r.settings.clone(),
                             sources: r.sources,
                             settings_problems: r.problems.clone(),
+                            sleeping: self.sleeping.get(&vm.id).cloned(),
+                            idle: idle_views.get(&vm.id).filter(|_| with_sleep(&vm.id)).map(|v| (*v).clone()),
                         })
                     })
                     .collect();
@@ -432,6 +598,16 @@ impl Agent {
         let mut status = self.status(obs, decision, tick_ms);
         status.last_tick_at = Some(at);
         self.snapshot.send_replace(Arc::new(Snapshot { status, vms }));
+    }
+
+    /// Shows a command's effect at once rather than at the next tick.
+    fn republish(&self) {
+        let mut snap = (**self.snapshot.borrow()).clone();
+        snap.status = Status { last_tick_ms: snap.status.last_tick_ms, ..self.status(None, None, 0.0) };
+        for vm in &mut snap.vms {
+            vm.sleeping = self.sleeping.get(&VmId(vm.name.clone())).cloned();
+        }
+        self.snapshot.send_replace(Arc::new(snap));
     }
 
     fn status(&self, obs: Option<&Observation>, decision: Option<&MemoryDecision>, tick_ms: f64) -> Status {
@@ -455,6 +631,9 @@ impl Agent {
             vms_managed: if decision.is_some() { vms.iter().filter(|v| v.skipped.is_none()).count() } else { prev.vms_managed },
             actions_total: self.actions_total,
             action_failures_total: self.action_failures_total,
+            sleeps_total: self.sleeps_total,
+            wakes_total: self.wakes_total,
+            last_wake_ms: self.last_wake_ms,
             journal: self.journal.path().display().to_string(),
         }
     }
@@ -499,6 +678,9 @@ fn placeholder_status() -> Status {
         vms_managed: 0,
         actions_total: 0,
         action_failures_total: 0,
+        sleeps_total: 0,
+        wakes_total: 0,
+        last_wake_ms: None,
         journal: String::new(),
     }
 }

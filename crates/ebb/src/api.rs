@@ -2,19 +2,20 @@
 //! Prometheus metrics. It reads the agent's latest snapshot and opens the
 //! journal read-side; it never blocks the agent.
 
-use crate::api_types::{ApiError, Event, Explain, Snapshot};
+use crate::agent::Command;
+use crate::api_types::{ApiError, Done, Event, Explain, Snapshot};
 use crate::journal::Journal;
 use crate::{explain, metrics};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::UnixListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -28,6 +29,7 @@ pub enum ServeError {
 pub struct ApiState {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub journal: PathBuf,
+    pub commands: mpsc::Sender<Command>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -36,6 +38,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/vms", get(vms))
         .route("/v1/vms/{name}", get(vm))
         .route("/v1/vms/{name}/explain", get(explain_vm))
+        .route("/v1/vms/{name}/sleep", post(sleep_vm))
+        .route("/v1/vms/{name}/wake", post(wake_vm))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics_text))
         .with_state(state)
@@ -105,6 +109,27 @@ async fn explain_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -
     }
     let summary = explain::summarize(&name, now.as_ref(), &events);
     Ok(Json(Explain { vm: name, now, summary, events }))
+}
+
+async fn ask(s: &ApiState, cmd: impl FnOnce(oneshot::Sender<Result<String, String>>) -> Command) -> ApiResult<Json<Done>> {
+    let (reply, answer) = oneshot::channel();
+    s.commands
+        .send(cmd(reply))
+        .await
+        .map_err(|_| fail(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"))?;
+    match answer.await {
+        Ok(Ok(done)) => Ok(Json(Done { done })),
+        Ok(Err(e)) => Err(fail(StatusCode::CONFLICT, e)),
+        Err(_) => Err(fail(StatusCode::SERVICE_UNAVAILABLE, "the agent stopped before answering")),
+    }
+}
+
+async fn sleep_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -> ApiResult<Json<Done>> {
+    ask(&s, |reply| Command::Sleep { vm: ebb_core::VmId(name), reply }).await
+}
+
+async fn wake_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -> ApiResult<Json<Done>> {
+    ask(&s, |reply| Command::Wake { vm: ebb_core::VmId(name), reply }).await
 }
 
 async fn metrics_text(State(s): State<ApiState>) -> Response {

@@ -2,7 +2,8 @@
 //! neither re-declares a struct.
 
 use ebb_core::memory::VmMemoryView;
-use ebb_core::{Bytes, Millis, VmSettings, VmState};
+use ebb_core::sleep::VmIdleView;
+use ebb_core::{Bytes, Millis, SleepMode, VmSettings, VmState};
 use serde::{Deserialize, Serialize};
 
 /// Where a setting's value came from.
@@ -66,6 +67,10 @@ pub struct Status {
     pub vms_managed: usize,
     pub actions_total: u64,
     pub action_failures_total: u64,
+    pub sleeps_total: u64,
+    pub wakes_total: u64,
+    /// Wall time of the last wake (restore or resume call), for /metrics.
+    pub last_wake_ms: Option<f64>,
     pub journal: String,
 }
 
@@ -78,6 +83,18 @@ pub struct VmInfo {
     pub sources: SettingSources,
     /// Settings that were ignored (bad metadata, contradictions), in words.
     pub settings_problems: Vec<String>,
+    /// Set while ebb holds the VM asleep.
+    pub sleeping: Option<SleepRecord>,
+    /// What the idle detector sees; None when sleep is not enabled for it.
+    pub idle: Option<VmIdleView>,
+}
+
+/// A VM ebb put to sleep: how, since when, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SleepRecord {
+    pub mode: SleepMode,
+    pub since: Millis,
+    pub reason: String,
 }
 
 /// One journal entry.
@@ -102,6 +119,12 @@ pub struct Explain {
     pub summary: Vec<String>,
     /// The recent journal entries about it, newest first.
     pub events: Vec<Event>,
+}
+
+/// The answer to a request the agent carried out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Done {
+    pub done: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -57,7 +57,7 @@ pub fn status_text(s: &Status) -> String {
     let _ = writeln!(out, "pool: {} of {} used{mem}", s.pool_used, size(s.pool));
     let _ = writeln!(out, "host: {} available of {}", s.host_available, s.host_total);
     let _ = writeln!(out, "vms: {} ({} managed)", s.vms, s.vms_managed);
-    let _ = writeln!(out, "actions: {} ({} failed)", s.actions_total, s.action_failures_total);
+    let _ = writeln!(out, "actions: {} ({} failed); sleeps {}, wakes {}", s.actions_total, s.action_failures_total, s.sleeps_total, s.wakes_total);
     let _ = writeln!(out, "journal: {}", s.journal);
     out
 }
@@ -83,9 +83,13 @@ pub fn vms_table(vms: &[VmInfo]) -> String {
                 (None, Some(r)) => r.text.clone(),
                 (None, None) => String::new(),
             };
+            let state = match &v.sleeping {
+                Some(rec) => format!("asleep ({}) since {}", rec.mode.as_str(), clock(rec.since)),
+                None => vm_state_word(v.state).into(),
+            };
             vec![
                 v.name.clone(),
-                vm_state_word(v.state).into(),
+                state,
                 size(m.actual),
                 size(m.target),
                 size(m.used),

@@ -28,12 +28,23 @@ impl Client {
     }
 
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        self.request(hyper::Method::GET, path).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let text = self.request(hyper::Method::POST, path).await?;
+        serde_json::from_str(&text).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    async fn request(&self, method: hyper::Method, path: &str) -> Result<String, ClientError> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|_| ClientError::NotRunning(self.socket.clone()))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         tokio::spawn(conn);
-        let req = hyper::Request::get(path)
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, "ebb")
             .body(Empty::<Body>::new())
             .map_err(|e| ClientError::Protocol(e.to_string()))?;

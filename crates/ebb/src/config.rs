@@ -3,7 +3,8 @@
 //! startup with a message that names the field and the line.
 
 use ebb_core::memory::MemoryConfig;
-use ebb_core::{Bytes, VmId};
+use ebb_core::sleep::SleepSettings;
+use ebb_core::{Bytes, SleepMode, VmId};
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -130,6 +131,52 @@ pub struct VmSection {
     pub min: Option<Spanned<Size>>,
     pub max: Option<Spanned<Size>>,
     pub managed: Option<bool>,
+    /// `[vm.NAME.sleep]`: the VM may be put to sleep when idle (opt-in).
+    pub sleep: Option<SleepSection>,
+}
+
+/// `[vm.NAME.sleep]`. The section is the opt-in: `enabled` defaults to true
+/// inside it, so `enabled = false` pauses the opt-in without deleting it.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct SleepSection {
+    pub enabled: bool,
+    /// "save" (managed save: memory freed, ~0.5 s to wake) or "pause" (memory kept, instant wake).
+    pub mode: SleepMode,
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_after: Duration,
+    /// Below this fraction of one vCPU the VM counts as idle.
+    pub cpu_threshold: f64,
+    /// Network and disk bytes per second below which the VM counts as idle.
+    pub net_threshold: Size,
+    pub disk_threshold: Size,
+}
+
+impl Default for SleepSection {
+    fn default() -> Self {
+        let d = SleepSettings::default();
+        SleepSection {
+            enabled: true,
+            mode: d.mode,
+            idle_after: Duration::from_millis(d.idle_after_ms),
+            cpu_threshold: d.cpu_threshold,
+            net_threshold: Size(d.net_threshold),
+            disk_threshold: Size(d.disk_threshold),
+        }
+    }
+}
+
+impl SleepSection {
+    pub fn settings(&self) -> SleepSettings {
+        SleepSettings {
+            enabled: self.enabled,
+            mode: self.mode,
+            idle_after_ms: self.idle_after.as_millis() as u64,
+            cpu_threshold: self.cpu_threshold,
+            net_threshold: self.net_threshold.0,
+            disk_threshold: self.disk_threshold.0,
+        }
+    }
 }
 
 /// A memory size in a config file: `"512MiB"`, `"2GiB"` or a number of
@@ -263,6 +310,11 @@ impl Config {
                     ));
                 }
             }
+            if let Some(sleep) = &vm.sleep {
+                if !(0.0..=1.0).contains(&sleep.cpu_threshold) {
+                    return Err(format!("vm.{name}.sleep.cpu_threshold = {} is outside [0, 1] (a fraction of one vCPU)", sleep.cpu_threshold));
+                }
+            }
             if let Some(shares) = &vm.shares {
                 if *shares.get_ref() == 0 {
                     return Err(format!("line {}: vm.{name}.shares must be more than zero", at(shares.span())));
@@ -386,6 +438,18 @@ mod tests {
         let c = Config::parse("[agent]\ndomains = [\"a*\", \"b\"]\n").unwrap();
         assert!(c.agent.is_ebbs("alpha") && c.agent.is_ebbs("b") && !c.agent.is_ebbs("c"));
         assert!(Config::parse("").unwrap().agent.is_ebbs("anything"));
+    }
+
+    #[test]
+    fn sleep_sections_opt_in() {
+        let c = Config::parse("[vm.web.sleep]\nidle_after = \"5m\"\nmode = \"pause\"\n").unwrap();
+        let s = c.vm["web"].sleep.as_ref().unwrap().settings();
+        assert!(s.enabled);
+        assert_eq!(s.mode, SleepMode::Pause);
+        assert_eq!(s.idle_after_ms, 300_000);
+        assert!(Config::parse("[vm.web.sleep]\nmode = \"hibernate\"\n").unwrap_err().contains("hibernate"));
+        assert!(Config::parse("[vm.web.sleep]\ncpu_threshold = 2.0\n").unwrap_err().contains("cpu_threshold"));
+        assert!(c.vm.get("db").is_none());
     }
 
     #[test]

@@ -10,7 +10,23 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
         return out;
     };
     let m = &vm.memory;
-    out.push(format!("{name} is {}.", vm_state_word(vm.state)));
+    match &vm.sleeping {
+        Some(rec) => out.push(format!(
+            "{name} is asleep ({}) since {} UTC: {}. `ebb wake {name}` or its traffic wakes it.",
+            if rec.mode == ebb_core::SleepMode::Save { "saved to disk, its memory freed" } else { "paused, its memory kept" },
+            crate::cli::clock(rec.since),
+            rec.reason.trim_end_matches('.')
+        )),
+        None => out.push(format!("{name} is {}.", vm_state_word(vm.state))),
+    }
+    if let Some(idle) = &vm.idle {
+        match (&idle.skipped, &idle.active_reason, idle.sleeps_at) {
+            (Some(why), _, _) => out.push(format!("It will not be put to sleep: {why}.")),
+            (None, Some(why), _) => out.push(format!("It is not idle: {why}.")),
+            (None, None, Some(at)) => out.push(format!("It is idle; if it stays so it sleeps at {} UTC.", crate::cli::clock(at))),
+            _ => {}
+        }
+    }
     if let Some(why) = &m.skipped {
         out.push(format!("ebb does not manage its memory now: {why}."));
     } else {

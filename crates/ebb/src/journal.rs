@@ -2,9 +2,9 @@
 //! own events, in SQLite. It survives restarts: after a crash the agent
 //! resumes each VM's adaptive step and last target from it.
 
-use crate::api_types::Event;
+use crate::api_types::{Event, SleepRecord};
 use ebb_core::memory::Resumed;
-use ebb_core::{Bytes, Millis, VmId};
+use ebb_core::{Bytes, Millis, SleepMode, VmId};
 use rusqlite::{params, Connection};
 use std::path::{Path, PathBuf};
 
@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS events (
     outcome TEXT
 );
 CREATE INDEX IF NOT EXISTS events_vm ON events (vm, id);
+CREATE TABLE IF NOT EXISTS sleeping (
+    vm TEXT PRIMARY KEY,
+    mode TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS memory_state (
     vm TEXT PRIMARY KEY,
     step_bytes INTEGER NOT NULL,
@@ -127,6 +133,36 @@ impl Journal {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Records that ebb put `vm` to sleep, so a restarted agent knows it.
+    pub fn set_sleeping(&self, vm: &VmId, rec: &SleepRecord) -> Result<(), JournalError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO sleeping (vm, mode, since_ms, reason) VALUES (?1, ?2, ?3, ?4)",
+            params![vm.as_str(), rec.mode.as_str(), rec.since.0 as i64, rec.reason],
+        )?;
+        Ok(())
+    }
+
+    pub fn clear_sleeping(&self, vm: &VmId) -> Result<(), JournalError> {
+        self.conn.execute("DELETE FROM sleeping WHERE vm = ?1", params![vm.as_str()])?;
+        Ok(())
+    }
+
+    pub fn sleeping(&self) -> Result<Vec<(VmId, SleepRecord)>, JournalError> {
+        let mut stmt = self.conn.prepare("SELECT vm, mode, since_ms, reason FROM sleeping ORDER BY vm")?;
+        let rows = stmt.query_map([], |r| {
+            let mode: String = r.get(1)?;
+            Ok((
+                VmId(r.get(0)?),
+                SleepRecord {
+                    mode: if mode == "pause" { SleepMode::Pause } else { SleepMode::Save },
+                    since: Millis(r.get::<_, i64>(2)? as u64),
+                    reason: r.get(3)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Deletes entries older than `before`; returns how many.
     pub fn prune(&self, before: Millis) -> Result<usize, JournalError> {
         Ok(self.conn.execute("DELETE FROM events WHERE at_ms < ?1", params![before.0 as i64])?)
@@ -157,6 +193,13 @@ mod tests {
         assert_eq!(a[0].target, Some(Bytes::from_mib(448)));
         let states = j.memory_states().unwrap();
         assert_eq!(states, vec![(VmId::new("a"), Resumed { step: Bytes::from_mib(128), last_target: Some(Bytes::from_mib(384)) })]);
+        let rec = SleepRecord { mode: SleepMode::Pause, since: Millis(5), reason: "idle".into() };
+        j.set_sleeping(&VmId::new("a"), &rec).unwrap();
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.sleeping().unwrap(), vec![(VmId::new("a"), rec)]);
+        j.clear_sleeping(&VmId::new("a")).unwrap();
+        assert!(j.sleeping().unwrap().is_empty());
         assert_eq!(j.prune(Millis(2)).unwrap(), 1);
         assert_eq!(j.events(None, 10).unwrap().len(), 1);
     }

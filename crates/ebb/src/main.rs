@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use ebb::api_types::{Event, Explain, Status, VmInfo};
+use ebb::api_types::{Done, Event, Explain, Status, VmInfo};
 use ebb::client::Client;
 use ebb::config::{Config, DEFAULT_SOCKET};
 use ebb::{cli, run};
@@ -59,6 +59,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Put a running VM to sleep now (save to disk, or pause, as its sleep mode says).
+    Sleep { vm: String },
+    /// Wake a VM ebb put to sleep (or one saved or paused by hand).
+    Wake { vm: String },
     /// Prometheus metrics, as the agent serves them at /metrics.
     Metrics,
     /// Live demo on three real guests: memory moves from idle guests to a busy one.
@@ -121,6 +125,16 @@ async fn dispatch(args: Args) -> Result<(), String> {
         Command::Explain { vm, json } => {
             let x: Explain = client.get(&format!("/v1/vms/{}/explain", cli::url_encode(&vm))).await.map_err(e)?;
             print_or_json(json, &x, cli::explain_text)
+        }
+        Command::Sleep { vm } => {
+            let d: Done = client.post(&format!("/v1/vms/{}/sleep", cli::url_encode(&vm))).await.map_err(e)?;
+            println!("{vm}: asleep ({})", d.done);
+            Ok(())
+        }
+        Command::Wake { vm } => {
+            let d: Done = client.post(&format!("/v1/vms/{}/wake", cli::url_encode(&vm))).await.map_err(e)?;
+            println!("{vm}: awake ({})", d.done);
+            Ok(())
         }
         Command::Metrics => {
             print!("{}", client.get_text("/metrics").await.map_err(e)?);

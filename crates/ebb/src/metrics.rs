@@ -14,6 +14,9 @@ pub fn render(s: &Snapshot) -> String {
     gauge("ebb_tick_duration_seconds", "Wall time of the last tick.", "gauge", st.last_tick_ms / 1000.0);
     gauge("ebb_actions_total", "Actions carried out since start.", "counter", st.actions_total as f64);
     gauge("ebb_action_failures_total", "Actions that failed since start.", "counter", st.action_failures_total as f64);
+    gauge("ebb_sleeps_total", "VMs ebb put to sleep since start.", "counter", st.sleeps_total as f64);
+    gauge("ebb_wakes_total", "VMs ebb woke since start.", "counter", st.wakes_total as f64);
+    gauge("ebb_last_wake_seconds", "How long the last wake (restore or resume) took.", "gauge", st.last_wake_ms.unwrap_or(0.0) / 1000.0);
     gauge("ebb_memory_pool_bytes", "Memory ebb may hand to guests.", "gauge", st.pool.map_or(0.0, |p| p.0 as f64));
     gauge("ebb_memory_pool_used_bytes", "Sum of the guests' current sizes.", "gauge", st.pool_used.0 as f64);
     gauge("ebb_host_memory_total_bytes", "Host memory.", "gauge", st.host_total.0 as f64);
@@ -22,7 +25,8 @@ pub fn render(s: &Snapshot) -> String {
     gauge("ebb_vms_managed", "Domains whose memory ebb manages now.", "gauge", st.vms_managed as f64);
 
     type Pick = fn(&crate::api_types::VmInfo) -> Option<f64>;
-    let per_vm: [(&str, &str, Pick); 7] = [
+    let per_vm: [(&str, &str, Pick); 8] = [
+        ("ebb_vm_asleep", "1 while ebb holds the VM asleep.", |v| Some(v.sleeping.is_some() as u8 as f64)),
         ("ebb_vm_memory_actual_bytes", "Guest memory size now (balloon current).", |v| v.memory.actual.map(|b| b.0 as f64)),
         ("ebb_vm_memory_target_bytes", "Guest memory size ebb steers to.", |v| v.memory.target.map(|b| b.0 as f64)),
         ("ebb_vm_memory_used_bytes", "Memory the guest uses (MemTotal - MemAvailable).", |v| v.memory.used.map(|b| b.0 as f64)),

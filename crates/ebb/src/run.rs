@@ -31,9 +31,9 @@ pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Out
     let socket = cfg.agent.socket.clone();
     let journal_path = cfg.agent.journal.clone();
     info!("ebb {} serving its API at {}", env!("CARGO_PKG_VERSION"), socket.display());
-    let (agent, snapshot) = Agent::new(cfg, journal, connect);
+    let (agent, snapshot, commands) = Agent::new(cfg, journal, connect);
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = api::router(ApiState { snapshot, journal: journal_path });
+    let app = api::router(ApiState { snapshot, journal: journal_path, commands });
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {

@@ -20,10 +20,14 @@ struct World {
 }
 
 async fn start(sim: SimHypervisor, memory: &str) -> World {
+    start_with(sim, memory, "").await
+}
+
+async fn start_with(sim: SimHypervisor, memory: &str, vms: &str) -> World {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("ebb.sock");
     let text = format!(
-        "[agent]\nuri = \"sim\"\ntick = \"100ms\"\nfast_tick = \"50ms\"\nsocket = \"{}\"\njournal = \"{}\"\n[memory]\n{memory}\n",
+        "[agent]\nuri = \"sim\"\ntick = \"100ms\"\nfast_tick = \"50ms\"\nsocket = \"{}\"\njournal = \"{}\"\n[memory]\n{memory}\n{vms}\n",
         socket.display(),
         dir.path().join("journal.db").display()
     );
@@ -151,5 +155,61 @@ async fn a_failed_call_is_journaled_and_the_agent_goes_on() {
     // Failures back off (the step is divided) rather than hammering libvirt every tick.
     let st: Status = w.client.get("/v1/status").await.unwrap();
     assert!(st.action_failures_total < st.ticks, "{} failures in {} ticks ({failures} at first)", st.action_failures_total, st.ticks);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_vms_sleep_wake_on_request_and_failures_keep_them_running() {
+    let sim = SimHypervisor::new(Bytes::from_gib(16));
+    sim.set_restore_delay(0);
+    for name in ["idle", "busy", "transient", "full-disk"] {
+        sim.add_vm(SimVm::new(name, Bytes::from_mib(512)));
+    }
+    sim.set_cpu_load(&VmId::new("busy"), 0.8);
+    sim.set_persistent(&VmId::new("transient"), false);
+    sim.set_fail_save(&VmId::new("full-disk"), Some("No space left on device"));
+    let sleep = "[vm.idle.sleep]\nidle_after = \"1s\"\n[vm.busy.sleep]\nidle_after = \"1s\"\n\
+                 [vm.transient.sleep]\nidle_after = \"1s\"\n[vm.full-disk.sleep]\nidle_after = \"1s\"\n";
+    let w = start_with(sim, "enabled = false", sleep).await;
+    let vms = w
+        .until("the idle VM asleep", |vms, _| {
+            let v = vms.iter().find(|v| v.name == "idle")?;
+            v.sleeping.as_ref().map(|_| vms.to_vec())
+        })
+        .await;
+    let find = |n: &str| vms.iter().find(|v| v.name == n).unwrap().clone();
+    assert!(w.sim.status(&VmId::new("idle")).unwrap().managed_save, "saved to disk");
+    assert!(find("busy").sleeping.is_none());
+    assert!(find("busy").idle.as_ref().unwrap().active_reason.is_some());
+    let t = find("transient");
+    assert!(t.sleeping.is_none());
+    assert!(t.idle.as_ref().unwrap().skipped.as_deref().unwrap_or("").contains("transient"), "{:?}", t.idle);
+
+    // The failed save is journaled and the VM keeps running.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = w.events().await;
+        if let Some(e) = events.iter().find(|e| e.vm.as_deref() == Some("full-disk") && e.kind == "sleep") {
+            assert!(e.outcome.as_deref().unwrap().contains("No space left"), "{e:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed save journaled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(w.sim.status(&VmId::new("full-disk")).unwrap().vm.state, ebb_core::VmState::Running);
+
+    // Wake through the API: it runs again and is no longer held asleep.
+    let done: ebb::api_types::Done = w.client.post("/v1/vms/idle/wake").await.unwrap();
+    assert_eq!(done.done, "done");
+    w.until("idle awake", |vms, _| vms.iter().find(|v| v.name == "idle" && v.sleeping.is_none() && v.state == ebb_core::VmState::Running).map(|_| ())).await;
+    // Waking a VM that is not asleep is refused with a reason.
+    let err = w.client.post::<ebb::api_types::Done>("/v1/vms/busy/wake").await.unwrap_err();
+    assert!(err.to_string().contains("not asleep"), "{err}");
+    // Sleep on request, even when not idle; the status counts both.
+    w.client.post::<ebb::api_types::Done>("/v1/vms/busy/sleep").await.unwrap();
+    let st: Status = w.client.get("/v1/status").await.unwrap();
+    assert!(st.sleeps_total >= 2 && st.wakes_total >= 1, "{st:?}");
+    let vms: Vec<VmInfo> = w.client.get("/v1/vms").await.unwrap();
+    assert!(vms.iter().find(|v| v.name == "busy").unwrap().sleeping.is_some(), "shown asleep at once");
     w.stop().await;
 }

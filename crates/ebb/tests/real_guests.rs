@@ -242,3 +242,61 @@ fn sigkill_mid_reclaim_then_libvirtd_restart_loses_nothing() {
     drop((a, b));
     lab.remove_leftovers(prefix).unwrap();
 }
+
+fn qemu_running(name: &str) -> bool {
+    Command::new("pgrep").args(["-f", &format!("guest={name},")]).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+#[test]
+fn an_idle_guest_sleeps_and_wakes_across_an_agent_restart_and_virsh_start() {
+    let prefix = "ebb-test-sleep-";
+    let lab = lab(prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("{prefix}a");
+    let g = boot(&lab, dir.path(), &name, |_| {});
+    ready(&[&g]);
+    assert!(qemu_running(&name), "cannot find the guest's QEMU process");
+
+    // TCG guests idle at a few % of a vCPU: a generous CPU threshold.
+    let sleep = format!("[vm.{name}.sleep]\nidle_after = \"3s\"\ncpu_threshold = 0.3\n");
+    let (agent_lines, _) = agent_config(prefix, "");
+    let mut agent = AgentProc::start(dir.path(), &agent_lines, &sleep);
+    let vm = agent.wait("the idle guest to sleep", Duration::from_secs(90), |a| a.vm(&name).filter(|v| v.sleeping.is_some()));
+    assert!(vm.sleeping.unwrap().reason.contains("idle for"));
+    let dom = lab.connection().lookup_domain_by_name(&name).unwrap();
+    assert!(!dom.is_active().unwrap(), "still running after sleep");
+    assert!(dom.has_managed_save(0).unwrap(), "no saved image");
+    assert!(!qemu_running(&name), "the QEMU process (its memory) is still there");
+    assert!(agent.text(&["vms"]).contains("asleep (save)"));
+    assert!(agent.text(&["explain", &name]).contains("saved to disk"));
+
+    // Restarted, ebb still knows it holds the VM asleep (from its journal).
+    agent.stop();
+    let agent = AgentProc::start_with(dir.path(), agent.config.clone(), agent.socket.clone(), agent.journal.clone());
+    let vm = agent.wait("the restarted agent to see the guest", Duration::from_secs(30), |a| a.vm(&name));
+    assert!(vm.sleeping.is_some(), "forgotten across a restart");
+
+    // Started behind ebb's back: noticed, no longer held asleep.
+    let out = Command::new("virsh").args(["-c", URI, "start", &name]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    agent.wait("ebb to notice the start", Duration::from_secs(30), |a| a.vm(&name).filter(|v| v.sleeping.is_none()));
+    assert!(agent.events(Some(&name)).iter().any(|e| e.kind == "woke_outside"));
+
+    // Sleep and wake on request; the guest's service answers after the wake.
+    g.wait_ready(Duration::from_secs(60)).unwrap();
+    let out = agent.cli(&["sleep", &name]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dom.is_active().unwrap());
+    let out = agent.cli(&["wake", &name]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dom.is_active().unwrap());
+    let status = g.status().or_else(|_| {
+        g.wait_ready(Duration::from_secs(30))?;
+        g.status()
+    });
+    assert!(status.is_ok(), "the guest's service does not answer after the wake: {status:?}");
+    let events = agent.events(Some(&name));
+    assert!(events.iter().any(|e| e.kind == "wake" && e.outcome.as_deref() == Some("ok")));
+    let metrics = agent.text(&["metrics"]);
+    assert!(metrics.contains("ebb_wakes_total 1"), "{metrics}");
+}
