@@ -108,12 +108,15 @@ fn reclaims_idle_memory_honours_metadata_and_skips_a_guest_without_balloon() {
     assert_eq!(a.status().unwrap().oom_kills, 0);
     assert_eq!(b.status().unwrap().oom_kills, 0);
 
-    // Converged means quiet: no more balloon calls, back to the slow tick.
-    let (ticks, actions) = (agent.status().ticks, agent.status().actions_total);
-    std::thread::sleep(Duration::from_secs(5));
-    let later = agent.status();
-    assert_eq!(later.actions_total, actions, "ebb keeps changing balloons after converging");
-    assert!(later.ticks - ticks <= 8, "{} ticks in 5 s at a 1 s tick: still fast-ticking", later.ticks - ticks);
+    // Converged means quiet: a 5 s window comes with no balloon calls and
+    // slow ticks (a last correction once the guests' stats settle is fine;
+    // churn never goes quiet).
+    agent.wait("a quiet 5 s window", Duration::from_secs(40), |a| {
+        let before = a.status();
+        std::thread::sleep(Duration::from_secs(5));
+        let after = a.status();
+        (after.actions_total == before.actions_total && after.ticks - before.ticks <= 8).then_some(())
+    });
 
     // The guest without a balloon device is shown with the reason and left alone.
     let vnb = find(&vms, &nb_name);
