@@ -1,0 +1,429 @@
+//! One TCP service of one VM: the listener the surrogate owns at all times
+//! and the life of each connection accepted on it.
+//!
+//! Awake, a connection is spliced to the backend at once. Asleep, it is
+//! accepted at once too (holding the SYN would cost the client a 1 s SYN
+//! retransmit, SPEC §2), then answered locally (echo, canned reply) or held:
+//! what the client sends is buffered, the agent is asked to wake the VM, the
+//! backend is probed until it really answers, the buffer is replayed and the
+//! rest spliced. Every path ends in bounded time: past the queue depth, the
+//! byte caps or the wake deadline the client is refused (`503` for HTTP, a
+//! reset otherwise), never left hanging.
+
+use crate::event::{Refusal, VmPower, WakeReason};
+use crate::http;
+use crate::spec::ServiceSpec;
+use crate::stats::{HeldSlot, Metered, OpenGuard};
+use crate::vm::VmShared;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Mutex};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tracing::{debug, warn, Instrument};
+
+/// Buffers of the copying fallback, used only when no pipe can be had.
+const COPY_BUF: usize = 16 * 1024;
+/// How long a refused HTTP client gets to read its `503` while the surrogate
+/// drains what it still sends (closing with unread data would reset the
+/// connection and could destroy the response before it is read).
+const LINGER: Duration = Duration::from_millis(500);
+
+pub(crate) struct TcpService {
+    pub(crate) spec: ServiceSpec,
+    pub(crate) vm: Arc<VmShared>,
+    /// `epoch + 1` of the wake in which the backend was last seen answering;
+    /// held connections wait on it instead of each probing the backend.
+    verified: watch::Sender<u64>,
+    /// One prober per service at a time: 10,000 held clients must not turn
+    /// into 10,000 connects per probe interval.
+    probe: Mutex<()>,
+}
+
+impl TcpService {
+    pub(crate) fn new(spec: ServiceSpec, vm: Arc<VmShared>) -> TcpService {
+        TcpService {
+            spec,
+            vm,
+            verified: watch::Sender::new(0),
+            probe: Mutex::new(()),
+        }
+    }
+}
+
+pub(crate) async fn serve(
+    listener: TcpListener,
+    svc: Arc<TcpService>,
+    power: watch::Receiver<VmPower>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((client, peer)) => {
+                // Small requests and replies must not wait for Nagle.
+                let _ = client.set_nodelay(true);
+                let span =
+                    tracing::debug_span!("conn", vm = %svc.vm.vm, service = %svc.spec.name, %peer);
+                tokio::spawn(handle(client, peer, svc.clone(), power.clone()).instrument(span));
+            }
+            Err(e) => {
+                // Out of descriptors or the like: back off instead of spinning;
+                // the kernel keeps the pending connections in the backlog.
+                warn!(vm = %svc.vm.vm, service = %svc.spec.name, error = %e, "accept failed");
+                sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn handle(
+    client: TcpStream,
+    peer: SocketAddr,
+    svc: Arc<TcpService>,
+    mut power: watch::Receiver<VmPower>,
+) {
+    let accepted = Instant::now();
+    let state = power.borrow_and_update().clone();
+    match state {
+        VmPower::Awake => splice_awake(client, &svc).await,
+        VmPower::WakeFailed(reason) => refuse(client, &svc, Refusal::WakeFailed { reason }).await,
+        VmPower::Asleep | VmPower::Waking => sleeping(client, peer, &svc, power, accepted).await,
+    }
+}
+
+async fn splice_awake(client: TcpStream, svc: &TcpService) {
+    let backend = svc.spec.backend;
+    match timeout(svc.vm.limits.wake_deadline, TcpStream::connect(backend)).await {
+        Ok(Ok(b)) => splice(client, b, svc, Vec::new()).await,
+        Ok(Err(e)) => {
+            debug!(error = %e, "backend refused while the VM is awake");
+            reset(client, svc, Refusal::BackendDown { backend });
+        }
+        Err(_) => reset(client, svc, Refusal::BackendDown { backend }),
+    }
+}
+
+/// Replays what was held, then copies both ways until both sides close.
+async fn splice(mut client: TcpStream, mut backend: TcpStream, svc: &TcpService, held: Vec<u8>) {
+    let _ = backend.set_nodelay(true);
+    let counters = &svc.vm.counters;
+    let _open = OpenGuard::new(counters, svc.spec.hold_open_counts_as_activity);
+    if !held.is_empty() {
+        if let Err(e) = backend.write_all(&held).await {
+            debug!(error = %e, "backend closed while the held bytes were replayed");
+            return;
+        }
+        counters.add_in(held.len());
+    }
+    drop(held);
+    let result = match crate::splice::Pipes::new() {
+        Ok(pipes) => crate::splice::bidirectional(&client, &backend, pipes, counters).await,
+        Err(e) => {
+            // Out of descriptors for pipes: still serve the client, by copying.
+            debug!(error = %e, "no pipes for splice, copying instead");
+            let mut metered = Metered {
+                inner: &mut client,
+                counters,
+            };
+            tokio::io::copy_bidirectional_with_sizes(&mut metered, &mut backend, COPY_BUF, COPY_BUF)
+                .await
+        }
+    };
+    match result {
+        Ok((up, down)) => debug!(up, down, "spliced connection closed"),
+        Err(e) => debug!(error = %e, "spliced connection ended"),
+    }
+}
+
+async fn sleeping(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    svc: &TcpService,
+    power: watch::Receiver<VmPower>,
+    accepted: Instant,
+) {
+    if svc.spec.echo {
+        return echo(client, svc).await;
+    }
+    let mut buf = Vec::new();
+    let mut reason = WakeReason::Connection { peer };
+    if svc.spec.http {
+        let limits = &svc.vm.limits;
+        let line_deadline = accepted + limits.http_head_timeout;
+        let cap = limits.max_held_bytes.min(http::MAX_REQUEST_LINE);
+        let line = loop {
+            if let Some(line) = http::request_line(&buf) {
+                break line.ok();
+            }
+            if !http::could_be_canned(&buf, &svc.spec.canned) || buf.len() >= cap {
+                break None;
+            }
+            match timeout_at(line_deadline, read_some(&mut client, &mut buf, cap)).await {
+                Some(Ok(0)) | Some(Err(_)) if buf.is_empty() => return,
+                Some(Ok(0)) | Some(Err(_)) => break None,
+                Some(Ok(_)) => {}
+                // A slow client: whatever it sent so far is held for the VM.
+                None => break None,
+            }
+        };
+        if let Some((method, path)) = line {
+            if let Some(c) = http::find_canned(&svc.spec.canned, &method, &path) {
+                let c = c.clone();
+                return answer_canned(client, buf, svc, &c, method == "HEAD", line_deadline).await;
+            }
+            reason = WakeReason::Request { peer, method, path };
+        }
+    }
+    hold(client, svc, power, buf, reason, accepted).await
+}
+
+/// RFC 862: everything received is sent back, by the surrogate itself.
+async fn echo(mut client: TcpStream, svc: &TcpService) {
+    svc.vm.counters.answered_locally();
+    let (mut r, mut w) = client.split();
+    let _ = tokio::io::copy(&mut r, &mut w).await;
+}
+
+async fn answer_canned(
+    mut client: TcpStream,
+    mut buf: Vec<u8>,
+    svc: &TcpService,
+    c: &crate::spec::CannedReply,
+    head_only: bool,
+    deadline: Instant,
+) {
+    // Read the rest of the head first so the reply does not cross a request
+    // the client is still writing; a client too slow for that gets the reply
+    // anyway.
+    let cap = svc.vm.limits.max_held_bytes;
+    while !http::head_complete(&buf) && buf.len() < cap {
+        match timeout_at(deadline, read_some(&mut client, &mut buf, cap)).await {
+            Some(Ok(n)) if n > 0 => {}
+            _ => break,
+        }
+    }
+    svc.vm.counters.answered_locally();
+    debug!(status = c.status, path = %c.path, "answered with a canned reply");
+    let _ = client.write_all(&http::canned_response(c, head_only)).await;
+    lingering_close(client).await;
+}
+
+enum HoldEnd {
+    Backend(TcpStream),
+    Refuse(Refusal),
+    /// The client left before the VM woke; nothing to answer.
+    Gone,
+}
+
+async fn hold(
+    mut client: TcpStream,
+    svc: &TcpService,
+    mut power: watch::Receiver<VmPower>,
+    mut buf: Vec<u8>,
+    reason: WakeReason,
+    accepted: Instant,
+) {
+    let limits = &svc.vm.limits;
+    let Some(mut slot) = HeldSlot::acquire(
+        &svc.vm.counters,
+        limits.queue_depth,
+        limits.max_held_bytes_per_vm,
+    ) else {
+        return refuse(
+            client,
+            svc,
+            Refusal::QueueFull {
+                depth: limits.queue_depth,
+            },
+        )
+        .await;
+    };
+    if !slot.add_bytes(buf.len()) {
+        drop(slot);
+        return refuse(
+            client,
+            svc,
+            Refusal::VmBytesFull {
+                limit: limits.max_held_bytes_per_vm,
+            },
+        )
+        .await;
+    }
+    debug!(%reason, "holding the connection while the VM wakes");
+    let deadline = accepted + limits.wake_deadline;
+    let mut client_done = false;
+    let end = {
+        let wait = wait_for_backend(svc, &mut power, &reason);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                biased;
+                end = &mut wait => break end,
+                _ = sleep_until(deadline) => break HoldEnd::Refuse(Refusal::Deadline { after: limits.wake_deadline }),
+                r = read_some(&mut client, &mut buf, limits.max_held_bytes + 1), if !client_done => match r {
+                    // A half-close after the request is normal (the client
+                    // waits for the answer); a close with nothing sent is not.
+                    Ok(0) if buf.is_empty() => break HoldEnd::Gone,
+                    Ok(0) => client_done = true,
+                    Ok(n) if buf.len() > limits.max_held_bytes => {
+                        let _ = n;
+                        break HoldEnd::Refuse(Refusal::TooLarge { limit: limits.max_held_bytes });
+                    }
+                    Ok(n) => if !slot.add_bytes(n) {
+                        break HoldEnd::Refuse(Refusal::VmBytesFull { limit: limits.max_held_bytes_per_vm });
+                    },
+                    Err(_) => break HoldEnd::Gone,
+                },
+            }
+        }
+    };
+    drop(slot);
+    match end {
+        HoldEnd::Backend(backend) => {
+            debug!(
+                held = buf.len(),
+                waited_ms = accepted.elapsed().as_millis() as u64,
+                "VM answers: replaying"
+            );
+            splice(client, backend, svc, buf).await
+        }
+        HoldEnd::Refuse(why) => refuse(client, svc, why).await,
+        HoldEnd::Gone => debug!("client left while the VM woke"),
+    }
+}
+
+/// Waits for the VM to be awake and its service to answer; asks for the
+/// wake when the VM is asleep. The wake deadline is the caller's.
+async fn wait_for_backend(
+    svc: &TcpService,
+    power: &mut watch::Receiver<VmPower>,
+    reason: &WakeReason,
+) -> HoldEnd {
+    loop {
+        let state = power.borrow_and_update().clone();
+        match state {
+            VmPower::Asleep => svc.vm.request_wake(&state, &svc.spec.name, reason),
+            VmPower::Waking => {}
+            VmPower::WakeFailed(reason) => return HoldEnd::Refuse(Refusal::WakeFailed { reason }),
+            VmPower::Awake => {
+                if let Some(backend) = probe_until_answers(svc, power).await {
+                    return HoldEnd::Backend(backend);
+                }
+                // The state moved on while probing: look at it again.
+                continue;
+            }
+        }
+        if power.changed().await.is_err() {
+            return HoldEnd::Refuse(Refusal::Removed);
+        }
+    }
+}
+
+/// While the VM stays awake, returns a backend connection that answers;
+/// `None` as soon as the state changes.
+async fn probe_until_answers(
+    svc: &TcpService,
+    power: &mut watch::Receiver<VmPower>,
+) -> Option<TcpStream> {
+    let epoch = svc.vm.epoch();
+    let mut verified = svc.verified.subscribe();
+    loop {
+        if *verified.borrow_and_update() == epoch + 1 {
+            // Another connection saw the service answer in this wake.
+            if let Ok(b) = TcpStream::connect(svc.spec.backend).await {
+                return Some(b);
+            }
+        } else if let Ok(_prober) = svc.probe.try_lock() {
+            if let Some(b) = probe_once(svc).await {
+                svc.verified.send_replace(epoch + 1);
+                return Some(b);
+            }
+        }
+        tokio::select! {
+            r = power.changed() => {
+                // A closed channel is seen again by the caller.
+                let _ = r;
+                return None;
+            }
+            _ = verified.changed() => {}
+            _ = sleep(svc.vm.limits.probe_interval) => {}
+        }
+    }
+}
+
+/// One connect to the backend, kept only if it stays open: a QEMU
+/// user-network forward accepts on the host side and closes a moment later
+/// when nothing in the guest listens yet. Probes carry no client bytes and
+/// are never counted as activity.
+async fn probe_once(svc: &TcpService) -> Option<TcpStream> {
+    let limits = &svc.vm.limits;
+    let connect_timeout = limits.wake_deadline.min(Duration::from_secs(1));
+    let b = timeout(connect_timeout, TcpStream::connect(svc.spec.backend))
+        .await
+        .ok()?
+        .ok()?;
+    let mut one = [0u8; 1];
+    match timeout(limits.probe_settle, b.peek(&mut one)).await {
+        // Still open and silent, or a server that speaks first (SSH, SMTP):
+        // the service is there. `peek` leaves its greeting for the client.
+        Err(_) | Ok(Ok(1..)) => Some(b),
+        Ok(Ok(0)) | Ok(Err(_)) => {
+            debug!("backend accepted and closed: the service is not up yet");
+            None
+        }
+    }
+}
+
+/// Refuses a client: a `503` saying why for HTTP, a reset otherwise.
+async fn refuse(client: TcpStream, svc: &TcpService, why: Refusal) {
+    if !svc.spec.http {
+        return reset(client, svc, why);
+    }
+    let body = why.to_string();
+    svc.vm.report_refusal(&svc.spec.name, why);
+    let mut client = client;
+    let _ = client.write_all(&http::unavailable_response(&body)).await;
+    lingering_close(client).await;
+}
+
+/// Closes with a reset (SO_LINGER 0): a raw TCP client learns at once that
+/// nobody will answer, instead of reading an orderly but empty end.
+fn reset(client: TcpStream, svc: &TcpService, why: Refusal) {
+    svc.vm.report_refusal(&svc.spec.name, why);
+    let _ = client.set_zero_linger();
+    drop(client);
+}
+
+/// Sends FIN, then reads and discards for a moment so unread client bytes
+/// do not turn the close into a reset that could destroy the response.
+async fn lingering_close(mut client: TcpStream) {
+    let _ = client.shutdown().await;
+    let mut sink = [0u8; 1024];
+    let _ = timeout(LINGER, async {
+        let mut total = 0usize;
+        while let Ok(n @ 1..) = client.read(&mut sink).await {
+            total += n;
+            if total > 1024 * 1024 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Reads what is available into `buf`, growing it within `cap`.
+async fn read_some(client: &mut TcpStream, buf: &mut Vec<u8>, cap: usize) -> io::Result<usize> {
+    let room = cap.saturating_sub(buf.len()).max(1);
+    if buf.capacity() == buf.len() {
+        // Grow geometrically but never past the cap: a held connection's
+        // memory follows what its client actually sent.
+        buf.reserve_exact(buf.len().clamp(512, 64 * 1024).min(room));
+    }
+    client.read_buf(buf).await
+}
+
+async fn timeout_at<F: std::future::Future>(deadline: Instant, f: F) -> Option<F::Output> {
+    tokio::time::timeout_at(deadline, f).await.ok()
+}

@@ -1,0 +1,630 @@
+//! The surrogate on real loopback sockets: every client gets its answer or a
+//! clear refusal, within bounded time. All traffic goes to 127.0.0.1.
+
+mod common;
+
+use common::*;
+use ebb_core::VmId;
+use ebb_surrogate::{
+    CannedReply, Limits, Refusal, ServiceSpec, Surrogate, SurrogateError, SurrogateEvent, VmPower,
+    WakeReason,
+};
+use std::io::ErrorKind;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+fn vm() -> VmId {
+    VmId::new("vm1")
+}
+
+fn health() -> CannedReply {
+    CannedReply {
+        method: "GET".into(),
+        path: "/healthz".into(),
+        status: 200,
+        content_type: "text/plain".into(),
+        body: "ok".into(),
+    }
+}
+
+fn web(listen: std::net::SocketAddr, backend: std::net::SocketAddr) -> ServiceSpec {
+    ServiceSpec {
+        canned: vec![health()],
+        ..ServiceSpec::http("web", listen, backend)
+    }
+}
+
+fn setup(limits: Limits, services: Vec<ServiceSpec>, state: VmPower, wake: Wake) -> Driver {
+    let (mut s, rx) = Surrogate::new(limits);
+    s.add_vm(vm(), services, state).unwrap();
+    Driver::spawn(s, rx, vm(), wake)
+}
+
+/// Expects the connection to be reset, not closed in order or left open.
+async fn expect_reset(s: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("a refused raw client must not hang");
+    match r {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("expected a reset, read {n} bytes"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awake_splice_round_trip_counts_as_activity() {
+    bounded(10, async {
+        let (listen, backend) = (free_addr(), free_addr());
+        let _b = Backend::start(backend, "vm1");
+        let d = setup(
+            Limits::default(),
+            vec![web(listen, backend)],
+            VmPower::Awake,
+            Wake::Never,
+        );
+        assert_eq!(d.stats(&vm()).last_activity, None);
+        let (status, body) = http_get(listen, "/hello?x=1").await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "vm1 GET /hello?x=1"));
+        let st = d.stats(&vm());
+        assert!(st.bytes_in >= 30 && st.bytes_out >= 50, "{st:?}");
+        assert!(st.last_activity.is_some());
+        assert_eq!(st.answered_locally, 0);
+        assert_eq!(d.wake_requests(), 0);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asleep_canned_reply_and_echo_are_answered_locally() {
+    bounded(10, async {
+        let (listen, backend, echo_listen, echo_backend) =
+            (free_addr(), free_addr(), free_addr(), free_addr());
+        let echo = ServiceSpec {
+            echo: true,
+            ..ServiceSpec::tcp("echo", echo_listen, echo_backend)
+        };
+        let d = setup(
+            Limits::default(),
+            vec![web(listen, backend), echo],
+            VmPower::Asleep,
+            Wake::Never,
+        );
+
+        let (status, body) = http_get(listen, "/healthz?from=lb").await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok"));
+
+        let mut s = TcpStream::connect(echo_listen).await.unwrap();
+        s.write_all(b"ping\r\n").await.unwrap();
+        let mut got = [0u8; 6];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping\r\n");
+        drop(s);
+
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let st = d.stats(&vm());
+        assert_eq!(st.answered_locally, 2, "{st:?}");
+        assert_eq!(
+            (st.bytes_in, st.bytes_out, st.last_activity),
+            (0, 0, None),
+            "{st:?}"
+        );
+        assert_eq!(d.wake_requests(), 0);
+        assert_eq!(
+            d.surrogate.lock().unwrap().state(&vm()),
+            Some(VmPower::Asleep)
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asleep_request_wakes_the_vm_and_gets_its_answer() {
+    bounded(10, async {
+        let (listen, backend) = (free_addr(), free_addr());
+        let wake = Wake::Http {
+            addr: backend,
+            name: "vm1".into(),
+            delay: Duration::from_millis(300),
+        };
+        let d = setup(Limits::default(), vec![web(listen, backend)], VmPower::Asleep, wake);
+        let t = Instant::now();
+        let (status, body) = http_get(listen, "/api/items").await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "vm1 GET /api/items"));
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        let events = d.events.lock().unwrap().clone();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let SurrogateEvent::WakeNeeded { vm: v, service, reason } = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!((v, service.as_str()), (&vm(), "web"));
+        assert!(
+            matches!(reason, WakeReason::Request { method, path, .. } if method == "GET" && path == "/api/items"),
+            "{reason:?}"
+        );
+        let st = d.stats(&vm());
+        assert!(st.bytes_in > 0 && st.last_activity.is_some(), "{st:?}");
+        assert_eq!(st.held_connections, 0);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_clients_each_get_their_answer_once() {
+    bounded(20, async {
+        let (listen, backend) = (free_addr(), free_addr());
+        let wake = Wake::Http {
+            addr: backend,
+            name: "vm1".into(),
+            delay: Duration::from_millis(400),
+        };
+        let d = setup(
+            Limits::default(),
+            vec![web(listen, backend)],
+            VmPower::Asleep,
+            wake,
+        );
+        let clients: Vec<_> = (0..200)
+            .map(|i| tokio::spawn(async move { (i, http_get(listen, &format!("/c/{i}")).await) }))
+            .collect();
+        for c in clients {
+            let (i, r) = c.await.unwrap();
+            let (status, body) = r.unwrap_or_else(|e| panic!("client {i}: {e}"));
+            assert_eq!((status, body), (200, format!("vm1 GET /c/{i}")));
+        }
+        assert_eq!(
+            d.backend_requests.load(std::sync::atomic::Ordering::SeqCst),
+            200
+        );
+        assert_eq!(d.wake_requests(), 1);
+        assert_eq!(d.refusals(), 0);
+        let st = d.stats(&vm());
+        assert_eq!(
+            (st.held_connections, st.held_bytes, st.refused),
+            (0, 0, 0),
+            "{st:?}"
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_sending_byte_by_byte_during_the_wake_gets_its_answer() {
+    bounded(10, async {
+        let (listen, backend) = (free_addr(), free_addr());
+        let wake = Wake::Http {
+            addr: backend,
+            name: "vm1".into(),
+            delay: Duration::from_millis(150),
+        };
+        let d = setup(
+            Limits::default(),
+            vec![web(listen, backend)],
+            VmPower::Asleep,
+            wake,
+        );
+        let mut s = TcpStream::connect(listen).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let req = b"GET /slowly HTTP/1.1\r\nHost: test\r\nX-Pad: 0123456789\r\n\r\n";
+        for b in req {
+            s.write_all(&[*b]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (status, body) = read_response(&mut s).await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "vm1 GET /slowly"));
+        assert_eq!(
+            d.backend_requests.load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+        assert_eq!(d.stats(&vm()).bytes_in, req.len() as u64);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overflow_http_clients_past_the_queue_get_a_prompt_503() {
+    bounded(10, async {
+        let (listen, backend) = (free_addr(), free_addr());
+        let limits = Limits {
+            queue_depth: 10,
+            ..Limits::default()
+        };
+        let wake = Wake::Http {
+            addr: backend,
+            name: "vm1".into(),
+            delay: Duration::from_millis(800),
+        };
+        let d = setup(limits, vec![web(listen, backend)], VmPower::Asleep, wake);
+        let t0 = Instant::now();
+        let clients: Vec<_> = (0..30)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let r = http_get(listen, &format!("/o/{i}")).await.unwrap();
+                    (i, r, t0.elapsed())
+                })
+            })
+            .collect();
+        let (mut ok, mut refused) = (0, 0);
+        for c in clients {
+            let (i, (status, body), took) = c.await.unwrap();
+            match status {
+                200 => {
+                    assert_eq!(body, format!("vm1 GET /o/{i}"));
+                    ok += 1;
+                }
+                503 => {
+                    assert!(body.contains("queue full"), "{body}");
+                    assert!(took < Duration::from_millis(500), "503 took {took:?}");
+                    refused += 1;
+                }
+                s => panic!("status {s}"),
+            }
+        }
+        assert_eq!((ok, refused), (10, 20));
+        assert_eq!(d.stats(&vm()).refused, 20);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overflow_raw_tcp_clients_past_the_queue_are_reset() {
+    bounded(10, async {
+        let (listen, backend) = (free_addr(), free_addr());
+        let limits = Limits {
+            queue_depth: 10,
+            ..Limits::default()
+        };
+        let wake = Wake::Echo {
+            addr: backend,
+            delay: Duration::from_millis(500),
+        };
+        let d = setup(
+            limits,
+            vec![ServiceSpec::tcp("raw", listen, backend)],
+            VmPower::Asleep,
+            wake,
+        );
+        let clients: Vec<_> = (0..30)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let mut s = match TcpStream::connect(listen).await {
+                        Ok(s) => s,
+                        // Refused so fast the reset beat the connect call.
+                        Err(e) if e.kind() == ErrorKind::ConnectionReset => return false,
+                        Err(e) => panic!("client {i}: {e}"),
+                    };
+                    let msg = format!("hello {i}\n");
+                    let _ = s.write_all(msg.as_bytes()).await;
+                    let mut got = vec![0u8; msg.len()];
+                    match tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await
+                    {
+                        Ok(Ok(_)) => {
+                            assert_eq!(got, msg.as_bytes());
+                            true
+                        }
+                        Ok(Err(e)) => {
+                            assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
+                            false
+                        }
+                        Err(_) => panic!("client {i} hung"),
+                    }
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for c in clients {
+            ok += c.await.unwrap() as usize;
+        }
+        assert_eq!(ok, 10);
+        assert_eq!(d.stats(&vm()).refused, 20);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_failure_refuses_every_held_client() {
+    bounded(10, async {
+        let (listen, backend, raw_listen, raw_backend) =
+            (free_addr(), free_addr(), free_addr(), free_addr());
+        let wake = Wake::Fail {
+            reason: "disk full".into(),
+            delay: Duration::from_millis(300),
+        };
+        let services = vec![
+            web(listen, backend),
+            ServiceSpec::tcp("raw", raw_listen, raw_backend),
+        ];
+        let d = setup(Limits::default(), services, VmPower::Asleep, wake);
+        let t0 = Instant::now();
+        let http: Vec<_> = (0..5)
+            .map(|i| tokio::spawn(async move { http_get(listen, &format!("/f/{i}")).await }))
+            .collect();
+        let mut raw = TcpStream::connect(raw_listen).await.unwrap();
+        raw.write_all(b"data").await.unwrap();
+        for c in http {
+            let (status, body) = c.await.unwrap().unwrap();
+            assert_eq!(status, 503);
+            assert!(body.contains("wake failed: disk full"), "{body}");
+        }
+        expect_reset(&mut raw).await;
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        // A client arriving while the wake is failed is refused at once.
+        let (status, _) = http_get(listen, "/late").await.unwrap();
+        assert_eq!(status, 503);
+        assert_eq!(d.stats(&vm()).refused, 7);
+        assert_eq!(d.wake_requests(), 1);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_exceeded_refuses_within_the_deadline() {
+    bounded(10, async {
+        let (listen, backend, raw_listen, raw_backend) =
+            (free_addr(), free_addr(), free_addr(), free_addr());
+        let limits = Limits {
+            wake_deadline: Duration::from_secs(1),
+            ..Limits::default()
+        };
+        // The agent says awake, but the service never answers: the surrogate
+        // probes until the deadline.
+        let wake = Wake::AwakeOnly {
+            delay: Duration::from_millis(100),
+        };
+        let services = vec![
+            web(listen, backend),
+            ServiceSpec::tcp("raw", raw_listen, raw_backend),
+        ];
+        let d = setup(limits, services, VmPower::Asleep, wake);
+        let t0 = Instant::now();
+        let h = tokio::spawn(async move { http_get(listen, "/never").await });
+        let mut raw = TcpStream::connect(raw_listen).await.unwrap();
+        raw.write_all(b"data").await.unwrap();
+        let (status, body) = h.await.unwrap().unwrap();
+        let took = t0.elapsed();
+        assert_eq!(status, 503);
+        assert!(body.contains("did not wake in 1 s"), "{body}");
+        assert!(
+            took >= Duration::from_millis(950) && took < Duration::from_millis(1600),
+            "{took:?}"
+        );
+        expect_reset(&mut raw).await;
+        assert!(t0.elapsed() < Duration::from_millis(1600));
+        assert_eq!(d.stats(&vm()).refused, 2);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_that_accepts_then_closes_is_not_taken_for_the_service() {
+    bounded(10, async {
+        let (listen, backend) = (free_addr(), free_addr());
+        // Awake at once, but the forward only accepts-and-closes for 300 ms,
+        // as QEMU's user network does while the guest's service starts.
+        let d = setup(
+            Limits::default(),
+            vec![web(listen, backend)],
+            VmPower::Asleep,
+            Wake::AwakeOnly {
+                delay: Duration::ZERO,
+            },
+        );
+        let closing = Backend::start_closing(backend);
+        let client = tokio::spawn(async move { http_get(listen, "/boot").await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        closing.stop();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let real = Backend::start(backend, "vm1");
+        let (status, body) = client.await.unwrap().unwrap();
+        assert_eq!((status, body.as_str()), (200, "vm1 GET /boot"));
+        assert_eq!(real.count(), 1);
+        assert_eq!(d.refusals(), 0);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awake_backend_refusing_resets_the_client_and_reports() {
+    bounded(10, async {
+        let (listen, backend) = (free_addr(), free_addr());
+        let d = setup(Limits::default(), vec![web(listen, backend)], VmPower::Awake, Wake::Never);
+        // The reset can arrive before the client's connect call returns.
+        match TcpStream::connect(listen).await {
+            Ok(mut s) => expect_reset(&mut s).await,
+            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let events = d.events.lock().unwrap().clone();
+        assert!(
+            matches!(&events[..], [SurrogateEvent::Refused { why: Refusal::BackendDown { backend: b }, .. }] if *b == backend),
+            "{events:?}"
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taken_address_is_a_clear_error_and_nothing_stays_bound() {
+    bounded(10, async {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_addr = taken.local_addr().unwrap();
+        let (free, b1, b2) = (free_addr(), free_addr(), free_addr());
+        let (mut s, _rx) = Surrogate::new(Limits::default());
+        let services = vec![
+            ServiceSpec::tcp("ssh", free, b1),
+            ServiceSpec::http("web", taken_addr, b2),
+        ];
+        let err = s.add_vm(vm(), services, VmPower::Asleep).unwrap_err();
+        assert!(matches!(err, SurrogateError::Bind { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("service web of VM vm1") && msg.contains(&taken_addr.to_string()),
+            "{msg}"
+        );
+        // The first service's address was released again.
+        std::net::TcpListener::bind(free).expect("nothing must stay bound");
+        assert!(s.stats(&vm()).is_err());
+
+        let mut bad = health();
+        bad.path = "healthz".into();
+        let spec = ServiceSpec {
+            canned: vec![bad],
+            ..ServiceSpec::http("web", free, b2)
+        };
+        let err = s.add_vm(vm(), vec![spec], VmPower::Asleep).unwrap_err();
+        assert!(err.to_string().contains("path \"healthz\""), "{err}");
+        std::net::TcpListener::bind(free).expect("nothing must stay bound");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_vm_frees_the_address_and_refuses_held_clients() {
+    bounded(10, async {
+        let (listen, backend) = (free_addr(), free_addr());
+        let (mut s, _rx) = Surrogate::new(Limits::default());
+        s.add_vm(vm(), vec![web(listen, backend)], VmPower::Asleep)
+            .unwrap();
+        let held = tokio::spawn(async move { http_get(listen, "/held").await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(s.stats(&vm()).unwrap().held_connections, 1);
+        s.remove_vm(&vm()).unwrap();
+        let (status, body) = held.await.unwrap().unwrap();
+        assert_eq!(status, 503);
+        assert!(body.contains("stopped serving"), "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(TcpStream::connect(listen).await.is_err());
+        drop(std::net::TcpListener::bind(listen).expect("address free again"));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_datagrams_queued_while_asleep_are_replayed_in_order() {
+    bounded(10, async {
+        let (listen, backend) = (free_udp_addr(), free_udp_addr());
+        let d = setup(
+            Limits::default(),
+            vec![ServiceSpec::udp("dns", listen, backend)],
+            VmPower::Asleep,
+            Wake::Never,
+        );
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for i in 0..5 {
+            client
+                .send_to(format!("d{i}").as_bytes(), listen)
+                .await
+                .unwrap();
+        }
+        // Wait for the wake request, then "wake": the VM's service binds and
+        // the agent says awake.
+        for _ in 0..100 {
+            if d.wake_requests() == 1 && d.stats(&vm()).held_bytes == 10 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(d.wake_requests(), 1);
+        assert_eq!(d.stats(&vm()).held_bytes, 10);
+        let vm_side = UdpSocket::bind(backend).await.unwrap();
+        d.surrogate
+            .lock()
+            .unwrap()
+            .set_state(&vm(), VmPower::Awake)
+            .unwrap();
+        let mut buf = [0u8; 64];
+        for i in 0..5 {
+            let (n, from) = vm_side.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], format!("d{i}").as_bytes());
+            vm_side
+                .send_to(format!("r{i}").as_bytes(), from)
+                .await
+                .unwrap();
+        }
+        for i in 0..5 {
+            let (n, from) = client.recv_from(&mut buf).await.unwrap();
+            assert_eq!((&buf[..n], from), (format!("r{i}").as_bytes(), listen));
+        }
+        // Awake: relayed directly now.
+        client.send_to(b"live", listen).await.unwrap();
+        let (n, _) = vm_side.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"live");
+        let st = d.stats(&vm());
+        assert_eq!(
+            (
+                st.bytes_in,
+                st.bytes_out,
+                st.held_bytes,
+                st.datagrams_dropped
+            ),
+            (14, 10, 0, 0),
+            "{st:?}"
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_queue_is_bounded() {
+    bounded(10, async {
+        let (listen, backend) = (free_udp_addr(), free_udp_addr());
+        let limits = Limits {
+            udp_queue: 3,
+            ..Limits::default()
+        };
+        let d = setup(
+            limits,
+            vec![ServiceSpec::udp("dns", listen, backend)],
+            VmPower::Asleep,
+            Wake::Never,
+        );
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for i in 0..8 {
+            client
+                .send_to(format!("d{i}").as_bytes(), listen)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let st = d.stats(&vm());
+        assert_eq!((st.held_bytes, st.datagrams_dropped), (6, 5), "{st:?}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_idle_connection_counts_as_activity_only_when_configured() {
+    bounded(10, async {
+        let (s, _rx) = Surrogate::new(Limits::default());
+        let mut s = s;
+        let mut clients = Vec::new();
+        let mut backends = Vec::new();
+        for (name, counts) in [("streamer", true), ("plain", false)] {
+            let (listen, backend) = (free_addr(), free_addr());
+            backends.push(Backend::start(backend, name));
+            let spec = ServiceSpec {
+                hold_open_counts_as_activity: counts,
+                ..ServiceSpec::http("web", listen, backend)
+            };
+            s.add_vm(VmId::new(name), vec![spec], VmPower::Awake)
+                .unwrap();
+            // Connected, nothing sent: the backend waits for a request.
+            clients.push(TcpStream::connect(listen).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let streamer = s.stats(&VmId::new("streamer")).unwrap();
+        let plain = s.stats(&VmId::new("plain")).unwrap();
+        assert_eq!((streamer.open_connections, plain.open_connections), (1, 1));
+        let recent = streamer.last_activity.expect("held open counts").elapsed();
+        assert!(recent < Duration::from_millis(50), "{recent:?}");
+        assert_eq!(plain.last_activity, None);
+        drop(clients);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let streamer = s.stats(&VmId::new("streamer")).unwrap();
+        assert_eq!(streamer.open_connections, 0);
+        // Activity ended when the connection closed.
+        assert!(streamer.last_activity.unwrap().elapsed() >= Duration::from_millis(50));
+    })
+    .await
+}
