@@ -4,13 +4,14 @@
 //! channel. Runtime faults (libvirtd gone, a VM vanishing, a failed call)
 //! are journaled and shown; they never stop the agent.
 
-use crate::api_types::{Connection, SleepRecord, Snapshot, Status, VmInfo};
+use crate::api_types::{Connection, SleepRecord, Snapshot, Status, SurrogateView, VmInfo};
 use crate::config::Config;
 use crate::journal::{Entry, Journal};
 use crate::settings::{self, MetadataSettings, Resolved};
 use ebb_backends::{HvError, Hypervisor};
 use ebb_core::memory::{MemoryConfig, MemoryDecision, MemoryPolicy, VmMemoryView};
-use ebb_core::sleep::{SleepDecision, SleepPolicy, SleepSettings, VmIdleView};
+use ebb_core::sleep::{SleepDecision, SleepPolicy, SleepSettings, SurrogateTraffic, VmIdleView};
+use ebb_surrogate::{Surrogate, SurrogateEvent, VmPower};
 use ebb_core::{Action, Bytes, Millis, Observation, Reason, Rule, SleepMode, VmId, VmState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -63,6 +64,11 @@ pub struct Agent {
     /// The VMs ebb holds asleep (also in the journal, for restarts).
     sleeping: BTreeMap<VmId, SleepRecord>,
     commands: mpsc::Receiver<Command>,
+    /// Stands in for the VMs' declared services (`[[vm.NAME.service]]`).
+    surrogate: Surrogate,
+    surrogate_events: mpsc::Receiver<SurrogateEvent>,
+    /// When a VM's last refusal was journaled: a flood is one entry a second.
+    refusal_journaled: HashMap<VmId, Millis>,
     started_at: Millis,
     ticks: u64,
     actions_total: u64,
@@ -87,6 +93,7 @@ impl Agent {
             }
         };
         let (command_tx, commands) = mpsc::channel(64);
+        let (surrogate, surrogate_events) = Surrogate::new(cfg.surrogate.limits());
         let mem_cfg = cfg.memory.policy_config();
         let mut policy = MemoryPolicy::new();
         let mut saved_memory = HashMap::new();
@@ -120,6 +127,9 @@ impl Agent {
             sleep_policy: SleepPolicy::new(),
             sleeping,
             commands,
+            surrogate,
+            surrogate_events,
+            refusal_journaled: HashMap::new(),
             started_at,
             ticks: 0,
             actions_total: 0,
@@ -137,6 +147,86 @@ impl Agent {
         (agent, rx, command_tx)
     }
 
+    /// Binds every declared service before anything else happens, each in
+    /// the state the journal remembers (a VM ebb holds asleep stays covered
+    /// across a restart). A taken address stops startup with its name.
+    pub fn serve_services(&mut self) -> Result<(), String> {
+        for (name, section) in &self.cfg.vm {
+            if section.service.is_empty() {
+                continue;
+            }
+            let vm = VmId::new(name.clone());
+            let state = if self.sleeping.contains_key(&vm) { VmPower::Asleep } else { VmPower::Awake };
+            self.surrogate.add_vm(vm, section.service.clone(), state).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn set_power(&mut self, vm: &VmId, state: VmPower) {
+        if self.surrogate.state(vm).is_some() {
+            if let Err(e) = self.surrogate.set_state(vm, state) {
+                warn!(vm = %vm, "{e}");
+            }
+        }
+    }
+
+    /// The surrogate asks for a VM (a client needs it) or reports a refusal.
+    async fn surrogate_event(&mut self, ev: SurrogateEvent) {
+        let at = now();
+        match ev {
+            SurrogateEvent::WakeNeeded { vm, service, reason } => {
+                if !self.sleeping.contains_key(&vm) {
+                    // Not ebb's to wake (started by hand meanwhile): splice.
+                    self.set_power(&vm, VmPower::Awake);
+                    return;
+                }
+                let reason = Reason::new(Rule::Wake, format!("a client of its {service} service needs it ({reason})"));
+                self.act(vec![Action::Wake { vm, reason }], at).await;
+                self.republish();
+            }
+            SurrogateEvent::Refused { vm, service, why } => {
+                let last = self.refusal_journaled.get(&vm).copied().unwrap_or_default();
+                if at.since(last) >= 1000 {
+                    self.refusal_journaled.insert(vm.clone(), at);
+                    let text = format!("refused a client of {service}: {why}");
+                    warn!(vm = %vm, "{text}");
+                    self.journal_vm(&vm, at, "refused", None, &text, None, None);
+                }
+            }
+        }
+    }
+
+    fn surrogate_view(&self, vm: &VmId) -> Option<SurrogateView> {
+        let state = self.surrogate.state(vm)?;
+        let st = self.surrogate.stats(vm).ok()?;
+        Some(SurrogateView {
+            state: state.to_string(),
+            services: self.surrogate.services(vm).map(|s| s.iter().map(|s| format!("{} {}→{}", s.name, s.listen, s.backend)).collect()).unwrap_or_default(),
+            open_connections: st.open_connections as u64,
+            held_connections: st.held_connections as u64,
+            answered_locally: st.answered_locally,
+            refused: st.refused,
+            bytes: st.bytes_in + st.bytes_out,
+        })
+    }
+
+    /// Client traffic through the surrogate, for the idle detector.
+    fn traffic(&self) -> BTreeMap<VmId, SurrogateTraffic> {
+        self.surrogate
+            .vms()
+            .filter_map(|vm| {
+                let st = self.surrogate.stats(vm).ok()?;
+                let held_open_counts = self.surrogate.services(vm)?.iter().any(|s| s.hold_open_counts_as_activity);
+                let traffic = SurrogateTraffic {
+                    bytes: st.bytes_in + st.bytes_out,
+                    open_connections: (st.open_connections + st.held_connections) as u32,
+                    held_open_counts,
+                };
+                Some((vm.clone(), traffic))
+            })
+            .collect()
+    }
+
     /// Runs until `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         self.journal_event(None, "started", &format!("ebb {} started, watching {}", env!("CARGO_PKG_VERSION"), self.cfg.agent.uri));
@@ -149,6 +239,7 @@ impl Agent {
                 tokio::select! {
                     _ = tokio::time::sleep_until(next) => break,
                     Some(cmd) = self.commands.recv() => self.command(cmd).await,
+                    Some(ev) = self.surrogate_events.recv() => self.surrogate_event(ev).await,
                     _ = &mut shutdown => break 'ticks,
                 }
             }
@@ -213,11 +304,18 @@ impl Agent {
         }
         self.note_vm_changes(&obs, at);
         self.note_power_changes(&obs, at);
+        // A failed wake refused its held clients; a tick later the next
+        // client may try again.
+        let failed: Vec<VmId> =
+            self.sleeping.keys().filter(|vm| matches!(self.surrogate.state(vm), Some(VmPower::WakeFailed(_)))).cloned().collect();
+        for vm in failed {
+            self.set_power(&vm, VmPower::Asleep);
+        }
         let resolved = self.resolve_settings(&obs);
         let settings = resolved.iter().map(|(id, r)| (id.clone(), r.settings.clone())).collect();
         let decision = self.policy.decide(&obs, &settings, &self.mem_cfg, at);
         self.note_skips(&decision, at);
-        let idle = self.sleep_policy.decide(&obs, &self.sleep_settings(&obs), &BTreeMap::new(), at);
+        let idle = self.sleep_policy.decide(&obs, &self.sleep_settings(&obs), &self.traffic(), at);
         let mut actions = if self.cfg.memory.enabled { decision.actions.clone() } else { vec![] };
         actions.extend(
             idle.to_sleep
@@ -411,6 +509,7 @@ impl Agent {
             info!(vm = %vm, "{text}");
             self.journal_vm(&vm, at, "woke_outside", Some(Rule::Wake.as_str()), &text, None, None);
             self.forget_sleep(&vm);
+            self.set_power(&vm, VmPower::Awake);
         }
     }
 
@@ -465,6 +564,16 @@ impl Agent {
         if actions.is_empty() {
             return vec![];
         }
+        // The surrogate holds new clients from the moment a save begins (if
+        // the save fails they are spliced to the still-running VM), and while
+        // a wake runs.
+        for a in &actions {
+            match a {
+                Action::Sleep { vm, .. } => self.set_power(vm, VmPower::Asleep),
+                Action::Wake { vm, .. } => self.set_power(vm, VmPower::Waking),
+                Action::SetBalloonTarget { .. } => {}
+            }
+        }
         // Waking a paused VM resumes it; waking a saved one starts it from its image.
         let sleeping = self.sleeping.clone();
         let Some(results) = self
@@ -515,11 +624,14 @@ impl Agent {
                     }
                     self.sleeping.insert(vm.clone(), rec);
                 }
+                (Action::Sleep { .. }, Err(_)) => self.set_power(&vm, VmPower::Awake),
                 (Action::Wake { .. }, Ok(())) => {
                     self.wakes_total += 1;
                     self.last_wake_ms = Some(took.as_secs_f64() * 1000.0);
                     self.forget_sleep(&vm);
+                    self.set_power(&vm, VmPower::Awake);
                 }
+                (Action::Wake { .. }, Err(e)) => self.set_power(&vm, VmPower::WakeFailed(e.to_string())),
                 _ => {}
             }
             let outcome = match &result {
@@ -586,6 +698,7 @@ impl Agent {
                             sources: r.sources,
                             settings_problems: r.problems.clone(),
                             sleeping: self.sleeping.get(&vm.id).cloned(),
+                            surrogate: self.surrogate_view(&vm.id),
                             idle: idle_views.get(&vm.id).filter(|_| with_sleep(&vm.id)).map(|v| (*v).clone()),
                         })
                     })
@@ -605,7 +718,9 @@ impl Agent {
         let mut snap = (**self.snapshot.borrow()).clone();
         snap.status = Status { last_tick_ms: snap.status.last_tick_ms, ..self.status(None, None, 0.0) };
         for vm in &mut snap.vms {
-            vm.sleeping = self.sleeping.get(&VmId(vm.name.clone())).cloned();
+            let id = VmId(vm.name.clone());
+            vm.sleeping = self.sleeping.get(&id).cloned();
+            vm.surrogate = self.surrogate_view(&id);
         }
         self.snapshot.send_replace(Arc::new(snap));
     }

@@ -87,6 +87,22 @@ pub struct VmInfo {
     pub sleeping: Option<SleepRecord>,
     /// What the idle detector sees; None when sleep is not enabled for it.
     pub idle: Option<VmIdleView>,
+    /// Its declared services as the surrogate serves them; None without services.
+    pub surrogate: Option<SurrogateView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SurrogateView {
+    /// awake, asleep, waking, or wake failed: …
+    pub state: String,
+    /// "name listen→backend" of each service.
+    pub services: Vec<String>,
+    pub open_connections: u64,
+    pub held_connections: u64,
+    pub answered_locally: u64,
+    pub refused: u64,
+    /// Client bytes spliced through, both ways.
+    pub bytes: u64,
 }
 
 /// A VM ebb put to sleep: how, since when, and why.

@@ -5,6 +5,7 @@
 use ebb_core::memory::MemoryConfig;
 use ebb_core::sleep::SleepSettings;
 use ebb_core::{Bytes, SleepMode, VmId};
+use ebb_surrogate::{Limits, ServiceSpec};
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ pub struct Config {
     pub agent: AgentSection,
     #[serde(default)]
     pub memory: MemorySection,
+    #[serde(default)]
+    pub surrogate: SurrogateSection,
     /// Per-VM settings: `[vm.NAME]`. These win over the domain's metadata.
     #[serde(default)]
     pub vm: BTreeMap<String, VmSection>,
@@ -133,6 +136,54 @@ pub struct VmSection {
     pub managed: Option<bool>,
     /// `[vm.NAME.sleep]`: the VM may be put to sleep when idle (opt-in).
     pub sleep: Option<SleepSection>,
+    /// `[[vm.NAME.service]]`: addresses ebb owns for the VM at all times,
+    /// splicing them through while it runs, standing in while it sleeps.
+    #[serde(default)]
+    pub service: Vec<ServiceSpec>,
+}
+
+/// `[surrogate]`: bounds on what ebb holds for sleeping VMs.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct SurrogateSection {
+    /// Connections held per VM while it wakes (Knative's activator: 10,000).
+    pub queue_depth: usize,
+    /// Bytes buffered per held connection.
+    pub max_held_bytes: Size,
+    /// Bytes buffered across one VM's held connections.
+    pub max_held_bytes_per_vm: Size,
+    /// A held client gets a refusal if the VM has not answered by then.
+    #[serde(deserialize_with = "de_duration")]
+    pub wake_deadline: Duration,
+    /// Between connection attempts to a waking VM's service.
+    #[serde(deserialize_with = "de_duration")]
+    pub probe_interval: Duration,
+}
+
+impl Default for SurrogateSection {
+    fn default() -> Self {
+        let d = Limits::default();
+        SurrogateSection {
+            queue_depth: d.queue_depth,
+            max_held_bytes: Size(Bytes(d.max_held_bytes as u64)),
+            max_held_bytes_per_vm: Size(Bytes(d.max_held_bytes_per_vm as u64)),
+            wake_deadline: d.wake_deadline,
+            probe_interval: d.probe_interval,
+        }
+    }
+}
+
+impl SurrogateSection {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            queue_depth: self.queue_depth,
+            max_held_bytes: self.max_held_bytes.0 .0 as usize,
+            max_held_bytes_per_vm: self.max_held_bytes_per_vm.0 .0 as usize,
+            wake_deadline: self.wake_deadline,
+            probe_interval: self.probe_interval,
+            ..Limits::default()
+        }
+    }
 }
 
 /// `[vm.NAME.sleep]`. The section is the opt-in: `enabled` defaults to true
@@ -299,7 +350,15 @@ impl Config {
                 m.step_min.0, m.step_max.0
             ));
         }
+        self.surrogate.limits().validate().map_err(|e| format!("[surrogate]: {e}"))?;
+        let mut listens = std::collections::HashMap::new();
         for (name, vm) in &self.vm {
+            for svc in &vm.service {
+                svc.validate().map_err(|e| format!("vm.{name}.service: {e}"))?;
+                if let Some(other) = listens.insert(svc.listen, format!("vm.{name}.service {}", svc.name)) {
+                    return Err(format!("vm.{name}.service {} listens on {}, as {other} does already", svc.name, svc.listen));
+                }
+            }
             if let (Some(min), Some(max)) = (&vm.min, &vm.max) {
                 if min.get_ref().0 > max.get_ref().0 {
                     return Err(format!(
@@ -450,6 +509,29 @@ mod tests {
         assert!(Config::parse("[vm.web.sleep]\nmode = \"hibernate\"\n").unwrap_err().contains("hibernate"));
         assert!(Config::parse("[vm.web.sleep]\ncpu_threshold = 2.0\n").unwrap_err().contains("cpu_threshold"));
         assert!(c.vm.get("db").is_none());
+    }
+
+    #[test]
+    fn services_parse_and_are_checked() {
+        let c = Config::parse(
+            "[[vm.web.service]]\nname = \"http\"\nlisten = \"127.0.0.1:8080\"\nbackend = \"127.0.0.1:18080\"\nhttp = true\n\
+             [[vm.web.service.canned]]\nmethod = \"GET\"\npath = \"/healthz\"\nstatus = 200\nbody = \"ok\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.vm["web"].service[0].canned[0].path, "/healthz");
+        let e = Config::parse(
+            "[[vm.web.service]]\nname = \"http\"\nlisten = \"127.0.0.1:8080\"\nbackend = \"127.0.0.1:18080\"\nhttp = true\n\
+             [[vm.web.service.canned]]\nmethod = \"GET\"\npath = \"healthz\"\nstatus = 200\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("vm.web.service") && e.contains("healthz"), "{e}");
+        let e = Config::parse(
+            "[[vm.a.service]]\nname = \"x\"\nlisten = \"127.0.0.1:8080\"\nbackend = \"127.0.0.1:1\"\n\
+             [[vm.b.service]]\nname = \"y\"\nlisten = \"127.0.0.1:8080\"\nbackend = \"127.0.0.1:2\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("127.0.0.1:8080") && e.contains("already"), "{e}");
+        assert!(Config::parse("[surrogate]\nwake_deadline = \"10s\"\nqueue_depth = 5\n").is_ok());
     }
 
     #[test]

@@ -19,6 +19,16 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
         )),
         None => out.push(format!("{name} is {}.", vm_state_word(vm.state))),
     }
+    if let Some(sur) = &vm.surrogate {
+        out.push(format!(
+            "ebb serves its services ({}) itself: {}; {} held, {} answered locally, {} refused.",
+            sur.services.join(", "),
+            sur.state,
+            sur.held_connections,
+            sur.answered_locally,
+            sur.refused
+        ));
+    }
     if let Some(idle) = &vm.idle {
         match (&idle.skipped, &idle.active_reason, idle.sleeps_at) {
             (Some(why), _, _) => out.push(format!("It will not be put to sleep: {why}.")),

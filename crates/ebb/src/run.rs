@@ -31,7 +31,8 @@ pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Out
     let socket = cfg.agent.socket.clone();
     let journal_path = cfg.agent.journal.clone();
     info!("ebb {} serving its API at {}", env!("CARGO_PKG_VERSION"), socket.display());
-    let (agent, snapshot, commands) = Agent::new(cfg, journal, connect);
+    let (mut agent, snapshot, commands) = Agent::new(cfg, journal, connect);
+    agent.serve_services()?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let app = api::router(ApiState { snapshot, journal: journal_path, commands });
     let server = tokio::spawn(async move {

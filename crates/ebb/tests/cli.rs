@@ -95,3 +95,25 @@ fn test_driver_is_observed_through_api_cli_and_metrics() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("another ebb is already serving"));
 }
+
+#[test]
+fn a_service_whose_address_is_taken_stops_startup_with_its_name() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[agent]\nuri = \"test:///default\"\nsocket = \"{}\"\njournal = \"{}\"\n\
+         [[vm.test.service]]\nname = \"web\"\nlisten = \"127.0.0.1:{port}\"\nbackend = \"127.0.0.1:9\"\n",
+        dir.path().join("s.sock").display(),
+        dir.path().join("j.db").display()
+    );
+    let (ok, err) = run_with_config(&cfg);
+    assert!(!ok);
+    assert!(err.contains("web") && err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    let (ok, err) = run_with_config(
+        "[[vm.test.service]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\nbackend = \"127.0.0.1:9\"\nhttp = true\n\
+         [[vm.test.service.canned]]\nmethod = \"GET\"\npath = \"/healthz\"\nstatus = 99\n",
+    );
+    assert!(!ok);
+    assert!(err.contains("vm.test.service") && err.contains("99"), "{err}");
+}
