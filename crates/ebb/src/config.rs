@@ -427,6 +427,7 @@ mod tests {
     fn example_config_documents_the_defaults() {
         let c = Config::parse(include_str!("../../../ebb.example.toml")).unwrap();
         assert_eq!(c.memory.policy_config(), MemoryConfig::default());
+        assert_eq!(c.surrogate.limits(), Limits::default());
         let d = AgentSection::default();
         assert_eq!((c.agent.uri, c.agent.tick, c.agent.fast_tick, c.agent.socket, c.agent.journal), (d.uri, d.tick, d.fast_tick, d.socket, d.journal));
     }
