@@ -24,6 +24,15 @@ pub enum BenchCommand {
         #[arg(long, default_value = "2s")]
         tick: String,
     },
+    /// Wake latency on a real guest: a request to the sleeping VM through ebb's
+    /// surrogate, against starting the same managed save by hand and asking
+    /// the service directly.
+    Wake {
+        #[arg(long, default_value = "qemu:///system")]
+        uri: String,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Reclaim on real guests: ebb's adaptive step against a one-shot setmem,
     /// for an idle guest (time) and a guest under memory load (oom kills).
     Reclaim {
@@ -36,6 +45,7 @@ pub async fn run(cmd: BenchCommand) -> Result<(), String> {
     match cmd {
         BenchCommand::Overhead { domains, seconds, tick } => overhead(domains, seconds, &tick),
         BenchCommand::Reclaim { uri } => reclaim(&uri).await,
+        BenchCommand::Wake { uri, rounds } => wake(&uri, rounds).await,
     }
 }
 
@@ -283,5 +293,91 @@ async fn ebb_hold(uri: &str, vm: &VmId, target: Bytes, dir: &Path, limit: Durati
     tokio::time::sleep(limit).await;
     let _ = stop.send(());
     let _ = agent.await;
+    Ok(())
+}
+
+/// Sends one GET and returns the time to the first byte of the answer.
+fn first_byte(port: u16, limit: Duration) -> Result<Duration, String> {
+    use std::io::{Read, Write};
+    let t0 = Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: ebb-bench\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(1) => Ok(t0.elapsed()),
+        Ok(_) => Err("the connection closed with no answer".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn wake(uri: &str, rounds: usize) -> Result<(), String> {
+    let prefix = "ebb-bench-wake-";
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let lab = block_in_place(|| Lab::connect(uri)).map_err(|e| e.to_string())?;
+    block_in_place(|| lab.remove_leftovers(prefix)).map_err(|e| e.to_string())?;
+    let mut spec = GuestSpec::new(format!("{prefix}a"), Bytes::from_mib(512));
+    spec.http_port = Some(free_port());
+    spec.console_log = dir.path().join("a.log");
+    let g = block_in_place(|| lab.create(&spec)).map_err(|e| e.to_string())?;
+    block_in_place(|| g.wait_ready(Duration::from_secs(180))).map_err(|e| e.to_string())?;
+    let (vm, backend, listen) = (VmId::new(g.name()), spec.http_port.unwrap_or_default(), free_port());
+    let mut hv = LibvirtHypervisor::connect(uri).map_err(|e| e.to_string())?;
+
+    // Baseline: save, then start by hand and poll the service every 5 ms.
+    let mut direct = vec![];
+    for _ in 0..rounds {
+        hv.save(&vm).map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        hv.start(&vm).map_err(|e| e.to_string())?;
+        let answered = loop {
+            // A short limit per attempt: a host forward may accept and hang while
+            // the guest is not listening yet, which would flatter ebb.
+            if first_byte(backend, Duration::from_millis(250)).is_ok() {
+                break t0.elapsed();
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                return Err("the guest's service did not answer within 60 s of start".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        direct.push(answered);
+    }
+
+    // ebb: the agent holds the port; each round it sleeps the VM on request
+    // and one client's first byte of answer is timed.
+    let socket = dir.path().join("wake.sock");
+    let cfg = Config::parse(&format!(
+        "[agent]\nuri = \"{uri}\"\ndomains = [\"{vm}\"]\nsocket = \"{}\"\njournal = \"{}\"\n[memory]\nenabled = false\n\
+         [[vm.{vm}.service]]\nname = \"http\"\nlisten = \"127.0.0.1:{listen}\"\nbackend = \"127.0.0.1:{backend}\"\nhttp = true\n",
+        socket.display(),
+        dir.path().join("wake.db").display()
+    ))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(run_with(cfg, libvirt_connector(), async {
+        let _ = stopped.await;
+    }));
+    wait_path(&socket, Duration::from_secs(10))?;
+    let client = crate::client::Client::new(&socket);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut through = vec![];
+    for _ in 0..rounds {
+        let _: crate::api_types::Done = client.post(&format!("/v1/vms/{vm}/sleep")).await.map_err(|e| e.to_string())?;
+        through.push(block_in_place(|| first_byte(listen, Duration::from_secs(60)))?);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let _ = stop.send(());
+    let _ = agent.await;
+    drop(hv);
+    let _ = block_in_place(|| g.remove());
+    let med = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1000.0
+    };
+    let (d, t) = (med(&mut direct), med(&mut through));
+    println!("wake latency, 512 MiB guest, median of {rounds}:");
+    println!("  start of the managed save by hand -> the service's first answer: {d:.0} ms");
+    println!("  a request to the sleeping VM through ebb -> first byte of its answer: {t:.0} ms");
+    println!("  ebb adds {:.0} ms (target < 50 ms)", t - d);
     Ok(())
 }
