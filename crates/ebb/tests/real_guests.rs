@@ -376,3 +376,71 @@ fn a_sleeping_guest_behind_the_surrogate_answers_every_client() {
     assert!(dom.is_active().unwrap());
     assert!(agent.text(&["explain", &name]).contains("serves its services"));
 }
+
+#[test]
+fn the_surrogate_bounds_hold_on_a_real_guest_slow_client_overflow_failed_wake() {
+    let prefix = "ebb-test-bounds-";
+    let lab = lab(prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("{prefix}a");
+    let g = boot(&lab, dir.path(), &name, |_| {});
+    ready(&[&g]);
+    let (backend, listen) = (g.http_port().unwrap(), free_port());
+    let rest = format!(
+        "[surrogate]\nqueue_depth = 5\nwake_deadline = \"20s\"\n\
+         [[vm.{name}.service]]\nname = \"http\"\nlisten = \"127.0.0.1:{listen}\"\nbackend = \"127.0.0.1:{backend}\"\nhttp = true\n"
+    );
+    // A slow tick: sleep and wake here are event-driven, and no tick may
+    // notice the VM vanishing before the failed wake below.
+    let agent_lines = format!("uri = \"{URI}\"\ndomains = [\"{prefix}*\"]\ntick = \"30s\"");
+    let agent = AgentProc::start(dir.path(), &agent_lines, &rest);
+    let guest_says = format!("ebb guest {name}");
+    let sleep = || {
+        let out = agent.cli(&["sleep", &name]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+
+    // A client that sends its request a byte at a time while the VM wakes.
+    sleep();
+    let slow = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", listen)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        for b in b"GET / HTTP/1.0\r\nHost: slow\r\n\r\n" {
+            s.write_all(&[*b]).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(slow.starts_with("HTTP/1.1 200") && slow.contains(&guest_says), "{slow}");
+
+    // Past the queue depth: refused at once with a 503 that says why; the queued ones succeed.
+    g.wait_ready(Duration::from_secs(60)).unwrap();
+    sleep();
+    let clients: Vec<_> = (0..15)
+        .map(|_| std::thread::spawn(move || http_get(listen, "/", Duration::from_secs(60))))
+        .collect();
+    let answers: Vec<_> = clients.into_iter().map(|c| c.join().unwrap().unwrap()).collect();
+    let served = answers.iter().filter(|(s, b)| s.contains("200") && b.contains(&guest_says)).count();
+    let refused: Vec<_> = answers.iter().filter(|(s, _)| s.contains("503")).collect();
+    assert_eq!(served + refused.len(), 15, "{answers:?}");
+    assert!(served >= 5, "the queued clients must succeed: {answers:?}");
+    assert!(!refused.is_empty() && refused.iter().all(|(_, b)| b.contains("queue")), "{refused:?}");
+
+    // A wake libvirt refuses (the domain was undefined while it slept) ends
+    // every held client with a refusal, and is reported. (A corrupt image
+    // is no such case: libvirt drops it and boots the VM afresh.)
+    g.wait_ready(Duration::from_secs(60)).unwrap();
+    sleep();
+    let out = Command::new("virsh").args(["-c", URI, "undefine", &name, "--managed-save"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t0 = std::time::Instant::now();
+    let (status, body) = http_get(listen, "/", Duration::from_secs(30)).unwrap();
+    assert!(status.contains("503") && body.contains("wake failed"), "{status} {body}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "refused only after {:?}", t0.elapsed());
+    let failed = agent.events(Some(&name)).into_iter().find(|e| e.kind == "wake" && e.outcome.as_deref().is_some_and(|o| o.starts_with("failed")));
+    assert!(failed.is_some(), "the failed wake is not journaled");
+    assert!(agent.text(&["explain", &name]).contains("wake failed"));
+}
