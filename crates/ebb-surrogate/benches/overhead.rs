@@ -233,19 +233,9 @@ async fn run() {
     )
     .unwrap();
     let _ = round_trips(echo_addr).await; // warm up
-    let mut d = round_trips(echo_addr).await;
-    let mut v = round_trips(echo_via).await;
-    let (d50, d99, v50, v99) = (
-        pct(&mut d, 0.5),
-        pct(&mut d, 0.99),
-        pct(&mut v, 0.5),
-        pct(&mut v, 0.99),
-    );
-    println!(
-        "64-byte round trips ({ROUND_TRIPS}, one connection): direct p50 {:.0} µs p99 {:.0} µs; through surrogate p50 {:.0} µs p99 {:.0} µs; added p50 {:.0} µs p99 {:.0} µs (target p99 added < 1000 µs: {})",
-        us(d50), us(d99), us(v50), us(v99), us(v50.saturating_sub(d50)), us(v99.saturating_sub(d99)),
-        verdict(v99.saturating_sub(d99) < Duration::from_millis(1))
-    );
+    let d = round_trips(echo_addr).await;
+    let v = round_trips(echo_via).await;
+    report_latency(&format!("64-byte round trips ({ROUND_TRIPS}, one connection)"), d, v);
 
     // 2b. Connection per request (accept + backend connect on every request).
     let (http_addr, http_via) = (free_addr(), free_addr());
@@ -257,19 +247,9 @@ async fn run() {
     )
     .unwrap();
     let _ = connects(http_addr).await;
-    let mut d = connects(http_addr).await;
-    let mut v = connects(http_via).await;
-    let (d50, d99, v50, v99) = (
-        pct(&mut d, 0.5),
-        pct(&mut d, 0.99),
-        pct(&mut v, 0.5),
-        pct(&mut v, 0.99),
-    );
-    println!(
-        "HTTP request per connection ({CONNECTS}): direct p50 {:.0} µs p99 {:.0} µs; through surrogate p50 {:.0} µs p99 {:.0} µs; added p50 {:.0} µs p99 {:.0} µs (target p99 added < 1000 µs: {})",
-        us(d50), us(d99), us(v50), us(v99), us(v50.saturating_sub(d50)), us(v99.saturating_sub(d99)),
-        verdict(v99.saturating_sub(d99) < Duration::from_millis(1))
-    );
+    let d = connects(http_addr).await;
+    let v = connects(http_via).await;
+    report_latency(&format!("HTTP request per connection ({CONNECTS})"), d, v);
     drop(sur);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -331,5 +311,15 @@ async fn run() {
         "RSS for {HELD} held HTTP connections (client sockets included): +{:.2} MiB, {:.1} KiB each",
         (after.saturating_sub(before)) as f64 / 1024.0,
         (after.saturating_sub(before)) as f64 / HELD as f64
+    );
+}
+
+/// Prints p50/p99 direct and through the surrogate, and what the surrogate adds.
+fn report_latency(label: &str, mut d: Vec<Duration>, mut v: Vec<Duration>) {
+    let (d50, d99, v50, v99) = (pct(&mut d, 0.5), pct(&mut d, 0.99), pct(&mut v, 0.5), pct(&mut v, 0.99));
+    println!(
+        "{label}: direct p50 {:.0} µs p99 {:.0} µs; through surrogate p50 {:.0} µs p99 {:.0} µs; added p50 {:.0} µs p99 {:.0} µs (target p99 added < 1000 µs: {})",
+        us(d50), us(d99), us(v50), us(v99), us(v50.saturating_sub(d50)), us(v99.saturating_sub(d99)),
+        verdict(v99.saturating_sub(d99) < Duration::from_millis(1))
     );
 }

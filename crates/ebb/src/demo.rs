@@ -91,7 +91,11 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         if !converged {
             return Err(format!("the guests did not fit the {POOL} pool within 60 s"));
         }
-        say("phase 1 done: the guests fit the pool, each guest's own MemTotal shrank");
+        let totals: Vec<String> = guests
+            .iter()
+            .map(|g| block_in_place(|| g.status()).map_or("?".into(), |s| s.mem_total.to_string()))
+            .collect();
+        say(&format!("phase 1 done: the guests fit the pool; the guests themselves now see MemTotal {}", totals.join(", ")));
 
         // Phase 2: one guest needs memory: ebb gives it, taking from the idle ones.
         let busy = &guests[0];
