@@ -234,6 +234,9 @@ pub struct Limits {
     /// then closes when nothing in the guest listens yet.
     #[serde(with = "millis")]
     pub probe_settle: Duration,
+    /// Replays per service waiting for the woken backend's first answer at
+    /// once; the other held clients wait their turn (within the deadline).
+    pub replay_in_flight: usize,
     /// How long the surrogate waits for an HTTP request line before deciding
     /// it cannot answer it locally (and holds the connection for the VM).
     #[serde(with = "millis")]
@@ -256,6 +259,7 @@ impl Default for Limits {
             wake_deadline: Duration::from_secs(30),
             probe_interval: Duration::from_millis(25),
             probe_settle: Duration::from_millis(10),
+            replay_in_flight: 32,
             http_head_timeout: Duration::from_secs(1),
             udp_queue: 1024,
             udp_flows: 1024,
@@ -288,6 +292,9 @@ impl Limits {
         }
         if self.probe_settle >= self.wake_deadline {
             return bad("probe_settle", "must be shorter than wake_deadline");
+        }
+        if self.replay_in_flight == 0 {
+            return bad("replay_in_flight", "must be at least 1, or no held client would be replayed");
         }
         if self.udp_flows == 0 {
             return bad("udp_flows", "must be at least 1");

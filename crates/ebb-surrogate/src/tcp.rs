@@ -5,10 +5,11 @@
 //! accepted at once too (holding the SYN would cost the client a 1 s SYN
 //! retransmit, SPEC §2), then answered locally (echo, canned reply) or held:
 //! what the client sends is buffered, the agent is asked to wake the VM, the
-//! backend is probed until it really answers, the buffer is replayed and the
-//! rest spliced. Every path ends in bounded time: past the queue depth, the
-//! byte caps or the wake deadline the client is refused (`503` for HTTP, a
-//! reset otherwise), never left hanging.
+//! backend is probed until it really answers, the buffer is replayed (at a
+//! pace the backend can take, again on a fresh connection if the backend
+//! closes before answering) and the rest spliced. Every path ends in bounded
+//! time: past the queue depth, the byte caps or the wake deadline the client
+//! is refused (`503` for HTTP, a reset otherwise), never left hanging.
 
 use crate::event::{Refusal, VmPower, WakeReason};
 use crate::http;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{watch, Mutex, Semaphore};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tracing::{debug, warn, Instrument};
 
@@ -31,6 +32,8 @@ const COPY_BUF: usize = 16 * 1024;
 /// drains what it still sends (closing with unread data would reset the
 /// connection and could destroy the response before it is read).
 const LINGER: Duration = Duration::from_millis(500);
+/// The longest pause between replays to a backend that keeps closing.
+const MAX_REPLAY_PAUSE: Duration = Duration::from_millis(500);
 
 pub(crate) struct TcpService {
     pub(crate) spec: ServiceSpec,
@@ -41,15 +44,18 @@ pub(crate) struct TcpService {
     /// One prober per service at a time: 10,000 held clients must not turn
     /// into 10,000 connects per probe interval.
     probe: Mutex<()>,
+    /// Replays waiting for the backend's first byte; see `replay`.
+    replays: Semaphore,
 }
 
 impl TcpService {
     pub(crate) fn new(spec: ServiceSpec, vm: Arc<VmShared>) -> TcpService {
         TcpService {
             spec,
-            vm,
             verified: watch::Sender::new(0),
             probe: Mutex::new(()),
+            replays: Semaphore::new(vm.limits.replay_in_flight),
+            vm,
         }
     }
 }
@@ -96,7 +102,7 @@ async fn handle(
 async fn splice_awake(client: TcpStream, svc: &TcpService) {
     let backend = svc.spec.backend;
     match timeout(svc.vm.limits.wake_deadline, TcpStream::connect(backend)).await {
-        Ok(Ok(b)) => splice(client, b, svc, Vec::new()).await,
+        Ok(Ok(b)) => splice(client, b, svc).await,
         Ok(Err(e)) => {
             debug!(error = %e, "backend refused while the VM is awake");
             reset(client, svc, Refusal::BackendDown { backend });
@@ -105,19 +111,11 @@ async fn splice_awake(client: TcpStream, svc: &TcpService) {
     }
 }
 
-/// Replays what was held, then copies both ways until both sides close.
-async fn splice(mut client: TcpStream, mut backend: TcpStream, svc: &TcpService, held: Vec<u8>) {
+/// Copies both ways until both sides close.
+async fn splice(mut client: TcpStream, mut backend: TcpStream, svc: &TcpService) {
     let _ = backend.set_nodelay(true);
     let counters = &svc.vm.counters;
     let _open = OpenGuard::new(counters, svc.spec.hold_open_counts_as_activity);
-    if !held.is_empty() {
-        if let Err(e) = backend.write_all(&held).await {
-            debug!(error = %e, "backend closed while the held bytes were replayed");
-            return;
-        }
-        counters.add_in(held.len());
-    }
-    drop(held);
     let result = match crate::splice::Pipes::new() {
         Ok(pipes) => crate::splice::bidirectional(&client, &backend, pipes, counters).await,
         Err(e) => {
@@ -211,7 +209,9 @@ async fn answer_canned(
 }
 
 enum HoldEnd {
-    Backend(TcpStream),
+    /// The VM is awake and its service answers; the connection that proved
+    /// it, if this client's task was the one probing.
+    Awake(Option<TcpStream>),
     Refuse(Refusal),
     /// The client left before the VM woke; nothing to answer.
     Gone,
@@ -281,13 +281,13 @@ async fn hold(
     };
     drop(slot);
     match end {
-        HoldEnd::Backend(backend) => {
+        HoldEnd::Awake(backend) => {
             debug!(
                 held = buf.len(),
                 waited_ms = accepted.elapsed().as_millis() as u64,
                 "VM answers: replaying"
             );
-            splice(client, backend, svc, buf).await
+            replay(client, backend, svc, buf, client_done, deadline).await
         }
         HoldEnd::Refuse(why) => refuse(client, svc, why).await,
         HoldEnd::Gone => debug!("client left while the VM woke"),
@@ -308,8 +308,8 @@ async fn wait_for_backend(
             VmPower::Waking => {}
             VmPower::WakeFailed(reason) => return HoldEnd::Refuse(Refusal::WakeFailed { reason }),
             VmPower::Awake => {
-                if let Some(backend) = probe_until_answers(svc, power).await {
-                    return HoldEnd::Backend(backend);
+                if let Some(answering) = probe_until_answers(svc, power).await {
+                    return HoldEnd::Awake(answering);
                 }
                 // The state moved on while probing: look at it again.
                 continue;
@@ -321,24 +321,23 @@ async fn wait_for_backend(
     }
 }
 
-/// While the VM stays awake, returns a backend connection that answers;
-/// `None` as soon as the state changes.
+/// While the VM stays awake, waits until its service answers: `Some` with
+/// the probe's own connection for the task that probed, `Some(None)` for
+/// the others; `None` as soon as the state changes.
 async fn probe_until_answers(
     svc: &TcpService,
     power: &mut watch::Receiver<VmPower>,
-) -> Option<TcpStream> {
+) -> Option<Option<TcpStream>> {
     let epoch = svc.vm.epoch();
     let mut verified = svc.verified.subscribe();
     loop {
         if *verified.borrow_and_update() == epoch + 1 {
             // Another connection saw the service answer in this wake.
-            if let Ok(b) = TcpStream::connect(svc.spec.backend).await {
-                return Some(b);
-            }
+            return Some(None);
         } else if let Ok(_prober) = svc.probe.try_lock() {
             if let Some(b) = probe_once(svc).await {
                 svc.verified.send_replace(epoch + 1);
-                return Some(b);
+                return Some(Some(b));
             }
         }
         tokio::select! {
@@ -349,6 +348,118 @@ async fn probe_until_answers(
             }
             _ = verified.changed() => {}
             _ = sleep(svc.vm.limits.probe_interval) => {}
+        }
+    }
+}
+
+/// Sends the held bytes to the woken VM and splices once it answers.
+///
+/// At most `replay_in_flight` replays of a service wait for their first
+/// answer at once, so a crowd of held clients reaches a slow guest at the
+/// pace it answers instead of overflowing its listen backlog (a QEMU host
+/// forward then accepts and drops the connects it cannot pass on). A backend
+/// that closes without sending a byte has not answered the request, so it is
+/// replayed on a fresh connection until the wake deadline; once the backend
+/// has sent anything, nothing is ever sent twice.
+async fn replay(
+    mut client: TcpStream,
+    mut backend: Option<TcpStream>,
+    svc: &TcpService,
+    mut buf: Vec<u8>,
+    mut client_done: bool,
+    deadline: Instant,
+) {
+    let limits = &svc.vm.limits;
+    let too_late = Refusal::Deadline {
+        after: limits.wake_deadline,
+    };
+    let Some(Ok(permit)) = timeout_at(deadline, svc.replays.acquire()).await else {
+        return refuse(client, svc, too_late).await;
+    };
+    let mut pause = limits.probe_interval;
+    loop {
+        let connected = match backend.take() {
+            Some(b) => Ok(b),
+            None => match timeout_at(deadline, TcpStream::connect(svc.spec.backend)).await {
+                Some(r) => r,
+                None => return refuse(client, svc, too_late).await,
+            },
+        };
+        match connected {
+            Ok(mut b) => {
+                let cap = limits.max_held_bytes;
+                match first_answer(&mut client, &mut b, &mut buf, &mut client_done, cap).await {
+                    FirstAnswer::Answered => {
+                        drop(permit);
+                        svc.vm.counters.add_in(buf.len());
+                        drop(buf);
+                        return splice(client, b, svc).await;
+                    }
+                    FirstAnswer::ClientGone => {
+                        return debug!("client left before the VM answered");
+                    }
+                    FirstAnswer::BackendClosed => {
+                        debug!(held = buf.len(), "backend closed before answering: replaying again");
+                    }
+                }
+            }
+            Err(e) => debug!(error = %e, "backend refused the replay"),
+        }
+        if Instant::now() + pause >= deadline {
+            return refuse(client, svc, too_late).await;
+        }
+        sleep(pause).await;
+        pause = (pause * 2).min(MAX_REPLAY_PAUSE);
+    }
+}
+
+enum FirstAnswer {
+    Answered,
+    BackendClosed,
+    ClientGone,
+}
+
+/// Writes `buf` to the backend, then passes on what the client still sends
+/// (kept in `buf`, up to `cap`, for a replay) until the backend's first byte
+/// or its close.
+async fn first_answer(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    client_done: &mut bool,
+    cap: usize,
+) -> FirstAnswer {
+    let (mut backend_r, mut backend_w) = backend.split();
+    if backend_w.write_all(buf).await.is_err() {
+        return FirstAnswer::BackendClosed;
+    }
+    if *client_done {
+        let _ = backend_w.shutdown().await;
+    }
+    let mut one = [0u8; 1];
+    loop {
+        // A client that sends more than `cap` waits for the answer: its
+        // bytes stay in the kernel's buffers.
+        let more = !*client_done && buf.len() < cap;
+        tokio::select! {
+            r = backend_r.peek(&mut one) => return match r {
+                Ok(1..) => FirstAnswer::Answered,
+                Ok(0) | Err(_) => FirstAnswer::BackendClosed,
+            },
+            r = read_some(client, buf, cap), if more => match r {
+                Ok(0) if buf.is_empty() => return FirstAnswer::ClientGone,
+                Ok(0) => {
+                    *client_done = true;
+                    let _ = backend_w.shutdown().await;
+                }
+                Ok(n) => {
+                    let new = buf.len() - n;
+                    if backend_w.write_all(&buf[new..]).await.is_err() {
+                        return FirstAnswer::BackendClosed;
+                    }
+                }
+                Err(_) => return FirstAnswer::ClientGone,
+            },
         }
     }
 }

@@ -10,6 +10,8 @@ use ebb_surrogate::{
     WakeReason,
 };
 use std::io::ErrorKind;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -185,6 +187,41 @@ async fn two_hundred_concurrent_clients_each_get_their_answer_once() {
             (0, 0, 0),
             "{st:?}"
         );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_are_paced_and_one_dropped_unanswered_is_sent_again() {
+    bounded(20, async {
+        let (listen, backend) = (free_addr(), free_addr());
+        let d = setup(
+            Limits {
+                replay_in_flight: 4,
+                ..Limits::default()
+            },
+            vec![web(listen, backend)],
+            VmPower::Asleep,
+            Wake::AwakeOnly {
+                delay: Duration::from_millis(200),
+            },
+        );
+        let open_max = Arc::new(AtomicUsize::new(0));
+        let flaky = Backend::start_flaky(backend, "vm1", open_max.clone());
+        let clients: Vec<_> = (0..50)
+            .map(|i| tokio::spawn(async move { (i, http_get(listen, &format!("/c/{i}")).await) }))
+            .collect();
+        for c in clients {
+            let (i, r) = c.await.unwrap();
+            let (status, body) = r.unwrap_or_else(|e| panic!("client {i}: {e}"));
+            assert_eq!((status, body), (200, format!("vm1 GET /c/{i}")));
+        }
+        // Each request answered once although half the connects were dropped.
+        assert_eq!(flaky.count(), 50);
+        // Four replays, plus at most the prober's connection while it waits.
+        let most = open_max.load(Ordering::SeqCst);
+        assert!(most <= 5, "{most} backend connections open at once");
+        assert_eq!(d.refusals(), 0);
     })
     .await
 }

@@ -158,6 +158,8 @@ pub struct SurrogateSection {
     /// Between connection attempts to a waking VM's service.
     #[serde(deserialize_with = "de_duration")]
     pub probe_interval: Duration,
+    /// Held clients per service replayed to a woken VM at once.
+    pub replay_in_flight: usize,
 }
 
 impl Default for SurrogateSection {
@@ -169,6 +171,7 @@ impl Default for SurrogateSection {
             max_held_bytes_per_vm: Size(Bytes(d.max_held_bytes_per_vm as u64)),
             wake_deadline: d.wake_deadline,
             probe_interval: d.probe_interval,
+            replay_in_flight: d.replay_in_flight,
         }
     }
 }
@@ -181,6 +184,7 @@ impl SurrogateSection {
             max_held_bytes_per_vm: self.max_held_bytes_per_vm.0 .0 as usize,
             wake_deadline: self.wake_deadline,
             probe_interval: self.probe_interval,
+            replay_in_flight: self.replay_in_flight,
             ..Limits::default()
         }
     }

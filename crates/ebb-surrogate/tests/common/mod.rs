@@ -82,30 +82,41 @@ impl Backend {
         let count = requests.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = l.accept().await else {
+                let Ok((s, _)) = l.accept().await else {
                     continue;
                 };
-                let (name, count) = (name.clone(), count.clone());
+                tokio::spawn(answer_one(s, name.clone(), count.clone()));
+            }
+        });
+        Backend { requests, task }
+    }
+
+    /// What a QEMU host forward does to a guest that cannot keep up: every
+    /// other connection is accepted and then dropped unread; the rest are
+    /// answered as `start` does. `open_max` records the most connections
+    /// open at once.
+    pub fn start_flaky(addr: SocketAddr, name: &str, open_max: Arc<AtomicUsize>) -> Backend {
+        let l = listen(addr);
+        let name = name.to_string();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(async move {
+            for accepted in 0u64.. {
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
+                let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
+                open_max.fetch_max(now_open, Ordering::SeqCst);
+                let (name, count, open) = (name.clone(), count.clone(), open.clone());
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
+                    if accepted % 2 == 1 {
+                        tokio::time::sleep(Duration::from_millis(15)).await;
+                        drop(s);
+                    } else {
+                        answer_one(s, name, count).await;
                     }
-                    count.fetch_add(1, Ordering::SeqCst);
-                    let line = String::from_utf8_lossy(&buf);
-                    let mut parts = line.split(' ');
-                    let (m, p) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                    let body = format!("{name} {m} {p}");
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = s.write_all(resp.as_bytes()).await;
-                    let _ = s.shutdown().await;
+                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -161,6 +172,30 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Reads one request head and answers `200` with a body naming the backend,
+/// the method and the path, then closes.
+async fn answer_one(mut s: TcpStream, name: String, count: Arc<AtomicUsize>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    count.fetch_add(1, Ordering::SeqCst);
+    let line = String::from_utf8_lossy(&buf);
+    let mut parts = line.split(' ');
+    let (m, p) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let body = format!("{name} {m} {p}");
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(resp.as_bytes()).await;
+    let _ = s.shutdown().await;
 }
 
 /// One HTTP/1.1 request; returns status and body.
