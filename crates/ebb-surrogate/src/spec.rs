@@ -234,8 +234,10 @@ pub struct Limits {
     /// then closes when nothing in the guest listens yet.
     #[serde(with = "millis")]
     pub probe_settle: Duration,
-    /// Replays per service waiting for the woken backend's first answer at
-    /// once; the other held clients wait their turn (within the deadline).
+    /// Replays per service sent to the woken backend at once (each until
+    /// its first answer, at most a second); the other held clients wait
+    /// their turn, within the deadline. Keep it under the service's listen
+    /// backlog (busybox httpd: 9, Python's http.server: 5).
     pub replay_in_flight: usize,
     /// How long the surrogate waits for an HTTP request line before deciding
     /// it cannot answer it locally (and holds the connection for the VM).
@@ -259,7 +261,7 @@ impl Default for Limits {
             wake_deadline: Duration::from_secs(30),
             probe_interval: Duration::from_millis(25),
             probe_settle: Duration::from_millis(10),
-            replay_in_flight: 32,
+            replay_in_flight: 4,
             http_head_timeout: Duration::from_secs(1),
             udp_queue: 1024,
             udp_flows: 1024,

@@ -34,6 +34,10 @@ const COPY_BUF: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_millis(500);
 /// The longest pause between replays to a backend that keeps closing.
 const MAX_REPLAY_PAUSE: Duration = Duration::from_millis(500);
+/// A replay keeps its turn (see `replay`) until the backend answers, or for
+/// this long: time for a slow guest to accept, short enough that a request
+/// the backend takes minutes to answer (a long poll) does not block the rest.
+const REPLAY_TURN: Duration = Duration::from_secs(1);
 
 pub(crate) struct TcpService {
     pub(crate) spec: ServiceSpec,
@@ -354,10 +358,12 @@ async fn probe_until_answers(
 
 /// Sends the held bytes to the woken VM and splices once it answers.
 ///
-/// At most `replay_in_flight` replays of a service wait for their first
-/// answer at once, so a crowd of held clients reaches a slow guest at the
-/// pace it answers instead of overflowing its listen backlog (a QEMU host
-/// forward then accepts and drops the connects it cannot pass on). A backend
+/// At most `replay_in_flight` replays of a service take their turn at once
+/// (connect, send, wait up to `REPLAY_TURN` for the first answer), so a
+/// crowd of held clients reaches a slow guest at the pace it answers instead
+/// of overflowing its listen backlog: a QEMU host forward accepts every
+/// connect on the host side and then drops, or retries for up to 75 s, those
+/// the guest's full backlog does not take. A backend
 /// that closes without sending a byte has not answered the request, so it is
 /// replayed on a fresh connection until the wake deadline; once the backend
 /// has sent anything, nothing is ever sent twice.
@@ -373,11 +379,11 @@ async fn replay(
     let too_late = Refusal::Deadline {
         after: limits.wake_deadline,
     };
-    let Some(Ok(permit)) = timeout_at(deadline, svc.replays.acquire()).await else {
-        return refuse(client, svc, too_late).await;
-    };
     let mut pause = limits.probe_interval;
     loop {
+        let Some(Ok(turn)) = timeout_at(deadline, svc.replays.acquire()).await else {
+            return refuse(client, svc, too_late).await;
+        };
         let connected = match backend.take() {
             Some(b) => Ok(b),
             None => match timeout_at(deadline, TcpStream::connect(svc.spec.backend)).await {
@@ -388,9 +394,9 @@ async fn replay(
         match connected {
             Ok(mut b) => {
                 let cap = limits.max_held_bytes;
-                match first_answer(&mut client, &mut b, &mut buf, &mut client_done, cap).await {
+                let held = Held { buf: &mut buf, client_done: &mut client_done, cap };
+                match first_answer(&mut client, &mut b, held, turn).await {
                     FirstAnswer::Answered => {
-                        drop(permit);
                         svc.vm.counters.add_in(buf.len());
                         drop(buf);
                         return splice(client, b, svc).await;
@@ -419,16 +425,25 @@ enum FirstAnswer {
     ClientGone,
 }
 
-/// Writes `buf` to the backend, then passes on what the client still sends
-/// (kept in `buf`, up to `cap`, for a replay) until the backend's first byte
-/// or its close.
+/// What a held client sent so far, kept until the backend answers.
+struct Held<'a> {
+    buf: &'a mut Vec<u8>,
+    client_done: &'a mut bool,
+    cap: usize,
+}
+
+/// Writes the held bytes to the backend, then passes on what the client
+/// still sends (kept too, up to `cap`, for a replay) until the backend's
+/// first byte or its close. Gives back the turn after `REPLAY_TURN`.
 async fn first_answer(
     client: &mut TcpStream,
     backend: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    client_done: &mut bool,
-    cap: usize,
+    held: Held<'_>,
+    turn: tokio::sync::SemaphorePermit<'_>,
 ) -> FirstAnswer {
+    let Held { buf, client_done, cap } = held;
+    let mut turn = Some(turn);
+    let turn_ends = Instant::now() + REPLAY_TURN;
     let (mut backend_r, mut backend_w) = backend.split();
     if backend_w.write_all(buf).await.is_err() {
         return FirstAnswer::BackendClosed;
@@ -446,6 +461,7 @@ async fn first_answer(
                 Ok(1..) => FirstAnswer::Answered,
                 Ok(0) | Err(_) => FirstAnswer::BackendClosed,
             },
+            _ = sleep_until(turn_ends), if turn.is_some() => turn = None,
             r = read_some(client, buf, cap), if more => match r {
                 Ok(0) if buf.is_empty() => return FirstAnswer::ClientGone,
                 Ok(0) => {

@@ -492,12 +492,10 @@ impl Agent {
             .iter()
             .filter(|(id, rec)| {
                 let seen = obs.vms.iter().find(|v| &v.id == *id);
-                match (seen.map(|v| v.state), rec.mode) {
-                    (None, _) => true,
-                    (Some(VmState::Running), _) => true,
-                    (Some(VmState::ShutOff), SleepMode::Pause) => true,
-                    _ => false,
-                }
+                matches!(
+                    (seen.map(|v| v.state), rec.mode),
+                    (None, _) | (Some(VmState::Running), _) | (Some(VmState::ShutOff), SleepMode::Pause)
+                )
             })
             .map(|(id, _)| id.clone())
             .collect();

@@ -513,7 +513,7 @@ mod tests {
         assert_eq!(s.idle_after_ms, 300_000);
         assert!(Config::parse("[vm.web.sleep]\nmode = \"hibernate\"\n").unwrap_err().contains("hibernate"));
         assert!(Config::parse("[vm.web.sleep]\ncpu_threshold = 2.0\n").unwrap_err().contains("cpu_threshold"));
-        assert!(c.vm.get("db").is_none());
+        assert!(!c.vm.contains_key("db"));
     }
 
     #[test]

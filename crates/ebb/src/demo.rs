@@ -202,7 +202,7 @@ impl Screen {
             }
             let sum: Bytes = vms.iter().filter_map(|v| v.memory.actual).sum();
             out.push_str(&format!("\npool used: {sum} of {POOL}\n"));
-            if let Some(r) = vms.iter().filter_map(|v| v.memory.last_reason.as_ref().map(|r| (v, r))).last() {
+            if let Some(r) = vms.iter().rev().find_map(|v| v.memory.last_reason.as_ref().map(|r| (v, r))) {
                 out.push_str(&format!("last decision ({}): {}\n", r.0.name, r.1.text));
             }
             print!("{out}");

@@ -37,6 +37,9 @@ const GUEST_FILES: &[(&str, &str)] = &[
     ("cgi-bin/status", include_str!("../../../guest/cgi-bin/status")),
     ("cgi-bin/mem", include_str!("../../../guest/cgi-bin/mem")),
     ("cgi-bin/release", include_str!("../../../guest/cgi-bin/release")),
+    ("cgi-bin/hit", include_str!("../../../guest/cgi-bin/hit")),
+    ("cgi-bin/hits", include_str!("../../../guest/cgi-bin/hits")),
+    ("cgi-bin/bulk", include_str!("../../../guest/cgi-bin/bulk")),
 ];
 
 #[derive(Debug, thiserror::Error)]
