@@ -24,10 +24,12 @@ pub enum BenchCommand {
         #[arg(long, default_value = "2s")]
         tick: String,
     },
-    /// Wake latency on a real guest: a request to the sleeping VM through ebb's
-    /// surrogate, against starting the same managed save by hand and asking
-    /// the service directly.
-    Wake {
+    /// The surrogate on a real guest. Wake latency: a request to the sleeping
+    /// VM through ebb, against starting the same managed save by hand and
+    /// asking the service directly. Awake: bulk throughput and small-request
+    /// p99 through ebb against the host forward directly. 200 clients at once,
+    /// through ebb to the sleeping VM and directly to the awake one.
+    Surrogate {
         #[arg(long, default_value = "qemu:///system")]
         uri: String,
         #[arg(long, default_value_t = 5)]
@@ -45,7 +47,7 @@ pub async fn run(cmd: BenchCommand) -> Result<(), String> {
     match cmd {
         BenchCommand::Overhead { domains, seconds, tick } => overhead(domains, seconds, &tick),
         BenchCommand::Reclaim { uri } => reclaim(&uri).await,
-        BenchCommand::Wake { uri, rounds } => wake(&uri, rounds).await,
+        BenchCommand::Surrogate { uri, rounds } => surrogate(&uri, rounds).await,
     }
 }
 
@@ -311,7 +313,51 @@ fn first_byte(port: u16, limit: Duration) -> Result<Duration, String> {
     }
 }
 
-async fn wake(uri: &str, rounds: usize) -> Result<(), String> {
+/// GETs `path` and reads the whole answer: (time, bytes read).
+fn get_all(port: u16, path: &str, limit: Duration) -> Result<(Duration, usize), String> {
+    use std::io::{Read, Write};
+    let t0 = Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: ebb-bench\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok((t0.elapsed(), total)),
+            Ok(n) => total += n,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// `n` clients at once, each GETting its own `/cgi-bin/hit?i`: how many got
+/// their own answer within `limit`, and when the last of those came.
+fn crowd(port: u16, n: usize, limit: Duration) -> (usize, Duration) {
+    let t0 = Instant::now();
+    let clients: Vec<_> = (0..n)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+                s.set_read_timeout(Some(limit.saturating_sub(t0.elapsed()).max(Duration::from_millis(1)))).ok()?;
+                use std::io::{Read, Write};
+                s.write_all(format!("GET /cgi-bin/hit?{i} HTTP/1.0\r\nHost: ebb-bench\r\n\r\n").as_bytes()).ok()?;
+                let mut text = String::new();
+                s.read_to_string(&mut text).ok()?;
+                text.contains(&format!(" hit {i}\n")).then(|| t0.elapsed())
+            })
+        })
+        .collect();
+    let done: Vec<Duration> = clients.into_iter().filter_map(|c| c.join().ok().flatten()).collect();
+    (done.len(), done.into_iter().max().unwrap_or_default())
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+async fn surrogate(uri: &str, rounds: usize) -> Result<(), String> {
     let prefix = "ebb-bench-wake-";
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let lab = block_in_place(|| Lab::connect(uri)).map_err(|e| e.to_string())?;
@@ -366,18 +412,55 @@ async fn wake(uri: &str, rounds: usize) -> Result<(), String> {
         through.push(block_in_place(|| first_byte(listen, Duration::from_secs(60)))?);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    let (d, t) = (percentile(&mut direct, 0.5), percentile(&mut through, 0.5));
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("wake latency, 512 MiB guest, median of {rounds}:");
+    println!("  start of the managed save by hand -> the service's first answer: {:.0} ms", ms(d));
+    println!("  a request to the sleeping VM through ebb -> first byte of its answer: {:.0} ms", ms(t));
+    println!("  ebb adds {:.0} ms (target < 50 ms)", ms(t) - ms(d));
+
+    // Awake: the same guest service through ebb and through the host forward
+    // directly, alternating so drift hits both alike.
+    let mib = 32;
+    block_in_place(|| g.http_get(&format!("/cgi-bin/bulk?mib={mib}"))).map_err(|e| e.to_string())?;
+    let (mut bulk_direct, mut bulk_through) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..3 {
+        for (port, sum) in [(backend, &mut bulk_direct), (listen, &mut bulk_through)] {
+            let (took, bytes) = block_in_place(|| get_all(port, "/bulk.bin", Duration::from_secs(60)))?;
+            if bytes < mib << 20 {
+                return Err(format!("the bulk transfer read {bytes} bytes, fewer than {mib} MiB"));
+            }
+            *sum += took;
+        }
+    }
+    let rate = |sum: Duration| 3.0 * mib as f64 / sum.as_secs_f64();
+    let (rd, rt) = (rate(bulk_direct), rate(bulk_through));
+    println!("awake, {mib} MiB GET x3 (the guest's httpd, sendfile):");
+    println!("  direct to the host forward: {rd:.1} MiB/s; through ebb: {rt:.1} MiB/s = {:.0} % (target >= 90 %)", 100.0 * rt / rd);
+    let (mut small_direct, mut small_through) = (vec![], vec![]);
+    for _ in 0..200 {
+        for (port, v) in [(backend, &mut small_direct), (listen, &mut small_through)] {
+            v.push(block_in_place(|| get_all(port, "/", Duration::from_secs(10)))?.0);
+        }
+    }
+    let (pd, pt) = (percentile(&mut small_direct, 0.99), percentile(&mut small_through, 0.99));
+    println!("awake, 200 small GETs one at a time, p99:");
+    println!("  direct: {:.2} ms; through ebb: {:.2} ms; added {:.2} ms (target < 1 ms)", ms(pd), ms(pt), ms(pt) - ms(pd));
+
+    // 200 clients at once: to the sleeping VM through ebb, and straight to the
+    // awake VM's host forward.
+    let n = 200;
+    let limit = Duration::from_secs(30);
+    let _: crate::api_types::Done = client.post(&format!("/v1/vms/{vm}/sleep")).await.map_err(|e| e.to_string())?;
+    let (ok_through, last_through) = block_in_place(|| crowd(listen, n, limit));
+    let (ok_direct, last_direct) = block_in_place(|| crowd(backend, n, limit));
+    println!("{n} clients at once, each its own request, {}s limit:", limit.as_secs());
+    println!("  through ebb to the sleeping VM: {ok_through} answered, the last after {:.1} s", last_through.as_secs_f64());
+    println!("  straight to the awake VM's host forward: {ok_direct} answered, the last after {:.1} s", last_direct.as_secs_f64());
+
     let _ = stop.send(());
     let _ = agent.await;
     drop(hv);
     let _ = block_in_place(|| g.remove());
-    let med = |v: &mut Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2].as_secs_f64() * 1000.0
-    };
-    let (d, t) = (med(&mut direct), med(&mut through));
-    println!("wake latency, 512 MiB guest, median of {rounds}:");
-    println!("  start of the managed save by hand -> the service's first answer: {d:.0} ms");
-    println!("  a request to the sleeping VM through ebb -> first byte of its answer: {t:.0} ms");
-    println!("  ebb adds {:.0} ms (target < 50 ms)", t - d);
     Ok(())
 }
