@@ -63,6 +63,9 @@ pub struct Agent {
     sleep_policy: SleepPolicy,
     /// The VMs ebb holds asleep (also in the journal, for restarts).
     sleeping: BTreeMap<VmId, SleepRecord>,
+    /// Each VM's sleep settings from the last tick (config or metadata);
+    /// VMs that never sleep are absent.
+    sleep_settings: BTreeMap<VmId, SleepSettings>,
     commands: mpsc::Receiver<Command>,
     /// Stands in for the VMs' declared services (`[[vm.NAME.service]]`).
     surrogate: Surrogate,
@@ -125,6 +128,7 @@ impl Agent {
             saved_memory,
             in_flight: Vec::new(),
             sleep_policy: SleepPolicy::new(),
+            sleep_settings: BTreeMap::new(),
             sleeping,
             commands,
             surrogate,
@@ -315,7 +319,8 @@ impl Agent {
         let settings = resolved.iter().map(|(id, r)| (id.clone(), r.settings.clone())).collect();
         let decision = self.policy.decide(&obs, &settings, &self.mem_cfg, at);
         self.note_skips(&decision, at);
-        let idle = self.sleep_policy.decide(&obs, &self.sleep_settings(&obs), &self.traffic(), at);
+        self.sleep_settings = resolved.iter().filter_map(|(id, r)| Some((id.clone(), r.sleep.clone()?))).collect();
+        let idle = self.sleep_policy.decide(&obs, &self.sleep_settings, &self.traffic(), at);
         let mut actions = if self.cfg.memory.enabled { decision.actions.clone() } else { vec![] };
         actions.extend(
             idle.to_sleep
@@ -476,14 +481,6 @@ impl Agent {
         }
     }
 
-    /// The sleep settings of the VMs that have a `[vm.NAME.sleep]` section.
-    fn sleep_settings(&self, obs: &Observation) -> BTreeMap<VmId, SleepSettings> {
-        obs.vms
-            .iter()
-            .filter_map(|vm| Some((vm.id.clone(), self.cfg.vm_section(&vm.id)?.sleep.as_ref()?.settings())))
-            .collect()
-    }
-
     /// A VM ebb holds asleep that runs again was started behind ebb's back
     /// (`virsh start`, `virsh resume`): it is awake, and ebb says so.
     fn note_power_changes(&mut self, obs: &Observation, at: Millis) {
@@ -525,7 +522,7 @@ impl Agent {
         let snap = self.snapshot.borrow().clone();
         let (action, reply) = match cmd {
             Command::Sleep { vm, reply } => {
-                let mode = self.cfg.vm_section(&vm).and_then(|s| s.sleep.as_ref()).map_or(SleepMode::Save, |s| s.mode);
+                let mode = self.sleep_settings.get(&vm).map_or(SleepMode::Save, |s| s.mode);
                 let state = snap.vms.iter().find(|v| v.name == vm.0).map(|v| v.state);
                 if state != Some(VmState::Running) {
                     let why = match state {
@@ -682,7 +679,7 @@ impl Agent {
             (Some((obs, resolved)), Some((decision, idle))) => {
                 let views: HashMap<&VmId, &VmMemoryView> = decision.vms.iter().map(|v| (&v.vm, v)).collect();
                 let idle_views: HashMap<&VmId, &VmIdleView> = idle.views.iter().map(|v| (&v.vm, v)).collect();
-                let with_sleep = |id: &VmId| self.cfg.vm_section(id).is_some_and(|s| s.sleep.is_some());
+                let with_sleep = |id: &VmId| self.sleep_settings.contains_key(id);
                 let vms = obs
                     .vms
                     .iter()

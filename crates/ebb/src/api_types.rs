@@ -31,6 +31,8 @@ pub struct SettingSources {
     pub min: Source,
     pub max: Source,
     pub managed: Source,
+    /// Where the sleep opt-in came from (`[vm.NAME.sleep]` or `<sleep>`).
+    pub sleep: Source,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

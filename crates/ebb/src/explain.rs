@@ -30,6 +30,11 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
         ));
     }
     if let Some(idle) = &vm.idle {
+        let from = match vm.sources.sleep {
+            crate::api_types::Source::Metadata => "the domain's ebb metadata",
+            _ => "ebb's config",
+        };
+        out.push(format!("It may sleep when idle ({from} says so)."));
         match (&idle.skipped, &idle.active_reason, idle.sleeps_at) {
             (Some(why), _, _) => out.push(format!("It will not be put to sleep: {why}.")),
             (None, Some(why), _) => out.push(format!("It is not idle: {why}.")),

@@ -4,18 +4,23 @@
 
 use crate::api_types::{SettingSources, Source};
 use crate::config::VmSection;
-use ebb_core::{Bytes, VmSettings};
+use ebb_core::sleep::SleepSettings;
+use ebb_core::{Bytes, SleepMode, VmSettings};
 use quick_xml::events::Event;
 
 /// Settings read from a domain's metadata element, e.g.
 /// `<ebb:vm xmlns:ebb="https://ebb.dev/xmlns/vm/1" managed="yes">
-///    <ebb:memory shares="2000" min="256MiB" max="1GiB"/></ebb:vm>`.
+///    <ebb:memory shares="2000" min="256MiB" max="1GiB"/>
+///    <ebb:sleep mode="save" idle_after="30m"/></ebb:vm>`.
+/// A `<sleep>` element is the sleep opt-in, as a `[vm.NAME.sleep]` section
+/// is; its attributes carry the section's names.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct MetadataSettings {
     pub shares: Option<u32>,
     pub min: Option<Bytes>,
     pub max: Option<Bytes>,
     pub managed: Option<bool>,
+    pub sleep: Option<SleepSettings>,
 }
 
 pub fn parse_metadata(xml: &str) -> Result<MetadataSettings, String> {
@@ -29,6 +34,9 @@ pub fn parse_metadata(xml: &str) -> Result<MetadataSettings, String> {
             _ => continue,
         };
         let element = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+        if element == "sleep" {
+            out.sleep = Some(SleepSettings { enabled: true, ..SleepSettings::default() });
+        }
         for attr in e.attributes() {
             let attr = attr.map_err(|e| format!("ebb metadata has a malformed attribute: {e}"))?;
             let key = String::from_utf8_lossy(attr.key.local_name().as_ref()).into_owned();
@@ -51,11 +59,43 @@ pub fn parse_metadata(xml: &str) -> Result<MetadataSettings, String> {
                 }
                 ("memory", "min") => out.min = Some(parse_size(&value, &field)?),
                 ("memory", "max") => out.max = Some(parse_size(&value, &field)?),
+                ("sleep", _) => parse_sleep(out.sleep.get_or_insert_with(SleepSettings::default), &key, &value, &field)?,
                 _ => return Err(format!("{field}: ebb does not know this setting")),
             }
         }
     }
     Ok(out)
+}
+
+fn parse_sleep(s: &mut SleepSettings, key: &str, value: &str, field: &str) -> Result<(), String> {
+    match key {
+        "enabled" => s.enabled = parse_bool(value).ok_or(format!("{field}: use yes or no"))?,
+        "mode" => {
+            s.mode = match value {
+                "save" => SleepMode::Save,
+                "pause" => SleepMode::Pause,
+                _ => return Err(format!("{field}: mode is save or pause")),
+            }
+        }
+        "idle_after" => {
+            let d = crate::config::parse_duration(value).map_err(|e| format!("{field}: {e}"))?;
+            if d.is_zero() {
+                return Err(format!("{field}: idle_after must be longer than zero"));
+            }
+            s.idle_after_ms = d.as_millis() as u64;
+        }
+        "cpu_threshold" => {
+            s.cpu_threshold = value
+                .parse()
+                .ok()
+                .filter(|f: &f64| f.is_finite() && *f >= 0.0)
+                .ok_or(format!("{field}: a fraction of one vCPU, like 0.05"))?
+        }
+        "net_threshold" => s.net_threshold = value.parse().map_err(|e| format!("{field}: {e}"))?,
+        "disk_threshold" => s.disk_threshold = value.parse().map_err(|e| format!("{field}: {e}"))?,
+        _ => return Err(format!("{field}: ebb does not know this setting")),
+    }
+    Ok(())
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -77,6 +117,8 @@ fn parse_size(v: &str, field: &str) -> Result<Bytes, String> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {
     pub settings: VmSettings,
+    /// The sleep opt-in and its thresholds; None when the VM never sleeps.
+    pub sleep: Option<SleepSettings>,
     pub sources: SettingSources,
     /// Values that had to be ignored, in words.
     pub problems: Vec<String>,
@@ -98,9 +140,12 @@ pub fn resolve(config: Option<&VmSection>, meta: Option<&MetadataSettings>) -> R
     let (min, min_src) = pick(cfg.min.map(|s| Some(s.get_ref().0)), meta.min.map(Some), None);
     let (max, max_src) = pick(cfg.max.map(|s| Some(s.get_ref().0)), meta.max.map(Some), None);
     let (managed, m_src) = pick(cfg.managed, meta.managed, d.managed);
+    // A `[vm.NAME.sleep]` section replaces a `<sleep>` element as a whole.
+    let (sleep, sleep_src) = pick(cfg.sleep.map(|s| Some(s.settings())), meta.sleep.map(Some), None);
     let mut resolved = Resolved {
         settings: VmSettings { shares, min, max, managed },
-        sources: SettingSources { shares: s_src, min: min_src, max: max_src, managed: m_src },
+        sleep,
+        sources: SettingSources { shares: s_src, min: min_src, max: max_src, managed: m_src, sleep: sleep_src },
         problems: vec![],
     };
     // A min from one place above a max from the other: keep the guarantee,
@@ -134,9 +179,35 @@ mod tests {
                 shares: Some(2000),
                 min: Some(Bytes::from_mib(256)),
                 max: Some(Bytes::from_gib(1)),
-                managed: Some(true)
+                managed: Some(true),
+                sleep: None
             }
         );
+    }
+
+    #[test]
+    fn sleep_from_metadata_unless_the_config_has_a_section() {
+        let xml = r#"<ebb:vm xmlns:ebb="https://ebb.dev/xmlns/vm/1"><ebb:sleep mode="pause" idle_after="30m" cpu_threshold="0.1"/></ebb:vm>"#;
+        let m = parse_metadata(xml).unwrap();
+        let r = resolve(None, Some(&m));
+        let sleep = r.sleep.unwrap();
+        assert!(sleep.enabled);
+        assert_eq!((sleep.mode, sleep.idle_after_ms, sleep.cpu_threshold), (SleepMode::Pause, 30 * 60 * 1000, 0.1));
+        assert_eq!(r.sources.sleep, Source::Metadata);
+
+        let cfg = Config::parse("[vm.web.sleep]\nidle_after = \"5m\"\n").unwrap();
+        let r = resolve(cfg.vm.get("web"), Some(&m));
+        let sleep = r.sleep.unwrap();
+        assert_eq!((sleep.mode, sleep.idle_after_ms), (SleepMode::Save, 5 * 60 * 1000));
+        assert_eq!(r.sources.sleep, Source::Config);
+
+        let off = parse_metadata(r#"<vm><sleep enabled="no"/></vm>"#).unwrap();
+        assert!(!resolve(None, Some(&off)).sleep.unwrap().enabled);
+        assert_eq!(resolve(None, None).sleep, None);
+        for bad in [r#"<vm><sleep mode="hibernate"/></vm>"#, r#"<vm><sleep idle_after="soon"/></vm>"#, r#"<vm><sleep cpu_threshold="-1"/></vm>"#, r#"<vm><sleep naps="3"/></vm>"#] {
+            let e = parse_metadata(bad).unwrap_err();
+            assert!(e.contains("<sleep "), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -256,14 +256,18 @@ fn an_idle_guest_sleeps_and_wakes_across_an_agent_restart_and_virsh_start() {
     let lab = lab(prefix);
     let dir = tempfile::tempdir().unwrap();
     let name = format!("{prefix}a");
-    let g = boot(&lab, dir.path(), &name, |_| {});
+    // The sleep opt-in travels with the domain, in its metadata. TCG guests
+    // idle at a few % of a vCPU: a generous CPU threshold.
+    let g = boot(&lab, dir.path(), &name, |spec| {
+        spec.metadata = Some(
+            "<ebb:vm xmlns:ebb='https://ebb.dev/xmlns/vm/1'><ebb:sleep idle_after='3s' cpu_threshold='0.3'/></ebb:vm>".into(),
+        )
+    });
     ready(&[&g]);
     assert!(qemu_running(&name), "cannot find the guest's QEMU process");
 
-    // TCG guests idle at a few % of a vCPU: a generous CPU threshold.
-    let sleep = format!("[vm.{name}.sleep]\nidle_after = \"3s\"\ncpu_threshold = 0.3\n");
     let (agent_lines, _) = agent_config(prefix, "");
-    let mut agent = AgentProc::start(dir.path(), &agent_lines, &sleep);
+    let mut agent = AgentProc::start(dir.path(), &agent_lines, "");
     let vm = agent.wait("the idle guest to sleep", Duration::from_secs(90), |a| a.vm(&name).filter(|v| v.sleeping.is_some()));
     assert!(vm.sleeping.unwrap().reason.contains("idle for"));
     let dom = lab.connection().lookup_domain_by_name(&name).unwrap();
@@ -271,7 +275,9 @@ fn an_idle_guest_sleeps_and_wakes_across_an_agent_restart_and_virsh_start() {
     assert!(dom.has_managed_save(0).unwrap(), "no saved image");
     assert!(!qemu_running(&name), "the QEMU process (its memory) is still there");
     assert!(agent.text(&["vms"]).contains("asleep (save)"));
-    assert!(agent.text(&["explain", &name]).contains("saved to disk"));
+    let explain = agent.text(&["explain", &name]);
+    assert!(explain.contains("saved to disk"), "{explain}");
+    assert!(explain.contains("the domain's ebb metadata says so"), "{explain}");
 
     // Restarted, ebb still knows it holds the VM asleep (from its journal).
     agent.stop();
