@@ -5,6 +5,8 @@
 
 pub mod memory;
 pub mod model;
+pub mod rates;
+pub mod realloc;
 pub mod sleep;
 pub mod units;
 

@@ -993,8 +993,15 @@ fn reason_text(w: &Work, target: Bytes, rule: Rule, pool: Bytes, step: Bytes) ->
                 secs(idle_ms)
             )
         }
-        // The memory policy never sets a target under the sleep rules.
-        Rule::Hold | Rule::Skip | Rule::Sleep | Rule::Wake => format!(
+        // The memory policy never sets a target under the other policies' rules.
+        Rule::Hold
+        | Rule::Skip
+        | Rule::Sleep
+        | Rule::Wake
+        | Rule::Boost
+        | Rule::Yield
+        | Rule::Critical
+        | Rule::Restore => format!(
             "hold at {target}: idle-taxed entitlement is now {} (guest uses {} of {c}), so the last target no longer applies",
             w.entitlement, w.used
         ),
@@ -1104,6 +1111,7 @@ mod tests {
             Observation {
                 at: self.now,
                 host: HostMemory { total: self.host_total, available: self.host_total - in_use },
+                host_cpus: 2,
                 vms: self
                     .guests
                     .iter()
@@ -1129,6 +1137,7 @@ mod tests {
                         activity: None,
                         persistent: true,
                         managed_save: false,
+                        cpu_tune: None,
                     })
                     .collect(),
             }

@@ -30,6 +30,9 @@ impl fmt::Display for VmId {
 pub struct Observation {
     pub at: Millis,
     pub host: HostMemory,
+    /// The host's logical CPUs (what VMs' CPU use is measured against).
+    #[serde(default)]
+    pub host_cpus: u32,
     pub vms: Vec<VmObservation>,
 }
 
@@ -67,6 +70,38 @@ pub struct VmObservation {
     /// A managed save image exists: the next start restores from it.
     #[serde(default)]
     pub managed_save: bool,
+    /// Its CPU scheduling as libvirt has it live; None when not read (not
+    /// running, or the driver has no scheduler parameters).
+    #[serde(default)]
+    pub cpu_tune: Option<CpuTune>,
+}
+
+/// A running domain's CPU scheduling (libvirt's `schedinfo`): its weight
+/// against other domains and its bandwidth cap per vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CpuTune {
+    /// Relative weight (`cpu_shares`): only matters when CPUs are contended.
+    pub shares: u64,
+    /// The cap: each vCPU may run `quota_us` per `period_us`; None: uncapped.
+    pub quota_us: Option<u64>,
+    pub period_us: u64,
+}
+
+impl CpuTune {
+    /// The cap as a fraction of one vCPU; None when uncapped.
+    pub fn cap(&self) -> Option<f64> {
+        self.quota_us.map(|q| q as f64 / self.period_us.max(1) as f64)
+    }
+}
+
+impl fmt::Display for CpuTune {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "weight {}", self.shares)?;
+        match self.cap() {
+            Some(c) => write!(f, ", cap {:.0}% of a vCPU", c * 100.0),
+            None => f.write_str(", no cap"),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -80,6 +115,13 @@ fn yes() -> bool {
 pub struct Activity {
     /// CPU time of the whole domain (libvirt's `cpu.time`).
     pub cpu_time_ns: u64,
+    /// Time its vCPUs were ready to run but waited for a host CPU, summed
+    /// over vCPUs (libvirt's `vcpu.N.wait`): contention, seen from the VM.
+    #[serde(default)]
+    pub vcpu_wait_ns: u64,
+    /// Online vCPUs (libvirt's `vcpu.current`).
+    #[serde(default)]
+    pub vcpus: u32,
     pub net_rx_bytes: u64,
     pub net_tx_bytes: u64,
     pub disk_read_bytes: u64,
@@ -205,6 +247,14 @@ pub enum Rule {
     Sleep,
     /// Wake a sleeping VM (a client arrived through its surrogate, or a person asked).
     Wake,
+    /// Give a VM more of a resource its activity is bound on.
+    Boost,
+    /// Take back what an idle VM does not use (its claim, not its use).
+    Yield,
+    /// Put a time-critical VM first.
+    Critical,
+    /// Undo a change: the activity that caused it has passed.
+    Restore,
 }
 
 impl Rule {
@@ -219,6 +269,10 @@ impl Rule {
             Rule::Skip => "skip",
             Rule::Sleep => "sleep",
             Rule::Wake => "wake",
+            Rule::Boost => "boost",
+            Rule::Yield => "yield",
+            Rule::Critical => "critical",
+            Rule::Restore => "restore",
         }
     }
 }
@@ -235,17 +289,25 @@ pub enum Action {
     Sleep { vm: VmId, mode: SleepMode, reason: Reason },
     /// Wake a sleeping VM: start it from its saved image, or resume it.
     Wake { vm: VmId, reason: Reason },
+    /// Set a running VM's CPU weight and cap (virDomainSetSchedulerParameters, live).
+    SetCpuTune { vm: VmId, tune: CpuTune, reason: Reason },
 }
 
 impl Action {
     pub fn vm(&self) -> &VmId {
         match self {
-            Action::SetBalloonTarget { vm, .. } | Action::Sleep { vm, .. } | Action::Wake { vm, .. } => vm,
+            Action::SetBalloonTarget { vm, .. }
+            | Action::Sleep { vm, .. }
+            | Action::Wake { vm, .. }
+            | Action::SetCpuTune { vm, .. } => vm,
         }
     }
     pub fn reason(&self) -> &Reason {
         match self {
-            Action::SetBalloonTarget { reason, .. } | Action::Sleep { reason, .. } | Action::Wake { reason, .. } => {
+            Action::SetBalloonTarget { reason, .. }
+            | Action::Sleep { reason, .. }
+            | Action::Wake { reason, .. }
+            | Action::SetCpuTune { reason, .. } => {
                 reason
             }
         }
@@ -255,6 +317,7 @@ impl Action {
             Action::SetBalloonTarget { .. } => "set_balloon_target",
             Action::Sleep { .. } => "sleep",
             Action::Wake { .. } => "wake",
+            Action::SetCpuTune { .. } => "set_cpu_tune",
         }
     }
 }

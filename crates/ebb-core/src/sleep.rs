@@ -15,6 +15,7 @@
 //! restart (counters going backwards) or a wake all start a fresh window.
 
 use crate::model::*;
+use crate::rates::{per_second, ActivityRates};
 use crate::units::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -133,13 +134,7 @@ impl Sample {
     /// True when any counter is below `earlier`'s: the VM's QEMU process
     /// restarted (reboot, restore from a save) or the surrogate did.
     fn went_back(&self, earlier: &Sample) -> bool {
-        let (a, b) = (&self.activity, &earlier.activity);
-        a.cpu_time_ns < b.cpu_time_ns
-            || a.net_rx_bytes < b.net_rx_bytes
-            || a.net_tx_bytes < b.net_tx_bytes
-            || a.disk_read_bytes < b.disk_read_bytes
-            || a.disk_write_bytes < b.disk_write_bytes
-            || self.client_bytes < earlier.client_bytes
+        self.activity.went_back(&earlier.activity) || self.client_bytes < earlier.client_bytes
     }
 }
 
@@ -157,20 +152,13 @@ struct Rates {
 impl Rates {
     /// None when no time passed between them.
     fn between(from: &Sample, to: &Sample) -> Option<Rates> {
-        let ms = to.at.since(from.at);
-        if ms == 0 {
-            return None;
-        }
-        let (a, b) = (&to.activity, &from.activity);
-        let per_s = |delta: u64| Bytes((u128::from(delta) * 1000 / u128::from(ms)).min(u128::from(u64::MAX)) as u64);
-        let net = (a.net_rx_bytes - b.net_rx_bytes).saturating_add(a.net_tx_bytes - b.net_tx_bytes);
-        let disk = (a.disk_read_bytes - b.disk_read_bytes).saturating_add(a.disk_write_bytes - b.disk_write_bytes);
-        let client_bytes = to.client_bytes - from.client_bytes;
+        let vm = ActivityRates::between(from.at, &from.activity, to.at, &to.activity)?;
+        let client_bytes = to.client_bytes.checked_sub(from.client_bytes)?;
         Some(Rates {
-            cpu: (a.cpu_time_ns - b.cpu_time_ns) as f64 / (ms as f64 * 1e6),
-            net: per_s(net),
-            disk: per_s(disk),
-            client: per_s(client_bytes),
+            cpu: vm.cpu,
+            net: vm.net,
+            disk: vm.disk,
+            client: per_second(client_bytes, to.at.since(from.at)),
             client_bytes,
         })
     }
@@ -375,7 +363,7 @@ mod tests {
     }
 
     fn vm(name: &str, state: VmState, activity: Option<Activity>, persistent: bool) -> VmObservation {
-        VmObservation { id: VmId::new(name), state, balloon: None, activity, persistent, managed_save: false }
+        VmObservation { id: VmId::new(name), state, balloon: None, activity, persistent, managed_save: false, cpu_tune: None }
     }
 
     fn obs(vms: Vec<VmObservation>) -> Observation {

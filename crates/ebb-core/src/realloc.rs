@@ -1,0 +1,695 @@
+//! Activity-based reallocation of CPU (seed 001, SPEC §3; anchors: oVirt
+//! MoM's CpuTune controller, VMware DRS shares).
+//!
+//! Every tick each running VM's rates are held against a usage model and the
+//! VM classified (cpu-bound, disk-bound, net-bound, mixed, idle or steady);
+//! a class counts only once it has held for `class_after`, and the CPU
+//! thresholds have a band, so a class does not flap. Then, per VM:
+//! - bound on its CPU and it would gain (it sits at its cap, its vCPUs wait
+//!   for host CPUs, or the host's CPUs are all in use): a higher weight, and
+//!   its cap raised up to the bound its settings allow;
+//! - idle: its weight cut, which costs it nothing while it stays idle and
+//!   stops its claim from diluting the busy ones';
+//! - time-critical (a setting, or `ebb critical`): put first, at its highest
+//!   weight and cap;
+//! - anything else: its own weight and cap, as found before ebb changed them.
+//!
+//! The conflict check of the seed: when two or more VMs are bound on the CPU
+//! of a saturated host, raising one only robs the other; none of them
+//! changes, and the view says so.
+//!
+//! What ebb found (the base) and what it set are remembered per VM, so every
+//! change is undone when the activity passes, a restarted agent knows its
+//! own changes from the journal, and a change made by someone else is taken
+//! as the VM's new base instead of being fought.
+
+use crate::model::*;
+use crate::rates::ActivityRates;
+use crate::units::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// The usage model and the size of the moves; host-wide.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReallocConfig {
+    pub enabled: bool,
+    /// A new class counts once it has held this long. 10 s (5 ticks): a
+    /// compile or a backup is classified, a burst of a page load is not.
+    pub class_after_ms: u64,
+    /// CPU use, as a fraction of the VM's vCPUs, at which it is cpu-bound…
+    pub cpu_busy: f64,
+    /// …and below which it stops being so (the band against flapping).
+    pub cpu_busy_leave: f64,
+    /// Use at this fraction of its cap or more: it sits at its cap.
+    pub at_cap: f64,
+    /// vCPU wait, in vCPUs' worth, that shows contention for host CPUs.
+    pub wait_contended: f64,
+    /// Host CPU used by VMs, as a fraction of the host's CPUs, at which the
+    /// host is saturated: one VM's gain is then another's loss.
+    pub saturated: f64,
+    /// Disk and network rates at which a VM is bound on them.
+    pub disk_busy: Bytes,
+    pub net_busy: Bytes,
+    /// At or below all of these a VM is idle (the sleep policy's defaults).
+    pub idle_cpu: f64,
+    pub idle_disk: Bytes,
+    pub idle_net: Bytes,
+    /// A VM that gains gets its weight multiplied by this (within its max)…
+    pub boost: u64,
+    /// …and an idle one divided by this (within its min).
+    pub yield_divisor: u64,
+}
+
+impl Default for ReallocConfig {
+    fn default() -> Self {
+        ReallocConfig {
+            enabled: true,
+            class_after_ms: 10_000,
+            cpu_busy: 0.8,
+            cpu_busy_leave: 0.6,
+            at_cap: 0.9,
+            wait_contended: 0.1,
+            saturated: 0.9,
+            disk_busy: Bytes::from_mib(4),
+            net_busy: Bytes::from_mib(1),
+            idle_cpu: 0.05,
+            idle_disk: Bytes::from_kib(64),
+            idle_net: Bytes::from_kib(2),
+            boost: 4,
+            yield_divisor: 4,
+        }
+    }
+}
+
+/// Per-VM bounds and flags. Missing bounds follow from the VM's own weight
+/// (its base): at most `boost` times it, at least its `yield_divisor`th.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReallocSettings {
+    /// False: ebb leaves this VM's allocations alone.
+    pub disabled: bool,
+    /// Time-critical: put first while set.
+    pub critical: bool,
+    pub shares_min: Option<u64>,
+    pub shares_max: Option<u64>,
+    /// The highest cap ebb may give it, as a fraction of one vCPU (1.0 = a
+    /// whole CPU per vCPU). None: ebb never raises its cap above its own.
+    pub cap_max: Option<f64>,
+}
+
+/// What a VM's activity is bound on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    Idle,
+    /// Busy, bound on nothing.
+    Steady,
+    CpuBound,
+    DiskBound,
+    NetBound,
+    /// Bound on more than one resource.
+    Mixed,
+}
+
+impl Class {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Idle => "idle",
+            Class::Steady => "steady",
+            Class::CpuBound => "cpu-bound",
+            Class::DiskBound => "disk-bound",
+            Class::NetBound => "net-bound",
+            Class::Mixed => "mixed",
+        }
+    }
+}
+
+/// The resources a VM is bound on at one reading.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bound {
+    pub cpu: bool,
+    pub disk: bool,
+    pub net: bool,
+}
+
+impl Bound {
+    fn class(self, idle: bool) -> Class {
+        match (self.cpu, self.disk, self.net) {
+            (false, false, false) if idle => Class::Idle,
+            (false, false, false) => Class::Steady,
+            (true, false, false) => Class::CpuBound,
+            (false, true, false) => Class::DiskBound,
+            (false, false, true) => Class::NetBound,
+            _ => Class::Mixed,
+        }
+    }
+}
+
+/// One VM as the reallocation policy sees it, for `ebb vms` and `explain`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmReallocView {
+    pub vm: VmId,
+    /// None until a class has held for `class_after`.
+    pub class: Option<Class>,
+    pub bound: Bound,
+    /// A different class it is showing, and since when.
+    pub pending: Option<(Class, Millis)>,
+    pub rates: Option<ActivityRates>,
+    /// CPU use as a fraction of its vCPUs.
+    pub cpu_use: Option<f64>,
+    pub at_cap: bool,
+    pub critical: bool,
+    /// Its own CPU tune, as found before ebb changed it.
+    pub base: Option<CpuTune>,
+    /// What libvirt has now.
+    pub current: Option<CpuTune>,
+    /// What ebb wants it to have.
+    pub wanted: Option<CpuTune>,
+    /// Why it has what it has, in words.
+    pub why: Option<String>,
+    /// Why ebb leaves it alone this tick.
+    pub skipped: Option<String>,
+}
+
+impl VmReallocView {
+    fn new(vm: VmId) -> VmReallocView {
+        VmReallocView {
+            vm,
+            class: None,
+            bound: Bound::default(),
+            pending: None,
+            rates: None,
+            cpu_use: None,
+            at_cap: false,
+            critical: false,
+            base: None,
+            current: None,
+            wanted: None,
+            why: None,
+            skipped: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReallocDecision {
+    pub actions: Vec<Action>,
+    /// One view per observed VM, in observation order.
+    pub views: Vec<VmReallocView>,
+    /// Host CPU used by the VMs, in CPUs' worth, and whether that saturates it.
+    pub host_cpu: f64,
+    pub saturated: bool,
+}
+
+/// A VM's CPU tune as ebb found it and as ebb last set it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tunes {
+    pub base: CpuTune,
+    /// None: ebb has nothing of its own in place.
+    pub applied: Option<CpuTune>,
+}
+
+/// A value that changes only once a new one has been seen for a while.
+#[derive(Clone, Debug)]
+struct Held<T> {
+    value: Option<T>,
+    pending: Option<(T, Millis)>,
+}
+
+impl<T> Default for Held<T> {
+    fn default() -> Self {
+        Held { value: None, pending: None }
+    }
+}
+
+impl<T: Copy + PartialEq> Held<T> {
+    fn see(&mut self, seen: T, now: Millis, hold_ms: u64) {
+        if self.value == Some(seen) {
+            self.pending = None;
+            return;
+        }
+        let since = match self.pending {
+            Some((p, since)) if p == seen => since,
+            _ => now,
+        };
+        if now.since(since) >= hold_ms {
+            self.value = Some(seen);
+            self.pending = None;
+        } else {
+            self.pending = Some((seen, since));
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Track {
+    last: (Millis, Activity),
+    rates: Option<ActivityRates>,
+    bound: Bound,
+    class: Held<Class>,
+    /// More CPU would help it (at its own cap, waiting, or a saturated host).
+    gains: Held<bool>,
+}
+
+impl Track {
+    fn fresh(at: Millis, activity: Activity) -> Track {
+        Track { last: (at, activity), rates: None, bound: Bound::default(), class: Held::default(), gains: Held::default() }
+    }
+}
+
+/// The policy's memory: per running VM its last counters and class, and
+/// per VM its tunes.
+#[derive(Debug, Default)]
+pub struct ReallocPolicy {
+    tracks: HashMap<VmId, Track>,
+    tunes: HashMap<VmId, Tunes>,
+    /// Whether the VMs saturate the host's CPUs, held like a class.
+    saturated: Held<bool>,
+    /// A change libvirt refused is not retried before this time.
+    retry_at: HashMap<VmId, Millis>,
+}
+
+/// How long a refused change waits before it is tried again.
+const RETRY_AFTER_MS: u64 = 60_000;
+
+impl ReallocPolicy {
+    pub fn new() -> ReallocPolicy {
+        ReallocPolicy::default()
+    }
+
+    /// Tunes remembered from the journal, before the first tick.
+    pub fn resume(&mut self, vm: VmId, tunes: Tunes) {
+        self.tunes.insert(vm, tunes);
+    }
+
+    pub fn tunes(&self, vm: &VmId) -> Option<Tunes> {
+        self.tunes.get(vm).copied()
+    }
+
+    /// The edge carried a `SetCpuTune` out.
+    pub fn applied(&mut self, vm: &VmId, tune: CpuTune) {
+        if let Some(t) = self.tunes.get_mut(vm) {
+            t.applied = (tune != t.base).then_some(tune);
+        }
+        self.retry_at.remove(vm);
+    }
+
+    /// libvirt refused a `SetCpuTune`: it is not retried for a minute.
+    pub fn failed(&mut self, vm: &VmId, now: Millis) {
+        self.retry_at.insert(vm.clone(), now.plus(RETRY_AFTER_MS));
+    }
+
+    /// One tick. VMs missing from `settings` take the defaults.
+    pub fn decide(
+        &mut self,
+        obs: &Observation,
+        settings: &BTreeMap<VmId, ReallocSettings>,
+        cfg: &ReallocConfig,
+        now: Millis,
+    ) -> ReallocDecision {
+        let defaults = ReallocSettings::default();
+        let mut d = ReallocDecision::default();
+        let mut running = Vec::with_capacity(obs.vms.len());
+
+        // Read: rates, bound, class, and whose tunes changed behind ebb.
+        for v in &obs.vms {
+            let s = settings.get(&v.id).unwrap_or(&defaults);
+            let mut view = VmReallocView::new(v.id.clone());
+            view.critical = s.critical;
+            view.current = v.cpu_tune;
+            let (Some(activity), Some(current), VmState::Running) = (v.activity, v.cpu_tune, v.state) else {
+                view.skipped = Some(match (v.state, v.cpu_tune) {
+                    (VmState::Running, None) => "libvirt reports no CPU scheduler parameters for it".into(),
+                    (VmState::Running, Some(_)) => "the hypervisor reports no activity counters for it".into(),
+                    (state, _) => format!("not running ({})", state_words(state)),
+                });
+                d.views.push(view);
+                continue;
+            };
+            running.push(v.id.clone());
+            let track = self.tracks.entry(v.id.clone()).or_insert_with(|| Track::fresh(now, activity));
+            if let Some(r) = ActivityRates::between(track.last.0, &track.last.1, now, &activity) {
+                track.rates = Some(r);
+            } else if activity.went_back(&track.last.1) {
+                // Restarted or restored: its class starts over.
+                *track = Track::fresh(now, activity);
+            }
+            track.last = (now, activity);
+
+            let tunes = self.tunes.entry(v.id.clone()).or_insert(Tunes { base: current, applied: None });
+            let expected = tunes.applied.unwrap_or(tunes.base);
+            if current != expected {
+                // Changed by someone else (or the VM restarted with its
+                // configured values): that is its own setting now.
+                *tunes = Tunes { base: current, applied: None };
+            }
+            view.base = Some(tunes.base);
+
+            if let Some(r) = track.rates {
+                let vcpus = activity.vcpus.max(1) as f64;
+                // What it asks for: what it ran plus what it waited to run.
+                let demand = (r.cpu + r.vcpu_wait) / vcpus;
+                // Against its own cap: a VM that needed the raised cap keeps
+                // needing it, and does not flap back and forth.
+                let at_cap = tunes.base.cap().is_some_and(|c| r.cpu / vcpus >= cfg.at_cap * c);
+                let cpu_threshold = if track.bound.cpu { cfg.cpu_busy_leave } else { cfg.cpu_busy };
+                let bound = Bound { cpu: at_cap || demand >= cpu_threshold, disk: r.disk >= cfg.disk_busy, net: r.net >= cfg.net_busy };
+                let idle = r.cpu <= cfg.idle_cpu && r.disk <= cfg.idle_disk && r.net <= cfg.idle_net;
+                track.bound = bound;
+                track.class.see(bound.class(idle), now, cfg.class_after_ms);
+                view.rates = Some(r);
+                view.cpu_use = Some(demand);
+                view.at_cap = at_cap;
+                view.bound = bound;
+                d.host_cpu += r.cpu;
+            }
+            view.class = track.class.value;
+            view.pending = track.class.pending;
+            if s.disabled {
+                view.skipped = Some("reallocation is disabled for this VM".into());
+            }
+            d.views.push(view);
+        }
+        running.sort();
+        self.tracks.retain(|id, _| running.binary_search(id).is_ok());
+        let host_cpus = f64::from(obs.host_cpus.max(1));
+        self.saturated.see(d.host_cpu >= cfg.saturated * host_cpus, now, cfg.class_after_ms);
+        d.saturated = self.saturated.value == Some(true);
+
+        // Who is bound on the CPU and would gain from more of it.
+        for v in d.views.iter().filter(|v| v.rates.is_some()) {
+            let Some(track) = self.tracks.get_mut(&v.vm) else { continue };
+            let waits = v.rates.is_some_and(|r| r.vcpu_wait >= cfg.wait_contended);
+            track.gains.see(v.bound.cpu && (v.at_cap || waits || d.saturated), now, cfg.class_after_ms);
+        }
+        let tracks = &self.tracks;
+        let gains = |v: &VmReallocView| {
+            matches!(v.class, Some(Class::CpuBound | Class::Mixed))
+                && tracks.get(&v.vm).is_some_and(|t| t.gains.value == Some(true))
+        };
+        let contenders: Vec<VmId> = d
+            .views
+            .iter()
+            .filter(|v| v.skipped.is_none() && !v.critical && gains(v))
+            .map(|v| v.vm.clone())
+            .collect();
+        let conflict = d.saturated && contenders.len() >= 2;
+
+        // Decide each VM's tune.
+        for view in d.views.iter_mut().filter(|v| v.skipped.is_none()) {
+            let (Some(base), Some(current)) = (view.base, view.current) else { continue };
+            let s = settings.get(&view.vm).unwrap_or(&defaults);
+            let shares_max = s.shares_max.unwrap_or(base.shares.saturating_mul(cfg.boost)).max(base.shares);
+            let shares_min = s.shares_min.unwrap_or(base.shares / cfg.yield_divisor.max(1)).clamp(2, base.shares);
+            let raised_cap = |cap_max: Option<f64>| -> Option<u64> {
+                match (base.quota_us, cap_max) {
+                    (Some(q), Some(m)) => Some(q.max((m * base.period_us as f64) as u64)),
+                    (q, _) => q,
+                }
+            };
+            let (rule, wanted, why) = if view.critical {
+                let tune = CpuTune { shares: shares_max, quota_us: raised_cap(s.cap_max), ..base };
+                (Rule::Critical, tune, "time-critical: put first".to_string())
+            } else if view.class.is_none() {
+                // What is in place stays: after a restart that is ebb's own
+                // change, known from the journal, neither undone nor redone.
+                (Rule::Restore, current, "learning its activity, no class yet: no change".to_string())
+            } else if gains(view) && conflict {
+                let others: Vec<&str> = contenders.iter().filter(|o| **o != view.vm).map(VmId::as_str).collect();
+                let why = format!(
+                    "cpu-bound, as is {}, on a host whose {} CPUs are all in use ({:.1} busy): raising one would only rob the other, so neither changes",
+                    others.join(", "),
+                    obs.host_cpus,
+                    d.host_cpu
+                );
+                (Rule::Restore, base, why)
+            } else if gains(view) {
+                let tune = CpuTune {
+                    shares: base.shares.saturating_mul(cfg.boost).min(shares_max),
+                    quota_us: raised_cap(s.cap_max),
+                    ..base
+                };
+                let why = match (view.at_cap, d.saturated) {
+                    (true, _) if tune.quota_us == base.quota_us => {
+                        "cpu-bound at its cap; its settings allow no higher cap (cap_max), so only its weight rises"
+                    }
+                    (true, _) => "cpu-bound at its cap: it would gain from a higher cap",
+                    (false, true) => "cpu-bound on a host whose CPUs are all in use: it gains from a higher weight",
+                    (false, false) => "cpu-bound and its vCPUs wait for host CPUs: it gains from a higher weight",
+                };
+                (Rule::Boost, tune, why.to_string())
+            } else if view.class == Some(Class::Idle) {
+                let tune = CpuTune { shares: (base.shares / cfg.yield_divisor.max(1)).max(shares_min), ..base };
+                (Rule::Yield, tune, "idle: its weight is cut until it is busy again".to_string())
+            } else if matches!(view.class, Some(Class::CpuBound | Class::Mixed)) {
+                let why = format!(
+                    "cpu-bound ({:.0}% of its vCPUs) but it gets all the CPU it asks for: more would not help",
+                    view.cpu_use.unwrap_or(0.0) * 100.0
+                );
+                (Rule::Restore, base, why)
+            } else {
+                let class = view.class.map_or("steady", Class::as_str);
+                (Rule::Restore, base, format!("{class}: its own weight and cap"))
+            };
+            view.wanted = Some(wanted);
+            view.why = Some(why.clone());
+            if wanted == current || self.retry_at.get(&view.vm).is_some_and(|t| now < *t) {
+                continue;
+            }
+            let text = format!("{why}{}: {current} → {wanted}", rates_words(view));
+            d.actions.push(Action::SetCpuTune { vm: view.vm.clone(), tune: wanted, reason: Reason::new(rule, text) });
+        }
+        d
+    }
+}
+
+/// " (CPU 97% of its 1 vCPU, waiting 0%)": the numbers behind a change.
+fn rates_words(v: &VmReallocView) -> String {
+    match (v.rates, v.cpu_use) {
+        (Some(r), Some(u)) => format!(
+            " (CPU {:.0}% of its vCPUs, vCPU wait {:.0}%, disk {}/s, network {}/s)",
+            u * 100.0,
+            r.vcpu_wait * 100.0,
+            r.disk,
+            r.net
+        ),
+        _ => String::new(),
+    }
+}
+
+fn state_words(s: VmState) -> &'static str {
+    match s {
+        VmState::Running => "running",
+        VmState::Paused => "paused",
+        VmState::ShutOff => "shut off",
+        VmState::Other => "in another state",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TUNE: CpuTune = CpuTune { shares: 1024, quota_us: None, period_us: 100_000 };
+
+    fn capped(frac: f64) -> CpuTune {
+        CpuTune { quota_us: Some((frac * 100_000.0) as u64), ..TUNE }
+    }
+
+    fn vm(name: &str, vcpus: u32, cpu_time_ns: u64, tune: CpuTune) -> VmObservation {
+        VmObservation {
+            id: VmId::new(name),
+            state: VmState::Running,
+            balloon: None,
+            activity: Some(Activity { cpu_time_ns, vcpus, ..Activity::default() }),
+            persistent: true,
+            managed_save: false,
+            cpu_tune: Some(tune),
+        }
+    }
+
+    fn obs(host_cpus: u32, vms: Vec<VmObservation>) -> Observation {
+        Observation { at: Millis(0), host: HostMemory::default(), host_cpus, vms }
+    }
+
+    /// VMs whose CPU counters run at a given rate, and whose tunes follow
+    /// what the policy sets, as libvirt's would.
+    #[derive(Default)]
+    struct World {
+        tunes: BTreeMap<String, CpuTune>,
+        cpu_ns: BTreeMap<String, u64>,
+        settings: BTreeMap<VmId, ReallocSettings>,
+    }
+
+    impl World {
+        fn with(vms: &[(&str, CpuTune)]) -> World {
+            World { tunes: vms.iter().map(|(n, t)| (n.to_string(), *t)).collect(), ..World::default() }
+        }
+
+        fn tune(&self, name: &str) -> CpuTune {
+            self.tunes[name]
+        }
+
+        /// Ticks every 2 s from `start` for `secs`; `vms` are (name, vCPUs, CPUs' worth used).
+        fn run(&mut self, p: &mut ReallocPolicy, start: u64, secs: u64, host_cpus: u32, vms: &[(&str, u32, f64)]) -> ReallocDecision {
+            let cfg = ReallocConfig::default();
+            let mut last = ReallocDecision::default();
+            for t in (start..=start + secs).step_by(2) {
+                let at = Millis(t * 1000);
+                let o = obs(
+                    host_cpus,
+                    vms.iter()
+                        .map(|(n, c, u)| {
+                            let ns = self.cpu_ns.entry(n.to_string()).or_default();
+                            *ns += (u * 2e9) as u64;
+                            vm(n, *c, *ns, self.tunes[*n])
+                        })
+                        .collect(),
+                );
+                last = p.decide(&o, &self.settings, &cfg, at);
+                for a in &last.actions {
+                    if let Action::SetCpuTune { vm, tune, .. } = a {
+                        self.tunes.insert(vm.0.clone(), *tune);
+                        p.applied(vm, *tune);
+                    }
+                }
+            }
+            last
+        }
+    }
+
+    fn view<'a>(d: &'a ReallocDecision, name: &str) -> &'a VmReallocView {
+        d.views.iter().find(|v| v.vm.as_str() == name).unwrap()
+    }
+
+    #[test]
+    fn busy_at_its_cap_is_raised_idle_yields_and_both_return() {
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("busy", capped(0.3)), ("idle", TUNE)]);
+        w.settings.insert(VmId::new("busy"), ReallocSettings { cap_max: Some(1.0), ..Default::default() });
+        let d = w.run(&mut p, 0, 20, 2, &[("busy", 1, 0.3), ("idle", 1, 0.01)]);
+        assert_eq!(view(&d, "busy").class, Some(Class::CpuBound));
+        assert_eq!(view(&d, "idle").class, Some(Class::Idle));
+        let raised = CpuTune { shares: 4096, quota_us: Some(100_000), period_us: 100_000 };
+        assert_eq!(w.tune("busy"), raised);
+        assert_eq!(w.tune("idle").shares, 256);
+        // Load gone: not before class_after, then both back where they were.
+        let d = w.run(&mut p, 22, 6, 2, &[("busy", 1, 0.01), ("idle", 1, 0.2)]);
+        assert_eq!(w.tune("busy"), raised, "not before class_after");
+        assert_eq!(view(&d, "busy").pending.map(|p| p.0), Some(Class::Idle));
+        w.run(&mut p, 30, 10, 2, &[("busy", 1, 0.01), ("idle", 1, 0.2)]);
+        assert_eq!(w.tune("busy"), CpuTune { shares: 256, ..capped(0.3) }, "its own cap back, an idle weight");
+        assert_eq!(w.tune("idle"), TUNE, "steady again: its own weight");
+    }
+
+    #[test]
+    fn without_cap_max_only_the_weight_rises() {
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("busy", capped(0.3))]);
+        let d = w.run(&mut p, 0, 20, 2, &[("busy", 1, 0.3)]);
+        assert_eq!(w.tune("busy"), CpuTune { shares: 4096, ..capped(0.3) });
+        assert!(view(&d, "busy").why.as_deref().unwrap().contains("cap_max"));
+    }
+
+    #[test]
+    fn two_cpu_bound_on_a_saturated_host_is_a_conflict_and_nothing_changes() {
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("a", TUNE), ("b", TUNE)]);
+        let d = w.run(&mut p, 0, 30, 2, &[("a", 1, 1.0), ("b", 1, 0.95)]);
+        assert!(d.saturated);
+        assert_eq!((w.tune("a"), w.tune("b")), (TUNE, TUNE));
+        let why = view(&d, "a").why.clone().unwrap();
+        assert!(why.contains("as is b") && why.contains("rob"), "{why}");
+        assert!(d.actions.is_empty());
+    }
+
+    #[test]
+    fn one_cpu_bound_with_cpu_to_spare_would_not_gain() {
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("a", TUNE)]);
+        let d = w.run(&mut p, 0, 20, 4, &[("a", 1, 0.97)]);
+        assert_eq!(w.tune("a"), TUNE);
+        assert!(view(&d, "a").why.as_deref().unwrap().contains("would not help"));
+        // At 30% of a whole-vCPU cap it is not at its cap either.
+        let mut w = World::with(&[("a", capped(1.0))]);
+        let d = w.run(&mut ReallocPolicy::new(), 0, 20, 4, &[("a", 1, 0.3)]);
+        assert_eq!(w.tune("a"), capped(1.0));
+        assert_eq!(view(&d, "a").class, Some(Class::Steady));
+    }
+
+    #[test]
+    fn waiting_vcpus_show_contention() {
+        let mut p = ReallocPolicy::new();
+        let cfg = ReallocConfig::default();
+        let mut d = ReallocDecision::default();
+        for t in 0..=10u64 {
+            let mut o = obs(4, vec![vm("a", 1, t * 2_000_000_000 * 95 / 100, TUNE)]);
+            o.vms[0].activity.as_mut().unwrap().vcpu_wait_ns = t * 2_000_000_000 / 5;
+            d = p.decide(&o, &BTreeMap::new(), &cfg, Millis(t * 2000));
+        }
+        assert_eq!(d.actions.len(), 1, "{:?}", d.views);
+        assert!(d.actions[0].reason().text.contains("wait for host CPUs"), "{:?}", d.actions[0]);
+    }
+
+    #[test]
+    fn critical_goes_first_and_back_when_cleared() {
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("c", capped(0.5))]);
+        w.settings.insert(VmId::new("c"), ReallocSettings { critical: true, cap_max: Some(2.0), ..Default::default() });
+        let d = w.run(&mut p, 0, 0, 2, &[("c", 2, 0.2)]);
+        assert_eq!(w.tune("c"), CpuTune { shares: 4096, quota_us: Some(200_000), period_us: 100_000 }, "at once, no class needed");
+        assert_eq!(d.actions[0].reason().rule, Rule::Critical);
+        w.settings.clear();
+        w.run(&mut p, 2, 12, 2, &[("c", 2, 0.2)]);
+        assert_eq!(w.tune("c"), capped(0.5));
+    }
+
+    #[test]
+    fn class_needs_to_hold_and_the_band_stops_flapping() {
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("a", TUNE)]);
+        let d = w.run(&mut p, 0, 6, 1, &[("a", 1, 0.95)]);
+        assert_eq!(view(&d, "a").class, None, "6 s is under class_after");
+        let d = w.run(&mut p, 8, 10, 1, &[("a", 1, 0.95)]);
+        assert_eq!(view(&d, "a").class, Some(Class::CpuBound));
+        // Between the leave and enter thresholds it stays cpu-bound.
+        let d = w.run(&mut p, 20, 30, 1, &[("a", 1, 0.7)]);
+        assert_eq!(view(&d, "a").class, Some(Class::CpuBound));
+        let d = w.run(&mut p, 52, 30, 1, &[("a", 1, 0.5)]);
+        assert_eq!(view(&d, "a").class, Some(Class::Steady));
+    }
+
+    #[test]
+    fn a_change_made_by_someone_else_becomes_the_base() {
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("idle", TUNE)]);
+        w.run(&mut p, 0, 20, 2, &[("idle", 1, 0.0)]);
+        assert_eq!(w.tune("idle").shares, 256);
+        // An operator sets 2000 by hand: taken as its own, then cut from there.
+        w.tunes.insert("idle".into(), CpuTune { shares: 2000, ..TUNE });
+        w.run(&mut p, 22, 0, 2, &[("idle", 1, 0.0)]);
+        assert_eq!(p.tunes(&VmId::new("idle")).unwrap().base.shares, 2000);
+        assert_eq!(w.tune("idle").shares, 500);
+    }
+
+    #[test]
+    fn resumed_tunes_are_not_reapplied_and_a_refusal_waits() {
+        let cfg = ReallocConfig::default();
+        let mine = CpuTune { shares: 256, ..TUNE };
+        let mut p = ReallocPolicy::new();
+        p.resume(VmId::new("idle"), Tunes { base: TUNE, applied: Some(mine) });
+        let d = p.decide(&obs(2, vec![vm("idle", 1, 0, mine)]), &BTreeMap::new(), &cfg, Millis(0));
+        assert_eq!(d.views[0].base, Some(TUNE), "the journal's base, not what it has now");
+        assert!(d.actions.is_empty());
+        // Refused: not retried within the minute.
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("idle", TUNE)]);
+        w.run(&mut p, 0, 8, 2, &[("idle", 1, 0.0)]);
+        let o = || obs(2, vec![vm("idle", 1, 0, TUNE)]);
+        let d = p.decide(&o(), &BTreeMap::new(), &cfg, Millis(12_000));
+        assert_eq!(d.actions.len(), 1);
+        p.failed(&VmId::new("idle"), Millis(12_000));
+        assert!(p.decide(&o(), &BTreeMap::new(), &cfg, Millis(14_000)).actions.is_empty());
+        assert_eq!(p.decide(&o(), &BTreeMap::new(), &cfg, Millis(72_000)).actions.len(), 1);
+    }
+}
