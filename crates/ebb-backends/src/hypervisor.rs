@@ -1,6 +1,6 @@
 //! The `Hypervisor` trait: what the agent needs from whatever runs the VMs.
 
-use ebb_core::{Bytes, Observation, VmId};
+use ebb_core::{Bytes, CpuTune, Observation, VmId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HvError {
@@ -56,6 +56,19 @@ pub trait Hypervisor: Send {
     /// ebb's settings element from the domain's `<metadata>`, as XML text,
     /// or None when the domain carries none.
     fn ebb_metadata(&mut self, vm: &VmId) -> Result<Option<String>, HvError>;
+
+    /// A running domain's live CPU weight and cap (virDomainGetSchedulerParameters).
+    /// One call per VM: read when a VM appears and after a change.
+    fn cpu_tune(&mut self, vm: &VmId) -> Result<CpuTune, HvError> {
+        Err(unsupported("read CPU tune", vm))
+    }
+
+    /// Sets a running domain's live CPU weight and cap; its persistent
+    /// definition is left alone, so a restart brings back its own values.
+    fn set_cpu_tune(&mut self, vm: &VmId, tune: CpuTune) -> Result<(), HvError> {
+        let _ = tune;
+        Err(unsupported("set CPU tune", vm))
+    }
 
     // Sleep and wake (SPEC §2). None of these ever destroys a domain: a
     // failed save leaves the VM running, a failed start leaves the image.

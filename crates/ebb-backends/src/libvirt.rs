@@ -33,7 +33,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use std::fmt::Write as _;
 
-use ebb_core::{Activity, Balloon, Bytes, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState};
+use ebb_core::{Activity, Balloon, Bytes, CpuTune, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState};
 use tracing::{debug, debug_span, warn};
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -76,6 +76,8 @@ pub struct LibvirtHypervisor {
     /// record (NOWAIT) may lack its disk counters for a tick, and a sum that
     /// dropped to zero and came back would look like a burst of I/O.
     last_activity: HashMap<String, Activity>,
+    /// The host's logical CPUs, read once at connect.
+    host_cpus: u32,
 }
 
 /// The bulk call runs with NOWAIT, so a domain busy with another job (a
@@ -100,8 +102,10 @@ impl LibvirtHypervisor {
         // carry them in `HvError` instead.
         virt::error::clear_error_callback();
         let conn = open(uri)?;
-        debug!(uri, "connected to libvirt");
+        let host_cpus = conn.node_info().map(|i| i.cpus).unwrap_or(1);
+        debug!(uri, host_cpus, "connected to libvirt");
         Ok(LibvirtHypervisor {
+            host_cpus,
             uri: uri.to_owned(),
             conn,
             balloons: HashMap::new(),
@@ -284,6 +288,9 @@ struct Fields {
     last_update: Option<u64>,
     oom_kills: Option<u64>,
     cpu_time: Option<u64>,
+    vcpu_current: Option<u64>,
+    /// Summed `vcpu.N.delay`: runnable but not running (steal time).
+    vcpu_delay: Option<u64>,
     net_count: u64,
     block_count: u64,
     /// Sums over devices; None when no device reported the counter.
@@ -313,6 +320,7 @@ impl Fields {
                 "balloon.last-update" => &mut f.last_update,
                 n if OOM_FIELDS.contains(&n) => &mut f.oom_kills,
                 "cpu.time" => &mut f.cpu_time,
+                "vcpu.current" => &mut f.vcpu_current,
                 "net.count" => {
                     f.net_count = value.as_u64().unwrap_or(0);
                     continue;
@@ -327,6 +335,7 @@ impl Fields {
                         Some(("net", "tx.bytes")) => &mut f.net_tx,
                         Some(("block", "rd.bytes")) => &mut f.block_rd,
                         Some(("block", "wr.bytes")) => &mut f.block_wr,
+                        Some(("vcpu", "delay")) => &mut f.vcpu_delay,
                         _ => continue,
                     };
                     if let Some(v) = value.as_u64() {
@@ -354,6 +363,9 @@ impl Fields {
         let (net, block) = (self.net_count, self.block_count);
         Some(Activity {
             cpu_time_ns,
+            // A record without the vCPU group (NOWAIT) keeps the last values.
+            vcpu_wait_ns: self.vcpu_delay.or(last.map(|a| a.vcpu_wait_ns)).unwrap_or(0),
+            vcpus: self.vcpu_current.map(|v| v as u32).or(last.map(|a| a.vcpus)).unwrap_or(0),
             net_rx_bytes: pick(net, self.net_rx, last.map(|a| a.net_rx_bytes)),
             net_tx_bytes: pick(net, self.net_tx, last.map(|a| a.net_tx_bytes)),
             disk_read_bytes: pick(block, self.block_rd, last.map(|a| a.disk_read_bytes)),
@@ -435,7 +447,15 @@ impl Hypervisor for LibvirtHypervisor {
                     Ok(info) => (Bytes::from_kib(info.memory), Bytes::from_kib(info.max_mem)),
                     Err(e) => {
                         debug!(vm = %name, error = %e.message(), "no balloon stats and no domain info");
-                        vms.push(VmObservation { id: VmId::new(name), state, balloon: None, activity, persistent, managed_save });
+                        vms.push(VmObservation {
+                            id: VmId::new(name),
+                            state,
+                            balloon: None,
+                            activity,
+                            persistent,
+                            managed_save,
+                            cpu_tune: None,
+                        });
                         continue;
                     }
                 },
@@ -456,14 +476,14 @@ impl Hypervisor for LibvirtHypervisor {
                 }
             };
             let balloon = self.has_balloon(&rec.dom, &name).then_some(Balloon { current, maximum, stats });
-            vms.push(VmObservation { id: VmId::new(name), state, balloon, activity, persistent, managed_save });
+            vms.push(VmObservation { id: VmId::new(name), state, balloon, activity, persistent, managed_save, cpu_tune: None });
         }
         self.balloons.retain(|uuid, _| seen.contains(uuid));
         self.last_stats.retain(|name, _| vms.iter().any(|v| v.id.as_str() == name));
         self.last_activity.retain(|name, _| vms.iter().any(|v| v.id.as_str() == name));
 
         let host = self.host_memory(guests)?;
-        Ok(Observation { at: Default::default(), host, vms })
+        Ok(Observation { at: Default::default(), host, host_cpus: self.host_cpus, vms })
     }
 
     fn set_memory(&mut self, vm: &VmId, target: Bytes) -> Result<(), HvError> {
@@ -500,6 +520,43 @@ impl Hypervisor for LibvirtHypervisor {
             Err(e) if code_is(&e, ErrorNumber::NoDomainMetadata) => Ok(None),
             Err(e) => Err(self.vm_error("read metadata", vm, e)),
         }
+    }
+
+    fn cpu_tune(&mut self, vm: &VmId) -> Result<CpuTune, HvError> {
+        let _span = debug_span!("cpu_tune", vm = %vm).entered();
+        let dom = self.lookup("read CPU tune", vm)?;
+        let info = dom
+            .scheduler_parameters_flags(virt_sys::VIR_DOMAIN_AFFECT_LIVE)
+            .map_err(|e| self.vm_error("read CPU tune", vm, e))?;
+        let shares = info.cpu_shares.ok_or_else(|| HvError::Operation {
+            op: "read CPU tune",
+            vm: vm.clone(),
+            detail: format!("the {} scheduler has no cpu_shares", info.scheduler_type),
+        })?;
+        Ok(CpuTune {
+            shares,
+            // Zero or negative: no cap.
+            quota_us: info.vcpu_bw.quota.and_then(|q| u64::try_from(q).ok()).filter(|q| *q > 0),
+            period_us: info.vcpu_bw.period.unwrap_or(100_000),
+        })
+    }
+
+    fn set_cpu_tune(&mut self, vm: &VmId, tune: CpuTune) -> Result<(), HvError> {
+        let _span = debug_span!("set_cpu_tune", vm = %vm, %tune).entered();
+        let dom = self.lookup("set CPU tune", vm)?;
+        let (scheduler_type, _) = dom.scheduler_type().map_err(|e| self.vm_error("set CPU tune", vm, e))?;
+        let info = virt::domain::SchedulerInfo {
+            scheduler_type,
+            cpu_shares: Some(tune.shares),
+            vcpu_bw: virt::domain::SchedBandwidth {
+                period: Some(tune.period_us),
+                // libvirt takes -1 for "no cap" (0 would mean "unchanged").
+                quota: Some(tune.quota_us.map_or(-1, |q| q.min(i64::MAX as u64) as i64)),
+            },
+            ..Default::default()
+        };
+        dom.set_scheduler_parameters_flags(&info, virt_sys::VIR_DOMAIN_AFFECT_LIVE)
+            .map_err(|e| self.vm_error("set CPU tune", vm, e))
     }
 
     fn save(&mut self, vm: &VmId) -> Result<(), HvError> {
@@ -763,11 +820,23 @@ mod tests {
             p("block.0.rd.bytes", 4096),
             p("block.0.wr.bytes", 512),
             p("block.0.rd.reqs", 8),
+            p("vcpu.current", 2),
+            p("vcpu.0.delay", 1000),
+            p("vcpu.1.delay", 500),
+            p("vcpu.0.wait", 77),
         ];
         let a = Fields::parse(&params).activity(None).expect("activity");
         assert_eq!(
             a,
-            Activity { cpu_time_ns: 7_000_000, net_rx_bytes: 300, net_tx_bytes: 30, disk_read_bytes: 4096, disk_write_bytes: 512 }
+            Activity {
+                cpu_time_ns: 7_000_000,
+                vcpu_wait_ns: 1500,
+                vcpus: 2,
+                net_rx_bytes: 300,
+                net_tx_bytes: 30,
+                disk_read_bytes: 4096,
+                disk_write_bytes: 512
+            }
         );
         // A busy domain under NOWAIT: the disk has no counters this tick, and
         // the last sums stand in rather than dropping to zero.
@@ -775,7 +844,11 @@ mod tests {
         assert_eq!(Fields::parse(&params).activity(Some(&a)).unwrap().disk_read_bytes, 4096);
         // No devices at all: zero, not the last.
         let bare = [p("cpu.time", 1), p("net.count", 0), p("block.count", 0)];
-        assert_eq!(Fields::parse(&bare).activity(Some(&a)).unwrap(), Activity { cpu_time_ns: 1, ..Activity::default() });
+        assert_eq!(
+            Fields::parse(&bare).activity(Some(&a)).unwrap(),
+            Activity { cpu_time_ns: 1, vcpu_wait_ns: 1500, vcpus: 2, ..Activity::default() },
+            "a record without the vCPU group keeps the last vCPU figures"
+        );
         // No cpu.time: no counters from this driver.
         assert_eq!(Fields::parse(&[p("state.state", 1)]).activity(None), None);
         assert_eq!(device_counter("net.12.tx.bytes"), Some(("net", "tx.bytes")));

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ebb_core::{Activity, Balloon, Bytes, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState, GIB, MIB};
+use ebb_core::{Activity, Balloon, Bytes, CpuTune, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState, GIB, MIB};
 
 use crate::{HvError, Hypervisor};
 
@@ -48,9 +48,13 @@ pub struct SimVm {
     pub metadata: Option<String>,
     /// Has a persistent definition: only such a VM can be saved.
     pub persistent: bool,
-    /// CPU use while running, as a fraction of one vCPU: `advance` adds it to
-    /// the VM's CPU time.
+    /// CPU the guest asks for while running, in vCPUs' worth: `advance`
+    /// adds what its cap lets it run to its CPU time, the rest to its
+    /// vCPUs' wait (as a throttled thread's run delay on Linux).
     pub cpu_load: f64,
+    pub vcpus: u32,
+    /// Its live CPU weight and cap.
+    pub cpu_tune: CpuTune,
 }
 
 impl SimVm {
@@ -70,6 +74,8 @@ impl SimVm {
             metadata: None,
             persistent: true,
             cpu_load: 0.0,
+            vcpus: 1,
+            cpu_tune: CpuTune { shares: 1024, quota_us: None, period_us: 100_000 },
         }
     }
 }
@@ -195,6 +201,8 @@ impl Guest {
             activity: active.then_some(self.activity),
             persistent: v.persistent,
             managed_save: self.managed_save,
+            // Read with `cpu_tune`, as from libvirt.
+            cpu_tune: None,
         }
     }
 }
@@ -426,7 +434,12 @@ impl SimHypervisor {
                 ran_ms = now_ms - at;
             }
             if g.vm.state == VmState::Running {
-                g.activity.cpu_time_ns += (g.vm.cpu_load * ran_ms as f64 * 1e6) as u64;
+                let vcpus = f64::from(g.vm.vcpus.max(1));
+                let allowed = g.vm.cpu_tune.cap().map_or(vcpus, |c| c * vcpus);
+                let ran = g.vm.cpu_load.min(allowed).min(vcpus);
+                g.activity.cpu_time_ns += (ran * ran_ms as f64 * 1e6) as u64;
+                g.activity.vcpu_wait_ns += ((g.vm.cpu_load.min(vcpus) - ran) * ran_ms as f64 * 1e6) as u64;
+                g.activity.vcpus = g.vm.vcpus;
             }
             if g.vm.state != VmState::Running || !g.vm.has_balloon || g.stalled {
                 continue;
@@ -470,7 +483,7 @@ impl Hypervisor for SimHypervisor {
             .sum();
         let host = HostMemory { total: w.host_total, available: w.host_total - w.host_used - guests };
         let vms = w.guests.values().map(|g| g.observe(w.now_ms)).collect();
-        Ok(Observation { at: Default::default(), host, vms })
+        Ok(Observation { at: Default::default(), host, host_cpus: 2, vms })
     }
 
     fn set_memory(&mut self, vm: &VmId, target: Bytes) -> Result<(), HvError> {
@@ -504,6 +517,23 @@ impl Hypervisor for SimHypervisor {
         Self::gate(&mut w)?;
         let g = w.guests.get(vm).ok_or_else(|| HvError::NoSuchVm(vm.clone()))?;
         Ok(g.vm.metadata.clone())
+    }
+
+    fn cpu_tune(&mut self, vm: &VmId) -> Result<CpuTune, HvError> {
+        let mut w = self.world();
+        Self::gate(&mut w)?;
+        let g = w.guests.get(vm).ok_or_else(|| HvError::NoSuchVm(vm.clone()))?;
+        Ok(g.vm.cpu_tune)
+    }
+
+    fn set_cpu_tune(&mut self, vm: &VmId, tune: CpuTune) -> Result<(), HvError> {
+        self.guest_op("set CPU tune", vm, |g, _| {
+            if g.vm.state != VmState::Running {
+                return Err(Op::Failed("domain is not running".into()));
+            }
+            g.vm.cpu_tune = tune;
+            Ok(())
+        })
     }
 
     fn save(&mut self, vm: &VmId) -> Result<(), HvError> {

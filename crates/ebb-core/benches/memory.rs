@@ -1,8 +1,10 @@
-//! How long one memory-policy tick takes on a big host: decide() runs on the
-//! agent's single actor every tick, so it must stay far below the tick period.
-//! Plain `Instant`, no criterion: the figure is for people, not a gate.
+//! How long one tick's decisions take on a big host: the memory policy and
+//! the reallocation policy run on the agent's single actor every tick, so
+//! together they must stay far below the tick period. Plain `Instant`, no
+//! criterion: the figures are for people, not a gate.
 
 use ebb_core::memory::{MemoryConfig, MemoryPolicy};
+use ebb_core::realloc::{ReallocConfig, ReallocPolicy, ReallocSettings};
 use ebb_core::*;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -23,6 +25,9 @@ struct World {
     obs: Observation,
     settings: BTreeMap<VmId, VmSettings>,
     cfg: MemoryConfig,
+    /// Each VM's CPU demand in vCPUs' worth: a quarter idle, some busy.
+    loads: Vec<f64>,
+    realloc_settings: BTreeMap<VmId, ReallocSettings>,
 }
 
 fn world(n: usize) -> World {
@@ -52,25 +57,48 @@ fn world(n: usize) -> World {
                     ..GuestMemStats::default()
                 }),
             }),
-            activity: None,
+            activity: Some(Activity { vcpus: 1 + rng.below(4) as u32, ..Activity::default() }),
             persistent: true,
             managed_save: false,
+            cpu_tune: Some(CpuTune {
+                shares: 1024,
+                quota_us: (rng.below(4) == 0).then_some(50_000),
+                period_us: 100_000,
+            }),
         });
     }
     // Overcommitted by a third, so the water-fill has real work every tick.
     let pool = total.scale(0.75);
     let cfg = MemoryConfig { pool: Some(pool), ..MemoryConfig::default() };
     let host = HostMemory { total: pool + cfg.host_reserve, available: cfg.host_reserve };
-    World { obs: Observation { at: Millis(0), host, vms }, settings, cfg }
+    let loads = (0..n).map(|_| [0.0, 0.3, 0.9, 2.0][rng.below(4) as usize]).collect();
+    let realloc_settings = vms.iter().map(|v| (v.id.clone(), ReallocSettings { cap_max: Some(1.0), ..Default::default() })).collect();
+    World { obs: Observation { at: Millis(0), host, host_cpus: 64, vms }, settings, cfg, loads, realloc_settings }
 }
 
 /// Lands every target on the next tick and nudges some guests' use, so the
 /// policy keeps deciding rather than replaying a settled world.
 fn step_world(w: &mut World, actions: &[Action], rng: &mut Lcg) {
     let mut targets: BTreeMap<&VmId, Bytes> = BTreeMap::new();
+    let mut tunes: BTreeMap<&VmId, CpuTune> = BTreeMap::new();
     for a in actions {
-        let Action::SetBalloonTarget { vm, target, .. } = a else { continue };
-        targets.insert(vm, *target);
+        match a {
+            Action::SetBalloonTarget { vm, target, .. } => {
+                targets.insert(vm, *target);
+            }
+            Action::SetCpuTune { vm, tune, .. } => {
+                tunes.insert(vm, *tune);
+            }
+            _ => {}
+        }
+    }
+    for (v, load) in w.obs.vms.iter_mut().zip(&w.loads) {
+        if let Some(t) = tunes.get(&v.id) {
+            v.cpu_tune = Some(*t);
+        }
+        if let Some(a) = v.activity.as_mut() {
+            a.cpu_time_ns += (load.min(f64::from(a.vcpus)) * 1e9) as u64;
+        }
     }
     let landed: Vec<(usize, Bytes)> = w
         .obs
@@ -110,34 +138,49 @@ fn step_world(w: &mut World, actions: &[Action], rng: &mut Lcg) {
 
 fn measure(n: usize, ticks: usize) {
     let mut w = world(n);
-    let mut policy = MemoryPolicy::new();
+    let mut memory = MemoryPolicy::new();
+    let mut realloc = ReallocPolicy::new();
+    let realloc_cfg = ReallocConfig::default();
     let mut rng = Lcg(7);
     let mut now = Millis(1_000_000);
-    // Warm the state: first ticks set every VM's first target.
+    let mut tick = |w: &mut World, now: Millis, rng: &mut Lcg| {
+        w.obs.at = now;
+        let t0 = Instant::now();
+        let mut d = memory.decide(&w.obs, &w.settings, &w.cfg, now).actions;
+        let t1 = Instant::now();
+        let r = realloc.decide(&w.obs, &w.realloc_settings, &realloc_cfg, now);
+        let t2 = Instant::now();
+        let counts = (d.len(), r.actions.len());
+        d.extend(r.actions);
+        step_world(w, &d, rng);
+        ((t1 - t0).as_secs_f64() * 1e3, (t2 - t1).as_secs_f64() * 1e3, counts)
+    };
+    // Warm the state: first ticks set every VM's first target and class.
     for _ in 0..20 {
         now = now.plus(1_000);
-        w.obs.at = now;
-        let d = policy.decide(&w.obs, &w.settings, &w.cfg, now);
-        step_world(&mut w, &d.actions, &mut rng);
+        tick(&mut w, now, &mut rng);
     }
-    let mut times = Vec::with_capacity(ticks);
-    let mut actions = 0usize;
+    let (mut mem, mut re, mut both) = (vec![], vec![], vec![]);
+    let (mut mem_actions, mut re_actions) = (0, 0);
     for _ in 0..ticks {
         now = now.plus(1_000);
-        w.obs.at = now;
-        let start = Instant::now();
-        let d = policy.decide(&w.obs, &w.settings, &w.cfg, now);
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-        actions += d.actions.len();
-        step_world(&mut w, &d.actions, &mut rng);
+        let (m, r, (ma, ra)) = tick(&mut w, now, &mut rng);
+        mem.push(m);
+        re.push(r);
+        both.push(m + r);
+        mem_actions += ma;
+        re_actions += ra;
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
-    println!(
-        "memory policy, {n} VMs: median {median:.2} ms, p99 {p99:.2} ms (target < 5 ms); {:.0} actions per tick",
-        actions as f64 / ticks as f64
-    );
+    let stats = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[(v.len() * 99 / 100).min(v.len() - 1)])
+    };
+    let per_tick = |a: usize| a as f64 / ticks as f64;
+    let ((mm, mp), (rm, rp), (bm, bp)) = (stats(&mut mem), stats(&mut re), stats(&mut both));
+    println!("{n} VMs per tick:");
+    println!("  memory policy: median {mm:.2} ms, p99 {mp:.2} ms; {:.0} actions", per_tick(mem_actions));
+    println!("  reallocation:  median {rm:.2} ms, p99 {rp:.2} ms; {:.0} actions", per_tick(re_actions));
+    println!("  together:      median {bm:.2} ms, p99 {bp:.2} ms (target < 5 ms)");
 }
 
 fn main() {

@@ -145,6 +145,73 @@ impl Bound {
     }
 }
 
+/// Why a VM has the tune it has. Kept as data and put in words only when
+/// shown: formatting 10,000 sentences a tick would cost more than deciding.
+/// Crosses the API as its text.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Why {
+    Critical,
+    Learning,
+    /// Bound on the CPU with others on a saturated host.
+    Conflict { others: Vec<VmId>, more: bool, host_cpus: u32, busy: f64 },
+    AtCapNoCapMax,
+    AtCap,
+    Saturated,
+    Waiting,
+    Idle,
+    /// Cpu-bound but nothing holds it back.
+    NoGain { cpu_use: f64 },
+    Own(Class),
+    /// As read back from the API.
+    Text(String),
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Why::Critical => f.write_str("time-critical: put first"),
+            Why::Learning => f.write_str("learning its activity, no class yet: no change"),
+            Why::Conflict { others, more, host_cpus, busy } => {
+                let mut names: Vec<&str> = others.iter().map(VmId::as_str).collect();
+                if *more {
+                    names.push("others");
+                }
+                write!(
+                    f,
+                    "cpu-bound, as is {}, on a host whose {host_cpus} CPUs are all in use ({busy:.1} busy): raising one would only rob the other, so neither changes",
+                    names.join(", ")
+                )
+            }
+            Why::AtCapNoCapMax => {
+                f.write_str("cpu-bound at its cap; its settings allow no higher cap (cap_max), so only its weight rises")
+            }
+            Why::AtCap => f.write_str("cpu-bound at its cap: it would gain from a higher cap"),
+            Why::Saturated => f.write_str("cpu-bound on a host whose CPUs are all in use: it gains from a higher weight"),
+            Why::Waiting => f.write_str("cpu-bound and its vCPUs wait for host CPUs: it gains from a higher weight"),
+            Why::Idle => f.write_str("idle: its weight is cut until it is busy again"),
+            Why::NoGain { cpu_use } => write!(
+                f,
+                "cpu-bound ({:.0}% of its vCPUs) but it gets all the CPU it asks for: more would not help",
+                cpu_use * 100.0
+            ),
+            Why::Own(class) => write!(f, "{}: its own weight and cap", class.as_str()),
+            Why::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl Serialize for Why {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Why {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Why, D::Error> {
+        String::deserialize(d).map(Why::Text)
+    }
+}
+
 /// One VM as the reallocation policy sees it, for `ebb vms` and `explain`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VmReallocView {
@@ -158,6 +225,8 @@ pub struct VmReallocView {
     /// CPU use as a fraction of its vCPUs.
     pub cpu_use: Option<f64>,
     pub at_cap: bool,
+    /// Bound on the CPU, and more CPU would help it (held like its class).
+    pub gains: bool,
     pub critical: bool,
     /// Its own CPU tune, as found before ebb changed it.
     pub base: Option<CpuTune>,
@@ -165,8 +234,8 @@ pub struct VmReallocView {
     pub current: Option<CpuTune>,
     /// What ebb wants it to have.
     pub wanted: Option<CpuTune>,
-    /// Why it has what it has, in words.
-    pub why: Option<String>,
+    /// Why it has what it has; in words through `Display`.
+    pub why: Option<Why>,
     /// Why ebb leaves it alone this tick.
     pub skipped: Option<String>,
 }
@@ -181,6 +250,7 @@ impl VmReallocView {
             rates: None,
             cpu_use: None,
             at_cap: false,
+            gains: false,
             critical: false,
             base: None,
             current: None,
@@ -243,6 +313,8 @@ impl<T: Copy + PartialEq> Held<T> {
 
 #[derive(Clone, Debug)]
 struct Track {
+    /// The tick that last saw it running: tracks not seen this tick go.
+    seen: Millis,
     last: (Millis, Activity),
     rates: Option<ActivityRates>,
     bound: Bound,
@@ -253,7 +325,14 @@ struct Track {
 
 impl Track {
     fn fresh(at: Millis, activity: Activity) -> Track {
-        Track { last: (at, activity), rates: None, bound: Bound::default(), class: Held::default(), gains: Held::default() }
+        Track {
+            seen: at,
+            last: (at, activity),
+            rates: None,
+            bound: Bound::default(),
+            class: Held::default(),
+            gains: Held::default(),
+        }
     }
 }
 
@@ -261,12 +340,20 @@ impl Track {
 /// per VM its tunes.
 #[derive(Debug, Default)]
 pub struct ReallocPolicy {
-    tracks: HashMap<VmId, Track>,
-    tunes: HashMap<VmId, Tunes>,
+    vms: HashMap<VmId, PerVm>,
     /// Whether the VMs saturate the host's CPUs, held like a class.
     saturated: Held<bool>,
     /// A change libvirt refused is not retried before this time.
     retry_at: HashMap<VmId, Millis>,
+}
+
+/// One map entry per VM, so a tick looks each VM up once.
+#[derive(Debug, Default)]
+struct PerVm {
+    /// While it runs.
+    track: Option<Track>,
+    /// Kept while it is off too: a restart brings its own values back.
+    tunes: Option<Tunes>,
 }
 
 /// How long a refused change waits before it is tried again.
@@ -279,16 +366,16 @@ impl ReallocPolicy {
 
     /// Tunes remembered from the journal, before the first tick.
     pub fn resume(&mut self, vm: VmId, tunes: Tunes) {
-        self.tunes.insert(vm, tunes);
+        self.vms.entry(vm).or_default().tunes = Some(tunes);
     }
 
     pub fn tunes(&self, vm: &VmId) -> Option<Tunes> {
-        self.tunes.get(vm).copied()
+        self.vms.get(vm).and_then(|p| p.tunes)
     }
 
     /// The edge carried a `SetCpuTune` out.
     pub fn applied(&mut self, vm: &VmId, tune: CpuTune) {
-        if let Some(t) = self.tunes.get_mut(vm) {
+        if let Some(t) = self.vms.get_mut(vm).and_then(|p| p.tunes.as_mut()) {
             t.applied = (tune != t.base).then_some(tune);
         }
         self.retry_at.remove(vm);
@@ -309,11 +396,14 @@ impl ReallocPolicy {
     ) -> ReallocDecision {
         let defaults = ReallocSettings::default();
         let mut d = ReallocDecision::default();
-        let mut running = Vec::with_capacity(obs.vms.len());
 
         // Read: rates, bound, class, and whose tunes changed behind ebb.
+        // Each VM's settings, looked up once (a string-keyed map is the
+        // dearest part of a tick at 10,000 VMs).
+        let mut own: Vec<&ReallocSettings> = Vec::with_capacity(obs.vms.len());
         for v in &obs.vms {
             let s = settings.get(&v.id).unwrap_or(&defaults);
+            own.push(s);
             let mut view = VmReallocView::new(v.id.clone());
             view.critical = s.critical;
             view.current = v.cpu_tune;
@@ -326,8 +416,13 @@ impl ReallocPolicy {
                 d.views.push(view);
                 continue;
             };
-            running.push(v.id.clone());
-            let track = self.tracks.entry(v.id.clone()).or_insert_with(|| Track::fresh(now, activity));
+            // No key clone per VM per tick, only for a new one.
+            if !self.vms.contains_key(&v.id) {
+                self.vms.insert(v.id.clone(), PerVm::default());
+            }
+            let per = self.vms.get_mut(&v.id).expect("just inserted");
+            let track = per.track.get_or_insert_with(|| Track::fresh(now, activity));
+            track.seen = now;
             if let Some(r) = ActivityRates::between(track.last.0, &track.last.1, now, &activity) {
                 track.rates = Some(r);
             } else if activity.went_back(&track.last.1) {
@@ -336,7 +431,7 @@ impl ReallocPolicy {
             }
             track.last = (now, activity);
 
-            let tunes = self.tunes.entry(v.id.clone()).or_insert(Tunes { base: current, applied: None });
+            let tunes = per.tunes.get_or_insert(Tunes { base: current, applied: None });
             let expected = tunes.applied.unwrap_or(tunes.base);
             if current != expected {
                 // Changed by someone else (or the VM restarted with its
@@ -362,7 +457,13 @@ impl ReallocPolicy {
                 view.at_cap = at_cap;
                 view.bound = bound;
                 d.host_cpu += r.cpu;
+                // Against the last tick's saturation: it is held for
+                // class_after anyway, and this keeps one pass over the VMs.
+                let waits = r.vcpu_wait >= cfg.wait_contended;
+                let saturated = self.saturated.value == Some(true);
+                track.gains.see(bound.cpu && (at_cap || waits || saturated), now, cfg.class_after_ms);
             }
+            view.gains = matches!(track.class.value, Some(Class::CpuBound | Class::Mixed)) && track.gains.value == Some(true);
             view.class = track.class.value;
             view.pending = track.class.pending;
             if s.disabled {
@@ -370,23 +471,18 @@ impl ReallocPolicy {
             }
             d.views.push(view);
         }
-        running.sort();
-        self.tracks.retain(|id, _| running.binary_search(id).is_ok());
+        for per in self.vms.values_mut() {
+            if per.track.as_ref().is_some_and(|t| t.seen != now) {
+                per.track = None;
+            }
+        }
+        self.vms.retain(|_, p| p.track.is_some() || p.tunes.is_some());
         let host_cpus = f64::from(obs.host_cpus.max(1));
         self.saturated.see(d.host_cpu >= cfg.saturated * host_cpus, now, cfg.class_after_ms);
         d.saturated = self.saturated.value == Some(true);
 
         // Who is bound on the CPU and would gain from more of it.
-        for v in d.views.iter().filter(|v| v.rates.is_some()) {
-            let Some(track) = self.tracks.get_mut(&v.vm) else { continue };
-            let waits = v.rates.is_some_and(|r| r.vcpu_wait >= cfg.wait_contended);
-            track.gains.see(v.bound.cpu && (v.at_cap || waits || d.saturated), now, cfg.class_after_ms);
-        }
-        let tracks = &self.tracks;
-        let gains = |v: &VmReallocView| {
-            matches!(v.class, Some(Class::CpuBound | Class::Mixed))
-                && tracks.get(&v.vm).is_some_and(|t| t.gains.value == Some(true))
-        };
+        let gains = |v: &VmReallocView| v.gains;
         let contenders: Vec<VmId> = d
             .views
             .iter()
@@ -396,9 +492,8 @@ impl ReallocPolicy {
         let conflict = d.saturated && contenders.len() >= 2;
 
         // Decide each VM's tune.
-        for view in d.views.iter_mut().filter(|v| v.skipped.is_none()) {
+        for (view, s) in d.views.iter_mut().zip(own).filter(|(v, _)| v.skipped.is_none()) {
             let (Some(base), Some(current)) = (view.base, view.current) else { continue };
-            let s = settings.get(&view.vm).unwrap_or(&defaults);
             let shares_max = s.shares_max.unwrap_or(base.shares.saturating_mul(cfg.boost)).max(base.shares);
             let shares_min = s.shares_min.unwrap_or(base.shares / cfg.yield_divisor.max(1)).clamp(2, base.shares);
             let raised_cap = |cap_max: Option<f64>| -> Option<u64> {
@@ -409,19 +504,15 @@ impl ReallocPolicy {
             };
             let (rule, wanted, why) = if view.critical {
                 let tune = CpuTune { shares: shares_max, quota_us: raised_cap(s.cap_max), ..base };
-                (Rule::Critical, tune, "time-critical: put first".to_string())
+                (Rule::Critical, tune, Why::Critical)
             } else if view.class.is_none() {
                 // What is in place stays: after a restart that is ebb's own
                 // change, known from the journal, neither undone nor redone.
-                (Rule::Restore, current, "learning its activity, no class yet: no change".to_string())
+                (Rule::Restore, current, Why::Learning)
             } else if gains(view) && conflict {
-                let others: Vec<&str> = contenders.iter().filter(|o| **o != view.vm).map(VmId::as_str).collect();
-                let why = format!(
-                    "cpu-bound, as is {}, on a host whose {} CPUs are all in use ({:.1} busy): raising one would only rob the other, so neither changes",
-                    others.join(", "),
-                    obs.host_cpus,
-                    d.host_cpu
-                );
+                // Named up to three: thousands of contenders must not cost n².
+                let others: Vec<VmId> = contenders.iter().filter(|o| **o != view.vm).take(3).cloned().collect();
+                let why = Why::Conflict { others, more: contenders.len() > 4, host_cpus: obs.host_cpus, busy: d.host_cpu };
                 (Rule::Restore, base, why)
             } else if gains(view) {
                 let tune = CpuTune {
@@ -430,33 +521,27 @@ impl ReallocPolicy {
                     ..base
                 };
                 let why = match (view.at_cap, d.saturated) {
-                    (true, _) if tune.quota_us == base.quota_us => {
-                        "cpu-bound at its cap; its settings allow no higher cap (cap_max), so only its weight rises"
-                    }
-                    (true, _) => "cpu-bound at its cap: it would gain from a higher cap",
-                    (false, true) => "cpu-bound on a host whose CPUs are all in use: it gains from a higher weight",
-                    (false, false) => "cpu-bound and its vCPUs wait for host CPUs: it gains from a higher weight",
+                    (true, _) if tune.quota_us == base.quota_us => Why::AtCapNoCapMax,
+                    (true, _) => Why::AtCap,
+                    (false, true) => Why::Saturated,
+                    (false, false) => Why::Waiting,
                 };
-                (Rule::Boost, tune, why.to_string())
+                (Rule::Boost, tune, why)
             } else if view.class == Some(Class::Idle) {
                 let tune = CpuTune { shares: (base.shares / cfg.yield_divisor.max(1)).max(shares_min), ..base };
-                (Rule::Yield, tune, "idle: its weight is cut until it is busy again".to_string())
+                (Rule::Yield, tune, Why::Idle)
             } else if matches!(view.class, Some(Class::CpuBound | Class::Mixed)) {
-                let why = format!(
-                    "cpu-bound ({:.0}% of its vCPUs) but it gets all the CPU it asks for: more would not help",
-                    view.cpu_use.unwrap_or(0.0) * 100.0
-                );
-                (Rule::Restore, base, why)
+                (Rule::Restore, base, Why::NoGain { cpu_use: view.cpu_use.unwrap_or(0.0) })
             } else {
-                let class = view.class.map_or("steady", Class::as_str);
-                (Rule::Restore, base, format!("{class}: its own weight and cap"))
+                (Rule::Restore, base, Why::Own(view.class.unwrap_or(Class::Steady)))
             };
             view.wanted = Some(wanted);
-            view.why = Some(why.clone());
             if wanted == current || self.retry_at.get(&view.vm).is_some_and(|t| now < *t) {
+                view.why = Some(why);
                 continue;
             }
             let text = format!("{why}{}: {current} → {wanted}", rates_words(view));
+            view.why = Some(why);
             d.actions.push(Action::SetCpuTune { vm: view.vm.clone(), tune: wanted, reason: Reason::new(rule, text) });
         }
         d
@@ -588,7 +673,7 @@ mod tests {
         let mut w = World::with(&[("busy", capped(0.3))]);
         let d = w.run(&mut p, 0, 20, 2, &[("busy", 1, 0.3)]);
         assert_eq!(w.tune("busy"), CpuTune { shares: 4096, ..capped(0.3) });
-        assert!(view(&d, "busy").why.as_deref().unwrap().contains("cap_max"));
+        assert!(view(&d, "busy").why.as_ref().unwrap().to_string().contains("cap_max"));
     }
 
     #[test]
@@ -598,7 +683,7 @@ mod tests {
         let d = w.run(&mut p, 0, 30, 2, &[("a", 1, 1.0), ("b", 1, 0.95)]);
         assert!(d.saturated);
         assert_eq!((w.tune("a"), w.tune("b")), (TUNE, TUNE));
-        let why = view(&d, "a").why.clone().unwrap();
+        let why = view(&d, "a").why.as_ref().unwrap().to_string();
         assert!(why.contains("as is b") && why.contains("rob"), "{why}");
         assert!(d.actions.is_empty());
     }
@@ -609,7 +694,7 @@ mod tests {
         let mut w = World::with(&[("a", TUNE)]);
         let d = w.run(&mut p, 0, 20, 4, &[("a", 1, 0.97)]);
         assert_eq!(w.tune("a"), TUNE);
-        assert!(view(&d, "a").why.as_deref().unwrap().contains("would not help"));
+        assert!(view(&d, "a").why.as_ref().unwrap().to_string().contains("would not help"));
         // At 30% of a whole-vCPU cap it is not at its cap either.
         let mut w = World::with(&[("a", capped(1.0))]);
         let d = w.run(&mut ReallocPolicy::new(), 0, 20, 4, &[("a", 1, 0.3)]);

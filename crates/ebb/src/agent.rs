@@ -10,9 +10,10 @@ use crate::journal::{Entry, Journal};
 use crate::settings::{self, MetadataSettings, Resolved};
 use ebb_backends::{HvError, Hypervisor};
 use ebb_core::memory::{MemoryConfig, MemoryDecision, MemoryPolicy, VmMemoryView};
+use ebb_core::realloc::{ReallocConfig, ReallocDecision, ReallocPolicy, ReallocSettings, Tunes, VmReallocView};
 use ebb_core::sleep::{SleepDecision, SleepPolicy, SleepSettings, SurrogateTraffic, VmIdleView};
 use ebb_surrogate::{Surrogate, SurrogateEvent, VmPower};
-use ebb_core::{Action, Bytes, Millis, Observation, Reason, Rule, SleepMode, VmId, VmState};
+use ebb_core::{Action, Bytes, CpuTune, Millis, Observation, Reason, Rule, SleepMode, VmId, VmState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,11 +27,16 @@ pub type Connector = Box<dyn Fn(&str) -> Result<Box<dyn Hypervisor>, HvError> + 
 pub enum Command {
     Sleep { vm: VmId, reply: oneshot::Sender<Result<String, String>> },
     Wake { vm: VmId, reply: oneshot::Sender<Result<String, String>> },
+    /// Sets or clears a VM's time-critical flag.
+    Critical { vm: VmId, on: bool, reply: oneshot::Sender<Result<String, String>> },
 }
 
 /// How often a domain's `<metadata>` is re-read (it rarely changes, and
 /// reading it is one call per VM, unlike the bulk stats).
 const METADATA_REFRESH: Duration = Duration::from_secs(30);
+/// How often a running domain's CPU tune is re-read, to notice a change
+/// made with `virsh schedinfo` (ebb's own changes update it at once).
+const TUNE_REFRESH: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -66,6 +72,14 @@ pub struct Agent {
     /// Each VM's sleep settings from the last tick (config or metadata);
     /// VMs that never sleep are absent.
     sleep_settings: BTreeMap<VmId, SleepSettings>,
+    realloc: ReallocPolicy,
+    realloc_cfg: ReallocConfig,
+    /// Each running VM's live CPU tune and when it was read.
+    cpu_tunes: HashMap<VmId, (CpuTune, Millis)>,
+    /// The tunes as last written to the journal, to write only changes.
+    saved_tunes: HashMap<VmId, Tunes>,
+    /// `ebb critical` flags (journaled); they override the config's.
+    critical: BTreeMap<VmId, bool>,
     commands: mpsc::Receiver<Command>,
     /// Stands in for the VMs' declared services (`[[vm.NAME.service]]`).
     surrogate: Surrogate,
@@ -109,6 +123,21 @@ impl Agent {
             }
             Err(e) => warn!("could not resume memory state from the journal: {e}"),
         }
+        let mut realloc = ReallocPolicy::new();
+        let mut saved_tunes = HashMap::new();
+        match journal.cpu_tunes() {
+            Ok(list) => {
+                for (vm, tunes) in list {
+                    saved_tunes.insert(vm.clone(), tunes);
+                    realloc.resume(vm, tunes);
+                }
+            }
+            Err(e) => warn!("could not resume CPU tunes from the journal: {e}"),
+        }
+        let critical = journal.critical().unwrap_or_else(|e| {
+            warn!("could not read the critical flags from the journal: {e}");
+            vec![]
+        });
         let connection = Connection::Disconnected {
             since: started_at,
             error: "not connected yet".into(),
@@ -129,6 +158,11 @@ impl Agent {
             in_flight: Vec::new(),
             sleep_policy: SleepPolicy::new(),
             sleep_settings: BTreeMap::new(),
+            realloc,
+            realloc_cfg: cfg.realloc.policy_config(),
+            cpu_tunes: HashMap::new(),
+            saved_tunes,
+            critical: critical.into_iter().collect(),
             sleeping,
             commands,
             surrogate,
@@ -263,6 +297,7 @@ impl Agent {
             return false;
         }
         let needs_metadata = self.metadata_due(at);
+        let needs_tune = self.tune_due(at);
         let filter = self.cfg.agent.clone();
         let in_flight = self.in_flight.clone();
         let Some(result) = self
@@ -283,13 +318,20 @@ impl Agent {
                     let m = hv.ebb_metadata(&id);
                     (id, m)
                 });
-                Ok::<_, HvError>((obs, metadata.collect::<Vec<_>>()))
+                let metadata = metadata.collect::<Vec<_>>();
+                let tunes: Vec<(VmId, Result<CpuTune, HvError>)> = obs
+                    .vms
+                    .iter()
+                    .filter(|v| v.state == VmState::Running && needs_tune(&v.id))
+                    .map(|v| (v.id.clone(), hv.cpu_tune(&v.id)))
+                    .collect();
+                Ok::<_, HvError>((obs, metadata, tunes))
             })
             .await
         else {
             return false;
         };
-        let (mut obs, metadata) = match result {
+        let (mut obs, metadata, tunes) = match result {
             Ok(r) => r,
             Err(e) => {
                 self.lost_connection(at, &e);
@@ -306,6 +348,21 @@ impl Agent {
             };
             self.metadata.insert(vm, CachedMetadata { fetched_at: at, settings });
         }
+        for (vm, t) in tunes {
+            match t {
+                Ok(t) => {
+                    self.cpu_tunes.insert(vm, (t, at));
+                }
+                Err(e) => {
+                    debug!(vm = %vm, "no CPU tune: {e}");
+                    self.cpu_tunes.remove(&vm);
+                }
+            }
+        }
+        self.cpu_tunes.retain(|id, _| obs.vms.iter().any(|v| &v.id == id && v.state == VmState::Running));
+        for vm in &mut obs.vms {
+            vm.cpu_tune = self.cpu_tunes.get(&vm.id).map(|(t, _)| *t);
+        }
         self.note_vm_changes(&obs, at);
         self.note_power_changes(&obs, at);
         // A failed wake refused its held clients; a tick later the next
@@ -321,7 +378,16 @@ impl Agent {
         self.note_skips(&decision, at);
         self.sleep_settings = resolved.iter().filter_map(|(id, r)| Some((id.clone(), r.sleep.clone()?))).collect();
         let idle = self.sleep_policy.decide(&obs, &self.sleep_settings, &self.traffic(), at);
+        let realloc = self.realloc_cfg.enabled.then(|| {
+            let settings = self.realloc_settings(&obs);
+            self.realloc.decide(&obs, &settings, &self.realloc_cfg, at)
+        });
         let mut actions = if self.cfg.memory.enabled { decision.actions.clone() } else { vec![] };
+        // A VM about to sleep keeps its CPU tune: nothing to gain from a change.
+        let to_sleep: Vec<&VmId> = idle.to_sleep.iter().map(|(vm, ..)| vm).collect();
+        actions.extend(
+            realloc.iter().flat_map(|d| d.actions.iter()).filter(|a| !to_sleep.contains(&a.vm())).cloned(),
+        );
         actions.extend(
             idle.to_sleep
                 .iter()
@@ -330,7 +396,8 @@ impl Agent {
         );
         self.act(actions, at).await;
         self.remember_memory_state(&decision, at);
-        self.publish(Some((&obs, &resolved)), Some((&decision, &idle)), started, at);
+        self.remember_tunes(&obs, at);
+        self.publish(Some((&obs, &resolved)), Some((&decision, &idle, realloc.as_ref())), started, at);
         self.in_flight = decision
             .vms
             .iter()
@@ -481,6 +548,48 @@ impl Agent {
         }
     }
 
+    /// Each VM's reallocation bounds from its `[vm.NAME.realloc]`, with the
+    /// `ebb critical` flag over the config's.
+    fn realloc_settings(&self, obs: &Observation) -> BTreeMap<VmId, ReallocSettings> {
+        obs.vms
+            .iter()
+            .map(|vm| {
+                let mut s = self.cfg.vm_section(&vm.id).and_then(|s| s.realloc.as_ref()).map(|r| r.settings()).unwrap_or_default();
+                if let Some(on) = self.critical.get(&vm.id) {
+                    s.critical = *on;
+                }
+                (vm.id.clone(), s)
+            })
+            .collect()
+    }
+
+    /// A predicate over VM ids telling whose CPU tune needs (re)reading.
+    fn tune_due(&self, at: Millis) -> impl Fn(&VmId) -> bool + Send + 'static {
+        let fresh: BTreeSet<VmId> = self
+            .cpu_tunes
+            .iter()
+            .filter(|(_, (_, read))| at.since(*read) < TUNE_REFRESH.as_millis() as u64)
+            .map(|(id, _)| id.clone())
+            .collect();
+        move |id| !fresh.contains(id)
+    }
+
+    /// Journals each VM's tunes (as found, as ebb set them) when they change,
+    /// so a restarted agent knows its own changes.
+    fn remember_tunes(&mut self, obs: &Observation, at: Millis) {
+        for vm in &obs.vms {
+            let Some(tunes) = self.realloc.tunes(&vm.id) else { continue };
+            if self.saved_tunes.get(&vm.id) != Some(&tunes) {
+                match self.journal.save_cpu_tunes(&vm.id, &tunes, at) {
+                    Ok(()) => {
+                        self.saved_tunes.insert(vm.id.clone(), tunes);
+                    }
+                    Err(e) => warn!("{e}"),
+                }
+            }
+        }
+    }
+
     /// A VM ebb holds asleep that runs again was started behind ebb's back
     /// (`virsh start`, `virsh resume`): it is awake, and ebb says so.
     fn note_power_changes(&mut self, obs: &Observation, at: Millis) {
@@ -535,6 +644,22 @@ impl Agent {
                 let reason = Reason::new(Rule::Sleep, format!("asked to sleep ({}) through the API", mode.as_str()));
                 (Action::Sleep { vm, mode, reason }, reply)
             }
+            Command::Critical { vm, on, reply } => {
+                if !snap.vms.iter().any(|v| v.name == vm.0) {
+                    let _ = reply.send(Err(format!("no VM named {vm} on this host")));
+                    return;
+                }
+                if let Err(e) = self.journal.set_critical(&vm, on, at) {
+                    let _ = reply.send(Err(format!("could not record the flag: {e}")));
+                    return;
+                }
+                self.critical.insert(vm.clone(), on);
+                let text = if on { "marked time-critical: put first" } else { "no longer time-critical" };
+                info!(vm = %vm, "{text}");
+                self.journal_vm(&vm, at, "critical", Some(Rule::Critical.as_str()), text, None, None);
+                let _ = reply.send(Ok(format!("{vm} {text}; ebb applies it at its next tick")));
+                return;
+            }
             Command::Wake { vm, reply } => {
                 let known = self.sleeping.contains_key(&vm)
                     || snap.vms.iter().any(|v| v.name == vm.0 && matches!(v.state, VmState::ShutOff | VmState::Paused));
@@ -566,7 +691,7 @@ impl Agent {
             match a {
                 Action::Sleep { vm, .. } => self.set_power(vm, VmPower::Asleep),
                 Action::Wake { vm, .. } => self.set_power(vm, VmPower::Waking),
-                Action::SetBalloonTarget { .. } => {}
+                Action::SetBalloonTarget { .. } | Action::SetCpuTune { .. } => {}
             }
         }
         // Waking a paused VM resumes it; waking a saved one starts it from its image.
@@ -579,6 +704,7 @@ impl Agent {
                         let t0 = Instant::now();
                         let r = match &a {
                             Action::SetBalloonTarget { vm, target, .. } => hv.set_memory(vm, *target),
+                            Action::SetCpuTune { vm, tune, .. } => hv.set_cpu_tune(vm, *tune),
                             Action::Sleep { vm, mode: SleepMode::Save, .. } => hv.save(vm),
                             Action::Sleep { vm, mode: SleepMode::Pause, .. } => hv.pause(vm),
                             Action::Wake { vm, .. } => match sleeping.get(vm).map(|r| r.mode) {
@@ -611,6 +737,11 @@ impl Agent {
             };
             match (&action, &result) {
                 (Action::SetBalloonTarget { .. }, Err(_)) => self.policy.record_failure(&vm, at),
+                (Action::SetCpuTune { tune, .. }, Ok(())) => {
+                    self.realloc.applied(&vm, *tune);
+                    self.cpu_tunes.insert(vm.clone(), (*tune, at));
+                }
+                (Action::SetCpuTune { .. }, Err(_)) => self.realloc.failed(&vm, at),
                 (Action::Sleep { mode, .. }, Ok(())) => {
                     self.sleeps_total += 1;
                     let rec = SleepRecord { mode: *mode, since: at, reason: reason.text.clone() };
@@ -669,15 +800,17 @@ impl Agent {
     fn publish(
         &self,
         seen: Option<(&Observation, &BTreeMap<VmId, Resolved>)>,
-        decisions: Option<(&MemoryDecision, &SleepDecision)>,
+        decisions: Option<(&MemoryDecision, &SleepDecision, Option<&ReallocDecision>)>,
         started: Instant,
         at: Millis,
     ) {
         let tick_ms = started.elapsed().as_secs_f64() * 1000.0;
         let decision = decisions.map(|d| d.0);
         let (obs, vms) = match (seen, decisions) {
-            (Some((obs, resolved)), Some((decision, idle))) => {
+            (Some((obs, resolved)), Some((decision, idle, realloc))) => {
                 let views: HashMap<&VmId, &VmMemoryView> = decision.vms.iter().map(|v| (&v.vm, v)).collect();
+                let realloc_views: HashMap<&VmId, &VmReallocView> =
+                    realloc.map(|d| d.views.iter().map(|v| (&v.vm, v)).collect()).unwrap_or_default();
                 let idle_views: HashMap<&VmId, &VmIdleView> = idle.views.iter().map(|v| (&v.vm, v)).collect();
                 let with_sleep = |id: &VmId| self.sleep_settings.contains_key(id);
                 let vms = obs
@@ -695,6 +828,7 @@ impl Agent {
                             sleeping: self.sleeping.get(&vm.id).cloned(),
                             surrogate: self.surrogate_view(&vm.id),
                             idle: idle_views.get(&vm.id).filter(|_| with_sleep(&vm.id)).map(|v| (*v).clone()),
+                            realloc: realloc_views.get(&vm.id).map(|v| (*v).clone()),
                         })
                     })
                     .collect();

@@ -2,6 +2,7 @@
 //! neither re-declares a struct.
 
 use ebb_core::memory::VmMemoryView;
+use ebb_core::realloc::VmReallocView;
 use ebb_core::sleep::VmIdleView;
 use ebb_core::{Bytes, Millis, SleepMode, VmSettings, VmState};
 use serde::{Deserialize, Serialize};
@@ -91,6 +92,10 @@ pub struct VmInfo {
     pub idle: Option<VmIdleView>,
     /// Its declared services as the surrogate serves them; None without services.
     pub surrogate: Option<SurrogateView>,
+    /// Its class and CPU tune under activity-based reallocation; None when
+    /// reallocation is off.
+    #[serde(default)]
+    pub realloc: Option<VmReallocView>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

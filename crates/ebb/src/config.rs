@@ -3,6 +3,7 @@
 //! startup with a message that names the field and the line.
 
 use ebb_core::memory::MemoryConfig;
+use ebb_core::realloc::{ReallocConfig, ReallocSettings};
 use ebb_core::sleep::SleepSettings;
 use ebb_core::{Bytes, SleepMode, VmId};
 use ebb_surrogate::{Limits, ServiceSpec};
@@ -29,6 +30,8 @@ pub struct Config {
     pub memory: MemorySection,
     #[serde(default)]
     pub surrogate: SurrogateSection,
+    #[serde(default)]
+    pub realloc: ReallocSection,
     /// Per-VM settings: `[vm.NAME]`. These win over the domain's metadata.
     #[serde(default)]
     pub vm: BTreeMap<String, VmSection>,
@@ -140,6 +143,119 @@ pub struct VmSection {
     /// splicing them through while it runs, standing in while it sleeps.
     #[serde(default)]
     pub service: Vec<ServiceSpec>,
+    /// `[vm.NAME.realloc]`: bounds and flags for activity-based reallocation.
+    pub realloc: Option<VmReallocSection>,
+}
+
+/// `[realloc]`: the usage model activity-based reallocation classifies VMs
+/// by, and the size of its moves. See `ReallocConfig` for each value's why.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReallocSection {
+    pub enabled: bool,
+    #[serde(deserialize_with = "de_duration")]
+    pub class_after: Duration,
+    pub cpu_busy: f64,
+    pub cpu_busy_leave: f64,
+    pub at_cap: f64,
+    pub wait_contended: f64,
+    pub saturated: f64,
+    pub disk_busy: Size,
+    pub net_busy: Size,
+    pub idle_cpu: f64,
+    pub idle_disk: Size,
+    pub idle_net: Size,
+    pub boost: u64,
+    pub yield_divisor: u64,
+}
+
+impl Default for ReallocSection {
+    fn default() -> Self {
+        let d = ReallocConfig::default();
+        ReallocSection {
+            enabled: d.enabled,
+            class_after: Duration::from_millis(d.class_after_ms),
+            cpu_busy: d.cpu_busy,
+            cpu_busy_leave: d.cpu_busy_leave,
+            at_cap: d.at_cap,
+            wait_contended: d.wait_contended,
+            saturated: d.saturated,
+            disk_busy: Size(d.disk_busy),
+            net_busy: Size(d.net_busy),
+            idle_cpu: d.idle_cpu,
+            idle_disk: Size(d.idle_disk),
+            idle_net: Size(d.idle_net),
+            boost: d.boost,
+            yield_divisor: d.yield_divisor,
+        }
+    }
+}
+
+impl ReallocSection {
+    pub fn policy_config(&self) -> ReallocConfig {
+        ReallocConfig {
+            enabled: self.enabled,
+            class_after_ms: self.class_after.as_millis() as u64,
+            cpu_busy: self.cpu_busy,
+            cpu_busy_leave: self.cpu_busy_leave,
+            at_cap: self.at_cap,
+            wait_contended: self.wait_contended,
+            saturated: self.saturated,
+            disk_busy: self.disk_busy.0,
+            net_busy: self.net_busy.0,
+            idle_cpu: self.idle_cpu,
+            idle_disk: self.idle_disk.0,
+            idle_net: self.idle_net.0,
+            boost: self.boost,
+            yield_divisor: self.yield_divisor,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (name, v) in [("cpu_busy", self.cpu_busy), ("cpu_busy_leave", self.cpu_busy_leave), ("at_cap", self.at_cap), ("saturated", self.saturated)] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(format!("realloc.{name} = {v} is outside (0, 1]"));
+            }
+        }
+        if self.cpu_busy_leave > self.cpu_busy {
+            return Err(format!(
+                "realloc.cpu_busy_leave ({}) is above realloc.cpu_busy ({}): a VM would leave cpu-bound before it entered",
+                self.cpu_busy_leave, self.cpu_busy
+            ));
+        }
+        if self.boost < 1 || self.yield_divisor < 1 {
+            return Err("realloc.boost and realloc.yield_divisor must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[vm.NAME.realloc]`.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmReallocSection {
+    /// false: ebb leaves this VM's CPU weight and cap alone.
+    pub enabled: Option<bool>,
+    /// Time-critical: put first (`ebb critical VM on|off` overrides it).
+    pub critical: bool,
+    /// Bounds on its CPU weight (default: its own weight ÷ yield_divisor … × boost).
+    pub cpu_shares_min: Option<u64>,
+    pub cpu_shares_max: Option<u64>,
+    /// The highest cap ebb may give it, as a fraction of one vCPU; without
+    /// it ebb never raises its cap above the VM's own.
+    pub cpu_cap_max: Option<f64>,
+}
+
+impl VmReallocSection {
+    pub fn settings(&self) -> ReallocSettings {
+        ReallocSettings {
+            disabled: self.enabled == Some(false),
+            critical: self.critical,
+            shares_min: self.cpu_shares_min,
+            shares_max: self.cpu_shares_max,
+            cap_max: self.cpu_cap_max,
+        }
+    }
 }
 
 /// `[surrogate]`: bounds on what ebb holds for sleeping VMs.
@@ -355,6 +471,7 @@ impl Config {
             ));
         }
         self.surrogate.limits().validate().map_err(|e| format!("[surrogate]: {e}"))?;
+        self.realloc.validate()?;
         let mut listens = std::collections::HashMap::new();
         for (name, vm) in &self.vm {
             for svc in &vm.service {
@@ -376,6 +493,21 @@ impl Config {
             if let Some(sleep) = &vm.sleep {
                 if !(0.0..=1.0).contains(&sleep.cpu_threshold) {
                     return Err(format!("vm.{name}.sleep.cpu_threshold = {} is outside [0, 1] (a fraction of one vCPU)", sleep.cpu_threshold));
+                }
+            }
+            if let Some(r) = &vm.realloc {
+                if let (Some(lo), Some(hi)) = (r.cpu_shares_min, r.cpu_shares_max) {
+                    if lo > hi {
+                        return Err(format!("vm.{name}.realloc.cpu_shares_min ({lo}) is above cpu_shares_max ({hi})"));
+                    }
+                }
+                if r.cpu_shares_min == Some(0) || r.cpu_shares_max == Some(0) {
+                    return Err(format!("vm.{name}.realloc: CPU weights start at 2 (libvirt's minimum)"));
+                }
+                if let Some(c) = r.cpu_cap_max {
+                    if !(c > 0.0 && c.is_finite()) {
+                        return Err(format!("vm.{name}.realloc.cpu_cap_max = {c} must be more than zero (a fraction of one vCPU: 1.0 is a whole CPU)"));
+                    }
                 }
             }
             if let Some(shares) = &vm.shares {

@@ -4,6 +4,7 @@
 
 use crate::api_types::{Event, SleepRecord};
 use ebb_core::memory::Resumed;
+use ebb_core::realloc::Tunes;
 use ebb_core::{Bytes, Millis, SleepMode, VmId};
 use rusqlite::{params, Connection};
 use std::path::{Path, PathBuf};
@@ -57,6 +58,16 @@ CREATE TABLE IF NOT EXISTS memory_state (
     vm TEXT PRIMARY KEY,
     step_bytes INTEGER NOT NULL,
     last_target_bytes INTEGER,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cpu_tunes (
+    vm TEXT PRIMARY KEY,
+    tunes TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS critical (
+    vm TEXT PRIMARY KEY,
+    is_critical INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL
 );
 ";
@@ -134,6 +145,45 @@ impl Journal {
     }
 
     /// Records that ebb put `vm` to sleep, so a restarted agent knows it.
+    /// A VM's CPU tune as ebb found it and as ebb set it (JSON, one row per VM).
+    pub fn save_cpu_tunes(&self, vm: &VmId, tunes: &Tunes, at: Millis) -> Result<(), JournalError> {
+        let json = serde_json::to_string(tunes).expect("tunes serialize");
+        self.conn.execute(
+            "INSERT OR REPLACE INTO cpu_tunes (vm, tunes, updated_ms) VALUES (?1, ?2, ?3)",
+            params![vm.as_str(), json, at.0 as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Every VM's remembered tunes; a row that does not parse is skipped.
+    pub fn cpu_tunes(&self) -> Result<Vec<(VmId, Tunes)>, JournalError> {
+        let mut stmt = self.conn.prepare("SELECT vm, tunes FROM cpu_tunes ORDER BY vm")?;
+        let rows = stmt.query_map([], |r| Ok((VmId(r.get(0)?), r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (vm, json) = row?;
+            if let Ok(t) = serde_json::from_str(&json) {
+                out.push((vm, t));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The time-critical flag set with `ebb critical`, which outlives restarts.
+    pub fn set_critical(&self, vm: &VmId, on: bool, at: Millis) -> Result<(), JournalError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO critical (vm, is_critical, updated_ms) VALUES (?1, ?2, ?3)",
+            params![vm.as_str(), on as i64, at.0 as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn critical(&self) -> Result<Vec<(VmId, bool)>, JournalError> {
+        let mut stmt = self.conn.prepare("SELECT vm, is_critical FROM critical ORDER BY vm")?;
+        let rows = stmt.query_map([], |r| Ok((VmId(r.get(0)?), r.get::<_, i64>(1)? != 0)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn set_sleeping(&self, vm: &VmId, rec: &SleepRecord) -> Result<(), JournalError> {
         self.conn.execute(
             "INSERT OR REPLACE INTO sleeping (vm, mode, since_ms, reason) VALUES (?1, ?2, ?3, ?4)",
