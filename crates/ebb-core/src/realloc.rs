@@ -227,6 +227,8 @@ pub struct VmReallocView {
     pub at_cap: bool,
     /// Bound on the CPU, and more CPU would help it (held like its class).
     pub gains: bool,
+    /// …and it competes with other VMs for host CPUs.
+    pub contended: bool,
     pub critical: bool,
     /// Its own CPU tune, as found before ebb changed it.
     pub base: Option<CpuTune>,
@@ -251,6 +253,7 @@ impl VmReallocView {
             cpu_use: None,
             at_cap: false,
             gains: false,
+            contended: false,
             critical: false,
             base: None,
             current: None,
@@ -321,6 +324,9 @@ struct Track {
     class: Held<Class>,
     /// More CPU would help it (at its own cap, waiting, or a saturated host).
     gains: Held<bool>,
+    /// It competes with others for host CPUs: its vCPUs wait (not for its
+    /// own cap) or the host is saturated.
+    contended: Held<bool>,
 }
 
 impl Track {
@@ -332,6 +338,7 @@ impl Track {
             bound: Bound::default(),
             class: Held::default(),
             gains: Held::default(),
+            contended: Held::default(),
         }
     }
 }
@@ -462,8 +469,11 @@ impl ReallocPolicy {
                 let waits = r.vcpu_wait >= cfg.wait_contended;
                 let saturated = self.saturated.value == Some(true);
                 track.gains.see(bound.cpu && (at_cap || waits || saturated), now, cfg.class_after_ms);
+                // A capped VM's wait is its own cap holding it back.
+                track.contended.see(bound.cpu && ((waits && !at_cap) || saturated), now, cfg.class_after_ms);
             }
             view.gains = matches!(track.class.value, Some(Class::CpuBound | Class::Mixed)) && track.gains.value == Some(true);
+            view.contended = view.gains && track.contended.value == Some(true);
             view.class = track.class.value;
             view.pending = track.class.pending;
             if s.disabled {
@@ -481,15 +491,18 @@ impl ReallocPolicy {
         self.saturated.see(d.host_cpu >= cfg.saturated * host_cpus, now, cfg.class_after_ms);
         d.saturated = self.saturated.value == Some(true);
 
-        // Who is bound on the CPU and would gain from more of it.
+        // The conflict check: two or more VMs that would gain, competing
+        // for the same host CPUs: raising one robs the other.
         let gains = |v: &VmReallocView| v.gains;
         let contenders: Vec<VmId> = d
             .views
             .iter()
-            .filter(|v| v.skipped.is_none() && !v.critical && gains(v))
+            .filter(|v| v.skipped.is_none() && !v.critical && v.contended)
             .map(|v| v.vm.clone())
             .collect();
-        let conflict = d.saturated && contenders.len() >= 2;
+        let conflict = contenders.len() >= 2;
+        // Cutting an idle VM's weight only matters when someone can use it.
+        let someone_gains = d.views.iter().any(|v| v.skipped.is_none() && (v.critical || v.gains));
 
         // Decide each VM's tune.
         for (view, s) in d.views.iter_mut().zip(own).filter(|(v, _)| v.skipped.is_none()) {
@@ -509,7 +522,7 @@ impl ReallocPolicy {
                 // What is in place stays: after a restart that is ebb's own
                 // change, known from the journal, neither undone nor redone.
                 (Rule::Restore, current, Why::Learning)
-            } else if gains(view) && conflict {
+            } else if view.contended && conflict {
                 // Named up to three: thousands of contenders must not cost n².
                 let others: Vec<VmId> = contenders.iter().filter(|o| **o != view.vm).take(3).cloned().collect();
                 let why = Why::Conflict { others, more: contenders.len() > 4, host_cpus: obs.host_cpus, busy: d.host_cpu };
@@ -527,7 +540,7 @@ impl ReallocPolicy {
                     (false, false) => Why::Waiting,
                 };
                 (Rule::Boost, tune, why)
-            } else if view.class == Some(Class::Idle) {
+            } else if view.class == Some(Class::Idle) && someone_gains {
                 let tune = CpuTune { shares: (base.shares / cfg.yield_divisor.max(1)).max(shares_min), ..base };
                 (Rule::Yield, tune, Why::Idle)
             } else if matches!(view.class, Some(Class::CpuBound | Class::Mixed)) {
@@ -663,8 +676,8 @@ mod tests {
         assert_eq!(w.tune("busy"), raised, "not before class_after");
         assert_eq!(view(&d, "busy").pending.map(|p| p.0), Some(Class::Idle));
         w.run(&mut p, 30, 10, 2, &[("busy", 1, 0.01), ("idle", 1, 0.2)]);
-        assert_eq!(w.tune("busy"), CpuTune { shares: 256, ..capped(0.3) }, "its own cap back, an idle weight");
-        assert_eq!(w.tune("idle"), TUNE, "steady again: its own weight");
+        assert_eq!(w.tune("busy"), capped(0.3), "its own weight and cap back");
+        assert_eq!(w.tune("idle"), TUNE, "nobody gains: its own weight back");
     }
 
     #[test]
@@ -686,6 +699,19 @@ mod tests {
         let why = view(&d, "a").why.as_ref().unwrap().to_string();
         assert!(why.contains("as is b") && why.contains("rob"), "{why}");
         assert!(d.actions.is_empty());
+    }
+
+    #[test]
+    fn two_at_their_caps_with_cpu_to_spare_both_gain() {
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("a", capped(0.3)), ("b", capped(0.3))]);
+        for n in ["a", "b"] {
+            w.settings.insert(VmId::new(n), ReallocSettings { cap_max: Some(0.6), ..Default::default() });
+        }
+        let d = w.run(&mut p, 0, 20, 4, &[("a", 1, 0.3), ("b", 1, 0.3)]);
+        assert!(!d.saturated);
+        assert_eq!((w.tune("a").shares, w.tune("b").shares), (4096, 4096), "{:?}", d.views);
+        assert_eq!(w.tune("a").quota_us, Some(60_000));
     }
 
     #[test]
@@ -747,12 +773,13 @@ mod tests {
     #[test]
     fn a_change_made_by_someone_else_becomes_the_base() {
         let mut p = ReallocPolicy::new();
-        let mut w = World::with(&[("idle", TUNE)]);
-        w.run(&mut p, 0, 20, 2, &[("idle", 1, 0.0)]);
+        let mut w = World::with(&[("idle", TUNE), ("busy", capped(0.5))]);
+        let both = [("idle", 1, 0.0), ("busy", 1, 0.5)];
+        w.run(&mut p, 0, 20, 2, &both);
         assert_eq!(w.tune("idle").shares, 256);
         // An operator sets 2000 by hand: taken as its own, then cut from there.
         w.tunes.insert("idle".into(), CpuTune { shares: 2000, ..TUNE });
-        w.run(&mut p, 22, 0, 2, &[("idle", 1, 0.0)]);
+        w.run(&mut p, 22, 0, 2, &both);
         assert_eq!(p.tunes(&VmId::new("idle")).unwrap().base.shares, 2000);
         assert_eq!(w.tune("idle").shares, 500);
     }
@@ -769,12 +796,13 @@ mod tests {
         // Refused: not retried within the minute.
         let mut p = ReallocPolicy::new();
         let mut w = World::with(&[("idle", TUNE)]);
-        w.run(&mut p, 0, 8, 2, &[("idle", 1, 0.0)]);
+        w.settings.insert(VmId::new("idle"), ReallocSettings { critical: true, ..Default::default() });
+        let settings = w.settings.clone();
         let o = || obs(2, vec![vm("idle", 1, 0, TUNE)]);
-        let d = p.decide(&o(), &BTreeMap::new(), &cfg, Millis(12_000));
+        let d = p.decide(&o(), &settings, &cfg, Millis(12_000));
         assert_eq!(d.actions.len(), 1);
         p.failed(&VmId::new("idle"), Millis(12_000));
-        assert!(p.decide(&o(), &BTreeMap::new(), &cfg, Millis(14_000)).actions.is_empty());
-        assert_eq!(p.decide(&o(), &BTreeMap::new(), &cfg, Millis(72_000)).actions.len(), 1);
+        assert!(p.decide(&o(), &settings, &cfg, Millis(14_000)).actions.is_empty());
+        assert_eq!(p.decide(&o(), &settings, &cfg, Millis(72_000)).actions.len(), 1);
     }
 }

@@ -828,7 +828,11 @@ impl Agent {
                             sleeping: self.sleeping.get(&vm.id).cloned(),
                             surrogate: self.surrogate_view(&vm.id),
                             idle: idle_views.get(&vm.id).filter(|_| with_sleep(&vm.id)).map(|v| (*v).clone()),
-                            realloc: realloc_views.get(&vm.id).map(|v| (*v).clone()),
+                            // `current` as it is after this tick's changes.
+                            realloc: realloc_views.get(&vm.id).map(|v| VmReallocView {
+                                current: self.cpu_tunes.get(&vm.id).map(|(t, _)| *t),
+                                ..(*v).clone()
+                            }),
                         })
                     })
                     .collect();

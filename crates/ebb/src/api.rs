@@ -40,6 +40,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/vms/{name}/explain", get(explain_vm))
         .route("/v1/vms/{name}/sleep", post(sleep_vm))
         .route("/v1/vms/{name}/wake", post(wake_vm))
+        .route("/v1/vms/{name}/critical/{on}", post(critical_vm))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics_text))
         .with_state(state)
@@ -130,6 +131,16 @@ async fn sleep_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -> 
 
 async fn wake_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -> ApiResult<Json<Done>> {
     ask(&s, |reply| Command::Wake { vm: ebb_core::VmId(name), reply }).await
+}
+
+/// `on` is `on` or `off`.
+async fn critical_vm(State(s): State<ApiState>, UrlPath((name, on)): UrlPath<(String, String)>) -> ApiResult<Json<Done>> {
+    let on = match on.as_str() {
+        "on" => true,
+        "off" => false,
+        other => return Err(fail(StatusCode::BAD_REQUEST, format!("critical takes on or off, not {other:?}"))),
+    };
+    ask(&s, |reply| Command::Critical { vm: ebb_core::VmId(name), on, reply }).await
 }
 
 async fn metrics_text(State(s): State<ApiState>) -> Response {

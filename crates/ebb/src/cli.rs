@@ -98,11 +98,32 @@ pub fn vms_table(vms: &[VmInfo]) -> String {
                 with_source(v.settings.shares.to_string(), v.sources.shares),
                 with_source(size(v.settings.min), v.sources.min),
                 with_source(size(v.settings.max), v.sources.max),
+                class_word(v),
+                cpu_tune_word(v),
                 note,
             ]
         })
         .collect();
-    table(&["NAME", "STATE", "ACTUAL", "TARGET", "USED", "SHARE", "STEP", "SHARES", "MIN", "MAX", "LAST"], &rows)
+    table(&["NAME", "STATE", "ACTUAL", "TARGET", "USED", "SHARE", "STEP", "SHARES", "MIN", "MAX", "CLASS", "CPU", "LAST"], &rows)
+}
+
+/// "cpu-bound", "critical", "-" when reallocation does not see it.
+fn class_word(v: &VmInfo) -> String {
+    match &v.realloc {
+        Some(r) if r.skipped.is_some() => "-".into(),
+        Some(r) if r.critical => "critical".into(),
+        Some(r) => r.class.map_or("learning", |c| c.as_str()).into(),
+        None => "-".into(),
+    }
+}
+
+/// "w4096 cap100%" (the live weight and cap), "*" when ebb changed them.
+fn cpu_tune_word(v: &VmInfo) -> String {
+    let Some(r) = &v.realloc else { return "-".into() };
+    let Some(t) = r.current else { return "-".into() };
+    let cap = t.cap().map_or("nocap".to_string(), |c| format!("cap{:.0}%", c * 100.0));
+    let mine = if r.base.is_some_and(|b| b != t) { "*" } else { "" };
+    format!("w{} {cap}{mine}", t.shares)
 }
 
 pub fn events_table(events: &[Event]) -> String {

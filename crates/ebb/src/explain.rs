@@ -42,6 +42,25 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
             _ => {}
         }
     }
+    if let Some(r) = &vm.realloc {
+        match (&r.skipped, r.class, r.current, r.base) {
+            (Some(why), ..) => out.push(format!("ebb does not reallocate its CPU: {why}.")),
+            (None, class, Some(current), Some(base)) => {
+                let class = class.map_or("not classified yet", |c| c.as_str());
+                let use_ = r.cpu_use.map(|u| format!(", asking for {:.0}% of its vCPUs", u * 100.0)).unwrap_or_default();
+                out.push(format!("Its activity: {class}{use_}."));
+                if current == base {
+                    out.push(format!("Its CPU: {current}, its own."));
+                } else {
+                    out.push(format!("Its CPU: {current}, set by ebb (its own: {base})."));
+                }
+                if let Some(why) = &r.why {
+                    out.push(format!("Why: {why}."));
+                }
+            }
+            _ => {}
+        }
+    }
     if let Some(why) = &m.skipped {
         out.push(format!("ebb does not manage its memory now: {why}."));
     } else {

@@ -40,6 +40,7 @@ const GUEST_FILES: &[(&str, &str)] = &[
     ("cgi-bin/hit", include_str!("../../../guest/cgi-bin/hit")),
     ("cgi-bin/hits", include_str!("../../../guest/cgi-bin/hits")),
     ("cgi-bin/bulk", include_str!("../../../guest/cgi-bin/bulk")),
+    ("cgi-bin/cpu", include_str!("../../../guest/cgi-bin/cpu")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -274,6 +275,8 @@ pub struct GuestSpec {
     pub console_log: PathBuf,
     /// A complete `<…>` element in ebb's namespace, put inside `<metadata>`.
     pub metadata: Option<String>,
+    /// A CPU cap: each vCPU may run `.1` µs per `.0` µs (`<cputune>`).
+    pub cpu_cap: Option<(u64, u64)>,
 }
 
 impl GuestSpec {
@@ -293,6 +296,7 @@ impl GuestSpec {
             deflate_on_oom: false,
             balloon: true,
             metadata: None,
+            cpu_cap: None,
         }
     }
 
@@ -321,6 +325,9 @@ impl GuestSpec {
         let _ = writeln!(x, "  <memory unit='KiB'>{}</memory>", self.max_memory.kib());
         let _ = writeln!(x, "  <currentMemory unit='KiB'>{}</currentMemory>", self.memory.min(self.max_memory).kib());
         let _ = writeln!(x, "  <vcpu placement='static'>{}</vcpu>", self.vcpus.max(1));
+        if let Some((period, quota)) = self.cpu_cap {
+            let _ = writeln!(x, "  <cputune><period>{period}</period><quota>{quota}</quota></cputune>");
+        }
         let _ = writeln!(x, "  <os>");
         let _ = writeln!(x, "    <type arch='x86_64'>hvm</type>");
         let _ = writeln!(x, "    <kernel>{}</kernel>", e(&image.kernel.to_string_lossy()));
@@ -634,6 +641,16 @@ impl Guest {
         let body = self.http_get(path)?;
         if !body.lines().any(|l| l.trim() == "released=1") {
             return Err(LabError::BadAnswer { name: self.name.clone(), path: path.into(), field: "released", body });
+        }
+        Ok(())
+    }
+
+    /// Runs `threads` busy loops in the guest for `secs`; 0 threads stops them.
+    pub fn cpu_workload(&self, threads: u32, secs: u64) -> Result<()> {
+        let path = format!("/cgi-bin/cpu?threads={threads}&secs={secs}");
+        let body = self.http_get(&path)?;
+        if !body.lines().any(|l| l.trim() == format!("threads={threads}")) {
+            return Err(LabError::BadAnswer { name: self.name.clone(), path, field: "threads", body });
         }
         Ok(())
     }

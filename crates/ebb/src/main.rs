@@ -63,6 +63,12 @@ enum Command {
     Sleep { vm: String },
     /// Wake a VM ebb put to sleep (or one saved or paused by hand).
     Wake { vm: String },
+    /// Mark a VM time-critical (put first: its highest CPU weight and cap) or clear it.
+    Critical {
+        vm: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Prometheus metrics, as the agent serves them at /metrics.
     Metrics,
     /// Live demo on three real guests: memory moves from idle guests to a busy one.
@@ -134,6 +140,11 @@ async fn dispatch(args: Args) -> Result<(), String> {
         Command::Wake { vm } => {
             let d: Done = client.post(&format!("/v1/vms/{}/wake", cli::url_encode(&vm))).await.map_err(e)?;
             println!("{vm}: awake ({})", d.done);
+            Ok(())
+        }
+        Command::Critical { vm, state } => {
+            let d: Done = client.post(&format!("/v1/vms/{}/critical/{state}", cli::url_encode(&vm))).await.map_err(e)?;
+            println!("{}", d.done);
             Ok(())
         }
         Command::Metrics => {

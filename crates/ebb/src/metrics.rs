@@ -25,7 +25,7 @@ pub fn render(s: &Snapshot) -> String {
     gauge("ebb_vms_managed", "Domains whose memory ebb manages now.", "gauge", st.vms_managed as f64);
 
     type Pick = fn(&crate::api_types::VmInfo) -> Option<f64>;
-    let per_vm: [(&str, &str, Pick); 12] = [
+    let per_vm: [(&str, &str, Pick); 17] = [
         ("ebb_vm_surrogate_held_connections", "Client connections held while the VM wakes.", |v| v.surrogate.as_ref().map(|s| s.held_connections as f64)),
         ("ebb_vm_surrogate_refused_total", "Clients the surrogate refused (reset or 503).", |v| v.surrogate.as_ref().map(|s| s.refused as f64)),
         ("ebb_vm_surrogate_answered_locally_total", "Requests the surrogate answered itself (echo, canned).", |v| v.surrogate.as_ref().map(|s| s.answered_locally as f64)),
@@ -38,6 +38,14 @@ pub fn render(s: &Snapshot) -> String {
         ("ebb_vm_memory_step_bytes", "The guest's adaptive reclaim step.", |v| Some(v.memory.step.0 as f64)),
         ("ebb_vm_memory_under_pressure", "1 when the guest is short of memory.", |v| Some(v.memory.under_pressure as u8 as f64)),
         ("ebb_vm_managed", "1 when ebb manages the guest's memory now.", |v| Some(v.memory.skipped.is_none() as u8 as f64)),
+        ("ebb_vm_cpu_shares", "The VM's live CPU weight (cpu_shares).", |v| v.realloc.as_ref()?.current.map(|t| t.shares as f64)),
+        ("ebb_vm_cpu_cap_ratio", "The VM's live CPU cap per vCPU (1 = a whole CPU); absent when uncapped.", |v| v.realloc.as_ref()?.current?.cap()),
+        ("ebb_vm_cpu_demand_ratio", "CPU the VM ran plus waited for, as a fraction of its vCPUs.", |v| v.realloc.as_ref()?.cpu_use),
+        ("ebb_vm_cpu_changed_by_ebb", "1 while ebb holds the VM's CPU weight or cap away from its own.", |v| {
+            let r = v.realloc.as_ref()?;
+            Some((r.current.is_some() && r.current != r.base) as u8 as f64)
+        }),
+        ("ebb_vm_critical", "1 while the VM is marked time-critical.", |v| v.realloc.as_ref().map(|r| r.critical as u8 as f64)),
     ];
     for (name, help, pick) in per_vm {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");

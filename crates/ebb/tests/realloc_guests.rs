@@ -1,0 +1,149 @@
+//! Activity-based reallocation on real (software-emulated) QEMU guests: the
+//! guests burn CPU with busy loops, the real `ebb` binary watches them, and
+//! the tests read each domain's live CPU weight and cap back from libvirt.
+//! These run one at a time with the other real-guest tests (.config/nextest.toml).
+
+mod common;
+use common::*;
+use ebb::lab::{free_port, Guest, GuestSpec, Lab};
+use ebb_core::Bytes;
+use std::time::Duration;
+
+const URI: &str = "qemu:///system";
+
+fn lab(prefix: &str) -> Lab {
+    let lab = Lab::connect(URI).expect("libvirtd must run: scripts/setup-host.sh starts it");
+    lab.remove_leftovers(prefix).unwrap();
+    lab
+}
+
+fn boot(lab: &Lab, dir: &std::path::Path, name: &str, cap: Option<(u64, u64)>) -> Guest {
+    let mut spec = GuestSpec::new(name, Bytes::from_mib(256));
+    spec.http_port = Some(free_port());
+    spec.console_log = dir.join(format!("{name}.console.log"));
+    spec.cpu_cap = cap;
+    lab.create(&spec).unwrap()
+}
+
+/// The domain's live (cpu_shares, vcpu_quota) as libvirt reports them.
+fn live(g: &Guest) -> (u64, i64) {
+    let info = g.domain().scheduler_parameters_flags(virt::sys::VIR_DOMAIN_AFFECT_LIVE).unwrap();
+    (info.cpu_shares.unwrap(), info.vcpu_bw.quota.unwrap_or(-1))
+}
+
+/// Memory management off (these tests are about the CPU), a short class
+/// window, and an idle threshold above what an idle TCG guest burns.
+fn agent_lines(prefix: &str) -> String {
+    format!("uri = \"{URI}\"\ndomains = [\"{prefix}*\"]\ntick = \"1s\"")
+}
+
+const REALLOC: &str = "[memory]\nenabled = false\n[realloc]\nclass_after = \"3s\"\nidle_cpu = 0.25\n";
+
+#[test]
+fn a_busy_guest_at_its_cap_gains_the_idle_one_yields_critical_goes_first_and_a_restart_keeps_it() {
+    let prefix = "ebb-test-cpu-";
+    let lab = lab(prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let (busy_name, idle_name) = (format!("{prefix}busy"), format!("{prefix}idle"));
+    // The busy guest's own cap: 30% of a CPU.
+    let busy = boot(&lab, dir.path(), &busy_name, Some((100_000, 30_000)));
+    let idle = boot(&lab, dir.path(), &idle_name, None);
+    for g in [&busy, &idle] {
+        g.wait_ready(Duration::from_secs(180)).unwrap();
+    }
+    let own_busy = live(&busy);
+    let own_idle = live(&idle);
+    assert_eq!(own_busy.1, 30_000);
+    let rest = format!("{REALLOC}[vm.{busy_name}.realloc]\ncpu_cap_max = 1.0\n");
+    let mut agent = AgentProc::start(dir.path(), &agent_lines(prefix), &rest);
+
+    // Quiet at first: nobody gains, nothing changes.
+    agent.wait("both guests classified", Duration::from_secs(60), |a| {
+        let vms = a.vms();
+        vms.iter().all(|v| v.realloc.as_ref().is_some_and(|r| r.class.is_some())).then_some(())
+    });
+    assert_eq!((live(&busy), live(&idle)), (own_busy, own_idle), "changed with nobody busy");
+
+    // The busy guest sits at its cap: its weight and cap rise; the idle one's weight is cut.
+    busy.cpu_workload(1, 300).unwrap();
+    wait_for("the busy guest raised and the idle one cut", Duration::from_secs(60), || {
+        (live(&busy) == (own_busy.0 * 4, 100_000) && live(&idle).0 == own_idle.0 / 4).then_some(())
+    });
+    let vm = agent.vm(&busy_name).unwrap();
+    let r = vm.realloc.unwrap();
+    assert_eq!(r.class.map(|c| c.as_str()), Some("cpu-bound"));
+    let explain = agent.text(&["explain", &busy_name]);
+    assert!(explain.contains("at its cap") && explain.contains("set by ebb"), "{explain}");
+    assert!(agent.text(&["vms"]).contains("cpu-bound"));
+    let events = agent.events(Some(&busy_name));
+    assert!(events.iter().any(|e| e.kind == "set_cpu_tune" && e.rule.as_deref() == Some("boost") && e.outcome.as_deref() == Some("ok")));
+
+    // Restarted: ebb knows the change is its own (the journal) and neither
+    // undoes nor redoes it.
+    agent.stop();
+    let agent = AgentProc::start_with(dir.path(), agent.config.clone(), agent.socket.clone(), agent.journal.clone());
+    let r = agent.wait("the restarted agent to see the busy guest", Duration::from_secs(30), |a| {
+        a.vm(&busy_name).and_then(|v| v.realloc).filter(|r| r.current.is_some())
+    });
+    assert_eq!(r.base.map(|b| (b.shares, b.quota_us)), Some((own_busy.0, Some(30_000))), "its own values, from the journal");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(live(&busy), (own_busy.0 * 4, 100_000));
+    let sets_after_restart = agent
+        .events(Some(&busy_name))
+        .iter()
+        .filter(|e| e.kind == "set_cpu_tune")
+        .count();
+    assert_eq!(sets_after_restart, 1, "re-applied after the restart");
+
+    // The load stops: both go back to their own values.
+    busy.cpu_workload(0, 1).unwrap();
+    wait_for("both back to their own values", Duration::from_secs(60), || {
+        (live(&busy) == own_busy && live(&idle) == own_idle).then_some(())
+    });
+
+    // Time-critical: put first at once, back when cleared.
+    let out = agent.cli(&["critical", &idle_name, "on"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the critical guest first", Duration::from_secs(20), || (live(&idle).0 == own_idle.0 * 4).then_some(()));
+    assert!(agent.text(&["vms"]).contains("critical"));
+    let out = agent.cli(&["critical", &idle_name, "off"]);
+    assert!(out.status.success());
+    wait_for("the flag cleared", Duration::from_secs(20), || (live(&idle) == own_idle).then_some(()));
+    let out = agent.cli(&["critical", "no-such-vm", "on"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no VM named no-such-vm"));
+    for g in [busy, idle] {
+        g.remove().unwrap();
+    }
+}
+
+#[test]
+fn two_cpu_bound_guests_on_a_saturated_host_are_left_alone_and_explain_says_why() {
+    let prefix = "ebb-test-cpu2-";
+    let lab = lab(prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let names = [format!("{prefix}a"), format!("{prefix}b")];
+    let guests: Vec<Guest> = names.iter().map(|n| boot(&lab, dir.path(), n, None)).collect();
+    for g in &guests {
+        g.wait_ready(Duration::from_secs(180)).unwrap();
+    }
+    let own: Vec<(u64, i64)> = guests.iter().map(live).collect();
+    // Two busy single-vCPU guests fill both of the host's CPUs.
+    let rest = format!("{REALLOC}saturated = 0.7\n");
+    let agent = AgentProc::start(dir.path(), &agent_lines(prefix), &rest);
+    for g in &guests {
+        g.cpu_workload(1, 300).unwrap();
+    }
+    let explain = agent.wait("the conflict", Duration::from_secs(90), |a| {
+        let t = a.text(&["explain", &names[0]]);
+        t.contains("rob").then_some(t)
+    });
+    assert!(explain.contains(&names[1]), "{explain}");
+    std::thread::sleep(Duration::from_secs(5));
+    let now: Vec<(u64, i64)> = guests.iter().map(live).collect();
+    assert_eq!(now, own, "robbed one for the other");
+    assert!(!agent.events(None).iter().any(|e| e.kind == "set_cpu_tune"), "{:?}", agent.events(None));
+    for g in guests {
+        g.cpu_workload(0, 1).unwrap();
+        g.remove().unwrap();
+    }
+}
