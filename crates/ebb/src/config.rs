@@ -564,6 +564,7 @@ mod tests {
         let c = Config::parse(include_str!("../../../ebb.example.toml")).unwrap();
         assert_eq!(c.memory.policy_config(), MemoryConfig::default());
         assert_eq!(c.surrogate.limits(), Limits::default());
+        assert_eq!(c.realloc.policy_config(), ReallocConfig::default());
         let d = AgentSection::default();
         assert_eq!((c.agent.uri, c.agent.tick, c.agent.fast_tick, c.agent.socket, c.agent.journal), (d.uri, d.tick, d.fast_tick, d.socket, d.journal));
     }
@@ -589,6 +590,19 @@ mod tests {
         assert_eq!(c.memory.policy_config().pool, Some(Bytes::from_gib(2)));
         let web = c.vm_section(&VmId::new("web")).unwrap();
         assert_eq!(web.min.as_ref().unwrap().get_ref().0, Bytes::from_mib(256));
+    }
+
+    #[test]
+    fn realloc_bounds_that_contradict_are_named() {
+        let e = Config::parse("[vm.web.realloc]\ncpu_shares_min = 5000\ncpu_shares_max = 100\n").unwrap_err();
+        assert!(e.contains("vm.web.realloc.cpu_shares_min"), "{e}");
+        let e = Config::parse("[vm.web.realloc]\ncpu_cap_max = 0\n").unwrap_err();
+        assert!(e.contains("cpu_cap_max"), "{e}");
+        let e = Config::parse("[realloc]\ncpu_busy = 0.5\ncpu_busy_leave = 0.7\n").unwrap_err();
+        assert!(e.contains("cpu_busy_leave"), "{e}");
+        let c = Config::parse("[vm.web.realloc]\ncritical = true\ncpu_cap_max = 2.0\n").unwrap();
+        let s = c.vm_section(&VmId::new("web")).unwrap().realloc.as_ref().unwrap().settings();
+        assert!(s.critical && !s.disabled && s.cap_max == Some(2.0));
     }
 
     #[test]

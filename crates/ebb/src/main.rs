@@ -23,7 +23,7 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent: observe every domain each tick, balloon their memory, serve the API.
+    /// Run the agent: observe every domain each tick, balloon their memory, reallocate CPU, serve the API.
     Run {
         #[arg(long, short, default_value = "/etc/ebb/ebb.toml")]
         config: PathBuf,
@@ -38,7 +38,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Every VM with its memory state and where each setting came from.
+    /// Every VM: its memory, its activity class and CPU weight and cap, where each setting came from.
     Vms {
         #[arg(long)]
         json: bool,
