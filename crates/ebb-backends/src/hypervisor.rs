@@ -1,6 +1,6 @@
 //! The `Hypervisor` trait: what the agent needs from whatever runs the VMs.
 
-use ebb_core::{Bytes, CpuTune, Observation, VmId};
+use ebb_core::{Bytes, Tune, Observation, VmId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HvError {
@@ -59,13 +59,13 @@ pub trait Hypervisor: Send {
 
     /// A running domain's live CPU weight and cap (virDomainGetSchedulerParameters).
     /// One call per VM: read when a VM appears and after a change.
-    fn cpu_tune(&mut self, vm: &VmId) -> Result<CpuTune, HvError> {
+    fn tune(&mut self, vm: &VmId) -> Result<Tune, HvError> {
         Err(unsupported("read CPU tune", vm))
     }
 
     /// Sets a running domain's live CPU weight and cap; its persistent
     /// definition is left alone, so a restart brings back its own values.
-    fn set_cpu_tune(&mut self, vm: &VmId, tune: CpuTune) -> Result<(), HvError> {
+    fn set_tune(&mut self, vm: &VmId, tune: Tune) -> Result<(), HvError> {
         let _ = tune;
         Err(unsupported("set CPU tune", vm))
     }

@@ -33,7 +33,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use std::fmt::Write as _;
 
-use ebb_core::{Activity, Balloon, Bytes, CpuTune, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState};
+use ebb_core::{Activity, Balloon, Bytes, Tune, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState};
 use tracing::{debug, debug_span, warn};
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -454,7 +454,7 @@ impl Hypervisor for LibvirtHypervisor {
                             activity,
                             persistent,
                             managed_save,
-                            cpu_tune: None,
+                            tune: None,
                         });
                         continue;
                     }
@@ -476,7 +476,7 @@ impl Hypervisor for LibvirtHypervisor {
                 }
             };
             let balloon = self.has_balloon(&rec.dom, &name).then_some(Balloon { current, maximum, stats });
-            vms.push(VmObservation { id: VmId::new(name), state, balloon, activity, persistent, managed_save, cpu_tune: None });
+            vms.push(VmObservation { id: VmId::new(name), state, balloon, activity, persistent, managed_save, tune: None });
         }
         self.balloons.retain(|uuid, _| seen.contains(uuid));
         self.last_stats.retain(|name, _| vms.iter().any(|v| v.id.as_str() == name));
@@ -522,8 +522,8 @@ impl Hypervisor for LibvirtHypervisor {
         }
     }
 
-    fn cpu_tune(&mut self, vm: &VmId) -> Result<CpuTune, HvError> {
-        let _span = debug_span!("cpu_tune", vm = %vm).entered();
+    fn tune(&mut self, vm: &VmId) -> Result<Tune, HvError> {
+        let _span = debug_span!("tune", vm = %vm).entered();
         let dom = self.lookup("read CPU tune", vm)?;
         let info = dom
             .scheduler_parameters_flags(virt_sys::VIR_DOMAIN_AFFECT_LIVE)
@@ -533,16 +533,25 @@ impl Hypervisor for LibvirtHypervisor {
             vm: vm.clone(),
             detail: format!("the {} scheduler has no cpu_shares", info.scheduler_type),
         })?;
-        Ok(CpuTune {
+        // A host without the blkio controller: ebb leaves the disk alone.
+        let io_weight = match ffi::blkio_weight(&dom) {
+            Ok(w) => w,
+            Err(e) => {
+                debug!(vm = %vm, error = %e.message(), "no blkio weight");
+                None
+            }
+        };
+        Ok(Tune {
             shares,
             // Zero or negative: no cap.
             quota_us: info.vcpu_bw.quota.and_then(|q| u64::try_from(q).ok()).filter(|q| *q > 0),
             period_us: info.vcpu_bw.period.unwrap_or(100_000),
+            io_weight,
         })
     }
 
-    fn set_cpu_tune(&mut self, vm: &VmId, tune: CpuTune) -> Result<(), HvError> {
-        let _span = debug_span!("set_cpu_tune", vm = %vm, %tune).entered();
+    fn set_tune(&mut self, vm: &VmId, tune: Tune) -> Result<(), HvError> {
+        let _span = debug_span!("set_tune", vm = %vm, %tune).entered();
         let dom = self.lookup("set CPU tune", vm)?;
         let (scheduler_type, _) = dom.scheduler_type().map_err(|e| self.vm_error("set CPU tune", vm, e))?;
         let info = virt::domain::SchedulerInfo {
@@ -556,7 +565,11 @@ impl Hypervisor for LibvirtHypervisor {
             ..Default::default()
         };
         dom.set_scheduler_parameters_flags(&info, virt_sys::VIR_DOMAIN_AFFECT_LIVE)
-            .map_err(|e| self.vm_error("set CPU tune", vm, e))
+            .map_err(|e| self.vm_error("set CPU tune", vm, e))?;
+        if let Some(w) = tune.io_weight {
+            ffi::set_blkio_weight(&dom, w).map_err(|e| self.vm_error("set disk weight", vm, e))?;
+        }
+        Ok(())
     }
 
     fn save(&mut self, vm: &VmId) -> Result<(), HvError> {
@@ -722,6 +735,50 @@ mod ffi {
             }
         };
         Some((name, value))
+    }
+
+    /// The domain's live blkio `weight`, or None when libvirt lists none.
+    pub fn blkio_weight(dom: &Domain) -> Result<Option<u32>, Error> {
+        let live = virt_sys::VIR_DOMAIN_AFFECT_LIVE;
+        let mut n: c_int = 0;
+        // SAFETY: a NULL params array with n = 0 asks libvirt for the count.
+        if unsafe { virt_sys::virDomainGetBlkioParameters(dom.as_ptr(), ptr::null_mut(), &mut n, live) } < 0 {
+            return Err(Error::last_error());
+        }
+        if n <= 0 {
+            return Ok(None);
+        }
+        // SAFETY: an all-zero typed parameter is a valid empty one.
+        let mut buf: Vec<virt_sys::virTypedParameter> = vec![unsafe { std::mem::zeroed() }; n as usize];
+        // SAFETY: `buf` holds `n` parameters for libvirt to fill.
+        if unsafe { virt_sys::virDomainGetBlkioParameters(dom.as_ptr(), buf.as_mut_ptr(), &mut n, live) } < 0 {
+            return Err(Error::last_error());
+        }
+        let weight = buf[..n.max(0) as usize]
+            .iter()
+            .filter_map(copy_param)
+            .find(|(name, _)| name == "weight")
+            .and_then(|(_, v)| v.as_u64())
+            .and_then(|w| u32::try_from(w).ok());
+        // SAFETY: frees the strings libvirt put in the parameters (device lists), once.
+        unsafe { virt_sys::virTypedParamsClear(buf.as_mut_ptr(), n) };
+        Ok(weight)
+    }
+
+    /// Sets the domain's live blkio `weight`.
+    pub fn set_blkio_weight(dom: &Domain, weight: u32) -> Result<(), Error> {
+        // SAFETY: an all-zero typed parameter is a valid empty one.
+        let mut p: virt_sys::virTypedParameter = unsafe { std::mem::zeroed() };
+        for (dst, src) in p.field.iter_mut().zip(b"weight\0") {
+            *dst = *src as std::os::raw::c_char;
+        }
+        p.type_ = virt_sys::VIR_TYPED_PARAM_UINT as c_int;
+        p.value.ui = weight;
+        // SAFETY: one initialised parameter, no strings to free.
+        if unsafe { virt_sys::virDomainSetBlkioParameters(dom.as_ptr(), &mut p, 1, virt_sys::VIR_DOMAIN_AFFECT_LIVE) } < 0 {
+            return Err(Error::last_error());
+        }
+        Ok(())
     }
 
     /// `virNodeGetMemoryStats` for all cells: (field, KiB) pairs such as

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ebb_core::{Activity, Balloon, Bytes, CpuTune, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState, GIB, MIB};
+use ebb_core::{Activity, Balloon, Bytes, Tune, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState, GIB, MIB};
 
 use crate::{HvError, Hypervisor};
 
@@ -54,7 +54,7 @@ pub struct SimVm {
     pub cpu_load: f64,
     pub vcpus: u32,
     /// Its live CPU weight and cap.
-    pub cpu_tune: CpuTune,
+    pub tune: Tune,
 }
 
 impl SimVm {
@@ -75,7 +75,7 @@ impl SimVm {
             persistent: true,
             cpu_load: 0.0,
             vcpus: 1,
-            cpu_tune: CpuTune { shares: 1024, quota_us: None, period_us: 100_000 },
+            tune: Tune { shares: 1024, quota_us: None, period_us: 100_000, io_weight: Some(500) },
         }
     }
 }
@@ -201,8 +201,8 @@ impl Guest {
             activity: active.then_some(self.activity),
             persistent: v.persistent,
             managed_save: self.managed_save,
-            // Read with `cpu_tune`, as from libvirt.
-            cpu_tune: None,
+            // Read with `tune`, as from libvirt.
+            tune: None,
         }
     }
 }
@@ -435,7 +435,7 @@ impl SimHypervisor {
             }
             if g.vm.state == VmState::Running {
                 let vcpus = f64::from(g.vm.vcpus.max(1));
-                let allowed = g.vm.cpu_tune.cap().map_or(vcpus, |c| c * vcpus);
+                let allowed = g.vm.tune.cap().map_or(vcpus, |c| c * vcpus);
                 let ran = g.vm.cpu_load.min(allowed).min(vcpus);
                 g.activity.cpu_time_ns += (ran * ran_ms as f64 * 1e6) as u64;
                 g.activity.vcpu_wait_ns += ((g.vm.cpu_load.min(vcpus) - ran) * ran_ms as f64 * 1e6) as u64;
@@ -519,19 +519,19 @@ impl Hypervisor for SimHypervisor {
         Ok(g.vm.metadata.clone())
     }
 
-    fn cpu_tune(&mut self, vm: &VmId) -> Result<CpuTune, HvError> {
+    fn tune(&mut self, vm: &VmId) -> Result<Tune, HvError> {
         let mut w = self.world();
         Self::gate(&mut w)?;
         let g = w.guests.get(vm).ok_or_else(|| HvError::NoSuchVm(vm.clone()))?;
-        Ok(g.vm.cpu_tune)
+        Ok(g.vm.tune)
     }
 
-    fn set_cpu_tune(&mut self, vm: &VmId, tune: CpuTune) -> Result<(), HvError> {
+    fn set_tune(&mut self, vm: &VmId, tune: Tune) -> Result<(), HvError> {
         self.guest_op("set CPU tune", vm, |g, _| {
             if g.vm.state != VmState::Running {
                 return Err(Op::Failed("domain is not running".into()));
             }
-            g.vm.cpu_tune = tune;
+            g.vm.tune = tune;
             Ok(())
         })
     }

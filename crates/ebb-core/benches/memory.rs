@@ -60,10 +60,11 @@ fn world(n: usize) -> World {
             activity: Some(Activity { vcpus: 1 + rng.below(4) as u32, ..Activity::default() }),
             persistent: true,
             managed_save: false,
-            cpu_tune: Some(CpuTune {
+            tune: Some(Tune {
                 shares: 1024,
                 quota_us: (rng.below(4) == 0).then_some(50_000),
                 period_us: 100_000,
+                io_weight: Some(500),
             }),
         });
     }
@@ -80,13 +81,13 @@ fn world(n: usize) -> World {
 /// policy keeps deciding rather than replaying a settled world.
 fn step_world(w: &mut World, actions: &[Action], rng: &mut Lcg) {
     let mut targets: BTreeMap<&VmId, Bytes> = BTreeMap::new();
-    let mut tunes: BTreeMap<&VmId, CpuTune> = BTreeMap::new();
+    let mut tunes: BTreeMap<&VmId, Tune> = BTreeMap::new();
     for a in actions {
         match a {
             Action::SetBalloonTarget { vm, target, .. } => {
                 targets.insert(vm, *target);
             }
-            Action::SetCpuTune { vm, tune, .. } => {
+            Action::SetTune { vm, tune, .. } => {
                 tunes.insert(vm, *tune);
             }
             _ => {}
@@ -94,7 +95,7 @@ fn step_world(w: &mut World, actions: &[Action], rng: &mut Lcg) {
     }
     for (v, load) in w.obs.vms.iter_mut().zip(&w.loads) {
         if let Some(t) = tunes.get(&v.id) {
-            v.cpu_tune = Some(*t);
+            v.tune = Some(*t);
         }
         if let Some(a) = v.activity.as_mut() {
             a.cpu_time_ns += (load.min(f64::from(a.vcpus)) * 1e9) as u64;

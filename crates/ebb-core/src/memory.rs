@@ -1137,7 +1137,7 @@ mod tests {
                         activity: None,
                         persistent: true,
                         managed_save: false,
-                        cpu_tune: None,
+                        tune: None,
                     })
                     .collect(),
             }

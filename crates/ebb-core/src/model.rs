@@ -73,33 +73,42 @@ pub struct VmObservation {
     /// Its CPU scheduling as libvirt has it live; None when not read (not
     /// running, or the driver has no scheduler parameters).
     #[serde(default)]
-    pub cpu_tune: Option<CpuTune>,
+    pub tune: Option<Tune>,
 }
 
-/// A running domain's CPU scheduling (libvirt's `schedinfo`): its weight
-/// against other domains and its bandwidth cap per vCPU.
+/// A running domain's scheduling as ebb may change it: its CPU weight
+/// against other domains and bandwidth cap per vCPU (libvirt's `schedinfo`),
+/// and its disk I/O weight (`blkiotune`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct CpuTune {
+pub struct Tune {
     /// Relative weight (`cpu_shares`): only matters when CPUs are contended.
     pub shares: u64,
     /// The cap: each vCPU may run `quota_us` per `period_us`; None: uncapped.
     pub quota_us: Option<u64>,
     pub period_us: u64,
+    /// Relative disk I/O weight (`blkiotune --weight`, 100–1000); None when
+    /// the host has no blkio controller for it, and then never set.
+    #[serde(default)]
+    pub io_weight: Option<u32>,
 }
 
-impl CpuTune {
+impl Tune {
     /// The cap as a fraction of one vCPU; None when uncapped.
     pub fn cap(&self) -> Option<f64> {
         self.quota_us.map(|q| q as f64 / self.period_us.max(1) as f64)
     }
 }
 
-impl fmt::Display for CpuTune {
+impl fmt::Display for Tune {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "weight {}", self.shares)?;
         match self.cap() {
-            Some(c) => write!(f, ", cap {:.0}% of a vCPU", c * 100.0),
-            None => f.write_str(", no cap"),
+            Some(c) => write!(f, ", cap {:.0}% of a vCPU", c * 100.0)?,
+            None => f.write_str(", no cap")?,
+        }
+        match self.io_weight {
+            Some(w) => write!(f, ", disk weight {w}"),
+            None => Ok(()),
         }
     }
 }
@@ -290,7 +299,7 @@ pub enum Action {
     /// Wake a sleeping VM: start it from its saved image, or resume it.
     Wake { vm: VmId, reason: Reason },
     /// Set a running VM's CPU weight and cap (virDomainSetSchedulerParameters, live).
-    SetCpuTune { vm: VmId, tune: CpuTune, reason: Reason },
+    SetTune { vm: VmId, tune: Tune, reason: Reason },
 }
 
 impl Action {
@@ -299,7 +308,7 @@ impl Action {
             Action::SetBalloonTarget { vm, .. }
             | Action::Sleep { vm, .. }
             | Action::Wake { vm, .. }
-            | Action::SetCpuTune { vm, .. } => vm,
+            | Action::SetTune { vm, .. } => vm,
         }
     }
     pub fn reason(&self) -> &Reason {
@@ -307,7 +316,7 @@ impl Action {
             Action::SetBalloonTarget { reason, .. }
             | Action::Sleep { reason, .. }
             | Action::Wake { reason, .. }
-            | Action::SetCpuTune { reason, .. } => {
+            | Action::SetTune { reason, .. } => {
                 reason
             }
         }
@@ -317,7 +326,7 @@ impl Action {
             Action::SetBalloonTarget { .. } => "set_balloon_target",
             Action::Sleep { .. } => "sleep",
             Action::Wake { .. } => "wake",
-            Action::SetCpuTune { .. } => "set_cpu_tune",
+            Action::SetTune { .. } => "set_tune",
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Activity-based reallocation of CPU (seed 001, SPEC §3; anchors: oVirt
-//! MoM's CpuTune controller, VMware DRS shares).
+//! MoM's Tune controller, VMware DRS shares).
 //!
 //! Every tick each running VM's rates are held against a usage model and the
 //! VM classified (cpu-bound, disk-bound, net-bound, mixed, idle or steady);
@@ -162,6 +162,9 @@ pub enum Why {
     /// Cpu-bound but nothing holds it back.
     NoGain { cpu_use: f64 },
     Own(Class),
+    DiskBound,
+    DiskConflict { others: Vec<VmId>, more: bool },
+    DiskIdle,
     /// As read back from the API.
     Text(String),
 }
@@ -194,7 +197,16 @@ impl std::fmt::Display for Why {
                 "cpu-bound ({:.0}% of its vCPUs) but it gets all the CPU it asks for: more would not help",
                 cpu_use * 100.0
             ),
-            Why::Own(class) => write!(f, "{}: its own weight and cap", class.as_str()),
+            Why::Own(class) => write!(f, "{}: its own weight", class.as_str()),
+            Why::DiskBound => f.write_str("disk-bound: it gets a higher disk weight"),
+            Why::DiskConflict { others, more } => {
+                let mut names: Vec<&str> = others.iter().map(VmId::as_str).collect();
+                if *more {
+                    names.push("others");
+                }
+                write!(f, "disk-bound, as is {}: raising one's disk weight would only rob the other, so neither changes", names.join(", "))
+            }
+            Why::DiskIdle => f.write_str("idle while another VM is disk-bound: its disk weight is cut"),
             Why::Text(t) => f.write_str(t),
         }
     }
@@ -231,13 +243,16 @@ pub struct VmReallocView {
     pub contended: bool,
     pub critical: bool,
     /// Its own CPU tune, as found before ebb changed it.
-    pub base: Option<CpuTune>,
+    pub base: Option<Tune>,
     /// What libvirt has now.
-    pub current: Option<CpuTune>,
+    pub current: Option<Tune>,
     /// What ebb wants it to have.
-    pub wanted: Option<CpuTune>,
-    /// Why it has what it has; in words through `Display`.
+    pub wanted: Option<Tune>,
+    /// Why it has the CPU tune it has; in words through `Display`.
     pub why: Option<Why>,
+    /// Why it has the disk weight it has; None without a disk weight.
+    #[serde(default)]
+    pub io_why: Option<Why>,
     /// Why ebb leaves it alone this tick.
     pub skipped: Option<String>,
 }
@@ -259,6 +274,7 @@ impl VmReallocView {
             current: None,
             wanted: None,
             why: None,
+            io_why: None,
             skipped: None,
         }
     }
@@ -277,9 +293,9 @@ pub struct ReallocDecision {
 /// A VM's CPU tune as ebb found it and as ebb last set it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tunes {
-    pub base: CpuTune,
+    pub base: Tune,
     /// None: ebb has nothing of its own in place.
-    pub applied: Option<CpuTune>,
+    pub applied: Option<Tune>,
 }
 
 /// A value that changes only once a new one has been seen for a while.
@@ -380,15 +396,15 @@ impl ReallocPolicy {
         self.vms.get(vm).and_then(|p| p.tunes)
     }
 
-    /// The edge carried a `SetCpuTune` out.
-    pub fn applied(&mut self, vm: &VmId, tune: CpuTune) {
+    /// The edge carried a `SetTune` out.
+    pub fn applied(&mut self, vm: &VmId, tune: Tune) {
         if let Some(t) = self.vms.get_mut(vm).and_then(|p| p.tunes.as_mut()) {
             t.applied = (tune != t.base).then_some(tune);
         }
         self.retry_at.remove(vm);
     }
 
-    /// libvirt refused a `SetCpuTune`: it is not retried for a minute.
+    /// libvirt refused a `SetTune`: it is not retried for a minute.
     pub fn failed(&mut self, vm: &VmId, now: Millis) {
         self.retry_at.insert(vm.clone(), now.plus(RETRY_AFTER_MS));
     }
@@ -413,9 +429,9 @@ impl ReallocPolicy {
             own.push(s);
             let mut view = VmReallocView::new(v.id.clone());
             view.critical = s.critical;
-            view.current = v.cpu_tune;
-            let (Some(activity), Some(current), VmState::Running) = (v.activity, v.cpu_tune, v.state) else {
-                view.skipped = Some(match (v.state, v.cpu_tune) {
+            view.current = v.tune;
+            let (Some(activity), Some(current), VmState::Running) = (v.activity, v.tune, v.state) else {
+                view.skipped = Some(match (v.state, v.tune) {
                     (VmState::Running, None) => "libvirt reports no CPU scheduler parameters for it".into(),
                     (VmState::Running, Some(_)) => "the hypervisor reports no activity counters for it".into(),
                     (state, _) => format!("not running ({})", state_words(state)),
@@ -503,6 +519,17 @@ impl ReallocPolicy {
         let conflict = contenders.len() >= 2;
         // Cutting an idle VM's weight only matters when someone can use it.
         let someone_gains = d.views.iter().any(|v| v.skipped.is_none() && (v.critical || v.gains));
+        // The disk: libvirt's counters show no disk contention, so a
+        // disk-bound VM is taken to gain (a weight only matters when the
+        // host's disks are contended), and two disk-bound VMs conflict.
+        let disk_bound: Vec<VmId> = d
+            .views
+            .iter()
+            .filter(|v| v.skipped.is_none() && !v.critical && is_disk_bound(v))
+            .map(|v| v.vm.clone())
+            .collect();
+        let disk_conflict = disk_bound.len() >= 2;
+        let someone_gains_disk = disk_bound.len() == 1 || d.views.iter().any(|v| v.skipped.is_none() && v.critical);
 
         // Decide each VM's tune.
         for (view, s) in d.views.iter_mut().zip(own).filter(|(v, _)| v.skipped.is_none()) {
@@ -515,8 +542,8 @@ impl ReallocPolicy {
                     (q, _) => q,
                 }
             };
-            let (rule, wanted, why) = if view.critical {
-                let tune = CpuTune { shares: shares_max, quota_us: raised_cap(s.cap_max), ..base };
+            let (cpu_rule, cpu_wanted, cpu_why) = if view.critical {
+                let tune = Tune { shares: shares_max, quota_us: raised_cap(s.cap_max), ..base };
                 (Rule::Critical, tune, Why::Critical)
             } else if view.class.is_none() {
                 // What is in place stays: after a restart that is ebb's own
@@ -528,7 +555,7 @@ impl ReallocPolicy {
                 let why = Why::Conflict { others, more: contenders.len() > 4, host_cpus: obs.host_cpus, busy: d.host_cpu };
                 (Rule::Restore, base, why)
             } else if gains(view) {
-                let tune = CpuTune {
+                let tune = Tune {
                     shares: base.shares.saturating_mul(cfg.boost).min(shares_max),
                     quota_us: raised_cap(s.cap_max),
                     ..base
@@ -541,24 +568,61 @@ impl ReallocPolicy {
                 };
                 (Rule::Boost, tune, why)
             } else if view.class == Some(Class::Idle) && someone_gains {
-                let tune = CpuTune { shares: (base.shares / cfg.yield_divisor.max(1)).max(shares_min), ..base };
+                let tune = Tune { shares: (base.shares / cfg.yield_divisor.max(1)).max(shares_min), ..base };
                 (Rule::Yield, tune, Why::Idle)
             } else if matches!(view.class, Some(Class::CpuBound | Class::Mixed)) {
                 (Rule::Restore, base, Why::NoGain { cpu_use: view.cpu_use.unwrap_or(0.0) })
             } else {
                 (Rule::Restore, base, Why::Own(view.class.unwrap_or(Class::Steady)))
             };
+            let (io_rule, io_weight, io_why) = match (base.io_weight, current.io_weight) {
+                (Some(b), Some(c)) => {
+                    let (rule, w, why) = if view.critical {
+                        (Rule::Critical, IO_WEIGHT_MAX, Why::Critical)
+                    } else if view.class.is_none() {
+                        (Rule::Restore, c, Why::Learning)
+                    } else if is_disk_bound(view) && disk_conflict {
+                        let others: Vec<VmId> = disk_bound.iter().filter(|o| **o != view.vm).take(3).cloned().collect();
+                        (Rule::Restore, b, Why::DiskConflict { others, more: disk_bound.len() > 4 })
+                    } else if is_disk_bound(view) {
+                        (Rule::Boost, b.saturating_mul(cfg.boost as u32).min(IO_WEIGHT_MAX), Why::DiskBound)
+                    } else if view.class == Some(Class::Idle) && someone_gains_disk {
+                        (Rule::Yield, (b / cfg.yield_divisor.max(1) as u32).max(IO_WEIGHT_MIN), Why::DiskIdle)
+                    } else {
+                        (Rule::Restore, b, Why::Own(view.class.unwrap_or(Class::Steady)))
+                    };
+                    // Never below what the VM had itself, when that was already low.
+                    (rule, Some(w.max(b.min(IO_WEIGHT_MIN))), Some(why))
+                }
+                _ => (Rule::Restore, current.io_weight, None),
+            };
+            let wanted = Tune { io_weight, ..cpu_wanted };
             view.wanted = Some(wanted);
+            view.why = Some(cpu_why);
+            view.io_why = io_why;
             if wanted == current || self.retry_at.get(&view.vm).is_some_and(|t| now < *t) {
-                view.why = Some(why);
                 continue;
             }
+            // The action's reason: the CPU's when the CPU part changes.
+            let cpu_changes = (wanted.shares, wanted.quota_us) != (current.shares, current.quota_us);
+            let (rule, why) = match (&view.why, &view.io_why) {
+                (_, Some(io)) if !cpu_changes => (io_rule, io),
+                (Some(cpu), _) => (cpu_rule, cpu),
+                (None, _) => unreachable!("the CPU reason is set above"),
+            };
             let text = format!("{why}{}: {current} → {wanted}", rates_words(view));
-            view.why = Some(why);
-            d.actions.push(Action::SetCpuTune { vm: view.vm.clone(), tune: wanted, reason: Reason::new(rule, text) });
+            d.actions.push(Action::SetTune { vm: view.vm.clone(), tune: wanted, reason: Reason::new(rule, text) });
         }
         d
     }
+}
+
+/// libvirt's blkio weight range (cgroup v1).
+const IO_WEIGHT_MIN: u32 = 100;
+const IO_WEIGHT_MAX: u32 = 1000;
+
+fn is_disk_bound(v: &VmReallocView) -> bool {
+    v.class == Some(Class::DiskBound) || (v.class == Some(Class::Mixed) && v.bound.disk)
 }
 
 /// " (CPU 97% of its 1 vCPU, waiting 0%)": the numbers behind a change.
@@ -588,13 +652,13 @@ fn state_words(s: VmState) -> &'static str {
 mod tests {
     use super::*;
 
-    const TUNE: CpuTune = CpuTune { shares: 1024, quota_us: None, period_us: 100_000 };
+    const TUNE: Tune = Tune { shares: 1024, quota_us: None, period_us: 100_000, io_weight: None };
 
-    fn capped(frac: f64) -> CpuTune {
-        CpuTune { quota_us: Some((frac * 100_000.0) as u64), ..TUNE }
+    fn capped(frac: f64) -> Tune {
+        Tune { quota_us: Some((frac * 100_000.0) as u64), ..TUNE }
     }
 
-    fn vm(name: &str, vcpus: u32, cpu_time_ns: u64, tune: CpuTune) -> VmObservation {
+    fn vm(name: &str, vcpus: u32, cpu_time_ns: u64, tune: Tune) -> VmObservation {
         VmObservation {
             id: VmId::new(name),
             state: VmState::Running,
@@ -602,7 +666,7 @@ mod tests {
             activity: Some(Activity { cpu_time_ns, vcpus, ..Activity::default() }),
             persistent: true,
             managed_save: false,
-            cpu_tune: Some(tune),
+            tune: Some(tune),
         }
     }
 
@@ -614,17 +678,20 @@ mod tests {
     /// what the policy sets, as libvirt's would.
     #[derive(Default)]
     struct World {
-        tunes: BTreeMap<String, CpuTune>,
+        tunes: BTreeMap<String, Tune>,
         cpu_ns: BTreeMap<String, u64>,
+        /// Disk bytes per second, by VM (none: 0).
+        disk_rate: BTreeMap<String, u64>,
+        disk_bytes: BTreeMap<String, u64>,
         settings: BTreeMap<VmId, ReallocSettings>,
     }
 
     impl World {
-        fn with(vms: &[(&str, CpuTune)]) -> World {
+        fn with(vms: &[(&str, Tune)]) -> World {
             World { tunes: vms.iter().map(|(n, t)| (n.to_string(), *t)).collect(), ..World::default() }
         }
 
-        fn tune(&self, name: &str) -> CpuTune {
+        fn tune(&self, name: &str) -> Tune {
             self.tunes[name]
         }
 
@@ -640,13 +707,17 @@ mod tests {
                         .map(|(n, c, u)| {
                             let ns = self.cpu_ns.entry(n.to_string()).or_default();
                             *ns += (u * 2e9) as u64;
-                            vm(n, *c, *ns, self.tunes[*n])
+                            let disk = self.disk_bytes.entry(n.to_string()).or_default();
+                            *disk += 2 * self.disk_rate.get(*n).copied().unwrap_or(0);
+                            let mut o = vm(n, *c, *ns, self.tunes[*n]);
+                            o.activity.as_mut().unwrap().disk_write_bytes = *disk;
+                            o
                         })
                         .collect(),
                 );
                 last = p.decide(&o, &self.settings, &cfg, at);
                 for a in &last.actions {
-                    if let Action::SetCpuTune { vm, tune, .. } = a {
+                    if let Action::SetTune { vm, tune, .. } = a {
                         self.tunes.insert(vm.0.clone(), *tune);
                         p.applied(vm, *tune);
                     }
@@ -668,7 +739,7 @@ mod tests {
         let d = w.run(&mut p, 0, 20, 2, &[("busy", 1, 0.3), ("idle", 1, 0.01)]);
         assert_eq!(view(&d, "busy").class, Some(Class::CpuBound));
         assert_eq!(view(&d, "idle").class, Some(Class::Idle));
-        let raised = CpuTune { shares: 4096, quota_us: Some(100_000), period_us: 100_000 };
+        let raised = Tune { shares: 4096, quota_us: Some(100_000), ..TUNE };
         assert_eq!(w.tune("busy"), raised);
         assert_eq!(w.tune("idle").shares, 256);
         // Load gone: not before class_after, then both back where they were.
@@ -685,7 +756,7 @@ mod tests {
         let mut p = ReallocPolicy::new();
         let mut w = World::with(&[("busy", capped(0.3))]);
         let d = w.run(&mut p, 0, 20, 2, &[("busy", 1, 0.3)]);
-        assert_eq!(w.tune("busy"), CpuTune { shares: 4096, ..capped(0.3) });
+        assert_eq!(w.tune("busy"), Tune { shares: 4096, ..capped(0.3) });
         assert!(view(&d, "busy").why.as_ref().unwrap().to_string().contains("cap_max"));
     }
 
@@ -743,12 +814,36 @@ mod tests {
     }
 
     #[test]
+    fn a_disk_bound_vm_gets_the_disk_weight_and_two_conflict() {
+        let disk = Tune { io_weight: Some(500), ..TUNE };
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("db", disk), ("idle", disk)]);
+        w.disk_rate.insert("db".into(), 8 << 20);
+        let d = w.run(&mut p, 0, 20, 2, &[("db", 1, 0.1), ("idle", 1, 0.0)]);
+        assert_eq!(view(&d, "db").class, Some(Class::DiskBound));
+        assert_eq!((w.tune("db").io_weight, w.tune("idle").io_weight), (Some(1000), Some(125)));
+        assert_eq!((w.tune("db").shares, w.tune("idle").shares), (1024, 1024), "the CPU is not what it needs");
+        // The writes stop: both back.
+        w.disk_rate.clear();
+        w.run(&mut p, 22, 20, 2, &[("db", 1, 0.1), ("idle", 1, 0.0)]);
+        assert_eq!((w.tune("db"), w.tune("idle")), (disk, disk));
+        // Two disk-bound: neither changes, and the view says why.
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("a", disk), ("b", disk)]);
+        w.disk_rate.insert("a".into(), 8 << 20);
+        w.disk_rate.insert("b".into(), 8 << 20);
+        let d = w.run(&mut p, 0, 20, 2, &[("a", 1, 0.1), ("b", 1, 0.1)]);
+        assert_eq!((w.tune("a"), w.tune("b")), (disk, disk));
+        assert!(view(&d, "a").io_why.as_ref().unwrap().to_string().contains("as is b"));
+    }
+
+    #[test]
     fn critical_goes_first_and_back_when_cleared() {
         let mut p = ReallocPolicy::new();
         let mut w = World::with(&[("c", capped(0.5))]);
         w.settings.insert(VmId::new("c"), ReallocSettings { critical: true, cap_max: Some(2.0), ..Default::default() });
         let d = w.run(&mut p, 0, 0, 2, &[("c", 2, 0.2)]);
-        assert_eq!(w.tune("c"), CpuTune { shares: 4096, quota_us: Some(200_000), period_us: 100_000 }, "at once, no class needed");
+        assert_eq!(w.tune("c"), Tune { shares: 4096, quota_us: Some(200_000), ..TUNE }, "at once, no class needed");
         assert_eq!(d.actions[0].reason().rule, Rule::Critical);
         w.settings.clear();
         w.run(&mut p, 2, 12, 2, &[("c", 2, 0.2)]);
@@ -778,7 +873,7 @@ mod tests {
         w.run(&mut p, 0, 20, 2, &both);
         assert_eq!(w.tune("idle").shares, 256);
         // An operator sets 2000 by hand: taken as its own, then cut from there.
-        w.tunes.insert("idle".into(), CpuTune { shares: 2000, ..TUNE });
+        w.tunes.insert("idle".into(), Tune { shares: 2000, ..TUNE });
         w.run(&mut p, 22, 0, 2, &both);
         assert_eq!(p.tunes(&VmId::new("idle")).unwrap().base.shares, 2000);
         assert_eq!(w.tune("idle").shares, 500);
@@ -787,7 +882,7 @@ mod tests {
     #[test]
     fn resumed_tunes_are_not_reapplied_and_a_refusal_waits() {
         let cfg = ReallocConfig::default();
-        let mine = CpuTune { shares: 256, ..TUNE };
+        let mine = Tune { shares: 256, ..TUNE };
         let mut p = ReallocPolicy::new();
         p.resume(VmId::new("idle"), Tunes { base: TUNE, applied: Some(mine) });
         let d = p.decide(&obs(2, vec![vm("idle", 1, 0, mine)]), &BTreeMap::new(), &cfg, Millis(0));

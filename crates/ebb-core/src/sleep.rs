@@ -363,7 +363,7 @@ mod tests {
     }
 
     fn vm(name: &str, state: VmState, activity: Option<Activity>, persistent: bool) -> VmObservation {
-        VmObservation { id: VmId::new(name), state, balloon: None, activity, persistent, managed_save: false, cpu_tune: None }
+        VmObservation { id: VmId::new(name), state, balloon: None, activity, persistent, managed_save: false, tune: None }
     }
 
     fn obs(vms: Vec<VmObservation>) -> Observation {

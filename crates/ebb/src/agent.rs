@@ -13,7 +13,7 @@ use ebb_core::memory::{MemoryConfig, MemoryDecision, MemoryPolicy, VmMemoryView}
 use ebb_core::realloc::{ReallocConfig, ReallocDecision, ReallocPolicy, ReallocSettings, Tunes, VmReallocView};
 use ebb_core::sleep::{SleepDecision, SleepPolicy, SleepSettings, SurrogateTraffic, VmIdleView};
 use ebb_surrogate::{Surrogate, SurrogateEvent, VmPower};
-use ebb_core::{Action, Bytes, CpuTune, Millis, Observation, Reason, Rule, SleepMode, VmId, VmState};
+use ebb_core::{Action, Bytes, Tune, Millis, Observation, Reason, Rule, SleepMode, VmId, VmState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,7 +75,7 @@ pub struct Agent {
     realloc: ReallocPolicy,
     realloc_cfg: ReallocConfig,
     /// Each running VM's live CPU tune and when it was read.
-    cpu_tunes: HashMap<VmId, (CpuTune, Millis)>,
+    live_tunes: HashMap<VmId, (Tune, Millis)>,
     /// The tunes as last written to the journal, to write only changes.
     saved_tunes: HashMap<VmId, Tunes>,
     /// `ebb critical` flags (journaled); they override the config's.
@@ -125,7 +125,7 @@ impl Agent {
         }
         let mut realloc = ReallocPolicy::new();
         let mut saved_tunes = HashMap::new();
-        match journal.cpu_tunes() {
+        match journal.tunes() {
             Ok(list) => {
                 for (vm, tunes) in list {
                     saved_tunes.insert(vm.clone(), tunes);
@@ -160,7 +160,7 @@ impl Agent {
             sleep_settings: BTreeMap::new(),
             realloc,
             realloc_cfg: cfg.realloc.policy_config(),
-            cpu_tunes: HashMap::new(),
+            live_tunes: HashMap::new(),
             saved_tunes,
             critical: critical.into_iter().collect(),
             sleeping,
@@ -319,11 +319,11 @@ impl Agent {
                     (id, m)
                 });
                 let metadata = metadata.collect::<Vec<_>>();
-                let tunes: Vec<(VmId, Result<CpuTune, HvError>)> = obs
+                let tunes: Vec<(VmId, Result<Tune, HvError>)> = obs
                     .vms
                     .iter()
                     .filter(|v| v.state == VmState::Running && needs_tune(&v.id))
-                    .map(|v| (v.id.clone(), hv.cpu_tune(&v.id)))
+                    .map(|v| (v.id.clone(), hv.tune(&v.id)))
                     .collect();
                 Ok::<_, HvError>((obs, metadata, tunes))
             })
@@ -351,17 +351,17 @@ impl Agent {
         for (vm, t) in tunes {
             match t {
                 Ok(t) => {
-                    self.cpu_tunes.insert(vm, (t, at));
+                    self.live_tunes.insert(vm, (t, at));
                 }
                 Err(e) => {
                     debug!(vm = %vm, "no CPU tune: {e}");
-                    self.cpu_tunes.remove(&vm);
+                    self.live_tunes.remove(&vm);
                 }
             }
         }
-        self.cpu_tunes.retain(|id, _| obs.vms.iter().any(|v| &v.id == id && v.state == VmState::Running));
+        self.live_tunes.retain(|id, _| obs.vms.iter().any(|v| &v.id == id && v.state == VmState::Running));
         for vm in &mut obs.vms {
-            vm.cpu_tune = self.cpu_tunes.get(&vm.id).map(|(t, _)| *t);
+            vm.tune = self.live_tunes.get(&vm.id).map(|(t, _)| *t);
         }
         self.note_vm_changes(&obs, at);
         self.note_power_changes(&obs, at);
@@ -566,7 +566,7 @@ impl Agent {
     /// A predicate over VM ids telling whose CPU tune needs (re)reading.
     fn tune_due(&self, at: Millis) -> impl Fn(&VmId) -> bool + Send + 'static {
         let fresh: BTreeSet<VmId> = self
-            .cpu_tunes
+            .live_tunes
             .iter()
             .filter(|(_, (_, read))| at.since(*read) < TUNE_REFRESH.as_millis() as u64)
             .map(|(id, _)| id.clone())
@@ -580,7 +580,7 @@ impl Agent {
         for vm in &obs.vms {
             let Some(tunes) = self.realloc.tunes(&vm.id) else { continue };
             if self.saved_tunes.get(&vm.id) != Some(&tunes) {
-                match self.journal.save_cpu_tunes(&vm.id, &tunes, at) {
+                match self.journal.save_tunes(&vm.id, &tunes, at) {
                     Ok(()) => {
                         self.saved_tunes.insert(vm.id.clone(), tunes);
                     }
@@ -691,7 +691,7 @@ impl Agent {
             match a {
                 Action::Sleep { vm, .. } => self.set_power(vm, VmPower::Asleep),
                 Action::Wake { vm, .. } => self.set_power(vm, VmPower::Waking),
-                Action::SetBalloonTarget { .. } | Action::SetCpuTune { .. } => {}
+                Action::SetBalloonTarget { .. } | Action::SetTune { .. } => {}
             }
         }
         // Waking a paused VM resumes it; waking a saved one starts it from its image.
@@ -704,7 +704,7 @@ impl Agent {
                         let t0 = Instant::now();
                         let r = match &a {
                             Action::SetBalloonTarget { vm, target, .. } => hv.set_memory(vm, *target),
-                            Action::SetCpuTune { vm, tune, .. } => hv.set_cpu_tune(vm, *tune),
+                            Action::SetTune { vm, tune, .. } => hv.set_tune(vm, *tune),
                             Action::Sleep { vm, mode: SleepMode::Save, .. } => hv.save(vm),
                             Action::Sleep { vm, mode: SleepMode::Pause, .. } => hv.pause(vm),
                             Action::Wake { vm, .. } => match sleeping.get(vm).map(|r| r.mode) {
@@ -737,11 +737,11 @@ impl Agent {
             };
             match (&action, &result) {
                 (Action::SetBalloonTarget { .. }, Err(_)) => self.policy.record_failure(&vm, at),
-                (Action::SetCpuTune { tune, .. }, Ok(())) => {
+                (Action::SetTune { tune, .. }, Ok(())) => {
                     self.realloc.applied(&vm, *tune);
-                    self.cpu_tunes.insert(vm.clone(), (*tune, at));
+                    self.live_tunes.insert(vm.clone(), (*tune, at));
                 }
-                (Action::SetCpuTune { .. }, Err(_)) => self.realloc.failed(&vm, at),
+                (Action::SetTune { .. }, Err(_)) => self.realloc.failed(&vm, at),
                 (Action::Sleep { mode, .. }, Ok(())) => {
                     self.sleeps_total += 1;
                     let rec = SleepRecord { mode: *mode, since: at, reason: reason.text.clone() };
@@ -830,7 +830,7 @@ impl Agent {
                             idle: idle_views.get(&vm.id).filter(|_| with_sleep(&vm.id)).map(|v| (*v).clone()),
                             // `current` as it is after this tick's changes.
                             realloc: realloc_views.get(&vm.id).map(|v| VmReallocView {
-                                current: self.cpu_tunes.get(&vm.id).map(|(t, _)| *t),
+                                current: self.live_tunes.get(&vm.id).map(|(t, _)| *t),
                                 ..(*v).clone()
                             }),
                         })

@@ -99,7 +99,7 @@ pub fn vms_table(vms: &[VmInfo]) -> String {
                 with_source(size(v.settings.min), v.sources.min),
                 with_source(size(v.settings.max), v.sources.max),
                 class_word(v),
-                cpu_tune_word(v),
+                tune_word(v),
                 note,
             ]
         })
@@ -118,7 +118,7 @@ fn class_word(v: &VmInfo) -> String {
 }
 
 /// "w4096 cap100%" (the live weight and cap), "*" when ebb changed them.
-fn cpu_tune_word(v: &VmInfo) -> String {
+fn tune_word(v: &VmInfo) -> String {
     let Some(r) = &v.realloc else { return "-".into() };
     let Some(t) = r.current else { return "-".into() };
     let cap = t.cap().map_or("nocap".to_string(), |c| format!("cap{:.0}%", c * 100.0));

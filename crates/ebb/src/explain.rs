@@ -57,6 +57,9 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
                 if let Some(why) = &r.why {
                     out.push(format!("Why: {why}."));
                 }
+                if let (Some(w), Some(why)) = (current.io_weight, &r.io_why) {
+                    out.push(format!("Its disk weight: {w} ({why})."));
+                }
             }
             _ => {}
         }

@@ -60,7 +60,7 @@ CREATE TABLE IF NOT EXISTS memory_state (
     last_target_bytes INTEGER,
     updated_ms INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS cpu_tunes (
+CREATE TABLE IF NOT EXISTS tunes (
     vm TEXT PRIMARY KEY,
     tunes TEXT NOT NULL,
     updated_ms INTEGER NOT NULL
@@ -146,18 +146,18 @@ impl Journal {
 
     /// Records that ebb put `vm` to sleep, so a restarted agent knows it.
     /// A VM's CPU tune as ebb found it and as ebb set it (JSON, one row per VM).
-    pub fn save_cpu_tunes(&self, vm: &VmId, tunes: &Tunes, at: Millis) -> Result<(), JournalError> {
+    pub fn save_tunes(&self, vm: &VmId, tunes: &Tunes, at: Millis) -> Result<(), JournalError> {
         let json = serde_json::to_string(tunes).expect("tunes serialize");
         self.conn.execute(
-            "INSERT OR REPLACE INTO cpu_tunes (vm, tunes, updated_ms) VALUES (?1, ?2, ?3)",
+            "INSERT OR REPLACE INTO tunes (vm, tunes, updated_ms) VALUES (?1, ?2, ?3)",
             params![vm.as_str(), json, at.0 as i64],
         )?;
         Ok(())
     }
 
     /// Every VM's remembered tunes; a row that does not parse is skipped.
-    pub fn cpu_tunes(&self) -> Result<Vec<(VmId, Tunes)>, JournalError> {
-        let mut stmt = self.conn.prepare("SELECT vm, tunes FROM cpu_tunes ORDER BY vm")?;
+    pub fn tunes(&self) -> Result<Vec<(VmId, Tunes)>, JournalError> {
+        let mut stmt = self.conn.prepare("SELECT vm, tunes FROM tunes ORDER BY vm")?;
         let rows = stmt.query_map([], |r| Ok((VmId(r.get(0)?), r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {

@@ -41,6 +41,7 @@ const GUEST_FILES: &[(&str, &str)] = &[
     ("cgi-bin/hits", include_str!("../../../guest/cgi-bin/hits")),
     ("cgi-bin/bulk", include_str!("../../../guest/cgi-bin/bulk")),
     ("cgi-bin/cpu", include_str!("../../../guest/cgi-bin/cpu")),
+    ("cgi-bin/disk", include_str!("../../../guest/cgi-bin/disk")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -277,6 +278,10 @@ pub struct GuestSpec {
     pub metadata: Option<String>,
     /// A CPU cap: each vCPU may run `.1` µs per `.0` µs (`<cputune>`).
     pub cpu_cap: Option<(u64, u64)>,
+    /// A raw disk image the guest sees as /dev/vda (virtio).
+    pub disk: Option<PathBuf>,
+    /// Its own disk I/O weight (`<blkiotune><weight>`).
+    pub io_weight: Option<u32>,
 }
 
 impl GuestSpec {
@@ -297,6 +302,8 @@ impl GuestSpec {
             balloon: true,
             metadata: None,
             cpu_cap: None,
+            disk: None,
+            io_weight: None,
         }
     }
 
@@ -328,6 +335,9 @@ impl GuestSpec {
         if let Some((period, quota)) = self.cpu_cap {
             let _ = writeln!(x, "  <cputune><period>{period}</period><quota>{quota}</quota></cputune>");
         }
+        if let Some(w) = self.io_weight {
+            let _ = writeln!(x, "  <blkiotune><weight>{w}</weight></blkiotune>");
+        }
         let _ = writeln!(x, "  <os>");
         let _ = writeln!(x, "    <type arch='x86_64'>hvm</type>");
         let _ = writeln!(x, "    <kernel>{}</kernel>", e(&image.kernel.to_string_lossy()));
@@ -346,6 +356,13 @@ impl GuestSpec {
         let _ = writeln!(x, "      <source path='{}'/>", e(&self.console_log.to_string_lossy()));
         let _ = writeln!(x, "      <target port='0'/>");
         let _ = writeln!(x, "    </serial>");
+        if let Some(disk) = &self.disk {
+            let _ = writeln!(x, "    <disk type='file' device='disk'>");
+            let _ = writeln!(x, "      <driver name='qemu' type='raw' cache='none'/>");
+            let _ = writeln!(x, "      <source file='{}'/>", e(&disk.to_string_lossy()));
+            let _ = writeln!(x, "      <target dev='vda' bus='virtio'/>");
+            let _ = writeln!(x, "    </disk>");
+        }
         if self.balloon {
             let deflate = if self.deflate_on_oom { " autodeflate='on'" } else { "" };
             let _ = writeln!(x, "    <memballoon model='virtio'{deflate}>");
@@ -641,6 +658,16 @@ impl Guest {
         let body = self.http_get(path)?;
         if !body.lines().any(|l| l.trim() == "released=1") {
             return Err(LabError::BadAnswer { name: self.name.clone(), path: path.into(), field: "released", body });
+        }
+        Ok(())
+    }
+
+    /// Writes to the guest's disk over and over for `secs`; 0 stops it.
+    pub fn disk_workload(&self, secs: u64) -> Result<()> {
+        let path = format!("/cgi-bin/disk?secs={secs}&mib=16");
+        let body = self.http_get(&path)?;
+        if !body.lines().any(|l| l.trim() == format!("secs={secs}")) {
+            return Err(LabError::BadAnswer { name: self.name.clone(), path, field: "secs", body });
         }
         Ok(())
     }

@@ -18,11 +18,43 @@ fn lab(prefix: &str) -> Lab {
 }
 
 fn boot(lab: &Lab, dir: &std::path::Path, name: &str, cap: Option<(u64, u64)>) -> Guest {
+    boot_with(lab, dir, name, |spec| spec.cpu_cap = cap)
+}
+
+fn boot_with(lab: &Lab, dir: &std::path::Path, name: &str, edit: impl FnOnce(&mut GuestSpec)) -> Guest {
     let mut spec = GuestSpec::new(name, Bytes::from_mib(256));
     spec.http_port = Some(free_port());
     spec.console_log = dir.join(format!("{name}.console.log"));
-    spec.cpu_cap = cap;
+    edit(&mut spec);
     lab.create(&spec).unwrap()
+}
+
+/// The domain's live blkio weight, as `virsh blkiotune` reports it.
+fn io_weight(g: &Guest) -> u32 {
+    let out = std::process::Command::new("virsh").args(["-c", URI, "blkiotune", g.name()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.trim_start().starts_with("weight")).unwrap_or_else(|| panic!("no weight in {text}"));
+    line.split(':').nth(1).unwrap().trim().parse().unwrap()
+}
+
+/// A raw 64 MiB disk image where libvirt's QEMU may open it, removed on drop.
+struct DiskImage(std::path::PathBuf);
+
+impl DiskImage {
+    fn new(name: &str) -> DiskImage {
+        let dir = std::path::Path::new("/var/lib/libvirt/images");
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join(format!("{name}.img"));
+        let out = std::process::Command::new("qemu-img").args(["create", "-q", "-f", "raw"]).arg(&path).arg("64M").output().unwrap();
+        assert!(out.status.success(), "qemu-img: {}", String::from_utf8_lossy(&out.stderr));
+        DiskImage(path)
+    }
+}
+
+impl Drop for DiskImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// The domain's live (cpu_shares, vcpu_quota) as libvirt reports them.
@@ -76,7 +108,7 @@ fn a_busy_guest_at_its_cap_gains_the_idle_one_yields_critical_goes_first_and_a_r
     assert!(explain.contains("at its cap") && explain.contains("set by ebb"), "{explain}");
     assert!(agent.text(&["vms"]).contains("cpu-bound"));
     let events = agent.events(Some(&busy_name));
-    assert!(events.iter().any(|e| e.kind == "set_cpu_tune" && e.rule.as_deref() == Some("boost") && e.outcome.as_deref() == Some("ok")));
+    assert!(events.iter().any(|e| e.kind == "set_tune" && e.rule.as_deref() == Some("boost") && e.outcome.as_deref() == Some("ok")));
 
     // Restarted: ebb knows the change is its own (the journal) and neither
     // undoes nor redoes it.
@@ -91,7 +123,7 @@ fn a_busy_guest_at_its_cap_gains_the_idle_one_yields_critical_goes_first_and_a_r
     let sets_after_restart = agent
         .events(Some(&busy_name))
         .iter()
-        .filter(|e| e.kind == "set_cpu_tune")
+        .filter(|e| e.kind == "set_tune")
         .count();
     assert_eq!(sets_after_restart, 1, "re-applied after the restart");
 
@@ -141,9 +173,50 @@ fn two_cpu_bound_guests_on_a_saturated_host_are_left_alone_and_explain_says_why(
     std::thread::sleep(Duration::from_secs(5));
     let now: Vec<(u64, i64)> = guests.iter().map(live).collect();
     assert_eq!(now, own, "robbed one for the other");
-    assert!(!agent.events(None).iter().any(|e| e.kind == "set_cpu_tune"), "{:?}", agent.events(None));
+    assert!(!agent.events(None).iter().any(|e| e.kind == "set_tune"), "{:?}", agent.events(None));
     for g in guests {
         g.cpu_workload(0, 1).unwrap();
+        g.remove().unwrap();
+    }
+}
+
+#[test]
+fn a_disk_bound_guest_gets_the_disk_weight_while_an_idle_one_gives_it_up() {
+    let prefix = "ebb-test-disk-";
+    let lab = lab(prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let (db_name, idle_name) = (format!("{prefix}db"), format!("{prefix}idle"));
+    let images = [DiskImage::new(&db_name), DiskImage::new(&idle_name)];
+    let guests: Vec<Guest> = [&db_name, &idle_name]
+        .iter()
+        .zip(&images)
+        .map(|(n, img)| {
+            boot_with(&lab, dir.path(), n, |spec| {
+                spec.disk = Some(img.0.clone());
+                spec.io_weight = Some(500);
+            })
+        })
+        .collect();
+    for g in &guests {
+        g.wait_ready(Duration::from_secs(180)).unwrap();
+    }
+    let (db, idle) = (&guests[0], &guests[1]);
+    assert_eq!((io_weight(db), io_weight(idle)), (500, 500));
+    let agent = AgentProc::start(dir.path(), &agent_lines(prefix), REALLOC);
+    db.disk_workload(300).unwrap();
+    wait_for("the disk weight moved", Duration::from_secs(60), || {
+        (io_weight(db) == 1000 && io_weight(idle) == 125).then_some(())
+    });
+    let r = agent.vm(&db_name).unwrap().realloc.unwrap();
+    // Under emulation the writing loop burns a vCPU too: disk-bound or mixed.
+    assert!(r.bound.disk && matches!(r.class.map(|c| c.as_str()), Some("disk-bound" | "mixed")), "{r:?}");
+    let explain = agent.text(&["explain", &db_name]);
+    assert!(explain.contains("disk-bound"), "{explain}");
+    db.disk_workload(0).unwrap();
+    wait_for("both back to their own disk weight", Duration::from_secs(60), || {
+        (io_weight(db) == 500 && io_weight(idle) == 500).then_some(())
+    });
+    for g in guests {
         g.remove().unwrap();
     }
 }
