@@ -5,6 +5,7 @@
 
 pub mod memory;
 pub mod model;
+pub mod needs;
 pub mod rates;
 pub mod realloc;
 pub mod sleep;

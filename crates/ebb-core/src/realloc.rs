@@ -95,6 +95,9 @@ pub struct ReallocSettings {
     /// The highest cap ebb may give it, as a fraction of one vCPU (1.0 = a
     /// whole CPU per vCPU). None: ebb never raises its cap above its own.
     pub cap_max: Option<f64>,
+    /// The class its history (the needs database) gives for this hour: a
+    /// VM that starts or returns begins there instead of unclassified.
+    pub expected: Option<Class>,
 }
 
 /// What a VM's activity is bound on.
@@ -233,6 +236,9 @@ pub struct VmReallocView {
     pub bound: Bound,
     /// A different class it is showing, and since when.
     pub pending: Option<(Class, Millis)>,
+    /// The class its history gives for this hour, which it started from.
+    #[serde(default)]
+    pub expected: Option<Class>,
     pub rates: Option<ActivityRates>,
     /// CPU use as a fraction of its vCPUs.
     pub cpu_use: Option<f64>,
@@ -264,6 +270,7 @@ impl VmReallocView {
             class: None,
             bound: Bound::default(),
             pending: None,
+            expected: None,
             rates: None,
             cpu_use: None,
             at_cap: false,
@@ -346,13 +353,13 @@ struct Track {
 }
 
 impl Track {
-    fn fresh(at: Millis, activity: Activity) -> Track {
+    fn fresh(at: Millis, activity: Activity, expected: Option<Class>) -> Track {
         Track {
             seen: at,
             last: (at, activity),
             rates: None,
             bound: Bound::default(),
-            class: Held::default(),
+            class: Held { value: expected, pending: None },
             gains: Held::default(),
             contended: Held::default(),
         }
@@ -429,6 +436,7 @@ impl ReallocPolicy {
             own.push(s);
             let mut view = VmReallocView::new(v.id.clone());
             view.critical = s.critical;
+            view.expected = s.expected;
             view.current = v.tune;
             let (Some(activity), Some(current), VmState::Running) = (v.activity, v.tune, v.state) else {
                 view.skipped = Some(match (v.state, v.tune) {
@@ -444,13 +452,13 @@ impl ReallocPolicy {
                 self.vms.insert(v.id.clone(), PerVm::default());
             }
             let per = self.vms.get_mut(&v.id).expect("just inserted");
-            let track = per.track.get_or_insert_with(|| Track::fresh(now, activity));
+            let track = per.track.get_or_insert_with(|| Track::fresh(now, activity, s.expected));
             track.seen = now;
             if let Some(r) = ActivityRates::between(track.last.0, &track.last.1, now, &activity) {
                 track.rates = Some(r);
             } else if activity.went_back(&track.last.1) {
-                // Restarted or restored: its class starts over.
-                *track = Track::fresh(now, activity);
+                // Restarted or restored: its class starts over, from its history.
+                *track = Track::fresh(now, activity, s.expected);
             }
             track.last = (now, activity);
 
@@ -848,6 +856,21 @@ mod tests {
         w.settings.clear();
         w.run(&mut p, 2, 12, 2, &[("c", 2, 0.2)]);
         assert_eq!(w.tune("c"), capped(0.5));
+    }
+
+    #[test]
+    fn a_returning_vm_starts_from_its_history() {
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("idle", TUNE), ("busy", capped(0.3))]);
+        w.settings.insert(VmId::new("busy"), ReallocSettings { expected: Some(Class::CpuBound), ..Default::default() });
+        w.settings.insert(VmId::new("idle"), ReallocSettings { expected: Some(Class::Idle), ..Default::default() });
+        // From its first ticks, before class_after: history says cpu-bound.
+        let d = w.run(&mut p, 0, 2, 2, &[("idle", 1, 0.0), ("busy", 1, 0.3)]);
+        assert_eq!(view(&d, "busy").class, Some(Class::CpuBound));
+        assert_eq!(view(&d, "busy").expected, Some(Class::CpuBound));
+        // Gains are still held for class_after: weights move once the load is confirmed.
+        w.run(&mut p, 4, 10, 2, &[("idle", 1, 0.0), ("busy", 1, 0.3)]);
+        assert_eq!((w.tune("busy").shares, w.tune("idle").shares), (4096, 256));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::journal::{Entry, Journal};
 use crate::settings::{self, MetadataSettings, Resolved};
 use ebb_backends::{HvError, Hypervisor};
 use ebb_core::memory::{MemoryConfig, MemoryDecision, MemoryPolicy, VmMemoryView};
+use ebb_core::needs::{HourNeeds, VmNeeds};
 use ebb_core::realloc::{ReallocConfig, ReallocDecision, ReallocPolicy, ReallocSettings, Tunes, VmReallocView};
 use ebb_core::sleep::{SleepDecision, SleepPolicy, SleepSettings, SurrogateTraffic, VmIdleView};
 use ebb_surrogate::{Surrogate, SurrogateEvent, VmPower};
@@ -27,6 +28,8 @@ pub type Connector = Box<dyn Fn(&str) -> Result<Box<dyn Hypervisor>, HvError> + 
 pub enum Command {
     Sleep { vm: VmId, reply: oneshot::Sender<Result<String, String>> },
     Wake { vm: VmId, reply: oneshot::Sender<Result<String, String>> },
+    /// A VM's needs history, hour by hour.
+    Needs { vm: VmId, reply: oneshot::Sender<Result<Vec<HourNeeds>, String>> },
     /// Sets or clears a VM's time-critical flag.
     Critical { vm: VmId, on: bool, reply: oneshot::Sender<Result<String, String>> },
 }
@@ -34,6 +37,8 @@ pub enum Command {
 /// How often a domain's `<metadata>` is re-read (it rarely changes, and
 /// reading it is one call per VM, unlike the bulk stats).
 const METADATA_REFRESH: Duration = Duration::from_secs(30);
+/// How often the needs history is written to the journal (and at stop).
+const NEEDS_FLUSH: Duration = Duration::from_secs(60);
 /// How often a running domain's CPU tune is re-read, to notice a change
 /// made with `virsh schedinfo` (ebb's own changes update it at once).
 const TUNE_REFRESH: Duration = Duration::from_secs(30);
@@ -80,6 +85,10 @@ pub struct Agent {
     saved_tunes: HashMap<VmId, Tunes>,
     /// `ebb critical` flags (journaled); they override the config's.
     critical: BTreeMap<VmId, bool>,
+    /// Each VM's needs history, and which changed since the last flush.
+    needs: HashMap<VmId, VmNeeds>,
+    needs_dirty: BTreeSet<VmId>,
+    needs_flushed_at: Millis,
     commands: mpsc::Receiver<Command>,
     /// Stands in for the VMs' declared services (`[[vm.NAME.service]]`).
     surrogate: Surrogate,
@@ -134,6 +143,10 @@ impl Agent {
             }
             Err(e) => warn!("could not resume CPU tunes from the journal: {e}"),
         }
+        let needs = journal.needs().unwrap_or_else(|e| {
+            warn!("could not read the needs history from the journal: {e}");
+            vec![]
+        });
         let critical = journal.critical().unwrap_or_else(|e| {
             warn!("could not read the critical flags from the journal: {e}");
             vec![]
@@ -163,6 +176,9 @@ impl Agent {
             live_tunes: HashMap::new(),
             saved_tunes,
             critical: critical.into_iter().collect(),
+            needs: needs.into_iter().collect(),
+            needs_dirty: BTreeSet::new(),
+            needs_flushed_at: started_at,
             sleeping,
             commands,
             surrogate,
@@ -282,6 +298,7 @@ impl Agent {
                 }
             }
         }
+        self.flush_needs(now());
         self.journal_event(None, "stopped", "ebb stopped");
         info!("ebb stopped");
     }
@@ -397,6 +414,9 @@ impl Agent {
         self.act(actions, at).await;
         self.remember_memory_state(&decision, at);
         self.remember_tunes(&obs, at);
+        if let Some(d) = &realloc {
+            self.record_needs(&obs, d, at);
+        }
         self.publish(Some((&obs, &resolved)), Some((&decision, &idle, realloc.as_ref())), started, at);
         self.in_flight = decision
             .vms
@@ -555,6 +575,7 @@ impl Agent {
             .iter()
             .map(|vm| {
                 let mut s = self.cfg.vm_section(&vm.id).and_then(|s| s.realloc.as_ref()).map(|r| r.settings()).unwrap_or_default();
+                s.expected = self.needs.get(&vm.id).and_then(|n| n.expected(obs.at, &self.realloc_cfg));
                 if let Some(on) = self.critical.get(&vm.id) {
                     s.critical = *on;
                 }
@@ -572,6 +593,30 @@ impl Agent {
             .map(|(id, _)| id.clone())
             .collect();
         move |id| !fresh.contains(id)
+    }
+
+    /// Counts this tick's rates into each running VM's needs history; writes
+    /// the changed histories to the journal every `NEEDS_FLUSH`.
+    fn record_needs(&mut self, obs: &Observation, d: &ReallocDecision, at: Millis) {
+        for (v, view) in obs.vms.iter().zip(&d.views) {
+            let (Some(r), Some(a)) = (view.rates, v.activity) else { continue };
+            self.needs.entry(v.id.clone()).or_default().record(at, &r, a.vcpus);
+            self.needs_dirty.insert(v.id.clone());
+        }
+        if at.since(self.needs_flushed_at) >= NEEDS_FLUSH.as_millis() as u64 {
+            self.flush_needs(at);
+        }
+    }
+
+    fn flush_needs(&mut self, at: Millis) {
+        for vm in std::mem::take(&mut self.needs_dirty) {
+            if let Some(n) = self.needs.get(&vm) {
+                if let Err(e) = self.journal.save_needs(&vm, n, at) {
+                    warn!("{e}");
+                }
+            }
+        }
+        self.needs_flushed_at = at;
     }
 
     /// Journals each VM's tunes (as found, as ebb set them) when they change,
@@ -643,6 +688,15 @@ impl Agent {
                 }
                 let reason = Reason::new(Rule::Sleep, format!("asked to sleep ({}) through the API", mode.as_str()));
                 (Action::Sleep { vm, mode, reason }, reply)
+            }
+            Command::Needs { vm, reply } => {
+                let answer = match self.needs.get(&vm) {
+                    Some(n) => Ok(n.summary(&self.realloc_cfg)),
+                    None if snap.vms.iter().any(|v| v.name == vm.0) => Ok(vec![]),
+                    None => Err(format!("no VM named {vm} on this host, and no history of one")),
+                };
+                let _ = reply.send(answer);
+                return;
             }
             Command::Critical { vm, on, reply } => {
                 if !snap.vms.iter().any(|v| v.name == vm.0) {

@@ -3,7 +3,7 @@
 //! journal read-side; it never blocks the agent.
 
 use crate::agent::Command;
-use crate::api_types::{ApiError, Done, Event, Explain, Snapshot};
+use crate::api_types::{ApiError, Done, Event, Explain, Needs, Snapshot};
 use crate::journal::Journal;
 use crate::{explain, metrics};
 use axum::extract::{Path as UrlPath, Query, State};
@@ -41,6 +41,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/vms/{name}/sleep", post(sleep_vm))
         .route("/v1/vms/{name}/wake", post(wake_vm))
         .route("/v1/vms/{name}/critical/{on}", post(critical_vm))
+        .route("/v1/vms/{name}/needs", get(needs_vm))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics_text))
         .with_state(state)
@@ -131,6 +132,20 @@ async fn sleep_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -> 
 
 async fn wake_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -> ApiResult<Json<Done>> {
     ask(&s, |reply| Command::Wake { vm: ebb_core::VmId(name), reply }).await
+}
+
+async fn needs_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -> ApiResult<Json<Needs>> {
+    let (reply, answer) = oneshot::channel();
+    let vm = ebb_core::VmId(name.clone());
+    s.commands
+        .send(Command::Needs { vm, reply })
+        .await
+        .map_err(|_| fail(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"))?;
+    match answer.await {
+        Ok(Ok(hours)) => Ok(Json(Needs { vm: name, hours })),
+        Ok(Err(e)) => Err(fail(StatusCode::NOT_FOUND, e)),
+        Err(_) => Err(fail(StatusCode::SERVICE_UNAVAILABLE, "the agent stopped before answering")),
+    }
 }
 
 /// `on` is `on` or `off`.

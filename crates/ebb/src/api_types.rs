@@ -144,6 +144,13 @@ pub struct Explain {
     pub events: Vec<Event>,
 }
 
+/// `ebb needs VM`: its history hour by hour (UTC), hours without samples left out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Needs {
+    pub vm: String,
+    pub hours: Vec<ebb_core::needs::HourNeeds>,
+}
+
 /// The answer to a request the agent carried out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Done {

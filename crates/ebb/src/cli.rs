@@ -2,7 +2,7 @@
 //! sentences. Scripts use `--json` instead.
 
 use crate::agent::vm_state_word;
-use crate::api_types::{Connection, Event, Explain, Source, Status, VmInfo};
+use crate::api_types::{Connection, Event, Explain, Needs, Source, Status, VmInfo};
 use crate::config::Config;
 use ebb_core::{Bytes, Millis};
 use std::fmt::Write;
@@ -124,6 +124,28 @@ fn tune_word(v: &VmInfo) -> String {
     let cap = t.cap().map_or("nocap".to_string(), |c| format!("cap{:.0}%", c * 100.0));
     let mine = if r.base.is_some_and(|b| b != t) { "*" } else { "" };
     format!("w{} {cap}{mine}", t.shares)
+}
+
+pub fn needs_table(n: &Needs) -> String {
+    if n.hours.is_empty() {
+        return format!("no history for {} yet: ebb records it every tick while the VM runs\n", n.vm);
+    }
+    let rows: Vec<Vec<String>> = n
+        .hours
+        .iter()
+        .map(|h| {
+            vec![
+                format!("{:02}:00", h.hour),
+                h.samples.to_string(),
+                format!("{:.0}%", h.cpu_p50 * 100.0),
+                format!("{:.0}%", h.cpu_p90 * 100.0),
+                format!("{}/s", h.disk_p90),
+                format!("{}/s", h.net_p90),
+                h.class.map_or("(too few samples)", |c| c.as_str()).to_string(),
+            ]
+        })
+        .collect();
+    table(&["HOUR(UTC)", "SAMPLES", "CPU p50", "CPU p90", "DISK p90", "NET p90", "CLASS"], &rows)
 }
 
 pub fn events_table(events: &[Event]) -> String {

@@ -254,6 +254,7 @@ impl VmReallocSection {
             shares_min: self.cpu_shares_min,
             shares_max: self.cpu_shares_max,
             cap_max: self.cpu_cap_max,
+            expected: None,
         }
     }
 }

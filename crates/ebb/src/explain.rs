@@ -49,6 +49,9 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
                 let class = class.map_or("not classified yet", |c| c.as_str());
                 let use_ = r.cpu_use.map(|u| format!(", asking for {:.0}% of its vCPUs", u * 100.0)).unwrap_or_default();
                 out.push(format!("Its activity: {class}{use_}."));
+                if let Some(h) = r.expected {
+                    out.push(format!("Its history (ebb needs) says {} at this hour: it started from there.", h.as_str()));
+                }
                 if current == base {
                     out.push(format!("Its CPU: {current}, its own."));
                 } else {

@@ -4,6 +4,7 @@
 
 use crate::api_types::{Event, SleepRecord};
 use ebb_core::memory::Resumed;
+use ebb_core::needs::VmNeeds;
 use ebb_core::realloc::Tunes;
 use ebb_core::{Bytes, Millis, SleepMode, VmId};
 use rusqlite::{params, Connection};
@@ -63,6 +64,11 @@ CREATE TABLE IF NOT EXISTS memory_state (
 CREATE TABLE IF NOT EXISTS tunes (
     vm TEXT PRIMARY KEY,
     tunes TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS needs (
+    vm TEXT PRIMARY KEY,
+    needs TEXT NOT NULL,
     updated_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS critical (
@@ -164,6 +170,32 @@ impl Journal {
             let (vm, json) = row?;
             if let Ok(t) = serde_json::from_str(&json) {
                 out.push((vm, t));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A VM's needs history (JSON, one row per VM: 24 hourly histograms).
+    pub fn save_needs(&self, vm: &VmId, needs: &VmNeeds, at: Millis) -> Result<(), JournalError> {
+        let json = serde_json::to_string(needs).expect("needs serialize");
+        self.conn.execute(
+            "INSERT OR REPLACE INTO needs (vm, needs, updated_ms) VALUES (?1, ?2, ?3)",
+            params![vm.as_str(), json, at.0 as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Every VM's needs history; a row that does not parse is skipped.
+    pub fn needs(&self) -> Result<Vec<(VmId, VmNeeds)>, JournalError> {
+        let mut stmt = self.conn.prepare("SELECT vm, needs FROM needs ORDER BY vm")?;
+        let rows = stmt.query_map([], |r| Ok((VmId(r.get(0)?), r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (vm, json) = row?;
+            if let Ok(n) = serde_json::from_str::<VmNeeds>(&json) {
+                if n.hours.len() == ebb_core::needs::HOURS {
+                    out.push((vm, n));
+                }
             }
         }
         Ok(out)

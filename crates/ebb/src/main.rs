@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use ebb::api_types::{Done, Event, Explain, Status, VmInfo};
+use ebb::api_types::{Done, Event, Explain, Needs, Status, VmInfo};
 use ebb::client::Client;
 use ebb::config::{Config, DEFAULT_SOCKET};
 use ebb::{cli, run};
@@ -63,6 +63,12 @@ enum Command {
     Sleep { vm: String },
     /// Wake a VM ebb put to sleep (or one saved or paused by hand).
     Wake { vm: String },
+    /// A VM's resource needs by hour of the day (UTC), from the needs history.
+    Needs {
+        vm: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Mark a VM time-critical (put first: its highest CPU weight and cap) or clear it.
     Critical {
         vm: String,
@@ -141,6 +147,10 @@ async fn dispatch(args: Args) -> Result<(), String> {
             let d: Done = client.post(&format!("/v1/vms/{}/wake", cli::url_encode(&vm))).await.map_err(e)?;
             println!("{vm}: awake ({})", d.done);
             Ok(())
+        }
+        Command::Needs { vm, json } => {
+            let n: Needs = client.get(&format!("/v1/vms/{}/needs", cli::url_encode(&vm))).await.map_err(e)?;
+            print_or_json(json, &n, cli::needs_table)
         }
         Command::Critical { vm, state } => {
             let d: Done = client.post(&format!("/v1/vms/{}/critical/{state}", cli::url_encode(&vm))).await.map_err(e)?;

@@ -110,6 +110,12 @@ fn a_busy_guest_at_its_cap_gains_the_idle_one_yields_critical_goes_first_and_a_r
     let events = agent.events(Some(&busy_name));
     assert!(events.iter().any(|e| e.kind == "set_tune" && e.rule.as_deref() == Some("boost") && e.outcome.as_deref() == Some("ok")));
 
+    // The needs history has this hour's samples, busy ones among them.
+    let needs: ebb::api_types::Needs = agent.json(&["needs", &busy_name]);
+    let hour = needs.hours.last().expect("an hour with samples");
+    assert!(hour.samples >= 5 && hour.cpu_p90 >= 0.8, "{needs:?}");
+    assert!(agent.text(&["needs", &busy_name]).contains("CPU p90"));
+
     // Restarted: ebb knows the change is its own (the journal) and neither
     // undoes nor redoes it.
     agent.stop();
@@ -120,6 +126,8 @@ fn a_busy_guest_at_its_cap_gains_the_idle_one_yields_critical_goes_first_and_a_r
     assert_eq!(r.base.map(|b| (b.shares, b.quota_us)), Some((own_busy.0, Some(30_000))), "its own values, from the journal");
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(live(&busy), (own_busy.0 * 4, 100_000));
+    let kept: ebb::api_types::Needs = agent.json(&["needs", &busy_name]);
+    assert!(kept.hours.last().unwrap().samples >= hour.samples, "the needs history was lost: {kept:?}");
     let sets_after_restart = agent
         .events(Some(&busy_name))
         .iter()
@@ -141,6 +149,8 @@ fn a_busy_guest_at_its_cap_gains_the_idle_one_yields_critical_goes_first_and_a_r
     let out = agent.cli(&["critical", &idle_name, "off"]);
     assert!(out.status.success());
     wait_for("the flag cleared", Duration::from_secs(20), || (live(&idle) == own_idle).then_some(()));
+    let out = agent.cli(&["needs", "no-such-vm"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no VM named no-such-vm"));
     let out = agent.cli(&["critical", "no-such-vm", "on"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no VM named no-such-vm"));
     for g in [busy, idle] {
