@@ -184,7 +184,7 @@ impl std::fmt::Display for Why {
                 }
                 write!(
                     f,
-                    "cpu-bound, as is {}, on a host whose {host_cpus} CPUs are all in use ({busy:.1} busy): raising one would only rob the other, so neither changes",
+                    "cpu-bound, as is {}, on a host whose {host_cpus} CPUs are all asked for ({busy:.1} CPUs' worth): raising one would only rob the other, so neither changes",
                     names.join(", ")
                 )
             }
@@ -292,8 +292,12 @@ pub struct ReallocDecision {
     pub actions: Vec<Action>,
     /// One view per observed VM, in observation order.
     pub views: Vec<VmReallocView>,
-    /// Host CPU used by the VMs, in CPUs' worth, and whether that saturates it.
+    /// Host CPU used by the VMs, in CPUs' worth.
     pub host_cpu: f64,
+    /// What the VMs ask of the host's CPUs: what they ran plus what their
+    /// vCPUs waited to run (a capped VM's wait included), in CPUs' worth.
+    pub host_demand: f64,
+    /// Whether that demand saturates the host's CPUs (held like a class).
     pub saturated: bool,
 }
 
@@ -488,6 +492,7 @@ impl ReallocPolicy {
                 view.at_cap = at_cap;
                 view.bound = bound;
                 d.host_cpu += r.cpu;
+                d.host_demand += (r.cpu + r.vcpu_wait).min(vcpus);
                 // Against the last tick's saturation: it is held for
                 // class_after anyway, and this keeps one pass over the VMs.
                 let waits = r.vcpu_wait >= cfg.wait_contended;
@@ -512,7 +517,9 @@ impl ReallocPolicy {
         }
         self.vms.retain(|_, p| p.track.is_some() || p.tunes.is_some());
         let host_cpus = f64::from(obs.host_cpus.max(1));
-        self.saturated.see(d.host_cpu >= cfg.saturated * host_cpus, now, cfg.class_after_ms);
+        // On demand, not use: raising a capped VM's cap must not be what
+        // makes the host saturated (and then undone as a conflict).
+        self.saturated.see(d.host_demand >= cfg.saturated * host_cpus, now, cfg.class_after_ms);
         d.saturated = self.saturated.value == Some(true);
 
         // The conflict check: two or more VMs that would gain, competing
@@ -560,7 +567,7 @@ impl ReallocPolicy {
             } else if view.contended && conflict {
                 // Named up to three: thousands of contenders must not cost n².
                 let others: Vec<VmId> = contenders.iter().filter(|o| **o != view.vm).take(3).cloned().collect();
-                let why = Why::Conflict { others, more: contenders.len() > 4, host_cpus: obs.host_cpus, busy: d.host_cpu };
+                let why = Why::Conflict { others, more: contenders.len() > 4, host_cpus: obs.host_cpus, busy: d.host_demand };
                 (Rule::Restore, base, why)
             } else if gains(view) {
                 let tune = Tune {
@@ -691,6 +698,7 @@ mod tests {
         /// Disk bytes per second, by VM (none: 0).
         disk_rate: BTreeMap<String, u64>,
         disk_bytes: BTreeMap<String, u64>,
+        wait_ns: BTreeMap<String, u64>,
         settings: BTreeMap<VmId, ReallocSettings>,
     }
 
@@ -713,12 +721,21 @@ mod tests {
                     host_cpus,
                     vms.iter()
                         .map(|(n, c, u)| {
+                            // `u` is what it asks for; its cap lets it run
+                            // that much, the rest waits (as Linux counts a
+                            // throttled vCPU's delay).
+                            let tune = self.tunes[*n];
+                            let ran = tune.cap().map_or(*u, |cap| u.min(cap * f64::from(*c)));
                             let ns = self.cpu_ns.entry(n.to_string()).or_default();
-                            *ns += (u * 2e9) as u64;
+                            *ns += (ran * 2e9) as u64;
+                            let wait = self.wait_ns.entry(n.to_string()).or_default();
+                            *wait += ((u - ran).max(0.0) * 2e9) as u64;
                             let disk = self.disk_bytes.entry(n.to_string()).or_default();
                             *disk += 2 * self.disk_rate.get(*n).copied().unwrap_or(0);
+                            let wait = *wait;
                             let mut o = vm(n, *c, *ns, self.tunes[*n]);
                             o.activity.as_mut().unwrap().disk_write_bytes = *disk;
+                            o.activity.as_mut().unwrap().vcpu_wait_ns = wait;
                             o
                         })
                         .collect(),
@@ -778,6 +795,25 @@ mod tests {
         let why = view(&d, "a").why.as_ref().unwrap().to_string();
         assert!(why.contains("as is b") && why.contains("rob"), "{why}");
         assert!(d.actions.is_empty());
+    }
+
+    #[test]
+    fn raising_a_cap_into_a_busy_neighbour_is_a_steady_conflict() {
+        // Capped at 30% but asking for a whole CPU, beside a busy neighbour
+        // on two CPUs: together they ask for both CPUs, so raising the cap
+        // would rob the neighbour. Nothing changes, tick after tick.
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("capped", capped(0.3)), ("busy", TUNE)]);
+        w.settings.insert(VmId::new("capped"), ReallocSettings { cap_max: Some(1.0), ..Default::default() });
+        for start in [0, 32, 64] {
+            let d = w.run(&mut p, start, 30, 2, &[("capped", 1, 1.0), ("busy", 1, 1.0)]);
+            assert!(d.saturated);
+            assert_eq!((w.tune("capped"), w.tune("busy")), (capped(0.3), TUNE), "at {start} s");
+            assert!(view(&d, "capped").why.as_ref().unwrap().to_string().contains("rob"));
+        }
+        // The neighbour goes quiet: now the cap rises.
+        w.run(&mut p, 96, 30, 2, &[("capped", 1, 1.0), ("busy", 1, 0.0)]);
+        assert_eq!(w.tune("capped").quota_us, Some(100_000));
     }
 
     #[test]

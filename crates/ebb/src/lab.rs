@@ -42,6 +42,7 @@ const GUEST_FILES: &[(&str, &str)] = &[
     ("cgi-bin/bulk", include_str!("../../../guest/cgi-bin/bulk")),
     ("cgi-bin/cpu", include_str!("../../../guest/cgi-bin/cpu")),
     ("cgi-bin/disk", include_str!("../../../guest/cgi-bin/disk")),
+    ("cgi-bin/work", include_str!("../../../guest/cgi-bin/work")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -660,6 +661,15 @@ impl Guest {
             return Err(LabError::BadAnswer { name: self.name.clone(), path: path.into(), field: "released", body });
         }
         Ok(())
+    }
+
+    /// Runs the guest's fixed computation for `secs`; the rounds it got through.
+    pub fn work(&self, secs: u64) -> Result<u64> {
+        let path = format!("/cgi-bin/work?secs={secs}");
+        let body = self.http_get_with(&path, Duration::from_secs(secs + 30))?;
+        body.lines()
+            .find_map(|l| l.trim().strip_prefix("rounds=")?.parse().ok())
+            .ok_or_else(|| LabError::BadAnswer { name: self.name.clone(), path, field: "rounds", body })
     }
 
     /// Writes to the guest's disk over and over for `secs`; 0 stops it.
