@@ -375,8 +375,12 @@ impl Track {
 #[derive(Debug, Default)]
 pub struct ReallocPolicy {
     vms: HashMap<VmId, PerVm>,
-    /// Whether the VMs saturate the host's CPUs, held like a class.
+    /// Whether the VMs saturate the host's CPUs, held like a class…
     saturated: Held<bool>,
+    /// …and whether they did at the last tick, unheld: what a VM's gain and
+    /// contention are seen against, so both start holding from the same
+    /// moment and a boost never slips in before the conflict shows.
+    saturated_last: bool,
     /// A change libvirt refused is not retried before this time.
     retry_at: HashMap<VmId, Millis>,
 }
@@ -493,16 +497,18 @@ impl ReallocPolicy {
                 view.bound = bound;
                 d.host_cpu += r.cpu;
                 d.host_demand += (r.cpu + r.vcpu_wait).min(vcpus);
-                // Against the last tick's saturation: it is held for
-                // class_after anyway, and this keeps one pass over the VMs.
+                // Against the last tick's saturation: one pass over the VMs.
                 let waits = r.vcpu_wait >= cfg.wait_contended;
-                let saturated = self.saturated.value == Some(true);
+                let saturated = self.saturated_last;
                 track.gains.see(bound.cpu && (at_cap || waits || saturated), now, cfg.class_after_ms);
                 // A capped VM's wait is its own cap holding it back.
                 track.contended.see(bound.cpu && ((waits && !at_cap) || saturated), now, cfg.class_after_ms);
             }
             view.gains = matches!(track.class.value, Some(Class::CpuBound | Class::Mixed)) && track.gains.value == Some(true);
-            view.contended = view.gains && track.contended.value == Some(true);
+            // Contention counts from the moment it shows, held or not: a
+            // boost must not slip in before a neighbour's claim is confirmed.
+            view.contended = matches!(track.class.value, Some(Class::CpuBound | Class::Mixed))
+                && (track.contended.value == Some(true) || matches!(track.contended.pending, Some((true, _))));
             view.class = track.class.value;
             view.pending = track.class.pending;
             if s.disabled {
@@ -519,7 +525,8 @@ impl ReallocPolicy {
         let host_cpus = f64::from(obs.host_cpus.max(1));
         // On demand, not use: raising a capped VM's cap must not be what
         // makes the host saturated (and then undone as a conflict).
-        self.saturated.see(d.host_demand >= cfg.saturated * host_cpus, now, cfg.class_after_ms);
+        self.saturated_last = d.host_demand >= cfg.saturated * host_cpus;
+        self.saturated.see(self.saturated_last, now, cfg.class_after_ms);
         d.saturated = self.saturated.value == Some(true);
 
         // The conflict check: two or more VMs that would gain, competing
@@ -699,6 +706,8 @@ mod tests {
         disk_rate: BTreeMap<String, u64>,
         disk_bytes: BTreeMap<String, u64>,
         wait_ns: BTreeMap<String, u64>,
+        /// Every change the policy made, in order.
+        changes: Vec<(String, Tune)>,
         settings: BTreeMap<VmId, ReallocSettings>,
     }
 
@@ -743,6 +752,7 @@ mod tests {
                 last = p.decide(&o, &self.settings, &cfg, at);
                 for a in &last.actions {
                     if let Action::SetTune { vm, tune, .. } = a {
+                        self.changes.push((vm.0.clone(), *tune));
                         self.tunes.insert(vm.0.clone(), *tune);
                         p.applied(vm, *tune);
                     }
@@ -811,6 +821,7 @@ mod tests {
             assert_eq!((w.tune("capped"), w.tune("busy")), (capped(0.3), TUNE), "at {start} s");
             assert!(view(&d, "capped").why.as_ref().unwrap().to_string().contains("rob"));
         }
+        assert_eq!(w.changes, vec![], "not even for a moment");
         // The neighbour goes quiet: now the cap rises.
         w.run(&mut p, 96, 30, 2, &[("capped", 1, 1.0), ("busy", 1, 0.0)]);
         assert_eq!(w.tune("capped").quota_us, Some(100_000));

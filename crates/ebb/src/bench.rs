@@ -338,6 +338,14 @@ async fn realloc(uri: &str, seconds: u64) -> Result<(), String> {
         let with_ebb = block_in_place(|| worker.work(seconds)).map_err(|e| e.to_string())?;
         let _ = stop.send(());
         let _ = agent.await;
+        let journal = crate::journal::Journal::open(&dir.path().join("realloc.db")).map_err(|e| e.to_string())?;
+        let changes = journal
+            .events(Some(worker.name()), 10_000)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter(|e| e.kind == "set_tune")
+            .count()
+            - rows.iter().map(|r: &(bool, f64, f64, usize)| r.3).sum::<usize>();
         // Back to the guest's own values for the next static window.
         let own = virt::domain::SchedulerInfo {
             scheduler_type: "posix".into(),
@@ -349,15 +357,18 @@ async fn realloc(uri: &str, seconds: u64) -> Result<(), String> {
             .domain()
             .set_scheduler_parameters_flags(&own, virt::sys::VIR_DOMAIN_AFFECT_LIVE)
             .map_err(|e| e.to_string())?;
-        rows.push((busy_neighbour, per_minute(fixed), per_minute(with_ebb)));
+        rows.push((busy_neighbour, per_minute(fixed), per_minute(with_ebb), changes));
     }
     for g in [worker, neighbour] {
         let _ = block_in_place(|| g.remove());
     }
     println!("a cpu-bound guest capped at 30% of a CPU (cpu_cap_max 1.0), rounds of a fixed computation per minute, {seconds} s windows:");
-    for (busy, fixed, with_ebb) in rows {
+    for (busy, fixed, with_ebb, changes) in rows {
         let who = if busy { "a busy neighbour" } else { "an idle neighbour" };
-        println!("  beside {who}: static weights {fixed:.0}/min; with ebb {with_ebb:.0}/min = {:.2}x", with_ebb / fixed.max(1.0));
+        println!(
+            "  beside {who}: static weights {fixed:.0}/min; with ebb {with_ebb:.0}/min = {:.2}x ({changes} tune changes by ebb)",
+            with_ebb / fixed.max(1.0)
+        );
     }
     println!("  (beside a busy neighbour the two conflict on the host's CPUs: ebb leaves both alone by design)");
     Ok(())
