@@ -117,3 +117,32 @@ fn a_service_whose_address_is_taken_stops_startup_with_its_name() {
     assert!(!ok);
     assert!(err.contains("vm.test.service") && err.contains("99"), "{err}");
 }
+
+#[test]
+fn a_backend_that_never_answers_refuses_the_client_at_once_and_counts_it() {
+    use std::io::{Read, Write};
+    // A port nothing listens on: bound, then closed.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(
+        dir.path(),
+        "uri = \"test:///default\"\ntick = \"200ms\"",
+        &format!("[[vm.test.service]]\nname = \"web\"\nlisten = \"127.0.0.1:{listen}\"\nbackend = \"127.0.0.1:{dead}\"\nhttp = true\n"),
+    );
+    wait_for("the test domain", Duration::from_secs(10), || agent.vm("test").filter(|v| v.surrogate.is_some()));
+    // The VM runs, so the client is spliced to its backend, which refuses:
+    // the client is told at once (a reset), not left waiting.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let mut buf = [0u8; 64];
+    let started = std::time::Instant::now();
+    let r = s.read(&mut buf);
+    assert!(matches!(r, Ok(0) | Err(_)) && started.elapsed() < Duration::from_secs(4), "{r:?}");
+    let sur = wait_for("the refusal counted", Duration::from_secs(10), || {
+        agent.vm("test").and_then(|v| v.surrogate).filter(|s| s.refused >= 1)
+    });
+    assert_eq!(sur.refused, 1);
+    assert!(agent.events(Some("test")).iter().any(|e| e.kind == "refused" && e.text.contains(&dead.to_string())));
+}
