@@ -6,6 +6,7 @@
 pub mod memory;
 pub mod model;
 pub mod needs;
+pub mod power;
 pub mod rates;
 pub mod realloc;
 pub mod sleep;

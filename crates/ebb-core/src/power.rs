@@ -1,0 +1,238 @@
+//! Host power, the pure part (seed 000, SPEC §4; anchor: CloudSim's power
+//! models): what the host and each VM draw, and which VMs to keep running
+//! when the power available falls below the draw (the seed's Figure 3).
+//!
+//! The draw model is CloudSim's: the host's power as a function of its CPU
+//! use, linear between idle and full load or interpolated in an 11-point
+//! SPECpower-style table; a VM draws what it adds to the host's power.
+//!
+//! The choice is a 0/1 knapsack: keep the subset of VMs with the most value
+//! whose draw fits the budget. Draws are counted in whole watts (rounded up,
+//! so a plan never overruns) and the dynamic program over watts is exact at
+//! that resolution while VMs × budget watts stays under `WORK` (20 VMs up to
+//! 20 kW, 1,000 VMs up to 5 kW); beyond, the watt unit grows so the work
+//! stays bounded, each draw rounded up to it: never over the budget, at
+//! most one unit per kept VM from the optimum.
+
+use crate::model::VmId;
+use serde::{Deserialize, Serialize};
+
+/// Power in watts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Watts(pub f64);
+
+impl std::fmt::Display for Watts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} W", self.0)
+    }
+}
+
+/// The host's power as a function of its CPU use.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PowerModel {
+    /// Linear from `idle` (no load) to `max` (all CPUs busy).
+    Linear { idle: Watts, max: Watts },
+    /// Watts at 0 %, 10 %, …, 100 % CPU use (a SPECpower result's 11 points).
+    Table([f64; 11]),
+}
+
+impl PowerModel {
+    /// The host's power at `use_` (0.0 = idle, 1.0 = every CPU busy).
+    pub fn host(&self, use_: f64) -> Watts {
+        let u = use_.clamp(0.0, 1.0);
+        match self {
+            PowerModel::Linear { idle, max } => Watts(idle.0 + (max.0 - idle.0) * u),
+            PowerModel::Table(points) => {
+                let x = u * 10.0;
+                let i = (x.floor() as usize).min(9);
+                Watts(points[i] + (points[i + 1] - points[i]) * (x - i as f64))
+            }
+        }
+    }
+
+    pub fn idle(&self) -> Watts {
+        self.host(0.0)
+    }
+
+    /// What each VM adds to the host's power: its CPU use (in CPUs' worth)
+    /// against the host's `cpus`, each VM measured as the last one added.
+    pub fn vm_draws(&self, cpus: u32, vm_cpu: &[f64]) -> Vec<Watts> {
+        let cpus = f64::from(cpus.max(1));
+        let total: f64 = vm_cpu.iter().sum();
+        let all = self.host(total / cpus).0;
+        vm_cpu.iter().map(|c| Watts((all - self.host((total - c) / cpus).0).max(0.0))).collect()
+    }
+}
+
+/// One VM as the power-drop plan sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub vm: VmId,
+    pub draw: Watts,
+    /// Its value to the user (settings or the API); higher is kept first.
+    pub value: u32,
+    /// Idle: saved first, whatever its value (the seed's quiescent VMs).
+    pub quiescent: bool,
+}
+
+/// Which VMs keep running under a power budget, and the order to save the rest.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PowerPlan {
+    pub budget: Watts,
+    pub keep: Vec<VmId>,
+    /// Saved in this order: quiescent VMs first, then the least valuable.
+    pub save: Vec<VmId>,
+    pub kept_value: u64,
+    pub kept_draw: Watts,
+}
+
+/// Cells of the dynamic program (VMs × budget units) before the unit grows.
+const WORK: usize = 5_000_000;
+/// Budget units at most, however few the VMs.
+const MAX_UNITS: usize = 20_000;
+
+/// The subset with the most value whose draws fit `budget`: indices into
+/// `items` of (draw, value); see the module's note on exactness.
+pub fn best_subset(budget: Watts, items: &[(Watts, u32)]) -> Vec<usize> {
+    if budget.0 <= 0.0 || items.is_empty() {
+        return vec![];
+    }
+    // Units of `scale` watts: draws rounded up, the budget down.
+    let units = (WORK / items.len()).clamp(1_000, MAX_UNITS);
+    let scale = (budget.0 / units as f64).max(1.0);
+    let cap = (budget.0 / scale).floor() as usize;
+    let weights: Vec<usize> = items.iter().map(|(w, _)| (w.0.max(0.0) / scale).ceil() as usize).collect();
+    // best[c] = the most value within c units; bit (i, c) of `taken`: item i
+    // improved best[c] when it was considered.
+    let row = cap + 1;
+    let mut best = vec![0u64; row];
+    let mut taken = vec![0u64; (items.len() * row).div_ceil(64)];
+    let bit = |i: usize, c: usize| (i * row + c) / 64;
+    let mask = |i: usize, c: usize| 1u64 << ((i * row + c) % 64);
+    for (i, (&w, &(_, value))) in weights.iter().zip(items).enumerate() {
+        if w > cap {
+            continue;
+        }
+        for c in (w..=cap).rev() {
+            let with = best[c - w] + u64::from(value);
+            if with > best[c] {
+                best[c] = with;
+                taken[bit(i, c)] |= mask(i, c);
+            }
+        }
+    }
+    let mut out = vec![];
+    let mut c = cap;
+    for i in (0..items.len()).rev() {
+        if taken[bit(i, c)] & mask(i, c) != 0 {
+            out.push(i);
+            c -= weights[i];
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// The seed's Figure 3: quiescent VMs are saved first; if the others still
+/// draw more than `budget`, the most valuable subset that fits is kept and
+/// the rest are saved, least valuable first.
+pub fn plan_power_drop(budget: Watts, vms: &[Candidate]) -> PowerPlan {
+    let active: Vec<&Candidate> = vms.iter().filter(|c| !c.quiescent).collect();
+    let total: f64 = active.iter().map(|c| c.draw.0).sum();
+    let keep_idx: Vec<usize> = if total <= budget.0 {
+        (0..active.len()).collect()
+    } else {
+        best_subset(budget, &active.iter().map(|c| (c.draw, c.value)).collect::<Vec<_>>())
+    };
+    let keep: Vec<&Candidate> = keep_idx.iter().map(|&i| active[i]).collect();
+    let mut dropped: Vec<&Candidate> = active.iter().enumerate().filter(|(i, _)| !keep_idx.contains(i)).map(|(_, c)| *c).collect();
+    dropped.sort_by(|a, b| a.value.cmp(&b.value).then(b.draw.0.total_cmp(&a.draw.0)));
+    let mut quiescent: Vec<&Candidate> = vms.iter().filter(|c| c.quiescent).collect();
+    quiescent.sort_by(|a, b| a.value.cmp(&b.value));
+    PowerPlan {
+        budget,
+        kept_value: keep.iter().map(|c| u64::from(c.value)).sum(),
+        kept_draw: Watts(keep.iter().map(|c| c.draw.0).sum()),
+        keep: keep.iter().map(|c| c.vm.clone()).collect(),
+        save: quiescent.iter().chain(dropped.iter()).map(|c| c.vm.clone()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn brute_force(budget: Watts, items: &[(Watts, u32)]) -> u64 {
+        let mut best = 0;
+        for mask in 0u32..(1 << items.len()) {
+            let (mut w, mut v) = (0.0, 0u64);
+            for (i, (iw, iv)) in items.iter().enumerate() {
+                if mask & (1 << i) != 0 {
+                    w += iw.0;
+                    v += u64::from(*iv);
+                }
+            }
+            if w <= budget.0 {
+                best = best.max(v);
+            }
+        }
+        best
+    }
+
+    proptest! {
+        #[test]
+        fn the_subset_is_optimal_and_fits(
+            items in proptest::collection::vec((1u32..300, 0u32..1000), 0..12),
+            budget in 0u32..1500,
+        ) {
+            let items: Vec<(Watts, u32)> = items.into_iter().map(|(w, v)| (Watts(f64::from(w)), v)).collect();
+            let budget = Watts(f64::from(budget));
+            let chosen = best_subset(budget, &items);
+            let draw: f64 = chosen.iter().map(|&i| items[i].0 .0).sum();
+            let value: u64 = chosen.iter().map(|&i| u64::from(items[i].1)).sum();
+            prop_assert!(draw <= budget.0);
+            prop_assert_eq!(value, brute_force(budget, &items));
+        }
+
+        #[test]
+        fn a_scaled_budget_still_fits(
+            items in proptest::collection::vec((1u32..20_000, 1u32..1000), 1..10),
+            budget in 20_000u32..200_000,
+        ) {
+            let items: Vec<(Watts, u32)> = items.into_iter().map(|(w, v)| (Watts(f64::from(w)), v)).collect();
+            let chosen = best_subset(Watts(f64::from(budget)), &items);
+            let draw: f64 = chosen.iter().map(|&i| items[i].0 .0).sum();
+            prop_assert!(draw <= f64::from(budget));
+        }
+    }
+
+    #[test]
+    fn models() {
+        let lin = PowerModel::Linear { idle: Watts(100.0), max: Watts(200.0) };
+        assert_eq!(lin.host(0.5), Watts(150.0));
+        // Two VMs each busy on one of 4 CPUs: each adds a quarter of the range.
+        assert_eq!(lin.vm_draws(4, &[1.0, 1.0, 0.0]), vec![Watts(25.0), Watts(25.0), Watts(0.0)]);
+        let spec = PowerModel::Table([93.7, 97.0, 101.0, 105.0, 110.0, 116.0, 121.0, 125.0, 129.0, 133.0, 135.0]);
+        assert!((spec.host(0.25).0 - 103.0).abs() < 1e-9);
+        assert_eq!(spec.idle(), Watts(93.7));
+        assert_eq!(spec.host(1.5), Watts(135.0));
+    }
+
+    #[test]
+    fn power_drop_saves_quiescent_first_then_the_least_valuable() {
+        let c = |n: &str, draw: f64, value: u32, quiescent: bool| Candidate { vm: VmId::new(n), draw: Watts(draw), value, quiescent };
+        let vms = [c("idle", 5.0, 900, true), c("db", 40.0, 100, false), c("web", 30.0, 60, false), c("batch", 30.0, 10, false)];
+        let plan = plan_power_drop(Watts(75.0), &vms);
+        assert_eq!(plan.keep, vec![VmId::new("db"), VmId::new("web")]);
+        assert_eq!(plan.save, vec![VmId::new("idle"), VmId::new("batch")]);
+        assert_eq!((plan.kept_value, plan.kept_draw), (160, Watts(70.0)));
+        // Everything fits: only the quiescent one is saved.
+        assert_eq!(plan_power_drop(Watts(500.0), &vms).save, vec![VmId::new("idle")]);
+        // A budget below every single VM: all saved, least valuable first.
+        let none = plan_power_drop(Watts(3.0), &vms);
+        assert!(none.keep.is_empty());
+        assert_eq!(none.save, vec![VmId::new("idle"), VmId::new("batch"), VmId::new("web"), VmId::new("db")]);
+    }
+}
