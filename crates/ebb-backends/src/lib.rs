@@ -1,11 +1,13 @@
 //! ebb's backends: the `Hypervisor` trait (a small trait in the shape of
 //! cloud-hypervisor's `hypervisor` crate) and its implementations: libvirt
-//! (real hosts, and libvirt's `test:///` driver) and sim (in memory).
+//! (real hosts, and libvirt's `test:///` driver) and sim (in memory); and the
+//! host-power side: a client for NUT's upsd.
 // `deny`, not `forbid`: libvirt.rs holds the one FFI edge (virt 0.5 leaves
 // virConnectGetAllDomainStats' records raw) and allows unsafe there alone.
 #![deny(unsafe_code)]
 
 pub mod hypervisor;
+pub mod nut;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
 pub mod sim;

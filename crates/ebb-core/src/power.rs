@@ -149,7 +149,7 @@ pub fn plan_power_drop(budget: Watts, vms: &[Candidate]) -> PowerPlan {
     let mut dropped: Vec<&Candidate> = active.iter().enumerate().filter(|(i, _)| !keep_idx.contains(i)).map(|(_, c)| *c).collect();
     dropped.sort_by(|a, b| a.value.cmp(&b.value).then(b.draw.0.total_cmp(&a.draw.0)));
     let mut quiescent: Vec<&Candidate> = vms.iter().filter(|c| c.quiescent).collect();
-    quiescent.sort_by(|a, b| a.value.cmp(&b.value));
+    quiescent.sort_by_key(|c| c.value);
     PowerPlan {
         budget,
         kept_value: keep.iter().map(|c| u64::from(c.value)).sum(),
