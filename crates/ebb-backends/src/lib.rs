@@ -8,6 +8,7 @@
 
 pub mod hypervisor;
 pub mod nut;
+pub mod platform;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
 pub mod sim;

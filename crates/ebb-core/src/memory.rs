@@ -1001,7 +1001,8 @@ fn reason_text(w: &Work, target: Bytes, rule: Rule, pool: Bytes, step: Bytes) ->
         | Rule::Boost
         | Rule::Yield
         | Rule::Critical
-        | Rule::Restore => format!(
+        | Rule::Restore
+        | Rule::Power => format!(
             "hold at {target}: idle-taxed entitlement is now {} (guest uses {} of {c}), so the last target no longer applies",
             w.entitlement, w.used
         ),

@@ -264,6 +264,8 @@ pub enum Rule {
     Critical,
     /// Undo a change: the activity that caused it has passed.
     Restore,
+    /// A power event: save on low battery, power down, restore when power is back.
+    Power,
 }
 
 impl Rule {
@@ -282,6 +284,7 @@ impl Rule {
             Rule::Yield => "yield",
             Rule::Critical => "critical",
             Rule::Restore => "restore",
+            Rule::Power => "power",
         }
     }
 }

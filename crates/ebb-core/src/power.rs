@@ -28,6 +28,77 @@ impl std::fmt::Display for Watts {
     }
 }
 
+/// Where the host's power comes from, as the platform reads it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PowerReading {
+    /// "UPS name@host:port" or "sysfs BAT0".
+    pub source: String,
+    /// The source's own words, e.g. NUT's `ups.status` "OB LB".
+    pub status: String,
+    pub on_battery: bool,
+    pub low_battery: bool,
+    /// The UPS (or its master) orders a shutdown now.
+    pub forced_shutdown: bool,
+    /// Battery charge, percent.
+    pub charge: Option<f64>,
+    /// Battery runtime left, seconds.
+    pub runtime_s: Option<f64>,
+    /// What the host draws, as measured by the source.
+    pub draw: Option<Watts>,
+}
+
+/// When the battery counts as low besides the source's own LB flag.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LowBattery {
+    /// Percent of charge at or below which the battery is low.
+    pub charge: f64,
+    /// Seconds of runtime at or below which the battery is low.
+    pub runtime_s: f64,
+}
+
+impl Default for LowBattery {
+    fn default() -> Self {
+        LowBattery { charge: 20.0, runtime_s: 300.0 }
+    }
+}
+
+/// The power state ebb acts on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "why")]
+pub enum PowerState {
+    OnMains,
+    OnBattery,
+    /// Save every VM and power the host down (the seed's Figure 4); why, in words.
+    Low(String),
+}
+
+impl PowerReading {
+    /// On battery and low (the LB or FSD flag, or under the configured
+    /// charge or runtime): every VM is saved and the host powered down.
+    pub fn state(&self, low: &LowBattery) -> PowerState {
+        let mut why = vec![];
+        if self.forced_shutdown {
+            why.push("the UPS orders a shutdown (FSD)".to_string());
+        }
+        if self.on_battery {
+            if self.low_battery {
+                why.push("the battery is low (LB)".into());
+            }
+            if let Some(c) = self.charge.filter(|c| *c <= low.charge) {
+                why.push(format!("charge {c:.0}% (low at {:.0}%)", low.charge));
+            }
+            if let Some(r) = self.runtime_s.filter(|r| *r <= low.runtime_s) {
+                why.push(format!("{r:.0} s of runtime left (low at {:.0} s)", low.runtime_s));
+            }
+        }
+        match (why.is_empty(), self.on_battery) {
+            (false, _) => PowerState::Low(format!("{}: {}", self.source, why.join(", "))),
+            (true, true) => PowerState::OnBattery,
+            (true, false) => PowerState::OnMains,
+        }
+    }
+}
+
 /// The host's power as a function of its CPU use.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum PowerModel {
@@ -206,6 +277,30 @@ mod tests {
             let draw: f64 = chosen.iter().map(|&i| items[i].0 .0).sum();
             prop_assert!(draw <= f64::from(budget));
         }
+    }
+
+    #[test]
+    fn low_battery_from_flags_charge_and_runtime() {
+        let r = |on_battery, lb, charge, runtime| PowerReading {
+            source: "UPS t".into(),
+            status: String::new(),
+            on_battery,
+            low_battery: lb,
+            forced_shutdown: false,
+            charge,
+            runtime_s: runtime,
+            draw: None,
+        };
+        let low = LowBattery::default();
+        assert_eq!(r(false, false, Some(100.0), None).state(&low), PowerState::OnMains);
+        assert_eq!(r(true, false, Some(90.0), Some(3000.0)).state(&low), PowerState::OnBattery);
+        assert!(matches!(r(true, true, Some(90.0), None).state(&low), PowerState::Low(w) if w.contains("LB")));
+        assert!(matches!(r(true, false, Some(15.0), None).state(&low), PowerState::Low(w) if w.contains("charge 15%")));
+        assert!(matches!(r(true, false, None, Some(100.0)).state(&low), PowerState::Low(w) if w.contains("100 s")));
+        // A low charge while on mains (charging back up) is not an emergency.
+        assert_eq!(r(false, false, Some(10.0), None).state(&low), PowerState::OnMains);
+        let fsd = PowerReading { forced_shutdown: true, ..r(false, false, None, None) };
+        assert!(matches!(fsd.state(&low), PowerState::Low(w) if w.contains("FSD")));
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! channel. Runtime faults (libvirtd gone, a VM vanishing, a failed call)
 //! are journaled and shown; they never stop the agent.
 
-use crate::api_types::{Connection, SleepRecord, Snapshot, Status, SurrogateView, VmInfo};
+use crate::api_types::{Connection, PowerStatus, SleepRecord, Snapshot, Status, SurrogateView, VmInfo};
 use crate::config::Config;
 use crate::journal::{Entry, Journal};
 use crate::settings::{self, MetadataSettings, Resolved};
+use ebb_backends::nut::NutClient;
+use ebb_backends::platform::{HostPlatform, Platform, UpsAddress};
 use ebb_backends::{HvError, Hypervisor};
+use ebb_core::power::{LowBattery, PowerReading, PowerState};
 use ebb_core::memory::{MemoryConfig, MemoryDecision, MemoryPolicy, VmMemoryView};
 use ebb_core::needs::{HourNeeds, VmNeeds};
 use ebb_core::realloc::{ReallocConfig, ReallocDecision, ReallocPolicy, ReallocSettings, Tunes, VmReallocView};
@@ -89,6 +92,17 @@ pub struct Agent {
     needs: HashMap<VmId, VmNeeds>,
     needs_dirty: BTreeSet<VmId>,
     needs_flushed_at: Millis,
+    /// The host's side of power (UPS, sysfs, power-off).
+    platform: Option<Box<dyn Platform>>,
+    low_battery: LowBattery,
+    power: Option<PowerReading>,
+    power_state: Option<PowerState>,
+    power_error: Option<String>,
+    /// VMs ebb saved on low battery (journaled), restored when mains is back.
+    power_saved: BTreeSet<VmId>,
+    /// Set once the host was powered down (or the power-off recorded) in this low-battery event.
+    last_power_off: Option<String>,
+    power_off_done: bool,
     commands: mpsc::Receiver<Command>,
     /// Stands in for the VMs' declared services (`[[vm.NAME.service]]`).
     surrogate: Surrogate,
@@ -147,6 +161,20 @@ impl Agent {
             warn!("could not read the needs history from the journal: {e}");
             vec![]
         });
+        let power_saved = journal.power_saved().unwrap_or_else(|e| {
+            warn!("could not read the VMs saved for power from the journal: {e}");
+            vec![]
+        });
+        let platform = cfg.power.ups_address().and_then(Result::ok).map(|(ups, addr)| UpsAddress {
+            ups,
+            client: NutClient::new(addr, cfg.power.timeout),
+        });
+        let platform: Box<dyn Platform> = Box::new(HostPlatform {
+            ups: platform,
+            sysfs: cfg.power.sysfs.clone(),
+            power_off_command: cfg.power.power_off_command.clone(),
+            recorded: Default::default(),
+        });
         let critical = journal.critical().unwrap_or_else(|e| {
             warn!("could not read the critical flags from the journal: {e}");
             vec![]
@@ -179,6 +207,14 @@ impl Agent {
             needs: needs.into_iter().collect(),
             needs_dirty: BTreeSet::new(),
             needs_flushed_at: started_at,
+            platform: Some(platform),
+            low_battery: cfg.power.low_battery(),
+            power: None,
+            power_state: None,
+            power_error: None,
+            power_saved: power_saved.into_iter().collect(),
+            last_power_off: None,
+            power_off_done: false,
             sleeping,
             commands,
             surrogate,
@@ -229,6 +265,11 @@ impl Agent {
         let at = now();
         match ev {
             SurrogateEvent::WakeNeeded { vm, service, reason } => {
+                if self.power_is_low() {
+                    // The battery is for saving VMs, not for starting them.
+                    self.set_power(&vm, VmPower::WakeFailed("the host is on low battery".into()));
+                    return;
+                }
                 if !self.sleeping.contains_key(&vm) {
                     // Not ebb's to wake (started by hand meanwhile): splice.
                     self.set_power(&vm, VmPower::Awake);
@@ -414,6 +455,7 @@ impl Agent {
         self.act(actions, at).await;
         self.remember_memory_state(&decision, at);
         self.remember_tunes(&obs, at);
+        self.power_tick(&obs, at).await;
         if let Some(d) = &realloc {
             self.record_needs(&obs, d, at);
         }
@@ -595,6 +637,154 @@ impl Agent {
         move |id| !fresh.contains(id)
     }
 
+    /// Reads the power source and acts on it (the seed's Figure 4): on low
+    /// battery every VM is saved, then the host powered down through the
+    /// platform; when mains power is back the VMs saved for it are restored.
+    async fn power_tick(&mut self, obs: &Observation, at: Millis) {
+        let Some(mut platform) = self.platform.take() else { return };
+        let (platform, reading) = match tokio::task::spawn_blocking(move || {
+            let r = platform.power();
+            (platform, r)
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("a power reading panicked: {e}");
+                return;
+            }
+        };
+        self.platform = Some(platform);
+        match reading {
+            Ok(r) => {
+                if self.power_error.take().is_some() {
+                    self.journal_event(None, "power_source", "the power source answers again");
+                }
+                self.power = r;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if self.power_error.as_deref() != Some(&text) {
+                    warn!("power source: {text}");
+                    self.journal_event(None, "power_source_failed", &text);
+                }
+                // The last reading stands: an unreachable upsd is not a power cut.
+                self.power_error = Some(text);
+            }
+        }
+        let state = self.power.as_ref().map(|r| r.state(&self.low_battery));
+        if state != self.power_state {
+            let text = match &state {
+                Some(PowerState::OnMains) => "on mains power".to_string(),
+                Some(PowerState::OnBattery) => "on battery".to_string(),
+                Some(PowerState::Low(why)) => format!("low battery: {why}"),
+                None => "no power source".to_string(),
+            };
+            info!("power: {text}");
+            self.journal_event(None, "power", &text);
+            self.power_state = state.clone();
+        }
+        match state {
+            Some(PowerState::Low(why)) => self.power_low(obs, &why, at).await,
+            Some(PowerState::OnMains) => {
+                self.power_off_done = false;
+                self.power_back(at).await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn power_low(&mut self, obs: &Observation, why: &str, at: Millis) {
+        let running: Vec<VmId> = obs
+            .vms
+            .iter()
+            .filter(|v| matches!(v.state, VmState::Running | VmState::Paused) && !self.sleeping.contains_key(&v.id))
+            .map(|v| v.id.clone())
+            .collect();
+        let reason = Reason::new(Rule::Power, format!("low battery ({why}): saving every VM before the host powers down"));
+        let actions = running.iter().map(|vm| Action::Sleep { vm: vm.clone(), mode: SleepMode::Save, reason: reason.clone() }).collect();
+        let mut left = 0;
+        for (action, result) in self.act(actions, at).await {
+            match result {
+                Ok(()) => {
+                    let vm = action.vm().clone();
+                    if let Err(e) = self.journal.set_power_saved(&vm, true, at) {
+                        warn!("{e}");
+                    }
+                    self.power_saved.insert(vm);
+                }
+                // Never destroyed: it keeps running and the host stays up.
+                Err(_) => left += 1,
+            }
+        }
+        if left > 0 || self.power_off_done {
+            if left > 0 {
+                warn!("{left} VM(s) could not be saved: the host is not powered down under them");
+            }
+            return;
+        }
+        let Some(mut platform) = self.platform.take() else { return };
+        let (platform, done) = match tokio::task::spawn_blocking(move || {
+            let r = platform.power_off();
+            (platform, r)
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("power-off panicked: {e}");
+                return;
+            }
+        };
+        self.platform = Some(platform);
+        self.power_off_done = true;
+        let (text, outcome) = match done {
+            Ok(t) => (t, "ok".to_string()),
+            Err(e) => (e.to_string(), format!("failed: {e}")),
+        };
+        warn!("power off: {text}");
+        let entry = Entry { at, vm: None, kind: "power_off", rule: Some(Rule::Power.as_str()), text: &text, target: None, outcome: Some(&outcome) };
+        if let Err(e) = self.journal.record(&entry) {
+            warn!("{e}");
+        }
+        self.last_power_off = Some(text);
+    }
+
+    /// Mains power is back: restores the VMs saved for power.
+    async fn power_back(&mut self, at: Millis) {
+        if self.power_saved.is_empty() {
+            return;
+        }
+        let reason = Reason::new(Rule::Power, "mains power is back: restoring what ebb saved on low battery");
+        let actions: Vec<Action> = self
+            .power_saved
+            .iter()
+            .filter(|vm| self.sleeping.contains_key(*vm))
+            .map(|vm| Action::Wake { vm: vm.clone(), reason: reason.clone() })
+            .collect();
+        // Woken by hand or gone meanwhile: nothing left to restore.
+        let stale: Vec<VmId> = self.power_saved.iter().filter(|vm| !self.sleeping.contains_key(*vm)).cloned().collect();
+        for vm in stale {
+            self.forget_power_saved(&vm, at);
+        }
+        for (action, result) in self.act(actions, at).await {
+            if result.is_ok() {
+                self.forget_power_saved(action.vm(), at);
+            }
+        }
+    }
+
+    fn forget_power_saved(&mut self, vm: &VmId, at: Millis) {
+        self.power_saved.remove(vm);
+        if let Err(e) = self.journal.set_power_saved(vm, false, at) {
+            warn!("{e}");
+        }
+    }
+
+    fn power_is_low(&self) -> bool {
+        matches!(self.power_state, Some(PowerState::Low(_)))
+    }
+
     /// Counts this tick's rates into each running VM's needs history; writes
     /// the changed histories to the journal every `NEEDS_FLUSH`.
     fn record_needs(&mut self, obs: &Observation, d: &ReallocDecision, at: Millis) {
@@ -715,6 +905,10 @@ impl Agent {
                 return;
             }
             Command::Wake { vm, reply } => {
+                if self.power_is_low() {
+                    let _ = reply.send(Err("the host is on low battery: ebb starts no VM until mains power is back".into()));
+                    return;
+                }
                 let known = self.sleeping.contains_key(&vm)
                     || snap.vms.iter().any(|v| v.name == vm.0 && matches!(v.state, VmState::ShutOff | VmState::Paused));
                 if !known {
@@ -937,6 +1131,13 @@ impl Agent {
             wakes_total: self.wakes_total,
             last_wake_ms: self.last_wake_ms,
             journal: self.journal.path().display().to_string(),
+            power: (self.power.is_some() || self.power_error.is_some()).then(|| PowerStatus {
+                reading: self.power.clone(),
+                state: self.power_state.clone(),
+                error: self.power_error.clone(),
+                saved_for_power: self.power_saved.iter().map(|v| v.0.clone()).collect(),
+                last_power_off: self.last_power_off.clone(),
+            }),
         }
     }
 
@@ -984,6 +1185,7 @@ fn placeholder_status() -> Status {
         wakes_total: 0,
         last_wake_ms: None,
         journal: String::new(),
+        power: None,
     }
 }
 

@@ -75,6 +75,22 @@ pub struct Status {
     /// Wall time of the last wake (restore or resume call), for /metrics.
     pub last_wake_ms: Option<f64>,
     pub journal: String,
+    /// The host's power source; None when none is configured or seen.
+    #[serde(default)]
+    pub power: Option<PowerStatus>,
+}
+
+/// `ebb power`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PowerStatus {
+    pub reading: Option<ebb_core::power::PowerReading>,
+    pub state: Option<ebb_core::power::PowerState>,
+    /// Why the last reading failed (upsd unreachable, unknown UPS, …).
+    pub error: Option<String>,
+    /// VMs ebb saved on low battery, restored when mains power is back.
+    pub saved_for_power: Vec<String>,
+    /// The last power-off, in words (run, or recorded when no command is set).
+    pub last_power_off: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 //! sentences. Scripts use `--json` instead.
 
 use crate::agent::vm_state_word;
-use crate::api_types::{Connection, Event, Explain, Needs, Source, Status, VmInfo};
+use crate::api_types::{Connection, Event, Explain, Needs, PowerStatus, Source, Status, VmInfo};
 use crate::config::Config;
 use ebb_core::{Bytes, Millis};
 use std::fmt::Write;
@@ -124,6 +124,36 @@ fn tune_word(v: &VmInfo) -> String {
     let cap = t.cap().map_or("nocap".to_string(), |c| format!("cap{:.0}%", c * 100.0));
     let mine = if r.base.is_some_and(|b| b != t) { "*" } else { "" };
     format!("w{} {cap}{mine}", t.shares)
+}
+
+pub fn power_text(p: &Option<PowerStatus>) -> String {
+    let Some(p) = p else {
+        return "no power source: set power.ups (a NUT UPS), or the host shows no mains or battery in sysfs\n".into();
+    };
+    let mut out = String::new();
+    if let Some(r) = &p.reading {
+        let _ = writeln!(out, "source: {} ({})", r.source, r.status);
+        let state = match &p.state {
+            Some(ebb_core::power::PowerState::OnMains) => "on mains".to_string(),
+            Some(ebb_core::power::PowerState::OnBattery) => "on battery".to_string(),
+            Some(ebb_core::power::PowerState::Low(why)) => format!("LOW BATTERY: {why}"),
+            None => "-".to_string(),
+        };
+        let _ = writeln!(out, "state: {state}");
+        let opt = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.0}{unit}"));
+        let _ = writeln!(out, "battery: {} charge, {} runtime", opt(r.charge, "%"), opt(r.runtime_s, " s"));
+        let _ = writeln!(out, "draw (measured): {}", r.draw.map_or("-".to_string(), |w| w.to_string()));
+    }
+    if let Some(e) = &p.error {
+        let _ = writeln!(out, "last reading failed: {e}");
+    }
+    if !p.saved_for_power.is_empty() {
+        let _ = writeln!(out, "saved on low battery, restored when mains is back: {}", p.saved_for_power.join(", "));
+    }
+    if let Some(o) = &p.last_power_off {
+        let _ = writeln!(out, "power-off: {o}");
+    }
+    out
 }
 
 pub fn needs_table(n: &Needs) -> String {

@@ -3,6 +3,7 @@
 //! startup with a message that names the field and the line.
 
 use ebb_core::memory::MemoryConfig;
+use ebb_core::power::LowBattery;
 use ebb_core::realloc::{ReallocConfig, ReallocSettings};
 use ebb_core::sleep::SleepSettings;
 use ebb_core::{Bytes, SleepMode, VmId};
@@ -32,6 +33,8 @@ pub struct Config {
     pub surrogate: SurrogateSection,
     #[serde(default)]
     pub realloc: ReallocSection,
+    #[serde(default)]
+    pub power: PowerSection,
     /// Per-VM settings: `[vm.NAME]`. These win over the domain's metadata.
     #[serde(default)]
     pub vm: BTreeMap<String, VmSection>,
@@ -227,6 +230,57 @@ impl ReallocSection {
             return Err("realloc.boost and realloc.yield_divisor must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+/// `[power]`: where the host's power comes from and what ebb does when it fails.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct PowerSection {
+    /// A UPS served by NUT's upsd: `name@host:port` (port 3493 when left out).
+    pub ups: Option<String>,
+    /// Root of the sysfs tree read for mains and batteries when no UPS is set.
+    pub sysfs: PathBuf,
+    /// On battery, at or below this charge (percent) the battery is low.
+    pub low_charge: f64,
+    /// On battery, at or below this runtime the battery is low.
+    #[serde(deserialize_with = "de_duration")]
+    pub low_runtime: Duration,
+    /// The command that powers the host down once every VM is saved. Unset:
+    /// the power-off is recorded in the journal, not run.
+    pub power_off_command: Option<Vec<String>>,
+    /// How long a read of the UPS may take.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for PowerSection {
+    fn default() -> Self {
+        let low = LowBattery::default();
+        PowerSection {
+            ups: None,
+            sysfs: PathBuf::from("/sys"),
+            low_charge: low.charge,
+            low_runtime: Duration::from_secs_f64(low.runtime_s),
+            power_off_command: None,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl PowerSection {
+    pub fn low_battery(&self) -> LowBattery {
+        LowBattery { charge: self.low_charge, runtime_s: self.low_runtime.as_secs_f64() }
+    }
+
+    /// `name@host[:port]` → (name, host:port).
+    pub fn ups_address(&self) -> Option<Result<(String, String), String>> {
+        let text = self.ups.as_ref()?;
+        let Some((name, host)) = text.split_once('@').filter(|(n, h)| !n.is_empty() && !h.is_empty()) else {
+            return Some(Err(format!("power.ups = {text:?}: write it as name@host or name@host:port, as upsc takes it")));
+        };
+        let addr = if host.contains(':') { host.to_string() } else { format!("{host}:3493") };
+        Some(Ok((name.to_string(), addr)))
     }
 }
 
@@ -473,6 +527,15 @@ impl Config {
         }
         self.surrogate.limits().validate().map_err(|e| format!("[surrogate]: {e}"))?;
         self.realloc.validate()?;
+        if let Some(Err(e)) = self.power.ups_address() {
+            return Err(e);
+        }
+        if !(0.0..=100.0).contains(&self.power.low_charge) {
+            return Err(format!("power.low_charge = {} is outside [0, 100] (percent)", self.power.low_charge));
+        }
+        if self.power.power_off_command.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err("power.power_off_command is empty: give the command and its arguments, e.g. [\"systemctl\", \"poweroff\"]".into());
+        }
         let mut listens = std::collections::HashMap::new();
         for (name, vm) in &self.vm {
             for svc in &vm.service {
@@ -566,6 +629,8 @@ mod tests {
         assert_eq!(c.memory.policy_config(), MemoryConfig::default());
         assert_eq!(c.surrogate.limits(), Limits::default());
         assert_eq!(c.realloc.policy_config(), ReallocConfig::default());
+        let d = PowerSection::default();
+        assert_eq!((c.power.low_battery(), c.power.sysfs, c.power.timeout, c.power.ups), (d.low_battery(), d.sysfs, d.timeout, d.ups));
         let d = AgentSection::default();
         assert_eq!((c.agent.uri, c.agent.tick, c.agent.fast_tick, c.agent.socket, c.agent.journal), (d.uri, d.tick, d.fast_tick, d.socket, d.journal));
     }
@@ -604,6 +669,16 @@ mod tests {
         let c = Config::parse("[vm.web.realloc]\ncritical = true\ncpu_cap_max = 2.0\n").unwrap();
         let s = c.vm_section(&VmId::new("web")).unwrap().realloc.as_ref().unwrap().settings();
         assert!(s.critical && !s.disabled && s.cap_max == Some(2.0));
+    }
+
+    #[test]
+    fn power_settings_are_checked() {
+        let e = Config::parse("[power]\nups = \"127.0.0.1\"\n").unwrap_err();
+        assert!(e.contains("name@host"), "{e}");
+        let c = Config::parse("[power]\nups = \"ups1@10.0.0.5\"\n").unwrap();
+        assert_eq!(c.power.ups_address().unwrap().unwrap(), ("ups1".to_string(), "10.0.0.5:3493".to_string()));
+        assert!(Config::parse("[power]\nlow_charge = 120\n").unwrap_err().contains("low_charge"));
+        assert!(Config::parse("[power]\npower_off_command = []\n").unwrap_err().contains("power_off_command"));
     }
 
     #[test]

@@ -71,6 +71,10 @@ CREATE TABLE IF NOT EXISTS needs (
     needs TEXT NOT NULL,
     updated_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS power_saved (
+    vm TEXT PRIMARY KEY,
+    at_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS critical (
     vm TEXT PRIMARY KEY,
     is_critical INTEGER NOT NULL,
@@ -199,6 +203,22 @@ impl Journal {
             }
         }
         Ok(out)
+    }
+
+    /// VMs saved on low battery, to restore when power is back (even after a restart).
+    pub fn set_power_saved(&self, vm: &VmId, saved: bool, at: Millis) -> Result<(), JournalError> {
+        if saved {
+            self.conn.execute("INSERT OR REPLACE INTO power_saved (vm, at_ms) VALUES (?1, ?2)", params![vm.as_str(), at.0 as i64])?;
+        } else {
+            self.conn.execute("DELETE FROM power_saved WHERE vm = ?1", params![vm.as_str()])?;
+        }
+        Ok(())
+    }
+
+    pub fn power_saved(&self) -> Result<Vec<VmId>, JournalError> {
+        let mut stmt = self.conn.prepare("SELECT vm FROM power_saved ORDER BY vm")?;
+        let rows = stmt.query_map([], |r| Ok(VmId(r.get(0)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The time-critical flag set with `ebb critical`, which outlives restarts.

@@ -765,6 +765,70 @@ fn http_get_loopback(port: u16, path: &str, timeout: Duration) -> io::Result<(St
     Ok((status_line, body.to_string()))
 }
 
+/// A real upsd (Debian's nut-server) serving one `dummy-ups` UPS named
+/// `test` on a loopback port, in a folder of its own; its state is set by
+/// rewriting the driver's file. Both daemons are stopped on drop.
+pub struct Upsd {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Upsd {
+    pub fn start(status: &str) -> io::Result<Upsd> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let p = dir.path().to_path_buf();
+        let dev = p.join("ups.dev");
+        write_ups(&dev, status)?;
+        std::fs::write(p.join("nut.conf"), "MODE=standalone\n")?;
+        std::fs::write(p.join("ups.conf"), format!("[test]\ndriver = dummy-ups\nport = {}\ndesc = \"ebb test\"\n", dev.display()))?;
+        std::fs::write(p.join("upsd.conf"), format!("LISTEN 127.0.0.1 {port}\nSTATEPATH {}\n", p.display()))?;
+        std::fs::write(p.join("upsd.users"), "")?;
+        let upsd = Upsd { dir, port };
+        for (prog, args) in [("/lib/nut/dummy-ups", &["-a", "test", "-u", "root"][..]), ("/lib/nut/upsd", &["-u", "root"][..])] {
+            let out = std::process::Command::new(prog)
+                .args(args)
+                .env("NUT_CONFPATH", &p)
+                .env("NUT_STATEPATH", &p)
+                .output()
+                .map_err(|e| io::Error::new(e.kind(), format!("{prog}: {e}: install nut-server (scripts/setup-host.sh)")))?;
+            if !out.status.success() {
+                return Err(io::Error::other(format!("{prog}: {}", String::from_utf8_lossy(&out.stderr))));
+            }
+        }
+        Ok(upsd)
+    }
+
+    /// `test@127.0.0.1:PORT`, as `power.ups` takes it.
+    pub fn ups(&self) -> String {
+        format!("test@127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Sets `ups.status` (e.g. "OB LB"); charge 8 % when LB, else 100 %.
+    pub fn set(&self, status: &str) -> io::Result<()> {
+        write_ups(&self.dir.path().join("ups.dev"), status)
+    }
+}
+
+fn write_ups(dev: &Path, status: &str) -> io::Result<()> {
+    let charge = if status.contains("LB") { 8 } else { 100 };
+    std::fs::write(dev, format!("ups.status: {status}\nbattery.charge: {charge}\nbattery.runtime: 1200\nups.load: 25\nups.realpower: 180\n"))
+}
+
+impl Drop for Upsd {
+    fn drop(&mut self) {
+        for pidfile in ["upsd.pid", "dummy-ups-test.pid"] {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.path().join(pidfile)) {
+                let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

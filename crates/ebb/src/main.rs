@@ -63,6 +63,11 @@ enum Command {
     Sleep { vm: String },
     /// Wake a VM ebb put to sleep (or one saved or paused by hand).
     Wake { vm: String },
+    /// The host's power: its source, battery, draw, and what ebb did on power events.
+    Power {
+        #[arg(long)]
+        json: bool,
+    },
     /// A VM's resource needs by hour of the day (UTC), from the needs history.
     Needs {
         vm: String,
@@ -147,6 +152,10 @@ async fn dispatch(args: Args) -> Result<(), String> {
             let d: Done = client.post(&format!("/v1/vms/{}/wake", cli::url_encode(&vm))).await.map_err(e)?;
             println!("{vm}: awake ({})", d.done);
             Ok(())
+        }
+        Command::Power { json } => {
+            let s: Status = client.get("/v1/status").await.map_err(e)?;
+            print_or_json(json, &s.power, cli::power_text)
         }
         Command::Needs { vm, json } => {
             let n: Needs = client.get(&format!("/v1/vms/{}/needs", cli::url_encode(&vm))).await.map_err(e)?;

@@ -23,6 +23,25 @@ pub fn render(s: &Snapshot) -> String {
     gauge("ebb_host_memory_available_bytes", "Host memory available.", "gauge", st.host_available.0 as f64);
     gauge("ebb_vms", "Domains on the host.", "gauge", st.vms as f64);
     gauge("ebb_vms_managed", "Domains whose memory ebb manages now.", "gauge", st.vms_managed as f64);
+    if let Some(p) = &st.power {
+        let low = matches!(p.state, Some(ebb_core::power::PowerState::Low(_)));
+        let on_battery = low || matches!(p.state, Some(ebb_core::power::PowerState::OnBattery));
+        gauge("ebb_power_on_battery", "1 while the host runs on battery.", "gauge", on_battery as u8 as f64);
+        gauge("ebb_power_low_battery", "1 while the battery is low (ebb saves every VM).", "gauge", low as u8 as f64);
+        gauge("ebb_power_source_up", "1 when the last power reading succeeded.", "gauge", p.error.is_none() as u8 as f64);
+        gauge("ebb_power_vms_saved", "VMs saved on low battery, waiting for mains power.", "gauge", p.saved_for_power.len() as f64);
+        if let Some(r) = &p.reading {
+            if let Some(c) = r.charge {
+                gauge("ebb_power_battery_charge_percent", "Battery charge.", "gauge", c);
+            }
+            if let Some(t) = r.runtime_s {
+                gauge("ebb_power_battery_runtime_seconds", "Battery runtime left.", "gauge", t);
+            }
+            if let Some(w) = r.draw {
+                gauge("ebb_power_draw_watts", "The host's draw as the source measures it.", "gauge", w.0);
+            }
+        }
+    }
 
     type Pick = fn(&crate::api_types::VmInfo) -> Option<f64>;
     let per_vm: [(&str, &str, Pick); 17] = [

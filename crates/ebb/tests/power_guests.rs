@@ -1,0 +1,104 @@
+//! Power events on real components: a real upsd (nut-server, dummy-ups) on
+//! loopback and real QEMU guests. Low battery saves every guest and records
+//! the host's power-off (no power_off_command is set, so nothing is run);
+//! after a restart on mains power ebb restores them from its journal.
+//! These run one at a time with the other real-guest tests (.config/nextest.toml).
+
+mod common;
+use common::*;
+use ebb::lab::{free_port, Guest, GuestSpec, Lab, Upsd};
+use ebb_core::Bytes;
+use std::time::Duration;
+
+const URI: &str = "qemu:///system";
+
+#[test]
+fn low_battery_saves_every_guest_records_the_power_off_and_a_restart_on_mains_restores_them() {
+    let prefix = "ebb-test-power-";
+    let lab = Lab::connect(URI).expect("libvirtd must run: scripts/setup-host.sh starts it");
+    lab.remove_leftovers(prefix).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let names = [format!("{prefix}a"), format!("{prefix}b")];
+    let guests: Vec<Guest> = names
+        .iter()
+        .map(|n| {
+            let mut spec = GuestSpec::new(n, Bytes::from_mib(256));
+            spec.http_port = Some(free_port());
+            spec.console_log = dir.path().join(format!("{n}.log"));
+            lab.create(&spec).unwrap()
+        })
+        .collect();
+    for g in &guests {
+        g.wait_ready(Duration::from_secs(180)).unwrap();
+    }
+    let upsd = Upsd::start("OL").unwrap();
+    let agent_lines = format!("uri = \"{URI}\"\ndomains = [\"{prefix}*\"]\ntick = \"1s\"");
+    let rest = format!("[memory]\nenabled = false\n[power]\nups = \"{}\"\n", upsd.ups());
+    let mut agent = AgentProc::start(dir.path(), &agent_lines, &rest);
+    agent.wait("the UPS read", Duration::from_secs(20), |a| {
+        a.status().power.and_then(|p| p.reading).filter(|r| r.status == "OL")
+    });
+    assert!(agent.text(&["power"]).contains("on mains"));
+
+    // On battery but not low: nothing is saved.
+    upsd.set("OB").unwrap();
+    agent.wait("on battery", Duration::from_secs(20), |a| a.status().power.and_then(|p| p.reading).filter(|r| r.on_battery));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(guests.iter().all(|g| g.domain().is_active().unwrap()));
+
+    // Low battery: every guest saved, then the power-off (recorded).
+    upsd.set("OB LB").unwrap();
+    let power = agent.wait("every guest saved and the power-off recorded", Duration::from_secs(90), |a| {
+        a.status().power.filter(|p| p.last_power_off.is_some())
+    });
+    assert!(power.last_power_off.unwrap().contains("recorded"));
+    let mut saved = power.saved_for_power.clone();
+    saved.sort();
+    assert_eq!(saved, names.to_vec());
+    for g in &guests {
+        assert!(!g.domain().is_active().unwrap(), "{} still runs", g.name());
+        assert!(g.domain().has_managed_save(0).unwrap(), "{} has no saved image", g.name());
+    }
+    let text = agent.text(&["power"]);
+    assert!(text.contains("LOW BATTERY") && text.contains("power-off: recorded"), "{text}");
+    assert!(agent.text(&["metrics"]).contains("ebb_power_low_battery 1"));
+    let events = agent.events(None);
+    assert!(events.iter().any(|e| e.kind == "power_off" && e.outcome.as_deref() == Some("ok")));
+    assert!(events.iter().filter(|e| e.kind == "sleep" && e.rule.as_deref() == Some("power")).count() == 2);
+    // No wake while the battery is low, asked or not.
+    let out = agent.cli(&["wake", &names[0]]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("low battery"));
+
+    // The host "went down"; it comes back on mains and ebb restores the guests.
+    agent.stop();
+    upsd.set("OL").unwrap();
+    let agent = AgentProc::start_with(dir.path(), agent.config.clone(), agent.socket.clone(), agent.journal.clone());
+    agent.wait("the guests restored", Duration::from_secs(90), |_| {
+        guests.iter().all(|g| g.domain().is_active().unwrap()).then_some(())
+    });
+    for g in &guests {
+        g.wait_ready(Duration::from_secs(60)).unwrap();
+        assert!(g.status().is_ok(), "{} does not answer after the restore", g.name());
+    }
+    let power = agent.status().power.unwrap();
+    assert!(power.saved_for_power.is_empty(), "{power:?}");
+    assert!(agent
+        .events(None)
+        .iter()
+        .any(|e| e.kind == "wake" && e.rule.as_deref() == Some("power") && e.outcome.as_deref() == Some("ok")));
+    for g in guests {
+        g.remove().unwrap();
+    }
+}
+
+#[test]
+fn a_ups_that_does_not_exist_is_shown_and_nothing_happens() {
+    let upsd = Upsd::start("OL").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rest = format!("[power]\nups = \"nope@{}\"\n", upsd.addr());
+    let agent = AgentProc::start(dir.path(), "uri = \"test:///default\"\ntick = \"200ms\"", &rest);
+    let p = agent.wait("the failed reading", Duration::from_secs(20), |a| a.status().power.filter(|p| p.error.is_some()));
+    assert!(p.error.unwrap().contains("no UPS named \"nope\""));
+    assert!(agent.text(&["power"]).contains("last reading failed"));
+    assert!(agent.vm("test").is_some_and(|v| v.state == ebb_core::VmState::Running));
+}
