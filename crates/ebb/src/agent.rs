@@ -641,20 +641,7 @@ impl Agent {
     /// battery every VM is saved, then the host powered down through the
     /// platform; when mains power is back the VMs saved for it are restored.
     async fn power_tick(&mut self, obs: &Observation, at: Millis) {
-        let Some(mut platform) = self.platform.take() else { return };
-        let (platform, reading) = match tokio::task::spawn_blocking(move || {
-            let r = platform.power();
-            (platform, r)
-        })
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                warn!("a power reading panicked: {e}");
-                return;
-            }
-        };
-        self.platform = Some(platform);
+        let Some(reading) = self.with_platform(|p| p.power()).await else { return };
         match reading {
             Ok(r) => {
                 if self.power_error.take().is_some() {
@@ -694,6 +681,27 @@ impl Agent {
         }
     }
 
+    /// Runs a blocking platform call (a UPS read, a power-off) off the async
+    /// runtime. None when the call panicked.
+    async fn with_platform<R: Send + 'static>(&mut self, f: impl FnOnce(&mut dyn Platform) -> R + Send + 'static) -> Option<R> {
+        let mut platform = self.platform.take()?;
+        match tokio::task::spawn_blocking(move || {
+            let r = f(platform.as_mut());
+            (platform, r)
+        })
+        .await
+        {
+            Ok((platform, r)) => {
+                self.platform = Some(platform);
+                Some(r)
+            }
+            Err(e) => {
+                warn!("a platform call panicked: {e}");
+                None
+            }
+        }
+    }
+
     async fn power_low(&mut self, obs: &Observation, why: &str, at: Millis) {
         let running: Vec<VmId> = obs
             .vms
@@ -723,20 +731,7 @@ impl Agent {
             }
             return;
         }
-        let Some(mut platform) = self.platform.take() else { return };
-        let (platform, done) = match tokio::task::spawn_blocking(move || {
-            let r = platform.power_off();
-            (platform, r)
-        })
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                warn!("power-off panicked: {e}");
-                return;
-            }
-        };
-        self.platform = Some(platform);
+        let Some(done) = self.with_platform(|p| p.power_off()).await else { return };
         self.power_off_done = true;
         let (text, outcome) = match done {
             Ok(t) => (t, "ok".to_string()),

@@ -228,6 +228,25 @@ pub fn describe_config(c: &Config) -> String {
         m.step_min,
         m.step_max
     );
+    let r = c.realloc.policy_config();
+    let _ = writeln!(
+        out,
+        "reallocation: {}  class after: {:?}  cpu-bound at {:.0}% (until {:.0}%)  boost x{}  idle cut /{}",
+        if r.enabled { "on" } else { "off" },
+        c.realloc.class_after,
+        r.cpu_busy * 100.0,
+        r.cpu_busy_leave * 100.0,
+        r.boost,
+        r.yield_divisor
+    );
+    let _ = writeln!(
+        out,
+        "power: {}  low battery at {:.0}% or {:?}  power-off: {}",
+        c.power.ups.as_ref().map_or(format!("sysfs under {}", c.power.sysfs.display()), |u| format!("UPS {u}")),
+        c.power.low_charge,
+        c.power.low_runtime,
+        c.power.power_off_command.as_ref().map_or("recorded, not run (no power_off_command)".into(), |cmd| cmd.join(" "))
+    );
     for (name, vm) in &c.vm {
         let _ = writeln!(
             out,
