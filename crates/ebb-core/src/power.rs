@@ -126,13 +126,14 @@ impl PowerModel {
         self.host(0.0)
     }
 
-    /// What each VM adds to the host's power: its CPU use (in CPUs' worth)
-    /// against the host's `cpus`, each VM measured as the last one added.
+    /// What each VM adds to the host's idle power, as if it ran alone: its
+    /// CPU (in CPUs' worth) against the host's `cpus`. Draws add up, which
+    /// the plan needs; on a host whose CPUs are oversubscribed the sum is
+    /// more than the host can draw, so a plan on them errs towards saving.
     pub fn vm_draws(&self, cpus: u32, vm_cpu: &[f64]) -> Vec<Watts> {
         let cpus = f64::from(cpus.max(1));
-        let total: f64 = vm_cpu.iter().sum();
-        let all = self.host(total / cpus).0;
-        vm_cpu.iter().map(|c| Watts((all - self.host((total - c) / cpus).0).max(0.0))).collect()
+        let idle = self.idle().0;
+        vm_cpu.iter().map(|c| Watts((self.host(c / cpus).0 - idle).max(0.0))).collect()
     }
 }
 

@@ -4,20 +4,20 @@
 //! channel. Runtime faults (libvirtd gone, a VM vanishing, a failed call)
 //! are journaled and shown; they never stop the agent.
 
-use crate::api_types::{Connection, PowerStatus, SleepRecord, Snapshot, Status, SurrogateView, VmInfo};
+use crate::api_types::{Connection, PlanView, PowerStatus, SleepRecord, Snapshot, Status, SurrogateView, VmInfo};
 use crate::config::Config;
 use crate::journal::{Entry, Journal};
 use crate::settings::{self, MetadataSettings, Resolved};
 use ebb_backends::nut::NutClient;
 use ebb_backends::platform::{HostPlatform, Platform, UpsAddress};
 use ebb_backends::{HvError, Hypervisor};
-use ebb_core::power::{LowBattery, PowerReading, PowerState};
+use ebb_core::power::{plan_power_drop, Candidate, LowBattery, PowerPlan, PowerReading, PowerState, Watts};
 use ebb_core::memory::{MemoryConfig, MemoryDecision, MemoryPolicy, VmMemoryView};
 use ebb_core::needs::{HourNeeds, VmNeeds};
 use ebb_core::realloc::{ReallocConfig, ReallocDecision, ReallocPolicy, ReallocSettings, Tunes, VmReallocView};
 use ebb_core::sleep::{SleepDecision, SleepPolicy, SleepSettings, SurrogateTraffic, VmIdleView};
 use ebb_surrogate::{Surrogate, SurrogateEvent, VmPower};
-use ebb_core::{Action, Bytes, Tune, Millis, Observation, Reason, Rule, SleepMode, VmId, VmState};
+use ebb_core::{Action, Bytes, Millis, Observation, Reason, Rule, SleepMode, Tune, VmId, VmObservation, VmState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,6 +103,8 @@ pub struct Agent {
     /// Set once the host was powered down (or the power-off recorded) in this low-battery event.
     last_power_off: Option<String>,
     power_off_done: bool,
+    /// The power-drop plan as it stands this tick (with a budget).
+    plan: Option<PlanView>,
     commands: mpsc::Receiver<Command>,
     /// Stands in for the VMs' declared services (`[[vm.NAME.service]]`).
     surrogate: Surrogate,
@@ -215,6 +217,7 @@ impl Agent {
             power_saved: power_saved.into_iter().collect(),
             last_power_off: None,
             power_off_done: false,
+            plan: None,
             sleeping,
             commands,
             surrogate,
@@ -455,6 +458,7 @@ impl Agent {
         self.act(actions, at).await;
         self.remember_memory_state(&decision, at);
         self.remember_tunes(&obs, at);
+        self.plan = self.cfg.power.budget.map(|b| self.power_plan(&obs, realloc.as_ref(), Watts(b)));
         self.power_tick(&obs, at).await;
         if let Some(d) = &realloc {
             self.record_needs(&obs, d, at);
@@ -677,7 +681,75 @@ impl Agent {
                 self.power_off_done = false;
                 self.power_back(at).await;
             }
-            _ => {}
+            Some(PowerState::OnBattery) => self.power_drop(at).await,
+            None => {}
+        }
+    }
+
+    /// The seed's Figure 3 for this tick: each running VM's draw from the
+    /// power model and its CPU use, its value, and whether it is quiescent.
+    fn power_plan(&self, obs: &Observation, realloc: Option<&ReallocDecision>, budget: Watts) -> PlanView {
+        let model = self.cfg.power.model();
+        let views: HashMap<&VmId, &VmReallocView> = realloc.map(|d| d.views.iter().map(|v| (&v.vm, v)).collect()).unwrap_or_default();
+        let running: Vec<&VmObservation> =
+            obs.vms.iter().filter(|v| v.state == VmState::Running && !self.sleeping.contains_key(&v.id)).collect();
+        // What each asks for (run + wait), not what it gets now: saving one
+        // lets the others run more, and a plan on use alone would cascade.
+        let cpu: Vec<f64> = running
+            .iter()
+            .map(|v| {
+                let vcpus = f64::from(v.activity.map_or(1, |a| a.vcpus.max(1)));
+                views.get(&v.id).and_then(|view| view.rates).map_or(0.0, |r| (r.cpu + r.vcpu_wait).min(vcpus))
+            })
+            .collect();
+        let running: Vec<&VmId> = running.iter().map(|v| &v.id).collect();
+        let draws = model.vm_draws(obs.host_cpus, &cpu);
+        let mut no_value = vec![];
+        let candidates: Vec<Candidate> = running
+            .iter()
+            .zip(draws)
+            .map(|(id, draw)| {
+                let value = self.cfg.vm_section(id).and_then(|s| s.value);
+                if value.is_none() {
+                    no_value.push(id.0.clone());
+                }
+                let quiescent = views.get(id).is_some_and(|v| v.class == Some(ebb_core::realloc::Class::Idle));
+                Candidate { vm: (*id).clone(), draw, value: value.unwrap_or(1), quiescent }
+            })
+            .collect();
+        let host_idle = model.idle();
+        let plan = plan_power_drop(Watts((budget.0 - host_idle.0).max(0.0)), &candidates);
+        PlanView {
+            plan: PowerPlan { budget, ..plan },
+            host_idle,
+            vms: candidates.iter().map(|c| (c.vm.0.clone(), c.draw, c.value, c.quiescent)).collect(),
+            no_value,
+        }
+    }
+
+    /// On battery with a budget: saves the VMs the plan drops, quiescent
+    /// ones first, then the least valuable. Nothing is restored before
+    /// mains power is back.
+    async fn power_drop(&mut self, at: Millis) {
+        let Some(plan) = &self.plan else { return };
+        if plan.plan.save.is_empty() {
+            return;
+        }
+        let budget = plan.plan.budget;
+        let keep = plan.plan.keep.iter().map(|v| v.0.as_str()).collect::<Vec<_>>().join(", ");
+        let reason = Reason::new(
+            Rule::Power,
+            format!("on battery with a budget of {budget}: keeping the most valuable VMs that fit ({})", if keep.is_empty() { "none" } else { &keep }),
+        );
+        let actions = plan.plan.save.iter().map(|vm| Action::Sleep { vm: vm.clone(), mode: SleepMode::Save, reason: reason.clone() }).collect();
+        for (action, result) in self.act(actions, at).await {
+            if result.is_ok() {
+                let vm = action.vm().clone();
+                if let Err(e) = self.journal.set_power_saved(&vm, true, at) {
+                    warn!("{e}");
+                }
+                self.power_saved.insert(vm);
+            }
         }
     }
 
@@ -750,13 +822,11 @@ impl Agent {
         if self.power_saved.is_empty() {
             return;
         }
-        let reason = Reason::new(Rule::Power, "mains power is back: restoring what ebb saved on low battery");
-        let actions: Vec<Action> = self
-            .power_saved
-            .iter()
-            .filter(|vm| self.sleeping.contains_key(*vm))
-            .map(|vm| Action::Wake { vm: vm.clone(), reason: reason.clone() })
-            .collect();
+        let reason = Reason::new(Rule::Power, "mains power is back: restoring what ebb saved for power");
+        // Most valuable first.
+        let mut saved: Vec<&VmId> = self.power_saved.iter().filter(|vm| self.sleeping.contains_key(*vm)).collect();
+        saved.sort_by_key(|vm| std::cmp::Reverse(self.cfg.vm_section(vm).and_then(|s| s.value).unwrap_or(1)));
+        let actions: Vec<Action> = saved.into_iter().map(|vm| Action::Wake { vm: vm.clone(), reason: reason.clone() }).collect();
         // Woken by hand or gone meanwhile: nothing left to restore.
         let stale: Vec<VmId> = self.power_saved.iter().filter(|vm| !self.sleeping.contains_key(*vm)).cloned().collect();
         for vm in stale {
@@ -1126,12 +1196,13 @@ impl Agent {
             wakes_total: self.wakes_total,
             last_wake_ms: self.last_wake_ms,
             journal: self.journal.path().display().to_string(),
-            power: (self.power.is_some() || self.power_error.is_some()).then(|| PowerStatus {
+            power: (self.power.is_some() || self.power_error.is_some() || self.plan.is_some()).then(|| PowerStatus {
                 reading: self.power.clone(),
                 state: self.power_state.clone(),
                 error: self.power_error.clone(),
                 saved_for_power: self.power_saved.iter().map(|v| v.0.clone()).collect(),
                 last_power_off: self.last_power_off.clone(),
+                plan: self.plan.clone(),
             }),
         }
     }

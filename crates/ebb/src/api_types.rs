@@ -91,6 +91,21 @@ pub struct PowerStatus {
     pub saved_for_power: Vec<String>,
     /// The last power-off, in words (run, or recorded when no command is set).
     pub last_power_off: Option<String>,
+    /// With a budget: the plan for a power drop, as it stands this tick.
+    #[serde(default)]
+    pub plan: Option<PlanView>,
+}
+
+/// `ebb plan`: what ebb keeps and saves if the host runs on its battery budget.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanView {
+    pub plan: ebb_core::power::PowerPlan,
+    /// The host's idle power (from the model), taken off the budget first.
+    pub host_idle: ebb_core::power::Watts,
+    /// Each running VM: (name, draw from the model, value, quiescent).
+    pub vms: Vec<(String, ebb_core::power::Watts, u32, bool)>,
+    /// VMs with no value set (counted as 1).
+    pub no_value: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -2,9 +2,9 @@
 //! sentences. Scripts use `--json` instead.
 
 use crate::agent::vm_state_word;
-use crate::api_types::{Connection, Event, Explain, Needs, PowerStatus, Source, Status, VmInfo};
+use crate::api_types::{Connection, Event, Explain, Needs, PlanView, PowerStatus, Source, Status, VmInfo};
 use crate::config::Config;
-use ebb_core::{Bytes, Millis};
+use ebb_core::{Bytes, Millis, VmId};
 use std::fmt::Write;
 
 /// A plain text table: columns padded to their widest cell.
@@ -153,6 +153,36 @@ pub fn power_text(p: &Option<PowerStatus>) -> String {
     if let Some(o) = &p.last_power_off {
         let _ = writeln!(out, "power-off: {o}");
     }
+    out
+}
+
+pub fn plan_text(p: &Option<PlanView>) -> String {
+    let Some(p) = p else {
+        return "no plan: set power.budget (the watts the host may draw on battery)\n".into();
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "on a battery budget of {}: the host's idle {} first, then the VMs' draw (the power model and their CPU use)",
+        p.plan.budget, p.host_idle
+    );
+    let rows: Vec<Vec<String>> = p
+        .vms
+        .iter()
+        .map(|(name, draw, value, quiescent)| {
+            let vm = VmId(name.clone());
+            let fate = if p.plan.keep.contains(&vm) {
+                "keeps running".to_string()
+            } else {
+                let n = p.plan.save.iter().position(|v| v == &vm).map_or(0, |i| i + 1);
+                format!("saved ({n}.{})", if *quiescent { ", quiescent" } else { "" })
+            };
+            let value = if p.no_value.contains(name) { format!("{value} (not set)") } else { value.to_string() };
+            vec![name.clone(), draw.to_string(), value, fate]
+        })
+        .collect();
+    out.push_str(&table(&["NAME", "DRAW", "VALUE", "ON BATTERY"], &rows));
+    let _ = writeln!(out, "kept: value {}, drawing {}", p.plan.kept_value, p.plan.kept_draw);
     out
 }
 

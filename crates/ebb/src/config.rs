@@ -3,7 +3,7 @@
 //! startup with a message that names the field and the line.
 
 use ebb_core::memory::MemoryConfig;
-use ebb_core::power::LowBattery;
+use ebb_core::power::{LowBattery, PowerModel, Watts};
 use ebb_core::realloc::{ReallocConfig, ReallocSettings};
 use ebb_core::sleep::SleepSettings;
 use ebb_core::{Bytes, SleepMode, VmId};
@@ -140,6 +140,9 @@ pub struct VmSection {
     pub min: Option<Spanned<Size>>,
     pub max: Option<Spanned<Size>>,
     pub managed: Option<bool>,
+    /// Its value to the user when power drops: the most valuable VMs that
+    /// fit the budget keep running. Unset: 1 (and `ebb plan` says so).
+    pub value: Option<u32>,
     /// `[vm.NAME.sleep]`: the VM may be put to sleep when idle (opt-in).
     pub sleep: Option<SleepSection>,
     /// `[[vm.NAME.service]]`: addresses ebb owns for the VM at all times,
@@ -252,6 +255,14 @@ pub struct PowerSection {
     /// How long a read of the UPS may take.
     #[serde(deserialize_with = "de_duration")]
     pub timeout: Duration,
+    /// Watts the host may draw on battery. Set, ebb plans for a power drop
+    /// every tick (`ebb plan`) and, on battery, saves the VMs the plan drops.
+    pub budget: Option<f64>,
+    /// The host's power model: watts idle and at full CPU load…
+    pub idle_watts: f64,
+    pub max_watts: f64,
+    /// …or 11 points, watts at 0 %, 10 %, …, 100 % CPU (a SPECpower result).
+    pub model_table: Option<Vec<f64>>,
 }
 
 impl Default for PowerSection {
@@ -264,11 +275,26 @@ impl Default for PowerSection {
             low_runtime: Duration::from_secs_f64(low.runtime_s),
             power_off_command: None,
             timeout: Duration::from_secs(2),
+            budget: None,
+            idle_watts: 100.0,
+            max_watts: 250.0,
+            model_table: None,
         }
     }
 }
 
 impl PowerSection {
+    pub fn model(&self) -> PowerModel {
+        match &self.model_table {
+            Some(t) if t.len() == 11 => {
+                let mut points = [0.0; 11];
+                points.copy_from_slice(t);
+                PowerModel::Table(points)
+            }
+            _ => PowerModel::Linear { idle: Watts(self.idle_watts), max: Watts(self.max_watts) },
+        }
+    }
+
     pub fn low_battery(&self) -> LowBattery {
         LowBattery { charge: self.low_charge, runtime_s: self.low_runtime.as_secs_f64() }
     }
@@ -530,6 +556,25 @@ impl Config {
         if let Some(Err(e)) = self.power.ups_address() {
             return Err(e);
         }
+        if let Some(t) = &self.power.model_table {
+            if t.len() != 11 || t.windows(2).any(|w| w[1] < w[0]) || t.iter().any(|w| w.is_nan() || *w < 0.0) {
+                return Err(format!(
+                    "power.model_table has {} values: give 11 watt figures, at 0 %, 10 %, …, 100 % CPU, never falling",
+                    t.len()
+                ));
+            }
+        }
+        if !(self.power.idle_watts >= 0.0 && self.power.max_watts >= self.power.idle_watts) {
+            return Err(format!(
+                "power.max_watts ({}) must be at least power.idle_watts ({}), and both at least zero",
+                self.power.max_watts, self.power.idle_watts
+            ));
+        }
+        if let Some(b) = self.power.budget {
+            if b.is_nan() || b <= 0.0 {
+                return Err(format!("power.budget = {b} must be more than zero watts"));
+            }
+        }
         if !(0.0..=100.0).contains(&self.power.low_charge) {
             return Err(format!("power.low_charge = {} is outside [0, 100] (percent)", self.power.low_charge));
         }
@@ -679,6 +724,11 @@ mod tests {
         assert_eq!(c.power.ups_address().unwrap().unwrap(), ("ups1".to_string(), "10.0.0.5:3493".to_string()));
         assert!(Config::parse("[power]\nlow_charge = 120\n").unwrap_err().contains("low_charge"));
         assert!(Config::parse("[power]\npower_off_command = []\n").unwrap_err().contains("power_off_command"));
+        assert!(Config::parse("[power]\nmodel_table = [1, 2, 3]\n").unwrap_err().contains("11 watt figures"));
+        assert!(Config::parse("[power]\nidle_watts = 300.0\nmax_watts = 200.0\n").unwrap_err().contains("max_watts"));
+        assert!(Config::parse("[power]\nbudget = 0.0\n").unwrap_err().contains("budget"));
+        let c = Config::parse("[power]\nmodel_table = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110]\n").unwrap();
+        assert_eq!(c.power.model().host(0.55), Watts(65.0));
     }
 
     #[test]

@@ -68,6 +68,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The power-drop plan as it stands: which VMs keep running on the battery budget, which are saved and in what order.
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
     /// A VM's resource needs by hour of the day (UTC), from the needs history.
     Needs {
         vm: String,
@@ -156,6 +161,11 @@ async fn dispatch(args: Args) -> Result<(), String> {
         Command::Power { json } => {
             let s: Status = client.get("/v1/status").await.map_err(e)?;
             print_or_json(json, &s.power, cli::power_text)
+        }
+        Command::Plan { json } => {
+            let s: Status = client.get("/v1/status").await.map_err(e)?;
+            let plan = s.power.and_then(|p| p.plan);
+            print_or_json(json, &plan, cli::plan_text)
         }
         Command::Needs { vm, json } => {
             let n: Needs = client.get(&format!("/v1/vms/{}/needs", cli::url_encode(&vm))).await.map_err(e)?;

@@ -102,3 +102,82 @@ fn a_ups_that_does_not_exist_is_shown_and_nothing_happens() {
     assert!(agent.text(&["power"]).contains("last reading failed"));
     assert!(agent.vm("test").is_some_and(|v| v.state == ebb_core::VmState::Running));
 }
+
+#[test]
+fn on_battery_under_a_budget_the_most_valuable_guests_keep_running() {
+    let prefix = "ebb-test-budget-";
+    let lab = Lab::connect(URI).expect("libvirtd must run: scripts/setup-host.sh starts it");
+    lab.remove_leftovers(prefix).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // (name, value): gold is worth most, bronze least.
+    let vms = [("gold", 100), ("silver", 50), ("bronze", 10)];
+    let guests: Vec<Guest> = vms
+        .iter()
+        .map(|(n, _)| {
+            let mut spec = GuestSpec::new(format!("{prefix}{n}"), Bytes::from_mib(256));
+            spec.http_port = Some(free_port());
+            spec.console_log = dir.path().join(format!("{n}.log"));
+            lab.create(&spec).unwrap()
+        })
+        .collect();
+    for g in &guests {
+        g.wait_ready(Duration::from_secs(180)).unwrap();
+        g.cpu_workload(1, 600).unwrap();
+    }
+    let upsd = Upsd::start("OL").unwrap();
+    // The model: 100 W idle, 200 W with both CPUs busy. Each busy guest asks
+    // for a whole CPU (it runs two thirds of one and waits the rest), so it
+    // draws 50 W in the plan; 160 W leaves 60 W for VMs: one of the three.
+    let mut rest = format!(
+        "[memory]\nenabled = false\n[power]\nups = \"{}\"\nbudget = 160.0\nidle_watts = 100.0\nmax_watts = 200.0\n",
+        upsd.ups()
+    );
+    for (n, v) in vms {
+        rest.push_str(&format!("[vm.{prefix}{n}]\nvalue = {v}\n"));
+    }
+    let agent_lines = format!("uri = \"{URI}\"\ndomains = [\"{prefix}*\"]\ntick = \"1s\"");
+    let agent = AgentProc::start(dir.path(), &agent_lines, &rest);
+    // The plan is shown before anything happens.
+    let plan = agent.wait("a plan that keeps only gold", Duration::from_secs(60), |a| {
+        let plan = a.status().power.and_then(|p| p.plan)?;
+        (plan.vms.len() == 3 && plan.vms.iter().all(|v| v.1 .0 > 35.0)).then_some(plan)
+    });
+    let names = |v: &[ebb_core::VmId]| v.iter().map(|v| v.0.trim_start_matches(prefix).to_string()).collect::<Vec<_>>();
+    assert_eq!((names(&plan.plan.keep), names(&plan.plan.save)), (vec!["gold".to_string()], vec!["bronze".to_string(), "silver".to_string()]), "{plan:?}");
+    let text = agent.text(&["plan"]);
+    assert!(text.contains("keeps running") && text.contains("saved (1.)") && text.contains("saved (2.)"), "{text}");
+    assert!(guests.iter().all(|g| g.domain().is_active().unwrap()), "acted on mains power");
+
+    // On battery: bronze and silver are saved, gold keeps running.
+    upsd.set("OB").unwrap();
+    wait_for("bronze and silver saved", Duration::from_secs(60), || {
+        (!guests[1].domain().is_active().unwrap() && !guests[2].domain().is_active().unwrap()).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(guests[0].domain().is_active().unwrap(), "gold was saved too");
+    assert!(guests[1].domain().has_managed_save(0).unwrap() && guests[2].domain().has_managed_save(0).unwrap());
+    let mut saved = agent.status().power.unwrap().saved_for_power;
+    saved.sort();
+    assert_eq!(saved, vec![format!("{prefix}bronze"), format!("{prefix}silver")]);
+
+    // Mains power back: both restored, the more valuable first.
+    upsd.set("OL").unwrap();
+    wait_for("both restored", Duration::from_secs(60), || {
+        (guests[1].domain().is_active().unwrap() && guests[2].domain().is_active().unwrap()).then_some(())
+    });
+    let wakes = agent.wait("the restores journaled", Duration::from_secs(20), |a| {
+        let mut wakes: Vec<(i64, String)> = [format!("{prefix}silver"), format!("{prefix}bronze")]
+            .iter()
+            .filter_map(|vm| {
+                a.events(Some(vm)).into_iter().find(|e| e.kind == "wake" && e.rule.as_deref() == Some("power")).map(|e| (e.id, vm.clone()))
+            })
+            .collect();
+        wakes.sort();
+        (wakes.len() == 2).then_some(wakes)
+    });
+    assert_eq!(wakes[0].1, format!("{prefix}silver"), "most valuable first: {wakes:?}");
+    for g in guests {
+        let _ = g.cpu_workload(0, 1);
+        g.remove().unwrap();
+    }
+}
