@@ -292,8 +292,6 @@ pub struct ReallocDecision {
     pub actions: Vec<Action>,
     /// One view per observed VM, in observation order.
     pub views: Vec<VmReallocView>,
-    /// Host CPU used by the VMs, in CPUs' worth.
-    pub host_cpu: f64,
     /// What the VMs ask of the host's CPUs: what they ran plus what their
     /// vCPUs waited to run (a capped VM's wait included), in CPUs' worth.
     pub host_demand: f64,
@@ -495,7 +493,6 @@ impl ReallocPolicy {
                 view.cpu_use = Some(demand);
                 view.at_cap = at_cap;
                 view.bound = bound;
-                d.host_cpu += r.cpu;
                 d.host_demand += (r.cpu + r.vcpu_wait).min(vcpus);
                 // Against the last tick's saturation: one pass over the VMs.
                 let waits = r.vcpu_wait >= cfg.wait_contended;
@@ -531,7 +528,6 @@ impl ReallocPolicy {
 
         // The conflict check: two or more VMs that would gain, competing
         // for the same host CPUs: raising one robs the other.
-        let gains = |v: &VmReallocView| v.gains;
         let contenders: Vec<VmId> = d
             .views
             .iter()
@@ -576,7 +572,7 @@ impl ReallocPolicy {
                 let others: Vec<VmId> = contenders.iter().filter(|o| **o != view.vm).take(3).cloned().collect();
                 let why = Why::Conflict { others, more: contenders.len() > 4, host_cpus: obs.host_cpus, busy: d.host_demand };
                 (Rule::Restore, base, why)
-            } else if gains(view) {
+            } else if view.gains {
                 let tune = Tune {
                     shares: base.shares.saturating_mul(cfg.boost).min(shares_max),
                     quota_us: raised_cap(s.cap_max),

@@ -43,6 +43,19 @@ fn setup(limits: Limits, services: Vec<ServiceSpec>, state: VmPower, wake: Wake)
     Driver::spawn(s, rx, vm(), wake)
 }
 
+/// `n` clients at once, client i asking `/c/i`: each must get the backend's
+/// answer to its own request.
+async fn each_gets_its_own_answer(listen: std::net::SocketAddr, n: usize) {
+    let clients: Vec<_> = (0..n)
+        .map(|i| tokio::spawn(async move { (i, http_get(listen, &format!("/c/{i}")).await) }))
+        .collect();
+    for c in clients {
+        let (i, r) = c.await.unwrap();
+        let (status, body) = r.unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert_eq!((status, body), (200, format!("vm1 GET /c/{i}")));
+    }
+}
+
 /// Expects the connection to be reset, not closed in order or left open.
 async fn expect_reset(s: &mut TcpStream) {
     let mut buf = [0u8; 64];
@@ -167,14 +180,7 @@ async fn two_hundred_concurrent_clients_each_get_their_answer_once() {
             VmPower::Asleep,
             wake,
         );
-        let clients: Vec<_> = (0..200)
-            .map(|i| tokio::spawn(async move { (i, http_get(listen, &format!("/c/{i}")).await) }))
-            .collect();
-        for c in clients {
-            let (i, r) = c.await.unwrap();
-            let (status, body) = r.unwrap_or_else(|e| panic!("client {i}: {e}"));
-            assert_eq!((status, body), (200, format!("vm1 GET /c/{i}")));
-        }
+        each_gets_its_own_answer(listen, 200).await;
         assert_eq!(
             d.backend_requests.load(std::sync::atomic::Ordering::SeqCst),
             200
@@ -208,14 +214,7 @@ async fn replays_are_paced_and_one_dropped_unanswered_is_sent_again() {
         );
         let open_max = Arc::new(AtomicUsize::new(0));
         let flaky = Backend::start_flaky(backend, "vm1", open_max.clone());
-        let clients: Vec<_> = (0..50)
-            .map(|i| tokio::spawn(async move { (i, http_get(listen, &format!("/c/{i}")).await) }))
-            .collect();
-        for c in clients {
-            let (i, r) = c.await.unwrap();
-            let (status, body) = r.unwrap_or_else(|e| panic!("client {i}: {e}"));
-            assert_eq!((status, body), (200, format!("vm1 GET /c/{i}")));
-        }
+        each_gets_its_own_answer(listen, 50).await;
         // Each request answered once although half the connects were dropped.
         assert_eq!(flaky.count(), 50);
         // Four replays, plus at most the prober's connection while it waits.

@@ -479,22 +479,7 @@ impl Agent {
         &mut self,
         f: impl FnOnce(&mut dyn Hypervisor) -> R + Send + 'static,
     ) -> Option<R> {
-        let mut hv = self.hv.take()?;
-        match tokio::task::spawn_blocking(move || {
-            let r = f(hv.as_mut());
-            (hv, r)
-        })
-        .await
-        {
-            Ok((hv, r)) => {
-                self.hv = Some(hv);
-                Some(r)
-            }
-            Err(e) => {
-                warn!("a hypervisor call panicked; reconnecting: {e}");
-                None
-            }
-        }
+        off_thread(&mut self.hv, move |hv| f(hv)).await.map_err(|e| warn!("a hypervisor call panicked; reconnecting: {e}")).ok()?
     }
 
     async fn try_connect(&mut self, at: Millis) -> bool {
@@ -722,7 +707,7 @@ impl Agent {
         PlanView {
             plan: PowerPlan { budget, ..plan },
             host_idle,
-            vms: candidates.iter().map(|c| (c.vm.0.clone(), c.draw, c.value, c.quiescent)).collect(),
+            vms: candidates,
             no_value,
         }
     }
@@ -742,36 +727,31 @@ impl Agent {
             format!("on battery with a budget of {budget}: keeping the most valuable VMs that fit ({})", if keep.is_empty() { "none" } else { &keep }),
         );
         let actions = plan.plan.save.iter().map(|vm| Action::Sleep { vm: vm.clone(), mode: SleepMode::Save, reason: reason.clone() }).collect();
+        self.save_for_power(actions, at).await;
+    }
+
+    /// Saves VMs for a power event and remembers them (journaled) for the
+    /// restore; returns how many could not be saved.
+    async fn save_for_power(&mut self, actions: Vec<Action>, at: Millis) -> usize {
+        let mut failed = 0;
         for (action, result) in self.act(actions, at).await {
-            if result.is_ok() {
-                let vm = action.vm().clone();
-                if let Err(e) = self.journal.set_power_saved(&vm, true, at) {
-                    warn!("{e}");
-                }
-                self.power_saved.insert(vm);
+            if result.is_err() {
+                failed += 1;
+                continue;
             }
+            let vm = action.vm().clone();
+            if let Err(e) = self.journal.set_power_saved(&vm, true, at) {
+                warn!("{e}");
+            }
+            self.power_saved.insert(vm);
         }
+        failed
     }
 
     /// Runs a blocking platform call (a UPS read, a power-off) off the async
     /// runtime. None when the call panicked.
     async fn with_platform<R: Send + 'static>(&mut self, f: impl FnOnce(&mut dyn Platform) -> R + Send + 'static) -> Option<R> {
-        let mut platform = self.platform.take()?;
-        match tokio::task::spawn_blocking(move || {
-            let r = f(platform.as_mut());
-            (platform, r)
-        })
-        .await
-        {
-            Ok((platform, r)) => {
-                self.platform = Some(platform);
-                Some(r)
-            }
-            Err(e) => {
-                warn!("a platform call panicked: {e}");
-                None
-            }
-        }
+        off_thread(&mut self.platform, move |p| f(p)).await.map_err(|e| warn!("a platform call panicked: {e}")).ok()?
     }
 
     async fn power_low(&mut self, obs: &Observation, why: &str, at: Millis) {
@@ -783,20 +763,9 @@ impl Agent {
             .collect();
         let reason = Reason::new(Rule::Power, format!("low battery ({why}): saving every VM before the host powers down"));
         let actions = running.iter().map(|vm| Action::Sleep { vm: vm.clone(), mode: SleepMode::Save, reason: reason.clone() }).collect();
-        let mut left = 0;
-        for (action, result) in self.act(actions, at).await {
-            match result {
-                Ok(()) => {
-                    let vm = action.vm().clone();
-                    if let Err(e) = self.journal.set_power_saved(&vm, true, at) {
-                        warn!("{e}");
-                    }
-                    self.power_saved.insert(vm);
-                }
-                // Never destroyed: it keeps running and the host stays up.
-                Err(_) => left += 1,
-            }
-        }
+        // A VM that could not be saved is never destroyed: it keeps running
+        // and the host stays up under it.
+        let left = self.save_for_power(actions, at).await;
         if left > 0 || self.power_off_done {
             if left > 0 {
                 warn!("{left} VM(s) could not be saved: the host is not powered down under them");
@@ -1221,6 +1190,23 @@ impl Agent {
             warn!("{e}");
         }
     }
+}
+
+/// Runs a blocking call on the boxed backend in `slot` off the async
+/// runtime, putting the backend back afterwards. None when the slot is empty;
+/// an error (and the slot left empty) when the call panicked.
+async fn off_thread<T: ?Sized + Send + 'static, R: Send + 'static>(
+    slot: &mut Option<Box<T>>,
+    f: impl FnOnce(&mut T) -> R + Send + 'static,
+) -> Result<Option<R>, tokio::task::JoinError> {
+    let Some(mut backend) = slot.take() else { return Ok(None) };
+    let (backend, r) = tokio::task::spawn_blocking(move || {
+        let r = f(backend.as_mut());
+        (backend, r)
+    })
+    .await?;
+    *slot = Some(backend);
+    Ok(Some(r))
 }
 
 fn backoff_after(attempts: u32) -> Duration {

@@ -102,8 +102,8 @@ pub struct PlanView {
     pub plan: ebb_core::power::PowerPlan,
     /// The host's idle power (from the model), taken off the budget first.
     pub host_idle: ebb_core::power::Watts,
-    /// Each running VM: (name, draw from the model, value, quiescent).
-    pub vms: Vec<(String, ebb_core::power::Watts, u32, bool)>,
+    /// Each running VM with its draw from the model, its value, and whether it is quiescent.
+    pub vms: Vec<ebb_core::power::Candidate>,
     /// VMs with no value set (counted as 1).
     pub no_value: Vec<String>,
 }

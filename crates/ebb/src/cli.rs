@@ -4,7 +4,7 @@
 use crate::agent::vm_state_word;
 use crate::api_types::{Connection, Event, Explain, Needs, PlanView, PowerStatus, Source, Status, VmInfo};
 use crate::config::Config;
-use ebb_core::{Bytes, Millis, VmId};
+use ebb_core::{Bytes, Millis};
 use std::fmt::Write;
 
 /// A plain text table: columns padded to their widest cell.
@@ -169,16 +169,15 @@ pub fn plan_text(p: &Option<PlanView>) -> String {
     let rows: Vec<Vec<String>> = p
         .vms
         .iter()
-        .map(|(name, draw, value, quiescent)| {
-            let vm = VmId(name.clone());
-            let fate = if p.plan.keep.contains(&vm) {
+        .map(|c| {
+            let fate = if p.plan.keep.contains(&c.vm) {
                 "keeps running".to_string()
             } else {
-                let n = p.plan.save.iter().position(|v| v == &vm).map_or(0, |i| i + 1);
-                format!("saved ({n}.{})", if *quiescent { ", quiescent" } else { "" })
+                let n = p.plan.save.iter().position(|v| v == &c.vm).map_or(0, |i| i + 1);
+                format!("saved ({n}.{})", if c.quiescent { ", quiescent" } else { "" })
             };
-            let value = if p.no_value.contains(name) { format!("{value} (not set)") } else { value.to_string() };
-            vec![name.clone(), draw.to_string(), value, fate]
+            let value = if p.no_value.contains(&c.vm.0) { format!("{} (not set)", c.value) } else { c.value.to_string() };
+            vec![c.vm.0.clone(), c.draw.to_string(), value, fate]
         })
         .collect();
     out.push_str(&table(&["NAME", "DRAW", "VALUE", "ON BATTERY"], &rows));

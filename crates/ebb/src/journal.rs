@@ -154,52 +154,47 @@ impl Journal {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Records that ebb put `vm` to sleep, so a restarted agent knows it.
-    /// A VM's CPU tune as ebb found it and as ebb set it (JSON, one row per VM).
+    /// A VM's tune as ebb found it and as ebb set it.
     pub fn save_tunes(&self, vm: &VmId, tunes: &Tunes, at: Millis) -> Result<(), JournalError> {
-        let json = serde_json::to_string(tunes).expect("tunes serialize");
-        self.conn.execute(
-            "INSERT OR REPLACE INTO tunes (vm, tunes, updated_ms) VALUES (?1, ?2, ?3)",
-            params![vm.as_str(), json, at.0 as i64],
-        )?;
-        Ok(())
+        self.save_json("tunes", vm, tunes, at)
     }
 
-    /// Every VM's remembered tunes; a row that does not parse is skipped.
+    /// Every VM's remembered tunes.
     pub fn tunes(&self) -> Result<Vec<(VmId, Tunes)>, JournalError> {
-        let mut stmt = self.conn.prepare("SELECT vm, tunes FROM tunes ORDER BY vm")?;
-        let rows = stmt.query_map([], |r| Ok((VmId(r.get(0)?), r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (vm, json) = row?;
-            if let Ok(t) = serde_json::from_str(&json) {
-                out.push((vm, t));
-            }
-        }
-        Ok(out)
+        self.load_json("tunes")
     }
 
-    /// A VM's needs history (JSON, one row per VM: 24 hourly histograms).
+    /// A VM's needs history (24 hourly histograms).
     pub fn save_needs(&self, vm: &VmId, needs: &VmNeeds, at: Millis) -> Result<(), JournalError> {
-        let json = serde_json::to_string(needs).expect("needs serialize");
+        self.save_json("needs", vm, needs, at)
+    }
+
+    /// Every VM's needs history; one of another shape (an older layout) is skipped.
+    pub fn needs(&self) -> Result<Vec<(VmId, VmNeeds)>, JournalError> {
+        let mut all: Vec<(VmId, VmNeeds)> = self.load_json("needs")?;
+        all.retain(|(_, n)| n.hours.len() == ebb_core::needs::HOURS);
+        Ok(all)
+    }
+
+    /// One JSON value per VM in `table`, whose value column bears the table's name.
+    fn save_json<T: serde::Serialize>(&self, table: &'static str, vm: &VmId, value: &T, at: Millis) -> Result<(), JournalError> {
+        let json = serde_json::to_string(value).expect("journal values serialize");
         self.conn.execute(
-            "INSERT OR REPLACE INTO needs (vm, needs, updated_ms) VALUES (?1, ?2, ?3)",
+            &format!("INSERT OR REPLACE INTO {table} (vm, {table}, updated_ms) VALUES (?1, ?2, ?3)"),
             params![vm.as_str(), json, at.0 as i64],
         )?;
         Ok(())
     }
 
-    /// Every VM's needs history; a row that does not parse is skipped.
-    pub fn needs(&self) -> Result<Vec<(VmId, VmNeeds)>, JournalError> {
-        let mut stmt = self.conn.prepare("SELECT vm, needs FROM needs ORDER BY vm")?;
+    /// Every VM's value in `table`; a row that does not parse is skipped.
+    fn load_json<T: serde::de::DeserializeOwned>(&self, table: &'static str) -> Result<Vec<(VmId, T)>, JournalError> {
+        let mut stmt = self.conn.prepare(&format!("SELECT vm, {table} FROM {table} ORDER BY vm"))?;
         let rows = stmt.query_map([], |r| Ok((VmId(r.get(0)?), r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (vm, json) = row?;
-            if let Ok(n) = serde_json::from_str::<VmNeeds>(&json) {
-                if n.hours.len() == ebb_core::needs::HOURS {
-                    out.push((vm, n));
-                }
+            if let Ok(v) = serde_json::from_str(&json) {
+                out.push((vm, v));
             }
         }
         Ok(out)
@@ -236,6 +231,7 @@ impl Journal {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Records that ebb put `vm` to sleep, so a restarted agent knows it.
     pub fn set_sleeping(&self, vm: &VmId, rec: &SleepRecord) -> Result<(), JournalError> {
         self.conn.execute(
             "INSERT OR REPLACE INTO sleeping (vm, mode, since_ms, reason) VALUES (?1, ?2, ?3, ?4)",

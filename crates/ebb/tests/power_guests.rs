@@ -6,28 +6,16 @@
 
 mod common;
 use common::*;
-use ebb::lab::{free_port, Guest, GuestSpec, Lab, Upsd};
-use ebb_core::Bytes;
+use ebb::lab::{Guest, Upsd};
 use std::time::Duration;
-
-const URI: &str = "qemu:///system";
 
 #[test]
 fn low_battery_saves_every_guest_records_the_power_off_and_a_restart_on_mains_restores_them() {
     let prefix = "ebb-test-power-";
-    let lab = Lab::connect(URI).expect("libvirtd must run: scripts/setup-host.sh starts it");
-    lab.remove_leftovers(prefix).unwrap();
+    let lab = lab(prefix);
     let dir = tempfile::tempdir().unwrap();
     let names = [format!("{prefix}a"), format!("{prefix}b")];
-    let guests: Vec<Guest> = names
-        .iter()
-        .map(|n| {
-            let mut spec = GuestSpec::new(n, Bytes::from_mib(256));
-            spec.http_port = Some(free_port());
-            spec.console_log = dir.path().join(format!("{n}.log"));
-            lab.create(&spec).unwrap()
-        })
-        .collect();
+    let guests: Vec<Guest> = names.iter().map(|n| boot(&lab, dir.path(), n, 256, |_| {})).collect();
     for g in &guests {
         g.wait_ready(Duration::from_secs(180)).unwrap();
     }
@@ -106,20 +94,11 @@ fn a_ups_that_does_not_exist_is_shown_and_nothing_happens() {
 #[test]
 fn on_battery_under_a_budget_the_most_valuable_guests_keep_running() {
     let prefix = "ebb-test-budget-";
-    let lab = Lab::connect(URI).expect("libvirtd must run: scripts/setup-host.sh starts it");
-    lab.remove_leftovers(prefix).unwrap();
+    let lab = lab(prefix);
     let dir = tempfile::tempdir().unwrap();
     // (name, value): gold is worth most, bronze least.
     let vms = [("gold", 100), ("silver", 50), ("bronze", 10)];
-    let guests: Vec<Guest> = vms
-        .iter()
-        .map(|(n, _)| {
-            let mut spec = GuestSpec::new(format!("{prefix}{n}"), Bytes::from_mib(256));
-            spec.http_port = Some(free_port());
-            spec.console_log = dir.path().join(format!("{n}.log"));
-            lab.create(&spec).unwrap()
-        })
-        .collect();
+    let guests: Vec<Guest> = vms.iter().map(|(n, _)| boot(&lab, dir.path(), &format!("{prefix}{n}"), 256, |_| {})).collect();
     for g in &guests {
         g.wait_ready(Duration::from_secs(180)).unwrap();
         g.cpu_workload(1, 600).unwrap();
@@ -140,7 +119,7 @@ fn on_battery_under_a_budget_the_most_valuable_guests_keep_running() {
     // The plan is shown before anything happens.
     let plan = agent.wait("a plan that keeps only gold", Duration::from_secs(60), |a| {
         let plan = a.status().power.and_then(|p| p.plan)?;
-        (plan.vms.len() == 3 && plan.vms.iter().all(|v| v.1 .0 > 35.0)).then_some(plan)
+        (plan.vms.len() == 3 && plan.vms.iter().all(|v| v.draw.0 > 35.0)).then_some(plan)
     });
     let names = |v: &[ebb_core::VmId]| v.iter().map(|v| v.0.trim_start_matches(prefix).to_string()).collect::<Vec<_>>();
     assert_eq!((names(&plan.plan.keep), names(&plan.plan.save)), (vec!["gold".to_string()], vec!["bronze".to_string(), "silver".to_string()]), "{plan:?}");

@@ -11,20 +11,9 @@ use ebb_core::Bytes;
 use std::process::Command;
 use std::time::Duration;
 
-const URI: &str = "qemu:///system";
-
-fn lab(prefix: &str) -> Lab {
-    let lab = Lab::connect(URI).expect("libvirtd must run: scripts/setup-host.sh starts it");
-    lab.remove_leftovers(prefix).unwrap();
-    lab
-}
-
+/// The memory tests' guests: 512 MiB, room to reclaim from.
 fn boot(lab: &Lab, dir: &std::path::Path, name: &str, edit: impl FnOnce(&mut GuestSpec)) -> Guest {
-    let mut spec = GuestSpec::new(name, Bytes::from_mib(512));
-    spec.http_port = Some(free_port());
-    spec.console_log = dir.join(format!("{name}.console.log"));
-    edit(&mut spec);
-    lab.create(&spec).unwrap()
+    common::boot(lab, dir, name, 512, edit)
 }
 
 fn ready(guests: &[&Guest]) {

@@ -5,28 +5,12 @@
 
 mod common;
 use common::*;
-use ebb::lab::{free_port, Guest, GuestSpec, Lab};
-use ebb_core::Bytes;
+use ebb::lab::{Guest, Lab};
 use std::time::Duration;
 
-const URI: &str = "qemu:///system";
-
-fn lab(prefix: &str) -> Lab {
-    let lab = Lab::connect(URI).expect("libvirtd must run: scripts/setup-host.sh starts it");
-    lab.remove_leftovers(prefix).unwrap();
-    lab
-}
-
-fn boot(lab: &Lab, dir: &std::path::Path, name: &str, cap: Option<(u64, u64)>) -> Guest {
-    boot_with(lab, dir, name, |spec| spec.cpu_cap = cap)
-}
-
-fn boot_with(lab: &Lab, dir: &std::path::Path, name: &str, edit: impl FnOnce(&mut GuestSpec)) -> Guest {
-    let mut spec = GuestSpec::new(name, Bytes::from_mib(256));
-    spec.http_port = Some(free_port());
-    spec.console_log = dir.join(format!("{name}.console.log"));
-    edit(&mut spec);
-    lab.create(&spec).unwrap()
+/// A 256 MiB guest with its own CPU cap, if any.
+fn boot_capped(lab: &Lab, dir: &std::path::Path, name: &str, cap: Option<(u64, u64)>) -> Guest {
+    boot(lab, dir, name, 256, |spec| spec.cpu_cap = cap)
 }
 
 /// The domain's live blkio weight, as `virsh blkiotune` reports it.
@@ -78,8 +62,8 @@ fn a_busy_guest_at_its_cap_gains_the_idle_one_yields_critical_goes_first_and_a_r
     let dir = tempfile::tempdir().unwrap();
     let (busy_name, idle_name) = (format!("{prefix}busy"), format!("{prefix}idle"));
     // The busy guest's own cap: 30% of a CPU.
-    let busy = boot(&lab, dir.path(), &busy_name, Some((100_000, 30_000)));
-    let idle = boot(&lab, dir.path(), &idle_name, None);
+    let busy = boot_capped(&lab, dir.path(), &busy_name, Some((100_000, 30_000)));
+    let idle = boot_capped(&lab, dir.path(), &idle_name, None);
     for g in [&busy, &idle] {
         g.wait_ready(Duration::from_secs(180)).unwrap();
     }
@@ -164,7 +148,7 @@ fn two_cpu_bound_guests_on_a_saturated_host_are_left_alone_and_explain_says_why(
     let lab = lab(prefix);
     let dir = tempfile::tempdir().unwrap();
     let names = [format!("{prefix}a"), format!("{prefix}b")];
-    let guests: Vec<Guest> = names.iter().map(|n| boot(&lab, dir.path(), n, None)).collect();
+    let guests: Vec<Guest> = names.iter().map(|n| boot_capped(&lab, dir.path(), n, None)).collect();
     for g in &guests {
         g.wait_ready(Duration::from_secs(180)).unwrap();
     }
@@ -201,7 +185,7 @@ fn a_disk_bound_guest_gets_the_disk_weight_while_an_idle_one_gives_it_up() {
         .iter()
         .zip(&images)
         .map(|(n, img)| {
-            boot_with(&lab, dir.path(), n, |spec| {
+            boot(&lab, dir.path(), n, 256, |spec| {
                 spec.disk = Some(img.0.clone());
                 spec.io_weight = Some(500);
             })

@@ -3,12 +3,33 @@
 #![allow(dead_code)]
 
 use ebb::api_types::{Event, Status, VmInfo};
+use ebb::lab::{free_port, Guest, GuestSpec, Lab};
+use ebb_core::Bytes;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const EBB: &str = env!("CARGO_BIN_EXE_ebb");
+/// The libvirt the real-guest tests use (scripts/setup-host.sh starts it).
+pub const URI: &str = "qemu:///system";
+
+/// The lab, with any guest of an earlier run under `prefix` removed.
+pub fn lab(prefix: &str) -> Lab {
+    let lab = Lab::connect(URI).expect("libvirtd must run: scripts/setup-host.sh starts it");
+    lab.remove_leftovers(prefix).unwrap();
+    lab
+}
+
+/// Defines and starts a guest of `mib` MiB with its HTTP service on a free
+/// loopback port and its console in `dir`; `edit` adjusts the rest.
+pub fn boot(lab: &Lab, dir: &Path, name: &str, mib: u64, edit: impl FnOnce(&mut GuestSpec)) -> Guest {
+    let mut spec = GuestSpec::new(name, Bytes::from_mib(mib));
+    spec.http_port = Some(free_port());
+    spec.console_log = dir.join(format!("{name}.console.log"));
+    edit(&mut spec);
+    lab.create(&spec).unwrap()
+}
 
 /// An `ebb run` process with its own socket and journal in `dir`.
 pub struct AgentProc {
