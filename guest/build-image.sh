@@ -50,12 +50,13 @@ done
 
 # Modules in load order; /init loads whatever of this list is present.
 MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
-virtio_balloon failover net_failover virtio_net virtio_blk"
+virtio_balloon failover net_failover virtio_net virtio_blk evdev button"
 : > "$ROOT"/lib/modules/order
 for m in $MODULES; do
     f=$(find "$MODDIR" -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" -o -name "$m.ko.gz" | head -n 1)
     if [ -z "$f" ]; then
-        [ "$m" = virtio_blk ] && continue   # optional: only for later disk work
+        # Optional: the disk, and the power button (clean shutdown).
+        case "$m" in virtio_blk|evdev|button) continue ;; esac
         die "module $m not found under $MODDIR"
     fi
     case "$f" in

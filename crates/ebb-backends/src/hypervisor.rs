@@ -97,6 +97,13 @@ pub trait Hypervisor: Send {
         Err(unsupported("start", vm))
     }
 
+    /// Asks the guest to shut itself down (the ACPI power button,
+    /// virDomainShutdown) and returns at once: the guest powers off in its
+    /// own time, or not at all when it ignores the button. Never a destroy.
+    fn shutdown(&mut self, vm: &VmId) -> Result<(), HvError> {
+        Err(unsupported("shut down", vm))
+    }
+
     /// Deletes a domain's managed save image, so its next start boots
     /// afresh. Nothing to do when it has none.
     fn discard_save(&mut self, vm: &VmId) -> Result<(), HvError> {

@@ -603,6 +603,10 @@ impl Hypervisor for LibvirtHypervisor {
         self.domain_op("start", vm, |d| d.create())
     }
 
+    fn shutdown(&mut self, vm: &VmId) -> Result<(), HvError> {
+        self.domain_op("shut down", vm, |d| d.shutdown())
+    }
+
     fn discard_save(&mut self, vm: &VmId) -> Result<(), HvError> {
         self.domain_op("discard save", vm, |d| d.managed_save_remove(0))
     }

@@ -5,10 +5,11 @@
 //! a careful first deployment see the decision without losing the host.
 
 use crate::nut::{NutClient, NutError};
-use ebb_core::power::{PowerReading, Watts};
+use ebb_core::power::{rapl_watts, Measured, PowerReading, Watts};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
@@ -26,6 +27,11 @@ pub trait Platform: Send {
     fn power(&mut self) -> Result<Option<PowerReading>, PlatformError>;
     /// Powers the host down. Returns what was done, in words.
     fn power_off(&mut self) -> Result<String, PlatformError>;
+    /// The host's draw as measured on the host itself (RAPL); None where
+    /// nothing measures it, and at the first call (a rate needs two).
+    fn measured(&mut self) -> Result<Option<Measured>, PlatformError> {
+        Ok(None)
+    }
 }
 
 /// A UPS served by upsd: `name@host:port`.
@@ -44,6 +50,16 @@ pub struct HostPlatform {
     pub power_off_command: Option<Vec<String>>,
     /// Every power-off asked for, in words (what ran, or what would have).
     pub recorded: Arc<Mutex<Vec<String>>>,
+    /// The last RAPL reading: when, and each package's counter.
+    pub rapl_last: Option<(Instant, Vec<RaplZone>)>,
+}
+
+/// One RAPL package zone's energy counter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RaplZone {
+    pub name: String,
+    pub energy_uj: u64,
+    pub range_uj: u64,
 }
 
 impl Platform for HostPlatform {
@@ -88,6 +104,51 @@ impl Platform for HostPlatform {
         self.recorded.lock().expect("recorded").push(done.clone());
         Ok(done)
     }
+
+    fn measured(&mut self) -> Result<Option<Measured>, PlatformError> {
+        let zones = read_rapl(&self.sysfs)?;
+        let now = Instant::now();
+        let last = self.rapl_last.replace((now, zones.clone()));
+        let Some((then, before)) = last else { return Ok(None) };
+        let secs = now.duration_since(then).as_secs_f64();
+        let (mut watts, mut counted) = (0.0, 0);
+        for z in &zones {
+            // A zone that was not there before counts from the next reading.
+            let Some(b) = before.iter().find(|b| b.name == z.name) else { continue };
+            if let Some(w) = rapl_watts(b.energy_uj, z.energy_uj, z.range_uj, secs) {
+                watts += w.0;
+                counted += 1;
+            }
+        }
+        Ok((counted > 0).then(|| Measured { source: format!("RAPL, {counted} package(s)"), watts: Watts(watts) }))
+    }
+}
+
+/// The RAPL package zones under `<root>/class/powercap` (`intel-rapl:N`,
+/// not their `intel-rapl:N:M` subzones, which the package already counts).
+/// Empty where the host has none (most VMs, AMD before Zen).
+pub fn read_rapl(root: &Path) -> Result<Vec<RaplZone>, PlatformError> {
+    let dir = root.join("class/powercap");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(vec![]) };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.matches(':').count() == 1 && n.contains("-rapl:"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let num = |f: &str| -> Result<u64, PlatformError> {
+                let path = dir.join(&name).join(f);
+                let text = std::fs::read_to_string(&path).map_err(|source| PlatformError::Sysfs { path: path.clone(), source })?;
+                text.trim().parse().map_err(|_| PlatformError::Sysfs {
+                    path,
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a number: {:?}", text.trim())),
+                })
+            };
+            Ok(RaplZone { energy_uj: num("energy_uj")?, range_uj: num("max_energy_range_uj")?, name })
+        })
+        .collect()
 }
 
 /// Mains and batteries from `<root>/class/power_supply`: on battery when a
@@ -168,8 +229,34 @@ mod tests {
     }
 
     #[test]
+    fn rapl_packages_measure_the_draw_and_a_bad_counter_is_named() {
+        let t = tempfile::tempdir().unwrap();
+        let zone = |name: &str, uj: u64| {
+            let d = t.path().join("class/powercap").join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("energy_uj"), format!("{uj}\n")).unwrap();
+            std::fs::write(d.join("max_energy_range_uj"), "262143328850\n").unwrap();
+        };
+        let mut p = HostPlatform { ups: None, sysfs: t.path().into(), power_off_command: None, recorded: Default::default(), rapl_last: None };
+        assert_eq!(p.measured().unwrap(), None, "no powercap: nothing measured");
+        zone("intel-rapl:0", 1_000_000);
+        zone("intel-rapl:0:0", 500_000); // the cores, inside package 0: not counted twice
+        assert_eq!(p.measured().unwrap(), None, "a rate needs two readings");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        zone("intel-rapl:0", 11_000_000);
+        zone("intel-rapl:0:0", 9_500_000);
+        let m = p.measured().unwrap().unwrap();
+        // 10 J over a bit more than 0.2 s.
+        assert!(m.watts.0 > 20.0 && m.watts.0 <= 50.0 && m.source == "RAPL, 1 package(s)", "{m:?}");
+        zone("intel-rapl:0", 0);
+        std::fs::write(t.path().join("class/powercap/intel-rapl:0/energy_uj"), "garbage").unwrap();
+        let e = p.measured().unwrap_err().to_string();
+        assert!(e.contains("intel-rapl:0/energy_uj") && e.contains("garbage"), "{e}");
+    }
+
+    #[test]
     fn power_off_runs_only_a_configured_command() {
-        let mut p = HostPlatform { ups: None, sysfs: PathBuf::from("/nonexistent"), power_off_command: None, recorded: Default::default() };
+        let mut p = HostPlatform { ups: None, sysfs: PathBuf::from("/nonexistent"), power_off_command: None, recorded: Default::default(), rapl_last: None };
         assert!(p.power_off().unwrap().contains("recorded"));
         p.power_off_command = Some(vec!["true".into()]);
         assert_eq!(p.power_off().unwrap(), "ran true");

@@ -62,7 +62,7 @@ impl SimVm {
     /// quarter of it, with swap.
     pub fn new(id: impl Into<String>, max: Bytes) -> SimVm {
         SimVm {
-            id: VmId::new(id),
+            id: VmId::new(id.into()),
             state: VmState::Running,
             max,
             current: max,
@@ -590,6 +590,17 @@ impl Hypervisor for SimHypervisor {
             } else {
                 g.vm.state = VmState::Running;
             }
+            Ok(())
+        })
+    }
+
+    /// The sim's guests heed the power button at once.
+    fn shutdown(&mut self, vm: &VmId) -> Result<(), HvError> {
+        self.guest_op("shut down", vm, |g, _| {
+            if !matches!(g.vm.state, VmState::Running | VmState::Paused) {
+                return Err(Op::Failed("domain is not running".into()));
+            }
+            g.vm.state = VmState::ShutOff;
             Ok(())
         })
     }

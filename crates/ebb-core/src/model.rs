@@ -4,18 +4,31 @@
 use crate::units::{Bytes, Millis};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
-/// A VM's identity: its libvirt domain name, unique on a host.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct VmId(pub String);
+/// A VM's identity: its libvirt domain name, unique on a host. Shared, not
+/// copied: the policies keep and return ids of 10,000 VMs every tick.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VmId(Arc<str>);
 
 impl VmId {
-    pub fn new(name: impl Into<String>) -> VmId {
-        VmId(name.into())
+    pub fn new(name: impl AsRef<str>) -> VmId {
+        VmId(Arc::from(name.as_ref()))
     }
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Serialize for VmId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for VmId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<VmId, D::Error> {
+        String::deserialize(d).map(VmId::new)
     }
 }
 
@@ -303,6 +316,9 @@ pub enum Action {
     Wake { vm: VmId, reason: Reason },
     /// Set a running VM's CPU weight and cap (virDomainSetSchedulerParameters, live).
     SetTune { vm: VmId, tune: Tune, reason: Reason },
+    /// Ask a VM's guest to shut itself down (the ACPI power button): only
+    /// for a VM that must stop and could not be saved. Never a destroy.
+    Shutdown { vm: VmId, reason: Reason },
 }
 
 impl Action {
@@ -311,7 +327,8 @@ impl Action {
             Action::SetBalloonTarget { vm, .. }
             | Action::Sleep { vm, .. }
             | Action::Wake { vm, .. }
-            | Action::SetTune { vm, .. } => vm,
+            | Action::SetTune { vm, .. }
+            | Action::Shutdown { vm, .. } => vm,
         }
     }
     pub fn reason(&self) -> &Reason {
@@ -319,7 +336,8 @@ impl Action {
             Action::SetBalloonTarget { reason, .. }
             | Action::Sleep { reason, .. }
             | Action::Wake { reason, .. }
-            | Action::SetTune { reason, .. } => {
+            | Action::SetTune { reason, .. }
+            | Action::Shutdown { reason, .. } => {
                 reason
             }
         }
@@ -330,6 +348,7 @@ impl Action {
             Action::Sleep { .. } => "sleep",
             Action::Wake { .. } => "wake",
             Action::SetTune { .. } => "set_tune",
+            Action::Shutdown { .. } => "shutdown",
         }
     }
 }

@@ -99,6 +99,23 @@ impl PowerReading {
     }
 }
 
+/// The host's draw as something measured it (RAPL), next to the model's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Measured {
+    pub source: String,
+    pub watts: Watts,
+}
+
+/// Watts between two readings of a RAPL energy counter (µJ), `secs` apart;
+/// the counter wraps at `range_uj`. None without time between them.
+pub fn rapl_watts(before_uj: u64, after_uj: u64, range_uj: u64, secs: f64) -> Option<Watts> {
+    if secs <= 0.0 {
+        return None;
+    }
+    let used = if after_uj >= before_uj { after_uj - before_uj } else { range_uj.saturating_sub(before_uj) + after_uj };
+    Some(Watts(used as f64 / 1e6 / secs))
+}
+
 /// The host's power as a function of its CPU use.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum PowerModel {
@@ -234,6 +251,14 @@ pub fn plan_power_drop(budget: Watts, vms: &[Candidate]) -> PowerPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rapl_counters_give_watts_across_a_wrap() {
+        assert_eq!(rapl_watts(1_000_000, 21_000_000, 100_000_000, 2.0), Some(Watts(10.0)));
+        // Wrapped: 5 J to the end of the range, then 15 J.
+        assert_eq!(rapl_watts(95_000_000, 15_000_000, 100_000_000, 2.0), Some(Watts(10.0)));
+        assert_eq!(rapl_watts(1, 2, 10, 0.0), None);
+    }
     use proptest::prelude::*;
 
     fn brute_force(budget: Watts, items: &[(Watts, u32)]) -> u64 {

@@ -748,8 +748,8 @@ mod tests {
                 last = p.decide(&o, &self.settings, &cfg, at);
                 for a in &last.actions {
                     if let Action::SetTune { vm, tune, .. } = a {
-                        self.changes.push((vm.0.clone(), *tune));
-                        self.tunes.insert(vm.0.clone(), *tune);
+                        self.changes.push((vm.as_str().to_string(), *tune));
+                        self.tunes.insert(vm.as_str().to_string(), *tune);
                         p.applied(vm, *tune);
                     }
                 }

@@ -11,7 +11,7 @@ use crate::settings::{self, MetadataSettings, Resolved};
 use ebb_backends::nut::NutClient;
 use ebb_backends::platform::{HostPlatform, Platform, UpsAddress};
 use ebb_backends::{HvError, Hypervisor};
-use ebb_core::power::{plan_power_drop, Candidate, LowBattery, PowerPlan, PowerReading, PowerState, Watts};
+use ebb_core::power::{plan_power_drop, Candidate, LowBattery, Measured, PowerPlan, PowerReading, PowerState, Watts};
 use ebb_core::memory::{MemoryConfig, MemoryDecision, MemoryPolicy, VmMemoryView};
 use ebb_core::needs::{HourNeeds, VmNeeds};
 use ebb_core::realloc::{ReallocConfig, ReallocDecision, ReallocPolicy, ReallocSettings, Tunes, VmReallocView};
@@ -35,6 +35,8 @@ pub enum Command {
     Needs { vm: VmId, reply: oneshot::Sender<Result<Vec<HourNeeds>, String>> },
     /// Sets or clears a VM's time-critical flag.
     Critical { vm: VmId, on: bool, reply: oneshot::Sender<Result<String, String>> },
+    /// Sets a VM's value for power drops (over the config's), or clears it.
+    Value { vm: VmId, value: Option<u32>, reply: oneshot::Sender<Result<String, String>> },
 }
 
 /// How often a domain's `<metadata>` is re-read (it rarely changes, and
@@ -56,6 +58,12 @@ pub fn now() -> Millis {
 struct CachedMetadata {
     fetched_at: Millis,
     settings: Result<Option<MetadataSettings>, String>,
+}
+
+/// A guest asked to shut down, and whether it has been reported overdue.
+struct ShuttingDown {
+    since: Millis,
+    overdue: bool,
 }
 
 pub struct Agent {
@@ -88,6 +96,8 @@ pub struct Agent {
     saved_tunes: HashMap<VmId, Tunes>,
     /// `ebb critical` flags (journaled); they override the config's.
     critical: BTreeMap<VmId, bool>,
+    /// `ebb value` settings (journaled); they override the config's.
+    values: BTreeMap<VmId, u32>,
     /// Each VM's needs history, and which changed since the last flush.
     needs: HashMap<VmId, VmNeeds>,
     needs_dirty: BTreeSet<VmId>,
@@ -103,8 +113,14 @@ pub struct Agent {
     /// Set once the host was powered down (or the power-off recorded) in this low-battery event.
     last_power_off: Option<String>,
     power_off_done: bool,
+    /// VMs whose guests were asked to shut down on low battery, their saves having failed.
+    shutting_down: HashMap<VmId, ShuttingDown>,
     /// The power-drop plan as it stands this tick (with a budget).
     plan: Option<PlanView>,
+    /// The host's draw by the power model at the VMs' CPU use this tick…
+    model_draw: Option<Watts>,
+    /// …and as RAPL measures it, or why it could not.
+    measured: Result<Option<Measured>, String>,
     commands: mpsc::Receiver<Command>,
     /// Stands in for the VMs' declared services (`[[vm.NAME.service]]`).
     surrogate: Surrogate,
@@ -176,9 +192,14 @@ impl Agent {
             sysfs: cfg.power.sysfs.clone(),
             power_off_command: cfg.power.power_off_command.clone(),
             recorded: Default::default(),
+            rapl_last: None,
         });
         let critical = journal.critical().unwrap_or_else(|e| {
             warn!("could not read the critical flags from the journal: {e}");
+            vec![]
+        });
+        let values = journal.values().unwrap_or_else(|e| {
+            warn!("could not read the VMs' values from the journal: {e}");
             vec![]
         });
         let connection = Connection::Disconnected {
@@ -206,6 +227,7 @@ impl Agent {
             live_tunes: HashMap::new(),
             saved_tunes,
             critical: critical.into_iter().collect(),
+            values: values.into_iter().collect(),
             needs: needs.into_iter().collect(),
             needs_dirty: BTreeSet::new(),
             needs_flushed_at: started_at,
@@ -217,7 +239,10 @@ impl Agent {
             power_saved: power_saved.into_iter().collect(),
             last_power_off: None,
             power_off_done: false,
+            shutting_down: HashMap::new(),
             plan: None,
+            model_draw: None,
+            measured: Ok(None),
             sleeping,
             commands,
             surrogate,
@@ -459,6 +484,7 @@ impl Agent {
         self.remember_memory_state(&decision, at);
         self.remember_tunes(&obs, at);
         self.plan = self.cfg.power.budget.map(|b| self.power_plan(&obs, realloc.as_ref(), Watts(b)));
+        self.model_draw = realloc.as_ref().map(|d| self.model_draw(&obs, d));
         self.power_tick(&obs, at).await;
         if let Some(d) = &realloc {
             self.record_needs(&obs, d, at);
@@ -630,7 +656,13 @@ impl Agent {
     /// battery every VM is saved, then the host powered down through the
     /// platform; when mains power is back the VMs saved for it are restored.
     async fn power_tick(&mut self, obs: &Observation, at: Millis) {
-        let Some(reading) = self.with_platform(|p| p.power()).await else { return };
+        let Some((reading, measured)) = self.with_platform(|p| (p.power(), p.measured())).await else { return };
+        let measured = measured.map_err(|e| e.to_string());
+        if let (Err(e), false) = (&measured, self.measured.is_err()) {
+            warn!("measuring the host's draw: {e}");
+            self.journal_event(None, "power_measure_failed", e);
+        }
+        self.measured = measured;
         match reading {
             Ok(r) => {
                 if self.power_error.take().is_some() {
@@ -664,11 +696,23 @@ impl Agent {
             Some(PowerState::Low(why)) => self.power_low(obs, &why, at).await,
             Some(PowerState::OnMains) => {
                 self.power_off_done = false;
+                self.shutting_down.clear();
                 self.power_back(at).await;
             }
             Some(PowerState::OnBattery) => self.power_drop(at).await,
             None => {}
         }
+    }
+
+    /// The host's draw by the power model at what the VMs run now.
+    fn model_draw(&self, obs: &Observation, d: &ReallocDecision) -> Watts {
+        let cpu: f64 = obs
+            .vms
+            .iter()
+            .zip(&d.views)
+            .filter_map(|(v, view)| Some(view.rates?.cpu.min(f64::from(v.activity?.vcpus.max(1)))))
+            .sum();
+        self.cfg.power.model().host(cpu / f64::from(obs.host_cpus.max(1)))
     }
 
     /// The seed's Figure 3 for this tick: each running VM's draw from the
@@ -694,9 +738,9 @@ impl Agent {
             .iter()
             .zip(draws)
             .map(|(id, draw)| {
-                let value = self.cfg.vm_section(id).and_then(|s| s.value);
+                let value = self.value_of(id);
                 if value.is_none() {
-                    no_value.push(id.0.clone());
+                    no_value.push(id.to_string());
                 }
                 let quiescent = views.get(id).is_some_and(|v| v.class == Some(ebb_core::realloc::Class::Idle));
                 Candidate { vm: (*id).clone(), draw, value: value.unwrap_or(1), quiescent }
@@ -721,7 +765,7 @@ impl Agent {
             return;
         }
         let budget = plan.plan.budget;
-        let keep = plan.plan.keep.iter().map(|v| v.0.as_str()).collect::<Vec<_>>().join(", ");
+        let keep = plan.plan.keep.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ");
         let reason = Reason::new(
             Rule::Power,
             format!("on battery with a budget of {budget}: keeping the most valuable VMs that fit ({})", if keep.is_empty() { "none" } else { &keep }),
@@ -731,12 +775,12 @@ impl Agent {
     }
 
     /// Saves VMs for a power event and remembers them (journaled) for the
-    /// restore; returns how many could not be saved.
-    async fn save_for_power(&mut self, actions: Vec<Action>, at: Millis) -> usize {
-        let mut failed = 0;
+    /// restore; returns those that could not be saved.
+    async fn save_for_power(&mut self, actions: Vec<Action>, at: Millis) -> Vec<VmId> {
+        let mut failed = vec![];
         for (action, result) in self.act(actions, at).await {
             if result.is_err() {
-                failed += 1;
+                failed.push(action.vm().clone());
                 continue;
             }
             let vm = action.vm().clone();
@@ -754,22 +798,51 @@ impl Agent {
         off_thread(&mut self.platform, move |p| f(p)).await.map_err(|e| warn!("a platform call panicked: {e}")).ok()?
     }
 
+    /// Low battery (the seed's Figure 4): saves every VM, those that cannot
+    /// handle power events first; asks the guest of a VM whose save failed
+    /// to shut itself down; powers the host down once nothing runs. A VM that
+    /// neither saves nor shuts down keeps the host up: ebb never destroys it.
     async fn power_low(&mut self, obs: &Observation, why: &str, at: Millis) {
-        let running: Vec<VmId> = obs
+        let mut running: Vec<&VmId> = obs
             .vms
             .iter()
             .filter(|v| matches!(v.state, VmState::Running | VmState::Paused) && !self.sleeping.contains_key(&v.id))
-            .map(|v| v.id.clone())
+            .map(|v| &v.id)
             .collect();
+        running.sort_by_key(|vm| self.cfg.vm_section(vm).and_then(|s| s.handles_power_events).unwrap_or(true));
+        let (stopping, to_save): (Vec<&VmId>, Vec<&VmId>) = running.into_iter().partition(|vm| self.shutting_down.contains_key(*vm));
+        let stopping: Vec<VmId> = stopping.into_iter().cloned().collect();
         let reason = Reason::new(Rule::Power, format!("low battery ({why}): saving every VM before the host powers down"));
-        let actions = running.iter().map(|vm| Action::Sleep { vm: vm.clone(), mode: SleepMode::Save, reason: reason.clone() }).collect();
-        // A VM that could not be saved is never destroyed: it keeps running
-        // and the host stays up under it.
-        let left = self.save_for_power(actions, at).await;
-        if left > 0 || self.power_off_done {
-            if left > 0 {
-                warn!("{left} VM(s) could not be saved: the host is not powered down under them");
+        let actions = to_save.iter().map(|vm| Action::Sleep { vm: (*vm).clone(), mode: SleepMode::Save, reason: reason.clone() }).collect();
+        let failed = self.save_for_power(actions, at).await;
+        if !failed.is_empty() {
+            let reason = Reason::new(
+                Rule::Power,
+                format!("low battery ({why}) and its save failed: its guest is asked to shut down before the host powers down"),
+            );
+            let actions = failed.iter().map(|vm| Action::Shutdown { vm: vm.clone(), reason: reason.clone() }).collect();
+            // Asked once; a refused request is not repeated every tick either.
+            for (action, _) in self.act(actions, at).await {
+                self.shutting_down.insert(action.vm().clone(), ShuttingDown { since: at, overdue: false });
             }
+        }
+        if !failed.is_empty() || !stopping.is_empty() {
+            let limit = self.cfg.power.shutdown_timeout;
+            for vm in &stopping {
+                let Some(s) = self.shutting_down.get_mut(vm) else { continue };
+                if !s.overdue && at.since(s.since) >= limit.as_millis() as u64 {
+                    s.overdue = true;
+                    let text = format!(
+                        "its guest did not shut down within {} s: the host is not powered down under it",
+                        limit.as_secs()
+                    );
+                    warn!(vm = %vm, "{text}");
+                    self.journal_event(Some(vm.as_str()), "shutdown_overdue", &text);
+                }
+            }
+            return;
+        }
+        if self.power_off_done {
             return;
         }
         let Some(done) = self.with_platform(|p| p.power_off()).await else { return };
@@ -794,7 +867,7 @@ impl Agent {
         let reason = Reason::new(Rule::Power, "mains power is back: restoring what ebb saved for power");
         // Most valuable first.
         let mut saved: Vec<&VmId> = self.power_saved.iter().filter(|vm| self.sleeping.contains_key(*vm)).collect();
-        saved.sort_by_key(|vm| std::cmp::Reverse(self.cfg.vm_section(vm).and_then(|s| s.value).unwrap_or(1)));
+        saved.sort_by_key(|vm| std::cmp::Reverse(self.value_of(vm).unwrap_or(1)));
         let actions: Vec<Action> = saved.into_iter().map(|vm| Action::Wake { vm: vm.clone(), reason: reason.clone() }).collect();
         // Woken by hand or gone meanwhile: nothing left to restore.
         let stale: Vec<VmId> = self.power_saved.iter().filter(|vm| !self.sleeping.contains_key(*vm)).cloned().collect();
@@ -806,6 +879,11 @@ impl Agent {
                 self.forget_power_saved(action.vm(), at);
             }
         }
+    }
+
+    /// A VM's value when power drops: `ebb value`'s, else the config's.
+    fn value_of(&self, vm: &VmId) -> Option<u32> {
+        self.values.get(vm).copied().or_else(|| self.cfg.vm_section(vm).and_then(|s| s.value))
     }
 
     fn forget_power_saved(&mut self, vm: &VmId, at: Millis) {
@@ -901,7 +979,7 @@ impl Agent {
         let (action, reply) = match cmd {
             Command::Sleep { vm, reply } => {
                 let mode = self.sleep_settings.get(&vm).map_or(SleepMode::Save, |s| s.mode);
-                let state = snap.vms.iter().find(|v| v.name == vm.0).map(|v| v.state);
+                let state = snap.vms.iter().find(|v| v.name == vm.as_str()).map(|v| v.state);
                 if state != Some(VmState::Running) {
                     let why = match state {
                         None => format!("no VM named {vm} on this host"),
@@ -916,14 +994,14 @@ impl Agent {
             Command::Needs { vm, reply } => {
                 let answer = match self.needs.get(&vm) {
                     Some(n) => Ok(n.summary(&self.realloc_cfg)),
-                    None if snap.vms.iter().any(|v| v.name == vm.0) => Ok(vec![]),
+                    None if snap.vms.iter().any(|v| v.name == vm.as_str()) => Ok(vec![]),
                     None => Err(format!("no VM named {vm} on this host, and no history of one")),
                 };
                 let _ = reply.send(answer);
                 return;
             }
             Command::Critical { vm, on, reply } => {
-                if !snap.vms.iter().any(|v| v.name == vm.0) {
+                if !snap.vms.iter().any(|v| v.name == vm.as_str()) {
                     let _ = reply.send(Err(format!("no VM named {vm} on this host")));
                     return;
                 }
@@ -938,13 +1016,40 @@ impl Agent {
                 let _ = reply.send(Ok(format!("{vm} {text}; ebb applies it at its next tick")));
                 return;
             }
+            Command::Value { vm, value, reply } => {
+                if !snap.vms.iter().any(|v| v.name == vm.as_str()) {
+                    let _ = reply.send(Err(format!("no VM named {vm} on this host")));
+                    return;
+                }
+                if let Err(e) = self.journal.set_value(&vm, value, at) {
+                    let _ = reply.send(Err(format!("could not record the value: {e}")));
+                    return;
+                }
+                let text = match value {
+                    Some(v) => {
+                        self.values.insert(vm.clone(), v);
+                        format!("value {v} when power drops")
+                    }
+                    None => {
+                        self.values.remove(&vm);
+                        match self.cfg.vm_section(&vm).and_then(|s| s.value) {
+                            Some(v) => format!("value cleared: back to the config's {v}"),
+                            None => "value cleared: not set (counted as 1)".to_string(),
+                        }
+                    }
+                };
+                info!(vm = %vm, "{text}");
+                self.journal_vm(&vm, at, "value", Some(Rule::Power.as_str()), &text, None, None);
+                let _ = reply.send(Ok(format!("{vm}: {text}; the plan follows at the next tick")));
+                return;
+            }
             Command::Wake { vm, reply } => {
                 if self.power_is_low() {
                     let _ = reply.send(Err("the host is on low battery: ebb starts no VM until mains power is back".into()));
                     return;
                 }
                 let known = self.sleeping.contains_key(&vm)
-                    || snap.vms.iter().any(|v| v.name == vm.0 && matches!(v.state, VmState::ShutOff | VmState::Paused));
+                    || snap.vms.iter().any(|v| v.name == vm.as_str() && matches!(v.state, VmState::ShutOff | VmState::Paused));
                 if !known {
                     let _ = reply.send(Err(format!("{vm} is not asleep")));
                     return;
@@ -973,7 +1078,7 @@ impl Agent {
             match a {
                 Action::Sleep { vm, .. } => self.set_power(vm, VmPower::Asleep),
                 Action::Wake { vm, .. } => self.set_power(vm, VmPower::Waking),
-                Action::SetBalloonTarget { .. } | Action::SetTune { .. } => {}
+                Action::SetBalloonTarget { .. } | Action::SetTune { .. } | Action::Shutdown { .. } => {}
             }
         }
         // Waking a paused VM resumes it; waking a saved one starts it from its image.
@@ -987,6 +1092,7 @@ impl Agent {
                         let r = match &a {
                             Action::SetBalloonTarget { vm, target, .. } => hv.set_memory(vm, *target),
                             Action::SetTune { vm, tune, .. } => hv.set_tune(vm, *tune),
+                            Action::Shutdown { vm, .. } => hv.shutdown(vm),
                             Action::Sleep { vm, mode: SleepMode::Save, .. } => hv.save(vm),
                             Action::Sleep { vm, mode: SleepMode::Pause, .. } => hv.pause(vm),
                             Action::Wake { vm, .. } => match sleeping.get(vm).map(|r| r.mode) {
@@ -1101,7 +1207,7 @@ impl Agent {
                     .filter_map(|vm| {
                         let r = resolved.get(&vm.id)?;
                         Some(VmInfo {
-                            name: vm.id.0.clone(),
+                            name: vm.id.to_string(),
                             state: vm.state,
                             memory: (*views.get(&vm.id)?).clone(),
                             settings: r.settings.clone(),
@@ -1133,7 +1239,7 @@ impl Agent {
         let mut snap = (**self.snapshot.borrow()).clone();
         snap.status = Status { last_tick_ms: snap.status.last_tick_ms, ..self.status(None, None, 0.0) };
         for vm in &mut snap.vms {
-            let id = VmId(vm.name.clone());
+            let id = VmId::new(&vm.name);
             vm.sleeping = self.sleeping.get(&id).cloned();
             vm.surrogate = self.surrogate_view(&id);
         }
@@ -1165,13 +1271,16 @@ impl Agent {
             wakes_total: self.wakes_total,
             last_wake_ms: self.last_wake_ms,
             journal: self.journal.path().display().to_string(),
-            power: (self.power.is_some() || self.power_error.is_some() || self.plan.is_some()).then(|| PowerStatus {
+            power: (self.power.is_some() || self.power_error.is_some() || self.plan.is_some() || !matches!(self.measured, Ok(None))).then(|| PowerStatus {
                 reading: self.power.clone(),
                 state: self.power_state.clone(),
                 error: self.power_error.clone(),
-                saved_for_power: self.power_saved.iter().map(|v| v.0.clone()).collect(),
+                saved_for_power: self.power_saved.iter().map(|v| v.to_string()).collect(),
                 last_power_off: self.last_power_off.clone(),
                 plan: self.plan.clone(),
+                model_draw: self.model_draw,
+                measured: self.measured.clone().ok().flatten(),
+                measured_error: self.measured.clone().err(),
             }),
         }
     }

@@ -41,6 +41,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/vms/{name}/sleep", post(sleep_vm))
         .route("/v1/vms/{name}/wake", post(wake_vm))
         .route("/v1/vms/{name}/critical/{on}", post(critical_vm))
+        .route("/v1/vms/{name}/value/{value}", post(value_vm))
         .route("/v1/vms/{name}/needs", get(needs_vm))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics_text))
@@ -127,16 +128,16 @@ async fn ask(s: &ApiState, cmd: impl FnOnce(oneshot::Sender<Result<String, Strin
 }
 
 async fn sleep_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -> ApiResult<Json<Done>> {
-    ask(&s, |reply| Command::Sleep { vm: ebb_core::VmId(name), reply }).await
+    ask(&s, |reply| Command::Sleep { vm: ebb_core::VmId::new(name), reply }).await
 }
 
 async fn wake_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -> ApiResult<Json<Done>> {
-    ask(&s, |reply| Command::Wake { vm: ebb_core::VmId(name), reply }).await
+    ask(&s, |reply| Command::Wake { vm: ebb_core::VmId::new(name), reply }).await
 }
 
 async fn needs_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -> ApiResult<Json<Needs>> {
     let (reply, answer) = oneshot::channel();
-    let vm = ebb_core::VmId(name.clone());
+    let vm = ebb_core::VmId::new(name.clone());
     s.commands
         .send(Command::Needs { vm, reply })
         .await
@@ -155,7 +156,16 @@ async fn critical_vm(State(s): State<ApiState>, UrlPath((name, on)): UrlPath<(St
         "off" => false,
         other => return Err(fail(StatusCode::BAD_REQUEST, format!("critical takes on or off, not {other:?}"))),
     };
-    ask(&s, |reply| Command::Critical { vm: ebb_core::VmId(name), on, reply }).await
+    ask(&s, |reply| Command::Critical { vm: ebb_core::VmId::new(name), on, reply }).await
+}
+
+/// `value` is a whole number ≥ 0, or `clear` (back to the config's).
+async fn value_vm(State(s): State<ApiState>, UrlPath((name, value)): UrlPath<(String, String)>) -> ApiResult<Json<Done>> {
+    let value = match value.as_str() {
+        "clear" => None,
+        v => Some(v.parse::<u32>().map_err(|_| fail(StatusCode::BAD_REQUEST, format!("a value is a whole number from 0 to {}, or clear; not {v:?}", u32::MAX)))?),
+    };
+    ask(&s, |reply| Command::Value { vm: ebb_core::VmId::new(name), value, reply }).await
 }
 
 async fn metrics_text(State(s): State<ApiState>) -> Response {

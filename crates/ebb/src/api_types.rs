@@ -94,6 +94,14 @@ pub struct PowerStatus {
     /// With a budget: the plan for a power drop, as it stands this tick.
     #[serde(default)]
     pub plan: Option<PlanView>,
+    /// The host's draw by the power model at the VMs' CPU use now…
+    #[serde(default)]
+    pub model_draw: Option<ebb_core::power::Watts>,
+    /// …and measured on the host (RAPL), or why that failed.
+    #[serde(default)]
+    pub measured: Option<ebb_core::power::Measured>,
+    #[serde(default)]
+    pub measured_error: Option<String>,
 }
 
 /// `ebb plan`: what ebb keeps and saves if the host runs on its battery budget.

@@ -131,6 +131,9 @@ pub fn power_text(p: &Option<PowerStatus>) -> String {
         return "no power source: set power.ups (a NUT UPS), or the host shows no mains or battery in sysfs\n".into();
     };
     let mut out = String::new();
+    if p.reading.is_none() && p.error.is_none() {
+        let _ = writeln!(out, "no power source: set power.ups (a NUT UPS), or the host shows no mains or battery in sysfs");
+    }
     if let Some(r) = &p.reading {
         let _ = writeln!(out, "source: {} ({})", r.source, r.status);
         let state = match &p.state {
@@ -142,7 +145,21 @@ pub fn power_text(p: &Option<PowerStatus>) -> String {
         let _ = writeln!(out, "state: {state}");
         let opt = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.0}{unit}"));
         let _ = writeln!(out, "battery: {} charge, {} runtime", opt(r.charge, "%"), opt(r.runtime_s, " s"));
-        let _ = writeln!(out, "draw (measured): {}", r.draw.map_or("-".to_string(), |w| w.to_string()));
+        if let Some(w) = r.draw {
+            let _ = writeln!(out, "draw (the source's reading): {w}");
+        }
+    }
+    if let Some(w) = p.model_draw {
+        let _ = writeln!(out, "draw (the power model, at the VMs' CPU use now): {w}");
+    }
+    match (&p.measured, &p.measured_error) {
+        (_, Some(e)) => {
+            let _ = writeln!(out, "draw (measured): failed: {e}");
+        }
+        (Some(m), None) => {
+            let _ = writeln!(out, "draw (measured, {}): {}", m.source, m.watts);
+        }
+        (None, None) => {}
     }
     if let Some(e) = &p.error {
         let _ = writeln!(out, "last reading failed: {e}");
@@ -176,8 +193,8 @@ pub fn plan_text(p: &Option<PlanView>) -> String {
                 let n = p.plan.save.iter().position(|v| v == &c.vm).map_or(0, |i| i + 1);
                 format!("saved ({n}.{})", if c.quiescent { ", quiescent" } else { "" })
             };
-            let value = if p.no_value.contains(&c.vm.0) { format!("{} (not set)", c.value) } else { c.value.to_string() };
-            vec![c.vm.0.clone(), c.draw.to_string(), value, fate]
+            let value = if p.no_value.contains(&c.vm.to_string()) { format!("{} (not set)", c.value) } else { c.value.to_string() };
+            vec![c.vm.to_string(), c.draw.to_string(), value, fate]
         })
         .collect();
     out.push_str(&table(&["NAME", "DRAW", "VALUE", "ON BATTERY"], &rows));

@@ -143,6 +143,9 @@ pub struct VmSection {
     /// Its value to the user when power drops: the most valuable VMs that
     /// fit the budget keep running. Unset: 1 (and `ebb plan` says so).
     pub value: Option<u32>,
+    /// false: the VM cannot handle power events itself (no UPS client of
+    /// its own), so on low battery it is saved before the others.
+    pub handles_power_events: Option<bool>,
     /// `[vm.NAME.sleep]`: the VM may be put to sleep when idle (opt-in).
     pub sleep: Option<SleepSection>,
     /// `[[vm.NAME.service]]`: addresses ebb owns for the VM at all times,
@@ -252,6 +255,10 @@ pub struct PowerSection {
     /// The command that powers the host down once every VM is saved. Unset:
     /// the power-off is recorded in the journal, not run.
     pub power_off_command: Option<Vec<String>>,
+    /// On low battery, how long the guest of a VM that could not be saved
+    /// has to shut down; past it the host stays up under it (never destroyed).
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
     /// How long a read of the UPS may take.
     #[serde(deserialize_with = "de_duration")]
     pub timeout: Duration,
@@ -274,6 +281,7 @@ impl Default for PowerSection {
             low_charge: low.charge,
             low_runtime: Duration::from_secs_f64(low.runtime_s),
             power_off_command: None,
+            shutdown_timeout: Duration::from_secs(120),
             timeout: Duration::from_secs(2),
             budget: None,
             idle_watts: 100.0,
@@ -675,7 +683,10 @@ mod tests {
         assert_eq!(c.surrogate.limits(), Limits::default());
         assert_eq!(c.realloc.policy_config(), ReallocConfig::default());
         let d = PowerSection::default();
-        assert_eq!((c.power.low_battery(), c.power.sysfs, c.power.timeout, c.power.ups), (d.low_battery(), d.sysfs, d.timeout, d.ups));
+        assert_eq!(
+            (c.power.low_battery(), c.power.sysfs, c.power.timeout, c.power.ups, c.power.shutdown_timeout),
+            (d.low_battery(), d.sysfs, d.timeout, d.ups, d.shutdown_timeout)
+        );
         let d = AgentSection::default();
         assert_eq!((c.agent.uri, c.agent.tick, c.agent.fast_tick, c.agent.socket, c.agent.journal), (d.uri, d.tick, d.fast_tick, d.socket, d.journal));
     }

@@ -80,6 +80,11 @@ CREATE TABLE IF NOT EXISTS critical (
     is_critical INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS vm_value (
+    vm TEXT PRIMARY KEY,
+    value INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
 ";
 
 impl Journal {
@@ -144,7 +149,7 @@ impl Journal {
         let mut stmt = self.conn.prepare("SELECT vm, step_bytes, last_target_bytes FROM memory_state ORDER BY vm")?;
         let rows = stmt.query_map([], |r| {
             Ok((
-                VmId(r.get(0)?),
+                VmId::new(r.get::<_, String>(0)?),
                 Resumed {
                     step: Bytes(r.get::<_, i64>(1)? as u64),
                     last_target: r.get::<_, Option<i64>>(2)?.map(|b| Bytes(b as u64)),
@@ -189,7 +194,7 @@ impl Journal {
     /// Every VM's value in `table`; a row that does not parse is skipped.
     fn load_json<T: serde::de::DeserializeOwned>(&self, table: &'static str) -> Result<Vec<(VmId, T)>, JournalError> {
         let mut stmt = self.conn.prepare(&format!("SELECT vm, {table} FROM {table} ORDER BY vm"))?;
-        let rows = stmt.query_map([], |r| Ok((VmId(r.get(0)?), r.get::<_, String>(1)?)))?;
+        let rows = stmt.query_map([], |r| Ok((VmId::new(r.get::<_, String>(0)?), r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (vm, json) = row?;
@@ -212,7 +217,7 @@ impl Journal {
 
     pub fn power_saved(&self) -> Result<Vec<VmId>, JournalError> {
         let mut stmt = self.conn.prepare("SELECT vm FROM power_saved ORDER BY vm")?;
-        let rows = stmt.query_map([], |r| Ok(VmId(r.get(0)?)))?;
+        let rows = stmt.query_map([], |r| Ok(VmId::new(r.get::<_, String>(0)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -227,7 +232,26 @@ impl Journal {
 
     pub fn critical(&self) -> Result<Vec<(VmId, bool)>, JournalError> {
         let mut stmt = self.conn.prepare("SELECT vm, is_critical FROM critical ORDER BY vm")?;
-        let rows = stmt.query_map([], |r| Ok((VmId(r.get(0)?), r.get::<_, i64>(1)? != 0)))?;
+        let rows = stmt.query_map([], |r| Ok((VmId::new(r.get::<_, String>(0)?), r.get::<_, i64>(1)? != 0)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A VM's value set with `ebb value` (over the config's), which
+    /// outlives restarts; None clears it.
+    pub fn set_value(&self, vm: &VmId, value: Option<u32>, at: Millis) -> Result<(), JournalError> {
+        match value {
+            Some(v) => self.conn.execute(
+                "INSERT OR REPLACE INTO vm_value (vm, value, updated_ms) VALUES (?1, ?2, ?3)",
+                params![vm.as_str(), i64::from(v), at.0 as i64],
+            )?,
+            None => self.conn.execute("DELETE FROM vm_value WHERE vm = ?1", params![vm.as_str()])?,
+        };
+        Ok(())
+    }
+
+    pub fn values(&self) -> Result<Vec<(VmId, u32)>, JournalError> {
+        let mut stmt = self.conn.prepare("SELECT vm, value FROM vm_value ORDER BY vm")?;
+        let rows = stmt.query_map([], |r| Ok((VmId::new(r.get::<_, String>(0)?), r.get::<_, u32>(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -250,7 +274,7 @@ impl Journal {
         let rows = stmt.query_map([], |r| {
             let mode: String = r.get(1)?;
             Ok((
-                VmId(r.get(0)?),
+                VmId::new(r.get::<_, String>(0)?),
                 SleepRecord {
                     mode: if mode == "pause" { SleepMode::Pause } else { SleepMode::Save },
                     since: Millis(r.get::<_, i64>(2)? as u64),

@@ -85,6 +85,13 @@ enum Command {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+    /// Set a VM's value when power drops (the most valuable VMs that fit the
+    /// budget keep running), over its config's; `clear` goes back to the config's.
+    Value {
+        vm: String,
+        /// A whole number (higher: kept longer), or `clear`.
+        value: String,
+    },
     /// Prometheus metrics, as the agent serves them at /metrics.
     Metrics,
     /// Live demo on three real guests: memory moves from idle guests to a busy one.
@@ -173,6 +180,11 @@ async fn dispatch(args: Args) -> Result<(), String> {
         }
         Command::Critical { vm, state } => {
             let d: Done = client.post(&format!("/v1/vms/{}/critical/{state}", cli::url_encode(&vm))).await.map_err(e)?;
+            println!("{}", d.done);
+            Ok(())
+        }
+        Command::Value { vm, value } => {
+            let d: Done = client.post(&format!("/v1/vms/{}/value/{}", cli::url_encode(&vm), cli::url_encode(&value))).await.map_err(e)?;
             println!("{}", d.done);
             Ok(())
         }

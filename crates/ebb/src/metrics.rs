@@ -41,6 +41,12 @@ pub fn render(s: &Snapshot) -> String {
                 gauge("ebb_power_draw_watts", "The host's draw as the source measures it.", "gauge", w.0);
             }
         }
+        if let Some(w) = p.model_draw {
+            gauge("ebb_power_model_watts", "The host's draw by the power model at the VMs' CPU use.", "gauge", w.0);
+        }
+        if let Some(m) = &p.measured {
+            gauge("ebb_power_measured_watts", "The host's draw as RAPL measures it.", "gauge", m.watts.0);
+        }
     }
 
     type Pick = fn(&crate::api_types::VmInfo) -> Option<f64>;

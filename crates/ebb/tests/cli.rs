@@ -146,3 +146,41 @@ fn a_backend_that_never_answers_refuses_the_client_at_once_and_counts_it() {
     assert_eq!(sur.refused, 1);
     assert!(agent.events(Some("test")).iter().any(|e| e.kind == "refused" && e.text.contains(&dead.to_string())));
 }
+
+#[test]
+fn the_power_model_and_rapl_are_shown_side_by_side_from_the_hosts_sysfs() {
+    let dir = tempfile::tempdir().unwrap();
+    // A host tree the test builds: mains online, one RAPL package.
+    let sys = dir.path().join("sys");
+    let ac = sys.join("class/power_supply/AC");
+    let rapl = sys.join("class/powercap/intel-rapl:0");
+    std::fs::create_dir_all(&ac).unwrap();
+    std::fs::create_dir_all(&rapl).unwrap();
+    std::fs::write(ac.join("type"), "Mains\n").unwrap();
+    std::fs::write(ac.join("online"), "1\n").unwrap();
+    std::fs::write(rapl.join("max_energy_range_uj"), "262143328850\n").unwrap();
+    std::fs::write(rapl.join("energy_uj"), "0\n").unwrap();
+    let rest = format!("[power]\nsysfs = \"{}\"\nidle_watts = 80.0\nmax_watts = 200.0\n", sys.display());
+    let agent = AgentProc::start(dir.path(), "uri = \"test:///default\"\ntick = \"200ms\"", &rest);
+    // The package burns 1 J every 10 ms: about 100 W.
+    let started = std::time::Instant::now();
+    let power = wait_for("a measured draw", Duration::from_secs(20), || {
+        let uj = started.elapsed().as_micros() as u64 * 100;
+        std::fs::write(rapl.join("energy_uj"), format!("{uj}\n")).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        agent.status().power.filter(|p| p.measured.as_ref().is_some_and(|m| m.watts.0 > 50.0))
+    });
+    let m = power.measured.unwrap();
+    assert!(m.watts.0 < 200.0 && m.source.contains("RAPL"), "{m:?}");
+    // The test driver's domain runs no CPU to speak of: the model says idle.
+    assert!(power.model_draw.is_some_and(|w| (80.0..90.0).contains(&w.0)), "{:?}", power.model_draw);
+    let text = agent.text(&["power"]);
+    assert!(text.contains("on mains") && text.contains("draw (the power model") && text.contains("draw (measured, RAPL"), "{text}");
+    let metrics = agent.text(&["metrics"]);
+    assert!(metrics.contains("ebb_power_measured_watts") && metrics.contains("ebb_power_model_watts"), "{metrics}");
+    // A counter that cannot be read is named, and the agent goes on.
+    std::fs::write(rapl.join("energy_uj"), "garbage\n").unwrap();
+    let power = wait_for("the failed measurement", Duration::from_secs(10), || agent.status().power.filter(|p| p.measured_error.is_some()));
+    assert!(power.measured_error.unwrap().contains("energy_uj"));
+    assert!(agent.text(&["power"]).contains("draw (measured): failed"));
+}

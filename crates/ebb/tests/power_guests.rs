@@ -1,7 +1,8 @@
 //! Power events on real components: a real upsd (nut-server, dummy-ups) on
-//! loopback and real QEMU guests. Low battery saves every guest and records
-//! the host's power-off (no power_off_command is set, so nothing is run);
-//! after a restart on mains power ebb restores them from its journal.
+//! loopback and real QEMU guests. Low battery saves every guest (a guest
+//! that cannot be saved is shut down by its own guest OS) and records the
+//! host's power-off (no power_off_command is set, so nothing is run); after
+//! a restart on mains power ebb restores them from its journal.
 //! These run one at a time with the other real-guest tests (.config/nextest.toml).
 
 mod common;
@@ -10,18 +11,22 @@ use ebb::lab::{Guest, Upsd};
 use std::time::Duration;
 
 #[test]
-fn low_battery_saves_every_guest_records_the_power_off_and_a_restart_on_mains_restores_them() {
+fn low_battery_saves_every_guest_shuts_down_one_it_cannot_save_records_the_power_off_and_a_restart_on_mains_restores_them() {
     let prefix = "ebb-test-power-";
     let lab = lab(prefix);
     let dir = tempfile::tempdir().unwrap();
     let names = [format!("{prefix}a"), format!("{prefix}b")];
     let guests: Vec<Guest> = names.iter().map(|n| boot(&lab, dir.path(), n, 256, |_| {})).collect();
-    for g in &guests {
+    // A transient domain (undefined while it runs) has nowhere to keep a save.
+    let transient = boot(&lab, dir.path(), &format!("{prefix}transient"), 256, |_| {});
+    for g in guests.iter().chain([&transient]) {
         g.wait_ready(Duration::from_secs(180)).unwrap();
     }
+    transient.domain().undefine().unwrap();
     let upsd = Upsd::start("OL").unwrap();
     let agent_lines = format!("uri = \"{URI}\"\ndomains = [\"{prefix}*\"]\ntick = \"1s\"");
-    let rest = format!("[memory]\nenabled = false\n[power]\nups = \"{}\"\n", upsd.ups());
+    // b has no UPS client of its own: it is saved first.
+    let rest = format!("[memory]\nenabled = false\n[power]\nups = \"{}\"\n[vm.{}]\nhandles_power_events = false\n", upsd.ups(), names[1]);
     let mut agent = AgentProc::start(dir.path(), &agent_lines, &rest);
     agent.wait("the UPS read", Duration::from_secs(20), |a| {
         a.status().power.and_then(|p| p.reading).filter(|r| r.status == "OL")
@@ -32,13 +37,20 @@ fn low_battery_saves_every_guest_records_the_power_off_and_a_restart_on_mains_re
     upsd.set("OB").unwrap();
     agent.wait("on battery", Duration::from_secs(20), |a| a.status().power.and_then(|p| p.reading).filter(|r| r.on_battery));
     std::thread::sleep(Duration::from_secs(2));
-    assert!(guests.iter().all(|g| g.domain().is_active().unwrap()));
+    assert!(guests.iter().chain([&transient]).all(|g| g.domain().is_active().unwrap()));
 
-    // Low battery: every guest saved, then the power-off (recorded).
+    // Low battery: every guest saved, the transient one shut down by its
+    // guest, then the power-off (recorded).
     upsd.set("OB LB").unwrap();
-    let power = agent.wait("every guest saved and the power-off recorded", Duration::from_secs(90), |a| {
+    let power = agent.wait("every guest saved and the power-off recorded", Duration::from_secs(120), |a| {
         a.status().power.filter(|p| p.last_power_off.is_some())
     });
+    let console = transient.console_log();
+    assert!(
+        console.contains("power button: powering off") && console.contains("reboot: Power down"),
+        "the transient guest did not shut itself down: {console}"
+    );
+    assert!(lab.connection().lookup_domain_by_name(transient.name()).is_err(), "the transient guest still exists");
     assert!(power.last_power_off.unwrap().contains("recorded"));
     let mut saved = power.saved_for_power.clone();
     saved.sort();
@@ -52,7 +64,13 @@ fn low_battery_saves_every_guest_records_the_power_off_and_a_restart_on_mains_re
     assert!(agent.text(&["metrics"]).contains("ebb_power_low_battery 1"));
     let events = agent.events(None);
     assert!(events.iter().any(|e| e.kind == "power_off" && e.outcome.as_deref() == Some("ok")));
-    assert!(events.iter().filter(|e| e.kind == "sleep" && e.rule.as_deref() == Some("power")).count() == 2);
+    let power_sleeps: Vec<&str> = events.iter().filter(|e| e.kind == "sleep" && e.rule.as_deref() == Some("power")).filter_map(|e| e.vm.as_deref()).collect();
+    // Newest first: b (no UPS client of its own) was saved before a.
+    assert_eq!(power_sleeps.iter().filter(|v| !v.ends_with("transient")).copied().collect::<Vec<_>>(), vec![names[0].as_str(), names[1].as_str()], "{events:?}");
+    let shutdown = events.iter().find(|e| e.kind == "shutdown").expect("a shutdown in the journal");
+    assert_eq!((shutdown.vm.as_deref(), shutdown.outcome.as_deref()), (Some(transient.name()), Some("ok")), "{shutdown:?}");
+    let (shut_at, off_at) = (shutdown.at, events.iter().find(|e| e.kind == "power_off").unwrap().at);
+    assert!(shut_at < off_at, "the power-off came before the guest was down");
     // No wake while the battery is low, asked or not.
     let out = agent.cli(&["wake", &names[0]]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("low battery"));
@@ -121,11 +139,26 @@ fn on_battery_under_a_budget_the_most_valuable_guests_keep_running() {
         let plan = a.status().power.and_then(|p| p.plan)?;
         (plan.vms.len() == 3 && plan.vms.iter().all(|v| v.draw.0 > 35.0)).then_some(plan)
     });
-    let names = |v: &[ebb_core::VmId]| v.iter().map(|v| v.0.trim_start_matches(prefix).to_string()).collect::<Vec<_>>();
+    let names = |v: &[ebb_core::VmId]| v.iter().map(|v| v.as_str().trim_start_matches(prefix).to_string()).collect::<Vec<_>>();
     assert_eq!((names(&plan.plan.keep), names(&plan.plan.save)), (vec!["gold".to_string()], vec!["bronze".to_string(), "silver".to_string()]), "{plan:?}");
     let text = agent.text(&["plan"]);
     assert!(text.contains("keeps running") && text.contains("saved (1.)") && text.contains("saved (2.)"), "{text}");
     assert!(guests.iter().all(|g| g.domain().is_active().unwrap()), "acted on mains power");
+
+    // A value set through the API changes the plan, and clears back to the config's.
+    let silver = format!("{prefix}silver");
+    let out = agent.cli(&["value", &silver, "lots"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("whole number"), "{out:?}");
+    assert!(agent.text(&["value", &silver, "500"]).contains("value 500"));
+    agent.wait("a plan that keeps silver", Duration::from_secs(20), |a| {
+        let plan = a.status().power.and_then(|p| p.plan)?;
+        (names(&plan.plan.keep) == ["silver"]).then_some(())
+    });
+    assert!(agent.text(&["value", &silver, "clear"]).contains("back to the config's 50"));
+    agent.wait("the plan back to gold", Duration::from_secs(20), |a| {
+        let plan = a.status().power.and_then(|p| p.plan)?;
+        (names(&plan.plan.keep) == ["gold"]).then_some(())
+    });
 
     // On battery: bronze and silver are saved, gold keeps running.
     upsd.set("OB").unwrap();
