@@ -27,7 +27,7 @@ struct World {
     cfg: MemoryConfig,
     /// Each VM's CPU demand in vCPUs' worth: a quarter idle, some busy.
     loads: Vec<f64>,
-    realloc_settings: BTreeMap<VmId, ReallocSettings>,
+    realloc_settings: Vec<ReallocSettings>,
 }
 
 fn world(n: usize) -> World {
@@ -73,7 +73,7 @@ fn world(n: usize) -> World {
     let cfg = MemoryConfig { pool: Some(pool), ..MemoryConfig::default() };
     let host = HostMemory { total: pool + cfg.host_reserve, available: cfg.host_reserve };
     let loads = (0..n).map(|_| [0.0, 0.3, 0.9, 2.0][rng.below(4) as usize]).collect();
-    let realloc_settings = vms.iter().map(|v| (v.id.clone(), ReallocSettings { cap_max: Some(1.0), ..Default::default() })).collect();
+    let realloc_settings = vms.iter().map(|_| ReallocSettings { cap_max: Some(1.0), ..Default::default() }).collect();
     World { obs: Observation { at: Millis(0), host, host_cpus: 64, vms }, settings, cfg, loads, realloc_settings }
 }
 

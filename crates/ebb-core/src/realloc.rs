@@ -27,7 +27,7 @@ use crate::model::*;
 use crate::rates::ActivityRates;
 use crate::units::*;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// The usage model and the size of the moves; host-wide.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -372,24 +372,36 @@ impl Track {
 /// per VM its tunes.
 #[derive(Debug, Default)]
 pub struct ReallocPolicy {
-    vms: HashMap<VmId, PerVm>,
+    /// The observed VMs in the last observation's order, so a tick walks
+    /// them in step with it (no lookup per VM: at 10,000 VMs a hash lookup's
+    /// cache miss per VM was most of a tick), then VMs not seen any more
+    /// whose tunes are still remembered.
+    vms: Vec<PerVm>,
+    /// Where each VM sits in `vms`, for the calls between ticks.
+    index: HashMap<VmId, usize>,
     /// Whether the VMs saturate the host's CPUs, held like a class…
     saturated: Held<bool>,
     /// …and whether they did at the last tick, unheld: what a VM's gain and
     /// contention are seen against, so both start holding from the same
     /// moment and a boost never slips in before the conflict shows.
     saturated_last: bool,
-    /// A change libvirt refused is not retried before this time.
-    retry_at: HashMap<VmId, Millis>,
 }
 
-/// One map entry per VM, so a tick looks each VM up once.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PerVm {
+    id: VmId,
     /// While it runs.
     track: Option<Track>,
     /// Kept while it is off too: a restart brings its own values back.
     tunes: Option<Tunes>,
+    /// A change libvirt refused is not retried before this time.
+    retry_at: Option<Millis>,
+}
+
+impl PerVm {
+    fn new(id: VmId) -> PerVm {
+        PerVm { id, track: None, tunes: None, retry_at: None }
+    }
 }
 
 /// How long a refused change waits before it is tried again.
@@ -402,31 +414,59 @@ impl ReallocPolicy {
 
     /// Tunes remembered from the journal, before the first tick.
     pub fn resume(&mut self, vm: VmId, tunes: Tunes) {
-        self.vms.entry(vm).or_default().tunes = Some(tunes);
+        self.per_vm(&vm).tunes = Some(tunes);
     }
 
     pub fn tunes(&self, vm: &VmId) -> Option<Tunes> {
-        self.vms.get(vm).and_then(|p| p.tunes)
+        self.index.get(vm).and_then(|&i| self.vms[i].tunes)
     }
 
     /// The edge carried a `SetTune` out.
     pub fn applied(&mut self, vm: &VmId, tune: Tune) {
-        if let Some(t) = self.vms.get_mut(vm).and_then(|p| p.tunes.as_mut()) {
+        let per = self.per_vm(vm);
+        if let Some(t) = per.tunes.as_mut() {
             t.applied = (tune != t.base).then_some(tune);
         }
-        self.retry_at.remove(vm);
+        per.retry_at = None;
     }
 
     /// libvirt refused a `SetTune`: it is not retried for a minute.
     pub fn failed(&mut self, vm: &VmId, now: Millis) {
-        self.retry_at.insert(vm.clone(), now.plus(RETRY_AFTER_MS));
+        self.per_vm(vm).retry_at = Some(now.plus(RETRY_AFTER_MS));
     }
 
-    /// One tick. VMs missing from `settings` take the defaults.
+    fn per_vm(&mut self, vm: &VmId) -> &mut PerVm {
+        let i = *self.index.entry(vm.clone()).or_insert_with(|| {
+            self.vms.push(PerVm::new(vm.clone()));
+            self.vms.len() - 1
+        });
+        &mut self.vms[i]
+    }
+
+    /// Puts `vms` in the observation's order when it is not already (a VM
+    /// came or went, or libvirt listed them differently): entries of VMs
+    /// not observed go last, and only while they hold tunes.
+    fn align(&mut self, obs: &Observation) {
+        let n = obs.vms.len();
+        let aligned = self.vms.len() >= n && obs.vms.iter().zip(&self.vms).all(|(o, p)| o.id == p.id);
+        if aligned {
+            return;
+        }
+        let mut old: HashMap<VmId, PerVm> = self.vms.drain(..).map(|p| (p.id.clone(), p)).collect();
+        self.vms.extend(obs.vms.iter().map(|o| old.remove(&o.id).unwrap_or_else(|| PerVm::new(o.id.clone()))));
+        let mut rest: Vec<PerVm> = old.into_values().filter(|p| p.tunes.is_some()).collect();
+        rest.sort_by(|a, b| a.id.cmp(&b.id));
+        self.vms.extend(rest);
+        self.index = self.vms.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
+    }
+
+    /// One tick. `settings` holds each observed VM's, in the observation's
+    /// order (what the edge builds from the observation anyway: no lookup
+    /// by name per VM); VMs past its end take the defaults.
     pub fn decide(
         &mut self,
         obs: &Observation,
-        settings: &BTreeMap<VmId, ReallocSettings>,
+        settings: &[ReallocSettings],
         cfg: &ReallocConfig,
         now: Millis,
     ) -> ReallocDecision {
@@ -434,12 +474,9 @@ impl ReallocPolicy {
         let mut d = ReallocDecision::default();
 
         // Read: rates, bound, class, and whose tunes changed behind ebb.
-        // Each VM's settings, looked up once (a string-keyed map is the
-        // dearest part of a tick at 10,000 VMs).
-        let mut own: Vec<&ReallocSettings> = Vec::with_capacity(obs.vms.len());
-        for v in &obs.vms {
-            let s = settings.get(&v.id).unwrap_or(&defaults);
-            own.push(s);
+        let own: Vec<&ReallocSettings> = (0..obs.vms.len()).map(|i| settings.get(i).unwrap_or(&defaults)).collect();
+        self.align(obs);
+        for ((v, per), &s) in obs.vms.iter().zip(self.vms.iter_mut()).zip(&own) {
             let mut view = VmReallocView::new(v.id.clone());
             view.critical = s.critical;
             view.expected = s.expected;
@@ -453,11 +490,6 @@ impl ReallocPolicy {
                 d.views.push(view);
                 continue;
             };
-            // No key clone per VM per tick, only for a new one.
-            if !self.vms.contains_key(&v.id) {
-                self.vms.insert(v.id.clone(), PerVm::default());
-            }
-            let per = self.vms.get_mut(&v.id).expect("just inserted");
             let track = per.track.get_or_insert_with(|| Track::fresh(now, activity, s.expected));
             track.seen = now;
             if let Some(r) = ActivityRates::between(track.last.0, &track.last.1, now, &activity) {
@@ -513,12 +545,11 @@ impl ReallocPolicy {
             }
             d.views.push(view);
         }
-        for per in self.vms.values_mut() {
+        for per in &mut self.vms {
             if per.track.as_ref().is_some_and(|t| t.seen != now) {
                 per.track = None;
             }
         }
-        self.vms.retain(|_, p| p.track.is_some() || p.tunes.is_some());
         let host_cpus = f64::from(obs.host_cpus.max(1));
         // On demand, not use: raising a capped VM's cap must not be what
         // makes the host saturated (and then undone as a conflict).
@@ -550,7 +581,8 @@ impl ReallocPolicy {
         let someone_gains_disk = disk_bound.len() == 1 || d.views.iter().any(|v| v.skipped.is_none() && v.critical);
 
         // Decide each VM's tune.
-        for (view, s) in d.views.iter_mut().zip(own).filter(|(v, _)| v.skipped.is_none()) {
+        for ((view, s), per) in d.views.iter_mut().zip(own).zip(&self.vms).filter(|((v, _), _)| v.skipped.is_none()) {
+            let retry_at = per.retry_at;
             let (Some(base), Some(current)) = (view.base, view.current) else { continue };
             let shares_max = s.shares_max.unwrap_or(base.shares.saturating_mul(cfg.boost)).max(base.shares);
             let shares_min = s.shares_min.unwrap_or(base.shares / cfg.yield_divisor.max(1)).clamp(2, base.shares);
@@ -618,7 +650,7 @@ impl ReallocPolicy {
             view.wanted = Some(wanted);
             view.why = Some(cpu_why);
             view.io_why = io_why;
-            if wanted == current || self.retry_at.get(&view.vm).is_some_and(|t| now < *t) {
+            if wanted == current || retry_at.is_some_and(|t| now < t) {
                 continue;
             }
             // The action's reason: the CPU's when the CPU part changes.
@@ -669,6 +701,7 @@ fn state_words(s: VmState) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     const TUNE: Tune = Tune { shares: 1024, quota_us: None, period_us: 100_000, io_weight: None };
 
@@ -686,6 +719,11 @@ mod tests {
             managed_save: false,
             tune: Some(tune),
         }
+    }
+
+    /// The map's settings in the observation's order, as the agent builds them.
+    fn aligned(o: &Observation, settings: &BTreeMap<VmId, ReallocSettings>) -> Vec<ReallocSettings> {
+        o.vms.iter().map(|v| settings.get(&v.id).cloned().unwrap_or_default()).collect()
     }
 
     fn obs(host_cpus: u32, vms: Vec<VmObservation>) -> Observation {
@@ -745,7 +783,7 @@ mod tests {
                         })
                         .collect(),
                 );
-                last = p.decide(&o, &self.settings, &cfg, at);
+                last = p.decide(&o, &aligned(&o, &self.settings), &cfg, at);
                 for a in &last.actions {
                     if let Action::SetTune { vm, tune, .. } = a {
                         self.changes.push((vm.as_str().to_string(), *tune));
@@ -858,7 +896,7 @@ mod tests {
         for t in 0..=10u64 {
             let mut o = obs(4, vec![vm("a", 1, t * 2_000_000_000 * 95 / 100, TUNE)]);
             o.vms[0].activity.as_mut().unwrap().vcpu_wait_ns = t * 2_000_000_000 / 5;
-            d = p.decide(&o, &BTreeMap::new(), &cfg, Millis(t * 2000));
+            d = p.decide(&o, &[], &cfg, Millis(t * 2000));
         }
         assert_eq!(d.actions.len(), 1, "{:?}", d.views);
         assert!(d.actions[0].reason().text.contains("wait for host CPUs"), "{:?}", d.actions[0]);
@@ -951,15 +989,15 @@ mod tests {
         let mine = Tune { shares: 256, ..TUNE };
         let mut p = ReallocPolicy::new();
         p.resume(VmId::new("idle"), Tunes { base: TUNE, applied: Some(mine) });
-        let d = p.decide(&obs(2, vec![vm("idle", 1, 0, mine)]), &BTreeMap::new(), &cfg, Millis(0));
+        let d = p.decide(&obs(2, vec![vm("idle", 1, 0, mine)]), &[], &cfg, Millis(0));
         assert_eq!(d.views[0].base, Some(TUNE), "the journal's base, not what it has now");
         assert!(d.actions.is_empty());
         // Refused: not retried within the minute.
         let mut p = ReallocPolicy::new();
         let mut w = World::with(&[("idle", TUNE)]);
         w.settings.insert(VmId::new("idle"), ReallocSettings { critical: true, ..Default::default() });
-        let settings = w.settings.clone();
         let o = || obs(2, vec![vm("idle", 1, 0, TUNE)]);
+        let settings = aligned(&o(), &w.settings);
         let d = p.decide(&o(), &settings, &cfg, Millis(12_000));
         assert_eq!(d.actions.len(), 1);
         p.failed(&VmId::new("idle"), Millis(12_000));

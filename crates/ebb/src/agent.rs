@@ -625,9 +625,9 @@ impl Agent {
         }
     }
 
-    /// Each VM's reallocation bounds from its `[vm.NAME.realloc]`, with the
-    /// `ebb critical` flag over the config's.
-    fn realloc_settings(&self, obs: &Observation) -> BTreeMap<VmId, ReallocSettings> {
+    /// Each observed VM's reallocation bounds from its `[vm.NAME.realloc]`,
+    /// with the `ebb critical` flag over the config's, in observation order.
+    fn realloc_settings(&self, obs: &Observation) -> Vec<ReallocSettings> {
         obs.vms
             .iter()
             .map(|vm| {
@@ -636,7 +636,7 @@ impl Agent {
                 if let Some(on) = self.critical.get(&vm.id) {
                     s.critical = *on;
                 }
-                (vm.id.clone(), s)
+                s
             })
             .collect()
     }
