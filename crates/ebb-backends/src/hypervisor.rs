@@ -1,6 +1,7 @@
 //! The `Hypervisor` trait: what the agent needs from whatever runs the VMs.
 
-use ebb_core::{Bytes, Tune, Observation, VmId};
+use ebb_core::affinity::{CpuSet, HostCpuTime};
+use ebb_core::{Bytes, Observation, Tune, VmId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HvError {
@@ -68,6 +69,23 @@ pub trait Hypervisor: Send {
     fn set_tune(&mut self, vm: &VmId, tune: Tune) -> Result<(), HvError> {
         let _ = tune;
         Err(unsupported("set CPU tune", vm))
+    }
+
+    /// Each host CPU's cumulative busy and total time (virNodeGetCPUStats),
+    /// for the affinity policy; empty when the driver cannot tell.
+    fn host_cpu_times(&mut self) -> Result<Vec<HostCpuTime>, HvError> {
+        Ok(vec![])
+    }
+
+    /// A running domain's live vCPU pinning, one CPU set per vCPU.
+    fn vcpu_pins(&mut self, vm: &VmId) -> Result<Vec<CpuSet>, HvError> {
+        Err(unsupported("read vCPU pinning", vm))
+    }
+
+    /// Pins a running domain's vCPUs live (its definition keeps its own).
+    fn set_vcpu_pins(&mut self, vm: &VmId, pins: &[CpuSet]) -> Result<(), HvError> {
+        let _ = pins;
+        Err(unsupported("pin vCPUs", vm))
     }
 
     // Sleep and wake (SPEC §2). None of these ever destroys a domain: a

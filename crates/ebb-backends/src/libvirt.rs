@@ -33,6 +33,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use std::fmt::Write as _;
 
+use ebb_core::affinity::{CpuSet, HostCpuTime};
 use ebb_core::{Activity, Balloon, Bytes, Tune, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState};
 use tracing::{debug, debug_span, warn};
 use virt::connect::Connect;
@@ -550,6 +551,43 @@ impl Hypervisor for LibvirtHypervisor {
         })
     }
 
+    fn host_cpu_times(&mut self) -> Result<Vec<HostCpuTime>, HvError> {
+        (0..self.host_cpus as i32)
+            .map(|cpu| {
+                let stats = ffi::node_cpu_stats(&self.conn, cpu).map_err(|e| self.unreachable(&e))?;
+                let get = |f: &str| stats.iter().find(|(n, _)| n == f).map_or(0, |(_, v)| *v);
+                let busy = get("kernel") + get("user");
+                Ok(HostCpuTime { busy_ns: busy, total_ns: busy + get("idle") + get("iowait") })
+            })
+            .collect()
+    }
+
+    fn vcpu_pins(&mut self, vm: &VmId) -> Result<Vec<CpuSet>, HvError> {
+        let dom = self.lookup("read vCPU pinning", vm)?;
+        let vcpus = dom.info().map_err(|e| self.vm_error("read vCPU pinning", vm, e))?.nr_virt_cpu as usize;
+        let maplen = (self.host_cpus as usize).div_ceil(8);
+        let maps = ffi::vcpu_pin_info(&dom, vcpus, maplen).map_err(|e| self.vm_error("read vCPU pinning", vm, e))?;
+        Ok(maps
+            .iter()
+            .map(|m| CpuSet::new((0..self.host_cpus).filter(|&c| m[(c / 8) as usize] & (1 << (c % 8)) != 0)))
+            .collect())
+    }
+
+    fn set_vcpu_pins(&mut self, vm: &VmId, pins: &[CpuSet]) -> Result<(), HvError> {
+        let _span = debug_span!("set_vcpu_pins", vm = %vm).entered();
+        let dom = self.lookup("pin vCPUs", vm)?;
+        let maplen = (self.host_cpus as usize).div_ceil(8);
+        for (vcpu, set) in pins.iter().enumerate() {
+            let mut map = vec![0u8; maplen];
+            for c in set.iter().filter(|&c| c < self.host_cpus) {
+                map[(c / 8) as usize] |= 1 << (c % 8);
+            }
+            dom.pin_vcpu_flags(vcpu as u32, &map, virt_sys::VIR_DOMAIN_AFFECT_LIVE)
+                .map_err(|e| self.vm_error("pin vCPUs", vm, e))?;
+        }
+        Ok(())
+    }
+
     fn set_tune(&mut self, vm: &VmId, tune: Tune) -> Result<(), HvError> {
         let _span = debug_span!("set_tune", vm = %vm, %tune).entered();
         let dom = self.lookup("set CPU tune", vm)?;
@@ -783,6 +821,54 @@ mod ffi {
             return Err(Error::last_error());
         }
         Ok(())
+    }
+
+    /// `virNodeGetCPUStats` of one host CPU: (field, ns) pairs such as
+    /// `kernel`, `user`, `idle`, `iowait`.
+    pub fn node_cpu_stats(conn: &Connect, cpu: c_int) -> Result<Vec<(String, u64)>, Error> {
+        let mut n: c_int = 0;
+        // SAFETY: a NULL params array asks libvirt for the count only.
+        if unsafe { virt_sys::virNodeGetCPUStats(conn.as_ptr(), cpu, ptr::null_mut(), &mut n, 0) } < 0 {
+            return Err(Error::last_error());
+        }
+        if n <= 0 {
+            return Ok(Vec::new());
+        }
+        let empty = virt_sys::virNodeCPUStats { field: [0; 80], value: 0 };
+        let mut buf = vec![empty; n as usize];
+        // SAFETY: `buf` has room for `n` entries, and libvirt writes at most `n`.
+        if unsafe { virt_sys::virNodeGetCPUStats(conn.as_ptr(), cpu, buf.as_mut_ptr(), &mut n, 0) } < 0 {
+            return Err(Error::last_error());
+        }
+        buf.truncate(n.max(0) as usize);
+        Ok(buf
+            .iter()
+            .map(|s| {
+                // SAFETY: libvirt NUL-terminates `field` within its 80 bytes.
+                let name = unsafe { CStr::from_ptr(s.field.as_ptr()) }.to_string_lossy().into_owned();
+                (name, s.value)
+            })
+            .collect())
+    }
+
+    /// `virDomainGetVcpuPinInfo`, live: each of `vcpus` vCPUs' CPU map of
+    /// `maplen` bytes (bit N of byte N/8: host CPU N).
+    pub fn vcpu_pin_info(dom: &Domain, vcpus: usize, maplen: usize) -> Result<Vec<Vec<u8>>, Error> {
+        let mut buf = vec![0u8; vcpus * maplen];
+        // SAFETY: `buf` holds `vcpus` maps of `maplen` bytes for libvirt to fill.
+        let n = unsafe {
+            virt_sys::virDomainGetVcpuPinInfo(
+                dom.as_ptr(),
+                vcpus as c_int,
+                buf.as_mut_ptr(),
+                maplen as c_int,
+                virt_sys::VIR_DOMAIN_AFFECT_LIVE,
+            )
+        };
+        if n < 0 {
+            return Err(Error::last_error());
+        }
+        Ok(buf.chunks(maplen).take(n as usize).map(<[u8]>::to_vec).collect())
     }
 
     /// `virNodeGetMemoryStats` for all cells: (field, KiB) pairs such as

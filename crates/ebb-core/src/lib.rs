@@ -3,6 +3,7 @@
 //! every function takes `now` and the observation as arguments.
 #![forbid(unsafe_code)]
 
+pub mod affinity;
 pub mod memory;
 pub mod model;
 pub mod needs;

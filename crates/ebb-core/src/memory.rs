@@ -1002,7 +1002,8 @@ fn reason_text(w: &Work, target: Bytes, rule: Rule, pool: Bytes, step: Bytes) ->
         | Rule::Yield
         | Rule::Critical
         | Rule::Restore
-        | Rule::Power => format!(
+        | Rule::Power
+        | Rule::Affinity => format!(
             "hold at {target}: idle-taxed entitlement is now {} (guest uses {} of {c}), so the last target no longer applies",
             w.entitlement, w.used
         ),

@@ -279,6 +279,8 @@ pub enum Rule {
     Restore,
     /// A power event: save on low battery, power down, restore when power is back.
     Power,
+    /// Move a VM's vCPUs to other host CPUs, or back.
+    Affinity,
 }
 
 impl Rule {
@@ -298,6 +300,7 @@ impl Rule {
             Rule::Critical => "critical",
             Rule::Restore => "restore",
             Rule::Power => "power",
+            Rule::Affinity => "affinity",
         }
     }
 }
@@ -316,6 +319,8 @@ pub enum Action {
     Wake { vm: VmId, reason: Reason },
     /// Set a running VM's CPU weight and cap (virDomainSetSchedulerParameters, live).
     SetTune { vm: VmId, tune: Tune, reason: Reason },
+    /// Pin a running VM's vCPUs to host CPUs (virDomainPinVcpuFlags, live), one set per vCPU.
+    SetPins { vm: VmId, pins: Vec<crate::affinity::CpuSet>, reason: Reason },
     /// Ask a VM's guest to shut itself down (the ACPI power button): only
     /// for a VM that must stop and could not be saved. Never a destroy.
     Shutdown { vm: VmId, reason: Reason },
@@ -328,6 +333,7 @@ impl Action {
             | Action::Sleep { vm, .. }
             | Action::Wake { vm, .. }
             | Action::SetTune { vm, .. }
+            | Action::SetPins { vm, .. }
             | Action::Shutdown { vm, .. } => vm,
         }
     }
@@ -337,6 +343,7 @@ impl Action {
             | Action::Sleep { reason, .. }
             | Action::Wake { reason, .. }
             | Action::SetTune { reason, .. }
+            | Action::SetPins { reason, .. }
             | Action::Shutdown { reason, .. } => {
                 reason
             }
@@ -348,6 +355,7 @@ impl Action {
             Action::Sleep { .. } => "sleep",
             Action::Wake { .. } => "wake",
             Action::SetTune { .. } => "set_tune",
+            Action::SetPins { .. } => "set_pins",
             Action::Shutdown { .. } => "shutdown",
         }
     }

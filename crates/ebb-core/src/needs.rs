@@ -154,6 +154,13 @@ impl VmNeeds {
         (0..HOURS).filter(|&h| self.hours[h].samples > 0).map(|h| self.hour(h, cfg)).collect()
     }
 
+    /// What it usually runs at the hour of `now` (p90, a fraction of its
+    /// vCPUs); None until the hour has enough samples.
+    pub fn usual_cpu(&self, now: Millis, cfg: &ReallocConfig) -> Option<f64> {
+        let h = self.hour(hour_of(now), cfg);
+        h.class.map(|_| h.cpu_p90)
+    }
+
     /// The class its history gives for the hour of `now`.
     pub fn expected(&self, now: Millis, cfg: &ReallocConfig) -> Option<Class> {
         self.hour(hour_of(now), cfg).class

@@ -264,7 +264,7 @@ pub struct VmReallocView {
 }
 
 impl VmReallocView {
-    fn new(vm: VmId) -> VmReallocView {
+    pub(crate) fn new(vm: VmId) -> VmReallocView {
         VmReallocView {
             vm,
             class: None,

@@ -11,6 +11,7 @@ use crate::settings::{self, MetadataSettings, Resolved};
 use ebb_backends::nut::NutClient;
 use ebb_backends::platform::{HostPlatform, Platform, UpsAddress};
 use ebb_backends::{HvError, Hypervisor};
+use ebb_core::affinity::{AffinityConfig, AffinityPolicy, AffinityView, AffinityVm, CpuSet, Pins};
 use ebb_core::power::{plan_power_drop, Candidate, LowBattery, Measured, PowerPlan, PowerReading, PowerState, Watts};
 use ebb_core::memory::{MemoryConfig, MemoryDecision, MemoryPolicy, VmMemoryView};
 use ebb_core::needs::{HourNeeds, VmNeeds};
@@ -94,6 +95,12 @@ pub struct Agent {
     live_tunes: HashMap<VmId, (Tune, Millis)>,
     /// The tunes as last written to the journal, to write only changes.
     saved_tunes: HashMap<VmId, Tunes>,
+    affinity: AffinityPolicy,
+    affinity_cfg: AffinityConfig,
+    /// The pinnings as last written to the journal.
+    saved_pins: HashMap<VmId, Pins>,
+    /// Each VM with a `cpus` bound: what the affinity policy made of it this tick.
+    affinity_views: HashMap<VmId, AffinityView>,
     /// `ebb critical` flags (journaled); they override the config's.
     critical: BTreeMap<VmId, bool>,
     /// `ebb value` settings (journaled); they override the config's.
@@ -175,6 +182,14 @@ impl Agent {
             }
             Err(e) => warn!("could not resume CPU tunes from the journal: {e}"),
         }
+        let mut affinity = AffinityPolicy::new();
+        let saved_pins: HashMap<VmId, Pins> = journal.pins().unwrap_or_else(|e| {
+            warn!("could not resume vCPU pinnings from the journal: {e}");
+            vec![]
+        }).into_iter().collect();
+        for (vm, pins) in &saved_pins {
+            affinity.resume(vm.clone(), pins.clone());
+        }
         let needs = journal.needs().unwrap_or_else(|e| {
             warn!("could not read the needs history from the journal: {e}");
             vec![]
@@ -226,6 +241,10 @@ impl Agent {
             realloc_cfg: cfg.realloc.policy_config(),
             live_tunes: HashMap::new(),
             saved_tunes,
+            affinity,
+            affinity_cfg: cfg.realloc.affinity_config(),
+            saved_pins,
+            affinity_views: HashMap::new(),
             critical: critical.into_iter().collect(),
             values: values.into_iter().collect(),
             needs: needs.into_iter().collect(),
@@ -384,6 +403,7 @@ impl Agent {
         }
         let needs_metadata = self.metadata_due(at);
         let needs_tune = self.tune_due(at);
+        let bounded: BTreeSet<VmId> = self.cfg.vm.keys().map(VmId::new).filter(|id| self.cpus_bound(id).is_some()).collect();
         let filter = self.cfg.agent.clone();
         let in_flight = self.in_flight.clone();
         let Some(result) = self
@@ -411,13 +431,27 @@ impl Agent {
                     .filter(|v| v.state == VmState::Running && needs_tune(&v.id))
                     .map(|v| (v.id.clone(), hv.tune(&v.id)))
                     .collect();
-                Ok::<_, HvError>((obs, metadata, tunes))
+                // Only for VMs ebb may pin: one call each, and the host's CPUs.
+                let pins: HashMap<VmId, Vec<CpuSet>> = obs
+                    .vms
+                    .iter()
+                    .filter(|v| v.state == VmState::Running && bounded.contains(&v.id))
+                    .filter_map(|v| match hv.vcpu_pins(&v.id) {
+                        Ok(p) => Some((v.id.clone(), p)),
+                        Err(e) => {
+                            debug!(vm = %v.id, "no vCPU pinning: {e}");
+                            None
+                        }
+                    })
+                    .collect();
+                let host_cpus = if pins.is_empty() { vec![] } else { hv.host_cpu_times().unwrap_or_default() };
+                Ok::<_, HvError>((obs, metadata, tunes, (pins, host_cpus)))
             })
             .await
         else {
             return false;
         };
-        let (mut obs, metadata, tunes) = match result {
+        let (mut obs, metadata, tunes, (pins, host_cpus)) = match result {
             Ok(r) => r,
             Err(e) => {
                 self.lost_connection(at, &e);
@@ -468,11 +502,33 @@ impl Agent {
             let settings = self.realloc_settings(&obs);
             self.realloc.decide(&obs, &settings, &self.realloc_cfg, at)
         });
+        let affinity = realloc.as_ref().filter(|_| !pins.is_empty()).map(|d| {
+            let vms: Vec<AffinityVm> = obs
+                .vms
+                .iter()
+                .map(|v| AffinityVm {
+                    pins: pins.get(&v.id).cloned(),
+                    bound: self.cpus_bound(&v.id),
+                    expected_cpu: self
+                        .needs
+                        .get(&v.id)
+                        .and_then(|n| n.usual_cpu(at, &self.realloc_cfg))
+                        .map(|u| u * f64::from(v.activity.map_or(1, |a| a.vcpus.max(1)))),
+                })
+                .collect();
+            self.affinity.decide(&obs, d, &host_cpus, &vms, &self.affinity_cfg, at)
+        });
+        self.affinity_views = affinity.iter().flat_map(|d| d.views.iter()).map(|v| (v.vm.clone(), v.clone())).collect();
         let mut actions = if self.cfg.memory.enabled { decision.actions.clone() } else { vec![] };
         // A VM about to sleep keeps its CPU tune: nothing to gain from a change.
         let to_sleep: Vec<&VmId> = idle.to_sleep.iter().map(|(vm, ..)| vm).collect();
         actions.extend(
-            realloc.iter().flat_map(|d| d.actions.iter()).filter(|a| !to_sleep.contains(&a.vm())).cloned(),
+            realloc
+                .iter()
+                .flat_map(|d| d.actions.iter())
+                .chain(affinity.iter().flat_map(|d| d.actions.iter()))
+                .filter(|a| !to_sleep.contains(&a.vm()))
+                .cloned(),
         );
         actions.extend(
             idle.to_sleep
@@ -483,6 +539,7 @@ impl Agent {
         self.act(actions, at).await;
         self.remember_memory_state(&decision, at);
         self.remember_tunes(&obs, at);
+        self.remember_pins(at);
         self.plan = self.cfg.power.budget.map(|b| self.power_plan(&obs, realloc.as_ref(), Watts(b)));
         self.model_draw = realloc.as_ref().map(|d| self.model_draw(&obs, d));
         self.power_tick(&obs, at).await;
@@ -937,6 +994,29 @@ impl Agent {
         }
     }
 
+    /// Writes the pinnings the affinity policy holds when they change.
+    fn remember_pins(&mut self, at: Millis) {
+        let changed: Vec<(VmId, Pins)> = self
+            .affinity_views
+            .keys()
+            .filter_map(|vm| Some((vm.clone(), self.affinity.pins(vm)?.clone())))
+            .filter(|(vm, p)| self.saved_pins.get(vm) != Some(p))
+            .collect();
+        for (vm, pins) in changed {
+            match self.journal.save_pins(&vm, &pins, at) {
+                Ok(()) => {
+                    self.saved_pins.insert(vm, pins);
+                }
+                Err(e) => warn!("{e}"),
+            }
+        }
+    }
+
+    /// The CPUs ebb may pin a VM to (`[vm.NAME.realloc] cpus`).
+    fn cpus_bound(&self, vm: &VmId) -> Option<CpuSet> {
+        self.cfg.vm_section(vm)?.realloc.as_ref()?.cpus.clone()
+    }
+
     /// A VM ebb holds asleep that runs again was started behind ebb's back
     /// (`virsh start`, `virsh resume`): it is awake, and ebb says so.
     fn note_power_changes(&mut self, obs: &Observation, at: Millis) {
@@ -1078,7 +1158,7 @@ impl Agent {
             match a {
                 Action::Sleep { vm, .. } => self.set_power(vm, VmPower::Asleep),
                 Action::Wake { vm, .. } => self.set_power(vm, VmPower::Waking),
-                Action::SetBalloonTarget { .. } | Action::SetTune { .. } | Action::Shutdown { .. } => {}
+                Action::SetBalloonTarget { .. } | Action::SetTune { .. } | Action::SetPins { .. } | Action::Shutdown { .. } => {}
             }
         }
         // Waking a paused VM resumes it; waking a saved one starts it from its image.
@@ -1093,6 +1173,7 @@ impl Agent {
                             Action::SetBalloonTarget { vm, target, .. } => hv.set_memory(vm, *target),
                             Action::SetTune { vm, tune, .. } => hv.set_tune(vm, *tune),
                             Action::Shutdown { vm, .. } => hv.shutdown(vm),
+                            Action::SetPins { vm, pins, .. } => hv.set_vcpu_pins(vm, pins),
                             Action::Sleep { vm, mode: SleepMode::Save, .. } => hv.save(vm),
                             Action::Sleep { vm, mode: SleepMode::Pause, .. } => hv.pause(vm),
                             Action::Wake { vm, .. } => match sleeping.get(vm).map(|r| r.mode) {
@@ -1130,6 +1211,8 @@ impl Agent {
                     self.live_tunes.insert(vm.clone(), (*tune, at));
                 }
                 (Action::SetTune { .. }, Err(_)) => self.realloc.failed(&vm, at),
+                (Action::SetPins { pins, .. }, Ok(())) => self.affinity.applied(&vm, pins, at),
+                (Action::SetPins { .. }, Err(_)) => self.affinity.failed(&vm, at),
                 (Action::Sleep { mode, .. }, Ok(())) => {
                     self.sleeps_total += 1;
                     let rec = SleepRecord { mode: *mode, since: at, reason: reason.text.clone() };
@@ -1220,6 +1303,11 @@ impl Agent {
                             realloc: realloc_views.get(&vm.id).map(|v| VmReallocView {
                                 current: self.live_tunes.get(&vm.id).map(|(t, _)| *t),
                                 ..(*v).clone()
+                            }),
+                            // `current` as it is after this tick's moves.
+                            affinity: self.affinity_views.get(&vm.id).map(|a| AffinityView {
+                                current: self.affinity.pins(&vm.id).map_or_else(|| a.current.clone(), |p| p.applied.clone().unwrap_or_else(|| p.base.clone())),
+                                ..a.clone()
                             }),
                         })
                     })

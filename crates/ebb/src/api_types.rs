@@ -135,6 +135,9 @@ pub struct VmInfo {
     /// reallocation is off.
     #[serde(default)]
     pub realloc: Option<VmReallocView>,
+    /// With a `cpus` bound: its pinning and why.
+    #[serde(default)]
+    pub affinity: Option<ebb_core::affinity::AffinityView>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

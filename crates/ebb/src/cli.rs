@@ -123,7 +123,12 @@ fn tune_word(v: &VmInfo) -> String {
     let Some(t) = r.current else { return "-".into() };
     let cap = t.cap().map_or("nocap".to_string(), |c| format!("cap{:.0}%", c * 100.0));
     let mine = if r.base.is_some_and(|b| b != t) { "*" } else { "" };
-    format!("w{} {cap}{mine}", t.shares)
+    // Pinned by ebb's affinity rule: where it runs now.
+    let pinned = match &v.affinity {
+        Some(a) if a.current != a.base => format!(" cpu{}*", ebb_core::affinity::describe(&a.current)),
+        _ => String::new(),
+    };
+    format!("w{} {cap}{mine}{pinned}", t.shares)
 }
 
 pub fn power_text(p: &Option<PowerStatus>) -> String {

@@ -2,6 +2,7 @@
 //! `ebb.example.toml`; unknown fields, zero sizes and contradictions stop
 //! startup with a message that names the field and the line.
 
+use ebb_core::affinity::{AffinityConfig, CpuSet};
 use ebb_core::memory::MemoryConfig;
 use ebb_core::power::{LowBattery, PowerModel, Watts};
 use ebb_core::realloc::{ReallocConfig, ReallocSettings};
@@ -176,11 +177,19 @@ pub struct ReallocSection {
     pub idle_net: Size,
     pub boost: u64,
     pub yield_divisor: u64,
+    /// Affinity: a cpu-bound VM waiting on CPUs this busy moves (within its
+    /// `cpus` bound) to CPUs others use at most `affinity_free` of…
+    pub affinity_busy: f64,
+    pub affinity_free: f64,
+    /// …and is not moved again for this long.
+    #[serde(deserialize_with = "de_duration")]
+    pub affinity_hold: Duration,
 }
 
 impl Default for ReallocSection {
     fn default() -> Self {
         let d = ReallocConfig::default();
+        let a = AffinityConfig::default();
         ReallocSection {
             enabled: d.enabled,
             class_after: Duration::from_millis(d.class_after_ms),
@@ -196,6 +205,9 @@ impl Default for ReallocSection {
             idle_net: Size(d.idle_net),
             boost: d.boost,
             yield_divisor: d.yield_divisor,
+            affinity_busy: a.busy,
+            affinity_free: a.free,
+            affinity_hold: Duration::from_millis(a.hold_ms),
         }
     }
 }
@@ -220,8 +232,25 @@ impl ReallocSection {
         }
     }
 
+    pub fn affinity_config(&self) -> AffinityConfig {
+        AffinityConfig { busy: self.affinity_busy, free: self.affinity_free, hold_ms: self.affinity_hold.as_millis() as u64 }
+    }
+
     fn validate(&self) -> Result<(), String> {
-        for (name, v) in [("cpu_busy", self.cpu_busy), ("cpu_busy_leave", self.cpu_busy_leave), ("at_cap", self.at_cap), ("saturated", self.saturated)] {
+        if self.affinity_free >= self.affinity_busy {
+            return Err(format!(
+                "realloc.affinity_free ({}) must be below realloc.affinity_busy ({}): a VM would move between equally busy CPUs",
+                self.affinity_free, self.affinity_busy
+            ));
+        }
+        for (name, v) in [
+            ("cpu_busy", self.cpu_busy),
+            ("cpu_busy_leave", self.cpu_busy_leave),
+            ("at_cap", self.at_cap),
+            ("saturated", self.saturated),
+            ("affinity_busy", self.affinity_busy),
+            ("affinity_free", self.affinity_free),
+        ] {
             if !(v > 0.0 && v <= 1.0) {
                 return Err(format!("realloc.{name} = {v} is outside (0, 1]"));
             }
@@ -332,6 +361,20 @@ pub struct VmReallocSection {
     /// The highest cap ebb may give it, as a fraction of one vCPU; without
     /// it ebb never raises its cap above the VM's own.
     pub cpu_cap_max: Option<f64>,
+    /// The host CPUs ebb may pin its vCPUs to ("0-3,6"); without it ebb
+    /// leaves its affinity alone.
+    #[serde(default, deserialize_with = "de_cpus")]
+    pub cpus: Option<CpuSet>,
+}
+
+/// A CPU list such as "0-3,6".
+fn de_cpus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CpuSet>, D::Error> {
+    let text = String::deserialize(d)?;
+    let set = CpuSet::parse(&text).map_err(serde::de::Error::custom)?;
+    if set.is_empty() {
+        return Err(serde::de::Error::custom(format!("{text:?} names no CPU")));
+    }
+    Ok(Some(set))
 }
 
 impl VmReallocSection {
@@ -682,6 +725,7 @@ mod tests {
         assert_eq!(c.memory.policy_config(), MemoryConfig::default());
         assert_eq!(c.surrogate.limits(), Limits::default());
         assert_eq!(c.realloc.policy_config(), ReallocConfig::default());
+        assert_eq!(c.realloc.affinity_config(), AffinityConfig::default());
         let d = PowerSection::default();
         assert_eq!(
             (c.power.low_battery(), c.power.sysfs, c.power.timeout, c.power.ups, c.power.shutdown_timeout),

@@ -2,6 +2,7 @@
 
 use crate::agent::vm_state_word;
 use crate::api_types::{Event, VmInfo};
+use ebb_core::affinity::describe;
 
 pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<String> {
     let mut out = Vec::new();
@@ -62,6 +63,11 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
                 }
                 if let (Some(w), Some(why)) = (current.io_weight, &r.io_why) {
                     out.push(format!("Its disk weight: {w} ({why})."));
+                }
+                if let Some(a) = &vm.affinity {
+                    let (now, own) = (describe(&a.current), describe(&a.base));
+                    let whose = if a.current == a.base { "its own".to_string() } else { format!("set by ebb (its own: CPU {own})") };
+                    out.push(format!("Its vCPUs run on CPU {now}, {whose}; ebb may pin them within CPU {}. Why: {}.", a.bound, a.why));
                 }
             }
             _ => {}

@@ -3,6 +3,7 @@
 //! resumes each VM's adaptive step and last target from it.
 
 use crate::api_types::{Event, SleepRecord};
+use ebb_core::affinity::Pins;
 use ebb_core::memory::Resumed;
 use ebb_core::needs::VmNeeds;
 use ebb_core::realloc::Tunes;
@@ -64,6 +65,11 @@ CREATE TABLE IF NOT EXISTS memory_state (
 CREATE TABLE IF NOT EXISTS tunes (
     vm TEXT PRIMARY KEY,
     tunes TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pins (
+    vm TEXT PRIMARY KEY,
+    pins TEXT NOT NULL,
     updated_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS needs (
@@ -167,6 +173,15 @@ impl Journal {
     /// Every VM's remembered tunes.
     pub fn tunes(&self) -> Result<Vec<(VmId, Tunes)>, JournalError> {
         self.load_json("tunes")
+    }
+
+    /// A VM's vCPU pinning as ebb found it and as ebb set it.
+    pub fn save_pins(&self, vm: &VmId, pins: &Pins, at: Millis) -> Result<(), JournalError> {
+        self.save_json("pins", vm, pins, at)
+    }
+
+    pub fn pins(&self) -> Result<Vec<(VmId, Pins)>, JournalError> {
+        self.load_json("pins")
     }
 
     /// A VM's needs history (24 hourly histograms).

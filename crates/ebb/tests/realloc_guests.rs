@@ -142,8 +142,21 @@ fn a_busy_guest_at_its_cap_gains_the_idle_one_yields_critical_goes_first_and_a_r
     }
 }
 
+/// vCPU 0's live affinity as `virsh vcpupin` lists it ("0", "0-1").
+fn pinned(g: &Guest) -> String {
+    let out = std::process::Command::new("virsh").args(["-c", URI, "vcpupin", g.name(), "--live"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().map(str::trim).find(|l| l.starts_with("0 ")).unwrap_or_else(|| panic!("no vCPU 0 in {text}"));
+    line.split_whitespace().nth(1).unwrap().to_string()
+}
+
+fn pin(g: &Guest, cpus: &str) {
+    let out = std::process::Command::new("virsh").args(["-c", URI, "vcpupin", g.name(), "0", cpus, "--live"]).output().unwrap();
+    assert!(out.status.success(), "vcpupin: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
-fn two_cpu_bound_guests_on_a_saturated_host_are_left_alone_and_explain_says_why() {
+fn two_cpu_bound_guests_conflict_and_the_one_ebb_may_pin_moves_off_their_busy_cpu_and_back() {
     let prefix = "ebb-test-cpu2-";
     let lab = lab(prefix);
     let dir = tempfile::tempdir().unwrap();
@@ -151,23 +164,48 @@ fn two_cpu_bound_guests_on_a_saturated_host_are_left_alone_and_explain_says_why(
     let guests: Vec<Guest> = names.iter().map(|n| boot_capped(&lab, dir.path(), n, None)).collect();
     for g in &guests {
         g.wait_ready(Duration::from_secs(180)).unwrap();
+        // Both on CPU 0: they wait on each other there.
+        pin(g, "0");
     }
     let own: Vec<(u64, i64)> = guests.iter().map(live).collect();
-    // Two busy single-vCPU guests fill both of the host's CPUs.
-    let rest = format!("{REALLOC}saturated = 0.7\n");
-    let agent = AgentProc::start(dir.path(), &agent_lines(prefix), &rest);
+    // Two busy single-vCPU guests ask for both of the host's CPUs. ebb may
+    // pin a within both CPUs; b has no bound, so its pinning is its own.
+    let rest = format!("{REALLOC}saturated = 0.7\naffinity_hold = \"5s\"\n[vm.{}.realloc]\ncpus = \"0-1\"\n", names[0]);
+    let mut agent = AgentProc::start(dir.path(), &agent_lines(prefix), &rest);
     for g in &guests {
         g.cpu_workload(1, 300).unwrap();
     }
     let explain = agent.wait("the conflict", Duration::from_secs(90), |a| {
-        let t = a.text(&["explain", &names[0]]);
+        let t = a.text(&["explain", &names[1]]);
         t.contains("rob").then_some(t)
     });
-    assert!(explain.contains(&names[1]), "{explain}");
-    std::thread::sleep(Duration::from_secs(5));
+    assert!(explain.contains(&names[0]), "{explain}");
+
+    // A weight would rob b; a free CPU robs nobody: a moves there.
+    wait_for("a moved to CPU 1", Duration::from_secs(120), || (pinned(&guests[0]) == "1").then_some(()));
+    assert_eq!(pinned(&guests[1]), "0", "b has no bound and was moved");
+    let explain = agent.text(&["explain", &names[0]]);
+    assert!(explain.contains("move to CPU 1") && explain.contains("set by ebb (its own: CPU 0)"), "{explain}");
+    assert!(agent.text(&["metrics"]).contains(&format!("ebb_vm_pinned_by_ebb{{vm=\"{}\"}} 1", names[0])));
+    // The weights and caps stay as they were: still a conflict.
     let now: Vec<(u64, i64)> = guests.iter().map(live).collect();
     assert_eq!(now, own, "robbed one for the other");
     assert!(!agent.events(None).iter().any(|e| e.kind == "set_tune"), "{:?}", agent.events(None));
+
+    // A restarted agent knows the move from its journal: neither undone nor redone.
+    let moves = |a: &AgentProc| a.events(None).iter().filter(|e| e.kind == "set_pins").count();
+    let before = moves(&agent);
+    let (config, socket, journal) = (agent.config.clone(), agent.socket.clone(), agent.journal.clone());
+    agent.stop();
+    let agent = AgentProc::start_with(dir.path(), config, socket, journal);
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!((pinned(&guests[0]), moves(&agent)), ("1".to_string(), before), "{:?}", agent.events(None));
+
+    // Its load gone, a goes back to its own CPU.
+    guests[0].cpu_workload(0, 1).unwrap();
+    wait_for("a back on CPU 0", Duration::from_secs(60), || (pinned(&guests[0]) == "0").then_some(()));
+    let back = agent.events(Some(&names[0])).into_iter().find(|e| e.kind == "set_pins").unwrap();
+    assert!(back.text.contains("back on its own CPUs"), "{back:?}");
     for g in guests {
         g.cpu_workload(0, 1).unwrap();
         g.remove().unwrap();
