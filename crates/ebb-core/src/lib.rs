@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod memory;
+pub mod devices;
 pub mod model;
 pub mod needs;
 pub mod power;
