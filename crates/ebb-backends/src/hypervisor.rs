@@ -1,6 +1,7 @@
 //! The `Hypervisor` trait: what the agent needs from whatever runs the VMs.
 
 use ebb_core::{Bytes, Tune, Observation, VmId};
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HvError {
@@ -56,6 +57,13 @@ pub trait Hypervisor: Send {
     /// ebb's settings element from the domain's `<metadata>`, as XML text,
     /// or None when the domain carries none.
     fn ebb_metadata(&mut self, vm: &VmId) -> Result<Option<String>, HvError>;
+
+    /// The host files and block devices behind the domain's disks (its
+    /// images), so the host never puts their disk in standby under it.
+    /// Network disks (RBD, iSCSI, …) have no host file and are left out.
+    fn disk_sources(&mut self, vm: &VmId) -> Result<Vec<PathBuf>, HvError> {
+        Err(unsupported("read disk sources", vm))
+    }
 
     /// A running domain's live CPU weight and cap (virDomainGetSchedulerParameters).
     /// One call per VM: read when a VM appears and after a change.
