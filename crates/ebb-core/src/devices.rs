@@ -274,9 +274,15 @@ impl DevicePolicy {
         self.low_since = Some(now);
     }
 
-    /// What ebb found is back.
-    pub fn cpu_restored(&mut self) {
-        self.changes = None;
+    /// What ebb found is back on these CPUs (a failed write leaves the
+    /// others' changes held, to try again).
+    pub fn cpu_restored(&mut self, cpus: &[u32]) {
+        if let Some(changes) = &mut self.changes {
+            changes.retain(|c| !cpus.contains(&c.applied.cpu));
+            if changes.is_empty() {
+                self.changes = None;
+            }
+        }
     }
 
     /// The disk decision for this tick. `guards`: disk → the running VMs
@@ -377,7 +383,7 @@ mod tests {
                 for s in settings {
                     write(cpus, s);
                 }
-                p.cpu_restored();
+                p.cpu_restored(&settings.iter().map(|s| s.cpu).collect::<Vec<_>>());
             }
             _ => {}
         }
