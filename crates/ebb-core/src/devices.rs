@@ -107,7 +107,7 @@ impl CpuFreq {
     /// What saving power means for this CPU; None when it saves already.
     pub fn saving(&self, cfg: &DeviceConfig) -> Option<CpuChange> {
         let found = CpuSetting { cpu: self.cpu, governor: Some(self.governor.clone()), max_khz: Some(self.max_khz) };
-        let applied = if self.governors.iter().any(|g| *g == cfg.governor) {
+        let applied = if self.governors.contains(&cfg.governor) {
             (self.governor != cfg.governor).then(|| CpuSetting { cpu: self.cpu, governor: Some(cfg.governor.clone()), max_khz: None })
         } else {
             let cap = ((self.hw_max_khz as f64 * cfg.max_freq_fraction) as u64).max(self.hw_min_khz);

@@ -27,6 +27,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+/// A running domain and its disk sources, when they were due to be read.
+type DiskSources = (VmId, Option<Result<Vec<PathBuf>, HvError>>);
+/// The disks, the running VMs whose images each holds, and the images
+/// whose disk is unknown (in words).
+type DiskRead = (Vec<DiskSample>, BTreeMap<String, Vec<VmId>>, Vec<String>);
+
 /// Opens a hypervisor connection; called again after the connection is lost.
 pub type Connector = Box<dyn Fn(&str) -> Result<Box<dyn Hypervisor>, HvError> + Send + Sync>;
 
@@ -393,7 +399,7 @@ impl Agent {
             .with_hv(move |hv| {
                 let mut obs = hv.observe()?;
                 let running: Vec<VmId> = obs.vms.iter().filter(|v| v.state == VmState::Running).map(|v| v.id.clone()).collect();
-                let sources: Vec<(VmId, Option<Result<Vec<PathBuf>, HvError>>)> =
+                let sources: Vec<DiskSources> =
                     running.into_iter().map(|id| {
                         let s = needs_sources(&id).then(|| hv.disk_sources(&id));
                         (id, s)
@@ -722,7 +728,7 @@ impl Agent {
 
     /// Keeps the disk sources read this tick; a domain that no longer runs
     /// holds no disk.
-    fn note_disk_sources(&mut self, sources: Vec<(VmId, Option<Result<Vec<PathBuf>, HvError>>)>, at: Millis) {
+    fn note_disk_sources(&mut self, sources: Vec<DiskSources>, at: Millis) {
         self.vm_disks.retain(|id, _| sources.iter().any(|(s, _)| s == id));
         for (vm, read) in sources {
             match read {
@@ -749,11 +755,10 @@ impl Agent {
             return;
         }
         let images: Vec<(VmId, Result<Vec<PathBuf>, String>)> = self.vm_disks.iter().map(|(vm, (r, _))| (vm.clone(), r.clone())).collect();
-        type Disks = (Vec<DiskSample>, BTreeMap<String, Vec<VmId>>, Vec<String>);
         let Some((cpus, disks)) = self
             .with_platform(move |p| {
                 let cpus = want_cpu.then(|| p.cpufreq().map_err(|e| e.to_string()));
-                let disks = want_disks.then(|| -> Result<Disks, String> {
+                let disks = want_disks.then(|| -> Result<DiskRead, String> {
                     let disks = p.disks().map_err(|e| e.to_string())?;
                     let (mut guards, mut unknown) = (BTreeMap::<String, Vec<VmId>>::new(), vec![]);
                     for (vm, files) in images {
@@ -925,7 +930,7 @@ impl Agent {
 
     async fn disks_tick(
         &mut self,
-        read: Result<(Vec<DiskSample>, BTreeMap<String, Vec<VmId>>, Vec<String>), String>,
+        read: Result<DiskRead, String>,
         cfg: &DeviceConfig,
         view: &mut DevicesView,
         at: Millis,
