@@ -488,6 +488,22 @@ mod tests {
     }
 
     #[test]
+    fn a_partly_failed_restore_keeps_the_rest_to_try_again() {
+        let (mut p, cfg) = (DevicePolicy::new(), cfg());
+        let mut cpus = vec![cpu(0, "performance", &["performance", "powersave"]), cpu(1, "performance", &["performance", "powersave"])];
+        p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(0));
+        let d = p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(10_000));
+        apply(&mut p, &mut cpus, &d);
+        // cpu0 was written back, cpu1's write failed.
+        cpus[0].governor = "performance".into();
+        p.cpu_restored(&[0]);
+        let d = p.decide_cpu(Some(0.9), &cpus, &cfg, Millis(11_000));
+        assert!(d.taken_over.is_empty());
+        let Some(DeviceAction::CpuRestore { settings, .. }) = &d.action else { panic!("{:?}", d.action) };
+        assert_eq!(settings.iter().map(|s| s.cpu).collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
     fn a_value_someone_else_writes_is_left_alone() {
         let (mut p, cfg) = (DevicePolicy::new(), cfg());
         let mut cpus = vec![cpu(0, "performance", &["performance", "powersave", "ondemand"]), cpu(1, "performance", &["performance", "powersave"])];

@@ -758,31 +758,7 @@ impl Agent {
         let Some((cpus, disks)) = self
             .with_platform(move |p| {
                 let cpus = want_cpu.then(|| p.cpufreq().map_err(|e| e.to_string()));
-                let disks = want_disks.then(|| -> Result<DiskRead, String> {
-                    let disks = p.disks().map_err(|e| e.to_string())?;
-                    let (mut guards, mut unknown) = (BTreeMap::<String, Vec<VmId>>::new(), vec![]);
-                    for (vm, files) in images {
-                        let files = match files {
-                            Ok(f) => f,
-                            Err(e) => {
-                                unknown.push(format!("{vm}'s images (its disks could not be read: {e})"));
-                                continue;
-                            }
-                        };
-                        for file in files {
-                            match p.disks_of(&file) {
-                                Ok(names) if names.is_empty() => unknown.push(format!("{vm}'s {}", file.display())),
-                                Ok(names) => names.into_iter().for_each(|n| guards.entry(n).or_default().push(vm.clone())),
-                                Err(e) => unknown.push(format!("{vm}'s {} ({e})", file.display())),
-                            }
-                        }
-                    }
-                    for vms in guards.values_mut() {
-                        vms.sort();
-                        vms.dedup();
-                    }
-                    Ok((disks, guards, unknown))
-                });
+                let disks = want_disks.then(|| read_disks(p, images));
                 (cpus, disks)
             })
             .await
@@ -1547,6 +1523,34 @@ fn placeholder_status() -> Status {
         journal: String::new(),
         power: None,
     }
+}
+
+/// The disks with their counters, and which running VMs' images each
+/// holds; an image whose disk cannot be told holds every disk (in words).
+fn read_disks(p: &mut dyn Platform, images: Vec<(VmId, Result<Vec<PathBuf>, String>)>) -> Result<DiskRead, String> {
+    let disks = p.disks().map_err(|e| e.to_string())?;
+    let (mut guards, mut unknown) = (BTreeMap::<String, Vec<VmId>>::new(), vec![]);
+    for (vm, files) in images {
+        let files = match files {
+            Ok(f) => f,
+            Err(e) => {
+                unknown.push(format!("{vm}'s images (its disks could not be read: {e})"));
+                continue;
+            }
+        };
+        for file in files {
+            match p.disks_of(&file) {
+                Ok(names) if names.is_empty() => unknown.push(format!("{vm}'s {}", file.display())),
+                Ok(names) => names.into_iter().for_each(|n| guards.entry(n).or_default().push(vm.clone())),
+                Err(e) => unknown.push(format!("{vm}'s {} ({e})", file.display())),
+            }
+        }
+    }
+    for vms in guards.values_mut() {
+        vms.sort();
+        vms.dedup();
+    }
+    Ok((disks, guards, unknown))
 }
 
 /// "cpu0 governor performance → powersave, cpu1 max 3000 → 1500 MHz".
