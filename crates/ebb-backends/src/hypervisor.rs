@@ -2,6 +2,7 @@
 
 use ebb_core::affinity::{CpuSet, HostCpuTime};
 use ebb_core::{Bytes, Observation, Tune, VmId};
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HvError {
@@ -57,6 +58,13 @@ pub trait Hypervisor: Send {
     /// ebb's settings element from the domain's `<metadata>`, as XML text,
     /// or None when the domain carries none.
     fn ebb_metadata(&mut self, vm: &VmId) -> Result<Option<String>, HvError>;
+
+    /// The host files and block devices behind the domain's disks (its
+    /// images), so the host never puts their disk in standby under it.
+    /// Network disks (RBD, iSCSI, …) have no host file and are left out.
+    fn disk_sources(&mut self, vm: &VmId) -> Result<Vec<PathBuf>, HvError> {
+        Err(unsupported("read disk sources", vm))
+    }
 
     /// A running domain's live CPU weight and cap (virDomainGetSchedulerParameters).
     /// One call per VM: read when a VM appears and after a change.

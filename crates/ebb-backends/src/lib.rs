@@ -6,6 +6,7 @@
 // virConnectGetAllDomainStats' records raw) and allows unsafe there alone.
 #![deny(unsafe_code)]
 
+pub mod devices;
 pub mod hypervisor;
 pub mod nut;
 pub mod platform;

@@ -30,6 +30,7 @@
 //!   managedsave with OPERATION_INVALID, as QEMU does.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use std::fmt::Write as _;
 
@@ -262,6 +263,44 @@ fn xml_has_balloon(xml: &str) -> bool {
     let tag = &xml[start..];
     let tag = &tag[..tag.find('>').unwrap_or(tag.len())];
     !(tag.contains("model='none'") || tag.contains("model=\"none\""))
+}
+
+/// The host files and devices behind a domain's `<disk>` elements: each
+/// `<source file=…>` or `<source dev=…>`, backing images included. Network
+/// and pool-volume sources have no host path and are left out.
+fn xml_disk_sources(xml: &str) -> Result<Vec<PathBuf>, String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let (mut depth_in_disk, mut out) = (0usize, vec![]);
+    loop {
+        let ev = reader.read_event().map_err(|e| format!("the domain XML is not well-formed: {e}"))?;
+        let (e, empty) = match ev {
+            Event::Start(e) => (e, false),
+            Event::Empty(e) => (e, true),
+            Event::End(_) if depth_in_disk > 0 => {
+                depth_in_disk -= 1;
+                continue;
+            }
+            Event::Eof => break,
+            _ => continue,
+        };
+        let name = e.local_name();
+        if depth_in_disk == 0 && name.as_ref() != b"disk" {
+            continue;
+        }
+        if name.as_ref() == b"source" {
+            for attr in e.attributes().flatten() {
+                if matches!(attr.key.as_ref(), b"file" | b"dev") {
+                    let v = attr.unescape_value().map_err(|e| format!("a disk source in the domain XML is malformed: {e}"))?;
+                    out.push(PathBuf::from(v.as_ref()));
+                }
+            }
+        }
+        if !empty {
+            depth_in_disk += 1;
+        }
+    }
+    Ok(out)
 }
 
 fn vm_state(state: Option<i64>) -> VmState {
@@ -521,6 +560,13 @@ impl Hypervisor for LibvirtHypervisor {
             Err(e) if code_is(&e, ErrorNumber::NoDomainMetadata) => Ok(None),
             Err(e) => Err(self.vm_error("read metadata", vm, e)),
         }
+    }
+
+    fn disk_sources(&mut self, vm: &VmId) -> Result<Vec<PathBuf>, HvError> {
+        let _span = debug_span!("disk_sources", vm = %vm).entered();
+        let dom = self.lookup("read disk sources", vm)?;
+        let xml = dom.xml_desc(0).map_err(|e| self.vm_error("read disk sources", vm, e))?;
+        xml_disk_sources(&xml).map_err(|detail| HvError::Operation { op: "read disk sources", vm: vm.clone(), detail })
     }
 
     fn tune(&mut self, vm: &VmId) -> Result<Tune, HvError> {
@@ -915,6 +961,22 @@ mod tests {
         assert_eq!(stats_or_recent(None, None, t0), None);
     }
     use super::*;
+
+    #[test]
+    fn disk_sources_from_xml() {
+        let xml = "<domain><devices>
+            <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+              <source file='/var/lib/libvirt/images/a&amp;b.qcow2' index='2'/>
+              <backingStore type='file'><format type='raw'/><source file='/srv/base.raw'/><backingStore/></backingStore>
+              <target dev='vda' bus='virtio'/></disk>
+            <disk type='block' device='disk'><source dev='/dev/sdc'/><target dev='vdb'/></disk>
+            <disk type='network' device='disk'><source protocol='rbd' name='pool/img'><host name='ceph'/></source></disk>
+            <serial type='file'><source path='/var/log/console.log'/></serial>
+            </devices></domain>";
+        let got = xml_disk_sources(xml).unwrap();
+        assert_eq!(got, ["/var/lib/libvirt/images/a&b.qcow2", "/srv/base.raw", "/dev/sdc"].map(PathBuf::from));
+        assert!(xml_disk_sources("<domain><disk><source file='x'></disk>").is_err());
+    }
 
     #[test]
     fn balloon_from_xml() {

@@ -1,13 +1,15 @@
 //! The `Platform` trait: the host's side of power (DESIGN.md): where its
-//! power comes from (a UPS through NUT, batteries and mains through sysfs)
-//! and the dangerous actions (power off), which run only when configured.
-//! Without a configured command a power-off is recorded, not run: tests and
-//! a careful first deployment see the decision without losing the host.
+//! power comes from (a UPS through NUT, batteries and mains through sysfs),
+//! its devices (CPU frequency and disks in sysfs), and the dangerous actions
+//! (power off, disk standby), which run only when configured. Without a
+//! configured command they are recorded, not run: tests and a careful first
+//! deployment see the decision without losing the host or waking a disk.
 
+use crate::devices;
 use crate::nut::{NutClient, NutError};
+use ebb_core::devices::{CpuFreq, CpuSetting, DiskSample};
 use ebb_core::power::{rapl_watts, Measured, PowerReading, Watts};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -17,6 +19,10 @@ pub enum PlatformError {
     Nut(#[from] NutError),
     #[error("cannot read {}: {source}", path.display())]
     Sysfs { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {value:?} to {}: {source}", path.display())]
+    Write { path: PathBuf, value: String, source: std::io::Error },
+    #[error("no CPU under {} has cpufreq (no frequency scaling driver, as in most VMs): ebb leaves the CPU frequency alone", path.display())]
+    NoCpufreq { path: PathBuf },
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
 }
@@ -27,6 +33,16 @@ pub trait Platform: Send {
     fn power(&mut self) -> Result<Option<PowerReading>, PlatformError>;
     /// Powers the host down. Returns what was done, in words.
     fn power_off(&mut self) -> Result<String, PlatformError>;
+    /// Every online CPU's frequency scaling.
+    fn cpufreq(&mut self) -> Result<Vec<CpuFreq>, PlatformError>;
+    /// Writes one CPU's governor and/or frequency cap.
+    fn set_cpufreq(&mut self, setting: &CpuSetting) -> Result<(), PlatformError>;
+    /// The disks that can spin down, with their I/O counters.
+    fn disks(&mut self) -> Result<Vec<DiskSample>, PlatformError>;
+    /// The whole disks that hold `file` (empty when none is known).
+    fn disks_of(&mut self, file: &Path) -> Result<Vec<String>, PlatformError>;
+    /// Puts a disk in standby (ATA STANDBY IMMEDIATE). Returns what was done, in words.
+    fn disk_standby(&mut self, disk: &str) -> Result<String, PlatformError>;
     /// The host's draw as measured on the host itself (RAPL); None where
     /// nothing measures it, and at the first call (a rate needs two).
     fn measured(&mut self) -> Result<Option<Measured>, PlatformError> {
@@ -44,11 +60,15 @@ pub struct UpsAddress {
 /// The real host: NUT and sysfs for readings, a configured command for power-off.
 pub struct HostPlatform {
     pub ups: Option<UpsAddress>,
-    /// Root under which `class/power_supply` is read (`/sys`; a test tree in tests).
+    /// Root under which `class/power_supply`, cpufreq and the disks are
+    /// read (`/sys`; a test tree in tests).
     pub sysfs: PathBuf,
     /// The command that powers the host down; None: recorded, not run.
     pub power_off_command: Option<Vec<String>>,
-    /// Every power-off asked for, in words (what ran, or what would have).
+    /// The command that puts a disk in standby, given `/dev/NAME` after its
+    /// arguments (`hdparm -y`); None: recorded, not run.
+    pub disk_standby_command: Option<Vec<String>>,
+    /// Every power-off and standby asked for, in words (what ran, or what would have).
     pub recorded: Arc<Mutex<Vec<String>>>,
     /// The last RAPL reading: when, and each package's counter.
     pub rapl_last: Option<(Instant, Vec<RaplZone>)>,
@@ -60,6 +80,29 @@ pub struct RaplZone {
     pub name: String,
     pub energy_uj: u64,
     pub range_uj: u64,
+}
+
+impl HostPlatform {
+    /// The command line a standby of `disk` runs.
+    pub fn standby_argv(command: &[String], disk: &str) -> Vec<String> {
+        let mut argv = command.to_vec();
+        argv.push(format!("/dev/{disk}"));
+        argv
+    }
+}
+
+/// Runs a configured command; its stderr is the detail when it fails.
+fn run(what: &str, argv: &[String]) -> Result<String, PlatformError> {
+    let (prog, args) = argv.split_first().ok_or_else(|| PlatformError::Command { what: what.into(), detail: "the command is empty".into() })?;
+    let line = argv.join(" ");
+    let out = std::process::Command::new(prog)
+        .args(args)
+        .output()
+        .map_err(|e| PlatformError::Command { what: format!("running {line}"), detail: e.to_string() })?;
+    if !out.status.success() {
+        return Err(PlatformError::Command { what: format!("{line} ({})", out.status), detail: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    Ok(format!("ran {line}"))
 }
 
 impl Platform for HostPlatform {
@@ -83,23 +126,32 @@ impl Platform for HostPlatform {
     fn power_off(&mut self) -> Result<String, PlatformError> {
         let done = match &self.power_off_command {
             None => "recorded a power-off (no power_off_command is configured, so the host stays up)".to_string(),
-            Some(cmd) => {
-                let (prog, args) = cmd.split_first().ok_or_else(|| PlatformError::Command {
-                    what: "power off".into(),
-                    detail: "power_off_command is empty".into(),
-                })?;
-                let out = Command::new(prog).args(args).output().map_err(|e| PlatformError::Command {
-                    what: format!("running {}", cmd.join(" ")),
-                    detail: e.to_string(),
-                })?;
-                if !out.status.success() {
-                    return Err(PlatformError::Command {
-                        what: format!("{} ({})", cmd.join(" "), out.status),
-                        detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                    });
-                }
-                format!("ran {}", cmd.join(" "))
-            }
+            Some(cmd) => run("power off", cmd)?,
+        };
+        self.recorded.lock().expect("recorded").push(done.clone());
+        Ok(done)
+    }
+
+    fn cpufreq(&mut self) -> Result<Vec<CpuFreq>, PlatformError> {
+        devices::read_cpufreq(&self.sysfs)
+    }
+
+    fn set_cpufreq(&mut self, setting: &CpuSetting) -> Result<(), PlatformError> {
+        devices::write_cpufreq(&self.sysfs, setting)
+    }
+
+    fn disks(&mut self) -> Result<Vec<DiskSample>, PlatformError> {
+        devices::read_disks(&self.sysfs)
+    }
+
+    fn disks_of(&mut self, file: &Path) -> Result<Vec<String>, PlatformError> {
+        devices::disks_of(&self.sysfs, file)
+    }
+
+    fn disk_standby(&mut self, disk: &str) -> Result<String, PlatformError> {
+        let done = match &self.disk_standby_command {
+            None => format!("recorded a standby of {disk} (no disk_standby_command is configured, so it keeps spinning)"),
+            Some(cmd) => run("disk standby", &HostPlatform::standby_argv(cmd, disk))?,
         };
         self.recorded.lock().expect("recorded").push(done.clone());
         Ok(done)
@@ -228,6 +280,47 @@ mod tests {
         assert!(r.on_battery && r.source == "sysfs BAT0", "{r:?}");
     }
 
+    fn host(sysfs: &Path) -> HostPlatform {
+        HostPlatform { ups: None, sysfs: sysfs.to_owned(), power_off_command: None, disk_standby_command: None, recorded: Default::default(), rapl_last: None }
+    }
+
+    #[test]
+    fn disk_standby_runs_hdparm_on_the_device_only_when_configured() {
+        let mut p = host(Path::new("/nonexistent"));
+        assert_eq!(HostPlatform::standby_argv(&["hdparm".into(), "-y".into()], "sdb"), ["hdparm", "-y", "/dev/sdb"]);
+        assert!(p.disk_standby("sdb").unwrap().starts_with("recorded a standby of sdb"));
+        p.disk_standby_command = Some(vec!["echo".into(), "-y".into()]);
+        assert_eq!(p.disk_standby("sdb").unwrap(), "ran echo -y /dev/sdb");
+        p.disk_standby_command = Some(vec!["false".into()]);
+        assert!(p.disk_standby("sdb").unwrap_err().to_string().contains("false /dev/sdb"));
+        assert_eq!(p.recorded.lock().unwrap().len(), 2);
+    }
+
+    /// chattr +i makes a file unwritable even for root; undone on drop.
+    struct Immutable(PathBuf);
+    impl Drop for Immutable {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn an_unwritable_cpufreq_file_is_named_and_the_value_stays() {
+        let t = tempfile::tempdir().unwrap();
+        crate::devices::tests::cpu(t.path(), 0, "performance", "performance powersave");
+        let gov = t.path().join("devices/system/cpu/cpu0/cpufreq/scaling_governor");
+        let ok = std::process::Command::new("chattr").arg("+i").arg(&gov).status().is_ok_and(|s| s.success());
+        let _undo = Immutable(gov.clone());
+        if !ok {
+            // Without chattr (or on a filesystem without attributes) only a non-root user sees a read-only file.
+            std::fs::set_permissions(&gov, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+        }
+        let mut p = host(t.path());
+        let e = p.set_cpufreq(&CpuSetting { cpu: 0, governor: Some("powersave".into()), max_khz: None }).unwrap_err().to_string();
+        assert!(e.contains("cannot write \"powersave\"") && e.contains("cpu0/cpufreq/scaling_governor"), "{e}");
+        assert_eq!(p.cpufreq().unwrap()[0].governor, "performance");
+    }
+
     #[test]
     fn rapl_packages_measure_the_draw_and_a_bad_counter_is_named() {
         let t = tempfile::tempdir().unwrap();
@@ -237,7 +330,7 @@ mod tests {
             std::fs::write(d.join("energy_uj"), format!("{uj}\n")).unwrap();
             std::fs::write(d.join("max_energy_range_uj"), "262143328850\n").unwrap();
         };
-        let mut p = HostPlatform { ups: None, sysfs: t.path().into(), power_off_command: None, recorded: Default::default(), rapl_last: None };
+        let mut p = host(t.path());
         assert_eq!(p.measured().unwrap(), None, "no powercap: nothing measured");
         zone("intel-rapl:0", 1_000_000);
         zone("intel-rapl:0:0", 500_000); // the cores, inside package 0: not counted twice
@@ -256,7 +349,7 @@ mod tests {
 
     #[test]
     fn power_off_runs_only_a_configured_command() {
-        let mut p = HostPlatform { ups: None, sysfs: PathBuf::from("/nonexistent"), power_off_command: None, recorded: Default::default(), rapl_last: None };
+        let mut p = host(Path::new("/nonexistent"));
         assert!(p.power_off().unwrap().contains("recorded"));
         p.power_off_command = Some(vec!["true".into()]);
         assert_eq!(p.power_off().unwrap(), "ran true");

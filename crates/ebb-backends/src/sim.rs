@@ -55,6 +55,8 @@ pub struct SimVm {
     pub vcpus: u32,
     /// Its live CPU weight and cap.
     pub tune: Tune,
+    /// The host files behind its disks.
+    pub disks: Vec<std::path::PathBuf>,
 }
 
 impl SimVm {
@@ -76,6 +78,7 @@ impl SimVm {
             cpu_load: 0.0,
             vcpus: 1,
             tune: Tune { shares: 1024, quota_us: None, period_us: 100_000, io_weight: Some(500) },
+            disks: vec![],
         }
     }
 }
@@ -517,6 +520,13 @@ impl Hypervisor for SimHypervisor {
         Self::gate(&mut w)?;
         let g = w.guests.get(vm).ok_or_else(|| HvError::NoSuchVm(vm.clone()))?;
         Ok(g.vm.metadata.clone())
+    }
+
+    fn disk_sources(&mut self, vm: &VmId) -> Result<Vec<std::path::PathBuf>, HvError> {
+        let mut w = self.world();
+        Self::gate(&mut w)?;
+        let g = w.guests.get(vm).ok_or_else(|| HvError::NoSuchVm(vm.clone()))?;
+        Ok(g.vm.disks.clone())
     }
 
     fn tune(&mut self, vm: &VmId) -> Result<Tune, HvError> {

@@ -262,3 +262,10 @@ fn a_transient_domain_cannot_be_saved() {
     hv.pause(&VmId::new(name)).expect("a transient domain can be paused");
     let _ = hv.connection().lookup_domain_by_name(name).and_then(|d| d.destroy());
 }
+
+#[test]
+fn disk_sources_of_the_default_domain() {
+    let mut hv = connect();
+    assert_eq!(hv.disk_sources(&VmId::new("test")).unwrap(), vec![std::path::PathBuf::from("/guest/diskimage1")]);
+    assert!(matches!(hv.disk_sources(&VmId::new("no-such-domain")), Err(HvError::NoSuchVm(_))));
+}

@@ -5,6 +5,7 @@
 
 pub mod affinity;
 pub mod memory;
+pub mod devices;
 pub mod model;
 pub mod needs;
 pub mod power;

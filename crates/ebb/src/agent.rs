@@ -4,7 +4,7 @@
 //! channel. Runtime faults (libvirtd gone, a VM vanishing, a failed call)
 //! are journaled and shown; they never stop the agent.
 
-use crate::api_types::{Connection, PlanView, PowerStatus, SleepRecord, Snapshot, Status, SurrogateView, VmInfo};
+use crate::api_types::{Connection, CpufreqView, DevicesView, DisksView, PlanView, PowerStatus, SleepRecord, Snapshot, Status, SurrogateView, VmInfo};
 use crate::config::Config;
 use crate::journal::{Entry, Journal};
 use crate::settings::{self, MetadataSettings, Resolved};
@@ -12,6 +12,7 @@ use ebb_backends::nut::NutClient;
 use ebb_backends::platform::{HostPlatform, Platform, UpsAddress};
 use ebb_backends::{HvError, Hypervisor};
 use ebb_core::affinity::{AffinityConfig, AffinityPolicy, AffinityView, AffinityVm, CpuSet, Pins};
+use ebb_core::devices::{CpuChange, CpuFreq, CpuSetting, DeviceAction, DeviceConfig, DevicePolicy, DiskSample};
 use ebb_core::power::{plan_power_drop, Candidate, LowBattery, Measured, PowerPlan, PowerReading, PowerState, Watts};
 use ebb_core::memory::{MemoryConfig, MemoryDecision, MemoryPolicy, VmMemoryView};
 use ebb_core::needs::{HourNeeds, VmNeeds};
@@ -20,10 +21,18 @@ use ebb_core::sleep::{SleepDecision, SleepPolicy, SleepSettings, SurrogateTraffi
 use ebb_surrogate::{Surrogate, SurrogateEvent, VmPower};
 use ebb_core::{Action, Bytes, Millis, Observation, Reason, Rule, SleepMode, Tune, VmId, VmObservation, VmState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
+
+/// A running domain and its disk sources, when they were due to be read.
+type DiskSources = (VmId, Option<Result<Vec<PathBuf>, HvError>>);
+/// The disks, the running VMs whose images each holds, and the images
+/// whose disk is unknown (in words).
+type DiskRead = (Vec<DiskSample>, BTreeMap<String, Vec<VmId>>, Vec<String>);
 
 /// Opens a hypervisor connection; called again after the connection is lost.
 pub type Connector = Box<dyn Fn(&str) -> Result<Box<dyn Hypervisor>, HvError> + Send + Sync>;
@@ -48,6 +57,9 @@ const NEEDS_FLUSH: Duration = Duration::from_secs(60);
 /// How often a running domain's CPU tune is re-read, to notice a change
 /// made with `virsh schedinfo` (ebb's own changes update it at once).
 const TUNE_REFRESH: Duration = Duration::from_secs(30);
+/// How often a running domain's disk sources are re-read (for the disk
+/// standby guard; a new domain's are read when it appears).
+const DISK_SOURCES_REFRESH: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -128,6 +140,15 @@ pub struct Agent {
     model_draw: Option<Watts>,
     /// …and as RAPL measures it, or why it could not.
     measured: Result<Option<Measured>, String>,
+    /// Device power: CPU frequency and disk standby (the seed's Figure 2).
+    devices: DevicePolicy,
+    device_cfg: DeviceConfig,
+    devices_view: Option<DevicesView>,
+    /// The last failed restore of the CPUs, journaled once.
+    last_restore_error: Option<String>,
+    /// Every running domain's disk sources (all domains, not only ebb's:
+    /// no disk goes to standby under any VM), and when they were read.
+    vm_disks: HashMap<VmId, (Result<Vec<PathBuf>, String>, Millis)>,
     commands: mpsc::Receiver<Command>,
     /// Stands in for the VMs' declared services (`[[vm.NAME.service]]`).
     surrogate: Surrogate,
@@ -206,9 +227,15 @@ impl Agent {
             ups: platform,
             sysfs: cfg.power.sysfs.clone(),
             power_off_command: cfg.power.power_off_command.clone(),
+            disk_standby_command: cfg.power.devices.disk_standby_command.clone(),
             recorded: Default::default(),
             rapl_last: None,
         });
+        let mut devices = DevicePolicy::new();
+        match journal.cpu_changes() {
+            Ok(changes) => devices.resume_cpu(changes),
+            Err(e) => warn!("could not read the CPU frequency changes from the journal: {e}"),
+        }
         let critical = journal.critical().unwrap_or_else(|e| {
             warn!("could not read the critical flags from the journal: {e}");
             vec![]
@@ -262,6 +289,11 @@ impl Agent {
             plan: None,
             model_draw: None,
             measured: Ok(None),
+            devices,
+            device_cfg: cfg.power.devices.policy_config(),
+            devices_view: None,
+            last_restore_error: None,
+            vm_disks: HashMap::new(),
             sleeping,
             commands,
             surrogate,
@@ -387,6 +419,7 @@ impl Agent {
             }
         }
         self.flush_needs(now());
+        self.give_back_cpus(now()).await;
         self.journal_event(None, "stopped", "ebb stopped");
         info!("ebb stopped");
     }
@@ -404,11 +437,18 @@ impl Agent {
         let needs_metadata = self.metadata_due(at);
         let needs_tune = self.tune_due(at);
         let bounded: BTreeSet<VmId> = self.cfg.vm.keys().map(VmId::new).filter(|id| self.cpus_bound(id).is_some()).collect();
+        let needs_sources = self.disk_sources_due(at);
         let filter = self.cfg.agent.clone();
         let in_flight = self.in_flight.clone();
         let Some(result) = self
             .with_hv(move |hv| {
                 let mut obs = hv.observe()?;
+                let running: Vec<VmId> = obs.vms.iter().filter(|v| v.state == VmState::Running).map(|v| v.id.clone()).collect();
+                let sources: Vec<DiskSources> =
+                    running.into_iter().map(|id| {
+                        let s = needs_sources(&id).then(|| hv.disk_sources(&id));
+                        (id, s)
+                    }).collect();
                 obs.vms.retain(|vm| filter.is_ebbs(vm.id.as_str()));
                 // The bulk size of a moving balloon lags up to a second: read
                 // those few live, so each step is seen landing at once.
@@ -445,13 +485,13 @@ impl Agent {
                     })
                     .collect();
                 let host_cpus = if pins.is_empty() { vec![] } else { hv.host_cpu_times().unwrap_or_default() };
-                Ok::<_, HvError>((obs, metadata, tunes, (pins, host_cpus)))
+                Ok::<_, HvError>((obs, metadata, tunes, sources, (pins, host_cpus)))
             })
             .await
         else {
             return false;
         };
-        let (mut obs, metadata, tunes, (pins, host_cpus)) = match result {
+        let (mut obs, metadata, tunes, sources, (pins, host_cpus)) = match result {
             Ok(r) => r,
             Err(e) => {
                 self.lost_connection(at, &e);
@@ -483,6 +523,7 @@ impl Agent {
         for vm in &mut obs.vms {
             vm.tune = self.live_tunes.get(&vm.id).map(|(t, _)| *t);
         }
+        self.note_disk_sources(sources, at);
         self.note_vm_changes(&obs, at);
         self.note_power_changes(&obs, at);
         // A failed wake refused its held clients; a tick later the next
@@ -543,6 +584,7 @@ impl Agent {
         self.plan = self.cfg.power.budget.map(|b| self.power_plan(&obs, realloc.as_ref(), Watts(b)));
         self.model_draw = realloc.as_ref().map(|d| self.model_draw(&obs, d));
         self.power_tick(&obs, at).await;
+        self.devices_tick(&obs, at).await;
         if let Some(d) = &realloc {
             self.record_needs(&obs, d, at);
         }
@@ -770,6 +812,247 @@ impl Agent {
             .filter_map(|(v, view)| Some(view.rates?.cpu.min(f64::from(v.activity?.vcpus.max(1)))))
             .sum();
         self.cfg.power.model().host(cpu / f64::from(obs.host_cpus.max(1)))
+    }
+
+    /// Which running domains' disk sources to read this tick: only with
+    /// disk standby on, for a domain not read yet or read a while ago.
+    fn disk_sources_due(&self, at: Millis) -> impl Fn(&VmId) -> bool + Send + 'static {
+        let on = self.device_cfg.disk_idle_after_ms.is_some();
+        let fresh: BTreeSet<VmId> = self
+            .vm_disks
+            .iter()
+            .filter(|(_, (_, read))| at.since(*read) < DISK_SOURCES_REFRESH.as_millis() as u64)
+            .map(|(id, _)| id.clone())
+            .collect();
+        move |id| on && !fresh.contains(id)
+    }
+
+    /// Keeps the disk sources read this tick; a domain that no longer runs
+    /// holds no disk.
+    fn note_disk_sources(&mut self, sources: Vec<DiskSources>, at: Millis) {
+        self.vm_disks.retain(|id, _| sources.iter().any(|(s, _)| s == id));
+        for (vm, read) in sources {
+            match read {
+                Some(Err(HvError::NoSuchVm(_))) => {
+                    self.vm_disks.remove(&vm);
+                }
+                Some(r) => {
+                    self.vm_disks.insert(vm, (r.map_err(|e| e.to_string()), at));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Device power (the seed's Figure 2): reads cpufreq and the disks off
+    /// the runtime, decides, and writes or runs what the decision asks.
+    async fn devices_tick(&mut self, obs: &Observation, at: Millis) {
+        let cfg = self.device_cfg.clone();
+        let vms_use = self.devices.observe(obs);
+        let want_cpu = cfg.cpufreq || self.devices.cpu_changes().is_some();
+        let want_disks = cfg.disk_idle_after_ms.is_some();
+        if !want_cpu && !want_disks {
+            self.devices_view = None;
+            return;
+        }
+        let images: Vec<(VmId, Result<Vec<PathBuf>, String>)> = self.vm_disks.iter().map(|(vm, (r, _))| (vm.clone(), r.clone())).collect();
+        let Some((cpus, disks)) = self
+            .with_platform(move |p| {
+                let cpus = want_cpu.then(|| p.cpufreq().map_err(|e| e.to_string()));
+                let disks = want_disks.then(|| read_disks(p, images));
+                (cpus, disks)
+            })
+            .await
+        else {
+            return;
+        };
+        let mut view = self.devices_view.take().unwrap_or_default();
+        match cpus {
+            None => view.cpu = None,
+            Some(read) => self.cpu_tick(read, vms_use, &cfg, &mut view, at).await,
+        }
+        match disks {
+            None => view.disks = None,
+            Some(read) => self.disks_tick(read, &cfg, &mut view, at).await,
+        }
+        self.devices_view = Some(view);
+    }
+
+    async fn cpu_tick(&mut self, read: Result<Vec<CpuFreq>, String>, vms_use: Option<f64>, cfg: &DeviceConfig, view: &mut DevicesView, at: Millis) {
+        let cpu = view.cpu.get_or_insert_with(CpufreqView::default);
+        (cpu.enabled, cpu.cpu_low, cpu.cpu_high) = (cfg.cpufreq, cfg.cpu_low, cfg.cpu_high);
+        let mut cpus = match read {
+            Ok(cpus) => cpus,
+            Err(e) => {
+                if cpu.error.as_deref() != Some(&e) {
+                    warn!("cpufreq: {e}");
+                    self.journal_event(None, "cpufreq_failed", &e);
+                }
+                cpu.error = Some(e);
+                cpu.cpus.clear();
+                return;
+            }
+        };
+        cpu.error = None;
+        let d = self.devices.decide_cpu(vms_use, &cpus, cfg, at);
+        if !d.taken_over.is_empty() {
+            let list: Vec<String> = d.taken_over.iter().map(|c| format!("cpu{c}")).collect();
+            let text = format!("{} changed by someone else since ebb set it: left as it is, not given back", list.join(", "));
+            info!("cpufreq: {text}");
+            self.journal_event(None, "cpufreq", &text);
+            self.remember_cpu_changes(at);
+        }
+        let done = match d.action {
+            Some(DeviceAction::CpuSave { changes, reason }) => Some(self.cpu_save(changes, &reason, at).await),
+            Some(DeviceAction::CpuRestore { settings, reason }) => Some(self.cpu_restore(settings, &reason, at).await),
+            _ => None,
+        };
+        if let Some((written, text)) = done {
+            for s in &written {
+                if let Some(c) = cpus.iter_mut().find(|c| c.cpu == s.cpu) {
+                    c.governor = s.governor.clone().unwrap_or(std::mem::take(&mut c.governor));
+                    c.max_khz = s.max_khz.unwrap_or(c.max_khz);
+                }
+            }
+            view.cpufreq_changes_total += u64::from(!written.is_empty());
+            cpu.last_change = Some(format!("{} UTC {text}", crate::cli::clock(at)));
+        }
+        let changes = self.devices.cpu_changes().map(<[CpuChange]>::to_vec).unwrap_or_default();
+        cpu.policy = ebb_core::devices::CpuView { saving: !changes.is_empty(), changes, ..d.view };
+        cpu.cpus = cpus;
+    }
+
+    /// Writes each setting; the per-CPU outcome.
+    async fn write_cpus(&mut self, settings: Vec<CpuSetting>) -> Vec<(CpuSetting, Result<(), String>)> {
+        self.with_platform(move |p| settings.into_iter().map(|s| {
+            let r = p.set_cpufreq(&s).map_err(|e| e.to_string());
+            (s, r)
+        }).collect())
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Saves power on the CPUs: all of them or, when one write fails, none
+    /// (those written are given back). Returns what stays written and what
+    /// happened, in words.
+    async fn cpu_save(&mut self, changes: Vec<CpuChange>, reason: &str, at: Millis) -> (Vec<CpuSetting>, String) {
+        let results = self.write_cpus(changes.iter().map(|c| c.applied.clone()).collect()).await;
+        let failed = results.iter().find_map(|(_, r)| r.as_ref().err().cloned());
+        let what = describe_cpu_changes(&changes);
+        let (written, text, outcome) = match failed {
+            None => {
+                self.devices.cpu_saved(changes.clone());
+                self.remember_cpu_changes(at);
+                (changes.iter().map(|c| c.applied.clone()).collect(), format!("{reason}: {what}"), "ok".to_string())
+            }
+            Some(e) => {
+                let undo: Vec<CpuSetting> = changes.iter().zip(&results).filter(|(_, (_, r))| r.is_ok()).map(|(c, _)| c.undo()).collect();
+                let back = self.write_cpus(undo).await;
+                let stuck: Vec<String> = back.iter().filter(|(_, r)| r.is_err()).map(|(s, _)| format!("cpu{}", s.cpu)).collect();
+                self.devices.cpu_save_failed(at);
+                let left = if stuck.is_empty() { "the CPUs are as ebb found them".to_string() } else { format!("{} could not be given back", stuck.join(", ")) };
+                warn!("cpufreq: saving power failed: {e}");
+                (vec![], format!("{reason}, but a write failed: {e} ({left}; tried again after another hold)"), format!("failed: {e}"))
+            }
+        };
+        info!("cpufreq: {text}");
+        let entry = Entry { at, vm: None, kind: "cpufreq", rule: Some(Rule::Power.as_str()), text: &text, target: None, outcome: Some(&outcome) };
+        if let Err(e) = self.journal.record(&entry) {
+            warn!("{e}");
+        }
+        (written, text)
+    }
+
+    /// Writes back what ebb found; a CPU whose write fails keeps its change
+    /// (journaled) and is tried again next tick.
+    async fn cpu_restore(&mut self, settings: Vec<CpuSetting>, reason: &str, at: Millis) -> (Vec<CpuSetting>, String) {
+        let results = self.write_cpus(settings).await;
+        let (ok, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(|(_, r)| r.is_ok());
+        let written: Vec<CpuSetting> = ok.into_iter().map(|(s, _)| s).collect();
+        self.devices.cpu_restored(&written.iter().map(|s| s.cpu).collect::<Vec<_>>());
+        self.remember_cpu_changes(at);
+        let cpus: Vec<String> = written.iter().map(|s| format!("cpu{}", s.cpu)).collect();
+        let mut text = format!("{reason}: {} as found", if cpus.is_empty() { "no CPU".to_string() } else { cpus.join(", ") });
+        let outcome = match failed.first() {
+            None => "ok".to_string(),
+            Some((_, Err(e))) => {
+                let _ = write!(text, "; {} failed, tried again next tick", failed.len());
+                format!("failed: {e}")
+            }
+            Some(_) => unreachable!("partitioned by result"),
+        };
+        // A restore that keeps failing is journaled once per error, not every tick.
+        if outcome == "ok" || self.last_restore_error.as_deref() != Some(&outcome) {
+            info!("cpufreq: {text}");
+            let entry = Entry { at, vm: None, kind: "cpufreq", rule: Some(Rule::Power.as_str()), text: &text, target: None, outcome: Some(&outcome) };
+            if let Err(e) = self.journal.record(&entry) {
+                warn!("{e}");
+            }
+        }
+        self.last_restore_error = (outcome != "ok").then_some(outcome);
+        (written, text)
+    }
+
+    /// At stop: the CPUs get back what ebb found.
+    async fn give_back_cpus(&mut self, at: Millis) {
+        let Some(changes) = self.devices.cpu_changes().map(<[CpuChange]>::to_vec) else { return };
+        self.cpu_restore(changes.iter().map(CpuChange::undo).collect(), "ebb stops: giving back what it found", at).await;
+    }
+
+    fn remember_cpu_changes(&self, at: Millis) {
+        if let Err(e) = self.journal.save_cpu_changes(self.devices.cpu_changes().unwrap_or_default(), at) {
+            warn!("could not journal the CPU frequency changes: {e}");
+        }
+    }
+
+    async fn disks_tick(
+        &mut self,
+        read: Result<DiskRead, String>,
+        cfg: &DeviceConfig,
+        view: &mut DevicesView,
+        at: Millis,
+    ) {
+        let dv = view.disks.get_or_insert_with(DisksView::default);
+        dv.idle_after_ms = cfg.disk_idle_after_ms.unwrap_or_default();
+        let (disks, guards, unknown) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                if dv.error.as_deref() != Some(&e) {
+                    warn!("disks: {e}");
+                    self.journal_event(None, "disk_failed", &e);
+                }
+                dv.error = Some(e);
+                return;
+            }
+        };
+        dv.error = None;
+        let (actions, mut views) = self.devices.decide_disks(&disks, &guards, &unknown, cfg, at);
+        for action in actions {
+            let DeviceAction::DiskStandby { disk, reason } = action else { continue };
+            let name = disk.clone();
+            let Some(r) = self.with_platform(move |p| p.disk_standby(&name)).await else { continue };
+            let (text, outcome) = match r {
+                Ok(done) => {
+                    self.devices.disk_standby_done(&disk, at);
+                    view.disk_standbys_total += 1;
+                    if let Some(v) = views.iter_mut().find(|v| v.name == disk) {
+                        v.state = ebb_core::devices::DiskState::Standby { at };
+                    }
+                    dv.last_standby = Some(format!("{} UTC {disk}: {done}", crate::cli::clock(at)));
+                    (format!("{disk}: {reason}: {done}"), "ok".to_string())
+                }
+                Err(e) => {
+                    self.devices.disk_failed(&disk, at);
+                    (format!("{disk}: {reason}, but the standby failed (tried again after another idle spell)"), format!("failed: {e}"))
+                }
+            };
+            info!("disk standby: {text} [{outcome}]");
+            let entry = Entry { at, vm: None, kind: "disk_standby", rule: Some(Rule::Power.as_str()), text: &text, target: None, outcome: Some(&outcome) };
+            if let Err(e) = self.journal.record(&entry) {
+                warn!("{e}");
+            }
+        }
+        dv.disks = views;
     }
 
     /// The seed's Figure 3 for this tick: each running VM's draw from the
@@ -1359,7 +1642,7 @@ impl Agent {
             wakes_total: self.wakes_total,
             last_wake_ms: self.last_wake_ms,
             journal: self.journal.path().display().to_string(),
-            power: (self.power.is_some() || self.power_error.is_some() || self.plan.is_some() || !matches!(self.measured, Ok(None))).then(|| PowerStatus {
+            power: (self.power.is_some() || self.power_error.is_some() || self.plan.is_some() || !matches!(self.measured, Ok(None)) || self.devices_view.is_some()).then(|| PowerStatus {
                 reading: self.power.clone(),
                 state: self.power_state.clone(),
                 error: self.power_error.clone(),
@@ -1369,6 +1652,7 @@ impl Agent {
                 model_draw: self.model_draw,
                 measured: self.measured.clone().ok().flatten(),
                 measured_error: self.measured.clone().err(),
+                devices: self.devices_view.clone(),
             }),
         }
     }
@@ -1436,6 +1720,49 @@ fn placeholder_status() -> Status {
         journal: String::new(),
         power: None,
     }
+}
+
+/// The disks with their counters, and which running VMs' images each
+/// holds; an image whose disk cannot be told holds every disk (in words).
+fn read_disks(p: &mut dyn Platform, images: Vec<(VmId, Result<Vec<PathBuf>, String>)>) -> Result<DiskRead, String> {
+    let disks = p.disks().map_err(|e| e.to_string())?;
+    let (mut guards, mut unknown) = (BTreeMap::<String, Vec<VmId>>::new(), vec![]);
+    for (vm, files) in images {
+        let files = match files {
+            Ok(f) => f,
+            Err(e) => {
+                unknown.push(format!("{vm}'s images (its disks could not be read: {e})"));
+                continue;
+            }
+        };
+        for file in files {
+            match p.disks_of(&file) {
+                Ok(names) if names.is_empty() => unknown.push(format!("{vm}'s {}", file.display())),
+                Ok(names) => names.into_iter().for_each(|n| guards.entry(n).or_default().push(vm.clone())),
+                Err(e) => unknown.push(format!("{vm}'s {} ({e})", file.display())),
+            }
+        }
+    }
+    for vms in guards.values_mut() {
+        vms.sort();
+        vms.dedup();
+    }
+    Ok((disks, guards, unknown))
+}
+
+/// "cpu0 governor performance → powersave, cpu1 max 3000 → 1500 MHz".
+fn describe_cpu_changes(changes: &[CpuChange]) -> String {
+    let one = |c: &CpuChange| {
+        let mut parts = vec![];
+        if let (Some(from), Some(to)) = (&c.found.governor, &c.applied.governor) {
+            parts.push(format!("governor {from} → {to}"));
+        }
+        if let (Some(from), Some(to)) = (c.found.max_khz, c.applied.max_khz) {
+            parts.push(format!("max {} → {} MHz", from / 1000, to / 1000));
+        }
+        format!("cpu{} {}", c.applied.cpu, parts.join(", "))
+    };
+    changes.iter().map(one).collect::<Vec<_>>().join("; ")
 }
 
 /// Plain-words state of a VM for `ebb vms`.

@@ -102,6 +102,47 @@ pub struct PowerStatus {
     pub measured: Option<ebb_core::power::Measured>,
     #[serde(default)]
     pub measured_error: Option<String>,
+    /// CPU frequency and disk standby, when either is on (or ebb still
+    /// holds a CPU change to give back).
+    #[serde(default)]
+    pub devices: Option<DevicesView>,
+}
+
+/// The host's devices under device power (`[power.devices]`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DevicesView {
+    /// None when cpufreq is off and ebb holds no change.
+    pub cpu: Option<CpufreqView>,
+    /// None when disk standby is off.
+    pub disks: Option<DisksView>,
+    /// CPU changes and disk standbys since the agent started.
+    pub cpufreq_changes_total: u64,
+    pub disk_standbys_total: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpufreqView {
+    pub enabled: bool,
+    pub cpu_low: f64,
+    pub cpu_high: f64,
+    /// The VMs' use, whether ebb saves, and what it changed and found.
+    pub policy: ebb_core::devices::CpuView,
+    /// Each CPU as it is now (after this tick's writes).
+    pub cpus: Vec<ebb_core::devices::CpuFreq>,
+    /// The last change ebb made and why, in words.
+    pub last_change: Option<String>,
+    /// Why cpufreq could not be read or written (no cpufreq, a file that
+    /// cannot be written, …).
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DisksView {
+    pub idle_after_ms: u64,
+    pub disks: Vec<ebb_core::devices::DiskView>,
+    /// The last standby, in words (run, or recorded when no command is set).
+    pub last_standby: Option<String>,
+    pub error: Option<String>,
 }
 
 /// `ebb plan`: what ebb keeps and saves if the host runs on its battery budget.

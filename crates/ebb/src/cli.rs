@@ -2,7 +2,8 @@
 //! sentences. Scripts use `--json` instead.
 
 use crate::agent::vm_state_word;
-use crate::api_types::{Connection, Event, Explain, Needs, PlanView, PowerStatus, Source, Status, VmInfo};
+use crate::api_types::{Connection, DevicesView, Event, Explain, Needs, PlanView, PowerStatus, Source, Status, VmInfo};
+use ebb_core::devices::DiskState;
 use crate::config::Config;
 use ebb_core::{Bytes, Millis};
 use std::fmt::Write;
@@ -175,7 +176,80 @@ pub fn power_text(p: &Option<PowerStatus>) -> String {
     if let Some(o) = &p.last_power_off {
         let _ = writeln!(out, "power-off: {o}");
     }
+    if let Some(d) = &p.devices {
+        out.push_str(&devices_text(d));
+    }
     out
+}
+
+/// The CPUs' frequency scaling and the disks, and what ebb did with them.
+fn devices_text(d: &DevicesView) -> String {
+    let mut out = String::new();
+    if let Some(c) = &d.cpu {
+        let pct = |f: f64| format!("{:.0}%", f * 100.0);
+        let state = match (&c.error, c.policy.saving, c.enabled) {
+            (Some(e), ..) => format!("not read: {e}"),
+            (None, true, _) => "saving power (set by ebb)".to_string(),
+            (None, false, true) => "as found".to_string(),
+            (None, false, false) => "as found (cpufreq is off in the config)".to_string(),
+        };
+        let vms = c.policy.vms_use.map_or("not known yet".to_string(), pct);
+        let _ = writeln!(out, "cpus: {state}; the VMs use {vms} of the host's CPUs (save under {}, back at {})", pct(c.cpu_low), pct(c.cpu_high));
+        let rows: Vec<Vec<String>> = c
+            .cpus
+            .iter()
+            .map(|f| {
+                let change = c.policy.changes.iter().find(|ch| ch.applied.cpu == f.cpu);
+                let found = change.map_or("-".to_string(), |ch| {
+                    let gov = ch.found.governor.as_deref().unwrap_or("-");
+                    format!("ebb changed it; found {gov}, max {} MHz", ch.found.max_khz.unwrap_or(0) / 1000)
+                });
+                vec![format!("cpu{}", f.cpu), f.governor.clone(), format!("{} MHz", f.max_khz / 1000), format!("{}-{} MHz", f.hw_min_khz / 1000, f.hw_max_khz / 1000), found]
+            })
+            .collect();
+        if !rows.is_empty() {
+            out.push_str(&indent(&table(&["CPU", "GOVERNOR", "MAX", "HARDWARE", "EBB"], &rows)));
+        }
+        if let Some(l) = &c.last_change {
+            let _ = writeln!(out, "  last change: {l}");
+        }
+    }
+    if let Some(disks) = &d.disks {
+        let _ = writeln!(out, "disks: standby after {} s without I/O", disks.idle_after_ms / 1000);
+        if let Some(e) = &disks.error {
+            let _ = writeln!(out, "  not read: {e}");
+        }
+        let rows: Vec<Vec<String>> = disks
+            .disks
+            .iter()
+            .map(|v| {
+                let state = match &v.state {
+                    DiskState::Active => "active".to_string(),
+                    DiskState::Idle { since } => format!("idle since {} UTC", clock(*since)),
+                    DiskState::Standby { at } => format!("standby since {} UTC (ebb)", clock(*at)),
+                    DiskState::Guarded { vms } => {
+                        let names: Vec<&str> = vms.iter().map(|v| v.as_str()).collect();
+                        format!("guarded: holds the image of running {}", names.join(", "))
+                    }
+                    DiskState::Held { why } => format!("held: {why}"),
+                };
+                vec![v.name.clone(), state]
+            })
+            .collect();
+        if rows.is_empty() {
+            let _ = writeln!(out, "  no spinning disk (rotational, not removable) in sysfs");
+        } else {
+            out.push_str(&indent(&table(&["DISK", "STATE"], &rows)));
+        }
+        if let Some(l) = &disks.last_standby {
+            let _ = writeln!(out, "  last standby: {l}");
+        }
+    }
+    out
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
 }
 
 pub fn plan_text(p: &Option<PlanView>) -> String {
@@ -298,6 +372,25 @@ pub fn describe_config(c: &Config) -> String {
         c.power.low_runtime,
         c.power.power_off_command.as_ref().map_or("recorded, not run (no power_off_command)".into(), |cmd| cmd.join(" "))
     );
+    let d = &c.power.devices;
+    let cpufreq = if d.cpufreq {
+        format!(
+            "{} (or max frequency at {:.0}%) while the VMs use under {:.0}% of the CPUs for {:?}, back at {:.0}%",
+            d.governor,
+            d.max_freq_fraction * 100.0,
+            d.cpu_low * 100.0,
+            d.cpu_low_after,
+            d.cpu_high * 100.0
+        )
+    } else {
+        "off".to_string()
+    };
+    let standby = match (d.disk_idle_after, &d.disk_standby_command) {
+        (None, _) => "off".to_string(),
+        (Some(after), None) => format!("after {after:?} without I/O, recorded, not run (no disk_standby_command)"),
+        (Some(after), Some(cmd)) => format!("after {after:?} without I/O, by {} /dev/NAME", cmd.join(" ")),
+    };
+    let _ = writeln!(out, "devices (under {}): cpufreq: {cpufreq}  disk standby: {standby}", c.power.sysfs.display());
     for (name, vm) in &c.vm {
         let _ = writeln!(
             out,

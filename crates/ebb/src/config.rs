@@ -3,6 +3,7 @@
 //! startup with a message that names the field and the line.
 
 use ebb_core::affinity::{AffinityConfig, CpuSet};
+use ebb_core::devices::DeviceConfig;
 use ebb_core::memory::MemoryConfig;
 use ebb_core::power::{LowBattery, PowerModel, Watts};
 use ebb_core::realloc::{ReallocConfig, ReallocSettings};
@@ -299,6 +300,84 @@ pub struct PowerSection {
     pub max_watts: f64,
     /// …or 11 points, watts at 0 %, 10 %, …, 100 % CPU (a SPECpower result).
     pub model_table: Option<Vec<f64>>,
+    /// `[power.devices]`: CPU frequency and disk standby.
+    pub devices: DevicesSection,
+}
+
+/// `[power.devices]`: what ebb does with under-used host devices (the
+/// seed's Figure 2). Both parts are off until asked for.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesSection {
+    pub cpufreq: bool,
+    pub cpu_low: f64,
+    #[serde(deserialize_with = "de_duration")]
+    pub cpu_low_after: Duration,
+    pub cpu_high: f64,
+    pub governor: String,
+    pub max_freq_fraction: f64,
+    #[serde(deserialize_with = "de_some_duration")]
+    pub disk_idle_after: Option<Duration>,
+    /// Run with `/dev/NAME` appended; unset: the standby is recorded, not run.
+    pub disk_standby_command: Option<Vec<String>>,
+}
+
+impl Default for DevicesSection {
+    fn default() -> Self {
+        let d = DeviceConfig::default();
+        DevicesSection {
+            cpufreq: d.cpufreq,
+            cpu_low: d.cpu_low,
+            cpu_low_after: Duration::from_millis(d.cpu_low_after_ms),
+            cpu_high: d.cpu_high,
+            governor: d.governor,
+            max_freq_fraction: d.max_freq_fraction,
+            disk_idle_after: d.disk_idle_after_ms.map(Duration::from_millis),
+            disk_standby_command: None,
+        }
+    }
+}
+
+/// The governors Linux's cpufreq has; a CPU offers some of them.
+const GOVERNORS: [&str; 6] = ["performance", "powersave", "userspace", "ondemand", "conservative", "schedutil"];
+
+impl DevicesSection {
+    pub fn policy_config(&self) -> DeviceConfig {
+        DeviceConfig {
+            cpufreq: self.cpufreq,
+            cpu_low: self.cpu_low,
+            cpu_low_after_ms: self.cpu_low_after.as_millis() as u64,
+            cpu_high: self.cpu_high,
+            governor: self.governor.clone(),
+            max_freq_fraction: self.max_freq_fraction,
+            disk_idle_after_ms: self.disk_idle_after.map(|d| d.as_millis() as u64),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (name, v) in [("cpu_low", self.cpu_low), ("cpu_high", self.cpu_high), ("max_freq_fraction", self.max_freq_fraction)] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(format!("power.devices.{name} = {v} is outside (0, 1]"));
+            }
+        }
+        if self.cpu_low >= self.cpu_high {
+            return Err(format!(
+                "power.devices.cpu_low ({}) must be below power.devices.cpu_high ({}): the band between them keeps the CPUs from flapping",
+                self.cpu_low, self.cpu_high
+            ));
+        }
+        if !GOVERNORS.contains(&self.governor.as_str()) {
+            return Err(format!(
+                "power.devices.governor = {:?} is not a cpufreq governor: use one of {} (powersave or conservative save power)",
+                self.governor,
+                GOVERNORS.join(", ")
+            ));
+        }
+        if self.disk_standby_command.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err("power.devices.disk_standby_command is empty: give the command and its arguments, e.g. [\"hdparm\", \"-y\"] (ebb adds /dev/NAME)".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for PowerSection {
@@ -316,6 +395,7 @@ impl Default for PowerSection {
             idle_watts: 100.0,
             max_watts: 250.0,
             model_table: None,
+            devices: DevicesSection::default(),
         }
     }
 }
@@ -527,6 +607,10 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     Ok(dur)
 }
 
+fn de_some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
@@ -632,6 +716,7 @@ impl Config {
         if self.power.power_off_command.as_ref().is_some_and(|c| c.is_empty()) {
             return Err("power.power_off_command is empty: give the command and its arguments, e.g. [\"systemctl\", \"poweroff\"]".into());
         }
+        self.power.devices.validate()?;
         let mut listens = std::collections::HashMap::new();
         for (name, vm) in &self.vm {
             for svc in &vm.service {
@@ -731,6 +816,8 @@ mod tests {
             (c.power.low_battery(), c.power.sysfs, c.power.timeout, c.power.ups, c.power.shutdown_timeout),
             (d.low_battery(), d.sysfs, d.timeout, d.ups, d.shutdown_timeout)
         );
+        assert_eq!(c.power.devices.policy_config(), DeviceConfig::default());
+        assert_eq!(c.power.devices.disk_standby_command, None);
         let d = AgentSection::default();
         assert_eq!((c.agent.uri, c.agent.tick, c.agent.fast_tick, c.agent.socket, c.agent.journal), (d.uri, d.tick, d.fast_tick, d.socket, d.journal));
     }
@@ -784,6 +871,23 @@ mod tests {
         assert!(Config::parse("[power]\nbudget = 0.0\n").unwrap_err().contains("budget"));
         let c = Config::parse("[power]\nmodel_table = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110]\n").unwrap();
         assert_eq!(c.power.model().host(0.55), Watts(65.0));
+    }
+
+    #[test]
+    fn device_settings_are_checked() {
+        let e = Config::parse("[power.devices]\ngovernor = \"turbo\"\n").unwrap_err();
+        assert!(e.contains("power.devices.governor = \"turbo\"") && e.contains("powersave"), "{e}");
+        let e = Config::parse("[power.devices]\ncpu_low = 0.6\ncpu_high = 0.5\n").unwrap_err();
+        assert!(e.contains("power.devices.cpu_low (0.6) must be below"), "{e}");
+        assert!(Config::parse("[power.devices]\nmax_freq_fraction = 0\n").unwrap_err().contains("max_freq_fraction"));
+        assert!(Config::parse("[power.devices]\ndisk_standby_command = []\n").unwrap_err().contains("disk_standby_command"));
+        assert!(Config::parse("[power.devices]\ndisk_idle_after = \"0s\"\n").unwrap_err().contains("more than zero"));
+        let e = Config::parse("[power.devices]\nspindown = true\n").unwrap_err();
+        assert!(e.contains("spindown") && e.contains("line 2"), "{e}");
+        let c = Config::parse("[power.devices]\ncpufreq = true\ncpu_low_after = \"5s\"\ndisk_idle_after = \"20m\"\ndisk_standby_command = [\"hdparm\", \"-y\"]\n").unwrap();
+        let d = c.power.devices.policy_config();
+        assert!(d.cpufreq);
+        assert_eq!((d.cpu_low_after_ms, d.disk_idle_after_ms), (5_000, Some(1_200_000)));
     }
 
     #[test]

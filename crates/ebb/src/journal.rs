@@ -4,6 +4,7 @@
 
 use crate::api_types::{Event, SleepRecord};
 use ebb_core::affinity::Pins;
+use ebb_core::devices::CpuChange;
 use ebb_core::memory::Resumed;
 use ebb_core::needs::VmNeeds;
 use ebb_core::realloc::Tunes;
@@ -80,6 +81,11 @@ CREATE TABLE IF NOT EXISTS needs (
 CREATE TABLE IF NOT EXISTS power_saved (
     vm TEXT PRIMARY KEY,
     at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cpufreq_changes (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    changes TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS critical (
     vm TEXT PRIMARY KEY,
@@ -236,6 +242,25 @@ impl Journal {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// What ebb changed on the CPUs and what it found there, so a restarted
+    /// agent gives it back; none: the row goes.
+    pub fn save_cpu_changes(&self, changes: &[CpuChange], at: Millis) -> Result<(), JournalError> {
+        if changes.is_empty() {
+            self.conn.execute("DELETE FROM cpufreq_changes", [])?;
+        } else {
+            let json = serde_json::to_string(changes).expect("journal values serialize");
+            self.conn.execute("INSERT OR REPLACE INTO cpufreq_changes (id, changes, updated_ms) VALUES (1, ?1, ?2)", params![json, at.0 as i64])?;
+        }
+        Ok(())
+    }
+
+    /// A row that does not parse (an older layout) counts as none.
+    pub fn cpu_changes(&self) -> Result<Vec<CpuChange>, JournalError> {
+        let mut stmt = self.conn.prepare("SELECT changes FROM cpufreq_changes")?;
+        let json: Option<String> = stmt.query_map([], |r| r.get(0))?.next().transpose()?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default())
+    }
+
     /// The time-critical flag set with `ebb critical`, which outlives restarts.
     pub fn set_critical(&self, vm: &VmId, on: bool, at: Millis) -> Result<(), JournalError> {
         self.conn.execute(
@@ -338,6 +363,16 @@ mod tests {
         j.clear_sleeping(&VmId::new("a")).unwrap();
         assert!(j.sleeping().unwrap().is_empty());
         assert_eq!(j.prune(Millis(2)).unwrap(), 1);
+        let change = CpuChange {
+            applied: ebb_core::devices::CpuSetting { cpu: 3, governor: Some("powersave".into()), max_khz: None },
+            found: ebb_core::devices::CpuSetting { cpu: 3, governor: Some("performance".into()), max_khz: Some(3_000_000) },
+        };
+        j.save_cpu_changes(std::slice::from_ref(&change), Millis(6)).unwrap();
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.cpu_changes().unwrap(), vec![change]);
+        j.save_cpu_changes(&[], Millis(7)).unwrap();
+        assert!(j.cpu_changes().unwrap().is_empty());
         assert_eq!(j.events(None, 10).unwrap().len(), 1);
     }
 }

@@ -63,7 +63,7 @@ enum Command {
     Sleep { vm: String },
     /// Wake a VM ebb put to sleep (or one saved or paused by hand).
     Wake { vm: String },
-    /// The host's power: its source, battery, draw, and what ebb did on power events.
+    /// The host's power: its source, battery, draw, what ebb did on power events, and its CPUs and disks under device power.
     Power {
         #[arg(long)]
         json: bool,

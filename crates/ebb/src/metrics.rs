@@ -49,6 +49,33 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
 
+    if let Some(d) = st.power.as_ref().and_then(|p| p.devices.as_ref()) {
+        if let Some(c) = &d.cpu {
+            gauge("ebb_cpufreq_saving", "1 while ebb holds the CPUs in their power-saving setting.", "gauge", c.policy.saving as u8 as f64);
+            gauge("ebb_cpufreq_read_ok", "1 when the last read of cpufreq succeeded.", "gauge", c.error.is_none() as u8 as f64);
+            if let Some(u) = c.policy.vms_use {
+                gauge("ebb_vms_cpu_use_ratio", "The VMs' CPU use as a fraction of the host's CPUs.", "gauge", u);
+            }
+        }
+        gauge("ebb_cpufreq_changes_total", "Times ebb set the CPUs to save power or gave them back.", "counter", d.cpufreq_changes_total as f64);
+        gauge("ebb_disk_standbys_total", "Disks ebb put in standby.", "counter", d.disk_standbys_total as f64);
+        if let Some(disks) = &d.disks {
+            type State = fn(&ebb_core::devices::DiskState) -> bool;
+            let per_disk: [(&str, &str, State); 2] = [
+                ("ebb_disk_standby", "1 while a disk ebb put in standby has had no I/O since.", |s| matches!(s, ebb_core::devices::DiskState::Standby { .. })),
+                ("ebb_disk_guarded", "1 while a disk holds a running VM's image (never put in standby).", |s| {
+                    matches!(s, ebb_core::devices::DiskState::Guarded { .. })
+                }),
+            ];
+            for (name, help, pick) in per_disk {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+                for disk in &disks.disks {
+                    let _ = writeln!(out, "{name}{{disk=\"{}\"}} {}", escape(&disk.name), pick(&disk.state) as u8);
+                }
+            }
+        }
+    }
+
     type Pick = fn(&crate::api_types::VmInfo) -> Option<f64>;
     let per_vm: [(&str, &str, Pick); 18] = [
         ("ebb_vm_surrogate_held_connections", "Client connections held while the VM wakes.", |v| v.surrogate.as_ref().map(|s| s.held_connections as f64)),
