@@ -148,7 +148,7 @@ fn a_backend_that_never_answers_refuses_the_client_at_once_and_counts_it() {
 }
 
 #[test]
-fn the_power_model_and_rapl_are_shown_side_by_side_from_the_hosts_sysfs() {
+fn the_power_model_and_rapl_are_shown_side_by_side_and_a_vm_without_a_value_counts_as_one() {
     let dir = tempfile::tempdir().unwrap();
     // A host tree the test builds: mains online, one RAPL package.
     let sys = dir.path().join("sys");
@@ -160,7 +160,7 @@ fn the_power_model_and_rapl_are_shown_side_by_side_from_the_hosts_sysfs() {
     std::fs::write(ac.join("online"), "1\n").unwrap();
     std::fs::write(rapl.join("max_energy_range_uj"), "262143328850\n").unwrap();
     std::fs::write(rapl.join("energy_uj"), "0\n").unwrap();
-    let rest = format!("[power]\nsysfs = \"{}\"\nidle_watts = 80.0\nmax_watts = 200.0\n", sys.display());
+    let rest = format!("[power]\nsysfs = \"{}\"\nidle_watts = 80.0\nmax_watts = 200.0\nbudget = 150.0\n", sys.display());
     let agent = AgentProc::start(dir.path(), "uri = \"test:///default\"\ntick = \"200ms\"", &rest);
     // The package burns 1 J every 10 ms: about 100 W.
     let started = std::time::Instant::now();
@@ -178,6 +178,9 @@ fn the_power_model_and_rapl_are_shown_side_by_side_from_the_hosts_sysfs() {
     assert!(text.contains("on mains") && text.contains("draw (the power model") && text.contains("draw (measured, RAPL"), "{text}");
     let metrics = agent.text(&["metrics"]);
     assert!(metrics.contains("ebb_power_measured_watts") && metrics.contains("ebb_power_model_watts"), "{metrics}");
+    // The test domain has no value set: the plan counts it as 1 and says so.
+    let plan = agent.text(&["plan"]);
+    assert!(plan.contains("test") && plan.contains("1 (not set)") && plan.contains("keeps running"), "{plan}");
     // A counter that cannot be read is named, and the agent goes on.
     std::fs::write(rapl.join("energy_uj"), "garbage\n").unwrap();
     let power = wait_for("the failed measurement", Duration::from_secs(10), || agent.status().power.filter(|p| p.measured_error.is_some()));
