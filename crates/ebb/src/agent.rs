@@ -1023,6 +1023,7 @@ impl Agent {
                     self.realloc.applied(&vm, *tune);
                     self.live_tunes.insert(vm.clone(), (*tune, at));
                 }
+                (Action::SetTune { .. }, Err(HvError::Bandwidth { detail, .. })) => self.realloc.net_failed(&vm, at, detail.clone()),
                 (Action::SetTune { .. }, Err(_)) => self.realloc.failed(&vm, at),
                 (Action::Sleep { mode, .. }, Ok(())) => {
                     self.sleeps_total += 1;
