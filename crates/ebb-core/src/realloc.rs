@@ -718,11 +718,11 @@ impl ReallocPolicy {
                         (Rule::Critical, raised_net(b), Why::Critical)
                     } else if view.class.is_none() {
                         (Rule::Restore, c, Why::Learning)
-                    } else if is_nb && b.unlimited() {
-                        (Rule::Restore, b, Why::NetUnlimited)
                     } else if is_nb && net_conflict {
                         let others: Vec<VmId> = net_bound.iter().filter(|o| **o != view.vm).take(3).cloned().collect();
                         (Rule::Restore, b, Why::NetConflict { others, more: net_bound.len() > 4 })
+                    } else if is_nb && b.unlimited() {
+                        (Rule::Restore, b, Why::NetUnlimited)
                     } else if view.at_net_limit && raised_net(b) == b {
                         (Rule::Restore, b, Why::NetAtLimitNoMax)
                     } else if view.at_net_limit {
