@@ -134,7 +134,7 @@ impl NetLimit {
 impl fmt::Display for NetLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let dir = |b: &Bandwidth| b.limit().map_or("unlimited".to_owned(), |l| format!("{l}/s"));
-        write!(f, "network in {} out {}", dir(&self.inbound), dir(&self.outbound))
+        write!(f, "bandwidth limit in {}, out {}", dir(&self.inbound), dir(&self.outbound))
     }
 }
 
