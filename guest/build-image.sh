@@ -70,7 +70,7 @@ done
 
 install -m 0755 "$SRC"/init "$ROOT"/init
 install -m 0755 "$SRC"/ebb-mem "$ROOT"/bin/ebb-mem
-for c in status mem release hit hits bulk cpu disk work; do
+for c in status mem release hit hits bulk cpu disk work net; do
     install -m 0755 "$SRC/cgi-bin/$c" "$ROOT/www/cgi-bin/$c"
 done
 printf 'root:x:0:0:root:/root:/bin/sh\n' > "$ROOT"/etc/passwd

@@ -17,6 +17,11 @@ pub enum HvError {
     /// managedsave needs a persistent definition to attach the image to.
     #[error("domain {0} is transient: only a persistent domain can be saved; define it with virsh define (or let it sleep by pausing)")]
     Transient(VmId),
+    /// libvirt refused a bandwidth limit (before any other part of a tune
+    /// was touched). On a host whose kernel lacks the traffic control
+    /// libvirt uses, every limit is refused.
+    #[error("libvirt could not set the network bandwidth of {vm} ({detail}): its other tunes were left as they were; libvirt limits bandwidth with tc (htb, sfq, ingress policing), so the host's kernel needs sch_htb, sch_sfq, sch_ingress and act_police")]
+    Bandwidth { vm: VmId, detail: String },
     /// Any other failure of one operation on one VM.
     #[error("{op} on {vm} failed: {detail}")]
     Operation { op: &'static str, vm: VmId, detail: String },
@@ -66,14 +71,17 @@ pub trait Hypervisor: Send {
         Err(unsupported("read disk sources", vm))
     }
 
-    /// A running domain's live CPU weight and cap (virDomainGetSchedulerParameters).
+    /// A running domain's live CPU weight and cap (virDomainGetSchedulerParameters),
+    /// disk weight and bandwidth limit.
     /// One call per VM: read when a VM appears and after a change.
     fn tune(&mut self, vm: &VmId) -> Result<Tune, HvError> {
         Err(unsupported("read CPU tune", vm))
     }
 
-    /// Sets a running domain's live CPU weight and cap; its persistent
-    /// definition is left alone, so a restart brings back its own values.
+    /// Sets a running domain's live CPU weight and cap, disk weight and
+    /// bandwidth limit (the limit first: `HvError::Bandwidth` when refused,
+    /// with nothing else changed); its persistent definition is left alone,
+    /// so a restart brings back its own values.
     fn set_tune(&mut self, vm: &VmId, tune: Tune) -> Result<(), HvError> {
         let _ = tune;
         Err(unsupported("set CPU tune", vm))

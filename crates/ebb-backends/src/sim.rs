@@ -53,10 +53,16 @@ pub struct SimVm {
     /// vCPUs' wait (as a throttled thread's run delay on Linux).
     pub cpu_load: f64,
     pub vcpus: u32,
-    /// Its live CPU weight and cap.
+    /// Bytes per second the guest would send: `advance` counts what its
+    /// outbound limit lets through.
+    pub net_load: Bytes,
+    /// Its live CPU weight and cap, disk weight and bandwidth limit.
     pub tune: Tune,
     /// The host files behind its disks.
     pub disks: Vec<std::path::PathBuf>,
+    /// `set_tune` refuses a change of bandwidth limit with this detail
+    /// (a host without tc's modules), changing nothing.
+    pub refuse_bandwidth: Option<String>,
 }
 
 impl SimVm {
@@ -77,8 +83,10 @@ impl SimVm {
             persistent: true,
             cpu_load: 0.0,
             vcpus: 1,
-            tune: Tune { shares: 1024, quota_us: None, period_us: 100_000, io_weight: Some(500) },
+            net_load: Bytes::ZERO,
+            tune: Tune { shares: 1024, quota_us: None, period_us: 100_000, io_weight: Some(500), net: None },
             disks: vec![],
+            refuse_bandwidth: None,
         }
     }
 }
@@ -330,6 +338,16 @@ impl SimHypervisor {
         self.with_guest(vm, |g| g.vm.cpu_load = load)
     }
 
+    /// Bytes per second the guest would send (its outbound limit caps it).
+    pub fn set_net_load(&self, vm: &VmId, load: Bytes) {
+        self.with_guest(vm, |g| g.vm.net_load = load)
+    }
+
+    /// `set_tune` refuses a change of bandwidth limit with `detail` until cleared.
+    pub fn set_refuse_bandwidth(&self, vm: &VmId, detail: Option<&str>) {
+        self.with_guest(vm, |g| g.vm.refuse_bandwidth = detail.map(str::to_owned))
+    }
+
     /// Sets the VM's activity counters outright.
     pub fn set_activity(&self, vm: &VmId, activity: Activity) {
         self.with_guest(vm, |g| g.activity = activity)
@@ -443,6 +461,9 @@ impl SimHypervisor {
                 g.activity.cpu_time_ns += (ran * ran_ms as f64 * 1e6) as u64;
                 g.activity.vcpu_wait_ns += ((g.vm.cpu_load.min(vcpus) - ran) * ran_ms as f64 * 1e6) as u64;
                 g.activity.vcpus = g.vm.vcpus;
+                let limit = g.vm.tune.net.and_then(|n| n.outbound.limit()).unwrap_or(Bytes(u64::MAX));
+                let sent = g.vm.net_load.min(limit);
+                g.activity.net_tx_bytes += (u128::from(sent.0) * u128::from(ran_ms) / 1000) as u64;
             }
             if g.vm.state != VmState::Running || !g.vm.has_balloon || g.stalled {
                 continue;
@@ -541,6 +562,9 @@ impl Hypervisor for SimHypervisor {
             if g.vm.state != VmState::Running {
                 return Err(Op::Failed("domain is not running".into()));
             }
+            if let Some(detail) = g.vm.refuse_bandwidth.as_ref().filter(|_| tune.net != g.vm.tune.net) {
+                return Err(Op::Bandwidth(detail.clone()));
+            }
             g.vm.tune = tune;
             Ok(())
         })
@@ -626,6 +650,7 @@ impl Hypervisor for SimHypervisor {
 /// Why a sim operation on one guest failed.
 enum Op {
     Transient,
+    Bandwidth(String),
     Failed(String),
 }
 
@@ -644,6 +669,7 @@ impl SimHypervisor {
         let g = w.guests.get_mut(vm).ok_or_else(|| HvError::NoSuchVm(vm.clone()))?;
         f(g, clock).map_err(|e| match e {
             Op::Transient => HvError::Transient(vm.clone()),
+            Op::Bandwidth(detail) => HvError::Bandwidth { vm: vm.clone(), detail },
             Op::Failed(detail) => HvError::Operation { op, vm: vm.clone(), detail },
         })
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ebb_backends::libvirt::LibvirtHypervisor;
 use ebb_backends::{HvError, Hypervisor};
-use ebb_core::{Bytes, VmId, VmState};
+use ebb_core::{Bandwidth, Bytes, NetLimit, Tune, VmId, VmState};
 
 const SYSTEM: &str = "qemu:///system";
 const SOCKET: &str = "/var/run/libvirt/libvirt-sock";
@@ -289,5 +289,54 @@ fn transient_domain_is_not_saved_on_qemu() {
     assert_eq!(observe_vm(&mut hv, &name).state, VmState::Paused);
     hv.resume(&VmId::new(&name)).expect("resume");
     assert_eq!(observe_vm(&mut hv, &name).state, VmState::Running);
+    drop(guard);
+}
+
+/// Bandwidth on real QEMU: a firmware-only guest (no PXE ROM: it sends
+/// nothing) with a user-mode NIC and an ethernet one on a tap this test
+/// names. The user-mode NIC is passed over; the ethernet one reads as
+/// unlimited; a limit is either set and read back (a host whose kernel
+/// has libvirt's tc modules) or refused as `Bandwidth` with nothing else
+/// changed (this host: no sfq, no police action).
+#[test]
+fn bandwidth_on_qemu() {
+    require_libvirtd();
+    let mut hv = LibvirtHypervisor::connect(SYSTEM).expect("connect to qemu:///system");
+    let pid = std::process::id();
+    let (both, user) = (format!("ebb-bk-{pid}-bw"), format!("ebb-bk-{pid}-user"));
+    let tap = format!("ebbbk{}", pid % 100_000);
+    let conn = virt::connect::Connect::open(Some(SYSTEM)).unwrap();
+    let guard = Cleanup(conn, vec![both.clone(), user.clone()]);
+    let user_nic = "<interface type='user'><model type='virtio'/><rom enabled='no'/></interface>";
+    let eth_nic = format!("<interface type='ethernet'><target dev='{tap}' managed='yes'/><model type='virtio'/><rom enabled='no'/></interface>");
+    for (name, nics) in [(&both, format!("{user_nic}{eth_nic}")), (&user, user_nic.to_owned())] {
+        let xml = format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64'>hvm</type></os><devices>{nics}<memballoon model='none'/></devices></domain>"
+        );
+        guard.0.create_domain_xml(&xml, 0).expect("start the guest");
+    }
+    let vm = VmId::new(&both);
+    let before = hv.tune(&vm).expect("read the tune");
+    assert_eq!(before.net, Some(NetLimit::default()), "the ethernet NIC, unlimited");
+    assert_eq!(hv.tune(&VmId::new(&user)).unwrap().net, None, "a user-mode NIC takes no limit");
+
+    let outbound = Bandwidth { average: 512, peak: 0, burst: 0 };
+    let wanted = Tune { shares: before.shares * 2, net: Some(NetLimit { outbound, ..NetLimit::default() }), ..before };
+    match hv.set_tune(&vm, wanted) {
+        Ok(()) => assert_eq!(hv.tune(&vm).unwrap(), wanted, "set and read back"),
+        Err(HvError::Bandwidth { vm: v, detail }) => {
+            assert_eq!(v, vm);
+            let message = HvError::Bandwidth { vm: v, detail: detail.clone() }.to_string();
+            assert!(message.contains("sch_sfq") && message.contains("act_police"), "{message}");
+            assert!(!detail.is_empty());
+            assert_eq!(hv.tune(&vm).unwrap(), before, "refused before anything else changed");
+            // Without a change of limit the rest goes through.
+            let cpu_only = Tune { net: before.net, ..wanted };
+            hv.set_tune(&vm, cpu_only).expect("CPU weight alone");
+            assert_eq!(hv.tune(&vm).unwrap(), cpu_only);
+        }
+        Err(e) => panic!("expected the limit set or refused as Bandwidth, got {e}"),
+    }
     drop(guard);
 }

@@ -65,6 +65,7 @@ fn world(n: usize) -> World {
                 quota_us: (rng.below(4) == 0).then_some(50_000),
                 period_us: 100_000,
                 io_weight: Some(500),
+                net: None,
             }),
         });
     }

@@ -91,7 +91,8 @@ pub struct VmObservation {
 
 /// A running domain's scheduling as ebb may change it: its CPU weight
 /// against other domains and bandwidth cap per vCPU (libvirt's `schedinfo`),
-/// and its disk I/O weight (`blkiotune`).
+/// its disk I/O weight (`blkiotune`) and its network bandwidth limit
+/// (`domiftune`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Tune {
     /// Relative weight (`cpu_shares`): only matters when CPUs are contended.
@@ -103,6 +104,51 @@ pub struct Tune {
     /// the host has no blkio controller for it, and then never set.
     #[serde(default)]
     pub io_weight: Option<u32>,
+    /// The bandwidth limit of its first interface that can take one; None
+    /// when it has no such interface (QEMU user-mode networking cannot).
+    #[serde(default)]
+    pub net: Option<NetLimit>,
+}
+
+/// An interface's bandwidth limit as libvirt has it (`domiftune`), each
+/// direction from the guest's side: inbound is what it receives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NetLimit {
+    pub inbound: Bandwidth,
+    pub outbound: Bandwidth,
+}
+
+/// One direction's limit in libvirt's units; an `average` of 0 means no
+/// limit. `peak` (KiB/s) and `burst` (KiB) are 0 when unset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Bandwidth {
+    /// KiB/s.
+    pub average: u64,
+    #[serde(default)]
+    pub peak: u64,
+    #[serde(default)]
+    pub burst: u64,
+}
+
+impl Bandwidth {
+    /// The average as a rate; None when unlimited.
+    pub fn limit(&self) -> Option<Bytes> {
+        (self.average > 0).then(|| Bytes::from_kib(self.average))
+    }
+}
+
+impl NetLimit {
+    /// Neither direction is limited.
+    pub fn unlimited(&self) -> bool {
+        self.inbound.average == 0 && self.outbound.average == 0
+    }
+}
+
+impl fmt::Display for NetLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dir = |b: &Bandwidth| b.limit().map_or("unlimited".to_owned(), |l| format!("{l}/s"));
+        write!(f, "bandwidth limit in {}, out {}", dir(&self.inbound), dir(&self.outbound))
+    }
 }
 
 impl Tune {
@@ -119,8 +165,11 @@ impl fmt::Display for Tune {
             Some(c) => write!(f, ", cap {:.0}% of a vCPU", c * 100.0)?,
             None => f.write_str(", no cap")?,
         }
-        match self.io_weight {
-            Some(w) => write!(f, ", disk weight {w}"),
+        if let Some(w) = self.io_weight {
+            write!(f, ", disk weight {w}")?;
+        }
+        match self.net {
+            Some(n) => write!(f, ", {n}"),
             None => Ok(()),
         }
     }

@@ -172,7 +172,7 @@ mod tests {
     use super::*;
 
     fn rates(cpu: f64, disk_kib: u64) -> ActivityRates {
-        ActivityRates { cpu, vcpu_wait: 0.0, net: Bytes::ZERO, disk: Bytes::from_kib(disk_kib) }
+        ActivityRates { cpu, vcpu_wait: 0.0, disk: Bytes::from_kib(disk_kib), ..ActivityRates::default() }
     }
 
     #[test]

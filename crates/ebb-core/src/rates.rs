@@ -12,8 +12,14 @@ pub struct ActivityRates {
     pub cpu: f64,
     /// Time its vCPUs waited for a host CPU, in vCPUs' worth.
     pub vcpu_wait: f64,
-    /// Network bytes per second, received and sent.
+    /// Network bytes per second, received and sent…
     pub net: Bytes,
+    /// …of which received (the guest's inbound) and sent (its outbound),
+    /// held against its bandwidth limit in each direction.
+    #[serde(default)]
+    pub net_in: Bytes,
+    #[serde(default)]
+    pub net_out: Bytes,
     /// Disk bytes per second, read and written.
     pub disk: Bytes,
 }
@@ -38,10 +44,13 @@ impl ActivityRates {
         if ms == 0 || to.went_back(from) {
             return None;
         }
+        let (rx, tx) = (to.net_rx_bytes - from.net_rx_bytes, to.net_tx_bytes - from.net_tx_bytes);
         Some(ActivityRates {
             cpu: per_ns(to.cpu_time_ns - from.cpu_time_ns, ms),
             vcpu_wait: per_ns(to.vcpu_wait_ns - from.vcpu_wait_ns, ms),
-            net: per_second((to.net_rx_bytes - from.net_rx_bytes).saturating_add(to.net_tx_bytes - from.net_tx_bytes), ms),
+            net: per_second(rx.saturating_add(tx), ms),
+            net_in: per_second(rx, ms),
+            net_out: per_second(tx, ms),
             disk: per_second(
                 (to.disk_read_bytes - from.disk_read_bytes).saturating_add(to.disk_write_bytes - from.disk_write_bytes),
                 ms,
@@ -76,6 +85,7 @@ mod tests {
         };
         let r = ActivityRates::between(Millis(0), &a, Millis(2000), &b).unwrap();
         assert_eq!((r.cpu, r.vcpu_wait, r.net, r.disk), (1.0, 0.25, Bytes(1024), Bytes(2048)));
+        assert_eq!((r.net_in, r.net_out), (Bytes(1024), Bytes(0)));
         assert_eq!(ActivityRates::between(Millis(2000), &b, Millis(2000), &b), None);
         assert_eq!(ActivityRates::between(Millis(0), &b, Millis(2000), &a), None, "a restart is not a negative rate");
     }

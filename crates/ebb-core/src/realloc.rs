@@ -1,5 +1,5 @@
-//! Activity-based reallocation of CPU (seed 001, SPEC §3; anchors: oVirt
-//! MoM's Tune controller, VMware DRS shares).
+//! Activity-based reallocation of CPU, disk and network (seed 001, SPEC §3;
+//! anchors: oVirt MoM's Tune and IoTune controllers, VMware DRS shares).
 //!
 //! Every tick each running VM's rates are held against a usage model and the
 //! VM classified (cpu-bound, disk-bound, net-bound, mixed, idle or steady);
@@ -10,13 +10,15 @@
 //!   its cap raised up to the bound its settings allow;
 //! - idle: its weight cut, which costs it nothing while it stays idle and
 //!   stops its claim from diluting the busy ones';
+//! - bound on the network at its bandwidth limit (`domiftune`): the limit
+//!   raised up to `net_max` from its settings;
 //! - time-critical (a setting, or `ebb critical`): put first, at its highest
-//!   weight and cap;
+//!   weight, cap and bandwidth;
 //! - anything else: its own weight and cap, as found before ebb changed them.
 //!
 //! The conflict check of the seed: when two or more VMs are bound on the CPU
-//! of a saturated host, raising one only robs the other; none of them
-//! changes, and the view says so.
+//! of a saturated host, on the disk or on the network, raising one only
+//! robs the other; none of them changes, and the view says so.
 //!
 //! What ebb found (the base) and what it set are remembered per VM, so every
 //! change is undone when the activity passes, a restarted agent knows its
@@ -48,7 +50,8 @@ pub struct ReallocConfig {
     /// Host CPU used by VMs, as a fraction of the host's CPUs, at which the
     /// host is saturated: one VM's gain is then another's loss.
     pub saturated: f64,
-    /// Disk and network rates at which a VM is bound on them.
+    /// Disk and network rates at which a VM is bound on them (a VM at its
+    /// bandwidth limit is net-bound at any rate).
     pub disk_busy: Bytes,
     pub net_busy: Bytes,
     /// At or below all of these a VM is idle (the sleep policy's defaults).
@@ -95,6 +98,10 @@ pub struct ReallocSettings {
     /// The highest cap ebb may give it, as a fraction of one vCPU (1.0 = a
     /// whole CPU per vCPU). None: ebb never raises its cap above its own.
     pub cap_max: Option<f64>,
+    /// The highest bandwidth limit (per second, each direction) ebb may
+    /// give it. None: ebb never raises its limit above its own.
+    #[serde(default)]
+    pub net_max: Option<Bytes>,
     /// The class its history (the needs database) gives for this hour: a
     /// VM that starts or returns begins there instead of unclassified.
     pub expected: Option<Class>,
@@ -168,6 +175,20 @@ pub enum Why {
     DiskBound,
     DiskConflict { others: Vec<VmId>, more: bool },
     DiskIdle,
+    /// Net-bound at its bandwidth limit: raised to `net_max`.
+    NetAtLimit,
+    NetAtLimitNoMax,
+    /// Net-bound with no limit on its interface.
+    NetUnlimited,
+    /// Net-bound but below its limit.
+    NetBelowLimit,
+    /// Net-bound, and none of its interfaces can take a limit.
+    NetNoInterface,
+    NetConflict { others: Vec<VmId>, more: bool },
+    /// libvirt refused the last bandwidth change (its words).
+    NetRefused(String),
+    /// Anything else: its own limit.
+    NetOwn(Class),
     /// As read back from the API.
     Text(String),
 }
@@ -210,6 +231,28 @@ impl std::fmt::Display for Why {
                 write!(f, "disk-bound, as is {}: raising one's disk weight would only rob the other, so neither changes", names.join(", "))
             }
             Why::DiskIdle => f.write_str("idle while another VM is disk-bound: its disk weight is cut"),
+            Why::NetAtLimit => f.write_str("net-bound at its bandwidth limit: it gets a higher limit, up to net_max"),
+            Why::NetAtLimitNoMax => {
+                f.write_str("net-bound at its bandwidth limit; its settings allow no higher limit (net_max), so it keeps its own")
+            }
+            Why::NetUnlimited => f.write_str("net-bound with no bandwidth limit on its interface: ebb has no limit to raise"),
+            Why::NetBelowLimit => f.write_str("net-bound but below its bandwidth limit: a higher limit would not help"),
+            Why::NetNoInterface => f.write_str(
+                "net-bound, but none of its interfaces can take a bandwidth limit (QEMU user-mode networking cannot; bridge, network, direct and ethernet ones can): nothing to raise",
+            ),
+            Why::NetConflict { others, more } => {
+                let mut names: Vec<&str> = others.iter().map(VmId::as_str).collect();
+                if *more {
+                    names.push("others");
+                }
+                write!(f, "net-bound, as is {}: raising one's bandwidth would only rob the other, so neither changes", names.join(", "))
+            }
+            Why::NetRefused(detail) => write!(
+                f,
+                "libvirt refused its last bandwidth change ({detail}): its limit is left as it is for {} minutes",
+                NET_RETRY_AFTER_MS / 60_000
+            ),
+            Why::NetOwn(class) => write!(f, "{}: its own bandwidth limit", class.as_str()),
             Why::Text(t) => f.write_str(t),
         }
     }
@@ -259,6 +302,13 @@ pub struct VmReallocView {
     /// Why it has the disk weight it has; None without a disk weight.
     #[serde(default)]
     pub io_why: Option<Why>,
+    /// Its traffic sits at its own bandwidth limit (held like its class).
+    #[serde(default)]
+    pub at_net_limit: bool,
+    /// Why it has the bandwidth limit it has; None when it has no
+    /// interface that can take one and is not net-bound.
+    #[serde(default)]
+    pub net_why: Option<Why>,
     /// Why ebb leaves it alone this tick.
     pub skipped: Option<String>,
 }
@@ -282,6 +332,8 @@ impl VmReallocView {
             wanted: None,
             why: None,
             io_why: None,
+            at_net_limit: false,
+            net_why: None,
             skipped: None,
         }
     }
@@ -352,6 +404,8 @@ struct Track {
     /// It competes with others for host CPUs: its vCPUs wait (not for its
     /// own cap) or the host is saturated.
     contended: Held<bool>,
+    /// Its traffic sits at its own bandwidth limit.
+    net_gains: Held<bool>,
 }
 
 impl Track {
@@ -364,6 +418,7 @@ impl Track {
             class: Held { value: expected, pending: None },
             gains: Held::default(),
             contended: Held::default(),
+            net_gains: Held::default(),
         }
     }
 }
@@ -396,16 +451,23 @@ struct PerVm {
     tunes: Option<Tunes>,
     /// A change libvirt refused is not retried before this time.
     retry_at: Option<Millis>,
+    /// A bandwidth change libvirt refused (a host whose kernel lacks the tc
+    /// modules refuses them all): the limit is left alone until then, while
+    /// the CPU and disk go on.
+    net_refused: Option<(Millis, String)>,
 }
 
 impl PerVm {
     fn new(id: VmId) -> PerVm {
-        PerVm { id, track: None, tunes: None, retry_at: None }
+        PerVm { id, track: None, tunes: None, retry_at: None, net_refused: None }
     }
 }
 
 /// How long a refused change waits before it is tried again.
 const RETRY_AFTER_MS: u64 = 60_000;
+/// A refused bandwidth change waits longer: what refuses it (the host's
+/// traffic control) does not change from one minute to the next.
+const NET_RETRY_AFTER_MS: u64 = 600_000;
 
 impl ReallocPolicy {
     pub fn new() -> ReallocPolicy {
@@ -458,6 +520,13 @@ impl ReallocPolicy {
         rest.sort_by(|a, b| a.id.cmp(&b.id));
         self.vms.extend(rest);
         self.index = self.vms.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
+    }
+
+    /// libvirt refused the bandwidth part of a `SetTune` (before touching
+    /// the rest): the limit stays as it is for ten minutes, the CPU and
+    /// disk go on at once, and the view says why.
+    pub fn net_failed(&mut self, vm: &VmId, now: Millis, detail: impl Into<String>) {
+        self.per_vm(vm).net_refused = Some((now.plus(NET_RETRY_AFTER_MS), detail.into()));
     }
 
     /// One tick. `settings` holds each observed VM's, in the observation's
@@ -517,7 +586,15 @@ impl ReallocPolicy {
                 // needing it, and does not flap back and forth.
                 let at_cap = tunes.base.cap().is_some_and(|c| r.cpu / vcpus >= cfg.at_cap * c);
                 let cpu_threshold = if track.bound.cpu { cfg.cpu_busy_leave } else { cfg.cpu_busy };
-                let bound = Bound { cpu: at_cap || demand >= cpu_threshold, disk: r.disk >= cfg.disk_busy, net: r.net >= cfg.net_busy };
+                // Against its own limit too, in each direction: a VM held at
+                // its limit is bound on the network however low that limit is.
+                let held = |limit: &Bandwidth, rate: Bytes| limit.limit().is_some_and(|l| rate >= l.scale(cfg.at_cap));
+                let at_net_limit = tunes.base.net.is_some_and(|n| held(&n.inbound, r.net_in) || held(&n.outbound, r.net_out));
+                let bound = Bound {
+                    cpu: at_cap || demand >= cpu_threshold,
+                    disk: r.disk >= cfg.disk_busy,
+                    net: at_net_limit || r.net >= cfg.net_busy,
+                };
                 let idle = r.cpu <= cfg.idle_cpu && r.disk <= cfg.idle_disk && r.net <= cfg.idle_net;
                 track.bound = bound;
                 track.class.see(bound.class(idle), now, cfg.class_after_ms);
@@ -525,6 +602,7 @@ impl ReallocPolicy {
                 view.cpu_use = Some(demand);
                 view.at_cap = at_cap;
                 view.bound = bound;
+                track.net_gains.see(at_net_limit, now, cfg.class_after_ms);
                 d.host_demand += (r.cpu + r.vcpu_wait).min(vcpus);
                 // Against the last tick's saturation: one pass over the VMs.
                 let waits = r.vcpu_wait >= cfg.wait_contended;
@@ -538,6 +616,9 @@ impl ReallocPolicy {
             // boost must not slip in before a neighbour's claim is confirmed.
             view.contended = matches!(track.class.value, Some(Class::CpuBound | Class::Mixed))
                 && (track.contended.value == Some(true) || matches!(track.contended.pending, Some((true, _))));
+            // Held like the class: a raised limit lets its rate pass the old
+            // one, and a dip below it for a tick must not undo the raise.
+            view.at_net_limit = is_net_bound(&view, track.class.value) && track.net_gains.value == Some(true);
             view.class = track.class.value;
             view.pending = track.class.pending;
             if s.disabled {
@@ -579,10 +660,20 @@ impl ReallocPolicy {
             .collect();
         let disk_conflict = disk_bound.len() >= 2;
         let someone_gains_disk = disk_bound.len() == 1 || d.views.iter().any(|v| v.skipped.is_none() && v.critical);
+        // The network, likewise: net-bound VMs share the host's links, so a
+        // higher limit for one robs any other net-bound VM.
+        let net_bound: Vec<VmId> = d
+            .views
+            .iter()
+            .filter(|v| v.skipped.is_none() && !v.critical && is_net_bound(v, v.class))
+            .map(|v| v.vm.clone())
+            .collect();
+        let net_conflict = net_bound.len() >= 2;
 
         // Decide each VM's tune.
         for ((view, s), per) in d.views.iter_mut().zip(own).zip(&self.vms).filter(|((v, _), _)| v.skipped.is_none()) {
             let retry_at = per.retry_at;
+            let net_refused = per.net_refused.as_ref().filter(|(until, _)| now < *until);
             let (Some(base), Some(current)) = (view.base, view.current) else { continue };
             let shares_max = s.shares_max.unwrap_or(base.shares.saturating_mul(cfg.boost)).max(base.shares);
             let shares_min = s.shares_min.unwrap_or(base.shares / cfg.yield_divisor.max(1)).clamp(2, base.shares);
@@ -646,19 +737,54 @@ impl ReallocPolicy {
                 }
                 _ => (Rule::Restore, current.io_weight, None),
             };
-            let wanted = Tune { io_weight, ..cpu_wanted };
+            let raised_net = |n: NetLimit| match s.net_max {
+                Some(max) => NetLimit { inbound: raise(n.inbound, max), outbound: raise(n.outbound, max) },
+                None => n,
+            };
+            let is_nb = is_net_bound(view, view.class);
+            let (net_rule, net, net_why) = match (base.net, current.net) {
+                (Some(b), Some(c)) => {
+                    let (rule, n, why) = if let Some((_, detail)) = net_refused {
+                        (Rule::Restore, c, Why::NetRefused(detail.clone()))
+                    } else if view.critical {
+                        (Rule::Critical, raised_net(b), Why::Critical)
+                    } else if view.class.is_none() {
+                        (Rule::Restore, c, Why::Learning)
+                    } else if is_nb && net_conflict {
+                        let others: Vec<VmId> = net_bound.iter().filter(|o| **o != view.vm).take(3).cloned().collect();
+                        (Rule::Restore, b, Why::NetConflict { others, more: net_bound.len() > 4 })
+                    } else if is_nb && b.unlimited() {
+                        (Rule::Restore, b, Why::NetUnlimited)
+                    } else if view.at_net_limit && raised_net(b) == b {
+                        (Rule::Restore, b, Why::NetAtLimitNoMax)
+                    } else if view.at_net_limit {
+                        (Rule::Boost, raised_net(b), Why::NetAtLimit)
+                    } else if is_nb {
+                        (Rule::Restore, b, Why::NetBelowLimit)
+                    } else {
+                        (Rule::Restore, b, Why::NetOwn(view.class.unwrap_or(Class::Steady)))
+                    };
+                    (rule, Some(n), Some(why))
+                }
+                (_, c) => (Rule::Restore, c, (is_nb && c.is_none()).then_some(Why::NetNoInterface)),
+            };
+            let wanted = Tune { io_weight, net, ..cpu_wanted };
             view.wanted = Some(wanted);
             view.why = Some(cpu_why);
             view.io_why = io_why;
+            view.net_why = net_why;
             if wanted == current || retry_at.is_some_and(|t| now < t) {
                 continue;
             }
-            // The action's reason: the CPU's when the CPU part changes.
+            // The action's reason: the CPU's when the CPU part changes, else
+            // the disk's when the disk weight does, else the network's.
             let cpu_changes = (wanted.shares, wanted.quota_us) != (current.shares, current.quota_us);
-            let (rule, why) = match (&view.why, &view.io_why) {
-                (_, Some(io)) if !cpu_changes => (io_rule, io),
-                (Some(cpu), _) => (cpu_rule, cpu),
-                (None, _) => unreachable!("the CPU reason is set above"),
+            let io_changes = wanted.io_weight != current.io_weight;
+            let (rule, why) = match (&view.why, &view.io_why, &view.net_why) {
+                (_, Some(io), _) if !cpu_changes && io_changes => (io_rule, io),
+                (_, _, Some(net)) if !cpu_changes && !io_changes => (net_rule, net),
+                (Some(cpu), _, _) => (cpu_rule, cpu),
+                (None, _, _) => unreachable!("the CPU reason is set above"),
             };
             let text = format!("{why}{}: {current} → {wanted}", rates_words(view));
             d.actions.push(Action::SetTune { vm: view.vm.clone(), tune: wanted, reason: Reason::new(rule, text) });
@@ -673,6 +799,23 @@ const IO_WEIGHT_MAX: u32 = 1000;
 
 fn is_disk_bound(v: &VmReallocView) -> bool {
     v.class == Some(Class::DiskBound) || (v.class == Some(Class::Mixed) && v.bound.disk)
+}
+
+/// Net-bound by its held class (passed apart: it is asked before the view
+/// has its class).
+fn is_net_bound(v: &VmReallocView, class: Option<Class>) -> bool {
+    class == Some(Class::NetBound) || (class == Some(Class::Mixed) && v.bound.net)
+}
+
+/// One direction's limit raised to `max`; an unlimited direction stays so,
+/// and a peak set below the new average rises with it.
+fn raise(b: Bandwidth, max: Bytes) -> Bandwidth {
+    if b.average == 0 {
+        return b;
+    }
+    let average = b.average.max(max.0 / KIB);
+    let peak = if b.peak == 0 { 0 } else { b.peak.max(average) };
+    Bandwidth { average, peak, ..b }
 }
 
 /// " (CPU 97% of its 1 vCPU, waiting 0%)": the numbers behind a change.
@@ -703,7 +846,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    const TUNE: Tune = Tune { shares: 1024, quota_us: None, period_us: 100_000, io_weight: None };
+    const TUNE: Tune = Tune { shares: 1024, quota_us: None, period_us: 100_000, io_weight: None, net: None };
 
     fn capped(frac: f64) -> Tune {
         Tune { quota_us: Some((frac * 100_000.0) as u64), ..TUNE }
@@ -740,6 +883,10 @@ mod tests {
         disk_rate: BTreeMap<String, u64>,
         disk_bytes: BTreeMap<String, u64>,
         wait_ns: BTreeMap<String, u64>,
+        /// Bytes per second each VM would send, by VM (none: 0); its
+        /// outbound limit lets that much through, as tc's would.
+        net_offered: BTreeMap<String, u64>,
+        net_bytes: BTreeMap<String, u64>,
         /// Every change the policy made, in order.
         changes: Vec<(String, Tune)>,
         settings: BTreeMap<VmId, ReallocSettings>,
@@ -776,7 +923,13 @@ mod tests {
                             let disk = self.disk_bytes.entry(n.to_string()).or_default();
                             *disk += 2 * self.disk_rate.get(*n).copied().unwrap_or(0);
                             let wait = *wait;
+                            let offered = self.net_offered.get(*n).copied().unwrap_or(0);
+                            let let_through = tune.net.and_then(|l| l.outbound.limit()).map_or(offered, |l| offered.min(l.0));
+                            let sent = self.net_bytes.entry(n.to_string()).or_default();
+                            *sent += 2 * let_through;
+                            let sent = *sent;
                             let mut o = vm(n, *c, *ns, self.tunes[*n]);
+                            o.activity.as_mut().unwrap().net_tx_bytes = sent;
                             o.activity.as_mut().unwrap().disk_write_bytes = *disk;
                             o.activity.as_mut().unwrap().vcpu_wait_ns = wait;
                             o
@@ -924,6 +1077,114 @@ mod tests {
         let d = w.run(&mut p, 0, 20, 2, &[("a", 1, 0.1), ("b", 1, 0.1)]);
         assert_eq!((w.tune("a"), w.tune("b")), (disk, disk));
         assert!(view(&d, "a").io_why.as_ref().unwrap().to_string().contains("as is b"));
+    }
+
+    fn limited(out_kib: u64) -> Tune {
+        let outbound = Bandwidth { average: out_kib, peak: 0, burst: 0 };
+        Tune { net: Some(NetLimit { inbound: Bandwidth::default(), outbound }), ..TUNE }
+    }
+
+    fn net_why(d: &ReallocDecision, name: &str) -> String {
+        view(d, name).net_why.as_ref().map(ToString::to_string).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_vm_at_its_bandwidth_limit_is_raised_to_net_max_and_restored() {
+        // 64 KiB/s is far under net_busy: held at its limit, it is net-bound all the same.
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("web", limited(64)), ("idle", limited(64))]);
+        w.settings.insert(VmId::new("web"), ReallocSettings { net_max: Some(Bytes::from_mib(1)), ..Default::default() });
+        w.net_offered.insert("web".into(), 4 << 20);
+        let d = w.run(&mut p, 0, 20, 2, &[("web", 1, 0.1), ("idle", 1, 0.0)]);
+        assert_eq!(view(&d, "web").class, Some(Class::NetBound));
+        assert!(view(&d, "web").at_net_limit);
+        assert_eq!(w.tune("web"), limited(1024), "raised to net_max, nothing else changed");
+        assert_eq!(w.tune("idle"), limited(64), "an idle VM's limit is not cut");
+        assert!(net_why(&d, "web").contains("higher limit"), "{}", net_why(&d, "web"));
+        let reason = &d.actions.iter().find(|a| a.vm().as_str() == "web");
+        assert!(reason.is_none() || reason.unwrap().reason().text.contains("bandwidth"));
+        // At the raised limit it stays raised: no flapping back.
+        let d = w.run(&mut p, 22, 20, 2, &[("web", 1, 0.1), ("idle", 1, 0.0)]);
+        assert_eq!(w.tune("web"), limited(1024));
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+        // The traffic stops: its own limit back once the class has passed.
+        w.net_offered.clear();
+        let d = w.run(&mut p, 44, 6, 2, &[("web", 1, 0.1), ("idle", 1, 0.0)]);
+        assert_eq!(w.tune("web"), limited(1024), "not before class_after");
+        assert_eq!(view(&d, "web").pending.map(|p| p.0), Some(Class::Steady));
+        w.run(&mut p, 52, 10, 2, &[("web", 1, 0.1), ("idle", 1, 0.0)]);
+        assert_eq!(w.tune("web"), limited(64));
+        let raise_then_restore: Vec<u64> = w.changes.iter().map(|(_, t)| t.net.unwrap().outbound.average).collect();
+        assert_eq!(raise_then_restore, vec![1024, 64]);
+    }
+
+    #[test]
+    fn two_at_their_bandwidth_limits_conflict_and_nothing_changes() {
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("a", limited(256)), ("b", limited(512))]);
+        for n in ["a", "b"] {
+            w.settings.insert(VmId::new(n), ReallocSettings { net_max: Some(Bytes::from_mib(10)), ..Default::default() });
+            w.net_offered.insert(n.into(), 4 << 20);
+        }
+        let d = w.run(&mut p, 0, 30, 2, &[("a", 1, 0.1), ("b", 1, 0.1)]);
+        assert_eq!((w.tune("a"), w.tune("b")), (limited(256), limited(512)));
+        assert_eq!(w.changes, vec![], "not even for a moment");
+        let why = net_why(&d, "a");
+        assert!(why.contains("as is b") && why.contains("rob"), "{why}");
+        // b goes quiet: a's limit rises.
+        w.net_offered.remove("b");
+        w.run(&mut p, 32, 30, 2, &[("a", 1, 0.1), ("b", 1, 0.1)]);
+        assert_eq!((w.tune("a"), w.tune("b")), (limited(10 << 10), limited(512)));
+    }
+
+    #[test]
+    fn without_a_limit_or_net_max_or_an_interface_nothing_changes_and_the_view_says_why() {
+        let unlimited = limited(0);
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("free", unlimited), ("nomax", limited(256)), ("slirp", TUNE)]);
+        w.settings.insert(VmId::new("free"), ReallocSettings { net_max: Some(Bytes::from_mib(10)), ..Default::default() });
+        w.net_offered.insert("free".into(), 4 << 20);
+        w.net_offered.insert("nomax".into(), 4 << 20);
+        w.net_offered.insert("slirp".into(), 4 << 20);
+        // One at a time: together they would conflict.
+        for (name, words) in [
+            ("free", "no bandwidth limit"),
+            ("nomax", "no higher limit (net_max)"),
+            ("slirp", "none of its interfaces can take a bandwidth limit"),
+        ] {
+            let d = w.run(&mut p, 0, 20, 2, &[(name, 1, 0.1)]);
+            assert_eq!(view(&d, name).class, Some(Class::NetBound));
+            assert!(net_why(&d, name).contains(words), "{name}: {}", net_why(&d, name));
+            p = ReallocPolicy::new();
+        }
+        assert_eq!(w.changes, vec![]);
+        // Not net-bound and no interface: nothing to say about the network.
+        w.net_offered.clear();
+        let d = w.run(&mut p, 0, 20, 2, &[("slirp", 1, 0.0)]);
+        assert_eq!(view(&d, "slirp").net_why, None);
+    }
+
+    #[test]
+    fn a_refused_bandwidth_change_is_left_alone_while_the_cpu_goes_on() {
+        let cfg = ReallocConfig::default();
+        let mut p = ReallocPolicy::new();
+        // One VM: its settings are the first.
+        let settings = [ReallocSettings { critical: true, net_max: Some(Bytes::from_mib(1)), ..Default::default() }];
+        let o = |t: Tune| obs(2, vec![vm("c", 1, 0, t)]);
+        let d = p.decide(&o(limited(64)), &settings, &cfg, Millis(0));
+        let want = Tune { shares: 4096, ..limited(1024) };
+        assert!(matches!(&d.actions[..], [Action::SetTune { tune, .. }] if *tune == want), "{:?}", d.actions);
+        // libvirt refused the bandwidth before touching the rest: the CPU
+        // change goes on at once without it, and the view says why.
+        p.net_failed(&VmId::new("c"), Millis(0), "Failed to load TC action module");
+        let d = p.decide(&o(limited(64)), &settings, &cfg, Millis(2000));
+        let cpu_only = Tune { shares: 4096, ..limited(64) };
+        assert!(matches!(&d.actions[..], [Action::SetTune { tune, .. }] if *tune == cpu_only), "{:?}", d.actions);
+        assert!(net_why(&d, "c").contains("TC action module") && net_why(&d, "c").contains("10 minutes"));
+        p.applied(&VmId::new("c"), cpu_only);
+        assert!(p.decide(&o(cpu_only), &settings, &cfg, Millis(4000)).actions.is_empty(), "no retry loop");
+        let d = p.decide(&o(cpu_only), &settings, &cfg, Millis(600_000));
+        assert!(matches!(&d.actions[..], [Action::SetTune { tune, .. }] if *tune == want), "tried again after 10 minutes");
     }
 
     #[test]

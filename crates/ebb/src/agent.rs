@@ -1493,6 +1493,7 @@ impl Agent {
                     self.realloc.applied(&vm, *tune);
                     self.live_tunes.insert(vm.clone(), (*tune, at));
                 }
+                (Action::SetTune { .. }, Err(HvError::Bandwidth { detail, .. })) => self.realloc.net_failed(&vm, at, detail.clone()),
                 (Action::SetTune { .. }, Err(_)) => self.realloc.failed(&vm, at),
                 (Action::SetPins { pins, .. }, Ok(())) => self.affinity.applied(&vm, pins, at),
                 (Action::SetPins { .. }, Err(_)) => self.affinity.failed(&vm, at),

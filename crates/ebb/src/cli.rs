@@ -101,11 +101,12 @@ pub fn vms_table(vms: &[VmInfo]) -> String {
                 with_source(size(v.settings.max), v.sources.max),
                 class_word(v),
                 tune_word(v),
+                net_word(v),
                 note,
             ]
         })
         .collect();
-    table(&["NAME", "STATE", "ACTUAL", "TARGET", "USED", "SHARE", "STEP", "SHARES", "MIN", "MAX", "CLASS", "CPU", "LAST"], &rows)
+    table(&["NAME", "STATE", "ACTUAL", "TARGET", "USED", "SHARE", "STEP", "SHARES", "MIN", "MAX", "CLASS", "CPU", "NET", "LAST"], &rows)
 }
 
 /// "cpu-bound", "critical", "-" when reallocation does not see it.
@@ -130,6 +131,15 @@ fn tune_word(v: &VmInfo) -> String {
         _ => String::new(),
     };
     format!("w{} {cap}{mine}{pinned}", t.shares)
+}
+
+/// "in - out 256KiB/s" (the live bandwidth limit, "-" each way unlimited),
+/// "*" when ebb changed it; "-" without an interface that takes a limit.
+fn net_word(v: &VmInfo) -> String {
+    let Some(n) = v.realloc.as_ref().and_then(|r| r.current).and_then(|t| t.net) else { return "-".into() };
+    let dir = |b: &ebb_core::Bandwidth| b.limit().map_or("-".into(), |l| format!("{}/s", l.to_string().replace(' ', "")));
+    let mine = v.realloc.as_ref().and_then(|r| r.base).is_some_and(|b| b.net != Some(n));
+    format!("in {} out {}{}", dir(&n.inbound), dir(&n.outbound), if mine { "*" } else { "" })
 }
 
 pub fn power_text(p: &Option<PowerStatus>) -> String {

@@ -441,6 +441,9 @@ pub struct VmReallocSection {
     /// The highest cap ebb may give it, as a fraction of one vCPU; without
     /// it ebb never raises its cap above the VM's own.
     pub cpu_cap_max: Option<f64>,
+    /// The highest bandwidth limit ebb may give it, per second in each
+    /// direction; without it ebb never raises its limit above the VM's own.
+    pub net_max: Option<Size>,
     /// The host CPUs ebb may pin its vCPUs to ("0-3,6"); without it ebb
     /// leaves its affinity alone.
     #[serde(default, deserialize_with = "de_cpus")]
@@ -465,6 +468,7 @@ impl VmReallocSection {
             shares_min: self.cpu_shares_min,
             shares_max: self.cpu_shares_max,
             cap_max: self.cpu_cap_max,
+            net_max: self.net_max.map(|s| s.0),
             expected: None,
         }
     }
@@ -754,6 +758,14 @@ impl Config {
                         return Err(format!("vm.{name}.realloc.cpu_cap_max = {c} must be more than zero (a fraction of one vCPU: 1.0 is a whole CPU)"));
                     }
                 }
+                // libvirt takes limits as whole KiB/s in 32 bits.
+                if let Some(Size(max)) = r.net_max {
+                    if max < Bytes::from_kib(1) || max.0 / 1024 > u64::from(u32::MAX) {
+                        return Err(format!(
+                            "vm.{name}.realloc.net_max = {max} is outside what libvirt takes: 1 KiB to 4 TiB per second"
+                        ));
+                    }
+                }
             }
             if let Some(shares) = &vm.shares {
                 if *shares.get_ref() == 0 {
@@ -851,6 +863,12 @@ mod tests {
         assert!(e.contains("vm.web.realloc.cpu_shares_min"), "{e}");
         let e = Config::parse("[vm.web.realloc]\ncpu_cap_max = 0\n").unwrap_err();
         assert!(e.contains("cpu_cap_max"), "{e}");
+        let e = Config::parse("[vm.web.realloc]\nnet_max = \"512B\"\n").unwrap_err();
+        assert!(e.contains("vm.web.realloc.net_max = 512 B") && e.contains("1 KiB"), "{e}");
+        let e = Config::parse("[vm.web.realloc]\nnet_max = \"fast\"\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("\"fast\" is not a size"), "{e}");
+        let c = Config::parse("[vm.web.realloc]\nnet_max = \"100MiB\"\n").unwrap();
+        assert_eq!(c.vm_section(&VmId::new("web")).unwrap().realloc.as_ref().unwrap().settings().net_max, Some(Bytes::from_mib(100)));
         let e = Config::parse("[realloc]\ncpu_busy = 0.5\ncpu_busy_leave = 0.7\n").unwrap_err();
         assert!(e.contains("cpu_busy_leave"), "{e}");
         let c = Config::parse("[vm.web.realloc]\ncritical = true\ncpu_cap_max = 2.0\n").unwrap();

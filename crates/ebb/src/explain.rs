@@ -53,16 +53,24 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
                 if let Some(h) = r.expected {
                     out.push(format!("Its history (ebb needs) says {} at this hour: it started from there.", h.as_str()));
                 }
-                if current == base {
-                    out.push(format!("Its CPU: {current}, its own."));
+                // The network has its own line below.
+                let (cpu, own) = (ebb_core::Tune { net: None, ..current }, ebb_core::Tune { net: None, ..base });
+                if cpu == own {
+                    out.push(format!("Its CPU: {cpu}, its own."));
                 } else {
-                    out.push(format!("Its CPU: {current}, set by ebb (its own: {base})."));
+                    out.push(format!("Its CPU: {cpu}, set by ebb (its own: {own})."));
                 }
                 if let Some(why) = &r.why {
                     out.push(format!("Why: {why}."));
                 }
                 if let (Some(w), Some(why)) = (current.io_weight, &r.io_why) {
                     out.push(format!("Its disk weight: {w} ({why})."));
+                }
+                match (current.net, base.net, &r.net_why) {
+                    (Some(n), Some(b), Some(why)) if n != b => out.push(format!("Its {n}, set by ebb (its own: {b}): {why}.")),
+                    (Some(n), _, Some(why)) => out.push(format!("Its {n}, its own: {why}.")),
+                    (None, _, Some(why)) => out.push(format!("Its network: {why}.")),
+                    _ => {}
                 }
                 if let Some(a) = &vm.affinity {
                     let (now, own) = (describe(&a.current), describe(&a.base));

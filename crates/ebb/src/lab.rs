@@ -43,6 +43,7 @@ const GUEST_FILES: &[(&str, &str)] = &[
     ("cgi-bin/cpu", include_str!("../../../guest/cgi-bin/cpu")),
     ("cgi-bin/disk", include_str!("../../../guest/cgi-bin/disk")),
     ("cgi-bin/work", include_str!("../../../guest/cgi-bin/work")),
+    ("cgi-bin/net", include_str!("../../../guest/cgi-bin/net")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +284,10 @@ pub struct GuestSpec {
     pub disk: Option<PathBuf>,
     /// Its own disk I/O weight (`<blkiotune><weight>`).
     pub io_weight: Option<u32>,
+    /// A second NIC (the guest's eth1), of type `ethernet` on a host tap of
+    /// this name that libvirt makes and removes: nothing is behind it, so
+    /// what the guest sends there ends on the tap.
+    pub tap: Option<String>,
 }
 
 impl GuestSpec {
@@ -305,6 +310,7 @@ impl GuestSpec {
             cpu_cap: None,
             disk: None,
             io_weight: None,
+            tap: None,
         }
     }
 
@@ -363,6 +369,15 @@ impl GuestSpec {
             let _ = writeln!(x, "      <source file='{}'/>", e(&disk.to_string_lossy()));
             let _ = writeln!(x, "      <target dev='vda' bus='virtio'/>");
             let _ = writeln!(x, "    </disk>");
+        }
+        if let Some(tap) = &self.tap {
+            // After the user-mode NIC's slot 0x9, so it is eth1; no PXE ROM.
+            let _ = writeln!(x, "    <interface type='ethernet'>");
+            let _ = writeln!(x, "      <target dev='{}' managed='yes'/>", e(tap));
+            let _ = writeln!(x, "      <model type='virtio'/>");
+            let _ = writeln!(x, "      <rom enabled='no'/>");
+            let _ = writeln!(x, "      <address type='pci' domain='0x0000' bus='0x00' slot='0x0a' function='0x0'/>");
+            let _ = writeln!(x, "    </interface>");
         }
         if self.balloon {
             let deflate = if self.deflate_on_oom { " autodeflate='on'" } else { "" };
@@ -688,6 +703,16 @@ impl Guest {
         let body = self.http_get(&path)?;
         if !body.lines().any(|l| l.trim() == format!("threads={threads}")) {
             return Err(LabError::BadAnswer { name: self.name.clone(), path, field: "threads", body });
+        }
+        Ok(())
+    }
+
+    /// `senders` pingers send out of the guest's second NIC for `secs`; 0 stops them.
+    pub fn net_workload(&self, secs: u64, senders: u32) -> Result<()> {
+        let path = format!("/cgi-bin/net?secs={secs}&senders={senders}");
+        let body = self.http_get(&path)?;
+        if !body.lines().any(|l| l.trim() == format!("secs={secs}")) {
+            return Err(LabError::BadAnswer { name: self.name.clone(), path, field: "secs", body });
         }
         Ok(())
     }

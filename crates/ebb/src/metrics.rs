@@ -77,7 +77,7 @@ pub fn render(s: &Snapshot) -> String {
     }
 
     type Pick = fn(&crate::api_types::VmInfo) -> Option<f64>;
-    let per_vm: [(&str, &str, Pick); 18] = [
+    let per_vm: [(&str, &str, Pick); 20] = [
         ("ebb_vm_surrogate_held_connections", "Client connections held while the VM wakes.", |v| v.surrogate.as_ref().map(|s| s.held_connections as f64)),
         ("ebb_vm_surrogate_refused_total", "Clients the surrogate refused (reset or 503).", |v| v.surrogate.as_ref().map(|s| s.refused as f64)),
         ("ebb_vm_surrogate_answered_locally_total", "Requests the surrogate answered itself (echo, canned).", |v| v.surrogate.as_ref().map(|s| s.answered_locally as f64)),
@@ -93,7 +93,13 @@ pub fn render(s: &Snapshot) -> String {
         ("ebb_vm_cpu_shares", "The VM's live CPU weight (cpu_shares).", |v| v.realloc.as_ref()?.current.map(|t| t.shares as f64)),
         ("ebb_vm_cpu_cap_ratio", "The VM's live CPU cap per vCPU (1 = a whole CPU); absent when uncapped.", |v| v.realloc.as_ref()?.current?.cap()),
         ("ebb_vm_cpu_demand_ratio", "CPU the VM ran plus waited for, as a fraction of its vCPUs.", |v| v.realloc.as_ref()?.cpu_use),
-        ("ebb_vm_cpu_changed_by_ebb", "1 while ebb holds the VM's CPU weight or cap away from its own.", |v| {
+        ("ebb_vm_net_in_limit_bytes", "The VM's live inbound bandwidth limit, bytes per second; absent when unlimited or it has no interface that takes one.", |v| {
+            v.realloc.as_ref()?.current?.net?.inbound.limit().map(|b| b.0 as f64)
+        }),
+        ("ebb_vm_net_out_limit_bytes", "The VM's live outbound bandwidth limit, bytes per second; absent when unlimited or it has no interface that takes one.", |v| {
+            v.realloc.as_ref()?.current?.net?.outbound.limit().map(|b| b.0 as f64)
+        }),
+        ("ebb_vm_cpu_changed_by_ebb", "1 while ebb holds the VM's CPU weight or cap, disk weight or bandwidth limit away from its own.", |v| {
             let r = v.realloc.as_ref()?;
             Some((r.current.is_some() && r.current != r.base) as u8 as f64)
         }),

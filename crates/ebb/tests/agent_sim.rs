@@ -213,3 +213,57 @@ async fn idle_vms_sleep_wake_on_request_and_failures_keep_them_running() {
     assert!(vms.iter().find(|v| v.name == "busy").unwrap().sleeping.is_some(), "shown asleep at once");
     w.stop().await;
 }
+
+fn limited(vm: SimVm, out_kib: u64) -> SimVm {
+    let outbound = ebb_core::Bandwidth { average: out_kib, peak: 0, burst: 0 };
+    let tune = ebb_core::Tune { net: Some(ebb_core::NetLimit { outbound, ..Default::default() }), ..vm.tune };
+    SimVm { tune, net_load: Bytes::from_mib(4), ..vm }
+}
+
+fn out_limit(sim: &SimHypervisor, vm: &str) -> u64 {
+    sim.status(&VmId::new(vm)).unwrap().vm.tune.net.unwrap().outbound.average
+}
+
+/// The raise, end to end through the agent (this host's kernel cannot
+/// enforce a limit, so the real-guest test cannot show it): a VM sending at
+/// its 64 KiB/s limit gets net_max, and its own limit back when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_at_its_bandwidth_limit_is_raised_to_net_max_and_restored() {
+    let sim = SimHypervisor::new(Bytes::from_gib(16));
+    sim.add_vm(limited(SimVm::new("web", Bytes::from_mib(1024)), 64));
+    let w = start_with(sim, "enabled = false", "[realloc]\nclass_after = \"300ms\"\n[vm.web.realloc]\nnet_max = \"1MiB\"\n").await;
+    w.until("the limit raised", |_, _| (out_limit(&w.sim, "web") == 1024).then_some(())).await;
+    let vms: Vec<VmInfo> = w.client.get("/v1/vms").await.unwrap();
+    let r = vms[0].realloc.as_ref().unwrap();
+    assert!(r.net_why.as_ref().unwrap().to_string().contains("higher limit"), "{r:?}");
+    w.sim.set_net_load(&VmId::new("web"), Bytes::ZERO);
+    w.until("its own limit back", |_, _| (out_limit(&w.sim, "web") == 64).then_some(())).await;
+    let sets = w.events().await.into_iter().filter(|e| e.kind == "set_tune" && e.outcome.as_deref() == Some("ok")).count();
+    assert_eq!(sets, 2, "raised once, restored once");
+    w.stop().await;
+}
+
+/// A host that refuses limits: one refusal, journaled with libvirt's words,
+/// then the limit is left alone (no retry loop) and the view says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_bandwidth_change_is_journaled_once_and_explained() {
+    let sim = SimHypervisor::new(Bytes::from_gib(16));
+    sim.add_vm(limited(SimVm::new("web", Bytes::from_mib(1024)), 64));
+    sim.set_refuse_bandwidth(&VmId::new("web"), Some("Failed to load TC action module"));
+    let w = start_with(sim, "enabled = false", "[realloc]\nclass_after = \"300ms\"\n[vm.web.realloc]\nnet_max = \"1MiB\"\n").await;
+    let why = w
+        .until("the refusal explained", |vms, _| {
+            let why = vms[0].realloc.as_ref()?.net_why.as_ref()?.to_string();
+            why.contains("refused").then_some(why)
+        })
+        .await;
+    assert!(why.contains("TC action module") && why.contains("10 minutes"), "{why}");
+    let ticks = w.until("ticks", |_, st| Some(st.ticks)).await;
+    w.until("ticking on", |_, st| (st.ticks > ticks + 10).then_some(())).await;
+    let failed: Vec<Event> =
+        w.events().await.into_iter().filter(|e| e.outcome.as_deref().is_some_and(|o| o.starts_with("failed"))).collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].outcome.as_deref().unwrap().contains("could not set the network bandwidth of web"), "{failed:?}");
+    assert_eq!(out_limit(&w.sim, "web"), 64);
+    w.stop().await;
+}

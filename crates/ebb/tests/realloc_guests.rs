@@ -252,3 +252,67 @@ fn a_disk_bound_guest_gets_the_disk_weight_while_an_idle_one_gives_it_up() {
         g.remove().unwrap();
     }
 }
+
+/// The live (inbound, outbound) average limits of `dev`, as `virsh domiftune` reports them.
+fn domiftune(g: &Guest, dev: &str) -> (u64, u64) {
+    let out = std::process::Command::new("virsh").args(["-c", URI, "domiftune", g.name(), dev]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = |key: &str| -> u64 {
+        let line = text.lines().find(|l| l.trim_start().starts_with(key)).unwrap_or_else(|| panic!("no {key} in {text}"));
+        line.split(':').nth(1).unwrap().trim().parse().unwrap()
+    };
+    (get("inbound.average"), get("outbound.average"))
+}
+
+/// Two guests send out of a second NIC (type ethernet, on a tap this test
+/// names; nothing is behind it, so the traffic ends there). This host's
+/// kernel lacks the tc parts libvirt limits bandwidth with (sfq, police),
+/// so no guest can have a limit: ebb must see them net-bound, say there is
+/// no limit to raise, say the two conflict, and change no limit.
+#[test]
+fn net_bound_guests_are_seen_and_explained_and_no_limit_changes() {
+    let prefix = "ebb-net-";
+    let lab = lab(prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let names = [format!("{prefix}a"), format!("{prefix}b")];
+    let taps: Vec<String> = ["a", "b"].iter().map(|s| format!("ebbn{}{s}", std::process::id() % 100_000)).collect();
+    let guests: Vec<Guest> =
+        names.iter().zip(&taps).map(|(n, tap)| boot(&lab, dir.path(), n, 256, |spec| spec.tap = Some(tap.clone()))).collect();
+    for g in &guests {
+        g.wait_ready(Duration::from_secs(180)).unwrap();
+    }
+    let (a, b) = (&guests[0], &guests[1]);
+    assert_eq!((domiftune(a, &taps[0]), domiftune(b, &taps[1])), ((0, 0), (0, 0)));
+    let rest = format!("{REALLOC}[vm.{}.realloc]\nnet_max = \"100MiB\"\n", names[0]);
+    let agent = AgentProc::start(dir.path(), &agent_lines(prefix), &rest);
+    let bound = |agent: &AgentProc, name: &str| {
+        agent.vm(name).and_then(|v| v.realloc).filter(|r| r.bound.net && matches!(r.class.map(|c| c.as_str()), Some("net-bound" | "mixed")))
+    };
+
+    a.net_workload(300, 4).unwrap();
+    let r = agent.wait("the sender net-bound", Duration::from_secs(60), |ag| bound(ag, &names[0]));
+    let out = r.rates.unwrap().net_out;
+    eprintln!("guest a sends {out}/s out of its second NIC");
+    assert!(out >= ebb_core::Bytes::from_mib(1), "{out}/s");
+    assert_eq!(r.current.and_then(|t| t.net), Some(ebb_core::NetLimit::default()), "unlimited, read from libvirt");
+    let explain = agent.text(&["explain", &names[0]]);
+    assert!(explain.contains("no bandwidth limit on its interface: ebb has no limit to raise"), "{explain}");
+    assert!(agent.text(&["vms"]).contains("in - out -"));
+
+    b.net_workload(300, 4).unwrap();
+    // Under emulation the pingers burn a vCPU each too: the CPU may conflict
+    // first; the network's conflict is its own line.
+    let conflict = format!("net-bound, as is {}: raising one's bandwidth would only rob the other", names[1]);
+    agent.wait("the network conflict", Duration::from_secs(60), |ag| ag.text(&["explain", &names[0]]).contains(&conflict).then_some(()));
+
+    for g in &guests {
+        g.net_workload(0, 0).unwrap();
+    }
+    agent.wait("neither net-bound", Duration::from_secs(60), |ag| {
+        (bound(ag, &names[0]).is_none() && bound(ag, &names[1]).is_none()).then_some(())
+    });
+    assert_eq!((domiftune(a, &taps[0]), domiftune(b, &taps[1])), ((0, 0), (0, 0)), "a limit changed");
+    for g in guests {
+        g.remove().unwrap();
+    }
+}
