@@ -956,29 +956,13 @@ mod ffi {
     /// `virNodeGetCPUStats` of one host CPU: (field, ns) pairs such as
     /// `kernel`, `user`, `idle`, `iowait`.
     pub fn node_cpu_stats(conn: &Connect, cpu: c_int) -> Result<Vec<(String, u64)>, Error> {
-        let mut n: c_int = 0;
-        // SAFETY: a NULL params array asks libvirt for the count only.
-        if unsafe { virt_sys::virNodeGetCPUStats(conn.as_ptr(), cpu, ptr::null_mut(), &mut n, 0) } < 0 {
-            return Err(Error::last_error());
-        }
-        if n <= 0 {
-            return Ok(Vec::new());
-        }
         let empty = virt_sys::virNodeCPUStats { field: [0; 80], value: 0 };
-        let mut buf = vec![empty; n as usize];
-        // SAFETY: `buf` has room for `n` entries, and libvirt writes at most `n`.
-        if unsafe { virt_sys::virNodeGetCPUStats(conn.as_ptr(), cpu, buf.as_mut_ptr(), &mut n, 0) } < 0 {
-            return Err(Error::last_error());
-        }
-        buf.truncate(n.max(0) as usize);
-        Ok(buf
-            .iter()
-            .map(|s| {
-                // SAFETY: libvirt NUL-terminates `field` within its 80 bytes.
-                let name = unsafe { CStr::from_ptr(s.field.as_ptr()) }.to_string_lossy().into_owned();
-                (name, s.value)
-            })
-            .collect())
+        node_stats(
+            empty,
+            // SAFETY: `conn` is open; `buf` is NULL (count only) or has room for `n` entries.
+            |buf, n| unsafe { virt_sys::virNodeGetCPUStats(conn.as_ptr(), cpu, buf, n, 0) },
+            |s| (&s.field, s.value),
+        )
     }
 
     /// `virDomainGetVcpuPinInfo`, live: each of `vcpus` vCPUs' CPU map of
@@ -1072,27 +1056,41 @@ mod ffi {
     /// `total`, `free`, `buffers`, `cached`.
     pub fn node_memory_stats(conn: &Connect) -> Result<Vec<(String, u64)>, Error> {
         let cells = virt_sys::VIR_NODE_MEMORY_STATS_ALL_CELLS;
+        let empty = virt_sys::virNodeMemoryStats { field: [0; 80], value: 0 };
+        node_stats(
+            empty,
+            // SAFETY: `conn` is open; `buf` is NULL (count only) or has room for `n` entries.
+            |buf, n| unsafe { virt_sys::virNodeGetMemoryStats(conn.as_ptr(), cells, buf, n, 0) },
+            |s| (&s.field, s.value),
+        )
+    }
+
+    /// The node stats calls' shape: asked with NULL for the count, then
+    /// with room for that many (field, value) entries.
+    fn node_stats<T: Clone>(
+        empty: T,
+        mut call: impl FnMut(*mut T, &mut c_int) -> c_int,
+        entry: impl Fn(&T) -> (&[std::os::raw::c_char; 80], u64),
+    ) -> Result<Vec<(String, u64)>, Error> {
         let mut n: c_int = 0;
-        // SAFETY: a NULL params array asks libvirt for the count only.
-        if unsafe { virt_sys::virNodeGetMemoryStats(conn.as_ptr(), cells, ptr::null_mut(), &mut n, 0) } < 0 {
+        if call(ptr::null_mut(), &mut n) < 0 {
             return Err(Error::last_error());
         }
         if n <= 0 {
             return Ok(Vec::new());
         }
-        let empty = virt_sys::virNodeMemoryStats { field: [0; 80], value: 0 };
         let mut buf = vec![empty; n as usize];
-        // SAFETY: `buf` has room for `n` entries, and libvirt writes at most `n`.
-        if unsafe { virt_sys::virNodeGetMemoryStats(conn.as_ptr(), cells, buf.as_mut_ptr(), &mut n, 0) } < 0 {
+        if call(buf.as_mut_ptr(), &mut n) < 0 {
             return Err(Error::last_error());
         }
         buf.truncate(n.max(0) as usize);
         Ok(buf
             .iter()
             .map(|s| {
+                let (field, value) = entry(s);
                 // SAFETY: libvirt NUL-terminates `field` within its 80 bytes.
-                let name = unsafe { CStr::from_ptr(s.field.as_ptr()) }.to_string_lossy().into_owned();
-                (name, s.value)
+                let name = unsafe { CStr::from_ptr(field.as_ptr()) }.to_string_lossy().into_owned();
+                (name, value)
             })
             .collect())
     }

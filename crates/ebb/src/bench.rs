@@ -35,10 +35,11 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
-    /// Reallocation's benefit on real guests: a cpu-bound guest capped at 30 %
-    /// of a CPU (cpu_cap_max 1.0) counts the rounds of a fixed computation it
-    /// gets through per minute, with ebb against static weights, beside an
-    /// idle and beside a busy neighbour, same run.
+    /// Reallocation's benefit on real guests: a cpu-bound guest counts the
+    /// rounds of a fixed computation it gets through per minute, with ebb
+    /// against static weights, same run: capped at 30 % of a CPU (cpu_cap_max
+    /// 1.0) beside an idle and a busy neighbour, then uncapped and pinned to
+    /// one CPU with the busy neighbour (cpus = "0-1").
     Realloc {
         #[arg(long, default_value = "qemu:///system")]
         uri: String,
@@ -387,18 +388,39 @@ async fn realloc(uri: &str, seconds: u64) -> Result<(), String> {
         block_in_place(|| g.wait_ready(Duration::from_secs(180))).map_err(|e| e.to_string())?;
     }
     let socket = dir.path().join("realloc.sock");
+    // The worker may be raised to a whole CPU and pinned within both CPUs.
     let cfg_text = format!(
         "[agent]\nuri = \"{uri}\"\ndomains = [\"{prefix}*\"]\nsocket = \"{}\"\njournal = \"{}\"\n[memory]\nenabled = false\n\
-         [vm.{}.realloc]\ncpu_cap_max = 1.0\n",
+         [vm.{}.realloc]\ncpu_cap_max = 1.0\ncpus = \"0-1\"\n",
         socket.display(),
         dir.path().join("realloc.db").display(),
         worker.name()
     );
     let per_minute = |rounds: u64| rounds as f64 * 60.0 / seconds as f64;
+    let live = virt::sys::VIR_DOMAIN_AFFECT_LIVE;
+    // (what the worker is beside, whether the neighbour is busy, the
+    // worker's cap in µs per 100 ms, whether both are pinned to CPU 0)
+    let scenarios = [
+        ("an idle neighbour, capped at 30% of a CPU", false, 30_000, false),
+        ("a busy neighbour, capped at 30% of a CPU", true, 30_000, false),
+        ("a busy neighbour, uncapped, both pinned to CPU 0", true, -1, true),
+    ];
     let mut rows = vec![];
-    for busy_neighbour in [false, true] {
+    let mut changes_before = 0;
+    for (what, busy_neighbour, quota, pinned) in scenarios {
         block_in_place(|| neighbour.cpu_workload(u32::from(busy_neighbour), seconds * 3 + 120)).map_err(|e| e.to_string())?;
-        // Static: the guests' own weights and caps, no agent.
+        // The guests' own weights, caps and pinning for the static window.
+        let own = virt::domain::SchedulerInfo {
+            scheduler_type: "posix".into(),
+            cpu_shares: Some(1024),
+            vcpu_bw: virt::domain::SchedBandwidth { period: Some(100_000), quota: Some(quota) },
+            ..Default::default()
+        };
+        worker.domain().set_scheduler_parameters_flags(&own, live).map_err(|e| e.to_string())?;
+        let map: u8 = if pinned { 0b01 } else { 0b11 };
+        for g in [&worker, &neighbour] {
+            g.domain().pin_vcpu_flags(0, &[map], live).map_err(|e| e.to_string())?;
+        }
         let fixed = block_in_place(|| worker.work(seconds)).map_err(|e| e.to_string())?;
         // ebb: the agent runs from the start of the window, so its reaction
         // time (class_after) is inside the figure.
@@ -415,34 +437,23 @@ async fn realloc(uri: &str, seconds: u64) -> Result<(), String> {
             .events(Some(worker.name()), 10_000)
             .map_err(|e| e.to_string())?
             .iter()
-            .filter(|e| e.kind == "set_tune")
-            .count()
-            - rows.iter().map(|r: &(bool, f64, f64, usize)| r.3).sum::<usize>();
-        // Back to the guest's own values for the next static window.
-        let own = virt::domain::SchedulerInfo {
-            scheduler_type: "posix".into(),
-            cpu_shares: Some(1024),
-            vcpu_bw: virt::domain::SchedBandwidth { period: Some(100_000), quota: Some(30_000) },
-            ..Default::default()
-        };
-        worker
-            .domain()
-            .set_scheduler_parameters_flags(&own, virt::sys::VIR_DOMAIN_AFFECT_LIVE)
-            .map_err(|e| e.to_string())?;
-        rows.push((busy_neighbour, per_minute(fixed), per_minute(with_ebb), changes));
+            .filter(|e| e.kind == "set_tune" || e.kind == "set_pins")
+            .count();
+        rows.push((what, per_minute(fixed), per_minute(with_ebb), changes - changes_before));
+        changes_before = changes;
     }
     for g in [worker, neighbour] {
         let _ = block_in_place(|| g.remove());
     }
-    println!("a cpu-bound guest capped at 30% of a CPU (cpu_cap_max 1.0), rounds of a fixed computation per minute, {seconds} s windows:");
-    for (busy, fixed, with_ebb, changes) in rows {
-        let who = if busy { "a busy neighbour" } else { "an idle neighbour" };
+    println!("a cpu-bound guest, rounds of a fixed computation per minute, {seconds} s windows, static weights vs ebb:");
+    for (what, fixed, with_ebb, changes) in rows {
         println!(
-            "  beside {who}: static weights {fixed:.0}/min; with ebb {with_ebb:.0}/min = {:.2}x ({changes} tune changes by ebb)",
+            "  beside {what}: static {fixed:.0}/min; with ebb {with_ebb:.0}/min = {:.2}x ({changes} changes by ebb)",
             with_ebb / fixed.max(1.0)
         );
     }
-    println!("  (beside a busy neighbour the two conflict on the host's CPUs: ebb leaves both alone by design)");
+    println!("  (beside a busy neighbour on both CPUs the two conflict: ebb leaves their weights alone by design;");
+    println!("   pinned to one CPU with it, ebb moves the worker to the free CPU instead)");
     Ok(())
 }
 

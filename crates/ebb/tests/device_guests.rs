@@ -66,26 +66,6 @@ fn kinds<'a>(events: &'a [Event], kind: &str) -> Vec<&'a Event> {
     events.iter().filter(|e| e.kind == kind).collect()
 }
 
-/// A raw 64 MiB disk image where libvirt's QEMU may open it, removed on drop.
-struct DiskImage(PathBuf);
-
-impl DiskImage {
-    fn new(name: &str) -> DiskImage {
-        let dir = Path::new("/var/lib/libvirt/images");
-        std::fs::create_dir_all(dir).unwrap();
-        let path = dir.join(format!("{name}.img"));
-        let out = std::process::Command::new("qemu-img").args(["create", "-q", "-f", "raw"]).arg(&path).arg("64M").output().unwrap();
-        assert!(out.status.success(), "qemu-img: {}", String::from_utf8_lossy(&out.stderr));
-        DiskImage(path)
-    }
-}
-
-impl Drop for DiskImage {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[test]
 fn a_running_guests_disk_is_guarded_an_idle_one_sleeps_and_the_cpus_save_until_the_guest_works() {
     let prefix = "ebb-dev-";

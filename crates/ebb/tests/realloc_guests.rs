@@ -21,26 +21,6 @@ fn io_weight(g: &Guest) -> u32 {
     line.split(':').nth(1).unwrap().trim().parse().unwrap()
 }
 
-/// A raw 64 MiB disk image where libvirt's QEMU may open it, removed on drop.
-struct DiskImage(std::path::PathBuf);
-
-impl DiskImage {
-    fn new(name: &str) -> DiskImage {
-        let dir = std::path::Path::new("/var/lib/libvirt/images");
-        std::fs::create_dir_all(dir).unwrap();
-        let path = dir.join(format!("{name}.img"));
-        let out = std::process::Command::new("qemu-img").args(["create", "-q", "-f", "raw"]).arg(&path).arg("64M").output().unwrap();
-        assert!(out.status.success(), "qemu-img: {}", String::from_utf8_lossy(&out.stderr));
-        DiskImage(path)
-    }
-}
-
-impl Drop for DiskImage {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// The domain's live (cpu_shares, vcpu_quota) as libvirt reports them.
 fn live(g: &Guest) -> (u64, i64) {
     let info = g.domain().scheduler_parameters_flags(virt::sys::VIR_DOMAIN_AFFECT_LIVE).unwrap();

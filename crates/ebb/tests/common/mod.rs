@@ -181,3 +181,23 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
 pub fn ebb(args: &[&str]) -> Output {
     Command::new(EBB).args(args).output().unwrap()
 }
+
+/// A raw 64 MiB disk image where libvirt's QEMU may open it, removed on drop.
+pub struct DiskImage(pub PathBuf);
+
+impl DiskImage {
+    pub fn new(name: &str) -> DiskImage {
+        let dir = Path::new("/var/lib/libvirt/images");
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join(format!("{name}.img"));
+        let out = Command::new("qemu-img").args(["create", "-q", "-f", "raw"]).arg(&path).arg("64M").output().unwrap();
+        assert!(out.status.success(), "qemu-img: {}", String::from_utf8_lossy(&out.stderr));
+        DiskImage(path)
+    }
+}
+
+impl Drop for DiskImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
