@@ -30,6 +30,7 @@ use crate::rates::ActivityRates;
 use crate::units::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The usage model and the size of the moves; host-wide.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -163,7 +164,7 @@ pub enum Why {
     Critical,
     Learning,
     /// Bound on the CPU with others on a saturated host.
-    Conflict { others: Vec<VmId>, more: bool, host_cpus: u32, busy: f64 },
+    Conflict { others: Others, host_cpus: u32, busy: f64 },
     AtCapNoCapMax,
     AtCap,
     Saturated,
@@ -173,7 +174,7 @@ pub enum Why {
     NoGain { cpu_use: f64 },
     Own(Class),
     DiskBound,
-    DiskConflict { others: Vec<VmId>, more: bool },
+    DiskConflict { others: Others },
     DiskIdle,
     /// Net-bound at its bandwidth limit: raised to `net_max`.
     NetAtLimit,
@@ -184,7 +185,7 @@ pub enum Why {
     NetBelowLimit,
     /// Net-bound, and none of its interfaces can take a limit.
     NetNoInterface,
-    NetConflict { others: Vec<VmId>, more: bool },
+    NetConflict { others: Others },
     /// libvirt refused the last bandwidth change (its words).
     NetRefused(String),
     /// Anything else: its own limit.
@@ -193,20 +194,37 @@ pub enum Why {
     Text(String),
 }
 
+/// The others a VM conflicts with: a few named (shared by every VM of the
+/// conflict), the VM itself left out when shown.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Others {
+    named: Arc<[VmId]>,
+    me: VmId,
+    total: usize,
+}
+
+impl Others {
+    /// "a, b, c" or "a, b, c, others".
+    fn names(&self) -> String {
+        let mut names: Vec<&str> = self.named.iter().filter(|v| **v != self.me).take(3).map(VmId::as_str).collect();
+        if self.total > names.len() + 1 {
+            names.push("others");
+        }
+        names.join(", ")
+    }
+}
+
 impl std::fmt::Display for Why {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Why::Critical => f.write_str("time-critical: put first"),
             Why::Learning => f.write_str("learning its activity, no class yet: no change"),
-            Why::Conflict { others, more, host_cpus, busy } => {
-                let mut names: Vec<&str> = others.iter().map(VmId::as_str).collect();
-                if *more {
-                    names.push("others");
-                }
+            Why::Conflict { others, host_cpus, busy } => {
+                let names = others.names();
                 write!(
                     f,
                     "cpu-bound, as is {}, on a host whose {host_cpus} CPUs are all asked for ({busy:.1} CPUs' worth): raising one would only rob the other, so neither changes",
-                    names.join(", ")
+                    names
                 )
             }
             Why::AtCapNoCapMax => {
@@ -223,12 +241,9 @@ impl std::fmt::Display for Why {
             ),
             Why::Own(class) => write!(f, "{}: its own weight", class.as_str()),
             Why::DiskBound => f.write_str("disk-bound: it gets a higher disk weight"),
-            Why::DiskConflict { others, more } => {
-                let mut names: Vec<&str> = others.iter().map(VmId::as_str).collect();
-                if *more {
-                    names.push("others");
-                }
-                write!(f, "disk-bound, as is {}: raising one's disk weight would only rob the other, so neither changes", names.join(", "))
+            Why::DiskConflict { others } => {
+                let names = others.names();
+                write!(f, "disk-bound, as is {}: raising one's disk weight would only rob the other, so neither changes", names)
             }
             Why::DiskIdle => f.write_str("idle while another VM is disk-bound: its disk weight is cut"),
             Why::NetAtLimit => f.write_str("net-bound at its bandwidth limit: it gets a higher limit, up to net_max"),
@@ -240,12 +255,9 @@ impl std::fmt::Display for Why {
             Why::NetNoInterface => f.write_str(
                 "net-bound, but none of its interfaces can take a bandwidth limit (QEMU user-mode networking cannot; bridge, network, direct and ethernet ones can): nothing to raise",
             ),
-            Why::NetConflict { others, more } => {
-                let mut names: Vec<&str> = others.iter().map(VmId::as_str).collect();
-                if *more {
-                    names.push("others");
-                }
-                write!(f, "net-bound, as is {}: raising one's bandwidth would only rob the other, so neither changes", names.join(", "))
+            Why::NetConflict { others } => {
+                let names = others.names();
+                write!(f, "net-bound, as is {}: raising one's bandwidth would only rob the other, so neither changes", names)
             }
             Why::NetRefused(detail) => write!(
                 f,
@@ -670,6 +682,11 @@ impl ReallocPolicy {
             .collect();
         let net_conflict = net_bound.len() >= 2;
 
+        // Each conflict's reason names up to three of the others, from one
+        // shared list: thousands of contenders must not cost n² or n lists.
+        let named = |all: &[VmId]| -> Arc<[VmId]> { all.iter().take(4).cloned().collect() };
+        let (named_contenders, named_disk_bound, named_net_bound) = (named(&contenders), named(&disk_bound), named(&net_bound));
+
         // Decide each VM's tune.
         for ((view, s), per) in d.views.iter_mut().zip(own).zip(&self.vms).filter(|((v, _), _)| v.skipped.is_none()) {
             let retry_at = per.retry_at;
@@ -692,8 +709,8 @@ impl ReallocPolicy {
                 (Rule::Restore, current, Why::Learning)
             } else if view.contended && conflict {
                 // Named up to three: thousands of contenders must not cost n².
-                let others: Vec<VmId> = contenders.iter().filter(|o| **o != view.vm).take(3).cloned().collect();
-                let why = Why::Conflict { others, more: contenders.len() > 4, host_cpus: obs.host_cpus, busy: d.host_demand };
+                let others = Others { named: named_contenders.clone(), me: view.vm.clone(), total: contenders.len() };
+                let why = Why::Conflict { others, host_cpus: obs.host_cpus, busy: d.host_demand };
                 (Rule::Restore, base, why)
             } else if view.gains {
                 let tune = Tune {
@@ -723,8 +740,8 @@ impl ReallocPolicy {
                     } else if view.class.is_none() {
                         (Rule::Restore, c, Why::Learning)
                     } else if is_disk_bound(view) && disk_conflict {
-                        let others: Vec<VmId> = disk_bound.iter().filter(|o| **o != view.vm).take(3).cloned().collect();
-                        (Rule::Restore, b, Why::DiskConflict { others, more: disk_bound.len() > 4 })
+                        let others = Others { named: named_disk_bound.clone(), me: view.vm.clone(), total: disk_bound.len() };
+                        (Rule::Restore, b, Why::DiskConflict { others })
                     } else if is_disk_bound(view) {
                         (Rule::Boost, b.saturating_mul(cfg.boost as u32).min(IO_WEIGHT_MAX), Why::DiskBound)
                     } else if view.class == Some(Class::Idle) && someone_gains_disk {
@@ -751,8 +768,8 @@ impl ReallocPolicy {
                     } else if view.class.is_none() {
                         (Rule::Restore, c, Why::Learning)
                     } else if is_nb && net_conflict {
-                        let others: Vec<VmId> = net_bound.iter().filter(|o| **o != view.vm).take(3).cloned().collect();
-                        (Rule::Restore, b, Why::NetConflict { others, more: net_bound.len() > 4 })
+                        let others = Others { named: named_net_bound.clone(), me: view.vm.clone(), total: net_bound.len() };
+                        (Rule::Restore, b, Why::NetConflict { others })
                     } else if is_nb && b.unlimited() {
                         (Rule::Restore, b, Why::NetUnlimited)
                     } else if view.at_net_limit && raised_net(b) == b {

@@ -430,6 +430,12 @@ async fn realloc(uri: &str, seconds: u64) -> Result<(), String> {
             let _ = stopped.await;
         }));
         let with_ebb = block_in_place(|| worker.work(seconds)).map_err(|e| e.to_string())?;
+        // What ebb said of the worker's CPU at the end of the window.
+        let client = crate::client::Client::new(&socket);
+        let said: Vec<String> = match client.get::<crate::api_types::Explain>(&format!("/v1/vms/{}/explain", worker.name())).await {
+            Ok(e) => e.summary.into_iter().filter(|l| l.starts_with("Why") || l.starts_with("Its vCPUs")).collect(),
+            Err(e) => vec![format!("(explain failed: {e})")],
+        };
         let _ = stop.send(());
         let _ = agent.await;
         let journal = crate::journal::Journal::open(&dir.path().join("realloc.db")).map_err(|e| e.to_string())?;
@@ -439,18 +445,21 @@ async fn realloc(uri: &str, seconds: u64) -> Result<(), String> {
             .iter()
             .filter(|e| e.kind == "set_tune" || e.kind == "set_pins")
             .count();
-        rows.push((what, per_minute(fixed), per_minute(with_ebb), changes - changes_before));
+        rows.push((what, per_minute(fixed), per_minute(with_ebb), changes - changes_before, said));
         changes_before = changes;
     }
     for g in [worker, neighbour] {
         let _ = block_in_place(|| g.remove());
     }
     println!("a cpu-bound guest, rounds of a fixed computation per minute, {seconds} s windows, static weights vs ebb:");
-    for (what, fixed, with_ebb, changes) in rows {
+    for (what, fixed, with_ebb, changes, said) in rows {
         println!(
             "  beside {what}: static {fixed:.0}/min; with ebb {with_ebb:.0}/min = {:.2}x ({changes} changes by ebb)",
             with_ebb / fixed.max(1.0)
         );
+        for line in said {
+            println!("    ebb at the end: {line}");
+        }
     }
     println!("  (beside a busy neighbour on both CPUs the two conflict: ebb leaves their weights alone by design;");
     println!("   pinned to one CPU with it, ebb moves the worker to the free CPU instead)");
