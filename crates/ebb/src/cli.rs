@@ -410,6 +410,28 @@ pub fn describe_config(c: &Config) -> String {
             vm.max.as_ref().map_or("-".into(), |s| s.get_ref().0.to_string()),
             vm.managed.map_or("-".into(), |b| b.to_string()),
         );
+        if let Some(r) = &vm.realloc {
+            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "vm {name} reallocation: {}  critical {}  weight {}..{}  cap up to {}  bandwidth up to {}  pinned within CPU {}",
+                if r.enabled == Some(false) { "off" } else { "on" },
+                r.critical,
+                opt(r.cpu_shares_min.map(|v| v.to_string())),
+                opt(r.cpu_shares_max.map(|v| v.to_string())),
+                opt(r.cpu_cap_max.map(|c| format!("{:.0}% of a vCPU", c * 100.0))),
+                opt(r.net_max.map(|n| format!("{}/s", n.0))),
+                opt(r.cpus.as_ref().map(|c| c.to_string())),
+            );
+        }
+        if vm.value.is_some() || vm.handles_power_events.is_some() {
+            let _ = writeln!(
+                out,
+                "vm {name} power: value {}  handles power events {}",
+                vm.value.map_or("1 (not set)".into(), |v| v.to_string()),
+                vm.handles_power_events.unwrap_or(true)
+            );
+        }
     }
     out
 }

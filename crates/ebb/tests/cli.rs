@@ -34,6 +34,14 @@ fn config_errors_stop_startup_with_the_field_and_line() {
     assert!(!ok);
     assert!(err.contains("by 100 MiB"), "{err}");
 
+    let (ok, err) = run_with_config("[vm.web.realloc]\ncpus = \"3-1\"\n");
+    assert!(!ok);
+    assert!(err.contains("line 2") && err.contains("the range 3-1 runs backwards"), "{err}");
+
+    let (ok, err) = run_with_config("[realloc]\naffinity_free = 0.8\n");
+    assert!(!ok);
+    assert!(err.contains("realloc.affinity_free (0.8) must be below realloc.affinity_busy"), "{err}");
+
     let out = ebb(&["run", "--config", "/nonexistent/ebb.toml"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file /nonexistent/ebb.toml"));
