@@ -50,13 +50,13 @@ done
 
 # Modules in load order; /init loads whatever of this list is present.
 MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
-virtio_balloon failover net_failover virtio_net virtio_blk evdev button"
+virtio_balloon failover net_failover virtio_net virtio_blk evdev button virtio_console"
 : > "$ROOT"/lib/modules/order
 for m in $MODULES; do
     f=$(find "$MODDIR" -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" -o -name "$m.ko.gz" | head -n 1)
     if [ -z "$f" ]; then
         # Optional: the disk, and the power button (clean shutdown).
-        case "$m" in virtio_blk|evdev|button) continue ;; esac
+        case "$m" in virtio_blk|evdev|button|virtio_console) continue ;; esac
         die "module $m not found under $MODDIR"
     fi
     case "$f" in
@@ -72,6 +72,16 @@ install -m 0755 "$SRC"/init "$ROOT"/init
 install -m 0755 "$SRC"/ebb-mem "$ROOT"/bin/ebb-mem
 for c in status mem release hit hits bulk cpu disk work net; do
     install -m 0755 "$SRC/cgi-bin/$c" "$ROOT/www/cgi-bin/$c"
+done
+# The QEMU guest agent and the libraries it links: through it the guest
+# onlines and offlines its own vCPUs when ebb asks (virsh setvcpus --guest).
+QGA=$(command -v qemu-ga || true)
+[ -x /usr/sbin/qemu-ga ] && QGA=/usr/sbin/qemu-ga
+[ -n "$QGA" ] || die "qemu-ga not found: install qemu-guest-agent (scripts/setup-host.sh)"
+install -D -m 0755 "$QGA" "$ROOT"/usr/sbin/qemu-ga
+for lib in $(ldd "$QGA" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+    mkdir -p "$ROOT$(dirname "$lib")"
+    cp -L "$lib" "$ROOT$lib"
 done
 printf 'root:x:0:0:root:/root:/bin/sh\n' > "$ROOT"/etc/passwd
 printf 'root:x:0:\n' > "$ROOT"/etc/group

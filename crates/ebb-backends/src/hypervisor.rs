@@ -104,6 +104,17 @@ pub trait Hypervisor: Send {
         Err(unsupported("pin vCPUs", vm))
     }
 
+    /// The vCPUs online in a running guest, as its agent says.
+    fn guest_vcpus(&mut self, vm: &VmId) -> Result<u32, HvError> {
+        Err(unsupported("read the guest's online vCPUs", vm))
+    }
+
+    /// Has the guest online or offline its own vCPUs, through its agent.
+    fn set_guest_vcpus(&mut self, vm: &VmId, count: u32) -> Result<(), HvError> {
+        let _ = count;
+        Err(unsupported("set the guest's online vCPUs", vm))
+    }
+
     // Sleep and wake (SPEC §2). None of these ever destroys a domain: a
     // failed save leaves the VM running, a failed start leaves the image.
 

@@ -685,6 +685,17 @@ impl Hypervisor for LibvirtHypervisor {
             .collect())
     }
 
+    fn guest_vcpus(&mut self, vm: &VmId) -> Result<u32, HvError> {
+        let dom = self.lookup("read the guest's online vCPUs", vm)?;
+        dom.vcpus_flags(virt_sys::VIR_DOMAIN_VCPU_GUEST).map_err(|e| self.vm_error("read the guest's online vCPUs", vm, e))
+    }
+
+    fn set_guest_vcpus(&mut self, vm: &VmId, count: u32) -> Result<(), HvError> {
+        let _span = debug_span!("set_guest_vcpus", vm = %vm, count).entered();
+        let dom = self.lookup("set the guest's online vCPUs", vm)?;
+        dom.set_vcpus_flags(count, virt_sys::VIR_DOMAIN_VCPU_GUEST).map_err(|e| self.vm_error("set the guest's online vCPUs", vm, e))
+    }
+
     fn set_vcpu_pins(&mut self, vm: &VmId, pins: &[CpuSet]) -> Result<(), HvError> {
         let _span = debug_span!("set_vcpu_pins", vm = %vm).entered();
         let dom = self.lookup("pin vCPUs", vm)?;

@@ -13,6 +13,7 @@ pub mod rates;
 pub mod realloc;
 pub mod sleep;
 pub mod units;
+pub mod vcpus;
 
 pub use model::*;
 pub use units::*;

@@ -370,6 +370,9 @@ pub enum Action {
     SetTune { vm: VmId, tune: Tune, reason: Reason },
     /// Pin a running VM's vCPUs to host CPUs (virDomainPinVcpuFlags, live), one set per vCPU.
     SetPins { vm: VmId, pins: Vec<crate::affinity::CpuSet>, reason: Reason },
+    /// Have a VM's guest keep `count` vCPUs online (virDomainSetVcpusFlags
+    /// with VIR_DOMAIN_VCPU_GUEST, through its agent).
+    SetGuestVcpus { vm: VmId, count: u32, reason: Reason },
     /// Ask a VM's guest to shut itself down (the ACPI power button): only
     /// for a VM that must stop and could not be saved. Never a destroy.
     Shutdown { vm: VmId, reason: Reason },
@@ -383,6 +386,7 @@ impl Action {
             | Action::Wake { vm, .. }
             | Action::SetTune { vm, .. }
             | Action::SetPins { vm, .. }
+            | Action::SetGuestVcpus { vm, .. }
             | Action::Shutdown { vm, .. } => vm,
         }
     }
@@ -393,6 +397,7 @@ impl Action {
             | Action::Wake { reason, .. }
             | Action::SetTune { reason, .. }
             | Action::SetPins { reason, .. }
+            | Action::SetGuestVcpus { reason, .. }
             | Action::Shutdown { reason, .. } => {
                 reason
             }
@@ -405,6 +410,7 @@ impl Action {
             Action::Wake { .. } => "wake",
             Action::SetTune { .. } => "set_tune",
             Action::SetPins { .. } => "set_pins",
+            Action::SetGuestVcpus { .. } => "set_guest_vcpus",
             Action::Shutdown { .. } => "shutdown",
         }
     }

@@ -17,6 +17,7 @@ use ebb_core::power::{plan_power_drop, Candidate, LowBattery, Measured, PowerPla
 use ebb_core::memory::{MemoryConfig, MemoryDecision, MemoryPolicy, VmMemoryView};
 use ebb_core::needs::{HourNeeds, VmNeeds};
 use ebb_core::realloc::{ReallocConfig, ReallocDecision, ReallocPolicy, ReallocSettings, Tunes, VmReallocView};
+use ebb_core::vcpus::{OnlineVcpus, VcpuPolicy, VcpuView, VcpuVm};
 use ebb_core::sleep::{SleepDecision, SleepPolicy, SleepSettings, SurrogateTraffic, VmIdleView};
 use ebb_surrogate::{Surrogate, SurrogateEvent, VmPower};
 use ebb_core::{Action, Bytes, Millis, Observation, Reason, Rule, SleepMode, Tune, VmId, VmObservation, VmState};
@@ -113,6 +114,12 @@ pub struct Agent {
     saved_pins: HashMap<VmId, Pins>,
     /// Each VM with a `cpus` bound: what the affinity policy made of it this tick.
     affinity_views: HashMap<VmId, AffinityView>,
+    vcpus: VcpuPolicy,
+    /// The online vCPU counts as last written to the journal.
+    saved_vcpus: HashMap<VmId, OnlineVcpus>,
+    /// Each VM with `vcpus_min`: what the policy made of it this tick, or
+    /// why its guest's vCPUs could not be read.
+    vcpu_views: HashMap<VmId, Result<VcpuView, String>>,
     /// `ebb critical` flags (journaled); they override the config's.
     critical: BTreeMap<VmId, bool>,
     /// `ebb value` settings (journaled); they override the config's.
@@ -211,6 +218,18 @@ impl Agent {
         for (vm, pins) in &saved_pins {
             affinity.resume(vm.clone(), pins.clone());
         }
+        let mut vcpus = VcpuPolicy::new();
+        let saved_vcpus: HashMap<VmId, OnlineVcpus> = journal
+            .online_vcpus()
+            .unwrap_or_else(|e| {
+                warn!("could not resume the guests' online vCPUs from the journal: {e}");
+                vec![]
+            })
+            .into_iter()
+            .collect();
+        for (vm, v) in &saved_vcpus {
+            vcpus.resume(vm.clone(), *v);
+        }
         let needs = journal.needs().unwrap_or_else(|e| {
             warn!("could not read the needs history from the journal: {e}");
             vec![]
@@ -272,6 +291,9 @@ impl Agent {
             affinity_cfg: cfg.realloc.affinity_config(),
             saved_pins,
             affinity_views: HashMap::new(),
+            vcpus,
+            saved_vcpus,
+            vcpu_views: HashMap::new(),
             critical: critical.into_iter().collect(),
             values: values.into_iter().collect(),
             needs: needs.into_iter().collect(),
@@ -437,6 +459,7 @@ impl Agent {
         let needs_metadata = self.metadata_due(at);
         let needs_tune = self.tune_due(at);
         let bounded: BTreeSet<VmId> = self.cfg.vm.keys().map(VmId::new).filter(|id| self.cpus_bound(id).is_some()).collect();
+        let with_vcpus_min: BTreeSet<VmId> = self.cfg.vm.keys().map(VmId::new).filter(|id| self.vcpus_min(id).is_some()).collect();
         let needs_sources = self.disk_sources_due(at);
         let filter = self.cfg.agent.clone();
         let in_flight = self.in_flight.clone();
@@ -485,13 +508,20 @@ impl Agent {
                     })
                     .collect();
                 let host_cpus = if pins.is_empty() { vec![] } else { hv.host_cpu_times().unwrap_or_default() };
-                Ok::<_, HvError>((obs, metadata, tunes, sources, (pins, host_cpus)))
+                // Only for VMs with vcpus_min: one call to each one's guest agent.
+                let online: HashMap<VmId, Result<u32, String>> = obs
+                    .vms
+                    .iter()
+                    .filter(|v| v.state == VmState::Running && with_vcpus_min.contains(&v.id))
+                    .map(|v| (v.id.clone(), hv.guest_vcpus(&v.id).map_err(|e| e.to_string())))
+                    .collect();
+                Ok::<_, HvError>((obs, metadata, tunes, sources, (pins, host_cpus), online))
             })
             .await
         else {
             return false;
         };
-        let (mut obs, metadata, tunes, sources, (pins, host_cpus)) = match result {
+        let (mut obs, metadata, tunes, sources, (pins, host_cpus), online) = match result {
             Ok(r) => r,
             Err(e) => {
                 self.lost_connection(at, &e);
@@ -560,6 +590,20 @@ impl Agent {
             self.affinity.decide(&obs, d, &host_cpus, &vms, &self.affinity_cfg, at)
         });
         self.affinity_views = affinity.iter().flat_map(|d| d.views.iter()).map(|v| (v.vm.clone(), v.clone())).collect();
+        let vcpus = realloc.as_ref().filter(|_| !online.is_empty()).map(|d| {
+            let vms: Vec<VcpuVm> = obs
+                .vms
+                .iter()
+                .map(|v| VcpuVm { online: online.get(&v.id).and_then(|r| r.as_ref().ok().copied()), min: self.vcpus_min(&v.id) })
+                .collect();
+            self.vcpus.decide(&obs, d, &vms, &self.realloc_cfg, at)
+        });
+        self.vcpu_views = online
+            .iter()
+            .filter_map(|(vm, r)| Some((vm.clone(), r.clone().err()?)))
+            .map(|(vm, e)| (vm, Err(e)))
+            .chain(vcpus.iter().flat_map(|d| d.views.iter()).map(|v| (v.vm.clone(), Ok(v.clone()))))
+            .collect();
         let mut actions = if self.cfg.memory.enabled { decision.actions.clone() } else { vec![] };
         // A VM about to sleep keeps its CPU tune: nothing to gain from a change.
         let to_sleep: Vec<&VmId> = idle.to_sleep.iter().map(|(vm, ..)| vm).collect();
@@ -568,6 +612,7 @@ impl Agent {
                 .iter()
                 .flat_map(|d| d.actions.iter())
                 .chain(affinity.iter().flat_map(|d| d.actions.iter()))
+                .chain(vcpus.iter().flat_map(|d| d.actions.iter()))
                 .filter(|a| !to_sleep.contains(&a.vm()))
                 .cloned(),
         );
@@ -581,6 +626,7 @@ impl Agent {
         self.remember_memory_state(&decision, at);
         self.remember_tunes(&obs, at);
         self.remember_pins(at);
+        self.remember_vcpus(at);
         self.plan = self.cfg.power.budget.map(|b| self.power_plan(&obs, realloc.as_ref(), Watts(b)));
         self.model_draw = realloc.as_ref().map(|d| self.model_draw(&obs, d));
         self.power_tick(&obs, at).await;
@@ -1264,35 +1310,25 @@ impl Agent {
     /// Journals each VM's tunes (as found, as ebb set them) when they change,
     /// so a restarted agent knows its own changes.
     fn remember_tunes(&mut self, obs: &Observation, at: Millis) {
-        for vm in &obs.vms {
-            let Some(tunes) = self.realloc.tunes(&vm.id) else { continue };
-            if self.saved_tunes.get(&vm.id) != Some(&tunes) {
-                match self.journal.save_tunes(&vm.id, &tunes, at) {
-                    Ok(()) => {
-                        self.saved_tunes.insert(vm.id.clone(), tunes);
-                    }
-                    Err(e) => warn!("{e}"),
-                }
-            }
-        }
+        let now = obs.vms.iter().filter_map(|v| Some((v.id.clone(), self.realloc.tunes(&v.id)?))).collect();
+        remember_changed(&mut self.saved_tunes, now, |vm, t| self.journal.save_tunes(vm, t, at));
     }
 
     /// Writes the pinnings the affinity policy holds when they change.
     fn remember_pins(&mut self, at: Millis) {
-        let changed: Vec<(VmId, Pins)> = self
-            .affinity_views
-            .keys()
-            .filter_map(|vm| Some((vm.clone(), self.affinity.pins(vm)?.clone())))
-            .filter(|(vm, p)| self.saved_pins.get(vm) != Some(p))
-            .collect();
-        for (vm, pins) in changed {
-            match self.journal.save_pins(&vm, &pins, at) {
-                Ok(()) => {
-                    self.saved_pins.insert(vm, pins);
-                }
-                Err(e) => warn!("{e}"),
-            }
-        }
+        let now = self.affinity_views.keys().filter_map(|vm| Some((vm.clone(), self.affinity.pins(vm)?.clone()))).collect();
+        remember_changed(&mut self.saved_pins, now, |vm, p| self.journal.save_pins(vm, p, at));
+    }
+
+    /// Writes the online vCPU counts the policy holds when they change.
+    fn remember_vcpus(&mut self, at: Millis) {
+        let now = self.vcpu_views.keys().filter_map(|vm| Some((vm.clone(), self.vcpus.state(vm)?))).collect();
+        remember_changed(&mut self.saved_vcpus, now, |vm, v| self.journal.save_online_vcpus(vm, v, at));
+    }
+
+    /// The fewest vCPUs ebb may leave online in a VM's guest (`[vm.NAME.realloc] vcpus_min`).
+    fn vcpus_min(&self, vm: &VmId) -> Option<u32> {
+        self.cfg.vm_section(vm)?.realloc.as_ref()?.vcpus_min
     }
 
     /// The CPUs ebb may pin a VM to (`[vm.NAME.realloc] cpus`).
@@ -1441,7 +1477,11 @@ impl Agent {
             match a {
                 Action::Sleep { vm, .. } => self.set_power(vm, VmPower::Asleep),
                 Action::Wake { vm, .. } => self.set_power(vm, VmPower::Waking),
-                Action::SetBalloonTarget { .. } | Action::SetTune { .. } | Action::SetPins { .. } | Action::Shutdown { .. } => {}
+                Action::SetBalloonTarget { .. }
+                | Action::SetTune { .. }
+                | Action::SetPins { .. }
+                | Action::SetGuestVcpus { .. }
+                | Action::Shutdown { .. } => {}
             }
         }
         // Waking a paused VM resumes it; waking a saved one starts it from its image.
@@ -1457,6 +1497,7 @@ impl Agent {
                             Action::SetTune { vm, tune, .. } => hv.set_tune(vm, *tune),
                             Action::Shutdown { vm, .. } => hv.shutdown(vm),
                             Action::SetPins { vm, pins, .. } => hv.set_vcpu_pins(vm, pins),
+                            Action::SetGuestVcpus { vm, count, .. } => hv.set_guest_vcpus(vm, *count),
                             Action::Sleep { vm, mode: SleepMode::Save, .. } => hv.save(vm),
                             Action::Sleep { vm, mode: SleepMode::Pause, .. } => hv.pause(vm),
                             Action::Wake { vm, .. } => match sleeping.get(vm).map(|r| r.mode) {
@@ -1497,6 +1538,7 @@ impl Agent {
                 (Action::SetTune { .. }, Err(_)) => self.realloc.failed(&vm, at),
                 (Action::SetPins { pins, .. }, Ok(())) => self.affinity.applied(&vm, pins, at),
                 (Action::SetPins { .. }, Err(_)) => self.affinity.failed(&vm, at),
+                (Action::SetGuestVcpus { count, .. }, Ok(())) => self.vcpus.applied(&vm, *count, at),
                 (Action::Sleep { mode, .. }, Ok(())) => {
                     self.sleeps_total += 1;
                     let rec = SleepRecord { mode: *mode, since: at, reason: reason.text.clone() };
@@ -1587,6 +1629,11 @@ impl Agent {
                             realloc: realloc_views.get(&vm.id).map(|v| VmReallocView {
                                 current: self.live_tunes.get(&vm.id).map(|(t, _)| *t),
                                 ..(*v).clone()
+                            }),
+                            vcpus: self.vcpu_views.get(&vm.id).map(|r| match r {
+                                // `online` as it is after this tick's change.
+                                Ok(v) => Ok(VcpuView { online: self.vcpus.state(&vm.id).map_or(v.online, |s| s.applied.unwrap_or(s.base)), ..v.clone() }),
+                                Err(e) => Err(e.clone()),
                             }),
                             // `current` as it is after this tick's moves.
                             affinity: self.affinity_views.get(&vm.id).map(|a| AffinityView {
@@ -1773,6 +1820,26 @@ pub fn vm_state_word(s: VmState) -> &'static str {
         VmState::Paused => "paused",
         VmState::ShutOff => "shut off",
         VmState::Other => "other",
+    }
+}
+
+/// Journals each VM's value that differs from what was last written, and
+/// remembers it once written.
+fn remember_changed<T: PartialEq>(
+    saved: &mut HashMap<VmId, T>,
+    now: Vec<(VmId, T)>,
+    save: impl Fn(&VmId, &T) -> Result<(), crate::journal::JournalError>,
+) {
+    for (vm, value) in now {
+        if saved.get(&vm) == Some(&value) {
+            continue;
+        }
+        match save(&vm, &value) {
+            Ok(()) => {
+                saved.insert(vm, value);
+            }
+            Err(e) => warn!("{e}"),
+        }
     }
 }
 

@@ -176,6 +176,9 @@ pub struct VmInfo {
     /// reallocation is off.
     #[serde(default)]
     pub realloc: Option<VmReallocView>,
+    /// With `vcpus_min`: its guest's online vCPUs and why, or why they could not be read.
+    #[serde(default)]
+    pub vcpus: Option<Result<ebb_core::vcpus::VcpuView, String>>,
     /// With a `cpus` bound: its pinning and why.
     #[serde(default)]
     pub affinity: Option<ebb_core::affinity::AffinityView>,

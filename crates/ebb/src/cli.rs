@@ -414,7 +414,7 @@ pub fn describe_config(c: &Config) -> String {
             let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
-                "vm {name} reallocation: {}  critical {}  weight {}..{}  cap up to {}  bandwidth up to {}  pinned within CPU {}",
+                "vm {name} reallocation: {}  critical {}  weight {}..{}  cap up to {}  bandwidth up to {}  pinned within CPU {}  vCPUs online at least {}",
                 if r.enabled == Some(false) { "off" } else { "on" },
                 r.critical,
                 opt(r.cpu_shares_min.map(|v| v.to_string())),
@@ -422,6 +422,7 @@ pub fn describe_config(c: &Config) -> String {
                 opt(r.cpu_cap_max.map(|c| format!("{:.0}% of a vCPU", c * 100.0))),
                 opt(r.net_max.map(|n| format!("{}/s", n.0))),
                 opt(r.cpus.as_ref().map(|c| c.to_string())),
+                opt(r.vcpus_min.map(|n| n.to_string())),
             );
         }
         if vm.value.is_some() || vm.handles_power_events.is_some() {

@@ -444,6 +444,9 @@ pub struct VmReallocSection {
     /// The highest bandwidth limit ebb may give it, per second in each
     /// direction; without it ebb never raises its limit above the VM's own.
     pub net_max: Option<Size>,
+    /// The fewest vCPUs its guest keeps online while idle (the guest agent
+    /// offlines the rest); without it ebb leaves its vCPUs alone.
+    pub vcpus_min: Option<u32>,
     /// The host CPUs ebb may pin its vCPUs to ("0-3,6"); without it ebb
     /// leaves its affinity alone.
     #[serde(default, deserialize_with = "de_cpus")]
@@ -758,6 +761,9 @@ impl Config {
                         return Err(format!("vm.{name}.realloc.cpu_cap_max = {c} must be more than zero (a fraction of one vCPU: 1.0 is a whole CPU)"));
                     }
                 }
+                if r.vcpus_min == Some(0) {
+                    return Err(format!("vm.{name}.realloc.vcpus_min = 0: a guest keeps at least one vCPU online"));
+                }
                 // libvirt takes limits as whole KiB/s in 32 bits.
                 if let Some(Size(max)) = r.net_max {
                     if max < Bytes::from_kib(1) || max.0 / 1024 > u64::from(u32::MAX) {
@@ -861,6 +867,8 @@ mod tests {
     fn realloc_bounds_that_contradict_are_named() {
         let e = Config::parse("[vm.web.realloc]\ncpu_shares_min = 5000\ncpu_shares_max = 100\n").unwrap_err();
         assert!(e.contains("vm.web.realloc.cpu_shares_min"), "{e}");
+        let e = Config::parse("[vm.web.realloc]\nvcpus_min = 0\n").unwrap_err();
+        assert!(e.contains("vcpus_min = 0"), "{e}");
         let e = Config::parse("[vm.web.realloc]\ncpu_cap_max = 0\n").unwrap_err();
         assert!(e.contains("cpu_cap_max"), "{e}");
         let e = Config::parse("[vm.web.realloc]\nnet_max = \"512B\"\n").unwrap_err();

@@ -72,6 +72,14 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
                     (None, _, Some(why)) => out.push(format!("Its network: {why}.")),
                     _ => {}
                 }
+                match &vm.vcpus {
+                    Some(Ok(v)) if v.online != v.base => {
+                        out.push(format!("Its guest has {} of its {} vCPUs online (set by ebb, at least {}): {}.", v.online, v.base, v.min, v.why))
+                    }
+                    Some(Ok(v)) => out.push(format!("Its guest has all {} of its vCPUs online ({}).", v.online, v.why)),
+                    Some(Err(e)) => out.push(format!("ebb cannot read its guest's online vCPUs (vcpus_min needs the QEMU guest agent): {e}.")),
+                    None => {}
+                }
                 if let Some(a) = &vm.affinity {
                     let (now, own) = (describe(&a.current), describe(&a.base));
                     let whose = if a.current == a.base { "its own".to_string() } else { format!("set by ebb (its own: CPU {own})") };

@@ -4,6 +4,7 @@
 
 use crate::api_types::{Event, SleepRecord};
 use ebb_core::affinity::Pins;
+use ebb_core::vcpus::OnlineVcpus;
 use ebb_core::devices::CpuChange;
 use ebb_core::memory::Resumed;
 use ebb_core::needs::VmNeeds;
@@ -66,6 +67,11 @@ CREATE TABLE IF NOT EXISTS memory_state (
 CREATE TABLE IF NOT EXISTS tunes (
     vm TEXT PRIMARY KEY,
     tunes TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vcpus (
+    vm TEXT PRIMARY KEY,
+    vcpus TEXT NOT NULL,
     updated_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS pins (
@@ -179,6 +185,15 @@ impl Journal {
     /// Every VM's remembered tunes.
     pub fn tunes(&self) -> Result<Vec<(VmId, Tunes)>, JournalError> {
         self.load_json("tunes")
+    }
+
+    /// A guest's online vCPUs as ebb found them and as ebb set them.
+    pub fn save_online_vcpus(&self, vm: &VmId, v: &OnlineVcpus, at: Millis) -> Result<(), JournalError> {
+        self.save_json("vcpus", vm, v, at)
+    }
+
+    pub fn online_vcpus(&self) -> Result<Vec<(VmId, OnlineVcpus)>, JournalError> {
+        self.load_json("vcpus")
     }
 
     /// A VM's vCPU pinning as ebb found it and as ebb set it.

@@ -282,6 +282,8 @@ pub struct GuestSpec {
     pub cpu_cap: Option<(u64, u64)>,
     /// A raw disk image the guest sees as /dev/vda (virtio).
     pub disk: Option<PathBuf>,
+    /// A channel for the QEMU guest agent, which the image starts.
+    pub guest_agent: bool,
     /// Its own disk I/O weight (`<blkiotune><weight>`).
     pub io_weight: Option<u32>,
     /// A second NIC (the guest's eth1), of type `ethernet` on a host tap of
@@ -310,6 +312,7 @@ impl GuestSpec {
             cpu_cap: None,
             disk: None,
             io_weight: None,
+            guest_agent: false,
             tap: None,
         }
     }
@@ -378,6 +381,9 @@ impl GuestSpec {
             let _ = writeln!(x, "      <rom enabled='no'/>");
             let _ = writeln!(x, "      <address type='pci' domain='0x0000' bus='0x00' slot='0x0a' function='0x0'/>");
             let _ = writeln!(x, "    </interface>");
+        }
+        if self.guest_agent {
+            let _ = writeln!(x, "    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>");
         }
         if self.balloon {
             let deflate = if self.deflate_on_oom { " autodeflate='on'" } else { "" };

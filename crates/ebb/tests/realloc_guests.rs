@@ -296,3 +296,52 @@ fn net_bound_guests_are_seen_and_explained_and_no_limit_changes() {
         g.remove().unwrap();
     }
 }
+
+/// The vCPUs online in the guest, as `virsh guestvcpus` lists them ("0", "0-1").
+fn online_in_guest(g: &Guest) -> Option<String> {
+    let out = std::process::Command::new("virsh").args(["-c", URI, "guestvcpus", g.name()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.trim_start().starts_with("online"))?;
+    Some(line.split(':').nth(1)?.trim().to_string())
+}
+
+#[test]
+fn an_idle_guest_keeps_one_vcpu_online_and_gets_both_back_the_moment_it_runs() {
+    let prefix = "ebb-test-vcpus-";
+    let lab = lab(prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let agent_guest = boot(&lab, dir.path(), &format!("{prefix}agent"), 256, |s| {
+        s.vcpus = 2;
+        s.guest_agent = true;
+    });
+    // No guest agent channel: ebb cannot ask this guest, and says so.
+    let plain = boot(&lab, dir.path(), &format!("{prefix}plain"), 256, |s| s.vcpus = 2);
+    for g in [&agent_guest, &plain] {
+        g.wait_ready(Duration::from_secs(180)).unwrap();
+    }
+    wait_for("the guest agent", Duration::from_secs(60), || (online_in_guest(&agent_guest).as_deref() == Some("0-1")).then_some(()));
+    let rest = format!("{REALLOC}[vm.{}.realloc]\nvcpus_min = 1\n[vm.{}.realloc]\nvcpus_min = 1\n", agent_guest.name(), plain.name());
+    let agent = AgentProc::start(dir.path(), &agent_lines(prefix), &rest);
+
+    // Idle: its guest offlines all but one vCPU.
+    wait_for("one vCPU online", Duration::from_secs(90), || (online_in_guest(&agent_guest).as_deref() == Some("0")).then_some(()));
+    let explain = agent.text(&["explain", agent_guest.name()]);
+    assert!(explain.contains("1 of its 2 vCPUs online"), "{explain}");
+    assert!(agent.text(&["metrics"]).contains(&format!("ebb_vm_guest_vcpus_online{{vm=\"{}\"}} 1", agent_guest.name())));
+    let explain = agent.text(&["explain", plain.name()]);
+    assert!(explain.contains("cannot read its guest's online vCPUs"), "{explain}");
+
+    // It runs: both back at once, not after a class window.
+    agent_guest.cpu_workload(2, 120).unwrap();
+    wait_for("both vCPUs online", Duration::from_secs(30), || (online_in_guest(&agent_guest).as_deref() == Some("0-1")).then_some(()));
+    let events = agent.events(Some(agent_guest.name()));
+    let back = events.iter().find(|e| e.kind == "set_guest_vcpus").unwrap();
+    assert!(back.text.contains("running again") && back.outcome.as_deref() == Some("ok"), "{back:?}");
+    // Busy, it keeps both.
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(online_in_guest(&agent_guest).as_deref(), Some("0-1"));
+    agent_guest.cpu_workload(0, 1).unwrap();
+    for g in [agent_guest, plain] {
+        g.remove().unwrap();
+    }
+}
