@@ -161,6 +161,11 @@ impl LibvirtHypervisor {
         Ok(bandwidth_interface(&xml))
     }
 
+    fn first_disk(&self, op: &'static str, vm: &VmId, dom: &Domain) -> Result<Option<CString>, HvError> {
+        let xml = dom.xml_desc(0).map_err(|e| self.vm_error(op, vm, e))?;
+        Ok(first_disk_target(&xml))
+    }
+
     fn lookup(&self, op: &'static str, vm: &VmId) -> Result<Domain, HvError> {
         self.conn.lookup_domain_by_name(vm.as_str()).map_err(|e| self.vm_error(op, vm, e))
     }
@@ -355,6 +360,28 @@ fn xml_disk_sources(xml: &str) -> Result<Vec<PathBuf>, String> {
         }
     }
     Ok(out)
+}
+
+/// The target name (`vda`) of the domain's first disk (not a CD-ROM or floppy).
+fn first_disk_target(xml: &str) -> Option<CString> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut in_disk = false;
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(e) | Event::Empty(e) if e.local_name().as_ref() == b"disk" => {
+                let device = e.attributes().flatten().find(|a| a.key.as_ref() == b"device");
+                in_disk = device.is_none_or(|a| a.value.as_ref() == b"disk");
+            }
+            Event::End(e) if e.local_name().as_ref() == b"disk" => in_disk = false,
+            Event::Start(e) | Event::Empty(e) if in_disk && e.local_name().as_ref() == b"target" => {
+                let dev = e.attributes().flatten().find(|a| a.key.as_ref() == b"dev")?;
+                return CString::new(dev.value.as_ref()).ok();
+            }
+            Event::Eof => return None,
+            _ => {}
+        }
+    }
 }
 
 fn vm_state(state: Option<i64>) -> VmState {
@@ -653,6 +680,13 @@ impl Hypervisor for LibvirtHypervisor {
             },
             None => None,
         };
+        // No disk, or a driver without I/O limits: ebb leaves the limit alone.
+        let disk_limit = match self.first_disk("read disk I/O limit", vm, &dom)? {
+            Some(dev) => ffi::block_iotune_total(&dom, &dev)
+                .map_err(|e| debug!(vm = %vm, error = %e.message(), "no disk I/O limit"))
+                .ok(),
+            None => None,
+        };
         Ok(Tune {
             shares,
             // Zero or negative: no cap.
@@ -660,6 +694,7 @@ impl Hypervisor for LibvirtHypervisor {
             period_us: info.vcpu_bw.period.unwrap_or(100_000),
             io_weight,
             net,
+            disk_limit,
         })
     }
 
@@ -745,6 +780,11 @@ impl Hypervisor for LibvirtHypervisor {
             .map_err(|e| self.vm_error("set CPU tune", vm, e))?;
         if let Some(w) = tune.io_weight {
             ffi::set_blkio_weight(&dom, w).map_err(|e| self.vm_error("set disk weight", vm, e))?;
+        }
+        if let (Some(limit), Some(dev)) = (tune.disk_limit, self.first_disk("set disk I/O limit", vm, &dom)?) {
+            if ffi::block_iotune_total(&dom, &dev).ok() != Some(limit) {
+                ffi::set_block_iotune_total(&dom, &dev, limit).map_err(|e| self.vm_error("set disk I/O limit", vm, e))?;
+            }
         }
         Ok(())
     }
@@ -1058,6 +1098,50 @@ mod ffi {
             )
         };
         if r < 0 {
+            return Err(Error::last_error());
+        }
+        Ok(())
+    }
+
+    /// A disk's live `total_bytes_sec` I/O limit (`blkdeviotune`); 0: none.
+    pub fn block_iotune_total(dom: &Domain, dev: &CStr) -> Result<u64, Error> {
+        let live = virt_sys::VIR_DOMAIN_AFFECT_LIVE;
+        let mut n: c_int = 0;
+        // SAFETY: a NULL params array with n = 0 asks libvirt for the count.
+        if unsafe { virt_sys::virDomainGetBlockIoTune(dom.as_ptr(), dev.as_ptr(), ptr::null_mut(), &mut n, live) } < 0 {
+            return Err(Error::last_error());
+        }
+        if n <= 0 {
+            return Ok(0);
+        }
+        // SAFETY: an all-zero typed parameter is a valid empty one.
+        let mut buf: Vec<virt_sys::virTypedParameter> = vec![unsafe { std::mem::zeroed() }; n as usize];
+        // SAFETY: `buf` holds `n` parameters for libvirt to fill.
+        if unsafe { virt_sys::virDomainGetBlockIoTune(dom.as_ptr(), dev.as_ptr(), buf.as_mut_ptr(), &mut n, live) } < 0 {
+            return Err(Error::last_error());
+        }
+        let total = buf[..n.max(0) as usize]
+            .iter()
+            .filter_map(copy_param)
+            .find(|(name, _)| name == "total_bytes_sec")
+            .and_then(|(_, v)| v.as_u64())
+            .unwrap_or(0);
+        // SAFETY: frees the strings libvirt put in the parameters (the group name), once.
+        unsafe { virt_sys::virTypedParamsClear(buf.as_mut_ptr(), n) };
+        Ok(total)
+    }
+
+    /// Sets a disk's live `total_bytes_sec` I/O limit; 0 removes it.
+    pub fn set_block_iotune_total(dom: &Domain, dev: &CStr, bytes_sec: u64) -> Result<(), Error> {
+        // SAFETY: an all-zero typed parameter is a valid empty one.
+        let mut p: virt_sys::virTypedParameter = unsafe { std::mem::zeroed() };
+        for (dst, src) in p.field.iter_mut().zip(b"total_bytes_sec\0") {
+            *dst = *src as std::os::raw::c_char;
+        }
+        p.type_ = virt_sys::VIR_TYPED_PARAM_ULLONG as c_int;
+        p.value.ul = bytes_sec;
+        // SAFETY: one initialised parameter, no strings to free.
+        if unsafe { virt_sys::virDomainSetBlockIoTune(dom.as_ptr(), dev.as_ptr(), &mut p, 1, virt_sys::VIR_DOMAIN_AFFECT_LIVE) } < 0 {
             return Err(Error::last_error());
         }
         Ok(())

@@ -84,7 +84,7 @@ impl SimVm {
             cpu_load: 0.0,
             vcpus: 1,
             net_load: Bytes::ZERO,
-            tune: Tune { shares: 1024, quota_us: None, period_us: 100_000, io_weight: Some(500), net: None },
+            tune: Tune { shares: 1024, quota_us: None, period_us: 100_000, io_weight: Some(500), net: None, disk_limit: None },
             disks: vec![],
             refuse_bandwidth: None,
         }

@@ -66,6 +66,7 @@ fn world(n: usize) -> World {
                 period_us: 100_000,
                 io_weight: Some(500),
                 net: None,
+                disk_limit: None,
             }),
         });
     }

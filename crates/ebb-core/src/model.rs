@@ -108,6 +108,10 @@ pub struct Tune {
     /// when it has no such interface (QEMU user-mode networking cannot).
     #[serde(default)]
     pub net: Option<NetLimit>,
+    /// Its first disk's I/O limit (`blkdeviotune --total-bytes-sec`), bytes
+    /// per second, 0 when unlimited; None when it has no disk.
+    #[serde(default)]
+    pub disk_limit: Option<u64>,
 }
 
 /// An interface's bandwidth limit as libvirt has it (`domiftune`), each
@@ -168,8 +172,12 @@ impl fmt::Display for Tune {
         if let Some(w) = self.io_weight {
             write!(f, ", disk weight {w}")?;
         }
-        match self.net {
-            Some(n) => write!(f, ", {n}"),
+        if let Some(n) = self.net {
+            write!(f, ", {n}")?;
+        }
+        match self.disk_limit {
+            Some(0) => f.write_str(", disk unlimited"),
+            Some(l) => write!(f, ", disk limit {}/s", crate::units::Bytes(l)),
             None => Ok(()),
         }
     }

@@ -103,6 +103,10 @@ pub struct ReallocSettings {
     /// give it. None: ebb never raises its limit above its own.
     #[serde(default)]
     pub net_max: Option<Bytes>,
+    /// The highest disk I/O limit (`blkdeviotune`, bytes per second) ebb
+    /// may give it. None: ebb never raises its limit above its own.
+    #[serde(default)]
+    pub disk_max: Option<Bytes>,
     /// The class its history (the needs database) gives for this hour: a
     /// VM that starts or returns begins there instead of unclassified.
     pub expected: Option<Class>,
@@ -176,6 +180,10 @@ pub enum Why {
     DiskBound,
     DiskConflict { others: Others },
     DiskIdle,
+    /// Disk-bound at its I/O limit: raised to `disk_max`…
+    DiskAtLimit,
+    /// …which its settings do not give.
+    DiskAtLimitNoMax,
     /// Net-bound at its bandwidth limit: raised to `net_max`.
     NetAtLimit,
     NetAtLimitNoMax,
@@ -246,6 +254,10 @@ impl std::fmt::Display for Why {
                 write!(f, "disk-bound, as is {}: raising one's disk weight would only rob the other, so neither changes", names)
             }
             Why::DiskIdle => f.write_str("idle while another VM is disk-bound: its disk weight is cut"),
+            Why::DiskAtLimit => f.write_str("disk-bound at its I/O limit: it gets a higher limit, up to disk_max"),
+            Why::DiskAtLimitNoMax => {
+                f.write_str("disk-bound at its I/O limit; its settings allow no higher limit (disk_max), so it keeps its own")
+            }
             Why::NetAtLimit => f.write_str("net-bound at its bandwidth limit: it gets a higher limit, up to net_max"),
             Why::NetAtLimitNoMax => {
                 f.write_str("net-bound at its bandwidth limit; its settings allow no higher limit (net_max), so it keeps its own")
@@ -321,6 +333,12 @@ pub struct VmReallocView {
     /// interface that can take one and is not net-bound.
     #[serde(default)]
     pub net_why: Option<Why>,
+    /// At its own disk I/O limit, held like its class.
+    #[serde(default)]
+    pub at_disk_limit: bool,
+    /// Why its disk I/O limit is what it is; None when its disk has none.
+    #[serde(default)]
+    pub disk_why: Option<Why>,
     /// Why ebb leaves it alone this tick.
     pub skipped: Option<String>,
 }
@@ -346,6 +364,8 @@ impl VmReallocView {
             io_why: None,
             at_net_limit: false,
             net_why: None,
+            at_disk_limit: false,
+            disk_why: None,
             skipped: None,
         }
     }
@@ -418,6 +438,8 @@ struct Track {
     contended: Held<bool>,
     /// Its traffic sits at its own bandwidth limit.
     net_gains: Held<bool>,
+    /// At its own disk I/O limit (held like the class).
+    disk_gains: Held<bool>,
 }
 
 impl Track {
@@ -431,6 +453,7 @@ impl Track {
             gains: Held::default(),
             contended: Held::default(),
             net_gains: Held::default(),
+            disk_gains: Held::default(),
         }
     }
 }
@@ -602,9 +625,11 @@ impl ReallocPolicy {
                 // its limit is bound on the network however low that limit is.
                 let held = |limit: &Bandwidth, rate: Bytes| limit.limit().is_some_and(|l| rate >= l.scale(cfg.at_cap));
                 let at_net_limit = tunes.base.net.is_some_and(|n| held(&n.inbound, r.net_in) || held(&n.outbound, r.net_out));
+                // …and its disk's I/O limit, likewise.
+                let at_disk_limit = tunes.base.disk_limit.is_some_and(|l| l > 0 && r.disk >= Bytes(l).scale(cfg.at_cap));
                 let bound = Bound {
                     cpu: at_cap || demand >= cpu_threshold,
-                    disk: r.disk >= cfg.disk_busy,
+                    disk: at_disk_limit || r.disk >= cfg.disk_busy,
                     net: at_net_limit || r.net >= cfg.net_busy,
                 };
                 let idle = r.cpu <= cfg.idle_cpu && r.disk <= cfg.idle_disk && r.net <= cfg.idle_net;
@@ -615,6 +640,7 @@ impl ReallocPolicy {
                 view.at_cap = at_cap;
                 view.bound = bound;
                 track.net_gains.see(at_net_limit, now, cfg.class_after_ms);
+                track.disk_gains.see(at_disk_limit, now, cfg.class_after_ms);
                 d.host_demand += (r.cpu + r.vcpu_wait).min(vcpus);
                 // Against the last tick's saturation: one pass over the VMs.
                 let waits = r.vcpu_wait >= cfg.wait_contended;
@@ -631,6 +657,9 @@ impl ReallocPolicy {
             // Held like the class: a raised limit lets its rate pass the old
             // one, and a dip below it for a tick must not undo the raise.
             view.at_net_limit = is_net_bound(&view, track.class.value) && track.net_gains.value == Some(true);
+            view.at_disk_limit = matches!(track.class.value, Some(Class::DiskBound | Class::Mixed))
+                && view.bound.disk
+                && track.disk_gains.value == Some(true);
             view.class = track.class.value;
             view.pending = track.class.pending;
             if s.disabled {
@@ -785,11 +814,37 @@ impl ReallocPolicy {
                 }
                 (_, c) => (Rule::Restore, c, (is_nb && c.is_none()).then_some(Why::NetNoInterface)),
             };
-            let wanted = Tune { io_weight, net, ..cpu_wanted };
+            // The disk's I/O limit, like the network's.
+            let raised_disk = |b: u64| match s.disk_max {
+                Some(max) if b > 0 => b.max(max.0),
+                _ => b,
+            };
+            let (disk_rule, disk_limit, disk_why) = match (base.disk_limit, current.disk_limit) {
+                (Some(b), Some(c)) if b > 0 || c > 0 => {
+                    let (rule, l, why) = if view.critical {
+                        (Rule::Critical, raised_disk(b), Why::Critical)
+                    } else if view.class.is_none() {
+                        (Rule::Restore, c, Why::Learning)
+                    } else if is_disk_bound(view) && disk_conflict {
+                        let others = Others { named: named_disk_bound.clone(), me: view.vm.clone(), total: disk_bound.len() };
+                        (Rule::Restore, b, Why::DiskConflict { others })
+                    } else if view.at_disk_limit && raised_disk(b) == b {
+                        (Rule::Restore, b, Why::DiskAtLimitNoMax)
+                    } else if view.at_disk_limit {
+                        (Rule::Boost, raised_disk(b), Why::DiskAtLimit)
+                    } else {
+                        (Rule::Restore, b, Why::Own(view.class.unwrap_or(Class::Steady)))
+                    };
+                    (rule, Some(l), Some(why))
+                }
+                (_, c) => (Rule::Restore, c, None),
+            };
+            let wanted = Tune { io_weight, net, disk_limit, ..cpu_wanted };
             view.wanted = Some(wanted);
             view.why = Some(cpu_why);
             view.io_why = io_why;
             view.net_why = net_why;
+            view.disk_why = disk_why;
             if wanted == current || retry_at.is_some_and(|t| now < t) {
                 continue;
             }
@@ -797,11 +852,13 @@ impl ReallocPolicy {
             // the disk's when the disk weight does, else the network's.
             let cpu_changes = (wanted.shares, wanted.quota_us) != (current.shares, current.quota_us);
             let io_changes = wanted.io_weight != current.io_weight;
-            let (rule, why) = match (&view.why, &view.io_why, &view.net_why) {
-                (_, Some(io), _) if !cpu_changes && io_changes => (io_rule, io),
-                (_, _, Some(net)) if !cpu_changes && !io_changes => (net_rule, net),
-                (Some(cpu), _, _) => (cpu_rule, cpu),
-                (None, _, _) => unreachable!("the CPU reason is set above"),
+            let net_changes = wanted.net != current.net;
+            let (rule, why) = match (&view.why, &view.io_why, &view.net_why, &view.disk_why) {
+                (_, Some(io), _, _) if !cpu_changes && io_changes => (io_rule, io),
+                (_, _, Some(net), _) if !cpu_changes && !io_changes && net_changes => (net_rule, net),
+                (_, _, _, Some(disk)) if !cpu_changes && !io_changes && !net_changes => (disk_rule, disk),
+                (Some(cpu), ..) => (cpu_rule, cpu),
+                (None, ..) => unreachable!("the CPU reason is set above"),
             };
             let text = format!("{why}{}: {current} → {wanted}", rates_words(view));
             d.actions.push(Action::SetTune { vm: view.vm.clone(), tune: wanted, reason: Reason::new(rule, text) });
@@ -863,7 +920,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    const TUNE: Tune = Tune { shares: 1024, quota_us: None, period_us: 100_000, io_weight: None, net: None };
+    const TUNE: Tune = Tune { shares: 1024, quota_us: None, period_us: 100_000, io_weight: None, net: None, disk_limit: None };
 
     fn capped(frac: f64) -> Tune {
         Tune { quota_us: Some((frac * 100_000.0) as u64), ..TUNE }
@@ -938,7 +995,9 @@ mod tests {
                             let wait = self.wait_ns.entry(n.to_string()).or_default();
                             *wait += ((u - ran).max(0.0) * 2e9) as u64;
                             let disk = self.disk_bytes.entry(n.to_string()).or_default();
-                            *disk += 2 * self.disk_rate.get(*n).copied().unwrap_or(0);
+                            // Its disk's I/O limit lets that much through, as QEMU's throttle would.
+                            let wants = self.disk_rate.get(*n).copied().unwrap_or(0);
+                            *disk += 2 * tune.disk_limit.filter(|l| *l > 0).map_or(wants, |l| wants.min(l));
                             let wait = *wait;
                             let offered = self.net_offered.get(*n).copied().unwrap_or(0);
                             let let_through = tune.net.and_then(|l| l.outbound.limit()).map_or(offered, |l| offered.min(l.0));
@@ -1094,6 +1153,32 @@ mod tests {
         let d = w.run(&mut p, 0, 20, 2, &[("a", 1, 0.1), ("b", 1, 0.1)]);
         assert_eq!((w.tune("a"), w.tune("b")), (disk, disk));
         assert!(view(&d, "a").io_why.as_ref().unwrap().to_string().contains("as is b"));
+    }
+
+    #[test]
+    fn a_vm_at_its_disk_limit_is_raised_to_disk_max_and_restored() {
+        // 1 MiB/s is far under disk_busy: held at its limit, it is disk-bound all the same.
+        let own = Tune { disk_limit: Some(1 << 20), ..TUNE };
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("db", own), ("other", TUNE)]);
+        w.settings.insert(VmId::new("db"), ReallocSettings { disk_max: Some(Bytes::from_mib(8)), ..Default::default() });
+        w.disk_rate.insert("db".into(), 32 << 20);
+        let d = w.run(&mut p, 0, 20, 2, &[("db", 1, 0.1), ("other", 1, 0.0)]);
+        assert!(view(&d, "db").at_disk_limit, "{:?}", view(&d, "db"));
+        assert_eq!(w.tune("db").disk_limit, Some(8 << 20));
+        assert!(view(&d, "db").disk_why.as_ref().unwrap().to_string().contains("up to disk_max"));
+        assert_eq!(w.tune("other"), TUNE, "a VM without a disk limit is left alone");
+        // Its writes stop: its own limit comes back.
+        w.disk_rate.clear();
+        w.run(&mut p, 22, 20, 2, &[("db", 1, 0.1), ("other", 1, 0.0)]);
+        assert_eq!(w.tune("db"), own);
+        // Without disk_max it keeps its own, and says so.
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("db", own)]);
+        w.disk_rate.insert("db".into(), 32 << 20);
+        let d = w.run(&mut p, 0, 20, 2, &[("db", 1, 0.1)]);
+        assert_eq!(w.tune("db"), own);
+        assert!(view(&d, "db").disk_why.as_ref().unwrap().to_string().contains("no higher limit (disk_max)"));
     }
 
     fn limited(out_kib: u64) -> Tune {

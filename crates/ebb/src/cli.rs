@@ -414,13 +414,14 @@ pub fn describe_config(c: &Config) -> String {
             let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
-                "vm {name} reallocation: {}  critical {}  weight {}..{}  cap up to {}  bandwidth up to {}  pinned within CPU {}  vCPUs online at least {}",
+                "vm {name} reallocation: {}  critical {}  weight {}..{}  cap up to {}  bandwidth up to {}  disk I/O up to {}  pinned within CPU {}  vCPUs online at least {}",
                 if r.enabled == Some(false) { "off" } else { "on" },
                 r.critical,
                 opt(r.cpu_shares_min.map(|v| v.to_string())),
                 opt(r.cpu_shares_max.map(|v| v.to_string())),
                 opt(r.cpu_cap_max.map(|c| format!("{:.0}% of a vCPU", c * 100.0))),
                 opt(r.net_max.map(|n| format!("{}/s", n.0))),
+                opt(r.disk_max.map(|n| format!("{}/s", n.0))),
                 opt(r.cpus.as_ref().map(|c| c.to_string())),
                 opt(r.vcpus_min.map(|n| n.to_string())),
             );

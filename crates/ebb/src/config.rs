@@ -444,6 +444,9 @@ pub struct VmReallocSection {
     /// The highest bandwidth limit ebb may give it, per second in each
     /// direction; without it ebb never raises its limit above the VM's own.
     pub net_max: Option<Size>,
+    /// The highest disk I/O limit (`blkdeviotune`) ebb may give its first
+    /// disk, per second; without it ebb never raises its limit above its own.
+    pub disk_max: Option<Size>,
     /// The fewest vCPUs its guest keeps online while idle (the guest agent
     /// offlines the rest); without it ebb leaves its vCPUs alone.
     pub vcpus_min: Option<u32>,
@@ -472,6 +475,7 @@ impl VmReallocSection {
             shares_max: self.cpu_shares_max,
             cap_max: self.cpu_cap_max,
             net_max: self.net_max.map(|s| s.0),
+            disk_max: self.disk_max.map(|s| s.0),
             expected: None,
         }
     }
@@ -760,6 +764,9 @@ impl Config {
                     if !(c > 0.0 && c.is_finite()) {
                         return Err(format!("vm.{name}.realloc.cpu_cap_max = {c} must be more than zero (a fraction of one vCPU: 1.0 is a whole CPU)"));
                     }
+                }
+                if r.disk_max.is_some_and(|Size(m)| m < Bytes::from_kib(1)) {
+                    return Err(format!("vm.{name}.realloc.disk_max must be at least 1 KiB per second"));
                 }
                 if r.vcpus_min == Some(0) {
                     return Err(format!("vm.{name}.realloc.vcpus_min = 0: a guest keeps at least one vCPU online"));

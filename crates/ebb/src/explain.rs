@@ -54,7 +54,7 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
                     out.push(format!("Its history (ebb needs) says {} at this hour: it started from there.", h.as_str()));
                 }
                 // The network has its own line below.
-                let (cpu, own) = (ebb_core::Tune { net: None, ..current }, ebb_core::Tune { net: None, ..base });
+                let (cpu, own) = (ebb_core::Tune { net: None, disk_limit: None, ..current }, ebb_core::Tune { net: None, disk_limit: None, ..base });
                 if cpu == own {
                     out.push(format!("Its CPU: {cpu}, its own."));
                 } else {
@@ -70,6 +70,13 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
                     (Some(n), Some(b), Some(why)) if n != b => out.push(format!("Its {n}, set by ebb (its own: {b}): {why}.")),
                     (Some(n), _, Some(why)) => out.push(format!("Its {n}, its own: {why}.")),
                     (None, _, Some(why)) => out.push(format!("Its network: {why}.")),
+                    _ => {}
+                }
+                match (current.disk_limit, base.disk_limit, &r.disk_why) {
+                    (Some(l), Some(b), Some(why)) if l != b => {
+                        out.push(format!("Its disk I/O limit: {}/s, set by ebb (its own: {}/s): {why}.", ebb_core::Bytes(l), ebb_core::Bytes(b)))
+                    }
+                    (Some(l), _, Some(why)) => out.push(format!("Its disk I/O limit: {}/s, its own: {why}.", ebb_core::Bytes(l))),
                     _ => {}
                 }
                 match &vm.vcpus {

@@ -282,6 +282,8 @@ pub struct GuestSpec {
     pub cpu_cap: Option<(u64, u64)>,
     /// A raw disk image the guest sees as /dev/vda (virtio).
     pub disk: Option<PathBuf>,
+    /// Its disk's own I/O limit, bytes per second (`<iotune><total_bytes_sec>`).
+    pub disk_limit: Option<u64>,
     /// A channel for the QEMU guest agent, which the image starts.
     pub guest_agent: bool,
     /// Its own disk I/O weight (`<blkiotune><weight>`).
@@ -313,6 +315,7 @@ impl GuestSpec {
             disk: None,
             io_weight: None,
             guest_agent: false,
+            disk_limit: None,
             tap: None,
         }
     }
@@ -371,6 +374,9 @@ impl GuestSpec {
             let _ = writeln!(x, "      <driver name='qemu' type='raw' cache='none'/>");
             let _ = writeln!(x, "      <source file='{}'/>", e(&disk.to_string_lossy()));
             let _ = writeln!(x, "      <target dev='vda' bus='virtio'/>");
+            if let Some(l) = self.disk_limit {
+                let _ = writeln!(x, "      <iotune><total_bytes_sec>{l}</total_bytes_sec></iotune>");
+            }
             let _ = writeln!(x, "    </disk>");
         }
         if let Some(tap) = &self.tap {

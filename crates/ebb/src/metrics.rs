@@ -77,7 +77,7 @@ pub fn render(s: &Snapshot) -> String {
     }
 
     type Pick = fn(&crate::api_types::VmInfo) -> Option<f64>;
-    let per_vm: [(&str, &str, Pick); 21] = [
+    let per_vm: [(&str, &str, Pick); 22] = [
         ("ebb_vm_surrogate_held_connections", "Client connections held while the VM wakes.", |v| v.surrogate.as_ref().map(|s| s.held_connections as f64)),
         ("ebb_vm_surrogate_refused_total", "Clients the surrogate refused (reset or 503).", |v| v.surrogate.as_ref().map(|s| s.refused as f64)),
         ("ebb_vm_surrogate_answered_locally_total", "Requests the surrogate answered itself (echo, canned).", |v| v.surrogate.as_ref().map(|s| s.answered_locally as f64)),
@@ -104,6 +104,9 @@ pub fn render(s: &Snapshot) -> String {
             Some((r.current.is_some() && r.current != r.base) as u8 as f64)
         }),
         ("ebb_vm_critical", "1 while the VM is marked time-critical.", |v| v.realloc.as_ref().map(|r| r.critical as u8 as f64)),
+        ("ebb_vm_disk_limit_bytes", "The live I/O limit of the VM's first disk, bytes per second (0: none).", |v| {
+            v.realloc.as_ref()?.current?.disk_limit.map(|l| l as f64)
+        }),
         ("ebb_vm_guest_vcpus_online", "vCPUs online in the guest, with vcpus_min set.", |v| match &v.vcpus {
             Some(Ok(c)) => Some(f64::from(c.online)),
             _ => None,

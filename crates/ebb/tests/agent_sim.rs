@@ -253,7 +253,7 @@ async fn a_refused_bandwidth_change_is_journaled_once_and_explained() {
     let w = start_with(sim, "enabled = false", "[realloc]\nclass_after = \"300ms\"\n[vm.web.realloc]\nnet_max = \"1MiB\"\n").await;
     let why = w
         .until("the refusal explained", |vms, _| {
-            let why = vms[0].realloc.as_ref()?.net_why.as_ref()?.to_string();
+            let why = vms.first()?.realloc.as_ref()?.net_why.as_ref()?.to_string();
             why.contains("refused").then_some(why)
         })
         .await;

@@ -192,8 +192,16 @@ fn two_cpu_bound_guests_conflict_and_the_one_ebb_may_pin_moves_off_their_busy_cp
     }
 }
 
+/// The live total_bytes_sec of the guest's vda, as `virsh blkdeviotune` reports it.
+fn disk_limit(g: &Guest) -> u64 {
+    let out = std::process::Command::new("virsh").args(["-c", URI, "blkdeviotune", g.name(), "vda", "--live"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.trim_start().starts_with("total_bytes_sec")).unwrap_or_else(|| panic!("no total_bytes_sec in {text}"));
+    line.split(':').nth(1).unwrap().trim().parse().unwrap()
+}
+
 #[test]
-fn a_disk_bound_guest_gets_the_disk_weight_while_an_idle_one_gives_it_up() {
+fn a_disk_bound_guest_gets_the_disk_weight_and_a_higher_io_limit_while_an_idle_one_gives_its_weight_up() {
     let prefix = "ebb-test-disk-";
     let lab = lab(prefix);
     let dir = tempfile::tempdir().unwrap();
@@ -206,6 +214,8 @@ fn a_disk_bound_guest_gets_the_disk_weight_while_an_idle_one_gives_it_up() {
             boot(&lab, dir.path(), n, 256, |spec| {
                 spec.disk = Some(img.0.clone());
                 spec.io_weight = Some(500);
+                // Its own I/O limit: 2 MiB/s.
+                spec.disk_limit = Some(2 << 20);
             })
         })
         .collect();
@@ -213,20 +223,23 @@ fn a_disk_bound_guest_gets_the_disk_weight_while_an_idle_one_gives_it_up() {
         g.wait_ready(Duration::from_secs(180)).unwrap();
     }
     let (db, idle) = (&guests[0], &guests[1]);
-    assert_eq!((io_weight(db), io_weight(idle)), (500, 500));
-    let agent = AgentProc::start(dir.path(), &agent_lines(prefix), REALLOC);
+    assert_eq!((io_weight(db), io_weight(idle), disk_limit(db)), (500, 500, 2 << 20));
+    // db may have up to 64 MiB/s; idle has no disk_max.
+    let rest = format!("{REALLOC}[vm.{db_name}.realloc]\ndisk_max = \"64MiB\"\n");
+    let agent = AgentProc::start(dir.path(), &agent_lines(prefix), &rest);
     db.disk_workload(300).unwrap();
-    wait_for("the disk weight moved", Duration::from_secs(60), || {
-        (io_weight(db) == 1000 && io_weight(idle) == 125).then_some(())
+    wait_for("the disk weight moved and db's I/O limit raised", Duration::from_secs(60), || {
+        (io_weight(db) == 1000 && io_weight(idle) == 125 && disk_limit(db) == 64 << 20).then_some(())
     });
+    assert_eq!(disk_limit(idle), 2 << 20, "idle's own limit was changed");
     let r = agent.vm(&db_name).unwrap().realloc.unwrap();
     // Under emulation the writing loop burns a vCPU too: disk-bound or mixed.
     assert!(r.bound.disk && matches!(r.class.map(|c| c.as_str()), Some("disk-bound" | "mixed")), "{r:?}");
     let explain = agent.text(&["explain", &db_name]);
-    assert!(explain.contains("disk-bound"), "{explain}");
+    assert!(explain.contains("disk-bound") && explain.contains("Its disk I/O limit: 64 MiB/s, set by ebb (its own: 2 MiB/s)"), "{explain}");
     db.disk_workload(0).unwrap();
-    wait_for("both back to their own disk weight", Duration::from_secs(60), || {
-        (io_weight(db) == 500 && io_weight(idle) == 500).then_some(())
+    wait_for("both back to their own disk weight and limit", Duration::from_secs(60), || {
+        (io_weight(db) == 500 && io_weight(idle) == 500 && disk_limit(db) == 2 << 20).then_some(())
     });
     for g in guests {
         g.remove().unwrap();
