@@ -5,6 +5,7 @@
 # Idempotent: a rerun on a prepared host only checks and returns in a second.
 set -eu
 
+# qemu-guest-agent: its qemu-ga goes into the test guest image (the host never runs it).
 PACKAGES="qemu-system-x86 qemu-utils qemu-guest-agent nut-server nut-client libvirt-daemon-system libvirt-clients libvirt-dev \
 busybox-static linux-image-amd64 cpio zstd kmod pkg-config sqlite3 curl"
 URI="qemu:///system"
