@@ -144,8 +144,8 @@ fn whole_disks(dir: &Path, out: &mut Vec<String>, depth: u32) {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// Builds sysfs trees for tests (this crate's and the agent's).
+pub mod test_tree {
     use super::*;
 
     /// A CPU with cpufreq in a test tree.
@@ -162,6 +162,13 @@ pub(crate) mod tests {
             std::fs::write(d.join(f), format!("{v}\n")).unwrap();
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use super::test_tree::cpu;
+
 
     /// A disk (and optionally a partition of it) in a test tree, as sysfs lays them out.
     pub fn disk(root: &Path, name: &str, rotational: &str, sectors: (u64, u64)) -> PathBuf {

@@ -154,16 +154,11 @@ impl LibvirtHypervisor {
         }
     }
 
-    /// The target device of the domain's first interface that can take a
-    /// bandwidth limit, from its live XML; None when it has none.
-    fn bandwidth_interface(&self, op: &'static str, vm: &VmId, dom: &Domain) -> Result<Option<CString>, HvError> {
+    /// From one read of the live XML: the domain's first interface that can
+    /// take a bandwidth limit, and its first disk (their target names).
+    fn tune_targets(&self, op: &'static str, vm: &VmId, dom: &Domain) -> Result<(Option<CString>, Option<CString>), HvError> {
         let xml = dom.xml_desc(0).map_err(|e| self.vm_error(op, vm, e))?;
-        Ok(bandwidth_interface(&xml))
-    }
-
-    fn first_disk(&self, op: &'static str, vm: &VmId, dom: &Domain) -> Result<Option<CString>, HvError> {
-        let xml = dom.xml_desc(0).map_err(|e| self.vm_error(op, vm, e))?;
-        Ok(first_disk_target(&xml))
+        Ok((bandwidth_interface(&xml), first_disk_target(&xml)))
     }
 
     fn lookup(&self, op: &'static str, vm: &VmId) -> Result<Domain, HvError> {
@@ -670,7 +665,8 @@ impl Hypervisor for LibvirtHypervisor {
             }
         };
         // No interface that can take a limit: ebb leaves the network alone.
-        let net = match self.bandwidth_interface("read bandwidth", vm, &dom)? {
+        let (interface, disk) = self.tune_targets("read CPU tune", vm, &dom)?;
+        let net = match interface {
             Some(dev) => match ffi::interface_bandwidth(&dom, &dev) {
                 Ok(n) => Some(n),
                 Err(e) => {
@@ -681,7 +677,7 @@ impl Hypervisor for LibvirtHypervisor {
             None => None,
         };
         // No disk, or a driver without I/O limits: ebb leaves the limit alone.
-        let disk_limit = match self.first_disk("read disk I/O limit", vm, &dom)? {
+        let disk_limit = match disk {
             Some(dev) => ffi::block_iotune_total(&dom, &dev)
                 .map_err(|e| debug!(vm = %vm, error = %e.message(), "no disk I/O limit"))
                 .ok(),
@@ -749,10 +745,11 @@ impl Hypervisor for LibvirtHypervisor {
     fn set_tune(&mut self, vm: &VmId, tune: Tune) -> Result<(), HvError> {
         let _span = debug_span!("set_tune", vm = %vm, %tune).entered();
         let dom = self.lookup("set CPU tune", vm)?;
+        let (interface, disk) = self.tune_targets("set CPU tune", vm, &dom)?;
         // The limit first, and only when it differs: a host that refuses
         // limits (no tc modules) then refuses before anything else changed.
         if let Some(net) = tune.net {
-            if let Some(dev) = self.bandwidth_interface("set bandwidth", vm, &dom)? {
+            if let Some(dev) = interface {
                 let now = ffi::interface_bandwidth(&dom, &dev).map_err(|e| self.vm_error("read bandwidth", vm, e))?;
                 if now != net {
                     ffi::set_interface_bandwidth(&dom, &dev, &net).map_err(|e| {
@@ -781,7 +778,7 @@ impl Hypervisor for LibvirtHypervisor {
         if let Some(w) = tune.io_weight {
             ffi::set_blkio_weight(&dom, w).map_err(|e| self.vm_error("set disk weight", vm, e))?;
         }
-        if let (Some(limit), Some(dev)) = (tune.disk_limit, self.first_disk("set disk I/O limit", vm, &dom)?) {
+        if let (Some(limit), Some(dev)) = (tune.disk_limit, disk) {
             if ffi::block_iotune_total(&dom, &dev).ok() != Some(limit) {
                 ffi::set_block_iotune_total(&dom, &dev, limit).map_err(|e| self.vm_error("set disk I/O limit", vm, e))?;
             }

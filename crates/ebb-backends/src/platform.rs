@@ -307,7 +307,7 @@ mod tests {
     #[test]
     fn an_unwritable_cpufreq_file_is_named_and_the_value_stays() {
         let t = tempfile::tempdir().unwrap();
-        crate::devices::tests::cpu(t.path(), 0, "performance", "performance powersave");
+        crate::devices::test_tree::cpu(t.path(), 0, "performance", "performance powersave");
         let gov = t.path().join("devices/system/cpu/cpu0/cpufreq/scaling_governor");
         let ok = std::process::Command::new("chattr").arg("+i").arg(&gov).status().is_ok_and(|s| s.success());
         let _undo = Immutable(gov.clone());

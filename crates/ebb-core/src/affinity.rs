@@ -172,17 +172,7 @@ impl fmt::Display for AffinityWhy {
     }
 }
 
-impl Serialize for AffinityWhy {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for AffinityWhy {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<AffinityWhy, D::Error> {
-        String::deserialize(d).map(AffinityWhy::Text)
-    }
-}
+reason_as_text!(AffinityWhy);
 
 /// A VM's pinning as ebb found it and as ebb last set it (journaled).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -3,6 +3,24 @@
 //! every function takes `now` and the observation as arguments.
 #![forbid(unsafe_code)]
 
+/// A reason kept as data and put in words only when shown: it crosses the
+/// API as its text, and reads back as its `Text` variant.
+macro_rules! reason_as_text {
+    ($t:ident) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$t, D::Error> {
+                <String as serde::Deserialize>::deserialize(d).map($t::Text)
+            }
+        }
+    };
+}
+
 pub mod affinity;
 pub mod memory;
 pub mod devices;

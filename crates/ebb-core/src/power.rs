@@ -248,6 +248,26 @@ pub fn plan_power_drop(budget: Watts, vms: &[Candidate]) -> PowerPlan {
     }
 }
 
+/// The most value any subset of `items` fitting `budget` holds, by trying
+/// every subset: the reference `best_subset` is checked against (tests,
+/// the bench). Exponential: for small sets only.
+pub fn best_value_by_brute_force(budget: Watts, items: &[(Watts, u32)]) -> u64 {
+    let mut best = 0;
+    for mask in 0u32..(1 << items.len()) {
+        let (mut w, mut v) = (0.0, 0u64);
+        for (i, (iw, iv)) in items.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                w += iw.0;
+                v += u64::from(*iv);
+            }
+        }
+        if w <= budget.0 {
+            best = best.max(v);
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,22 +281,6 @@ mod tests {
     }
     use proptest::prelude::*;
 
-    fn brute_force(budget: Watts, items: &[(Watts, u32)]) -> u64 {
-        let mut best = 0;
-        for mask in 0u32..(1 << items.len()) {
-            let (mut w, mut v) = (0.0, 0u64);
-            for (i, (iw, iv)) in items.iter().enumerate() {
-                if mask & (1 << i) != 0 {
-                    w += iw.0;
-                    v += u64::from(*iv);
-                }
-            }
-            if w <= budget.0 {
-                best = best.max(v);
-            }
-        }
-        best
-    }
 
     proptest! {
         #[test]
@@ -290,7 +294,7 @@ mod tests {
             let draw: f64 = chosen.iter().map(|&i| items[i].0 .0).sum();
             let value: u64 = chosen.iter().map(|&i| u64::from(items[i].1)).sum();
             prop_assert!(draw <= budget.0);
-            prop_assert_eq!(value, brute_force(budget, &items));
+            prop_assert_eq!(value, best_value_by_brute_force(budget, &items));
         }
 
         #[test]

@@ -282,17 +282,7 @@ impl std::fmt::Display for Why {
     }
 }
 
-impl Serialize for Why {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Why {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Why, D::Error> {
-        String::deserialize(d).map(Why::Text)
-    }
-}
+reason_as_text!(Why);
 
 /// One VM as the reallocation policy sees it, for `ebb vms` and `explain`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -701,30 +701,24 @@ impl Guest {
 
     /// Writes to the guest's disk over and over for `secs`; 0 stops it.
     pub fn disk_workload(&self, secs: u64) -> Result<()> {
-        let path = format!("/cgi-bin/disk?secs={secs}&mib=16");
-        let body = self.http_get(&path)?;
-        if !body.lines().any(|l| l.trim() == format!("secs={secs}")) {
-            return Err(LabError::BadAnswer { name: self.name.clone(), path, field: "secs", body });
-        }
-        Ok(())
+        self.start_workload(format!("/cgi-bin/disk?secs={secs}&mib=16"), "secs", secs)
     }
 
     /// Runs `threads` busy loops in the guest for `secs`; 0 threads stops them.
     pub fn cpu_workload(&self, threads: u32, secs: u64) -> Result<()> {
-        let path = format!("/cgi-bin/cpu?threads={threads}&secs={secs}");
-        let body = self.http_get(&path)?;
-        if !body.lines().any(|l| l.trim() == format!("threads={threads}")) {
-            return Err(LabError::BadAnswer { name: self.name.clone(), path, field: "threads", body });
-        }
-        Ok(())
+        self.start_workload(format!("/cgi-bin/cpu?threads={threads}&secs={secs}"), "threads", threads)
     }
 
     /// `senders` pingers send out of the guest's second NIC for `secs`; 0 stops them.
     pub fn net_workload(&self, secs: u64, senders: u32) -> Result<()> {
-        let path = format!("/cgi-bin/net?secs={secs}&senders={senders}");
+        self.start_workload(format!("/cgi-bin/net?secs={secs}&senders={senders}"), "secs", secs)
+    }
+
+    /// GETs a workload's CGI and checks it echoes `field=value` back.
+    fn start_workload(&self, path: String, field: &'static str, value: impl std::fmt::Display) -> Result<()> {
         let body = self.http_get(&path)?;
-        if !body.lines().any(|l| l.trim() == format!("secs={secs}")) {
-            return Err(LabError::BadAnswer { name: self.name.clone(), path, field: "secs", body });
+        if !body.lines().any(|l| l.trim() == format!("{field}={value}")) {
+            return Err(LabError::BadAnswer { name: self.name.clone(), path, field, body });
         }
         Ok(())
     }

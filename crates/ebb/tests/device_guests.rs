@@ -6,27 +6,13 @@
 //! These run one at a time with the other real-guest tests (.config/nextest.toml).
 
 mod common;
+use ebb_backends::devices::test_tree::cpu;
 use common::*;
 use ebb::api_types::{DevicesView, Event};
 use ebb_core::devices::DiskState;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// A CPU with cpufreq files.
-fn cpu(root: &Path, n: u32, governor: &str, governors: &str) {
-    let d = root.join(format!("devices/system/cpu/cpu{n}/cpufreq"));
-    std::fs::create_dir_all(&d).unwrap();
-    for (f, v) in [
-        ("scaling_governor", governor),
-        ("scaling_available_governors", governors),
-        ("scaling_max_freq", "3000000"),
-        ("cpuinfo_min_freq", "800000"),
-        ("cpuinfo_max_freq", "3000000"),
-    ] {
-        std::fs::write(d.join(f), format!("{v}\n")).unwrap();
-    }
-}
 
 fn governor(root: &Path, n: u32) -> String {
     std::fs::read_to_string(root.join(format!("devices/system/cpu/cpu{n}/cpufreq/scaling_governor"))).unwrap().trim().to_string()
