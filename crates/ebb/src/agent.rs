@@ -74,6 +74,15 @@ struct CachedMetadata {
     settings: Result<Option<MetadataSettings>, String>,
 }
 
+/// A VM's state as the agent knows it: from the last observation, then
+/// from each of its own actions that succeeded. API commands are judged
+/// against it, never against the published snapshot, which lags.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct KnownState {
+    state: VmState,
+    managed_save: bool,
+}
+
 /// A guest asked to shut down, and whether it has been reported overdue.
 struct ShuttingDown {
     since: Millis,
@@ -96,6 +105,8 @@ pub struct Agent {
     saved_memory: HashMap<VmId, (Bytes, Option<Bytes>)>,
     /// VMs whose balloon was still moving at the last tick.
     in_flight: Vec<VmId>,
+    /// Each of ebb's VMs as the agent knows it now.
+    known_states: HashMap<VmId, KnownState>,
     sleep_policy: SleepPolicy,
     /// The VMs ebb holds asleep (also in the journal, for restarts).
     sleeping: BTreeMap<VmId, SleepRecord>,
@@ -281,6 +292,7 @@ impl Agent {
             last_problems: HashMap::new(),
             saved_memory,
             in_flight: Vec::new(),
+            known_states: HashMap::new(),
             sleep_policy: SleepPolicy::new(),
             sleep_settings: BTreeMap::new(),
             realloc,
@@ -530,6 +542,7 @@ impl Agent {
             }
         };
         obs.at = at;
+        self.known_states = obs.vms.iter().map(|v| (v.id.clone(), KnownState { state: v.state, managed_save: v.managed_save })).collect();
         for (vm, m) in metadata {
             let settings = match m {
                 Ok(Some(xml)) => settings::parse_metadata(&xml).map(Some),
@@ -1374,16 +1387,17 @@ impl Agent {
     /// Answers an API request: carries the action out at once.
     async fn command(&mut self, cmd: Command) {
         let at = now();
-        let snap = self.snapshot.borrow().clone();
         let (action, reply) = match cmd {
             Command::Sleep { vm, reply } => {
                 let mode = self.sleep_settings.get(&vm).map_or(SleepMode::Save, |s| s.mode);
-                let state = snap.vms.iter().find(|v| v.name == vm.as_str()).map(|v| v.state);
-                if state != Some(VmState::Running) {
-                    let why = match state {
-                        None => format!("no VM named {vm} on this host"),
-                        Some(s) => format!("{vm} is {}: only a running VM can be put to sleep", vm_state_word(s)),
-                    };
+                let state = self.known_states.get(&vm).map(|k| k.state);
+                let refusal = match (state, self.sleeping.get(&vm)) {
+                    (None, _) => Some(format!("no VM named {vm} on this host")),
+                    (Some(_), Some(rec)) => Some(format!("{vm} is asleep already ({})", rec.mode.as_str())),
+                    (Some(VmState::Running), None) => None,
+                    (Some(s), None) => Some(format!("{vm} is {}: only a running VM can be put to sleep", vm_state_word(s))),
+                };
+                if let Some(why) = refusal {
                     let _ = reply.send(Err(why));
                     return;
                 }
@@ -1393,14 +1407,14 @@ impl Agent {
             Command::Needs { vm, reply } => {
                 let answer = match self.needs.get(&vm) {
                     Some(n) => Ok(n.summary(&self.realloc_cfg)),
-                    None if snap.vms.iter().any(|v| v.name == vm.as_str()) => Ok(vec![]),
+                    None if self.known_states.contains_key(&vm) => Ok(vec![]),
                     None => Err(format!("no VM named {vm} on this host, and no history of one")),
                 };
                 let _ = reply.send(answer);
                 return;
             }
             Command::Critical { vm, on, reply } => {
-                if !snap.vms.iter().any(|v| v.name == vm.as_str()) {
+                if !self.known_states.contains_key(&vm) {
                     let _ = reply.send(Err(format!("no VM named {vm} on this host")));
                     return;
                 }
@@ -1416,7 +1430,7 @@ impl Agent {
                 return;
             }
             Command::Value { vm, value, reply } => {
-                if !snap.vms.iter().any(|v| v.name == vm.as_str()) {
+                if !self.known_states.contains_key(&vm) {
                     let _ = reply.send(Err(format!("no VM named {vm} on this host")));
                     return;
                 }
@@ -1447,10 +1461,21 @@ impl Agent {
                     let _ = reply.send(Err("the host is on low battery: ebb starts no VM until mains power is back".into()));
                     return;
                 }
-                let known = self.sleeping.contains_key(&vm)
-                    || snap.vms.iter().any(|v| v.name == vm.as_str() && matches!(v.state, VmState::ShutOff | VmState::Paused));
-                if !known {
-                    let _ = reply.send(Err(format!("{vm} is not asleep")));
+                // Only what sleeps wakes: ebb's own sleepers, a paused VM, a
+                // managed save; never a cold boot of a VM someone shut off.
+                let known = self.known_states.get(&vm);
+                let refusal = match known {
+                    _ if self.sleeping.contains_key(&vm) => None,
+                    None => Some(format!("no VM named {vm} on this host")),
+                    Some(KnownState { state: VmState::Paused, .. } | KnownState { state: VmState::ShutOff, managed_save: true }) => None,
+                    Some(KnownState { state: VmState::Running, .. }) => Some(format!("{vm} is awake already")),
+                    Some(KnownState { state: VmState::ShutOff, .. }) => Some(format!(
+                        "{vm} is shut off with no saved state: ebb wakes a VM that sleeps (saved or paused); start it with virsh start"
+                    )),
+                    Some(k) => Some(format!("{vm} is {}: only a saved or paused VM can be woken", vm_state_word(k.state))),
+                };
+                if let Some(why) = refusal {
+                    let _ = reply.send(Err(why));
                     return;
                 }
                 (Action::Wake { vm, reason: Reason::new(Rule::Wake, "asked to wake through the API") }, reply)
@@ -1540,6 +1565,11 @@ impl Agent {
                 (Action::SetPins { .. }, Err(_)) => self.affinity.failed(&vm, at),
                 (Action::SetGuestVcpus { count, .. }, Ok(())) => self.vcpus.applied(&vm, *count, at),
                 (Action::Sleep { mode, .. }, Ok(())) => {
+                    let now_state = match mode {
+                        SleepMode::Save => KnownState { state: VmState::ShutOff, managed_save: true },
+                        SleepMode::Pause => KnownState { state: VmState::Paused, managed_save: false },
+                    };
+                    self.known_states.insert(vm.clone(), now_state);
                     self.sleeps_total += 1;
                     let rec = SleepRecord { mode: *mode, since: at, reason: reason.text.clone() };
                     if let Err(e) = self.journal.set_sleeping(&vm, &rec) {
@@ -1549,6 +1579,7 @@ impl Agent {
                 }
                 (Action::Sleep { .. }, Err(_)) => self.set_power(&vm, VmPower::Awake),
                 (Action::Wake { .. }, Ok(())) => {
+                    self.known_states.insert(vm.clone(), KnownState { state: VmState::Running, managed_save: false });
                     self.wakes_total += 1;
                     self.last_wake_ms = Some(took.as_secs_f64() * 1000.0);
                     self.forget_sleep(&vm);
@@ -1659,6 +1690,9 @@ impl Agent {
         snap.status = Status { last_tick_ms: snap.status.last_tick_ms, ..self.status(None, None, 0.0) };
         for vm in &mut snap.vms {
             let id = VmId::new(&vm.name);
+            if let Some(k) = self.known_states.get(&id) {
+                vm.state = k.state;
+            }
             vm.sleeping = self.sleeping.get(&id).cloned();
             vm.surrogate = self.surrogate_view(&id);
         }

@@ -14,13 +14,19 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tracing::warn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("another ebb is already serving {0}: stop it first, or set agent.socket to another path")]
     InUse(PathBuf),
+    #[error("agent.socket {path} exists and is {what}, not a socket: ebb never removes it; set agent.socket to another path")]
+    NotASocket { path: PathBuf, what: &'static str },
+    #[error("agent.socket is empty: give the path of the API's unix socket (default {})", crate::config::DEFAULT_SOCKET)]
+    Empty,
     #[error("cannot listen on {path}: {source}")]
     Bind { path: PathBuf, source: std::io::Error },
 }
@@ -48,19 +54,131 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Binds the socket, replacing a stale one left by a crashed agent but
-/// never one a live agent still serves.
-pub async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(ServeError::InUse(path.to_owned()));
-        }
+/// The socket's mode whatever the umask: the owner (root) and the socket's
+/// group may talk to the agent, nobody else.
+const SOCKET_MODE: u32 = 0o660;
+/// The mode of a folder ebb makes for the socket (an existing one is left as it is).
+const SOCKET_DIR_MODE: u32 = 0o755;
+/// A client that has not sent its request head by then is dropped.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; past them a client is told to come back.
+/// The CLI uses one per command: this bounds memory, not users.
+pub const MAX_API_CONNECTIONS: usize = 256;
+
+/// Binds the socket with mode 0660 (group `gid` when given), replacing a
+/// stale socket left by a crashed agent, but never a live one and never
+/// anything that is not a socket.
+pub async fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, ServeError> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    if path.as_os_str().is_empty() {
+        // Linux would bind an abstract socket that no file mode protects.
+        return Err(ServeError::Empty);
+    }
+    let bind_err = |source| ServeError::Bind { path: path.to_owned(), source };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match tokio::net::UnixStream::connect(path).await {
+            Ok(_) => return Err(ServeError::InUse(path.to_owned())),
+            // Nobody listens: a crashed agent's socket.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => std::fs::remove_file(path).map_err(bind_err)?,
+            Err(e) => return Err(bind_err(e)),
+        },
+        Ok(meta) => return Err(ServeError::NotASocket { path: path.to_owned(), what: file_kind(&meta.file_type()) }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_err(e)),
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(SOCKET_DIR_MODE).create(dir).map_err(bind_err)?;
+    }
+    // Bound under a private name, given its mode and group, then renamed
+    // into place: no moment exists where the umask decides who may connect.
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let staging = dir.join(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging).map_err(bind_err)?;
+    let ready = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .and_then(|()| std::os::unix::fs::chown(&staging, None, gid))
+        .and_then(|()| {
+            rustix::fs::renameat_with(rustix::fs::CWD, &staging, rustix::fs::CWD, path, rustix::fs::RenameFlags::NOREPLACE)
+                .map_err(std::io::Error::from)
+        });
+    if let Err(e) = ready {
+        let _ = std::fs::remove_file(&staging);
+        return Err(bind_err(e));
+    }
+    Ok(listener)
+}
+
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else {
+        "a device"
+    }
+}
+
+/// Removes the agent's socket at a clean stop, if it is still a socket.
+pub fn unbind(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
         let _ = std::fs::remove_file(path);
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| ServeError::Bind { path: path.to_owned(), source })?;
+}
+
+/// Serves the API until `stop`: HTTP/1.1 with a bound on the time to send a
+/// request head and on the connections served at once, so a client that
+/// opens connections and sends nothing cannot hold the agent's memory or
+/// descriptors.
+pub async fn serve(listener: UnixListener, app: Router, stop: impl std::future::Future<Output = ()>) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(Semaphore::new(MAX_API_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, most likely: the backlog keeps them.
+                    warn!("the API could not accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_busy(stream));
+            continue;
+        };
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+        let conn = http.serve_connection(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(slot);
+        });
     }
-    UnixListener::bind(path).map_err(|source| ServeError::Bind { path: path.to_owned(), source })
+    // In-flight answers get a moment; a client holding its connection does not hold the stop.
+    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+}
+
+async fn refuse_busy(mut stream: tokio::net::UnixStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = format!(r#"{{"error":"the agent serves {MAX_API_CONNECTIONS} API connections already: try again in a moment"}}"#);
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(reply.as_bytes())).await;
 }
 
 type ApiResult<T> = Result<T, (StatusCode, Json<ApiError>)>;

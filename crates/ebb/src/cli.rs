@@ -439,6 +439,30 @@ pub fn describe_config(c: &Config) -> String {
 }
 
 /// Percent-encodes a VM name for a URL path or query.
+/// What the CLI prints, with every control character but newline and tab
+/// shown as an escape: VM names, request paths and libvirt's words reach the
+/// operator's terminal, and none of them may set its title or clear it.
+pub fn for_terminal(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t' || is_bidi_control(c);
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Bidirectional overrides and isolates: they reorder what a line shows.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 pub fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -461,5 +485,20 @@ mod tests {
     #[test]
     fn url_encoding() {
         assert_eq!(url_encode("web 1/a"), "web%201%2Fa");
+    }
+}
+
+#[cfg(test)]
+mod terminal_tests {
+    use super::for_terminal;
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        let hostile = "GET /\u{1b}]0;PWNED\u{7}\u{1b}[2J\u{9b}31m\u{202e}x HTTP/1.1\nnext\tline";
+        let shown = for_terminal(hostile);
+        assert!(!shown.chars().any(|c| c.is_control() && c != '\n' && c != '\t'), "{shown:?}");
+        assert!(shown.contains("\\u{1b}]0;PWNED\\u{7}") && shown.contains("\\u{202e}"), "{shown}");
+        assert!(shown.contains("\nnext\tline"));
+        assert!(matches!(for_terminal("plain"), std::borrow::Cow::Borrowed("plain")));
     }
 }

@@ -12,6 +12,10 @@ use tokio::net::UnixStream;
 pub enum ClientError {
     #[error("no ebb agent answers at {0}: start one with `ebb run --config ebb.toml`, or point --socket at its socket")]
     NotRunning(PathBuf),
+    #[error("permission denied on the agent's socket {0}: run as root, or as a member of the group agent.socket_group names")]
+    PermissionDenied(PathBuf),
+    #[error("cannot reach the agent at {path}: {source}")]
+    Connect { path: PathBuf, source: std::io::Error },
     #[error("the agent's answer could not be read: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -37,7 +41,11 @@ impl Client {
     }
 
     async fn request(&self, method: hyper::Method, path: &str) -> Result<String, ClientError> {
-        let stream = UnixStream::connect(&self.socket).await.map_err(|_| ClientError::NotRunning(self.socket.clone()))?;
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => ClientError::NotRunning(self.socket.clone()),
+            std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(self.socket.clone()),
+            _ => ClientError::Connect { path: self.socket.clone(), source: e },
+        })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?;

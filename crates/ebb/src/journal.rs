@@ -19,8 +19,50 @@ pub enum JournalError {
     Open { path: PathBuf, source: rusqlite::Error },
     #[error("cannot create the journal's folder {path}: {source}")]
     Folder { path: PathBuf, source: std::io::Error },
-    #[error("journal write failed (disk full or read-only?): {0}")]
+    #[error("another ebb agent holds the journal at {0}: stop it first, or give this agent its own agent.journal")]
+    Locked(PathBuf),
+    #[error("cannot lock the journal at {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+    #[error("{}", describe_sql(.0))]
     Sql(#[from] rusqlite::Error),
+}
+
+/// Names the cause: a full disk, a read-only file and a damaged journal
+/// call for different fixes.
+fn describe_sql(e: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode::*;
+    let cause = match e.sqlite_error_code() {
+        Some(DiskFull) => "the disk is full",
+        Some(ReadOnly) | Some(CannotOpen) | Some(PermissionDenied) => "the journal cannot be written (read-only, or its permissions)",
+        Some(DatabaseCorrupt) | Some(NotADatabase) => "the journal is damaged: move it aside and ebb starts a new one",
+        Some(DatabaseBusy) | Some(DatabaseLocked) => "the journal is busy",
+        _ => "the journal failed",
+    };
+    format!("{cause}: {e}")
+}
+
+/// An agent's hold on its journal: a second agent on the same journal would
+/// balloon and sleep the same VMs and mix their records.
+pub struct JournalLock {
+    _file: std::fs::File,
+}
+
+impl JournalLock {
+    /// Creates the journal file (owner-only: it holds client addresses and
+    /// request paths) when missing, and locks it for this process's life.
+    pub fn acquire(path: &Path) -> Result<JournalLock, JournalError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| JournalError::Folder { path: dir.to_owned(), source })?;
+        }
+        let lock_err = |source| JournalError::Lock { path: path.to_owned(), source };
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path).map_err(lock_err)?;
+        match file.try_lock() {
+            Ok(()) => Ok(JournalLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Locked(path.to_owned())),
+            Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
+        }
+    }
 }
 
 pub struct Journal {
@@ -349,6 +391,38 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_journal_is_called_damaged_not_a_failed_write() {
+        use std::io::{Seek, SeekFrom, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        {
+            let j = Journal::open(&path).unwrap();
+            for i in 0..200 {
+                let rec = SleepRecord { mode: SleepMode::Save, since: Millis(i), reason: "x".repeat(100) };
+                j.set_sleeping(&VmId::new(format!("vm{i}")), &rec).unwrap();
+            }
+            j.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE").unwrap();
+        }
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start(8192)).unwrap();
+        f.write_all(&[0x5a; 4 * 4096]).unwrap();
+        drop(f);
+        let e = Journal::open(&path).and_then(|j| j.sleeping()).unwrap_err().to_string();
+        assert!(e.contains("damaged") && !e.contains("write"), "{e}");
+    }
+
+    #[test]
+    fn a_second_lock_on_the_journal_is_refused_and_the_first_survives_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        let first = JournalLock::acquire(&path).unwrap();
+        let e = JournalLock::acquire(&path).err().unwrap();
+        assert!(matches!(e, JournalError::Locked(_)), "{e}");
+        drop(first);
+        JournalLock::acquire(&path).unwrap();
+    }
 
     #[test]
     fn entries_survive_reopening() {

@@ -115,7 +115,7 @@ fn main() -> ExitCode {
     match rt.block_on(dispatch(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
-            eprintln!("ebb: {msg}");
+            eprintln!("ebb: {}", cli::for_terminal(&msg));
             ExitCode::from(2)
         }
     }
@@ -131,8 +131,7 @@ async fn dispatch(args: Args) -> Result<(), String> {
         }
         Command::Check { config } => {
             let cfg = Config::load(&config).map_err(|e| e.to_string())?;
-            println!("{}: ok", config.display());
-            println!("{}", cli::describe_config(&cfg));
+            println!("{}", cli::for_terminal(&format!("{}: ok\n{}", config.display(), cli::describe_config(&cfg))));
             Ok(())
         }
         Command::Status { json } => {
@@ -157,12 +156,12 @@ async fn dispatch(args: Args) -> Result<(), String> {
         }
         Command::Sleep { vm } => {
             let d: Done = client.post(&format!("/v1/vms/{}/sleep", cli::url_encode(&vm))).await.map_err(e)?;
-            println!("{vm}: asleep ({})", d.done);
+            println!("{}", cli::for_terminal(&format!("{vm}: asleep ({})", d.done)));
             Ok(())
         }
         Command::Wake { vm } => {
             let d: Done = client.post(&format!("/v1/vms/{}/wake", cli::url_encode(&vm))).await.map_err(e)?;
-            println!("{vm}: awake ({})", d.done);
+            println!("{}", cli::for_terminal(&format!("{vm}: awake ({})", d.done)));
             Ok(())
         }
         Command::Power { json } => {
@@ -180,16 +179,16 @@ async fn dispatch(args: Args) -> Result<(), String> {
         }
         Command::Critical { vm, state } => {
             let d: Done = client.post(&format!("/v1/vms/{}/critical/{state}", cli::url_encode(&vm))).await.map_err(e)?;
-            println!("{}", d.done);
+            println!("{}", cli::for_terminal(&d.done));
             Ok(())
         }
         Command::Value { vm, value } => {
             let d: Done = client.post(&format!("/v1/vms/{}/value/{}", cli::url_encode(&vm), cli::url_encode(&value))).await.map_err(e)?;
-            println!("{}", d.done);
+            println!("{}", cli::for_terminal(&d.done));
             Ok(())
         }
         Command::Metrics => {
-            print!("{}", client.get_text("/metrics").await.map_err(e)?);
+            print!("{}", cli::for_terminal(&client.get_text("/metrics").await.map_err(e)?));
             Ok(())
         }
         Command::Demo(a) => ebb::demo::run(a).await,
@@ -201,7 +200,7 @@ fn print_or_json<T: serde::Serialize>(json: bool, value: &T, text: impl Fn(&T) -
     if json {
         println!("{}", serde_json::to_string_pretty(value).map_err(|e| e.to_string())?);
     } else {
-        print!("{}", text(value));
+        print!("{}", cli::for_terminal(&text(value)));
     }
     Ok(())
 }

@@ -1,10 +1,11 @@
-//! `ebb run`: open the journal, bind the API socket, start the agent, and
-//! stop cleanly on SIGINT or SIGTERM.
+//! `ebb run`: lock and open the journal, bind the API socket, start the
+//! agent, and stop cleanly on SIGTERM, SIGINT or SIGHUP (ebb has no live
+//! reload: a restart applies a new config).
 
 use crate::agent::{self, Agent, Connector};
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalLock};
 use ebb_backends::libvirt::LibvirtHypervisor;
 use ebb_backends::Hypervisor;
 use std::future::Future;
@@ -20,6 +21,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
 
 /// The agent with any hypervisor: tests pass the sim backend or a shutdown of their own.
 pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let _lock = JournalLock::acquire(&cfg.agent.journal).map_err(|e| e.to_string())?;
     let journal = Journal::open(&cfg.agent.journal).map_err(|e| e.to_string())?;
     let keep_ms = u64::from(cfg.agent.journal_keep_days) * 86_400_000;
     if let Ok(n) = journal.prune(ebb_core::Millis(agent::now().since(ebb_core::Millis(keep_ms)))) {
@@ -27,7 +29,7 @@ pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Out
             info!("pruned {n} journal entries older than {} days", cfg.agent.journal_keep_days);
         }
     }
-    let listener = api::bind(&cfg.agent.socket).await.map_err(|e| e.to_string())?;
+    let listener = api::bind(&cfg.agent.socket, None).await.map_err(|e| e.to_string())?;
     let socket = cfg.agent.socket.clone();
     let journal_path = cfg.agent.journal.clone();
     info!("ebb {} serving its API at {}", env!("CARGO_PKG_VERSION"), socket.display());
@@ -35,25 +37,25 @@ pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Out
     agent.serve_services()?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let app = api::router(ApiState { snapshot, journal: journal_path, commands });
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = api_stopped.await;
-            })
-            .await
-    });
+    let server = tokio::spawn(api::serve(listener, app, async {
+        let _ = api_stopped.await;
+    }));
     agent.run(shutdown).await;
     let _ = stop_api.send(());
     let _ = server.await;
-    let _ = std::fs::remove_file(&socket);
+    api::unbind(&socket);
     Ok(())
 }
 
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("cannot watch SIGTERM");
+    // SIGHUP (a closed terminal, or an operator's reload) stops cleanly too,
+    // instead of the default: killed with nothing given back.
+    let mut hup = signal(SignalKind::hangup()).expect("cannot watch SIGHUP");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = hup.recv() => info!("SIGHUP: stopping cleanly (ebb has no live reload; start it again to apply a new config)"),
     }
 }
