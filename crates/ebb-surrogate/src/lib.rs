@@ -28,7 +28,7 @@ mod udp;
 mod vm;
 
 pub use event::{Refusal, SurrogateEvent, VmPower, WakeReason};
-pub use spec::{validate_services, CannedReply, Limits, Protocol, ServiceName, ServiceSpec, SpecError};
+pub use spec::{validate_services, CannedReply, Limits, Protocol, ServiceSpec, SpecError};
 pub use stats::TrafficStats;
 
 use ebb_core::VmId;

@@ -171,19 +171,6 @@ impl ServiceSpec {
     }
 }
 
-/// A service as errors name it: the config's own words, `vm.web.service http`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceName {
-    pub vm: String,
-    pub service: String,
-}
-
-impl fmt::Display for ServiceName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "vm.{}.service {}", self.vm, self.service)
-    }
-}
-
 /// Every rule on a set of services, for the config check and for the
 /// surrogate alike (`ebb check` and `ebb run` must agree): each service on
 /// its own, names distinct within a VM, no two listen addresses that clash
@@ -194,10 +181,8 @@ impl fmt::Display for ServiceName {
 /// sockets per client and wakes the wrong VM; and refusing every such
 /// backend refuses every loop, of any length, with one rule.
 pub fn validate_services(vms: &[(&str, &[ServiceSpec])]) -> Result<(), SpecError> {
-    let name = |vm: &str, s: &ServiceSpec| ServiceName {
-        vm: vm.to_string(),
-        service: s.name.clone(),
-    };
+    // As errors name a service: the config's own words.
+    let name = |vm: &str, s: &ServiceSpec| format!("vm.{vm}.service {}", s.name);
     // Only services on the same protocol and port can clash or loop: one
     // bucket each keeps thousands of services from costing n².
     let mut listens: HashMap<(Protocol, u16), Vec<(&str, &ServiceSpec)>> = HashMap::new();
@@ -508,17 +493,17 @@ pub enum SpecError {
     DuplicateName { vm: String, service: String },
     #[error("{second} listens on {second_addr} ({protocol}), where {first} listens already ({first_addr}): two sockets cannot share a port on one address, or beside a wildcard address of its family; give each its own port")]
     ListenClash {
-        first: ServiceName,
+        first: String,
         first_addr: SocketAddr,
-        second: ServiceName,
+        second: String,
         second_addr: SocketAddr,
         protocol: Protocol,
     },
     #[error("{service} forwards to {backend}, where {target} listens ({target_addr}): the surrogate would forward to itself; point backend at the VM's forward")]
     Loop {
-        service: ServiceName,
+        service: String,
         backend: SocketAddr,
-        target: ServiceName,
+        target: String,
         target_addr: SocketAddr,
     },
     #[error("surrogate limit {field} {why}")]
