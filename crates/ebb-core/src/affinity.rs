@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 
+/// Linux's largest CPU count (NR_CPUS with x86-64's MAXSMP, and powerpc's):
+/// no host has a CPU numbered this or above.
+pub const MAX_CPUS: u32 = 8192;
+
 /// A set of host CPUs, sorted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CpuSet(Vec<u32>);
@@ -30,23 +34,31 @@ impl CpuSet {
         CpuSet(v)
     }
 
-    /// libvirt's and taskset's list form: "0-3,6".
+    /// libvirt's and taskset's list form: "0-3,6". CPU numbers stop below
+    /// `MAX_CPUS`, and the set is built in a bitmap of that size, so no text
+    /// ("0-4294967295", or one range repeated) allocates more than it.
     pub fn parse(text: &str) -> Result<CpuSet, String> {
-        let mut cpus = vec![];
+        let mut on = vec![false; MAX_CPUS as usize];
         for part in text.split(',').map(str::trim) {
-            let num = |s: &str| s.trim().parse::<u32>().map_err(|_| format!("{text:?} is not a CPU list like \"0-3,6\""));
+            let num = |s: &str| {
+                let n = s.trim().parse::<u32>().map_err(|_| format!("{text:?} is not a CPU list like \"0-3,6\""))?;
+                if n >= MAX_CPUS {
+                    return Err(format!("{text:?} names CPU {n}: CPU numbers stop at {}, Linux's largest CPU count", MAX_CPUS - 1));
+                }
+                Ok(n as usize)
+            };
             match part.split_once('-') {
                 Some((a, b)) => {
                     let (a, b) = (num(a)?, num(b)?);
                     if a > b {
                         return Err(format!("{text:?}: the range {a}-{b} runs backwards"));
                     }
-                    cpus.extend(a..=b);
+                    on[a..=b].fill(true);
                 }
-                None => cpus.push(num(part)?),
+                None => on[num(part)?] = true,
             }
         }
-        Ok(CpuSet::new(cpus))
+        Ok(CpuSet((0..MAX_CPUS).filter(|&c| on[c as usize]).collect()))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
@@ -356,6 +368,18 @@ mod tests {
         assert!(CpuSet::parse("3-1").unwrap_err().contains("backwards"));
         assert!(CpuSet::parse("a").unwrap_err().contains("CPU list"));
         assert_eq!(CpuSet::default().to_string(), "none");
+    }
+
+    #[test]
+    fn cpu_numbers_past_linux_s_largest_are_refused_before_any_allocation() {
+        for text in ["0-4294967295", "0-99999999", "8192", "1,9000-9001"] {
+            let e = CpuSet::parse(text).unwrap_err();
+            assert!(e.contains("CPU numbers stop at 8191"), "{text}: {e}");
+        }
+        assert_eq!(CpuSet::parse("0-8191").unwrap().len(), 8192);
+        // One range repeated costs no more than the bitmap.
+        let repeated = vec!["0-8191"; 1000].join(",");
+        assert_eq!(CpuSet::parse(&repeated).unwrap().len(), 8192);
     }
 
     fn vm(name: &str) -> VmObservation {

@@ -712,7 +712,9 @@ impl ReallocPolicy {
             let net_refused = per.net_refused.as_ref().filter(|(until, _)| now < *until);
             let (Some(base), Some(current)) = (view.base, view.current) else { continue };
             let shares_max = s.shares_max.unwrap_or(base.shares.saturating_mul(cfg.boost)).max(base.shares);
-            let shares_min = s.shares_min.unwrap_or(base.shares / cfg.yield_divisor.max(1)).clamp(2, base.shares);
+            // libvirt's least weight is 2, but never above the VM's own:
+            // cgroup v2 lets a VM sit at 1.
+            let shares_min = s.shares_min.unwrap_or(base.shares / cfg.yield_divisor.max(1)).max(2).min(base.shares);
             let raised_cap = |cap_max: Option<f64>| -> Option<u64> {
                 match (base.quota_us, cap_max) {
                     (Some(q), Some(m)) => Some(q.max((m * base.period_us as f64) as u64)),
@@ -762,9 +764,12 @@ impl ReallocPolicy {
                         let others = Others { named: named_disk_bound.clone(), me: view.vm.clone(), total: disk_bound.len() };
                         (Rule::Restore, b, Why::DiskConflict { others })
                     } else if is_disk_bound(view) {
-                        (Rule::Boost, b.saturating_mul(cfg.boost as u32).min(IO_WEIGHT_MAX), Why::DiskBound)
+                        // In u64, as boost and yield_divisor are: a cast to u32 would cut 2^32 to 0.
+                        let raised = u64::from(b).saturating_mul(cfg.boost).min(u64::from(IO_WEIGHT_MAX));
+                        (Rule::Boost, raised as u32, Why::DiskBound)
                     } else if view.class == Some(Class::Idle) && someone_gains_disk {
-                        (Rule::Yield, (b / cfg.yield_divisor.max(1) as u32).max(IO_WEIGHT_MIN), Why::DiskIdle)
+                        let cut = u64::from(b) / cfg.yield_divisor.max(1);
+                        (Rule::Yield, (cut as u32).max(IO_WEIGHT_MIN), Why::DiskIdle)
                     } else {
                         (Rule::Restore, b, Why::Own(view.class.unwrap_or(Class::Steady)))
                     };
@@ -954,6 +959,7 @@ mod tests {
         /// Every change the policy made, in order.
         changes: Vec<(String, Tune)>,
         settings: BTreeMap<VmId, ReallocSettings>,
+        cfg: ReallocConfig,
     }
 
     impl World {
@@ -967,7 +973,7 @@ mod tests {
 
         /// Ticks every 2 s from `start` for `secs`; `vms` are (name, vCPUs, CPUs' worth used).
         fn run(&mut self, p: &mut ReallocPolicy, start: u64, secs: u64, host_cpus: u32, vms: &[(&str, u32, f64)]) -> ReallocDecision {
-            let cfg = ReallocConfig::default();
+            let cfg = self.cfg.clone();
             let mut last = ReallocDecision::default();
             for t in (start..=start + secs).step_by(2) {
                 let at = Millis(t * 1000);
@@ -1143,6 +1149,26 @@ mod tests {
         let d = w.run(&mut p, 0, 20, 2, &[("a", 1, 0.1), ("b", 1, 0.1)]);
         assert_eq!((w.tune("a"), w.tune("b")), (disk, disk));
         assert!(view(&d, "a").io_why.as_ref().unwrap().to_string().contains("as is b"));
+    }
+
+    #[test]
+    fn weights_from_libvirt_under_its_minimum_cannot_panic() {
+        // cgroup v2 lets cpu_shares be 1; a driver may say 0.
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("busy", Tune { shares: 1, ..capped(0.3) }), ("idle", Tune { shares: 1, ..TUNE }), ("zero", Tune { shares: 0, ..TUNE })]);
+        w.run(&mut p, 0, 20, 2, &[("busy", 1, 0.3), ("idle", 1, 0.0), ("zero", 1, 0.0)]);
+        assert_eq!((w.tune("busy").shares, w.tune("idle").shares, w.tune("zero").shares), (4, 1, 0), "raised by boost; never cut below their own");
+    }
+
+    #[test]
+    fn a_boost_or_divisor_past_u32_neither_divides_by_zero_nor_cuts_the_disk_bound() {
+        let disk = Tune { io_weight: Some(500), ..TUNE };
+        let mut p = ReallocPolicy::new();
+        let mut w = World::with(&[("db", disk), ("idle", disk)]);
+        w.cfg = ReallocConfig { boost: 1 << 32, yield_divisor: 1 << 32, ..ReallocConfig::default() };
+        w.disk_rate.insert("db".into(), 8 << 20);
+        w.run(&mut p, 0, 20, 2, &[("db", 1, 0.1), ("idle", 1, 0.0)]);
+        assert_eq!((w.tune("db").io_weight, w.tune("idle").io_weight), (Some(1000), Some(100)));
     }
 
     #[test]

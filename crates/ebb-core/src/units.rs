@@ -41,15 +41,17 @@ impl Bytes {
     }
 }
 
+/// Saturating, as `Sub` is: sizes from a config or a guest may add up past
+/// 2^64, which must not panic (nor wrap to a small amount).
 impl std::ops::Add for Bytes {
     type Output = Bytes;
     fn add(self, o: Bytes) -> Bytes {
-        Bytes(self.0 + o.0)
+        Bytes(self.0.saturating_add(o.0))
     }
 }
 impl std::ops::AddAssign for Bytes {
     fn add_assign(&mut self, o: Bytes) {
-        self.0 += o.0;
+        *self = *self + o;
     }
 }
 impl std::ops::Sub for Bytes {
@@ -61,7 +63,7 @@ impl std::ops::Sub for Bytes {
 }
 impl std::iter::Sum for Bytes {
     fn sum<I: Iterator<Item = Bytes>>(iter: I) -> Bytes {
-        Bytes(iter.map(|b| b.0).sum())
+        iter.fold(Bytes::ZERO, |a, b| a + b)
     }
 }
 
@@ -90,6 +92,8 @@ pub enum SizeError {
     UnknownUnit(String),
     #[error("\"{0}\" is negative: a size must be zero or more")]
     Negative(String),
+    #[error("\"{0}\" is too large: a size is at most 16 EiB (2^64 bytes)")]
+    TooLarge(String),
 }
 
 impl std::str::FromStr for Bytes {
@@ -111,7 +115,12 @@ impl std::str::FromStr for Bytes {
             "t" | "tib" | "tb" => GIB * 1024,
             _ => return Err(SizeError::UnknownUnit(s.into())),
         };
-        Ok(Bytes((n * mult as f64).round() as u64))
+        let bytes = (n * mult as f64).round();
+        // `as u64` would saturate: 2^64 and more is no size, not 16 EiB.
+        if bytes >= u64::MAX as f64 {
+            return Err(SizeError::TooLarge(s.into()));
+        }
+        Ok(Bytes(bytes as u64))
     }
 }
 
@@ -143,6 +152,18 @@ mod tests {
         assert!(matches!("-1GiB".parse::<Bytes>(), Err(SizeError::Negative(_))));
         assert!(matches!("12 parsecs".parse::<Bytes>(), Err(SizeError::UnknownUnit(_))));
         assert!(matches!("lots".parse::<Bytes>(), Err(SizeError::Malformed(_))));
+    }
+
+    #[test]
+    fn sizes_past_2_64_bytes_are_refused_and_sums_saturate() {
+        assert!(matches!("99999999999999999999TiB".parse::<Bytes>(), Err(SizeError::TooLarge(_))));
+        assert!(matches!("18446744073709551616".parse::<Bytes>(), Err(SizeError::TooLarge(_))));
+        assert_eq!("16777215TiB".parse::<Bytes>(), Ok(Bytes(16_777_215 << 40)));
+        let big = Bytes(u64::MAX - 1);
+        assert_eq!([big, big].into_iter().sum::<Bytes>(), Bytes(u64::MAX));
+        let mut b = big;
+        b += big;
+        assert_eq!(b, Bytes(u64::MAX));
     }
 
     #[test]

@@ -85,13 +85,16 @@ impl VcpuPolicy {
     pub fn decide(&mut self, obs: &Observation, realloc: &ReallocDecision, vms: &[VcpuVm], cfg: &ReallocConfig, now: Millis) -> VcpuDecision {
         let mut d = VcpuDecision::default();
         for ((v, a), view) in obs.vms.iter().zip(vms).zip(&realloc.views) {
-            let (Some(online), Some(min), VmState::Running) = (a.online, a.min, v.state) else { continue };
+            // A guest always has a vCPU online: one that says none (its agent
+            // is the guest's own, so untrusted) is left alone.
+            let (Some(online @ 1..), Some(min), VmState::Running) = (a.online, a.min, v.state) else { continue };
             let s = self.state.entry(v.id.clone()).or_insert(OnlineVcpus { base: online, applied: None });
-            if online != s.applied.unwrap_or(s.base) {
-                // Changed by someone else (or the guest restarted): its own now.
+            if online != s.applied.unwrap_or(s.base) || s.base == 0 {
+                // Changed by someone else (or the guest restarted, or the
+                // journal held no real count): its own now.
                 *s = OnlineVcpus { base: online, applied: None };
             }
-            let min = min.clamp(1, s.base);
+            let min = min.min(s.base).max(1);
             // Running at all, now (not held like the class): back at once.
             let runs = view.rates.is_some_and(|r| r.cpu > cfg.idle_cpu);
             let settled = self.restored_at.get(&v.id).is_none_or(|t| now.since(*t) >= cfg.class_after_ms);
@@ -184,5 +187,18 @@ mod tests {
         let (n, _) = tick(&mut p, 3, Class::Idle, 0.0, 4_000);
         assert_eq!(n, 1);
         assert_eq!(p.state(&VmId::new("g")), Some(OnlineVcpus { base: 3, applied: Some(1) }));
+    }
+
+    #[test]
+    fn a_guest_that_reports_no_vcpu_online_or_a_journal_with_none_cannot_panic_or_offline_all() {
+        let mut p = VcpuPolicy::new();
+        let (n, d) = tick(&mut p, 0, Class::Idle, 0.0, 0);
+        assert_eq!((n, d.actions.len(), d.views.len()), (0, 0, 0), "left alone");
+        // A journal that remembered a base of none: the guest's count is its own.
+        p.resume(VmId::new("g"), OnlineVcpus { base: 0, applied: Some(2) });
+        let (n, d) = tick(&mut p, 2, Class::Steady, 0.5, 2_000);
+        assert_eq!((n, d.views[0].base), (2, 2), "{d:?}");
+        let (n, _) = tick(&mut p, 2, Class::Idle, 0.0, 4_000);
+        assert_eq!(n, 1);
     }
 }

@@ -28,11 +28,11 @@ mod udp;
 mod vm;
 
 pub use event::{Refusal, SurrogateEvent, VmPower, WakeReason};
-pub use spec::{CannedReply, Limits, Protocol, ServiceSpec, SpecError};
+pub use spec::{validate_services, CannedReply, Limits, Protocol, ServiceSpec, SpecError};
 pub use stats::TrafficStats;
 
 use ebb_core::VmId;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,22 +51,9 @@ const BACKLOG: u32 = 4096;
 /// What the surrogate could not do.
 #[derive(Debug, thiserror::Error)]
 pub enum SurrogateError {
-    #[error("VM {vm} has an invalid service: {source}")]
-    InvalidService {
-        vm: VmId,
-        #[source]
-        source: SpecError,
-    },
-    #[error("VM {vm} declares two services named {service}: give each a distinct name")]
-    DuplicateService { vm: VmId, service: String },
-    #[error("VM {vm} declares services {first} and {second} on the same {protocol:?} address {addr}: give each its own port")]
-    DuplicateListen {
-        vm: VmId,
-        first: String,
-        second: String,
-        protocol: Protocol,
-        addr: SocketAddr,
-    },
+    /// The error names the VM and service.
+    #[error(transparent)]
+    InvalidService(#[from] SpecError),
     #[error("service {service} of VM {vm} cannot listen on {addr}: the address is taken or not local to this host; stop what holds it or pick another address (nothing was bound for this VM)")]
     Bind {
         vm: VmId,
@@ -139,30 +126,14 @@ impl Surrogate {
         if self.vms.contains_key(&vm) {
             return Err(SurrogateError::AlreadyServed(vm));
         }
-        let mut names = HashSet::new();
-        let mut addrs: HashMap<(Protocol, SocketAddr), &str> = HashMap::new();
-        for s in &services {
-            s.validate()
-                .map_err(|source| SurrogateError::InvalidService {
-                    vm: vm.clone(),
-                    source,
-                })?;
-            if !names.insert(s.name.as_str()) {
-                return Err(SurrogateError::DuplicateService {
-                    vm: vm.clone(),
-                    service: s.name.clone(),
-                });
-            }
-            if let Some(first) = addrs.insert((s.protocol, s.listen), &s.name) {
-                return Err(SurrogateError::DuplicateListen {
-                    vm: vm.clone(),
-                    first: first.to_string(),
-                    second: s.name.clone(),
-                    protocol: s.protocol,
-                    addr: s.listen,
-                });
-            }
-        }
+        // The config check's rules, against the VMs already served too.
+        let mut all: Vec<(&str, &[ServiceSpec])> = self
+            .vms
+            .iter()
+            .map(|(id, e)| (id.as_str(), e.services.as_slice()))
+            .collect();
+        all.push((vm.as_str(), &services));
+        validate_services(&all)?;
 
         // Bind everything first: an error drops what was bound so far.
         let mut bound = Vec::with_capacity(services.len());

@@ -9,7 +9,9 @@
 //! refusal instead of a hang.
 
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// Transport of a service.
@@ -19,6 +21,15 @@ pub enum Protocol {
     #[default]
     Tcp,
     Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
 }
 
 /// One service of a VM: the host address the surrogate owns and the VM's
@@ -104,8 +115,8 @@ impl ServiceSpec {
         }
     }
 
-    /// Checks the spec on its own; `Surrogate::add_vm` also checks the
-    /// services of one VM against each other.
+    /// Checks the spec on its own; `validate_services` checks it and the
+    /// services of every VM against each other.
     pub fn validate(&self) -> Result<(), SpecError> {
         let service = || self.name.clone();
         if self.name.trim().is_empty() || self.name.chars().any(char::is_control) {
@@ -113,10 +124,11 @@ impl ServiceSpec {
                 name: self.name.clone(),
             });
         }
-        if self.listen == self.backend {
+        if takes(self.listen, self.backend) {
             return Err(SpecError::ListenIsBackend {
                 service: service(),
-                addr: self.listen,
+                listen: self.listen,
+                backend: self.backend,
             });
         }
         if self.listen.port() == 0 {
@@ -156,6 +168,93 @@ impl ServiceSpec {
             }
         }
         Ok(())
+    }
+}
+
+/// Every rule on a set of services, for the config check and for the
+/// surrogate alike (`ebb check` and `ebb run` must agree): each service on
+/// its own, names distinct within a VM, no two listen addresses that clash
+/// at bind time, and no backend the surrogate itself listens on.
+///
+/// A backend on another service's listen address is refused even without a
+/// cycle: the surrogate is never the VM, so such a chain only doubles the
+/// sockets per client and wakes the wrong VM; and refusing every such
+/// backend refuses every loop, of any length, with one rule.
+pub fn validate_services(vms: &[(&str, &[ServiceSpec])]) -> Result<(), SpecError> {
+    // As errors name a service: the config's own words.
+    let name = |vm: &str, s: &ServiceSpec| format!("vm.{vm}.service {}", s.name);
+    // Only services on the same protocol and port can clash or loop: one
+    // bucket each keeps thousands of services from costing n².
+    let mut listens: HashMap<(Protocol, u16), Vec<(&str, &ServiceSpec)>> = HashMap::new();
+    for &(vm, services) in vms {
+        let mut names = HashSet::new();
+        for s in services {
+            s.validate().map_err(|e| SpecError::InVm {
+                vm: vm.to_string(),
+                source: Box::new(e),
+            })?;
+            if !names.insert(s.name.as_str()) {
+                return Err(SpecError::DuplicateName {
+                    vm: vm.to_string(),
+                    service: s.name.clone(),
+                });
+            }
+            let bucket = listens.entry((s.protocol, s.listen.port())).or_default();
+            if let Some((first_vm, first)) = bucket.iter().find(|(_, o)| clash(o.listen, s.listen)) {
+                return Err(SpecError::ListenClash {
+                    first: name(first_vm, first),
+                    first_addr: first.listen,
+                    second: name(vm, s),
+                    second_addr: s.listen,
+                    protocol: s.protocol,
+                });
+            }
+            bucket.push((vm, s));
+        }
+    }
+    for &(vm, services) in vms {
+        for s in services {
+            let bucket = listens.get(&(s.protocol, s.backend.port()));
+            if let Some((target_vm, target)) = bucket.into_iter().flatten().find(|(_, t)| takes(t.listen, s.backend)) {
+                return Err(SpecError::Loop {
+                    service: name(vm, s),
+                    backend: s.backend,
+                    target: name(target_vm, target),
+                    target_addr: target.listen,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An address as the kernel sees it: `::ffff:a.b.c.d` is the IPv4 a.b.c.d.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Whether a socket listening on `listen` takes connections to `to`: the
+/// same address, or a wildcard over it. `[::]` takes IPv4 as well (Linux's
+/// default, bindv6only = 0; tokio does not set IPV6_V6ONLY). Of the
+/// addresses a wildcard takes, only loopback is known without asking the
+/// host.
+fn takes(listen: SocketAddr, to: SocketAddr) -> bool {
+    let (listen, to) = (canonical(listen), canonical(to));
+    listen == to || (listen.port() == to.port() && covers(listen.ip(), to.ip()) && to.ip().is_loopback())
+}
+
+/// Whether two listen addresses (same protocol and port) cannot both be
+/// bound: equal, or one a wildcard over the other's family.
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    let (a, b) = (canonical(a).ip(), canonical(b).ip());
+    a == b || covers(a, b) || covers(b, a)
+}
+
+/// Whether the wildcard `wild` spans `ip`'s family.
+fn covers(wild: IpAddr, ip: IpAddr) -> bool {
+    match wild {
+        IpAddr::V4(w) => w.is_unspecified() && ip.is_ipv4(),
+        IpAddr::V6(w) => w.is_unspecified(),
     }
 }
 
@@ -270,10 +369,19 @@ impl Default for Limits {
     }
 }
 
+/// The most a VM's held clients may buffer together (see `validate`).
+const MAX_HELD_BYTES_PER_VM: usize = 4 << 30;
+/// The most replays at once: Linux's default somaxconn, the largest listen
+/// backlog a service has without tuning.
+const MAX_REPLAY_IN_FLIGHT: usize = 4096;
+
 impl Limits {
     /// Rejects bounds that would make the surrogate spin or never answer.
     pub fn validate(&self) -> Result<(), SpecError> {
         let bad = |field: &'static str, why: &'static str| Err(SpecError::BadLimit { field, why });
+        if self.queue_depth == 0 {
+            return bad("queue_depth", "must be at least 1, or no client could be held and traffic could never wake a VM");
+        }
         if self.max_held_bytes == 0 {
             return bad("max_held_bytes", "must be at least 1 byte");
         }
@@ -281,6 +389,12 @@ impl Limits {
             return bad(
                 "max_held_bytes_per_vm",
                 "must be at least max_held_bytes, or no connection could fill its own buffer",
+            );
+        }
+        if self.max_held_bytes_per_vm > MAX_HELD_BYTES_PER_VM {
+            return bad(
+                "max_held_bytes_per_vm",
+                "must be at most 4 GiB: held bytes sit in the agent's memory, and the clients of a sleeping VM must not be able to push the host into swap",
             );
         }
         if self.wake_deadline.is_zero() {
@@ -297,6 +411,9 @@ impl Limits {
         }
         if self.replay_in_flight == 0 {
             return bad("replay_in_flight", "must be at least 1, or no held client would be replayed");
+        }
+        if self.replay_in_flight > MAX_REPLAY_IN_FLIGHT {
+            return bad("replay_in_flight", "must be at most 4096: replays past a service's listen backlog are refused by it anyway");
         }
         if self.udp_flows == 0 {
             return bad("udp_flows", "must be at least 1");
@@ -322,8 +439,12 @@ mod millis {
 pub enum SpecError {
     #[error("service name {name:?} is empty or has control characters: give each service a short printable name")]
     BadName { name: String },
-    #[error("service {service} listens on its own backend address {addr}: the surrogate would forward to itself; point backend at the VM's forward")]
-    ListenIsBackend { service: String, addr: SocketAddr },
+    #[error("service {service} listens on {listen}, which takes its own backend address {backend}: the surrogate would forward to itself; point backend at the VM's forward")]
+    ListenIsBackend {
+        service: String,
+        listen: SocketAddr,
+        backend: SocketAddr,
+    },
     #[error(
         "service {service} listens on port 0: the surrogate must own a fixed port clients know"
     )]
@@ -361,6 +482,29 @@ pub enum SpecError {
         service: String,
         method: String,
         path: String,
+    },
+    #[error("vm.{vm}.service: {source}")]
+    InVm {
+        vm: String,
+        #[source]
+        source: Box<SpecError>,
+    },
+    #[error("vm.{vm} declares two services named {service}: give each a distinct name")]
+    DuplicateName { vm: String, service: String },
+    #[error("{second} listens on {second_addr} ({protocol}), where {first} listens already ({first_addr}): two sockets cannot share a port on one address, or beside a wildcard address of its family; give each its own port")]
+    ListenClash {
+        first: String,
+        first_addr: SocketAddr,
+        second: String,
+        second_addr: SocketAddr,
+        protocol: Protocol,
+    },
+    #[error("{service} forwards to {backend}, where {target} listens ({target_addr}): the surrogate would forward to itself; point backend at the VM's forward")]
+    Loop {
+        service: String,
+        backend: SocketAddr,
+        target: String,
+        target_addr: SocketAddr,
     },
     #[error("surrogate limit {field} {why}")]
     BadLimit {
@@ -455,6 +599,131 @@ mod tests {
             looped.validate(),
             Err(SpecError::ListenIsBackend { .. })
         ));
+    }
+
+    fn at(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    fn one_vm(services: &[ServiceSpec]) -> Result<(), SpecError> {
+        validate_services(&[("web", services)])
+    }
+
+    #[test]
+    fn a_wildcard_listen_clashes_with_every_address_of_its_family_on_the_port() {
+        let clashes = [
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+            ("[::]:8080", "[::1]:8080"),
+            ("[::]:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "[::]:8080"),
+            ("[::ffff:127.0.0.1]:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "[::ffff:10.0.0.1]:8080"),
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+        ];
+        for (a, b) in clashes {
+            let services = [
+                ServiceSpec::tcp("a", at(a), addr(1)),
+                ServiceSpec::tcp("b", at(b), addr(2)),
+            ];
+            let e = one_vm(&services).unwrap_err();
+            assert!(matches!(e, SpecError::ListenClash { .. }), "{a} {b}: {e:?}");
+            let text = e.to_string();
+            assert!(
+                text.contains("vm.web.service b listens on") && text.contains("vm.web.service a listens already"),
+                "{text}"
+            );
+        }
+        // What the kernel lets both bind: other families, other addresses,
+        // the other protocol (DNS: 53/tcp and 53/udp).
+        for (a, b) in [
+            ("0.0.0.0:8080", "[::1]:8080"),
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+            ("127.0.0.1:8080", "127.0.0.1:8081"),
+        ] {
+            let services = [
+                ServiceSpec::tcp("a", at(a), addr(1)),
+                ServiceSpec::tcp("b", at(b), addr(2)),
+            ];
+            one_vm(&services).unwrap_or_else(|e| panic!("{a} {b}: {e}"));
+        }
+        one_vm(&[
+            ServiceSpec::tcp("dns-tcp", addr(53), addr(1053)),
+            ServiceSpec::udp("dns-udp", addr(53), addr(1053)),
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn service_sets_are_checked_across_vms() {
+        let a = [ServiceSpec::tcp("x", addr(8080), addr(1))];
+        let b = [ServiceSpec::tcp("y", at("0.0.0.0:8080"), addr(2))];
+        let e = validate_services(&[("a", &a), ("b", &b)]).unwrap_err();
+        assert!(e.to_string().contains("vm.b.service y listens on 0.0.0.0:8080 (tcp), where vm.a.service x listens already (127.0.0.1:8080)"), "{e}");
+        let twice = [
+            ServiceSpec::tcp("http", addr(80), addr(1)),
+            ServiceSpec::tcp("http", addr(81), addr(2)),
+        ];
+        assert_eq!(
+            one_vm(&twice),
+            Err(SpecError::DuplicateName { vm: "web".into(), service: "http".into() })
+        );
+        // The same name in two VMs is fine.
+        validate_services(&[("a", &twice[..1]), ("b", &twice[1..])]).unwrap();
+        let bad = [with(canned("GET", "/h", 99))];
+        let e = validate_services(&[("a", &a), ("b", &bad)]).unwrap_err();
+        assert!(e.to_string().starts_with("vm.b.service: service web has a canned reply"), "{e}");
+    }
+
+    #[test]
+    fn a_service_that_would_forward_to_the_surrogate_is_a_loop() {
+        for (listen, backend) in [
+            ("0.0.0.0:18181", "127.0.0.1:18181"),
+            ("0.0.0.0:18181", "127.0.0.9:18181"),
+            ("[::]:18181", "[::1]:18181"),
+            ("[::]:18181", "127.0.0.1:18181"),
+            ("[::]:18181", "[::ffff:127.0.0.1]:18181"),
+            ("127.0.0.1:18181", "[::ffff:127.0.0.1]:18181"),
+        ] {
+            let e = one_vm(&[ServiceSpec::tcp("http", at(listen), at(backend))]).unwrap_err();
+            assert!(
+                matches!(&e, SpecError::InVm { source, .. } if matches!(**source, SpecError::ListenIsBackend { .. })),
+                "{listen} → {backend}: {e:?}"
+            );
+            assert!(e.to_string().contains("would forward to itself"), "{e}");
+        }
+        // Two services pointing at each other, across VMs; and a chain.
+        let a = [ServiceSpec::tcp("a", addr(8001), addr(8002))];
+        let b = [ServiceSpec::tcp("b", at("0.0.0.0:8002"), addr(8001))];
+        let e = validate_services(&[("one", &a), ("two", &b)]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "vm.one.service a forwards to 127.0.0.1:8002, where vm.two.service b listens (0.0.0.0:8002): the surrogate would forward to itself; point backend at the VM's forward"
+        );
+        let chain = [
+            ServiceSpec::tcp("front", addr(8001), addr(8002)),
+            ServiceSpec::tcp("back", addr(8002), addr(18002)),
+        ];
+        assert!(matches!(one_vm(&chain), Err(SpecError::Loop { .. })));
+        // Not the surrogate: another host's address, or the other protocol.
+        one_vm(&[ServiceSpec::tcp("lan", at("0.0.0.0:8080"), at("10.0.0.5:8080"))]).unwrap();
+        one_vm(&[
+            ServiceSpec::udp("dns", addr(53), addr(1053)),
+            ServiceSpec::tcp("fwd", addr(54), addr(53)),
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn limits_that_hold_nothing_or_without_bound_are_rejected() {
+        for (limits, field) in [
+            (Limits { queue_depth: 0, ..Limits::default() }, "queue_depth"),
+            (Limits { max_held_bytes_per_vm: 1000 << 40, ..Limits::default() }, "max_held_bytes_per_vm"),
+            (Limits { replay_in_flight: usize::MAX, ..Limits::default() }, "replay_in_flight"),
+        ] {
+            let e = limits.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
     }
 
     #[test]

@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use ebb_core::VmId;
 use ebb_surrogate::{
-    CannedReply, Limits, Refusal, ServiceSpec, Surrogate, SurrogateError, SurrogateEvent, VmPower,
-    WakeReason,
+    CannedReply, Limits, Refusal, ServiceSpec, SpecError, Surrogate, SurrogateError,
+    SurrogateEvent, VmPower, WakeReason,
 };
 use std::io::ErrorKind;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -516,6 +516,35 @@ async fn taken_address_is_a_clear_error_and_nothing_stays_bound() {
         let err = s.add_vm(vm(), vec![spec], VmPower::Asleep).unwrap_err();
         assert!(err.to_string().contains("path \"healthz\""), "{err}");
         std::net::TcpListener::bind(free).expect("nothing must stay bound");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_whose_services_loop_to_or_clash_with_another_vm_s_is_refused_before_binding() {
+    bounded(10, async {
+        let (listen, backend, free) = (free_addr(), free_addr(), free_addr());
+        let (mut s, _rx) = Surrogate::new(Limits::default());
+        s.add_vm(vm(), vec![web(listen, backend)], VmPower::Awake)
+            .unwrap();
+        let other = VmId::new("vm2");
+        let looped = ServiceSpec::tcp("raw", free, listen);
+        let err = s
+            .add_vm(other.clone(), vec![looped], VmPower::Awake)
+            .unwrap_err();
+        assert!(
+            matches!(err, SurrogateError::InvalidService(SpecError::Loop { .. })),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("vm.vm1.service web"), "{err}");
+        std::net::TcpListener::bind(free).expect("nothing must stay bound");
+        let wildcard = (std::net::Ipv4Addr::UNSPECIFIED, listen.port()).into();
+        let clash = ServiceSpec::tcp("raw", wildcard, backend);
+        let err = s.add_vm(other, vec![clash], VmPower::Awake).unwrap_err();
+        assert!(
+            matches!(err, SurrogateError::InvalidService(SpecError::ListenClash { .. })),
+            "{err:?}"
+        );
     })
     .await
 }

@@ -352,7 +352,15 @@ pub fn explain_text(x: &Explain) -> String {
 pub fn describe_config(c: &Config) -> String {
     let m = c.memory.policy_config();
     let mut out = String::new();
-    let _ = writeln!(out, "libvirt: {}  tick: {:?}  socket: {}  journal: {}", c.agent.uri, c.agent.tick, c.agent.socket.display(), c.agent.journal.display());
+    let _ = writeln!(
+        out,
+        "libvirt: {}  tick: {:?}  socket: {} ({})  journal: {}",
+        c.agent.uri,
+        c.agent.tick,
+        c.agent.socket.display(),
+        c.agent.socket_group.as_ref().map_or("root only".into(), |g| format!("root and group {g}")),
+        c.agent.journal.display()
+    );
     let _ = writeln!(
         out,
         "memory: {}  pool: {}  host reserve: {}  idle tax: {}  step: {}..{}",

@@ -2,7 +2,7 @@
 //! `ebb.example.toml`; unknown fields, zero sizes and contradictions stop
 //! startup with a message that names the field and the line.
 
-use ebb_core::affinity::{AffinityConfig, CpuSet};
+use ebb_core::affinity::{AffinityConfig, CpuSet, MAX_CPUS};
 use ebb_core::devices::DeviceConfig;
 use ebb_core::memory::MemoryConfig;
 use ebb_core::power::{LowBattery, PowerModel, Watts};
@@ -10,9 +10,12 @@ use ebb_core::realloc::{ReallocConfig, ReallocSettings};
 use ebb_core::sleep::SleepSettings;
 use ebb_core::{Bytes, SleepMode, VmId};
 use ebb_surrogate::{Limits, ServiceSpec};
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::net::Ipv6Addr;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
@@ -55,6 +58,9 @@ pub struct AgentSection {
     #[serde(deserialize_with = "de_duration")]
     pub fast_tick: Duration,
     pub socket: PathBuf,
+    /// The group whose members may use the API socket besides root
+    /// (`socket_gid` resolves it); None: root only.
+    pub socket_group: Option<String>,
     pub journal: PathBuf,
     /// Journal entries older than this are pruned.
     pub journal_keep_days: u32,
@@ -68,6 +74,7 @@ impl Default for AgentSection {
             tick: Duration::from_secs(2),
             fast_tick: Duration::from_millis(100),
             socket: PathBuf::from(DEFAULT_SOCKET),
+            socket_group: None,
             journal: PathBuf::from("/var/lib/ebb/journal.db"),
             journal_keep_days: 30,
         }
@@ -75,6 +82,20 @@ impl Default for AgentSection {
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/ebb/ebb.sock";
+
+/// The longest unix socket path: `sun_path` holds 108 bytes with the NUL.
+const MAX_SOCKET_PATH: usize = 107;
+/// The shortest tick: each reads every domain from libvirt and may write the
+/// journal, so a shorter one only spins.
+const MIN_TICK: Duration = Duration::from_millis(10);
+/// The longest duration any field takes, a year: no wait of ebb's makes
+/// sense past it, and deadlines computed from it (`Instant + Duration`)
+/// can then never overflow.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The largest realloc.boost and realloc.yield_divisor: 64 times takes a
+/// default weight of 1024 to 65,536 or 16, well inside libvirt's 2..262,144,
+/// and disk weights span only 100..1000.
+const MAX_WEIGHT_FACTOR: u64 = 64;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -238,12 +259,6 @@ impl ReallocSection {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if self.affinity_free >= self.affinity_busy {
-            return Err(format!(
-                "realloc.affinity_free ({}) must be below realloc.affinity_busy ({}): a VM would move between equally busy CPUs",
-                self.affinity_free, self.affinity_busy
-            ));
-        }
         for (name, v) in [
             ("cpu_busy", self.cpu_busy),
             ("cpu_busy_leave", self.cpu_busy_leave),
@@ -252,9 +267,15 @@ impl ReallocSection {
             ("affinity_busy", self.affinity_busy),
             ("affinity_free", self.affinity_free),
         ] {
-            if !(v > 0.0 && v <= 1.0) {
-                return Err(format!("realloc.{name} = {v} is outside (0, 1]"));
-            }
+            number(&format!("realloc.{name}"), v, Range::OpenClosed(0.0, 1.0), "")?;
+        }
+        number("realloc.idle_cpu", self.idle_cpu, Range::Closed(0.0, 1.0), " (a fraction of one CPU)")?;
+        number("realloc.wait_contended", self.wait_contended, Range::OpenClosed(0.0, f64::from(MAX_CPUS)), " (vCPUs' worth of waiting)")?;
+        if self.affinity_free >= self.affinity_busy {
+            return Err(format!(
+                "realloc.affinity_free ({}) must be below realloc.affinity_busy ({}): a VM would move between equally busy CPUs",
+                self.affinity_free, self.affinity_busy
+            ));
         }
         if self.cpu_busy_leave > self.cpu_busy {
             return Err(format!(
@@ -262,8 +283,12 @@ impl ReallocSection {
                 self.cpu_busy_leave, self.cpu_busy
             ));
         }
-        if self.boost < 1 || self.yield_divisor < 1 {
-            return Err("realloc.boost and realloc.yield_divisor must be at least 1".into());
+        for (name, v) in [("boost", self.boost), ("yield_divisor", self.yield_divisor)] {
+            if !(1..=MAX_WEIGHT_FACTOR).contains(&v) {
+                return Err(format!(
+                    "realloc.{name} = {v} is out of range: give a whole number from 1 to {MAX_WEIGHT_FACTOR} (past it a weight leaves libvirt's range)"
+                ));
+            }
         }
         Ok(())
     }
@@ -356,9 +381,7 @@ impl DevicesSection {
 
     fn validate(&self) -> Result<(), String> {
         for (name, v) in [("cpu_low", self.cpu_low), ("cpu_high", self.cpu_high), ("max_freq_fraction", self.max_freq_fraction)] {
-            if !(v > 0.0 && v <= 1.0) {
-                return Err(format!("power.devices.{name} = {v} is outside (0, 1]"));
-            }
+            number(&format!("power.devices.{name}"), v, Range::OpenClosed(0.0, 1.0), "")?;
         }
         if self.cpu_low >= self.cpu_high {
             return Err(format!(
@@ -416,15 +439,42 @@ impl PowerSection {
         LowBattery { charge: self.low_charge, runtime_s: self.low_runtime.as_secs_f64() }
     }
 
-    /// `name@host[:port]` → (name, host:port).
+    /// `name@host[:port]` → (name, host:port), as upsc takes it; an IPv6
+    /// host goes in brackets (`ups@[::1]:3493`).
     pub fn ups_address(&self) -> Option<Result<(String, String), String>> {
         let text = self.ups.as_ref()?;
-        let Some((name, host)) = text.split_once('@').filter(|(n, h)| !n.is_empty() && !h.is_empty()) else {
-            return Some(Err(format!("power.ups = {text:?}: write it as name@host or name@host:port, as upsc takes it")));
-        };
-        let addr = if host.contains(':') { host.to_string() } else { format!("{host}:3493") };
-        Some(Ok((name.to_string(), addr)))
+        Some(parse_ups(text).map_err(|why| {
+            format!("power.ups = {text:?}: {why}; write it as name@host, name@host:port or name@[IPv6]:port, as upsc takes it")
+        }))
     }
+}
+
+fn parse_ups(text: &str) -> Result<(String, String), &'static str> {
+    let (name, rest) = text.split_once('@').filter(|(n, h)| !n.is_empty() && !h.is_empty()).ok_or("it names no UPS or no host")?;
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => {
+            let (ip, after) = v6.split_once(']').ok_or("the IPv6 address has no closing ']'")?;
+            ip.parse::<Ipv6Addr>().map_err(|_| "the text in brackets is not an IPv6 address")?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or("only :port may follow the ']'")?),
+            };
+            (format!("[{ip}]"), port)
+        }
+        None => match rest.split_once(':') {
+            Some((_, port)) if port.contains(':') => return Err("an IPv6 address goes in brackets"),
+            Some((host, port)) => (host.to_string(), Some(port)),
+            None => (rest.to_string(), None),
+        },
+    };
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err("the host is empty or has spaces");
+    }
+    let port = match port {
+        None => 3493,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or("the port must be a number from 1 to 65535")?,
+    };
+    Ok((name.to_string(), format!("{host}:{port}")))
 }
 
 /// `[vm.NAME.realloc]`.
@@ -580,42 +630,53 @@ pub struct Size(pub Bytes);
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Text(String),
-        }
-        let bytes = match Raw::deserialize(d)? {
-            Raw::Int(n) if n < 0 => {
-                return Err(serde::de::Error::custom(format!("{n} is negative: a size must be more than zero")))
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size like \"512MiB\" or a whole number of bytes")
             }
-            Raw::Int(n) => Bytes(n as u64),
-            Raw::Text(s) => s.parse::<Bytes>().map_err(serde::de::Error::custom)?,
-        };
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Bytes, E> {
+                u64::try_from(n).map(Bytes).map_err(|_| E::custom(format!("{n} is negative: a size must be more than zero")))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Bytes, E> {
+                Ok(Bytes(n))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Bytes, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        let bytes = d.deserialize_any(SizeVisitor)?;
         if bytes == Bytes::ZERO {
-            return Err(serde::de::Error::custom("a size of zero is not allowed here"));
+            return Err(de::Error::custom("a size of zero is not allowed here"));
         }
         Ok(Size(bytes))
     }
 }
 
-/// `"2s"`, `"250ms"`, `"1m"`, `"1h"`, or a number of seconds.
+/// `"2s"`, `"250ms"`, `"1m"`, `"1h"`, or a number of seconds; more than
+/// zero and at most `MAX_DURATION`.
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(i64),
-        Float(f64),
-        Text(String),
+    struct DurationVisitor;
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration like \"2s\" or \"250ms\", or a number of seconds")
+        }
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<Duration, E> {
+            seconds(n as f64, &n.to_string()).map_err(E::custom)
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Duration, E> {
+            seconds(n as f64, &n.to_string()).map_err(E::custom)
+        }
+        fn visit_f64<E: de::Error>(self, n: f64) -> Result<Duration, E> {
+            seconds(n, &n.to_string()).map_err(E::custom)
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
+            parse_duration(s).map_err(E::custom)
+        }
     }
-    let dur = match Raw::deserialize(d)? {
-        Raw::Int(n) if n > 0 => Duration::from_secs(n as u64),
-        Raw::Float(f) if f > 0.0 => Duration::from_secs_f64(f),
-        Raw::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom)?,
-        _ => return Err(serde::de::Error::custom("a duration must be more than zero")),
-    };
-    Ok(dur)
+    d.deserialize_any(DurationVisitor)
 }
 
 fn de_some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -636,27 +697,174 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("\"{s}\" has an unknown unit: use ms, s, m or h")),
     };
-    if secs <= 0.0 {
-        return Err(format!("\"{s}\": a duration must be more than zero"));
+    seconds(secs, &format!("\"{s}\""))
+}
+
+/// A number of seconds as a duration, within (0, MAX_DURATION]: what
+/// `Duration::from_secs_f64` would panic on (infinite, too large) is
+/// refused first. `text` is the value as written, for the message.
+fn seconds(secs: f64, text: &str) -> Result<Duration, String> {
+    if secs.is_nan() || secs <= 0.0 {
+        return Err(format!("{text}: a duration must be more than zero"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!("{text} is longer than a year, the longest duration ebb takes"));
+    }
+    let d = Duration::from_secs_f64(secs);
+    if d.is_zero() {
+        return Err(format!("{text} is shorter than a nanosecond: a duration must be more than zero"));
+    }
+    Ok(d)
+}
+
+/// Where a config number must lie. Every float of the config goes through
+/// `number`, which refuses NaN and the infinities whatever the range.
+#[derive(Clone, Copy)]
+enum Range {
+    Closed(f64, f64),
+    ClosedOpen(f64, f64),
+    OpenClosed(f64, f64),
+    Above(f64),
+    AtLeast(f64),
+}
+
+impl Range {
+    fn contains(self, v: f64) -> bool {
+        v.is_finite()
+            && match self {
+                Range::Closed(lo, hi) => lo <= v && v <= hi,
+                Range::ClosedOpen(lo, hi) => lo <= v && v < hi,
+                Range::OpenClosed(lo, hi) => lo < v && v <= hi,
+                Range::Above(lo) => lo < v,
+                Range::AtLeast(lo) => lo <= v,
+            }
+    }
+}
+
+impl fmt::Display for Range {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Range::Closed(lo, hi) => write!(f, "in [{lo}, {hi}]"),
+            Range::ClosedOpen(lo, hi) => write!(f, "in [{lo}, {hi})"),
+            Range::OpenClosed(lo, hi) => write!(f, "in ({lo}, {hi}]"),
+            Range::Above(lo) => write!(f, "above {lo}"),
+            Range::AtLeast(lo) => write!(f, "of at least {lo}"),
+        }
+    }
+}
+
+/// `field = v` must be a finite number within `range`; `hint` (may be
+/// empty) ends the message.
+fn number(field: &str, v: f64, range: Range, hint: &str) -> Result<(), String> {
+    if range.contains(v) {
+        Ok(())
+    } else {
+        Err(format!("{field} = {v} is out of range: give a finite number {range}{hint}"))
+    }
+}
+
+/// The sleep threshold's one rule, for `[vm.NAME.sleep]` and a domain's
+/// `<sleep cpu_threshold>` metadata alike.
+pub fn check_cpu_threshold(field: &str, v: f64) -> Result<(), String> {
+    number(field, v, Range::Closed(0.0, 1.0), " (a fraction of one vCPU, like 0.05)")
+}
+
+/// A path with `.` dropped and `..` taken off lexically: the files need
+/// not exist yet, so no link is followed.
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) => {}
+                _ => out.push(".."),
+            },
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl AgentSection {
     pub fn is_ebbs(&self, name: &str) -> bool {
         self.domains.is_empty() || self.domains.iter().any(|p| glob_match(p, name))
     }
+
+    /// The gid of `socket_group` on this host; None: no group, root only.
+    pub fn socket_gid(&self) -> Result<Option<u32>, String> {
+        let Some(name) = &self.socket_group else { return Ok(None) };
+        match nix::unistd::Group::from_name(name) {
+            Ok(Some(group)) => Ok(Some(group.gid.as_raw())),
+            Ok(None) => Err(format!("agent.socket_group = {name:?}: this host has no such group; create it (groupadd {name}) or leave socket_group out (root only)")),
+            Err(e) => Err(format!("agent.socket_group = {name:?} could not be looked up: {e}")),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (name, tick) in [("tick", self.tick), ("fast_tick", self.fast_tick)] {
+            if tick < MIN_TICK {
+                return Err(format!("agent.{name} = {tick:?} is shorter than {MIN_TICK:?}: each tick reads every domain from libvirt, so a shorter one only spins"));
+            }
+        }
+        let socket = self.socket.as_os_str();
+        if socket.is_empty() {
+            return Err("agent.socket is empty: an empty path would make Linux bind an abstract socket, which no file permission protects; give a path such as /run/ebb/ebb.sock".into());
+        }
+        if socket.len() > MAX_SOCKET_PATH {
+            return Err(format!(
+                "agent.socket is {} bytes long: a unix socket path holds at most {MAX_SOCKET_PATH} bytes (SUN_LEN); pick a shorter path",
+                socket.len()
+            ));
+        }
+        // A stale socket is removed at start: on the journal or one of
+        // SQLite's files beside it, that would delete the journal.
+        let (socket, journal) = (lexical(&self.socket), lexical(&self.journal));
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut file = journal.clone().into_os_string();
+            file.push(suffix);
+            if socket.as_os_str() == file {
+                return Err(format!(
+                    "agent.socket = {} is the journal's own file {}: ebb would remove it as a stale socket; give the socket a path of its own",
+                    self.socket.display(),
+                    file.to_string_lossy()
+                ));
+            }
+        }
+        self.socket_gid().map(|_| ())
+    }
 }
 
 /// `*` matches any run of characters; everything else matches itself.
+/// Domain names come from whoever defines domains, so the match is the
+/// classic greedy walk: on a mismatch the last `*` takes one character
+/// more, and nothing before it is tried again. At most pattern × name
+/// steps, never exponential.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == name,
-        Some((head, rest)) => {
-            let Some(tail) = name.strip_prefix(head) else { return false };
-            (0..=tail.len()).filter(|i| tail.is_char_boundary(*i)).any(|i| glob_match(rest, &tail[i..]))
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut i, mut j) = (0, 0);
+    // The last `*` seen: the pattern index after it, and the name index it
+    // has taken characters up to.
+    let mut star: Option<(usize, usize)> = None;
+    while j < n.len() {
+        if p.get(i) == Some(&'*') {
+            star = Some((i + 1, j));
+            i += 1;
+        } else if p.get(i) == Some(&n[j]) {
+            i += 1;
+            j += 1;
+        } else if let Some((after, taken)) = star {
+            star = Some((after, taken + 1));
+            i = after;
+            j = taken + 1;
+        } else {
+            return false;
         }
     }
+    p[i..].iter().all(|&c| c == '*')
 }
 
 impl Config {
@@ -676,21 +884,16 @@ impl Config {
     fn validate(&self, text: &str) -> Result<(), String> {
         let m = &self.memory;
         let at = |span: std::ops::Range<usize>| line_of(text, span.start);
-        if !(0.0..1.0).contains(&m.idle_tax) {
-            return Err(format!("memory.idle_tax = {} is outside [0, 1): 0.75 is ESX's default", m.idle_tax));
-        }
+        self.agent.validate()?;
+        number("memory.idle_tax", m.idle_tax, Range::ClosedOpen(0.0, 1.0), " (0.75 is ESX's default)")?;
         for (name, v) in [
             ("dead_band_fraction", m.dead_band_fraction),
             ("headroom_fraction", m.headroom_fraction),
             ("low_free_fraction", m.low_free_fraction),
         ] {
-            if !(0.0..1.0).contains(&v) {
-                return Err(format!("memory.{name} = {v} is outside [0, 1)"));
-            }
+            number(&format!("memory.{name}"), v, Range::ClosedOpen(0.0, 1.0), "")?;
         }
-        if m.major_fault_rate <= 0.0 {
-            return Err(format!("memory.major_fault_rate = {} must be more than zero", m.major_fault_rate));
-        }
+        number("memory.major_fault_rate", m.major_fault_rate, Range::Above(0.0), " (major page faults per second)")?;
         if m.step_min.0 > m.step_max.0 {
             return Err(format!(
                 "memory.step_min ({}) is above memory.step_max ({})",
@@ -703,39 +906,37 @@ impl Config {
             return Err(e);
         }
         if let Some(t) = &self.power.model_table {
-            if t.len() != 11 || t.windows(2).any(|w| w[1] < w[0]) || t.iter().any(|w| w.is_nan() || *w < 0.0) {
-                return Err(format!(
-                    "power.model_table has {} values: give 11 watt figures, at 0 %, 10 %, …, 100 % CPU, never falling",
-                    t.len()
-                ));
+            if t.len() != 11 {
+                return Err(format!("power.model_table has {} values: give 11 watt figures, at 0 %, 10 %, …, 100 % CPU, never falling", t.len()));
+            }
+            for (i, w) in t.iter().enumerate() {
+                number(&format!("power.model_table[{i}]"), *w, Range::AtLeast(0.0), " (watts)")?;
+            }
+            if t.windows(2).any(|w| w[1] < w[0]) {
+                return Err("power.model_table falls: give 11 watt figures, at 0 %, 10 %, …, 100 % CPU, never falling".into());
             }
         }
-        if !(self.power.idle_watts >= 0.0 && self.power.max_watts >= self.power.idle_watts) {
+        number("power.idle_watts", self.power.idle_watts, Range::AtLeast(0.0), "")?;
+        number("power.max_watts", self.power.max_watts, Range::AtLeast(0.0), "")?;
+        if self.power.max_watts < self.power.idle_watts {
             return Err(format!(
-                "power.max_watts ({}) must be at least power.idle_watts ({}), and both at least zero",
+                "power.max_watts ({}) must be at least power.idle_watts ({})",
                 self.power.max_watts, self.power.idle_watts
             ));
         }
         if let Some(b) = self.power.budget {
-            if b.is_nan() || b <= 0.0 {
-                return Err(format!("power.budget = {b} must be more than zero watts"));
-            }
+            number("power.budget", b, Range::Above(0.0), " (watts the host may draw on battery)")?;
         }
-        if !(0.0..=100.0).contains(&self.power.low_charge) {
-            return Err(format!("power.low_charge = {} is outside [0, 100] (percent)", self.power.low_charge));
-        }
+        number("power.low_charge", self.power.low_charge, Range::Closed(0.0, 100.0), " (percent)")?;
         if self.power.power_off_command.as_ref().is_some_and(|c| c.is_empty()) {
             return Err("power.power_off_command is empty: give the command and its arguments, e.g. [\"systemctl\", \"poweroff\"]".into());
         }
         self.power.devices.validate()?;
-        let mut listens = std::collections::HashMap::new();
+        // The surrogate's own rules, through the function it runs them with:
+        // `ebb check` and `ebb run` cannot disagree on a service.
+        let services: Vec<(&str, &[ServiceSpec])> = self.vm.iter().map(|(name, vm)| (name.as_str(), vm.service.as_slice())).collect();
+        ebb_surrogate::validate_services(&services).map_err(|e| e.to_string())?;
         for (name, vm) in &self.vm {
-            for svc in &vm.service {
-                svc.validate().map_err(|e| format!("vm.{name}.service: {e}"))?;
-                if let Some(other) = listens.insert(svc.listen, format!("vm.{name}.service {}", svc.name)) {
-                    return Err(format!("vm.{name}.service {} listens on {}, as {other} does already", svc.name, svc.listen));
-                }
-            }
             if let (Some(min), Some(max)) = (&vm.min, &vm.max) {
                 if min.get_ref().0 > max.get_ref().0 {
                     return Err(format!(
@@ -747,9 +948,7 @@ impl Config {
                 }
             }
             if let Some(sleep) = &vm.sleep {
-                if !(0.0..=1.0).contains(&sleep.cpu_threshold) {
-                    return Err(format!("vm.{name}.sleep.cpu_threshold = {} is outside [0, 1] (a fraction of one vCPU)", sleep.cpu_threshold));
-                }
+                check_cpu_threshold(&format!("vm.{name}.sleep.cpu_threshold"), sleep.cpu_threshold)?;
             }
             if let Some(r) = &vm.realloc {
                 if let (Some(lo), Some(hi)) = (r.cpu_shares_min, r.cpu_shares_max) {
@@ -761,9 +960,8 @@ impl Config {
                     return Err(format!("vm.{name}.realloc: CPU weights start at 2 (libvirt's minimum)"));
                 }
                 if let Some(c) = r.cpu_cap_max {
-                    if !(c > 0.0 && c.is_finite()) {
-                        return Err(format!("vm.{name}.realloc.cpu_cap_max = {c} must be more than zero (a fraction of one vCPU: 1.0 is a whole CPU)"));
-                    }
+                    let hint = " (a fraction of one vCPU: 1.0 is a whole CPU)";
+                    number(&format!("vm.{name}.realloc.cpu_cap_max"), c, Range::OpenClosed(0.0, f64::from(MAX_CPUS)), hint)?;
                 }
                 if r.disk_max.is_some_and(|Size(m)| m < Bytes::from_kib(1)) {
                     return Err(format!("vm.{name}.realloc.disk_max must be at least 1 KiB per second"));
@@ -810,11 +1008,18 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// toml's own message already carries line and column; keep it on one line
+/// toml's message on one line, with the line and the key it was reading,
 /// without the source excerpt.
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     let line = e.span().map(|s| format!("line {}: ", line_of(text, s.start))).unwrap_or_default();
-    format!("{line}{}", e.message().trim())
+    // Without the input toml's text is the message and, when it knows the
+    // key, a last line "in `agent.tick`".
+    let mut bare = e.clone();
+    bare.set_input(None);
+    let bare = bare.to_string();
+    let key = bare.trim_end().rsplit_once('\n').and_then(|(_, last)| last.strip_prefix("in `")?.strip_suffix('`'));
+    let key = key.map(|k| format!("{k}: ")).unwrap_or_default();
+    format!("{line}{key}{}", e.message().trim())
 }
 
 #[cfg(test)]
@@ -966,6 +1171,93 @@ mod tests {
         let c = Config::parse("[agent]\ndomains = [\"a*\", \"b\"]\n").unwrap();
         assert!(c.agent.is_ebbs("alpha") && c.agent.is_ebbs("b") && !c.agent.is_ebbs("c"));
         assert!(Config::parse("").unwrap().agent.is_ebbs("anything"));
+    }
+
+    #[test]
+    fn a_pattern_with_many_stars_matches_in_linear_time() {
+        // Exponential backtracking would never finish these.
+        let name = format!("relx-{}", "a".repeat(200));
+        let stars = format!("relx-{}b", "*a".repeat(30));
+        assert!(!glob_match(&stars, &name));
+        assert!(glob_match(&format!("{}*", "*a".repeat(30)), &name));
+        assert!(glob_match(&format!("relx-{}", "*a".repeat(30)), &name));
+        let c = Config::parse(&format!("[agent]\ndomains = [{stars:?}]\n")).unwrap();
+        assert!(!c.agent.is_ebbs(&name));
+        assert!(glob_match("wé*🚀", "wéb-🚀") && !glob_match("w?b", "web"));
+    }
+
+    /// The plain definition, exponential but fine on small inputs.
+    fn glob_reference(p: &[char], n: &[char]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some(('*', rest)) => (0..=n.len()).any(|k| glob_reference(rest, &n[k..])),
+            Some((c, rest)) => n.first() == Some(c) && glob_reference(rest, &n[1..]),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn glob_match_agrees_with_the_definition(pattern in "[ab*é]{0,8}", name in "[abé]{0,10}") {
+            let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+            proptest::prop_assert_eq!(glob_match(&pattern, &name), glob_reference(&p, &n));
+        }
+    }
+
+    #[test]
+    fn ups_addresses_parse_host_and_port_as_upsc_does() {
+        let ups = |text: &str| PowerSection { ups: Some(text.into()), ..PowerSection::default() }.ups_address().unwrap();
+        assert_eq!(ups("u@host").unwrap(), ("u".into(), "host:3493".into()));
+        assert_eq!(ups("u@10.0.0.5:3494").unwrap(), ("u".into(), "10.0.0.5:3494".into()));
+        assert_eq!(ups("u@[::1]").unwrap(), ("u".into(), "[::1]:3493".into()));
+        assert_eq!(ups("u@[fe80::1]:3494").unwrap(), ("u".into(), "[fe80::1]:3494".into()));
+        for (bad, why) in [
+            ("u@127.0.0.1:99999", "from 1 to 65535"),
+            ("u@127.0.0.1:0", "from 1 to 65535"),
+            ("u@127.0.0.1:", "from 1 to 65535"),
+            ("u@[::1", "no closing ']'"),
+            ("u@[::1]x", "only :port"),
+            ("u@[nope]:1", "not an IPv6 address"),
+            ("u@::1", "in brackets"),
+            ("u@:3493", "host is empty"),
+            ("u@a b", "host is empty or has spaces"),
+            ("@host", "names no UPS"),
+        ] {
+            let e = ups(bad).unwrap_err();
+            assert!(e.contains(&format!("power.ups = {bad:?}")) && e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn paths_compare_after_lexical_normalisation() {
+        assert_eq!(lexical(Path::new("/var/lib/./ebb/../ebb//j.db")), PathBuf::from("/var/lib/ebb/j.db"));
+        assert_eq!(lexical(Path::new("/../j.db")), PathBuf::from("/j.db"));
+        assert_eq!(lexical(Path::new("../a/./b/..")), PathBuf::from("../a"));
+        let e = Config::parse("[agent]\nsocket = \"/var/lib/ebb/../ebb/journal.db-wal\"\n").unwrap_err();
+        assert!(e.contains("the journal's own file /var/lib/ebb/journal.db-wal"), "{e}");
+    }
+
+    #[test]
+    fn the_sleep_threshold_is_one_rule_for_the_config_and_the_metadata() {
+        for v in ["-0.1", "1.5", "inf", "NaN"] {
+            let from_config = Config::parse(&format!("[vm.web.sleep]\ncpu_threshold = {}\n", v.to_lowercase())).unwrap_err();
+            let from_metadata = crate::settings::parse_metadata(&format!(r#"<vm><sleep cpu_threshold="{v}"/></vm>"#)).unwrap_err();
+            assert!(from_config.contains("in [0, 1]") && from_metadata.contains("in [0, 1]"), "{v}: {from_config} / {from_metadata}");
+        }
+        for v in ["0", "0.05", "1"] {
+            Config::parse(&format!("[vm.web.sleep]\ncpu_threshold = {v}\n")).unwrap();
+            crate::settings::parse_metadata(&format!(r#"<vm><sleep cpu_threshold="{v}"/></vm>"#)).unwrap();
+        }
+    }
+
+    #[test]
+    fn durations_are_more_than_zero_and_at_most_a_year() {
+        assert_eq!(parse_duration("366h").unwrap(), Duration::from_secs(366 * 3600));
+        assert!(parse_duration("9000h").unwrap_err().contains("longer than a year"));
+        assert!(parse_duration("0.0000000000001ms").unwrap_err().contains("shorter than a nanosecond"));
+        let e = Config::parse("[vm.web.sleep]\nidle_after = 1e-12\n").unwrap_err();
+        assert!(e.contains("line 2: vm.web.sleep.idle_after") && e.contains("more than zero"), "{e}");
+        let e = crate::settings::parse_metadata(r#"<vm><sleep idle_after="99999999999999999999999h"/></vm>"#).unwrap_err();
+        assert!(e.contains("longer than a year"), "{e}");
     }
 
     #[test]

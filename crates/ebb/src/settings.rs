@@ -85,11 +85,9 @@ fn parse_sleep(s: &mut SleepSettings, key: &str, value: &str, field: &str) -> Re
             s.idle_after_ms = d.as_millis() as u64;
         }
         "cpu_threshold" => {
-            s.cpu_threshold = value
-                .parse()
-                .ok()
-                .filter(|f: &f64| f.is_finite() && *f >= 0.0)
-                .ok_or(format!("{field}: a fraction of one vCPU, like 0.05"))?
+            let v: f64 = value.parse().map_err(|_| format!("{field}: a fraction of one vCPU, like 0.05"))?;
+            crate::config::check_cpu_threshold(field, v)?;
+            s.cpu_threshold = v;
         }
         "net_threshold" => s.net_threshold = value.parse().map_err(|e| format!("{field}: {e}"))?,
         "disk_threshold" => s.disk_threshold = value.parse().map_err(|e| format!("{field}: {e}"))?,
@@ -204,7 +202,7 @@ mod tests {
         let off = parse_metadata(r#"<vm><sleep enabled="no"/></vm>"#).unwrap();
         assert!(!resolve(None, Some(&off)).sleep.unwrap().enabled);
         assert_eq!(resolve(None, None).sleep, None);
-        for bad in [r#"<vm><sleep mode="hibernate"/></vm>"#, r#"<vm><sleep idle_after="soon"/></vm>"#, r#"<vm><sleep cpu_threshold="-1"/></vm>"#, r#"<vm><sleep naps="3"/></vm>"#] {
+        for bad in [r#"<vm><sleep mode="hibernate"/></vm>"#, r#"<vm><sleep idle_after="soon"/></vm>"#, r#"<vm><sleep cpu_threshold="-1"/></vm>"#, r#"<vm><sleep cpu_threshold="2"/></vm>"#, r#"<vm><sleep naps="3"/></vm>"#] {
             let e = parse_metadata(bad).unwrap_err();
             assert!(e.contains("<sleep "), "{bad}: {e}");
         }

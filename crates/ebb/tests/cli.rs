@@ -195,3 +195,129 @@ fn the_power_model_and_rapl_are_shown_side_by_side_and_a_vm_without_a_value_coun
     assert!(power.measured_error.unwrap().contains("energy_uj"));
     assert!(agent.text(&["power"]).contains("draw (measured): failed"));
 }
+
+/// A config for libvirt's test driver whose socket and journal live in
+/// the scratch folder `DIR` (see `check_and_run`).
+fn test_driver(agent: &str, rest: &str) -> String {
+    format!("[agent]\nuri = \"test:///default\"\nsocket = \"DIR/ebb.sock\"\njournal = \"DIR/journal.db\"\n{agent}\n{rest}")
+}
+
+/// `ebb check` and `ebb run` on one config, with `DIR` in it standing for a
+/// scratch folder: each one's exit code (None: still running after 10 s,
+/// so it took the config) and stderr.
+fn check_and_run(text: &str) -> [(Option<i32>, String); 2] {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ebb.toml");
+    std::fs::write(&path, text.replace("DIR", dir.path().to_str().unwrap())).unwrap();
+    let config = path.to_str().unwrap();
+    let check = ebb(&["check", "--config", config]);
+    let mut run = std::process::Command::new(EBB)
+        .args(["run", "--config", config])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while run.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = run.kill();
+    let code = run.try_wait().unwrap().and_then(|s| s.code());
+    let run = run.wait_with_output().unwrap();
+    [
+        (check.status.code(), String::from_utf8_lossy(&check.stderr).into_owned()),
+        (code, String::from_utf8_lossy(&run.stderr).into_owned()),
+    ]
+}
+
+/// Both refuse with exit code 2 (not a panic's 101) and say each needle.
+fn both_refuse(text: &str, needles: &[&str]) {
+    for (what, (code, err)) in ["check", "run"].into_iter().zip(check_and_run(text)) {
+        assert_eq!(code, Some(2), "{what} on {text}: {err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        for needle in needles {
+            assert!(err.contains(needle), "{what} on {text}: {needle:?} missing from {err}");
+        }
+    }
+}
+
+#[test]
+fn values_that_would_panic_spin_or_grow_without_bound_are_refused_by_check_and_run_alike() {
+    let year = "is longer than a year";
+    both_refuse(&test_driver("tick = inf", ""), &["line 5: agent.tick: inf", year]);
+    both_refuse(&test_driver("tick = 1e300", ""), &["agent.tick", year]);
+    both_refuse(&test_driver("", "[memory]\nstuck_after = \"99999999999999999999999h\"\n"), &["memory.stuck_after", year]);
+    both_refuse(&test_driver("tick = \"0.000001ms\"", ""), &["agent.tick = 1ns is shorter than 10ms"]);
+    both_refuse(&test_driver("fast_tick = \"1ms\"", ""), &["agent.fast_tick = 1ms"]);
+    for cpus in ["0-4294967295", "0-99999999"] {
+        both_refuse(&test_driver("", &format!("[vm.w.realloc]\ncpus = \"{cpus}\"\n")), &["vm.w.realloc.cpus", "CPU numbers stop at 8191"]);
+    }
+    both_refuse(&test_driver("", "[power]\nbudget = inf\n"), &["power.budget = inf is out of range"]);
+    both_refuse(&test_driver("", "[power]\nidle_watts = inf\nmax_watts = inf\n"), &["power.idle_watts = inf"]);
+    both_refuse(&test_driver("", "[power]\nmax_watts = inf\n"), &["power.max_watts = inf"]);
+    both_refuse(&test_driver("", "[power]\nmodel_table = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, inf]\n"), &["power.model_table[10] = inf"]);
+    both_refuse(&test_driver("", "[memory]\nmajor_fault_rate = inf\n"), &["memory.major_fault_rate = inf"]);
+    both_refuse(&test_driver("", "[realloc]\nidle_cpu = -1.0\n"), &["realloc.idle_cpu = -1"]);
+    both_refuse(&test_driver("", "[realloc]\nwait_contended = -5.0\n"), &["realloc.wait_contended = -5"]);
+    both_refuse(&test_driver("", "[vm.w]\nmin = \"99999999999999999999TiB\"\n"), &["vm.w.min", "too large"]);
+    both_refuse(&test_driver("", "[surrogate]\nmax_held_bytes = \"1000TiB\"\nmax_held_bytes_per_vm = \"1000TiB\"\n"), &["max_held_bytes_per_vm must be at most 4 GiB"]);
+    both_refuse(&test_driver("", "[surrogate]\nreplay_in_flight = 9223372036854775807\n"), &["replay_in_flight must be at most 4096"]);
+    both_refuse(&test_driver("", "[surrogate]\nqueue_depth = 0\n"), &["queue_depth must be at least 1"]);
+    for field in ["boost", "yield_divisor"] {
+        both_refuse(&test_driver("", &format!("[realloc]\n{field} = 4294967296\n")), &[&format!("realloc.{field} = 4294967296 is out of range")]);
+    }
+}
+
+#[test]
+fn check_and_run_agree_on_services_and_the_ups_address() {
+    let svc = |name: &str, listen: &str, backend: &str| {
+        format!("[[vm.test.service]]\nname = \"{name}\"\nlisten = \"{listen}\"\nbackend = \"{backend}\"\n")
+    };
+    let p = ebb::lab::free_port();
+    let (a, b) = (ebb::lab::free_port(), ebb::lab::free_port());
+    both_refuse(&test_driver("", &(svc("http", &format!("127.0.0.1:{a}"), "127.0.0.1:9") + &svc("http", &format!("127.0.0.1:{b}"), "127.0.0.1:9"))), &["two services named http"]);
+    for (x, y) in [("0.0.0.0", "127.0.0.1"), ("[::]", "[::1]"), ("[::]", "127.0.0.1")] {
+        let rest = svc("any", &format!("{x}:{p}"), "127.0.0.1:9") + &svc("one", &format!("{y}:{p}"), "127.0.0.1:9");
+        both_refuse(&test_driver("", &rest), &["vm.test.service one listens on", "where vm.test.service any listens already"]);
+    }
+    for (listen, backend) in [("0.0.0.0", "127.0.0.1"), ("[::]", "[::1]")] {
+        both_refuse(&test_driver("", &svc("http", &format!("{listen}:{p}"), &format!("{backend}:{p}"))), &["vm.test.service: service http listens on", "would forward to itself"]);
+    }
+    let looped = format!(
+        "{}[[vm.other.service]]\nname = \"b\"\nlisten = \"127.0.0.1:{b}\"\nbackend = \"127.0.0.1:{a}\"\n",
+        svc("a", &format!("127.0.0.1:{a}"), &format!("127.0.0.1:{b}"))
+    );
+    both_refuse(&test_driver("", &looped), &["forwards to", "would forward to itself"]);
+    both_refuse(&test_driver("", "[power]\nups = \"u@127.0.0.1:99999\"\n"), &["power.ups", "port must be a number from 1 to 65535"]);
+    both_refuse(&test_driver("", "[power]\nups = \"u@[::1\"\n"), &["power.ups", "no closing ']'"]);
+    // The other way round: DNS on one address over TCP and UDP is fine for both.
+    let dns = svc("dns-tcp", &format!("127.0.0.1:{p}"), "127.0.0.1:9") + &svc("dns-udp", &format!("127.0.0.1:{p}"), "127.0.0.1:9") + "protocol = \"udp\"\n";
+    let [(check, err), (run, log)] = check_and_run(&test_driver("", &(dns + "[power]\nups = \"u@[::1]:3493\"\n")));
+    assert_eq!((check, run), (Some(0), None), "check: {err}\nrun: {log}");
+}
+
+#[test]
+fn the_api_socket_path_is_checked_and_its_group_resolved() {
+    let with_socket = |socket: &str| format!("[agent]\nuri = \"test:///default\"\nsocket = \"{socket}\"\njournal = \"DIR/j.db\"\n");
+    both_refuse(&with_socket(""), &["agent.socket is empty", "abstract socket"]);
+    both_refuse(&with_socket(&format!("/tmp/{}.sock", "s".repeat(100))), &["agent.socket is 110 bytes long", "at most 107 bytes"]);
+    for socket in ["DIR/j.db", "DIR/./x/../j.db", "DIR/j.db-wal", "DIR/j.db-shm"] {
+        both_refuse(&with_socket(socket), &["is the journal's own file"]);
+    }
+    both_refuse(&test_driver("socket_group = \"no-such-group-ebb\"", ""), &["agent.socket_group = \"no-such-group-ebb\"", "no such group"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[agent]\nsocket_group = \"root\"\n").unwrap();
+    let out = ebb(&["check", "--config", path.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(root and group root)"), "{out:?}");
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_the_field_and_what_it_takes() {
+    let (ok, err) = run_with_config("[agent]\ntick = true\n");
+    assert!(!ok);
+    assert!(err.contains("line 2: agent.tick: invalid type: boolean `true`, expected a duration like \"2s\""), "{err}");
+    let (ok, err) = run_with_config("[vm.w]\nmin = 1.5\n");
+    assert!(!ok);
+    assert!(err.contains("line 2: vm.w.min: invalid type: floating point `1.5`, expected a size like \"512MiB\""), "{err}");
+}
