@@ -23,7 +23,7 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent: observe every domain each tick, balloon their memory, reallocate CPU, serve the API.
+    /// Run the agent: observe every domain each tick, balloon their memory, reallocate CPU, serve the API; stops cleanly on SIGTERM, SIGINT or SIGHUP.
     Run {
         #[arg(long, short, default_value = "/etc/ebb/ebb.toml")]
         config: PathBuf,
@@ -61,7 +61,7 @@ enum Command {
     },
     /// Put a running VM to sleep now (save to disk, or pause, as its sleep mode says).
     Sleep { vm: String },
-    /// Wake a VM ebb put to sleep (or one saved or paused by hand).
+    /// Wake a VM that sleeps: put to sleep by ebb, or saved or paused by hand (never boots a VM shut off).
     Wake { vm: String },
     /// The host's power: its source, battery, draw, what ebb did on power events, and its CPUs and disks under device power.
     Power {

@@ -29,7 +29,8 @@ pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Out
             info!("pruned {n} journal entries older than {} days", cfg.agent.journal_keep_days);
         }
     }
-    let listener = api::bind(&cfg.agent.socket, None).await.map_err(|e| e.to_string())?;
+    let gid = cfg.agent.socket_gid()?;
+    let listener = api::bind(&cfg.agent.socket, gid).await.map_err(|e| e.to_string())?;
     let socket = cfg.agent.socket.clone();
     let journal_path = cfg.agent.journal.clone();
     info!("ebb {} serving its API at {}", env!("CARGO_PKG_VERSION"), socket.display());

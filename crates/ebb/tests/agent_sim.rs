@@ -267,3 +267,16 @@ async fn a_refused_bandwidth_change_is_journaled_once_and_explained() {
     assert_eq!(out_limit(&w.sim, "web"), 64);
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_restores_what_sleeps_and_never_boots_a_vm_shut_off_by_hand() {
+    let sim = SimHypervisor::new(Bytes::from_gib(16));
+    sim.add_vm(SimVm::new("off", Bytes::from_mib(512)));
+    sim.set_state(&VmId::new("off"), ebb_core::VmState::ShutOff);
+    let w = start(sim, "enabled = false").await;
+    w.until("the VM seen shut off", |vms, _| vms.iter().find(|v| v.name == "off" && v.state == ebb_core::VmState::ShutOff).map(|_| ())).await;
+    let e = w.client.post::<ebb::api_types::Done>("/v1/vms/off/wake").await.unwrap_err().to_string();
+    assert!(e.contains("shut off with no saved state"), "{e}");
+    assert_eq!(w.sim.status(&VmId::new("off")).unwrap().vm.state, ebb_core::VmState::ShutOff, "booted");
+    w.stop().await;
+}

@@ -24,9 +24,34 @@ fn config(dir: &Path, socket: &Path, journal: &Path, rest: &str) -> std::path::P
     path
 }
 
+/// Runs `ebb run` on a config it should refuse; an agent that starts
+/// anyway is stopped after a few seconds and counts as started.
 fn run_briefly(config: &Path) -> (bool, String) {
-    let out = Command::new(EBB).args(["run", "--config"]).arg(config).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let dir = config.parent().unwrap();
+    let log = dir.join("refused.log");
+    let mut child = Command::new(EBB).args(["run", "--config"]).arg(config).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break !status.success();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (!refused, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
@@ -67,12 +92,9 @@ fn the_socket_gets_its_mode_whatever_the_umask_and_others_are_told_permission_de
     let journal = dir.path().join("journal.db");
     let cfg = config(dir.path(), &socket, &journal, "");
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-    let mut agent = Command::new("sh")
-        .arg("-c")
-        .arg(format!("umask 000; exec {EBB} run --config {}", cfg.display()))
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let agent = KillOnDrop(
+        Command::new("sh").arg("-c").arg(format!("umask 000; exec {EBB} run --config {}", cfg.display())).stderr(log).spawn().unwrap(),
+    );
     let answered = wait_for("the agent's socket", Duration::from_secs(20), || {
         std::os::unix::net::UnixStream::connect(&socket).ok().map(|_| ())
     });
@@ -86,8 +108,14 @@ fn the_socket_gets_its_mode_whatever_the_umask_and_others_are_told_permission_de
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("permission denied"), "{err}");
-    let _ = Command::new("kill").arg(agent.id().to_string()).status();
-    let _ = agent.wait();
+    drop(agent);
+
+    // With agent.socket_group, that group's members may use the CLI.
+    let cfg = config(dir.path(), &socket, &journal, "socket_group = \"nogroup\"");
+    let _agent = AgentProc::start_with(dir.path(), cfg, socket.clone(), journal);
+    assert_eq!(std::fs::metadata(&socket).unwrap().gid(), 65534, "the socket's group");
+    let out = Command::new(EBB).arg("--socket").arg(&socket).args(["status", "--json"]).uid(65534).gid(65534).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
