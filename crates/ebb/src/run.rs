@@ -50,13 +50,21 @@ pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Out
 
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("cannot watch SIGTERM");
+    let watch = |kind: SignalKind, name: &str| signal(kind).unwrap_or_else(|e| panic!("cannot watch {name}: {e}"));
+    let mut term = watch(SignalKind::terminate(), "SIGTERM");
     // SIGHUP (a closed terminal, or an operator's reload) stops cleanly too,
     // instead of the default: killed with nothing given back.
-    let mut hup = signal(SignalKind::hangup()).expect("cannot watch SIGHUP");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        _ = hup.recv() => info!("SIGHUP: stopping cleanly (ebb has no live reload; start it again to apply a new config)"),
+    let mut hup = watch(SignalKind::hangup(), "SIGHUP");
+    // SIGUSR1/2 mean nothing to ebb; by default they would kill it uncleanly.
+    let mut usr1 = watch(SignalKind::user_defined1(), "SIGUSR1");
+    let mut usr2 = watch(SignalKind::user_defined2(), "SIGUSR2");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => return info!("SIGHUP: stopping cleanly (ebb has no live reload; start it again to apply a new config)"),
+            _ = usr1.recv() => info!("SIGUSR1 ignored: ebb takes SIGTERM, SIGINT or SIGHUP to stop"),
+            _ = usr2.recv() => info!("SIGUSR2 ignored: ebb takes SIGTERM, SIGINT or SIGHUP to stop"),
+        }
     }
 }

@@ -174,9 +174,14 @@ fn a_second_agent_on_the_same_journal_is_refused() {
 }
 
 #[test]
-fn sighup_stops_the_agent_cleanly() {
+fn sighup_stops_the_agent_cleanly_and_sigusr1_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let mut agent = AgentProc::start(dir.path(), "uri = \"test:///default\"", "");
+    // SIGUSR1 means nothing to ebb: it must not die of it.
+    let _ = Command::new("kill").arg("-USR1").arg(agent.child.id().to_string()).status();
+    agent.wait("the ignored SIGUSR1 logged", Duration::from_secs(10), |a| a.log_text().contains("SIGUSR1 ignored").then_some(()));
+    assert!(agent.child.try_wait().unwrap().is_none(), "SIGUSR1 killed the agent");
+    agent.status();
     let _ = Command::new("kill").arg("-HUP").arg(agent.child.id().to_string()).status();
     let status = wait_for("the agent to stop", Duration::from_secs(10), || agent.child.try_wait().unwrap());
     assert!(status.success(), "{status:?}: {}", agent.log_text());
