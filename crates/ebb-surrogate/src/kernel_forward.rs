@@ -189,6 +189,11 @@ pub(crate) fn ruleset(table: &str, forwards: &[Forward]) -> String {
     t
 }
 
+/// Deletes the table, whether or not it exists.
+fn delete_table(table: &str) -> String {
+    format!("add table inet {table}\ndelete table inet {table}\n")
+}
+
 /// What a forward's counters say: new connections, bytes each way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Flow {
@@ -336,6 +341,11 @@ impl KernelTable {
         Ok(table)
     }
 
+    /// Deletes what an earlier agent with the same owner left, if anything.
+    pub(crate) fn remove_leftovers(nft: &Nft, owner: &str) -> Result<(), String> {
+        nft.apply(&delete_table(&table_name(owner)))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Installed> {
         self.installed.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -405,7 +415,7 @@ impl KernelTable {
             return Ok(());
         };
         let all: Vec<Arc<KernelService>> = inst.forwards.values().cloned().collect();
-        match self.nft.apply(&format!("delete table inet {}\n", self.name)) {
+        match self.nft.apply(&delete_table(&self.name)) {
             Ok(()) => {
                 inst.forwards.clear();
                 inst.broken = Some(e.clone());
@@ -423,7 +433,7 @@ impl KernelTable {
     pub(crate) fn stop(&self) {
         let mut inst = self.lock();
         let _ = self.credit(&mut inst);
-        match self.nft.apply(&format!("add table inet {0}\ndelete table inet {0}\n", self.name)) {
+        match self.nft.apply(&delete_table(&self.name)) {
             Ok(()) => debug!(table = %self.name, "nft table deleted"),
             Err(e) => warn!(table = %self.name, "could not delete the nft table: {e}"),
         }

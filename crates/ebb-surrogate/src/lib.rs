@@ -156,10 +156,17 @@ impl Surrogate {
     /// `owner` (the agent's socket path), deleting what a crashed
     /// predecessor left in it, with the `nft` program given. `Auto` falls
     /// back to the splice when nft does not work; `Kernel` is an error then.
+    /// `Splice` only deletes the leftovers, if nft is there.
     /// Returns the table's name, or why every service splices.
     pub fn set_awake_path(&mut self, path: AwakePath, nft: &str, owner: &str) -> Result<Result<String, String>, SurrogateError> {
         self.kernel = match path {
-            AwakePath::Splice => Err("awake_path = \"splice\"".into()),
+            AwakePath::Splice => {
+                // Rules a crashed predecessor left would still divert clients.
+                if let Err(e) = KernelTable::remove_leftovers(&Nft::new(nft), owner) {
+                    tracing::debug!("no leftover kernel path rules removed: {e}");
+                }
+                Err("awake_path = \"splice\"".into())
+            }
             AwakePath::Auto | AwakePath::Kernel => KernelTable::start(Nft::new(nft), owner),
         };
         match (&self.kernel, path) {
