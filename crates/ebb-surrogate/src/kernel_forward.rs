@@ -75,6 +75,8 @@ pub struct AwakeRoute {
     pub path: &'static str,
     /// Why, in a few words.
     pub why: String,
+    /// The kernel forwards it right now (the VM is awake and answered).
+    pub active: bool,
     /// Connections the kernel forwarded so far.
     pub kernel_connections: u64,
 }
@@ -305,12 +307,18 @@ impl KernelService {
         vm.send_event(SurrogateEvent::AwakePathFailed { vm: vm.vm.clone(), service: self.svc.spec.name.clone(), error });
     }
 
-    pub(crate) fn route(&self, table: &str) -> AwakeRoute {
+    pub(crate) fn route(&self, table: &KernelTable) -> AwakeRoute {
         let (path, why) = match self.failed() {
             Some(e) => ("splice", format!("the kernel path failed: {e}")),
-            None => ("kernel", format!("nft DNAT in table inet {table} while the VM is awake and answers")),
+            None => ("kernel", format!("nft DNAT in table inet {} while the VM is awake and answers", table.name)),
         };
-        AwakeRoute { service: self.svc.spec.name.clone(), path, why, kernel_connections: self.connections.load(Relaxed) }
+        AwakeRoute {
+            service: self.svc.spec.name.clone(),
+            path,
+            why,
+            active: table.lock().forwards.contains_key(&self.forward.id),
+            kernel_connections: self.connections.load(Relaxed),
+        }
     }
 }
 

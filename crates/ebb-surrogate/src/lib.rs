@@ -188,8 +188,14 @@ impl Surrogate {
     /// Which path each TCP service of the VM takes while it is awake, and why.
     pub fn awake_routes(&self, vm: &VmId) -> Vec<AwakeRoute> {
         let Some(e) = self.vms.get(vm) else { return vec![] };
-        let table = self.kernel.as_ref().map(|t| t.name.as_str()).unwrap_or_default();
-        e.kernel.iter().map(|k| k.route(table)).chain(e.spliced.iter().cloned()).collect()
+        let kernel = match &self.kernel {
+            Ok(t) => e.kernel.iter().map(|k| k.route(t)).collect(),
+            Err(why) => {
+                let why = format!("the kernel path is off: {why}");
+                e.kernel.iter().map(|k| AwakeRoute { service: k.svc.spec.name.clone(), path: "splice", why: why.clone(), active: false, kernel_connections: 0 }).collect()
+            }
+        };
+        [kernel, e.spliced.clone()].concat()
     }
 
     /// Starts serving a VM's services in the given state. Every address is
@@ -265,7 +271,7 @@ impl Surrogate {
                         }
                         Err(why) => {
                             info!(%vm, service = %s.name, "awake, the surrogate splices this service: {why}");
-                            spliced.push(AwakeRoute { service: s.name.clone(), path: "splice", why, kernel_connections: 0 });
+                            spliced.push(AwakeRoute { service: s.name.clone(), path: "splice", why, active: false, kernel_connections: 0 });
                         }
                     }
                     tokio::spawn(tcp::serve(l, svc, rx))

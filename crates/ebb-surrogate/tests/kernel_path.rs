@@ -54,7 +54,7 @@ async fn awake_the_kernel_forwards_and_counts_asleep_the_surrogate_holds() {
             s.awake_routes(&vm).into_iter().find(|r| r.kernel_connections >= 1)
         })
         .await;
-        assert_eq!((route.service.as_str(), route.path), ("web", "kernel"));
+        assert_eq!((route.service.as_str(), route.path, route.active), ("web", "kernel", true));
         let st = until("the forwarded bytes counted", || Some(s.stats(&vm).unwrap()).filter(|st| st.bytes_out > 0)).await;
         assert!(st.bytes_in > 0 && st.last_activity.is_some(), "{st:?}");
 
@@ -62,6 +62,7 @@ async fn awake_the_kernel_forwards_and_counts_asleep_the_surrogate_holds() {
         s.set_state(&vm, VmPower::Asleep).unwrap();
         let text = nft_table(&table).expect("the table stays while the surrogate runs");
         assert!(!text.contains("dnat"), "{text}");
+        assert!(!s.awake_routes(&vm)[0].active);
         let held = tokio::spawn(http_get(listen, "/held"));
         until("the client held by the surrogate", || Some(s.stats(&vm).unwrap()).filter(|st| st.held_connections == 1)).await;
         s.set_state(&vm, VmPower::Awake).unwrap();

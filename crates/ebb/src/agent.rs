@@ -440,8 +440,9 @@ impl Agent {
                 .surrogate
                 .awake_routes(vm)
                 .into_iter()
-                .map(|r| match r.path {
-                    "kernel" => format!("{}: kernel ({}; {} connections so far)", r.service, r.why, r.kernel_connections),
+                .map(|r| match (r.path, r.active) {
+                    ("kernel", true) => format!("{}: kernel, forwarding now ({}; {} connections so far)", r.service, r.why, r.kernel_connections),
+                    ("kernel", false) => format!("{}: kernel once the VM is awake and answers, ebb splices until then ({})", r.service, r.why),
                     _ => format!("{}: {} ({})", r.service, r.path, r.why),
                 })
                 .collect(),
