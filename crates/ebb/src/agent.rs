@@ -344,6 +344,12 @@ impl Agent {
     pub fn serve_services(&mut self) -> Result<(), String> {
         if self.cfg.vm.values().any(|s| !s.service.is_empty()) {
             self.choose_awake_path()?;
+        } else {
+            // Nothing to forward, but rules a killed predecessor left would
+            // still divert its old services' clients: the splice setting
+            // removes them (when nft is there) and installs nothing.
+            let owner = self.cfg.agent.socket.to_string_lossy().into_owned();
+            let _ = self.surrogate.set_awake_path(AwakePath::Splice, &self.cfg.surrogate.nft, &owner);
         }
         for (name, section) in &self.cfg.vm {
             if section.service.is_empty() {

@@ -635,49 +635,59 @@ fn awake_figures(g: &Guest, ports: &[(&str, u16); 3]) -> Result<(), String> {
         println!("  {what}: {:.1} MiB/s = {:.0} %", rates[i], 100.0 * rates[i] / rates[0]);
     }
 
-    let (clients, per_client, rounds) = (50, 4, 3);
-    let mut took = [Duration::ZERO; 3];
-    let mut answered = [0usize; 3];
-    let mut lost = [0usize; 3];
-    let mut lat: [Vec<Duration>; 3] = Default::default();
-    for _ in 0..rounds {
-        for (i, (_, port)) in ports.iter().enumerate() {
-            let (t, times, failed) = concurrent(*port, clients, per_client);
-            took[i] += t;
-            answered[i] += times.len();
-            lost[i] += failed;
-            lat[i].extend(times);
+    // 50 clients at once overflow the test guest (busybox httpd's listen
+    // backlog is 9, behind QEMU's host forward): that figure shows how each
+    // path copes with the guest's collapse; 8 at once stay under the
+    // backlog and show the paths' own cost.
+    for (clients, per_client, rounds) in [(50, 2, 2), (8, 20, 2)] {
+        let mut took = [Duration::ZERO; 3];
+        let mut answered = [0usize; 3];
+        let mut lost = [0usize; 3];
+        let mut lat: [Vec<Duration>; 3] = Default::default();
+        for _ in 0..rounds {
+            for (i, (_, port)) in ports.iter().enumerate() {
+                let (t, times, failed) = concurrent(*port, clients, per_client);
+                took[i] += t;
+                answered[i] += times.len();
+                lost[i] += failed;
+                lat[i].extend(times);
+            }
+        }
+        let rate = |i: usize| answered[i] as f64 / took[i].as_secs_f64();
+        println!(
+            "awake, {clients} clients at once, {rounds} x {} small GETs, a connection each, target >= 90 % of direct:",
+            clients * per_client
+        );
+        for (i, (what, _)) in ports.iter().enumerate() {
+            let p99 = if lat[i].is_empty() { Duration::ZERO } else { percentile(&mut lat[i], 0.99) };
+            println!(
+                "  {what}: {:.0} requests/s = {:.0} %, p99 {:.0} ms, {} unanswered within 10 s",
+                rate(i),
+                100.0 * rate(i) / rate(0),
+                ms(p99),
+                lost[i]
+            );
         }
     }
-    let rate = |i: usize| answered[i] as f64 / took[i].as_secs_f64();
-    println!(
-        "awake, {clients} clients at once, {rounds} x {} small GETs, a connection each, target >= 90 % of direct:",
-        clients * per_client
-    );
-    for (i, (what, _)) in ports.iter().enumerate() {
-        let p99 = if lat[i].is_empty() { Duration::ZERO } else { percentile(&mut lat[i], 0.99) };
-        println!(
-            "  {what}: {:.0} requests/s = {:.0} %, p99 {:.0} ms, {} unanswered within 10 s",
-            rate(i),
-            100.0 * rate(i) / rate(0),
-            ms(p99),
-            lost[i]
-        );
-    }
 
+    let n = 300;
     let mut one: [Vec<Duration>; 3] = Default::default();
-    for _ in 0..200 {
+    for _ in 0..n {
         for (i, (_, port)) in ports.iter().enumerate() {
             one[i].push(get_all(*port, "/", Duration::from_secs(10))?.0);
         }
     }
+    let p50 = one.clone().map(|mut v| percentile(&mut v, 0.5));
     let p99 = one.map(|mut v| percentile(&mut v, 0.99));
-    println!("awake, 200 small GETs one at a time, p99, target added < 1 ms:");
+    println!("awake, {n} small GETs one at a time, target p99 added < 1 ms:");
     for (i, (what, _)) in ports.iter().enumerate() {
-        match i {
-            0 => println!("  {what}: {:.2} ms", ms(p99[0])),
-            _ => println!("  {what}: {:.2} ms, added {:.2} ms", ms(p99[i]), ms(p99[i]) - ms(p99[0])),
-        }
+        println!(
+            "  {what}: p50 {:.2} ms, p99 {:.2} ms; added p50 {:.2} ms, p99 {:.2} ms",
+            ms(p50[i]),
+            ms(p99[i]),
+            ms(p50[i]) - ms(p50[0]),
+            ms(p99[i]) - ms(p99[0])
+        );
     }
     Ok(())
 }

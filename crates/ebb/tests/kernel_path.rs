@@ -4,7 +4,7 @@
 //! shows in `ebb vms`); `ebb sleep` removes the rule before it returns and
 //! the next client is held by the surrogate, which wakes the VM; a clean
 //! stop deletes the table; a killed agent's leftovers are removed by the
-//! next start, whatever its awake_path; without nft, `auto` splices and says why and `kernel`
+//! next start, even one without services; without nft, `auto` splices and says why and `kernel`
 //! refuses to start. Traffic goes to loopback only.
 
 mod common;
@@ -150,14 +150,16 @@ fn a_killed_agents_rules_are_removed_by_the_next_start() {
     // none comes back while the service does not answer.
     drop(backend);
     let config = agent.config.clone();
-    let again = AgentProc::start_with(dir.path(), config, agent.socket.clone(), agent.journal.clone());
+    let mut again = AgentProc::start_with(dir.path(), config, agent.socket.clone(), agent.journal.clone());
     wait_for("the leftover rule removed", Duration::from_secs(10), || nft_table(&table).filter(|t| !t.contains("dnat")));
-    drop(again);
-    // An agent switched to the splice removes its predecessor's table too.
+    // Killed again, and started with its services gone from the config: it
+    // forwards nothing, and its predecessor's table goes too.
+    again.kill9();
     assert!(nft_table(&table).is_some(), "kill -9 leaves the table behind");
-    let text = std::fs::read_to_string(&agent.config).unwrap().replace("awake_path = \"kernel\"", "awake_path = \"splice\"");
-    std::fs::write(&agent.config, text).unwrap();
-    let _splice = AgentProc::start_with(dir.path(), agent.config.clone(), agent.socket.clone(), agent.journal.clone());
+    let text = std::fs::read_to_string(&agent.config).unwrap();
+    let without_services = text.split("[[vm.test.service]]").next().unwrap().to_string();
+    std::fs::write(&agent.config, without_services).unwrap();
+    let _bare = AgentProc::start_with(dir.path(), agent.config.clone(), agent.socket.clone(), agent.journal.clone());
     wait_for("the table removed", Duration::from_secs(10), || nft_table(&table).is_none().then_some(()));
 }
 
