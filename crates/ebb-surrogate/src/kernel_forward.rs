@@ -18,8 +18,10 @@
 //!   counters on the forwarded flows (`ct status dnat`, matched on the
 //!   flow's original destination) are read back every second and credited
 //!   to the VM's traffic counters. They count IP packet bytes, headers
-//!   included. The surrogate's probes go to the backend address, never
-//!   through the rule, so they are not counted.
+//!   included, and only in a second in which some packet carried data (PSH):
+//!   a connect-only health check or a keepalive is handshakes and bare ACKs,
+//!   and must not keep the VM awake, as it would not on the splice. The
+//!   surrogate's probes go to the backend address, never through the rule.
 //! - Ownership: the rules live in a table of their own, one per agent,
 //!   named from the agent's socket path so agents running side by side
 //!   (the test suite) never touch each other's. Every change rewrites the
@@ -172,7 +174,7 @@ pub(crate) fn ruleset(table: &str, forwards: &[Forward]) -> String {
             IpAddr::V6(ip) => ("ip6", format!("[{ip}]:{}", f.backend.port())),
         };
         let (addr, port, id) = (f.listen.ip(), f.listen.port(), f.id);
-        for c in ["new", "in", "out"] {
+        for c in ["new", "in", "out", "data"] {
             let _ = writeln!(t, "add counter inet {table} f{id}_{c}");
         }
         let dnat = format!("{fam} daddr {addr} tcp dport {port} counter name \"f{id}_new\" dnat {fam} to {to}");
@@ -185,8 +187,11 @@ pub(crate) fn ruleset(table: &str, forwards: &[Forward]) -> String {
         // Client → VM packets all reach `input` (the backend is local);
         // VM → client packets all leave through `output`.
         let flow = format!("ct status dnat ct original {fam} daddr {addr} meta l4proto tcp ct original proto-dst {port}");
-        let _ = writeln!(t, "add rule inet {table} count_in ct direction original {flow} counter name \"f{id}_in\"");
-        let _ = writeln!(t, "add rule inet {table} count_out ct direction reply {flow} counter name \"f{id}_out\"");
+        // Data is sent with PSH on its last segment; handshakes, bare ACKs and
+        // keepalives are not.
+        let data = format!("tcp flags & psh == psh counter name \"f{id}_data\"");
+        let _ = writeln!(t, "add rule inet {table} count_in ct direction original {flow} counter name \"f{id}_in\" {data}");
+        let _ = writeln!(t, "add rule inet {table} count_out ct direction reply {flow} counter name \"f{id}_out\" {data}");
     }
     t
 }
@@ -196,12 +201,14 @@ fn delete_table(table: &str) -> String {
     format!("add table inet {table}\ndelete table inet {table}\n")
 }
 
-/// What a forward's counters say: new connections, bytes each way.
+/// What a forward's counters say: new connections, bytes each way, and
+/// packets that carried data.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Flow {
     pub(crate) connections: u64,
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
+    pub(crate) data_packets: u64,
 }
 
 /// Reads `nft -j list counters table inet …` into each forward's flow.
@@ -232,6 +239,7 @@ pub(crate) fn parse_counters(json: &str) -> Result<HashMap<u32, Flow>, String> {
             "new" => f.connections = c.packets,
             "in" => f.bytes_in = c.bytes,
             "out" => f.bytes_out = c.bytes,
+            "data" => f.data_packets = c.packets,
             _ => {}
         }
     }
@@ -359,7 +367,7 @@ impl KernelTable {
     }
 
     /// Credits what the installed forwards carried since the last read to
-    /// their VMs' traffic counters.
+    /// their VMs' traffic counters, when it carried any data.
     fn credit(&self, inst: &mut Installed) -> Result<(), String> {
         if inst.forwards.is_empty() {
             return Ok(());
@@ -368,9 +376,11 @@ impl KernelTable {
         for (id, ks) in &inst.forwards {
             let cur = now.get(id).copied().unwrap_or_default();
             let was = inst.seen.insert(*id, cur).unwrap_or_default();
-            let counters = &ks.svc.vm.counters;
-            counters.add_in(cur.bytes_in.saturating_sub(was.bytes_in) as usize);
-            counters.add_out(cur.bytes_out.saturating_sub(was.bytes_out) as usize);
+            if cur.data_packets > was.data_packets {
+                let counters = &ks.svc.vm.counters;
+                counters.add_in(cur.bytes_in.saturating_sub(was.bytes_in) as usize);
+                counters.add_out(cur.bytes_out.saturating_sub(was.bytes_out) as usize);
+            }
             ks.connections.fetch_add(cur.connections.saturating_sub(was.connections), Relaxed);
         }
         Ok(())
@@ -562,8 +572,8 @@ mod tests {
             "add chain inet ebb_1 nat_out { type nat hook output priority -100; policy accept; }",
             "add counter inet ebb_1 f3_new",
             "add rule inet ebb_1 nat_out ip daddr 127.0.0.1 tcp dport 8080 counter name \"f3_new\" dnat ip to 127.0.0.1:18080",
-            "add rule inet ebb_1 count_in ct direction original ct status dnat ct original ip daddr 127.0.0.1 meta l4proto tcp ct original proto-dst 8080 counter name \"f3_in\"",
-            "add rule inet ebb_1 count_out ct direction reply ct status dnat ct original ip daddr 127.0.0.1 meta l4proto tcp ct original proto-dst 8080 counter name \"f3_out\"",
+            "add rule inet ebb_1 count_in ct direction original ct status dnat ct original ip daddr 127.0.0.1 meta l4proto tcp ct original proto-dst 8080 counter name \"f3_in\" tcp flags & psh == psh counter name \"f3_data\"",
+            "add rule inet ebb_1 count_out ct direction reply ct status dnat ct original ip daddr 127.0.0.1 meta l4proto tcp ct original proto-dst 8080 counter name \"f3_out\" tcp flags & psh == psh counter name \"f3_data\"",
             "add rule inet ebb_1 nat_out ip6 daddr 2001:db8::1 tcp dport 443 counter name \"f4_new\" dnat ip6 to [2001:db8::1]:18443",
             "add rule inet ebb_1 nat_pre ip6 daddr 2001:db8::1 tcp dport 443 counter name \"f4_new\" dnat ip6 to [2001:db8::1]:18443",
         ] {
@@ -579,10 +589,11 @@ mod tests {
             {"counter": {"family": "inet", "name": "f3_in", "table": "ebb_1", "handle": 5, "packets": 5, "bytes": 273}},
             {"counter": {"family": "inet", "name": "f3_out", "table": "ebb_1", "handle": 6, "packets": 5, "bytes": 281}},
             {"counter": {"family": "inet", "name": "f3_new", "table": "ebb_1", "handle": 7, "packets": 1, "bytes": 60}},
+            {"counter": {"family": "inet", "name": "f3_data", "table": "ebb_1", "handle": 9, "packets": 2, "bytes": 110}},
             {"counter": {"family": "inet", "name": "other", "table": "ebb_1", "handle": 8, "packets": 1, "bytes": 1}}]}"#;
         let flows = parse_counters(json).unwrap();
         assert_eq!(flows.len(), 1);
-        assert_eq!(flows[&3], Flow { connections: 1, bytes_in: 273, bytes_out: 281 });
+        assert_eq!(flows[&3], Flow { connections: 1, bytes_in: 273, bytes_out: 281, data_packets: 2 });
         assert!(parse_counters("not json").unwrap_err().contains("cannot read"));
     }
 }

@@ -46,12 +46,19 @@ async fn awake_the_kernel_forwards_and_counts_asleep_the_surrogate_holds() {
         let rule = format!("dnat ip to {backend}");
         until("the rule, once the backend answered", || nft_table(&table).filter(|t| t.contains(&rule))).await;
 
+        // A connect-only health check through the kernel: counted as a
+        // connection, not as the VM's activity.
+        drop(tokio::net::TcpStream::connect(listen).await.unwrap());
+        until("the health check counted", || s.awake_routes(&vm).into_iter().find(|r| r.kernel_connections == 1)).await;
+        let st = s.stats(&vm).unwrap();
+        assert_eq!((st.bytes_in, st.bytes_out, st.last_activity), (0, 0, None), "{st:?}");
+
         let (status, body) = http_get(listen, "/through-the-kernel").await.unwrap();
         assert_eq!((status, body.as_str()), (200, "vm1 GET /through-the-kernel"));
         // The counters are read back within a second: the kernel carried it,
         // and it counts as the VM's traffic.
-        let route = until("the forwarded connection counted", || {
-            s.awake_routes(&vm).into_iter().find(|r| r.kernel_connections >= 1)
+        let route = until("the forwarded request counted", || {
+            s.awake_routes(&vm).into_iter().find(|r| r.kernel_connections == 2)
         })
         .await;
         assert_eq!((route.service.as_str(), route.path, route.active), ("web", "kernel", true));
