@@ -197,3 +197,57 @@ fn without_nft_auto_splices_and_says_why_and_kernel_refuses_to_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("awake_path") && err.contains("/nonexistent/nft"), "{err}");
 }
+
+/// The real nft behind a wrapper that fails every ruleset write while a
+/// `broken` file sits beside it: nft breaking while the agent runs.
+fn breakable_nft(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let (nft, broken) = (dir.join("nft"), dir.join("broken"));
+    std::fs::write(
+        &nft,
+        format!("#!/bin/sh\nif [ -e {} ] && [ \"$1\" = -f ]; then echo 'nft: out of order' >&2; exit 1; fi\nexec nft \"$@\"\n", broken.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (nft, broken)
+}
+
+#[test]
+fn when_nft_breaks_a_vm_the_kernel_still_forwards_is_not_saved_and_a_failed_install_splices() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nft, broken) = breakable_nft(dir.path());
+    let backend = Backend::start();
+    let listen = free_port();
+    let agent = start(dir.path(), listen, backend.port, &format!("awake_path = \"kernel\"\nnft = \"{}\"", nft.display()));
+    let table = table_of(&agent);
+    wait_for("the DNAT rule", Duration::from_secs(15), || nft_table(&table).filter(|t| t.contains("dnat")));
+
+    // The rule cannot be removed: the save is not carried out, the VM keeps
+    // running and its clients keep their answers.
+    std::fs::write(&broken, "").unwrap();
+    let out = agent.cli(&["sleep", "test"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot be taken back from the kernel forward") && err.contains("out of order"), "{err}");
+    let vm = agent.vm("test").unwrap();
+    assert!(vm.sleeping.is_none() && vm.state == ebb_core::VmState::Running, "{vm:?}");
+    assert!(agent.events(Some("test")).iter().any(|e| e.kind == "sleep" && e.outcome.as_deref().is_some_and(|o| o.contains("out of order"))));
+    assert_eq!(get(listen, "/still-awake").unwrap(), "backend /still-awake");
+
+    // nft works for the sleep, breaks before the wake: the service falls
+    // back to the splice, says so, and is still served.
+    std::fs::remove_file(&broken).unwrap();
+    agent.text(&["sleep", "test"]);
+    assert!(!nft_table(&table).unwrap().contains("dnat"));
+    std::fs::write(&broken, "").unwrap();
+    agent.text(&["wake", "test"]);
+    let sur = agent.wait("the fallback to the splice", Duration::from_secs(15), |a| {
+        a.vm("test").and_then(|v| v.surrogate).filter(|s| s.awake_paths[0].starts_with("web: splice"))
+    });
+    assert!(sur.awake_paths[0].contains("out of order"), "{:?}", sur.awake_paths);
+    assert!(agent.events(Some("test")).iter().any(|e| e.kind == "awake_path" && e.text.contains("out of order")));
+    assert_eq!(get(listen, "/spliced").unwrap(), "backend /spliced");
+    assert!(!nft_table(&table).unwrap().contains("dnat"));
+    drop(agent);
+    let _ = Command::new("nft").args(["delete", "table", "inet", &table]).status();
+}
