@@ -266,14 +266,14 @@ impl Nft {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", self.program))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(text.as_bytes()).map_err(|e| format!("cannot write to {}: {e}", self.program))?;
-        }
+        // A write error is reported only if nft itself did not say why it
+        // stopped reading.
+        let written = child.stdin.take().map(|mut stdin| stdin.write_all(text.as_bytes()));
         let out = child.wait_with_output().map_err(|e| format!("{} did not finish: {e}", self.program))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!("{} -f - failed: {}", self.program, String::from_utf8_lossy(&out.stderr).trim()))
+        match written {
+            _ if !out.status.success() => Err(format!("{} -f - failed: {}", self.program, String::from_utf8_lossy(&out.stderr).trim())),
+            Some(Err(e)) => Err(format!("cannot write to {}: {e}", self.program)),
+            _ => Ok(()),
         }
     }
 

@@ -99,7 +99,8 @@ struct VmEntry {
     shared: Arc<VmShared>,
     services: Vec<ServiceSpec>,
     tasks: Vec<AbortHandle>,
-    /// Its services on the kernel path, and why the others are not.
+    tcp: Vec<Arc<tcp::TcpService>>,
+    /// Its TCP services on the kernel path, and why the others are not.
     kernel: Vec<Arc<KernelService>>,
     spliced: Vec<AwakeRoute>,
     /// The tasks handing services to the kernel in this wake.
@@ -151,8 +152,10 @@ impl Surrogate {
         &self.limits
     }
 
-    /// Chooses how awake VMs' connections reach their backends; call before
-    /// `add_vm`. For `Auto` and `Kernel` this takes over the nft table of
+    /// Chooses how awake VMs' connections reach their backends, for the VMs
+    /// served already and those added later; call it once, best after
+    /// `add_vm` so the ports are served before nft runs. For `Auto` and
+    /// `Kernel` this takes over the nft table of
     /// `owner` (the agent's socket path), deleting what a crashed
     /// predecessor left in it, with the `nft` program given. `Auto` falls
     /// back to the splice when nft does not work; `Kernel` is an error then.
@@ -169,6 +172,14 @@ impl Surrogate {
             }
             AwakePath::Auto | AwakePath::Kernel => KernelTable::start(Nft::new(nft), owner),
         };
+        let mut vms = std::mem::take(&mut self.vms);
+        for entry in vms.values_mut() {
+            self.classify(entry);
+            if *entry.power.borrow() == VmPower::Awake {
+                self.hand_to_kernel(entry);
+            }
+        }
+        self.vms = vms;
         match (&self.kernel, path) {
             (Err(e), AwakePath::Kernel) => Err(SurrogateError::KernelPathUnavailable(e.clone())),
             (Ok(t), _) => Ok(Ok(t.name.clone())),
@@ -253,27 +264,13 @@ impl Surrogate {
         ));
         let (power, _) = watch::channel(state.clone());
         let mut tasks = Vec::with_capacity(services.len());
-        let (mut kernel, mut spliced) = (Vec::new(), Vec::new());
+        let mut tcp = Vec::new();
         for (s, socket) in services.iter().zip(bound) {
             let rx = power.subscribe();
             let task = match socket {
                 Bound::Tcp(l) => {
                     let svc = Arc::new(tcp::TcpService::new(s.clone(), shared.clone()));
-                    let qualified = self
-                        .kernel
-                        .clone()
-                        .and_then(|_| kernel_forward::qualify(s, kernel_forward::is_local(s.backend.ip())));
-                    match qualified {
-                        Ok(hooks) => {
-                            self.next_forward += 1;
-                            let forward = Forward { id: self.next_forward, listen: s.listen, backend: s.backend, hooks };
-                            kernel.push(Arc::new(KernelService::new(forward, svc.clone())));
-                        }
-                        Err(why) => {
-                            info!(%vm, service = %s.name, "awake, the surrogate splices this service: {why}");
-                            spliced.push(AwakeRoute { service: s.name.clone(), path: "splice", why, active: false, kernel_connections: 0 });
-                        }
-                    }
+                    tcp.push(svc.clone());
                     tokio::spawn(tcp::serve(l, svc, rx))
                 }
                 Bound::Udp(u) => tokio::spawn(udp::serve(u, s.clone(), shared.clone(), rx)),
@@ -286,15 +283,39 @@ impl Surrogate {
             shared,
             services,
             tasks,
-            kernel,
-            spliced,
+            tcp,
+            kernel: Vec::new(),
+            spliced: Vec::new(),
             takeovers: Vec::new(),
         };
+        self.classify(&mut entry);
         if state == VmPower::Awake {
             self.hand_to_kernel(&mut entry);
         }
         self.vms.insert(vm, entry);
         Ok(())
+    }
+
+    /// Sorts the VM's TCP services into those the kernel may forward and
+    /// those the surrogate splices, with why.
+    fn classify(&mut self, entry: &mut VmEntry) {
+        entry.kernel.clear();
+        entry.spliced.clear();
+        for svc in &entry.tcp {
+            let s = &svc.spec;
+            let qualified = self
+                .kernel
+                .clone()
+                .and_then(|_| kernel_forward::qualify(s, kernel_forward::is_local(s.backend.ip())));
+            match qualified {
+                Ok(hooks) => {
+                    self.next_forward += 1;
+                    let forward = Forward { id: self.next_forward, listen: s.listen, backend: s.backend, hooks };
+                    entry.kernel.push(Arc::new(KernelService::new(forward, svc.clone())));
+                }
+                Err(why) => entry.spliced.push(AwakeRoute { service: s.name.clone(), path: "splice", why, active: false, kernel_connections: 0 }),
+            }
+        }
     }
 
     /// Starts the tasks that give the VM's kernel-path services to the

@@ -342,6 +342,15 @@ impl Agent {
     /// the state the journal remembers (a VM ebb holds asleep stays covered
     /// across a restart). A taken address stops startup with its name.
     pub fn serve_services(&mut self) -> Result<(), String> {
+        for (name, section) in &self.cfg.vm {
+            if section.service.is_empty() {
+                continue;
+            }
+            let vm = VmId::new(name.clone());
+            let state = if self.sleeping.contains_key(&vm) { VmPower::Asleep } else { VmPower::Awake };
+            self.surrogate.add_vm(vm, section.service.clone(), state).map_err(|e| e.to_string())?;
+        }
+        // The ports are served (spliced) already; nft runs after.
         if self.cfg.vm.values().any(|s| !s.service.is_empty()) {
             self.choose_awake_path()?;
         } else {
@@ -350,14 +359,6 @@ impl Agent {
             // removes them (when nft is there) and installs nothing.
             let owner = self.cfg.agent.socket.to_string_lossy().into_owned();
             let _ = self.surrogate.set_awake_path(AwakePath::Splice, &self.cfg.surrogate.nft, &owner);
-        }
-        for (name, section) in &self.cfg.vm {
-            if section.service.is_empty() {
-                continue;
-            }
-            let vm = VmId::new(name.clone());
-            let state = if self.sleeping.contains_key(&vm) { VmPower::Asleep } else { VmPower::Awake };
-            self.surrogate.add_vm(vm, section.service.clone(), state).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -375,6 +376,11 @@ impl Agent {
                 let text = format!("the kernel path is not available, ebb splices awake VMs' connections itself: {why}");
                 warn!("{text}");
                 self.journal_event(None, "awake_path", &text);
+            }
+        }
+        for vm in self.surrogate.vms() {
+            for r in self.surrogate.awake_routes(vm) {
+                info!(vm = %vm, service = %r.service, "awake, {}: {}", r.path, r.why);
             }
         }
         Ok(())
