@@ -196,6 +196,13 @@ fn without_nft_auto_splices_and_says_why_and_kernel_refuses_to_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("awake_path") && err.contains("/nonexistent/nft"), "{err}");
+
+    let text = std::fs::read_to_string(&path).unwrap().replace("awake_path = \"kernel\"", "awake_path = \"fast\"");
+    std::fs::write(&path, text).unwrap();
+    let out = ebb(&["run", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 10") && err.contains("`auto`, `kernel`, `splice`"), "{err}");
 }
 
 /// The real nft behind a wrapper that fails every ruleset write while a
