@@ -5,7 +5,9 @@
 //! the next client is held by the surrogate, which wakes the VM; a clean
 //! stop deletes the table; a killed agent's leftovers are removed by the
 //! next start, even one without services; without nft, `auto` splices and says why and `kernel`
-//! refuses to start. Traffic goes to loopback only.
+//! refuses to start; nft breaking later never costs a client; clients from
+//! another host (a network namespace the test makes) are forwarded too.
+//! Traffic goes to loopback and to the test's own namespaces only.
 
 mod common;
 use common::*;
@@ -257,4 +259,106 @@ fn when_nft_breaks_a_vm_the_kernel_still_forwards_is_not_saved_and_a_failed_inst
     assert!(!nft_table(&table).unwrap().contains("dnat"));
     drop(agent);
     let _ = Command::new("nft").args(["delete", "table", "inet", &table]).status();
+}
+
+/// Two network namespaces joined by a veth pair, deleted on drop: `server`
+/// (10.231.0.1) runs the agent and the VM's service, `client` (10.231.0.2)
+/// is another host.
+struct Netns {
+    server: String,
+    client: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let id = format!("{}{tag}", std::process::id());
+        let n = Netns { server: format!("ebbks{id}"), client: format!("ebbkc{id}") };
+        let (vs, vc) = (format!("vs{id}"), format!("vc{id}"));
+        for args in [
+            vec!["netns", "add", &n.server],
+            vec!["netns", "add", &n.client],
+            vec!["link", "add", &vs, "type", "veth", "peer", "name", &vc],
+            vec!["link", "set", &vs, "netns", &n.server],
+            vec!["link", "set", &vc, "netns", &n.client],
+            vec!["-n", &n.server, "addr", "add", "10.231.0.1/24", "dev", &vs],
+            vec!["-n", &n.client, "addr", "add", "10.231.0.2/24", "dev", &vc],
+            vec!["-n", &n.server, "link", "set", &vs, "up"],
+            vec!["-n", &n.client, "link", "set", &vc, "up"],
+            vec!["-n", &n.server, "link", "set", "lo", "up"],
+        ] {
+            let out = Command::new("ip").args(&args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        n
+    }
+
+    fn exec(&self, ns: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in [&self.server, &self.client] {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
+        }
+    }
+}
+
+#[test]
+fn clients_from_another_host_are_forwarded_by_the_kernel_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Netns::new("r");
+    // The VM's service on an address of the agent's host that is not loopback.
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::write(www.join("index.html"), "backend in its namespace\n").unwrap();
+    let mut httpd = net
+        .exec(&net.server)
+        .args(["busybox", "httpd", "-f", "-p", "10.231.0.1:18080", "-h"])
+        .arg(&www)
+        .spawn()
+        .unwrap();
+    let (socket, journal, config) = (dir.path().join("ebb.sock"), dir.path().join("journal.db"), dir.path().join("ebb.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nuri = \"test:///default\"\ntick = \"200ms\"\nsocket = \"{}\"\njournal = \"{}\"\n\
+             [[vm.test.service]]\nname = \"web\"\nlisten = \"10.231.0.1:8080\"\nbackend = \"10.231.0.1:18080\"\nhttp = true\n\
+             [surrogate]\nawake_path = \"kernel\"\n",
+            socket.display(),
+            journal.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("agent.log");
+    let child = net
+        .exec(&net.server)
+        .args([EBB, "run", "--config"])
+        .arg(&config)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let agent = AgentProc { child, socket, journal, config, log };
+    wait_for("the agent's socket", Duration::from_secs(20), || std::os::unix::net::UnixStream::connect(&agent.socket).ok());
+    let table = table_of(&agent);
+    let listed = || {
+        let out = net.exec(&net.server).args(["nft", "list", "table", "inet", &table]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let rule = wait_for("the DNAT rules", Duration::from_secs(15), || Some(listed()).filter(|t| t.contains("dnat ip to 10.231.0.1:18080")));
+    assert!(rule.contains("chain nat_pre") && rule.matches("dnat ip to").count() == 2, "both hooks: {rule}");
+
+    // Another host asks through the listen address: the kernel forwards it.
+    let out = net.exec(&net.client).args(["curl", "-sS", "--max-time", "10", "http://10.231.0.1:8080/"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "backend in its namespace\n", "{}", String::from_utf8_lossy(&out.stderr));
+    let sur = agent.wait("the forwarded request counted", Duration::from_secs(10), |a| {
+        a.vm("test").and_then(|v| v.surrogate).filter(|s| s.bytes > 0 && s.awake_paths[0].contains("; 1 connections"))
+    });
+    assert_eq!(sur.open_connections, 0, "the surrogate spliced nothing");
+    drop(agent);
+    let _ = httpd.kill();
+    let _ = httpd.wait();
 }
