@@ -4,10 +4,11 @@
 //! shows in `ebb vms`); `ebb sleep` removes the rule before it returns and
 //! the next client is held by the surrogate, which wakes the VM; a clean
 //! stop deletes the table; a killed agent's leftovers are removed by the
-//! next start, even one without services; without nft, `auto` splices and says why and `kernel`
-//! refuses to start; nft breaking later never costs a client; clients from
-//! another host (a network namespace the test makes) are forwarded too.
-//! Traffic goes to loopback and to the test's own namespaces only.
+//! next start, even one without services; without nft, `auto` splices and
+//! says why and `kernel` refuses to start; nft breaking later never costs a
+//! client; clients from another host (a network namespace the test makes)
+//! are forwarded too. Traffic goes to loopback and to the test's own
+//! namespaces only.
 
 mod common;
 use common::*;
