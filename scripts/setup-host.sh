@@ -6,8 +6,9 @@
 set -eu
 
 # qemu-guest-agent: its qemu-ga goes into the test guest image (the host never runs it).
+# nftables: the surrogate's kernel path for awake VMs (`[surrogate] awake_path`) runs nft.
 PACKAGES="qemu-system-x86 qemu-utils qemu-guest-agent nut-server nut-client libvirt-daemon-system libvirt-clients libvirt-dev \
-busybox-static linux-image-amd64 cpio zstd kmod pkg-config sqlite3 curl"
+busybox-static linux-image-amd64 cpio zstd kmod pkg-config sqlite3 curl nftables"
 URI="qemu:///system"
 
 step() { printf 'setup-host: %s\n' "$*"; }

@@ -145,4 +145,11 @@ pub enum SurrogateEvent {
         service: String,
         why: Refusal,
     },
+    /// nft failed for a service on the kernel path: the surrogate splices
+    /// it from now on (its port stays served).
+    AwakePathFailed {
+        vm: VmId,
+        service: String,
+        error: String,
+    },
 }

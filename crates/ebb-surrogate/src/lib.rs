@@ -13,6 +13,12 @@
 //! counts as activity, so the idle detector is not fooled by health checks,
 //! and a long-lived stream keeps its VM awake.
 //!
+//! While the VM runs, a qualifying TCP service may instead be forwarded by
+//! the kernel (`kernel_forward`: an nftables DNAT the surrogate installs
+//! once the woken VM answers and removes before it sleeps), so an awake VM's
+//! clients pay nothing for the surrogate; the listener stays bound
+//! throughout.
+//!
 //! The surrogate runs inside the agent's tokio runtime; the agent drives it
 //! with `add_vm` / `set_state` / `remove_vm` and reads `stats` each tick and
 //! the `SurrogateEvent`s as they come.
@@ -20,6 +26,7 @@
 
 mod event;
 mod http;
+mod kernel_forward;
 mod spec;
 mod splice;
 mod stats;
@@ -28,6 +35,7 @@ mod udp;
 mod vm;
 
 pub use event::{Refusal, SurrogateEvent, VmPower, WakeReason};
+pub use kernel_forward::{table_name as kernel_table_name, AwakePath, AwakeRoute};
 pub use spec::{validate_services, CannedReply, Limits, Protocol, ServiceSpec, SpecError};
 pub use stats::TrafficStats;
 
@@ -39,7 +47,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
-use tracing::info;
+use kernel_forward::{Forward, KernelService, KernelTable, Nft};
+use tracing::{info, warn};
 use vm::VmShared;
 
 /// Events queued for the agent before the surrogate starts dropping
@@ -66,6 +75,10 @@ pub enum SurrogateError {
     AlreadyServed(VmId),
     #[error("VM {0} is not served by the surrogate: add it first")]
     UnknownVm(VmId),
+    #[error("the kernel path (awake_path = \"kernel\") cannot start: {0}; install nftables or set awake_path = \"auto\" or \"splice\"")]
+    KernelPathUnavailable(String),
+    #[error("VM {vm}'s ports cannot be taken back from the kernel forward ({error}): it must not sleep while nft fails")]
+    KernelPathStuck { vm: VmId, error: String },
 }
 
 struct VmEntry {
@@ -73,6 +86,12 @@ struct VmEntry {
     shared: Arc<VmShared>,
     services: Vec<ServiceSpec>,
     tasks: Vec<AbortHandle>,
+    tcp: Vec<Arc<tcp::TcpService>>,
+    /// Its TCP services on the kernel path, and why the others are not.
+    kernel: Vec<Arc<KernelService>>,
+    spliced: Vec<AwakeRoute>,
+    /// The tasks handing services to the kernel in this wake.
+    takeovers: Vec<AbortHandle>,
 }
 
 impl Drop for VmEntry {
@@ -80,7 +99,7 @@ impl Drop for VmEntry {
         // Aborting the accept loops drops the listeners: the addresses are
         // free again. Held clients see the state channel close and are
         // refused; spliced connections to a running VM carry on.
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.takeovers) {
             t.abort();
         }
     }
@@ -92,6 +111,9 @@ pub struct Surrogate {
     limits: Arc<Limits>,
     events: mpsc::Sender<SurrogateEvent>,
     vms: HashMap<VmId, VmEntry>,
+    /// The nft table of the kernel path, or why there is none.
+    kernel: Result<Arc<KernelTable>, String>,
+    next_forward: u32,
 }
 
 impl Surrogate {
@@ -107,12 +129,71 @@ impl Surrogate {
             limits: Arc::new(limits),
             events: tx,
             vms: HashMap::new(),
+            kernel: Err("awake_path = \"splice\"".into()),
+            next_forward: 0,
         };
         (s, rx)
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Chooses how awake VMs' connections reach their backends, for the VMs
+    /// served already and those added later; call it once, best after
+    /// `add_vm` so the ports are served before nft runs. For `Auto` and
+    /// `Kernel` this takes over the nft table of
+    /// `owner` (the agent's socket path), deleting what a crashed
+    /// predecessor left in it, with the `nft` program given. `Auto` falls
+    /// back to the splice when nft does not work; `Kernel` is an error then.
+    /// `Splice` only deletes the leftovers, if nft is there.
+    /// Returns the table's name, or why every service splices.
+    pub fn set_awake_path(&mut self, path: AwakePath, nft: &str, owner: &str) -> Result<Result<String, String>, SurrogateError> {
+        self.kernel = match path {
+            AwakePath::Splice => {
+                // Rules a crashed predecessor left would still divert clients.
+                if let Err(e) = KernelTable::remove_leftovers(&Nft::new(nft), owner) {
+                    tracing::debug!("no leftover kernel path rules removed: {e}");
+                }
+                Err("awake_path = \"splice\"".into())
+            }
+            AwakePath::Auto | AwakePath::Kernel => KernelTable::start(Nft::new(nft), owner),
+        };
+        let mut vms = std::mem::take(&mut self.vms);
+        for entry in vms.values_mut() {
+            self.classify(entry);
+            if *entry.power.borrow() == VmPower::Awake {
+                self.hand_to_kernel(entry);
+            }
+        }
+        self.vms = vms;
+        match (&self.kernel, path) {
+            (Err(e), AwakePath::Kernel) => Err(SurrogateError::KernelPathUnavailable(e.clone())),
+            (Ok(t), _) => Ok(Ok(t.name.clone())),
+            (Err(e), _) => Ok(Err(e.clone())),
+        }
+    }
+
+    /// Deletes the kernel path's nft table (a clean stop); every service
+    /// splices from then on.
+    pub fn stop_kernel_path(&mut self) {
+        if let Ok(t) = &self.kernel {
+            t.stop();
+        }
+        self.kernel = Err("the kernel path was stopped".into());
+    }
+
+    /// Which path each TCP service of the VM takes while it is awake, and why.
+    pub fn awake_routes(&self, vm: &VmId) -> Vec<AwakeRoute> {
+        let Some(e) = self.vms.get(vm) else { return vec![] };
+        let kernel = match &self.kernel {
+            Ok(t) => e.kernel.iter().map(|k| k.route(t)).collect(),
+            Err(why) => {
+                let why = format!("the kernel path is off: {why}");
+                e.kernel.iter().map(|k| AwakeRoute { service: k.svc.spec.name.clone(), path: "splice", why: why.clone(), active: false, kernel_connections: 0 }).collect()
+            }
+        };
+        [kernel, e.spliced.clone()].concat()
     }
 
     /// Starts serving a VM's services in the given state. Every address is
@@ -154,11 +235,13 @@ impl Surrogate {
         ));
         let (power, _) = watch::channel(state.clone());
         let mut tasks = Vec::with_capacity(services.len());
+        let mut tcp = Vec::new();
         for (s, socket) in services.iter().zip(bound) {
             let rx = power.subscribe();
             let task = match socket {
                 Bound::Tcp(l) => {
                     let svc = Arc::new(tcp::TcpService::new(s.clone(), shared.clone()));
+                    tcp.push(svc.clone());
                     tokio::spawn(tcp::serve(l, svc, rx))
                 }
                 Bound::Udp(u) => tokio::spawn(udp::serve(u, s.clone(), shared.clone(), rx)),
@@ -166,22 +249,68 @@ impl Surrogate {
             tasks.push(task.abort_handle());
         }
         info!(%vm, services = services.len(), %state, "surrogate serves the VM's services");
-        self.vms.insert(
-            vm,
-            VmEntry {
-                power,
-                shared,
-                services,
-                tasks,
-            },
-        );
+        let mut entry = VmEntry {
+            power,
+            shared,
+            services,
+            tasks,
+            tcp,
+            kernel: Vec::new(),
+            spliced: Vec::new(),
+            takeovers: Vec::new(),
+        };
+        self.classify(&mut entry);
+        if state == VmPower::Awake {
+            self.hand_to_kernel(&mut entry);
+        }
+        self.vms.insert(vm, entry);
         Ok(())
+    }
+
+    /// Sorts the VM's TCP services into those the kernel may forward and
+    /// those the surrogate splices, with why.
+    fn classify(&mut self, entry: &mut VmEntry) {
+        entry.kernel.clear();
+        entry.spliced.clear();
+        for svc in &entry.tcp {
+            let s = &svc.spec;
+            let qualified = self
+                .kernel
+                .clone()
+                .and_then(|_| kernel_forward::qualify(s, kernel_forward::is_local(s.backend.ip())));
+            match qualified {
+                Ok(hooks) => {
+                    self.next_forward += 1;
+                    let forward = Forward { id: self.next_forward, listen: s.listen, backend: s.backend, hooks };
+                    entry.kernel.push(Arc::new(KernelService::new(forward, svc.clone())));
+                }
+                Err(why) => entry.spliced.push(AwakeRoute { service: s.name.clone(), path: "splice", why, active: false, kernel_connections: 0 }),
+            }
+        }
+    }
+
+    /// Starts the tasks that give the VM's kernel-path services to the
+    /// kernel once it answers in this wake.
+    fn hand_to_kernel(&self, entry: &mut VmEntry) {
+        let Ok(table) = &self.kernel else { return };
+        let epoch = entry.shared.epoch();
+        for ks in &entry.kernel {
+            let mut rx = entry.power.subscribe();
+            rx.borrow_and_update();
+            let task = tokio::spawn(kernel_forward::take_over(ks.clone(), table.clone(), rx, epoch));
+            entry.takeovers.push(task.abort_handle());
+        }
     }
 
     /// Stops serving a VM: its listeners close, its held clients are refused.
     pub fn remove_vm(&mut self, vm: &VmId) -> Result<(), SurrogateError> {
         match self.vms.remove(vm) {
-            Some(_) => {
+            Some(entry) => {
+                if let Ok(t) = &self.kernel {
+                    if let Err(e) = t.withdraw(&entry.kernel) {
+                        warn!(%vm, "{e}");
+                    }
+                }
                 info!(%vm, "surrogate no longer serves the VM");
                 Ok(())
             }
@@ -191,15 +320,34 @@ impl Surrogate {
 
     /// Tells the surrogate the VM's state. `Asleep` (and `Awake`) re-arm the
     /// once-per-sleep wake request.
+    ///
+    /// Any other state than `Awake` takes the VM's ports back from the
+    /// kernel before this returns (nft runs here, a few milliseconds), so a
+    /// save that follows never meets a client the kernel still sends to
+    /// the VM. An error means the rules could not be removed: the VM must
+    /// not be put to sleep.
     pub fn set_state(&mut self, vm: &VmId, state: VmPower) -> Result<(), SurrogateError> {
-        let entry = self
+        let mut entry = self
             .vms
-            .get(vm)
+            .remove(vm)
             .ok_or_else(|| SurrogateError::UnknownVm(vm.clone()))?;
         entry.shared.state_changed(&state);
         tracing::debug!(%vm, %state, "VM state");
+        let awake = state == VmPower::Awake;
         entry.power.send_replace(state);
-        Ok(())
+        for t in entry.takeovers.drain(..) {
+            t.abort();
+        }
+        let result = match &self.kernel {
+            Ok(_) if awake => {
+                self.hand_to_kernel(&mut entry);
+                Ok(())
+            }
+            Ok(t) => t.withdraw(&entry.kernel).map_err(|error| SurrogateError::KernelPathStuck { vm: vm.clone(), error }),
+            Err(_) => Ok(()),
+        };
+        self.vms.insert(vm.clone(), entry);
+        result
     }
 
     pub fn state(&self, vm: &VmId) -> Option<VmPower> {
@@ -219,6 +367,16 @@ impl Surrogate {
             .get(vm)
             .map(|e| e.shared.counters.snapshot())
             .ok_or_else(|| SurrogateError::UnknownVm(vm.clone()))
+    }
+}
+
+impl Drop for Surrogate {
+    /// The kernel's rules go with the listeners: a port ebb no longer
+    /// serves is not forwarded either.
+    fn drop(&mut self) {
+        if let Ok(t) = &self.kernel {
+            t.stop();
+        }
     }
 }
 

@@ -480,6 +480,19 @@ async fn first_answer(
     }
 }
 
+/// Whether the service answers in this wake (the VM's state `epoch`): seen
+/// by a held client's probe already, or by one probe now.
+pub(crate) async fn answers(svc: &TcpService, epoch: u64) -> bool {
+    if *svc.verified.borrow() == epoch + 1 {
+        return true;
+    }
+    let answered = probe_once(svc).await.is_some();
+    if answered {
+        svc.verified.send_replace(epoch + 1);
+    }
+    answered
+}
+
 /// One connect to the backend, kept only if it stays open: a QEMU
 /// user-network forward accepts on the host side and closes a moment later
 /// when nothing in the guest listens yet. Probes carry no client bytes and

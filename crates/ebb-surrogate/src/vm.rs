@@ -64,8 +64,12 @@ impl VmShared {
             service: service.to_string(),
             reason: reason.clone(),
         };
-        // The wake request must not be lost to a momentarily full channel,
-        // and the data path must not wait on the agent either.
+        self.send_event(event);
+    }
+
+    /// Tells the agent something it must not miss: never dropped, and the
+    /// data path never waits on the agent for it.
+    pub(crate) fn send_event(&self, event: SurrogateEvent) {
         if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
             let events = self.events.clone();
             tokio::spawn(async move {

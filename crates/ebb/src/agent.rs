@@ -19,7 +19,7 @@ use ebb_core::needs::{HourNeeds, VmNeeds};
 use ebb_core::realloc::{ReallocConfig, ReallocDecision, ReallocPolicy, ReallocSettings, Tunes, VmReallocView};
 use ebb_core::vcpus::{OnlineVcpus, VcpuPolicy, VcpuView, VcpuVm};
 use ebb_core::sleep::{SleepDecision, SleepPolicy, SleepSettings, SurrogateTraffic, VmIdleView};
-use ebb_surrogate::{Surrogate, SurrogateEvent, VmPower};
+use ebb_surrogate::{AwakePath, Surrogate, SurrogateEvent, VmPower};
 use ebb_core::{Action, Bytes, Millis, Observation, Reason, Rule, SleepMode, Tune, VmId, VmObservation, VmState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -362,15 +362,56 @@ impl Agent {
             let state = if self.sleeping.contains_key(&vm) { VmPower::Asleep } else { VmPower::Awake };
             self.surrogate.add_vm(vm, section.service.clone(), state).map_err(|e| e.to_string())?;
         }
+        // The ports are served (spliced) already; nft runs after.
+        if self.cfg.vm.values().any(|s| !s.service.is_empty()) {
+            self.choose_awake_path()?;
+        } else {
+            // Nothing to forward, but rules a killed predecessor left would
+            // still divert its old services' clients: the splice setting
+            // removes them (when nft is there) and installs nothing.
+            let owner = self.cfg.agent.socket.to_string_lossy().into_owned();
+            let _ = self.surrogate.set_awake_path(AwakePath::Splice, &self.cfg.surrogate.nft, &owner);
+        }
+        Ok(())
+    }
+
+    /// Sets up the kernel path for awake VMs (`[surrogate] awake_path`);
+    /// its nft table is named from the API socket, which no two agents on a
+    /// host share, so parallel agents never touch each other's rules.
+    fn choose_awake_path(&mut self) -> Result<(), String> {
+        let s = &self.cfg.surrogate;
+        let owner = self.cfg.agent.socket.to_string_lossy().into_owned();
+        match self.surrogate.set_awake_path(s.awake_path, &s.nft, &owner).map_err(|e| e.to_string())? {
+            Ok(table) => info!("awake VMs' qualifying services are forwarded by the kernel (nft table inet {table})"),
+            Err(why) if s.awake_path == AwakePath::Splice => info!("awake VMs' connections are spliced by ebb ({why})"),
+            Err(why) => {
+                let text = format!("the kernel path is not available, ebb splices awake VMs' connections itself: {why}");
+                warn!("{text}");
+                self.journal_event(None, "awake_path", &text);
+            }
+        }
+        for vm in self.surrogate.vms() {
+            for r in self.surrogate.awake_routes(vm) {
+                info!(vm = %vm, service = %r.service, "awake, {}: {}", r.path, r.why);
+            }
+        }
         Ok(())
     }
 
     fn set_power(&mut self, vm: &VmId, state: VmPower) {
+        let _ = self.try_set_power(vm, state);
+    }
+
+    /// As `set_power`, with its error (only when the VM's ports could not
+    /// be taken back from the kernel path), which it logs.
+    fn try_set_power(&mut self, vm: &VmId, state: VmPower) -> Result<(), String> {
         if self.surrogate.state(vm).is_some() {
             if let Err(e) = self.surrogate.set_state(vm, state) {
                 warn!(vm = %vm, "{e}");
+                return Err(e.to_string());
             }
         }
+        Ok(())
     }
 
     /// The surrogate asks for a VM (a client needs it) or reports a refusal.
@@ -391,6 +432,10 @@ impl Agent {
                 let reason = Reason::new(Rule::Wake, format!("a client of its {service} service needs it ({reason})"));
                 self.act(vec![Action::Wake { vm, reason }], at).await;
                 self.republish();
+            }
+            SurrogateEvent::AwakePathFailed { vm, service, error } => {
+                let text = format!("the kernel path failed for {service}, ebb splices it from now on: {error}");
+                self.journal_vm(&vm, at, "awake_path", None, &text, None, None);
             }
             SurrogateEvent::Refused { vm, service, why } => {
                 let last = self.refusal_journaled.get(&vm).copied().unwrap_or_default();
@@ -415,6 +460,16 @@ impl Agent {
             answered_locally: st.answered_locally,
             refused: st.refused,
             bytes: st.bytes_in + st.bytes_out,
+            awake_paths: self
+                .surrogate
+                .awake_routes(vm)
+                .into_iter()
+                .map(|r| match (r.path, r.active) {
+                    ("kernel", true) => format!("{}: kernel, forwarding now ({}; {} connections so far)", r.service, r.why, r.kernel_connections),
+                    ("kernel", false) => format!("{}: kernel once the VM is awake and answers, ebb splices until then ({})", r.service, r.why),
+                    _ => format!("{}: {} ({})", r.service, r.path, r.why),
+                })
+                .collect(),
         })
     }
 
@@ -454,6 +509,7 @@ impl Agent {
         }
         self.flush_needs(now());
         self.give_back_cpus(now()).await;
+        self.surrogate.stop_kernel_path();
         self.journal_event(None, "stopped", "ebb stopped");
         info!("ebb stopped");
     }
@@ -1497,10 +1553,24 @@ impl Agent {
         }
         // The surrogate holds new clients from the moment a save begins (if
         // the save fails they are spliced to the still-running VM), and while
-        // a wake runs.
-        for a in &actions {
-            match a {
-                Action::Sleep { vm, .. } => self.set_power(vm, VmPower::Asleep),
+        // a wake runs. A VM whose ports the kernel still forwards (nft
+        // failed to remove its rules) is not saved: its clients would meet
+        // a stopped VM.
+        let mut out = Vec::new();
+        let mut kept = Vec::with_capacity(actions.len());
+        for a in actions {
+            match &a {
+                Action::Sleep { vm, .. } => {
+                    if let Err(e) = self.try_set_power(vm, VmPower::Asleep) {
+                        let vm = vm.clone();
+                        self.set_power(&vm, VmPower::Awake);
+                        self.actions_total += 1;
+                        self.action_failures_total += 1;
+                        self.journal_vm(&vm, at, a.kind(), Some(a.reason().rule.as_str()), &a.reason().text, None, Some(&format!("failed: {e}")));
+                        out.push((a, Err(e)));
+                        continue;
+                    }
+                }
                 Action::Wake { vm, .. } => self.set_power(vm, VmPower::Waking),
                 Action::SetBalloonTarget { .. }
                 | Action::SetTune { .. }
@@ -1508,7 +1578,9 @@ impl Agent {
                 | Action::SetGuestVcpus { .. }
                 | Action::Shutdown { .. } => {}
             }
+            kept.push(a);
         }
+        let actions = kept;
         // Waking a paused VM resumes it; waking a saved one starts it from its image.
         let sleeping = self.sleeping.clone();
         let Some(results) = self
@@ -1536,9 +1608,8 @@ impl Agent {
             })
             .await
         else {
-            return vec![];
+            return out;
         };
-        let mut out = Vec::with_capacity(results.len());
         for (action, result, took) in results {
             self.actions_total += 1;
             let vm = action.vm().clone();

@@ -194,8 +194,13 @@ pub struct SurrogateView {
     pub held_connections: u64,
     pub answered_locally: u64,
     pub refused: u64,
-    /// Client bytes spliced through, both ways.
+    /// Client bytes spliced through, both ways (on the kernel path: IP
+    /// packet bytes the kernel forwarded, headers included).
     pub bytes: u64,
+    /// How each TCP service reaches the VM while it is awake, and why:
+    /// "http: kernel (…)" or "ssh: splice (…)".
+    #[serde(default)]
+    pub awake_paths: Vec<String>,
 }
 
 /// A VM ebb put to sleep: how, since when, and why.

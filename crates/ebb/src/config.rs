@@ -9,7 +9,7 @@ use ebb_core::power::{LowBattery, PowerModel, Watts};
 use ebb_core::realloc::{ReallocConfig, ReallocSettings};
 use ebb_core::sleep::SleepSettings;
 use ebb_core::{Bytes, SleepMode, VmId};
-use ebb_surrogate::{Limits, ServiceSpec};
+use ebb_surrogate::{AwakePath, Limits, ServiceSpec};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
@@ -549,6 +549,13 @@ pub struct SurrogateSection {
     pub probe_interval: Duration,
     /// Held clients per service replayed to a woken VM at once.
     pub replay_in_flight: usize,
+    /// How an awake VM's connections reach it: "auto" (the kernel forwards
+    /// the services that qualify, where nft works), "kernel" (the same,
+    /// and an nft that does not work stops startup) or "splice" (ebb
+    /// splices every connection itself).
+    pub awake_path: AwakePath,
+    /// The nft program the kernel path runs.
+    pub nft: String,
 }
 
 impl Default for SurrogateSection {
@@ -561,6 +568,8 @@ impl Default for SurrogateSection {
             wake_deadline: d.wake_deadline,
             probe_interval: d.probe_interval,
             replay_in_flight: d.replay_in_flight,
+            awake_path: AwakePath::default(),
+            nft: "nft".into(),
         }
     }
 }

@@ -29,6 +29,9 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
             sur.answered_locally,
             sur.refused
         ));
+        if !sur.awake_paths.is_empty() {
+            out.push(format!("While it is awake its clients reach it through: {}.", sur.awake_paths.join("; ")));
+        }
     }
     if let Some(idle) = &vm.idle {
         let from = match vm.sources.sleep {

@@ -81,7 +81,7 @@ pub fn render(s: &Snapshot) -> String {
         ("ebb_vm_surrogate_held_connections", "Client connections held while the VM wakes.", |v| v.surrogate.as_ref().map(|s| s.held_connections as f64)),
         ("ebb_vm_surrogate_refused_total", "Clients the surrogate refused (reset or 503).", |v| v.surrogate.as_ref().map(|s| s.refused as f64)),
         ("ebb_vm_surrogate_answered_locally_total", "Requests the surrogate answered itself (echo, canned).", |v| v.surrogate.as_ref().map(|s| s.answered_locally as f64)),
-        ("ebb_vm_surrogate_bytes_total", "Client bytes spliced to the VM, both ways.", |v| v.surrogate.as_ref().map(|s| s.bytes as f64)),
+        ("ebb_vm_surrogate_bytes_total", "Client bytes to and from the VM through ebb: spliced, or forwarded by the kernel path (IP bytes).", |v| v.surrogate.as_ref().map(|s| s.bytes as f64)),
         ("ebb_vm_asleep", "1 while ebb holds the VM asleep.", |v| Some(v.sleeping.is_some() as u8 as f64)),
         ("ebb_vm_memory_actual_bytes", "Guest memory size now (balloon current).", |v| v.memory.actual.map(|b| b.0 as f64)),
         ("ebb_vm_memory_target_bytes", "Guest memory size ebb steers to.", |v| v.memory.target.map(|b| b.0 as f64)),

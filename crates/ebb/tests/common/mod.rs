@@ -158,8 +158,12 @@ impl AgentProc {
 }
 
 impl Drop for AgentProc {
+    /// A clean stop, so an agent on the kernel path deletes its nft table:
+    /// a leftover DNAT from a port a later test binds would divert its clients.
     fn drop(&mut self) {
-        self.kill9();
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
     }
 }
 
