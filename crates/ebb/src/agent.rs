@@ -1524,7 +1524,7 @@ impl Agent {
                     _ if self.sleeping.contains_key(&vm) => None,
                     None => Some(format!("no VM named {vm} on this host")),
                     Some(KnownState { state: VmState::Paused, .. } | KnownState { state: VmState::ShutOff, managed_save: true }) => None,
-                    Some(KnownState { state: VmState::Running, .. }) => Some(format!("{vm} is awake already")),
+                    Some(KnownState { state: VmState::Running, .. }) => Some(format!("{vm} is not asleep: it is awake already")),
                     Some(KnownState { state: VmState::ShutOff, .. }) => Some(format!(
                         "{vm} is shut off with no saved state: ebb wakes a VM that sleeps (saved or paused); start it with virsh start"
                     )),

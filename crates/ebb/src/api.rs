@@ -124,11 +124,16 @@ fn file_kind(t: &std::fs::FileType) -> &'static str {
     }
 }
 
-/// Removes the agent's socket at a clean stop, if it is still a socket.
-pub fn unbind(path: &Path) {
-    use std::os::unix::fs::FileTypeExt;
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        let _ = std::fs::remove_file(path);
+/// Removes the agent's socket when dropped (a clean stop, or a start that
+/// failed after the bind), if it is still a socket.
+pub struct Unbind(pub PathBuf);
+
+impl Drop for Unbind {
+    fn drop(&mut self) {
+        use std::os::unix::fs::FileTypeExt;
+        if std::fs::symlink_metadata(&self.0).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 

@@ -21,6 +21,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
 
 /// The agent with any hypervisor: tests pass the sim backend or a shutdown of their own.
 pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    // The socket first: a second agent on the same config is told another
+    // serves this socket; one with its own socket, that the journal is taken.
+    let gid = cfg.agent.socket_gid()?;
+    let listener = api::bind(&cfg.agent.socket, gid).await.map_err(|e| e.to_string())?;
+    let _socket = api::Unbind(cfg.agent.socket.clone());
     let _lock = JournalLock::acquire(&cfg.agent.journal).map_err(|e| e.to_string())?;
     let journal = Journal::open(&cfg.agent.journal).map_err(|e| e.to_string())?;
     let keep_ms = u64::from(cfg.agent.journal_keep_days) * 86_400_000;
@@ -29,11 +34,8 @@ pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Out
             info!("pruned {n} journal entries older than {} days", cfg.agent.journal_keep_days);
         }
     }
-    let gid = cfg.agent.socket_gid()?;
-    let listener = api::bind(&cfg.agent.socket, gid).await.map_err(|e| e.to_string())?;
-    let socket = cfg.agent.socket.clone();
     let journal_path = cfg.agent.journal.clone();
-    info!("ebb {} serving its API at {}", env!("CARGO_PKG_VERSION"), socket.display());
+    info!("ebb {} serving its API at {}", env!("CARGO_PKG_VERSION"), cfg.agent.socket.display());
     let (mut agent, snapshot, commands) = Agent::new(cfg, journal, connect);
     agent.serve_services()?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -44,7 +46,6 @@ pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Out
     agent.run(shutdown).await;
     let _ = stop_api.send(());
     let _ = server.await;
-    api::unbind(&socket);
     Ok(())
 }
 
