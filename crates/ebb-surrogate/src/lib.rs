@@ -20,6 +20,8 @@
 
 mod event;
 mod http;
+mod pace;
+mod quota;
 mod spec;
 mod splice;
 mod stats;
@@ -28,6 +30,7 @@ mod udp;
 mod vm;
 
 pub use event::{Refusal, SurrogateEvent, VmPower, WakeReason};
+pub use quota::FdPlan;
 pub use spec::{CannedReply, Limits, Protocol, ServiceSpec, SpecError};
 pub use stats::TrafficStats;
 
@@ -40,7 +43,7 @@ use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tracing::info;
-use vm::VmShared;
+use vm::{Host, VmShared};
 
 /// Events queued for the agent before the surrogate starts dropping
 /// `Refused` events (never wake requests).
@@ -103,6 +106,7 @@ impl Drop for VmEntry {
 /// runtime. Dropping it closes every listener.
 pub struct Surrogate {
     limits: Arc<Limits>,
+    host: Arc<Host>,
     events: mpsc::Sender<SurrogateEvent>,
     vms: HashMap<VmId, VmEntry>,
 }
@@ -117,6 +121,7 @@ impl Surrogate {
         limits.udp_flows = limits.udp_flows.max(1);
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let s = Surrogate {
+            host: Arc::new(Host::new(&limits)),
             limits: Arc::new(limits),
             events: tx,
             vms: HashMap::new(),
@@ -179,6 +184,7 @@ impl Surrogate {
         let shared = Arc::new(VmShared::new(
             vm.clone(),
             self.limits.clone(),
+            self.host.clone(),
             self.events.clone(),
         ));
         let (power, _) = watch::channel(state.clone());
