@@ -76,7 +76,7 @@ impl fmt::Display for FdPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} descriptors: {} kept for the API, libvirt and the journal; {} for TCP clients \
+            "limit {}: {} kept for the API, libvirt and the journal; {} for TCP clients \
              (at most {} per VM; a held client takes 1, a spliced one {}), {} for UDP flows",
             self.nofile,
             self.reserve,

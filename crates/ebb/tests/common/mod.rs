@@ -44,22 +44,28 @@ impl AgentProc {
     /// Writes a config (agent socket and journal in `dir`, plus `extra`,
     /// which may add to the [agent] table as it comes first) and starts it.
     pub fn start(dir: &Path, agent_lines: &str, rest: &str) -> AgentProc {
-        let socket = dir.join("ebb.sock");
-        let journal = dir.join("journal.db");
-        let config = dir.join("ebb.toml");
-        let text = format!(
-            "[agent]\nsocket = \"{}\"\njournal = \"{}\"\n{agent_lines}\n{rest}\n",
-            socket.display(),
-            journal.display()
-        );
-        std::fs::write(&config, text).unwrap();
+        let (config, socket, journal) = write_config(dir, agent_lines, rest);
         AgentProc::start_with(dir, config, socket, journal)
     }
 
+    /// As `start`, with `nofile` as both soft and hard RLIMIT_NOFILE
+    /// (util-linux's prlimit; the tests run as root).
+    pub fn start_with_nofile(dir: &Path, agent_lines: &str, rest: &str, nofile: u64) -> AgentProc {
+        let (config, socket, journal) = write_config(dir, agent_lines, rest);
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}")).arg("--").arg(EBB);
+        AgentProc::spawn(dir, cmd, config, socket, journal)
+    }
+
     pub fn start_with(dir: &Path, config: PathBuf, socket: PathBuf, journal: PathBuf) -> AgentProc {
+        AgentProc::spawn(dir, Command::new(EBB), config, socket, journal)
+    }
+
+    /// Runs `ebb run` through `cmd` (the binary, or a wrapper that runs it).
+    fn spawn(dir: &Path, mut cmd: Command, config: PathBuf, socket: PathBuf, journal: PathBuf) -> AgentProc {
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
         let log = dir.join(format!("agent-{n}.log"));
-        let child = Command::new(EBB)
+        let child = cmd
             .args(["run", "--config"])
             .arg(&config)
             .env("EBB_LOG", "ebb=debug,info")
@@ -161,6 +167,21 @@ impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Writes an agent config with its socket and journal in `dir`, plus
+/// `agent_lines` (added to the [agent] table, which comes first) and `rest`.
+fn write_config(dir: &Path, agent_lines: &str, rest: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let socket = dir.join("ebb.sock");
+    let journal = dir.join("journal.db");
+    let config = dir.join("ebb.toml");
+    let text = format!(
+        "[agent]\nsocket = \"{}\"\njournal = \"{}\"\n{agent_lines}\n{rest}\n",
+        socket.display(),
+        journal.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    (config, socket, journal)
 }
 
 /// Polls `f` every 250 ms until it returns Some, or panics after `limit`.
