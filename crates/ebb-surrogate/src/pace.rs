@@ -22,9 +22,10 @@ use tokio::time::Instant;
 
 /// The most replays of one service waiting for their first answer at once.
 pub(crate) const MAX_WINDOW: usize = 64;
-/// A turn lasts at least this long (time for a slow guest to accept), and
-/// at most three of the fastest answers when those are slower: a request the
-/// service takes long to answer (a long poll) gives its turn back.
+/// A turn without an answer counts as congestion after this long (time for
+/// a slow guest to accept), or after three of the fastest answers when those
+/// are slower. It is kept until the answer all the same: what waits on the
+/// service is bounded by the window, never more.
 const MIN_TURN: Duration = Duration::from_secs(1);
 /// Answers slower than twice the fastest plus this are queueing.
 const QUEUE_SLACK: Duration = Duration::from_millis(50);
@@ -158,6 +159,7 @@ impl Pacer {
             permit: Some(permit),
             started: Instant::now(),
             length,
+            told: false,
             _queued: queued,
         }
     }
@@ -195,12 +197,14 @@ impl Drop for Queued<'_> {
     }
 }
 
-/// A replay's turn; dropped without `finish` it tells the window nothing.
+/// A replay's turn; dropped without an outcome it tells the window nothing.
 pub(crate) struct Turn<'a> {
     pacer: &'a Pacer,
     permit: Option<SemaphorePermit<'a>>,
     started: Instant,
     length: Duration,
+    /// An outcome was told already: the window hears one per turn.
+    told: bool,
     _queued: Queued<'a>,
 }
 
@@ -209,13 +213,21 @@ impl Turn<'_> {
         self.started
     }
 
-    /// When the turn is given back if the service has not answered.
+    /// When a turn without an answer counts as congestion.
     pub(crate) fn ends(&self) -> Instant {
         self.started + self.length
     }
 
-    pub(crate) fn finish(self, outcome: Outcome) {
-        self.pacer.update(|st| st.window.on(outcome));
+    /// Tells the window what this turn saw, once; the turn is kept.
+    pub(crate) fn tell(&mut self, outcome: Outcome) {
+        if !std::mem::replace(&mut self.told, true) {
+            self.pacer.update(|st| st.window.on(outcome));
+        }
+    }
+
+    /// Tells the window and gives the turn back.
+    pub(crate) fn finish(mut self, outcome: Outcome) {
+        self.tell(outcome);
     }
 }
 
@@ -278,7 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn turns_last_a_second_or_three_of_the_fastest_answers() {
+    fn turns_count_as_congested_after_a_second_or_three_of_the_fastest_answers() {
         let mut w = Window::new(1);
         assert_eq!(w.turn_length(), MIN_TURN);
         w.on(Outcome::Answered(2 * MIN_TURN));
@@ -292,7 +304,11 @@ mod tests {
         assert!(p.busy());
         assert!(p.slots.try_acquire().is_err());
         // Two congested turns: the window halves to 1, so one permit retires.
-        a.finish(Outcome::Congested);
+        // A turn tells the window once, however often it is told.
+        let mut a = a;
+        a.tell(Outcome::Congested);
+        a.tell(Outcome::Answered(Duration::from_millis(1)));
+        drop(a);
         b.finish(Outcome::Congested);
         assert_eq!(p.slots.available_permits(), 1);
         assert!(!p.busy());

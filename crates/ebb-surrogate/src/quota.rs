@@ -37,8 +37,8 @@ pub struct FdPlan {
     pub reserve: usize,
     /// For the TCP clients of all VMs together (`Limits::max_fds`).
     pub tcp: usize,
-    /// For one VM's TCP clients (`Limits::max_fds_per_vm`): half, so a flood
-    /// at one VM leaves the other half to the rest.
+    /// For one VM's TCP clients (`Limits::max_fds_per_vm`): three quarters,
+    /// so a flood at one VM leaves a quarter to the rest.
     pub tcp_per_vm: usize,
     /// UDP flows of all services (`Limits::udp_flows_total`): an eighth of
     /// what the reserve leaves, apart from the TCP share.
@@ -56,7 +56,7 @@ impl FdPlan {
             nofile,
             reserve,
             tcp,
-            tcp_per_vm: tcp / 2,
+            tcp_per_vm: tcp / 4 * 3,
             udp,
         }
     }
@@ -189,7 +189,7 @@ mod tests {
     #[test]
     fn plans_keep_a_reserve_and_split_the_rest() {
         let p = FdPlan::for_limit(20_000);
-        assert_eq!((p.reserve, p.udp, p.tcp, p.tcp_per_vm), (2_000, 2_250, 15_750, 7_875));
+        assert_eq!((p.reserve, p.udp, p.tcp, p.tcp_per_vm), (2_000, 2_250, 15_750, 11_811));
         assert_eq!(FdPlan::for_limit(1024).reserve, 256);
         let small = FdPlan::for_limit(300);
         assert_eq!((small.reserve, small.reserve + small.tcp + small.udp), (150, 300));

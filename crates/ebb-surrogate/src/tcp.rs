@@ -63,6 +63,8 @@ pub(crate) struct TcpService {
     probe: Mutex<()>,
     /// Turns of the replays waiting for the backend's first byte.
     pacer: Pacer,
+    /// Turns of an awake VM's clients connecting to the backend.
+    connects: Pacer,
 }
 
 impl TcpService {
@@ -72,6 +74,7 @@ impl TcpService {
             verified: watch::Sender::new(0),
             probe: Mutex::new(()),
             pacer: Pacer::new(vm.limits.replay_in_flight),
+            connects: Pacer::new(vm.limits.replay_in_flight),
             vm,
         }
     }
@@ -174,16 +177,34 @@ async fn handle(
     }
 }
 
+/// Connects to the backend of an awake VM and splices. The connects take
+/// turns of their own (`connects`): a burst of clients must not flood a
+/// small listen backlog with SYNs the guest drops (each costing the client
+/// a retransmit, 1 s, 3 s, 7 s…). A connect that outlasts its turn is tried
+/// again (nothing was sent), until `wake_deadline`.
 async fn splice_awake(client: TcpStream, fds: Share, svc: &TcpService) {
     let backend = svc.spec.backend;
-    match timeout(svc.vm.limits.wake_deadline, TcpStream::connect(backend)).await {
-        Ok(Ok(b)) => splice(client, b, svc, fds).await,
-        Ok(Err(e)) if out_of_descriptors(&e) => reset(client, svc, Refusal::OutOfDescriptors),
-        Ok(Err(e)) => {
-            debug!(error = %e, "backend refused while the VM is awake");
-            reset(client, svc, Refusal::BackendDown { backend });
+    let deadline = Instant::now() + svc.vm.limits.wake_deadline;
+    loop {
+        let Some(mut turn) = timeout_at(deadline, svc.connects.turn(svc.vm.epoch())).await else {
+            return reset(client, svc, Refusal::BackendDown { backend });
+        };
+        match timeout_at(turn.ends().min(deadline), TcpStream::connect(backend)).await {
+            Some(Ok(b)) => {
+                let took = turn.started().elapsed();
+                turn.finish(Outcome::Answered(took));
+                return splice(client, b, svc, fds).await;
+            }
+            Some(Err(e)) if out_of_descriptors(&e) => return reset(client, svc, Refusal::OutOfDescriptors),
+            Some(Err(e)) => {
+                debug!(error = %e, "backend refused while the VM is awake");
+                return reset(client, svc, Refusal::BackendDown { backend });
+            }
+            None => turn.tell(Outcome::Congested),
         }
-        Err(_) => reset(client, svc, Refusal::BackendDown { backend }),
+        if Instant::now() >= deadline {
+            return reset(client, svc, Refusal::BackendDown { backend });
+        }
     }
 }
 
@@ -533,31 +554,25 @@ struct Held {
 
 /// Writes the held bytes to the backend, then passes on what the client
 /// still sends (kept too, up to `cap`, for a replay) until the backend's
-/// first byte, its close, or `answer_by`. The turn ends with the first
-/// answer or at its end, whichever comes first, and tells the pacer which.
+/// first byte, its close, or `answer_by`. The turn is kept until then, and
+/// tells the pacer how it went (congested when it outlasts its length).
 async fn first_answer(
     client: &mut TcpStream,
     backend: &mut TcpStream,
     held: &mut Held,
-    turn: Turn<'_>,
+    mut turn: Turn<'_>,
     answer_by: Instant,
 ) -> FirstAnswer {
-    let turn_ends = turn.ends();
-    let mut turn = Some(turn);
-    let end_turn = |turn: &mut Option<Turn<'_>>, outcome: Outcome| {
-        if let Some(t) = turn.take() {
-            t.finish(outcome);
-        }
-    };
     let (mut backend_r, mut backend_w) = backend.split();
     if backend_w.write_all(&held.buf).await.is_err() {
-        end_turn(&mut turn, Outcome::Congested);
+        turn.tell(Outcome::Congested);
         return FirstAnswer::BackendClosed;
     }
     if held.client_done {
         let _ = backend_w.shutdown().await;
     }
     let mut one = [0u8; 1];
+    let mut slow = false;
     loop {
         // A client that sends more than `cap` waits for the answer: its
         // bytes stay in the kernel's buffers.
@@ -565,20 +580,21 @@ async fn first_answer(
         tokio::select! {
             r = backend_r.peek(&mut one) => return match r {
                 Ok(1..) => {
-                    let took = turn.as_ref().map(|t| t.started().elapsed());
-                    if let Some(took) = took {
-                        end_turn(&mut turn, Outcome::Answered(took));
-                    }
+                    let took = turn.started().elapsed();
+                    turn.tell(Outcome::Answered(took));
                     FirstAnswer::Answered
                 }
                 Ok(0) | Err(_) => {
-                    end_turn(&mut turn, Outcome::Congested);
+                    turn.tell(Outcome::Congested);
                     FirstAnswer::BackendClosed
                 }
             },
-            _ = sleep_until(turn_ends), if turn.is_some() => end_turn(&mut turn, Outcome::Congested),
+            _ = sleep_until(turn.ends()), if !slow => {
+                slow = true;
+                turn.tell(Outcome::Congested);
+            }
             _ = sleep_until(answer_by) => {
-                end_turn(&mut turn, Outcome::Congested);
+                turn.tell(Outcome::Congested);
                 return FirstAnswer::Silent;
             }
             r = read_some(client, &mut held.buf, held.cap), if more => match r {
@@ -590,7 +606,7 @@ async fn first_answer(
                 Ok(n) => {
                     let new = held.buf.len() - n;
                     if backend_w.write_all(&held.buf[new..]).await.is_err() {
-                        end_turn(&mut turn, Outcome::Congested);
+                        turn.tell(Outcome::Congested);
                         return FirstAnswer::BackendClosed;
                     }
                 }

@@ -48,12 +48,12 @@ impl AgentProc {
         AgentProc::start_with(dir, config, socket, journal)
     }
 
-    /// As `start`, with `nofile` as both soft and hard RLIMIT_NOFILE
-    /// (util-linux's prlimit; the tests run as root).
-    pub fn start_with_nofile(dir: &Path, agent_lines: &str, rest: &str, nofile: u64) -> AgentProc {
+    /// As `start`, through `wrapper` (a program and its arguments that end
+    /// by running the command after them: prlimit, nsenter).
+    pub fn start_through(dir: &Path, agent_lines: &str, rest: &str, wrapper: &[String]) -> AgentProc {
         let (config, socket, journal) = write_config(dir, agent_lines, rest);
-        let mut cmd = Command::new("prlimit");
-        cmd.arg(format!("--nofile={nofile}:{nofile}")).arg("--").arg(EBB);
+        let mut cmd = Command::new(&wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(EBB);
         AgentProc::spawn(dir, cmd, config, socket, journal)
     }
 
@@ -167,6 +167,11 @@ impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// `prlimit` setting both the soft and hard RLIMIT_NOFILE (the tests run as root).
+pub fn nofile(n: u64) -> Vec<String> {
+    vec!["prlimit".into(), format!("--nofile={n}:{n}"), "--".into()]
 }
 
 /// Writes an agent config with its socket and journal in `dir`, plus
