@@ -177,7 +177,9 @@ async fn handle(
     }
 }
 
-/// Connects to the backend of an awake VM and splices. The connects take
+/// Connects to the backend of an awake VM and splices; a backend that
+/// refuses gets the client a refusal (`503` saying so for HTTP, a reset
+/// otherwise). The connects take
 /// turns of their own (`connects`): a burst of clients must not flood a
 /// small listen backlog with SYNs the guest drops (each costing the client
 /// a retransmit, 1 s, 3 s, 7 s…). A connect that outlasts its turn is tried
@@ -187,7 +189,7 @@ async fn splice_awake(client: TcpStream, fds: Share, svc: &TcpService) {
     let deadline = Instant::now() + svc.vm.limits.wake_deadline;
     loop {
         let Some(mut turn) = timeout_at(deadline, svc.connects.turn(svc.vm.epoch())).await else {
-            return reset(client, svc, Refusal::BackendDown { backend });
+            return refuse(client, svc, Refusal::BackendDown { backend }).await;
         };
         match timeout_at(turn.ends().min(deadline), TcpStream::connect(backend)).await {
             Some(Ok(b)) => {
@@ -195,15 +197,15 @@ async fn splice_awake(client: TcpStream, fds: Share, svc: &TcpService) {
                 turn.finish(Outcome::Answered(took));
                 return splice(client, b, svc, fds).await;
             }
-            Some(Err(e)) if out_of_descriptors(&e) => return reset(client, svc, Refusal::OutOfDescriptors),
+            Some(Err(e)) if out_of_descriptors(&e) => return refuse(client, svc, Refusal::OutOfDescriptors).await,
             Some(Err(e)) => {
                 debug!(error = %e, "backend refused while the VM is awake");
-                return reset(client, svc, Refusal::BackendDown { backend });
+                return refuse(client, svc, Refusal::BackendDown { backend }).await;
             }
             None => turn.tell(Outcome::Congested),
         }
         if Instant::now() >= deadline {
-            return reset(client, svc, Refusal::BackendDown { backend });
+            return refuse(client, svc, Refusal::BackendDown { backend }).await;
         }
     }
 }

@@ -462,19 +462,23 @@ async fn backend_that_accepts_then_closes_is_not_taken_for_the_service() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn awake_backend_refusing_resets_the_client_and_reports() {
+async fn awake_backend_refusing_gets_the_client_a_503_or_a_reset_and_reports() {
     bounded(10, async {
-        let (listen, backend) = (free_addr(), free_addr());
-        let d = setup(Limits::default(), vec![web(listen, backend)], VmPower::Awake, Wake::Never);
+        let (listen, backend, raw_listen, raw_backend) = (free_addr(), free_addr(), free_addr(), free_addr());
+        let services = vec![web(listen, backend), ServiceSpec::tcp("raw", raw_listen, raw_backend)];
+        let d = setup(Limits::default(), services, VmPower::Awake, Wake::Never);
+        let (status, body) = http_get(listen, "/").await.unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains(&format!("{backend} refused the connection")), "{body}");
         // The reset can arrive before the client's connect call returns.
-        match TcpStream::connect(listen).await {
+        match TcpStream::connect(raw_listen).await {
             Ok(mut s) => expect_reset(&mut s).await,
             Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let events = d.events.lock().unwrap().clone();
         assert!(
-            matches!(&events[..], [SurrogateEvent::Refused { why: Refusal::BackendDown { backend: b }, .. }] if *b == backend),
+            matches!(&events[..], [SurrogateEvent::Refused { why: Refusal::BackendDown { backend: b }, .. }, SurrogateEvent::Refused { .. }] if *b == backend),
             "{events:?}"
         );
     })

@@ -515,7 +515,16 @@ fn crowds_at_a_sleeping_guest_on_a_real_network_are_answered_or_refused_within_t
     let out = net.command("ab").args(["-n", "2000", "-c", "1000", "-s", "90", &format!("http://{listen}/")]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("ab -n 2000 -c 1000 at the sleeping VM:\n{text}");
-    assert!(out.status.success(), "ab failed: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        let log = agent.log_text();
+        let refusals: Vec<&str> = log.lines().filter(|l| l.contains("refused")).take(5).collect();
+        let console = g.console_log();
+        panic!(
+            "ab failed: {}\n{text}\nagent refusals: {refusals:#?}\nguest console tail: {}",
+            String::from_utf8_lossy(&out.stderr),
+            &console[console.len().saturating_sub(2000)..]
+        );
+    }
     let field = |key: &str| -> usize {
         text.split(key).nth(1).and_then(|r| r.trim_start().split([' ', ',', ')', '\n']).next()?.parse().ok()).unwrap_or(0)
     };
