@@ -132,8 +132,9 @@ pub enum Refusal {
     /// The process itself ran out of descriptors (EMFILE, ENFILE): ebb's
     /// limit, not the VM's fault.
     OutOfDescriptors,
-    /// The VM woke, but its service did not take this client's request
-    /// within the client's bound: it was never sent, a retry is safe.
+    /// The VM is awake, but its service did not take this client's request
+    /// (accept its connection, or answer the ones before it) within the
+    /// client's bound: it was never sent, a retry is safe.
     Busy {
         #[serde(with = "secs")]
         after: Duration,
@@ -185,7 +186,7 @@ impl fmt::Display for Refusal {
             ),
             Refusal::Busy { after } => write!(
                 f,
-                "the VM woke, but its service did not take this request within {} s of its arrival; it was not sent, retry",
+                "the VM is awake, but its service did not take this request within {} s of its arrival; it was not sent, retry",
                 after.as_secs_f64()
             ),
             Refusal::Silent { after } => write!(

@@ -153,10 +153,21 @@ impl Pacer {
             .acquire()
             .await
             .expect("the pacer's semaphore is never closed");
+        self.started(Some(permit), queued)
+    }
+
+    /// A turn at once, beside the window: for the connection that proved
+    /// the service answers, which must not wait idle on it (a service that
+    /// serves one connection at a time would wait on it in turn).
+    pub(crate) fn extra_turn(&self) -> Turn<'_> {
+        self.started(None, Queued::new(&self.queued))
+    }
+
+    fn started<'a>(&'a self, permit: Option<SemaphorePermit<'a>>, queued: Queued<'a>) -> Turn<'a> {
         let length = self.state.lock().expect("pace lock").window.turn_length();
         Turn {
             pacer: self,
-            permit: Some(permit),
+            permit,
             started: Instant::now(),
             length,
             told: false,

@@ -172,6 +172,15 @@ impl Share {
         self.n = total;
         true
     }
+
+    /// Gives back what is above `total`.
+    pub(crate) fn shrink_to(&mut self, total: usize) {
+        let less = self.n.saturating_sub(total);
+        for q in &self.quotas {
+            q.give_back(less);
+        }
+        self.n -= less;
+    }
 }
 
 impl Drop for Share {
@@ -218,5 +227,7 @@ mod tests {
         assert!(s.grow_to(2));
         assert!(!s.grow_to(3));
         assert_eq!(q.used(), 8);
+        s.shrink_to(1);
+        assert_eq!(q.used(), 7);
     }
 }

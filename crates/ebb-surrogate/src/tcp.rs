@@ -188,8 +188,10 @@ async fn splice_awake(client: TcpStream, fds: Share, svc: &TcpService) {
     let backend = svc.spec.backend;
     let deadline = Instant::now() + svc.vm.limits.wake_deadline;
     loop {
+        // Not taken in time (a backlog that stays full): nothing was sent.
+        let busy = Refusal::Busy { after: svc.vm.limits.wake_deadline };
         let Some(mut turn) = timeout_at(deadline, svc.connects.turn(svc.vm.epoch())).await else {
-            return refuse(client, svc, Refusal::BackendDown { backend }).await;
+            return refuse(client, svc, busy).await;
         };
         match timeout_at(turn.ends().min(deadline), TcpStream::connect(backend)).await {
             Some(Ok(b)) => {
@@ -205,7 +207,7 @@ async fn splice_awake(client: TcpStream, fds: Share, svc: &TcpService) {
             None => turn.tell(Outcome::Congested),
         }
         if Instant::now() >= deadline {
-            return refuse(client, svc, Refusal::BackendDown { backend }).await;
+            return refuse(client, svc, busy).await;
         }
     }
 }
@@ -484,8 +486,12 @@ async fn replay(
     let busy = Refusal::Busy { after: svc.bound() };
     let mut pause = svc.vm.limits.probe_interval;
     loop {
-        let Some(turn) = timeout_at(answer_by, svc.pacer.turn(svc.vm.epoch())).await else {
-            return refuse(client, svc, busy).await;
+        let turn = match backend {
+            Some(_) => svc.pacer.extra_turn(),
+            None => match timeout_at(answer_by, svc.pacer.turn(svc.vm.epoch())).await {
+                Some(turn) => turn,
+                None => return refuse(client, svc, busy).await,
+            },
         };
         if !fds.grow_to(CONNECTED) {
             // Held clients keep headroom free for this; other VMs' spliced
@@ -531,6 +537,8 @@ async fn replay(
                 }
             }
         }
+        // Waiting again: the client holds only its own descriptor.
+        fds.shrink_to(1);
         if Instant::now() + pause >= answer_by {
             return refuse(client, svc, busy).await;
         }
