@@ -1023,6 +1023,12 @@ mod tests {
         let x = s.domain_xml(&image());
         assert!(x.contains("<memballoon model='none'/>"));
         assert!(!x.contains("qemu:commandline>"));
+        // On the lab's bridge instead of the user-mode forward.
+        s.http_port = Some(4321);
+        s.lab_net = Some(LabNet::guest_ip(1));
+        let x = s.domain_xml(&image());
+        assert!(x.contains("<source bridge='ebb-br0'/>") && x.contains("ebb.ip=10.77.0.11/24"), "{x}");
+        assert!(!x.contains("hostfwd") && !x.contains("ebb.net=1"), "{x}");
     }
 
     #[test]
