@@ -151,10 +151,12 @@ async fn handle(
 ) {
     let accepted = Instant::now();
     let state = power.borrow_and_update().clone();
-    // Awake with nobody waiting for a replay: straight through. Otherwise
-    // the client takes one descriptor now (its own) and the backend's later;
-    // held clients leave headroom so replays always find descriptors.
-    let direct = state == VmPower::Awake && !svc.pacer.busy();
+    // Awake with nobody held or waiting for a replay: straight through.
+    // Otherwise the client queues behind them; it takes one descriptor now
+    // (its own) and the backend's later, and held clients leave headroom so
+    // replays always find descriptors.
+    let queue = svc.pacer.busy() || svc.vm.counters.held.load(std::sync::atomic::Ordering::Relaxed) > 0;
+    let direct = state == VmPower::Awake && !queue;
     let fds = if direct {
         svc.vm.take_fds(CONNECTED, 0)
     } else {
