@@ -181,11 +181,11 @@ async fn handle(
 
 /// Connects to the backend of an awake VM and splices; a backend that
 /// refuses gets the client a refusal (`503` saying so for HTTP, a reset
-/// otherwise). The connects take
-/// turns of their own (`connects`): a burst of clients must not flood a
-/// small listen backlog with SYNs the guest drops (each costing the client
-/// a retransmit, 1 s, 3 s, 7 s…). A connect that outlasts its turn is tried
-/// again (nothing was sent), until `wake_deadline`.
+/// otherwise). The connects take turns of their own (`connects`): a burst
+/// of clients must not flood a small listen backlog with SYNs the guest
+/// drops (each costing the client a retransmit, 1 s, 3 s, 7 s…). A connect
+/// that outlasts its turn is tried again (nothing was sent), until
+/// `wake_deadline`.
 async fn splice_awake(client: TcpStream, fds: Share, svc: &TcpService) {
     let backend = svc.spec.backend;
     let deadline = Instant::now() + svc.vm.limits.wake_deadline;
