@@ -7,8 +7,10 @@ set -eu
 
 # qemu-guest-agent: its qemu-ga goes into the test guest image (the host never runs it).
 # nftables: the surrogate's kernel path for awake VMs (`[surrogate] awake_path`) runs nft.
+# apache2-utils: ab, a standard load tool the surrogate's crowd test runs; iproute2 and
+# util-linux (ip netns, nsenter, unshare, prlimit): the tests' network namespace.
 PACKAGES="qemu-system-x86 qemu-utils qemu-guest-agent nut-server nut-client libvirt-daemon-system libvirt-clients libvirt-dev \
-busybox-static linux-image-amd64 cpio zstd kmod pkg-config sqlite3 curl nftables"
+busybox-static linux-image-amd64 cpio zstd kmod pkg-config sqlite3 curl nftables apache2-utils iproute2 util-linux"
 URI="qemu:///system"
 
 step() { printf 'setup-host: %s\n' "$*"; }

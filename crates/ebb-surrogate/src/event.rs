@@ -52,6 +52,44 @@ pub enum WakeReason {
     Datagram { peer: SocketAddr },
 }
 
+/// The longest method or path a wake reason keeps, in characters.
+const REASON_TEXT_MAX: usize = 200;
+
+impl WakeReason {
+    /// An HTTP request as a reason: the method and path come from the
+    /// network and end up in the journal, logs and terminals, so control
+    /// characters are escaped and the text is cut short.
+    pub fn request(peer: SocketAddr, method: &str, path: &str) -> WakeReason {
+        WakeReason::Request {
+            peer,
+            method: printable(method, REASON_TEXT_MAX),
+            path: printable(path, REASON_TEXT_MAX),
+        }
+    }
+}
+
+/// `text` safe to print: control characters (ESC, BEL, CR, C1, DEL) and the
+/// bidirectional overrides escaped as `\u{1b}`, a backslash doubled, at
+/// most `max` characters of the original kept (then `…`).
+pub(crate) fn printable(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else if c.is_control() || bidi {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl fmt::Display for WakeReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -87,6 +125,26 @@ pub enum Refusal {
     BackendDown { backend: SocketAddr },
     /// The VM was removed from the surrogate while the client waited.
     Removed,
+    /// The surrogate's descriptors for all VMs' clients are in use.
+    HostConnections { limit: usize },
+    /// This VM's clients hold their share of the surrogate's descriptors.
+    VmConnections { limit: usize },
+    /// The process itself ran out of descriptors (EMFILE, ENFILE): ebb's
+    /// limit, not the VM's fault.
+    OutOfDescriptors,
+    /// The VM is awake, but its service did not take this client's request
+    /// (accept its connection, or answer the ones before it) within the
+    /// client's bound: it was never sent, a retry is safe.
+    Busy {
+        #[serde(with = "secs")]
+        after: Duration,
+    },
+    /// The service took the request and sent nothing back within the
+    /// client's bound; it was not sent again (it may be in the works).
+    Silent {
+        #[serde(with = "secs")]
+        after: Duration,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -115,6 +173,27 @@ impl fmt::Display for Refusal {
                 )
             }
             Refusal::Removed => f.write_str("the surrogate stopped serving this VM"),
+            Refusal::HostConnections { limit } => write!(
+                f,
+                "ebb is at its limit of {limit} file descriptors for client connections; retry shortly"
+            ),
+            Refusal::VmConnections { limit } => write!(
+                f,
+                "this VM's clients hold all {limit} file descriptors ebb gives one VM; retry shortly"
+            ),
+            Refusal::OutOfDescriptors => f.write_str(
+                "ebb ran out of file descriptors (its own limit, not the VM's fault); retry shortly",
+            ),
+            Refusal::Busy { after } => write!(
+                f,
+                "the VM is awake, but its service did not take this request within {} s of its arrival; it was not sent, retry",
+                after.as_secs_f64()
+            ),
+            Refusal::Silent { after } => write!(
+                f,
+                "the VM's service took this request but sent no answer within {} s of its arrival; it was not sent again",
+                after.as_secs_f64()
+            ),
         }
     }
 }
@@ -152,4 +231,20 @@ pub enum SurrogateEvent {
         service: String,
         error: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_text_in_a_reason_has_no_control_characters() {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 9));
+        let r = WakeReason::request(peer, "GET", "/\u{1b}]0;PWNED\u{7}\u{1b}[2J\\x\u{202e}");
+        let text = r.to_string();
+        assert_eq!(text, "request GET /\\u{1b}]0;PWNED\\u{7}\\u{1b}[2J\\\\x\\u{202e} from 127.0.0.1:9");
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        let long = WakeReason::request(peer, "GET", &"/a".repeat(1000)).to_string();
+        assert!(long.chars().count() < 250 && long.contains('…'), "{long}");
+    }
 }

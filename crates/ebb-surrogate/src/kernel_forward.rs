@@ -495,7 +495,7 @@ pub(crate) async fn take_over(ks: Arc<KernelService>, table: Arc<KernelTable>, m
     }
     // Held clients are replayed by the surrogate first: they waited
     // longest, and the replay paces them to what the guest can take.
-    while vm.counters.held.load(Relaxed) > 0 {
+    while ks.svc.draining() {
         tokio::select! {
             _ = power.changed() => return,
             _ = sleep(interval) => {}

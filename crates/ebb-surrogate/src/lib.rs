@@ -27,6 +27,8 @@
 mod event;
 mod http;
 mod kernel_forward;
+mod pace;
+mod quota;
 mod spec;
 mod splice;
 mod stats;
@@ -36,6 +38,7 @@ mod vm;
 
 pub use event::{Refusal, SurrogateEvent, VmPower, WakeReason};
 pub use kernel_forward::{table_name as kernel_table_name, AwakePath, AwakeRoute};
+pub use quota::FdPlan;
 pub use spec::{validate_services, CannedReply, Limits, Protocol, ServiceSpec, SpecError};
 pub use stats::TrafficStats;
 
@@ -49,7 +52,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use kernel_forward::{Forward, KernelService, KernelTable, Nft};
 use tracing::{info, warn};
-use vm::VmShared;
+use vm::{Host, VmShared};
 
 /// Events queued for the agent before the surrogate starts dropping
 /// `Refused` events (never wake requests).
@@ -109,6 +112,7 @@ impl Drop for VmEntry {
 /// runtime. Dropping it closes every listener.
 pub struct Surrogate {
     limits: Arc<Limits>,
+    host: Arc<Host>,
     events: mpsc::Sender<SurrogateEvent>,
     vms: HashMap<VmId, VmEntry>,
     /// The nft table of the kernel path, or why there is none.
@@ -126,6 +130,7 @@ impl Surrogate {
         limits.udp_flows = limits.udp_flows.max(1);
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let s = Surrogate {
+            host: Arc::new(Host::new(&limits)),
             limits: Arc::new(limits),
             events: tx,
             vms: HashMap::new(),
@@ -231,6 +236,7 @@ impl Surrogate {
         let shared = Arc::new(VmShared::new(
             vm.clone(),
             self.limits.clone(),
+            self.host.clone(),
             self.events.clone(),
         ));
         let (power, _) = watch::channel(state.clone());

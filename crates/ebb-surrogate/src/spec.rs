@@ -322,9 +322,16 @@ pub struct Limits {
     pub max_held_bytes: usize,
     /// Bytes buffered across all held connections of one VM.
     pub max_held_bytes_per_vm: usize,
-    /// From a client's accept to its first byte reaching the woken VM.
+    /// From a client's accept to the woken VM's service answering; past it
+    /// the client is refused (`503`, or a reset).
     #[serde(with = "millis")]
     pub wake_deadline: Duration,
+    /// Beyond `wake_deadline`, how long a held client may wait for its
+    /// replay's first answer. Every client accepted while its VM sleeps or
+    /// wakes gets the service's first byte or a refusal within
+    /// `wake_deadline + replay_deadline` of its accept.
+    #[serde(with = "millis")]
+    pub replay_deadline: Duration,
     /// Between backend connect attempts while the VM wakes.
     #[serde(with = "millis")]
     pub probe_interval: Duration,
@@ -333,10 +340,10 @@ pub struct Limits {
     /// then closes when nothing in the guest listens yet.
     #[serde(with = "millis")]
     pub probe_settle: Duration,
-    /// Replays per service sent to the woken backend at once (each until
-    /// its first answer, at most a second); the other held clients wait
-    /// their turn, within the deadline. Keep it under the service's listen
-    /// backlog (busybox httpd: 9, Python's http.server: 5).
+    /// Replays per service sent to the woken backend at once to begin with
+    /// (each until its first answer, at most a second); from there the pace
+    /// follows what the service answers. The other held clients wait their
+    /// turn, within their bound.
     pub replay_in_flight: usize,
     /// How long the surrogate waits for an HTTP request line before deciding
     /// it cannot answer it locally (and holds the connection for the VM).
@@ -349,15 +356,23 @@ pub struct Limits {
     /// An idle UDP flow is forgotten after this long.
     #[serde(with = "millis")]
     pub udp_flow_idle: Duration,
+    /// UDP flows of all services together (one descriptor each).
+    pub udp_flows_total: usize,
+    /// Descriptors the TCP clients of all VMs may hold (see `FdPlan`).
+    pub max_fds: usize,
+    /// Descriptors one VM's TCP clients may hold.
+    pub max_fds_per_vm: usize,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
+        // The agent plans the descriptor shares from its own RLIMIT_NOFILE.
+        crate::FdPlan::for_limit(4096).apply(Limits {
             queue_depth: 10_000,
             max_held_bytes: 1024 * 1024,
             max_held_bytes_per_vm: 64 * 1024 * 1024,
             wake_deadline: Duration::from_secs(30),
+            replay_deadline: Duration::from_secs(30),
             probe_interval: Duration::from_millis(25),
             probe_settle: Duration::from_millis(10),
             replay_in_flight: 4,
@@ -365,7 +380,10 @@ impl Default for Limits {
             udp_queue: 1024,
             udp_flows: 1024,
             udp_flow_idle: Duration::from_secs(120),
-        }
+            udp_flows_total: 0,
+            max_fds: 0,
+            max_fds_per_vm: 0,
+        })
     }
 }
 
@@ -411,6 +429,9 @@ impl Limits {
         }
         if self.replay_in_flight == 0 {
             return bad("replay_in_flight", "must be at least 1, or no held client would be replayed");
+        }
+        if self.replay_deadline.is_zero() {
+            return bad("replay_deadline", "must be longer than zero");
         }
         if self.replay_in_flight > MAX_REPLAY_IN_FLIGHT {
             return bad("replay_in_flight", "must be at most 4096: replays past a service's listen backlog are refused by it anyway");

@@ -32,8 +32,11 @@ pub struct TrafficStats {
     pub answered_locally: u64,
     /// Connections refused (reset or `503`).
     pub refused: u64,
-    /// Datagrams dropped: queue full, too old, or the wake failed.
+    /// Datagrams dropped: queue full, too old, the wake failed, or no flow
+    /// could be opened.
     pub datagrams_dropped: u64,
+    /// UDP clients relayed for now (one socket each).
+    pub udp_flows: usize,
     /// Last time real client traffic crossed the surrogate; `now` while a
     /// spliced connection of a `hold_open_counts_as_activity` service is
     /// open.
@@ -54,6 +57,7 @@ pub(crate) struct Counters {
     answered_locally: AtomicU64,
     refused: AtomicU64,
     datagrams_dropped: AtomicU64,
+    pub(crate) udp_flows: AtomicUsize,
     /// Nanoseconds since `base` plus one; zero means never.
     last_activity: AtomicU64,
 }
@@ -71,6 +75,7 @@ impl Counters {
             answered_locally: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             datagrams_dropped: AtomicU64::new(0),
+            udp_flows: AtomicUsize::new(0),
             last_activity: AtomicU64::new(0),
         }
     }
@@ -123,6 +128,7 @@ impl Counters {
             answered_locally: self.answered_locally.load(Relaxed),
             refused: self.refused.load(Relaxed),
             datagrams_dropped: self.datagrams_dropped.load(Relaxed),
+            udp_flows: self.udp_flows.load(Relaxed),
             last_activity: last,
         }
     }

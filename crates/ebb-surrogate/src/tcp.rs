@@ -6,13 +6,28 @@
 //! retransmit, SPEC §2), then answered locally (echo, canned reply) or held:
 //! what the client sends is buffered, the agent is asked to wake the VM, the
 //! backend is probed until it really answers, the buffer is replayed (at a
-//! pace the backend can take, again on a fresh connection if the backend
-//! closes before answering) and the rest spliced. Every path ends in bounded
-//! time: past the queue depth, the byte caps or the wake deadline the client
-//! is refused (`503` for HTTP, a reset otherwise), never left hanging.
+//! pace the backend can take, see `pace`, again on a fresh connection if the
+//! backend closes before answering) and the rest spliced. A client arriving
+//! while earlier ones still wait for their replay queues behind them, even
+//! once the VM is awake.
+//!
+//! Every path ends in bounded time. A client accepted while its VM sleeps
+//! or wakes gets the service's first byte, or a refusal (`503` saying why
+//! for HTTP, a reset otherwise), within `wake_deadline + replay_deadline` of
+//! its accept; past the queue depth, the byte caps or its share of the
+//! descriptors it is refused at once. Never an empty close, never a hang.
+//!
+//! Exactly once: the client's bytes are sent again on a fresh connection
+//! only when the service closed the last one without sending a byte back;
+//! a service that took them and stays silent is never sent them twice (the
+//! client is refused at its bound, the reason journaled). So each answer a
+//! client gets is the service's answer to one delivery of its request, and
+//! any earlier delivery went to a connection the service closed unanswered.
 
 use crate::event::{Refusal, VmPower, WakeReason};
 use crate::http;
+use crate::pace::{Outcome, Pacer, Turn};
+use crate::quota::{Share, CONNECTED, HELD_HEADROOM, PIPES};
 use crate::spec::ServiceSpec;
 use crate::stats::{HeldSlot, Metered, OpenGuard};
 use crate::vm::VmShared;
@@ -22,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Mutex, Semaphore};
+use tokio::sync::{watch, Mutex};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tracing::{debug, warn, Instrument};
 
@@ -34,10 +49,8 @@ const COPY_BUF: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_millis(500);
 /// The longest pause between replays to a backend that keeps closing.
 const MAX_REPLAY_PAUSE: Duration = Duration::from_millis(500);
-/// A replay keeps its turn (see `replay`) until the backend answers, or for
-/// this long: time for a slow guest to accept, short enough that a request
-/// the backend takes minutes to answer (a long poll) does not block the rest.
-const REPLAY_TURN: Duration = Duration::from_secs(1);
+/// How often a failing accept is logged at most.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 
 pub(crate) struct TcpService {
     pub(crate) spec: ServiceSpec,
@@ -48,8 +61,10 @@ pub(crate) struct TcpService {
     /// One prober per service at a time: 10,000 held clients must not turn
     /// into 10,000 connects per probe interval.
     probe: Mutex<()>,
-    /// Replays waiting for the backend's first byte; see `replay`.
-    replays: Semaphore,
+    /// Turns of the replays waiting for the backend's first byte.
+    pacer: Pacer,
+    /// Turns of an awake VM's clients connecting to the backend.
+    connects: Pacer,
 }
 
 impl TcpService {
@@ -58,9 +73,24 @@ impl TcpService {
             spec,
             verified: watch::Sender::new(0),
             probe: Mutex::new(()),
-            replays: Semaphore::new(vm.limits.replay_in_flight),
+            pacer: Pacer::new(vm.limits.replay_in_flight),
+            connects: Pacer::new(vm.limits.replay_in_flight),
             vm,
         }
+    }
+
+    /// The bound every held client's answer or refusal comes within.
+    fn bound(&self) -> Duration {
+        self.vm.limits.wake_deadline + self.vm.limits.replay_deadline
+    }
+}
+
+impl TcpService {
+    /// Clients of the VM are held, or of this service wait for their replay
+    /// or are in it: a newcomer queues behind them, and the kernel does not
+    /// take the service over before they are through.
+    pub(crate) fn draining(&self) -> bool {
+        self.pacer.busy() || self.vm.counters.held.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 }
 
@@ -69,9 +99,13 @@ pub(crate) async fn serve(
     svc: Arc<TcpService>,
     power: watch::Receiver<VmPower>,
 ) {
+    let mut failures = 0u64;
+    let mut warned: Option<Instant> = None;
+    let mut pause = Duration::from_millis(10);
     loop {
         match listener.accept().await {
             Ok((client, peer)) => {
+                pause = Duration::from_millis(10);
                 // Small requests and replies must not wait for Nagle.
                 let _ = client.set_nodelay(true);
                 let span =
@@ -79,13 +113,43 @@ pub(crate) async fn serve(
                 tokio::spawn(handle(client, peer, svc.clone(), power.clone()).instrument(span));
             }
             Err(e) => {
-                // Out of descriptors or the like: back off instead of spinning;
-                // the kernel keeps the pending connections in the backlog.
-                warn!(vm = %svc.vm.vm, service = %svc.spec.name, error = %e, "accept failed");
-                sleep(Duration::from_millis(20)).await;
+                failures += 1;
+                if warned.is_none_or(|at| at.elapsed() >= ACCEPT_WARN_EVERY) {
+                    warn!(vm = %svc.vm.vm, service = %svc.spec.name, error = %e, failures, "accept failed");
+                    warned = Some(Instant::now());
+                }
+                if out_of_descriptors(&e) && refuse_with_spare(&listener, &svc).await {
+                    continue;
+                }
+                // No spare descriptor, or another failure: back off instead
+                // of spinning; the kernel keeps the pending clients.
+                sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
             }
         }
     }
+}
+
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::MFILE.raw_os_error() || code == rustix::io::Errno::NFILE.raw_os_error())
+}
+
+/// Out of descriptors with clients pending: gives up the spare descriptor
+/// for a moment to accept one and refuse it at once (the trick of nginx and
+/// libev), so a client in the backlog learns that ebb is full instead of
+/// waiting in silence. False when there is no spare to give up.
+async fn refuse_with_spare(listener: &TcpListener, svc: &TcpService) -> bool {
+    let mut spare = svc.vm.host.spare.lock().await;
+    if spare.take().is_none() {
+        *spare = std::fs::File::open("/dev/null").ok();
+        return false;
+    }
+    // The listener is readable (that accept failed): this does not wait.
+    if let Ok(Ok((client, _))) = timeout(Duration::from_millis(50), listener.accept()).await {
+        refuse_at_once(client, svc, Refusal::OutOfDescriptors);
+    }
+    *spare = std::fs::File::open("/dev/null").ok();
+    true
 }
 
 async fn handle(
@@ -96,34 +160,83 @@ async fn handle(
 ) {
     let accepted = Instant::now();
     let state = power.borrow_and_update().clone();
+    // Awake with nobody held or waiting for a replay: straight through.
+    // Otherwise the client queues behind them; it takes one descriptor now
+    // (its own) and the backend's later, and held clients leave headroom so
+    // replays always find descriptors.
+    let direct = state == VmPower::Awake && !svc.draining();
+    let fds = if direct {
+        svc.vm.take_fds(CONNECTED, 0)
+    } else {
+        svc.vm.take_fds(1, HELD_HEADROOM)
+    };
+    let fds = match fds {
+        Ok(fds) => fds,
+        Err(why) => return refuse(client, &svc, why).await,
+    };
     match state {
-        VmPower::Awake => splice_awake(client, &svc).await,
-        VmPower::WakeFailed(reason) => refuse(client, &svc, Refusal::WakeFailed { reason }).await,
-        VmPower::Asleep | VmPower::Waking => sleeping(client, peer, &svc, power, accepted).await,
-    }
-}
-
-async fn splice_awake(client: TcpStream, svc: &TcpService) {
-    let backend = svc.spec.backend;
-    match timeout(svc.vm.limits.wake_deadline, TcpStream::connect(backend)).await {
-        Ok(Ok(b)) => splice(client, b, svc).await,
-        Ok(Err(e)) => {
-            debug!(error = %e, "backend refused while the VM is awake");
-            reset(client, svc, Refusal::BackendDown { backend });
+        VmPower::Awake if direct => splice_awake(client, fds, &svc).await,
+        VmPower::Awake => {
+            let reason = WakeReason::Connection { peer };
+            hold(client, &svc, power, Vec::new(), reason, accepted, fds).await
         }
-        Err(_) => reset(client, svc, Refusal::BackendDown { backend }),
+        VmPower::WakeFailed(reason) => refuse(client, &svc, Refusal::WakeFailed { reason }).await,
+        VmPower::Asleep | VmPower::Waking => {
+            sleeping(client, peer, &svc, power, accepted, fds).await
+        }
     }
 }
 
-/// Copies both ways until both sides close.
-async fn splice(mut client: TcpStream, mut backend: TcpStream, svc: &TcpService) {
+/// Connects to the backend of an awake VM and splices; a backend that
+/// refuses gets the client a refusal (`503` saying so for HTTP, a reset
+/// otherwise). The connects take turns of their own (`connects`): a burst
+/// of clients must not flood a small listen backlog with SYNs the guest
+/// drops (each costing the client a retransmit, 1 s, 3 s, 7 s…). A connect
+/// that outlasts its turn is tried again (nothing was sent), until
+/// `wake_deadline`.
+async fn splice_awake(client: TcpStream, fds: Share, svc: &TcpService) {
+    let backend = svc.spec.backend;
+    let deadline = Instant::now() + svc.vm.limits.wake_deadline;
+    loop {
+        // Not taken in time (a backlog that stays full): nothing was sent.
+        let busy = Refusal::Busy { after: svc.vm.limits.wake_deadline };
+        let Some(mut turn) = timeout_at(deadline, svc.connects.turn(svc.vm.epoch())).await else {
+            return refuse(client, svc, busy).await;
+        };
+        match timeout_at(turn.ends().min(deadline), TcpStream::connect(backend)).await {
+            Some(Ok(b)) => {
+                let took = turn.started().elapsed();
+                turn.finish(Outcome::Answered(took));
+                return splice(client, b, svc, fds).await;
+            }
+            Some(Err(e)) if out_of_descriptors(&e) => return refuse(client, svc, Refusal::OutOfDescriptors).await,
+            Some(Err(e)) => {
+                debug!(error = %e, "backend refused while the VM is awake");
+                return refuse(client, svc, Refusal::BackendDown { backend }).await;
+            }
+            None => turn.tell(Outcome::Congested),
+        }
+        if Instant::now() >= deadline {
+            return refuse(client, svc, busy).await;
+        }
+    }
+}
+
+/// Copies both ways until both sides close. `fds` holds the client's and
+/// the backend's descriptors, and grows by the pipes' when it can.
+async fn splice(mut client: TcpStream, mut backend: TcpStream, svc: &TcpService, mut fds: Share) {
     let _ = backend.set_nodelay(true);
     let counters = &svc.vm.counters;
     let _open = OpenGuard::new(counters, svc.spec.hold_open_counts_as_activity);
-    let result = match crate::splice::Pipes::new() {
+    let pipes = if fds.grow_to(CONNECTED + PIPES) {
+        crate::splice::Pipes::new()
+    } else {
+        Err(io::Error::other("the descriptor share has no room for pipes"))
+    };
+    let result = match pipes {
         Ok(pipes) => crate::splice::bidirectional(&client, &backend, pipes, counters).await,
         Err(e) => {
-            // Out of descriptors for pipes: still serve the client, by copying.
+            // No descriptors for pipes: still serve the client, by copying.
             debug!(error = %e, "no pipes for splice, copying instead");
             let mut metered = Metered {
                 inner: &mut client,
@@ -145,6 +258,7 @@ async fn sleeping(
     svc: &TcpService,
     power: watch::Receiver<VmPower>,
     accepted: Instant,
+    fds: Share,
 ) {
     if svc.spec.echo {
         return echo(client, svc).await;
@@ -175,10 +289,10 @@ async fn sleeping(
                 let c = c.clone();
                 return answer_canned(client, buf, svc, &c, method == "HEAD", line_deadline).await;
             }
-            reason = WakeReason::Request { peer, method, path };
+            reason = WakeReason::request(peer, &method, &path);
         }
     }
-    hold(client, svc, power, buf, reason, accepted).await
+    hold(client, svc, power, buf, reason, accepted, fds).await
 }
 
 /// RFC 862: everything received is sent back, by the surrogate itself.
@@ -228,6 +342,7 @@ async fn hold(
     mut buf: Vec<u8>,
     reason: WakeReason,
     accepted: Instant,
+    fds: Share,
 ) {
     let limits = &svc.vm.limits;
     let Some(mut slot) = HeldSlot::acquire(
@@ -291,7 +406,13 @@ async fn hold(
                 waited_ms = accepted.elapsed().as_millis() as u64,
                 "VM answers: replaying"
             );
-            replay(client, backend, svc, buf, client_done, deadline).await
+            let answer_by = deadline + limits.replay_deadline;
+            let held = Held {
+                buf,
+                client_done,
+                cap: limits.max_held_bytes,
+            };
+            replay(client, backend, svc, held, answer_by, fds).await
         }
         HoldEnd::Refuse(why) => refuse(client, svc, why).await,
         HoldEnd::Gone => debug!("client left while the VM woke"),
@@ -358,61 +479,78 @@ async fn probe_until_answers(
 
 /// Sends the held bytes to the woken VM and splices once it answers.
 ///
-/// At most `replay_in_flight` replays of a service take their turn at once
-/// (connect, send, wait up to `REPLAY_TURN` for the first answer), so a
-/// crowd of held clients reaches a slow guest at the pace it answers instead
-/// of overflowing its listen backlog: a QEMU host forward accepts every
-/// connect on the host side and then drops, or retries for up to 75 s, those
-/// the guest's full backlog does not take. A backend
-/// that closes without sending a byte has not answered the request, so it is
-/// replayed on a fresh connection until the wake deadline; once the backend
-/// has sent anything, nothing is ever sent twice.
+/// Each try takes a turn from the service's pacer (connect, send, wait for
+/// the first answer; see `pace`), so a crowd of held clients reaches a slow
+/// guest at the pace it answers instead of overflowing its listen backlog.
+/// A try the backend refuses, or closes without sending a byte, is made
+/// again on a fresh connection; a backend that took the bytes and stays
+/// silent is never sent them again: the client is refused at `answer_by`.
 async fn replay(
     mut client: TcpStream,
     mut backend: Option<TcpStream>,
     svc: &TcpService,
-    mut buf: Vec<u8>,
-    mut client_done: bool,
-    deadline: Instant,
+    mut held: Held,
+    answer_by: Instant,
+    mut fds: Share,
 ) {
-    let limits = &svc.vm.limits;
-    let too_late = Refusal::Deadline {
-        after: limits.wake_deadline,
-    };
-    let mut pause = limits.probe_interval;
+    let busy = Refusal::Busy { after: svc.bound() };
+    let mut pause = svc.vm.limits.probe_interval;
     loop {
-        let Some(Ok(turn)) = timeout_at(deadline, svc.replays.acquire()).await else {
-            return refuse(client, svc, too_late).await;
-        };
-        let connected = match backend.take() {
-            Some(b) => Ok(b),
-            None => match timeout_at(deadline, TcpStream::connect(svc.spec.backend)).await {
-                Some(r) => r,
-                None => return refuse(client, svc, too_late).await,
+        let turn = match backend {
+            Some(_) => svc.pacer.extra_turn(),
+            None => match timeout_at(answer_by, svc.pacer.turn(svc.vm.epoch())).await {
+                Some(turn) => turn,
+                None => return refuse(client, svc, busy).await,
             },
         };
-        match connected {
-            Ok(mut b) => {
-                let cap = limits.max_held_bytes;
-                let held = Held { buf: &mut buf, client_done: &mut client_done, cap };
-                match first_answer(&mut client, &mut b, held, turn).await {
+        if !fds.grow_to(CONNECTED) {
+            // Held clients keep headroom free for this; other VMs' spliced
+            // clients may still have taken it. Not the service's fault.
+            debug!("no descriptor for the backend connection yet");
+        } else {
+            let connect_by = turn.ends().min(answer_by);
+            let connected = match backend.take() {
+                Some(b) => Ok(b),
+                None => match timeout_at(connect_by, TcpStream::connect(svc.spec.backend)).await {
+                    Some(r) => r,
+                    None => Err(io::ErrorKind::TimedOut.into()),
+                },
+            };
+            match connected {
+                Ok(b) if held.buf.is_empty() && !held.client_done => {
+                    // Nothing to replay (the client has not spoken): the
+                    // connection is the service's now, as if it had been awake.
+                    drop(turn);
+                    return splice(client, b, svc, fds).await;
+                }
+                Ok(mut b) => match first_answer(&mut client, &mut b, &mut held, turn, answer_by).await {
                     FirstAnswer::Answered => {
-                        svc.vm.counters.add_in(buf.len());
-                        drop(buf);
-                        return splice(client, b, svc).await;
+                        svc.vm.counters.add_in(held.buf.len());
+                        drop(held);
+                        return splice(client, b, svc, fds).await;
                     }
-                    FirstAnswer::ClientGone => {
-                        return debug!("client left before the VM answered");
+                    FirstAnswer::ClientGone => return debug!("client left before the VM answered"),
+                    FirstAnswer::Silent => {
+                        let why = Refusal::Silent { after: svc.bound() };
+                        return refuse(client, svc, why).await;
                     }
                     FirstAnswer::BackendClosed => {
-                        debug!(held = buf.len(), "backend closed before answering: replaying again");
+                        debug!(held = held.buf.len(), "backend closed before answering: replaying again");
                     }
+                },
+                Err(e) if out_of_descriptors(&e) => {
+                    debug!(error = %e, "out of descriptors connecting to the backend");
+                }
+                Err(e) => {
+                    debug!(error = %e, "backend refused the replay");
+                    turn.finish(Outcome::Congested);
                 }
             }
-            Err(e) => debug!(error = %e, "backend refused the replay"),
         }
-        if Instant::now() + pause >= deadline {
-            return refuse(client, svc, too_late).await;
+        // Waiting again: the client holds only its own descriptor.
+        fds.shrink_to(1);
+        if Instant::now() + pause >= answer_by {
+            return refuse(client, svc, busy).await;
         }
         sleep(pause).await;
         pause = (pause * 2).min(MAX_REPLAY_PAUSE);
@@ -423,54 +561,72 @@ enum FirstAnswer {
     Answered,
     BackendClosed,
     ClientGone,
+    /// The backend took the bytes and sent nothing by the client's bound.
+    Silent,
 }
 
 /// What a held client sent so far, kept until the backend answers.
-struct Held<'a> {
-    buf: &'a mut Vec<u8>,
-    client_done: &'a mut bool,
+struct Held {
+    buf: Vec<u8>,
+    client_done: bool,
     cap: usize,
 }
 
 /// Writes the held bytes to the backend, then passes on what the client
 /// still sends (kept too, up to `cap`, for a replay) until the backend's
-/// first byte or its close. Gives back the turn after `REPLAY_TURN`.
+/// first byte, its close, or `answer_by`. The turn is kept until then, and
+/// tells the pacer how it went (congested when it outlasts its length).
 async fn first_answer(
     client: &mut TcpStream,
     backend: &mut TcpStream,
-    held: Held<'_>,
-    turn: tokio::sync::SemaphorePermit<'_>,
+    held: &mut Held,
+    mut turn: Turn<'_>,
+    answer_by: Instant,
 ) -> FirstAnswer {
-    let Held { buf, client_done, cap } = held;
-    let mut turn = Some(turn);
-    let turn_ends = Instant::now() + REPLAY_TURN;
     let (mut backend_r, mut backend_w) = backend.split();
-    if backend_w.write_all(buf).await.is_err() {
+    if backend_w.write_all(&held.buf).await.is_err() {
+        turn.tell(Outcome::Congested);
         return FirstAnswer::BackendClosed;
     }
-    if *client_done {
+    if held.client_done {
         let _ = backend_w.shutdown().await;
     }
     let mut one = [0u8; 1];
+    let mut slow = false;
     loop {
         // A client that sends more than `cap` waits for the answer: its
         // bytes stay in the kernel's buffers.
-        let more = !*client_done && buf.len() < cap;
+        let more = !held.client_done && held.buf.len() < held.cap;
         tokio::select! {
             r = backend_r.peek(&mut one) => return match r {
-                Ok(1..) => FirstAnswer::Answered,
-                Ok(0) | Err(_) => FirstAnswer::BackendClosed,
+                Ok(1..) => {
+                    let took = turn.started().elapsed();
+                    turn.tell(Outcome::Answered(took));
+                    FirstAnswer::Answered
+                }
+                Ok(0) | Err(_) => {
+                    turn.tell(Outcome::Congested);
+                    FirstAnswer::BackendClosed
+                }
             },
-            _ = sleep_until(turn_ends), if turn.is_some() => turn = None,
-            r = read_some(client, buf, cap), if more => match r {
-                Ok(0) if buf.is_empty() => return FirstAnswer::ClientGone,
+            _ = sleep_until(turn.ends()), if !slow => {
+                slow = true;
+                turn.tell(Outcome::Congested);
+            }
+            _ = sleep_until(answer_by) => {
+                turn.tell(Outcome::Congested);
+                return FirstAnswer::Silent;
+            }
+            r = read_some(client, &mut held.buf, held.cap), if more => match r {
+                Ok(0) if held.buf.is_empty() => return FirstAnswer::ClientGone,
                 Ok(0) => {
-                    *client_done = true;
+                    held.client_done = true;
                     let _ = backend_w.shutdown().await;
                 }
                 Ok(n) => {
-                    let new = buf.len() - n;
-                    if backend_w.write_all(&buf[new..]).await.is_err() {
+                    let new = held.buf.len() - n;
+                    if backend_w.write_all(&held.buf[new..]).await.is_err() {
+                        turn.tell(Outcome::Congested);
                         return FirstAnswer::BackendClosed;
                     }
                 }
@@ -534,6 +690,19 @@ fn reset(client: TcpStream, svc: &TcpService, why: Refusal) {
     svc.vm.report_refusal(&svc.spec.name, why);
     let _ = client.set_zero_linger();
     drop(client);
+}
+
+/// `refuse` without waiting, for when the descriptor must be given back
+/// now: the `503` goes out only if the socket takes it at once, after what
+/// the client sent is read, so the close is less likely to be a reset.
+fn refuse_at_once(client: TcpStream, svc: &TcpService, why: Refusal) {
+    if !svc.spec.http {
+        return reset(client, svc, why);
+    }
+    let mut sink = [0u8; 4096];
+    while matches!(client.try_read(&mut sink), Ok(1..)) {}
+    let _ = client.try_write(&http::unavailable_response(&why.to_string()));
+    svc.vm.report_refusal(&svc.spec.name, why);
 }
 
 /// Sends FIN, then reads and discards for a moment so unread client bytes

@@ -4,8 +4,14 @@
 //! used clients. Asleep, datagrams are queued (bounded in count, in bytes by
 //! the VM's held-byte budget, and in age by the wake deadline) and replayed
 //! in arrival order once the VM is awake.
+//!
+//! Source addresses are cheap to spoof, and each flow costs a descriptor:
+//! flows are bounded per service (`udp_flows`) and for all services together
+//! (`udp_flows_total`, a share of its own), so a flood of source ports takes
+//! descriptors only from UDP, never from TCP clients or the agent's API.
 
 use crate::event::{VmPower, WakeReason};
+use crate::quota::Share;
 use crate::spec::ServiceSpec;
 use crate::vm::VmShared;
 use std::collections::{HashMap, VecDeque};
@@ -25,6 +31,7 @@ struct Flow {
     socket: Arc<UdpSocket>,
     reply_task: AbortHandle,
     last_used: Instant,
+    _fd: Share,
 }
 
 impl Drop for Flow {
@@ -89,6 +96,7 @@ pub(crate) async fn serve(
             _ = sweep.tick() => {
                 let idle = limits.udp_flow_idle;
                 svc.flows.retain(|_, f| f.last_used.elapsed() < idle);
+                svc.count_flows();
             }
         }
     }
@@ -181,11 +189,29 @@ impl UdpService {
         self.vm.counters.dropped_datagrams(n);
     }
 
+    fn count_flows(&self) {
+        self.vm.counters.udp_flows.store(self.flows.len(), Relaxed);
+    }
+
+    /// Forgets the least recently used client, as a NAT does; false when
+    /// there is none.
+    fn evict_lru(&mut self) -> bool {
+        let lru = self
+            .flows
+            .iter()
+            .min_by_key(|(_, f)| f.last_used)
+            .map(|(a, _)| *a);
+        lru.is_some_and(|a| self.flows.remove(&a).is_some())
+    }
+
     async fn relay(&mut self, peer: SocketAddr, data: &[u8]) {
         if !self.flows.contains_key(&peer) {
-            match self.open_flow(peer).await {
+            let opened = self.open_flow(peer).await;
+            self.count_flows();
+            match opened {
                 Ok(flow) => {
                     self.flows.insert(peer, flow);
+                    self.count_flows();
                 }
                 Err(e) => {
                     debug!(error = %e, %peer, "cannot open a flow to the backend");
@@ -210,16 +236,16 @@ impl UdpService {
 
     async fn open_flow(&mut self, peer: SocketAddr) -> std::io::Result<Flow> {
         if self.flows.len() >= self.vm.limits.udp_flows {
-            // Full table: forget the least recently used client, as a NAT does.
-            if let Some(lru) = self
-                .flows
-                .iter()
-                .min_by_key(|(_, f)| f.last_used)
-                .map(|(a, _)| *a)
-            {
-                self.flows.remove(&lru);
-            }
+            self.evict_lru();
         }
+        let total = self.vm.host.udp_flows.clone();
+        // All services' flows in use: this service gives up its own oldest
+        // (another's flood must not evict this one's clients, nor the reverse).
+        let fd = match Share::take(&[&total], 1, 0) {
+            Ok(fd) => fd,
+            Err(_) if self.evict_lru() => Share::take(&[&total], 1, 0).map_err(|_| no_flow(total.limit()))?,
+            Err(_) => return Err(no_flow(total.limit())),
+        };
         let backend = self.spec.backend;
         let local: SocketAddr = if backend.is_ipv4() {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
@@ -248,6 +274,11 @@ impl UdpService {
             socket,
             reply_task: task.abort_handle(),
             last_used: Instant::now(),
+            _fd: fd,
         })
     }
+}
+
+fn no_flow(limit: usize) -> std::io::Error {
+    std::io::Error::other(format!("all {limit} UDP flows of the surrogate are in use"))
 }

@@ -1,7 +1,9 @@
-//! What one VM's service tasks share: its counters, its limits, the channel
-//! to the agent, and the once-per-sleep wake request.
+//! What one VM's service tasks share: its counters, its limits, its share of
+//! the descriptors, the channel to the agent, and the once-per-sleep wake
+//! request; and what every VM shares (`Host`).
 
 use crate::event::{Refusal, SurrogateEvent, VmPower, WakeReason};
+use crate::quota::{Quota, Share};
 use crate::spec::Limits;
 use crate::stats::Counters;
 use ebb_core::VmId;
@@ -10,11 +12,36 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+/// What the services of every VM share.
+#[derive(Debug)]
+pub(crate) struct Host {
+    /// Descriptors for TCP clients, all VMs together.
+    pub(crate) fds: Arc<Quota>,
+    /// UDP flows, all services together.
+    pub(crate) udp_flows: Arc<Quota>,
+    /// A descriptor kept open to be given up when the process runs out, so
+    /// a pending client can still be accepted and refused (see `tcp::serve`).
+    pub(crate) spare: tokio::sync::Mutex<Option<std::fs::File>>,
+}
+
+impl Host {
+    pub(crate) fn new(limits: &Limits) -> Host {
+        Host {
+            fds: Quota::new(limits.max_fds),
+            udp_flows: Quota::new(limits.udp_flows_total),
+            spare: tokio::sync::Mutex::new(std::fs::File::open("/dev/null").ok()),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct VmShared {
     pub(crate) vm: VmId,
     pub(crate) limits: Arc<Limits>,
     pub(crate) counters: Counters,
+    pub(crate) host: Arc<Host>,
+    /// This VM's clients' descriptors.
+    fds: Arc<Quota>,
     events: mpsc::Sender<SurrogateEvent>,
     /// Set once a wake was requested in this sleep; cleared by the agent's
     /// next `Asleep` or `Awake`, so one sleep sends one request however many
@@ -29,16 +56,33 @@ impl VmShared {
     pub(crate) fn new(
         vm: VmId,
         limits: Arc<Limits>,
+        host: Arc<Host>,
         events: mpsc::Sender<SurrogateEvent>,
     ) -> VmShared {
         VmShared {
             vm,
+            fds: Quota::new(limits.max_fds_per_vm),
+            host,
             limits,
             counters: Counters::new(),
             events,
             wake_requested: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
         }
+    }
+
+    /// `n` descriptors from this VM's share and the host's, keeping
+    /// `1/headroom_frac` of each free (0: none); or the refusal that says
+    /// which share is used up.
+    pub(crate) fn take_fds(&self, n: usize, headroom_frac: usize) -> Result<Share, Refusal> {
+        Share::take(&[&self.fds, &self.host.fds], n, headroom_frac).map_err(|i| match i {
+            0 => Refusal::VmConnections {
+                limit: self.fds.limit(),
+            },
+            _ => Refusal::HostConnections {
+                limit: self.host.fds.limit(),
+            },
+        })
     }
 
     pub(crate) fn epoch(&self) -> u64 {

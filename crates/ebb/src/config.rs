@@ -9,7 +9,7 @@ use ebb_core::power::{LowBattery, PowerModel, Watts};
 use ebb_core::realloc::{ReallocConfig, ReallocSettings};
 use ebb_core::sleep::SleepSettings;
 use ebb_core::{Bytes, SleepMode, VmId};
-use ebb_surrogate::{AwakePath, Limits, ServiceSpec};
+use ebb_surrogate::{AwakePath, FdPlan, Limits, ServiceSpec};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
@@ -544,10 +544,14 @@ pub struct SurrogateSection {
     /// A held client gets a refusal if the VM has not answered by then.
     #[serde(deserialize_with = "de_duration")]
     pub wake_deadline: Duration,
+    /// Beyond wake_deadline, how long a held client waits for its replay's
+    /// first answer: its answer or refusal comes within the sum.
+    #[serde(deserialize_with = "de_duration")]
+    pub replay_deadline: Duration,
     /// Between connection attempts to a waking VM's service.
     #[serde(deserialize_with = "de_duration")]
     pub probe_interval: Duration,
-    /// Held clients per service replayed to a woken VM at once.
+    /// Held clients per service replayed to a woken VM at once, to begin with.
     pub replay_in_flight: usize,
     /// How an awake VM's connections reach it: "auto" (the kernel forwards
     /// the services that qualify, where nft works), "kernel" (the same,
@@ -556,6 +560,9 @@ pub struct SurrogateSection {
     pub awake_path: AwakePath,
     /// The nft program the kernel path runs.
     pub nft: String,
+    /// The agent's split of its descriptor limit, set at start (not config).
+    #[serde(skip)]
+    pub fd_plan: Option<FdPlan>,
 }
 
 impl Default for SurrogateSection {
@@ -566,24 +573,31 @@ impl Default for SurrogateSection {
             max_held_bytes: Size(Bytes(d.max_held_bytes as u64)),
             max_held_bytes_per_vm: Size(Bytes(d.max_held_bytes_per_vm as u64)),
             wake_deadline: d.wake_deadline,
+            replay_deadline: d.replay_deadline,
             probe_interval: d.probe_interval,
             replay_in_flight: d.replay_in_flight,
             awake_path: AwakePath::default(),
             nft: "nft".into(),
+            fd_plan: None,
         }
     }
 }
 
 impl SurrogateSection {
     pub fn limits(&self) -> Limits {
-        Limits {
+        let limits = Limits {
             queue_depth: self.queue_depth,
             max_held_bytes: self.max_held_bytes.0 .0 as usize,
             max_held_bytes_per_vm: self.max_held_bytes_per_vm.0 .0 as usize,
             wake_deadline: self.wake_deadline,
+            replay_deadline: self.replay_deadline,
             probe_interval: self.probe_interval,
             replay_in_flight: self.replay_in_flight,
             ..Limits::default()
+        };
+        match &self.fd_plan {
+            Some(plan) => plan.apply(limits),
+            None => limits,
         }
     }
 }

@@ -5,7 +5,11 @@
 //!
 //! `ebb demo` and the real-guest integration tests use it; the agent does not.
 //! The guest files are embedded so the binary works from any directory.
-//! Network rule: the only address this module ever connects to is 127.0.0.1.
+//! Two network paths: QEMU's user-mode forward on 127.0.0.1, and `LabNet`, a
+//! network namespace the lab makes with a bridge and a libvirtd of its own,
+//! where a guest's virtio-net is on a tap and ebb and its clients talk real
+//! TCP to it. Network rule: this module only ever connects to 127.0.0.1 or to
+//! guests on that namespace's bridge.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -78,16 +82,18 @@ pub enum LabError {
     NotReady { name: String, timeout: Duration, log: PathBuf },
     #[error("guest {name} stopped while booting: read its console log {}", log.display())]
     Stopped { name: String, log: PathBuf },
-    #[error("guest {name} has no HTTP forward: set GuestSpec::http_port to use its web endpoints")]
+    #[error("guest {name} has no HTTP forward: set GuestSpec::http_port or lab_net to use its web endpoints")]
     NoHttp { name: String },
-    #[error("HTTP GET {path} on guest {name} (127.0.0.1:{port}) failed: is the guest up and its httpd alive? (see its console log)")]
+    #[error("HTTP GET {path} on guest {name} ({addr}) failed: is the guest up and its httpd alive? (see its console log)")]
     Http {
         name: String,
-        port: u16,
+        addr: SocketAddr,
         path: String,
         #[source]
         source: io::Error,
     },
+    #[error("could not bring up the lab's network namespace {ns} ({status}): {output}\nrun as root, with iproute2, util-linux and libvirt (scripts/setup-host.sh)")]
+    NetNs { ns: String, status: String, output: String },
     #[error("guest {name} answered GET {path} with {status_line}: {body}")]
     HttpStatus { name: String, path: String, status_line: String, body: String },
     #[error("guest {name}'s {path} lacks a numeric {field}; it answered:\n{body}")]
@@ -292,6 +298,9 @@ pub struct GuestSpec {
     /// this name that libvirt makes and removes: nothing is behind it, so
     /// what the guest sends there ends on the tap.
     pub tap: Option<String>,
+    /// Its address on the bridge of `LabNet` (instead of the user-mode
+    /// forward): the guest must be created through `LabNet::lab`.
+    pub lab_net: Option<Ipv4Addr>,
 }
 
 impl GuestSpec {
@@ -317,13 +326,16 @@ impl GuestSpec {
             guest_agent: false,
             disk_limit: None,
             tap: None,
+            lab_net: None,
         }
     }
 
     /// The guest kernel's command line.
     pub fn cmdline(&self) -> String {
         let mut c = format!("console=ttyS0 quiet panic=-1 ebb.name={}", self.name);
-        if self.http_port.is_some() {
+        if let Some(ip) = self.lab_net {
+            let _ = write!(c, " ebb.ip={ip}/24");
+        } else if self.http_port.is_some() {
             c.push_str(" ebb.net=1");
         }
         if let Some(w) = &self.workload {
@@ -379,6 +391,15 @@ impl GuestSpec {
             }
             let _ = writeln!(x, "    </disk>");
         }
+        if self.lab_net.is_some() {
+            // On the lab namespace's bridge, in the user-mode NIC's slot.
+            let _ = writeln!(x, "    <interface type='bridge'>");
+            let _ = writeln!(x, "      <source bridge='{LAB_BRIDGE}'/>");
+            let _ = writeln!(x, "      <model type='virtio'/>");
+            let _ = writeln!(x, "      <rom enabled='no'/>");
+            let _ = writeln!(x, "      <address type='pci' domain='0x0000' bus='0x00' slot='0x09' function='0x0'/>");
+            let _ = writeln!(x, "    </interface>");
+        }
         if let Some(tap) = &self.tap {
             // After the user-mode NIC's slot 0x9, so it is eth1; no PXE ROM.
             let _ = writeln!(x, "    <interface type='ethernet'>");
@@ -400,7 +421,7 @@ impl GuestSpec {
             let _ = writeln!(x, "    <memballoon model='none'/>");
         }
         let _ = writeln!(x, "  </devices>");
-        if let Some(port) = self.http_port {
+        if let (Some(port), None) = (self.http_port, self.lab_net) {
             // QEMU user networking through qemu:commandline: no bridge, no
             // host address but the loopback forward. addr=0x9 keeps the NIC
             // off the balloon's PCI slot.
@@ -508,6 +529,11 @@ impl Lab {
             dom,
             name: spec.name.clone(),
             http_port: spec.http_port,
+            http: match (spec.lab_net, spec.http_port) {
+                (Some(ip), _) => Some((SocketAddr::from((ip, 80)), Some(LAB_NETNS))),
+                (None, Some(port)) => Some((SocketAddr::from((Ipv4Addr::LOCALHOST, port)), None)),
+                (None, None) => None,
+            },
             console_log: spec.console_log.clone(),
             removed: false,
         };
@@ -599,6 +625,8 @@ pub struct Guest {
     dom: Domain,
     name: String,
     http_port: Option<u16>,
+    /// Where its httpd answers, and the namespace to reach it from.
+    http: Option<(SocketAddr, Option<&'static str>)>,
     console_log: PathBuf,
     removed: bool,
 }
@@ -637,7 +665,7 @@ impl Guest {
     pub fn wait_ready(&self, timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
         loop {
-            let ready = match self.http_port {
+            let ready = match self.http {
                 Some(_) => self.http_get_with("/cgi-bin/status", Duration::from_secs(2)).is_ok(),
                 None => self.console_log().contains(READY_MARKER),
             };
@@ -729,9 +757,14 @@ impl Guest {
     }
 
     fn http_get_with(&self, path: &str, timeout: Duration) -> Result<String> {
-        let port = self.http_port.ok_or_else(|| LabError::NoHttp { name: self.name.clone() })?;
-        let http = |source| LabError::Http { name: self.name.clone(), port, path: path.to_string(), source };
-        let (status_line, body) = http_get_loopback(port, path, timeout).map_err(http)?;
+        let (addr, netns) = self.http.ok_or_else(|| LabError::NoHttp { name: self.name.clone() })?;
+        let http = |source| LabError::Http { name: self.name.clone(), addr, path: path.to_string(), source };
+        let get = || http_get_at(addr, path, timeout);
+        let answer = match netns {
+            Some(ns) => in_netns(ns, get).and_then(|r| r),
+            None => get(),
+        };
+        let (status_line, body) = answer.map_err(http)?;
         let code = status_line.split_whitespace().nth(1).unwrap_or("");
         if !code.starts_with('2') {
             return Err(LabError::HttpStatus {
@@ -772,10 +805,9 @@ impl Drop for Guest {
     }
 }
 
-/// A minimal HTTP/1.0 GET to 127.0.0.1:`port`, bounded by `timeout` per step.
+/// A minimal HTTP/1.0 GET to `addr`, bounded by `timeout` per step.
 /// Returns the status line and the body.
-fn http_get_loopback(port: u16, path: &str, timeout: Duration) -> io::Result<(String, String)> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+fn http_get_at(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<(String, String)> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
@@ -794,6 +826,89 @@ fn http_get_loopback(port: u16, path: &str, timeout: Duration) -> io::Result<(St
         return Err(io::Error::new(io::ErrorKind::InvalidData, "answer is not HTTP"));
     }
     Ok((status_line, body.to_string()))
+}
+
+// ---------------------------------------------------------------------------
+// A network of its own
+
+/// The network namespace of `LabNet`.
+pub const LAB_NETNS: &str = "ebb-lab";
+/// Its bridge, and the namespace's own address on it (ebb's and the clients').
+pub const LAB_BRIDGE: &str = "ebb-br0";
+pub const LAB_NET_HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+/// Where the namespace's libvirtd keeps its folders.
+const LAB_NET_DIR: &str = "/var/lib/ebb/lab-net";
+
+/// A network namespace with a bridge (10.77.0.1/24) and a privileged libvirtd
+/// whose QEMUs run in it (scripts/lab-netns.sh), so a guest's virtio-net is on
+/// a tap on that bridge: a realistic path for load, where QEMU's user-mode
+/// forward is the first bottleneck. ebb runs in the namespace (`command`)
+/// and so do its clients (`run`). Brought up on first use and kept, like the
+/// system libvirtd; nothing in it reaches beyond it.
+pub struct LabNet {
+    uri: String,
+}
+
+impl LabNet {
+    /// The namespace and its libvirtd, brought up unless they are already.
+    pub fn ensure() -> Result<LabNet> {
+        let out = Command::new("sh")
+            .args(["-c", include_str!("../../../scripts/lab-netns.sh"), "lab-netns.sh", "up", LAB_NETNS, LAB_NET_DIR])
+            .output()
+            .map_err(io_err("run sh for", Path::new("scripts/lab-netns.sh")))?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || text.is_empty() {
+            return Err(LabError::NetNs {
+                ns: LAB_NETNS.into(),
+                status: out.status.to_string(),
+                output: format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+            });
+        }
+        Ok(LabNet { uri: text.lines().last().unwrap_or_default().to_string() })
+    }
+
+    /// The URI of the namespace's libvirtd.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The lab on the namespace's libvirtd.
+    pub fn lab(&self) -> Result<Lab> {
+        Lab::connect(&self.uri)
+    }
+
+    /// Guest `n`'s address on the bridge.
+    pub fn guest_ip(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, 0, 10 + n)
+    }
+
+    /// `program` run inside the namespace (`nsenter --net`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/{LAB_NETNS}")).arg("--").arg(program);
+        c
+    }
+
+    /// Runs `f` on a thread inside the namespace: what it connects to is
+    /// reached from there.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+        in_netns(LAB_NETNS, f)
+    }
+}
+
+/// Runs `f` on a thread that entered the network namespace `ns` (setns is
+/// per thread, and sockets stay in the namespace they were made in).
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    let file = std::fs::File::open(format!("/var/run/netns/{ns}"))?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            use std::os::fd::AsFd;
+            rustix::thread::move_into_link_name_space(file.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
 
 /// A real upsd (Debian's nut-server) serving one `dummy-ups` UPS named
@@ -908,6 +1023,12 @@ mod tests {
         let x = s.domain_xml(&image());
         assert!(x.contains("<memballoon model='none'/>"));
         assert!(!x.contains("qemu:commandline>"));
+        // On the lab's bridge instead of the user-mode forward.
+        s.http_port = Some(4321);
+        s.lab_net = Some(LabNet::guest_ip(1));
+        let x = s.domain_xml(&image());
+        assert!(x.contains("<source bridge='ebb-br0'/>") && x.contains("ebb.ip=10.77.0.11/24"), "{x}");
+        assert!(!x.contains("hostfwd") && !x.contains("ebb.net=1"), "{x}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod crowd;
 pub mod demo;
 pub mod explain;
 pub mod journal;

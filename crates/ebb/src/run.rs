@@ -8,8 +8,10 @@ use crate::config::Config;
 use crate::journal::{Journal, JournalLock};
 use ebb_backends::libvirt::LibvirtHypervisor;
 use ebb_backends::Hypervisor;
+use ebb_surrogate::FdPlan;
+use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use std::future::Future;
-use tracing::info;
+use tracing::{info, warn};
 
 pub fn libvirt_connector() -> Connector {
     Box::new(|uri| LibvirtHypervisor::connect(uri).map(|h| Box::new(h) as Box<dyn Hypervisor>))
@@ -20,13 +22,16 @@ pub async fn run(cfg: Config) -> Result<(), String> {
 }
 
 /// The agent with any hypervisor: tests pass the sim backend or a shutdown of their own.
-pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn run_with(mut cfg: Config, connect: Connector, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     // The socket first: a second agent on the same config is told another
     // serves this socket; one with its own socket, that the journal is taken.
     let gid = cfg.agent.socket_gid()?;
     let listener = api::bind(&cfg.agent.socket, gid).await.map_err(|e| e.to_string())?;
     let _socket = api::Unbind(cfg.agent.socket.clone());
     let _lock = JournalLock::acquire(&cfg.agent.journal).map_err(|e| e.to_string())?;
+    let plan = FdPlan::for_limit(raise_fd_limit());
+    info!("file descriptors: {plan}");
+    cfg.surrogate.fd_plan = Some(plan);
     let journal = Journal::open(&cfg.agent.journal).map_err(|e| e.to_string())?;
     let keep_ms = u64::from(cfg.agent.journal_keep_days) * 86_400_000;
     if let Ok(n) = journal.prune(ebb_core::Millis(agent::now().since(ebb_core::Millis(keep_ms)))) {
@@ -47,6 +52,34 @@ pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Out
     let _ = stop_api.send(());
     let _ = server.await;
     Ok(())
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit and returns the soft
+/// limit in force. The surrogate's clients need descriptors (six for a
+/// spliced connection), and systemd's soft default of 1024 would refuse
+/// them long before the machine has to.
+fn raise_fd_limit() -> u64 {
+    // `None` is "unlimited": more than any split needs.
+    const UNLIMITED: u64 = 1 << 20;
+    let was = getrlimit(Resource::Nofile);
+    let soft = was.current.unwrap_or(UNLIMITED);
+    let Some(hard) = was.maximum else {
+        return soft;
+    };
+    if soft >= hard {
+        info!("file descriptors: soft limit {soft} is the hard limit already");
+        return soft;
+    }
+    match setrlimit(Resource::Nofile, Rlimit { current: Some(hard), maximum: Some(hard) }) {
+        Ok(()) => {
+            info!("file descriptors: soft limit raised from {soft} to {hard} (the hard limit)");
+            hard
+        }
+        Err(e) => {
+            warn!("file descriptors: could not raise the soft limit {soft} to the hard limit {hard}: {e}");
+            soft
+        }
+    }
 }
 
 pub async fn shutdown_signal() {

@@ -123,6 +123,59 @@ impl Backend {
         Backend { requests, task }
     }
 
+    /// A service that answers each request after `delay`, many at once;
+    /// `open_max` records the most connections open at once.
+    pub fn start_slow(addr: SocketAddr, name: &str, delay: Duration, open_max: Arc<AtomicUsize>) -> Backend {
+        let l = listen(addr);
+        let name = name.to_string();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
+                let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
+                open_max.fetch_max(now_open, Ordering::SeqCst);
+                let (name, count, open) = (name.clone(), count.clone(), open.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    answer_one(s, name, count).await;
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Backend { requests, task }
+    }
+
+    /// A service that reads each request head (counted) and never answers
+    /// nor closes.
+    pub fn start_silent(addr: SocketAddr) -> Backend {
+        let l = listen(addr);
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        let task = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    continue;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                kept.push(s);
+            }
+        });
+        Backend { requests, task }
+    }
+
     /// A raw TCP echo service.
     pub fn start_echo(addr: SocketAddr) -> Backend {
         let l = listen(addr);

@@ -44,22 +44,28 @@ impl AgentProc {
     /// Writes a config (agent socket and journal in `dir`, plus `extra`,
     /// which may add to the [agent] table as it comes first) and starts it.
     pub fn start(dir: &Path, agent_lines: &str, rest: &str) -> AgentProc {
-        let socket = dir.join("ebb.sock");
-        let journal = dir.join("journal.db");
-        let config = dir.join("ebb.toml");
-        let text = format!(
-            "[agent]\nsocket = \"{}\"\njournal = \"{}\"\n{agent_lines}\n{rest}\n",
-            socket.display(),
-            journal.display()
-        );
-        std::fs::write(&config, text).unwrap();
+        let (config, socket, journal) = write_config(dir, agent_lines, rest);
         AgentProc::start_with(dir, config, socket, journal)
     }
 
+    /// As `start`, through `wrapper` (a program and its arguments that end
+    /// by running the command after them: prlimit, nsenter).
+    pub fn start_through(dir: &Path, agent_lines: &str, rest: &str, wrapper: &[String]) -> AgentProc {
+        let (config, socket, journal) = write_config(dir, agent_lines, rest);
+        let mut cmd = Command::new(&wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(EBB);
+        AgentProc::spawn(dir, cmd, config, socket, journal)
+    }
+
     pub fn start_with(dir: &Path, config: PathBuf, socket: PathBuf, journal: PathBuf) -> AgentProc {
+        AgentProc::spawn(dir, Command::new(EBB), config, socket, journal)
+    }
+
+    /// Runs `ebb run` through `cmd` (the binary, or a wrapper that runs it).
+    fn spawn(dir: &Path, mut cmd: Command, config: PathBuf, socket: PathBuf, journal: PathBuf) -> AgentProc {
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
         let log = dir.join(format!("agent-{n}.log"));
-        let child = Command::new(EBB)
+        let child = cmd
             .args(["run", "--config"])
             .arg(&config)
             .env("EBB_LOG", "ebb=debug,info")
@@ -165,6 +171,26 @@ impl Drop for AgentProc {
             self.stop();
         }
     }
+}
+
+/// `prlimit` setting both the soft and hard RLIMIT_NOFILE (the tests run as root).
+pub fn nofile(n: u64) -> Vec<String> {
+    vec!["prlimit".into(), format!("--nofile={n}:{n}"), "--".into()]
+}
+
+/// Writes an agent config with its socket and journal in `dir`, plus
+/// `agent_lines` (added to the [agent] table, which comes first) and `rest`.
+fn write_config(dir: &Path, agent_lines: &str, rest: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let socket = dir.join("ebb.sock");
+    let journal = dir.join("journal.db");
+    let config = dir.join("ebb.toml");
+    let text = format!(
+        "[agent]\nsocket = \"{}\"\njournal = \"{}\"\n{agent_lines}\n{rest}\n",
+        socket.display(),
+        journal.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    (config, socket, journal)
 }
 
 /// Polls `f` every 250 ms until it returns Some, or panics after `limit`.
