@@ -59,7 +59,13 @@ fn cli_within(agent: &AgentProc, secs: u32, args: &[&str]) -> std::process::Outp
 #[test]
 fn past_its_descriptors_a_flooded_service_refuses_with_a_reason_and_the_api_and_another_vm_answer() {
     let (listen, other_listen) = (free(), free());
-    let rest = format!("{}{}", service("test", listen, idle_backend()), service("other", other_listen, http_backend()));
+    // On ebb's own splice: the kernel path would take the awake clients
+    // without a descriptor of the agent's.
+    let rest = format!(
+        "[surrogate]\nawake_path = \"splice\"\n{}{}",
+        service("test", listen, idle_backend()),
+        service("other", other_listen, http_backend())
+    );
     let dir = tempfile::tempdir().unwrap();
     // 400 descriptors: 200 kept, 175 for TCP clients, 129 of them per VM:
     // about 14 spliced connections of 6.
