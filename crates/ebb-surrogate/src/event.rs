@@ -145,6 +145,14 @@ pub enum Refusal {
         #[serde(with = "secs")]
         after: Duration,
     },
+    /// An HTTP client that sent no complete request line within the wake
+    /// deadline: its VM was not woken for it.
+    NoRequest {
+        #[serde(with = "secs")]
+        after: Duration,
+    },
+    /// An HTTP request line past `limit` bytes: its VM was not woken for it.
+    LineTooLong { limit: usize },
 }
 
 impl fmt::Display for Refusal {
@@ -153,6 +161,15 @@ impl fmt::Display for Refusal {
             Refusal::QueueFull { depth } => write!(
                 f,
                 "queue full: {depth} connections already wait for this VM to wake"
+            ),
+            Refusal::NoRequest { after } => write!(
+                f,
+                "no request: nothing that ends a request line in {} s",
+                after.as_secs_f64()
+            ),
+            Refusal::LineTooLong { limit } => write!(
+                f,
+                "request line too long: more than {limit} bytes"
             ),
             Refusal::TooLarge { limit } => write!(
                 f,

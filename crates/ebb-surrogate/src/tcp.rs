@@ -266,28 +266,32 @@ async fn sleeping(
     let mut buf = Vec::new();
     let mut reason = WakeReason::Connection { peer };
     if svc.spec.http {
+        // An HTTP client speaks first: its VM wakes for a complete request
+        // line, never for a connection that says nothing (a port scan, a
+        // connect-only check) nor for a line past the cap. A normal client
+        // sends its line in its first packet, so this costs it nothing.
         let limits = &svc.vm.limits;
-        let line_deadline = accepted + limits.http_head_timeout;
         let cap = limits.max_held_bytes.min(http::MAX_REQUEST_LINE);
         let line = loop {
             if let Some(line) = http::request_line(&buf) {
                 break line.ok();
             }
-            if !http::could_be_canned(&buf, &svc.spec.canned) || buf.len() >= cap {
-                break None;
+            if buf.len() >= cap {
+                return refuse(client, svc, Refusal::LineTooLong { limit: cap }).await;
             }
-            match timeout_at(line_deadline, read_some(&mut client, &mut buf, cap)).await {
+            match timeout_at(accepted + limits.wake_deadline, read_some(&mut client, &mut buf, cap)).await {
                 Some(Ok(0)) | Some(Err(_)) if buf.is_empty() => return,
+                // It stopped sending mid-line: the service answers that.
                 Some(Ok(0)) | Some(Err(_)) => break None,
                 Some(Ok(_)) => {}
-                // A slow client: whatever it sent so far is held for the VM.
-                None => break None,
+                None => return refuse(client, svc, Refusal::NoRequest { after: limits.wake_deadline }).await,
             }
         };
         if let Some((method, path)) = line {
             if let Some(c) = http::find_canned(&svc.spec.canned, &method, &path) {
                 let c = c.clone();
-                return answer_canned(client, buf, svc, &c, method == "HEAD", line_deadline).await;
+                let head_deadline = Instant::now() + limits.http_head_timeout;
+                return answer_canned(client, buf, svc, &c, method == "HEAD", head_deadline).await;
             }
             reason = WakeReason::request(peer, &method, &path);
         }

@@ -976,3 +976,36 @@ async fn replays_grow_past_the_initial_window_for_a_service_that_answers_in_para
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_client_that_says_nothing_or_too_much_never_wakes_the_vm() {
+    bounded(15, async {
+        let (listen, backend) = (free_addr(), free_addr());
+        let limits = Limits { wake_deadline: Duration::from_secs(2), ..Limits::default() };
+        let d = setup(limits, vec![web(listen, backend)], VmPower::Asleep, Wake::Never);
+        // A port scanner or a connect-only check: connects, waits, says nothing.
+        let mut silent = TcpStream::connect(listen).await.unwrap();
+        // A request line past any server's limit.
+        let mut long = TcpStream::connect(listen).await.unwrap();
+        let line = format!("GET /{} HTTP/1.1\r\n", "a".repeat(64 * 1024));
+        let _ = long.write_all(line.as_bytes()).await;
+        let (status, body) = read_response(&mut long).await.unwrap();
+        assert_eq!(status, 503);
+        assert!(body.contains("request line too long"), "{body}");
+        // A HEAD health check takes the GET entry.
+        let mut head = TcpStream::connect(listen).await.unwrap();
+        head.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut text = String::new();
+        head.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK") && !text.ends_with("ok"), "{text:?}");
+        // The silent one is told why at the wake deadline, not closed empty.
+        let t = Instant::now();
+        let (status, body) = read_response(&mut silent).await.unwrap();
+        assert_eq!(status, 503);
+        assert!(body.contains("no request"), "{body}");
+        assert!(t.elapsed() < Duration::from_secs(3));
+        assert_eq!(d.wake_requests(), 0, "the VM was woken");
+        assert_eq!(d.surrogate.lock().unwrap().state(&vm()), Some(VmPower::Asleep));
+    })
+    .await
+}
