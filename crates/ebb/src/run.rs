@@ -49,11 +49,17 @@ pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Out
     Ok(())
 }
 
-pub async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. Both are watched from this call on, not
+/// from the future's first poll: the agent polls it only between ticks, and
+/// a signal during the first tick would otherwise kill ebb uncleanly.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).expect("cannot watch SIGINT");
     let mut term = signal(SignalKind::terminate()).expect("cannot watch SIGTERM");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
