@@ -19,6 +19,8 @@
 #![forbid(unsafe_code)]
 
 mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod spec;
 mod splice;

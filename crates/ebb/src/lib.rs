@@ -11,6 +11,8 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod explain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod journal;
 pub mod lab;
 pub mod metrics;

@@ -1,0 +1,69 @@
+//! The checks of the fuzz target `http_head` (`fuzz/fuzz_targets/`), here
+//! so that the inputs it found run as unit tests too. Not the surrogate's
+//! API: hidden from its docs.
+
+use crate::http;
+use crate::spec::{CannedReply, ServiceSpec};
+
+/// `data` is a first line `METHOD PATH` declaring a canned reply (kept when
+/// a config could declare it), then what a client sends a sleeping VM's
+/// HTTP service: the request head the surrogate reads to match the reply.
+pub fn http_head(data: &[u8]) {
+    let (first, request) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (&[][..], data),
+    };
+    let canned = canned(first);
+    let _ = http::head_complete(request);
+    let line = http::request_line(request);
+    let Some(end) = line_end(request) else { return };
+    // Once the line is whole, what follows it changes nothing.
+    assert_eq!(http::request_line(&request[..=end]), line);
+    // A request a canned reply answers when its line comes in one read is
+    // never given up on (held for the VM) when it comes byte by byte.
+    let Some(Ok((method, path))) = &line else { return };
+    if http::find_canned(&canned, method, path).is_some() {
+        for k in 0..=end {
+            let sent = &request[..k];
+            assert!(http::could_be_canned(sent, &canned), "gave up on {:?} after {:?}", String::from_utf8_lossy(&request[..=end]), String::from_utf8_lossy(sent));
+        }
+    }
+}
+
+/// The canned reply `METHOD PATH` declares, if a config may declare it.
+fn canned(line: &[u8]) -> Vec<CannedReply> {
+    let Some((method, path)) = std::str::from_utf8(line).ok().and_then(|l| l.split_once(' ')) else { return vec![] };
+    let reply = CannedReply { method: method.into(), path: path.into(), status: 200, content_type: "text/plain".into(), body: String::new() };
+    let mut spec = ServiceSpec::http("fuzz", ([127, 0, 0, 1], 1).into(), ([127, 0, 0, 1], 2).into());
+    spec.canned = vec![reply];
+    match spec.validate() {
+        Ok(()) => spec.canned,
+        Err(_) => vec![],
+    }
+}
+
+/// Where the request line ends: its `\n`, after any empty lines before it.
+fn line_end(buf: &[u8]) -> Option<usize> {
+    let start = buf.iter().position(|b| *b != b'\r' && *b != b'\n')?;
+    Some(start + buf[start..].iter().position(|b| *b == b'\n')?)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every input of the fuzz target `target`: its seeds (`fuzz/seeds/`) and
+    /// the inputs it found, kept in this crate's `fuzz-regressions/` once fixed.
+    fn fuzz_inputs(target: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let seeds = std::fs::read_dir(crate_dir.join("../../fuzz/seeds").join(target)).expect("the target's seeds");
+        let found = std::fs::read_dir(crate_dir.join("fuzz-regressions").join(target)).into_iter().flatten();
+        seeds.chain(found).map(|e| e.unwrap().path()).map(|p| (p.clone(), std::fs::read(p).unwrap())).collect()
+    }
+
+    #[test]
+    fn fuzz_inputs_keep_their_properties() {
+        for (path, data) in fuzz_inputs("http_head") {
+            println!("{}", path.display());
+            super::http_head(&data);
+        }
+    }
+}
