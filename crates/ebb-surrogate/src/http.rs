@@ -35,11 +35,12 @@ pub(crate) fn request_line(buf: &[u8]) -> Option<Result<(String, String), ()>> {
 }
 
 /// The path of a request target, without query; absolute-form targets
-/// (`http://host/path`, sent to proxies) are reduced to their path.
+/// (`http://host/path`, sent to proxies) are reduced to their path. An
+/// origin-form target (`/…`) is a path already, even with `://` in it.
 fn path_of(target: &str) -> &str {
     let target = match target.split_once("://") {
-        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
-        None => target,
+        Some((_, rest)) if !target.starts_with('/') => rest.find('/').map_or("/", |i| &rest[i..]),
+        _ => target,
     };
     let end = target.find(['?', '#']).unwrap_or(target.len());
     &target[..end]
@@ -47,19 +48,30 @@ fn path_of(target: &str) -> &str {
 
 /// False as soon as `buf` cannot be the start of a request a canned reply
 /// answers, so a request for the VM wakes it without waiting for the rest
-/// of a slowly sent request line. Origin-form targets only: absolute-form
-/// (`GET http://host/path`) is what proxies receive, not health checkers.
+/// of a slowly sent request line. It never gives up on a request that
+/// `request_line` and `find_canned` match once the line is whole (fuzzed:
+/// `fuzzing::http_head`).
 pub(crate) fn could_be_canned(buf: &[u8], canned: &[CannedReply]) -> bool {
     let s = match buf.iter().position(|b| *b != b'\r' && *b != b'\n') {
         Some(i) => &buf[i..],
         None => return !canned.is_empty(),
     };
     canned.iter().any(|c| {
-        let key = [c.method.as_bytes(), b" ", c.path.as_bytes()].concat();
-        if s.len() <= key.len() {
-            key.starts_with(s)
+        let method = [c.method.as_bytes(), b" "].concat();
+        if s.len() <= method.len() {
+            return method.starts_with(s);
+        }
+        let Some(target) = s.strip_prefix(method.as_slice()) else { return false };
+        if !target.starts_with(b"/") {
+            // Absolute-form (`GET http://host/path`, as proxies receive it):
+            // its path comes after the host, so only the whole line tells.
+            return true;
+        }
+        let path = c.path.as_bytes();
+        if target.len() <= path.len() {
+            path.starts_with(target)
         } else {
-            s.starts_with(&key) && matches!(s[key.len()], b' ' | b'?' | b'#')
+            target.starts_with(path) && matches!(target[path.len()], b' ' | b'?' | b'#')
         }
     })
 }
@@ -164,6 +176,12 @@ mod tests {
         assert!(!could_be_canned(b"P", &c));
         assert!(!could_be_canned(b"GET /a", &c));
         assert!(!could_be_canned(b"GET /healthzz", &c));
+        // Absolute-form: the path is known once the line is whole…
+        assert!(could_be_canned(b"GET http://web", &c));
+        assert_eq!(request_line(b"GET http://web/healthz HTTP/1.1\r\n"), Some(Ok(("GET".into(), "/healthz".into()))));
+        // …while `://` in an origin-form path is part of the path.
+        assert!(!could_be_canned(b"GET /x://web/healthz", &c));
+        assert_eq!(request_line(b"GET /x://web/healthz HTTP/1.1\r\n"), Some(Ok(("GET".into(), "/x://web/healthz".into()))));
     }
 
     #[test]
