@@ -611,7 +611,7 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
     let dur = match Raw::deserialize(d)? {
         Raw::Int(n) if n > 0 => Duration::from_secs(n as u64),
-        Raw::Float(f) if f > 0.0 => Duration::from_secs_f64(f),
+        Raw::Float(f) if f > 0.0 => Duration::try_from_secs_f64(f).map_err(|_| serde::de::Error::custom(format!("{f} seconds is too long a duration")))?,
         Raw::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom)?,
         _ => return Err(serde::de::Error::custom("a duration must be more than zero")),
     };
@@ -639,7 +639,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if secs <= 0.0 {
         return Err(format!("\"{s}\": a duration must be more than zero"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("\"{s}\" is too long a duration"))
 }
 
 impl AgentSection {
