@@ -6,30 +6,183 @@
 //!
 //! Each reading opens its own connection: a UPS is polled once a tick, and a
 //! fresh connection is the simplest recovery from upsd restarting or the
-//! network dropping in between. Every read has a timeout, so a stalled upsd
-//! cannot stall the agent.
+//! network dropping in between. A reading is bounded as a whole, not per
+//! read: one deadline covers the name lookup, the connect and every line, and
+//! the answer is capped in line length, bytes and variables, so neither a
+//! slow nor an endless upsd can hold a reading or grow ebb's memory. The
+//! answer is parsed by [`ListVarReply`], a pure parser over the bytes as they
+//! arrive (fuzzed: `fuzz/fuzz_targets/nut_reply.rs`).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-#[derive(Debug, thiserror::Error)]
+/// The longest line of an answer. NUT caps a value at 256 bytes
+/// (`ST_MAX_VALUE_LEN`), so a `VAR` line stays under 1 KiB even with every
+/// character of its value escaped; 4 KiB leaves room for long UPS and
+/// variable names.
+pub const MAX_LINE: usize = 4096;
+/// The most variables one UPS may list. Real ones list 20 to a few hundred
+/// (the largest are SNMP units with per-outlet variables).
+pub const MAX_VARS: usize = 1024;
+/// The most bytes one answer may take: about ten times a large real one
+/// (300 variables with 256-byte values is under 100 KB).
+pub const MAX_REPLY_BYTES: usize = 1 << 20;
+
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum NutError {
+    #[error("the host name in {addr} does not resolve ({detail}): check power.ups")]
+    Resolve { addr: String, detail: String },
     #[error("upsd at {addr} is not reachable ({detail}): is upsd running and listening there?")]
     Connect { addr: String, detail: String },
-    #[error("upsd at {addr} closed the connection or stopped answering mid-reply")]
-    Dropped { addr: String },
-    #[error("upsd at {addr} knows no UPS named {ups:?}: check the name (upsc -l {addr} lists them)")]
-    UnknownUps { addr: String, ups: String },
-    #[error("upsd at {addr} refused access (ERR ACCESS-DENIED): allow this host in upsd.conf / upsd.users")]
-    AccessDenied { addr: String },
-    #[error("upsd at {addr} answered ERR {code}")]
-    Other { addr: String, code: String },
-    #[error("upsd at {addr} sent a line ebb cannot read: {line:?}")]
-    Malformed { addr: String, line: String },
+    #[error("upsd at {addr} accepted the connection but sent nothing within {timeout:?}")]
+    Silent { addr: String, timeout: Duration },
+    #[error("upsd at {addr} did not finish its answer within {timeout:?}")]
+    Unfinished { addr: String, timeout: Duration },
+    #[error("upsd at {addr} closed the connection before its answer was complete")]
+    Closed { addr: String },
+    #[error("the connection to upsd at {addr} failed: {detail}")]
+    Io { addr: String, detail: String },
+    #[error("upsd at {addr} {problem}")]
+    Reply { addr: String, problem: ReplyError },
     #[error("UPS {ups} at {addr} reports no ups.status")]
     NoStatus { addr: String, ups: String },
+}
+
+/// What is wrong with an answer, whoever sent it: a sentence that follows
+/// "upsd at ADDR".
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("knows no UPS named {ups:?}: check the name (`upsc -l HOST` lists the UPSes upsd serves)")]
+    UnknownUps { ups: String },
+    #[error("refused access (ERR ACCESS-DENIED): allow this host in upsd.conf / upsd.users")]
+    AccessDenied,
+    #[error("answered ERR {code}")]
+    Err { code: String },
+    #[error("sent a line ebb cannot read: {line:?}")]
+    Malformed { line: String },
+    #[error("sent bytes that are not text (byte {byte:#04x} in line {line}): is it upsd that listens there?")]
+    Undecodable { byte: u8, line: usize },
+    #[error("sent a line longer than {MAX_LINE} bytes")]
+    LineTooLong,
+    #[error("sent more than {MAX_REPLY_BYTES} bytes in one answer")]
+    TooManyBytes,
+    #[error("sent more than {MAX_VARS} variables")]
+    TooManyVars,
+    #[error("stopped before the end of its answer")]
+    Unfinished,
+}
+
+/// The answer to `LIST VAR <ups>`, parsed as its bytes arrive, within the
+/// bounds above. No I/O: the client feeds what it reads; the fuzzer feeds
+/// anything.
+#[derive(Debug)]
+pub struct ListVarReply {
+    begin: String,
+    end: String,
+    ups: String,
+    begun: bool,
+    /// The line so far, without its newline…
+    line: Vec<u8>,
+    /// …and how much of it is known to be UTF-8.
+    valid: usize,
+    lines: usize,
+    received: usize,
+    var_lines: usize,
+    vars: BTreeMap<String, String>,
+}
+
+impl ListVarReply {
+    pub fn new(ups: &str) -> ListVarReply {
+        ListVarReply {
+            begin: format!("BEGIN LIST VAR {ups}"),
+            end: format!("END LIST VAR {ups}"),
+            ups: ups.to_string(),
+            begun: false,
+            line: Vec::new(),
+            valid: 0,
+            lines: 0,
+            received: 0,
+            var_lines: 0,
+            vars: BTreeMap::new(),
+        }
+    }
+
+    /// Takes the next bytes of the answer: the variables once `END LIST VAR`
+    /// has arrived (what follows it is not read), None while more is to come.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<Option<BTreeMap<String, String>>, ReplyError> {
+        while !bytes.is_empty() {
+            let (part, rest, complete) = match bytes.iter().position(|&b| b == b'\n') {
+                Some(i) => (&bytes[..i], &bytes[i + 1..], true),
+                None => (bytes, &[][..], false),
+            };
+            self.received += part.len() + usize::from(complete);
+            if self.received > MAX_REPLY_BYTES {
+                return Err(ReplyError::TooManyBytes);
+            }
+            if self.line.len() + part.len() > MAX_LINE {
+                return Err(ReplyError::LineTooLong);
+            }
+            self.line.extend_from_slice(part);
+            bytes = rest;
+            match std::str::from_utf8(&self.line[self.valid..]) {
+                Ok(_) => self.valid = self.line.len(),
+                // Not text whatever follows: said now, not once the line ends.
+                Err(e) if e.error_len().is_some() => {
+                    return Err(ReplyError::Undecodable { byte: self.line[self.valid + e.valid_up_to()], line: self.lines + 1 });
+                }
+                // A character cut by the read: its rest comes with the next bytes.
+                Err(e) => self.valid += e.valid_up_to(),
+            }
+            if complete {
+                self.valid = 0;
+                let line = std::mem::take(&mut self.line);
+                if self.take_line(&line)? {
+                    return Ok(Some(std::mem::take(&mut self.vars)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// One whole line; true at the end of the list.
+    fn take_line(&mut self, raw: &[u8]) -> Result<bool, ReplyError> {
+        self.lines += 1;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = std::str::from_utf8(raw)
+            .map_err(|e| ReplyError::Undecodable { byte: raw.get(e.valid_up_to()).copied().unwrap_or_default(), line: self.lines })?;
+        let text = line.trim();
+        if let Some(code) = text.strip_prefix("ERR ") {
+            let code = code.split_whitespace().next().unwrap_or("");
+            return Err(match code {
+                "UNKNOWN-UPS" => ReplyError::UnknownUps { ups: self.ups.clone() },
+                "ACCESS-DENIED" => ReplyError::AccessDenied,
+                _ => ReplyError::Err { code: code.to_string() },
+            });
+        }
+        let malformed = || ReplyError::Malformed { line: line.chars().take(200).collect() };
+        if !self.begun {
+            self.begun = text == self.begin;
+            return if self.begun { Ok(false) } else { Err(malformed()) };
+        }
+        if text == self.end {
+            return Ok(true);
+        }
+        let (name, value) = parse_var(line, &self.ups).ok_or_else(malformed)?;
+        self.var_lines += 1;
+        if self.var_lines > MAX_VARS {
+            return Err(ReplyError::TooManyVars);
+        }
+        self.vars.insert(name, value);
+        Ok(false)
+    }
+}
+
+/// A whole answer to `LIST VAR <ups>` at once.
+pub fn parse_list_var(ups: &str, bytes: &[u8]) -> Result<BTreeMap<String, String>, ReplyError> {
+    ListVarReply::new(ups).feed(bytes)?.ok_or(ReplyError::Unfinished)
 }
 
 /// Talks to one upsd.
@@ -37,81 +190,118 @@ pub enum NutError {
 pub struct NutClient {
     addr: String,
     timeout: Duration,
+    /// A name lookup that outlived its reading. The next reading waits on it
+    /// rather than starting another, so a hung resolver holds one thread,
+    /// not one more per reading.
+    lookup: Arc<Mutex<Option<Lookup>>>,
 }
 
+/// Where a name lookup's first address comes.
+type Lookup = mpsc::Receiver<std::io::Result<Option<SocketAddr>>>;
+
 impl NutClient {
-    /// `addr` is `host:port` (upsd listens on 3493 by default).
+    /// `addr` is `host:port` (upsd listens on 3493 by default); `timeout`
+    /// bounds each reading as a whole.
     pub fn new(addr: impl Into<String>, timeout: Duration) -> NutClient {
-        NutClient { addr: addr.into(), timeout }
+        NutClient { addr: addr.into(), timeout, lookup: Arc::default() }
     }
 
     pub fn addr(&self) -> &str {
         &self.addr
     }
 
-    fn connect(&self) -> Result<TcpStream, NutError> {
-        let fail = |detail: String| NutError::Connect { addr: self.addr.clone(), detail };
-        let sock = self
-            .addr
-            .to_socket_addrs()
-            .map_err(|e| fail(e.to_string()))?
-            .next()
-            .ok_or_else(|| fail("the name resolves to no address".into()))?;
-        let s = TcpStream::connect_timeout(&sock, self.timeout).map_err(|e| fail(e.to_string()))?;
-        s.set_read_timeout(Some(self.timeout)).map_err(|e| fail(e.to_string()))?;
-        s.set_write_timeout(Some(self.timeout)).map_err(|e| fail(e.to_string()))?;
-        Ok(s)
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
-    /// Every variable of `ups` (`LIST VAR`).
-    pub fn list_vars(&self, ups: &str) -> Result<BTreeMap<String, String>, NutError> {
-        let mut s = self.connect()?;
-        let dropped = || NutError::Dropped { addr: self.addr.clone() };
-        s.write_all(format!("LIST VAR {ups}\n").as_bytes()).map_err(|_| dropped())?;
-        let mut lines = BufReader::new(s.try_clone().map_err(|_| dropped())?).lines();
-        let mut next = || -> Result<String, NutError> {
-            match lines.next() {
-                Some(Ok(l)) => Ok(l),
-                _ => Err(dropped()),
+    /// The time left before `deadline`, None once it has passed.
+    fn left(deadline: Instant) -> Option<Duration> {
+        Some(deadline.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+    }
+
+    /// The address to connect to. A host name is looked up on a thread of
+    /// its own, as the system resolver cannot be given a deadline.
+    fn resolve(&self, deadline: Instant) -> Result<SocketAddr, NutError> {
+        if let Ok(a) = self.addr.parse::<SocketAddr>() {
+            return Ok(a);
+        }
+        let fail = |detail: String| NutError::Resolve { addr: self.addr.clone(), detail };
+        let pending = self.lookup.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let rx = match pending {
+            Some(rx) => rx,
+            None => {
+                let (tx, rx) = mpsc::channel();
+                let addr = self.addr.clone();
+                std::thread::Builder::new()
+                    .name("ebb-ups-lookup".into())
+                    .spawn(move || {
+                        let _ = tx.send(addr.to_socket_addrs().map(|mut a| a.next()));
+                    })
+                    .map_err(|e| fail(format!("the lookup could not start: {e}")))?;
+                rx
             }
         };
-        let first = next()?;
-        self.check_error(&first, ups)?;
-        if first.trim() != format!("BEGIN LIST VAR {ups}") {
-            return Err(self.malformed(&first));
-        }
-        let mut vars = BTreeMap::new();
-        loop {
-            let line = next()?;
-            self.check_error(&line, ups)?;
-            if line.trim() == format!("END LIST VAR {ups}") {
-                break;
+        let late = || fail(format!("the lookup did not finish within {:?}", self.timeout));
+        let left = NutClient::left(deadline).ok_or_else(late)?;
+        match rx.recv_timeout(left) {
+            Ok(Ok(Some(a))) => Ok(a),
+            Ok(Ok(None)) => Err(fail("the name resolves to no address".into())),
+            Ok(Err(e)) => Err(fail(e.to_string())),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                *self.lookup.lock().unwrap_or_else(PoisonError::into_inner) = Some(rx);
+                Err(late())
             }
-            let (name, value) = parse_var(&line, ups).ok_or_else(|| self.malformed(&line))?;
-            vars.insert(name, value);
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(fail("the lookup ended without an answer".into())),
         }
-        let _ = s.write_all(b"LOGOUT\n");
-        Ok(vars)
+    }
+
+    fn connect(&self, deadline: Instant) -> Result<TcpStream, NutError> {
+        let sock = self.resolve(deadline)?;
+        let fail = |detail: String| NutError::Connect { addr: self.addr.clone(), detail };
+        let left = NutClient::left(deadline).ok_or_else(|| fail(format!("no time was left of {:?} after the name lookup", self.timeout)))?;
+        TcpStream::connect_timeout(&sock, left).map_err(|e| fail(e.to_string()))
+    }
+
+    /// Every variable of `ups` (`LIST VAR`), read within the client's timeout.
+    pub fn list_vars(&self, ups: &str) -> Result<BTreeMap<String, String>, NutError> {
+        // Far beyond any sensible timeout; it keeps `Instant + timeout` from overflowing.
+        let deadline = Instant::now() + self.timeout.min(Duration::from_secs(86_400));
+        let mut s = self.connect(deadline)?;
+        let io = |e: std::io::Error| NutError::Io { addr: self.addr.clone(), detail: e.to_string() };
+        let late = |received: usize| match received {
+            0 => NutError::Silent { addr: self.addr.clone(), timeout: self.timeout },
+            _ => NutError::Unfinished { addr: self.addr.clone(), timeout: self.timeout },
+        };
+        let left = NutClient::left(deadline).ok_or_else(|| late(0))?;
+        s.set_write_timeout(Some(left)).map_err(io)?;
+        s.write_all(format!("LIST VAR {ups}\n").as_bytes()).map_err(io)?;
+        let mut received = 0;
+        let mut reply = ListVarReply::new(ups);
+        let mut buf = [0u8; 8192];
+        loop {
+            let left = NutClient::left(deadline).ok_or_else(|| late(received))?;
+            s.set_read_timeout(Some(left)).map_err(io)?;
+            match s.read(&mut buf) {
+                Ok(0) => return Err(NutError::Closed { addr: self.addr.clone() }),
+                Ok(n) => {
+                    received += n;
+                    let done = reply.feed(&buf[..n]).map_err(|problem| NutError::Reply { addr: self.addr.clone(), problem })?;
+                    if let Some(vars) = done {
+                        let _ = s.write_all(b"LOGOUT\n");
+                        return Ok(vars);
+                    }
+                }
+                // The deadline is checked at the top of the loop.
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
     }
 
     /// The UPS's state, from its variables.
     pub fn read(&self, ups: &str) -> Result<UpsReading, NutError> {
         let vars = self.list_vars(ups)?;
         UpsReading::from_vars(&vars).ok_or_else(|| NutError::NoStatus { addr: self.addr.clone(), ups: ups.into() })
-    }
-
-    fn check_error(&self, line: &str, ups: &str) -> Result<(), NutError> {
-        let Some(code) = line.trim().strip_prefix("ERR ") else { return Ok(()) };
-        let code = code.split_whitespace().next().unwrap_or("").to_string();
-        Err(match code.as_str() {
-            "UNKNOWN-UPS" => NutError::UnknownUps { addr: self.addr.clone(), ups: ups.into() },
-            "ACCESS-DENIED" => NutError::AccessDenied { addr: self.addr.clone() },
-            _ => NutError::Other { addr: self.addr.clone(), code },
-        })
-    }
-
-    fn malformed(&self, line: &str) -> NutError {
-        NutError::Malformed { addr: self.addr.clone(), line: line.chars().take(200).collect() }
     }
 }
 
@@ -172,9 +362,115 @@ impl UpsReading {
     }
 }
 
+/// The fuzz target's checks (`fuzz/fuzz_targets/nut_reply.rs`), here so the
+/// inputs it found run as unit tests too: `data` is an answer from upsd,
+/// parsed for the UPS `test`.
+#[doc(hidden)]
+pub fn fuzz_reply(data: &[u8]) {
+    let whole = parse_list_var("test", data);
+    if let Ok(vars) = &whole {
+        assert!(vars.len() <= MAX_VARS, "{} variables", vars.len());
+        assert!(vars.keys().all(|k| !k.is_empty()));
+    }
+    // The same bytes cut into reads of any size parse the same.
+    let cut = data.len() % 7 + 1;
+    let mut reply = ListVarReply::new("test");
+    let chunked = data
+        .chunks(cut)
+        .find_map(|c| reply.feed(c).transpose())
+        .unwrap_or(Err(ReplyError::Unfinished));
+    assert_eq!(whole.as_ref().ok(), chunked.as_ref().ok(), "whole: {whole:?}, in reads of {cut}: {chunked:?}");
+    // The same bytes sent without end: the parser gives up within its byte bound.
+    if data.is_empty() {
+        return;
+    }
+    let mut reply = ListVarReply::new("test");
+    let mut fed = 0;
+    while reply.feed(data) == Ok(None) {
+        fed += data.len();
+        assert!(fed <= MAX_REPLY_BYTES, "took {fed} bytes of an endless answer");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the dummy-ups driver's upsd (NUT 2.8.0) answered here.
+    const REAL: &[u8] = include_bytes!("../../../fuzz/seeds/nut_reply/dummy-ups.txt");
+
+    #[test]
+    fn a_real_answer_parses_in_one_read_or_byte_by_byte() {
+        let vars = parse_list_var("test", REAL).unwrap();
+        assert_eq!((vars.len(), vars["ups.status"].as_str(), vars["driver.parameter.port"].as_str()), (17, "OL", "/tmp/nutx/ups.dev"));
+        let mut reply = ListVarReply::new("test");
+        let (last, first) = REAL.split_last().unwrap();
+        assert!(first.iter().all(|b| reply.feed(&[*b]) == Ok(None)));
+        assert_eq!(reply.feed(&[*last]), Ok(Some(vars)));
+        fuzz_reply(REAL);
+    }
+
+    fn list(lines: &[String]) -> Vec<u8> {
+        let mut out = b"BEGIN LIST VAR test\n".to_vec();
+        for l in lines {
+            out.extend_from_slice(l.as_bytes());
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"END LIST VAR test\n");
+        out
+    }
+
+    #[test]
+    fn each_bound_holds_at_its_limit_and_fails_past_it() {
+        let value = |len: usize| format!("VAR test v \"{}\"", "x".repeat(len - 13));
+        assert!(parse_list_var("test", &list(&[value(MAX_LINE)])).is_ok());
+        assert_eq!(parse_list_var("test", &list(&[value(MAX_LINE + 1)])), Err(ReplyError::LineTooLong));
+        let vars = |n: usize| (0..n).map(|i| format!("VAR test v{i} \"1\"")).collect::<Vec<_>>();
+        assert_eq!(parse_list_var("test", &list(&vars(MAX_VARS))).unwrap().len(), MAX_VARS);
+        assert_eq!(parse_list_var("test", &list(&vars(MAX_VARS + 1))), Err(ReplyError::TooManyVars));
+        // Long lines under every other bound: the answer's own bound.
+        let long = vec![value(MAX_LINE); MAX_REPLY_BYTES / MAX_LINE + 1];
+        assert_eq!(parse_list_var("test", &list(&long)), Err(ReplyError::TooManyBytes));
+        let e = NutError::Reply { addr: "h:1".into(), problem: ReplyError::TooManyVars };
+        assert_eq!(e.to_string(), "upsd at h:1 sent more than 1024 variables");
+    }
+
+    #[test]
+    fn errors_garbage_and_a_cut_answer_are_told_apart() {
+        let p = |bytes: &[u8]| parse_list_var("test", bytes);
+        assert_eq!(p(b"ERR UNKNOWN-UPS\n"), Err(ReplyError::UnknownUps { ups: "test".into() }));
+        assert_eq!(p(b"ERR ACCESS-DENIED\n"), Err(ReplyError::AccessDenied));
+        assert_eq!(p(b"BEGIN LIST VAR test\r\nERR DATA-STALE\r\n"), Err(ReplyError::Err { code: "DATA-STALE".into() }));
+        assert_eq!(p(b"\x16\x03\x01\xff\xfe\n"), Err(ReplyError::Undecodable { byte: 0xff, line: 1 }));
+        assert_eq!(p(b"BEGIN LIST VAR test\nVAR test ups.status \"O\xe9L\"\n"), Err(ReplyError::Undecodable { byte: 0xe9, line: 2 }));
+        // Bytes that are not text are named as soon as they come, not when (or if) their line ends…
+        assert_eq!(ListVarReply::new("test").feed(b"\x16\x03\x01\xfc"), Err(ReplyError::Undecodable { byte: 0xfc, line: 1 }));
+        // …while a character cut between two reads is text.
+        let mut r = ListVarReply::new("test");
+        assert_eq!(r.feed(b"BEGIN LIST VAR test\nVAR test ups.mfr \"\xc3"), Ok(None));
+        assert_eq!(r.feed(b"\xa9\"\nEND LIST VAR test\n").unwrap().unwrap()["ups.mfr"], "\u{e9}");
+        assert!(matches!(p(b"hello\n"), Err(ReplyError::Malformed { line }) if line == "hello"));
+        assert_eq!(p(b"BEGIN LIST VAR test\nVAR test ups.status \"OL\"\n"), Err(ReplyError::Unfinished));
+        let e = NutError::Reply { addr: "h:1".into(), problem: ReplyError::Undecodable { byte: 0xff, line: 1 } };
+        assert!(e.to_string().starts_with("upsd at h:1 sent bytes that are not text (byte 0xff in line 1)"), "{e}");
+    }
+
+    /// Every input of the fuzz target `target`: its seeds (`fuzz/seeds/`) and
+    /// the inputs it found, kept in this crate's `fuzz-regressions/` once fixed.
+    fn fuzz_inputs(target: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let seeds = std::fs::read_dir(crate_dir.join("../../fuzz/seeds").join(target)).expect("the target's seeds");
+        let found = std::fs::read_dir(crate_dir.join("fuzz-regressions").join(target)).into_iter().flatten();
+        seeds.chain(found).map(|e| e.unwrap().path()).map(|p| (p.clone(), std::fs::read(p).unwrap())).collect()
+    }
+
+    #[test]
+    fn fuzz_inputs_keep_their_properties() {
+        for (path, data) in fuzz_inputs("nut_reply") {
+            println!("{}", path.display());
+            fuzz_reply(&data);
+        }
+    }
 
     #[test]
     fn var_lines() {

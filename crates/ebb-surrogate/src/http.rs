@@ -36,11 +36,12 @@ pub(crate) fn request_line(buf: &[u8]) -> Option<Result<(String, String), ()>> {
 }
 
 /// The path of a request target, without query; absolute-form targets
-/// (`http://host/path`, sent to proxies) are reduced to their path.
+/// (`http://host/path`, sent to proxies) are reduced to their path. An
+/// origin-form target (`/…`) is a path already, even with `://` in it.
 fn path_of(target: &str) -> &str {
     let target = match target.split_once("://") {
-        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
-        None => target,
+        Some((_, rest)) if !target.starts_with('/') => rest.find('/').map_or("/", |i| &rest[i..]),
+        _ => target,
     };
     let end = target.find(['?', '#']).unwrap_or(target.len());
     &target[..end]

@@ -25,6 +25,8 @@
 #![forbid(unsafe_code)]
 
 mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod kernel_forward;
 mod pace;

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::journal::{Entry, Journal};
 use crate::settings::{self, MetadataSettings, Resolved};
 use ebb_backends::nut::NutClient;
-use ebb_backends::platform::{HostPlatform, Platform, UpsAddress};
+use ebb_backends::platform::{HostPlatform, Platform, UpsAddress, UpsPoller};
 use ebb_backends::{HvError, Hypervisor};
 use ebb_core::affinity::{AffinityConfig, AffinityPolicy, AffinityView, AffinityVm, CpuSet, Pins};
 use ebb_core::devices::{CpuChange, CpuFreq, CpuSetting, DeviceAction, DeviceConfig, DevicePolicy, DiskSample};
@@ -254,7 +254,7 @@ impl Agent {
             client: NutClient::new(addr, cfg.power.timeout),
         });
         let platform: Box<dyn Platform> = Box::new(HostPlatform {
-            ups: platform,
+            ups: platform.map(UpsPoller::new),
             sysfs: cfg.power.sysfs.clone(),
             power_off_command: cfg.power.power_off_command.clone(),
             disk_standby_command: cfg.power.devices.disk_standby_command.clone(),

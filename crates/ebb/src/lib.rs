@@ -12,6 +12,8 @@ pub mod config;
 pub mod crowd;
 pub mod demo;
 pub mod explain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod journal;
 pub mod lab;
 pub mod metrics;

@@ -82,23 +82,29 @@ fn raise_fd_limit() -> u64 {
     }
 }
 
-pub async fn shutdown_signal() {
+/// Resolves on SIGTERM, SIGINT or SIGHUP. The signals are watched from
+/// this call on, not from the future's first poll: the agent polls it only
+/// between ticks, and a signal during the first tick would otherwise kill
+/// ebb uncleanly. SIGHUP (a closed terminal, or an operator's reload) stops
+/// cleanly too; SIGUSR1/2 mean nothing to ebb and are ignored, where by
+/// default they would kill it with nothing given back.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let watch = |kind: SignalKind, name: &str| signal(kind).unwrap_or_else(|e| panic!("cannot watch {name}: {e}"));
+    let mut int = watch(SignalKind::interrupt(), "SIGINT");
     let mut term = watch(SignalKind::terminate(), "SIGTERM");
-    // SIGHUP (a closed terminal, or an operator's reload) stops cleanly too,
-    // instead of the default: killed with nothing given back.
     let mut hup = watch(SignalKind::hangup(), "SIGHUP");
-    // SIGUSR1/2 mean nothing to ebb; by default they would kill it uncleanly.
     let mut usr1 = watch(SignalKind::user_defined1(), "SIGUSR1");
     let mut usr2 = watch(SignalKind::user_defined2(), "SIGUSR2");
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return,
-            _ = term.recv() => return,
-            _ = hup.recv() => return info!("SIGHUP: stopping cleanly (ebb has no live reload; start it again to apply a new config)"),
-            _ = usr1.recv() => info!("SIGUSR1 ignored: ebb takes SIGTERM, SIGINT or SIGHUP to stop"),
-            _ = usr2.recv() => info!("SIGUSR2 ignored: ebb takes SIGTERM, SIGINT or SIGHUP to stop"),
+    async move {
+        loop {
+            tokio::select! {
+                _ = int.recv() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => return info!("SIGHUP: stopping cleanly (ebb has no live reload; start it again to apply a new config)"),
+                _ = usr1.recv() => info!("SIGUSR1 ignored: ebb takes SIGTERM, SIGINT or SIGHUP to stop"),
+                _ = usr2.recv() => info!("SIGUSR2 ignored: ebb takes SIGTERM, SIGINT or SIGHUP to stop"),
+            }
         }
     }
 }

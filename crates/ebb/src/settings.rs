@@ -79,10 +79,12 @@ fn parse_sleep(s: &mut SleepSettings, key: &str, value: &str, field: &str) -> Re
         }
         "idle_after" => {
             let d = crate::config::parse_duration(value).map_err(|e| format!("{field}: {e}"))?;
-            if d.is_zero() {
-                return Err(format!("{field}: idle_after must be longer than zero"));
+            // Kept in whole milliseconds: under one would be no wait at all.
+            let ms = d.as_millis();
+            if ms == 0 {
+                return Err(format!("{field}: idle_after must be at least 1ms"));
             }
-            s.idle_after_ms = d.as_millis() as u64;
+            s.idle_after_ms = u64::try_from(ms).map_err(|_| format!("{field}: idle_after is too long a duration"))?;
         }
         "cpu_threshold" => {
             let v: f64 = value.parse().map_err(|_| format!("{field}: a fraction of one vCPU, like 0.05"))?;
