@@ -314,7 +314,8 @@ pub struct PowerSection {
     /// has to shut down; past it the host stays up under it (never destroyed).
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
-    /// How long a read of the UPS may take.
+    /// How long one whole reading of the UPS may take: the name lookup, the
+    /// connect and every line of the answer.
     #[serde(deserialize_with = "de_duration")]
     pub timeout: Duration,
     /// Watts the host may draw on battery. Set, ebb plans for a power drop
@@ -723,7 +724,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     seconds(secs, &format!("\"{s}\""))
 }
 
-/// A number of seconds as a duration, within (0, MAX_DURATION]: what
+/// A number of seconds as a duration, within [1 ms, MAX_DURATION]: what
 /// `Duration::from_secs_f64` would panic on (infinite, too large) is
 /// refused first. `text` is the value as written, for the message.
 fn seconds(secs: f64, text: &str) -> Result<Duration, String> {
@@ -733,11 +734,11 @@ fn seconds(secs: f64, text: &str) -> Result<Duration, String> {
     if secs > MAX_DURATION.as_secs_f64() {
         return Err(format!("{text} is longer than a year, the longest duration ebb takes"));
     }
-    let d = Duration::from_secs_f64(secs);
-    if d.is_zero() {
-        return Err(format!("{text} is shorter than a nanosecond: a duration must be more than zero"));
+    // The policies count time in whole milliseconds: less would be zero.
+    if secs < 0.001 {
+        return Err(format!("{text} is shorter than a millisecond, the finest time ebb keeps"));
     }
-    Ok(d)
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Where a config number must lie. Every float of the config goes through
@@ -1276,9 +1277,11 @@ mod tests {
     fn durations_are_more_than_zero_and_at_most_a_year() {
         assert_eq!(parse_duration("366h").unwrap(), Duration::from_secs(366 * 3600));
         assert!(parse_duration("9000h").unwrap_err().contains("longer than a year"));
-        assert!(parse_duration("0.0000000000001ms").unwrap_err().contains("shorter than a nanosecond"));
+        assert!(parse_duration("0.0000000000001ms").unwrap_err().contains("shorter than a millisecond"));
+        assert!(parse_duration("0.5ms").unwrap_err().contains("shorter than a millisecond"));
+        assert_eq!(parse_duration("1ms").unwrap(), Duration::from_millis(1));
         let e = Config::parse("[vm.web.sleep]\nidle_after = 1e-12\n").unwrap_err();
-        assert!(e.contains("line 2: vm.web.sleep.idle_after") && e.contains("more than zero"), "{e}");
+        assert!(e.contains("line 2: vm.web.sleep.idle_after") && e.contains("shorter than a millisecond"), "{e}");
         let e = crate::settings::parse_metadata(r#"<vm><sleep idle_after="99999999999999999999999h"/></vm>"#).unwrap_err();
         assert!(e.contains("longer than a year"), "{e}");
     }
