@@ -402,7 +402,6 @@ async fn hold(
             }
         }
     };
-    drop(slot);
     match end {
         HoldEnd::Awake(backend) => {
             debug!(
@@ -416,9 +415,15 @@ async fn hold(
                 client_done,
                 cap: limits.max_held_bytes,
             };
-            replay(client, backend, svc, held, answer_by, fds).await
+            // Still held until the service answers it: a client waiting for
+            // its replay keeps its place, and its VM awake (the idle
+            // detector counts held clients as open connections).
+            replay(client, backend, svc, held, answer_by, fds, slot).await
         }
-        HoldEnd::Refuse(why) => refuse(client, svc, why).await,
+        HoldEnd::Refuse(why) => {
+            drop(slot);
+            refuse(client, svc, why).await
+        }
         HoldEnd::Gone => debug!("client left while the VM woke"),
     }
 }
@@ -496,6 +501,7 @@ async fn replay(
     mut held: Held,
     answer_by: Instant,
     mut fds: Share,
+    slot: HeldSlot<'_>,
 ) {
     let busy = Refusal::Busy { after: svc.bound() };
     let mut pause = svc.vm.limits.probe_interval;
@@ -525,12 +531,14 @@ async fn replay(
                     // Nothing to replay (the client has not spoken): the
                     // connection is the service's now, as if it had been awake.
                     drop(turn);
+                    drop(slot);
                     return splice(client, b, svc, fds).await;
                 }
                 Ok(mut b) => match first_answer(&mut client, &mut b, &mut held, turn, answer_by).await {
                     FirstAnswer::Answered => {
                         svc.vm.counters.add_in(held.buf.len());
                         drop(held);
+                        drop(slot);
                         return splice(client, b, svc, fds).await;
                     }
                     FirstAnswer::ClientGone => return debug!("client left before the VM answered"),

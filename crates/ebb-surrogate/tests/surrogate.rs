@@ -1009,3 +1009,32 @@ async fn an_http_client_that_says_nothing_or_too_much_never_wakes_the_vm() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_waiting_for_their_replay_still_count_as_held() {
+    bounded(20, async {
+        let (listen, backend) = (free_addr(), free_addr());
+        let _b = Backend::start_slow(backend, "vm1", Duration::from_millis(700), Arc::new(AtomicUsize::new(0)));
+        let limits = Limits { replay_in_flight: 1, ..Limits::default() };
+        let d = setup(limits, vec![web(listen, backend)], VmPower::Asleep, Wake::AwakeOnly { delay: Duration::ZERO });
+        let clients: Vec<_> = (0..4).map(|i| tokio::spawn(async move { http_get(listen, &format!("/c/{i}")).await })).collect();
+        let awake = Instant::now() + Duration::from_secs(5);
+        while d.surrogate.lock().unwrap().state(&vm()) != Some(VmPower::Awake) {
+            assert!(Instant::now() < awake, "never woken");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The service takes 0.7 s per answer, one at a time: the clients
+        // behind the first wait for their replay, held, and so the idle
+        // detector sees them (a VM put back to sleep under them would
+        // refuse them all at their bound).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let st = d.stats(&vm());
+        assert!(st.held_connections >= 3, "{st:?}");
+        for c in clients {
+            let (status, _) = c.await.unwrap().unwrap();
+            assert_eq!(status, 200);
+        }
+        assert_eq!(d.stats(&vm()).held_connections, 0);
+    })
+    .await
+}
