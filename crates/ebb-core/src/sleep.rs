@@ -69,6 +69,11 @@ pub struct SurrogateTraffic {
     pub bytes: u64,
     /// Client connections open through the surrogate right now.
     pub open_connections: u32,
+    /// Clients the surrogate holds for the VM right now (waiting for it to
+    /// wake, or for their replay): always activity, whatever
+    /// `held_open_counts` says, or the VM could sleep under them.
+    #[serde(default)]
+    pub held: u32,
     /// Open connections keep the VM awake even when no bytes flow (streams,
     /// websockets, long polls).
     pub held_open_counts: bool,
@@ -177,6 +182,9 @@ impl Rates {
         }
         if self.client_bytes > 0 {
             why.push(format!("client traffic through ebb {}/s", self.client));
+        }
+        if traffic.held > 0 {
+            why.push(format!("{} client{} waiting for it through ebb", traffic.held, plural(traffic.held)));
         }
         if traffic.held_open_counts && traffic.open_connections > 0 {
             why.push(format!("{} open client connection{} through ebb", traffic.open_connections, plural(traffic.open_connections)));
@@ -487,6 +495,23 @@ mod tests {
         let (took, reason) = w.quiet_until_sleep(10 * MIN).expect("sleeps");
         assert_eq!(took, MIN);
         assert!(reason.text.ends_with("no client traffic through ebb (1 idle connection open, not counted)"), "{}", reason.text);
+    }
+
+    #[test]
+    fn clients_held_for_a_vm_keep_it_awake_whatever_the_settings() {
+        let mut w = One::new(enabled());
+        w.tick();
+        // Clients wait for their replay to a slow service: nothing flows.
+        w.traffic.held = 3;
+        w.traffic.held_open_counts = false;
+        for _ in 0..200 {
+            let d = w.run(10_000, 0.0, 0, 0);
+            assert!(d.to_sleep.is_empty(), "slept under its held clients");
+            assert_eq!(d.views[0].active_reason.as_deref(), Some("3 clients waiting for it through ebb"));
+        }
+        w.traffic.held = 0;
+        let (took, _) = w.quiet_until_sleep(30 * MIN).expect("sleeps once they are through");
+        assert_eq!(took, 10 * MIN);
     }
 
     #[test]

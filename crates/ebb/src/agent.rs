@@ -482,7 +482,8 @@ impl Agent {
                 let held_open_counts = self.surrogate.services(vm)?.iter().any(|s| s.hold_open_counts_as_activity);
                 let traffic = SurrogateTraffic {
                     bytes: st.bytes_in + st.bytes_out,
-                    open_connections: (st.open_connections + st.held_connections) as u32,
+                    open_connections: st.open_connections as u32,
+                    held: st.held_connections as u32,
                     held_open_counts,
                 };
                 Some((vm.clone(), traffic))
