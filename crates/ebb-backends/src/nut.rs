@@ -12,10 +12,23 @@
 //! slow nor an endless upsd can hold a reading or grow ebb's memory. The
 //! answer is parsed by [`ListVarReply`], a pure parser over the bytes as they
 //! arrive (fuzzed: `fuzz/fuzz_targets/nut_reply.rs`).
+//!
+//! Plain, the reading is unauthenticated: whatever answers on the address
+//! can report low battery, and ebb then saves every VM and powers the host
+//! off. Given a CA ([`NutTls`]), every reading starts with `STARTTLS` (upsd
+//! answers `OK STARTTLS`, then a TLS handshake on the same connection, as
+//! net-protocol.txt has it) and goes on only once upsd's certificate chains
+//! to that CA and holds the expected name; a upsd that does not take up TLS
+//! is refused, never read in the clear. The STARTTLS exchange and the
+//! handshake count against the reading's one deadline.
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{CertificateError, ClientConnection, StreamOwned};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -49,6 +62,90 @@ pub enum NutError {
     Reply { addr: String, problem: ReplyError },
     #[error("UPS {ups} at {addr} reports no ups.status")]
     NoStatus { addr: String, ups: String },
+    #[error(
+        "upsd at {addr} did not take up TLS (it answered STARTTLS with {answer:?}): power.ups_ca is set, so ebb reads this UPS \
+         only over TLS; give upsd a certificate (CERTPATH and CERTIDENT in upsd.conf)"
+    )]
+    NoTls { addr: String, answer: String },
+    #[error("upsd at {addr} presented a certificate ebb does not trust ({detail}): {hint}")]
+    Untrusted { addr: String, detail: String, hint: String },
+    #[error("the TLS handshake with upsd at {addr} failed: {detail}")]
+    Handshake { addr: String, detail: String },
+}
+
+/// Why a CA file or a name cannot be used for TLS to upsd: a sentence that
+/// follows the setting's name and value.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot be read ({0}): give the PEM file of the CA that signed upsd's certificate")]
+    Unreadable(String),
+    #[error("is not a PEM file ({0}): give the CA certificate in PEM (-----BEGIN CERTIFICATE-----)")]
+    NotPem(String),
+    #[error("holds no certificate: give the CA certificate in PEM (-----BEGIN CERTIFICATE-----)")]
+    NoCertificate,
+    #[error("is larger than {MAX_CA_BYTES} bytes: give the PEM file of the CA that signed upsd's certificate")]
+    TooLarge,
+    #[error("is not a file: give the PEM file of the CA that signed upsd's certificate")]
+    NotAFile,
+    #[error("certificate {index} in it cannot be a CA ({detail})")]
+    BadCertificate { index: usize, detail: String },
+    #[error("is neither a host name nor an IP address: give the name upsd's certificate is issued for")]
+    BadName,
+    #[error("cannot set up TLS: {0}")]
+    Setup(String),
+}
+
+/// How a reading authenticates upsd: the CA its certificate must chain to
+/// and the name the certificate must hold.
+#[derive(Clone, Debug)]
+pub struct NutTls {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    /// The CA file, named when a certificate is refused.
+    ca: PathBuf,
+}
+
+impl NutTls {
+    /// `ca`: a PEM file with the CA certificate(s) upsd's certificate must
+    /// chain to; `name`: the host name or IP address it must be issued for.
+    pub fn new(ca: &Path, name: &str) -> Result<NutTls, TlsSetupError> {
+        let name = ServerName::try_from(name.to_string()).map_err(|_| TlsSetupError::BadName)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for (i, cert) in load_ca(ca)?.into_iter().enumerate() {
+            roots.add(cert).map_err(|e| TlsSetupError::BadCertificate { index: i + 1, detail: e.to_string() })?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsSetupError::Setup(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(NutTls { config: Arc::new(config), name, ca: ca.to_path_buf() })
+    }
+}
+
+/// The most bytes a CA file may hold: a whole system bundle of public CAs
+/// is about 220 KB. The bound keeps a wrong path (a disk image) from
+/// growing ebb's memory.
+pub const MAX_CA_BYTES: u64 = 1 << 20;
+
+/// The certificates of a PEM file (other sections, such as keys, skipped).
+fn load_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let unreadable = |e: io::Error| TlsSetupError::Unreadable(e.to_string());
+    // Looked at before it is opened: opening a FIFO waits for a writer.
+    if !std::fs::metadata(path).map_err(unreadable)?.is_file() {
+        return Err(TlsSetupError::NotAFile);
+    }
+    let mut pem = Vec::new();
+    std::fs::File::open(path).and_then(|f| f.take(MAX_CA_BYTES + 1).read_to_end(&mut pem)).map_err(unreadable)?;
+    if pem.len() as u64 > MAX_CA_BYTES {
+        return Err(TlsSetupError::TooLarge);
+    }
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| TlsSetupError::NotPem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsSetupError::NoCertificate);
+    }
+    Ok(certs)
 }
 
 /// What is wrong with an answer, whoever sent it: a sentence that follows
@@ -190,6 +287,8 @@ pub fn parse_list_var(ups: &str, bytes: &[u8]) -> Result<BTreeMap<String, String
 pub struct NutClient {
     addr: String,
     timeout: Duration,
+    /// Set: every reading is over TLS, upsd authenticated.
+    tls: Option<NutTls>,
     /// A name lookup that outlived its reading. The next reading waits on it
     /// rather than starting another, so a hung resolver holds one thread,
     /// not one more per reading.
@@ -203,11 +302,20 @@ impl NutClient {
     /// `addr` is `host:port` (upsd listens on 3493 by default); `timeout`
     /// bounds each reading as a whole.
     pub fn new(addr: impl Into<String>, timeout: Duration) -> NutClient {
-        NutClient { addr: addr.into(), timeout, lookup: Arc::default() }
+        NutClient { addr: addr.into(), timeout, tls: None, lookup: Arc::default() }
+    }
+
+    /// Reads over TLS only, upsd authenticated by `tls`.
+    pub fn with_tls(self, tls: NutTls) -> NutClient {
+        NutClient { tls: Some(tls), ..self }
     }
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    pub fn tls(&self) -> Option<&NutTls> {
+        self.tls.as_ref()
     }
 
     pub fn timeout(&self) -> Duration {
@@ -266,42 +374,201 @@ impl NutClient {
     pub fn list_vars(&self, ups: &str) -> Result<BTreeMap<String, String>, NutError> {
         // Far beyond any sensible timeout; it keeps `Instant + timeout` from overflowing.
         let deadline = Instant::now() + self.timeout.min(Duration::from_secs(86_400));
-        let mut s = self.connect(deadline)?;
-        let io = |e: std::io::Error| NutError::Io { addr: self.addr.clone(), detail: e.to_string() };
-        let late = |received: usize| match received {
-            0 => NutError::Silent { addr: self.addr.clone(), timeout: self.timeout },
-            _ => NutError::Unfinished { addr: self.addr.clone(), timeout: self.timeout },
+        let tcp = self.connect(deadline)?;
+        let bounded = Bounded { tcp, deadline, received: 0 };
+        let mut s = match &self.tls {
+            None => Transport::Plain(bounded),
+            Some(tls) => Transport::Tls(Box::new(self.start_tls(bounded, tls)?)),
         };
-        let left = NutClient::left(deadline).ok_or_else(|| late(0))?;
-        s.set_write_timeout(Some(left)).map_err(io)?;
-        s.write_all(format!("LIST VAR {ups}\n").as_bytes()).map_err(io)?;
-        let mut received = 0;
+        s.write_all(format!("LIST VAR {ups}\n").as_bytes()).map_err(|e| self.failed(e, s.received()))?;
         let mut reply = ListVarReply::new(ups);
         let mut buf = [0u8; 8192];
         loop {
-            let left = NutClient::left(deadline).ok_or_else(|| late(received))?;
-            s.set_read_timeout(Some(left)).map_err(io)?;
             match s.read(&mut buf) {
                 Ok(0) => return Err(NutError::Closed { addr: self.addr.clone() }),
                 Ok(n) => {
-                    received += n;
                     let done = reply.feed(&buf[..n]).map_err(|problem| NutError::Reply { addr: self.addr.clone(), problem })?;
                     if let Some(vars) = done {
                         let _ = s.write_all(b"LOGOUT\n");
                         return Ok(vars);
                     }
                 }
-                // The deadline is checked at the top of the loop.
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => {}
-                Err(e) => return Err(io(e)),
+                Err(e) if retry(&e, deadline) => {}
+                Err(e) => return Err(self.failed(e, s.received())),
             }
         }
+    }
+
+    /// What an I/O error that ends the reading means, once `received` bytes have come.
+    fn failed(&self, e: io::Error, received: usize) -> NutError {
+        let addr = self.addr.clone();
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut if received == 0 => NutError::Silent { addr, timeout: self.timeout },
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => NutError::Unfinished { addr, timeout: self.timeout },
+            // A TLS connection closed without its close_notify.
+            io::ErrorKind::UnexpectedEof => NutError::Closed { addr },
+            _ => NutError::Io { addr, detail: e.to_string() },
+        }
+    }
+
+    /// `STARTTLS`, then the handshake: the connection over TLS once upsd
+    /// has shown a certificate that `tls` trusts.
+    fn start_tls(&self, mut s: Bounded, tls: &NutTls) -> Result<StreamOwned<ClientConnection, Bounded>, NutError> {
+        s.write_all(b"STARTTLS\n").map_err(|e| self.failed(e, s.received))?;
+        let answer = self.answer_line(&mut s)?;
+        if answer != "OK STARTTLS" {
+            return Err(NutError::NoTls { addr: self.addr.clone(), answer });
+        }
+        let handshake = |detail: String| NutError::Handshake { addr: self.addr.clone(), detail };
+        let mut conn = ClientConnection::new(tls.config.clone(), tls.name.clone()).map_err(|e| handshake(e.to_string()))?;
+        while conn.is_handshaking() {
+            match conn.complete_io(&mut s) {
+                Ok(_) => {}
+                Err(e) if retry(&e, s.deadline) => {}
+                Err(e) => {
+                    return Err(match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                        Some(rustls::Error::InvalidCertificate(c)) => self.untrusted(c, tls),
+                        Some(other) => handshake(other.to_string()),
+                        None => match e.kind() {
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => handshake(format!("it did not finish within {:?}", self.timeout)),
+                            io::ErrorKind::UnexpectedEof => handshake("upsd closed the connection".into()),
+                            _ => handshake(e.to_string()),
+                        },
+                    });
+                }
+            }
+        }
+        Ok(StreamOwned::new(conn, s))
+    }
+
+    /// The one-line answer to STARTTLS. Read a byte at a time: the TLS
+    /// handshake follows on the same connection, and no byte of it may be
+    /// taken for the answer.
+    fn answer_line(&self, s: &mut Bounded) -> Result<String, NutError> {
+        let mut line = Vec::new();
+        let mut byte = [0u8];
+        loop {
+            match s.read(&mut byte) {
+                Ok(0) => return Err(NutError::Closed { addr: self.addr.clone() }),
+                Ok(_) if byte[0] == b'\n' => break,
+                Ok(_) if line.len() == MAX_LINE => {
+                    return Err(NutError::Reply { addr: self.addr.clone(), problem: ReplyError::LineTooLong });
+                }
+                Ok(_) => line.push(byte[0]),
+                Err(e) if retry(&e, s.deadline) => {}
+                Err(e) => return Err(self.failed(e, s.received)),
+            }
+        }
+        let line = String::from_utf8_lossy(&line);
+        Ok(line.trim_end_matches('\r').chars().take(200).collect())
+    }
+
+    /// Why upsd's certificate was refused, and what to do about it.
+    fn untrusted(&self, e: &CertificateError, tls: &NutTls) -> NutError {
+        let name = tls.name.to_str();
+        let ca = tls.ca.display();
+        let hint = match e {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                format!("it is not signed by a CA in power.ups_ca ({ca}): put the CA that signed upsd's certificate there")
+            }
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => format!(
+                "it is not issued for {name}: set power.ups_tls_name to a name it is issued for, or give upsd a certificate for {name}"
+            ),
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => "renew upsd's certificate, or check this host's clock".into(),
+            _ => format!("check upsd's certificate against power.ups_ca ({ca})"),
+        };
+        NutError::Untrusted { addr: self.addr.clone(), detail: e.to_string(), hint }
     }
 
     /// The UPS's state, from its variables.
     pub fn read(&self, ups: &str) -> Result<UpsReading, NutError> {
         let vars = self.list_vars(ups)?;
         UpsReading::from_vars(&vars).ok_or_else(|| NutError::NoStatus { addr: self.addr.clone(), ups: ups.into() })
+    }
+}
+
+/// Whether a read or write that failed may be tried again: it was cut
+/// short, or hit a socket timeout before the reading's deadline.
+fn retry(e: &io::Error, deadline: Instant) -> bool {
+    match e.kind() {
+        io::ErrorKind::Interrupted => true,
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => NutClient::left(deadline).is_some(),
+        _ => false,
+    }
+}
+
+/// The connection to upsd, each read and write bounded by what is left of
+/// the reading's deadline (so is the TLS handshake, which runs over it),
+/// counting the bytes that came.
+struct Bounded {
+    tcp: TcpStream,
+    deadline: Instant,
+    received: usize,
+}
+
+impl Read for Bounded {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = NutClient::left(self.deadline).ok_or(io::ErrorKind::TimedOut)?;
+        self.tcp.set_read_timeout(Some(left))?;
+        let n = self.tcp.read(buf)?;
+        self.received += n;
+        Ok(n)
+    }
+}
+
+impl Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let left = NutClient::left(self.deadline).ok_or(io::ErrorKind::TimedOut)?;
+        self.tcp.set_write_timeout(Some(left))?;
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// A reading's connection: plain, or TLS after STARTTLS.
+enum Transport {
+    Plain(Bounded),
+    Tls(Box<StreamOwned<ClientConnection, Bounded>>),
+}
+
+impl Transport {
+    /// Bytes that came over the wire, TLS records included.
+    fn received(&self) -> usize {
+        match self {
+            Transport::Plain(s) => s.received,
+            Transport::Tls(s) => s.sock.received,
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.read(buf),
+            Transport::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.write(buf),
+            Transport::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.flush(),
+            Transport::Tls(s) => s.flush(),
+        }
     }
 }
 

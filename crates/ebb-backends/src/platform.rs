@@ -194,7 +194,7 @@ impl Platform for HostPlatform {
         if let Some(u) = &mut self.ups {
             let r = u.reading()?;
             return Ok(Some(PowerReading {
-                source: format!("UPS {}@{}", u.ups.ups, u.ups.client.addr()),
+                source: format!("UPS {}@{}{}", u.ups.ups, u.ups.client.addr(), if u.ups.client.tls().is_some() { " over TLS" } else { "" }),
                 on_battery: r.on_battery && !r.on_line,
                 low_battery: r.low_battery,
                 forced_shutdown: r.forced_shutdown,

@@ -31,7 +31,7 @@ impl std::fmt::Display for Watts {
 /// Where the host's power comes from, as the platform reads it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PowerReading {
-    /// "UPS name@host:port" or "sysfs BAT0".
+    /// "UPS name@host:port" (with " over TLS" when upsd is authenticated) or "sysfs BAT0".
     pub source: String,
     /// The source's own words, e.g. NUT's `ups.status` "OB LB".
     pub status: String,
