@@ -8,8 +8,7 @@ use crate::api_types::{Connection, CpufreqView, DevicesView, DisksView, PlanView
 use crate::config::Config;
 use crate::journal::{Entry, Journal};
 use crate::settings::{self, MetadataSettings, Resolved};
-use ebb_backends::nut::NutClient;
-use ebb_backends::platform::{HostPlatform, Platform, UpsAddress, UpsPoller};
+use ebb_backends::platform::{HostPlatform, Platform, UpsPoller};
 use ebb_backends::{HvError, Hypervisor};
 use ebb_core::affinity::{AffinityConfig, AffinityPolicy, AffinityView, AffinityVm, CpuSet, Pins};
 use ebb_core::devices::{CpuChange, CpuFreq, CpuSetting, DeviceAction, DeviceConfig, DevicePolicy, DiskSample};
@@ -183,11 +182,17 @@ pub struct Agent {
     snapshot: watch::Sender<Arc<Snapshot>>,
 }
 
+/// A new agent, the snapshots it publishes and where its commands go.
+pub type NewAgent = (Agent, watch::Receiver<Arc<Snapshot>>, mpsc::Sender<Command>);
+
 impl Agent {
     /// Builds the agent and resumes what the journal remembers. Does not
     /// connect yet: the first tick does, so a libvirtd that is down at start
-    /// is handled like one that goes away later.
-    pub fn new(cfg: Config, journal: Journal, connect: Connector) -> (Agent, watch::Receiver<Arc<Snapshot>>, mpsc::Sender<Command>) {
+    /// is handled like one that goes away later. Fails on a UPS setting
+    /// that cannot be used (a CA file gone since the config was checked):
+    /// never a fallback to an unauthenticated reading.
+    pub fn new(cfg: Config, journal: Journal, connect: Connector) -> Result<NewAgent, String> {
+        let ups = cfg.power.ups_reader().transpose()?;
         let started_at = now();
         let sleeping = match journal.sleeping() {
             Ok(list) => list.into_iter().collect(),
@@ -249,12 +254,8 @@ impl Agent {
             warn!("could not read the VMs saved for power from the journal: {e}");
             vec![]
         });
-        let platform = cfg.power.ups_address().and_then(Result::ok).map(|(ups, addr)| UpsAddress {
-            ups,
-            client: NutClient::new(addr, cfg.power.timeout),
-        });
         let platform: Box<dyn Platform> = Box::new(HostPlatform {
-            ups: platform.map(UpsPoller::new),
+            ups: ups.map(UpsPoller::new),
             sysfs: cfg.power.sysfs.clone(),
             power_off_command: cfg.power.power_off_command.clone(),
             disk_standby_command: cfg.power.devices.disk_standby_command.clone(),
@@ -347,7 +348,7 @@ impl Agent {
         let status = agent.status(None, None, 0.0);
         agent.snapshot.send_replace(Arc::new(Snapshot { status, vms: vec![] }));
         let rx = agent.snapshot.subscribe();
-        (agent, rx, command_tx)
+        Ok((agent, rx, command_tx))
     }
 
     /// Binds every declared service before anything else happens, each in

@@ -390,6 +390,16 @@ pub fn describe_config(c: &Config) -> String {
         c.power.low_runtime,
         c.power.power_off_command.as_ref().map_or("recorded, not run (no power_off_command)".into(), |cmd| cmd.join(" "))
     );
+    if let Some(Ok((_, addr))) = c.power.ups_address() {
+        let reading = match &c.power.ups_ca {
+            Some(ca) => format!("over TLS, upsd's certificate verified against {} for the name {}", ca.display(), c.power.ups_tls_name(&addr)),
+            None => format!(
+                "unauthenticated (plain TCP): whatever answers on {addr} can report low battery, and ebb then saves every VM and \
+                 powers the host off; set power.ups_ca to read it over TLS"
+            ),
+        };
+        let _ = writeln!(out, "UPS reading: {reading}");
+    }
     let d = &c.power.devices;
     let cpufreq = if d.cpufreq {
         format!(

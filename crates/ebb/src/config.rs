@@ -8,6 +8,8 @@ use ebb_core::memory::MemoryConfig;
 use ebb_core::power::{LowBattery, PowerModel, Watts};
 use ebb_core::realloc::{ReallocConfig, ReallocSettings};
 use ebb_core::sleep::SleepSettings;
+use ebb_backends::nut::{NutClient, NutTls, TlsSetupError};
+use ebb_backends::platform::UpsAddress;
 use ebb_core::{Bytes, SleepMode, VmId};
 use ebb_surrogate::{AwakePath, FdPlan, Limits, ServiceSpec};
 use serde::de::{self, Visitor};
@@ -300,6 +302,14 @@ impl ReallocSection {
 pub struct PowerSection {
     /// A UPS served by NUT's upsd: `name@host:port` (port 3493 when left out).
     pub ups: Option<String>,
+    /// The CA (a PEM file) upsd's certificate must chain to. Set, every
+    /// reading is over TLS (STARTTLS) and a upsd that cannot prove itself
+    /// is not read; unset, readings are plain TCP, unauthenticated.
+    pub ups_ca: Option<PathBuf>,
+    /// The name upsd's certificate must be issued for; default: the host of
+    /// `ups` (set it when ebb reaches upsd by an address the certificate
+    /// does not name).
+    pub ups_tls_name: Option<String>,
     /// Root of the sysfs tree read for mains and batteries when no UPS is set.
     pub sysfs: PathBuf,
     /// On battery, at or below this charge (percent) the battery is low.
@@ -315,7 +325,8 @@ pub struct PowerSection {
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
     /// How long one whole reading of the UPS may take: the name lookup, the
-    /// connect and every line of the answer.
+    /// connect, STARTTLS and the handshake (with `ups_ca`) and every line of
+    /// the answer.
     #[serde(deserialize_with = "de_duration")]
     pub timeout: Duration,
     /// Watts the host may draw on battery. Set, ebb plans for a power drop
@@ -409,6 +420,8 @@ impl Default for PowerSection {
         let low = LowBattery::default();
         PowerSection {
             ups: None,
+            ups_ca: None,
+            ups_tls_name: None,
             sysfs: PathBuf::from("/sys"),
             low_charge: low.charge,
             low_runtime: Duration::from_secs_f64(low.runtime_s),
@@ -447,6 +460,34 @@ impl PowerSection {
         Some(parse_ups(text).map_err(|why| {
             format!("power.ups = {text:?}: {why}; write it as name@host, name@host:port or name@[IPv6]:port, as upsc takes it")
         }))
+    }
+
+    /// The name upsd's certificate must hold: `ups_tls_name`, else the
+    /// host of `addr` (`host:port`, an IPv6 host in brackets).
+    pub fn ups_tls_name(&self, addr: &str) -> String {
+        let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+        self.ups_tls_name.clone().unwrap_or_else(|| host.trim_start_matches('[').trim_end_matches(']').to_string())
+    }
+
+    /// The UPS and the client that reads it, over TLS when `ups_ca` is set
+    /// (its CA file loaded now: `ebb check` and `ebb run` refuse one that
+    /// cannot be used alike); None without `ups`.
+    pub fn ups_reader(&self) -> Option<Result<UpsAddress, String>> {
+        let (ups, addr) = match self.ups_address()? {
+            Ok(a) => a,
+            Err(e) => return Some(Err(e)),
+        };
+        let client = NutClient::new(addr.clone(), self.timeout);
+        let Some(ca) = &self.ups_ca else {
+            return Some(Ok(UpsAddress { ups, client }));
+        };
+        let name = self.ups_tls_name(&addr);
+        Some(match NutTls::new(ca, &name) {
+            Ok(tls) => Ok(UpsAddress { ups, client: client.with_tls(tls) }),
+            Err(e @ TlsSetupError::BadName) if self.ups_tls_name.is_some() => Err(format!("power.ups_tls_name = {name:?} {e}")),
+            Err(e @ TlsSetupError::BadName) => Err(format!("the host of power.ups ({name:?}) {e}: set power.ups_tls_name")),
+            Err(e) => Err(format!("power.ups_ca = {:?} {e}", ca.display().to_string())),
+        })
     }
 }
 
@@ -926,8 +967,14 @@ impl Config {
         }
         self.surrogate.limits().validate().map_err(|e| format!("[surrogate]: {e}"))?;
         self.realloc.validate()?;
-        if let Some(Err(e)) = self.power.ups_address() {
+        if let Some(Err(e)) = self.power.ups_reader() {
             return Err(e);
+        }
+        if self.power.ups.is_none() && (self.power.ups_ca.is_some() || self.power.ups_tls_name.is_some()) {
+            return Err("power.ups_ca and power.ups_tls_name authenticate the UPS's upsd, but power.ups is not set: set it, or remove them".into());
+        }
+        if self.power.ups_ca.is_none() && self.power.ups_tls_name.is_some() {
+            return Err("power.ups_tls_name is set without power.ups_ca: set power.ups_ca to the CA that signed upsd's certificate (the name is checked only over TLS)".into());
         }
         if let Some(t) = &self.power.model_table {
             if t.len() != 11 {
@@ -1067,8 +1114,8 @@ mod tests {
         assert_eq!(c.realloc.affinity_config(), AffinityConfig::default());
         let d = PowerSection::default();
         assert_eq!(
-            (c.power.low_battery(), c.power.sysfs, c.power.timeout, c.power.ups, c.power.shutdown_timeout),
-            (d.low_battery(), d.sysfs, d.timeout, d.ups, d.shutdown_timeout)
+            (c.power.low_battery(), c.power.sysfs, c.power.timeout, c.power.ups, c.power.shutdown_timeout, c.power.ups_ca, c.power.ups_tls_name),
+            (d.low_battery(), d.sysfs, d.timeout, d.ups, d.shutdown_timeout, d.ups_ca, d.ups_tls_name)
         );
         assert_eq!(c.power.devices.policy_config(), DeviceConfig::default());
         assert_eq!(c.power.devices.disk_standby_command, None);
@@ -1249,6 +1296,57 @@ mod tests {
             let e = ups(bad).unwrap_err();
             assert!(e.contains(&format!("power.ups = {bad:?}")) && e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_ups_ca_that_cannot_be_used_is_refused_with_the_field_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let parse = |power: String| Config::parse(&format!("[power]\nups = \"u@127.0.0.1\"\n{power}")).unwrap_err();
+        let e = parse("ups_ca = \"/nonexistent/ca.pem\"\n".into());
+        assert!(e.starts_with("power.ups_ca = \"/nonexistent/ca.pem\" cannot be read (No such file or directory"), "{e}");
+        // A wrong path is refused, not read without end (or waited on).
+        for path in ["/dev/zero", "/"] {
+            let e = parse(format!("ups_ca = \"{path}\"\n"));
+            assert!(e.starts_with(&format!("power.ups_ca = \"{path}\" is not a file")), "{e}");
+        }
+        let big = dir.path().join("big.pem");
+        std::fs::File::create(&big).unwrap().set_len(ebb_backends::nut::MAX_CA_BYTES + 1).unwrap();
+        let e = parse(format!("ups_ca = \"{}\"\n", big.display()));
+        assert!(e.contains("big.pem\" is larger than 1048576 bytes"), "{e}");
+        let block = |body: &str| format!("-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n");
+        for (name, text, why) in [
+            ("empty.pem", String::new(), "holds no certificate: give the CA certificate in PEM"),
+            ("binary.der", "0\u{82}\u{1}\n".into(), "holds no certificate"),
+            ("key.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into(), "holds no certificate"),
+            ("base64.pem", block("!!!!"), "is not a PEM file ("),
+            ("junk.pem", block("AAAA"), "certificate 1 in it cannot be a CA ("),
+        ] {
+            let path = file(name, &text);
+            let e = parse(format!("ups_ca = \"{path}\"\n"));
+            assert!(e.starts_with(&format!("power.ups_ca = \"{path}\" {why}")), "{name}: {e}");
+        }
+        let ca = file("junk2.pem", &block("AAAA"));
+        let e = parse(format!("ups_ca = \"{ca}\"\nups_tls_name = \"no spaces please\"\n"));
+        assert!(e.starts_with("power.ups_tls_name = \"no spaces please\" is neither a host name nor an IP address"), "{e}");
+        let e = Config::parse(&format!("[power]\nups_ca = \"{ca}\"\n")).unwrap_err();
+        assert!(e.contains("power.ups is not set"), "{e}");
+        let e = Config::parse("[power]\nups = \"u@h\"\nups_tls_name = \"h\"\n").unwrap_err();
+        assert!(e.starts_with("power.ups_tls_name is set without power.ups_ca"), "{e}");
+    }
+
+    #[test]
+    fn the_tls_name_is_the_host_of_power_ups_unless_given() {
+        let power = |ups: &str, name: Option<&str>| PowerSection { ups: Some(ups.into()), ups_tls_name: name.map(Into::into), ..PowerSection::default() };
+        let name = |p: PowerSection| p.ups_tls_name(&p.ups_address().unwrap().unwrap().1);
+        assert_eq!(name(power("u@ups.lan", None)), "ups.lan");
+        assert_eq!(name(power("u@10.0.0.5:3494", None)), "10.0.0.5");
+        assert_eq!(name(power("u@[fe80::1]:3494", None)), "fe80::1");
+        assert_eq!(name(power("u@10.0.0.5", Some("ups.lan"))), "ups.lan");
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub async fn run_with(mut cfg: Config, connect: Connector, shutdown: impl Future
     }
     let journal_path = cfg.agent.journal.clone();
     info!("ebb {} serving its API at {}", env!("CARGO_PKG_VERSION"), cfg.agent.socket.display());
-    let (mut agent, snapshot, commands) = Agent::new(cfg, journal, connect);
+    let (mut agent, snapshot, commands) = Agent::new(cfg, journal, connect)?;
     agent.serve_services()?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let app = api::router(ApiState { snapshot, journal: journal_path, commands });
