@@ -9,8 +9,9 @@ set -eu
 # nftables: the surrogate's kernel path for awake VMs (`[surrogate] awake_path`) runs nft.
 # apache2-utils: ab, a standard load tool the surrogate's crowd test runs; iproute2 and
 # util-linux (ip netns, nsenter, unshare, prlimit): the tests' network namespace.
+# libnss3-tools: certutil, which makes the CA and upsd's certificate database for the NUT-over-TLS tests.
 PACKAGES="qemu-system-x86 qemu-utils qemu-guest-agent nut-server nut-client libvirt-daemon-system libvirt-clients libvirt-dev \
-busybox-static linux-image-amd64 cpio zstd kmod pkg-config sqlite3 curl nftables apache2-utils iproute2 util-linux"
+busybox-static linux-image-amd64 cpio zstd kmod pkg-config sqlite3 curl nftables apache2-utils iproute2 util-linux libnss3-tools"
 URI="qemu:///system"
 
 step() { printf 'setup-host: %s\n' "$*"; }

@@ -297,6 +297,35 @@ fn check_and_run_agree_on_services_and_the_ups_address() {
     assert_eq!((check, run), (Some(0), None), "check: {err}\nrun: {log}");
 }
 
+/// What `ebb check` prints for `text` (a config whose `DIR` stands for a
+/// scratch folder), asserting it took it.
+fn check_output(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ebb.toml");
+    std::fs::write(&path, text.replace("DIR", dir.path().to_str().unwrap())).unwrap();
+    let out = ebb(&["check", "--config", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn check_says_whether_the_ups_reading_is_authenticated_and_refuses_a_ca_it_cannot_use() {
+    let ups = "[power]\nups = \"u@127.0.0.1:3493\"\n";
+    let out = check_output(&test_driver("", ups));
+    assert!(out.contains("UPS reading: unauthenticated (plain TCP): whatever answers on 127.0.0.1:3493 can report low battery"), "{out}");
+    assert!(out.contains("set power.ups_ca to read it over TLS"), "{out}");
+    assert!(!check_output(&test_driver("", "")).contains("UPS reading"));
+    let ca = ebb::lab::TestCa::new().unwrap();
+    let pem = ca.pem().display().to_string();
+    let out = check_output(&test_driver("", &format!("{ups}ups_ca = \"{pem}\"\n")));
+    assert!(out.contains(&format!("UPS reading: over TLS, upsd's certificate verified against {pem} for the name 127.0.0.1\n")), "{out}");
+    let out = check_output(&test_driver("", &format!("{ups}ups_ca = \"{pem}\"\nups_tls_name = \"ups.example\"\n")));
+    assert!(out.contains("for the name ups.example\n") && !out.contains("unauthenticated"), "{out}");
+    both_refuse(&test_driver("", &format!("{ups}ups_ca = \"DIR/none.pem\"\n")), &["power.ups_ca = \"", "none.pem\" cannot be read"]);
+    let not_pem = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    both_refuse(&test_driver("", &format!("{ups}ups_ca = \"{not_pem}\"\n")), &[&format!("power.ups_ca = \"{not_pem}\" holds no certificate")]);
+}
+
 #[test]
 fn the_api_socket_path_is_checked_and_its_group_resolved() {
     let with_socket = |socket: &str| format!("[agent]\nuri = \"test:///default\"\nsocket = \"{socket}\"\njournal = \"DIR/j.db\"\n");

@@ -3,13 +3,16 @@
 //! the driver's file, as a test of a power event does. Bad input against a
 //! scripted server on loopback: replies a real upsd would not send, and
 //! upsds that are slow, silent or endless, against the client and against
-//! the agent (`ebb run`).
+//! the agent (`ebb run`). Over TLS (`power.ups_ca`): a real upsd with a
+//! certificate made by certutil, against impostors: a upsd whose certificate
+//! another CA signed, one issued for another name, and upsds that do not
+//! take up TLS.
 
 mod common;
 
 use common::AgentProc;
-use ebb::lab::Upsd;
-use ebb_backends::nut::{NutClient, NutError, ReplyError};
+use ebb::lab::{TestCa, Upsd};
+use ebb_backends::nut::{NutClient, NutError, NutTls, ReplyError};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
@@ -130,8 +133,13 @@ fn dribble(s: &mut TcpStream) {
 /// `read` of `ups` on its own thread: the error, or a panic when it has not
 /// ended after a minute (far past any bound the client is given here).
 fn read_err(addr: String, timeout: Duration) -> NutError {
+    fails(NutClient::new(addr, timeout))
+}
+
+/// As `read_err`, with any client.
+fn fails(c: NutClient) -> NutError {
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || tx.send(NutClient::new(addr, timeout).read("test")));
+    std::thread::spawn(move || tx.send(c.read("test")));
     match rx.recv_timeout(Duration::from_secs(60)) {
         Ok(r) => r.expect_err("the reading should fail"),
         Err(_) => panic!("the reading did not end within a minute"),
@@ -326,4 +334,118 @@ fn a_host_name_whose_lookup_hangs_fails_the_reading_at_its_deadline() {
     Command::new("kill").arg("-TERM").arg(agent.child.id().to_string()).status().unwrap();
     let status = exited(&mut agent.child, Duration::from_secs(30));
     assert!(status.is_some_and(|s| s.success()), "ebb run did not stop on SIGTERM: {status:?}\n{}", agent.log_text());
+}
+
+/// A client of the upsd at `addr` that reads only over TLS, trusting `ca`
+/// for certificates issued for `name`.
+fn tls_client(addr: String, ca: &std::path::Path, name: &str) -> NutClient {
+    NutClient::new(addr, Duration::from_secs(2)).with_tls(NutTls::new(ca, name).unwrap())
+}
+
+#[test]
+fn over_tls_a_real_upsd_is_read_once_its_certificate_verifies() {
+    let ca = TestCa::new().unwrap();
+    let upsd = Upsd::start_tls("OL", ca.issue("ip:127.0.0.1").unwrap()).unwrap();
+    let c = tls_client(upsd.addr(), &ca.pem(), "127.0.0.1");
+    let r = wait_status(&c, "OL");
+    assert_eq!((r.charge, r.realpower_w), (Some(100.0), Some(180.0)));
+    upsd.set("OB LB").unwrap();
+    assert!(wait_status(&c, "OB LB").low_battery);
+    // The same upsd read without TLS answers too: TLS is the client's choice.
+    assert_eq!(NutClient::new(upsd.addr(), Duration::from_secs(2)).read("test").unwrap().status, "OB LB");
+}
+
+#[test]
+fn a_upsd_whose_certificate_another_ca_signed_is_refused() {
+    let (ca, impostor) = (TestCa::new().unwrap(), TestCa::new().unwrap());
+    // Both CAs are named "ebb test CA": only the signature tells them apart.
+    let upsd = Upsd::start_tls("OB LB", impostor.issue("ip:127.0.0.1").unwrap()).unwrap();
+    let e = fails(tls_client(upsd.addr(), &ca.pem(), "127.0.0.1"));
+    assert!(matches!(e, NutError::Untrusted { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.starts_with(&format!("upsd at {} presented a certificate ebb does not trust (", upsd.addr())), "{text}");
+    assert!(text.contains(&format!("it is not signed by a CA in power.ups_ca ({})", ca.pem().display())), "{text}");
+    // The impostor's own CA verifies it: the refusal is about the CA alone.
+    assert!(wait_status(&tls_client(upsd.addr(), &impostor.pem(), "127.0.0.1"), "OB LB").low_battery);
+}
+
+#[test]
+fn a_certificate_for_another_name_is_refused_unless_ups_tls_name_names_it() {
+    let ca = TestCa::new().unwrap();
+    let upsd = Upsd::start_tls("OL", ca.issue("dns:ups.example").unwrap()).unwrap();
+    // Reached by IP, as power.ups = "test@127.0.0.1:PORT" does without ups_tls_name.
+    let e = fails(tls_client(upsd.addr(), &ca.pem(), "127.0.0.1"));
+    assert!(matches!(e, NutError::Untrusted { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("not valid for name \"127.0.0.1\"") && text.contains("ups.example"), "{text}");
+    assert!(text.contains("it is not issued for 127.0.0.1: set power.ups_tls_name to a name it is issued for"), "{text}");
+    let e = fails(tls_client(upsd.addr(), &ca.pem(), "other.example"));
+    assert!(e.to_string().contains("it is not issued for other.example"), "{e}");
+    // The name it is issued for, given as power.ups_tls_name gives it.
+    assert!(wait_status(&tls_client(upsd.addr(), &ca.pem(), "ups.example"), "OL").on_line);
+}
+
+#[test]
+fn with_a_ca_set_a_upsd_that_does_not_take_up_tls_is_refused() {
+    let ca = TestCa::new().unwrap();
+    // A real upsd without a certificate.
+    let upsd = Upsd::start("OB LB").unwrap();
+    let e = fails(tls_client(upsd.addr(), &ca.pem(), "127.0.0.1"));
+    assert!(matches!(&e, NutError::NoTls { answer, .. } if answer == "ERR FEATURE-NOT-CONFIGURED"), "{e:?}");
+    assert!(e.to_string().contains("did not take up TLS (it answered STARTTLS with \"ERR FEATURE-NOT-CONFIGURED\")"), "{e}");
+    assert!(e.to_string().contains("give upsd a certificate (CERTPATH and CERTIDENT in upsd.conf)"), "{e}");
+    // A fake that answers any request with low battery.
+    let low = |s: &mut TcpStream| send_and_hold(s, b"BEGIN LIST VAR test\nVAR test ups.status \"OB LB\"\nEND LIST VAR test\n");
+    let e = fails(tls_client(fake_upsd(low), &ca.pem(), "127.0.0.1"));
+    assert!(matches!(&e, NutError::NoTls { answer, .. } if answer == "BEGIN LIST VAR test"), "{e:?}");
+    // One that agrees to TLS, then goes on in the clear.
+    let plain = |s: &mut TcpStream| send_and_hold(s, b"OK STARTTLS\nBEGIN LIST VAR test\nVAR test ups.status \"OB LB\"\nEND LIST VAR test\n");
+    let e = fails(tls_client(fake_upsd(plain), &ca.pem(), "127.0.0.1"));
+    assert!(matches!(e, NutError::Handshake { .. }), "{e:?}");
+    assert!(e.to_string().starts_with("the TLS handshake with upsd at 127.0.0.1:"), "{e}");
+    // One that agrees, then never shakes hands: the reading's deadline covers the handshake.
+    let mute = |s: &mut TcpStream| {
+        let _ = s.write_all(b"OK STARTTLS\n");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+        let _ = std::io::copy(s, &mut std::io::sink());
+    };
+    let e = fails(tls_client(fake_upsd(mute), &ca.pem(), "127.0.0.1"));
+    assert!(e.to_string().ends_with("failed: it did not finish within 2s"), "{e:?}");
+}
+
+/// The agent over TLS: what a verified upsd reports is acted on…
+#[test]
+fn the_agent_reads_a_verified_upsd_and_acts_on_its_low_battery() {
+    let ca = TestCa::new().unwrap();
+    let upsd = Upsd::start_tls("OL", ca.issue("ip:127.0.0.1").unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rest = format!("[power]\nups = \"{}\"\nups_ca = \"{}\"\n", upsd.ups(), ca.pem().display());
+    let agent = AgentProc::start(dir.path(), "uri = \"test:///default\"\ntick = \"200ms\"", &rest);
+    agent.wait("the UPS read", Duration::from_secs(30), |a| a.status().power.and_then(|p| p.reading).filter(|r| r.status == "OL"));
+    let text = agent.text(&["power"]);
+    assert!(text.contains(&format!("source: {} over TLS (OL)", upsd.ups().replace("test@", "UPS test@"))) && text.contains("on mains"), "{text}");
+    upsd.set("OB LB").unwrap();
+    let power = agent.wait("the VM saved and the power-off recorded", Duration::from_secs(60), |a| a.status().power.filter(|p| p.last_power_off.is_some()));
+    assert_eq!(power.saved_for_power, ["test"]);
+}
+
+/// …and what an impostor reports is not: its reading fails, as an
+/// unreachable upsd's does.
+#[test]
+fn the_agent_does_not_act_on_a_upsd_whose_certificate_another_ca_signed() {
+    let (ca, impostor) = (TestCa::new().unwrap(), TestCa::new().unwrap());
+    let upsd = Upsd::start_tls("OB LB", impostor.issue("ip:127.0.0.1").unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rest = format!("[power]\nups = \"{}\"\nups_ca = \"{}\"\n", upsd.ups(), ca.pem().display());
+    let agent = AgentProc::start(dir.path(), "uri = \"test:///default\"\ntick = \"200ms\"", &rest);
+    let p = agent.wait("the failed reading", Duration::from_secs(30), |a| a.status().power.filter(|p| p.error.is_some()));
+    assert!(p.error.unwrap().contains("presented a certificate ebb does not trust"));
+    // Readings go on failing tick after tick; none is taken for low battery.
+    let ticks = agent.status().ticks;
+    let power = agent.wait("more ticks", Duration::from_secs(30), |a| (a.status().ticks >= ticks + 10).then(|| a.status().power.unwrap()));
+    assert!(power.reading.is_none() && power.saved_for_power.is_empty() && power.last_power_off.is_none(), "{power:?}");
+    assert!(agent.vm("test").is_some_and(|v| v.state == ebb_core::VmState::Running && v.sleeping.is_none()), "{:?}", agent.vm("test"));
+    let text = agent.text(&["power"]);
+    assert!(text.contains(&format!("last reading failed: upsd at {} presented a certificate ebb does not trust", upsd.addr())), "{text}");
+    assert!(text.contains("it is not signed by a CA in power.ups_ca") && !text.contains("LOW BATTERY"), "{text}");
 }
