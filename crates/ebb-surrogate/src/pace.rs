@@ -24,8 +24,12 @@ use tokio::time::Instant;
 pub(crate) const MAX_WINDOW: usize = 64;
 /// A turn without an answer counts as congestion after this long (time for
 /// a slow guest to accept), or after three of the fastest answers when those
-/// are slower. It is kept until the answer all the same: what waits on the
-/// service is bounded by the window, never more.
+/// are slower. Its place then goes to the next client while its replay waits
+/// on: a connection the guest's full backlog dropped can sit in QEMU's
+/// user-mode stack for tens of seconds (it resends the SYN after 3 s, 6 s,
+/// 12 s…), and a few of those must not stop every other replay. The window
+/// halves for each such window of turns, so what waits past its turn grows
+/// by at most one connection per turn length.
 const MIN_TURN: Duration = Duration::from_secs(1);
 /// Answers slower than twice the fastest plus this are queueing.
 const QUEUE_SLACK: Duration = Duration::from_millis(50);
@@ -240,10 +244,16 @@ impl Turn<'_> {
     pub(crate) fn finish(mut self, outcome: Outcome) {
         self.tell(outcome);
     }
-}
 
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
+    /// The turn outlasted its length without an answer: counts as
+    /// congestion and gives its place to the next client, while the replay
+    /// goes on waiting for its answer (see `MIN_TURN`).
+    pub(crate) fn outlasted(&mut self) {
+        self.tell(Outcome::Congested);
+        self.give_back();
+    }
+
+    fn give_back(&mut self) {
         let Some(permit) = self.permit.take() else {
             return;
         };
@@ -252,6 +262,12 @@ impl Drop for Turn<'_> {
             st.debt -= 1;
             permit.forget();
         }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.give_back();
     }
 }
 
@@ -328,5 +344,20 @@ mod tests {
         assert_eq!(p.slots.available_permits(), 1);
         drop(c);
         assert_eq!(p.slots.available_permits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_turn_that_outlasts_its_length_makes_way_for_the_next() {
+        let p = Pacer::new(1);
+        let mut first = p.turn(1).await;
+        assert!(p.slots.try_acquire().is_err());
+        first.outlasted();
+        // The window stays at its floor of one, and the next client has it
+        // while the first still waits for its answer.
+        let second = p.turn(1).await;
+        assert!(p.busy());
+        drop(second);
+        drop(first);
+        assert_eq!(p.slots.available_permits(), 1, "a permit given back early is not given back twice");
     }
 }

@@ -586,8 +586,9 @@ struct Held {
 
 /// Writes the held bytes to the backend, then passes on what the client
 /// still sends (kept too, up to `cap`, for a replay) until the backend's
-/// first byte, its close, or `answer_by`. The turn is kept until then, and
-/// tells the pacer how it went (congested when it outlasts its length).
+/// first byte, its close, or `answer_by`. The turn tells the pacer how it
+/// went; one that outlasts its length counts as congestion and makes way for
+/// the next client, while this one still waits for its answer.
 async fn first_answer(
     client: &mut TcpStream,
     backend: &mut TcpStream,
@@ -623,7 +624,7 @@ async fn first_answer(
             },
             _ = sleep_until(turn.ends()), if !slow => {
                 slow = true;
-                turn.tell(Outcome::Congested);
+                turn.outlasted();
             }
             _ = sleep_until(answer_by) => {
                 turn.tell(Outcome::Congested);

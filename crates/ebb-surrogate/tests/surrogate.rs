@@ -955,6 +955,48 @@ async fn clients_a_slow_service_cannot_take_in_time_are_refused_at_the_bound_uns
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_that_stall_in_the_service_do_not_hold_back_the_others() {
+    bounded(30, async {
+        let (listen, backend) = (free_addr(), free_addr());
+        let limits = Limits {
+            wake_deadline: Duration::from_secs(5),
+            replay_deadline: Duration::from_secs(5),
+            replay_in_flight: 2,
+            ..Limits::default()
+        };
+        // The first three replays stall (one on the prober's connection,
+        // one per turn): only once every other client has its answer are
+        // they answered.
+        let (release, stalls) = tokio::sync::watch::channel(false);
+        let service = Backend::start_stalling(backend, "vm1", 3, stalls);
+        let d = setup(limits, vec![web(listen, backend)], VmPower::Asleep, Wake::AwakeOnly { delay: Duration::from_millis(100) });
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..20 {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.send((i, http_get(listen, &format!("/c/{i}")).await)).unwrap() });
+        }
+        let mut answered = Vec::new();
+        for _ in 0..17 {
+            let (i, r) = rx.recv().await.unwrap();
+            let (status, body) = r.unwrap();
+            assert_eq!((status, body.as_str()), (200, format!("vm1 GET /c/{i}").as_str()), "client {i} was not answered while three replays stalled");
+            answered.push(i);
+        }
+        release.send_replace(true);
+        for _ in 0..3 {
+            let (i, r) = rx.recv().await.unwrap();
+            assert_eq!(r.unwrap(), (200, format!("vm1 GET /c/{i}")), "a stalled replay was given up");
+            answered.push(i);
+        }
+        answered.sort();
+        assert_eq!(answered, (0..20).collect::<Vec<_>>());
+        assert_eq!(service.count(), 20, "a request was sent twice");
+        assert_eq!(d.refusals(), 0);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_grow_past_the_initial_window_for_a_service_that_answers_in_parallel() {
     bounded(30, async {
         let (listen, backend) = (free_addr(), free_addr());

@@ -149,6 +149,37 @@ impl Backend {
         Backend { requests, task }
     }
 
+    /// What a guest's full listen backlog does behind QEMU's user-mode
+    /// forward: the first `stalled` requests wait until `release` says
+    /// true; the rest are answered at once, as `start` does.
+    pub fn start_stalling(addr: SocketAddr, name: &str, stalled: usize, release: tokio::sync::watch::Receiver<bool>) -> Backend {
+        let l = listen(addr);
+        let name = name.to_string();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
+                let (name, count, arrived, mut release) = (name.clone(), count.clone(), arrived.clone(), release.clone());
+                tokio::spawn(async move {
+                    // The prober's connection closes without a request.
+                    let mut one = [0u8; 1];
+                    if !matches!(s.peek(&mut one).await, Ok(1..)) {
+                        return;
+                    }
+                    if arrived.fetch_add(1, Ordering::SeqCst) < stalled {
+                        let _ = release.wait_for(|go| *go).await;
+                    }
+                    answer_one(s, name, count).await;
+                });
+            }
+        });
+        Backend { requests, task }
+    }
+
     /// A service that reads each request head (counted) and never answers
     /// nor closes.
     pub fn start_silent(addr: SocketAddr) -> Backend {
