@@ -22,6 +22,8 @@ macro_rules! reason_as_text {
 }
 
 pub mod affinity;
+pub mod battery;
+pub mod compose;
 pub mod memory;
 pub mod devices;
 pub mod model;

@@ -1,11 +1,11 @@
 //! How the CLI shows the API's answers to a person: aligned tables and
 //! sentences. Scripts use `--json` instead.
 
-use crate::agent::vm_state_word;
-use crate::api_types::{Connection, DevicesView, Event, Explain, Needs, PlanView, PowerStatus, Source, Status, VmInfo};
+use ebb_daemon::words::{clock, vm_state_word};
+use ebb_daemon::api_types::{Connection, DevicesView, Event, Explain, Needs, PlanView, PowerStatus, Source, Status, VmInfo};
 use ebb_core::devices::DiskState;
-use crate::config::Config;
-use ebb_core::{Bytes, Millis};
+use ebb_daemon::config::Config;
+use ebb_core::Bytes;
 use std::fmt::Write;
 
 /// A plain text table: columns padded to their widest cell.
@@ -35,10 +35,6 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-pub fn clock(at: Millis) -> String {
-    let s = at.0 / 1000;
-    format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
-}
 
 fn size(b: Option<Bytes>) -> String {
     b.map_or("-".into(), |b| b.to_string())
@@ -481,14 +477,6 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
-pub fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 #[cfg(test)]
 mod tests {
@@ -502,7 +490,6 @@ mod tests {
 
     #[test]
     fn url_encoding() {
-        assert_eq!(url_encode("web 1/a"), "web%201%2Fa");
     }
 }
 

@@ -1,11 +1,12 @@
 //! The `ebb` binary: the agent (`ebb run`) and the CLI that talks to it.
 #![forbid(unsafe_code)]
 
+mod cli;
+
 use clap::{Parser, Subcommand};
-use ebb::api_types::{Done, Event, Explain, Needs, Status, VmInfo};
-use ebb::client::Client;
-use ebb::config::{Config, DEFAULT_SOCKET};
-use ebb::{cli, run};
+use ebb_daemon::client::Client;
+use ebb_daemon::config::{Config, DEFAULT_SOCKET};
+use ebb_daemon::run;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -94,17 +95,23 @@ enum Command {
     },
     /// Prometheus metrics, as the agent serves them at /metrics.
     Metrics,
+    #[cfg(feature = "lab")]
     /// Live demo on three real guests: memory moves from idle guests to a busy one.
-    Demo(ebb::demo::DemoArgs),
+    Demo(ebb_lab::demo::DemoArgs),
+    #[cfg(feature = "lab")]
     /// Benchmarks that print figures.
     #[command(subcommand)]
-    Bench(ebb::bench::BenchCommand),
+    Bench(ebb_lab::bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     // The demo draws its own display: the agent inside it only speaks up for trouble.
-    let default_filter = if matches!(args.command, Command::Demo(_)) { "warn" } else { "ebb=info,warn" };
+    #[cfg(feature = "lab")]
+    let demo = matches!(args.command, Command::Demo(_));
+    #[cfg(not(feature = "lab"))]
+    let demo = false;
+    let default_filter = if demo { "warn" } else { "ebb=info,warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("EBB_LOG").unwrap_or_else(|_| default_filter.into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -123,7 +130,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(args: Args) -> Result<(), String> {
     let client = Client::new(&args.socket);
-    let e = |e: ebb::client::ClientError| e.to_string();
+    let e = |e: ebb_daemon::client::ClientError| e.to_string();
     match args.command {
         Command::Run { config } => {
             let cfg = Config::load(&config).map_err(|e| e.to_string())?;
@@ -134,65 +141,47 @@ async fn dispatch(args: Args) -> Result<(), String> {
             println!("{}", cli::for_terminal(&format!("{}: ok\n{}", config.display(), cli::describe_config(&cfg))));
             Ok(())
         }
-        Command::Status { json } => {
-            let s: Status = client.get("/v1/status").await.map_err(e)?;
-            print_or_json(json, &s, cli::status_text)
-        }
-        Command::Vms { json } => {
-            let vms: Vec<VmInfo> = client.get("/v1/vms").await.map_err(e)?;
-            print_or_json(json, &vms, |v| cli::vms_table(v))
-        }
+        Command::Status { json } => print_or_json(json, &client.status().await.map_err(e)?, cli::status_text),
+        Command::Vms { json } => print_or_json(json, &client.vms().await.map_err(e)?, |v| cli::vms_table(v)),
         Command::Events { vm, limit, json } => {
-            let mut path = format!("/v1/events?limit={limit}");
-            if let Some(vm) = vm {
-                path.push_str(&format!("&vm={}", cli::url_encode(&vm)));
-            }
-            let events: Vec<Event> = client.get(&path).await.map_err(e)?;
+            let events = client.events(vm.as_deref(), limit).await.map_err(e)?;
             print_or_json(json, &events, |ev| cli::events_table(ev))
         }
-        Command::Explain { vm, json } => {
-            let x: Explain = client.get(&format!("/v1/vms/{}/explain", cli::url_encode(&vm))).await.map_err(e)?;
-            print_or_json(json, &x, cli::explain_text)
-        }
+        Command::Explain { vm, json } => print_or_json(json, &client.explain(&vm).await.map_err(e)?, cli::explain_text),
         Command::Sleep { vm } => {
-            let d: Done = client.post(&format!("/v1/vms/{}/sleep", cli::url_encode(&vm))).await.map_err(e)?;
+            let d = client.sleep(&vm).await.map_err(e)?;
             println!("{}", cli::for_terminal(&format!("{vm}: asleep ({})", d.done)));
             Ok(())
         }
         Command::Wake { vm } => {
-            let d: Done = client.post(&format!("/v1/vms/{}/wake", cli::url_encode(&vm))).await.map_err(e)?;
+            let d = client.wake(&vm).await.map_err(e)?;
             println!("{}", cli::for_terminal(&format!("{vm}: awake ({})", d.done)));
             Ok(())
         }
-        Command::Power { json } => {
-            let s: Status = client.get("/v1/status").await.map_err(e)?;
-            print_or_json(json, &s.power, cli::power_text)
-        }
+        Command::Power { json } => print_or_json(json, &client.status().await.map_err(e)?.power, cli::power_text),
         Command::Plan { json } => {
-            let s: Status = client.get("/v1/status").await.map_err(e)?;
-            let plan = s.power.and_then(|p| p.plan);
+            let plan = client.status().await.map_err(e)?.power.and_then(|p| p.plan);
             print_or_json(json, &plan, cli::plan_text)
         }
-        Command::Needs { vm, json } => {
-            let n: Needs = client.get(&format!("/v1/vms/{}/needs", cli::url_encode(&vm))).await.map_err(e)?;
-            print_or_json(json, &n, cli::needs_table)
-        }
+        Command::Needs { vm, json } => print_or_json(json, &client.needs(&vm).await.map_err(e)?, cli::needs_table),
         Command::Critical { vm, state } => {
-            let d: Done = client.post(&format!("/v1/vms/{}/critical/{state}", cli::url_encode(&vm))).await.map_err(e)?;
+            let d = client.critical(&vm, state == "on").await.map_err(e)?;
             println!("{}", cli::for_terminal(&d.done));
             Ok(())
         }
         Command::Value { vm, value } => {
-            let d: Done = client.post(&format!("/v1/vms/{}/value/{}", cli::url_encode(&vm), cli::url_encode(&value))).await.map_err(e)?;
+            let d = client.value(&vm, ebb_daemon::api_types::parse_value(&value)?).await.map_err(e)?;
             println!("{}", cli::for_terminal(&d.done));
             Ok(())
         }
         Command::Metrics => {
-            print!("{}", cli::for_terminal(&client.get_text("/metrics").await.map_err(e)?));
+            print!("{}", cli::for_terminal(&client.metrics().await.map_err(e)?));
             Ok(())
         }
-        Command::Demo(a) => ebb::demo::run(a).await,
-        Command::Bench(b) => ebb::bench::run(b).await,
+        #[cfg(feature = "lab")]
+        Command::Demo(a) => ebb_lab::demo::run(a).await,
+        #[cfg(feature = "lab")]
+        Command::Bench(b) => ebb_lab::bench::run(b).await,
     }
 }
 

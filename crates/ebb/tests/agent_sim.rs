@@ -3,10 +3,10 @@
 //! survives the hypervisor going away mid-run, and notices domains coming
 //! and going.
 
-use ebb::api_types::{Connection, Event, Status, VmInfo};
-use ebb::client::Client;
-use ebb::config::Config;
-use ebb::run::run_with;
+use ebb_daemon::api_types::{Connection, Event, Status, VmInfo};
+use ebb_daemon::client::{Client, ClientError};
+use ebb_daemon::config::Config;
+use ebb_daemon::run::run_with;
 use ebb_backends::sim::{SimHypervisor, SimVm};
 use ebb_core::{Bytes, VmId};
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ async fn start_with(sim: SimHypervisor, memory: &str, vms: &str) -> World {
     );
     let cfg = Config::parse(&text).unwrap();
     let handle = sim.clone();
-    let connect: ebb::agent::Connector = Box::new(move |_| handle.connect().map(|h| Box::new(h) as _));
+    let connect: ebb_daemon::agent::Connector = Box::new(move |_| handle.connect().map(|h| Box::new(h) as _));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run_with(cfg, connect, async {
         let _ = stopped.await;
@@ -199,14 +199,19 @@ async fn idle_vms_sleep_wake_on_request_and_failures_keep_them_running() {
     assert_eq!(w.sim.status(&VmId::new("full-disk")).unwrap().vm.state, ebb_core::VmState::Running);
 
     // Wake through the API: it runs again and is no longer held asleep.
-    let done: ebb::api_types::Done = w.client.post("/v1/vms/idle/wake").await.unwrap();
+    let done: ebb_daemon::api_types::Done = w.client.post("/v1/vms/idle/wake").await.unwrap();
     assert_eq!(done.done, "done");
     w.until("idle awake", |vms, _| vms.iter().find(|v| v.name == "idle" && v.sleeping.is_none() && v.state == ebb_core::VmState::Running).map(|_| ())).await;
-    // Waking a VM that is not asleep is refused with a reason.
-    let err = w.client.post::<ebb::api_types::Done>("/v1/vms/busy/wake").await.unwrap_err();
-    assert!(err.to_string().contains("not asleep"), "{err}");
+    // Waking a VM that is not asleep is refused with a reason and the
+    // status that says so; so is a VM that does not exist.
+    let err = w.client.wake("busy").await.unwrap_err();
+    assert!(matches!(&err, ClientError::Api { status: 409, message } if message.contains("not asleep")), "{err:?}");
+    let err = w.client.wake("nobody").await.unwrap_err();
+    assert!(matches!(&err, ClientError::Api { status: 404, message } if message == "no VM named nobody on this host"), "{err:?}");
+    let err = w.client.post::<ebb_daemon::api_types::Done>("/v1/vms/busy/critical/maybe").await.unwrap_err();
+    assert!(matches!(&err, ClientError::Api { status: 400, .. }), "{err:?}");
     // Sleep on request, even when not idle; the status counts both.
-    w.client.post::<ebb::api_types::Done>("/v1/vms/busy/sleep").await.unwrap();
+    w.client.post::<ebb_daemon::api_types::Done>("/v1/vms/busy/sleep").await.unwrap();
     let st: Status = w.client.get("/v1/status").await.unwrap();
     assert!(st.sleeps_total >= 2 && st.wakes_total >= 1, "{st:?}");
     let vms: Vec<VmInfo> = w.client.get("/v1/vms").await.unwrap();
@@ -275,8 +280,8 @@ async fn wake_restores_what_sleeps_and_never_boots_a_vm_shut_off_by_hand() {
     sim.set_state(&VmId::new("off"), ebb_core::VmState::ShutOff);
     let w = start(sim, "enabled = false").await;
     w.until("the VM seen shut off", |vms, _| vms.iter().find(|v| v.name == "off" && v.state == ebb_core::VmState::ShutOff).map(|_| ())).await;
-    let e = w.client.post::<ebb::api_types::Done>("/v1/vms/off/wake").await.unwrap_err().to_string();
-    assert!(e.contains("shut off with no saved state"), "{e}");
+    let e = w.client.wake("off").await.unwrap_err();
+    assert!(matches!(&e, ClientError::Api { status: 409, message } if message.contains("shut off with no saved state")), "{e:?}");
     assert_eq!(w.sim.status(&VmId::new("off")).unwrap().vm.state, ebb_core::VmState::ShutOff, "booted");
     w.stop().await;
 }

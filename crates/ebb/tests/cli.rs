@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use ebb::api_types::Connection;
+use ebb_daemon::api_types::Connection;
 use std::time::Duration;
 
 fn run_with_config(text: &str) -> (bool, String) {
@@ -84,7 +84,7 @@ fn test_driver_is_observed_through_api_cli_and_metrics() {
     let agent = AgentProc::start(dir.path(), "uri = \"test:///default\"\ntick = \"200ms\"", "[vm.test]\nshares = 3000\n");
     let vm = wait_for("the test domain", Duration::from_secs(10), || agent.vm("test"));
     assert_eq!(vm.settings.shares, 3000);
-    assert_eq!(vm.sources.shares, ebb::api_types::Source::Config);
+    assert_eq!(vm.sources.shares, ebb_daemon::api_types::Source::Config);
     // The test driver's domain sends no guest statistics: skipped, with the reason.
     let why = vm.memory.skipped.clone().unwrap_or_default();
     assert!(why.contains("statistics") || why.contains("balloon"), "{why}");
@@ -274,8 +274,8 @@ fn check_and_run_agree_on_services_and_the_ups_address() {
     let svc = |name: &str, listen: &str, backend: &str| {
         format!("[[vm.test.service]]\nname = \"{name}\"\nlisten = \"{listen}\"\nbackend = \"{backend}\"\n")
     };
-    let p = ebb::lab::free_port();
-    let (a, b) = (ebb::lab::free_port(), ebb::lab::free_port());
+    let p = ebb_lab::lab::free_port();
+    let (a, b) = (ebb_lab::lab::free_port(), ebb_lab::lab::free_port());
     both_refuse(&test_driver("", &(svc("http", &format!("127.0.0.1:{a}"), "127.0.0.1:9") + &svc("http", &format!("127.0.0.1:{b}"), "127.0.0.1:9"))), &["two services named http"]);
     for (x, y) in [("0.0.0.0", "127.0.0.1"), ("[::]", "[::1]"), ("[::]", "127.0.0.1")] {
         let rest = svc("any", &format!("{x}:{p}"), "127.0.0.1:9") + &svc("one", &format!("{y}:{p}"), "127.0.0.1:9");
@@ -315,7 +315,7 @@ fn check_says_whether_the_ups_reading_is_authenticated_and_refuses_a_ca_it_canno
     assert!(out.contains("UPS reading: unauthenticated (plain TCP): whatever answers on 127.0.0.1:3493 can report low battery"), "{out}");
     assert!(out.contains("set power.ups_ca to read it over TLS"), "{out}");
     assert!(!check_output(&test_driver("", "")).contains("UPS reading"));
-    let ca = ebb::lab::TestCa::new().unwrap();
+    let ca = ebb_lab::lab::TestCa::new().unwrap();
     let pem = ca.pem().display().to_string();
     let out = check_output(&test_driver("", &format!("{ups}ups_ca = \"{pem}\"\n")));
     assert!(out.contains(&format!("UPS reading: over TLS, upsd's certificate verified against {pem} for the name 127.0.0.1\n")), "{out}");

@@ -8,7 +8,7 @@
 mod common;
 use ebb_backends::devices::test_tree::cpu;
 use common::*;
-use ebb::api_types::{DevicesView, Event};
+use ebb_daemon::api_types::{DevicesView, Event};
 use ebb_core::devices::DiskState;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

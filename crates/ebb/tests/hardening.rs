@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use ebb::lab::free_port;
+use ebb_lab::lab::free_port;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -190,7 +190,7 @@ fn sighup_stops_the_agent_cleanly_and_sigusr1_is_ignored() {
     let status = wait_for("the agent to stop", Duration::from_secs(10), || agent.child.try_wait().unwrap());
     assert!(status.success(), "{status:?}: {}", agent.log_text());
     assert!(!agent.socket.exists(), "the socket was left behind");
-    let journal = ebb::journal::Journal::open(&agent.journal).unwrap();
+    let journal = ebb_daemon::journal::Journal::open(&agent.journal).unwrap();
     let kinds: Vec<String> = journal.events(None, 10).unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds.first().map(String::as_str), Some("stopped"), "{kinds:?}");
 }
@@ -201,7 +201,7 @@ fn the_api_drops_silent_clients_and_refuses_past_its_connection_cap() {
     let dir = tempfile::tempdir().unwrap();
     let agent = AgentProc::start(dir.path(), "uri = \"test:///default\"", "");
     // Clients that open a connection and never finish their request head.
-    let silent: Vec<UnixStream> = (0..ebb::api::MAX_API_CONNECTIONS)
+    let silent: Vec<UnixStream> = (0..ebb_daemon::api::MAX_API_CONNECTIONS)
         .map(|_| {
             let mut s = UnixStream::connect(&agent.socket).unwrap();
             s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n").unwrap();

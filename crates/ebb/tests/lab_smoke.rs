@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use ebb::lab::{free_port, GuestImage, GuestSpec, Lab, DEFAULT_URI};
+use ebb_lab::lab::{free_port, GuestImage, GuestSpec, Lab, DEFAULT_URI};
 use ebb_core::Bytes;
 
 const PREFIX: &str = "ebb-test-lab-";

@@ -11,7 +11,7 @@
 mod common;
 
 use common::AgentProc;
-use ebb::lab::{TestCa, Upsd};
+use ebb_lab::lab::{TestCa, Upsd};
 use ebb_backends::nut::{NutClient, NutError, NutTls, ReplyError};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -7,7 +7,7 @@
 
 mod common;
 use common::*;
-use ebb::lab::{Guest, Upsd};
+use ebb_lab::lab::{Guest, Upsd};
 use std::time::Duration;
 
 #[test]

@@ -5,8 +5,8 @@
 
 mod common;
 use common::*;
-use ebb::api_types::{Connection, Source, VmInfo};
-use ebb::lab::{free_port, Guest, GuestSpec, Lab};
+use ebb_daemon::api_types::{Connection, Source, VmInfo};
+use ebb_lab::lab::{free_port, Guest, GuestSpec, Lab};
 use ebb_core::Bytes;
 use std::process::Command;
 use std::time::Duration;
@@ -462,8 +462,8 @@ fn the_surrogate_bounds_hold_on_a_real_guest_slow_client_overflow_failed_wake() 
 /// guest serves every answered request once and never one refused unsent.
 #[test]
 fn crowds_at_a_sleeping_guest_on_a_real_network_are_answered_or_refused_within_the_bound() {
-    use ebb::crowd::{self, Outcome};
-    use ebb::lab::{LabNet, LAB_NETNS, LAB_NET_HOST};
+    use ebb_lab::crowd::{self, Outcome};
+    use ebb_lab::lab::{LabNet, LAB_NETNS, LAB_NET_HOST};
     let prefix = "ebb-test-crowd-";
     let net = LabNet::ensure().unwrap();
     let lab = net.lab().unwrap();

@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use ebb::lab::{Guest, Lab};
+use ebb_lab::lab::{Guest, Lab};
 use std::time::Duration;
 
 /// A 256 MiB guest with its own CPU cap, if any.
@@ -74,10 +74,13 @@ fn a_busy_guest_at_its_cap_gains_the_idle_one_yields_critical_goes_first_and_a_r
     let events = agent.events(Some(&busy_name));
     assert!(events.iter().any(|e| e.kind == "set_tune" && e.rule.as_deref() == Some("boost") && e.outcome.as_deref() == Some("ok")));
 
-    // The needs history has this hour's samples, busy ones among them.
-    let needs: ebb::api_types::Needs = agent.json(&["needs", &busy_name]);
-    let hour = needs.hours.last().expect("an hour with samples");
-    assert!(hour.samples >= 5 && hour.cpu_p90 >= 0.8, "{needs:?}");
+    // The needs history has this hour's samples (one a tick), busy ones among them.
+    let needs: ebb_daemon::api_types::Needs = wait_for("five samples in the needs history", Duration::from_secs(30), || {
+        let needs: ebb_daemon::api_types::Needs = agent.json(&["needs", &busy_name]);
+        needs.hours.last().is_some_and(|h| h.samples >= 5).then_some(needs)
+    });
+    let hour = needs.hours.last().unwrap();
+    assert!(hour.cpu_p90 >= 0.8, "{needs:?}");
     assert!(agent.text(&["needs", &busy_name]).contains("CPU p90"));
 
     // Restarted: ebb knows the change is its own (the journal) and neither
@@ -90,7 +93,7 @@ fn a_busy_guest_at_its_cap_gains_the_idle_one_yields_critical_goes_first_and_a_r
     assert_eq!(r.base.map(|b| (b.shares, b.quota_us)), Some((own_busy.0, Some(30_000))), "its own values, from the journal");
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(live(&busy), (own_busy.0 * 4, 100_000));
-    let kept: ebb::api_types::Needs = agent.json(&["needs", &busy_name]);
+    let kept: ebb_daemon::api_types::Needs = agent.json(&["needs", &busy_name]);
     assert!(kept.hours.last().unwrap().samples >= hour.samples, "the needs history was lost: {kept:?}");
     let sets_after_restart = agent
         .events(Some(&busy_name))

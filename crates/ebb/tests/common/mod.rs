@@ -2,8 +2,8 @@
 //! and as the CLI, and polling helpers.
 #![allow(dead_code)]
 
-use ebb::api_types::{Event, Status, VmInfo};
-use ebb::lab::{free_port, Guest, GuestSpec, Lab};
+use ebb_daemon::api_types::{Event, Status, VmInfo};
+use ebb_lab::lab::{free_port, Guest, GuestSpec, Lab};
 use ebb_core::Bytes;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};

@@ -3,11 +3,11 @@
 //! them: memory visibly moves from the idle guests to the busy one and
 //! back, with no oom kill. The guests are removed afterwards.
 
-use crate::api_types::VmInfo;
-use crate::client::Client;
-use crate::config::Config;
+use ebb_daemon::api_types::VmInfo;
+use ebb_daemon::client::Client;
+use ebb_daemon::config::Config;
 use crate::lab::{free_port, Guest, GuestSpec, GuestStatus, Lab};
-use crate::run::{libvirt_connector, run_with};
+use ebb_daemon::run::{libvirt_connector, run_with};
 use ebb_core::Bytes;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -134,7 +134,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     }
     .await;
 
-    let events: Vec<crate::api_types::Event> = client.get("/v1/events?limit=10000").await.unwrap_or_default();
+    let events = client.events(None, 10_000).await.unwrap_or_default();
     let actions = events.iter().filter(|e| e.kind == "set_balloon_target").count();
     let _ = stop.send(());
     let _ = agent.await;
@@ -172,7 +172,7 @@ impl Screen {
             println!("[{:5.1}s] phase {phase}", self.started.elapsed().as_secs_f64());
         }
         loop {
-            let vms: Vec<VmInfo> = client.get("/v1/vms").await.map_err(|e| e.to_string())?;
+            let vms: Vec<VmInfo> = client.vms().await.map_err(|e| e.to_string())?;
             let statuses: Vec<Option<GuestStatus>> = guests.iter().map(|g| block_in_place(|| g.status()).ok()).collect();
             let finished = done(&vms, &statuses);
             self.show(phase, &vms, guests, &statuses, finished);

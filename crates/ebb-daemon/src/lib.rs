@@ -1,21 +1,19 @@
-//! ebb's agent and CLI: config, the tick loop, the journal, the HTTP API
-//! and its client, the demo and the benchmarks.
+//! ebb's agent: the config, the tick loop, the journal, the HTTP API and its
+//! client. The `ebb` binary runs it and talks to it; the lab (`ebb-lab`)
+//! drives it on real guests.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod api;
 pub mod api_types;
-pub mod bench;
-pub mod cli;
 pub mod client;
 pub mod config;
-pub mod crowd;
-pub mod demo;
 pub mod explain;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod journal;
-pub mod lab;
 pub mod metrics;
+pub mod routes;
 pub mod run;
 pub mod settings;
+pub mod words;

@@ -2,9 +2,9 @@
 //! measured in the same run. No thresholds are asserted: the targets are
 //! printed next to the figures for a person to read.
 
-use crate::config::Config;
+use ebb_daemon::config::Config;
 use crate::lab::{free_port, Guest, GuestSpec, Lab};
-use crate::run::{libvirt_connector, run_with};
+use ebb_daemon::run::{libvirt_connector, run_with};
 use ebb_backends::libvirt::{test_node_xml, LibvirtHypervisor};
 use ebb_backends::Hypervisor;
 use ebb_core::{Bytes, VmId};
@@ -113,7 +113,7 @@ fn overhead(domains: usize, seconds: u64, tick: &str) -> Result<(), String> {
     let node = dir.path().join("node.xml");
     std::fs::write(&node, test_node_xml(domains)).map_err(|e| e.to_string())?;
     let uri = format!("test://{}", node.display());
-    let tick_d = crate::config::parse_duration(tick)?;
+    let tick_d = ebb_daemon::config::parse_duration(tick)?;
 
     // Baseline: the one bulk libvirt call the agent makes per tick, alone.
     let mut hv = LibvirtHypervisor::connect(&uri).map_err(|e| e.to_string())?;
@@ -444,14 +444,14 @@ async fn realloc(uri: &str, seconds: u64) -> Result<(), String> {
         }));
         let with_ebb = block_in_place(|| worker.work(seconds)).map_err(|e| e.to_string())?;
         // What ebb said of the worker's CPU at the end of the window.
-        let client = crate::client::Client::new(&socket);
-        let said: Vec<String> = match client.get::<crate::api_types::Explain>(&format!("/v1/vms/{}/explain", worker.name())).await {
+        let client = ebb_daemon::client::Client::new(&socket);
+        let said: Vec<String> = match client.explain(worker.name()).await {
             Ok(e) => e.summary.into_iter().filter(|l| l.starts_with("Why") || l.starts_with("Its vCPUs")).collect(),
             Err(e) => vec![format!("(explain failed: {e})")],
         };
         let _ = stop.send(());
         let _ = agent.await;
-        let journal = crate::journal::Journal::open(&dir.path().join("realloc.db")).map_err(|e| e.to_string())?;
+        let journal = ebb_daemon::journal::Journal::open(&dir.path().join("realloc.db")).map_err(|e| e.to_string())?;
         let changes = journal
             .events(Some(worker.name()), 10_000)
             .map_err(|e| e.to_string())?
@@ -602,10 +602,10 @@ async fn awake_overhead(uri: &str, g: &Guest, vm: &VmId, backend: u16, listen: u
     }));
     let result = async {
         wait_path(&socket, Duration::from_secs(10))?;
-        let client = crate::client::Client::new(&socket);
+        let client = ebb_daemon::client::Client::new(&socket);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let info: Result<crate::api_types::VmInfo, _> = client.get(&format!("/v1/vms/{vm}")).await;
+            let info = client.vm(vm.as_str()).await;
             let paths = info.ok().and_then(|v| v.surrogate).map(|s| s.awake_paths).unwrap_or_default();
             if paths.iter().any(|p| p.contains("kernel, forwarding now")) {
                 break;
@@ -751,11 +751,11 @@ async fn surrogate(uri: &str, rounds: usize) -> Result<(), String> {
         let _ = stopped.await;
     }));
     wait_path(&socket, Duration::from_secs(10))?;
-    let client = crate::client::Client::new(&socket);
+    let client = ebb_daemon::client::Client::new(&socket);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut through = vec![];
     for _ in 0..rounds {
-        let _: crate::api_types::Done = client.post(&format!("/v1/vms/{vm}/sleep")).await.map_err(|e| e.to_string())?;
+        client.sleep(vm.as_str()).await.map_err(|e| e.to_string())?;
         through.push(block_in_place(|| first_byte(listen, Duration::from_secs(60)))?);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -772,7 +772,7 @@ async fn surrogate(uri: &str, rounds: usize) -> Result<(), String> {
     // awake VM's host forward.
     let n = 200;
     let limit = Duration::from_secs(30);
-    let _: crate::api_types::Done = client.post(&format!("/v1/vms/{vm}/sleep")).await.map_err(|e| e.to_string())?;
+    client.sleep(vm.as_str()).await.map_err(|e| e.to_string())?;
     let (ok_through, last_through) = block_in_place(|| crowd(listen, n, limit));
     let (ok_direct, last_direct) = block_in_place(|| crowd(backend, n, limit));
     println!("{n} clients at once, each its own request, {}s limit:", limit.as_secs());
@@ -842,8 +842,8 @@ async fn surrogate_crowd(n: usize) -> Result<(), String> {
     let through = async {
         wait_path(&socket, Duration::from_secs(10))?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let client = crate::client::Client::new(&socket);
-        let _: crate::api_types::Done = client.post(&format!("/v1/vms/{}/sleep", g.name())).await.map_err(|e| e.to_string())?;
+        let client = ebb_daemon::client::Client::new(&socket);
+        client.sleep(g.name()).await.map_err(|e| e.to_string())?;
         run_crowd(listen).map_err(|e| e.to_string())?.map_err(|e| e.to_string())
     }
     .await;

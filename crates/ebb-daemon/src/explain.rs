@@ -1,6 +1,6 @@
 //! `ebb explain VM`: what ebb is doing with one VM and why, in sentences.
 
-use crate::agent::vm_state_word;
+use crate::words::vm_state_word;
 use crate::api_types::{Event, VmInfo};
 use ebb_core::affinity::describe;
 
@@ -15,7 +15,7 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
         Some(rec) => out.push(format!(
             "{name} is asleep ({}) since {} UTC: {}. `ebb wake {name}` or its traffic wakes it.",
             if rec.mode == ebb_core::SleepMode::Save { "saved to disk, its memory freed" } else { "paused, its memory kept" },
-            crate::cli::clock(rec.since),
+            crate::words::clock(rec.since),
             rec.reason.trim_end_matches('.')
         )),
         None => out.push(format!("{name} is {}.", vm_state_word(vm.state))),
@@ -42,7 +42,7 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
         match (&idle.skipped, &idle.active_reason, idle.sleeps_at) {
             (Some(why), _, _) => out.push(format!("It will not be put to sleep: {why}.")),
             (None, Some(why), _) => out.push(format!("It is not idle: {why}.")),
-            (None, None, Some(at)) => out.push(format!("It is idle; if it stays so it sleeps at {} UTC.", crate::cli::clock(at))),
+            (None, None, Some(at)) => out.push(format!("It is idle; if it stays so it sleeps at {} UTC.", crate::words::clock(at))),
             _ => {}
         }
     }

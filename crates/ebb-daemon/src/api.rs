@@ -2,9 +2,10 @@
 //! Prometheus metrics. It reads the agent's latest snapshot and opens the
 //! journal read-side; it never blocks the agent.
 
-use crate::agent::Command;
+use crate::agent::{Command, CommandError, ErrorKind};
 use crate::api_types::{ApiError, Done, Event, Explain, Needs, Snapshot};
 use crate::journal::Journal;
+use crate::routes;
 use crate::{explain, metrics};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, StatusCode};
@@ -40,17 +41,17 @@ pub struct ApiState {
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/vms", get(vms))
-        .route("/v1/vms/{name}", get(vm))
-        .route("/v1/vms/{name}/explain", get(explain_vm))
-        .route("/v1/vms/{name}/sleep", post(sleep_vm))
-        .route("/v1/vms/{name}/wake", post(wake_vm))
-        .route("/v1/vms/{name}/critical/{on}", post(critical_vm))
-        .route("/v1/vms/{name}/value/{value}", post(value_vm))
-        .route("/v1/vms/{name}/needs", get(needs_vm))
-        .route("/v1/events", get(events))
-        .route("/metrics", get(metrics_text))
+        .route(routes::STATUS, get(status))
+        .route(routes::VMS, get(vms))
+        .route(routes::VM, get(vm))
+        .route(routes::EXPLAIN, get(explain_vm))
+        .route(routes::SLEEP, post(sleep_vm))
+        .route(routes::WAKE, post(wake_vm))
+        .route(routes::CRITICAL, post(critical_vm))
+        .route(routes::VALUE, post(value_vm))
+        .route(routes::NEEDS, get(needs_vm))
+        .route(routes::EVENTS, get(events))
+        .route(routes::METRICS, get(metrics_text))
         .with_state(state)
 }
 
@@ -207,7 +208,7 @@ async fn vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -> ApiRes
         .find(|v| v.name == name)
         .cloned()
         .map(Json)
-        .ok_or_else(|| fail(StatusCode::NOT_FOUND, format!("no VM named {name} on this host")))
+        .ok_or_else(|| fail(StatusCode::NOT_FOUND, CommandError::UnknownVm(ebb_core::VmId::new(name)).to_string()))
 }
 
 #[derive(Deserialize)]
@@ -237,39 +238,46 @@ async fn explain_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -
     Ok(Json(Explain { vm: name, now, summary, events }))
 }
 
-async fn ask(s: &ApiState, cmd: impl FnOnce(oneshot::Sender<Result<String, String>>) -> Command) -> ApiResult<Json<Done>> {
+/// Sends a command to the agent and waits for its answer; a refusal or a
+/// failure gets the status that says what happened.
+async fn ask<T>(s: &ApiState, cmd: impl FnOnce(oneshot::Sender<Result<T, CommandError>>) -> Command) -> ApiResult<T> {
     let (reply, answer) = oneshot::channel();
     s.commands
         .send(cmd(reply))
         .await
         .map_err(|_| fail(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"))?;
     match answer.await {
-        Ok(Ok(done)) => Ok(Json(Done { done })),
-        Ok(Err(e)) => Err(fail(StatusCode::CONFLICT, e)),
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(e)) => Err(fail(status_of(&e), e.to_string())),
         Err(_) => Err(fail(StatusCode::SERVICE_UNAVAILABLE, "the agent stopped before answering")),
     }
+}
+
+fn status_of(e: &CommandError) -> StatusCode {
+    match e.kind() {
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::WrongState => StatusCode::CONFLICT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn done(_: ()) -> Json<Done> {
+    Json(Done { done: "done".into() })
 }
 
 async fn sleep_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -> ApiResult<Json<Done>> {
-    ask(&s, |reply| Command::Sleep { vm: ebb_core::VmId::new(name), reply }).await
+    ask(&s, |reply| Command::Sleep { vm: ebb_core::VmId::new(name), reply }).await.map(done)
 }
 
 async fn wake_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -> ApiResult<Json<Done>> {
-    ask(&s, |reply| Command::Wake { vm: ebb_core::VmId::new(name), reply }).await
+    ask(&s, |reply| Command::Wake { vm: ebb_core::VmId::new(name), reply }).await.map(done)
 }
 
 async fn needs_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -> ApiResult<Json<Needs>> {
-    let (reply, answer) = oneshot::channel();
     let vm = ebb_core::VmId::new(name.clone());
-    s.commands
-        .send(Command::Needs { vm, reply })
-        .await
-        .map_err(|_| fail(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"))?;
-    match answer.await {
-        Ok(Ok(hours)) => Ok(Json(Needs { vm: name, hours })),
-        Ok(Err(e)) => Err(fail(StatusCode::NOT_FOUND, e)),
-        Err(_) => Err(fail(StatusCode::SERVICE_UNAVAILABLE, "the agent stopped before answering")),
-    }
+    let hours = ask(&s, |reply| Command::Needs { vm, reply }).await?;
+    Ok(Json(Needs { vm: name, hours }))
 }
 
 /// `on` is `on` or `off`.
@@ -279,16 +287,15 @@ async fn critical_vm(State(s): State<ApiState>, UrlPath((name, on)): UrlPath<(St
         "off" => false,
         other => return Err(fail(StatusCode::BAD_REQUEST, format!("critical takes on or off, not {other:?}"))),
     };
-    ask(&s, |reply| Command::Critical { vm: ebb_core::VmId::new(name), on, reply }).await
+    let done = ask(&s, |reply| Command::Critical { vm: ebb_core::VmId::new(name), on, reply }).await?;
+    Ok(Json(Done { done }))
 }
 
 /// `value` is a whole number ≥ 0, or `clear` (back to the config's).
 async fn value_vm(State(s): State<ApiState>, UrlPath((name, value)): UrlPath<(String, String)>) -> ApiResult<Json<Done>> {
-    let value = match value.as_str() {
-        "clear" => None,
-        v => Some(v.parse::<u32>().map_err(|_| fail(StatusCode::BAD_REQUEST, format!("a value is a whole number from 0 to {}, or clear; not {v:?}", u32::MAX)))?),
-    };
-    ask(&s, |reply| Command::Value { vm: ebb_core::VmId::new(name), value, reply }).await
+    let value = crate::api_types::parse_value(&value).map_err(|e| fail(StatusCode::BAD_REQUEST, e))?;
+    let done = ask(&s, |reply| Command::Value { vm: ebb_core::VmId::new(name), value, reply }).await?;
+    Ok(Json(Done { done }))
 }
 
 async fn metrics_text(State(s): State<ApiState>) -> Response {

@@ -1,6 +1,7 @@
 //! The CLI's side of the API: HTTP/1.1 (hyper) over the agent's unix socket.
 
-use crate::api_types::ApiError;
+use crate::api_types::{ApiError, Done, Event, Explain, Needs, Status, VmInfo};
+use crate::routes::{self, fill};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes as Body;
 use hyper_util::rt::TokioIo;
@@ -18,8 +19,9 @@ pub enum ClientError {
     Connect { path: PathBuf, source: std::io::Error },
     #[error("the agent's answer could not be read: {0}")]
     Protocol(String),
-    #[error("{0}")]
-    Api(String),
+    /// The agent answered with an error: its HTTP status and its words.
+    #[error("{message}")]
+    Api { status: u16, message: String },
 }
 
 pub struct Client {
@@ -61,8 +63,8 @@ impl Client {
         let body = resp.into_body().collect().await.map_err(|e| ClientError::Protocol(e.to_string()))?.to_bytes();
         let text = String::from_utf8_lossy(&body).into_owned();
         if !status.is_success() {
-            let msg = serde_json::from_str::<ApiError>(&text).map(|e| e.error).unwrap_or(text);
-            return Err(ClientError::Api(msg));
+            let message = serde_json::from_str::<ApiError>(&text).map(|e| e.error).unwrap_or(text);
+            return Err(ClientError::Api { status: status.as_u16(), message });
         }
         Ok(text)
     }
@@ -70,5 +72,56 @@ impl Client {
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let text = self.get_text(path).await?;
         serde_json::from_str(&text).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        self.get(routes::STATUS).await
+    }
+
+    pub async fn vms(&self) -> Result<Vec<VmInfo>, ClientError> {
+        self.get(routes::VMS).await
+    }
+
+    pub async fn vm(&self, name: &str) -> Result<VmInfo, ClientError> {
+        self.get(&fill(routes::VM, &[name])).await
+    }
+
+    /// The journal's latest `limit` entries, of one VM or of all.
+    pub async fn events(&self, vm: Option<&str>, limit: usize) -> Result<Vec<Event>, ClientError> {
+        let mut path = format!("{}?limit={limit}", routes::EVENTS);
+        if let Some(vm) = vm {
+            path.push_str(&format!("&vm={}", routes::url_encode(vm)));
+        }
+        self.get(&path).await
+    }
+
+    pub async fn explain(&self, name: &str) -> Result<Explain, ClientError> {
+        self.get(&fill(routes::EXPLAIN, &[name])).await
+    }
+
+    pub async fn needs(&self, name: &str) -> Result<Needs, ClientError> {
+        self.get(&fill(routes::NEEDS, &[name])).await
+    }
+
+    pub async fn sleep(&self, name: &str) -> Result<Done, ClientError> {
+        self.post(&fill(routes::SLEEP, &[name])).await
+    }
+
+    pub async fn wake(&self, name: &str) -> Result<Done, ClientError> {
+        self.post(&fill(routes::WAKE, &[name])).await
+    }
+
+    pub async fn critical(&self, name: &str, on: bool) -> Result<Done, ClientError> {
+        self.post(&fill(routes::CRITICAL, &[name, if on { "on" } else { "off" }])).await
+    }
+
+    /// Sets a VM's value for power drops, or clears it (`None`).
+    pub async fn value(&self, name: &str, value: Option<u32>) -> Result<Done, ClientError> {
+        let value = value.map_or("clear".to_string(), |v| v.to_string());
+        self.post(&fill(routes::VALUE, &[name, &value])).await
+    }
+
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        self.get_text(routes::METRICS).await
     }
 }

@@ -252,3 +252,12 @@ pub struct Done {
 pub struct ApiError {
     pub error: String,
 }
+
+/// A VM's value for power drops as the CLI and the API take it: a whole
+/// number, or `clear` (back to the config's) as `None`.
+pub fn parse_value(text: &str) -> Result<Option<u32>, String> {
+    match text {
+        "clear" => Ok(None),
+        v => v.parse::<u32>().map(Some).map_err(|_| format!("a value is a whole number from 0 to {}, or clear; not {v:?}", u32::MAX)),
+    }
+}

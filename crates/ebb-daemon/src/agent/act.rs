@@ -1,0 +1,142 @@
+//! Carrying out the policies' actions and feeding the outcomes back.
+
+use super::*;
+use crate::api_types::SleepRecord;
+use ebb_backends::HvError;
+use ebb_surrogate::VmPower;
+use ebb_core::{Action, Millis, SleepMode, VmState};
+use std::time::Instant;
+use tracing::{info, warn};
+
+impl Agent {
+    /// Carries out actions and journals each outcome; returns them.
+    pub(super) async fn act(&mut self, actions: Vec<Action>, at: Millis) -> Vec<(Action, Result<(), String>)> {
+        if actions.is_empty() {
+            return vec![];
+        }
+        // The surrogate holds new clients from the moment a save begins (if
+        // the save fails they are spliced to the still-running VM), and while
+        // a wake runs. A VM whose ports the kernel still forwards (nft
+        // failed to remove its rules) is not saved: its clients would meet
+        // a stopped VM.
+        let mut out = Vec::new();
+        let mut kept = Vec::with_capacity(actions.len());
+        for a in actions {
+            match &a {
+                Action::Sleep { vm, .. } => {
+                    if let Err(e) = self.try_set_power(vm, VmPower::Asleep) {
+                        let vm = vm.clone();
+                        self.set_power(&vm, VmPower::Awake);
+                        self.actions_total += 1;
+                        self.action_failures_total += 1;
+                        self.journal_vm(&vm, at, a.kind(), Some(a.reason().rule.as_str()), &a.reason().text, None, Some(&format!("failed: {e}")));
+                        out.push((a, Err(e)));
+                        continue;
+                    }
+                }
+                Action::Wake { vm, .. } => self.set_power(vm, VmPower::Waking),
+                Action::SetBalloonTarget { .. }
+                | Action::SetTune { .. }
+                | Action::SetPins { .. }
+                | Action::SetGuestVcpus { .. }
+                | Action::Shutdown { .. } => {}
+            }
+            kept.push(a);
+        }
+        let actions = kept;
+        // Waking a paused VM resumes it; waking a saved one starts it from its image.
+        let sleeping = self.sleeping.clone();
+        let Some(results) = self
+            .with_hv(move |hv| {
+                actions
+                    .into_iter()
+                    .map(|a| {
+                        let t0 = Instant::now();
+                        let r = match &a {
+                            Action::SetBalloonTarget { vm, target, .. } => hv.set_memory(vm, *target),
+                            Action::SetTune { vm, tune, .. } => hv.set_tune(vm, *tune),
+                            Action::Shutdown { vm, .. } => hv.shutdown(vm),
+                            Action::SetPins { vm, pins, .. } => hv.set_vcpu_pins(vm, pins),
+                            Action::SetGuestVcpus { vm, count, .. } => hv.set_guest_vcpus(vm, *count),
+                            Action::Sleep { vm, mode: SleepMode::Save, .. } => hv.save(vm),
+                            Action::Sleep { vm, mode: SleepMode::Pause, .. } => hv.pause(vm),
+                            Action::Wake { vm, .. } => match sleeping.get(vm).map(|r| r.mode) {
+                                Some(SleepMode::Pause) => hv.resume(vm),
+                                _ => hv.start(vm).or_else(|e| hv.resume(vm).map_err(|_| e)),
+                            },
+                        };
+                        (a, r, t0.elapsed())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+        else {
+            return out;
+        };
+        for (action, result, took) in results {
+            self.actions_total += 1;
+            let vm = action.vm().clone();
+            let reason = action.reason().clone();
+            if let Err(e) = &result {
+                self.action_failures_total += 1;
+                warn!(vm = %vm, "{} failed: {e}", action.kind());
+            } else {
+                info!(vm = %vm, "{}: {reason}", action.kind());
+            }
+            let target = match &action {
+                Action::SetBalloonTarget { target, .. } => Some(*target),
+                _ => None,
+            };
+            match (&action, &result) {
+                (Action::SetBalloonTarget { .. }, Err(_)) => self.policy.record_failure(&vm, at),
+                (Action::SetTune { tune, .. }, Ok(())) => {
+                    self.realloc.applied(&vm, *tune);
+                    self.live_tunes.insert(vm.clone(), (*tune, at));
+                }
+                (Action::SetTune { .. }, Err(HvError::Bandwidth { detail, .. })) => self.realloc.net_failed(&vm, at, detail.clone()),
+                (Action::SetTune { .. }, Err(_)) => self.realloc.failed(&vm, at),
+                (Action::SetPins { pins, .. }, Ok(())) => self.affinity.applied(&vm, pins, at),
+                (Action::SetPins { .. }, Err(_)) => self.affinity.failed(&vm, at),
+                (Action::SetGuestVcpus { count, .. }, Ok(())) => self.vcpus.applied(&vm, *count, at),
+                (Action::Sleep { mode, .. }, Ok(())) => {
+                    let now_state = match mode {
+                        SleepMode::Save => KnownState { state: VmState::ShutOff, managed_save: true },
+                        SleepMode::Pause => KnownState { state: VmState::Paused, managed_save: false },
+                    };
+                    self.known_states.insert(vm.clone(), now_state);
+                    self.sleeps_total += 1;
+                    let rec = SleepRecord { mode: *mode, since: at, reason: reason.text.clone() };
+                    if let Err(e) = self.journal.set_sleeping(&vm, &rec) {
+                        warn!("{e}");
+                    }
+                    self.sleeping.insert(vm.clone(), rec);
+                }
+                (Action::Sleep { .. }, Err(_)) => self.set_power(&vm, VmPower::Awake),
+                (Action::Wake { .. }, Ok(())) => {
+                    self.known_states.insert(vm.clone(), KnownState { state: VmState::Running, managed_save: false });
+                    self.wakes_total += 1;
+                    self.last_wake_ms = Some(took.as_secs_f64() * 1000.0);
+                    self.forget_sleep(&vm);
+                    self.set_power(&vm, VmPower::Awake);
+                }
+                (Action::Wake { .. }, Err(e)) => self.set_power(&vm, VmPower::WakeFailed(e.to_string())),
+                _ => {}
+            }
+            let outcome = match &result {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("failed: {e}"),
+            };
+            self.journal_vm(&vm, at, action.kind(), Some(reason.rule.as_str()), &reason.text, target, Some(&outcome));
+            let lost = result.as_ref().err().is_some_and(|e| e.is_connection_lost());
+            out.push((action, result.map_err(|e| e.to_string())));
+            if lost {
+                if let Some((_, Err(e))) = out.last() {
+                    let e = HvError::Unreachable { uri: self.cfg.agent.uri.clone(), detail: e.clone() };
+                    self.lost_connection(at, &e);
+                }
+                break;
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,191 @@
+//! The API's commands, judged against the agent's own state.
+
+use super::*;
+use ebb_core::needs::HourNeeds;
+use ebb_core::{Action, Millis, Reason, Rule, SleepMode, VmId, VmState};
+use tokio::sync::oneshot;
+use tracing::info;
+
+/// Where a command's answer goes: what was done, or why not.
+pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
+
+/// What the API asks of the agent.
+pub enum Command {
+    Sleep { vm: VmId, reply: Reply<()> },
+    Wake { vm: VmId, reply: Reply<()> },
+    /// A VM's needs history, hour by hour.
+    Needs { vm: VmId, reply: Reply<Vec<HourNeeds>> },
+    /// Sets or clears a VM's time-critical flag; the reply says what it means.
+    Critical { vm: VmId, on: bool, reply: Reply<String> },
+    /// Sets a VM's value for power drops (over the config's), or clears it.
+    Value { vm: VmId, value: Option<u32>, reply: Reply<String> },
+}
+
+/// Why a command was refused or failed. The API edge turns each into the
+/// HTTP status that says what happened (`CommandError::kind`).
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("no VM named {0} on this host")]
+    UnknownVm(VmId),
+    #[error("no VM named {0} on this host, and no history of one")]
+    NoHistory(VmId),
+    #[error("{vm} is asleep already ({})", mode.as_str())]
+    AsleepAlready { vm: VmId, mode: SleepMode },
+    #[error("{vm} is {}: only a running VM can be put to sleep", vm_state_word(*state))]
+    NotRunning { vm: VmId, state: VmState },
+    #[error("{0} is not asleep: it is awake already")]
+    AwakeAlready(VmId),
+    #[error("{0} is shut off with no saved state: ebb wakes a VM that sleeps (saved or paused); start it with virsh start")]
+    ShutOffWithoutSave(VmId),
+    #[error("{vm} is {}: only a saved or paused VM can be woken", vm_state_word(*state))]
+    CannotWake { vm: VmId, state: VmState },
+    #[error("the host is on low battery: ebb starts no VM until mains power is back")]
+    LowBattery,
+    #[error("libvirt is not reachable now: try again when `ebb status` says connected")]
+    NotConnected,
+    /// The action was tried and failed (journaled with its reason).
+    #[error("{0}")]
+    Failed(String),
+    #[error("could not record {what}: {source}")]
+    Journal { what: &'static str, source: crate::journal::JournalError },
+}
+
+/// What kind of answer a `CommandError` is, for the API's status codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No such VM (404).
+    NotFound,
+    /// The VM or the host is not in a state that allows it (409).
+    WrongState,
+    /// libvirt is not reachable (503).
+    Unavailable,
+    /// Tried, and it failed (500).
+    Failed,
+}
+
+impl CommandError {
+    pub fn kind(&self) -> ErrorKind {
+        use CommandError::*;
+        match self {
+            UnknownVm(_) | NoHistory(_) => ErrorKind::NotFound,
+            AsleepAlready { .. } | NotRunning { .. } | AwakeAlready(_) | ShutOffWithoutSave(_) | CannotWake { .. } | LowBattery => ErrorKind::WrongState,
+            NotConnected => ErrorKind::Unavailable,
+            Failed(_) | Journal { .. } => ErrorKind::Failed,
+        }
+    }
+}
+
+impl Agent {
+    /// Answers an API request: carries the action out at once.
+    pub(super) async fn command(&mut self, cmd: Command) {
+        let at = now();
+        match cmd {
+            Command::Sleep { vm, reply } => {
+                let answer = match self.sleep_refusal(&vm) {
+                    Some(why) => Err(why),
+                    None => {
+                        let mode = self.sleep_settings.get(&vm).map_or(SleepMode::Save, |s| s.mode);
+                        let reason = Reason::new(Rule::Sleep, format!("asked to sleep ({}) through the API", mode.as_str()));
+                        self.act_now(Action::Sleep { vm, mode, reason }, at).await
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Wake { vm, reply } => {
+                let answer = match self.wake_refusal(&vm) {
+                    Some(why) => Err(why),
+                    None => self.act_now(Action::Wake { vm, reason: Reason::new(Rule::Wake, "asked to wake through the API") }, at).await,
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Needs { vm, reply } => {
+                let answer = match self.needs.get(&vm) {
+                    Some(n) => Ok(n.summary(&self.realloc_cfg)),
+                    None if self.known_states.contains_key(&vm) => Ok(vec![]),
+                    None => Err(CommandError::NoHistory(vm)),
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Critical { vm, on, reply } => {
+                let _ = reply.send(self.set_critical(vm, on, at));
+            }
+            Command::Value { vm, value, reply } => {
+                let _ = reply.send(self.set_value(vm, value, at));
+            }
+        }
+    }
+
+    /// Why `vm` cannot be put to sleep now, judged against the agent's own state.
+    fn sleep_refusal(&self, vm: &VmId) -> Option<CommandError> {
+        let state = self.known_states.get(vm).map(|k| k.state);
+        match (state, self.sleeping.get(vm)) {
+            (None, _) => Some(CommandError::UnknownVm(vm.clone())),
+            (Some(_), Some(rec)) => Some(CommandError::AsleepAlready { vm: vm.clone(), mode: rec.mode }),
+            (Some(VmState::Running), None) => None,
+            (Some(state), None) => Some(CommandError::NotRunning { vm: vm.clone(), state }),
+        }
+    }
+
+    /// Why `vm` cannot be woken now. Only what sleeps wakes: ebb's own
+    /// sleepers, a paused VM, a managed save; never a cold boot of a VM
+    /// someone shut off.
+    fn wake_refusal(&self, vm: &VmId) -> Option<CommandError> {
+        if self.power_is_low() {
+            return Some(CommandError::LowBattery);
+        }
+        match self.known_states.get(vm) {
+            _ if self.sleeping.contains_key(vm) => None,
+            None => Some(CommandError::UnknownVm(vm.clone())),
+            Some(KnownState { state: VmState::Paused, .. } | KnownState { state: VmState::ShutOff, managed_save: true }) => None,
+            Some(KnownState { state: VmState::Running, .. }) => Some(CommandError::AwakeAlready(vm.clone())),
+            Some(KnownState { state: VmState::ShutOff, .. }) => Some(CommandError::ShutOffWithoutSave(vm.clone())),
+            Some(k) => Some(CommandError::CannotWake { vm: vm.clone(), state: k.state }),
+        }
+    }
+
+    /// Carries one action out now and publishes the result.
+    async fn act_now(&mut self, action: Action, at: Millis) -> Result<(), CommandError> {
+        let outcome = self.act(vec![action], at).await.pop();
+        self.republish();
+        match outcome {
+            Some((_, Ok(()))) => Ok(()),
+            Some((_, Err(e))) => Err(CommandError::Failed(e)),
+            None => Err(CommandError::NotConnected),
+        }
+    }
+
+    fn set_critical(&mut self, vm: VmId, on: bool, at: Millis) -> Result<String, CommandError> {
+        if !self.known_states.contains_key(&vm) {
+            return Err(CommandError::UnknownVm(vm));
+        }
+        self.journal.set_critical(&vm, on, at).map_err(|source| CommandError::Journal { what: "the flag", source })?;
+        self.critical.insert(vm.clone(), on);
+        let text = if on { "marked time-critical: put first" } else { "no longer time-critical" };
+        info!(vm = %vm, "{text}");
+        self.journal_vm(&vm, at, "critical", Some(Rule::Critical.as_str()), text, None, None);
+        Ok(format!("{vm} {text}; ebb applies it at its next tick"))
+    }
+
+    fn set_value(&mut self, vm: VmId, value: Option<u32>, at: Millis) -> Result<String, CommandError> {
+        if !self.known_states.contains_key(&vm) {
+            return Err(CommandError::UnknownVm(vm));
+        }
+        self.journal.set_value(&vm, value, at).map_err(|source| CommandError::Journal { what: "the value", source })?;
+        let text = match value {
+            Some(v) => {
+                self.values.insert(vm.clone(), v);
+                format!("value {v} when power drops")
+            }
+            None => {
+                self.values.remove(&vm);
+                match self.cfg.vm_section(&vm).and_then(|s| s.value) {
+                    Some(v) => format!("value cleared: back to the config's {v}"),
+                    None => "value cleared: not set (counted as 1)".to_string(),
+                }
+            }
+        };
+        info!(vm = %vm, "{text}");
+        self.journal_vm(&vm, at, "value", Some(Rule::Power.as_str()), &text, None, None);
+        Ok(format!("{vm}: {text}; the plan follows at the next tick"))
+    }
+}

@@ -1,0 +1,309 @@
+//! The agent: one task owns all state and runs observe → decide → act →
+//! journal on every tick (tokio-console's aggregator shape: no shared
+//! mutable state). Readers get an immutable `Snapshot` through a watch
+//! channel. Runtime faults (libvirtd gone, a VM vanishing, a failed call)
+//! are journaled and shown; they never stop the agent.
+
+mod boot;
+mod surrogate;
+mod connection;
+mod observe;
+mod power;
+mod devices;
+mod persist;
+mod commands;
+mod act;
+mod publish;
+
+use observe::Observed;
+use publish::placeholder_status;
+
+pub use commands::{Command, CommandError, ErrorKind, Reply};
+
+use crate::api_types::{Connection, DevicesView, PlanView, SleepRecord, Snapshot};
+use crate::config::Config;
+use crate::journal::Journal;
+use crate::settings::MetadataSettings;
+use crate::words::vm_state_word;
+use ebb_backends::platform::Platform;
+use ebb_backends::{HvError, Hypervisor};
+use ebb_core::affinity::{AffinityConfig, AffinityPolicy, AffinityView, AffinityVm, Pins};
+use ebb_core::devices::{DeviceConfig, DevicePolicy, DiskSample};
+use ebb_core::power::{LowBattery, Measured, PowerReading, PowerState, Watts};
+use ebb_core::memory::{MemoryConfig, MemoryPolicy};
+use ebb_core::needs::VmNeeds;
+use ebb_core::realloc::{ReallocConfig, ReallocPolicy, Tunes};
+use ebb_core::vcpus::{OnlineVcpus, VcpuPolicy, VcpuView, VcpuVm};
+use ebb_core::sleep::{SleepPolicy, SleepSettings};
+use ebb_surrogate::{Surrogate, SurrogateEvent, VmPower};
+use ebb_core::compose::{compose, Decided};
+use ebb_core::{Action, Bytes, Millis, Tune, VmId, VmState};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tracing::info;
+
+/// A running domain and its disk sources, when they were due to be read.
+type DiskSources = (VmId, Option<Result<Vec<PathBuf>, HvError>>);
+/// The disks, the running VMs whose images each holds, and the images
+/// whose disk is unknown (in words).
+type DiskRead = (Vec<DiskSample>, BTreeMap<String, Vec<VmId>>, Vec<String>);
+
+/// Opens a hypervisor connection; called again after the connection is lost.
+pub type Connector = Box<dyn Fn(&str) -> Result<Box<dyn Hypervisor>, HvError> + Send + Sync>;
+
+
+/// How often a domain's `<metadata>` is re-read (it rarely changes, and
+/// reading it is one call per VM, unlike the bulk stats).
+const METADATA_REFRESH: Duration = Duration::from_secs(30);
+/// How often the needs history is written to the journal (and at stop).
+const NEEDS_FLUSH: Duration = Duration::from_secs(60);
+/// How often a running domain's CPU tune is re-read, to notice a change
+/// made with `virsh schedinfo` (ebb's own changes update it at once).
+const TUNE_REFRESH: Duration = Duration::from_secs(30);
+/// How often a running domain's disk sources are re-read (for the disk
+/// standby guard; a new domain's are read when it appears).
+const DISK_SOURCES_REFRESH: Duration = Duration::from_secs(60);
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+pub fn now() -> Millis {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Millis(d.as_millis() as u64)
+}
+
+struct CachedMetadata {
+    fetched_at: Millis,
+    settings: Result<Option<MetadataSettings>, String>,
+}
+
+/// A VM's state as the agent knows it: from the last observation, then
+/// from each of its own actions that succeeded. API commands are judged
+/// against it, never against the published snapshot, which lags.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct KnownState {
+    state: VmState,
+    managed_save: bool,
+}
+
+pub struct Agent {
+    cfg: Config,
+    mem_cfg: MemoryConfig,
+    connect: Arc<Connector>,
+    hv: Option<Box<dyn Hypervisor>>,
+    connection: Connection,
+    policy: MemoryPolicy,
+    journal: Journal,
+    metadata: HashMap<VmId, CachedMetadata>,
+    /// What was last said about each VM, so the journal records changes, not repeats.
+    known_vms: BTreeSet<VmId>,
+    last_skip: HashMap<VmId, Option<String>>,
+    last_problems: HashMap<VmId, Vec<String>>,
+    saved_memory: HashMap<VmId, (Bytes, Option<Bytes>)>,
+    /// VMs whose balloon was still moving at the last tick.
+    in_flight: Vec<VmId>,
+    /// Each of ebb's VMs as the agent knows it now.
+    known_states: HashMap<VmId, KnownState>,
+    sleep_policy: SleepPolicy,
+    /// The VMs ebb holds asleep (also in the journal, for restarts).
+    sleeping: BTreeMap<VmId, SleepRecord>,
+    /// Each VM's sleep settings from the last tick (config or metadata);
+    /// VMs that never sleep are absent.
+    sleep_settings: BTreeMap<VmId, SleepSettings>,
+    realloc: ReallocPolicy,
+    realloc_cfg: ReallocConfig,
+    /// Each running VM's live CPU tune and when it was read.
+    live_tunes: HashMap<VmId, (Tune, Millis)>,
+    /// The tunes as last written to the journal, to write only changes.
+    saved_tunes: HashMap<VmId, Tunes>,
+    affinity: AffinityPolicy,
+    affinity_cfg: AffinityConfig,
+    /// The pinnings as last written to the journal.
+    saved_pins: HashMap<VmId, Pins>,
+    /// Each VM with a `cpus` bound: what the affinity policy made of it this tick.
+    affinity_views: HashMap<VmId, AffinityView>,
+    vcpus: VcpuPolicy,
+    /// The online vCPU counts as last written to the journal.
+    saved_vcpus: HashMap<VmId, OnlineVcpus>,
+    /// Each VM with `vcpus_min`: what the policy made of it this tick, or
+    /// why its guest's vCPUs could not be read.
+    vcpu_views: HashMap<VmId, Result<VcpuView, String>>,
+    /// `ebb critical` flags (journaled); they override the config's.
+    critical: BTreeMap<VmId, bool>,
+    /// `ebb value` settings (journaled); they override the config's.
+    values: BTreeMap<VmId, u32>,
+    /// Each VM's needs history, and which changed since the last flush.
+    needs: HashMap<VmId, VmNeeds>,
+    needs_dirty: BTreeSet<VmId>,
+    needs_flushed_at: Millis,
+    /// The host's side of power (UPS, sysfs, power-off).
+    platform: Option<Box<dyn Platform>>,
+    low_battery: LowBattery,
+    power: Option<PowerReading>,
+    power_state: Option<PowerState>,
+    power_error: Option<String>,
+    /// VMs ebb saved on low battery (journaled), restored when mains is back.
+    power_saved: BTreeSet<VmId>,
+    /// Set once the host was powered down (or the power-off recorded) in this low-battery event.
+    last_power_off: Option<String>,
+    /// Where the low-battery sequence is (saves, shutdowns, the power-off).
+    low_battery_sequence: ebb_core::battery::LowBatterySequence,
+    /// The power-drop plan as it stands this tick (with a budget).
+    plan: Option<PlanView>,
+    /// The host's draw by the power model at the VMs' CPU use this tick…
+    model_draw: Option<Watts>,
+    /// …and as RAPL measures it, or why it could not.
+    measured: Result<Option<Measured>, String>,
+    /// Device power: CPU frequency and disk standby (the seed's Figure 2).
+    devices: DevicePolicy,
+    device_cfg: DeviceConfig,
+    devices_view: Option<DevicesView>,
+    /// The last failed restore of the CPUs, journaled once.
+    last_restore_error: Option<String>,
+    /// Every running domain's disk sources (all domains, not only ebb's:
+    /// no disk goes to standby under any VM), and when they were read.
+    vm_disks: HashMap<VmId, (Result<Vec<PathBuf>, String>, Millis)>,
+    commands: mpsc::Receiver<Command>,
+    /// Stands in for the VMs' declared services (`[[vm.NAME.service]]`).
+    surrogate: Surrogate,
+    surrogate_events: mpsc::Receiver<SurrogateEvent>,
+    /// When a VM's last refusal was journaled: a flood is one entry a second.
+    refusal_journaled: HashMap<VmId, Millis>,
+    started_at: Millis,
+    ticks: u64,
+    actions_total: u64,
+    action_failures_total: u64,
+    sleeps_total: u64,
+    wakes_total: u64,
+    last_wake_ms: Option<f64>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+}
+
+/// A new agent, the snapshots it publishes and where its commands go.
+pub type NewAgent = (Agent, watch::Receiver<Arc<Snapshot>>, mpsc::Sender<Command>);
+
+impl Agent {
+
+    /// Runs until `shutdown` resolves.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        self.journal_event(None, "started", &format!("ebb {} started, watching {}", env!("CARGO_PKG_VERSION"), self.cfg.agent.uri));
+        tokio::pin!(shutdown);
+        'ticks: loop {
+            let moving = self.tick().await;
+            let wait = if moving { self.cfg.agent.fast_tick.min(self.cfg.agent.tick) } else { self.cfg.agent.tick };
+            let next = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => break,
+                    Some(cmd) = self.commands.recv() => self.command(cmd).await,
+                    Some(ev) = self.surrogate_events.recv() => self.surrogate_event(ev).await,
+                    _ = &mut shutdown => break 'ticks,
+                }
+            }
+        }
+        self.flush_needs(now());
+        self.give_back_cpus(now()).await;
+        self.surrogate.stop_kernel_path();
+        self.journal_event(None, "stopped", "ebb stopped");
+        info!("ebb stopped");
+    }
+
+    /// One observe → decide → act round. Returns true while some balloon
+    /// is moving, so the caller follows it with a fast tick.
+    pub async fn tick(&mut self) -> bool {
+        let started = Instant::now();
+        let at = now();
+        self.ticks += 1;
+        if self.hv.is_none() && !self.try_connect(at).await {
+            self.publish(None, None, started, at);
+            return false;
+        }
+        let Some(observed) = self.observe(started, at).await else {
+            return false;
+        };
+        let Observed { obs, pins, host_cpus, online, .. } = self.take_in(observed, at);
+        // A failed wake refused its held clients; a tick later the next
+        // client may try again.
+        let failed: Vec<VmId> =
+            self.sleeping.keys().filter(|vm| matches!(self.surrogate.state(vm), Some(VmPower::WakeFailed(_)))).cloned().collect();
+        for vm in failed {
+            self.set_power(&vm, VmPower::Asleep);
+        }
+        let resolved = self.resolve_settings(&obs);
+        let settings = resolved.iter().map(|(id, r)| (id.clone(), r.settings.clone())).collect();
+        let decision = self.policy.decide(&obs, &settings, &self.mem_cfg, at);
+        self.note_skips(&decision, at);
+        self.sleep_settings = resolved.iter().filter_map(|(id, r)| Some((id.clone(), r.sleep.clone()?))).collect();
+        let idle = self.sleep_policy.decide(&obs, &self.sleep_settings, &self.traffic(), at);
+        let realloc = self.realloc_cfg.enabled.then(|| {
+            let settings = self.realloc_settings(&obs);
+            self.realloc.decide(&obs, &settings, &self.realloc_cfg, at)
+        });
+        let affinity = realloc.as_ref().filter(|_| !pins.is_empty()).map(|d| {
+            let vms: Vec<AffinityVm> = obs
+                .vms
+                .iter()
+                .map(|v| AffinityVm {
+                    pins: pins.get(&v.id).cloned(),
+                    bound: self.cpus_bound(&v.id),
+                    expected_cpu: self
+                        .needs
+                        .get(&v.id)
+                        .and_then(|n| n.usual_cpu(at, &self.realloc_cfg))
+                        .map(|u| u * f64::from(v.activity.map_or(1, |a| a.vcpus.max(1)))),
+                })
+                .collect();
+            self.affinity.decide(&obs, d, &host_cpus, &vms, &self.affinity_cfg, at)
+        });
+        self.affinity_views = affinity.iter().flat_map(|d| d.views.iter()).map(|v| (v.vm.clone(), v.clone())).collect();
+        let vcpus = realloc.as_ref().filter(|_| !online.is_empty()).map(|d| {
+            let vms: Vec<VcpuVm> = obs
+                .vms
+                .iter()
+                .map(|v| VcpuVm { online: online.get(&v.id).and_then(|r| r.as_ref().ok().copied()), min: self.vcpus_min(&v.id) })
+                .collect();
+            self.vcpus.decide(&obs, d, &vms, &self.realloc_cfg, at)
+        });
+        self.vcpu_views = online
+            .iter()
+            .filter_map(|(vm, r)| Some((vm.clone(), r.clone().err()?)))
+            .map(|(vm, e)| (vm, Err(e)))
+            .chain(vcpus.iter().flat_map(|d| d.views.iter()).map(|v| (v.vm.clone(), Ok(v.clone()))))
+            .collect();
+        let none: Vec<Action> = vec![];
+        let decided = Decided {
+            memory: if self.cfg.memory.enabled { &decision.actions } else { &none },
+            cpus: [realloc.as_ref().map(|d| &d.actions), affinity.as_ref().map(|d| &d.actions), vcpus.as_ref().map(|d| &d.actions)]
+                .into_iter()
+                .flatten()
+                .map(|a| a.as_slice())
+                .collect(),
+            sleep: Some(&idle),
+        };
+        let actions = compose(&decided, |vm| self.sleeping.contains_key(vm));
+        self.act(actions, at).await;
+        self.remember_memory_state(&decision, at);
+        self.remember_tunes(&obs, at);
+        self.remember_pins(at);
+        self.remember_vcpus(at);
+        self.plan = self.cfg.power.budget.map(|b| self.power_plan(&obs, realloc.as_ref(), Watts(b)));
+        self.model_draw = realloc.as_ref().map(|d| self.model_draw(&obs, d));
+        self.power_tick(&obs, at).await;
+        self.devices_tick(&obs, at).await;
+        if let Some(d) = &realloc {
+            self.record_needs(&obs, d, at);
+        }
+        self.publish(Some((&obs, &resolved)), Some((&decision, &idle, realloc.as_ref())), started, at);
+        self.in_flight = decision
+            .vms
+            .iter()
+            .filter(|v| v.skipped.is_none() && v.target.is_some() && v.target != v.actual)
+            .map(|v| v.vm.clone())
+            .collect();
+        self.cfg.memory.enabled && !self.in_flight.is_empty()
+    }
+
+}
+

@@ -1,0 +1,157 @@
+//! The snapshot readers see: built from this tick, never read back as state.
+
+use super::*;
+use crate::api_types::{Connection, PowerStatus, Snapshot, Status, VmInfo};
+use crate::settings::Resolved;
+use ebb_core::affinity::AffinityView;
+use ebb_core::memory::{MemoryDecision, VmMemoryView};
+use ebb_core::realloc::{ReallocDecision, VmReallocView};
+use ebb_core::vcpus::VcpuView;
+use ebb_core::sleep::{SleepDecision, VmIdleView};
+use ebb_core::{Bytes, Millis, Observation, VmId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+impl Agent {
+    pub(super) fn publish(
+        &self,
+        seen: Option<(&Observation, &BTreeMap<VmId, Resolved>)>,
+        decisions: Option<(&MemoryDecision, &SleepDecision, Option<&ReallocDecision>)>,
+        started: Instant,
+        at: Millis,
+    ) {
+        let tick_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let decision = decisions.map(|d| d.0);
+        let (obs, vms) = match (seen, decisions) {
+            (Some((obs, resolved)), Some((decision, idle, realloc))) => {
+                let views: HashMap<&VmId, &VmMemoryView> = decision.vms.iter().map(|v| (&v.vm, v)).collect();
+                let realloc_views: HashMap<&VmId, &VmReallocView> =
+                    realloc.map(|d| d.views.iter().map(|v| (&v.vm, v)).collect()).unwrap_or_default();
+                let idle_views: HashMap<&VmId, &VmIdleView> = idle.views.iter().map(|v| (&v.vm, v)).collect();
+                let with_sleep = |id: &VmId| self.sleep_settings.contains_key(id);
+                let vms = obs
+                    .vms
+                    .iter()
+                    .filter_map(|vm| {
+                        let r = resolved.get(&vm.id)?;
+                        Some(VmInfo {
+                            name: vm.id.to_string(),
+                            state: vm.state,
+                            memory: (*views.get(&vm.id)?).clone(),
+                            settings: r.settings.clone(),
+                            sources: r.sources,
+                            settings_problems: r.problems.clone(),
+                            sleeping: self.sleeping.get(&vm.id).cloned(),
+                            surrogate: self.surrogate_view(&vm.id),
+                            idle: idle_views.get(&vm.id).filter(|_| with_sleep(&vm.id)).map(|v| (*v).clone()),
+                            // `current` as it is after this tick's changes.
+                            realloc: realloc_views.get(&vm.id).map(|v| VmReallocView {
+                                current: self.live_tunes.get(&vm.id).map(|(t, _)| *t),
+                                ..(*v).clone()
+                            }),
+                            vcpus: self.vcpu_views.get(&vm.id).map(|r| match r {
+                                // `online` as it is after this tick's change.
+                                Ok(v) => Ok(VcpuView { online: self.vcpus.state(&vm.id).map_or(v.online, |s| s.applied.unwrap_or(s.base)), ..v.clone() }),
+                                Err(e) => Err(e.clone()),
+                            }),
+                            // `current` as it is after this tick's moves.
+                            affinity: self.affinity_views.get(&vm.id).map(|a| AffinityView {
+                                current: self.affinity.pins(&vm.id).map_or_else(|| a.current.clone(), |p| p.applied.clone().unwrap_or_else(|| p.base.clone())),
+                                ..a.clone()
+                            }),
+                        })
+                    })
+                    .collect();
+                (Some(obs), vms)
+            }
+            // Disconnected: keep showing the VMs as last seen.
+            _ => (None, self.snapshot.borrow().vms.clone()),
+        };
+        let mut status = self.status(obs, decision, tick_ms);
+        status.last_tick_at = Some(at);
+        self.snapshot.send_replace(Arc::new(Snapshot { status, vms }));
+    }
+
+    /// Shows a command's effect at once rather than at the next tick.
+    pub(super) fn republish(&self) {
+        let mut snap = (**self.snapshot.borrow()).clone();
+        snap.status = Status { last_tick_ms: snap.status.last_tick_ms, ..self.status(None, None, 0.0) };
+        for vm in &mut snap.vms {
+            let id = VmId::new(&vm.name);
+            if let Some(k) = self.known_states.get(&id) {
+                vm.state = k.state;
+            }
+            vm.sleeping = self.sleeping.get(&id).cloned();
+            vm.surrogate = self.surrogate_view(&id);
+        }
+        self.snapshot.send_replace(Arc::new(snap));
+    }
+
+    pub(super) fn status(&self, obs: Option<&Observation>, decision: Option<&MemoryDecision>, tick_ms: f64) -> Status {
+        let prev = self.snapshot.borrow().status.clone();
+        let vms: Vec<&VmMemoryView> = decision.map(|d| d.vms.iter().collect()).unwrap_or_default();
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uri: self.cfg.agent.uri.clone(),
+            connection: self.connection.clone(),
+            started_at: self.started_at,
+            tick_ms: self.cfg.agent.tick.as_millis() as u64,
+            ticks: self.ticks,
+            last_tick_at: prev.last_tick_at,
+            last_tick_ms: tick_ms,
+            memory_enabled: self.cfg.memory.enabled,
+            pool: decision.map(|d| d.pool).or(prev.pool),
+            pool_used: decision.map(|d| d.pool_used).unwrap_or(prev.pool_used),
+            host_total: obs.map(|o| o.host.total).unwrap_or(prev.host_total),
+            host_available: obs.map(|o| o.host.available).unwrap_or(prev.host_available),
+            vms: if decision.is_some() { vms.len() } else { prev.vms },
+            vms_managed: if decision.is_some() { vms.iter().filter(|v| v.skipped.is_none()).count() } else { prev.vms_managed },
+            actions_total: self.actions_total,
+            action_failures_total: self.action_failures_total,
+            sleeps_total: self.sleeps_total,
+            wakes_total: self.wakes_total,
+            last_wake_ms: self.last_wake_ms,
+            journal: self.journal.path().display().to_string(),
+            power: (self.power.is_some() || self.power_error.is_some() || self.plan.is_some() || !matches!(self.measured, Ok(None)) || self.devices_view.is_some()).then(|| PowerStatus {
+                reading: self.power.clone(),
+                state: self.power_state.clone(),
+                error: self.power_error.clone(),
+                saved_for_power: self.power_saved.iter().map(|v| v.to_string()).collect(),
+                last_power_off: self.last_power_off.clone(),
+                plan: self.plan.clone(),
+                model_draw: self.model_draw,
+                measured: self.measured.clone().ok().flatten(),
+                measured_error: self.measured.clone().err(),
+                devices: self.devices_view.clone(),
+            }),
+        }
+    }
+}
+
+pub(super) fn placeholder_status() -> Status {
+    Status {
+        version: String::new(),
+        uri: String::new(),
+        connection: Connection::Disconnected { since: Millis(0), error: String::new(), attempts: 0, next_try_at: Millis(0) },
+        started_at: Millis(0),
+        tick_ms: 0,
+        ticks: 0,
+        last_tick_at: None,
+        last_tick_ms: 0.0,
+        memory_enabled: true,
+        pool: None,
+        pool_used: Bytes::ZERO,
+        host_total: Bytes::ZERO,
+        host_available: Bytes::ZERO,
+        vms: 0,
+        vms_managed: 0,
+        actions_total: 0,
+        action_failures_total: 0,
+        sleeps_total: 0,
+        wakes_total: 0,
+        last_wake_ms: None,
+        journal: String::new(),
+        power: None,
+    }
+}
