@@ -221,7 +221,11 @@ pub struct Event {
     pub rule: Option<String>,
     pub text: String,
     pub target: Option<Bytes>,
+    /// `ok`, or `failed: ` and why; None for an event that is no attempt.
     pub outcome: Option<String>,
+    /// The attempt failed.
+    #[serde(default)]
+    pub failed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -136,7 +136,7 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
     for p in &vm.settings_problems {
         out.push(format!("Note: {p}."));
     }
-    let failures = events.iter().filter(|e| e.outcome.as_deref().is_some_and(|o| o.starts_with("failed"))).count();
+    let failures = events.iter().filter(|e| e.failed).count();
     if failures > 0 {
         out.push(format!("{failures} of its last {} journal entries are failed actions.", events.len()));
     }

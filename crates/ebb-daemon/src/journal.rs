@@ -9,7 +9,7 @@ use ebb_core::devices::CpuChange;
 use ebb_core::memory::Resumed;
 use ebb_core::needs::VmNeeds;
 use ebb_core::realloc::Tunes;
-use ebb_core::{Bytes, Millis, SleepMode, VmId};
+use ebb_core::{Action, Bytes, Millis, Rule, SleepMode, VmId};
 use rusqlite::{params, Connection};
 use std::path::{Path, PathBuf};
 
@@ -70,16 +70,151 @@ pub struct Journal {
     path: PathBuf,
 }
 
+/// What a journal entry is about: an action ebb took, or one of its own
+/// events. Stored as its snake_case name, which is what `ebb events` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    // The policies' actions (`Kind::of`).
+    SetBalloonTarget,
+    Sleep,
+    Wake,
+    SetTune,
+    SetPins,
+    SetGuestVcpus,
+    Shutdown,
+    // The agent's life and its libvirt connection.
+    Started,
+    Stopped,
+    Connected,
+    ConnectFailed,
+    Disconnected,
+    // VMs coming and going, and what ebb notes about them.
+    VmAppeared,
+    VmGone,
+    SettingsProblem,
+    Skipped,
+    WokeOutside,
+    Critical,
+    Value,
+    // The surrogate.
+    AwakePath,
+    Refused,
+    // Host power and devices.
+    Power,
+    PowerSource,
+    PowerSourceFailed,
+    PowerMeasureFailed,
+    PowerOff,
+    ShutdownOverdue,
+    Cpufreq,
+    CpufreqFailed,
+    DiskStandby,
+    DiskFailed,
+}
+
+impl Kind {
+    /// The entry for a policy's action.
+    pub fn of(action: &Action) -> Kind {
+        match action {
+            Action::SetBalloonTarget { .. } => Kind::SetBalloonTarget,
+            Action::Sleep { .. } => Kind::Sleep,
+            Action::Wake { .. } => Kind::Wake,
+            Action::SetTune { .. } => Kind::SetTune,
+            Action::SetPins { .. } => Kind::SetPins,
+            Action::SetGuestVcpus { .. } => Kind::SetGuestVcpus,
+            Action::Shutdown { .. } => Kind::Shutdown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use Kind::*;
+        match self {
+            SetBalloonTarget => "set_balloon_target",
+            Sleep => "sleep",
+            Wake => "wake",
+            SetTune => "set_tune",
+            SetPins => "set_pins",
+            SetGuestVcpus => "set_guest_vcpus",
+            Shutdown => "shutdown",
+            Started => "started",
+            Stopped => "stopped",
+            Connected => "connected",
+            ConnectFailed => "connect_failed",
+            Disconnected => "disconnected",
+            VmAppeared => "vm_appeared",
+            VmGone => "vm_gone",
+            SettingsProblem => "settings_problem",
+            Skipped => "skipped",
+            WokeOutside => "woke_outside",
+            Critical => "critical",
+            Value => "value",
+            AwakePath => "awake_path",
+            Refused => "refused",
+            Power => "power",
+            PowerSource => "power_source",
+            PowerSourceFailed => "power_source_failed",
+            PowerMeasureFailed => "power_measure_failed",
+            PowerOff => "power_off",
+            ShutdownOverdue => "shutdown_overdue",
+            Cpufreq => "cpufreq",
+            CpufreqFailed => "cpufreq_failed",
+            DiskStandby => "disk_standby",
+            DiskFailed => "disk_failed",
+        }
+    }
+}
+
+/// How an attempt went. Stored as `ok` or `failed: <why>`; read back into
+/// `Event::failed` here, the one place that knows the stored form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Failed(String),
+}
+
+impl Outcome {
+    pub fn of<E: std::fmt::Display>(r: &Result<(), E>) -> Outcome {
+        match r {
+            Ok(()) => Outcome::Ok,
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+
+    fn stored(&self) -> String {
+        match self {
+            Outcome::Ok => "ok".into(),
+            Outcome::Failed(why) => format!("failed: {why}"),
+        }
+    }
+
+    fn is_stored_failure(text: &str) -> bool {
+        text.starts_with("failed")
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.stored())
+    }
+}
+
 /// An entry to write.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Entry<'a> {
     pub at: Millis,
     pub vm: Option<&'a str>,
-    pub kind: &'a str,
-    pub rule: Option<&'a str>,
+    pub kind: Kind,
+    pub rule: Option<Rule>,
     pub text: &'a str,
     pub target: Option<Bytes>,
-    pub outcome: Option<&'a str>,
+    pub outcome: Option<Outcome>,
+}
+
+impl<'a> Entry<'a> {
+    /// One of the agent's own events, about no VM in particular.
+    pub fn event(at: Millis, kind: Kind, text: &'a str) -> Entry<'a> {
+        Entry { at, vm: None, kind, rule: None, text, target: None, outcome: None }
+    }
 }
 
 const SCHEMA: &str = "
@@ -170,7 +305,7 @@ impl Journal {
     pub fn record(&self, e: &Entry) -> Result<i64, JournalError> {
         self.conn.execute(
             "INSERT INTO events (at_ms, vm, kind, rule, text, target_bytes, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![e.at.0 as i64, e.vm, e.kind, e.rule, e.text, e.target.map(|b| b.0 as i64), e.outcome],
+            params![e.at.0 as i64, e.vm, e.kind.as_str(), e.rule.map(Rule::as_str), e.text, e.target.map(|b| b.0 as i64), e.outcome.as_ref().map(Outcome::stored)],
         )?;
         Ok(self.conn.last_insert_rowid())
     }
@@ -182,7 +317,9 @@ impl Journal {
              WHERE (?1 IS NULL OR vm = ?1) ORDER BY id DESC LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![vm, limit as i64], |r| {
+            let outcome: Option<String> = r.get(7)?;
             Ok(Event {
+                failed: outcome.as_deref().is_some_and(Outcome::is_stored_failure),
                 id: r.get(0)?,
                 at: Millis(r.get::<_, i64>(1)? as u64),
                 vm: r.get(2)?,
@@ -190,7 +327,7 @@ impl Journal {
                 rule: r.get(4)?,
                 text: r.get(5)?,
                 target: r.get::<_, Option<i64>>(6)?.map(|b| Bytes(b as u64)),
-                outcome: r.get(7)?,
+                outcome,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -430,8 +567,8 @@ mod tests {
         let path = dir.path().join("sub/journal.db");
         {
             let j = Journal::open(&path).unwrap();
-            j.record(&Entry { at: Millis(1), vm: Some("a"), kind: "set_balloon_target", rule: Some("reclaim"), text: "reclaim 64 MiB", target: Some(Bytes::from_mib(448)), outcome: Some("ok") }).unwrap();
-            j.record(&Entry { at: Millis(2), vm: None, kind: "connected", text: "connected", ..Default::default() }).unwrap();
+            j.record(&Entry { at: Millis(1), vm: Some("a"), kind: Kind::SetBalloonTarget, rule: Some(Rule::Reclaim), text: "reclaim 64 MiB", target: Some(Bytes::from_mib(448)), outcome: Some(Outcome::Ok) }).unwrap();
+            j.record(&Entry::event(Millis(2), Kind::Connected, "connected")).unwrap();
             j.save_memory_state(&VmId::new("a"), Bytes::from_mib(64), Some(Bytes::from_mib(448)), Millis(1)).unwrap();
             j.save_memory_state(&VmId::new("a"), Bytes::from_mib(128), Some(Bytes::from_mib(384)), Millis(3)).unwrap();
         }

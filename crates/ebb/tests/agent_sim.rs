@@ -142,7 +142,7 @@ async fn a_failed_call_is_journaled_and_the_agent_goes_on() {
     let w = start(sim, "pool = \"1GiB\"").await;
     let failures = w.until("failed actions", |_, st| (st.action_failures_total >= 2).then_some(st.action_failures_total)).await;
     let events = w.events().await;
-    let failed: Vec<&Event> = events.iter().filter(|e| e.outcome.as_deref().is_some_and(|o| o.starts_with("failed"))).collect();
+    let failed: Vec<&Event> = events.iter().filter(|e| e.failed).collect();
     assert!(!failed.is_empty() && failed.iter().all(|e| e.vm.as_deref() == Some("a")), "{failed:?}");
     assert!(failed[0].outcome.as_deref().unwrap().contains("refuse"), "{:?}", failed[0]);
     // The other guest is still managed, and the agent still ticks.
@@ -266,7 +266,7 @@ async fn a_refused_bandwidth_change_is_journaled_once_and_explained() {
     let ticks = w.until("ticks", |_, st| Some(st.ticks)).await;
     w.until("ticking on", |_, st| (st.ticks > ticks + 10).then_some(())).await;
     let failed: Vec<Event> =
-        w.events().await.into_iter().filter(|e| e.outcome.as_deref().is_some_and(|o| o.starts_with("failed"))).collect();
+        w.events().await.into_iter().filter(|e| e.failed).collect();
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(failed[0].outcome.as_deref().unwrap().contains("could not set the network bandwidth of web"), "{failed:?}");
     assert_eq!(out_limit(&w.sim, "web"), 64);

@@ -1,6 +1,7 @@
 //! Carrying out the policies' actions and feeding the outcomes back.
 
 use super::*;
+use crate::journal::{Kind, Outcome};
 use crate::api_types::SleepRecord;
 use ebb_backends::HvError;
 use ebb_surrogate::VmPower;
@@ -29,7 +30,7 @@ impl Agent {
                         self.set_power(&vm, VmPower::Awake);
                         self.actions_total += 1;
                         self.action_failures_total += 1;
-                        self.journal_vm(&vm, at, a.kind(), Some(a.reason().rule.as_str()), &a.reason().text, None, Some(&format!("failed: {e}")));
+                        self.journal_vm(&vm, at, Kind::of(&a), Some(a.reason().rule), &a.reason().text, None, Some(Outcome::Failed(e.clone())));
                         out.push((a, Err(e)));
                         continue;
                     }
@@ -122,11 +123,7 @@ impl Agent {
                 (Action::Wake { .. }, Err(e)) => self.set_power(&vm, VmPower::WakeFailed(e.to_string())),
                 _ => {}
             }
-            let outcome = match &result {
-                Ok(()) => "ok".to_string(),
-                Err(e) => format!("failed: {e}"),
-            };
-            self.journal_vm(&vm, at, action.kind(), Some(reason.rule.as_str()), &reason.text, target, Some(&outcome));
+            self.journal_vm(&vm, at, Kind::of(&action), Some(reason.rule), &reason.text, target, Some(Outcome::of(&result)));
             let lost = result.as_ref().err().is_some_and(|e| e.is_connection_lost());
             out.push((action, result.map_err(|e| e.to_string())));
             if lost {

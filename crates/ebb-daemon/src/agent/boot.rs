@@ -3,7 +3,7 @@
 use super::*;
 use crate::api_types::{Connection, Snapshot};
 use crate::config::Config;
-use crate::journal::Journal;
+use crate::journal::{Journal, Kind};
 use ebb_backends::platform::{HostPlatform, Platform, UpsPoller};
 use ebb_core::affinity::{AffinityPolicy, Pins};
 use ebb_core::devices::DevicePolicy;
@@ -220,7 +220,7 @@ impl Agent {
             Err(why) => {
                 let text = format!("the kernel path is not available, ebb splices awake VMs' connections itself: {why}");
                 warn!("{text}");
-                self.journal_event(None, "awake_path", &text);
+                self.journal_event(None, Kind::AwakePath, &text);
             }
         }
         for vm in self.surrogate.vms() {

@@ -1,6 +1,7 @@
 //! The API's commands, judged against the agent's own state.
 
 use super::*;
+use crate::journal::Kind;
 use ebb_core::needs::HourNeeds;
 use ebb_core::{Action, Millis, Reason, Rule, SleepMode, VmId, VmState};
 use tokio::sync::oneshot;
@@ -162,7 +163,7 @@ impl Agent {
         self.critical.insert(vm.clone(), on);
         let text = if on { "marked time-critical: put first" } else { "no longer time-critical" };
         info!(vm = %vm, "{text}");
-        self.journal_vm(&vm, at, "critical", Some(Rule::Critical.as_str()), text, None, None);
+        self.journal_vm(&vm, at, Kind::Critical, Some(Rule::Critical), text, None, None);
         Ok(format!("{vm} {text}; ebb applies it at its next tick"))
     }
 
@@ -185,7 +186,7 @@ impl Agent {
             }
         };
         info!(vm = %vm, "{text}");
-        self.journal_vm(&vm, at, "value", Some(Rule::Power.as_str()), &text, None, None);
+        self.journal_vm(&vm, at, Kind::Value, Some(Rule::Power), &text, None, None);
         Ok(format!("{vm}: {text}; the plan follows at the next tick"))
     }
 }

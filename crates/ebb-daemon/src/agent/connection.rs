@@ -1,6 +1,7 @@
 //! The hypervisor connection and its backoff; blocking calls run off the actor.
 
 use super::*;
+use crate::journal::Kind;
 use crate::api_types::Connection;
 use ebb_backends::platform::Platform;
 use ebb_backends::{HvError, Hypervisor};
@@ -35,7 +36,7 @@ impl Agent {
                 self.connection = Connection::Connected { since: at };
                 let text = format!("connected to libvirt at {}", self.cfg.agent.uri);
                 info!("{text}");
-                self.journal_event(None, "connected", &text);
+                self.journal_event(None, Kind::Connected, &text);
                 true
             }
             Ok(Err(e)) => {
@@ -43,7 +44,7 @@ impl Agent {
                 let error = e.to_string();
                 if attempts == 0 {
                     warn!("{error}; retrying every {}s at most", BACKOFF_MAX.as_secs());
-                    self.journal_event(None, "connect_failed", &error);
+                    self.journal_event(None, Kind::ConnectFailed, &error);
                 } else {
                     debug!("reconnect attempt {} failed: {error}", attempts + 1);
                 }
@@ -70,7 +71,7 @@ impl Agent {
         self.hv = None;
         let error = e.to_string();
         warn!("lost libvirt: {error}; reconnecting with backoff");
-        self.journal_event(None, "disconnected", &format!("lost libvirt: {error}"));
+        self.journal_event(None, Kind::Disconnected, &format!("lost libvirt: {error}"));
         self.connection = Connection::Disconnected { since: at, error, attempts: 0, next_try_at: at };
     }
 

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::api_types::{CpufreqView, DevicesView, DisksView};
-use crate::journal::Entry;
+use crate::journal::{Entry, Kind, Outcome};
 use ebb_core::devices::{CpuChange, CpuFreq, CpuSetting, DeviceAction, DeviceConfig};
 use ebb_core::{Millis, Observation, Rule, VmId};
 use std::collections::BTreeMap;
@@ -53,7 +53,7 @@ impl Agent {
             Err(e) => {
                 if cpu.error.as_deref() != Some(&e) {
                     warn!("cpufreq: {e}");
-                    self.journal_event(None, "cpufreq_failed", &e);
+                    self.journal_event(None, Kind::CpufreqFailed, &e);
                 }
                 cpu.error = Some(e);
                 cpu.cpus.clear();
@@ -66,7 +66,7 @@ impl Agent {
             let list: Vec<String> = d.taken_over.iter().map(|c| format!("cpu{c}")).collect();
             let text = format!("{} changed by someone else since ebb set it: left as it is, not given back", list.join(", "));
             info!("cpufreq: {text}");
-            self.journal_event(None, "cpufreq", &text);
+            self.journal_event(None, Kind::Cpufreq, &text);
             self.remember_cpu_changes(at);
         }
         let done = match d.action {
@@ -110,7 +110,7 @@ impl Agent {
             None => {
                 self.devices.cpu_saved(changes.clone());
                 self.remember_cpu_changes(at);
-                (changes.iter().map(|c| c.applied.clone()).collect(), format!("{reason}: {what}"), "ok".to_string())
+                (changes.iter().map(|c| c.applied.clone()).collect(), format!("{reason}: {what}"), Outcome::Ok)
             }
             Some(e) => {
                 let undo: Vec<CpuSetting> = changes.iter().zip(&results).filter(|(_, (_, r))| r.is_ok()).map(|(c, _)| c.undo()).collect();
@@ -119,14 +119,11 @@ impl Agent {
                 self.devices.cpu_save_failed(at);
                 let left = if stuck.is_empty() { "the CPUs are as ebb found them".to_string() } else { format!("{} could not be given back", stuck.join(", ")) };
                 warn!("cpufreq: saving power failed: {e}");
-                (vec![], format!("{reason}, but a write failed: {e} ({left}; tried again after another hold)"), format!("failed: {e}"))
+                (vec![], format!("{reason}, but a write failed: {e} ({left}; tried again after another hold)"), Outcome::Failed(e))
             }
         };
         info!("cpufreq: {text}");
-        let entry = Entry { at, vm: None, kind: "cpufreq", rule: Some(Rule::Power.as_str()), text: &text, target: None, outcome: Some(&outcome) };
-        if let Err(e) = self.journal.record(&entry) {
-            warn!("{e}");
-        }
+        self.journal_entry(&Entry { rule: Some(Rule::Power), outcome: Some(outcome), ..Entry::event(at, Kind::Cpufreq, &text) });
         (written, text)
     }
 
@@ -141,22 +138,20 @@ impl Agent {
         let cpus: Vec<String> = written.iter().map(|s| format!("cpu{}", s.cpu)).collect();
         let mut text = format!("{reason}: {} as found", if cpus.is_empty() { "no CPU".to_string() } else { cpus.join(", ") });
         let outcome = match failed.first() {
-            None => "ok".to_string(),
+            None => Outcome::Ok,
             Some((_, Err(e))) => {
                 let _ = write!(text, "; {} failed, tried again next tick", failed.len());
-                format!("failed: {e}")
+                Outcome::Failed(e.clone())
             }
             Some(_) => unreachable!("partitioned by result"),
         };
         // A restore that keeps failing is journaled once per error, not every tick.
-        if outcome == "ok" || self.last_restore_error.as_deref() != Some(&outcome) {
+        let failed = (outcome != Outcome::Ok).then(|| outcome.to_string());
+        if failed.is_none() || self.last_restore_error != failed {
             info!("cpufreq: {text}");
-            let entry = Entry { at, vm: None, kind: "cpufreq", rule: Some(Rule::Power.as_str()), text: &text, target: None, outcome: Some(&outcome) };
-            if let Err(e) = self.journal.record(&entry) {
-                warn!("{e}");
-            }
+            self.journal_entry(&Entry { rule: Some(Rule::Power), outcome: Some(outcome), ..Entry::event(at, Kind::Cpufreq, &text) });
         }
-        self.last_restore_error = (outcome != "ok").then_some(outcome);
+        self.last_restore_error = failed;
         (written, text)
     }
 
@@ -186,7 +181,7 @@ impl Agent {
             Err(e) => {
                 if dv.error.as_deref() != Some(&e) {
                     warn!("disks: {e}");
-                    self.journal_event(None, "disk_failed", &e);
+                    self.journal_event(None, Kind::DiskFailed, &e);
                 }
                 dv.error = Some(e);
                 return;
@@ -206,18 +201,15 @@ impl Agent {
                         v.state = ebb_core::devices::DiskState::Standby { at };
                     }
                     dv.last_standby = Some(format!("{} UTC {disk}: {done}", crate::words::clock(at)));
-                    (format!("{disk}: {reason}: {done}"), "ok".to_string())
+                    (format!("{disk}: {reason}: {done}"), Outcome::Ok)
                 }
                 Err(e) => {
                     self.devices.disk_failed(&disk, at);
-                    (format!("{disk}: {reason}, but the standby failed (tried again after another idle spell)"), format!("failed: {e}"))
+                    (format!("{disk}: {reason}, but the standby failed (tried again after another idle spell)"), Outcome::Failed(e.to_string()))
                 }
             };
             info!("disk standby: {text} [{outcome}]");
-            let entry = Entry { at, vm: None, kind: "disk_standby", rule: Some(Rule::Power.as_str()), text: &text, target: None, outcome: Some(&outcome) };
-            if let Err(e) = self.journal.record(&entry) {
-                warn!("{e}");
-            }
+            self.journal_entry(&Entry { rule: Some(Rule::Power), outcome: Some(outcome), ..Entry::event(at, Kind::DiskStandby, &text) });
         }
         dv.disks = views;
     }

@@ -22,7 +22,7 @@ pub use commands::{Command, CommandError, ErrorKind, Reply};
 
 use crate::api_types::{Connection, DevicesView, PlanView, SleepRecord, Snapshot};
 use crate::config::Config;
-use crate::journal::Journal;
+use crate::journal::{Journal, Kind};
 use crate::settings::MetadataSettings;
 use crate::words::vm_state_word;
 use ebb_backends::platform::Platform;
@@ -188,7 +188,7 @@ impl Agent {
 
     /// Runs until `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
-        self.journal_event(None, "started", &format!("ebb {} started, watching {}", env!("CARGO_PKG_VERSION"), self.cfg.agent.uri));
+        self.journal_event(None, Kind::Started, &format!("ebb {} started, watching {}", env!("CARGO_PKG_VERSION"), self.cfg.agent.uri));
         tokio::pin!(shutdown);
         'ticks: loop {
             let moving = self.tick().await;
@@ -206,7 +206,7 @@ impl Agent {
         self.flush_needs(now());
         self.give_back_cpus(now()).await;
         self.surrogate.stop_kernel_path();
-        self.journal_event(None, "stopped", "ebb stopped");
+        self.journal_event(None, Kind::Stopped, "ebb stopped");
         info!("ebb stopped");
     }
 

@@ -1,6 +1,7 @@
 //! Reading each tick's world: per-VM settings, metadata, tunes and disk sources when due, and changes made outside ebb.
 
 use super::*;
+use crate::journal::Kind;
 use crate::settings::{self, Resolved};
 use ebb_backends::HvError;
 use ebb_core::affinity::CpuSet;
@@ -153,10 +154,10 @@ impl Agent {
     pub(super) fn note_vm_changes(&mut self, obs: &Observation, at: Millis) {
         let seen: BTreeSet<VmId> = obs.vms.iter().map(|v| v.id.clone()).collect();
         for vm in seen.difference(&self.known_vms).cloned().collect::<Vec<_>>() {
-            self.journal_vm(&vm, at, "vm_appeared", None, &format!("{vm} appeared"), None, None);
+            self.journal_vm(&vm, at, Kind::VmAppeared, None, &format!("{vm} appeared"), None, None);
         }
         for vm in self.known_vms.difference(&seen).cloned().collect::<Vec<_>>() {
-            self.journal_vm(&vm, at, "vm_gone", None, &format!("{vm} is no longer defined"), None, None);
+            self.journal_vm(&vm, at, Kind::VmGone, None, &format!("{vm} is no longer defined"), None, None);
             self.metadata.remove(&vm);
             self.last_skip.remove(&vm);
             self.last_problems.remove(&vm);
@@ -178,7 +179,7 @@ impl Agent {
             if self.last_problems.get(&vm.id) != Some(&r.problems) {
                 for p in &r.problems {
                     warn!(vm = %vm.id, "{p}");
-                    self.journal_vm(&vm.id, now(), "settings_problem", None, p, None, None);
+                    self.journal_vm(&vm.id, now(), Kind::SettingsProblem, None, p, None, None);
                 }
                 self.last_problems.insert(vm.id.clone(), r.problems.clone());
             }
@@ -265,7 +266,7 @@ impl Agent {
                 None => format!("{vm} is gone: forgetting that it slept"),
             };
             info!(vm = %vm, "{text}");
-            self.journal_vm(&vm, at, "woke_outside", Some(Rule::Wake.as_str()), &text, None, None);
+            self.journal_vm(&vm, at, Kind::WokeOutside, Some(Rule::Wake), &text, None, None);
             self.forget_sleep(&vm);
             self.set_power(&vm, VmPower::Awake);
         }

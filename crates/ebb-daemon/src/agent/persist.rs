@@ -1,10 +1,10 @@
 //! Journaling what changed (and only that), and the needs history.
 
 use super::*;
-use crate::journal::Entry;
+use crate::journal::{Entry, Kind, Outcome};
 use ebb_core::memory::MemoryDecision;
 use ebb_core::realloc::ReallocDecision;
-use ebb_core::{Bytes, Millis, Observation, VmId};
+use ebb_core::{Bytes, Millis, Observation, VmId, Rule};
 use std::collections::HashMap;
 use tracing::{info, warn};
 
@@ -15,7 +15,7 @@ impl Agent {
             if self.last_skip.get(&view.vm) != Some(&view.skipped) {
                 if let Some(why) = &view.skipped {
                     info!(vm = %view.vm, "not managing its memory: {why}");
-                    self.journal_vm(&view.vm, at, "skipped", Some("skip"), why, None, None);
+                    self.journal_vm(&view.vm, at, Kind::Skipped, Some(Rule::Skip), why, None, None);
                 }
                 self.last_skip.insert(view.vm.clone(), view.skipped.clone());
             }
@@ -84,19 +84,20 @@ impl Agent {
         }
     }
 
-    pub(super) fn journal_event(&self, vm: Option<&str>, kind: &str, text: &str) {
-        let entry = Entry { at: now(), vm, kind, text, ..Default::default() };
-        if let Err(e) = self.journal.record(&entry) {
+    pub(super) fn journal_event(&self, vm: Option<&str>, kind: Kind, text: &str) {
+        self.journal_entry(&Entry { vm, ..Entry::event(now(), kind, text) });
+    }
+
+    /// Writes an entry; a journal that cannot take it is logged, never fatal.
+    pub(super) fn journal_entry(&self, entry: &Entry) {
+        if let Err(e) = self.journal.record(entry) {
             warn!("{e}");
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn journal_vm(&self, vm: &VmId, at: Millis, kind: &str, rule: Option<&str>, text: &str, target: Option<Bytes>, outcome: Option<&str>) {
-        let entry = Entry { at, vm: Some(vm.as_str()), kind, rule, text, target, outcome };
-        if let Err(e) = self.journal.record(&entry) {
-            warn!("{e}");
-        }
+    pub(super) fn journal_vm(&self, vm: &VmId, at: Millis, kind: Kind, rule: Option<Rule>, text: &str, target: Option<Bytes>, outcome: Option<Outcome>) {
+        self.journal_entry(&Entry { at, vm: Some(vm.as_str()), kind, rule, text, target, outcome });
     }
 }
 

@@ -3,7 +3,7 @@
 use super::*;
 use ebb_core::battery::{self, RunningVm};
 use crate::api_types::PlanView;
-use crate::journal::Entry;
+use crate::journal::{Entry, Kind, Outcome};
 use ebb_core::power::{plan_power_drop, Candidate, PowerPlan, PowerState, Watts};
 use ebb_core::realloc::{ReallocDecision, VmReallocView};
 use ebb_core::{Action, Millis, Observation, Rule, VmId, VmObservation, VmState};
@@ -19,13 +19,13 @@ impl Agent {
         let measured = measured.map_err(|e| e.to_string());
         if let (Err(e), false) = (&measured, self.measured.is_err()) {
             warn!("measuring the host's draw: {e}");
-            self.journal_event(None, "power_measure_failed", e);
+            self.journal_event(None, Kind::PowerMeasureFailed, e);
         }
         self.measured = measured;
         match reading {
             Ok(r) => {
                 if self.power_error.take().is_some() {
-                    self.journal_event(None, "power_source", "the power source answers again");
+                    self.journal_event(None, Kind::PowerSource, "the power source answers again");
                 }
                 self.power = r;
             }
@@ -33,7 +33,7 @@ impl Agent {
                 let text = e.to_string();
                 if self.power_error.as_deref() != Some(&text) {
                     warn!("power source: {text}");
-                    self.journal_event(None, "power_source_failed", &text);
+                    self.journal_event(None, Kind::PowerSourceFailed, &text);
                 }
                 // The last reading stands: an unreachable upsd is not a power cut.
                 self.power_error = Some(text);
@@ -48,7 +48,7 @@ impl Agent {
                 None => "no power source".to_string(),
             };
             info!("power: {text}");
-            self.journal_event(None, "power", &text);
+            self.journal_event(None, Kind::Power, &text);
             self.power_state = state.clone();
         }
         match state {
@@ -167,21 +167,18 @@ impl Agent {
                 self.cfg.power.shutdown_timeout.as_secs()
             );
             warn!(vm = %vm, "{text}");
-            self.journal_event(Some(vm.as_str()), "shutdown_overdue", &text);
+            self.journal_event(Some(vm.as_str()), Kind::ShutdownOverdue, &text);
         }
         if !after.power_off {
             return;
         }
         let Some(done) = self.with_platform(|p| p.power_off()).await else { return };
         let (text, outcome) = match done {
-            Ok(t) => (t, "ok".to_string()),
-            Err(e) => (e.to_string(), format!("failed: {e}")),
+            Ok(t) => (t, Outcome::Ok),
+            Err(e) => (e.to_string(), Outcome::Failed(e.to_string())),
         };
         warn!("power off: {text}");
-        let entry = Entry { at, vm: None, kind: "power_off", rule: Some(Rule::Power.as_str()), text: &text, target: None, outcome: Some(&outcome) };
-        if let Err(e) = self.journal.record(&entry) {
-            warn!("{e}");
-        }
+        self.journal_entry(&Entry { rule: Some(Rule::Power), outcome: Some(outcome), ..Entry::event(at, Kind::PowerOff, &text) });
         self.last_power_off = Some(text);
     }
 

@@ -1,6 +1,7 @@
 //! Glue to the surrogate: VM power states in, traffic and refusals out.
 
 use super::*;
+use crate::journal::Kind;
 use crate::api_types::SurrogateView;
 use ebb_core::sleep::SurrogateTraffic;
 use ebb_surrogate::{SurrogateEvent, VmPower};
@@ -46,7 +47,7 @@ impl Agent {
             }
             SurrogateEvent::AwakePathFailed { vm, service, error } => {
                 let text = format!("the kernel path failed for {service}, ebb splices it from now on: {error}");
-                self.journal_vm(&vm, at, "awake_path", None, &text, None, None);
+                self.journal_vm(&vm, at, Kind::AwakePath, None, &text, None, None);
             }
             SurrogateEvent::Refused { vm, service, why } => {
                 let last = self.refusal_journaled.get(&vm).copied().unwrap_or_default();
@@ -54,7 +55,7 @@ impl Agent {
                     self.refusal_journaled.insert(vm.clone(), at);
                     let text = format!("refused a client of {service}: {why}");
                     warn!(vm = %vm, "{text}");
-                    self.journal_vm(&vm, at, "refused", None, &text, None, None);
+                    self.journal_vm(&vm, at, Kind::Refused, None, &text, None, None);
                 }
             }
         }
