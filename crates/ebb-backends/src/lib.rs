@@ -2,8 +2,8 @@
 //! cloud-hypervisor's `hypervisor` crate) and its implementations: libvirt
 //! (real hosts, and libvirt's `test:///` driver) and sim (in memory); and the
 //! host-power side: a client for NUT's upsd.
-// `deny`, not `forbid`: libvirt.rs holds the one FFI edge (virt 0.5 leaves
-// virConnectGetAllDomainStats' records raw) and allows unsafe there alone.
+// `deny`, not `forbid`: libvirt/ffi.rs holds the one FFI edge (virt 0.5
+// leaves virConnectGetAllDomainStats' records raw) and allows unsafe there alone.
 #![deny(unsafe_code)]
 
 pub mod devices;
