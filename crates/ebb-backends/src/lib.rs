@@ -6,12 +6,13 @@
 // leaves virConnectGetAllDomainStats' records raw) and allows unsafe there alone.
 #![deny(unsafe_code)]
 
-pub mod devices;
 pub mod hypervisor;
-pub mod nut;
-pub mod platform;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
+pub mod nut;
+pub mod platform;
 pub mod sim;
 
 pub use hypervisor::*;
+/// The sysfs readers under their old name.
+pub use platform::sysfs as devices;
