@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ebb_core::{Activity, Balloon, Bytes, Tune, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState, GIB, MIB};
 
-use crate::{HvError, Hypervisor};
+use crate::{BackendError, HvError, Hypervisor};
 
 /// The URI the sim reports in messages.
 pub const SIM_URI: &str = "sim:///";
@@ -488,7 +488,7 @@ impl SimHypervisor {
 }
 
 fn unreachable(detail: &str) -> HvError {
-    HvError::Unreachable { uri: SIM_URI.to_owned(), detail: detail.to_owned() }
+    HvError::Disconnected { uri: SIM_URI.to_owned(), detail: BackendError::said(detail) }
 }
 
 impl Hypervisor for SimHypervisor {
@@ -515,7 +515,7 @@ impl Hypervisor for SimHypervisor {
         Self::gate(&mut w)?;
         let now_ms = w.now_ms;
         let g = w.guests.get_mut(vm).ok_or_else(|| HvError::NoSuchVm(vm.clone()))?;
-        let op = |detail: String| HvError::Operation { op: "set memory", vm: vm.clone(), detail };
+        let op = |detail: String| HvError::Operation { op: "set memory", vm: vm.clone(), detail: BackendError::said(detail) };
         if !g.vm.has_balloon {
             return Err(HvError::NoBalloon(vm.clone()));
         }
@@ -669,8 +669,8 @@ impl SimHypervisor {
         let g = w.guests.get_mut(vm).ok_or_else(|| HvError::NoSuchVm(vm.clone()))?;
         f(g, clock).map_err(|e| match e {
             Op::Transient => HvError::Transient(vm.clone()),
-            Op::Bandwidth(detail) => HvError::Bandwidth { vm: vm.clone(), detail },
-            Op::Failed(detail) => HvError::Operation { op, vm: vm.clone(), detail },
+            Op::Bandwidth(detail) => HvError::Bandwidth { vm: vm.clone(), detail: BackendError::said(detail) },
+            Op::Failed(detail) => HvError::Operation { op, vm: vm.clone(), detail: BackendError::said(detail) },
         })
     }
 }

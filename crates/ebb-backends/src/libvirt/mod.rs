@@ -58,7 +58,7 @@ use virt::domain::Domain;
 use virt::enumutil::Enum;
 use virt::error::{Error as VirtError, ErrorNumber};
 
-use crate::{HvError, Hypervisor, EBB_METADATA_NS};
+use crate::{BackendError, HvError, Hypervisor, EBB_METADATA_NS};
 use stats::{stats_or_recent, vm_state, Fields, STATS, STATS_FLAGS};
 use xml::{bandwidth_interface, first_disk_target, xml_disk_sources, xml_has_balloon};
 
@@ -116,8 +116,8 @@ impl LibvirtHypervisor {
         &self.conn
     }
 
-    fn unreachable(&self, e: &VirtError) -> HvError {
-        HvError::Unreachable { uri: self.uri.clone(), detail: e.message().to_owned() }
+    fn unreachable(&self, e: VirtError) -> HvError {
+        HvError::Disconnected { uri: self.uri.clone(), detail: cause(e) }
     }
 
     /// True when an error means the connection itself is gone: libvirt says
@@ -130,11 +130,11 @@ impl LibvirtHypervisor {
     /// Maps an error of one VM operation.
     fn vm_error(&self, op: &'static str, vm: &VmId, e: VirtError) -> HvError {
         if self.connection_lost(&e) {
-            self.unreachable(&e)
+            self.unreachable(e)
         } else if code_is(&e, ErrorNumber::NoDomain) {
             HvError::NoSuchVm(vm.clone())
         } else {
-            HvError::Operation { op, vm: vm.clone(), detail: e.message().to_owned() }
+            HvError::Operation { op, vm: vm.clone(), detail: cause(e) }
         }
     }
 
@@ -180,7 +180,7 @@ impl LibvirtHypervisor {
     fn domain_names(&self, flags: u32) -> Result<Option<HashSet<String>>, HvError> {
         match self.conn.list_all_domains(flags) {
             Ok(doms) => Ok(Some(doms.iter().filter_map(|d| d.name().ok()).collect())),
-            Err(e) if self.connection_lost(&e) => Err(self.unreachable(&e)),
+            Err(e) if self.connection_lost(&e) => Err(self.unreachable(e)),
             Err(e) => {
                 debug!(uri = %self.uri, flags, error = %e.message(), "listing domains failed");
                 Ok(None)
@@ -215,22 +215,33 @@ impl LibvirtHypervisor {
                     }
                     self.node_stats = false;
                 }
-                Err(e) if self.connection_lost(&e) => return Err(self.unreachable(&e)),
+                Err(e) if self.connection_lost(&e) => return Err(self.unreachable(e)),
                 Err(e) => {
                     debug!(uri = %self.uri, error = %e.message(), "no node memory stats; using node info");
                     self.node_stats = false;
                 }
             }
         }
-        let info = self.conn.node_info().map_err(|e| self.unreachable(&e))?;
+        let info = self.conn.node_info().map_err(|e| self.unreachable(e))?;
         let total = Bytes::from_kib(info.memory);
         Ok(HostMemory { total, available: total - guests })
     }
 }
 
 fn open(uri: &str) -> Result<Connect, HvError> {
-    Connect::open(Some(uri)).map_err(|e| HvError::Unreachable { uri: uri.to_owned(), detail: e.message().to_owned() })
+    Connect::open(Some(uri)).map_err(|e| HvError::Disconnected { uri: uri.to_owned(), detail: cause(e) })
 }
+
+/// libvirt's error as the cause of an `HvError`.
+fn cause(e: VirtError) -> BackendError {
+    BackendError::new(Libvirt(e))
+}
+
+/// libvirt's error told by its message alone (its own Display adds the
+/// level, code and domain), itself the source for whoever wants those.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.message())]
+struct Libvirt(#[source] VirtError);
 
 fn code_is(e: &VirtError, code: ErrorNumber) -> bool {
     matches!(e.code(), Enum::Known(c) if c == code)
@@ -262,7 +273,7 @@ impl Hypervisor for LibvirtHypervisor {
             if !self.connection_lost(&e) {
                 warn!(uri = %self.uri, error = %e.message(), "bulk domain stats failed on a live connection");
             }
-            self.unreachable(&e)
+            self.unreachable(e)
         })?;
 
         // Listed after the stats: a domain saved in between shows as shut off
@@ -383,7 +394,7 @@ impl Hypervisor for LibvirtHypervisor {
         let _span = debug_span!("disk_sources", vm = %vm).entered();
         let dom = self.lookup("read disk sources", vm)?;
         let xml = dom.xml_desc(0).map_err(|e| self.vm_error("read disk sources", vm, e))?;
-        xml_disk_sources(&xml).map_err(|e| HvError::Operation { op: "read disk sources", vm: vm.clone(), detail: e.to_string() })
+        xml_disk_sources(&xml).map_err(|e| HvError::Operation { op: "read disk sources", vm: vm.clone(), detail: BackendError::new(e) })
     }
 
     fn tune(&mut self, vm: &VmId) -> Result<Tune, HvError> {
@@ -395,7 +406,7 @@ impl Hypervisor for LibvirtHypervisor {
         let shares = info.cpu_shares.ok_or_else(|| HvError::Operation {
             op: "read CPU tune",
             vm: vm.clone(),
-            detail: format!("the {} scheduler has no cpu_shares", info.scheduler_type),
+            detail: BackendError::said(format!("the {} scheduler has no cpu_shares", info.scheduler_type)),
         })?;
         // A host without the blkio controller: ebb leaves the disk alone.
         let io_weight = match tune::blkio_weight(&dom) {
@@ -438,7 +449,7 @@ impl Hypervisor for LibvirtHypervisor {
     fn host_cpu_times(&mut self) -> Result<Vec<HostCpuTime>, HvError> {
         (0..self.host_cpus as i32)
             .map(|cpu| {
-                let stats = ffi::node_cpu_stats(&self.conn, cpu).map_err(|e| self.unreachable(&e))?;
+                let stats = ffi::node_cpu_stats(&self.conn, cpu).map_err(|e| self.unreachable(e))?;
                 let get = |f: &str| stats.iter().find(|(n, _)| n == f).map_or(0, |(_, v)| *v);
                 let busy = get("kernel") + get("user");
                 Ok(HostCpuTime { busy_ns: busy, total_ns: busy + get("idle") + get("iowait") })
@@ -495,9 +506,9 @@ impl Hypervisor for LibvirtHypervisor {
                 if now != net {
                     tune::set_interface_bandwidth(&dom, &dev, &net).map_err(|e| {
                         if self.connection_lost(&e) {
-                            self.unreachable(&e)
+                            self.unreachable(e)
                         } else {
-                            HvError::Bandwidth { vm: vm.clone(), detail: e.message().to_owned() }
+                            HvError::Bandwidth { vm: vm.clone(), detail: cause(e) }
                         }
                     })?;
                 }
