@@ -16,3 +16,11 @@ pub mod sim;
 pub use hypervisor::*;
 /// The sysfs readers under their old name.
 pub use platform::sysfs as devices;
+
+/// Opens the hypervisor at `uri` with the backend that serves it: libvirt,
+/// for any URI one of its drivers takes (`qemu:///system`,
+/// `test:///default`, …). Called again after a lost connection.
+#[cfg(feature = "libvirt")]
+pub fn connect(uri: &str) -> Result<Box<dyn Hypervisor>, HvError> {
+    Ok(Box::new(libvirt::LibvirtHypervisor::connect(uri)?))
+}

@@ -46,6 +46,15 @@ fn observes_the_default_domain() {
 }
 
 #[test]
+fn the_crates_constructor_picks_libvirt_for_a_libvirt_uri() {
+    let mut hv = ebb_backends::connect(DEFAULT).expect("test:///default opens without a daemon");
+    assert_eq!(hv.uri(), DEFAULT);
+    assert!(hv.observe().expect("observe").vms.iter().any(|v| v.id.as_str() == "test"));
+    let e = ebb_backends::connect("nosuchdriver:///x").err().expect("no driver takes it");
+    assert!(e.is_connection_lost(), "{e:?}");
+}
+
+#[test]
 fn set_memory_shows_in_the_next_observation() {
     let mut hv = connect();
     let vm = VmId::new("test");
