@@ -116,7 +116,7 @@ impl LibvirtHypervisor {
         &self.conn
     }
 
-    fn unreachable(&self, e: VirtError) -> HvError {
+    fn disconnected(&self, e: VirtError) -> HvError {
         HvError::Disconnected { uri: self.uri.clone(), detail: cause(e) }
     }
 
@@ -130,7 +130,7 @@ impl LibvirtHypervisor {
     /// Maps an error of one VM operation.
     fn vm_error(&self, op: &'static str, vm: &VmId, e: VirtError) -> HvError {
         if self.connection_lost(&e) {
-            self.unreachable(e)
+            self.disconnected(e)
         } else if code_is(&e, ErrorNumber::NoDomain) {
             HvError::NoSuchVm(vm.clone())
         } else {
@@ -180,7 +180,7 @@ impl LibvirtHypervisor {
     fn domain_names(&self, flags: u32) -> Result<Option<HashSet<String>>, HvError> {
         match self.conn.list_all_domains(flags) {
             Ok(doms) => Ok(Some(doms.iter().filter_map(|d| d.name().ok()).collect())),
-            Err(e) if self.connection_lost(&e) => Err(self.unreachable(e)),
+            Err(e) if self.connection_lost(&e) => Err(self.disconnected(e)),
             Err(e) => {
                 debug!(uri = %self.uri, flags, error = %e.message(), "listing domains failed");
                 Ok(None)
@@ -215,14 +215,14 @@ impl LibvirtHypervisor {
                     }
                     self.node_stats = false;
                 }
-                Err(e) if self.connection_lost(&e) => return Err(self.unreachable(e)),
+                Err(e) if self.connection_lost(&e) => return Err(self.disconnected(e)),
                 Err(e) => {
                     debug!(uri = %self.uri, error = %e.message(), "no node memory stats; using node info");
                     self.node_stats = false;
                 }
             }
         }
-        let info = self.conn.node_info().map_err(|e| self.unreachable(e))?;
+        let info = self.conn.node_info().map_err(|e| self.disconnected(e))?;
         let total = Bytes::from_kib(info.memory);
         Ok(HostMemory { total, available: total - guests })
     }
@@ -273,7 +273,7 @@ impl Hypervisor for LibvirtHypervisor {
             if !self.connection_lost(&e) {
                 warn!(uri = %self.uri, error = %e.message(), "bulk domain stats failed on a live connection");
             }
-            self.unreachable(e)
+            self.disconnected(e)
         })?;
 
         // Listed after the stats: a domain saved in between shows as shut off
@@ -449,7 +449,7 @@ impl Hypervisor for LibvirtHypervisor {
     fn host_cpu_times(&mut self) -> Result<Vec<HostCpuTime>, HvError> {
         (0..self.host_cpus as i32)
             .map(|cpu| {
-                let stats = ffi::node_cpu_stats(&self.conn, cpu).map_err(|e| self.unreachable(e))?;
+                let stats = ffi::node_cpu_stats(&self.conn, cpu).map_err(|e| self.disconnected(e))?;
                 let get = |f: &str| stats.iter().find(|(n, _)| n == f).map_or(0, |(_, v)| *v);
                 let busy = get("kernel") + get("user");
                 Ok(HostCpuTime { busy_ns: busy, total_ns: busy + get("idle") + get("iowait") })
@@ -506,7 +506,7 @@ impl Hypervisor for LibvirtHypervisor {
                 if now != net {
                     tune::set_interface_bandwidth(&dom, &dev, &net).map_err(|e| {
                         if self.connection_lost(&e) {
-                            self.unreachable(e)
+                            self.disconnected(e)
                         } else {
                             HvError::Bandwidth { vm: vm.clone(), detail: cause(e) }
                         }

@@ -214,7 +214,7 @@ impl SimHypervisor {
     }
 
     /// What the agent's connector does for the sim: another handle on the
-    /// same world, or `Unreachable` while the sim is set unreachable.
+    /// same world, or `Disconnected` while the sim is set unreachable.
     pub fn connect(&self) -> Result<SimHypervisor, HvError> {
         let mut w = self.world();
         if !w.reachable {
