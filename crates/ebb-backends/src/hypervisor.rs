@@ -2,14 +2,67 @@
 
 use ebb_core::affinity::{CpuSet, HostCpuTime};
 use ebb_core::{Bytes, Observation, Tune, VmId};
+use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Why the hypervisor failed, in the backend's own words (libvirt's
+/// message, the sim's text): the cause an `HvError` keeps as its
+/// `#[source]`. Only a backend in this crate makes one, so the message of
+/// an `HvError` can never come back as the cause of another.
+#[derive(Clone, Debug)]
+pub struct BackendError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl BackendError {
+    /// A failure the backend got as an error of its own.
+    pub(crate) fn new(e: impl std::error::Error + Send + Sync + 'static) -> BackendError {
+        BackendError(Arc::new(e))
+    }
+
+    /// A failure the backend has only words for.
+    pub(crate) fn said(text: impl Into<String>) -> BackendError {
+        BackendError::new(Said(text.into()))
+    }
+}
+
+/// Transparent: the backend's error itself, told and chained as it is.
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// The backend's words, for callers that keep a cause as text (the
+/// realloc policy's note of a refused bandwidth limit).
+impl From<BackendError> for String {
+    fn from(e: BackendError) -> String {
+        e.to_string()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Said(String);
+
+// Each message says what failed and what to do; where a backend's error
+// is the cause, its words are in the message too (the agent journals the
+// message alone) and the error itself is the `#[source]`.
+#[derive(Debug, thiserror::Error)]
 pub enum HvError {
-    /// The hypervisor cannot be reached at all (libvirtd down, bad URI):
-    /// the agent reconnects with backoff.
+    /// The hypervisor cannot be reached at all (libvirtd down, bad URI, the
+    /// connection dropped): the agent reconnects with backoff.
     #[error("libvirt at {uri} is not reachable ({detail}): is libvirtd running?")]
-    Unreachable { uri: String, detail: String },
+    Disconnected {
+        uri: String,
+        #[source]
+        detail: BackendError,
+    },
     #[error("domain {0} does not exist (any more)")]
     NoSuchVm(VmId),
     #[error("domain {0} has no balloon device: add <memballoon model='virtio'> to its XML to let ebb manage its memory")]
@@ -21,16 +74,36 @@ pub enum HvError {
     /// was touched). On a host whose kernel lacks the traffic control
     /// libvirt uses, every limit is refused.
     #[error("libvirt could not set the network bandwidth of {vm} ({detail}): its other tunes were left as they were; libvirt limits bandwidth with tc (htb, sfq, ingress policing), so the host's kernel needs sch_htb, sch_sfq, sch_ingress and act_police")]
-    Bandwidth { vm: VmId, detail: String },
+    Bandwidth {
+        vm: VmId,
+        #[source]
+        detail: BackendError,
+    },
     /// Any other failure of one operation on one VM.
     #[error("{op} on {vm} failed: {detail}")]
-    Operation { op: &'static str, vm: VmId, detail: String },
+    Operation {
+        op: &'static str,
+        vm: VmId,
+        #[source]
+        detail: BackendError,
+    },
+    /// A lost connection that its catcher already put in words (the
+    /// message of another `HvError`): shown as it is, so it is never
+    /// wrapped a second time. No backend returns it.
+    #[deprecated(
+        note = "keep the HvError the backend returned (it says the connection is lost: is_connection_lost) \
+                instead of building one from its message"
+    )]
+    #[error("{detail}")]
+    Unreachable { uri: String, detail: String },
 }
 
 impl HvError {
     /// True when the connection itself is gone and must be re-established.
     pub fn is_connection_lost(&self) -> bool {
-        matches!(self, HvError::Unreachable { .. })
+        #[allow(deprecated)]
+        let lost = matches!(self, HvError::Disconnected { .. } | HvError::Unreachable { .. });
+        lost
     }
 }
 
@@ -157,8 +230,37 @@ pub trait Hypervisor: Send {
 }
 
 fn unsupported(op: &'static str, vm: &VmId) -> HvError {
-    HvError::Operation { op, vm: vm.clone(), detail: "not supported by this backend".into() }
+    HvError::Operation { op, vm: vm.clone(), detail: BackendError::said("not supported by this backend") }
 }
 
 /// The XML namespace of ebb's per-VM settings in a domain's `<metadata>`.
 pub const EBB_METADATA_NS: &str = "https://ebb.dev/xmlns/vm/1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_lost_connection_is_told_once_even_when_caught_as_text() {
+        let uri = "qemu:///system";
+        let lost = HvError::Disconnected { uri: uri.into(), detail: BackendError::said("Cannot recv data: Connection reset by peer") };
+        let told = lost.to_string();
+        assert_eq!(told, "libvirt at qemu:///system is not reachable (Cannot recv data: Connection reset by peer): is libvirtd running?");
+        assert_eq!(lost.source().map(ToString::to_string).as_deref(), Some("Cannot recv data: Connection reset by peer"));
+        // What the agent does today: its message back in as a detail.
+        #[allow(deprecated)]
+        let again = HvError::Unreachable { uri: uri.into(), detail: told.clone() };
+        assert_eq!(again.to_string(), told, "not wrapped a second time");
+        assert!(lost.is_connection_lost() && again.is_connection_lost());
+    }
+
+    #[test]
+    fn a_refused_limit_keeps_the_backends_words_as_its_source() {
+        let e = HvError::Bandwidth { vm: VmId::new("web"), detail: BackendError::said("Specified qdisc kind is unknown") };
+        assert!(e.to_string().starts_with("libvirt could not set the network bandwidth of web (Specified qdisc kind is unknown): "), "{e}");
+        let HvError::Bandwidth { detail, .. } = e else { unreachable!() };
+        assert_eq!(String::from(detail.clone()), "Specified qdisc kind is unknown");
+        assert!(detail.source().is_none(), "the backend's words are the end of the chain");
+    }
+}

@@ -329,7 +329,7 @@ fn bandwidth_on_qemu() {
             assert_eq!(v, vm);
             let message = HvError::Bandwidth { vm: v, detail: detail.clone() }.to_string();
             assert!(message.contains("sch_sfq") && message.contains("act_police"), "{message}");
-            assert!(!detail.is_empty());
+            assert!(!detail.to_string().is_empty());
             assert_eq!(hv.tune(&vm).unwrap(), before, "refused before anything else changed");
             // Without a change of limit the rest goes through.
             let cpu_only = Tune { net: before.net, ..wanted };

@@ -46,6 +46,15 @@ fn observes_the_default_domain() {
 }
 
 #[test]
+fn the_crates_constructor_picks_libvirt_for_a_libvirt_uri() {
+    let mut hv = ebb_backends::connect(DEFAULT).expect("test:///default opens without a daemon");
+    assert_eq!(hv.uri(), DEFAULT);
+    assert!(hv.observe().expect("observe").vms.iter().any(|v| v.id.as_str() == "test"));
+    let e = ebb_backends::connect("nosuchdriver:///x").err().expect("no driver takes it");
+    assert!(e.is_connection_lost(), "{e:?}");
+}
+
+#[test]
 fn set_memory_shows_in_the_next_observation() {
     let mut hv = connect();
     let vm = VmId::new("test");
@@ -64,7 +73,7 @@ fn set_memory_shows_in_the_next_observation() {
     match hv.set_memory(&vm, Bytes::from_gib(9)) {
         Err(HvError::Operation { op: "set memory", vm: v, detail }) => {
             assert_eq!(v, vm);
-            assert!(!detail.is_empty());
+            assert!(!detail.to_string().is_empty());
         }
         other => panic!("expected an operation error, got {other:?}"),
     }
@@ -134,7 +143,7 @@ fn inactive_and_balloonless_domains() {
 
     // Live-only on a shut off domain: libvirt refuses; not a balloon problem.
     match hv.set_memory(&VmId::new("ebb-off-virtio"), Bytes::from_mib(128)) {
-        Err(HvError::Operation { detail, .. }) => assert!(!detail.is_empty()),
+        Err(HvError::Operation { detail, .. }) => assert!(!detail.to_string().is_empty()),
         other => panic!("expected an operation error, got {other:?}"),
     }
 }
@@ -143,17 +152,21 @@ fn inactive_and_balloonless_domains() {
 fn unknown_uri_is_unreachable_with_a_clear_message() {
     let uri = "qemu+tcp://127.0.0.1:1/system";
     match LibvirtHypervisor::connect(uri) {
-        Err(e @ HvError::Unreachable { .. }) => {
+        Err(e @ HvError::Disconnected { .. }) => {
             assert!(e.is_connection_lost());
             let msg = e.to_string();
             assert!(msg.starts_with(&format!("libvirt at {uri} is not reachable (")), "{msg}");
             assert!(msg.contains("127.0.0.1"), "libvirt's own reason is kept: {msg}");
             assert!(msg.ends_with("is libvirtd running?"), "{msg}");
+            // The cause is kept as the source, told once in the message.
+            let cause = std::error::Error::source(&e).expect("libvirt's error is the source");
+            assert!(msg.contains(&format!("({cause})")) && msg.matches("is not reachable").count() == 1, "{msg}");
+            assert!(std::error::Error::source(cause).is_some_and(|s| s.to_string().contains("code=")), "libvirt's own error, with its code, under it");
         }
         other => panic!("expected Unreachable, got {other:?}"),
     }
     // A URI no driver takes.
-    assert!(matches!(LibvirtHypervisor::connect("nosuchdriver:///x"), Err(HvError::Unreachable { .. })));
+    assert!(matches!(LibvirtHypervisor::connect("nosuchdriver:///x"), Err(HvError::Disconnected { .. })));
 }
 
 #[test]
@@ -230,7 +243,7 @@ fn save_start_pause_resume() {
     hv.resume(&vm).expect("resume");
     assert_eq!(vm_obs(&mut hv, name).state, VmState::Running);
     match hv.resume(&vm) {
-        Err(HvError::Operation { op: "resume", detail, .. }) => assert!(!detail.is_empty()),
+        Err(HvError::Operation { op: "resume", detail, .. }) => assert!(!detail.to_string().is_empty()),
         other => panic!("expected an operation error, got {other:?}"),
     }
 

@@ -144,8 +144,8 @@ fn unreachable_toggle_and_reconnect() {
     // Down until told otherwise; a handle the test keeps drives the agent's.
     let driver = hv.clone();
     driver.set_reachable(false);
-    assert!(matches!(hv.set_memory(&web, mib(512)), Err(HvError::Unreachable { .. })));
-    assert!(matches!(hv.ebb_metadata(&web), Err(HvError::Unreachable { .. })));
+    assert!(matches!(hv.set_memory(&web, mib(512)), Err(HvError::Disconnected { .. })));
+    assert!(matches!(hv.ebb_metadata(&web), Err(HvError::Disconnected { .. })));
     assert!(driver.connect().unwrap_err().is_connection_lost());
     assert!(hv.calls().is_empty(), "failed calls are not recorded");
     driver.set_reachable(true);
@@ -246,7 +246,7 @@ fn save_and_start_failures() {
 
     hv.set_fail_save(&web, Some("No space left on device"));
     match hv.save(&web) {
-        Err(HvError::Operation { op: "save", detail, .. }) => assert_eq!(detail, "No space left on device"),
+        Err(HvError::Operation { op: "save", detail, .. }) => assert_eq!(detail.to_string(), "No space left on device"),
         other => panic!("expected a save error, got {other:?}"),
     }
     assert_eq!(vm_obs(&mut hv, &web).state, VmState::Running);

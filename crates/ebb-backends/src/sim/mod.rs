@@ -17,206 +17,17 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ebb_core::{Activity, Balloon, Bytes, Tune, GuestMemStats, HostMemory, Observation, VmId, VmObservation, VmState, GIB, MIB};
+use ebb_core::{Activity, Bytes, HostMemory, Observation, Tune, VmId, VmState, GIB, MIB};
 
-use crate::{HvError, Hypervisor};
+use crate::{BackendError, HvError, Hypervisor};
+use guest::Guest;
+
+mod guest;
+
+pub use guest::{SetMemoryCall, SimVm, SimVmStatus};
 
 /// The URI the sim reports in messages.
 pub const SIM_URI: &str = "sim:///";
-
-/// A guest as a test declares it. Start from [`SimVm::new`] and change
-/// fields: `SimVm { used: Bytes::from_mib(300), ..SimVm::new("web", Bytes::from_mib(512)) }`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SimVm {
-    pub id: VmId,
-    pub state: VmState,
-    /// The domain's maximum memory (`<memory>`).
-    pub max: Bytes,
-    /// The guest's current size (what the balloon leaves it); also the
-    /// initial balloon target.
-    pub current: Bytes,
-    /// Memory the guest's workload needs (what it could not free).
-    pub used: Bytes,
-    pub has_balloon: bool,
-    /// The guest driver sends statistics (a stats period is set).
-    pub sends_stats: bool,
-    /// The guest has swap: pressure shows as swap-out, not as oom kills.
-    pub has_swap: bool,
-    /// The guest reports oom kills in its balloon stats (Linux ≥ 6.12).
-    pub reports_oom: bool,
-    /// ebb's `<metadata>` element, as `ebb_metadata` returns it.
-    pub metadata: Option<String>,
-    /// Has a persistent definition: only such a VM can be saved.
-    pub persistent: bool,
-    /// CPU the guest asks for while running, in vCPUs' worth: `advance`
-    /// adds what its cap lets it run to its CPU time, the rest to its
-    /// vCPUs' wait (as a throttled thread's run delay on Linux).
-    pub cpu_load: f64,
-    pub vcpus: u32,
-    /// Bytes per second the guest would send: `advance` counts what its
-    /// outbound limit lets through.
-    pub net_load: Bytes,
-    /// Its live CPU weight and cap, disk weight and bandwidth limit.
-    pub tune: Tune,
-    /// The host files behind its disks.
-    pub disks: Vec<std::path::PathBuf>,
-    /// `set_tune` refuses a change of bandwidth limit with this detail
-    /// (a host without tc's modules), changing nothing.
-    pub refuse_bandwidth: Option<String>,
-}
-
-impl SimVm {
-    /// A running guest with a balloon and stats, at its maximum size, using a
-    /// quarter of it, with swap.
-    pub fn new(id: impl Into<String>, max: Bytes) -> SimVm {
-        SimVm {
-            id: VmId::new(id.into()),
-            state: VmState::Running,
-            max,
-            current: max,
-            used: max.scale(0.25),
-            has_balloon: true,
-            sends_stats: true,
-            has_swap: true,
-            reports_oom: false,
-            metadata: None,
-            persistent: true,
-            cpu_load: 0.0,
-            vcpus: 1,
-            net_load: Bytes::ZERO,
-            tune: Tune { shares: 1024, quota_us: None, period_us: 100_000, io_weight: Some(500), net: None, disk_limit: None },
-            disks: vec![],
-            refuse_bandwidth: None,
-        }
-    }
-}
-
-/// One `set_memory` call that reached the sim and succeeded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SetMemoryCall {
-    pub vm: VmId,
-    pub target: Bytes,
-    /// Sim time of the call, ms since the sim started.
-    pub at_ms: u64,
-}
-
-/// A guest's full state, for tests to inspect.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SimVmStatus {
-    pub vm: SimVm,
-    pub target: Bytes,
-    pub stalled: bool,
-    /// Part of `used` pushed out to swap.
-    pub swapped: Bytes,
-    pub swap_in: Bytes,
-    pub swap_out: Bytes,
-    pub major_faults: u64,
-    pub oom_kills: u64,
-    /// The VM's activity counters (kept while it is shut off; observations
-    /// show them only while it is active).
-    pub activity: Activity,
-    /// A managed save image exists.
-    pub managed_save: bool,
-    /// Sim time at which a restore in progress completes.
-    pub restoring_until: Option<u64>,
-}
-
-#[derive(Debug)]
-struct Guest {
-    vm: SimVm,
-    target: Bytes,
-    stalled: bool,
-    /// `set_memory` fails with an operation error (libvirt refusing).
-    refuses_memory: bool,
-    swapped: Bytes,
-    swap_in: Bytes,
-    swap_out: Bytes,
-    major_faults: u64,
-    oom_kills: u64,
-    activity: Activity,
-    managed_save: bool,
-    restoring_until: Option<u64>,
-    /// `save` / `start` fail with this detail (libvirt's own message).
-    fail_save: Option<String>,
-    fail_start: Option<String>,
-}
-
-impl Guest {
-    fn status(&self) -> SimVmStatus {
-        SimVmStatus {
-            vm: self.vm.clone(),
-            target: self.target,
-            stalled: self.stalled,
-            swapped: self.swapped,
-            swap_in: self.swap_in,
-            swap_out: self.swap_out,
-            major_faults: self.major_faults,
-            oom_kills: self.oom_kills,
-            activity: self.activity,
-            managed_save: self.managed_save,
-            restoring_until: self.restoring_until,
-        }
-    }
-
-    /// A new QEMU process: counters start from zero.
-    fn new_process(&mut self) {
-        self.activity = Activity::default();
-    }
-
-    /// Brings swap and oom counters in line with `used` against `current`:
-    /// what does not fit is swapped out (or, without swap, the oom killer
-    /// frees it), and swapped pages fault back in once there is room.
-    fn settle(&mut self) {
-        let cur = self.vm.current;
-        if self.vm.used > cur && !self.vm.has_swap {
-            // The oom killer frees the biggest process: model it as the
-            // guest dropping back to 90% of what it has.
-            self.oom_kills += 1;
-            self.vm.used = cur.scale(0.9);
-        }
-        let excess = self.vm.used - cur;
-        if excess > self.swapped {
-            self.swap_out += excess - self.swapped;
-        } else {
-            let back = self.swapped - excess;
-            self.swap_in += back;
-            self.major_faults += back.0 / (4 * 1024);
-        }
-        self.swapped = excess;
-    }
-
-    fn observe(&self, now_ms: u64) -> VmObservation {
-        let v = &self.vm;
-        let balloon = v.has_balloon.then(|| Balloon {
-            current: v.current,
-            maximum: v.max,
-            stats: (v.sends_stats && v.state == VmState::Running).then(|| {
-                let free = v.current - v.used.min(v.current);
-                GuestMemStats {
-                    total: v.current,
-                    unused: free,
-                    usable: free,
-                    swap_in: self.swap_in,
-                    swap_out: self.swap_out,
-                    major_faults: self.major_faults,
-                    oom_kills: v.reports_oom.then_some(self.oom_kills),
-                    last_update: Some(now_ms / 1000),
-                }
-            }),
-        });
-        let active = matches!(v.state, VmState::Running | VmState::Paused);
-        VmObservation {
-            id: v.id.clone(),
-            state: v.state,
-            balloon,
-            activity: active.then_some(self.activity),
-            persistent: v.persistent,
-            managed_save: self.managed_save,
-            // Read with `tune`, as from libvirt.
-            tune: None,
-        }
-    }
-}
 
 #[derive(Debug)]
 struct World {
@@ -403,7 +214,7 @@ impl SimHypervisor {
     }
 
     /// What the agent's connector does for the sim: another handle on the
-    /// same world, or `Unreachable` while the sim is set unreachable.
+    /// same world, or `Disconnected` while the sim is set unreachable.
     pub fn connect(&self) -> Result<SimHypervisor, HvError> {
         let mut w = self.world();
         if !w.reachable {
@@ -488,7 +299,7 @@ impl SimHypervisor {
 }
 
 fn unreachable(detail: &str) -> HvError {
-    HvError::Unreachable { uri: SIM_URI.to_owned(), detail: detail.to_owned() }
+    HvError::Disconnected { uri: SIM_URI.to_owned(), detail: BackendError::said(detail) }
 }
 
 impl Hypervisor for SimHypervisor {
@@ -515,7 +326,7 @@ impl Hypervisor for SimHypervisor {
         Self::gate(&mut w)?;
         let now_ms = w.now_ms;
         let g = w.guests.get_mut(vm).ok_or_else(|| HvError::NoSuchVm(vm.clone()))?;
-        let op = |detail: String| HvError::Operation { op: "set memory", vm: vm.clone(), detail };
+        let op = |detail: String| HvError::Operation { op: "set memory", vm: vm.clone(), detail: BackendError::said(detail) };
         if !g.vm.has_balloon {
             return Err(HvError::NoBalloon(vm.clone()));
         }
@@ -669,8 +480,8 @@ impl SimHypervisor {
         let g = w.guests.get_mut(vm).ok_or_else(|| HvError::NoSuchVm(vm.clone()))?;
         f(g, clock).map_err(|e| match e {
             Op::Transient => HvError::Transient(vm.clone()),
-            Op::Bandwidth(detail) => HvError::Bandwidth { vm: vm.clone(), detail },
-            Op::Failed(detail) => HvError::Operation { op, vm: vm.clone(), detail },
+            Op::Bandwidth(detail) => HvError::Bandwidth { vm: vm.clone(), detail: BackendError::said(detail) },
+            Op::Failed(detail) => HvError::Operation { op, vm: vm.clone(), detail: BackendError::said(detail) },
         })
     }
 }

@@ -1,8 +1,10 @@
 //! The host's devices in sysfs, under a root that tests point at a tree they
 //! build: each CPU's frequency scaling (read and written), the disks with
-//! their I/O counters, and which disk holds a file (a VM's image).
+//! their I/O counters, which disk holds a file (a VM's image), the RAPL
+//! energy counters, and the mains and batteries.
 
-use crate::platform::PlatformError;
+use super::PlatformError;
+use ebb_core::power::{PowerReading, Watts};
 use ebb_core::devices::{CpuFreq, CpuSetting, DiskSample};
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -144,6 +146,91 @@ fn whole_disks(dir: &Path, out: &mut Vec<String>, depth: u32) {
     }
 }
 
+/// One RAPL package zone's energy counter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RaplZone {
+    pub name: String,
+    pub energy_uj: u64,
+    pub range_uj: u64,
+}
+
+/// The RAPL package zones under `<root>/class/powercap` (`intel-rapl:N`,
+/// not their `intel-rapl:N:M` subzones, which the package already counts).
+/// Empty where the host has none (most VMs, AMD before Zen).
+pub fn read_rapl(root: &Path) -> Result<Vec<RaplZone>, PlatformError> {
+    let dir = root.join("class/powercap");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(vec![]) };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.matches(':').count() == 1 && n.contains("-rapl:"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let num = |f: &str| -> Result<u64, PlatformError> {
+                let path = dir.join(&name).join(f);
+                let text = std::fs::read_to_string(&path).map_err(|source| PlatformError::Sysfs { path: path.clone(), source })?;
+                text.trim().parse().map_err(|_| PlatformError::Sysfs {
+                    path,
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a number: {:?}", text.trim())),
+                })
+            };
+            Ok(RaplZone { energy_uj: num("energy_uj")?, range_uj: num("max_energy_range_uj")?, name })
+        })
+        .collect()
+}
+
+/// Mains and batteries from `<root>/class/power_supply`: on battery when a
+/// battery discharges and no mains supply is online.
+pub fn read_power_supply(root: &Path) -> Result<Option<PowerReading>, PlatformError> {
+    let dir = root.join("class/power_supply");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(None) };
+    let read = |p: PathBuf| -> Option<String> { std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()) };
+    let (mut mains, mut mains_online, mut battery) = (false, false, None);
+    let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    names.sort();
+    for p in names {
+        match read(p.join("type")).as_deref() {
+            Some("Mains") => {
+                mains = true;
+                mains_online |= read(p.join("online")).as_deref() == Some("1");
+            }
+            Some("Battery") if battery.is_none() => battery = Some(p),
+            _ => {}
+        }
+    }
+    if !mains && battery.is_none() {
+        return Ok(None);
+    }
+    let num = |p: &Path, f: &str| read(p.join(f)).and_then(|v| v.parse::<f64>().ok());
+    let (charge, discharging, draw, runtime_s, name) = match &battery {
+        Some(b) => {
+            let status = read(b.join("status")).unwrap_or_default();
+            // power_now in µW; energy_now in µWh.
+            let draw = num(b, "power_now").map(|uw| Watts(uw / 1e6));
+            let runtime = match (num(b, "energy_now"), draw) {
+                (Some(e), Some(w)) if w.0 > 0.0 => Some(e / 1e6 / w.0 * 3600.0),
+                _ => None,
+            };
+            let name = b.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            (num(b, "capacity"), status == "Discharging", draw, runtime, name)
+        }
+        None => (None, false, None, None, String::new()),
+    };
+    let on_battery = if mains { !mains_online } else { discharging };
+    Ok(Some(PowerReading {
+        source: if name.is_empty() { "mains (sysfs)".into() } else { format!("sysfs {name}") },
+        on_battery,
+        low_battery: false,
+        forced_shutdown: false,
+        charge,
+        runtime_s,
+        draw,
+        status: if on_battery { "on battery".into() } else { "on mains".into() },
+    }))
+}
+
 /// Builds sysfs trees for tests (this crate's and the agent's).
 pub mod test_tree {
     use super::*;
@@ -169,6 +256,28 @@ mod tests {
     use super::*;
     use super::test_tree::cpu;
 
+    fn supply(root: &Path, name: &str, files: &[(&str, &str)]) {
+        let d = root.join("class/power_supply").join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for (f, v) in files {
+            std::fs::write(d.join(f), format!("{v}\n")).unwrap();
+        }
+    }
+
+    #[test]
+    fn mains_and_battery_from_sysfs() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(read_power_supply(t.path()).unwrap(), None);
+        supply(t.path(), "AC", &[("type", "Mains"), ("online", "1")]);
+        supply(t.path(), "BAT0", &[("type", "Battery"), ("status", "Charging"), ("capacity", "80"), ("power_now", "20000000"), ("energy_now", "40000000")]);
+        let r = read_power_supply(t.path()).unwrap().unwrap();
+        assert!(!r.on_battery);
+        assert_eq!((r.charge, r.draw, r.runtime_s), (Some(80.0), Some(Watts(20.0)), Some(7200.0)));
+        supply(t.path(), "AC", &[("online", "0")]);
+        supply(t.path(), "BAT0", &[("status", "Discharging")]);
+        let r = read_power_supply(t.path()).unwrap().unwrap();
+        assert!(r.on_battery && r.source == "sysfs BAT0", "{r:?}");
+    }
 
     /// A disk (and optionally a partition of it) in a test tree, as sysfs lays them out.
     pub fn disk(root: &Path, name: &str, rotational: &str, sectors: (u64, u64)) -> PathBuf {
