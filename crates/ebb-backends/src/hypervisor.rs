@@ -87,23 +87,12 @@ pub enum HvError {
         #[source]
         detail: BackendError,
     },
-    /// A lost connection that its catcher already put in words (the
-    /// message of another `HvError`): shown as it is, so it is never
-    /// wrapped a second time. No backend returns it.
-    #[deprecated(
-        note = "keep the HvError the backend returned (it says the connection is lost: is_connection_lost) \
-                instead of building one from its message"
-    )]
-    #[error("{detail}")]
-    Unreachable { uri: String, detail: String },
 }
 
 impl HvError {
     /// True when the connection itself is gone and must be re-established.
     pub fn is_connection_lost(&self) -> bool {
-        #[allow(deprecated)]
-        let lost = matches!(self, HvError::Disconnected { .. } | HvError::Unreachable { .. });
-        lost
+        matches!(self, HvError::Disconnected { .. })
     }
 }
 
@@ -242,17 +231,13 @@ mod tests {
     use std::error::Error as _;
 
     #[test]
-    fn a_lost_connection_is_told_once_even_when_caught_as_text() {
+    fn a_lost_connection_keeps_libvirts_words_as_its_source() {
         let uri = "qemu:///system";
         let lost = HvError::Disconnected { uri: uri.into(), detail: BackendError::said("Cannot recv data: Connection reset by peer") };
         let told = lost.to_string();
         assert_eq!(told, "libvirt at qemu:///system is not reachable (Cannot recv data: Connection reset by peer): is libvirtd running?");
         assert_eq!(lost.source().map(ToString::to_string).as_deref(), Some("Cannot recv data: Connection reset by peer"));
-        // What the agent does today: its message back in as a detail.
-        #[allow(deprecated)]
-        let again = HvError::Unreachable { uri: uri.into(), detail: told.clone() };
-        assert_eq!(again.to_string(), told, "not wrapped a second time");
-        assert!(lost.is_connection_lost() && again.is_connection_lost());
+        assert!(lost.is_connection_lost());
     }
 
     #[test]

@@ -163,7 +163,7 @@ fn unknown_uri_is_unreachable_with_a_clear_message() {
             assert!(msg.contains(&format!("({cause})")) && msg.matches("is not reachable").count() == 1, "{msg}");
             assert!(std::error::Error::source(cause).is_some_and(|s| s.to_string().contains("code=")), "libvirt's own error, with its code, under it");
         }
-        other => panic!("expected Unreachable, got {other:?}"),
+        other => panic!("expected Disconnected, got {other:?}"),
     }
     // A URI no driver takes.
     assert!(matches!(LibvirtHypervisor::connect("nosuchdriver:///x"), Err(HvError::Disconnected { .. })));

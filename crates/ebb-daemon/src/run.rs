@@ -6,15 +6,13 @@ use crate::agent::{self, Agent, Connector};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::journal::{Journal, JournalLock};
-use ebb_backends::libvirt::LibvirtHypervisor;
-use ebb_backends::Hypervisor;
 use ebb_surrogate::FdPlan;
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use std::future::Future;
 use tracing::{info, warn};
 
 pub fn libvirt_connector() -> Connector {
-    Box::new(|uri| LibvirtHypervisor::connect(uri).map(|h| Box::new(h) as Box<dyn Hypervisor>))
+    Box::new(ebb_backends::connect)
 }
 
 pub async fn run(cfg: Config) -> Result<(), String> {

@@ -124,13 +124,13 @@ impl Agent {
                 _ => {}
             }
             self.journal_vm(&vm, at, Kind::of(&action), Some(reason.rule), &reason.text, target, Some(Outcome::of(&result)));
-            let lost = result.as_ref().err().is_some_and(|e| e.is_connection_lost());
+            // The backend's own error goes on: its message is told once.
+            let lost = result.as_ref().err().is_some_and(HvError::is_connection_lost);
+            if let (true, Err(e)) = (lost, &result) {
+                self.lost_connection(at, e);
+            }
             out.push((action, result.map_err(|e| e.to_string())));
             if lost {
-                if let Some((_, Err(e))) = out.last() {
-                    let e = HvError::Unreachable { uri: self.cfg.agent.uri.clone(), detail: e.clone() };
-                    self.lost_connection(at, &e);
-                }
                 break;
             }
         }

@@ -4,7 +4,7 @@ use super::*;
 use crate::api_types::{Connection, Snapshot};
 use crate::config::Config;
 use crate::journal::{Journal, Kind};
-use ebb_backends::platform::{HostPlatform, Platform, UpsPoller};
+use ebb_backends::platform::{HostPlatform, Platform};
 use ebb_core::affinity::{AffinityPolicy, Pins};
 use ebb_core::devices::DevicePolicy;
 use ebb_core::memory::MemoryPolicy;
@@ -87,14 +87,12 @@ impl Agent {
             warn!("could not read the VMs saved for power from the journal: {e}");
             vec![]
         });
-        let platform: Box<dyn Platform> = Box::new(HostPlatform {
-            ups: ups.map(UpsPoller::new),
-            sysfs: cfg.power.sysfs.clone(),
-            power_off_command: cfg.power.power_off_command.clone(),
-            disk_standby_command: cfg.power.devices.disk_standby_command.clone(),
-            recorded: Default::default(),
-            rapl_last: None,
-        });
+        let platform: Box<dyn Platform> = Box::new(HostPlatform::new(
+            cfg.power.sysfs.clone(),
+            ups,
+            cfg.power.power_off_command.clone(),
+            cfg.power.devices.disk_standby_command.clone(),
+        ));
         let mut devices = DevicePolicy::new();
         match journal.cpu_changes() {
             Ok(changes) => devices.resume_cpu(changes),
