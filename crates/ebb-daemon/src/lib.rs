@@ -7,6 +7,7 @@ pub mod agent;
 pub mod api;
 pub mod api_types;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod explain;
 #[doc(hidden)]

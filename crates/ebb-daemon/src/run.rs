@@ -2,7 +2,8 @@
 //! agent, and stop cleanly on SIGTERM, SIGINT or SIGHUP (ebb has no live
 //! reload: a restart applies a new config).
 
-use crate::agent::{self, Agent, Connector};
+use crate::agent::{Agent, Connector};
+use crate::clock::Clock;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::journal::{Journal, JournalLock};
@@ -20,7 +21,12 @@ pub async fn run(cfg: Config) -> Result<(), String> {
 }
 
 /// The agent with any hypervisor: tests pass the sim backend or a shutdown of their own.
-pub async fn run_with(mut cfg: Config, connect: Connector, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    run_with_clock(cfg, connect, Clock::System, shutdown).await
+}
+
+/// `run_with` on a clock of the caller's: tests pass tokio's, to run on paused time.
+pub async fn run_with_clock(mut cfg: Config, connect: Connector, clock: Clock, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     // The socket first: a second agent on the same config is told another
     // serves this socket; one with its own socket, that the journal is taken.
     let gid = cfg.agent.socket_gid()?;
@@ -32,14 +38,14 @@ pub async fn run_with(mut cfg: Config, connect: Connector, shutdown: impl Future
     cfg.surrogate.fd_plan = Some(plan);
     let journal = Journal::open(&cfg.agent.journal).map_err(|e| e.to_string())?;
     let keep_ms = u64::from(cfg.agent.journal_keep_days) * 86_400_000;
-    if let Ok(n) = journal.prune(ebb_core::Millis(agent::now().since(ebb_core::Millis(keep_ms)))) {
+    if let Ok(n) = journal.prune(ebb_core::Millis(clock.now().since(ebb_core::Millis(keep_ms)))) {
         if n > 0 {
             info!("pruned {n} journal entries older than {} days", cfg.agent.journal_keep_days);
         }
     }
     let journal_path = cfg.agent.journal.clone();
     info!("ebb {} serving its API at {}", env!("CARGO_PKG_VERSION"), cfg.agent.socket.display());
-    let (mut agent, snapshot, commands) = Agent::new(cfg, journal, connect)?;
+    let (mut agent, snapshot, commands) = Agent::new(cfg, journal, connect, clock)?;
     agent.serve_services()?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let app = api::router(ApiState { snapshot, journal: journal_path, commands });

@@ -6,7 +6,8 @@
 use ebb_daemon::api_types::{Connection, Event, Status, VmInfo};
 use ebb_daemon::client::{Client, ClientError};
 use ebb_daemon::config::Config;
-use ebb_daemon::run::run_with;
+use ebb_daemon::clock::Clock;
+use ebb_daemon::run::run_with_clock;
 use ebb_backends::sim::{SimHypervisor, SimVm};
 use ebb_core::{Bytes, VmId};
 use std::time::{Duration, Instant};
@@ -24,10 +25,22 @@ async fn start(sim: SimHypervisor, memory: &str) -> World {
 }
 
 async fn start_with(sim: SimHypervisor, memory: &str, vms: &str) -> World {
+    start_on(sim, memory, vms, Pace { tick: "100ms", sim_step: Duration::from_millis(20) }, Clock::System).await
+}
+
+/// How fast the agent ticks, and the step of the task that moves the sim's
+/// clock along with tokio's.
+struct Pace {
+    tick: &'static str,
+    sim_step: Duration,
+}
+
+async fn start_on(sim: SimHypervisor, memory: &str, vms: &str, pace: Pace, clock: Clock) -> World {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("ebb.sock");
     let text = format!(
-        "[agent]\nuri = \"sim\"\ntick = \"100ms\"\nfast_tick = \"50ms\"\nsocket = \"{}\"\njournal = \"{}\"\n[memory]\n{memory}\n{vms}\n",
+        "[agent]\nuri = \"sim\"\ntick = \"{}\"\nfast_tick = \"50ms\"\nsocket = \"{}\"\njournal = \"{}\"\n[memory]\n{memory}\n{vms}\n",
+        pace.tick,
         socket.display(),
         dir.path().join("journal.db").display()
     );
@@ -35,15 +48,15 @@ async fn start_with(sim: SimHypervisor, memory: &str, vms: &str) -> World {
     let handle = sim.clone();
     let connect: ebb_daemon::agent::Connector = Box::new(move |_| handle.connect().map(|h| Box::new(h) as _));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(run_with(cfg, connect, async {
+    let agent = tokio::spawn(run_with_clock(cfg, connect, clock, async {
         let _ = stopped.await;
     }));
-    // The sim's balloons move only when its clock advances: follow real time.
-    let clock = sim.clone();
+    // The sim's balloons move only when its clock advances: follow tokio's.
+    let sim_clock = sim.clone();
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            clock.advance(20);
+            tokio::time::sleep(pace.sim_step).await;
+            sim_clock.advance(pace.sim_step.as_millis() as u64);
         }
     });
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -283,5 +296,41 @@ async fn wake_restores_what_sleeps_and_never_boots_a_vm_shut_off_by_hand() {
     let e = w.client.wake("off").await.unwrap_err();
     assert!(matches!(&e, ClientError::Api { status: 409, message } if message.contains("shut off with no saved state")), "{e:?}");
     assert_eq!(w.sim.status(&VmId::new("off")).unwrap().vm.state, ebb_core::VmState::ShutOff, "booted");
+    w.stop().await;
+}
+
+/// The agent on tokio's paused clock (its clock injected): an hour of
+/// idleness passes in a moment of real time, and the idle VM sleeps at the
+/// hour, not before; the busy one never does.
+#[tokio::test(start_paused = true)]
+async fn on_paused_time_an_idle_vm_sleeps_at_its_hour_and_not_before() {
+    let sim = SimHypervisor::new(Bytes::from_gib(16));
+    sim.set_restore_delay(0);
+    for name in ["idle", "busy"] {
+        sim.add_vm(SimVm::new(name, Bytes::from_mib(512)));
+    }
+    sim.set_cpu_load(&VmId::new("busy"), 0.8);
+    let sleep = "[vm.idle.sleep]\nidle_after = \"1h\"\n[vm.busy.sleep]\nidle_after = \"1h\"\n";
+    let start = Clock::System.now();
+    let pace = Pace { tick: "10s", sim_step: Duration::from_secs(1) };
+    let w = start_on(sim, "enabled = false", sleep, pace, Clock::tokio_from(start)).await;
+    let t0 = tokio::time::Instant::now();
+    let asleep = |vms: &[VmInfo], name: &str| vms.iter().any(|v| v.name == name && v.sleeping.is_some());
+    tokio::time::sleep(Duration::from_secs(59 * 60)).await;
+    let vms = w.client.vms().await.unwrap();
+    assert!(!asleep(&vms, "idle") && !asleep(&vms, "busy"), "asleep before its hour: {vms:#?}");
+    let real = Instant::now();
+    loop {
+        let vms = w.client.vms().await.unwrap();
+        if asleep(&vms, "idle") {
+            assert!(!asleep(&vms, "busy"), "the busy VM slept");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(62 * 60), "not asleep 2 min past its hour: {vms:#?}");
+        assert!(real.elapsed() < Duration::from_secs(30), "paused time did not advance");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let slept = w.events().await.into_iter().find(|e| e.kind == "sleep" && e.vm.as_deref() == Some("idle")).expect("the sleep journaled");
+    assert!(slept.at.since(start) >= 3_600_000, "journaled at {} ms after the start, on the agent's clock", slept.at.since(start));
     w.stop().await;
 }

@@ -24,9 +24,9 @@ impl Agent {
     /// is handled like one that goes away later. Fails on a UPS setting
     /// that cannot be used (a CA file gone since the config was checked):
     /// never a fallback to an unauthenticated reading.
-    pub fn new(cfg: Config, journal: Journal, connect: Connector) -> Result<NewAgent, String> {
+    pub fn new(cfg: Config, journal: Journal, connect: Connector, clock: Clock) -> Result<NewAgent, String> {
         let ups = cfg.power.ups_reader().transpose()?;
-        let started_at = now();
+        let started_at = clock.now();
         let sleeping = match journal.sleeping() {
             Ok(list) => list.into_iter().collect(),
             Err(e) => {
@@ -172,6 +172,7 @@ impl Agent {
             wakes_total: 0,
             last_wake_ms: None,
             snapshot: watch::channel(Arc::new(Snapshot { status: placeholder_status(), vms: vec![] })).0,
+            clock,
             journal,
             cfg,
         };

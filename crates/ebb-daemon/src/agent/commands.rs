@@ -79,7 +79,7 @@ impl CommandError {
 impl Agent {
     /// Answers an API request: carries the action out at once.
     pub(super) async fn command(&mut self, cmd: Command) {
-        let at = now();
+        let at = self.clock.now();
         match cmd {
             Command::Sleep { vm, reply } => {
                 let answer = match self.sleep_refusal(&vm) {

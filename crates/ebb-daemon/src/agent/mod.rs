@@ -21,6 +21,7 @@ use publish::placeholder_status;
 pub use commands::{Command, CommandError, ErrorKind, Reply};
 
 use crate::api_types::{Connection, DevicesView, PlanView, SleepRecord, Snapshot};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::journal::{Journal, Kind};
 use crate::settings::MetadataSettings;
@@ -68,11 +69,6 @@ const TUNE_REFRESH: Duration = Duration::from_secs(30);
 const DISK_SOURCES_REFRESH: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-pub fn now() -> Millis {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    Millis(d.as_millis() as u64)
-}
 
 struct CachedMetadata {
     fetched_at: Millis,
@@ -179,6 +175,8 @@ pub struct Agent {
     wakes_total: u64,
     last_wake_ms: Option<f64>,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// Where the time of day is read (the wall clock, or tokio's in tests).
+    clock: Clock,
 }
 
 /// A new agent, the snapshots it publishes and where its commands go.
@@ -203,8 +201,8 @@ impl Agent {
                 }
             }
         }
-        self.flush_needs(now());
-        self.give_back_cpus(now()).await;
+        self.flush_needs(self.clock.now());
+        self.give_back_cpus(self.clock.now()).await;
         self.surrogate.stop_kernel_path();
         self.journal_event(None, Kind::Stopped, "ebb stopped");
         info!("ebb stopped");
@@ -214,7 +212,7 @@ impl Agent {
     /// is moving, so the caller follows it with a fast tick.
     pub async fn tick(&mut self) -> bool {
         let started = Instant::now();
-        let at = now();
+        let at = self.clock.now();
         self.ticks += 1;
         if self.hv.is_none() && !self.try_connect(at).await {
             self.publish(None, None, started, at);

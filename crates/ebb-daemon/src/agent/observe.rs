@@ -179,7 +179,7 @@ impl Agent {
             if self.last_problems.get(&vm.id) != Some(&r.problems) {
                 for p in &r.problems {
                     warn!(vm = %vm.id, "{p}");
-                    self.journal_vm(&vm.id, now(), Kind::SettingsProblem, None, p, None, None);
+                    self.journal_vm(&vm.id, self.clock.now(), Kind::SettingsProblem, None, p, None, None);
                 }
                 self.last_problems.insert(vm.id.clone(), r.problems.clone());
             }

@@ -85,7 +85,7 @@ impl Agent {
     }
 
     pub(super) fn journal_event(&self, vm: Option<&str>, kind: Kind, text: &str) {
-        self.journal_entry(&Entry { vm, ..Entry::event(now(), kind, text) });
+        self.journal_entry(&Entry { vm, ..Entry::event(self.clock.now(), kind, text) });
     }
 
     /// Writes an entry; a journal that cannot take it is logged, never fatal.

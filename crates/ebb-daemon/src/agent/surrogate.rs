@@ -28,7 +28,7 @@ impl Agent {
 
     /// The surrogate asks for a VM (a client needs it) or reports a refusal.
     pub(super) async fn surrogate_event(&mut self, ev: SurrogateEvent) {
-        let at = now();
+        let at = self.clock.now();
         match ev {
             SurrogateEvent::WakeNeeded { vm, service, reason } => {
                 if self.power_is_low() {
