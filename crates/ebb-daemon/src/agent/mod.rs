@@ -14,8 +14,10 @@ mod persist;
 mod commands;
 mod act;
 mod publish;
+mod decide;
 
-use observe::Observed;
+use observe::CpuReadings;
+use decide::Decisions;
 use publish::placeholder_status;
 
 pub use commands::{Command, CommandError, ErrorKind, Reply};
@@ -28,17 +30,16 @@ use crate::settings::MetadataSettings;
 use crate::words::vm_state_word;
 use ebb_backends::platform::Platform;
 use ebb_backends::{HvError, Hypervisor};
-use ebb_core::affinity::{AffinityConfig, AffinityPolicy, AffinityView, AffinityVm, Pins};
+use ebb_core::affinity::{AffinityConfig, AffinityPolicy, AffinityView, Pins};
 use ebb_core::devices::{DeviceConfig, DevicePolicy, DiskSample};
 use ebb_core::power::{LowBattery, Measured, PowerReading, PowerState, Watts};
 use ebb_core::memory::{MemoryConfig, MemoryPolicy};
 use ebb_core::needs::VmNeeds;
 use ebb_core::realloc::{ReallocConfig, ReallocPolicy, Tunes};
-use ebb_core::vcpus::{OnlineVcpus, VcpuPolicy, VcpuView, VcpuVm};
+use ebb_core::vcpus::{OnlineVcpus, VcpuPolicy, VcpuView};
 use ebb_core::sleep::{SleepPolicy, SleepSettings};
-use ebb_surrogate::{Surrogate, SurrogateEvent, VmPower};
-use ebb_core::compose::{compose, Decided};
-use ebb_core::{Action, Bytes, Millis, Tune, VmId, VmState};
+use ebb_surrogate::{Surrogate, SurrogateEvent};
+use ebb_core::{Bytes, Millis, Tune, VmId, VmState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -221,85 +222,18 @@ impl Agent {
         let Some(observed) = self.observe(started, at).await else {
             return false;
         };
-        let Observed { obs, pins, host_cpus, online, .. } = self.take_in(observed, at);
-        // A failed wake refused its held clients; a tick later the next
-        // client may try again.
-        let failed: Vec<VmId> =
-            self.sleeping.keys().filter(|vm| matches!(self.surrogate.state(vm), Some(VmPower::WakeFailed(_)))).cloned().collect();
-        for vm in failed {
-            self.set_power(&vm, VmPower::Asleep);
-        }
-        let resolved = self.resolve_settings(&obs);
-        let settings = resolved.iter().map(|(id, r)| (id.clone(), r.settings.clone())).collect();
-        let decision = self.policy.decide(&obs, &settings, &self.mem_cfg, at);
-        self.note_skips(&decision, at);
-        self.sleep_settings = resolved.iter().filter_map(|(id, r)| Some((id.clone(), r.sleep.clone()?))).collect();
-        let idle = self.sleep_policy.decide(&obs, &self.sleep_settings, &self.traffic(), at);
-        let realloc = self.realloc_cfg.enabled.then(|| {
-            let settings = self.realloc_settings(&obs);
-            self.realloc.decide(&obs, &settings, &self.realloc_cfg, at)
-        });
-        let affinity = realloc.as_ref().filter(|_| !pins.is_empty()).map(|d| {
-            let vms: Vec<AffinityVm> = obs
-                .vms
-                .iter()
-                .map(|v| AffinityVm {
-                    pins: pins.get(&v.id).cloned(),
-                    bound: self.cpus_bound(&v.id),
-                    expected_cpu: self
-                        .needs
-                        .get(&v.id)
-                        .and_then(|n| n.usual_cpu(at, &self.realloc_cfg))
-                        .map(|u| u * f64::from(v.activity.map_or(1, |a| a.vcpus.max(1)))),
-                })
-                .collect();
-            self.affinity.decide(&obs, d, &host_cpus, &vms, &self.affinity_cfg, at)
-        });
-        self.affinity_views = affinity.iter().flat_map(|d| d.views.iter()).map(|v| (v.vm.clone(), v.clone())).collect();
-        let vcpus = realloc.as_ref().filter(|_| !online.is_empty()).map(|d| {
-            let vms: Vec<VcpuVm> = obs
-                .vms
-                .iter()
-                .map(|v| VcpuVm { online: online.get(&v.id).and_then(|r| r.as_ref().ok().copied()), min: self.vcpus_min(&v.id) })
-                .collect();
-            self.vcpus.decide(&obs, d, &vms, &self.realloc_cfg, at)
-        });
-        self.vcpu_views = online
-            .iter()
-            .filter_map(|(vm, r)| Some((vm.clone(), r.clone().err()?)))
-            .map(|(vm, e)| (vm, Err(e)))
-            .chain(vcpus.iter().flat_map(|d| d.views.iter()).map(|v| (v.vm.clone(), Ok(v.clone()))))
-            .collect();
-        let none: Vec<Action> = vec![];
-        let decided = Decided {
-            memory: if self.cfg.memory.enabled { &decision.actions } else { &none },
-            cpus: [realloc.as_ref().map(|d| &d.actions), affinity.as_ref().map(|d| &d.actions), vcpus.as_ref().map(|d| &d.actions)]
-                .into_iter()
-                .flatten()
-                .map(|a| a.as_slice())
-                .collect(),
-            sleep: Some(&idle),
-        };
-        let actions = compose(&decided, |vm| self.sleeping.contains_key(vm));
+        let (obs, cpus) = self.take_in(observed, at);
+        self.retry_failed_wakes();
+        let d = self.decide(&obs, &cpus, at);
+        let actions = self.compose(&d);
         self.act(actions, at).await;
-        self.remember_memory_state(&decision, at);
-        self.remember_tunes(&obs, at);
-        self.remember_pins(at);
-        self.remember_vcpus(at);
-        self.plan = self.cfg.power.budget.map(|b| self.power_plan(&obs, realloc.as_ref(), Watts(b)));
-        self.model_draw = realloc.as_ref().map(|d| self.model_draw(&obs, d));
+        self.remember_changes(&obs, &d, at);
+        self.plan = self.cfg.power.budget.map(|b| self.power_plan(&obs, d.realloc.as_ref(), Watts(b)));
+        self.model_draw = d.realloc.as_ref().map(|r| self.model_draw(&obs, r));
         self.power_tick(&obs, at).await;
         self.devices_tick(&obs, at).await;
-        if let Some(d) = &realloc {
-            self.record_needs(&obs, d, at);
-        }
-        self.publish(Some((&obs, &resolved)), Some((&decision, &idle, realloc.as_ref())), started, at);
-        self.in_flight = decision
-            .vms
-            .iter()
-            .filter(|v| v.skipped.is_none() && v.target.is_some() && v.target != v.actual)
-            .map(|v| v.vm.clone())
-            .collect();
+        self.publish(Some((&obs, &d.resolved)), Some((&d.memory, &d.idle, d.realloc.as_ref())), started, at);
+        self.in_flight = d.memory.vms.iter().filter(|v| v.skipped.is_none() && v.target.is_some() && v.target != v.actual).map(|v| v.vm.clone()).collect();
         self.cfg.memory.enabled && !self.in_flight.is_empty()
     }
 

@@ -19,6 +19,11 @@ pub(super) struct Observed {
     pub metadata: Vec<(VmId, Result<Option<String>, HvError>)>,
     pub tunes: Vec<(VmId, Result<Tune, HvError>)>,
     pub sources: Vec<DiskSources>,
+    pub cpus: CpuReadings,
+}
+
+/// What the affinity and vCPU policies need beyond the bulk stats.
+pub(super) struct CpuReadings {
     /// The vCPU pins of the VMs ebb may pin, and the host's CPU times (read only then).
     pub pins: HashMap<VmId, Vec<CpuSet>>,
     pub host_cpus: Vec<ebb_core::affinity::HostCpuTime>,
@@ -91,7 +96,7 @@ impl Agent {
                     .filter(|v| v.state == VmState::Running && with_vcpus_min.contains(&v.id))
                     .map(|v| (v.id.clone(), hv.guest_vcpus(&v.id).map_err(|e| e.to_string())))
                     .collect();
-                Ok::<_, HvError>(Observed { obs, metadata, tunes, sources, pins, host_cpus, online })
+                Ok::<_, HvError>(Observed { obs, metadata, tunes, sources, cpus: CpuReadings { pins, host_cpus, online } })
             })
             .await?;
         match result {
@@ -107,8 +112,8 @@ impl Agent {
     /// Folds what was read into the agent's state (known states, metadata,
     /// tunes, disk sources) and notes what changed outside ebb; returns the
     /// observation with each VM's live tune.
-    pub(super) fn take_in(&mut self, observed: Observed, at: Millis) -> Observed {
-        let Observed { mut obs, metadata, tunes, sources, pins, host_cpus, online } = observed;
+    pub(super) fn take_in(&mut self, observed: Observed, at: Millis) -> (Observation, CpuReadings) {
+        let Observed { mut obs, metadata, tunes, sources, cpus } = observed;
         obs.at = at;
         self.known_states = obs.vms.iter().map(|v| (v.id.clone(), KnownState { state: v.state, managed_save: v.managed_save })).collect();
         for (vm, m) in metadata {
@@ -137,7 +142,7 @@ impl Agent {
         self.note_disk_sources(sources, at);
         self.note_vm_changes(&obs, at);
         self.note_power_changes(&obs, at);
-        Observed { obs, metadata: vec![], tunes: vec![], sources: vec![], pins, host_cpus, online }
+        (obs, cpus)
     }
 
     /// A predicate over VM ids telling which need their metadata (re)read.

@@ -9,6 +9,18 @@ use std::collections::HashMap;
 use tracing::{info, warn};
 
 impl Agent {
+    /// After acting: journals what changed this tick (memory steps, tunes,
+    /// pins, vCPUs) and adds the tick to the needs history.
+    pub(super) fn remember_changes(&mut self, obs: &Observation, d: &Decisions, at: Millis) {
+        self.remember_memory_state(&d.memory, at);
+        self.remember_tunes(obs, at);
+        self.remember_pins(at);
+        self.remember_vcpus(at);
+        if let Some(r) = &d.realloc {
+            self.record_needs(obs, r, at);
+        }
+    }
+
     /// Journals a VM's skip reason when it changes.
     pub(super) fn note_skips(&mut self, decision: &MemoryDecision, at: Millis) {
         for view in &decision.vms {
