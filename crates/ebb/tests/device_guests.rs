@@ -55,15 +55,14 @@ fn kinds<'a>(events: &'a [Event], kind: &str) -> Vec<&'a Event> {
 #[test]
 fn a_running_guests_disk_is_guarded_an_idle_one_sleeps_and_the_cpus_save_until_the_guest_works() {
     let prefix = "ebb-dev-";
+    // The leftovers first: their QEMUs may hold the image.
     let lab = lab(prefix);
-    let dir = tempfile::tempdir().unwrap();
     let name = format!("{prefix}a");
     let img = DiskImage::new(&name);
-    let g = boot(&lab, dir.path(), &name, 256, |spec| {
+    let (_lab, dir, [g]) = guests_on(lab, prefix, ["a"], 256, |_, spec| {
         spec.disk = Some(img.0.clone());
         spec.vcpus = 2;
     });
-    g.wait_ready(Duration::from_secs(180)).unwrap();
 
     let tree = tempfile::tempdir().unwrap();
     let root = tree.path();

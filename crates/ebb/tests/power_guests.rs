@@ -7,21 +7,16 @@
 
 mod common;
 use common::*;
-use ebb_lab::lab::{Guest, Upsd};
+use ebb_lab::lab::Upsd;
 use std::time::Duration;
 
 #[test]
 fn low_battery_saves_every_guest_shuts_down_one_it_cannot_save_records_the_power_off_and_a_restart_on_mains_restores_them() {
     let prefix = "ebb-test-power-";
-    let lab = lab(prefix);
-    let dir = tempfile::tempdir().unwrap();
     let names = [format!("{prefix}a"), format!("{prefix}b")];
-    let guests: Vec<Guest> = names.iter().map(|n| boot(&lab, dir.path(), n, 256, |_| {})).collect();
     // A transient domain (undefined while it runs) has nowhere to keep a save.
-    let transient = boot(&lab, dir.path(), &format!("{prefix}transient"), 256, |_| {});
-    for g in guests.iter().chain([&transient]) {
-        g.wait_ready(Duration::from_secs(180)).unwrap();
-    }
+    let (lab, dir, [a, b, transient]) = guests(prefix, ["a", "b", "transient"], 256, |_, _| {});
+    let guests = [a, b];
     transient.domain().undefine().unwrap();
     let upsd = Upsd::start("OL").unwrap();
     let agent_lines = format!("uri = \"{URI}\"\ndomains = [\"{prefix}*\"]\ntick = \"1s\"");
@@ -112,13 +107,10 @@ fn a_ups_that_does_not_exist_is_shown_and_nothing_happens() {
 #[test]
 fn on_battery_under_a_budget_the_most_valuable_guests_keep_running() {
     let prefix = "ebb-test-budget-";
-    let lab = lab(prefix);
-    let dir = tempfile::tempdir().unwrap();
     // (name, value): gold is worth most, bronze least.
     let vms = [("gold", 100), ("silver", 50), ("bronze", 10)];
-    let guests: Vec<Guest> = vms.iter().map(|(n, _)| boot(&lab, dir.path(), &format!("{prefix}{n}"), 256, |_| {})).collect();
+    let (_lab, dir, guests) = guests(prefix, vms.map(|(n, _)| n), 256, |_, _| {});
     for g in &guests {
-        g.wait_ready(Duration::from_secs(180)).unwrap();
         g.cpu_workload(1, 600).unwrap();
     }
     let upsd = Upsd::start("OL").unwrap();

@@ -6,21 +6,13 @@
 mod common;
 use common::*;
 use ebb_daemon::api_types::{Connection, Source, VmInfo};
-use ebb_lab::lab::{free_port, Guest, GuestSpec, Lab};
+use ebb_lab::lab::{free_port, Lab};
 use ebb_core::Bytes;
 use std::process::Command;
 use std::time::Duration;
 
 /// The memory tests' guests: 512 MiB, room to reclaim from.
-fn boot(lab: &Lab, dir: &std::path::Path, name: &str, edit: impl FnOnce(&mut GuestSpec)) -> Guest {
-    common::boot(lab, dir, name, 512, edit)
-}
-
-fn ready(guests: &[&Guest]) {
-    for g in guests {
-        g.wait_ready(Duration::from_secs(180)).unwrap_or_else(|e| panic!("{} did not boot: {e}", g.name()));
-    }
-}
+const MIB: u64 = 512;
 
 fn agent_config(prefix: &str, memory: &str) -> (String, String) {
     (format!("uri = \"{URI}\"\ndomains = [\"{prefix}*\"]\ntick = \"1s\""), format!("[memory]\n{memory}"))
@@ -55,18 +47,16 @@ fn fit_the_pool(agent: &AgentProc, what: &str, names: &[&str], pool: Bytes) -> V
 #[test]
 fn reclaims_idle_memory_honours_metadata_and_skips_a_guest_without_balloon() {
     let prefix = "ebb-test-reclaim-";
-    let lab = lab(prefix);
-    let dir = tempfile::tempdir().unwrap();
     let (a_name, b_name, nb_name) = (format!("{prefix}a"), format!("{prefix}b"), format!("{prefix}nb"));
-    let a = boot(&lab, dir.path(), &a_name, |_| {});
-    let b = boot(&lab, dir.path(), &b_name, |_| {});
-    let nb = boot(&lab, dir.path(), &nb_name, |s| {
-        s.balloon = false;
-        s.http_port = None;
-        s.max_memory = Bytes::from_mib(128);
-        s.memory = Bytes::from_mib(128);
+    // nb: no balloon, no HTTP forward, 128 MiB.
+    let (_lab, dir, [a, b, _nb]) = guests(prefix, ["a", "b", "nb"], MIB, |i, s| {
+        if i == 2 {
+            s.balloon = false;
+            s.http_port = None;
+            s.max_memory = Bytes::from_mib(128);
+            s.memory = Bytes::from_mib(128);
+        }
     });
-    ready(&[&a, &b, &nb]);
     let before = a.status().unwrap().mem_total;
 
     // b's minimum travels with the VM, set the way the README says.
@@ -126,12 +116,8 @@ fn reclaims_idle_memory_honours_metadata_and_skips_a_guest_without_balloon() {
 #[test]
 fn a_busy_guest_gets_memory_from_an_idle_one_with_no_oom_kill() {
     let prefix = "ebb-test-giveback-";
-    let lab = lab(prefix);
-    let dir = tempfile::tempdir().unwrap();
     let (busy_name, idle_name) = (format!("{prefix}busy"), format!("{prefix}idle"));
-    let busy = boot(&lab, dir.path(), &busy_name, |_| {});
-    let idle = boot(&lab, dir.path(), &idle_name, |_| {});
-    ready(&[&busy, &idle]);
+    let (_lab, dir, [busy, idle]) = guests(prefix, ["busy", "idle"], MIB, |_, _| {});
 
     let pool = Bytes::from_mib(640);
     let (agent_lines, rest) = agent_config(prefix, "pool = \"640MiB\"");
@@ -177,12 +163,8 @@ fn a_busy_guest_gets_memory_from_an_idle_one_with_no_oom_kill() {
 #[test]
 fn sigkill_mid_reclaim_then_libvirtd_restart_loses_nothing() {
     let prefix = "ebb-test-crash-";
-    let lab = lab(prefix);
-    let dir = tempfile::tempdir().unwrap();
     let (a_name, b_name) = (format!("{prefix}a"), format!("{prefix}b"));
-    let a = boot(&lab, dir.path(), &a_name, |_| {});
-    let b = boot(&lab, dir.path(), &b_name, |_| {});
-    ready(&[&a, &b]);
+    let (_lab, dir, [a, b]) = guests(prefix, ["a", "b"], MIB, |_, _| {});
 
     // Small fixed steps so the reclaim takes many ticks and the kill lands inside it.
     let pool = Bytes::from_mib(600);
@@ -242,17 +224,14 @@ fn qemu_running(name: &str) -> bool {
 #[test]
 fn an_idle_guest_sleeps_and_wakes_across_an_agent_restart_and_virsh_start() {
     let prefix = "ebb-test-sleep-";
-    let lab = lab(prefix);
-    let dir = tempfile::tempdir().unwrap();
     let name = format!("{prefix}a");
     // The sleep opt-in travels with the domain, in its metadata. TCG guests
     // idle at a few % of a vCPU: a generous CPU threshold.
-    let g = boot(&lab, dir.path(), &name, |spec| {
+    let (lab, dir, [g]) = guests(prefix, ["a"], MIB, |_, spec| {
         spec.metadata = Some(
             "<ebb:vm xmlns:ebb='https://ebb.dev/xmlns/vm/1'><ebb:sleep idle_after='3s' cpu_threshold='0.3'/></ebb:vm>".into(),
         )
     });
-    ready(&[&g]);
     assert!(qemu_running(&name), "cannot find the guest's QEMU process");
 
     let (agent_lines, _) = agent_config(prefix, "");
@@ -314,11 +293,8 @@ fn http_get(port: u16, path: &str, timeout: Duration) -> std::io::Result<(String
 #[test]
 fn a_sleeping_guest_behind_the_surrogate_answers_every_client() {
     let prefix = "ebb-test-surrogate-";
-    let lab = lab(prefix);
-    let dir = tempfile::tempdir().unwrap();
     let name = format!("{prefix}a");
-    let g = boot(&lab, dir.path(), &name, |_| {});
-    ready(&[&g]);
+    let (lab, dir, [g]) = guests(prefix, ["a"], MIB, |_, _| {});
     let backend = g.http_port().unwrap();
     let listen = free_port();
     let rest = format!(
@@ -385,11 +361,8 @@ fn a_sleeping_guest_behind_the_surrogate_answers_every_client() {
 #[test]
 fn the_surrogate_bounds_hold_on_a_real_guest_slow_client_overflow_failed_wake() {
     let prefix = "ebb-test-bounds-";
-    let lab = lab(prefix);
-    let dir = tempfile::tempdir().unwrap();
     let name = format!("{prefix}a");
-    let g = boot(&lab, dir.path(), &name, |_| {});
-    ready(&[&g]);
+    let (_lab, dir, [g]) = guests(prefix, ["a"], MIB, |_, _| {});
     let (backend, listen) = (g.http_port().unwrap(), free_port());
     let rest = format!(
         "[surrogate]\nqueue_depth = 5\nwake_deadline = \"20s\"\n\
@@ -468,14 +441,12 @@ fn crowds_at_a_sleeping_guest_on_a_real_network_are_answered_or_refused_within_t
     let net = LabNet::ensure().unwrap();
     let lab = net.lab().unwrap();
     lab.remove_leftovers(prefix).unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let name = format!("{prefix}a");
     let ip = LabNet::guest_ip(1);
-    let g = common::boot(&lab, dir.path(), &name, 256, |s| {
+    let (lab, dir, [g]) = guests_on(lab, prefix, ["a"], 256, |_, s| {
         s.http_port = None;
         s.lab_net = Some(ip);
     });
-    ready(&[&g]);
     let listen = std::net::SocketAddr::from((LAB_NET_HOST, 8080));
     let rest = format!(
         "[surrogate]\nwake_deadline = \"30s\"\nreplay_deadline = \"30s\"\n\

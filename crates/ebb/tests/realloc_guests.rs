@@ -5,13 +5,11 @@
 
 mod common;
 use common::*;
-use ebb_lab::lab::{Guest, Lab};
+use ebb_lab::lab::Guest;
 use std::time::Duration;
 
-/// A 256 MiB guest with its own CPU cap, if any.
-fn boot_capped(lab: &Lab, dir: &std::path::Path, name: &str, cap: Option<(u64, u64)>) -> Guest {
-    boot(lab, dir, name, 256, |spec| spec.cpu_cap = cap)
-}
+/// The guests' memory.
+const MIB: u64 = 256;
 
 /// The domain's live blkio weight, as `virsh blkiotune` reports it.
 fn io_weight(g: &Guest) -> u32 {
@@ -38,15 +36,13 @@ const REALLOC: &str = "[memory]\nenabled = false\n[realloc]\nclass_after = \"3s\
 #[test]
 fn a_busy_guest_at_its_cap_gains_the_idle_one_yields_critical_goes_first_and_a_restart_keeps_it() {
     let prefix = "ebb-test-cpu-";
-    let lab = lab(prefix);
-    let dir = tempfile::tempdir().unwrap();
     let (busy_name, idle_name) = (format!("{prefix}busy"), format!("{prefix}idle"));
-    // The busy guest's own cap: 30% of a CPU.
-    let busy = boot_capped(&lab, dir.path(), &busy_name, Some((100_000, 30_000)));
-    let idle = boot_capped(&lab, dir.path(), &idle_name, None);
-    for g in [&busy, &idle] {
-        g.wait_ready(Duration::from_secs(180)).unwrap();
-    }
+    // The busy guest's own cap: 30% of a CPU; the idle one has none.
+    let (_lab, dir, [busy, idle]) = guests(prefix, ["busy", "idle"], MIB, |i, spec| {
+        if i == 0 {
+            spec.cpu_cap = Some((100_000, 30_000));
+        }
+    });
     let own_busy = live(&busy);
     let own_idle = live(&idle);
     assert_eq!(own_busy.1, 30_000);
@@ -141,12 +137,9 @@ fn pin(g: &Guest, cpus: &str) {
 #[test]
 fn two_cpu_bound_guests_conflict_and_the_one_ebb_may_pin_moves_off_their_busy_cpu_and_back() {
     let prefix = "ebb-test-cpu2-";
-    let lab = lab(prefix);
-    let dir = tempfile::tempdir().unwrap();
     let names = [format!("{prefix}a"), format!("{prefix}b")];
-    let guests: Vec<Guest> = names.iter().map(|n| boot_capped(&lab, dir.path(), n, None)).collect();
+    let (_lab, dir, guests) = guests(prefix, ["a", "b"], MIB, |_, _| {});
     for g in &guests {
-        g.wait_ready(Duration::from_secs(180)).unwrap();
         // Both on CPU 0: they wait on each other there.
         pin(g, "0");
     }
@@ -206,25 +199,16 @@ fn disk_limit(g: &Guest) -> u64 {
 #[test]
 fn a_disk_bound_guest_gets_the_disk_weight_and_a_higher_io_limit_while_an_idle_one_gives_its_weight_up() {
     let prefix = "ebb-test-disk-";
+    // The leftovers first: their QEMUs may hold the images.
     let lab = lab(prefix);
-    let dir = tempfile::tempdir().unwrap();
     let (db_name, idle_name) = (format!("{prefix}db"), format!("{prefix}idle"));
     let images = [DiskImage::new(&db_name), DiskImage::new(&idle_name)];
-    let guests: Vec<Guest> = [&db_name, &idle_name]
-        .iter()
-        .zip(&images)
-        .map(|(n, img)| {
-            boot(&lab, dir.path(), n, 256, |spec| {
-                spec.disk = Some(img.0.clone());
-                spec.io_weight = Some(500);
-                // Its own I/O limit: 2 MiB/s.
-                spec.disk_limit = Some(2 << 20);
-            })
-        })
-        .collect();
-    for g in &guests {
-        g.wait_ready(Duration::from_secs(180)).unwrap();
-    }
+    let (_lab, dir, guests) = guests_on(lab, prefix, ["db", "idle"], MIB, |i, spec| {
+        spec.disk = Some(images[i].0.clone());
+        spec.io_weight = Some(500);
+        // Its own I/O limit: 2 MiB/s.
+        spec.disk_limit = Some(2 << 20);
+    });
     let (db, idle) = (&guests[0], &guests[1]);
     assert_eq!((io_weight(db), io_weight(idle), disk_limit(db)), (500, 500, 2 << 20));
     // db may have up to 64 MiB/s; idle has no disk_max.
@@ -268,15 +252,9 @@ fn domiftune(g: &Guest, dev: &str) -> (u64, u64) {
 #[test]
 fn net_bound_guests_are_seen_and_explained_and_no_limit_changes() {
     let prefix = "ebb-net-";
-    let lab = lab(prefix);
-    let dir = tempfile::tempdir().unwrap();
     let names = [format!("{prefix}a"), format!("{prefix}b")];
     let taps: Vec<String> = ["a", "b"].iter().map(|s| format!("ebbn{}{s}", std::process::id() % 100_000)).collect();
-    let guests: Vec<Guest> =
-        names.iter().zip(&taps).map(|(n, tap)| boot(&lab, dir.path(), n, 256, |spec| spec.tap = Some(tap.clone()))).collect();
-    for g in &guests {
-        g.wait_ready(Duration::from_secs(180)).unwrap();
-    }
+    let (_lab, dir, guests) = guests(prefix, ["a", "b"], MIB, |i, spec| spec.tap = Some(taps[i].clone()));
     let (a, b) = (&guests[0], &guests[1]);
     assert_eq!((domiftune(a, &taps[0]), domiftune(b, &taps[1])), ((0, 0), (0, 0)));
     let rest = format!("{REALLOC}[vm.{}.realloc]\nnet_max = \"100MiB\"\n", names[0]);
@@ -324,17 +302,11 @@ fn online_in_guest(g: &Guest) -> Option<String> {
 #[test]
 fn an_idle_guest_keeps_one_vcpu_online_and_gets_both_back_the_moment_it_runs() {
     let prefix = "ebb-test-vcpus-";
-    let lab = lab(prefix);
-    let dir = tempfile::tempdir().unwrap();
-    let agent_guest = boot(&lab, dir.path(), &format!("{prefix}agent"), 256, |s| {
+    // plain has no guest agent channel: ebb cannot ask that guest, and says so.
+    let (_lab, dir, [agent_guest, plain]) = guests(prefix, ["agent", "plain"], MIB, |i, s| {
         s.vcpus = 2;
-        s.guest_agent = true;
+        s.guest_agent = i == 0;
     });
-    // No guest agent channel: ebb cannot ask this guest, and says so.
-    let plain = boot(&lab, dir.path(), &format!("{prefix}plain"), 256, |s| s.vcpus = 2);
-    for g in [&agent_guest, &plain] {
-        g.wait_ready(Duration::from_secs(180)).unwrap();
-    }
     wait_for("the guest agent", Duration::from_secs(60), || (online_in_guest(&agent_guest).as_deref() == Some("0-1")).then_some(()));
     let rest = format!("{REALLOC}[vm.{}.realloc]\nvcpus_min = 1\n[vm.{}.realloc]\nvcpus_min = 1\n", agent_guest.name(), plain.name());
     let agent = AgentProc::start(dir.path(), &agent_lines(prefix), &rest);

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use tempfile::TempDir;
 
 pub const EBB: &str = env!("CARGO_BIN_EXE_ebb");
 /// The libvirt the real-guest tests use (scripts/setup-host.sh starts it).
@@ -29,6 +30,43 @@ pub fn boot(lab: &Lab, dir: &Path, name: &str, mib: u64, edit: impl FnOnce(&mut 
     spec.console_log = dir.join(format!("{name}.console.log"));
     edit(&mut spec);
     lab.create(&spec).unwrap()
+}
+
+/// Waits for each guest to boot, up to 180 s, naming the one that did not.
+pub fn ready(guests: &[&Guest]) {
+    for g in guests {
+        g.wait_ready(Duration::from_secs(180)).unwrap_or_else(|e| panic!("{} did not boot: {e}", g.name()));
+    }
+}
+
+/// A real-guest test's start: the lab (with any guest of an earlier run
+/// under `prefix` removed), a temporary folder for the guests' consoles and
+/// the agent's files, and a guest `{prefix}{suffix}` of `mib` MiB for each
+/// of `suffixes` (see `boot`; `edit(i, spec)` adjusts the i-th), booted in
+/// that order and then waited for until all are ready.
+pub fn guests<const N: usize>(
+    prefix: &str,
+    suffixes: [&str; N],
+    mib: u64,
+    edit: impl FnMut(usize, &mut GuestSpec),
+) -> (Lab, TempDir, [Guest; N]) {
+    guests_on(lab(prefix), prefix, suffixes, mib, edit)
+}
+
+/// As `guests`, on `lab`, which the caller cleared of `prefix`'s leftovers
+/// (the lab network's libvirtd; or the lab cleared before a test makes disk
+/// images a leftover guest may still hold).
+pub fn guests_on<const N: usize>(
+    lab: Lab,
+    prefix: &str,
+    suffixes: [&str; N],
+    mib: u64,
+    mut edit: impl FnMut(usize, &mut GuestSpec),
+) -> (Lab, TempDir, [Guest; N]) {
+    let dir = tempfile::tempdir().unwrap();
+    let guests = std::array::from_fn(|i| boot(&lab, dir.path(), &format!("{prefix}{}", suffixes[i]), mib, |s| edit(i, s)));
+    ready(&guests.each_ref());
+    (lab, dir, guests)
 }
 
 /// An `ebb run` process with its own socket and journal in `dir`.
