@@ -1,0 +1,216 @@
+//! The agent's configuration file (TOML). Every field is documented in
+//! `ebb.example.toml`; unknown fields, zero sizes and contradictions stop
+//! startup with a message that names the field and the line.
+
+mod units;
+mod agent;
+mod memory;
+mod realloc;
+mod power;
+mod vm;
+mod surrogate;
+
+pub use units::*;
+pub use agent::*;
+pub use memory::*;
+pub use realloc::*;
+pub use power::*;
+pub use vm::*;
+pub use surrogate::*;
+
+use ebb_core::affinity::MAX_CPUS;
+use ebb_core::{Bytes, VmId};
+use ebb_surrogate::ServiceSpec;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub memory: MemorySection,
+    #[serde(default)]
+    pub surrogate: SurrogateSection,
+    #[serde(default)]
+    pub realloc: ReallocSection,
+    #[serde(default)]
+    pub power: PowerSection,
+    /// Per-VM settings: `[vm.NAME]`. These win over the domain's metadata.
+    #[serde(default)]
+    pub vm: BTreeMap<String, VmSection>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text).map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })
+    }
+
+    /// Parses and validates; the error names the field and its line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
+        cfg.validate(text)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, text: &str) -> Result<(), String> {
+        let m = &self.memory;
+        let at = |span: std::ops::Range<usize>| line_of(text, span.start);
+        self.agent.validate()?;
+        number("memory.idle_tax", m.idle_tax, Range::ClosedOpen(0.0, 1.0), " (0.75 is ESX's default)")?;
+        for (name, v) in [
+            ("dead_band_fraction", m.dead_band_fraction),
+            ("headroom_fraction", m.headroom_fraction),
+            ("low_free_fraction", m.low_free_fraction),
+        ] {
+            number(&format!("memory.{name}"), v, Range::ClosedOpen(0.0, 1.0), "")?;
+        }
+        number("memory.major_fault_rate", m.major_fault_rate, Range::Above(0.0), " (major page faults per second)")?;
+        if m.step_min.0 > m.step_max.0 {
+            return Err(format!(
+                "memory.step_min ({}) is above memory.step_max ({})",
+                m.step_min.0, m.step_max.0
+            ));
+        }
+        self.surrogate.limits().validate().map_err(|e| format!("[surrogate]: {e}"))?;
+        self.realloc.validate()?;
+        if let Some(Err(e)) = self.power.ups_reader() {
+            return Err(e);
+        }
+        if self.power.ups.is_none() && (self.power.ups_ca.is_some() || self.power.ups_tls_name.is_some()) {
+            return Err("power.ups_ca and power.ups_tls_name authenticate the UPS's upsd, but power.ups is not set: set it, or remove them".into());
+        }
+        if self.power.ups_ca.is_none() && self.power.ups_tls_name.is_some() {
+            return Err("power.ups_tls_name is set without power.ups_ca: set power.ups_ca to the CA that signed upsd's certificate (the name is checked only over TLS)".into());
+        }
+        if let Some(t) = &self.power.model_table {
+            if t.len() != 11 {
+                return Err(format!("power.model_table has {} values: give 11 watt figures, at 0 %, 10 %, …, 100 % CPU, never falling", t.len()));
+            }
+            for (i, w) in t.iter().enumerate() {
+                number(&format!("power.model_table[{i}]"), *w, Range::AtLeast(0.0), " (watts)")?;
+            }
+            if t.windows(2).any(|w| w[1] < w[0]) {
+                return Err("power.model_table falls: give 11 watt figures, at 0 %, 10 %, …, 100 % CPU, never falling".into());
+            }
+        }
+        number("power.idle_watts", self.power.idle_watts, Range::AtLeast(0.0), "")?;
+        number("power.max_watts", self.power.max_watts, Range::AtLeast(0.0), "")?;
+        if self.power.max_watts < self.power.idle_watts {
+            return Err(format!(
+                "power.max_watts ({}) must be at least power.idle_watts ({})",
+                self.power.max_watts, self.power.idle_watts
+            ));
+        }
+        if let Some(b) = self.power.budget {
+            number("power.budget", b, Range::Above(0.0), " (watts the host may draw on battery)")?;
+        }
+        number("power.low_charge", self.power.low_charge, Range::Closed(0.0, 100.0), " (percent)")?;
+        if self.power.power_off_command.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err("power.power_off_command is empty: give the command and its arguments, e.g. [\"systemctl\", \"poweroff\"]".into());
+        }
+        self.power.devices.validate()?;
+        // The surrogate's own rules, through the function it runs them with:
+        // `ebb check` and `ebb run` cannot disagree on a service.
+        let services: Vec<(&str, &[ServiceSpec])> = self.vm.iter().map(|(name, vm)| (name.as_str(), vm.service.as_slice())).collect();
+        ebb_surrogate::validate_services(&services).map_err(|e| e.to_string())?;
+        for (name, vm) in &self.vm {
+            if let (Some(min), Some(max)) = (&vm.min, &vm.max) {
+                if min.get_ref().0 > max.get_ref().0 {
+                    return Err(format!(
+                        "line {}: vm.{name}.min ({}) is above vm.{name}.max ({})",
+                        at(min.span()),
+                        min.get_ref().0,
+                        max.get_ref().0
+                    ));
+                }
+            }
+            if let Some(sleep) = &vm.sleep {
+                check_cpu_threshold(&format!("vm.{name}.sleep.cpu_threshold"), sleep.cpu_threshold)?;
+            }
+            if let Some(r) = &vm.realloc {
+                if let (Some(lo), Some(hi)) = (r.cpu_shares_min, r.cpu_shares_max) {
+                    if lo > hi {
+                        return Err(format!("vm.{name}.realloc.cpu_shares_min ({lo}) is above cpu_shares_max ({hi})"));
+                    }
+                }
+                if r.cpu_shares_min == Some(0) || r.cpu_shares_max == Some(0) {
+                    return Err(format!("vm.{name}.realloc: CPU weights start at 2 (libvirt's minimum)"));
+                }
+                if let Some(c) = r.cpu_cap_max {
+                    let hint = " (a fraction of one vCPU: 1.0 is a whole CPU)";
+                    number(&format!("vm.{name}.realloc.cpu_cap_max"), c, Range::OpenClosed(0.0, f64::from(MAX_CPUS)), hint)?;
+                }
+                if r.disk_max.is_some_and(|Size(m)| m < Bytes::from_kib(1)) {
+                    return Err(format!("vm.{name}.realloc.disk_max must be at least 1 KiB per second"));
+                }
+                if r.vcpus_min == Some(0) {
+                    return Err(format!("vm.{name}.realloc.vcpus_min = 0: a guest keeps at least one vCPU online"));
+                }
+                // libvirt takes limits as whole KiB/s in 32 bits.
+                if let Some(Size(max)) = r.net_max {
+                    if max < Bytes::from_kib(1) || max.0 / 1024 > u64::from(u32::MAX) {
+                        return Err(format!(
+                            "vm.{name}.realloc.net_max = {max} is outside what libvirt takes: 1 KiB to 4 TiB per second"
+                        ));
+                    }
+                }
+            }
+            if let Some(shares) = &vm.shares {
+                if *shares.get_ref() == 0 {
+                    return Err(format!("line {}: vm.{name}.shares must be more than zero", at(shares.span())));
+                }
+            }
+        }
+        if let Some(pool) = &m.pool {
+            let mins: Bytes = self.vm.values().filter_map(|v| v.min.as_ref().map(|m| m.get_ref().0)).sum();
+            let pool_bytes = pool.get_ref().0;
+            if mins > pool_bytes {
+                return Err(format!(
+                    "line {}: memory.pool ({pool_bytes}) is smaller than the sum of the VMs' minimums ({mins}) by {}: raise the pool or lower some vm.*.min",
+                    at(pool.span()),
+                    mins - pool_bytes
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The per-VM section for a domain, if the config has one.
+    pub fn vm_section(&self, vm: &VmId) -> Option<&VmSection> {
+        self.vm.get(vm.as_str())
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// toml's message on one line, with the line and the key it was reading,
+/// without the source excerpt.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let line = e.span().map(|s| format!("line {}: ", line_of(text, s.start))).unwrap_or_default();
+    // Without the input toml's text is the message and, when it knows the
+    // key, a last line "in `agent.tick`".
+    let mut bare = e.clone();
+    bare.set_input(None);
+    let bare = bare.to_string();
+    let key = bare.trim_end().rsplit_once('\n').and_then(|(_, last)| last.strip_prefix("in `")?.strip_suffix('`'));
+    let key = key.map(|k| format!("{k}: ")).unwrap_or_default();
+    format!("{line}{key}{}", e.message().trim())
+}
+
+#[cfg(test)]
+mod tests;

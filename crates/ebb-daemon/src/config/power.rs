@@ -1,0 +1,234 @@
+//! `[power]` and `[power.devices]`: the UPS, the power model and budget, low battery, device power.
+
+use super::*;
+use ebb_core::devices::DeviceConfig;
+use ebb_core::power::{LowBattery, PowerModel, Watts};
+use ebb_backends::nut::{NutClient, NutTls, TlsSetupError};
+use ebb_backends::platform::UpsAddress;
+use serde::Deserialize;
+use std::net::Ipv6Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `[power]`: where the host's power comes from and what ebb does when it fails.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct PowerSection {
+    /// A UPS served by NUT's upsd: `name@host:port` (port 3493 when left out).
+    pub ups: Option<String>,
+    /// The CA (a PEM file) upsd's certificate must chain to. Set, every
+    /// reading is over TLS (STARTTLS) and a upsd that cannot prove itself
+    /// is not read; unset, readings are plain TCP, unauthenticated.
+    pub ups_ca: Option<PathBuf>,
+    /// The name upsd's certificate must be issued for; default: the host of
+    /// `ups` (set it when ebb reaches upsd by an address the certificate
+    /// does not name).
+    pub ups_tls_name: Option<String>,
+    /// Root of the sysfs tree read for mains and batteries when no UPS is set.
+    pub sysfs: PathBuf,
+    /// On battery, at or below this charge (percent) the battery is low.
+    pub low_charge: f64,
+    /// On battery, at or below this runtime the battery is low.
+    #[serde(deserialize_with = "de_duration")]
+    pub low_runtime: Duration,
+    /// The command that powers the host down once every VM is saved. Unset:
+    /// the power-off is recorded in the journal, not run.
+    pub power_off_command: Option<Vec<String>>,
+    /// On low battery, how long the guest of a VM that could not be saved
+    /// has to shut down; past it the host stays up under it (never destroyed).
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
+    /// How long one whole reading of the UPS may take: the name lookup, the
+    /// connect, STARTTLS and the handshake (with `ups_ca`) and every line of
+    /// the answer.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Watts the host may draw on battery. Set, ebb plans for a power drop
+    /// every tick (`ebb plan`) and, on battery, saves the VMs the plan drops.
+    pub budget: Option<f64>,
+    /// The host's power model: watts idle and at full CPU load…
+    pub idle_watts: f64,
+    pub max_watts: f64,
+    /// …or 11 points, watts at 0 %, 10 %, …, 100 % CPU (a SPECpower result).
+    pub model_table: Option<Vec<f64>>,
+    /// `[power.devices]`: CPU frequency and disk standby.
+    pub devices: DevicesSection,
+}
+
+/// `[power.devices]`: what ebb does with under-used host devices (the
+/// seed's Figure 2). Both parts are off until asked for.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesSection {
+    pub cpufreq: bool,
+    pub cpu_low: f64,
+    #[serde(deserialize_with = "de_duration")]
+    pub cpu_low_after: Duration,
+    pub cpu_high: f64,
+    pub governor: String,
+    pub max_freq_fraction: f64,
+    #[serde(deserialize_with = "de_some_duration")]
+    pub disk_idle_after: Option<Duration>,
+    /// Run with `/dev/NAME` appended; unset: the standby is recorded, not run.
+    pub disk_standby_command: Option<Vec<String>>,
+}
+
+impl Default for DevicesSection {
+    fn default() -> Self {
+        let d = DeviceConfig::default();
+        DevicesSection {
+            cpufreq: d.cpufreq,
+            cpu_low: d.cpu_low,
+            cpu_low_after: Duration::from_millis(d.cpu_low_after_ms),
+            cpu_high: d.cpu_high,
+            governor: d.governor,
+            max_freq_fraction: d.max_freq_fraction,
+            disk_idle_after: d.disk_idle_after_ms.map(Duration::from_millis),
+            disk_standby_command: None,
+        }
+    }
+}
+
+/// The governors Linux's cpufreq has; a CPU offers some of them.
+pub(crate) const GOVERNORS: [&str; 6] = ["performance", "powersave", "userspace", "ondemand", "conservative", "schedutil"];
+
+impl DevicesSection {
+    pub fn policy_config(&self) -> DeviceConfig {
+        DeviceConfig {
+            cpufreq: self.cpufreq,
+            cpu_low: self.cpu_low,
+            cpu_low_after_ms: self.cpu_low_after.as_millis() as u64,
+            cpu_high: self.cpu_high,
+            governor: self.governor.clone(),
+            max_freq_fraction: self.max_freq_fraction,
+            disk_idle_after_ms: self.disk_idle_after.map(|d| d.as_millis() as u64),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        for (name, v) in [("cpu_low", self.cpu_low), ("cpu_high", self.cpu_high), ("max_freq_fraction", self.max_freq_fraction)] {
+            number(&format!("power.devices.{name}"), v, Range::OpenClosed(0.0, 1.0), "")?;
+        }
+        if self.cpu_low >= self.cpu_high {
+            return Err(format!(
+                "power.devices.cpu_low ({}) must be below power.devices.cpu_high ({}): the band between them keeps the CPUs from flapping",
+                self.cpu_low, self.cpu_high
+            ));
+        }
+        if !GOVERNORS.contains(&self.governor.as_str()) {
+            return Err(format!(
+                "power.devices.governor = {:?} is not a cpufreq governor: use one of {} (powersave or conservative save power)",
+                self.governor,
+                GOVERNORS.join(", ")
+            ));
+        }
+        if self.disk_standby_command.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err("power.devices.disk_standby_command is empty: give the command and its arguments, e.g. [\"hdparm\", \"-y\"] (ebb adds /dev/NAME)".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for PowerSection {
+    fn default() -> Self {
+        let low = LowBattery::default();
+        PowerSection {
+            ups: None,
+            ups_ca: None,
+            ups_tls_name: None,
+            sysfs: PathBuf::from("/sys"),
+            low_charge: low.charge,
+            low_runtime: Duration::from_secs_f64(low.runtime_s),
+            power_off_command: None,
+            shutdown_timeout: Duration::from_secs(120),
+            timeout: Duration::from_secs(2),
+            budget: None,
+            idle_watts: 100.0,
+            max_watts: 250.0,
+            model_table: None,
+            devices: DevicesSection::default(),
+        }
+    }
+}
+
+impl PowerSection {
+    pub fn model(&self) -> PowerModel {
+        match &self.model_table {
+            Some(t) if t.len() == 11 => {
+                let mut points = [0.0; 11];
+                points.copy_from_slice(t);
+                PowerModel::Table(points)
+            }
+            _ => PowerModel::Linear { idle: Watts(self.idle_watts), max: Watts(self.max_watts) },
+        }
+    }
+
+    pub fn low_battery(&self) -> LowBattery {
+        LowBattery { charge: self.low_charge, runtime_s: self.low_runtime.as_secs_f64() }
+    }
+
+    /// `name@host[:port]` → (name, host:port), as upsc takes it; an IPv6
+    /// host goes in brackets (`ups@[::1]:3493`).
+    pub fn ups_address(&self) -> Option<Result<(String, String), String>> {
+        let text = self.ups.as_ref()?;
+        Some(parse_ups(text).map_err(|why| {
+            format!("power.ups = {text:?}: {why}; write it as name@host, name@host:port or name@[IPv6]:port, as upsc takes it")
+        }))
+    }
+
+    /// The name upsd's certificate must hold: `ups_tls_name`, else the
+    /// host of `addr` (`host:port`, an IPv6 host in brackets).
+    pub fn ups_tls_name(&self, addr: &str) -> String {
+        let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+        self.ups_tls_name.clone().unwrap_or_else(|| host.trim_start_matches('[').trim_end_matches(']').to_string())
+    }
+
+    /// The UPS and the client that reads it, over TLS when `ups_ca` is set
+    /// (its CA file loaded now: `ebb check` and `ebb run` refuse one that
+    /// cannot be used alike); None without `ups`.
+    pub fn ups_reader(&self) -> Option<Result<UpsAddress, String>> {
+        let (ups, addr) = match self.ups_address()? {
+            Ok(a) => a,
+            Err(e) => return Some(Err(e)),
+        };
+        let client = NutClient::new(addr.clone(), self.timeout);
+        let Some(ca) = &self.ups_ca else {
+            return Some(Ok(UpsAddress { ups, client }));
+        };
+        let name = self.ups_tls_name(&addr);
+        Some(match NutTls::new(ca, &name) {
+            Ok(tls) => Ok(UpsAddress { ups, client: client.with_tls(tls) }),
+            Err(e @ TlsSetupError::BadName) if self.ups_tls_name.is_some() => Err(format!("power.ups_tls_name = {name:?} {e}")),
+            Err(e @ TlsSetupError::BadName) => Err(format!("the host of power.ups ({name:?}) {e}: set power.ups_tls_name")),
+            Err(e) => Err(format!("power.ups_ca = {:?} {e}", ca.display().to_string())),
+        })
+    }
+}
+
+pub(crate) fn parse_ups(text: &str) -> Result<(String, String), &'static str> {
+    let (name, rest) = text.split_once('@').filter(|(n, h)| !n.is_empty() && !h.is_empty()).ok_or("it names no UPS or no host")?;
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => {
+            let (ip, after) = v6.split_once(']').ok_or("the IPv6 address has no closing ']'")?;
+            ip.parse::<Ipv6Addr>().map_err(|_| "the text in brackets is not an IPv6 address")?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or("only :port may follow the ']'")?),
+            };
+            (format!("[{ip}]"), port)
+        }
+        None => match rest.split_once(':') {
+            Some((_, port)) if port.contains(':') => return Err("an IPv6 address goes in brackets"),
+            Some((host, port)) => (host.to_string(), Some(port)),
+            None => (rest.to_string(), None),
+        },
+    };
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err("the host is empty or has spaces");
+    }
+    let port = match port {
+        None => 3493,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or("the port must be a number from 1 to 65535")?,
+    };
+    Ok((name.to_string(), format!("{host}:{port}")))
+}

@@ -1,0 +1,132 @@
+//! `[vm.NAME]`: one domain's settings (memory, realloc, sleep, services, value).
+
+use super::*;
+use ebb_core::affinity::CpuSet;
+use ebb_core::realloc::ReallocSettings;
+use ebb_core::sleep::SleepSettings;
+use ebb_core::SleepMode;
+use ebb_surrogate::ServiceSpec;
+use serde::{Deserialize, Deserializer};
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct VmSection {
+    pub shares: Option<Spanned<u32>>,
+    pub min: Option<Spanned<Size>>,
+    pub max: Option<Spanned<Size>>,
+    pub managed: Option<bool>,
+    /// Its value to the user when power drops: the most valuable VMs that
+    /// fit the budget keep running. Unset: 1 (and `ebb plan` says so).
+    pub value: Option<u32>,
+    /// false: the VM cannot handle power events itself (no UPS client of
+    /// its own), so on low battery it is saved before the others.
+    pub handles_power_events: Option<bool>,
+    /// `[vm.NAME.sleep]`: the VM may be put to sleep when idle (opt-in).
+    pub sleep: Option<SleepSection>,
+    /// `[[vm.NAME.service]]`: addresses ebb owns for the VM at all times,
+    /// splicing them through while it runs, standing in while it sleeps.
+    #[serde(default)]
+    pub service: Vec<ServiceSpec>,
+    /// `[vm.NAME.realloc]`: bounds and flags for activity-based reallocation.
+    pub realloc: Option<VmReallocSection>,
+}
+
+/// `[vm.NAME.realloc]`.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmReallocSection {
+    /// false: ebb leaves this VM's CPU weight and cap alone.
+    pub enabled: Option<bool>,
+    /// Time-critical: put first (`ebb critical VM on|off` overrides it).
+    pub critical: bool,
+    /// Bounds on its CPU weight (default: its own weight ÷ yield_divisor … × boost).
+    pub cpu_shares_min: Option<u64>,
+    pub cpu_shares_max: Option<u64>,
+    /// The highest cap ebb may give it, as a fraction of one vCPU; without
+    /// it ebb never raises its cap above the VM's own.
+    pub cpu_cap_max: Option<f64>,
+    /// The highest bandwidth limit ebb may give it, per second in each
+    /// direction; without it ebb never raises its limit above the VM's own.
+    pub net_max: Option<Size>,
+    /// The highest disk I/O limit (`blkdeviotune`) ebb may give its first
+    /// disk, per second; without it ebb never raises its limit above its own.
+    pub disk_max: Option<Size>,
+    /// The fewest vCPUs its guest keeps online while idle (the guest agent
+    /// offlines the rest); without it ebb leaves its vCPUs alone.
+    pub vcpus_min: Option<u32>,
+    /// The host CPUs ebb may pin its vCPUs to ("0-3,6"); without it ebb
+    /// leaves its affinity alone.
+    #[serde(default, deserialize_with = "de_cpus")]
+    pub cpus: Option<CpuSet>,
+}
+
+/// A CPU list such as "0-3,6".
+pub(crate) fn de_cpus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CpuSet>, D::Error> {
+    let text = String::deserialize(d)?;
+    let set = CpuSet::parse(&text).map_err(serde::de::Error::custom)?;
+    if set.is_empty() {
+        return Err(serde::de::Error::custom(format!("{text:?} names no CPU")));
+    }
+    Ok(Some(set))
+}
+
+impl VmReallocSection {
+    pub fn settings(&self) -> ReallocSettings {
+        ReallocSettings {
+            disabled: self.enabled == Some(false),
+            critical: self.critical,
+            shares_min: self.cpu_shares_min,
+            shares_max: self.cpu_shares_max,
+            cap_max: self.cpu_cap_max,
+            net_max: self.net_max.map(|s| s.0),
+            disk_max: self.disk_max.map(|s| s.0),
+            expected: None,
+        }
+    }
+}
+
+/// `[vm.NAME.sleep]`. The section is the opt-in: `enabled` defaults to true
+/// inside it, so `enabled = false` pauses the opt-in without deleting it.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct SleepSection {
+    pub enabled: bool,
+    /// "save" (managed save: memory freed, ~0.5 s to wake) or "pause" (memory kept, instant wake).
+    pub mode: SleepMode,
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_after: Duration,
+    /// Below this fraction of one vCPU the VM counts as idle.
+    pub cpu_threshold: f64,
+    /// Network and disk bytes per second below which the VM counts as idle.
+    pub net_threshold: Size,
+    pub disk_threshold: Size,
+}
+
+impl Default for SleepSection {
+    fn default() -> Self {
+        let d = SleepSettings::default();
+        SleepSection {
+            enabled: true,
+            mode: d.mode,
+            idle_after: Duration::from_millis(d.idle_after_ms),
+            cpu_threshold: d.cpu_threshold,
+            net_threshold: Size(d.net_threshold),
+            disk_threshold: Size(d.disk_threshold),
+        }
+    }
+}
+
+impl SleepSection {
+    pub fn settings(&self) -> SleepSettings {
+        SleepSettings {
+            enabled: self.enabled,
+            mode: self.mode,
+            idle_after_ms: self.idle_after.as_millis() as u64,
+            cpu_threshold: self.cpu_threshold,
+            net_threshold: self.net_threshold.0,
+            disk_threshold: self.disk_threshold.0,
+        }
+    }
+}
