@@ -8,11 +8,12 @@ use ebb_core::{Bytes, Millis, SleepMode, VmSettings, VmState};
 use serde::{Deserialize, Serialize};
 
 /// Where a setting's value came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     Config,
     Metadata,
+    #[default]
     Default,
 }
 
@@ -34,6 +35,13 @@ pub struct SettingSources {
     pub managed: Source,
     /// Where the sleep opt-in came from (`[vm.NAME.sleep]` or `<sleep>`).
     pub sleep: Source,
+    /// Where the reallocation bounds came from (`[vm.NAME.realloc]` or `<realloc>`).
+    #[serde(default)]
+    pub realloc: Source,
+    #[serde(default)]
+    pub value: Source,
+    #[serde(default)]
+    pub handles_power_events: Source,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

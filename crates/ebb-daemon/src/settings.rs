@@ -1,9 +1,11 @@
 //! Per-VM settings from two places, the config file's `[vm.NAME]` and the
 //! domain's libvirt `<metadata>` in ebb's namespace (so they travel with the
 //! VM). The config file wins; every value remembers where it came from.
+//! Every per-VM setting the agent uses is resolved here, and only here.
 
 use crate::api_types::{SettingSources, Source};
-use crate::config::VmSection;
+use crate::config::{Size, VmReallocSection, VmSection};
+use ebb_core::affinity::CpuSet;
 use ebb_core::sleep::SleepSettings;
 use ebb_core::{Bytes, SleepMode, VmSettings};
 use quick_xml::events::Event;
@@ -13,14 +15,19 @@ use quick_xml::events::Event;
 ///    <ebb:memory shares="2000" min="256MiB" max="1GiB"/>
 ///    <ebb:sleep mode="save" idle_after="30m"/></ebb:vm>`.
 /// A `<sleep>` element is the sleep opt-in, as a `[vm.NAME.sleep]` section
-/// is; its attributes carry the section's names.
-#[derive(Debug, Default, Clone, PartialEq)]
+/// is; its attributes carry the section's names. So do `<realloc>` (the
+/// `[vm.NAME.realloc]` section's) and `<power value="5"
+/// handles_power_events="no"/>` (the `[vm.NAME]` fields of those names).
+#[derive(Debug, Default, Clone)]
 pub struct MetadataSettings {
     pub shares: Option<u32>,
     pub min: Option<Bytes>,
     pub max: Option<Bytes>,
     pub managed: Option<bool>,
     pub sleep: Option<SleepSettings>,
+    pub realloc: Option<VmReallocSection>,
+    pub value: Option<u32>,
+    pub handles_power_events: Option<bool>,
 }
 
 pub fn parse_metadata(xml: &str) -> Result<MetadataSettings, String> {
@@ -60,11 +67,43 @@ pub fn parse_metadata(xml: &str) -> Result<MetadataSettings, String> {
                 ("memory", "min") => out.min = Some(parse_size(&value, &field)?),
                 ("memory", "max") => out.max = Some(parse_size(&value, &field)?),
                 ("sleep", _) => parse_sleep(out.sleep.get_or_insert_with(SleepSettings::default), &key, &value, &field)?,
+                ("realloc", _) => parse_realloc(out.realloc.get_or_insert_with(VmReallocSection::default), &key, &value, &field)?,
+                ("power", "value") => out.value = Some(value.parse().map_err(|_| format!("{field}: a whole number from 0 to {}", u32::MAX))?),
+                ("power", "handles_power_events") => {
+                    out.handles_power_events = Some(parse_bool(&value).ok_or(format!("{field}: use yes or no"))?)
+                }
                 _ => return Err(format!("{field}: ebb does not know this setting")),
             }
         }
     }
+    if let Some(r) = &out.realloc {
+        r.validate("<realloc>")?;
+    }
     Ok(out)
+}
+
+fn parse_realloc(r: &mut VmReallocSection, key: &str, value: &str, field: &str) -> Result<(), String> {
+    let whole = || value.parse::<u64>().map_err(|_| format!("{field}: a whole number"));
+    let yes_no = || parse_bool(value).ok_or(format!("{field}: use yes or no"));
+    match key {
+        "enabled" => r.enabled = Some(yes_no()?),
+        "critical" => r.critical = yes_no()?,
+        "cpu_shares_min" => r.cpu_shares_min = Some(whole()?),
+        "cpu_shares_max" => r.cpu_shares_max = Some(whole()?),
+        "cpu_cap_max" => r.cpu_cap_max = Some(value.parse().map_err(|_| format!("{field}: a fraction of one vCPU, like 1.5"))?),
+        "net_max" => r.net_max = Some(Size(parse_size(value, field)?)),
+        "disk_max" => r.disk_max = Some(Size(parse_size(value, field)?)),
+        "vcpus_min" => r.vcpus_min = Some(value.parse().map_err(|_| format!("{field}: a whole number of vCPUs"))?),
+        "cpus" => {
+            let set = CpuSet::parse(value).map_err(|e| format!("{field}: {e}"))?;
+            if set.is_empty() {
+                return Err(format!("{field}: names no CPU"));
+            }
+            r.cpus = Some(set);
+        }
+        _ => return Err(format!("{field}: ebb does not know this setting")),
+    }
+    Ok(())
 }
 
 fn parse_sleep(s: &mut SleepSettings, key: &str, value: &str, field: &str) -> Result<(), String> {
@@ -114,11 +153,17 @@ fn parse_size(v: &str, field: &str) -> Result<Bytes, String> {
     Ok(b)
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Resolved {
     pub settings: VmSettings,
     /// The sleep opt-in and its thresholds; None when the VM never sleeps.
     pub sleep: Option<SleepSettings>,
+    /// Reallocation bounds and flags (`[vm.NAME.realloc]` or `<realloc>`).
+    pub realloc: Option<VmReallocSection>,
+    /// Its value when power drops; None: not set (counted as 1).
+    pub value: Option<u32>,
+    /// false: saved before the others on low battery.
+    pub handles_power_events: bool,
     pub sources: SettingSources,
     /// Values that had to be ignored, in words.
     pub problems: Vec<String>,
@@ -140,12 +185,28 @@ pub fn resolve(config: Option<&VmSection>, meta: Option<&MetadataSettings>) -> R
     let (min, min_src) = pick(cfg.min.map(|s| Some(s.get_ref().0)), meta.min.map(Some), None);
     let (max, max_src) = pick(cfg.max.map(|s| Some(s.get_ref().0)), meta.max.map(Some), None);
     let (managed, m_src) = pick(cfg.managed, meta.managed, d.managed);
-    // A `[vm.NAME.sleep]` section replaces a `<sleep>` element as a whole.
+    // A `[vm.NAME.sleep]` section replaces a `<sleep>` element as a whole,
+    // and a `[vm.NAME.realloc]` section a `<realloc>` one.
     let (sleep, sleep_src) = pick(cfg.sleep.map(|s| Some(s.settings())), meta.sleep.map(Some), None);
+    let (realloc, realloc_src) = pick(cfg.realloc.map(Some), meta.realloc.map(Some), None);
+    let (value, value_src) = pick(cfg.value.map(Some), meta.value.map(Some), None);
+    let (handles_power_events, h_src) = pick(cfg.handles_power_events, meta.handles_power_events, true);
     let mut resolved = Resolved {
         settings: VmSettings { shares, min, max, managed },
         sleep,
-        sources: SettingSources { shares: s_src, min: min_src, max: max_src, managed: m_src, sleep: sleep_src },
+        realloc,
+        value,
+        handles_power_events,
+        sources: SettingSources {
+            shares: s_src,
+            min: min_src,
+            max: max_src,
+            managed: m_src,
+            sleep: sleep_src,
+            realloc: realloc_src,
+            value: value_src,
+            handles_power_events: h_src,
+        },
         problems: vec![],
     };
     // A min from one place above a max from the other: keep the guarantee,
@@ -174,15 +235,10 @@ mod tests {
     fn parses_metadata() {
         let m = parse_metadata(META).unwrap();
         assert_eq!(
-            m,
-            MetadataSettings {
-                shares: Some(2000),
-                min: Some(Bytes::from_mib(256)),
-                max: Some(Bytes::from_gib(1)),
-                managed: Some(true),
-                sleep: None
-            }
+            (m.shares, m.min, m.max, m.managed, m.sleep, m.value),
+            (Some(2000), Some(Bytes::from_mib(256)), Some(Bytes::from_gib(1)), Some(true), None, None)
         );
+        assert!(m.realloc.is_none() && m.handles_power_events.is_none());
     }
 
     #[test]
@@ -241,5 +297,39 @@ mod tests {
         assert_eq!(r.settings.min, Some(Bytes::from_gib(2)));
         assert_eq!(r.settings.max, None);
         assert_eq!(r.problems.len(), 1);
+    }
+
+    #[test]
+    fn realloc_and_power_settings_come_from_metadata_unless_the_config_has_them() {
+        let xml = r#"<ebb:vm xmlns:ebb="https://ebb.dev/xmlns/vm/1"><ebb:realloc critical="yes" cpu_shares_max="4096" net_max="10MiB" vcpus_min="1" cpus="0-1"/><ebb:power value="7" handles_power_events="no"/></ebb:vm>"#;
+        let m = parse_metadata(xml).unwrap();
+        let r = resolve(None, Some(&m));
+        let realloc = r.realloc.as_ref().unwrap();
+        assert!(realloc.critical);
+        assert_eq!((realloc.cpu_shares_max, realloc.net_max.map(|s| s.0), realloc.vcpus_min), (Some(4096), Some(Bytes::from_mib(10)), Some(1)));
+        assert_eq!(realloc.cpus.as_ref().map(|c| c.to_string()).as_deref(), Some("0-1"));
+        assert_eq!((r.value, r.handles_power_events), (Some(7), false));
+        assert_eq!((r.sources.realloc, r.sources.value, r.sources.handles_power_events), (Source::Metadata, Source::Metadata, Source::Metadata));
+
+        // The config's section replaces the element as a whole; its fields win one by one.
+        let cfg = Config::parse("[vm.web]\nvalue = 3\n[vm.web.realloc]\nvcpus_min = 2\n").unwrap();
+        let r = resolve(cfg.vm.get("web"), Some(&m));
+        let realloc = r.realloc.unwrap();
+        assert_eq!((realloc.critical, realloc.vcpus_min, realloc.cpus), (false, Some(2), None));
+        assert_eq!((r.value, r.sources.value, r.handles_power_events, r.sources.handles_power_events), (Some(3), Source::Config, false, Source::Metadata));
+        let r = resolve(None, None);
+        assert_eq!((r.value, r.handles_power_events, r.sources.handles_power_events), (None, true, Source::Default));
+
+        // The config file's rules hold for metadata too.
+        for (bad, says) in [
+            (r#"<vm><realloc vcpus_min="0"/></vm>"#, "vcpus_min = 0"),
+            (r#"<vm><realloc cpu_shares_min="900" cpu_shares_max="100"/></vm>"#, "above cpu_shares_max"),
+            (r#"<vm><realloc cpus="lots"/></vm>"#, "cpus=\"lots\""),
+            (r#"<vm><realloc boost="9"/></vm>"#, "does not know"),
+            (r#"<vm><power value="-1"/></vm>"#, "value=\"-1\""),
+        ] {
+            let e = parse_metadata(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

@@ -334,3 +334,33 @@ async fn on_paused_time_an_idle_vm_sleeps_at_its_hour_and_not_before() {
     assert!(slept.at.since(start) >= 3_600_000, "journaled at {} ms after the start, on the agent's clock", slept.at.since(start));
     w.stop().await;
 }
+
+/// Every per-VM setting resolves the same way, the domain's metadata
+/// included: a value and a reallocation bound from `<power>` and
+/// `<realloc>` are used, shown with their source, and the config wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_and_realloc_settings_come_from_metadata_with_their_source() {
+    let sim = SimHypervisor::new(Bytes::from_gib(16));
+    for name in ["meta", "both"] {
+        sim.add_vm(SimVm::new(name, Bytes::from_mib(512)));
+        let xml = r#"<ebb:vm xmlns:ebb="https://ebb.dev/xmlns/vm/1"><ebb:power value="7"/><ebb:realloc enabled="no"/></ebb:vm>"#;
+        sim.set_metadata(&VmId::new(name), Some(xml.into()));
+    }
+    let w = start_with(sim, "enabled = false", "[vm.both]\nvalue = 3\n").await;
+    let vms = w
+        .until("the metadata read", |vms, _| {
+            (vms.len() == 2 && vms.iter().all(|v| v.sources.value != ebb_daemon::api_types::Source::Default)).then(|| vms.to_vec())
+        })
+        .await;
+    let find = |n: &str| vms.iter().find(|v| v.name == n).unwrap().clone();
+    use ebb_daemon::api_types::Source;
+    assert_eq!((find("meta").sources.value, find("meta").sources.realloc), (Source::Metadata, Source::Metadata));
+    assert_eq!((find("both").sources.value, find("both").sources.realloc), (Source::Config, Source::Metadata));
+    // The value is the plan's, and clearing `ebb value` goes back to where it came from.
+    w.client.value("meta", Some(9)).await.unwrap();
+    let done = w.client.value("meta", None).await.unwrap().done;
+    assert!(done.contains("back to the metadata's 7"), "{done}");
+    let done = w.client.value("both", None).await.unwrap().done;
+    assert!(done.contains("back to the config's 3"), "{done}");
+    w.stop().await;
+}

@@ -126,7 +126,7 @@ impl Agent {
             in_flight: Vec::new(),
             known_states: HashMap::new(),
             sleep_policy: SleepPolicy::new(),
-            sleep_settings: BTreeMap::new(),
+            settings: BTreeMap::new(),
             realloc,
             realloc_cfg: cfg.realloc.policy_config(),
             live_tunes: HashMap::new(),

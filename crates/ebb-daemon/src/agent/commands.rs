@@ -85,7 +85,7 @@ impl Agent {
                 let answer = match self.sleep_refusal(&vm) {
                     Some(why) => Err(why),
                     None => {
-                        let mode = self.sleep_settings.get(&vm).map_or(SleepMode::Save, |s| s.mode);
+                        let mode = self.settings.get(&vm).and_then(|r| r.sleep.as_ref()).map_or(SleepMode::Save, |s| s.mode);
                         let reason = Reason::new(Rule::Sleep, format!("asked to sleep ({}) through the API", mode.as_str()));
                         self.act_now(Action::Sleep { vm, mode, reason }, at).await
                     }
@@ -179,8 +179,8 @@ impl Agent {
             }
             None => {
                 self.values.remove(&vm);
-                match self.cfg.vm_section(&vm).and_then(|s| s.value) {
-                    Some(v) => format!("value cleared: back to the config's {v}"),
+                match self.settings.get(&vm).and_then(|r| Some((r.value?, r.sources.value))) {
+                    Some((v, source)) => format!("value cleared: back to the {}'s {v}", source.as_str()),
                     None => "value cleared: not set (counted as 1)".to_string(),
                 }
             }

@@ -3,7 +3,6 @@
 //! this module only gives each policy its inputs.
 
 use super::*;
-use crate::settings::Resolved;
 use ebb_core::affinity::{AffinityDecision, AffinityVm};
 use ebb_core::compose::{compose, Decided};
 use ebb_core::memory::MemoryDecision;
@@ -12,12 +11,9 @@ use ebb_core::sleep::SleepDecision;
 use ebb_core::vcpus::{VcpuDecision, VcpuVm};
 use ebb_core::{Action, Millis, Observation, VmId};
 use ebb_surrogate::VmPower;
-use std::collections::BTreeMap;
 
 /// What the policies decided this tick.
 pub(super) struct Decisions {
-    /// Each VM's settings and where they came from.
-    pub resolved: BTreeMap<VmId, Resolved>,
     pub memory: MemoryDecision,
     pub idle: SleepDecision,
     /// None when reallocation is off; affinity and vCPUs follow it.
@@ -28,12 +24,12 @@ pub(super) struct Decisions {
 
 impl Agent {
     pub(super) fn decide(&mut self, obs: &Observation, cpus: &CpuReadings, at: Millis) -> Decisions {
-        let resolved = self.resolve_settings(obs);
-        let settings = resolved.iter().map(|(id, r)| (id.clone(), r.settings.clone())).collect();
-        let memory = self.policy.decide(obs, &settings, &self.mem_cfg, at);
+        self.resolve_settings(obs);
+        let memory_settings = self.settings.iter().map(|(id, r)| (id.clone(), r.settings.clone())).collect();
+        let memory = self.policy.decide(obs, &memory_settings, &self.mem_cfg, at);
         self.note_skips(&memory, at);
-        self.sleep_settings = resolved.iter().filter_map(|(id, r)| Some((id.clone(), r.sleep.clone()?))).collect();
-        let idle = self.sleep_policy.decide(obs, &self.sleep_settings, &self.traffic(), at);
+        let sleep_settings = self.settings.iter().filter_map(|(id, r)| Some((id.clone(), r.sleep.clone()?))).collect();
+        let idle = self.sleep_policy.decide(obs, &sleep_settings, &self.traffic(), at);
         let realloc = self.realloc_cfg.enabled.then(|| {
             let settings = self.realloc_settings(obs);
             self.realloc.decide(obs, &settings, &self.realloc_cfg, at)
@@ -55,7 +51,7 @@ impl Agent {
             .map(|(vm, e)| (vm, Err(e)))
             .chain(vcpus.iter().flat_map(|d| d.views.iter()).map(|v| (v.vm.clone(), Ok(v.clone()))))
             .collect();
-        Decisions { resolved, memory, idle, realloc, affinity, vcpus }
+        Decisions { memory, idle, realloc, affinity, vcpus }
     }
 
     /// Pins for the VMs ebb may pin, with what each usually runs at this hour.

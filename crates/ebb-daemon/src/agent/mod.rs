@@ -26,7 +26,7 @@ use crate::api_types::{Connection, DevicesView, PlanView, SleepRecord, Snapshot}
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::journal::{Journal, Kind};
-use crate::settings::MetadataSettings;
+use crate::settings::{MetadataSettings, Resolved};
 use crate::words::vm_state_word;
 use ebb_backends::platform::Platform;
 use ebb_backends::{HvError, Hypervisor};
@@ -37,7 +37,7 @@ use ebb_core::memory::{MemoryConfig, MemoryPolicy};
 use ebb_core::needs::VmNeeds;
 use ebb_core::realloc::{ReallocConfig, ReallocPolicy, Tunes};
 use ebb_core::vcpus::{OnlineVcpus, VcpuPolicy, VcpuView};
-use ebb_core::sleep::{SleepPolicy, SleepSettings};
+use ebb_core::sleep::SleepPolicy;
 use ebb_surrogate::{Surrogate, SurrogateEvent};
 use ebb_core::{Bytes, Millis, Tune, VmId, VmState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -106,9 +106,9 @@ pub struct Agent {
     sleep_policy: SleepPolicy,
     /// The VMs ebb holds asleep (also in the journal, for restarts).
     sleeping: BTreeMap<VmId, SleepRecord>,
-    /// Each VM's sleep settings from the last tick (config or metadata);
-    /// VMs that never sleep are absent.
-    sleep_settings: BTreeMap<VmId, SleepSettings>,
+    /// Each observed VM's settings as resolved at the last tick (config
+    /// over metadata over defaults): the one place the agent reads them.
+    settings: BTreeMap<VmId, Resolved>,
     realloc: ReallocPolicy,
     realloc_cfg: ReallocConfig,
     /// Each running VM's live CPU tune and when it was read.
@@ -232,7 +232,7 @@ impl Agent {
         self.model_draw = d.realloc.as_ref().map(|r| self.model_draw(&obs, r));
         self.power_tick(&obs, at).await;
         self.devices_tick(&obs, at).await;
-        self.publish(Some((&obs, &d.resolved)), Some((&d.memory, &d.idle, d.realloc.as_ref())), started, at);
+        self.publish(Some(&obs), Some((&d.memory, &d.idle, d.realloc.as_ref())), started, at);
         self.in_flight = d.memory.vms.iter().filter(|v| v.skipped.is_none() && v.target.is_some() && v.target != v.actual).map(|v| v.vm.clone()).collect();
         self.cfg.memory.enabled && !self.in_flight.is_empty()
     }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::journal::Kind;
-use crate::settings::{self, Resolved};
+use crate::settings::{self};
 use ebb_backends::HvError;
 use ebb_core::affinity::CpuSet;
 use ebb_core::realloc::ReallocSettings;
@@ -39,8 +39,9 @@ impl Agent {
     pub(super) async fn observe(&mut self, started: Instant, at: Millis) -> Option<Observed> {
         let needs_metadata = self.metadata_due(at);
         let needs_tune = self.tune_due(at);
-        let bounded: BTreeSet<VmId> = self.cfg.vm.keys().map(VmId::new).filter(|id| self.cpus_bound(id).is_some()).collect();
-        let with_vcpus_min: BTreeSet<VmId> = self.cfg.vm.keys().map(VmId::new).filter(|id| self.vcpus_min(id).is_some()).collect();
+        // As resolved at the last tick (a VM's first tick reads none).
+        let bounded: BTreeSet<VmId> = self.settings.keys().filter(|id| self.cpus_bound(id).is_some()).cloned().collect();
+        let with_vcpus_min: BTreeSet<VmId> = self.settings.keys().filter(|id| self.vcpus_min(id).is_some()).cloned().collect();
         let needs_sources = self.disk_sources_due(at);
         let filter = self.cfg.agent.clone();
         let in_flight = self.in_flight.clone();
@@ -170,7 +171,9 @@ impl Agent {
         self.known_vms = seen;
     }
 
-    pub(super) fn resolve_settings(&mut self, obs: &Observation) -> BTreeMap<VmId, Resolved> {
+    /// Resolves each observed VM's settings (config over metadata over
+    /// defaults) into `self.settings`, journaling new problems once.
+    pub(super) fn resolve_settings(&mut self, obs: &Observation) {
         let mut out = BTreeMap::new();
         for vm in &obs.vms {
             let (meta, mut problems) = match self.metadata.get(&vm.id).map(|m| &m.settings) {
@@ -190,16 +193,16 @@ impl Agent {
             }
             out.insert(vm.id.clone(), r);
         }
-        out
+        self.settings = out;
     }
 
-    /// Each observed VM's reallocation bounds from its `[vm.NAME.realloc]`,
-    /// with the `ebb critical` flag over the config's, in observation order.
+    /// Each observed VM's reallocation bounds (`[vm.NAME.realloc]` or
+    /// `<realloc>`), with the `ebb critical` flag over them, in observation order.
     pub(super) fn realloc_settings(&self, obs: &Observation) -> Vec<ReallocSettings> {
         obs.vms
             .iter()
             .map(|vm| {
-                let mut s = self.cfg.vm_section(&vm.id).and_then(|s| s.realloc.as_ref()).map(|r| r.settings()).unwrap_or_default();
+                let mut s = self.settings.get(&vm.id).and_then(|r| r.realloc.as_ref()).map(|r| r.settings()).unwrap_or_default();
                 s.expected = self.needs.get(&vm.id).and_then(|n| n.expected(obs.at, &self.realloc_cfg));
                 if let Some(on) = self.critical.get(&vm.id) {
                     s.critical = *on;
@@ -285,18 +288,23 @@ impl Agent {
         }
     }
 
-    /// The fewest vCPUs ebb may leave online in a VM's guest (`[vm.NAME.realloc] vcpus_min`).
+    /// The fewest vCPUs ebb may leave online in a VM's guest (`vcpus_min`).
     pub(super) fn vcpus_min(&self, vm: &VmId) -> Option<u32> {
-        self.cfg.vm_section(vm)?.realloc.as_ref()?.vcpus_min
+        self.settings.get(vm)?.realloc.as_ref()?.vcpus_min
     }
 
-    /// The CPUs ebb may pin a VM to (`[vm.NAME.realloc] cpus`).
+    /// The CPUs ebb may pin a VM to (`cpus`).
     pub(super) fn cpus_bound(&self, vm: &VmId) -> Option<CpuSet> {
-        self.cfg.vm_section(vm)?.realloc.as_ref()?.cpus.clone()
+        self.settings.get(vm)?.realloc.as_ref()?.cpus.clone()
     }
 
-    /// A VM's value when power drops: `ebb value`'s, else the config's.
+    /// A VM's value when power drops: `ebb value`'s, else its settings'.
     pub(super) fn value_of(&self, vm: &VmId) -> Option<u32> {
-        self.values.get(vm).copied().or_else(|| self.cfg.vm_section(vm).and_then(|s| s.value))
+        self.values.get(vm).copied().or_else(|| self.settings.get(vm)?.value)
+    }
+
+    /// Whether a VM's guest handles power events itself (else it is saved first on low battery).
+    pub(super) fn handles_power_events(&self, vm: &VmId) -> bool {
+        self.settings.get(vm).is_none_or(|r| r.handles_power_events)
     }
 }

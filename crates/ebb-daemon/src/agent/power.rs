@@ -153,7 +153,7 @@ impl Agent {
             .filter(|v| matches!(v.state, VmState::Running | VmState::Paused) && !self.sleeping.contains_key(&v.id))
             .map(|v| RunningVm {
                 id: v.id.clone(),
-                handles_power_events: self.cfg.vm_section(&v.id).and_then(|s| s.handles_power_events).unwrap_or(true),
+                handles_power_events: self.handles_power_events(&v.id),
             })
             .collect();
         let saves = self.low_battery_sequence.saves(running.clone(), why);

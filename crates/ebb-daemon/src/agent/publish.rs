@@ -2,21 +2,20 @@
 
 use super::*;
 use crate::api_types::{Connection, PowerStatus, Snapshot, Status, VmInfo};
-use crate::settings::Resolved;
 use ebb_core::affinity::AffinityView;
 use ebb_core::memory::{MemoryDecision, VmMemoryView};
 use ebb_core::realloc::{ReallocDecision, VmReallocView};
 use ebb_core::vcpus::VcpuView;
 use ebb_core::sleep::{SleepDecision, VmIdleView};
 use ebb_core::{Bytes, Millis, Observation, VmId};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 impl Agent {
     pub(super) fn publish(
         &self,
-        seen: Option<(&Observation, &BTreeMap<VmId, Resolved>)>,
+        seen: Option<&Observation>,
         decisions: Option<(&MemoryDecision, &SleepDecision, Option<&ReallocDecision>)>,
         started: Instant,
         at: Millis,
@@ -24,17 +23,17 @@ impl Agent {
         let tick_ms = started.elapsed().as_secs_f64() * 1000.0;
         let decision = decisions.map(|d| d.0);
         let (obs, vms) = match (seen, decisions) {
-            (Some((obs, resolved)), Some((decision, idle, realloc))) => {
+            (Some(obs), Some((decision, idle, realloc))) => {
                 let views: HashMap<&VmId, &VmMemoryView> = decision.vms.iter().map(|v| (&v.vm, v)).collect();
                 let realloc_views: HashMap<&VmId, &VmReallocView> =
                     realloc.map(|d| d.views.iter().map(|v| (&v.vm, v)).collect()).unwrap_or_default();
                 let idle_views: HashMap<&VmId, &VmIdleView> = idle.views.iter().map(|v| (&v.vm, v)).collect();
-                let with_sleep = |id: &VmId| self.sleep_settings.contains_key(id);
+                let with_sleep = |id: &VmId| self.settings.get(id).is_some_and(|r| r.sleep.is_some());
                 let vms = obs
                     .vms
                     .iter()
                     .filter_map(|vm| {
-                        let r = resolved.get(&vm.id)?;
+                        let r = self.settings.get(&vm.id)?;
                         Some(VmInfo {
                             name: vm.id.to_string(),
                             state: vm.state,

@@ -141,32 +141,7 @@ impl Config {
                 check_cpu_threshold(&format!("vm.{name}.sleep.cpu_threshold"), sleep.cpu_threshold)?;
             }
             if let Some(r) = &vm.realloc {
-                if let (Some(lo), Some(hi)) = (r.cpu_shares_min, r.cpu_shares_max) {
-                    if lo > hi {
-                        return Err(format!("vm.{name}.realloc.cpu_shares_min ({lo}) is above cpu_shares_max ({hi})"));
-                    }
-                }
-                if r.cpu_shares_min == Some(0) || r.cpu_shares_max == Some(0) {
-                    return Err(format!("vm.{name}.realloc: CPU weights start at 2 (libvirt's minimum)"));
-                }
-                if let Some(c) = r.cpu_cap_max {
-                    let hint = " (a fraction of one vCPU: 1.0 is a whole CPU)";
-                    number(&format!("vm.{name}.realloc.cpu_cap_max"), c, Range::OpenClosed(0.0, f64::from(MAX_CPUS)), hint)?;
-                }
-                if r.disk_max.is_some_and(|Size(m)| m < Bytes::from_kib(1)) {
-                    return Err(format!("vm.{name}.realloc.disk_max must be at least 1 KiB per second"));
-                }
-                if r.vcpus_min == Some(0) {
-                    return Err(format!("vm.{name}.realloc.vcpus_min = 0: a guest keeps at least one vCPU online"));
-                }
-                // libvirt takes limits as whole KiB/s in 32 bits.
-                if let Some(Size(max)) = r.net_max {
-                    if max < Bytes::from_kib(1) || max.0 / 1024 > u64::from(u32::MAX) {
-                        return Err(format!(
-                            "vm.{name}.realloc.net_max = {max} is outside what libvirt takes: 1 KiB to 4 TiB per second"
-                        ));
-                    }
-                }
+                r.validate(&format!("vm.{name}.realloc"))?;
             }
             if let Some(shares) = &vm.shares {
                 if *shares.get_ref() == 0 {

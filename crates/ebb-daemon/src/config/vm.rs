@@ -73,6 +73,36 @@ pub(crate) fn de_cpus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CpuSet>,
 }
 
 impl VmReallocSection {
+    /// The section's own rules, for the config file (`field` is
+    /// `vm.NAME.realloc`) and the domain's metadata alike.
+    pub fn validate(&self, field: &str) -> Result<(), String> {
+        if let (Some(lo), Some(hi)) = (self.cpu_shares_min, self.cpu_shares_max) {
+            if lo > hi {
+                return Err(format!("{field}.cpu_shares_min ({lo}) is above cpu_shares_max ({hi})"));
+            }
+        }
+        if self.cpu_shares_min == Some(0) || self.cpu_shares_max == Some(0) {
+            return Err(format!("{field}: CPU weights start at 2 (libvirt's minimum)"));
+        }
+        if let Some(c) = self.cpu_cap_max {
+            let hint = " (a fraction of one vCPU: 1.0 is a whole CPU)";
+            number(&format!("{field}.cpu_cap_max"), c, Range::OpenClosed(0.0, f64::from(MAX_CPUS)), hint)?;
+        }
+        if self.disk_max.is_some_and(|Size(m)| m < Bytes::from_kib(1)) {
+            return Err(format!("{field}.disk_max must be at least 1 KiB per second"));
+        }
+        if self.vcpus_min == Some(0) {
+            return Err(format!("{field}.vcpus_min = 0: a guest keeps at least one vCPU online"));
+        }
+        // libvirt takes limits as whole KiB/s in 32 bits.
+        if let Some(Size(max)) = self.net_max {
+            if max < Bytes::from_kib(1) || max.0 / 1024 > u64::from(u32::MAX) {
+                return Err(format!("{field}.net_max = {max} is outside what libvirt takes: 1 KiB to 4 TiB per second"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn settings(&self) -> ReallocSettings {
         ReallocSettings {
             disabled: self.enabled == Some(false),
