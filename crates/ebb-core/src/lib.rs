@@ -22,6 +22,7 @@ macro_rules! reason_as_text {
 }
 
 pub mod affinity;
+pub mod cpuset;
 pub mod memory;
 pub mod devices;
 pub mod model;

@@ -377,7 +377,7 @@ pub enum Action {
     /// Set a running VM's CPU weight and cap (virDomainSetSchedulerParameters, live).
     SetTune { vm: VmId, tune: Tune, reason: Reason },
     /// Pin a running VM's vCPUs to host CPUs (virDomainPinVcpuFlags, live), one set per vCPU.
-    SetPins { vm: VmId, pins: Vec<crate::affinity::CpuSet>, reason: Reason },
+    SetPins { vm: VmId, pins: Vec<crate::cpuset::CpuSet>, reason: Reason },
     /// Have a VM's guest keep `count` vCPUs online (virDomainSetVcpusFlags
     /// with VIR_DOMAIN_VCPU_GUEST, through its agent).
     SetGuestVcpus { vm: VmId, count: u32, reason: Reason },
