@@ -593,14 +593,8 @@ fn apply_resumed(st: &mut VmMem, r: Resumed) {
 }
 
 fn skip_reason(vm: &VmObservation, s: &VmSettings) -> Option<String> {
-    let state = match vm.state {
-        VmState::Running => None,
-        VmState::Paused => Some("paused"),
-        VmState::ShutOff => Some("shut off"),
-        VmState::Other => Some("crashed, suspended or migrating"),
-    };
-    if let Some(state) = state {
-        return Some(format!("not running ({state})"));
+    if vm.state != VmState::Running {
+        return Some(format!("not running ({})", vm.state));
     }
     if !s.managed {
         return Some("not managed (managed = false)".into());

@@ -66,6 +66,25 @@ pub enum VmState {
     Other,
 }
 
+impl VmState {
+    /// The state in words, the same in every view and message: "not running
+    /// (paused)", "web is shut off".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::ShutOff => "shut off",
+            VmState::Other => "crashed, suspended or migrating",
+        }
+    }
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VmObservation {
     pub id: VmId,

@@ -579,7 +579,7 @@ impl ReallocPolicy {
                 view.skipped = Some(match (v.state, v.tune) {
                     (VmState::Running, None) => "libvirt reports no CPU scheduler parameters for it".into(),
                     (VmState::Running, Some(_)) => "the hypervisor reports no activity counters for it".into(),
-                    (state, _) => format!("not running ({})", state_words(state)),
+                    (state, _) => format!("not running ({state})"),
                 });
                 d.views.push(view);
                 continue;
@@ -898,15 +898,6 @@ fn rates_words(v: &VmReallocView) -> String {
             r.net
         ),
         _ => String::new(),
-    }
-}
-
-fn state_words(s: VmState) -> &'static str {
-    match s {
-        VmState::Running => "running",
-        VmState::Paused => "paused",
-        VmState::ShutOff => "shut off",
-        VmState::Other => "in another state",
     }
 }
 
