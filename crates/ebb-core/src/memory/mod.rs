@@ -133,8 +133,7 @@ impl MemoryPolicy {
         let defaults = VmSettings::default();
 
         // State and settings are sorted by id like `order`.
-        let order = state::id_order(obs);
-        let mut states = state::align(std::mem::take(&mut self.vms), obs, &order, t.step_min, now);
+        let (order, mut states) = state::align(std::mem::take(&mut self.vms), obs, t.step_min, now);
         let mut views: Vec<VmMemoryView> = Vec::with_capacity(order.len());
         let mut work: Vec<Work> = Vec::with_capacity(order.len());
         let mut pool_used = Bytes::ZERO;
@@ -145,7 +144,8 @@ impl MemoryPolicy {
 
         for (k, &i) in order.iter().enumerate() {
             let vm = &obs.vms[i];
-            while set_iter.peek().is_some_and(|(id, _)| *id < &vm.id) {
+            // Equal first: ids shared with the observation compare by pointer.
+            while set_iter.peek().is_some_and(|(id, _)| *id != &vm.id && *id < &vm.id) {
                 set_iter.next();
             }
             let s = match set_iter.peek() {

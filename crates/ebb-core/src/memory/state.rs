@@ -92,33 +92,28 @@ impl VmMem {
     }
 }
 
-/// The indices of `obs.vms` in id order (the observation usually is).
-pub(super) fn id_order(obs: &Observation) -> Vec<usize> {
+/// The indices of `obs.vms` in id order, and the state of each VM in that
+/// order. Usually the same VMs are observed as last tick, in the same
+/// order: the state is reused in place, and since it is sorted by id the
+/// observation is too (one pointer comparison per VM, no string compared).
+/// Otherwise a merge walk (both sides sorted by id) rebuilds it, dropping
+/// VMs that are gone and starting new ones at `step`.
+pub(super) fn align(
+    states: Vec<(VmId, VmMem)>,
+    obs: &Observation,
+    step: Bytes,
+    now: Millis,
+) -> (Vec<usize>, Vec<(VmId, VmMem)>) {
+    if states.len() == obs.vms.len() && obs.vms.iter().zip(&states).all(|(v, (id, _))| &v.id == id) {
+        return ((0..obs.vms.len()).collect(), states);
+    }
     let mut order: Vec<usize> = (0..obs.vms.len()).collect();
     if !obs.vms.windows(2).all(|w| w[0].id <= w[1].id) {
         order.sort_by(|&a, &b| obs.vms[a].id.cmp(&obs.vms[b].id));
     }
-    order
-}
-
-/// The state of each VM of `order`, in that order. Usually the same VMs
-/// are observed as last tick and the state is reused in place; otherwise a
-/// merge walk (both sides sorted by id) rebuilds it, dropping VMs that are
-/// gone and starting new ones at `step`.
-pub(super) fn align(
-    states: Vec<(VmId, VmMem)>,
-    obs: &Observation,
-    order: &[usize],
-    step: Bytes,
-    now: Millis,
-) -> Vec<(VmId, VmMem)> {
-    let same = states.len() == order.len() && order.iter().zip(&states).all(|(&i, (id, _))| &obs.vms[i].id == id);
-    if same {
-        return states;
-    }
     let mut old = states.into_iter().peekable();
     let mut aligned = Vec::with_capacity(order.len());
-    for &i in order {
+    for &i in &order {
         let id = &obs.vms[i].id;
         while old.peek().is_some_and(|(o, _)| o < id) {
             old.next();
@@ -128,5 +123,5 @@ pub(super) fn align(
             _ => (id.clone(), VmMem::new(step, now)),
         });
     }
-    aligned
+    (order, aligned)
 }
