@@ -72,16 +72,33 @@ impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
         if b >= GIB {
-            let g = b as f64 / GIB as f64;
-            if b.is_multiple_of(GIB) { write!(f, "{} GiB", b / GIB) } else { write!(f, "{g:.2} GiB") }
+            if b.is_multiple_of(GIB) { write!(f, "{} GiB", b / GIB) } else { fixed(f, b, 30, 2, " GiB") }
         } else if b >= MIB {
-            if b.is_multiple_of(MIB) { write!(f, "{} MiB", b / MIB) } else { write!(f, "{:.1} MiB", self.mib_f64()) }
+            if b.is_multiple_of(MIB) { write!(f, "{} MiB", b / MIB) } else { fixed(f, b, 20, 1, " MiB") }
         } else if b >= KIB {
             write!(f, "{} KiB", b / KIB)
         } else {
             write!(f, "{b} B")
         }
     }
+}
+
+/// `n / 2^shift` with `digits` decimals, exactly as `{:.N}` prints the
+/// float `n as f64 / 2^shift` (rounded half to even), but in integers:
+/// float formatting was most of the cost of the memory policy's reasons,
+/// hundreds of which a big host writes every tick. From 2^53 on, where the
+/// float is no longer exact, the float is printed.
+fn fixed(f: &mut fmt::Formatter<'_>, n: u64, shift: u32, digits: usize, unit: &str) -> fmt::Result {
+    if n >= 1 << f64::MANTISSA_DIGITS {
+        return write!(f, "{:.*}{unit}", digits, n as f64 / (1u64 << shift) as f64);
+    }
+    let scale = 10u64.pow(digits as u32);
+    let x = n * scale; // < 2^53 × 100: no overflow
+    let (mut q, r, half) = (x >> shift, x & ((1 << shift) - 1), 1 << (shift - 1));
+    if r > half || (r == half && q % 2 == 1) {
+        q += 1;
+    }
+    write!(f, "{}.{:0digits$}{unit}", q / scale, q % scale)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -171,5 +188,36 @@ mod tests {
         assert_eq!(Bytes::from_mib(512).to_string(), "512 MiB");
         assert_eq!(Bytes::from_mib(1536).to_string(), "1.50 GiB");
         assert_eq!(Bytes::from_gib(2).to_string(), "2 GiB");
+    }
+
+    /// The float formatting `Display` once used, which `fixed` must match.
+    fn by_float(b: u64) -> String {
+        if b >= GIB && !b.is_multiple_of(GIB) {
+            format!("{:.2} GiB", b as f64 / GIB as f64)
+        } else if (MIB..GIB).contains(&b) && !b.is_multiple_of(MIB) {
+            format!("{:.1} MiB", b as f64 / MIB as f64)
+        } else {
+            Bytes(b).to_string()
+        }
+    }
+
+    #[test]
+    fn decimals_match_float_formatting_ties_included() {
+        // Exact ties (an odd multiple of 2^27 is x.xx5 GiB, of 2^18 x.x5 MiB)
+        // round half to even, as float formatting does: 1.125 GiB is "1.12".
+        assert_eq!(Bytes(9 << 27).to_string(), "1.12 GiB");
+        assert_eq!(Bytes(11 << 27).to_string(), "1.38 GiB");
+        for k in 0..20_000u64 {
+            for b in [(2 * k + 1) << 27, (2 * k + 1) << 18, k * 104_729 + MIB, k * 1_234_567_891 + GIB, (1 << 53) - 1 - k, (1 << 53) + k * 999, u64::MAX - k] {
+                assert_eq!(Bytes(b).to_string(), by_float(b), "{b}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_size_prints_as_float_formatting_does(b in 0u64..(1 << 54)) {
+            proptest::prop_assert_eq!(Bytes(b).to_string(), by_float(b));
+        }
     }
 }
