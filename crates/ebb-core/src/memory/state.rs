@@ -3,6 +3,7 @@
 
 use crate::model::*;
 use crate::units::*;
+use std::sync::Arc;
 
 /// Per-VM memory as the agent restores it from its journal after a restart.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,7 +33,7 @@ pub(super) struct VmMem {
     /// guest "at used + headroom" would really have almost nothing free.
     /// None until measured on settled stats.
     pub overhead: Option<Bytes>,
-    pub last_reason: Option<Reason>,
+    pub last_reason: Option<Arc<Reason>>,
 }
 
 #[derive(Debug, Clone, Copy)]
