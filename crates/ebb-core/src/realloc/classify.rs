@@ -77,11 +77,12 @@ impl Track {
     }
 }
 
-/// Reads one observed VM: its rates, what it is bound on and its held
-/// class, and whether its tunes were changed behind ebb. A running VM's
-/// CPU demand is added to `host_demand`; its gain and contention are seen
-/// against the last tick's saturation (`saturated_last`), so the pass over
-/// the VMs is one.
+/// Reads one observed VM into its `view` (fresh, in place: a view is big,
+/// and 10,000 of them are not built aside and copied over): its rates, what
+/// it is bound on and its held class, and whether its tunes were changed
+/// behind ebb. Returns what a VM with rates asks of the host's CPUs, in
+/// CPUs' worth. Its gain and contention are seen against the last tick's
+/// saturation (`saturated_last`), so the pass over the VMs is one.
 pub(super) fn read(
     v: &VmObservation,
     per: &mut PerVm,
@@ -89,9 +90,8 @@ pub(super) fn read(
     cfg: &ReallocConfig,
     saturated_last: bool,
     now: Millis,
-    host_demand: &mut f64,
-) -> VmReallocView {
-    let mut view = VmReallocView::new(v.id.clone());
+    view: &mut VmReallocView,
+) -> Option<f64> {
     view.critical = s.critical;
     view.expected = s.expected;
     view.current = v.tune;
@@ -101,7 +101,7 @@ pub(super) fn read(
             (VmState::Running, Some(_)) => "the hypervisor reports no activity counters for it".into(),
             (state, _) => format!("not running ({state})"),
         });
-        return view;
+        return None;
     };
     let track = per.track.get_or_insert_with(|| Track::fresh(now, activity, s.expected));
     track.seen = now;
@@ -122,6 +122,7 @@ pub(super) fn read(
     }
     view.base = Some(tunes.base);
 
+    let mut demand_on_host = None;
     if let Some(r) = track.rates {
         let vcpus = activity.vcpus.max(1) as f64;
         // What it asks for: what it ran plus what it waited to run.
@@ -150,7 +151,7 @@ pub(super) fn read(
         view.bound = bound;
         track.net_gains.see(at_net_limit, now, cfg.class_after_ms);
         track.disk_gains.see(at_disk_limit, now, cfg.class_after_ms);
-        *host_demand += (r.cpu + r.vcpu_wait).min(vcpus);
+        demand_on_host = Some((r.cpu + r.vcpu_wait).min(vcpus));
         let waits = r.vcpu_wait >= cfg.wait_contended;
         track.gains.see(bound.cpu && (at_cap || waits || saturated_last), now, cfg.class_after_ms);
         // A capped VM's wait is its own cap holding it back.
@@ -163,7 +164,7 @@ pub(super) fn read(
         && (track.contended.value == Some(true) || matches!(track.contended.pending, Some((true, _))));
     // Held like the class: a raised limit lets its rate pass the old
     // one, and a dip below it for a tick must not undo the raise.
-    view.at_net_limit = is_net_bound(&view, track.class.value) && track.net_gains.value == Some(true);
+    view.at_net_limit = is_net_bound(view, track.class.value) && track.net_gains.value == Some(true);
     view.at_disk_limit = matches!(track.class.value, Some(Class::DiskBound | Class::Mixed))
         && view.bound.disk
         && track.disk_gains.value == Some(true);
@@ -172,7 +173,7 @@ pub(super) fn read(
     if s.disabled {
         view.skipped = Some("reallocation is disabled for this VM".into());
     }
-    view
+    demand_on_host
 }
 
 pub(super) fn is_disk_bound(v: &VmReallocView) -> bool {

@@ -135,15 +135,12 @@ impl ReallocPolicy {
         &mut self.vms[i]
     }
 
-    /// Puts `vms` in the observation's order when it is not already (a VM
-    /// came or went, or libvirt listed them differently): entries of VMs
-    /// not observed go last, and only while they hold tunes.
+    /// Puts `vms` in the observation's order (a VM came or went, or libvirt
+    /// listed them differently): entries of VMs not observed go last, and
+    /// only while they hold tunes. The tick checks the order as it goes,
+    /// and calls this at the first VM out of place: the entries before it
+    /// are in place, and keep what the tick did to them.
     fn align(&mut self, obs: &Observation) {
-        let n = obs.vms.len();
-        let aligned = self.vms.len() >= n && obs.vms.iter().zip(&self.vms).all(|(o, p)| o.id == p.id);
-        if aligned {
-            return;
-        }
         let mut old: HashMap<VmId, PerVm> = self.vms.drain(..).map(|p| (p.id.clone(), p)).collect();
         self.vms.extend(obs.vms.iter().map(|o| old.remove(&o.id).unwrap_or_else(|| PerVm::new(o.id.clone()))));
         let mut rest: Vec<PerVm> = old.into_values().filter(|p| p.tunes.is_some()).collect();
@@ -163,16 +160,29 @@ impl ReallocPolicy {
         now: Millis,
     ) -> ReallocDecision {
         let defaults = ReallocSettings::default();
-        let mut d = ReallocDecision::default();
+        let mut d = ReallocDecision { views: Vec::with_capacity(obs.vms.len()), ..ReallocDecision::default() };
 
-        // Read: rates, bound, class, and whose tunes changed behind ebb.
+        // Read: rates, bound, class, and whose tunes changed behind ebb;
+        // the conflicts are counted on the way. A track not seen this tick
+        // goes (the VMs past the observed ones are not).
         let own: Vec<&ReallocSettings> = (0..obs.vms.len()).map(|i| settings.get(i).unwrap_or(&defaults)).collect();
-        self.align(obs);
-        for ((v, per), &s) in obs.vms.iter().zip(self.vms.iter_mut()).zip(&own) {
-            let view = classify::read(v, per, s, cfg, self.saturated_last, now, &mut d.host_demand);
-            d.views.push(view);
+        let mut tally = tune::Tally::default();
+        for (i, (v, &s)) in obs.vms.iter().zip(&own).enumerate() {
+            if self.vms.get(i).is_none_or(|p| p.id != v.id) {
+                self.align(obs);
+            }
+            let per = &mut self.vms[i];
+            d.views.push(VmReallocView::new(v.id.clone()));
+            let view = d.views.last_mut().expect("just pushed");
+            if let Some(demand) = classify::read(v, per, s, cfg, self.saturated_last, now, view) {
+                d.host_demand += demand;
+            }
+            tally.see(view);
+            if per.track.as_ref().is_some_and(|t| t.seen != now) {
+                per.track = None;
+            }
         }
-        for per in &mut self.vms {
+        for per in &mut self.vms[obs.vms.len()..] {
             if per.track.as_ref().is_some_and(|t| t.seen != now) {
                 per.track = None;
             }
@@ -186,7 +196,7 @@ impl ReallocPolicy {
 
         // The conflict checks: two or more VMs that would gain, competing
         // for the same host CPUs, disks or links: raising one robs the other.
-        let contention = tune::Contention::new(&d.views, obs.host_cpus, d.host_demand, d.saturated);
+        let contention = tune::Contention::new(tally, obs.host_cpus, d.host_demand, d.saturated);
 
         // Decide each VM's tune.
         for ((view, s), per) in d.views.iter_mut().zip(own).zip(&self.vms).filter(|((v, _), _)| v.skipped.is_none()) {

@@ -18,17 +18,67 @@ const IO_WEIGHT_MAX: u32 = 1000;
 /// The VMs bound on one resource and not critical: two or more conflict.
 /// Each conflict's reason names up to three of the others, from one shared
 /// list: thousands of contenders must not cost n² or n lists.
-pub(super) struct Rivals {
-    named: Arc<[VmId]>,
+#[derive(Default)]
+struct Rivals {
+    named: Vec<VmId>,
     total: usize,
 }
 
 impl Rivals {
-    fn of(views: &[VmReallocView], bound: impl Fn(&VmReallocView) -> bool) -> Rivals {
-        let mut them = views.iter().filter(|v| v.skipped.is_none() && !v.critical && bound(v));
-        let named: Arc<[VmId]> = them.by_ref().take(4).map(|v| v.vm.clone()).collect();
-        let total = named.len() + them.count();
-        Rivals { named, total }
+    fn add(&mut self, vm: &VmId) {
+        if self.named.len() < 4 {
+            self.named.push(vm.clone());
+        }
+        self.total += 1;
+    }
+}
+
+/// What the VMs read so far mean for each other, counted as they are read
+/// (not in passes of their own over the views afterwards).
+#[derive(Default)]
+pub(super) struct Tally {
+    /// Contended for host CPUs.
+    cpu: Rivals,
+    disk: Rivals,
+    net: Rivals,
+    /// A VM that is critical or gains from more CPU.
+    gains: bool,
+    critical: bool,
+}
+
+impl Tally {
+    /// Counts one VM, its view complete.
+    pub fn see(&mut self, v: &VmReallocView) {
+        if v.skipped.is_some() {
+            return;
+        }
+        if v.critical {
+            self.critical = true;
+            self.gains = true;
+            return;
+        }
+        self.gains |= v.gains;
+        if v.contended {
+            self.cpu.add(&v.vm);
+        }
+        if is_disk_bound(v) {
+            self.disk.add(&v.vm);
+        }
+        if is_net_bound(v, v.class) {
+            self.net.add(&v.vm);
+        }
+    }
+}
+
+/// Rivals once all are counted, their names shared.
+struct Named {
+    named: Arc<[VmId]>,
+    total: usize,
+}
+
+impl Named {
+    fn new(r: Rivals) -> Named {
+        Named { named: r.named.into(), total: r.total }
     }
 
     fn conflict(&self) -> bool {
@@ -43,31 +93,30 @@ impl Rivals {
 /// What the other VMs mean for each one's tune this tick.
 pub(super) struct Contention {
     /// Contended for host CPUs: two or more conflict, and raising one robs the other.
-    cpu: Rivals,
+    cpu: Named,
     /// Cutting an idle VM's weight only matters when someone can use it.
     someone_gains: bool,
     /// libvirt's counters show no disk contention, so a disk-bound VM is
     /// taken to gain (a weight only matters when the host's disks are
     /// contended), and two disk-bound VMs conflict.
-    disk: Rivals,
+    disk: Named,
     someone_gains_disk: bool,
     /// Net-bound VMs share the host's links: a higher limit for one robs
     /// any other net-bound VM.
-    net: Rivals,
+    net: Named,
     host_cpus: u32,
     host_demand: f64,
     saturated: bool,
 }
 
 impl Contention {
-    pub fn new(views: &[VmReallocView], host_cpus: u32, host_demand: f64, saturated: bool) -> Contention {
-        let disk = Rivals::of(views, is_disk_bound);
+    pub fn new(t: Tally, host_cpus: u32, host_demand: f64, saturated: bool) -> Contention {
         Contention {
-            cpu: Rivals::of(views, |v| v.contended),
-            someone_gains: views.iter().any(|v| v.skipped.is_none() && (v.critical || v.gains)),
-            someone_gains_disk: disk.total == 1 || views.iter().any(|v| v.skipped.is_none() && v.critical),
-            disk,
-            net: Rivals::of(views, |v| is_net_bound(v, v.class)),
+            someone_gains: t.gains,
+            someone_gains_disk: t.disk.total == 1 || t.critical,
+            cpu: Named::new(t.cpu),
+            disk: Named::new(t.disk),
+            net: Named::new(t.net),
             host_cpus,
             host_demand,
             saturated,
