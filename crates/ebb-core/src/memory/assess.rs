@@ -15,6 +15,8 @@ pub(super) struct Work {
     pub view: usize,
     pub shares: f64,
     pub current: Bytes,
+    /// The dead band at its current size.
+    pub band: Bytes,
     pub used: Bytes,
     pub step: Bytes,
     pub min: Bytes,
@@ -136,6 +138,7 @@ pub(super) fn assess(
         view,
         shares: s.shares as f64,
         current,
+        band,
         used,
         step: st.step,
         min,

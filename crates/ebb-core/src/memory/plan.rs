@@ -23,7 +23,7 @@ pub(super) fn plan(work: &mut [Work], t: &Tuning, pool: Bytes, committed: Bytes,
     for (i, w) in work.iter_mut().enumerate() {
         let step = w.step;
         let c = w.current;
-        let band = t.band(c);
+        let band = w.band;
         let e = w.entitlement;
         if let Some((hold, _, _)) = w.stuck {
             w.target = Some((hold, Rule::Stuck));
@@ -116,7 +116,7 @@ pub(super) fn plan(work: &mut [Work], t: &Tuning, pool: Bytes, committed: Bytes,
     for (_, _, i) in grows {
         let w = &mut work[i];
         let c = w.current;
-        let band = t.band(c);
+        let band = w.band;
         let base = w.committed.max(c);
         let goal = w.entitlement.max(c);
         let need = goal.saturating_sub(base);
