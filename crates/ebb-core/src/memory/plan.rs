@@ -19,8 +19,11 @@ pub(super) fn plan(work: &mut [Work], t: &Tuning, pool: Bytes, committed: Bytes,
     // VMs a hair above their entitlement that the dead band lets stay.
     let mut held_over: Vec<usize> = Vec::new();
     let mut settled = Bytes::ZERO;
+    // Summed on the way: no pass of its own over the VMs.
+    let mut entitled = Bytes::ZERO;
 
     for (i, w) in work.iter_mut().enumerate() {
+        entitled += w.entitlement;
         let step = w.step;
         let c = w.current;
         let band = w.band;
@@ -81,7 +84,6 @@ pub(super) fn plan(work: &mut [Work], t: &Tuning, pool: Bytes, committed: Bytes,
     // Only overflow the band itself caused (floors above the pool are not),
     // and only gaps a balloon can close: it lands within a few KiB, and
     // re-aiming at such a gap every tick is churn.
-    let entitled: Bytes = work.iter().map(|w| w.entitlement).sum();
     held_over.retain(|&i| work[i].current - work[i].entitlement >= BALLOON_PRECISION);
     if settled > pool.max(entitled) && !held_over.is_empty() {
         held_over.sort_by_key(|&i| std::cmp::Reverse(work[i].current - work[i].entitlement));
