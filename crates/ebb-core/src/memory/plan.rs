@@ -8,6 +8,7 @@ use super::assess::Work;
 use super::config::{kib_down, kib_up, Tuning, BALLOON_PRECISION};
 use crate::model::*;
 use crate::units::*;
+use std::cmp::Reverse;
 
 /// Turns entitlements into this tick's targets: shrinks by at most the step,
 /// grows at once out of what the pool has free. A guest below its floor
@@ -86,7 +87,7 @@ pub(super) fn plan(work: &mut [Work], t: &Tuning, pool: Bytes, committed: Bytes,
     // re-aiming at such a gap every tick is churn.
     held_over.retain(|&i| work[i].current - work[i].entitlement >= BALLOON_PRECISION);
     if settled > pool.max(entitled) && !held_over.is_empty() {
-        held_over.sort_by_key(|&i| std::cmp::Reverse(work[i].current - work[i].entitlement));
+        held_over.sort_by_key(|&i| Reverse(work[i].current - work[i].entitlement));
         for i in held_over {
             if settled <= pool.max(entitled) {
                 break;
@@ -102,19 +103,19 @@ pub(super) fn plan(work: &mut [Work], t: &Tuning, pool: Bytes, committed: Bytes,
     let mut budget: i128 = pool.0 as i128 - committed.0 as i128 + shrunk.0 as i128;
     // Pressured first, then by the price of their next page, highest first,
     // then in id order. Each key is worked out once, not at every
-    // comparison: a tick can have thousands of grows. With the id order the
-    // keys are a total order (ρ of a managed VM is never NaN: its size is
-    // not 0), so the faster unstable sort gives the one answer.
-    let mut grows: Vec<(bool, f64, usize)> = grows
+    // comparison: a tick can have thousands of grows. ρ of a managed VM is
+    // a float ≥ +0 and never NaN (shares ≥ 0, its size is not 0), so its
+    // bits order as its value does; with the id last the keys are a total
+    // order, and the faster unstable sort gives the one answer.
+    let mut grows: Vec<(Reverse<bool>, Reverse<u64>, usize)> = grows
         .into_iter()
         .map(|i| {
             let w = &work[i];
-            (w.pressure.is_some(), rho(w.shares, w.used.0 as f64, t.k, w.current.0 as f64), i)
+            let price = rho(w.shares, w.used.0 as f64, t.k, w.current.0 as f64);
+            (Reverse(w.pressure.is_some()), Reverse(price.to_bits()), i)
         })
         .collect();
-    grows.sort_unstable_by(|a, b| {
-        b.0.cmp(&a.0).then(b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal)).then(a.2.cmp(&b.2))
-    });
+    grows.sort_unstable();
     for (_, _, i) in grows {
         let w = &mut work[i];
         let c = w.current;
