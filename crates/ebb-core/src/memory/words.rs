@@ -90,11 +90,11 @@ pub(super) fn reason_text(w: &Work, target: Bytes, rule: Rule, pool: Bytes, step
             w.used
         ),
         Rule::Reclaim => format!(
-            "reclaim {}: guest uses {} of {} ({:.0}% active); idle-taxed entitlement {} of a {} pool",
+            "reclaim {}: guest uses {} of {} ({}% active); idle-taxed entitlement {} of a {} pool",
             c - target,
             w.used,
             c,
-            100.0 * w.used.0 as f64 / c.0.max(1) as f64,
+            Whole(100.0 * w.used.0 as f64 / c.0.max(1) as f64),
             w.entitlement,
             pool
         ),
@@ -148,4 +148,22 @@ pub(super) fn reason_text(w: &Work, target: Bytes, rule: Rule, pool: Bytes, step
 
 fn secs(ms: u64) -> String {
     if ms.is_multiple_of(1000) { format!("{} s", ms / 1000) } else { format!("{:.1} s", ms as f64 / 1000.0) }
+}
+
+/// A float as `{:.0}` prints it (rounded half to even), without float
+/// formatting below 2^52, where the float's fraction is exact: it is in the
+/// text of most reclaims, hundreds a tick on a big host.
+pub(super) struct Whole(pub f64);
+
+impl std::fmt::Display for Whole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0;
+        if !(v.is_sign_positive() && v < (1u64 << 52) as f64) {
+            return write!(f, "{v:.0}");
+        }
+        let whole = v as u64;
+        let frac = v - whole as f64;
+        let up = frac > 0.5 || (frac == 0.5 && whole % 2 == 1);
+        write!(f, "{}", whole + u64::from(up))
+    }
 }

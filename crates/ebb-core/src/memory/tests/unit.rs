@@ -360,3 +360,20 @@ fn dead_band_ignores_tiny_changes() {
     w.g("b").used += Bytes::from_kib(300);
     assert!(w.tick().actions.is_empty());
 }
+
+/// The reclaim reason's share rounds as float formatting did.
+#[test]
+fn whole_prints_as_float_formatting_does() {
+    let mut x = 0x5eed_u64;
+    for i in 0..100_000u64 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let used = x >> (x % 64);
+        let c = (x >> 7).max(1) >> (i % 64);
+        for v in [100.0 * used as f64 / c.max(1) as f64, i as f64 / 2.0, i as f64 / 4.0, (x >> 11) as f64 / (1u64 << 53) as f64 * 200.0] {
+            assert_eq!(words::Whole(v).to_string(), format!("{v:.0}"), "{v}");
+        }
+    }
+    for v in [0.0, -0.0, 0.5, 1.5, 2.5, 99.5, 100.0, 1e300, f64::INFINITY, -1.5, 4503599627370495.5, 4503599627370496.0] {
+        assert_eq!(words::Whole(v).to_string(), format!("{v:.0}"), "{v}");
+    }
+}
