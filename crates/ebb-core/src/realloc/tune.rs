@@ -25,6 +25,7 @@ struct Rivals {
 }
 
 impl Rivals {
+    #[inline]
     fn add(&mut self, vm: &VmId) {
         if self.named.len() < 4 {
             self.named.push(vm.clone());
@@ -48,6 +49,7 @@ pub(super) struct Tally {
 
 impl Tally {
     /// Counts one VM, its view complete.
+    #[inline]
     pub fn see(&mut self, v: &VmReallocView) {
         if v.skipped.is_some() {
             return;
@@ -134,6 +136,7 @@ pub(super) struct Vm<'a> {
 }
 
 /// Its CPU weight and cap.
+#[inline]
 pub(super) fn cpu(vm: &Vm, cfg: &ReallocConfig, c: &Contention) -> (Rule, Tune, Why) {
     let Vm { view, s, base, current } = *vm;
     let shares_max = s.shares_max.unwrap_or(base.shares.saturating_mul(cfg.boost)).max(base.shares);
@@ -176,6 +179,7 @@ pub(super) fn cpu(vm: &Vm, cfg: &ReallocConfig, c: &Contention) -> (Rule, Tune, 
 }
 
 /// Its disk weight; None (and no reason) when it has none.
+#[inline]
 pub(super) fn io_weight(vm: &Vm, cfg: &ReallocConfig, c: &Contention) -> (Rule, Option<u32>, Option<Why>) {
     let Vm { view, base, current, .. } = *vm;
     let (Some(b), Some(cur)) = (base.io_weight, current.io_weight) else {
@@ -203,6 +207,7 @@ pub(super) fn io_weight(vm: &Vm, cfg: &ReallocConfig, c: &Contention) -> (Rule, 
 
 /// Its bandwidth limit. `refused`: libvirt's words for the last refused
 /// change, while it is left alone.
+#[inline]
 pub(super) fn net(vm: &Vm, c: &Contention, refused: Option<&str>) -> (Rule, Option<NetLimit>, Option<Why>) {
     let Vm { view, s, base, current } = *vm;
     let raised = |n: NetLimit| match s.net_max {
@@ -236,6 +241,7 @@ pub(super) fn net(vm: &Vm, c: &Contention, refused: Option<&str>) -> (Rule, Opti
 }
 
 /// Its disk's I/O limit, like the network's.
+#[inline]
 pub(super) fn disk_limit(vm: &Vm, c: &Contention) -> (Rule, Option<u64>, Option<Why>) {
     let Vm { view, s, base, current } = *vm;
     let raised = |b: u64| match s.disk_max {
