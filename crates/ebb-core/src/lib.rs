@@ -24,6 +24,7 @@ macro_rules! reason_as_text {
 pub mod affinity;
 pub mod battery;
 pub mod compose;
+pub mod cpuset;
 pub mod memory;
 pub mod devices;
 pub mod model;

@@ -8,8 +8,27 @@ use std::sync::Arc;
 
 /// A VM's identity: its libvirt domain name, unique on a host. Shared, not
 /// copied: the policies keep and return ids of 10,000 VMs every tick.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialOrd, Ord)]
 pub struct VmId(Arc<str>);
+
+/// Two handles of one shared name are equal without reading it: the
+/// policies line up 10,000 ids a tick with the observation's, mostly clones
+/// of the same `Arc`, and comparing the text meant a cache miss on each.
+/// (`Arc<str>`'s own `==` compares the text.)
+impl PartialEq for VmId {
+    fn eq(&self, other: &VmId) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for VmId {}
+
+/// The text's hash, as a derived `Hash` would: equal ids hash alike.
+impl std::hash::Hash for VmId {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.hash(h)
+    }
+}
 
 impl VmId {
     pub fn new(name: impl AsRef<str>) -> VmId {
@@ -64,6 +83,25 @@ pub enum VmState {
     ShutOff,
     /// Crashed, suspended by the PM, being migrated, …: nothing to manage.
     Other,
+}
+
+impl VmState {
+    /// The state in words, the same in every view and message: "not running
+    /// (paused)", "web is shut off".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::ShutOff => "shut off",
+            VmState::Other => "crashed, suspended or migrating",
+        }
+    }
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -377,7 +415,7 @@ pub enum Action {
     /// Set a running VM's CPU weight and cap (virDomainSetSchedulerParameters, live).
     SetTune { vm: VmId, tune: Tune, reason: Reason },
     /// Pin a running VM's vCPUs to host CPUs (virDomainPinVcpuFlags, live), one set per vCPU.
-    SetPins { vm: VmId, pins: Vec<crate::affinity::CpuSet>, reason: Reason },
+    SetPins { vm: VmId, pins: Vec<crate::cpuset::CpuSet>, reason: Reason },
     /// Have a VM's guest keep `count` vCPUs online (virDomainSetVcpusFlags
     /// with VIR_DOMAIN_VCPU_GUEST, through its agent).
     SetGuestVcpus { vm: VmId, count: u32, reason: Reason },

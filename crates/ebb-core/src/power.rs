@@ -248,28 +248,14 @@ pub fn plan_power_drop(budget: Watts, vms: &[Candidate]) -> PowerPlan {
     }
 }
 
-/// The most value any subset of `items` fitting `budget` holds, by trying
-/// every subset: the reference `best_subset` is checked against (tests,
-/// the bench). Exponential: for small sets only.
-pub fn best_value_by_brute_force(budget: Watts, items: &[(Watts, u32)]) -> u64 {
-    let mut best = 0;
-    for mask in 0u32..(1 << items.len()) {
-        let (mut w, mut v) = (0.0, 0u64);
-        for (i, (iw, iv)) in items.iter().enumerate() {
-            if mask & (1 << i) != 0 {
-                w += iw.0;
-                v += u64::from(*iv);
-            }
-        }
-        if w <= budget.0 {
-            best = best.max(v);
-        }
-    }
-    best
-}
+/// The reference the tests check `best_subset` against; the power bench
+/// includes the same file by path. Not part of the crate's API.
+#[cfg(test)]
+mod brute_force;
 
 #[cfg(test)]
 mod tests {
+    use super::brute_force::best_value_by_brute_force;
     use super::*;
 
     #[test]

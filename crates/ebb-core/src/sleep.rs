@@ -250,7 +250,7 @@ impl SleepPolicy {
 
             if v.state != VmState::Running {
                 // Asleep, paused or off: whatever it does next starts afresh.
-                view.skipped = Some(format!("not running ({})", state_words(v.state)));
+                view.skipped = Some(format!("not running ({})", v.state));
                 d.views.push(view);
                 continue;
             }
@@ -334,15 +334,6 @@ fn percent(fraction: f64) -> String {
 
 fn plural(n: u32) -> &'static str {
     if n == 1 { "" } else { "s" }
-}
-
-fn state_words(s: VmState) -> &'static str {
-    match s {
-        VmState::Running => "running",
-        VmState::Paused => "paused",
-        VmState::ShutOff => "shut off",
-        VmState::Other => "neither running nor off",
-    }
 }
 
 /// "45 s", "10 min", "2 h 5 min".

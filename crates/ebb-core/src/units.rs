@@ -67,20 +67,98 @@ impl std::iter::Sum for Bytes {
     }
 }
 
-/// Human form: `512 MiB`, `1.50 GiB`, `64 KiB`, `12 B`.
+/// Human form: `512 MiB`, `1.50 GiB`, `64 KiB`, `12 B`. Put together in a
+/// small buffer and written out in one piece, with the decimals worked out
+/// in integers: reasons print several sizes each, and a big host writes
+/// hundreds of reasons a tick.
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
+        let mut out = Text::default();
         if b >= GIB {
-            let g = b as f64 / GIB as f64;
-            if b.is_multiple_of(GIB) { write!(f, "{} GiB", b / GIB) } else { write!(f, "{g:.2} GiB") }
+            if b.is_multiple_of(GIB) {
+                out.number(b / GIB);
+            } else if !fixed(&mut out, b, 30, 2) {
+                return write!(f, "{:.2} GiB", b as f64 / GIB as f64);
+            }
+            out.push(" GiB");
         } else if b >= MIB {
-            if b.is_multiple_of(MIB) { write!(f, "{} MiB", b / MIB) } else { write!(f, "{:.1} MiB", self.mib_f64()) }
+            if b.is_multiple_of(MIB) {
+                out.number(b / MIB);
+            } else {
+                fixed(&mut out, b, 20, 1);
+            }
+            out.push(" MiB");
         } else if b >= KIB {
-            write!(f, "{} KiB", b / KIB)
+            out.number(b / KIB);
+            out.push(" KiB");
         } else {
-            write!(f, "{b} B")
+            out.number(b);
+            out.push(" B");
         }
+        f.write_str(out.as_str())
+    }
+}
+
+/// `n / 2^shift` with `digits` (1 or 2) decimals, exactly as `{:.N}` prints
+/// the float `n as f64 / 2^shift` (rounded half to even). False, and
+/// nothing written, from 2^53 on, where the float is no longer exact.
+fn fixed(out: &mut Text, n: u64, shift: u32, digits: u32) -> bool {
+    if n >= 1 << f64::MANTISSA_DIGITS {
+        return false;
+    }
+    let scale = 10u64.pow(digits);
+    let x = n * scale; // < 2^53 × 100: no overflow
+    let (mut q, r, half) = (x >> shift, x & ((1 << shift) - 1), 1 << (shift - 1));
+    if r > half || (r == half && q % 2 == 1) {
+        q += 1;
+    }
+    out.number(q / scale);
+    out.push(".");
+    let frac = q % scale;
+    if digits == 2 && frac < 10 {
+        out.push("0");
+    }
+    out.number(frac);
+    true
+}
+
+/// A few words on the stack: the longest size is 20 digits and a unit.
+struct Text {
+    buf: [u8; 40],
+    len: usize,
+}
+
+impl Default for Text {
+    fn default() -> Text {
+        Text { buf: [0; 40], len: 0 }
+    }
+}
+
+impl Text {
+    fn push(&mut self, s: &str) {
+        self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
+        self.len += s.len();
+    }
+
+    fn number(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let len = digits.len() - i;
+        self.buf[self.len..self.len + len].copy_from_slice(&digits[i..]);
+        self.len += len;
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).expect("digits and a unit are ASCII")
     }
 }
 
@@ -171,5 +249,38 @@ mod tests {
         assert_eq!(Bytes::from_mib(512).to_string(), "512 MiB");
         assert_eq!(Bytes::from_mib(1536).to_string(), "1.50 GiB");
         assert_eq!(Bytes::from_gib(2).to_string(), "2 GiB");
+    }
+
+    /// The `Display` this one replaced, with `format!` and float formatting.
+    fn by_float(b: u64) -> String {
+        if b >= GIB {
+            if b.is_multiple_of(GIB) { format!("{} GiB", b / GIB) } else { format!("{:.2} GiB", b as f64 / GIB as f64) }
+        } else if b >= MIB {
+            if b.is_multiple_of(MIB) { format!("{} MiB", b / MIB) } else { format!("{:.1} MiB", b as f64 / MIB as f64) }
+        } else if b >= KIB {
+            format!("{} KiB", b / KIB)
+        } else {
+            format!("{b} B")
+        }
+    }
+
+    #[test]
+    fn decimals_match_float_formatting_ties_included() {
+        // Exact ties (an odd multiple of 2^27 is x.xx5 GiB, of 2^18 x.x5 MiB)
+        // round half to even, as float formatting does: 1.125 GiB is "1.12".
+        assert_eq!(Bytes(9 << 27).to_string(), "1.12 GiB");
+        assert_eq!(Bytes(11 << 27).to_string(), "1.38 GiB");
+        for k in 0..20_000u64 {
+            for b in [(2 * k + 1) << 27, (2 * k + 1) << 18, k * 104_729 + MIB, k * 1_234_567_891 + GIB, (1 << 53) - 1 - k, (1 << 53) + k * 999, u64::MAX - k, k, k * 1024, k * 53 + KIB, k << 20, k << 30] {
+                assert_eq!(Bytes(b).to_string(), by_float(b), "{b}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_size_prints_as_float_formatting_does(b in 0u64..(1 << 54)) {
+            proptest::prop_assert_eq!(Bytes(b).to_string(), by_float(b));
+        }
     }
 }

@@ -1,0 +1,157 @@
+//! One managed VM's numbers for this tick: its floor (what it uses, plus
+//! headroom, plus what its kernel holds outside MemTotal), its ceiling, the
+//! signs of pressure, and how the move in flight is doing (landed, stuck, or
+//! to be backed off from).
+
+use super::config::{kib_down, kib_up, Tuning};
+use super::state::{Counters, Move, VmMem};
+use super::words::pressure_words;
+use crate::model::*;
+use crate::units::*;
+
+/// One eligible VM's numbers for this tick.
+pub(super) struct Work {
+    /// Index into the id-sorted views.
+    pub view: usize,
+    pub shares: f64,
+    pub current: Bytes,
+    /// The dead band at its current size.
+    pub band: Bytes,
+    pub used: Bytes,
+    pub step: Bytes,
+    pub min: Bytes,
+    pub floor: Bytes,
+    pub ceiling: Bytes,
+    /// Where the balloon is already heading (pending target, else current).
+    pub heading: Bytes,
+    /// What this VM holds of the pool: an unlanded grow is already spoken for.
+    pub committed: Bytes,
+    pub pressure: Option<String>,
+    /// For a pressured VM: the size that relieves it.
+    pub want: Bytes,
+    pub back_off: bool,
+    /// Stuck: the target to hold it at, and how long it had not moved.
+    pub stuck: Option<(Bytes, Bytes, u64)>,
+    pub entitlement: Bytes,
+    pub may_shrink: bool,
+    /// This tick's new target, if any.
+    pub target: Option<(Bytes, Rule)>,
+}
+
+/// Reads one managed VM (balloon and stats present) against what the policy
+/// remembers of it, updates that memory, and returns its numbers.
+pub(super) fn assess(
+    st: &mut VmMem,
+    s: &VmSettings,
+    b: &Balloon,
+    stats: &GuestMemStats,
+    t: &Tuning,
+    now: Millis,
+    view: usize,
+) -> Work {
+    let current = b.current;
+    let band = t.band(current);
+    let used = stats.used();
+    let ceiling = kib_down(s.max.unwrap_or(Bytes(u64::MAX)).min(b.maximum));
+    let min = kib_up(s.min.unwrap_or(Bytes::ZERO)).min(ceiling);
+    let headroom = t.headroom_min.max(used.scale(t.headroom_fraction));
+    // Measured only from stats newer than the balloon's last move
+    // (libvirt's last-update is host wall-clock seconds), since a
+    // stale MemTotal next to a new size would mis-state it.
+    let settled_since = if st.last_current == Some(current) { st.moved_at } else { now };
+    // An unsettled reading is only trusted upward: while a balloon
+    // shrinks the stale MemTotal makes it read low, which would sink
+    // the floor step by step. (While it grows it reads high, which
+    // costs a second of caution until the next settled reading.)
+    let reading = current.saturating_sub(stats.total);
+    let overhead = if stats.last_update.is_some_and(|s| s.saturating_mul(1000) >= settled_since.0 + 1000) {
+        reading
+    } else {
+        st.overhead.map_or(reading, |o| o.max(reading))
+    };
+    st.overhead = Some(overhead);
+    let floor = kib_up(min.max(used + headroom + overhead)).min(ceiling);
+
+    let pressure = pressure_words(t, stats, current, st.counters.as_ref(), now);
+    st.counters = Some(Counters {
+        swap_out: stats.swap_out,
+        major_faults: stats.major_faults,
+        oom_kills: stats.oom_kills,
+        at: now,
+    });
+    if st.last_current != Some(current) {
+        st.last_current = Some(current);
+        st.moved_at = now;
+    }
+
+    let pressured = pressure.is_some();
+    let recent_reclaim = st.reclaim_until.is_some_and(|u| now < u);
+    let mut back_off = false;
+    let mut stuck = None;
+    if let Some(p) = st.pending.as_mut() {
+        let since = *p.since.get_or_insert(now);
+        if p.kind == Move::Resumed {
+            p.kind = if p.target < current { Move::Shrink } else { Move::Grow };
+        }
+        let p = *p;
+        let reached = p.target.abs_diff(current) < band;
+        let idle_for = now.since(since.max(st.moved_at));
+        if pressured && (p.kind == Move::Shrink || recent_reclaim) {
+            back_off = true;
+        } else if reached {
+            if p.kind == Move::Shrink {
+                st.step = t.double(st.step);
+                st.reclaim_until = Some(now.plus(t.stuck_after_ms));
+            }
+            st.pending = None;
+        } else if idle_for >= t.stuck_after_ms {
+            st.step = t.halve(st.step);
+            st.reclaim_until = None;
+            st.no_shrink_until = Some(now.plus(t.stuck_after_ms));
+            let hold = current.clamp(min, ceiling.max(min));
+            stuck = Some((hold, p.target, idle_for));
+        }
+    } else if pressured && recent_reclaim {
+        back_off = true;
+    }
+    if back_off {
+        st.step = t.halve(st.step);
+        st.reclaim_until = None;
+        st.no_shrink_until = Some(now.plus(t.stuck_after_ms));
+        if st.pending.is_some_and(|p| p.kind == Move::Shrink) {
+            st.pending = None;
+        }
+    }
+
+    let heading = st.pending.map_or(current, |p| p.target);
+    let committed = match st.pending {
+        Some(p) if p.kind == Move::Grow => current.max(p.target),
+        _ => current,
+    };
+    let want = if pressured {
+        let short = current.scale(t.low_free_fraction).saturating_sub(stats.usable);
+        kib_up(current + st.step.max(short)).min(ceiling)
+    } else {
+        Bytes::ZERO
+    };
+    Work {
+        view,
+        shares: s.shares as f64,
+        current,
+        band,
+        used,
+        step: st.step,
+        min,
+        floor,
+        ceiling,
+        heading,
+        committed,
+        pressure,
+        want,
+        back_off,
+        stuck,
+        entitlement: Bytes::ZERO,
+        may_shrink: !pressured && st.no_shrink_until.is_none_or(|u| now >= u),
+        target: None,
+    }
+}

@@ -1,0 +1,171 @@
+//! The memory policy against a small simulated world: targets land on the
+//! next tick (unless a guest stalls), guests short of memory swap. `unit`
+//! holds the examples, `props` the invariants over random worlds.
+
+use super::*;
+
+mod props;
+mod unit;
+
+const MB: u64 = MIB;
+
+/// A guest in the simulated world: a balloon target lands exactly on the
+/// next tick, unless the guest is stalled.
+#[derive(Clone, Debug)]
+struct Guest {
+    id: VmId,
+    state: VmState,
+    balloon: bool,
+    stats: bool,
+    current: Bytes,
+    maximum: Bytes,
+    used: Bytes,
+    pending: Option<Bytes>,
+    stall: bool,
+    swap_out: Bytes,
+    major_faults: u64,
+    settings: VmSettings,
+    /// Held by the guest kernel outside MemTotal.
+    overhead: Bytes,
+    /// The stats report the size of a tick ago (as a real guest's do).
+    lagging: bool,
+    /// A real balloon lands a few KiB off its target.
+    lands_off: Bytes,
+    stats_size: Bytes,
+}
+
+fn guest(name: &str, size_mib: u64, used_mib: u64) -> Guest {
+    Guest {
+        id: VmId::new(name),
+        state: VmState::Running,
+        balloon: true,
+        stats: true,
+        current: Bytes::from_mib(size_mib),
+        maximum: Bytes::from_mib(size_mib),
+        used: Bytes::from_mib(used_mib),
+        pending: None,
+        stall: false,
+        swap_out: Bytes::ZERO,
+        major_faults: 0,
+        settings: VmSettings::default(),
+        overhead: Bytes::ZERO,
+        lagging: false,
+        lands_off: Bytes::ZERO,
+        stats_size: Bytes::from_mib(size_mib),
+    }
+}
+
+#[derive(Debug)]
+struct World {
+    guests: Vec<Guest>,
+    /// Host total; available is what the guests leave of it.
+    host_total: Bytes,
+    now: Millis,
+    cfg: MemoryConfig,
+    policy: MemoryPolicy,
+}
+
+impl World {
+    fn new(guests: Vec<Guest>, pool_mib: u64) -> World {
+        let cfg = MemoryConfig { pool: Some(Bytes::from_mib(pool_mib)), ..MemoryConfig::default() };
+        World {
+            guests,
+            host_total: Bytes::from_mib(pool_mib) + cfg.host_reserve,
+            now: Millis(1_000_000),
+            cfg,
+            policy: MemoryPolicy::new(),
+        }
+    }
+
+    fn g(&mut self, name: &str) -> &mut Guest {
+        self.guests.iter_mut().find(|g| g.id.as_str() == name).expect("no such guest")
+    }
+
+    fn observe(&self) -> Observation {
+        let in_use: Bytes = self.guests.iter().filter(|g| g.state != VmState::ShutOff).map(|g| g.current).sum();
+        Observation {
+            at: self.now,
+            host: HostMemory { total: self.host_total, available: self.host_total - in_use },
+            host_cpus: 2,
+            vms: self
+                .guests
+                .iter()
+                .map(|g| VmObservation {
+                    id: g.id.clone(),
+                    state: g.state,
+                    balloon: g.balloon.then(|| Balloon {
+                        current: g.current,
+                        maximum: g.maximum,
+                        stats: g.stats.then(|| {
+                            let size = if g.lagging { g.stats_size } else { g.current };
+                            GuestMemStats {
+                            total: size - g.overhead,
+                            unused: size - g.overhead - g.used,
+                            usable: size - g.overhead - g.used,
+                            swap_in: Bytes::ZERO,
+                            swap_out: g.swap_out,
+                            major_faults: g.major_faults,
+                            oom_kills: Some(0),
+                            last_update: Some(self.now.0 / 1000 - g.lagging as u64),
+                        }}),
+                    }),
+                    activity: None,
+                    persistent: true,
+                    managed_save: false,
+                    tune: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn settings(&self) -> BTreeMap<VmId, VmSettings> {
+        self.guests.iter().map(|g| (g.id.clone(), g.settings.clone())).collect()
+    }
+
+    /// One second passes: pending targets land, guests short of memory
+    /// swap, then the policy decides and its actions are carried out.
+    fn tick(&mut self) -> MemoryDecision {
+        self.now = self.now.plus(1_000);
+        for g in &mut self.guests {
+            g.stats_size = g.current;
+            if let (Some(t), false) = (g.pending, g.stall) {
+                g.current = t + g.lands_off;
+                g.pending = None;
+            }
+            if g.used > g.current {
+                g.swap_out += g.used - g.current;
+            }
+        }
+        let obs = self.observe();
+        let d = self.policy.decide(&obs, &self.settings(), &self.cfg, self.now);
+        for a in &d.actions {
+            let Action::SetBalloonTarget { vm, target, .. } = a else { continue };
+            let g = self.guests.iter_mut().find(|g| &g.id == vm).expect("action for an unknown VM");
+            g.pending = Some(*target);
+        }
+        d
+    }
+
+    fn run(&mut self, ticks: usize) -> MemoryDecision {
+        let mut d = self.tick();
+        for _ in 1..ticks {
+            d = self.tick();
+        }
+        d
+    }
+
+    fn current(&self, name: &str) -> Bytes {
+        self.guests.iter().find(|g| g.id.as_str() == name).unwrap().current
+    }
+}
+
+fn view<'a>(d: &'a MemoryDecision, name: &str) -> &'a VmMemoryView {
+    d.vms.iter().find(|v| v.vm.as_str() == name).expect("no view")
+}
+
+fn action_for<'a>(d: &'a MemoryDecision, name: &str) -> Option<(Bytes, &'a Reason)> {
+    d.actions.iter().find(|a| a.vm().as_str() == name).map(|a| match a {
+        Action::SetBalloonTarget { target, reason, .. } => (*target, reason),
+        other => panic!("the memory policy only sets balloon targets: {other:?}"),
+    })
+}
