@@ -1,6 +1,5 @@
 //! `ebb explain VM`: what ebb is doing with one VM and why, in sentences.
 
-use crate::words::vm_state_word;
 use crate::api_types::{Event, VmInfo};
 use ebb_core::affinity::describe;
 
@@ -18,7 +17,7 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
             crate::words::clock(rec.since),
             rec.reason.trim_end_matches('.')
         )),
-        None => out.push(format!("{name} is {}.", vm_state_word(vm.state))),
+        None => out.push(format!("{name} is {}.", vm.state)),
     }
     if let Some(sur) = &vm.surrogate {
         out.push(format!(

@@ -1,6 +1,7 @@
-//! Words shared by the agent's journal, the API's explanations and the CLI.
+//! Words shared by the agent's journal, the API's explanations and the CLI
+//! (a VM's state says its own: `VmState`'s Display).
 
-use ebb_core::{Millis, VmState};
+use ebb_core::Millis;
 
 /// A time of day (UTC) for people: `14:03:27`.
 pub fn clock(at: Millis) -> String {
@@ -8,12 +9,3 @@ pub fn clock(at: Millis) -> String {
     format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
 }
 
-/// Plain-words state of a VM for `ebb vms`.
-pub fn vm_state_word(s: VmState) -> &'static str {
-    match s {
-        VmState::Running => "running",
-        VmState::Paused => "paused",
-        VmState::ShutOff => "shut off",
-        VmState::Other => "other",
-    }
-}

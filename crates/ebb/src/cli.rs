@@ -1,7 +1,7 @@
 //! How the CLI shows the API's answers to a person: aligned tables and
 //! sentences. Scripts use `--json` instead.
 
-use ebb_daemon::words::{clock, vm_state_word};
+use ebb_daemon::words::clock;
 use ebb_daemon::api_types::{Connection, DevicesView, Event, Explain, Needs, PlanView, PowerStatus, Source, Status, VmInfo};
 use ebb_core::devices::DiskState;
 use ebb_daemon::config::Config;
@@ -82,7 +82,7 @@ pub fn vms_table(vms: &[VmInfo]) -> String {
             };
             let state = match &v.sleeping {
                 Some(rec) => format!("asleep ({}) since {}", rec.mode.as_str(), clock(rec.since)),
-                None => vm_state_word(v.state).into(),
+                None => v.state.to_string(),
             };
             vec![
                 v.name.clone(),

@@ -32,13 +32,13 @@ pub enum CommandError {
     NoHistory(VmId),
     #[error("{vm} is asleep already ({})", mode.as_str())]
     AsleepAlready { vm: VmId, mode: SleepMode },
-    #[error("{vm} is {}: only a running VM can be put to sleep", vm_state_word(*state))]
+    #[error("{vm} is {}: only a running VM can be put to sleep", state)]
     NotRunning { vm: VmId, state: VmState },
     #[error("{0} is not asleep: it is awake already")]
     AwakeAlready(VmId),
     #[error("{0} is shut off with no saved state: ebb wakes a VM that sleeps (saved or paused); start it with virsh start")]
     ShutOffWithoutSave(VmId),
-    #[error("{vm} is {}: only a saved or paused VM can be woken", vm_state_word(*state))]
+    #[error("{vm} is {}: only a saved or paused VM can be woken", state)]
     CannotWake { vm: VmId, state: VmState },
     #[error("the host is on low battery: ebb starts no VM until mains power is back")]
     LowBattery,

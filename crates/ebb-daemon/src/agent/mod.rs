@@ -27,7 +27,6 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::journal::{Journal, Kind};
 use crate::settings::{MetadataSettings, Resolved};
-use crate::words::vm_state_word;
 use ebb_backends::platform::Platform;
 use ebb_backends::{HvError, Hypervisor};
 use ebb_core::affinity::{AffinityConfig, AffinityPolicy, AffinityView, Pins};

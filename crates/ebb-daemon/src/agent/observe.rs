@@ -270,7 +270,7 @@ impl Agent {
             .collect();
         for vm in woke {
             let text = match obs.vms.iter().find(|v| v.id == vm) {
-                Some(v) => format!("{vm} is {} again without ebb waking it: no longer held asleep", vm_state_word(v.state)),
+                Some(v) => format!("{vm} is {} again without ebb waking it: no longer held asleep", v.state),
                 None => format!("{vm} is gone: forgetting that it slept"),
             };
             info!(vm = %vm, "{text}");
