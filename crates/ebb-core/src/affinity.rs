@@ -12,31 +12,13 @@
 //! by someone else becomes its new base.
 
 use crate::model::*;
-use crate::realloc::{Class, ReallocDecision};
+use crate::realloc::{Class, ReallocConfig, ReallocDecision};
 use crate::units::Millis;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 
 pub use crate::cpuset::{CpuSet, HostCpuTime, MAX_CPUS};
-
-/// The thresholds: a VM waits on busy CPUs when those it runs on are used
-/// `busy` or more; a CPU is free for it when others use at most `free` of it. The gap between them is
-/// the band that keeps a VM from hopping back and forth.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AffinityConfig {
-    pub busy: f64,
-    pub free: f64,
-    /// A VM ebb moved is not moved again for this long.
-    pub hold_ms: u64,
-}
-
-impl Default for AffinityConfig {
-    fn default() -> Self {
-        AffinityConfig { busy: 0.7, free: 0.3, hold_ms: 30_000 }
-    }
-}
 
 /// One observed VM as the affinity policy takes it, in observation order.
 #[derive(Clone, Debug, Default)]
@@ -155,7 +137,7 @@ impl AffinityPolicy {
         realloc: &ReallocDecision,
         host: &[HostCpuTime],
         vms: &[AffinityVm],
-        cfg: &AffinityConfig,
+        cfg: &ReallocConfig,
         now: Millis,
     ) -> AffinityDecision {
         let mut d = AffinityDecision::default();
@@ -211,7 +193,7 @@ impl AffinityPolicy {
             let mean = |set: &CpuSet, f: &dyn Fn(u32) -> f64| set.iter().map(f).sum::<f64>() / set.len().max(1) as f64;
             let total = |c: u32| d.cpu_busy.get(c as usize).copied().unwrap_or(1.0);
             let cpu_bound = matches!(view.class, Some(Class::CpuBound | Class::Mixed));
-            let held = self.moved_at.get(&v.id).is_some_and(|t| now.since(*t) < cfg.hold_ms);
+            let held = self.moved_at.get(&v.id).is_some_and(|t| now.since(*t) < cfg.affinity_hold.as_millis());
             let (wanted, why) = if cpu_bound && view.rates.is_some_and(|r| r.vcpu_wait > 0.0 || view.contended) {
                 // Its own CPUs count whole: it waits on them, with whatever runs there.
                 let from_busy = mean(&on, &total);
@@ -224,9 +206,9 @@ impl AffinityPolicy {
                 let to_busy = mean(&to, &others);
                 if pins.applied.is_some() {
                     (current.clone(), AffinityWhy::StaysMoved)
-                } else if from_busy >= cfg.busy && to_busy <= cfg.free && to != on && !held {
+                } else if from_busy >= cfg.affinity_busy && to_busy <= cfg.affinity_free && to != on && !held {
                     (vec![to.clone(); vcpus], AffinityWhy::Moved { from: on.clone(), from_busy, to, to_busy })
-                } else if from_busy >= cfg.busy {
+                } else if from_busy >= cfg.affinity_busy {
                     (current.clone(), AffinityWhy::NoFreerCpu { bound: bound.clone(), from: on.clone(), from_busy })
                 } else {
                     (current.clone(), AffinityWhy::Own)
@@ -293,7 +275,7 @@ mod tests {
 
     struct World {
         p: AffinityPolicy,
-        cfg: AffinityConfig,
+        cfg: ReallocConfig,
         pins: Vec<Vec<CpuSet>>,
         t: u64,
     }
@@ -328,7 +310,7 @@ mod tests {
 
     fn world() -> World {
         // Both pinned to CPU 0.
-        World { p: AffinityPolicy::new(), cfg: AffinityConfig::default(), pins: vec![vec![cpus("0")], vec![cpus("0")]], t: 0 }
+        World { p: AffinityPolicy::new(), cfg: ReallocConfig::default(), pins: vec![vec![cpus("0")], vec![cpus("0")]], t: 0 }
     }
 
     const BOUND: Option<Class> = Some(Class::CpuBound);

@@ -17,13 +17,16 @@
 //! The agent reads sysfs and carries the actions out; it tells the policy
 //! what succeeded, so a failed write leaves the state as it was.
 
+use crate::human::{number, Range, Span};
 use crate::model::{Activity, Observation, VmId, VmState};
 use crate::rates::ActivityRates;
 use crate::units::Millis;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
+/// Device power: the agent's `[power.devices]` config section itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DeviceConfig {
     /// ebb may change the CPUs' frequency scaling (off by default: the
     /// host's governor is the operator's until they ask).
@@ -31,7 +34,7 @@ pub struct DeviceConfig {
     /// VMs' CPU use, as a fraction of the host's CPUs, under which the CPUs save…
     pub cpu_low: f64,
     /// …held this long first…
-    pub cpu_low_after_ms: u64,
+    pub cpu_low_after: Span,
     /// …and at or above which they are given back at once.
     pub cpu_high: f64,
     /// The governor that saves power, when a CPU offers it.
@@ -40,7 +43,10 @@ pub struct DeviceConfig {
     /// top frequency (never below its lowest).
     pub max_freq_fraction: f64,
     /// A disk without I/O for this long goes to standby; None: never.
-    pub disk_idle_after_ms: Option<u64>,
+    pub disk_idle_after: Option<Span>,
+    /// What the platform runs for a standby, with `/dev/NAME` appended;
+    /// None: the standby is recorded, not run. (The policy never reads it.)
+    pub disk_standby_command: Option<Vec<String>>,
 }
 
 impl Default for DeviceConfig {
@@ -48,12 +54,42 @@ impl Default for DeviceConfig {
         DeviceConfig {
             cpufreq: false,
             cpu_low: 0.25,
-            cpu_low_after_ms: 60_000,
+            cpu_low_after: Span::from_secs(60),
             cpu_high: 0.5,
             governor: "powersave".into(),
             max_freq_fraction: 0.5,
-            disk_idle_after_ms: None,
+            disk_idle_after: None,
+            disk_standby_command: None,
         }
+    }
+}
+
+/// The governors Linux's cpufreq offers.
+const GOVERNORS: [&str; 6] = ["performance", "powersave", "userspace", "ondemand", "conservative", "schedutil"];
+
+impl DeviceConfig {
+    /// The section's rules; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [("cpu_low", self.cpu_low), ("cpu_high", self.cpu_high), ("max_freq_fraction", self.max_freq_fraction)] {
+            number(&format!("power.devices.{name}"), v, Range::OpenClosed(0.0, 1.0), "")?;
+        }
+        if self.cpu_low >= self.cpu_high {
+            return Err(format!(
+                "power.devices.cpu_low ({}) must be below power.devices.cpu_high ({}): the band between them keeps the CPUs from flapping",
+                self.cpu_low, self.cpu_high
+            ));
+        }
+        if !GOVERNORS.contains(&self.governor.as_str()) {
+            return Err(format!(
+                "power.devices.governor = {:?} is not a cpufreq governor: use one of {} (powersave or conservative save power)",
+                self.governor,
+                GOVERNORS.join(", ")
+            ));
+        }
+        if self.disk_standby_command.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err("power.devices.disk_standby_command is empty: give the command and its arguments, e.g. [\"hdparm\", \"-y\"] (ebb adds /dev/NAME)".into());
+        }
+        Ok(())
     }
 }
 
@@ -249,7 +285,7 @@ impl DevicePolicy {
                 settings: changes.iter().map(CpuChange::undo).collect(),
                 reason: format!("the VMs use {} of the host's CPUs (back at {}): giving back what ebb found", pct(u), pct(cfg.cpu_high)),
             }),
-            (None, Some(u)) if cfg.cpufreq && self.low_since.is_some_and(|s| now.since(s) >= cfg.cpu_low_after_ms) => {
+            (None, Some(u)) if cfg.cpufreq && self.low_since.is_some_and(|s| now.since(s) >= cfg.cpu_low_after.as_millis()) => {
                 let changes: Vec<CpuChange> = cpus.iter().filter_map(|c| c.saving(cfg)).collect();
                 let held = now.since(self.low_since.unwrap_or(now)) / 1000;
                 (!changes.is_empty()).then(|| DeviceAction::CpuSave {
@@ -310,7 +346,7 @@ impl DevicePolicy {
             } else if !unknown.is_empty() {
                 DiskState::Held { why: format!("ebb cannot tell which disk holds {}", unknown.join(", ")) }
             } else {
-                match cfg.disk_idle_after_ms {
+                match cfg.disk_idle_after.map(Span::as_millis) {
                     Some(after) if now.since(t.last_io) >= after => {
                         actions.push(DeviceAction::DiskStandby {
                             disk: d.name.clone(),
@@ -367,7 +403,7 @@ mod tests {
     }
 
     fn cfg() -> DeviceConfig {
-        DeviceConfig { cpufreq: true, cpu_low_after_ms: 10_000, disk_idle_after_ms: Some(60_000), ..DeviceConfig::default() }
+        DeviceConfig { cpufreq: true, cpu_low_after: Span::from_secs(10), disk_idle_after: Some(Span::from_secs(60)), ..DeviceConfig::default() }
     }
 
     /// Applies what the policy asks, as the agent does when every write succeeds.
@@ -592,7 +628,7 @@ mod tests {
         p.disk_failed("sdb", Millis(100_000));
         assert!(p.decide_disks(&disks(&[("sdb", 1)]), &none, &[], &cfg, Millis(150_000)).0.is_empty());
         assert_eq!(p.decide_disks(&disks(&[("sdb", 1)]), &none, &[], &cfg, Millis(160_000)).0.len(), 1);
-        cfg.disk_idle_after_ms = None;
+        cfg.disk_idle_after = None;
         assert!(p.decide_disks(&disks(&[("sdb", 1)]), &none, &[], &cfg, Millis(900_000)).0.is_empty());
     }
 }

@@ -27,6 +27,7 @@ pub mod compose;
 pub mod cpuset;
 pub mod memory;
 pub mod devices;
+pub mod human;
 pub mod model;
 pub mod needs;
 pub mod power;

@@ -14,8 +14,9 @@
 //! The policy errs toward keeping a VM awake: counters it cannot read, a
 //! restart (counters going backwards) or a wake all start a fresh window.
 
+use crate::human::{nonzero, number, Range, Span};
 use crate::model::*;
-use crate::rates::{per_second, ActivityRates};
+use crate::rates::{per_second, ActivityRates, IDLE_CPU, IDLE_DISK, IDLE_NET};
 use crate::units::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -29,13 +30,16 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SleepSettings {
-    /// Opt-in: a VM sleeps only when its owner said it may.
+    /// Opt-in: a VM sleeps only when its owner said it may. Read from its
+    /// own section (`[vm.NAME.sleep]`), which is the opt-in, it is on unless
+    /// the section says `enabled = false`.
+    #[serde(default = "opted_in")]
     pub enabled: bool,
     pub mode: SleepMode,
     /// How long every rate must stay at or below its threshold before the VM
     /// sleeps. 10 minutes: long enough that a person pausing between two
     /// requests does not pay a wake-up, short enough to matter over a night.
-    pub idle_after_ms: u64,
+    pub idle_after: Span,
     /// CPU use, as a fraction of one vCPU, at or below which the VM counts as
     /// idle. 0.05: an idle guest here uses under 1% (a diskless 128 MiB TCG
     /// guest measured 0.5%), a guest doing any real work uses far more.
@@ -48,15 +52,28 @@ pub struct SleepSettings {
     pub disk_threshold: Bytes,
 }
 
+impl SleepSettings {
+    /// The section's rules; `field` names it (`vm.NAME.sleep`, `<sleep>`).
+    pub fn validate(&self, field: &str) -> Result<(), String> {
+        number(&format!("{field}.cpu_threshold"), self.cpu_threshold, Range::Closed(0.0, 1.0), " (a fraction of one vCPU, like 0.05)")?;
+        nonzero(&format!("{field}.net_threshold"), self.net_threshold)?;
+        nonzero(&format!("{field}.disk_threshold"), self.disk_threshold)
+    }
+}
+
+fn opted_in() -> bool {
+    true
+}
+
 impl Default for SleepSettings {
     fn default() -> Self {
         SleepSettings {
             enabled: false,
             mode: SleepMode::Save,
-            idle_after_ms: 10 * 60 * 1000,
-            cpu_threshold: 0.05,
-            net_threshold: Bytes::from_kib(2),
-            disk_threshold: Bytes::from_kib(64),
+            idle_after: Span::from_secs(10 * 60),
+            cpu_threshold: IDLE_CPU,
+            net_threshold: IDLE_NET,
+            disk_threshold: IDLE_DISK,
         }
     }
 }
@@ -291,11 +308,11 @@ impl SleepPolicy {
                 None
             };
             if view.skipped.is_none() {
-                view.sleeps_at = Some(track.window_start.at.plus(s.idle_after_ms));
+                view.sleeps_at = Some(track.window_start.at.plus(s.idle_after.as_millis()));
                 let idle_for = now.since(track.window_start.at);
                 // This tick itself must have been measured and quiet: with
                 // idle_after 0 the window alone proves nothing.
-                if measured && track.active_reason.is_none() && idle_for >= s.idle_after_ms {
+                if measured && track.active_reason.is_none() && idle_for >= s.idle_after.as_millis() {
                     let text = idle_text(track, &t);
                     d.to_sleep.push((v.id.clone(), s.mode, Reason::new(Rule::Sleep, text)));
                     track.window_start = track.last;
@@ -466,7 +483,7 @@ mod tests {
 
     #[test]
     fn client_traffic_and_held_connections_keep_it_awake() {
-        let mut w = One::new(SleepSettings { idle_after_ms: MIN, ..enabled() });
+        let mut w = One::new(SleepSettings { idle_after: Span::from_millis(MIN), ..enabled() });
         w.tick();
         w.traffic.bytes += 100;
         let d = w.run(10_000, 0.0, 0, 0);
@@ -574,7 +591,7 @@ mod tests {
 
     #[test]
     fn two_observations_at_the_same_instant_change_nothing() {
-        let mut w = One::new(SleepSettings { idle_after_ms: 0, ..enabled() });
+        let mut w = One::new(SleepSettings { idle_after: Span::from_millis(0), ..enabled() });
         w.tick();
         let d = w.tick();
         assert!(d.to_sleep.is_empty(), "no time passed: nothing measured");
@@ -635,7 +652,7 @@ mod tests {
             let ids: Vec<VmId> = (0..4).map(|i| VmId::new(format!("vm{i}"))).collect();
             let settings: BTreeMap<_, _> = ids.iter().enumerate().map(|(i, id)| {
                 let mode = if pause[i] { SleepMode::Pause } else { SleepMode::Save };
-                (id.clone(), SleepSettings { enabled: enabled[i], mode, idle_after_ms: idle_after, ..SleepSettings::default() })
+                (id.clone(), SleepSettings { enabled: enabled[i], mode, idle_after: Span::from_millis(idle_after), ..SleepSettings::default() })
             }).collect();
             let mut acts = vec![Activity::default(); 4];
             let mut traffic: BTreeMap<VmId, SurrogateTraffic> = BTreeMap::new();

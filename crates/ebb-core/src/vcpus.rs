@@ -97,7 +97,7 @@ impl VcpuPolicy {
             let min = min.min(s.base).max(1);
             // Running at all, now (not held like the class): back at once.
             let runs = view.rates.is_some_and(|r| r.cpu > cfg.idle_cpu);
-            let settled = self.restored_at.get(&v.id).is_none_or(|t| now.since(*t) >= cfg.class_after_ms);
+            let settled = self.restored_at.get(&v.id).is_none_or(|t| now.since(*t) >= cfg.class_after.as_millis());
             let (wanted, why, rule) = if view.critical {
                 (s.base, "time-critical: all its vCPUs".to_string(), Rule::Critical)
             } else if view.class == Some(Class::Idle) && !runs && settled {

@@ -22,8 +22,12 @@ pub fn metadata(data: &[u8]) {
     assert_ne!(m.shares, Some(0));
     assert!(m.min != Some(Bytes::ZERO) && m.max != Some(Bytes::ZERO));
     if let Some(s) = m.sleep {
-        assert!(s.idle_after_ms > 0);
+        assert!(s.idle_after.as_millis() > 0);
         assert!(s.cpu_threshold.is_finite() && s.cpu_threshold >= 0.0, "{}", s.cpu_threshold);
+    }
+    if let Some(r) = m.realloc {
+        assert!(r.validate("<realloc>").is_ok());
+        assert_ne!(r.vcpus_min, Some(0));
     }
 }
 

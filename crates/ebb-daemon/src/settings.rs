@@ -6,6 +6,7 @@
 use crate::api_types::{SettingSources, Source};
 use crate::config::{Size, VmReallocSection, VmSection};
 use ebb_core::affinity::CpuSet;
+use ebb_core::human::Span;
 use ebb_core::sleep::SleepSettings;
 use ebb_core::{Bytes, SleepMode, VmSettings};
 use quick_xml::events::Event;
@@ -66,7 +67,11 @@ pub fn parse_metadata(xml: &str) -> Result<MetadataSettings, String> {
                 }
                 ("memory", "min") => out.min = Some(parse_size(&value, &field)?),
                 ("memory", "max") => out.max = Some(parse_size(&value, &field)?),
-                ("sleep", _) => parse_sleep(out.sleep.get_or_insert_with(SleepSettings::default), &key, &value, &field)?,
+                ("sleep", _) => {
+                    let sleep = out.sleep.get_or_insert_with(SleepSettings::default);
+                    parse_sleep(sleep, &key, &value, &field)?;
+                    sleep.validate(&field)?;
+                }
                 ("realloc", _) => parse_realloc(out.realloc.get_or_insert_with(VmReallocSection::default), &key, &value, &field)?,
                 ("power", "value") => out.value = Some(value.parse().map_err(|_| format!("{field}: a whole number from 0 to {}", u32::MAX))?),
                 ("power", "handles_power_events") => {
@@ -79,6 +84,7 @@ pub fn parse_metadata(xml: &str) -> Result<MetadataSettings, String> {
     if let Some(r) = &out.realloc {
         r.validate("<realloc>")?;
     }
+
     Ok(out)
 }
 
@@ -116,20 +122,8 @@ fn parse_sleep(s: &mut SleepSettings, key: &str, value: &str, field: &str) -> Re
                 _ => return Err(format!("{field}: mode is save or pause")),
             }
         }
-        "idle_after" => {
-            let d = crate::config::parse_duration(value).map_err(|e| format!("{field}: {e}"))?;
-            // Kept in whole milliseconds: under one would be no wait at all.
-            let ms = d.as_millis();
-            if ms == 0 {
-                return Err(format!("{field}: idle_after must be at least 1ms"));
-            }
-            s.idle_after_ms = u64::try_from(ms).map_err(|_| format!("{field}: idle_after is too long a duration"))?;
-        }
-        "cpu_threshold" => {
-            let v: f64 = value.parse().map_err(|_| format!("{field}: a fraction of one vCPU, like 0.05"))?;
-            crate::config::check_cpu_threshold(field, v)?;
-            s.cpu_threshold = v;
-        }
+        "idle_after" => s.idle_after = Span::parse(value).map_err(|e| format!("{field}: {e}"))?,
+        "cpu_threshold" => s.cpu_threshold = value.parse().map_err(|_| format!("{field}: a fraction of one vCPU, like 0.05"))?,
         "net_threshold" => s.net_threshold = value.parse().map_err(|e| format!("{field}: {e}"))?,
         "disk_threshold" => s.disk_threshold = value.parse().map_err(|e| format!("{field}: {e}"))?,
         _ => return Err(format!("{field}: ebb does not know this setting")),
@@ -187,7 +181,7 @@ pub fn resolve(config: Option<&VmSection>, meta: Option<&MetadataSettings>) -> R
     let (managed, m_src) = pick(cfg.managed, meta.managed, d.managed);
     // A `[vm.NAME.sleep]` section replaces a `<sleep>` element as a whole,
     // and a `[vm.NAME.realloc]` section a `<realloc>` one.
-    let (sleep, sleep_src) = pick(cfg.sleep.map(|s| Some(s.settings())), meta.sleep.map(Some), None);
+    let (sleep, sleep_src) = pick(cfg.sleep.map(Some), meta.sleep.map(Some), None);
     let (realloc, realloc_src) = pick(cfg.realloc.map(Some), meta.realloc.map(Some), None);
     let (value, value_src) = pick(cfg.value.map(Some), meta.value.map(Some), None);
     let (handles_power_events, h_src) = pick(cfg.handles_power_events, meta.handles_power_events, true);
@@ -248,13 +242,13 @@ mod tests {
         let r = resolve(None, Some(&m));
         let sleep = r.sleep.unwrap();
         assert!(sleep.enabled);
-        assert_eq!((sleep.mode, sleep.idle_after_ms, sleep.cpu_threshold), (SleepMode::Pause, 30 * 60 * 1000, 0.1));
+        assert_eq!((sleep.mode, sleep.idle_after, sleep.cpu_threshold), (SleepMode::Pause, Span::from_secs(30 * 60), 0.1));
         assert_eq!(r.sources.sleep, Source::Metadata);
 
         let cfg = Config::parse("[vm.web.sleep]\nidle_after = \"5m\"\n").unwrap();
         let r = resolve(cfg.vm.get("web"), Some(&m));
         let sleep = r.sleep.unwrap();
-        assert_eq!((sleep.mode, sleep.idle_after_ms), (SleepMode::Save, 5 * 60 * 1000));
+        assert_eq!((sleep.mode, sleep.idle_after), (SleepMode::Save, Span::from_secs(5 * 60)));
         assert_eq!(r.sources.sleep, Source::Config);
 
         let off = parse_metadata(r#"<vm><sleep enabled="no"/></vm>"#).unwrap();

@@ -346,7 +346,7 @@ pub fn explain_text(x: &Explain) -> String {
 }
 
 pub fn describe_config(c: &Config) -> String {
-    let m = c.memory.policy_config();
+    let m = &c.memory;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -360,19 +360,19 @@ pub fn describe_config(c: &Config) -> String {
     let _ = writeln!(
         out,
         "memory: {}  pool: {}  host reserve: {}  idle tax: {}  step: {}..{}",
-        if c.memory.enabled { "managed" } else { "observed only" },
+        if m.enabled { "managed" } else { "observed only" },
         m.pool.map_or("host total minus reserve".into(), |p| p.to_string()),
         m.host_reserve,
         m.idle_tax,
         m.step_min,
         m.step_max
     );
-    let r = c.realloc.policy_config();
+    let r = &c.realloc;
     let _ = writeln!(
         out,
-        "reallocation: {}  class after: {:?}  cpu-bound at {:.0}% (until {:.0}%)  boost x{}  idle cut /{}",
+        "reallocation: {}  class after: {}  cpu-bound at {:.0}% (until {:.0}%)  boost x{}  idle cut /{}",
         if r.enabled { "on" } else { "off" },
-        c.realloc.class_after,
+        r.class_after,
         r.cpu_busy * 100.0,
         r.cpu_busy_leave * 100.0,
         r.boost,
@@ -399,7 +399,7 @@ pub fn describe_config(c: &Config) -> String {
     let d = &c.power.devices;
     let cpufreq = if d.cpufreq {
         format!(
-            "{} (or max frequency at {:.0}%) while the VMs use under {:.0}% of the CPUs for {:?}, back at {:.0}%",
+            "{} (or max frequency at {:.0}%) while the VMs use under {:.0}% of the CPUs for {}, back at {:.0}%",
             d.governor,
             d.max_freq_fraction * 100.0,
             d.cpu_low * 100.0,
@@ -411,8 +411,8 @@ pub fn describe_config(c: &Config) -> String {
     };
     let standby = match (d.disk_idle_after, &d.disk_standby_command) {
         (None, _) => "off".to_string(),
-        (Some(after), None) => format!("after {after:?} without I/O, recorded, not run (no disk_standby_command)"),
-        (Some(after), Some(cmd)) => format!("after {after:?} without I/O, by {} /dev/NAME", cmd.join(" ")),
+        (Some(after), None) => format!("after {after} without I/O, recorded, not run (no disk_standby_command)"),
+        (Some(after), Some(cmd)) => format!("after {after} without I/O, by {} /dev/NAME", cmd.join(" ")),
     };
     let _ = writeln!(out, "devices (under {}): cpufreq: {cpufreq}  disk standby: {standby}", c.power.sysfs.display());
     for (name, vm) in &c.vm {

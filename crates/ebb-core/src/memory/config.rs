@@ -2,12 +2,17 @@
 //! rounding every part of the policy shares (a leaf: nothing here imports
 //! the rest of the policy).
 
+use crate::human::{nonzero, number, Range, Span};
 use crate::units::*;
 use serde::{Deserialize, Serialize};
 
-/// Tunables of the memory policy; the agent's `[memory]` config section.
+/// Tunables of the memory policy: the agent's `[memory]` config section
+/// itself (sizes and spans as people write them).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
+    /// false: ebb observes and says what it would do, and moves no balloon.
+    pub enabled: bool,
     /// Memory ebb may hand to guests in total. None: host total − host_reserve.
     pub pool: Option<Bytes>,
     /// Host memory kept for the host itself: ebb keeps host available memory above it.
@@ -21,7 +26,7 @@ pub struct MemoryConfig {
     pub dead_band: Bytes,
     pub dead_band_fraction: f64,
     /// A balloon with no progress for this long is stuck (Xen squeezed: 5 s).
-    pub stuck_after_ms: u64,
+    pub stuck_after: Span,
     /// Free memory a guest keeps above what it uses: max(headroom_min, headroom_fraction × used).
     pub headroom_min: Bytes,
     pub headroom_fraction: f64,
@@ -34,6 +39,7 @@ pub struct MemoryConfig {
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
+            enabled: true,
             pool: None,
             host_reserve: Bytes::from_gib(1),
             idle_tax: 0.75,
@@ -41,12 +47,41 @@ impl Default for MemoryConfig {
             step_max: Bytes::from_mib(512),
             dead_band: Bytes::from_mib(1),
             dead_band_fraction: 0.0025,
-            stuck_after_ms: 5_000,
+            stuck_after: Span::from_secs(5),
             headroom_min: Bytes::from_mib(64),
             headroom_fraction: 0.2,
             low_free_fraction: 0.1,
             major_fault_rate: 100.0,
         }
+    }
+}
+
+impl MemoryConfig {
+    /// The section's rules; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        number("memory.idle_tax", self.idle_tax, Range::ClosedOpen(0.0, 1.0), " (0.75 is ESX's default)")?;
+        for (name, v) in [
+            ("dead_band_fraction", self.dead_band_fraction),
+            ("headroom_fraction", self.headroom_fraction),
+            ("low_free_fraction", self.low_free_fraction),
+        ] {
+            number(&format!("memory.{name}"), v, Range::ClosedOpen(0.0, 1.0), "")?;
+        }
+        number("memory.major_fault_rate", self.major_fault_rate, Range::Above(0.0), " (major page faults per second)")?;
+        for (name, b) in [
+            ("pool", self.pool.unwrap_or(Bytes(1))),
+            ("host_reserve", self.host_reserve),
+            ("step_min", self.step_min),
+            ("step_max", self.step_max),
+            ("dead_band", self.dead_band),
+            ("headroom_min", self.headroom_min),
+        ] {
+            nonzero(&format!("memory.{name}"), b)?;
+        }
+        if self.step_min > self.step_max {
+            return Err(format!("memory.step_min ({}) is above memory.step_max ({})", self.step_min.0, self.step_max.0));
+        }
+        Ok(())
     }
 }
 
@@ -81,7 +116,7 @@ impl Tuning {
             step_max: c.step_max.max(step_min),
             dead_band: c.dead_band,
             dead_band_fraction: frac(c.dead_band_fraction, 0.5),
-            stuck_after_ms: c.stuck_after_ms,
+            stuck_after_ms: c.stuck_after.as_millis(),
             headroom_min: c.headroom_min,
             headroom_fraction: frac(c.headroom_fraction, 10.0),
             low_free_fraction: frac(c.low_free_fraction, 0.9),

@@ -223,7 +223,7 @@ impl MemoryPolicy {
         let host_spare = if obs.host.total.0 > 0 { obs.host.available.saturating_sub(t.host_reserve) } else { Bytes(u64::MAX) };
         plan::plan(&mut work, &t, pool, committed, host_spare);
 
-        let actions = conclude(&work, &mut views, &mut states, pool, now);
+        let actions = conclude(&work, &mut views, &mut states, pool, now, cfg.enabled);
         self.vms = states;
         MemoryDecision {
             pool,
@@ -237,13 +237,22 @@ impl MemoryPolicy {
 
 /// Actions, views and remembered state, in id order: each new target
 /// becomes a pending move with its reason.
-fn conclude(work: &[Work], views: &mut [VmMemoryView], states: &mut [(VmId, VmMem)], pool: Bytes, now: Millis) -> Vec<Action> {
+/// The targets become actions and the VMs' pending moves. With memory
+/// management off (`enabled = false`) nothing is sent, so nothing is
+/// believed pending: each view shows the target ebb would set, with its reason.
+fn conclude(work: &[Work], views: &mut [VmMemoryView], states: &mut [(VmId, VmMem)], pool: Bytes, now: Millis, enabled: bool) -> Vec<Action> {
     let mut actions = Vec::new();
     for w in work {
         let view = &mut views[w.view];
         let st = &mut states[w.view].1;
         view.entitlement = Some(w.entitlement);
         view.floor = Some(w.floor);
+        view.step = st.step;
+        if !enabled {
+            view.target = Some(w.target.map_or(w.current, |(target, _)| target));
+            view.last_reason = w.target.map(|(target, rule)| Arc::new(Reason::new(rule, words::reason_text(w, target, rule, pool, st.step))));
+            continue;
+        }
         if let Some((target, rule)) = w.target {
             let reason = Reason::new(rule, words::reason_text(w, target, rule, pool, st.step));
             let kind = match target.cmp(&w.current) {
@@ -260,7 +269,6 @@ fn conclude(work: &[Work], views: &mut [VmMemoryView], states: &mut [(VmId, VmMe
             actions.push(Action::SetBalloonTarget { vm: view.vm.clone(), target, reason });
         }
         view.target = Some(st.pending.map_or(w.current, |p| p.target));
-        view.step = st.step;
         view.last_reason = st.last_reason.clone();
     }
     actions

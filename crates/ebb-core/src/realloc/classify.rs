@@ -144,18 +144,18 @@ pub(super) fn read(
         };
         let idle = r.cpu <= cfg.idle_cpu && r.disk <= cfg.idle_disk && r.net <= cfg.idle_net;
         track.bound = bound;
-        track.class.see(bound.class(idle), now, cfg.class_after_ms);
+        track.class.see(bound.class(idle), now, cfg.class_after.as_millis());
         view.rates = Some(r);
         view.cpu_use = Some(demand);
         view.at_cap = at_cap;
         view.bound = bound;
-        track.net_gains.see(at_net_limit, now, cfg.class_after_ms);
-        track.disk_gains.see(at_disk_limit, now, cfg.class_after_ms);
+        track.net_gains.see(at_net_limit, now, cfg.class_after.as_millis());
+        track.disk_gains.see(at_disk_limit, now, cfg.class_after.as_millis());
         demand_on_host = Some((r.cpu + r.vcpu_wait).min(vcpus));
         let waits = r.vcpu_wait >= cfg.wait_contended;
-        track.gains.see(bound.cpu && (at_cap || waits || saturated_last), now, cfg.class_after_ms);
+        track.gains.see(bound.cpu && (at_cap || waits || saturated_last), now, cfg.class_after.as_millis());
         // A capped VM's wait is its own cap holding it back.
-        track.contended.see(bound.cpu && ((waits && !at_cap) || saturated_last), now, cfg.class_after_ms);
+        track.contended.see(bound.cpu && ((waits && !at_cap) || saturated_last), now, cfg.class_after.as_millis());
     }
     view.gains = matches!(track.class.value, Some(Class::CpuBound | Class::Mixed)) && track.gains.value == Some(true);
     // Contention counts from the moment it shows, held or not: a

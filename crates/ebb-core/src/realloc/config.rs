@@ -1,17 +1,21 @@
 //! The reallocation policy's host-wide usage model and each VM's bounds.
 
 use super::class::Class;
+use crate::cpuset::MAX_CPUS;
+use crate::human::{nonzero, number, Range, Span};
+use crate::rates::{IDLE_CPU, IDLE_DISK, IDLE_NET};
 use crate::units::*;
 use serde::{Deserialize, Serialize};
 
-/// The usage model and the size of the moves; host-wide.
+/// The usage model, the size of the moves and the affinity thresholds;
+/// host-wide. The agent's `[realloc]` config section itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReallocConfig {
     pub enabled: bool,
     /// A new class counts once it has held this long. 10 s (5 ticks): a
     /// compile or a backup is classified, a burst of a page load is not.
-    pub class_after_ms: u64,
+    pub class_after: Span,
     /// CPU use, as a fraction of the VM's vCPUs, at which it is cpu-bound…
     pub cpu_busy: f64,
     /// …and below which it stops being so (the band against flapping).
@@ -27,7 +31,7 @@ pub struct ReallocConfig {
     /// bandwidth limit is net-bound at any rate).
     pub disk_busy: Bytes,
     pub net_busy: Bytes,
-    /// At or below all of these a VM is idle (the sleep policy's defaults).
+    /// At or below all of these a VM is idle (`rates::IDLE_*` by default, as for sleep).
     pub idle_cpu: f64,
     pub idle_disk: Bytes,
     pub idle_net: Bytes,
@@ -35,13 +39,65 @@ pub struct ReallocConfig {
     pub boost: u64,
     /// …and an idle one divided by this (within its min).
     pub yield_divisor: u64,
+    /// Affinity: a cpu-bound VM waiting on CPUs this busy moves (within its
+    /// `cpus` bound) to CPUs others use at most `affinity_free` of…
+    pub affinity_busy: f64,
+    pub affinity_free: f64,
+    /// …and is not moved again for this long.
+    pub affinity_hold: Span,
+}
+
+/// The largest `boost` and `yield_divisor`: 64 times takes a default weight
+/// of 1024 to 65,536 or 16, well inside libvirt's 2..262,144, and disk
+/// weights span only 100..1000.
+pub const MAX_WEIGHT_FACTOR: u64 = 64;
+
+impl ReallocConfig {
+    /// The section's rules; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("cpu_busy", self.cpu_busy),
+            ("cpu_busy_leave", self.cpu_busy_leave),
+            ("at_cap", self.at_cap),
+            ("saturated", self.saturated),
+            ("affinity_busy", self.affinity_busy),
+            ("affinity_free", self.affinity_free),
+        ] {
+            number(&format!("realloc.{name}"), v, Range::OpenClosed(0.0, 1.0), "")?;
+        }
+        number("realloc.idle_cpu", self.idle_cpu, Range::Closed(0.0, 1.0), " (a fraction of one CPU)")?;
+        number("realloc.wait_contended", self.wait_contended, Range::OpenClosed(0.0, f64::from(MAX_CPUS)), " (vCPUs' worth of waiting)")?;
+        for (name, b) in [("disk_busy", self.disk_busy), ("net_busy", self.net_busy), ("idle_disk", self.idle_disk), ("idle_net", self.idle_net)] {
+            nonzero(&format!("realloc.{name}"), b)?;
+        }
+        if self.affinity_free >= self.affinity_busy {
+            return Err(format!(
+                "realloc.affinity_free ({}) must be below realloc.affinity_busy ({}): a VM would move between equally busy CPUs",
+                self.affinity_free, self.affinity_busy
+            ));
+        }
+        if self.cpu_busy_leave > self.cpu_busy {
+            return Err(format!(
+                "realloc.cpu_busy_leave ({}) is above realloc.cpu_busy ({}): a VM would leave cpu-bound before it entered",
+                self.cpu_busy_leave, self.cpu_busy
+            ));
+        }
+        for (name, v) in [("boost", self.boost), ("yield_divisor", self.yield_divisor)] {
+            if !(1..=MAX_WEIGHT_FACTOR).contains(&v) {
+                return Err(format!(
+                    "realloc.{name} = {v} is out of range: give a whole number from 1 to {MAX_WEIGHT_FACTOR} (past it a weight leaves libvirt's range)"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for ReallocConfig {
     fn default() -> Self {
         ReallocConfig {
             enabled: true,
-            class_after_ms: 10_000,
+            class_after: Span::from_secs(10),
             cpu_busy: 0.8,
             cpu_busy_leave: 0.6,
             at_cap: 0.9,
@@ -49,11 +105,14 @@ impl Default for ReallocConfig {
             saturated: 0.9,
             disk_busy: Bytes::from_mib(4),
             net_busy: Bytes::from_mib(1),
-            idle_cpu: 0.05,
-            idle_disk: Bytes::from_kib(64),
-            idle_net: Bytes::from_kib(2),
+            idle_cpu: IDLE_CPU,
+            idle_disk: IDLE_DISK,
+            idle_net: IDLE_NET,
             boost: 4,
             yield_divisor: 4,
+            affinity_busy: 0.7,
+            affinity_free: 0.3,
+            affinity_hold: Span::from_secs(30),
         }
     }
 }

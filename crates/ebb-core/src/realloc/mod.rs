@@ -191,7 +191,7 @@ impl ReallocPolicy {
         // On demand, not use: raising a capped VM's cap must not be what
         // makes the host saturated (and then undone as a conflict).
         self.saturated_last = d.host_demand >= cfg.saturated * host_cpus;
-        self.saturated.see(self.saturated_last, now, cfg.class_after_ms);
+        self.saturated.see(self.saturated_last, now, cfg.class_after.as_millis());
         d.saturated = self.saturated.value == Some(true);
 
         // The conflict checks: two or more VMs that would gain, competing

@@ -36,7 +36,6 @@ impl Agent {
         };
         let (command_tx, commands) = mpsc::channel(64);
         let (surrogate, surrogate_events) = Surrogate::new(cfg.surrogate.limits());
-        let mem_cfg = cfg.memory.policy_config();
         let mut policy = MemoryPolicy::new();
         let mut saved_memory = HashMap::new();
         match journal.memory_states() {
@@ -113,7 +112,6 @@ impl Agent {
             next_try_at: started_at,
         };
         let agent = Agent {
-            mem_cfg,
             connect: Arc::new(connect),
             hv: None,
             connection,
@@ -128,11 +126,10 @@ impl Agent {
             sleep_policy: SleepPolicy::new(),
             settings: BTreeMap::new(),
             realloc,
-            realloc_cfg: cfg.realloc.policy_config(),
+            realloc_cfg: cfg.realloc.clone(),
             live_tunes: HashMap::new(),
             saved_tunes,
             affinity,
-            affinity_cfg: cfg.realloc.affinity_config(),
             saved_pins,
             affinity_views: HashMap::new(),
             vcpus,
@@ -155,7 +152,7 @@ impl Agent {
             model_draw: None,
             measured: Ok(None),
             devices,
-            device_cfg: cfg.power.devices.policy_config(),
+            device_cfg: cfg.power.devices.clone(),
             devices_view: None,
             last_restore_error: None,
             vm_disks: HashMap::new(),

@@ -26,7 +26,7 @@ impl Agent {
     pub(super) fn decide(&mut self, obs: &Observation, cpus: &CpuReadings, at: Millis) -> Decisions {
         self.resolve_settings(obs);
         let memory_settings = self.settings.iter().map(|(id, r)| (id.clone(), r.settings.clone())).collect();
-        let memory = self.policy.decide(obs, &memory_settings, &self.mem_cfg, at);
+        let memory = self.policy.decide(obs, &memory_settings, &self.cfg.memory, at);
         self.note_skips(&memory, at);
         let sleep_settings = self.settings.iter().filter_map(|(id, r)| Some((id.clone(), r.sleep.clone()?))).collect();
         let idle = self.sleep_policy.decide(obs, &sleep_settings, &self.traffic(), at);
@@ -69,14 +69,14 @@ impl Agent {
                     .map(|u| u * f64::from(v.activity.map_or(1, |a| a.vcpus.max(1)))),
             })
             .collect();
-        self.affinity.decide(obs, realloc, &cpus.host_cpus, &vms, &self.affinity_cfg, at)
+        self.affinity.decide(obs, realloc, &cpus.host_cpus, &vms, &self.realloc_cfg, at)
     }
 
     /// The tick's actions, as `ebb_core::compose` orders them.
     pub(super) fn compose(&self, d: &Decisions) -> Vec<Action> {
         let cpus = [d.realloc.as_ref().map(|r| &r.actions), d.affinity.as_ref().map(|a| &a.actions), d.vcpus.as_ref().map(|v| &v.actions)];
         let decided = Decided {
-            memory: if self.cfg.memory.enabled { &d.memory.actions } else { &[] },
+            memory: &d.memory.actions,
             cpus: cpus.into_iter().flatten().map(Vec::as_slice).collect(),
             sleep: Some(&d.idle),
         };

@@ -17,7 +17,7 @@ impl Agent {
         let cfg = self.device_cfg.clone();
         let vms_use = self.devices.observe(obs);
         let want_cpu = cfg.cpufreq || self.devices.cpu_changes().is_some();
-        let want_disks = cfg.disk_idle_after_ms.is_some();
+        let want_disks = cfg.disk_idle_after.is_some();
         if !want_cpu && !want_disks {
             self.devices_view = None;
             return;
@@ -175,7 +175,7 @@ impl Agent {
         at: Millis,
     ) {
         let dv = view.disks.get_or_insert_with(DisksView::default);
-        dv.idle_after_ms = cfg.disk_idle_after_ms.unwrap_or_default();
+        dv.idle_after_ms = cfg.disk_idle_after.map_or(0, |s| s.as_millis());
         let (disks, guards, unknown) = match read {
             Ok(r) => r,
             Err(e) => {

@@ -29,10 +29,10 @@ use crate::journal::{Journal, Kind};
 use crate::settings::{MetadataSettings, Resolved};
 use ebb_backends::platform::Platform;
 use ebb_backends::{HvError, Hypervisor};
-use ebb_core::affinity::{AffinityConfig, AffinityPolicy, AffinityView, Pins};
+use ebb_core::affinity::{AffinityPolicy, AffinityView, Pins};
 use ebb_core::devices::{DeviceConfig, DevicePolicy, DiskSample};
 use ebb_core::power::{LowBattery, Measured, PowerReading, PowerState, Watts};
-use ebb_core::memory::{MemoryConfig, MemoryPolicy};
+use ebb_core::memory::MemoryPolicy;
 use ebb_core::needs::VmNeeds;
 use ebb_core::realloc::{ReallocConfig, ReallocPolicy, Tunes};
 use ebb_core::vcpus::{OnlineVcpus, VcpuPolicy, VcpuView};
@@ -86,7 +86,6 @@ struct KnownState {
 
 pub struct Agent {
     cfg: Config,
-    mem_cfg: MemoryConfig,
     connect: Arc<Connector>,
     hv: Option<Box<dyn Hypervisor>>,
     connection: Connection,
@@ -115,7 +114,6 @@ pub struct Agent {
     /// The tunes as last written to the journal, to write only changes.
     saved_tunes: HashMap<VmId, Tunes>,
     affinity: AffinityPolicy,
-    affinity_cfg: AffinityConfig,
     /// The pinnings as last written to the journal.
     saved_pins: HashMap<VmId, Pins>,
     /// Each VM with a `cpus` bound: what the affinity policy made of it this tick.

@@ -226,7 +226,7 @@ impl Agent {
     /// Which running domains' disk sources to read this tick: only with
     /// disk standby on, for a domain not read yet or read a while ago.
     pub(super) fn disk_sources_due(&self, at: Millis) -> impl Fn(&VmId) -> bool + Send + 'static {
-        let on = self.device_cfg.disk_idle_after_ms.is_some();
+        let on = self.device_cfg.disk_idle_after.is_some();
         let fresh: BTreeSet<VmId> = self
             .vm_disks
             .iter()

@@ -4,20 +4,18 @@
 
 mod units;
 mod agent;
-mod memory;
-mod realloc;
 mod power;
 mod vm;
 mod surrogate;
 
 pub use units::*;
 pub use agent::*;
-pub use memory::*;
-pub use realloc::*;
 pub use power::*;
 pub use vm::*;
 pub use surrogate::*;
 
+use ebb_core::memory::MemoryConfig;
+use ebb_core::realloc::ReallocConfig;
 use ebb_core::affinity::MAX_CPUS;
 use ebb_core::{Bytes, VmId};
 use ebb_surrogate::ServiceSpec;
@@ -39,11 +37,11 @@ pub struct Config {
     #[serde(default)]
     pub agent: AgentSection,
     #[serde(default)]
-    pub memory: MemorySection,
+    pub memory: MemoryConfig,
     #[serde(default)]
     pub surrogate: SurrogateSection,
     #[serde(default)]
-    pub realloc: ReallocSection,
+    pub realloc: ReallocConfig,
     #[serde(default)]
     pub power: PowerSection,
     /// Per-VM settings: `[vm.NAME]`. These win over the domain's metadata.
@@ -61,29 +59,14 @@ impl Config {
     /// Parses and validates; the error names the field and its line.
     pub fn parse(text: &str) -> Result<Config, String> {
         let cfg: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
-        cfg.validate(text)?;
+        cfg.validate(text).map_err(|e| with_line(text, e))?;
         Ok(cfg)
     }
 
     fn validate(&self, text: &str) -> Result<(), String> {
-        let m = &self.memory;
         let at = |span: std::ops::Range<usize>| line_of(text, span.start);
         self.agent.validate()?;
-        number("memory.idle_tax", m.idle_tax, Range::ClosedOpen(0.0, 1.0), " (0.75 is ESX's default)")?;
-        for (name, v) in [
-            ("dead_band_fraction", m.dead_band_fraction),
-            ("headroom_fraction", m.headroom_fraction),
-            ("low_free_fraction", m.low_free_fraction),
-        ] {
-            number(&format!("memory.{name}"), v, Range::ClosedOpen(0.0, 1.0), "")?;
-        }
-        number("memory.major_fault_rate", m.major_fault_rate, Range::Above(0.0), " (major page faults per second)")?;
-        if m.step_min.0 > m.step_max.0 {
-            return Err(format!(
-                "memory.step_min ({}) is above memory.step_max ({})",
-                m.step_min.0, m.step_max.0
-            ));
-        }
+        self.memory.validate()?;
         self.surrogate.limits().validate().map_err(|e| format!("[surrogate]: {e}"))?;
         self.realloc.validate()?;
         if let Some(Err(e)) = self.power.ups_reader() {
@@ -138,7 +121,7 @@ impl Config {
                 }
             }
             if let Some(sleep) = &vm.sleep {
-                check_cpu_threshold(&format!("vm.{name}.sleep.cpu_threshold"), sleep.cpu_threshold)?;
+                sleep.validate(&format!("vm.{name}.sleep"))?;
             }
             if let Some(r) = &vm.realloc {
                 r.validate(&format!("vm.{name}.realloc"))?;
@@ -149,14 +132,13 @@ impl Config {
                 }
             }
         }
-        if let Some(pool) = &m.pool {
+        if let Some(pool) = self.memory.pool {
             let mins: Bytes = self.vm.values().filter_map(|v| v.min.as_ref().map(|m| m.get_ref().0)).sum();
-            let pool_bytes = pool.get_ref().0;
-            if mins > pool_bytes {
+            if mins > pool {
                 return Err(format!(
-                    "line {}: memory.pool ({pool_bytes}) is smaller than the sum of the VMs' minimums ({mins}) by {}: raise the pool or lower some vm.*.min",
-                    at(pool.span()),
-                    mins - pool_bytes
+                    "memory.pool ({}) is smaller than the sum of the VMs' minimums ({mins}) by {}: raise the pool or lower some vm.*.min",
+                    pool.0,
+                    mins - pool
                 ));
             }
         }
@@ -171,6 +153,35 @@ impl Config {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Puts the line of the field an error begins with ("memory.pool …") in
+/// front of it: the sections validate themselves, knowing nothing of the
+/// file, and the file's reader knows where each field stands.
+fn with_line(text: &str, e: String) -> String {
+    let field: String = e.chars().take_while(|c| c.is_ascii_alphanumeric() || "_.-".contains(*c)).collect();
+    match line_of_field(text, field.trim_end_matches('.')) {
+        Some(n) => format!("line {n}: {e}"),
+        None => e,
+    }
+}
+
+/// The line of a dotted `path` ("memory.pool") in the file, if it is there.
+fn line_of_field(text: &str, path: &str) -> Option<usize> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut keys = path.split('.').peekable();
+    while let Some(key) = keys.next() {
+        let (_, value) = table.iter().find(|(k, _)| k.get_ref() == key)?;
+        if keys.peek().is_none() {
+            return Some(line_of(text, value.span().start));
+        }
+        match value.get_ref() {
+            toml::de::DeValue::Table(t) => table = t,
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// toml's message on one line, with the line and the key it was reading,

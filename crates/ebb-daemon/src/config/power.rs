@@ -52,82 +52,12 @@ pub struct PowerSection {
     /// …or 11 points, watts at 0 %, 10 %, …, 100 % CPU (a SPECpower result).
     pub model_table: Option<Vec<f64>>,
     /// `[power.devices]`: CPU frequency and disk standby.
-    pub devices: DevicesSection,
+    pub devices: DeviceConfig,
 }
 
-/// `[power.devices]`: what ebb does with under-used host devices (the
-/// seed's Figure 2). Both parts are off until asked for.
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields, default)]
-pub struct DevicesSection {
-    pub cpufreq: bool,
-    pub cpu_low: f64,
-    #[serde(deserialize_with = "de_duration")]
-    pub cpu_low_after: Duration,
-    pub cpu_high: f64,
-    pub governor: String,
-    pub max_freq_fraction: f64,
-    #[serde(deserialize_with = "de_some_duration")]
-    pub disk_idle_after: Option<Duration>,
-    /// Run with `/dev/NAME` appended; unset: the standby is recorded, not run.
-    pub disk_standby_command: Option<Vec<String>>,
-}
 
-impl Default for DevicesSection {
-    fn default() -> Self {
-        let d = DeviceConfig::default();
-        DevicesSection {
-            cpufreq: d.cpufreq,
-            cpu_low: d.cpu_low,
-            cpu_low_after: Duration::from_millis(d.cpu_low_after_ms),
-            cpu_high: d.cpu_high,
-            governor: d.governor,
-            max_freq_fraction: d.max_freq_fraction,
-            disk_idle_after: d.disk_idle_after_ms.map(Duration::from_millis),
-            disk_standby_command: None,
-        }
-    }
-}
 
-/// The governors Linux's cpufreq has; a CPU offers some of them.
-pub(crate) const GOVERNORS: [&str; 6] = ["performance", "powersave", "userspace", "ondemand", "conservative", "schedutil"];
 
-impl DevicesSection {
-    pub fn policy_config(&self) -> DeviceConfig {
-        DeviceConfig {
-            cpufreq: self.cpufreq,
-            cpu_low: self.cpu_low,
-            cpu_low_after_ms: self.cpu_low_after.as_millis() as u64,
-            cpu_high: self.cpu_high,
-            governor: self.governor.clone(),
-            max_freq_fraction: self.max_freq_fraction,
-            disk_idle_after_ms: self.disk_idle_after.map(|d| d.as_millis() as u64),
-        }
-    }
-
-    pub(crate) fn validate(&self) -> Result<(), String> {
-        for (name, v) in [("cpu_low", self.cpu_low), ("cpu_high", self.cpu_high), ("max_freq_fraction", self.max_freq_fraction)] {
-            number(&format!("power.devices.{name}"), v, Range::OpenClosed(0.0, 1.0), "")?;
-        }
-        if self.cpu_low >= self.cpu_high {
-            return Err(format!(
-                "power.devices.cpu_low ({}) must be below power.devices.cpu_high ({}): the band between them keeps the CPUs from flapping",
-                self.cpu_low, self.cpu_high
-            ));
-        }
-        if !GOVERNORS.contains(&self.governor.as_str()) {
-            return Err(format!(
-                "power.devices.governor = {:?} is not a cpufreq governor: use one of {} (powersave or conservative save power)",
-                self.governor,
-                GOVERNORS.join(", ")
-            ));
-        }
-        if self.disk_standby_command.as_ref().is_some_and(|c| c.is_empty()) {
-            return Err("power.devices.disk_standby_command is empty: give the command and its arguments, e.g. [\"hdparm\", \"-y\"] (ebb adds /dev/NAME)".into());
-        }
-        Ok(())
-    }
-}
 
 impl Default for PowerSection {
     fn default() -> Self {
@@ -146,7 +76,7 @@ impl Default for PowerSection {
             idle_watts: 100.0,
             max_watts: 250.0,
             model_table: None,
-            devices: DevicesSection::default(),
+            devices: DeviceConfig::default(),
         }
     }
 }

@@ -1,5 +1,4 @@
 use super::*;
-use ebb_core::affinity::AffinityConfig;
 use ebb_core::devices::DeviceConfig;
 use ebb_core::memory::MemoryConfig;
 use ebb_core::power::Watts;
@@ -13,22 +12,21 @@ fn empty_config_gives_defaults() {
     let c = Config::parse("").unwrap();
     assert_eq!(c.agent.uri, "qemu:///system");
     assert_eq!(c.agent.tick, Duration::from_secs(2));
-    assert_eq!(c.memory.policy_config(), MemoryConfig::default());
+    assert_eq!(c.memory, MemoryConfig::default());
 }
 
 #[test]
 fn example_config_documents_the_defaults() {
     let c = Config::parse(include_str!("../../../../ebb.example.toml")).unwrap();
-    assert_eq!(c.memory.policy_config(), MemoryConfig::default());
+    assert_eq!(c.memory, MemoryConfig::default());
     assert_eq!(c.surrogate.limits(), Limits::default());
-    assert_eq!(c.realloc.policy_config(), ReallocConfig::default());
-    assert_eq!(c.realloc.affinity_config(), AffinityConfig::default());
+    assert_eq!(c.realloc, ReallocConfig::default());
     let d = PowerSection::default();
     assert_eq!(
         (c.power.low_battery(), c.power.sysfs, c.power.timeout, c.power.ups, c.power.shutdown_timeout, c.power.ups_ca, c.power.ups_tls_name),
         (d.low_battery(), d.sysfs, d.timeout, d.ups, d.shutdown_timeout, d.ups_ca, d.ups_tls_name)
     );
-    assert_eq!(c.power.devices.policy_config(), DeviceConfig::default());
+    assert_eq!(c.power.devices, DeviceConfig::default());
     assert_eq!(c.power.devices.disk_standby_command, None);
     let d = AgentSection::default();
     assert_eq!((c.agent.uri, c.agent.tick, c.agent.fast_tick, c.agent.socket, c.agent.journal), (d.uri, d.tick, d.fast_tick, d.socket, d.journal));
@@ -52,7 +50,7 @@ fn full_config_parses() {
     )
     .unwrap();
     assert_eq!(c.agent.tick, Duration::from_millis(500));
-    assert_eq!(c.memory.policy_config().pool, Some(Bytes::from_gib(2)));
+    assert_eq!(c.memory.pool, Some(Bytes::from_gib(2)));
     let web = c.vm_section(&VmId::new("web")).unwrap();
     assert_eq!(web.min.as_ref().unwrap().get_ref().0, Bytes::from_mib(256));
 }
@@ -105,9 +103,9 @@ fn device_settings_are_checked() {
     let e = Config::parse("[power.devices]\nspindown = true\n").unwrap_err();
     assert!(e.contains("spindown") && e.contains("line 2"), "{e}");
     let c = Config::parse("[power.devices]\ncpufreq = true\ncpu_low_after = \"5s\"\ndisk_idle_after = \"20m\"\ndisk_standby_command = [\"hdparm\", \"-y\"]\n").unwrap();
-    let d = c.power.devices.policy_config();
+    let d = &c.power.devices;
     assert!(d.cpufreq);
-    assert_eq!((d.cpu_low_after_ms, d.disk_idle_after_ms), (5_000, Some(1_200_000)));
+    assert_eq!((d.cpu_low_after.as_millis(), d.disk_idle_after.map(|s| s.as_millis())), (5_000, Some(1_200_000)));
 }
 
 #[test]
@@ -219,11 +217,11 @@ fn a_ups_ca_that_cannot_be_used_is_refused_with_the_field_named() {
     };
     let parse = |power: String| Config::parse(&format!("[power]\nups = \"u@127.0.0.1\"\n{power}")).unwrap_err();
     let e = parse("ups_ca = \"/nonexistent/ca.pem\"\n".into());
-    assert!(e.starts_with("power.ups_ca = \"/nonexistent/ca.pem\" cannot be read (No such file or directory"), "{e}");
+    assert!(e.starts_with("line 3: power.ups_ca = \"/nonexistent/ca.pem\" cannot be read (No such file or directory"), "{e}");
     // A wrong path is refused, not read without end (or waited on).
     for path in ["/dev/zero", "/"] {
         let e = parse(format!("ups_ca = \"{path}\"\n"));
-        assert!(e.starts_with(&format!("power.ups_ca = \"{path}\" is not a file")), "{e}");
+        assert!(e.starts_with(&format!("line 3: power.ups_ca = \"{path}\" is not a file")), "{e}");
     }
     let big = dir.path().join("big.pem");
     std::fs::File::create(&big).unwrap().set_len(ebb_backends::nut::MAX_CA_BYTES + 1).unwrap();
@@ -239,15 +237,15 @@ fn a_ups_ca_that_cannot_be_used_is_refused_with_the_field_named() {
     ] {
         let path = file(name, &text);
         let e = parse(format!("ups_ca = \"{path}\"\n"));
-        assert!(e.starts_with(&format!("power.ups_ca = \"{path}\" {why}")), "{name}: {e}");
+        assert!(e.starts_with(&format!("line 3: power.ups_ca = \"{path}\" {why}")), "{name}: {e}");
     }
     let ca = file("junk2.pem", &block("AAAA"));
     let e = parse(format!("ups_ca = \"{ca}\"\nups_tls_name = \"no spaces please\"\n"));
-    assert!(e.starts_with("power.ups_tls_name = \"no spaces please\" is neither a host name nor an IP address"), "{e}");
+    assert!(e.starts_with("line 4: power.ups_tls_name = \"no spaces please\" is neither a host name nor an IP address"), "{e}");
     let e = Config::parse(&format!("[power]\nups_ca = \"{ca}\"\n")).unwrap_err();
     assert!(e.contains("power.ups is not set"), "{e}");
     let e = Config::parse("[power]\nups = \"u@h\"\nups_tls_name = \"h\"\n").unwrap_err();
-    assert!(e.starts_with("power.ups_tls_name is set without power.ups_ca"), "{e}");
+    assert!(e.starts_with("line 3: power.ups_tls_name is set without power.ups_ca"), "{e}");
 }
 
 #[test]
@@ -298,10 +296,11 @@ fn durations_are_more_than_zero_and_at_most_a_year() {
 #[test]
 fn sleep_sections_opt_in() {
     let c = Config::parse("[vm.web.sleep]\nidle_after = \"5m\"\nmode = \"pause\"\n").unwrap();
-    let s = c.vm["web"].sleep.as_ref().unwrap().settings();
-    assert!(s.enabled);
+    let s = c.vm["web"].sleep.as_ref().unwrap();
+    assert!(s.enabled, "the section is the opt-in");
     assert_eq!(s.mode, SleepMode::Pause);
-    assert_eq!(s.idle_after_ms, 300_000);
+    assert_eq!(s.idle_after.as_millis(), 300_000);
+    assert!(!Config::parse("[vm.web.sleep]\nenabled = false\n").unwrap().vm["web"].sleep.as_ref().unwrap().enabled);
     assert!(Config::parse("[vm.web.sleep]\nmode = \"hibernate\"\n").unwrap_err().contains("hibernate"));
     assert!(Config::parse("[vm.web.sleep]\ncpu_threshold = 2.0\n").unwrap_err().contains("cpu_threshold"));
     assert!(!c.vm.contains_key("db"));

@@ -4,10 +4,8 @@ use super::*;
 use ebb_core::affinity::CpuSet;
 use ebb_core::realloc::ReallocSettings;
 use ebb_core::sleep::SleepSettings;
-use ebb_core::SleepMode;
 use ebb_surrogate::ServiceSpec;
 use serde::{Deserialize, Deserializer};
-use std::time::Duration;
 use toml::Spanned;
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -23,8 +21,9 @@ pub struct VmSection {
     /// false: the VM cannot handle power events itself (no UPS client of
     /// its own), so on low battery it is saved before the others.
     pub handles_power_events: Option<bool>,
-    /// `[vm.NAME.sleep]`: the VM may be put to sleep when idle (opt-in).
-    pub sleep: Option<SleepSection>,
+    /// `[vm.NAME.sleep]`: the VM may be put to sleep when idle (opt-in:
+    /// `enabled` is on inside the section).
+    pub sleep: Option<SleepSettings>,
     /// `[[vm.NAME.service]]`: addresses ebb owns for the VM at all times,
     /// splicing them through while it runs, standing in while it sleeps.
     #[serde(default)]
@@ -117,46 +116,3 @@ impl VmReallocSection {
     }
 }
 
-/// `[vm.NAME.sleep]`. The section is the opt-in: `enabled` defaults to true
-/// inside it, so `enabled = false` pauses the opt-in without deleting it.
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields, default)]
-pub struct SleepSection {
-    pub enabled: bool,
-    /// "save" (managed save: memory freed, ~0.5 s to wake) or "pause" (memory kept, instant wake).
-    pub mode: SleepMode,
-    #[serde(deserialize_with = "de_duration")]
-    pub idle_after: Duration,
-    /// Below this fraction of one vCPU the VM counts as idle.
-    pub cpu_threshold: f64,
-    /// Network and disk bytes per second below which the VM counts as idle.
-    pub net_threshold: Size,
-    pub disk_threshold: Size,
-}
-
-impl Default for SleepSection {
-    fn default() -> Self {
-        let d = SleepSettings::default();
-        SleepSection {
-            enabled: true,
-            mode: d.mode,
-            idle_after: Duration::from_millis(d.idle_after_ms),
-            cpu_threshold: d.cpu_threshold,
-            net_threshold: Size(d.net_threshold),
-            disk_threshold: Size(d.disk_threshold),
-        }
-    }
-}
-
-impl SleepSection {
-    pub fn settings(&self) -> SleepSettings {
-        SleepSettings {
-            enabled: self.enabled,
-            mode: self.mode,
-            idle_after_ms: self.idle_after.as_millis() as u64,
-            cpu_threshold: self.cpu_threshold,
-            net_threshold: self.net_threshold.0,
-            disk_threshold: self.disk_threshold.0,
-        }
-    }
-}
