@@ -377,3 +377,23 @@ fn whole_prints_as_float_formatting_does() {
         assert_eq!(words::Whole(v).to_string(), format!("{v:.0}"), "{v}");
     }
 }
+
+#[test]
+fn with_memory_management_off_nothing_is_sent_or_believed_pending_and_the_would_be_target_is_shown() {
+    // Over the pool by 512 MiB: the idle guest would give some back.
+    let mut w = World::new(vec![guest("idle", 2048, 100), guest("busy", 1024, 900)], 2560);
+    w.cfg.enabled = false;
+    for _ in 0..5 {
+        let d = w.tick();
+        assert!(d.actions.is_empty(), "an action was sent with memory management off: {:?}", d.actions);
+        let idle = view(&d, "idle");
+        assert!(idle.target.is_some_and(|t| t < idle.actual.unwrap()), "the target ebb would set is shown: {idle:?}");
+        assert!(idle.last_reason.is_some(), "with its reason");
+    }
+    assert!(w.policy.vms.iter().all(|(_, st)| st.pending.is_none()), "a move was believed pending although nothing was sent");
+    assert_eq!(w.current("idle"), Bytes::from_mib(2048), "a balloon moved");
+    // Switched on, it acts at once from what it sees, not from targets it believed sent.
+    w.cfg.enabled = true;
+    let d = w.tick();
+    assert!(d.actions.iter().any(|a| a.vm().as_str() == "idle"), "{:?}", d.actions);
+}
