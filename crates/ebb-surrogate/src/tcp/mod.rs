@@ -69,6 +69,8 @@ pub(crate) struct TcpService {
     probe: Mutex<()>,
     /// Turns of the replays waiting for the backend's first byte.
     pacer: Pacer,
+    /// Turns of an awake VM's clients connecting to the backend.
+    connects: Pacer,
 }
 
 impl TcpService {
@@ -78,6 +80,7 @@ impl TcpService {
             verified: watch::Sender::new(0),
             probe: Mutex::new(()),
             pacer: Pacer::new(vm.limits.replay_in_flight),
+            connects: Pacer::new(vm.limits.replay_in_flight),
             vm,
         }
     }
