@@ -78,6 +78,14 @@ impl Default for SleepSettings {
     }
 }
 
+/// A VM ebb put to sleep: how, since when, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SleepRecord {
+    pub mode: SleepMode,
+    pub since: Millis,
+    pub reason: String,
+}
+
 /// What the surrogate saw of a VM's real clients, supplied by the agent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SurrogateTraffic {

@@ -1,48 +1,17 @@
 //! The API's types, shared by the server (agent) and the client (CLI) so
-//! neither re-declares a struct.
+//! neither re-declares a struct. The journal's events, the settings' sources
+//! and the sleep records are defined where they are decided and served as
+//! they are: this module depends on them, never the other way.
+
+pub use crate::journal::Event;
+pub use crate::settings::{SettingSources, Source};
+pub use ebb_core::sleep::SleepRecord;
 
 use ebb_core::memory::VmMemoryView;
 use ebb_core::realloc::VmReallocView;
 use ebb_core::sleep::VmIdleView;
-use ebb_core::{Bytes, Millis, SleepMode, VmSettings, VmState};
+use ebb_core::{Bytes, Millis, VmSettings, VmState};
 use serde::{Deserialize, Serialize};
-
-/// Where a setting's value came from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    Config,
-    Metadata,
-    #[default]
-    Default,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Config => "config",
-            Source::Metadata => "metadata",
-            Source::Default => "default",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SettingSources {
-    pub shares: Source,
-    pub min: Source,
-    pub max: Source,
-    pub managed: Source,
-    /// Where the sleep opt-in came from (`[vm.NAME.sleep]` or `<sleep>`).
-    pub sleep: Source,
-    /// Where the reallocation bounds came from (`[vm.NAME.realloc]` or `<realloc>`).
-    #[serde(default)]
-    pub realloc: Source,
-    #[serde(default)]
-    pub value: Source,
-    #[serde(default)]
-    pub handles_power_events: Source,
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -209,31 +178,6 @@ pub struct SurrogateView {
     /// "http: kernel (…)" or "ssh: splice (…)".
     #[serde(default)]
     pub awake_paths: Vec<String>,
-}
-
-/// A VM ebb put to sleep: how, since when, and why.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SleepRecord {
-    pub mode: SleepMode,
-    pub since: Millis,
-    pub reason: String,
-}
-
-/// One journal entry.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    pub id: i64,
-    pub at: Millis,
-    pub vm: Option<String>,
-    pub kind: String,
-    pub rule: Option<String>,
-    pub text: String,
-    pub target: Option<Bytes>,
-    /// `ok`, or `failed: ` and why; None for an event that is no attempt.
-    pub outcome: Option<String>,
-    /// The attempt failed.
-    #[serde(default)]
-    pub failed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -2,14 +2,15 @@
 //! own events, in SQLite. It survives restarts: after a crash the agent
 //! resumes each VM's adaptive step and last target from it.
 
-use crate::api_types::{Event, SleepRecord};
 use ebb_core::affinity::Pins;
 use ebb_core::vcpus::OnlineVcpus;
 use ebb_core::devices::CpuChange;
 use ebb_core::memory::Resumed;
 use ebb_core::needs::VmNeeds;
 use ebb_core::realloc::Tunes;
+use ebb_core::sleep::SleepRecord;
 use ebb_core::{Action, Bytes, Millis, Rule, SleepMode, VmId};
+use serde::{Deserialize, Serialize};
 use rusqlite::{params, Connection};
 use std::path::{Path, PathBuf};
 
@@ -196,6 +197,23 @@ impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.stored())
     }
+}
+
+/// One journal entry as it is read back (and served by the API as is).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub at: Millis,
+    pub vm: Option<String>,
+    pub kind: String,
+    pub rule: Option<String>,
+    pub text: String,
+    pub target: Option<Bytes>,
+    /// `ok`, or `failed: ` and why; None for an event that is no attempt.
+    pub outcome: Option<String>,
+    /// The attempt failed.
+    #[serde(default)]
+    pub failed: bool,
 }
 
 /// An entry to write.

@@ -3,13 +3,50 @@
 //! VM). The config file wins; every value remembers where it came from.
 //! Every per-VM setting the agent uses is resolved here, and only here.
 
-use crate::api_types::{SettingSources, Source};
 use crate::config::{Size, VmReallocSection, VmSection};
 use ebb_core::affinity::CpuSet;
 use ebb_core::human::Span;
 use ebb_core::sleep::SleepSettings;
 use ebb_core::{Bytes, SleepMode, VmSettings};
 use quick_xml::events::Event;
+use serde::{Deserialize, Serialize};
+
+/// Where a setting's value came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Config,
+    Metadata,
+    #[default]
+    Default,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::Metadata => "metadata",
+            Source::Default => "default",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingSources {
+    pub shares: Source,
+    pub min: Source,
+    pub max: Source,
+    pub managed: Source,
+    /// Where the sleep opt-in came from (`[vm.NAME.sleep]` or `<sleep>`).
+    pub sleep: Source,
+    /// Where the reallocation bounds came from (`[vm.NAME.realloc]` or `<realloc>`).
+    #[serde(default)]
+    pub realloc: Source,
+    #[serde(default)]
+    pub value: Source,
+    #[serde(default)]
+    pub handles_power_events: Source,
+}
 
 /// Settings read from a domain's metadata element, e.g.
 /// `<ebb:vm xmlns:ebb="https://ebb.dev/xmlns/vm/1" managed="yes">
