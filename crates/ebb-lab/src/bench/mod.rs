@@ -91,6 +91,17 @@ pub async fn run(cmd: BenchCommand) -> Result<(), String> {
     }
 }
 
+/// Starts `ebb run --config config` through `cmd` (this binary, or a
+/// wrapper that runs it), quiet: the benches print their own figures.
+fn spawn_ebb_run(mut cmd: std::process::Command, config: &Path) -> std::io::Result<std::process::Child> {
+    cmd.args(["run", "--config"])
+        .arg(config)
+        .env("EBB_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+}
+
 fn wait_path(p: &Path, limit: Duration) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     while !p.exists() {

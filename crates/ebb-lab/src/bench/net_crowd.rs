@@ -3,7 +3,7 @@
 
 use crate::lab::GuestSpec;
 use ebb_core::Bytes;
-use std::process::Stdio;
+use super::spawn_ebb_run;
 use std::time::Duration;
 use tokio::task::block_in_place;
 
@@ -53,15 +53,7 @@ pub(super) async fn surrogate_crowd(n: usize) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut agent = net
-        .command(exe)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("EBB_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start ebb run in {LAB_NETNS}: {e}"))?;
+    let mut agent = spawn_ebb_run(net.command(exe), &config).map_err(|e| format!("cannot start ebb run in {LAB_NETNS}: {e}"))?;
     let through = async {
         wait_path(&socket, Duration::from_secs(10))?;
         tokio::time::sleep(Duration::from_secs(2)).await;

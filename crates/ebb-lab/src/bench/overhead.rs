@@ -3,7 +3,8 @@
 
 use ebb_backends::libvirt::{test_node_xml, LibvirtHypervisor};
 use ebb_backends::Hypervisor;
-use std::process::{Command, Stdio};
+use super::spawn_ebb_run;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::wait_path;
@@ -60,14 +61,7 @@ pub(super) fn overhead(domains: usize, seconds: u64, tick: &str) -> Result<(), S
     )
     .map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("EBB_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start ebb run: {e}"))?;
+    let mut child = spawn_ebb_run(Command::new(exe), &config).map_err(|e| format!("cannot start ebb run: {e}"))?;
     let pid = child.id();
     let result = (|| {
         wait_path(&socket, Duration::from_secs(10))?;
