@@ -4,7 +4,7 @@
 
 use crate::agent::{Command, CommandError, ErrorKind};
 use crate::api_types::{ApiError, Done, Event, Explain, Needs, Snapshot};
-use crate::journal::Journal;
+use crate::journal::JournalHandle;
 use crate::routes;
 use crate::{explain, metrics};
 use axum::extract::{Path as UrlPath, Query, State};
@@ -35,7 +35,7 @@ pub enum ServeError {
 #[derive(Clone)]
 pub struct ApiState {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
-    pub journal: PathBuf,
+    pub journal: JournalHandle,
     pub commands: mpsc::Sender<Command>,
 }
 
@@ -217,20 +217,19 @@ struct EventsQuery {
     limit: Option<usize>,
 }
 
-async fn read_journal(path: PathBuf, vm: Option<String>, limit: usize) -> ApiResult<Vec<Event>> {
-    tokio::task::spawn_blocking(move || Journal::open(&path).and_then(|j| j.events(vm.as_deref(), limit)))
-        .await
-        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+/// Through the journal's writer, so the events include every one the agent
+/// sent before this request.
+async fn read_journal(journal: &JournalHandle, vm: Option<String>, limit: usize) -> ApiResult<Vec<Event>> {
+    journal.call(move |j| j.events(vm.as_deref(), limit)).await.map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 async fn events(State(s): State<ApiState>, Query(q): Query<EventsQuery>) -> ApiResult<Json<Vec<Event>>> {
-    Ok(Json(read_journal(s.journal.clone(), q.vm, q.limit.unwrap_or(50).min(10_000)).await?))
+    Ok(Json(read_journal(&s.journal, q.vm, q.limit.unwrap_or(50).min(10_000)).await?))
 }
 
 async fn explain_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -> ApiResult<Json<Explain>> {
     let now = s.snapshot.borrow().vms.iter().find(|v| v.name == name).cloned();
-    let events = read_journal(s.journal.clone(), Some(name.clone()), 20).await?;
+    let events = read_journal(&s.journal, Some(name.clone()), 20).await?;
     if now.is_none() && events.is_empty() {
         return Err(fail(StatusCode::NOT_FOUND, format!("ebb knows nothing about a VM named {name}")));
     }

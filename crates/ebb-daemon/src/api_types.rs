@@ -52,6 +52,9 @@ pub struct Status {
     /// Wall time of the last wake (restore or resume call), for /metrics.
     pub last_wake_ms: Option<f64>,
     pub journal: String,
+    /// Why journal writes are waiting (a full disk), while they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_trouble: Option<String>,
     /// The host's power source; None when none is configured or seen.
     #[serde(default)]
     pub power: Option<PowerStatus>,

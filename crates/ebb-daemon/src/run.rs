@@ -6,7 +6,7 @@ use crate::agent::{Agent, Connector};
 use crate::clock::Clock;
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::journal::{Journal, JournalLock};
+use crate::journal::{Journal, JournalLock, JournalWriter};
 use ebb_surrogate::FdPlan;
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use std::future::Future;
@@ -43,18 +43,23 @@ pub async fn run_with_clock(mut cfg: Config, connect: Connector, clock: Clock, s
             info!("pruned {n} journal entries older than {} days", cfg.agent.journal_keep_days);
         }
     }
-    let journal_path = cfg.agent.journal.clone();
+    // The boot reads use this connection; every write goes through the
+    // writer's own, on its thread.
+    let writer = JournalWriter::start(Journal::open(&cfg.agent.journal).map_err(|e| e.to_string())?);
     info!("ebb {} serving its API at {}", env!("CARGO_PKG_VERSION"), cfg.agent.socket.display());
-    let (mut agent, snapshot, commands) = Agent::new(cfg, journal, connect, clock)?;
+    let (mut agent, snapshot, commands) = Agent::new(cfg, &journal, writer.handle(), connect, clock)?;
+    drop(journal);
     agent.serve_services()?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = api::router(ApiState { snapshot, journal: journal_path, commands });
+    let app = api::router(ApiState { snapshot, journal: writer.handle(), commands });
     let server = tokio::spawn(api::serve(listener, app, async {
         let _ = api_stopped.await;
     }));
     agent.run(shutdown).await;
     let _ = stop_api.send(());
     let _ = server.await;
+    // The journal's last entries ("ebb stopped") land before ebb exits.
+    let _ = tokio::task::spawn_blocking(move || writer.stop()).await;
     Ok(())
 }
 

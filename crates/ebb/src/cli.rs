@@ -56,6 +56,9 @@ pub fn status_text(s: &Status) -> String {
     let _ = writeln!(out, "vms: {} ({} managed)", s.vms, s.vms_managed);
     let _ = writeln!(out, "actions: {} ({} failed); sleeps {}, wakes {}", s.actions_total, s.action_failures_total, s.sleeps_total, s.wakes_total);
     let _ = writeln!(out, "journal: {}", s.journal);
+    if let Some(trouble) = &s.journal_trouble {
+        let _ = writeln!(out, "JOURNAL: {trouble}");
+    }
     out
 }
 

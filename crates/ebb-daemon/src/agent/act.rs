@@ -107,9 +107,8 @@ impl Agent {
                     self.known_states.insert(vm.clone(), now_state);
                     self.sleeps_total += 1;
                     let rec = SleepRecord { mode: *mode, since: at, reason: reason.text.clone() };
-                    if let Err(e) = self.journal.set_sleeping(&vm, &rec) {
-                        warn!("{e}");
-                    }
+                    let (id, record) = (vm.clone(), rec.clone());
+                    self.journal.write(move |j| j.set_sleeping(&id, &record));
                     self.sleeping.insert(vm.clone(), rec);
                 }
                 (Action::Sleep { .. }, Err(_)) => self.set_power(&vm, VmPower::Awake),

@@ -3,7 +3,7 @@
 use super::*;
 use crate::api_types::{Connection, Snapshot};
 use crate::config::Config;
-use crate::journal::{Journal, Kind};
+use crate::journal::{Journal, JournalHandle, Kind};
 use ebb_backends::platform::{HostPlatform, Platform};
 use ebb_core::affinity::{AffinityPolicy, Pins};
 use ebb_core::devices::DevicePolicy;
@@ -23,8 +23,9 @@ impl Agent {
     /// connect yet: the first tick does, so a libvirtd that is down at start
     /// is handled like one that goes away later. Fails on a UPS setting
     /// that cannot be used (a CA file gone since the config was checked):
-    /// never a fallback to an unauthenticated reading.
-    pub fn new(cfg: Config, journal: Journal, connect: Connector, clock: Clock) -> Result<NewAgent, String> {
+    /// never a fallback to an unauthenticated reading. What the journal
+    /// remembers is read from `journal`; the agent writes through `writer`.
+    pub fn new(cfg: Config, journal: &Journal, writer: JournalHandle, connect: Connector, clock: Clock) -> Result<NewAgent, String> {
         let ups = cfg.power.ups_reader().transpose()?;
         let started_at = clock.now();
         let sleeping = match journal.sleeping() {
@@ -170,7 +171,7 @@ impl Agent {
             last_wake_ms: None,
             snapshot: watch::channel(Arc::new(Snapshot { status: placeholder_status(), vms: vec![] })).0,
             clock,
-            journal,
+            journal: writer,
             cfg,
         };
         let status = agent.status(None, None, 0.0);

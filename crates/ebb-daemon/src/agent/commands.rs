@@ -108,10 +108,10 @@ impl Agent {
                 let _ = reply.send(answer);
             }
             Command::Critical { vm, on, reply } => {
-                let _ = reply.send(self.set_critical(vm, on, at));
+                let _ = reply.send(self.set_critical(vm, on, at).await);
             }
             Command::Value { vm, value, reply } => {
-                let _ = reply.send(self.set_value(vm, value, at));
+                let _ = reply.send(self.set_value(vm, value, at).await);
             }
         }
     }
@@ -155,11 +155,12 @@ impl Agent {
         }
     }
 
-    fn set_critical(&mut self, vm: VmId, on: bool, at: Millis) -> Result<String, CommandError> {
+    async fn set_critical(&mut self, vm: VmId, on: bool, at: Millis) -> Result<String, CommandError> {
         if !self.known_states.contains_key(&vm) {
             return Err(CommandError::UnknownVm(vm));
         }
-        self.journal.set_critical(&vm, on, at).map_err(|source| CommandError::Journal { what: "the flag", source })?;
+        let id = vm.clone();
+        self.journal.call(move |j| j.set_critical(&id, on, at)).await.map_err(|source| CommandError::Journal { what: "the flag", source })?;
         self.critical.insert(vm.clone(), on);
         let text = if on { "marked time-critical: put first" } else { "no longer time-critical" };
         info!(vm = %vm, "{text}");
@@ -167,11 +168,12 @@ impl Agent {
         Ok(format!("{vm} {text}; ebb applies it at its next tick"))
     }
 
-    fn set_value(&mut self, vm: VmId, value: Option<u32>, at: Millis) -> Result<String, CommandError> {
+    async fn set_value(&mut self, vm: VmId, value: Option<u32>, at: Millis) -> Result<String, CommandError> {
         if !self.known_states.contains_key(&vm) {
             return Err(CommandError::UnknownVm(vm));
         }
-        self.journal.set_value(&vm, value, at).map_err(|source| CommandError::Journal { what: "the value", source })?;
+        let id = vm.clone();
+        self.journal.call(move |j| j.set_value(&id, value, at)).await.map_err(|source| CommandError::Journal { what: "the value", source })?;
         let text = match value {
             Some(v) => {
                 self.values.insert(vm.clone(), v);

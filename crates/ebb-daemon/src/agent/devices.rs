@@ -123,7 +123,7 @@ impl Agent {
             }
         };
         info!("cpufreq: {text}");
-        self.journal_entry(&Entry { rule: Some(Rule::Power), outcome: Some(outcome), ..Entry::event(at, Kind::Cpufreq, &text) });
+        self.journal_entry(Entry { rule: Some(Rule::Power), outcome: Some(outcome), ..Entry::event(at, Kind::Cpufreq, text.clone()) });
         (written, text)
     }
 
@@ -149,7 +149,7 @@ impl Agent {
         let failed = (outcome != Outcome::Ok).then(|| outcome.to_string());
         if failed.is_none() || self.last_restore_error != failed {
             info!("cpufreq: {text}");
-            self.journal_entry(&Entry { rule: Some(Rule::Power), outcome: Some(outcome), ..Entry::event(at, Kind::Cpufreq, &text) });
+            self.journal_entry(Entry { rule: Some(Rule::Power), outcome: Some(outcome), ..Entry::event(at, Kind::Cpufreq, text.clone()) });
         }
         self.last_restore_error = failed;
         (written, text)
@@ -162,9 +162,8 @@ impl Agent {
     }
 
     pub(super) fn remember_cpu_changes(&self, at: Millis) {
-        if let Err(e) = self.journal.save_cpu_changes(self.devices.cpu_changes().unwrap_or_default(), at) {
-            warn!("could not journal the CPU frequency changes: {e}");
-        }
+        let changes = self.devices.cpu_changes().unwrap_or_default().to_vec();
+        self.journal.write(move |j| j.save_cpu_changes(&changes, at));
     }
 
     pub(super) async fn disks_tick(
@@ -209,7 +208,7 @@ impl Agent {
                 }
             };
             info!("disk standby: {text} [{outcome}]");
-            self.journal_entry(&Entry { rule: Some(Rule::Power), outcome: Some(outcome), ..Entry::event(at, Kind::DiskStandby, &text) });
+            self.journal_entry(Entry { rule: Some(Rule::Power), outcome: Some(outcome), ..Entry::event(at, Kind::DiskStandby, text.clone()) });
         }
         dv.disks = views;
     }

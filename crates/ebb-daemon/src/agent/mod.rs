@@ -25,7 +25,7 @@ pub use commands::{Command, CommandError, ErrorKind, Reply};
 use crate::api_types::{Connection, DevicesView, PlanView, SleepRecord, Snapshot};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::journal::{Journal, Kind};
+use crate::journal::{JournalHandle, Kind};
 use crate::settings::{MetadataSettings, Resolved};
 use ebb_backends::platform::Platform;
 use ebb_backends::{HvError, Hypervisor};
@@ -90,7 +90,8 @@ pub struct Agent {
     hv: Option<Box<dyn Hypervisor>>,
     connection: Connection,
     policy: MemoryPolicy,
-    journal: Journal,
+    /// The journal's writer: the agent never waits on the disk.
+    journal: JournalHandle,
     metadata: HashMap<VmId, CachedMetadata>,
     /// What was last said about each VM, so the journal records changes, not repeats.
     known_vms: BTreeSet<VmId>,

@@ -283,9 +283,8 @@ impl Agent {
     pub(super) fn forget_sleep(&mut self, vm: &VmId) {
         self.sleeping.remove(vm);
         self.sleep_policy.woke(vm);
-        if let Err(e) = self.journal.clear_sleeping(vm) {
-            warn!("{e}");
-        }
+        let id = vm.clone();
+        self.journal.write(move |j| j.clear_sleeping(&id));
     }
 
     /// The fewest vCPUs ebb may leave online in a VM's guest (`vcpus_min`).

@@ -6,7 +6,7 @@ use ebb_core::memory::MemoryDecision;
 use ebb_core::realloc::ReallocDecision;
 use ebb_core::{Bytes, Millis, Observation, VmId, Rule};
 use std::collections::HashMap;
-use tracing::{info, warn};
+use tracing::info;
 
 impl Agent {
     /// After acting: journals what changed this tick (memory steps, tunes,
@@ -49,10 +49,8 @@ impl Agent {
 
     pub(super) fn flush_needs(&mut self, at: Millis) {
         for vm in std::mem::take(&mut self.needs_dirty) {
-            if let Some(n) = self.needs.get(&vm) {
-                if let Err(e) = self.journal.save_needs(&vm, n, at) {
-                    warn!("{e}");
-                }
+            if let Some(n) = self.needs.get(&vm).cloned() {
+                self.journal.write(move |j| j.save_needs(&vm, &n, at));
             }
         }
         self.needs_flushed_at = at;
@@ -62,19 +60,19 @@ impl Agent {
     /// so a restarted agent knows its own changes.
     pub(super) fn remember_tunes(&mut self, obs: &Observation, at: Millis) {
         let now = obs.vms.iter().filter_map(|v| Some((v.id.clone(), self.realloc.tunes(&v.id)?))).collect();
-        remember_changed(&mut self.saved_tunes, now, |vm, t| self.journal.save_tunes(vm, t, at));
+        remember_changed(&mut self.saved_tunes, now, |vm, t| self.journal.write(move |j| j.save_tunes(&vm, &t, at)));
     }
 
     /// Writes the pinnings the affinity policy holds when they change.
     pub(super) fn remember_pins(&mut self, at: Millis) {
         let now = self.affinity_views.keys().filter_map(|vm| Some((vm.clone(), self.affinity.pins(vm)?.clone()))).collect();
-        remember_changed(&mut self.saved_pins, now, |vm, p| self.journal.save_pins(vm, p, at));
+        remember_changed(&mut self.saved_pins, now, |vm, p| self.journal.write(move |j| j.save_pins(&vm, &p, at)));
     }
 
     /// Writes the online vCPU counts the policy holds when they change.
     pub(super) fn remember_vcpus(&mut self, at: Millis) {
         let now = self.vcpu_views.keys().filter_map(|vm| Some((vm.clone(), self.vcpus.state(vm)?))).collect();
-        remember_changed(&mut self.saved_vcpus, now, |vm, v| self.journal.save_online_vcpus(vm, v, at));
+        remember_changed(&mut self.saved_vcpus, now, |vm, v| self.journal.write(move |j| j.save_online_vcpus(&vm, &v, at)));
     }
 
     /// Persists each VM's adaptive step and target when they change, so a
@@ -86,49 +84,36 @@ impl Agent {
             }
             let state = (view.step, view.target);
             if self.saved_memory.get(&view.vm) != Some(&state) {
-                match self.journal.save_memory_state(&view.vm, view.step, view.target, at) {
-                    Ok(()) => {
-                        self.saved_memory.insert(view.vm.clone(), state);
-                    }
-                    Err(e) => warn!("{e}"),
-                }
+                let (vm, (step, target)) = (view.vm.clone(), state);
+                self.journal.write(move |j| j.save_memory_state(&vm, step, target, at));
+                self.saved_memory.insert(view.vm.clone(), state);
             }
         }
     }
 
     pub(super) fn journal_event(&self, vm: Option<&str>, kind: Kind, text: &str) {
-        self.journal_entry(&Entry { vm, ..Entry::event(self.clock.now(), kind, text) });
+        self.journal_entry(Entry { vm: vm.map(str::to_owned), ..Entry::event(self.clock.now(), kind, text) });
     }
 
-    /// Writes an entry; a journal that cannot take it is logged, never fatal.
-    pub(super) fn journal_entry(&self, entry: &Entry) {
-        if let Err(e) = self.journal.record(entry) {
-            warn!("{e}");
-        }
+    /// Sends an entry to the journal's writer, which retries it while the
+    /// journal fails (a full disk): never fatal, never a wait.
+    pub(super) fn journal_entry(&self, entry: Entry) {
+        self.journal.write(move |j| j.record(&entry).map(drop));
     }
 
     #[allow(clippy::too_many_arguments)]
     pub(super) fn journal_vm(&self, vm: &VmId, at: Millis, kind: Kind, rule: Option<Rule>, text: &str, target: Option<Bytes>, outcome: Option<Outcome>) {
-        self.journal_entry(&Entry { at, vm: Some(vm.as_str()), kind, rule, text, target, outcome });
+        self.journal_entry(Entry { at, vm: Some(vm.to_string()), kind, rule, text: text.to_owned(), target, outcome });
     }
 }
 
-/// Journals each VM's value that differs from what was last written, and
-/// remembers it once written.
-pub(super) fn remember_changed<T: PartialEq>(
-    saved: &mut HashMap<VmId, T>,
-    now: Vec<(VmId, T)>,
-    save: impl Fn(&VmId, &T) -> Result<(), crate::journal::JournalError>,
-) {
+/// Sends each VM's value that differs from what was last sent, and
+/// remembers it (the writer keeps it until it is written).
+pub(super) fn remember_changed<T: PartialEq + Clone>(saved: &mut HashMap<VmId, T>, now: Vec<(VmId, T)>, save: impl Fn(VmId, T)) {
     for (vm, value) in now {
-        if saved.get(&vm) == Some(&value) {
-            continue;
-        }
-        match save(&vm, &value) {
-            Ok(()) => {
-                saved.insert(vm, value);
-            }
-            Err(e) => warn!("{e}"),
+        if saved.get(&vm) != Some(&value) {
+            save(vm.clone(), value.clone());
+            saved.insert(vm, value);
         }
     }
 }

@@ -135,9 +135,8 @@ impl Agent {
                 continue;
             }
             let vm = action.vm().clone();
-            if let Err(e) = self.journal.set_power_saved(&vm, true, at) {
-                warn!("{e}");
-            }
+            let id = vm.clone();
+            self.journal.write(move |j| j.set_power_saved(&id, true, at));
             self.power_saved.insert(vm);
         }
         failed
@@ -178,7 +177,7 @@ impl Agent {
             Err(e) => (e.to_string(), Outcome::Failed(e.to_string())),
         };
         warn!("power off: {text}");
-        self.journal_entry(&Entry { rule: Some(Rule::Power), outcome: Some(outcome), ..Entry::event(at, Kind::PowerOff, &text) });
+        self.journal_entry(Entry { rule: Some(Rule::Power), outcome: Some(outcome), ..Entry::event(at, Kind::PowerOff, text.clone()) });
         self.last_power_off = Some(text);
     }
 
@@ -200,9 +199,8 @@ impl Agent {
 
     pub(super) fn forget_power_saved(&mut self, vm: &VmId, at: Millis) {
         self.power_saved.remove(vm);
-        if let Err(e) = self.journal.set_power_saved(vm, false, at) {
-            warn!("{e}");
-        }
+        let id = vm.clone();
+        self.journal.write(move |j| j.set_power_saved(&id, false, at));
     }
 
     pub(super) fn power_is_low(&self) -> bool {

@@ -112,6 +112,7 @@ impl Agent {
             wakes_total: self.wakes_total,
             last_wake_ms: self.last_wake_ms,
             journal: self.journal.path().display().to_string(),
+            journal_trouble: self.journal.trouble(),
             power: (self.power.is_some() || self.power_error.is_some() || self.plan.is_some() || !matches!(self.measured, Ok(None)) || self.devices_view.is_some()).then(|| PowerStatus {
                 reading: self.power.clone(),
                 state: self.power_state.clone(),
@@ -151,6 +152,7 @@ pub(super) fn placeholder_status() -> Status {
         wakes_total: 0,
         last_wake_ms: None,
         journal: String::new(),
+        journal_trouble: None,
         power: None,
     }
 }

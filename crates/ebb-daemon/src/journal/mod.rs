@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use rusqlite::{params, Connection};
 use std::path::{Path, PathBuf};
 
+mod writer;
+pub use writer::{JournalHandle, JournalWriter};
+
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("cannot open the journal at {path}: {source}")]
@@ -26,6 +29,8 @@ pub enum JournalError {
     Lock { path: PathBuf, source: std::io::Error },
     #[error("{}", describe_sql(.0))]
     Sql(#[from] rusqlite::Error),
+    #[error("the journal's writer has stopped")]
+    Stopped,
 }
 
 /// Names the cause: a full disk, a read-only file and a damaged journal
@@ -218,20 +223,20 @@ pub struct Event {
 
 /// An entry to write.
 #[derive(Debug, Clone)]
-pub struct Entry<'a> {
+pub struct Entry {
     pub at: Millis,
-    pub vm: Option<&'a str>,
+    pub vm: Option<String>,
     pub kind: Kind,
     pub rule: Option<Rule>,
-    pub text: &'a str,
+    pub text: String,
     pub target: Option<Bytes>,
     pub outcome: Option<Outcome>,
 }
 
-impl<'a> Entry<'a> {
+impl Entry {
     /// One of the agent's own events, about no VM in particular.
-    pub fn event(at: Millis, kind: Kind, text: &'a str) -> Entry<'a> {
-        Entry { at, vm: None, kind, rule: None, text, target: None, outcome: None }
+    pub fn event(at: Millis, kind: Kind, text: impl Into<String>) -> Entry {
+        Entry { at, vm: None, kind, rule: None, text: text.into(), target: None, outcome: None }
     }
 }
 
@@ -585,7 +590,7 @@ mod tests {
         let path = dir.path().join("sub/journal.db");
         {
             let j = Journal::open(&path).unwrap();
-            j.record(&Entry { at: Millis(1), vm: Some("a"), kind: Kind::SetBalloonTarget, rule: Some(Rule::Reclaim), text: "reclaim 64 MiB", target: Some(Bytes::from_mib(448)), outcome: Some(Outcome::Ok) }).unwrap();
+            j.record(&Entry { at: Millis(1), vm: Some("a".into()), kind: Kind::SetBalloonTarget, rule: Some(Rule::Reclaim), text: "reclaim 64 MiB".into(), target: Some(Bytes::from_mib(448)), outcome: Some(Outcome::Ok) }).unwrap();
             j.record(&Entry::event(Millis(2), Kind::Connected, "connected")).unwrap();
             j.save_memory_state(&VmId::new("a"), Bytes::from_mib(64), Some(Bytes::from_mib(448)), Millis(1)).unwrap();
             j.save_memory_state(&VmId::new("a"), Bytes::from_mib(128), Some(Bytes::from_mib(384)), Millis(3)).unwrap();
