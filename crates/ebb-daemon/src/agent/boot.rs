@@ -4,6 +4,7 @@ use super::*;
 use crate::api_types::{Connection, Snapshot};
 use crate::config::Config;
 use crate::journal::{Journal, JournalHandle, Kind};
+use super::persist::{Said, SaidAbout};
 use ebb_backends::platform::{HostPlatform, Platform};
 use ebb_core::affinity::{AffinityPolicy, Pins};
 use ebb_core::devices::DevicePolicy;
@@ -119,9 +120,7 @@ impl Agent {
             policy,
             metadata: HashMap::new(),
             known_vms: BTreeSet::new(),
-            last_skip: HashMap::new(),
-            last_problems: HashMap::new(),
-            saved_memory,
+            said: SaidAbout { memory: Said::resumed(saved_memory), tunes: Said::resumed(saved_tunes), pins: Said::resumed(saved_pins), vcpus: Said::resumed(saved_vcpus), ..SaidAbout::default() },
             in_flight: Vec::new(),
             known_states: HashMap::new(),
             sleep_policy: SleepPolicy::new(),
@@ -129,12 +128,9 @@ impl Agent {
             realloc,
             realloc_cfg: cfg.realloc.clone(),
             live_tunes: HashMap::new(),
-            saved_tunes,
             affinity,
-            saved_pins,
             affinity_views: HashMap::new(),
             vcpus,
-            saved_vcpus,
             vcpu_views: HashMap::new(),
             critical: critical.into_iter().collect(),
             values: values.into_iter().collect(),

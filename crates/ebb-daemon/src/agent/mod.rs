@@ -38,7 +38,7 @@ use ebb_core::realloc::{ReallocConfig, ReallocPolicy, Tunes};
 use ebb_core::vcpus::{OnlineVcpus, VcpuPolicy, VcpuView};
 use ebb_core::sleep::SleepPolicy;
 use ebb_surrogate::{Surrogate, SurrogateEvent};
-use ebb_core::{Bytes, Millis, Tune, VmId, VmState};
+use ebb_core::{Millis, Tune, VmId, VmState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -95,9 +95,7 @@ pub struct Agent {
     metadata: HashMap<VmId, CachedMetadata>,
     /// What was last said about each VM, so the journal records changes, not repeats.
     known_vms: BTreeSet<VmId>,
-    last_skip: HashMap<VmId, Option<String>>,
-    last_problems: HashMap<VmId, Vec<String>>,
-    saved_memory: HashMap<VmId, (Bytes, Option<Bytes>)>,
+    said: persist::SaidAbout,
     /// VMs whose balloon was still moving at the last tick.
     in_flight: Vec<VmId>,
     /// Each of ebb's VMs as the agent knows it now.
@@ -112,16 +110,10 @@ pub struct Agent {
     realloc_cfg: ReallocConfig,
     /// Each running VM's live CPU tune and when it was read.
     live_tunes: HashMap<VmId, (Tune, Millis)>,
-    /// The tunes as last written to the journal, to write only changes.
-    saved_tunes: HashMap<VmId, Tunes>,
     affinity: AffinityPolicy,
-    /// The pinnings as last written to the journal.
-    saved_pins: HashMap<VmId, Pins>,
     /// Each VM with a `cpus` bound: what the affinity policy made of it this tick.
     affinity_views: HashMap<VmId, AffinityView>,
     vcpus: VcpuPolicy,
-    /// The online vCPU counts as last written to the journal.
-    saved_vcpus: HashMap<VmId, OnlineVcpus>,
     /// Each VM with `vcpus_min`: what the policy made of it this tick, or
     /// why its guest's vCPUs could not be read.
     vcpu_views: HashMap<VmId, Result<VcpuView, String>>,

@@ -165,8 +165,8 @@ impl Agent {
         for vm in self.known_vms.difference(&seen).cloned().collect::<Vec<_>>() {
             self.journal_vm(&vm, at, Kind::VmGone, None, &format!("{vm} is no longer defined"), None, None);
             self.metadata.remove(&vm);
-            self.last_skip.remove(&vm);
-            self.last_problems.remove(&vm);
+            self.said.skip.forget(&vm);
+            self.said.problems.forget(&vm);
         }
         self.known_vms = seen;
     }
@@ -184,12 +184,11 @@ impl Agent {
             let mut r = settings::resolve(self.cfg.vm_section(&vm.id), meta.as_ref());
             problems.append(&mut r.problems);
             r.problems = problems;
-            if self.last_problems.get(&vm.id) != Some(&r.problems) {
+            if self.said.problems.changed(&vm.id, &r.problems) {
                 for p in &r.problems {
                     warn!(vm = %vm.id, "{p}");
                     self.journal_vm(&vm.id, self.clock.now(), Kind::SettingsProblem, None, p, None, None);
                 }
-                self.last_problems.insert(vm.id.clone(), r.problems.clone());
             }
             out.insert(vm.id.clone(), r);
         }

@@ -24,12 +24,11 @@ impl Agent {
     /// Journals a VM's skip reason when it changes.
     pub(super) fn note_skips(&mut self, decision: &MemoryDecision, at: Millis) {
         for view in &decision.vms {
-            if self.last_skip.get(&view.vm) != Some(&view.skipped) {
+            if self.said.skip.changed(&view.vm, &view.skipped) {
                 if let Some(why) = &view.skipped {
                     info!(vm = %view.vm, "not managing its memory: {why}");
                     self.journal_vm(&view.vm, at, Kind::Skipped, Some(Rule::Skip), why, None, None);
                 }
-                self.last_skip.insert(view.vm.clone(), view.skipped.clone());
             }
         }
     }
@@ -59,20 +58,29 @@ impl Agent {
     /// Journals each VM's tunes (as found, as ebb set them) when they change,
     /// so a restarted agent knows its own changes.
     pub(super) fn remember_tunes(&mut self, obs: &Observation, at: Millis) {
-        let now = obs.vms.iter().filter_map(|v| Some((v.id.clone(), self.realloc.tunes(&v.id)?))).collect();
-        remember_changed(&mut self.saved_tunes, now, |vm, t| self.journal.write(move |j| j.save_tunes(&vm, &t, at)));
+        for (vm, t) in obs.vms.iter().filter_map(|v| Some((v.id.clone(), self.realloc.tunes(&v.id)?))) {
+            if self.said.tunes.changed(&vm, &t) {
+                self.journal.write(move |j| j.save_tunes(&vm, &t, at));
+            }
+        }
     }
 
     /// Writes the pinnings the affinity policy holds when they change.
     pub(super) fn remember_pins(&mut self, at: Millis) {
-        let now = self.affinity_views.keys().filter_map(|vm| Some((vm.clone(), self.affinity.pins(vm)?.clone()))).collect();
-        remember_changed(&mut self.saved_pins, now, |vm, p| self.journal.write(move |j| j.save_pins(&vm, &p, at)));
+        for (vm, p) in self.affinity_views.keys().filter_map(|vm| Some((vm.clone(), self.affinity.pins(vm)?.clone()))) {
+            if self.said.pins.changed(&vm, &p) {
+                self.journal.write(move |j| j.save_pins(&vm, &p, at));
+            }
+        }
     }
 
     /// Writes the online vCPU counts the policy holds when they change.
     pub(super) fn remember_vcpus(&mut self, at: Millis) {
-        let now = self.vcpu_views.keys().filter_map(|vm| Some((vm.clone(), self.vcpus.state(vm)?))).collect();
-        remember_changed(&mut self.saved_vcpus, now, |vm, v| self.journal.write(move |j| j.save_online_vcpus(&vm, &v, at)));
+        for (vm, v) in self.vcpu_views.keys().filter_map(|vm| Some((vm.clone(), self.vcpus.state(vm)?))) {
+            if self.said.vcpus.changed(&vm, &v) {
+                self.journal.write(move |j| j.save_online_vcpus(&vm, &v, at));
+            }
+        }
     }
 
     /// Persists each VM's adaptive step and target when they change, so a
@@ -82,11 +90,9 @@ impl Agent {
             if view.skipped.is_some() {
                 continue;
             }
-            let state = (view.step, view.target);
-            if self.saved_memory.get(&view.vm) != Some(&state) {
-                let (vm, (step, target)) = (view.vm.clone(), state);
+            if self.said.memory.changed(&view.vm, &(view.step, view.target)) {
+                let (vm, step, target) = (view.vm.clone(), view.step, view.target);
                 self.journal.write(move |j| j.save_memory_state(&vm, step, target, at));
-                self.saved_memory.insert(view.vm.clone(), state);
             }
         }
     }
@@ -107,13 +113,46 @@ impl Agent {
     }
 }
 
-/// Sends each VM's value that differs from what was last sent, and
-/// remembers it (the writer keeps it until it is written).
-pub(super) fn remember_changed<T: PartialEq + Clone>(saved: &mut HashMap<VmId, T>, now: Vec<(VmId, T)>, save: impl Fn(VmId, T)) {
-    for (vm, value) in now {
-        if saved.get(&vm) != Some(&value) {
-            save(vm.clone(), value.clone());
-            saved.insert(vm, value);
-        }
+/// What was last journaled about each VM, so the journal records changes,
+/// not repeats (change tracking as one small type, not a memo per fact).
+pub(super) struct Said<V>(HashMap<VmId, V>);
+
+impl<V: PartialEq + Clone> Said<V> {
+    pub fn resumed(known: impl IntoIterator<Item = (VmId, V)>) -> Said<V> {
+        Said(known.into_iter().collect())
     }
+
+    /// True, and remembered, when `value` is not what was last said about `vm`.
+    pub fn changed(&mut self, vm: &VmId, value: &V) -> bool {
+        if self.0.get(vm) == Some(value) {
+            return false;
+        }
+        self.0.insert(vm.clone(), value.clone());
+        true
+    }
+
+    pub fn forget(&mut self, vm: &VmId) {
+        self.0.remove(vm);
+    }
+}
+
+impl<V> Default for Said<V> {
+    fn default() -> Self {
+        Said(HashMap::new())
+    }
+}
+
+/// Everything the agent journals about a VM only when it changes.
+#[derive(Default)]
+pub(super) struct SaidAbout {
+    /// Why its memory is not managed.
+    pub skip: Said<Option<String>>,
+    /// What is wrong with its settings.
+    pub problems: Said<Vec<String>>,
+    /// Its adaptive step and last target (resumed at start).
+    pub memory: Said<(Bytes, Option<Bytes>)>,
+    /// Its CPU tunes, as found and as ebb set them.
+    pub tunes: Said<Tunes>,
+    pub pins: Said<Pins>,
+    pub vcpus: Said<OnlineVcpus>,
 }
