@@ -383,7 +383,7 @@ pub fn describe_config(c: &Config) -> String {
         "power: {}  low battery at {:.0}% or {:?}  power-off: {}",
         c.power.ups.as_ref().map_or(format!("sysfs under {}", c.power.sysfs.display()), |u| format!("UPS {u}")),
         c.power.low_charge,
-        c.power.low_runtime,
+        c.power.low_runtime.as_duration(),
         c.power.power_off_command.as_ref().map_or("recorded, not run (no power_off_command)".into(), |cmd| cmd.join(" "))
     );
     if let Some(Ok((_, addr))) = c.power.ups_address() {

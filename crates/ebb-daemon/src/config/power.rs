@@ -2,6 +2,7 @@
 
 use super::*;
 use ebb_core::devices::DeviceConfig;
+use ebb_core::human::Span;
 use ebb_core::power::{LowBattery, PowerModel, Watts};
 use ebb_backends::nut::{NutClient, NutTls, TlsSetupError};
 use ebb_backends::platform::UpsAddress;
@@ -26,11 +27,11 @@ pub struct PowerSection {
     pub ups_tls_name: Option<String>,
     /// Root of the sysfs tree read for mains and batteries when no UPS is set.
     pub sysfs: PathBuf,
-    /// On battery, at or below this charge (percent) the battery is low.
+    /// On battery, at or below this charge (percent) or this runtime the
+    /// battery is low: `LowBattery`'s `charge` and `runtime`, its default
+    /// the section's (`low_battery` hands them over).
     pub low_charge: f64,
-    /// On battery, at or below this runtime the battery is low.
-    #[serde(deserialize_with = "de_duration")]
-    pub low_runtime: Duration,
+    pub low_runtime: Span,
     /// The command that powers the host down once every VM is saved. Unset:
     /// the power-off is recorded in the journal, not run.
     pub power_off_command: Option<Vec<String>>,
@@ -55,10 +56,6 @@ pub struct PowerSection {
     pub devices: DeviceConfig,
 }
 
-
-
-
-
 impl Default for PowerSection {
     fn default() -> Self {
         let low = LowBattery::default();
@@ -68,7 +65,7 @@ impl Default for PowerSection {
             ups_tls_name: None,
             sysfs: PathBuf::from("/sys"),
             low_charge: low.charge,
-            low_runtime: Duration::from_secs_f64(low.runtime_s),
+            low_runtime: low.runtime,
             power_off_command: None,
             shutdown_timeout: Duration::from_secs(120),
             timeout: Duration::from_secs(2),
@@ -94,7 +91,7 @@ impl PowerSection {
     }
 
     pub fn low_battery(&self) -> LowBattery {
-        LowBattery { charge: self.low_charge, runtime_s: self.low_runtime.as_secs_f64() }
+        LowBattery { charge: self.low_charge, runtime: self.low_runtime }
     }
 
     /// `name@host[:port]` → (name, host:port), as upsc takes it; an IPv6
