@@ -35,7 +35,7 @@ pub async fn run_with_clock(mut cfg: Config, connect: Connector, clock: Clock, s
     let _lock = JournalLock::acquire(&cfg.agent.journal).map_err(|e| e.to_string())?;
     let plan = FdPlan::for_limit(raise_fd_limit());
     info!("file descriptors: {plan}");
-    cfg.surrogate.fd_plan = Some(plan);
+    cfg.fd_plan = plan;
     let journal = Journal::open(&cfg.agent.journal).map_err(|e| e.to_string())?;
     let keep_ms = u64::from(cfg.agent.journal_keep_days) * 86_400_000;
     if let Ok(n) = journal.prune(ebb_core::Millis(clock.now().since(ebb_core::Millis(keep_ms)))) {

@@ -35,7 +35,7 @@ impl Agent {
             }
         };
         let (command_tx, commands) = mpsc::channel(64);
-        let (surrogate, surrogate_events) = Surrogate::new(cfg.surrogate.limits());
+        let (surrogate, surrogate_events) = Surrogate::new(cfg.surrogate_limits());
         let mut policy = MemoryPolicy::new();
         let mut saved_memory = HashMap::new();
         match journal.memory_states() {

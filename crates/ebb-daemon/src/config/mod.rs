@@ -6,19 +6,17 @@ mod units;
 mod agent;
 mod power;
 mod vm;
-mod surrogate;
 
 pub use units::*;
 pub use agent::*;
 pub use power::*;
 pub use vm::*;
-pub use surrogate::*;
 
 use ebb_core::memory::MemoryConfig;
 use ebb_core::realloc::ReallocConfig;
 use ebb_core::affinity::MAX_CPUS;
 use ebb_core::{Bytes, VmId};
-use ebb_surrogate::ServiceSpec;
+use ebb_surrogate::{FdPlan, Limits, ServiceSpec, SurrogateConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,8 +36,9 @@ pub struct Config {
     pub agent: AgentSection,
     #[serde(default)]
     pub memory: MemoryConfig,
+    /// `[surrogate]`: the bounds of the listeners that stand in for sleeping VMs.
     #[serde(default)]
-    pub surrogate: SurrogateSection,
+    pub surrogate: SurrogateConfig,
     #[serde(default)]
     pub realloc: ReallocConfig,
     #[serde(default)]
@@ -47,6 +46,10 @@ pub struct Config {
     /// Per-VM settings: `[vm.NAME]`. These win over the domain's metadata.
     #[serde(default)]
     pub vm: BTreeMap<String, VmSection>,
+    /// The agent's split of its descriptor limit, planned at start from its
+    /// own `RLIMIT_NOFILE` (not config).
+    #[serde(skip)]
+    pub fd_plan: FdPlan,
 }
 
 impl Config {
@@ -67,7 +70,7 @@ impl Config {
         let at = |span: std::ops::Range<usize>| line_of(text, span.start);
         self.agent.validate()?;
         self.memory.validate()?;
-        self.surrogate.limits().validate().map_err(|e| format!("[surrogate]: {e}"))?;
+        self.surrogate.validate().map_err(|e| format!("[surrogate]: {e}"))?;
         self.realloc.validate()?;
         if let Some(Err(e)) = self.power.ups_reader() {
             return Err(e);
@@ -143,6 +146,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The surrogate's bounds: `[surrogate]`'s and the descriptor shares.
+    pub fn surrogate_limits(&self) -> Limits {
+        Limits::new(&self.surrogate, &self.fd_plan)
     }
 
     /// The per-VM section for a domain, if the config has one.

@@ -4,7 +4,7 @@ use ebb_core::memory::MemoryConfig;
 use ebb_core::power::Watts;
 use ebb_core::realloc::ReallocConfig;
 use ebb_core::SleepMode;
-use ebb_surrogate::Limits;
+use ebb_surrogate::{Limits, SurrogateConfig};
 use std::time::Duration;
 
 #[test]
@@ -19,7 +19,8 @@ fn empty_config_gives_defaults() {
 fn example_config_documents_the_defaults() {
     let c = Config::parse(include_str!("../../../../ebb.example.toml")).unwrap();
     assert_eq!(c.memory, MemoryConfig::default());
-    assert_eq!(c.surrogate.limits(), Limits::default());
+    assert_eq!(c.surrogate, SurrogateConfig::default());
+    assert_eq!(c.surrogate_limits(), Limits::default());
     assert_eq!(c.realloc, ReallocConfig::default());
     let d = PowerSection::default();
     assert_eq!(

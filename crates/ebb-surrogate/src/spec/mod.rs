@@ -18,7 +18,7 @@ mod tests;
 mod validate;
 
 pub use error::SpecError;
-pub use limits::Limits;
+pub use limits::{Limits, SurrogateConfig};
 pub use validate::validate_services;
 
 use serde::{Deserialize, Serialize};
