@@ -17,7 +17,7 @@ mod limits;
 mod tests;
 mod validate;
 
-pub use error::SpecError;
+pub use error::{ListenClash, Loop, SpecError};
 pub use limits::{Limits, SurrogateConfig};
 pub use validate::validate_services;
 
