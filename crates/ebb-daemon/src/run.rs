@@ -29,7 +29,7 @@ pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Out
 pub async fn run_with_clock(mut cfg: Config, connect: Connector, clock: Clock, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     // The socket first: a second agent on the same config is told another
     // serves this socket; one with its own socket, that the journal is taken.
-    let gid = cfg.agent.socket_gid()?;
+    let gid = cfg.agent.socket_gid().map_err(|e| e.to_string())?;
     let listener = api::bind(&cfg.agent.socket, gid).await.map_err(|e| e.to_string())?;
     let _socket = api::Unbind(cfg.agent.socket.clone());
     let _lock = JournalLock::acquire(&cfg.agent.journal).map_err(|e| e.to_string())?;

@@ -419,9 +419,9 @@ pub fn describe_config(c: &Config) -> String {
         let _ = writeln!(
             out,
             "vm {name}: shares {} min {} max {} managed {}",
-            vm.shares.as_ref().map_or("-".into(), |s| s.get_ref().to_string()),
-            vm.min.as_ref().map_or("-".into(), |s| s.get_ref().0.to_string()),
-            vm.max.as_ref().map_or("-".into(), |s| s.get_ref().0.to_string()),
+            vm.shares.map_or("-".into(), |s| s.to_string()),
+            vm.min.map_or("-".into(), |s| s.0.to_string()),
+            vm.max.map_or("-".into(), |s| s.0.to_string()),
             vm.managed.map_or("-".into(), |b| b.to_string()),
         );
         if let Some(r) = &vm.realloc {

@@ -25,7 +25,7 @@ impl Agent {
     /// that cannot be used (a CA file gone since the config was checked):
     /// never a fallback to an unauthenticated reading.
     pub fn new(cfg: Config, journal: Journal, connect: Connector, clock: Clock) -> Result<NewAgent, String> {
-        let ups = cfg.power.ups_reader().transpose()?;
+        let ups = cfg.power.ups_reader().transpose().map_err(|e| e.to_string())?;
         let started_at = clock.now();
         let sleeping = match journal.sleeping() {
             Ok(list) => list.into_iter().collect(),

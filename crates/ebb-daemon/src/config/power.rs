@@ -2,7 +2,7 @@
 
 use super::*;
 use ebb_core::devices::DeviceConfig;
-use ebb_core::human::Span;
+use ebb_core::human::{FieldError, Span};
 use ebb_core::power::{LowBattery, PowerModel, Watts};
 use ebb_backends::nut::{NutClient, NutTls, TlsSetupError};
 use ebb_backends::platform::UpsAddress;
@@ -79,6 +79,49 @@ impl Default for PowerSection {
 }
 
 impl PowerSection {
+    /// The section's rules (the UPS's address and CA among them: its CA
+    /// file is loaded here); the error names the field.
+    pub(crate) fn validate(&self) -> Result<(), FieldError> {
+        if let Some(Err(e)) = self.ups_reader() {
+            return Err(e);
+        }
+        if self.ups.is_none() && (self.ups_ca.is_some() || self.ups_tls_name.is_some()) {
+            let field = if self.ups_ca.is_some() { "power.ups_ca" } else { "power.ups_tls_name" };
+            return Err(FieldError::new(field, "power.ups_ca and power.ups_tls_name authenticate the UPS's upsd, but power.ups is not set: set it, or remove them"));
+        }
+        if self.ups_ca.is_none() && self.ups_tls_name.is_some() {
+            return Err(FieldError::new("power.ups_tls_name", "power.ups_tls_name is set without power.ups_ca: set power.ups_ca to the CA that signed upsd's certificate (the name is checked only over TLS)"));
+        }
+        if let Some(t) = &self.model_table {
+            let refused = "give 11 watt figures, at 0 %, 10 %, …, 100 % CPU, never falling";
+            if t.len() != 11 {
+                return Err(FieldError::new("power.model_table", format!("power.model_table has {} values: {refused}", t.len())));
+            }
+            for (i, w) in t.iter().enumerate() {
+                number(&format!("power.model_table[{i}]"), *w, Range::AtLeast(0.0), " (watts)")?;
+            }
+            if t.windows(2).any(|w| w[1] < w[0]) {
+                return Err(FieldError::new("power.model_table", format!("power.model_table falls: {refused}")));
+            }
+        }
+        number("power.idle_watts", self.idle_watts, Range::AtLeast(0.0), "")?;
+        number("power.max_watts", self.max_watts, Range::AtLeast(0.0), "")?;
+        if self.max_watts < self.idle_watts {
+            return Err(FieldError::new(
+                "power.max_watts",
+                format!("power.max_watts ({}) must be at least power.idle_watts ({})", self.max_watts, self.idle_watts),
+            ));
+        }
+        if let Some(b) = self.budget {
+            number("power.budget", b, Range::Above(0.0), " (watts the host may draw on battery)")?;
+        }
+        number("power.low_charge", self.low_charge, Range::Closed(0.0, 100.0), " (percent)")?;
+        if self.power_off_command.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err(FieldError::new("power.power_off_command", "power.power_off_command is empty: give the command and its arguments, e.g. [\"systemctl\", \"poweroff\"]"));
+        }
+        self.devices.validate()
+    }
+
     pub fn model(&self) -> PowerModel {
         match &self.model_table {
             Some(t) if t.len() == 11 => {
@@ -96,10 +139,13 @@ impl PowerSection {
 
     /// `name@host[:port]` → (name, host:port), as upsc takes it; an IPv6
     /// host goes in brackets (`ups@[::1]:3493`).
-    pub fn ups_address(&self) -> Option<Result<(String, String), String>> {
+    pub fn ups_address(&self) -> Option<Result<(String, String), FieldError>> {
         let text = self.ups.as_ref()?;
         Some(parse_ups(text).map_err(|why| {
-            format!("power.ups = {text:?}: {why}; write it as name@host, name@host:port or name@[IPv6]:port, as upsc takes it")
+            FieldError::new(
+                "power.ups",
+                format!("power.ups = {text:?}: {why}; write it as name@host, name@host:port or name@[IPv6]:port, as upsc takes it"),
+            )
         }))
     }
 
@@ -113,7 +159,7 @@ impl PowerSection {
     /// The UPS and the client that reads it, over TLS when `ups_ca` is set
     /// (its CA file loaded now: `ebb check` and `ebb run` refuse one that
     /// cannot be used alike); None without `ups`.
-    pub fn ups_reader(&self) -> Option<Result<UpsAddress, String>> {
+    pub fn ups_reader(&self) -> Option<Result<UpsAddress, FieldError>> {
         let (ups, addr) = match self.ups_address()? {
             Ok(a) => a,
             Err(e) => return Some(Err(e)),
@@ -125,9 +171,11 @@ impl PowerSection {
         let name = self.ups_tls_name(&addr);
         Some(match NutTls::new(ca, &name) {
             Ok(tls) => Ok(UpsAddress { ups, client: client.with_tls(tls) }),
-            Err(e @ TlsSetupError::BadName) if self.ups_tls_name.is_some() => Err(format!("power.ups_tls_name = {name:?} {e}")),
-            Err(e @ TlsSetupError::BadName) => Err(format!("the host of power.ups ({name:?}) {e}: set power.ups_tls_name")),
-            Err(e) => Err(format!("power.ups_ca = {:?} {e}", ca.display().to_string())),
+            Err(e @ TlsSetupError::BadName) if self.ups_tls_name.is_some() => {
+                Err(FieldError::new("power.ups_tls_name", format!("power.ups_tls_name = {name:?} {e}")))
+            }
+            Err(e @ TlsSetupError::BadName) => Err(FieldError::new("power.ups", format!("the host of power.ups ({name:?}) {e}: set power.ups_tls_name"))),
+            Err(e) => Err(FieldError::new("power.ups_ca", format!("power.ups_ca = {:?} {e}", ca.display().to_string()))),
         })
     }
 }
