@@ -17,7 +17,7 @@
 //! The agent reads sysfs and carries the actions out; it tells the policy
 //! what succeeded, so a failed write leaves the state as it was.
 
-use crate::human::{number, Range, Span};
+use crate::human::{number, FieldError, Range, Span};
 use crate::model::{Activity, Observation, VmId, VmState};
 use crate::rates::ActivityRates;
 use crate::units::Millis;
@@ -69,25 +69,25 @@ const GOVERNORS: [&str; 6] = ["performance", "powersave", "userspace", "ondemand
 
 impl DeviceConfig {
     /// The section's rules; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         for (name, v) in [("cpu_low", self.cpu_low), ("cpu_high", self.cpu_high), ("max_freq_fraction", self.max_freq_fraction)] {
             number(&format!("power.devices.{name}"), v, Range::OpenClosed(0.0, 1.0), "")?;
         }
         if self.cpu_low >= self.cpu_high {
-            return Err(format!(
+            return Err(FieldError::new("power.devices.cpu_low", format!(
                 "power.devices.cpu_low ({}) must be below power.devices.cpu_high ({}): the band between them keeps the CPUs from flapping",
                 self.cpu_low, self.cpu_high
-            ));
+            )));
         }
         if !GOVERNORS.contains(&self.governor.as_str()) {
-            return Err(format!(
+            return Err(FieldError::new("power.devices.governor", format!(
                 "power.devices.governor = {:?} is not a cpufreq governor: use one of {} (powersave or conservative save power)",
                 self.governor,
                 GOVERNORS.join(", ")
-            ));
+            )));
         }
         if self.disk_standby_command.as_ref().is_some_and(|c| c.is_empty()) {
-            return Err("power.devices.disk_standby_command is empty: give the command and its arguments, e.g. [\"hdparm\", \"-y\"] (ebb adds /dev/NAME)".into());
+            return Err(FieldError::new("power.devices.disk_standby_command", "power.devices.disk_standby_command is empty: give the command and its arguments, e.g. [\"hdparm\", \"-y\"] (ebb adds /dev/NAME)"));
         }
         Ok(())
     }

@@ -1,7 +1,9 @@
 //! Values as people write them in ebb's config: sizes ("512MiB"), spans of
 //! time ("90s", "250ms", "1h"), and numbers checked against their range.
 //! The core's config types deserialize these themselves, so the config
-//! file's sections are those types, not copies of them.
+//! file's sections are those types, not copies of them; their rules refuse
+//! a value with a `FieldError`, which names the field so the config's
+//! reader can point at its line.
 
 use crate::units::Bytes;
 use serde::de::{self, Deserializer, Visitor};
@@ -57,39 +59,52 @@ impl Span {
     }
 
     /// Reads "90s", "250ms", "5m", "1h" (a bare number is seconds).
-    pub fn parse(s: &str) -> Result<Span, String> {
+    pub fn parse(s: &str) -> Result<Span, SpanError> {
         let t = s.trim();
         let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("\"{s}\" is not a duration: write a number with a unit, like 2s or 250ms"))?;
+        let n: f64 = num.parse().map_err(|_| SpanError::Malformed(s.into()))?;
         let secs = match unit.trim() {
             "ms" => n / 1000.0,
             "" | "s" => n,
             "m" | "min" => n * 60.0,
             "h" => n * 3600.0,
-            _ => return Err(format!("\"{s}\" has an unknown unit: use ms, s, m or h")),
+            _ => return Err(SpanError::UnknownUnit(s.into())),
         };
         Span::of_seconds(secs, &format!("\"{s}\""))
     }
 
     /// `secs` seconds, refused with `text` named when not a span ebb takes.
-    pub fn of_seconds(secs: f64, text: &str) -> Result<Span, String> {
+    pub fn of_seconds(secs: f64, text: &str) -> Result<Span, SpanError> {
         if secs.is_nan() || secs <= 0.0 {
-            return Err(format!("{text}: a duration must be more than zero"));
+            return Err(SpanError::NotPositive(text.into()));
         }
         if secs > MAX_SPAN.as_secs_f64() {
-            return Err(format!("{text} is longer than a year, the longest duration ebb takes"));
+            return Err(SpanError::TooLong(text.into()));
         }
         // The policies count time in whole milliseconds: less would be zero.
         if secs < 0.001 {
-            return Err(format!("{text} is shorter than a millisecond, the finest time ebb keeps"));
+            return Err(SpanError::TooShort(text.into()));
         }
         // To the nanosecond first, as `Duration::from_secs_f64` reads it.
         let nanos = (secs * 1e9).round();
         Ok(Span(((nanos / 1e6).floor() as u64).max(1)))
     }
+}
+
+/// Why a text or number is not a span ebb takes; each names the value as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpanError {
+    #[error("\"{0}\" is not a duration: write a number with a unit, like 2s or 250ms")]
+    Malformed(String),
+    #[error("\"{0}\" has an unknown unit: use ms, s, m or h")]
+    UnknownUnit(String),
+    #[error("{0}: a duration must be more than zero")]
+    NotPositive(String),
+    #[error("{0} is longer than a year, the longest duration ebb takes")]
+    TooLong(String),
+    #[error("{0} is shorter than a millisecond, the finest time ebb keeps")]
+    TooShort(String),
 }
 
 impl From<Span> for u64 {
@@ -174,19 +189,35 @@ impl fmt::Display for Range {
     }
 }
 
+/// A value of the config that its rules refuse: the field's dotted path
+/// ("memory.pool", "vm.web.sleep.cpu_threshold"), by which the config's
+/// reader finds its line, and the sentence that says why, naming it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
 /// Refuses `v` outside `range`, naming `field` (and `hint`, what it means).
-pub fn number(field: &str, v: f64, range: Range, hint: &str) -> Result<(), String> {
+pub fn number(field: &str, v: f64, range: Range, hint: &str) -> Result<(), FieldError> {
     if range.contains(v) {
         Ok(())
     } else {
-        Err(format!("{field} = {v} is out of range: give a finite number {range}{hint}"))
+        Err(FieldError::new(field, format!("{field} = {v} is out of range: give a finite number {range}{hint}")))
     }
 }
 
 /// Refuses a size of zero where one makes no sense, naming `field`.
-pub fn nonzero(field: &str, b: Bytes) -> Result<(), String> {
+pub fn nonzero(field: &str, b: Bytes) -> Result<(), FieldError> {
     if b == Bytes::ZERO {
-        return Err(format!("{field}: a size of zero is not allowed here"));
+        return Err(FieldError::new(field, format!("{field}: a size of zero is not allowed here")));
     }
     Ok(())
 }
@@ -200,10 +231,10 @@ mod tests {
         assert_eq!(Span::parse("90s"), Ok(Span::from_secs(90)));
         assert_eq!(Span::parse("250ms").map(Span::as_millis), Ok(250));
         assert_eq!(Span::parse("1.5h").map(Span::as_millis), Ok(5_400_000));
-        assert!(Span::parse("0s").unwrap_err().contains("more than zero"));
-        assert!(Span::parse("367d").unwrap_err().contains("unknown unit"));
-        assert!(Span::parse("9000h").unwrap_err().contains("longer than a year"));
-        assert!(Span::parse("0.0001ms").unwrap_err().contains("shorter than a millisecond"));
+        assert!(Span::parse("0s").unwrap_err().to_string().contains("more than zero"));
+        assert!(Span::parse("367d").unwrap_err().to_string().contains("unknown unit"));
+        assert!(Span::parse("9000h").unwrap_err().to_string().contains("longer than a year"));
+        assert!(Span::parse("0.0001ms").unwrap_err().to_string().contains("shorter than a millisecond"));
         assert_eq!(Span::from_secs(300).to_string(), "5m");
         assert_eq!(Span::from_millis(1500).to_string(), "1500ms");
     }
@@ -218,8 +249,9 @@ mod tests {
         let s: S = serde_json::from_str(r#"{"a": "2GiB", "b": 4096}"#).unwrap();
         assert_eq!((s.a, s.b), (Bytes::from_gib(2), Bytes(4096)));
         assert!(serde_json::from_str::<S>(r#"{"a": -1, "b": 1}"#).is_err());
-        assert!(number("x", f64::INFINITY, Range::AtLeast(0.0), "").unwrap_err().contains("finite"));
+        assert!(number("x", f64::INFINITY, Range::AtLeast(0.0), "").unwrap_err().message.contains("finite"));
         assert!(number("x", 0.5, Range::ClosedOpen(0.0, 1.0), "").is_ok());
-        assert!(nonzero("memory.step_min", Bytes::ZERO).unwrap_err().starts_with("memory.step_min"));
+        let e = nonzero("memory.step_min", Bytes::ZERO).unwrap_err();
+        assert!(e.field == "memory.step_min" && e.message.starts_with("memory.step_min"), "{e:?}");
     }
 }

@@ -14,6 +14,7 @@
 //! stays bounded, each draw rounded up to it: never over the budget, at
 //! most one unit per kept VM from the optimum.
 
+use crate::human::Span;
 use crate::model::VmId;
 use serde::{Deserialize, Serialize};
 
@@ -47,18 +48,20 @@ pub struct PowerReading {
     pub draw: Option<Watts>,
 }
 
-/// When the battery counts as low besides the source's own LB flag.
+/// When the battery counts as low besides the source's own LB flag: the
+/// `[power]` section's `low_charge` and `low_runtime`, whose defaults are
+/// these.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LowBattery {
     /// Percent of charge at or below which the battery is low.
     pub charge: f64,
-    /// Seconds of runtime at or below which the battery is low.
-    pub runtime_s: f64,
+    /// Runtime left at or below which the battery is low.
+    pub runtime: Span,
 }
 
 impl Default for LowBattery {
     fn default() -> Self {
-        LowBattery { charge: 20.0, runtime_s: 300.0 }
+        LowBattery { charge: 20.0, runtime: Span::from_secs(300) }
     }
 }
 
@@ -87,8 +90,9 @@ impl PowerReading {
             if let Some(c) = self.charge.filter(|c| *c <= low.charge) {
                 why.push(format!("charge {c:.0}% (low at {:.0}%)", low.charge));
             }
-            if let Some(r) = self.runtime_s.filter(|r| *r <= low.runtime_s) {
-                why.push(format!("{r:.0} s of runtime left (low at {:.0} s)", low.runtime_s));
+            let low_s = low.runtime.as_duration().as_secs_f64();
+            if let Some(r) = self.runtime_s.filter(|r| *r <= low_s) {
+                why.push(format!("{r:.0} s of runtime left (low at {low_s:.0} s)"));
             }
         }
         match (why.is_empty(), self.on_battery) {

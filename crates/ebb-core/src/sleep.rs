@@ -14,7 +14,7 @@
 //! The policy errs toward keeping a VM awake: counters it cannot read, a
 //! restart (counters going backwards) or a wake all start a fresh window.
 
-use crate::human::{nonzero, number, Range, Span};
+use crate::human::{nonzero, number, FieldError, Range, Span};
 use crate::model::*;
 use crate::rates::{per_second, ActivityRates, IDLE_CPU, IDLE_DISK, IDLE_NET};
 use crate::units::*;
@@ -54,7 +54,7 @@ pub struct SleepSettings {
 
 impl SleepSettings {
     /// The section's rules; `field` names it (`vm.NAME.sleep`, `<sleep>`).
-    pub fn validate(&self, field: &str) -> Result<(), String> {
+    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
         number(&format!("{field}.cpu_threshold"), self.cpu_threshold, Range::Closed(0.0, 1.0), " (a fraction of one vCPU, like 0.05)")?;
         nonzero(&format!("{field}.net_threshold"), self.net_threshold)?;
         nonzero(&format!("{field}.disk_threshold"), self.disk_threshold)

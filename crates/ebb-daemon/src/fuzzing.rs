@@ -11,7 +11,7 @@ use ebb_core::Bytes;
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     if let Err(message) = Config::parse(text) {
-        assert!(!message.trim().is_empty(), "a config refused without a word");
+        assert!(!message.to_string().trim().is_empty(), "a config refused without a word");
     }
 }
 

@@ -29,13 +29,13 @@ pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Out
 pub async fn run_with_clock(mut cfg: Config, connect: Connector, clock: Clock, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     // The socket first: a second agent on the same config is told another
     // serves this socket; one with its own socket, that the journal is taken.
-    let gid = cfg.agent.socket_gid()?;
+    let gid = cfg.agent.socket_gid().map_err(|e| e.to_string())?;
     let listener = api::bind(&cfg.agent.socket, gid).await.map_err(|e| e.to_string())?;
     let _socket = api::Unbind(cfg.agent.socket.clone());
     let _lock = JournalLock::acquire(&cfg.agent.journal).map_err(|e| e.to_string())?;
     let plan = FdPlan::for_limit(raise_fd_limit());
     info!("file descriptors: {plan}");
-    cfg.surrogate.fd_plan = Some(plan);
+    cfg.fd_plan = plan;
     let journal = Journal::open(&cfg.agent.journal).map_err(|e| e.to_string())?;
     let keep_ms = u64::from(cfg.agent.journal_keep_days) * 86_400_000;
     if let Ok(n) = journal.prune(ebb_core::Millis(clock.now().since(ebb_core::Millis(keep_ms)))) {

@@ -5,7 +5,7 @@
 
 use crate::config::{Size, VmReallocSection, VmSection};
 use ebb_core::affinity::CpuSet;
-use ebb_core::human::Span;
+use ebb_core::human::{FieldError, Span};
 use ebb_core::sleep::SleepSettings;
 use ebb_core::{Bytes, SleepMode, VmSettings};
 use quick_xml::events::Event;
@@ -68,12 +68,34 @@ pub struct MetadataSettings {
     pub handles_power_events: Option<bool>,
 }
 
-pub fn parse_metadata(xml: &str) -> Result<MetadataSettings, String> {
+/// Why a domain's ebb metadata is refused, in a sentence naming the element
+/// and attribute.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("ebb metadata is not well-formed XML: {0}")]
+    Xml(#[from] quick_xml::Error),
+    #[error("ebb metadata has a malformed attribute: {0}")]
+    Attribute(#[from] quick_xml::events::attributes::AttrError),
+    #[error("ebb metadata attribute {key} is malformed: {source}")]
+    Value { key: String, source: quick_xml::Error },
+    /// One setting, as written (`<sleep mode="nap">`), and what is wrong with it.
+    #[error("{setting}: {problem}")]
+    Setting { setting: String, problem: String },
+    /// A rule of the section an element stands for (`<sleep>`, `<realloc>`).
+    #[error(transparent)]
+    Rule(#[from] FieldError),
+}
+
+/// The refusal of `setting` (`<sleep mode="nap">`), for `problem`.
+fn refuse(setting: &str, problem: impl ToString) -> MetadataError {
+    MetadataError::Setting { setting: setting.to_string(), problem: problem.to_string() }
+}
+
+pub fn parse_metadata(xml: &str) -> Result<MetadataSettings, MetadataError> {
     let mut reader = quick_xml::Reader::from_str(xml);
     let mut out = MetadataSettings::default();
     loop {
-        let ev = reader.read_event().map_err(|e| format!("ebb metadata is not well-formed XML: {e}"))?;
-        let e = match ev {
+        let e = match reader.read_event()? {
             Event::Start(e) | Event::Empty(e) => e,
             Event::Eof => break,
             _ => continue,
@@ -83,22 +105,22 @@ pub fn parse_metadata(xml: &str) -> Result<MetadataSettings, String> {
             out.sleep = Some(SleepSettings { enabled: true, ..SleepSettings::default() });
         }
         for attr in e.attributes() {
-            let attr = attr.map_err(|e| format!("ebb metadata has a malformed attribute: {e}"))?;
+            let attr = attr?;
             let key = String::from_utf8_lossy(attr.key.local_name().as_ref()).into_owned();
             if attr.key.as_ref().starts_with(b"xmlns") {
                 continue;
             }
-            let value = attr
-                .unescape_value()
-                .map_err(|e| format!("ebb metadata attribute {key} is malformed: {e}"))?
-                .into_owned();
+            let value = match attr.unescape_value() {
+                Ok(v) => v.into_owned(),
+                Err(source) => return Err(MetadataError::Value { key, source }),
+            };
             let field = format!("<{element} {key}=\"{value}\">");
             match (element.as_str(), key.as_str()) {
-                ("vm", "managed") => out.managed = Some(parse_bool(&value).ok_or(format!("{field}: use yes or no"))?),
+                ("vm", "managed") => out.managed = Some(parse_bool(&value).ok_or_else(|| refuse(&field, "use yes or no"))?),
                 ("memory", "shares") => {
-                    let s: u32 = value.parse().map_err(|_| format!("{field}: shares must be a whole number"))?;
+                    let s: u32 = value.parse().map_err(|_| refuse(&field, "shares must be a whole number"))?;
                     if s == 0 {
-                        return Err(format!("{field}: shares must be more than zero"));
+                        return Err(refuse(&field, "shares must be more than zero"));
                     }
                     out.shares = Some(s);
                 }
@@ -110,11 +132,11 @@ pub fn parse_metadata(xml: &str) -> Result<MetadataSettings, String> {
                     sleep.validate(&field)?;
                 }
                 ("realloc", _) => parse_realloc(out.realloc.get_or_insert_with(VmReallocSection::default), &key, &value, &field)?,
-                ("power", "value") => out.value = Some(value.parse().map_err(|_| format!("{field}: a whole number from 0 to {}", u32::MAX))?),
-                ("power", "handles_power_events") => {
-                    out.handles_power_events = Some(parse_bool(&value).ok_or(format!("{field}: use yes or no"))?)
+                ("power", "value") => {
+                    out.value = Some(value.parse().map_err(|_| refuse(&field, format!("a whole number from 0 to {}", u32::MAX)))?)
                 }
-                _ => return Err(format!("{field}: ebb does not know this setting")),
+                ("power", "handles_power_events") => out.handles_power_events = Some(parse_bool(&value).ok_or_else(|| refuse(&field, "use yes or no"))?),
+                _ => return Err(refuse(&field, "ebb does not know this setting")),
             }
         }
     }
@@ -125,45 +147,45 @@ pub fn parse_metadata(xml: &str) -> Result<MetadataSettings, String> {
     Ok(out)
 }
 
-fn parse_realloc(r: &mut VmReallocSection, key: &str, value: &str, field: &str) -> Result<(), String> {
-    let whole = || value.parse::<u64>().map_err(|_| format!("{field}: a whole number"));
-    let yes_no = || parse_bool(value).ok_or(format!("{field}: use yes or no"));
+fn parse_realloc(r: &mut VmReallocSection, key: &str, value: &str, field: &str) -> Result<(), MetadataError> {
+    let whole = || value.parse::<u64>().map_err(|_| refuse(field, "a whole number"));
+    let yes_no = || parse_bool(value).ok_or_else(|| refuse(field, "use yes or no"));
     match key {
         "enabled" => r.enabled = Some(yes_no()?),
         "critical" => r.critical = yes_no()?,
         "cpu_shares_min" => r.cpu_shares_min = Some(whole()?),
         "cpu_shares_max" => r.cpu_shares_max = Some(whole()?),
-        "cpu_cap_max" => r.cpu_cap_max = Some(value.parse().map_err(|_| format!("{field}: a fraction of one vCPU, like 1.5"))?),
+        "cpu_cap_max" => r.cpu_cap_max = Some(value.parse().map_err(|_| refuse(field, "a fraction of one vCPU, like 1.5"))?),
         "net_max" => r.net_max = Some(Size(parse_size(value, field)?)),
         "disk_max" => r.disk_max = Some(Size(parse_size(value, field)?)),
-        "vcpus_min" => r.vcpus_min = Some(value.parse().map_err(|_| format!("{field}: a whole number of vCPUs"))?),
+        "vcpus_min" => r.vcpus_min = Some(value.parse().map_err(|_| refuse(field, "a whole number of vCPUs"))?),
         "cpus" => {
-            let set = CpuSet::parse(value).map_err(|e| format!("{field}: {e}"))?;
+            let set = CpuSet::parse(value).map_err(|e| refuse(field, e))?;
             if set.is_empty() {
-                return Err(format!("{field}: names no CPU"));
+                return Err(refuse(field, "names no CPU"));
             }
             r.cpus = Some(set);
         }
-        _ => return Err(format!("{field}: ebb does not know this setting")),
+        _ => return Err(refuse(field, "ebb does not know this setting")),
     }
     Ok(())
 }
 
-fn parse_sleep(s: &mut SleepSettings, key: &str, value: &str, field: &str) -> Result<(), String> {
+fn parse_sleep(s: &mut SleepSettings, key: &str, value: &str, field: &str) -> Result<(), MetadataError> {
     match key {
-        "enabled" => s.enabled = parse_bool(value).ok_or(format!("{field}: use yes or no"))?,
+        "enabled" => s.enabled = parse_bool(value).ok_or_else(|| refuse(field, "use yes or no"))?,
         "mode" => {
             s.mode = match value {
                 "save" => SleepMode::Save,
                 "pause" => SleepMode::Pause,
-                _ => return Err(format!("{field}: mode is save or pause")),
+                _ => return Err(refuse(field, "mode is save or pause")),
             }
         }
-        "idle_after" => s.idle_after = Span::parse(value).map_err(|e| format!("{field}: {e}"))?,
-        "cpu_threshold" => s.cpu_threshold = value.parse().map_err(|_| format!("{field}: a fraction of one vCPU, like 0.05"))?,
-        "net_threshold" => s.net_threshold = value.parse().map_err(|e| format!("{field}: {e}"))?,
-        "disk_threshold" => s.disk_threshold = value.parse().map_err(|e| format!("{field}: {e}"))?,
-        _ => return Err(format!("{field}: ebb does not know this setting")),
+        "idle_after" => s.idle_after = Span::parse(value).map_err(|e| refuse(field, e))?,
+        "cpu_threshold" => s.cpu_threshold = value.parse().map_err(|_| refuse(field, "a fraction of one vCPU, like 0.05"))?,
+        "net_threshold" => s.net_threshold = value.parse().map_err(|e| refuse(field, e))?,
+        "disk_threshold" => s.disk_threshold = value.parse().map_err(|e| refuse(field, e))?,
+        _ => return Err(refuse(field, "ebb does not know this setting")),
     }
     Ok(())
 }
@@ -176,10 +198,10 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-fn parse_size(v: &str, field: &str) -> Result<Bytes, String> {
-    let b: Bytes = v.parse().map_err(|e| format!("{field}: {e}"))?;
+fn parse_size(v: &str, field: &str) -> Result<Bytes, MetadataError> {
+    let b: Bytes = v.parse().map_err(|e| refuse(field, e))?;
     if b == Bytes::ZERO {
-        return Err(format!("{field}: a size of zero is not allowed"));
+        return Err(refuse(field, "a size of zero is not allowed"));
     }
     Ok(b)
 }
@@ -212,9 +234,9 @@ pub fn resolve(config: Option<&VmSection>, meta: Option<&MetadataSettings>) -> R
     let d = VmSettings::default();
     let cfg = config.cloned().unwrap_or_default();
     let meta = meta.cloned().unwrap_or_default();
-    let (shares, s_src) = pick(cfg.shares.map(|s| *s.get_ref()), meta.shares, d.shares);
-    let (min, min_src) = pick(cfg.min.map(|s| Some(s.get_ref().0)), meta.min.map(Some), None);
-    let (max, max_src) = pick(cfg.max.map(|s| Some(s.get_ref().0)), meta.max.map(Some), None);
+    let (shares, s_src) = pick(cfg.shares, meta.shares, d.shares);
+    let (min, min_src) = pick(cfg.min.map(|s| Some(s.0)), meta.min.map(Some), None);
+    let (max, max_src) = pick(cfg.max.map(|s| Some(s.0)), meta.max.map(Some), None);
     let (managed, m_src) = pick(cfg.managed, meta.managed, d.managed);
     // A `[vm.NAME.sleep]` section replaces a `<sleep>` element as a whole,
     // and a `[vm.NAME.realloc]` section a `<realloc>` one.
@@ -292,16 +314,16 @@ mod tests {
         assert!(!resolve(None, Some(&off)).sleep.unwrap().enabled);
         assert_eq!(resolve(None, None).sleep, None);
         for bad in [r#"<vm><sleep mode="hibernate"/></vm>"#, r#"<vm><sleep idle_after="soon"/></vm>"#, r#"<vm><sleep cpu_threshold="-1"/></vm>"#, r#"<vm><sleep cpu_threshold="2"/></vm>"#, r#"<vm><sleep naps="3"/></vm>"#] {
-            let e = parse_metadata(bad).unwrap_err();
+            let e = parse_metadata(bad).unwrap_err().to_string();
             assert!(e.contains("<sleep "), "{bad}: {e}");
         }
     }
 
     #[test]
     fn bad_metadata_is_named() {
-        let e = parse_metadata(r#"<vm><memory min="lots"/></vm>"#).unwrap_err();
+        let e = parse_metadata(r#"<vm><memory min="lots"/></vm>"#).unwrap_err().to_string();
         assert!(e.contains("min=\"lots\""), "{e}");
-        let e = parse_metadata(r#"<vm><memory colour="red"/></vm>"#).unwrap_err();
+        let e = parse_metadata(r#"<vm><memory colour="red"/></vm>"#).unwrap_err().to_string();
         assert!(e.contains("colour"), "{e}");
         assert!(parse_metadata("<vm><memory").is_err());
     }
@@ -359,7 +381,7 @@ mod tests {
             (r#"<vm><realloc boost="9"/></vm>"#, "does not know"),
             (r#"<vm><power value="-1"/></vm>"#, "value=\"-1\""),
         ] {
-            let e = parse_metadata(bad).unwrap_err();
+            let e = parse_metadata(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
         }
     }

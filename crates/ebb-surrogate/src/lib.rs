@@ -41,7 +41,7 @@ mod vm;
 pub use event::{Refusal, SurrogateEvent, VmPower, WakeReason};
 pub use kernel_forward::{table_name as kernel_table_name, AwakePath, AwakeRoute};
 pub use quota::FdPlan;
-pub use spec::{validate_services, CannedReply, Limits, Protocol, ServiceSpec, SpecError};
+pub use spec::{validate_services, CannedReply, Limits, ListenClash, Loop, Protocol, ServiceSpec, SpecError, SurrogateConfig};
 pub use stats::TrafficStats;
 
 use ebb_core::VmId;

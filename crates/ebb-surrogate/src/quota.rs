@@ -9,7 +9,6 @@
 //! copied). A UDP flow costs 1, from a share of its own, so a flood of
 //! spoofed source ports cannot take descriptors from TCP clients.
 
-use crate::spec::Limits;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -61,14 +60,13 @@ impl FdPlan {
         }
     }
 
-    /// `limits` with this plan's shares.
-    pub fn apply(&self, limits: Limits) -> Limits {
-        Limits {
-            max_fds: self.tcp,
-            max_fds_per_vm: self.tcp_per_vm,
-            udp_flows_total: self.udp,
-            ..limits
-        }
+}
+
+/// The plan for a limit of 4096, where the agent has not planned from its
+/// own `RLIMIT_NOFILE` (`ebb check`, tests).
+impl Default for FdPlan {
+    fn default() -> FdPlan {
+        FdPlan::for_limit(4096)
     }
 }
 

@@ -386,7 +386,7 @@ pub fn describe_config(c: &Config) -> String {
         "power: {}  low battery at {:.0}% or {:?}  power-off: {}",
         c.power.ups.as_ref().map_or(format!("sysfs under {}", c.power.sysfs.display()), |u| format!("UPS {u}")),
         c.power.low_charge,
-        c.power.low_runtime,
+        c.power.low_runtime.as_duration(),
         c.power.power_off_command.as_ref().map_or("recorded, not run (no power_off_command)".into(), |cmd| cmd.join(" "))
     );
     if let Some(Ok((_, addr))) = c.power.ups_address() {
@@ -422,9 +422,9 @@ pub fn describe_config(c: &Config) -> String {
         let _ = writeln!(
             out,
             "vm {name}: shares {} min {} max {} managed {}",
-            vm.shares.as_ref().map_or("-".into(), |s| s.get_ref().to_string()),
-            vm.min.as_ref().map_or("-".into(), |s| s.get_ref().0.to_string()),
-            vm.max.as_ref().map_or("-".into(), |s| s.get_ref().0.to_string()),
+            vm.shares.map_or("-".into(), |s| s.to_string()),
+            vm.min.map_or("-".into(), |s| s.0.to_string()),
+            vm.max.map_or("-".into(), |s| s.0.to_string()),
             vm.managed.map_or("-".into(), |b| b.to_string()),
         );
         if let Some(r) = &vm.realloc {

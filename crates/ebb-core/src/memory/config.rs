@@ -2,7 +2,7 @@
 //! rounding every part of the policy shares (a leaf: nothing here imports
 //! the rest of the policy).
 
-use crate::human::{nonzero, number, Range, Span};
+use crate::human::{nonzero, number, FieldError, Range, Span};
 use crate::units::*;
 use serde::{Deserialize, Serialize};
 
@@ -58,7 +58,7 @@ impl Default for MemoryConfig {
 
 impl MemoryConfig {
     /// The section's rules; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         number("memory.idle_tax", self.idle_tax, Range::ClosedOpen(0.0, 1.0), " (0.75 is ESX's default)")?;
         for (name, v) in [
             ("dead_band_fraction", self.dead_band_fraction),
@@ -79,7 +79,7 @@ impl MemoryConfig {
             nonzero(&format!("memory.{name}"), b)?;
         }
         if self.step_min > self.step_max {
-            return Err(format!("memory.step_min ({}) is above memory.step_max ({})", self.step_min.0, self.step_max.0));
+            return Err(FieldError::new("memory.step_min", format!("memory.step_min ({}) is above memory.step_max ({})", self.step_min.0, self.step_max.0)));
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 use super::class::Class;
 use crate::cpuset::MAX_CPUS;
-use crate::human::{nonzero, number, Range, Span};
+use crate::human::{nonzero, number, FieldError, Range, Span};
 use crate::rates::{IDLE_CPU, IDLE_DISK, IDLE_NET};
 use crate::units::*;
 use serde::{Deserialize, Serialize};
@@ -54,7 +54,7 @@ pub const MAX_WEIGHT_FACTOR: u64 = 64;
 
 impl ReallocConfig {
     /// The section's rules; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         for (name, v) in [
             ("cpu_busy", self.cpu_busy),
             ("cpu_busy_leave", self.cpu_busy_leave),
@@ -71,22 +71,22 @@ impl ReallocConfig {
             nonzero(&format!("realloc.{name}"), b)?;
         }
         if self.affinity_free >= self.affinity_busy {
-            return Err(format!(
+            return Err(FieldError::new("realloc.affinity_free", format!(
                 "realloc.affinity_free ({}) must be below realloc.affinity_busy ({}): a VM would move between equally busy CPUs",
                 self.affinity_free, self.affinity_busy
-            ));
+            )));
         }
         if self.cpu_busy_leave > self.cpu_busy {
-            return Err(format!(
+            return Err(FieldError::new("realloc.cpu_busy_leave", format!(
                 "realloc.cpu_busy_leave ({}) is above realloc.cpu_busy ({}): a VM would leave cpu-bound before it entered",
                 self.cpu_busy_leave, self.cpu_busy
-            ));
+            )));
         }
         for (name, v) in [("boost", self.boost), ("yield_divisor", self.yield_divisor)] {
             if !(1..=MAX_WEIGHT_FACTOR).contains(&v) {
-                return Err(format!(
+                return Err(FieldError::new(format!("realloc.{name}"), format!(
                     "realloc.{name} = {v} is out of range: give a whole number from 1 to {MAX_WEIGHT_FACTOR} (past it a weight leaves libvirt's range)"
-                ));
+                )));
             }
         }
         Ok(())

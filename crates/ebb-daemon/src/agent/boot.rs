@@ -27,7 +27,7 @@ impl Agent {
     /// never a fallback to an unauthenticated reading. What the journal
     /// remembers is read from `journal`; the agent writes through `writer`.
     pub fn new(cfg: Config, journal: &Journal, writer: JournalHandle, connect: Connector, clock: Clock) -> Result<NewAgent, String> {
-        let ups = cfg.power.ups_reader().transpose()?;
+        let ups = cfg.power.ups_reader().transpose().map_err(|e| e.to_string())?;
         let started_at = clock.now();
         let sleeping = match journal.sleeping() {
             Ok(list) => list.into_iter().collect(),
@@ -37,7 +37,7 @@ impl Agent {
             }
         };
         let (command_tx, commands) = mpsc::channel(64);
-        let (surrogate, surrogate_events) = Surrogate::new(cfg.surrogate.limits());
+        let (surrogate, surrogate_events) = Surrogate::new(cfg.surrogate_limits());
         let mut policy = MemoryPolicy::new();
         let mut saved_memory = HashMap::new();
         match journal.memory_states() {

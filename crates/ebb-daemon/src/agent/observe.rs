@@ -119,7 +119,7 @@ impl Agent {
         self.known_states = obs.vms.iter().map(|v| (v.id.clone(), KnownState { state: v.state, managed_save: v.managed_save })).collect();
         for (vm, m) in metadata {
             let settings = match m {
-                Ok(Some(xml)) => settings::parse_metadata(&xml).map(Some),
+                Ok(Some(xml)) => settings::parse_metadata(&xml).map(Some).map_err(|e| e.to_string()),
                 Ok(None) => Ok(None),
                 Err(e) => Err(e.to_string()),
             };

@@ -1,6 +1,7 @@
 //! `[agent]`: the libvirt URI, the ticks, the API socket and the journal.
 
 use super::*;
+use ebb_core::human::FieldError;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,27 +53,32 @@ impl AgentSection {
     }
 
     /// The gid of `socket_group` on this host; None: no group, root only.
-    pub fn socket_gid(&self) -> Result<Option<u32>, String> {
+    pub fn socket_gid(&self) -> Result<Option<u32>, FieldError> {
         let Some(name) = &self.socket_group else { return Ok(None) };
+        let refuse = |message| Err(FieldError::new("agent.socket_group", message));
         match nix::unistd::Group::from_name(name) {
             Ok(Some(group)) => Ok(Some(group.gid.as_raw())),
-            Ok(None) => Err(format!("agent.socket_group = {name:?}: this host has no such group; create it (groupadd {name}) or leave socket_group out (root only)")),
-            Err(e) => Err(format!("agent.socket_group = {name:?} could not be looked up: {e}")),
+            Ok(None) => refuse(format!("agent.socket_group = {name:?}: this host has no such group; create it (groupadd {name}) or leave socket_group out (root only)")),
+            Err(e) => refuse(format!("agent.socket_group = {name:?} could not be looked up: {e}")),
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), FieldError> {
         for (name, tick) in [("tick", self.tick), ("fast_tick", self.fast_tick)] {
             if tick < MIN_TICK {
-                return Err(format!("agent.{name} = {tick:?} is shorter than {MIN_TICK:?}: each tick reads every domain from libvirt, so a shorter one only spins"));
+                return Err(FieldError::new(
+                    format!("agent.{name}"),
+                    format!("agent.{name} = {tick:?} is shorter than {MIN_TICK:?}: each tick reads every domain from libvirt, so a shorter one only spins"),
+                ));
             }
         }
+        let refuse = |message: String| Err(FieldError::new("agent.socket", message));
         let socket = self.socket.as_os_str();
         if socket.is_empty() {
-            return Err("agent.socket is empty: an empty path would make Linux bind an abstract socket, which no file permission protects; give a path such as /run/ebb/ebb.sock".into());
+            return refuse("agent.socket is empty: an empty path would make Linux bind an abstract socket, which no file permission protects; give a path such as /run/ebb/ebb.sock".into());
         }
         if socket.len() > MAX_SOCKET_PATH {
-            return Err(format!(
+            return refuse(format!(
                 "agent.socket is {} bytes long: a unix socket path holds at most {MAX_SOCKET_PATH} bytes (SUN_LEN); pick a shorter path",
                 socket.len()
             ));
@@ -84,7 +90,7 @@ impl AgentSection {
             let mut file = journal.clone().into_os_string();
             file.push(suffix);
             if socket.as_os_str() == file {
-                return Err(format!(
+                return refuse(format!(
                     "agent.socket = {} is the journal's own file {}: ebb would remove it as a stale socket; give the socket a path of its own",
                     self.socket.display(),
                     file.to_string_lossy()

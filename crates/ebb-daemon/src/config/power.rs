@@ -2,6 +2,7 @@
 
 use super::*;
 use ebb_core::devices::DeviceConfig;
+use ebb_core::human::{FieldError, Span};
 use ebb_core::power::{LowBattery, PowerModel, Watts};
 use ebb_backends::nut::{NutClient, NutTls, TlsSetupError};
 use ebb_backends::platform::UpsAddress;
@@ -26,11 +27,11 @@ pub struct PowerSection {
     pub ups_tls_name: Option<String>,
     /// Root of the sysfs tree read for mains and batteries when no UPS is set.
     pub sysfs: PathBuf,
-    /// On battery, at or below this charge (percent) the battery is low.
+    /// On battery, at or below this charge (percent) or this runtime the
+    /// battery is low: `LowBattery`'s `charge` and `runtime`, its default
+    /// the section's (`low_battery` hands them over).
     pub low_charge: f64,
-    /// On battery, at or below this runtime the battery is low.
-    #[serde(deserialize_with = "de_duration")]
-    pub low_runtime: Duration,
+    pub low_runtime: Span,
     /// The command that powers the host down once every VM is saved. Unset:
     /// the power-off is recorded in the journal, not run.
     pub power_off_command: Option<Vec<String>>,
@@ -55,10 +56,6 @@ pub struct PowerSection {
     pub devices: DeviceConfig,
 }
 
-
-
-
-
 impl Default for PowerSection {
     fn default() -> Self {
         let low = LowBattery::default();
@@ -68,7 +65,7 @@ impl Default for PowerSection {
             ups_tls_name: None,
             sysfs: PathBuf::from("/sys"),
             low_charge: low.charge,
-            low_runtime: Duration::from_secs_f64(low.runtime_s),
+            low_runtime: low.runtime,
             power_off_command: None,
             shutdown_timeout: Duration::from_secs(120),
             timeout: Duration::from_secs(2),
@@ -82,6 +79,49 @@ impl Default for PowerSection {
 }
 
 impl PowerSection {
+    /// The section's rules (the UPS's address and CA among them: its CA
+    /// file is loaded here); the error names the field.
+    pub(crate) fn validate(&self) -> Result<(), FieldError> {
+        if let Some(Err(e)) = self.ups_reader() {
+            return Err(e);
+        }
+        if self.ups.is_none() && (self.ups_ca.is_some() || self.ups_tls_name.is_some()) {
+            let field = if self.ups_ca.is_some() { "power.ups_ca" } else { "power.ups_tls_name" };
+            return Err(FieldError::new(field, "power.ups_ca and power.ups_tls_name authenticate the UPS's upsd, but power.ups is not set: set it, or remove them"));
+        }
+        if self.ups_ca.is_none() && self.ups_tls_name.is_some() {
+            return Err(FieldError::new("power.ups_tls_name", "power.ups_tls_name is set without power.ups_ca: set power.ups_ca to the CA that signed upsd's certificate (the name is checked only over TLS)"));
+        }
+        if let Some(t) = &self.model_table {
+            let refused = "give 11 watt figures, at 0 %, 10 %, …, 100 % CPU, never falling";
+            if t.len() != 11 {
+                return Err(FieldError::new("power.model_table", format!("power.model_table has {} values: {refused}", t.len())));
+            }
+            for (i, w) in t.iter().enumerate() {
+                number(&format!("power.model_table[{i}]"), *w, Range::AtLeast(0.0), " (watts)")?;
+            }
+            if t.windows(2).any(|w| w[1] < w[0]) {
+                return Err(FieldError::new("power.model_table", format!("power.model_table falls: {refused}")));
+            }
+        }
+        number("power.idle_watts", self.idle_watts, Range::AtLeast(0.0), "")?;
+        number("power.max_watts", self.max_watts, Range::AtLeast(0.0), "")?;
+        if self.max_watts < self.idle_watts {
+            return Err(FieldError::new(
+                "power.max_watts",
+                format!("power.max_watts ({}) must be at least power.idle_watts ({})", self.max_watts, self.idle_watts),
+            ));
+        }
+        if let Some(b) = self.budget {
+            number("power.budget", b, Range::Above(0.0), " (watts the host may draw on battery)")?;
+        }
+        number("power.low_charge", self.low_charge, Range::Closed(0.0, 100.0), " (percent)")?;
+        if self.power_off_command.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err(FieldError::new("power.power_off_command", "power.power_off_command is empty: give the command and its arguments, e.g. [\"systemctl\", \"poweroff\"]"));
+        }
+        self.devices.validate()
+    }
+
     pub fn model(&self) -> PowerModel {
         match &self.model_table {
             Some(t) if t.len() == 11 => {
@@ -94,15 +134,18 @@ impl PowerSection {
     }
 
     pub fn low_battery(&self) -> LowBattery {
-        LowBattery { charge: self.low_charge, runtime_s: self.low_runtime.as_secs_f64() }
+        LowBattery { charge: self.low_charge, runtime: self.low_runtime }
     }
 
     /// `name@host[:port]` → (name, host:port), as upsc takes it; an IPv6
     /// host goes in brackets (`ups@[::1]:3493`).
-    pub fn ups_address(&self) -> Option<Result<(String, String), String>> {
+    pub fn ups_address(&self) -> Option<Result<(String, String), FieldError>> {
         let text = self.ups.as_ref()?;
         Some(parse_ups(text).map_err(|why| {
-            format!("power.ups = {text:?}: {why}; write it as name@host, name@host:port or name@[IPv6]:port, as upsc takes it")
+            FieldError::new(
+                "power.ups",
+                format!("power.ups = {text:?}: {why}; write it as name@host, name@host:port or name@[IPv6]:port, as upsc takes it"),
+            )
         }))
     }
 
@@ -116,7 +159,7 @@ impl PowerSection {
     /// The UPS and the client that reads it, over TLS when `ups_ca` is set
     /// (its CA file loaded now: `ebb check` and `ebb run` refuse one that
     /// cannot be used alike); None without `ups`.
-    pub fn ups_reader(&self) -> Option<Result<UpsAddress, String>> {
+    pub fn ups_reader(&self) -> Option<Result<UpsAddress, FieldError>> {
         let (ups, addr) = match self.ups_address()? {
             Ok(a) => a,
             Err(e) => return Some(Err(e)),
@@ -128,9 +171,11 @@ impl PowerSection {
         let name = self.ups_tls_name(&addr);
         Some(match NutTls::new(ca, &name) {
             Ok(tls) => Ok(UpsAddress { ups, client: client.with_tls(tls) }),
-            Err(e @ TlsSetupError::BadName) if self.ups_tls_name.is_some() => Err(format!("power.ups_tls_name = {name:?} {e}")),
-            Err(e @ TlsSetupError::BadName) => Err(format!("the host of power.ups ({name:?}) {e}: set power.ups_tls_name")),
-            Err(e) => Err(format!("power.ups_ca = {:?} {e}", ca.display().to_string())),
+            Err(e @ TlsSetupError::BadName) if self.ups_tls_name.is_some() => {
+                Err(FieldError::new("power.ups_tls_name", format!("power.ups_tls_name = {name:?} {e}")))
+            }
+            Err(e @ TlsSetupError::BadName) => Err(FieldError::new("power.ups", format!("the host of power.ups ({name:?}) {e}: set power.ups_tls_name"))),
+            Err(e) => Err(FieldError::new("power.ups_ca", format!("power.ups_ca = {:?} {e}", ca.display().to_string()))),
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Units and checks the sections share: sizes ("2GiB"), durations ("90s"), number ranges, paths, and domain-name globs.
 
 use ebb_core::Bytes;
-use ebb_core::human::Span;
+use ebb_core::human::{Span, SpanError};
 use serde::de;
 use serde::{Deserialize, Deserializer};
 use std::path::{Component, Path, PathBuf};
@@ -34,7 +34,7 @@ pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
 }
 
 /// "90s", "250ms", "5m", "1h" as a `Duration` (see `ebb_core::human::Span`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, SpanError> {
     Span::parse(s).map(Span::as_duration)
 }
 

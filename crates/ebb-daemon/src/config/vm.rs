@@ -1,19 +1,19 @@
 //! `[vm.NAME]`: one domain's settings (memory, realloc, sleep, services, value).
 
 use super::*;
-use ebb_core::affinity::CpuSet;
+use ebb_core::affinity::{CpuSet, MAX_CPUS};
+use ebb_core::human::FieldError;
 use ebb_core::realloc::ReallocSettings;
 use ebb_core::sleep::SleepSettings;
 use ebb_surrogate::ServiceSpec;
 use serde::{Deserialize, Deserializer};
-use toml::Spanned;
 
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct VmSection {
-    pub shares: Option<Spanned<u32>>,
-    pub min: Option<Spanned<Size>>,
-    pub max: Option<Spanned<Size>>,
+    pub shares: Option<u32>,
+    pub min: Option<Size>,
+    pub max: Option<Size>,
     pub managed: Option<bool>,
     /// Its value to the user when power drops: the most valuable VMs that
     /// fit the budget keep running. Unset: 1 (and `ebb plan` says so).
@@ -30,6 +30,27 @@ pub struct VmSection {
     pub service: Vec<ServiceSpec>,
     /// `[vm.NAME.realloc]`: bounds and flags for activity-based reallocation.
     pub realloc: Option<VmReallocSection>,
+}
+
+impl VmSection {
+    /// The section's rules; `field` names it (`vm.NAME`).
+    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
+        if let (Some(Size(min)), Some(Size(max))) = (self.min, self.max) {
+            if min > max {
+                return Err(FieldError::new(format!("{field}.min"), format!("{field}.min ({min}) is above {field}.max ({max})")));
+            }
+        }
+        if let Some(sleep) = &self.sleep {
+            sleep.validate(&format!("{field}.sleep"))?;
+        }
+        if let Some(r) = &self.realloc {
+            r.validate(&format!("{field}.realloc"))?;
+        }
+        if self.shares == Some(0) {
+            return Err(FieldError::new(format!("{field}.shares"), format!("{field}.shares must be more than zero")));
+        }
+        Ok(())
+    }
 }
 
 /// `[vm.NAME.realloc]`.
@@ -74,29 +95,31 @@ pub(crate) fn de_cpus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CpuSet>,
 impl VmReallocSection {
     /// The section's own rules, for the config file (`field` is
     /// `vm.NAME.realloc`) and the domain's metadata alike.
-    pub fn validate(&self, field: &str) -> Result<(), String> {
+    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
+        let refuse = |name: &str, message: String| Err(FieldError::new(format!("{field}.{name}"), message));
         if let (Some(lo), Some(hi)) = (self.cpu_shares_min, self.cpu_shares_max) {
             if lo > hi {
-                return Err(format!("{field}.cpu_shares_min ({lo}) is above cpu_shares_max ({hi})"));
+                return refuse("cpu_shares_min", format!("{field}.cpu_shares_min ({lo}) is above cpu_shares_max ({hi})"));
             }
         }
         if self.cpu_shares_min == Some(0) || self.cpu_shares_max == Some(0) {
-            return Err(format!("{field}: CPU weights start at 2 (libvirt's minimum)"));
+            let name = if self.cpu_shares_min == Some(0) { "cpu_shares_min" } else { "cpu_shares_max" };
+            return refuse(name, format!("{field}: CPU weights start at 2 (libvirt's minimum)"));
         }
         if let Some(c) = self.cpu_cap_max {
             let hint = " (a fraction of one vCPU: 1.0 is a whole CPU)";
             number(&format!("{field}.cpu_cap_max"), c, Range::OpenClosed(0.0, f64::from(MAX_CPUS)), hint)?;
         }
         if self.disk_max.is_some_and(|Size(m)| m < Bytes::from_kib(1)) {
-            return Err(format!("{field}.disk_max must be at least 1 KiB per second"));
+            return refuse("disk_max", format!("{field}.disk_max must be at least 1 KiB per second"));
         }
         if self.vcpus_min == Some(0) {
-            return Err(format!("{field}.vcpus_min = 0: a guest keeps at least one vCPU online"));
+            return refuse("vcpus_min", format!("{field}.vcpus_min = 0: a guest keeps at least one vCPU online"));
         }
         // libvirt takes limits as whole KiB/s in 32 bits.
         if let Some(Size(max)) = self.net_max {
             if max < Bytes::from_kib(1) || max.0 / 1024 > u64::from(u32::MAX) {
-                return Err(format!("{field}.net_max = {max} is outside what libvirt takes: 1 KiB to 4 TiB per second"));
+                return refuse("net_max", format!("{field}.net_max = {max} is outside what libvirt takes: 1 KiB to 4 TiB per second"));
             }
         }
         Ok(())

@@ -73,7 +73,7 @@ pub(super) async fn awake_overhead(uri: &str, g: &Guest, vm: &VmId, backend: u16
          [[vm.{vm}.service]]\nname = \"http\"\nlisten = \"127.0.0.1:{kernel_listen}\"\nbackend = \"127.0.0.1:{backend}\"\nhttp = true\n",
         socket.display(),
         dir.join("kernel.db").display()
-    ))?;
+    )).map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run_with(cfg, libvirt_connector(), async {
         let _ = stopped.await;

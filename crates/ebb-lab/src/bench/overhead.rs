@@ -35,7 +35,7 @@ pub(super) fn overhead(domains: usize, seconds: u64, tick: &str) -> Result<(), S
     let node = dir.path().join("node.xml");
     std::fs::write(&node, test_node_xml(domains)).map_err(|e| e.to_string())?;
     let uri = format!("test://{}", node.display());
-    let tick_d = ebb_daemon::config::parse_duration(tick)?;
+    let tick_d = ebb_daemon::config::parse_duration(tick).map_err(|e| e.to_string())?;
 
     // Baseline: the one bulk libvirt call the agent makes per tick, alone.
     let mut hv = LibvirtHypervisor::connect(&uri).map_err(|e| e.to_string())?;

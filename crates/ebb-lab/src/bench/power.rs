@@ -32,7 +32,7 @@ pub(super) async fn power(uri: &str, rounds: usize) -> Result<(), String> {
         upsd.ups()
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(run_with(Config::parse(&cfg_text)?, libvirt_connector(), async {
+    let agent = tokio::spawn(run_with(Config::parse(&cfg_text).map_err(|e| e.to_string())?, libvirt_connector(), async {
         let _ = stopped.await;
     }));
     let active = |want: bool| guests.iter().all(|g| g.domain().is_active().unwrap_or(!want) == want);

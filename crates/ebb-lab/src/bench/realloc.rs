@@ -63,7 +63,7 @@ pub(super) async fn realloc(uri: &str, seconds: u64) -> Result<(), String> {
         // ebb: the agent runs from the start of the window, so its reaction
         // time (class_after) is inside the figure.
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let cfg = Config::parse(&cfg_text)?;
+        let cfg = Config::parse(&cfg_text).map_err(|e| e.to_string())?;
         let agent = tokio::spawn(run_with(cfg, libvirt_connector(), async {
             let _ = stopped.await;
         }));

@@ -130,6 +130,7 @@ fn bench_config(uri: &str, vm: &VmId, pool: Bytes, dir: &Path, tag: &str) -> Res
         dir.join(format!("{tag}.db")).display(),
         pool.kib()
     ))
+    .map_err(|e| e.to_string())
 }
 
 /// Runs an agent whose pool is `target` for this one guest and returns the

@@ -116,7 +116,7 @@ pub(super) async fn surrogate(uri: &str, rounds: usize) -> Result<(), String> {
          [[vm.{vm}.service]]\nname = \"http\"\nlisten = \"127.0.0.1:{listen}\"\nbackend = \"127.0.0.1:{backend}\"\nhttp = true\n",
         socket.display(),
         dir.path().join("wake.db").display()
-    ))?;
+    )).map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run_with(cfg, libvirt_connector(), async {
         let _ = stopped.await;

@@ -61,24 +61,52 @@ pub enum SpecError {
     },
     #[error("vm.{vm} declares two services named {service}: give each a distinct name")]
     DuplicateName { vm: String, service: String },
-    #[error("{second} listens on {second_addr} ({protocol}), where {first} listens already ({first_addr}): two sockets cannot share a port on one address, or beside a wildcard address of its family; give each its own port")]
-    ListenClash {
-        first: String,
-        first_addr: SocketAddr,
-        second: String,
-        second_addr: SocketAddr,
-        protocol: Protocol,
-    },
-    #[error("{service} forwards to {backend}, where {target} listens ({target_addr}): the surrogate would forward to itself; point backend at the VM's forward")]
-    Loop {
-        service: String,
-        backend: SocketAddr,
-        target: String,
-        target_addr: SocketAddr,
-    },
+    /// Boxed, as is `Loop`: the rest of the variants are far smaller.
+    #[error(transparent)]
+    ListenClash(Box<ListenClash>),
+    #[error(transparent)]
+    Loop(Box<Loop>),
     #[error("surrogate limit {field} {why}")]
     BadLimit {
         field: &'static str,
         why: &'static str,
     },
+}
+
+impl SpecError {
+    /// The VM whose services the error is about, where the config declares
+    /// one (`[[vm.NAME.service]]`): where a config's reader points.
+    pub fn vm(&self) -> Option<&str> {
+        match self {
+            SpecError::InVm { vm, .. } | SpecError::DuplicateName { vm, .. } => Some(vm),
+            SpecError::ListenClash(c) => Some(&c.vm),
+            SpecError::Loop(l) => Some(&l.vm),
+            _ => None,
+        }
+    }
+}
+
+/// Two services, of one VM or two, that cannot both listen where they ask.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{second} listens on {second_addr} ({protocol}), where {first} listens already ({first_addr}): two sockets cannot share a port on one address, or beside a wildcard address of its family; give each its own port")]
+pub struct ListenClash {
+    /// The VM of the second service, which the config declares later.
+    pub vm: String,
+    pub first: String,
+    pub first_addr: SocketAddr,
+    pub second: String,
+    pub second_addr: SocketAddr,
+    pub protocol: Protocol,
+}
+
+/// A service whose backend is another service's listen address.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{service} forwards to {backend}, where {target} listens ({target_addr}): the surrogate would forward to itself; point backend at the VM's forward")]
+pub struct Loop {
+    /// The VM of the service that forwards.
+    pub vm: String,
+    pub service: String,
+    pub backend: SocketAddr,
+    pub target: String,
+    pub target_addr: SocketAddr,
 }

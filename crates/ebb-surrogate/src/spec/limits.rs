@@ -1,83 +1,136 @@
-//! The bounds every held client lives within, and their own rules.
+//! The bounds every held client lives within: the operator's, which are the
+//! agent's `[surrogate]` config section (`SurrogateConfig`), and the
+//! surrogate's working set (`Limits`), derived from them and the internal
+//! bounds no operator tunes. Each default is stated once, here.
 
+use ebb_core::human::Span;
+use ebb_core::Bytes;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use super::SpecError;
+use crate::{AwakePath, FdPlan};
 
-/// Bounds on what the surrogate holds for sleeping VMs. One set for the whole
-/// surrogate; the per-VM bounds apply to each VM separately.
+/// `[surrogate]`: bounds on what ebb holds for sleeping VMs, as people write
+/// them ("1MiB", "30s"), and how awake VMs are reached.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Connections held per VM while it wakes; more are refused at once.
+pub struct SurrogateConfig {
+    /// Connections held per VM while it wakes; more are refused at once
+    /// (Knative's activator: 10,000).
     pub queue_depth: usize,
     /// Bytes buffered per held connection; past it the connection is refused.
-    pub max_held_bytes: usize,
+    pub max_held_bytes: Bytes,
     /// Bytes buffered across all held connections of one VM.
-    pub max_held_bytes_per_vm: usize,
+    pub max_held_bytes_per_vm: Bytes,
     /// From a client's accept to the woken VM's service answering; past it
     /// the client is refused (`503`, or a reset).
-    #[serde(with = "millis")]
-    pub wake_deadline: Duration,
+    pub wake_deadline: Span,
     /// Beyond `wake_deadline`, how long a held client may wait for its
     /// replay's first answer. Every client accepted while its VM sleeps or
     /// wakes gets the service's first byte or a refusal within
     /// `wake_deadline + replay_deadline` of its accept.
-    #[serde(with = "millis")]
-    pub replay_deadline: Duration,
+    pub replay_deadline: Span,
     /// Between backend connect attempts while the VM wakes.
-    #[serde(with = "millis")]
-    pub probe_interval: Duration,
-    /// How long a freshly accepted backend connection must stay open to count
-    /// as the service answering: a QEMU user-network host forward accepts and
-    /// then closes when nothing in the guest listens yet.
-    #[serde(with = "millis")]
-    pub probe_settle: Duration,
+    pub probe_interval: Span,
     /// Replays per service sent to the woken backend at once to begin with
     /// (each until its first answer, at most a second); from there the pace
     /// follows what the service answers. The other held clients wait their
     /// turn, within their bound.
     pub replay_in_flight: usize,
+    /// How an awake VM's connections reach it: "auto" (the kernel forwards
+    /// the services that qualify, where nft works), "kernel" (the same,
+    /// and an nft that does not work stops startup) or "splice" (ebb
+    /// splices every connection itself).
+    pub awake_path: AwakePath,
+    /// The nft program the kernel path runs.
+    pub nft: String,
+}
+
+impl Default for SurrogateConfig {
+    fn default() -> SurrogateConfig {
+        SurrogateConfig {
+            queue_depth: 10_000,
+            max_held_bytes: Bytes::from_mib(1),
+            max_held_bytes_per_vm: Bytes::from_mib(64),
+            wake_deadline: Span::from_secs(30),
+            replay_deadline: Span::from_secs(30),
+            probe_interval: Span::from_millis(25),
+            replay_in_flight: 4,
+            awake_path: AwakePath::default(),
+            nft: "nft".into(),
+        }
+    }
+}
+
+impl SurrogateConfig {
+    /// The section's rules: those of the bounds it gives the surrogate.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        Limits::new(self, &FdPlan::default()).validate()
+    }
+}
+
+/// Bounds on what the surrogate holds for sleeping VMs. One set for the whole
+/// surrogate; the per-VM bounds apply to each VM separately. The first seven
+/// are `SurrogateConfig`'s (see there), the rest the surrogate's own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub queue_depth: usize,
+    pub max_held_bytes: usize,
+    pub max_held_bytes_per_vm: usize,
+    pub wake_deadline: Duration,
+    pub replay_deadline: Duration,
+    pub probe_interval: Duration,
+    pub replay_in_flight: usize,
+    /// How long a freshly accepted backend connection must stay open to count
+    /// as the service answering: a QEMU user-network host forward accepts and
+    /// then closes when nothing in the guest listens yet.
+    pub probe_settle: Duration,
     /// How long the surrogate waits for an HTTP request line before deciding
     /// it cannot answer it locally (and holds the connection for the VM).
-    #[serde(with = "millis")]
     pub http_head_timeout: Duration,
     /// Datagrams queued per UDP service while its VM sleeps; more are dropped.
     pub udp_queue: usize,
     /// Client addresses a UDP service relays for at once (its NAT table).
     pub udp_flows: usize,
     /// An idle UDP flow is forgotten after this long.
-    #[serde(with = "millis")]
     pub udp_flow_idle: Duration,
-    /// UDP flows of all services together (one descriptor each).
+    /// UDP flows of all services together (one descriptor each; `FdPlan::udp`).
     pub udp_flows_total: usize,
-    /// Descriptors the TCP clients of all VMs may hold (see `FdPlan`).
+    /// Descriptors the TCP clients of all VMs may hold (`FdPlan::tcp`).
     pub max_fds: usize,
-    /// Descriptors one VM's TCP clients may hold.
+    /// Descriptors one VM's TCP clients may hold (`FdPlan::tcp_per_vm`).
     pub max_fds_per_vm: usize,
 }
 
-impl Default for Limits {
-    fn default() -> Limits {
-        // The agent plans the descriptor shares from its own RLIMIT_NOFILE.
-        crate::FdPlan::for_limit(4096).apply(Limits {
-            queue_depth: 10_000,
-            max_held_bytes: 1024 * 1024,
-            max_held_bytes_per_vm: 64 * 1024 * 1024,
-            wake_deadline: Duration::from_secs(30),
-            replay_deadline: Duration::from_secs(30),
-            probe_interval: Duration::from_millis(25),
+impl Limits {
+    /// The operator's bounds with the internal ones, and the descriptor
+    /// shares of `plan`.
+    pub fn new(config: &SurrogateConfig, plan: &FdPlan) -> Limits {
+        let bytes = |b: Bytes| usize::try_from(b.0).unwrap_or(usize::MAX);
+        Limits {
+            queue_depth: config.queue_depth,
+            max_held_bytes: bytes(config.max_held_bytes),
+            max_held_bytes_per_vm: bytes(config.max_held_bytes_per_vm),
+            wake_deadline: config.wake_deadline.as_duration(),
+            replay_deadline: config.replay_deadline.as_duration(),
+            probe_interval: config.probe_interval.as_duration(),
+            replay_in_flight: config.replay_in_flight,
             probe_settle: Duration::from_millis(10),
-            replay_in_flight: 4,
             http_head_timeout: Duration::from_secs(1),
             udp_queue: 1024,
             udp_flows: 1024,
             udp_flow_idle: Duration::from_secs(120),
-            udp_flows_total: 0,
-            max_fds: 0,
-            max_fds_per_vm: 0,
-        })
+            udp_flows_total: plan.udp,
+            max_fds: plan.tcp,
+            max_fds_per_vm: plan.tcp_per_vm,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::new(&SurrogateConfig::default(), &FdPlan::default())
     }
 }
 
@@ -134,17 +187,5 @@ impl Limits {
             return bad("udp_flows", "must be at least 1");
         }
         Ok(())
-    }
-}
-
-mod millis {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis().try_into().unwrap_or(u64::MAX))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
     }
 }

@@ -17,8 +17,8 @@ mod limits;
 mod tests;
 mod validate;
 
-pub use error::SpecError;
-pub use limits::Limits;
+pub use error::{ListenClash, Loop, SpecError};
+pub use limits::{Limits, SurrogateConfig};
 pub use validate::validate_services;
 
 use serde::{Deserialize, Serialize};

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
+use super::error::{ListenClash, Loop};
 use super::{CannedReply, Protocol, ServiceSpec, SpecError};
 
 impl ServiceSpec {
@@ -93,13 +94,14 @@ pub fn validate_services(vms: &[(&str, &[ServiceSpec])]) -> Result<(), SpecError
             }
             let bucket = listens.entry((s.protocol, s.listen.port())).or_default();
             if let Some((first_vm, first)) = bucket.iter().find(|(_, o)| clash(o.listen, s.listen)) {
-                return Err(SpecError::ListenClash {
+                return Err(SpecError::ListenClash(Box::new(ListenClash {
+                    vm: vm.to_string(),
                     first: name(first_vm, first),
                     first_addr: first.listen,
                     second: name(vm, s),
                     second_addr: s.listen,
                     protocol: s.protocol,
-                });
+                })));
             }
             bucket.push((vm, s));
         }
@@ -108,12 +110,13 @@ pub fn validate_services(vms: &[(&str, &[ServiceSpec])]) -> Result<(), SpecError
         for s in services {
             let bucket = listens.get(&(s.protocol, s.backend.port()));
             if let Some((target_vm, target)) = bucket.into_iter().flatten().find(|(_, t)| takes(t.listen, s.backend)) {
-                return Err(SpecError::Loop {
+                return Err(SpecError::Loop(Box::new(Loop {
+                    vm: vm.to_string(),
                     service: name(vm, s),
                     backend: s.backend,
                     target: name(target_vm, target),
                     target_addr: target.listen,
-                });
+                })));
             }
         }
     }
