@@ -6,7 +6,9 @@ use crate::agent::{Agent, Connector};
 use crate::clock::Clock;
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::journal::{Journal, JournalLock, JournalWriter};
+use crate::journal::{Journal, JournalError, JournalLock, JournalWriter};
+use ebb_core::human::FieldError;
+use ebb_surrogate::SurrogateError;
 use ebb_surrogate::FdPlan;
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use std::future::Future;
@@ -16,27 +18,41 @@ pub fn libvirt_connector() -> Connector {
     Box::new(ebb_backends::connect)
 }
 
-pub async fn run(cfg: Config) -> Result<(), String> {
+/// Why the agent could not start; each names what to fix, and nothing was
+/// left half started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] FieldError),
+    #[error(transparent)]
+    Socket(#[from] api::ServeError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Services(#[from] SurrogateError),
+}
+
+pub async fn run(cfg: Config) -> Result<(), StartError> {
     run_with(cfg, libvirt_connector(), shutdown_signal()).await
 }
 
 /// The agent with any hypervisor: tests pass the sim backend or a shutdown of their own.
-pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn run_with(cfg: Config, connect: Connector, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     run_with_clock(cfg, connect, Clock::System, shutdown).await
 }
 
 /// `run_with` on a clock of the caller's: tests pass tokio's, to run on paused time.
-pub async fn run_with_clock(mut cfg: Config, connect: Connector, clock: Clock, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn run_with_clock(mut cfg: Config, connect: Connector, clock: Clock, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     // The socket first: a second agent on the same config is told another
     // serves this socket; one with its own socket, that the journal is taken.
-    let gid = cfg.agent.socket_gid().map_err(|e| e.to_string())?;
-    let listener = api::bind(&cfg.agent.socket, gid).await.map_err(|e| e.to_string())?;
+    let gid = cfg.agent.socket_gid()?;
+    let listener = api::bind(&cfg.agent.socket, gid).await?;
     let _socket = api::Unbind(cfg.agent.socket.clone());
-    let _lock = JournalLock::acquire(&cfg.agent.journal).map_err(|e| e.to_string())?;
+    let _lock = JournalLock::acquire(&cfg.agent.journal)?;
     let plan = FdPlan::for_limit(raise_fd_limit());
     info!("file descriptors: {plan}");
     cfg.fd_plan = plan;
-    let journal = Journal::open(&cfg.agent.journal).map_err(|e| e.to_string())?;
+    let journal = Journal::open(&cfg.agent.journal)?;
     let keep_ms = u64::from(cfg.agent.journal_keep_days) * 86_400_000;
     if let Ok(n) = journal.prune(ebb_core::Millis(clock.now().since(ebb_core::Millis(keep_ms)))) {
         if n > 0 {
@@ -45,7 +61,7 @@ pub async fn run_with_clock(mut cfg: Config, connect: Connector, clock: Clock, s
     }
     // The boot reads use this connection; every write goes through the
     // writer's own, on its thread.
-    let writer = JournalWriter::start(Journal::open(&cfg.agent.journal).map_err(|e| e.to_string())?);
+    let writer = JournalWriter::start(Journal::open(&cfg.agent.journal)?);
     info!("ebb {} serving its API at {}", env!("CARGO_PKG_VERSION"), cfg.agent.socket.display());
     let (mut agent, snapshot, commands) = Agent::new(cfg, &journal, writer.handle(), connect, clock)?;
     drop(journal);

@@ -134,7 +134,7 @@ async fn dispatch(args: Args) -> Result<(), String> {
     match args.command {
         Command::Run { config } => {
             let cfg = Config::load(&config).map_err(|e| e.to_string())?;
-            run::run(cfg).await
+            run::run(cfg).await.map_err(|e| e.to_string())
         }
         Command::Check { config } => {
             let cfg = Config::load(&config).map_err(|e| e.to_string())?;

@@ -16,7 +16,7 @@ struct World {
     sim: SimHypervisor,
     client: Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    agent: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    agent: Option<tokio::task::JoinHandle<Result<(), ebb_daemon::run::StartError>>>,
     _dir: tempfile::TempDir,
 }
 

@@ -12,7 +12,8 @@ use ebb_core::memory::MemoryPolicy;
 use ebb_core::realloc::ReallocPolicy;
 use ebb_core::vcpus::{OnlineVcpus, VcpuPolicy};
 use ebb_core::sleep::SleepPolicy;
-use ebb_surrogate::{AwakePath, Surrogate, VmPower};
+use ebb_surrogate::{AwakePath, Surrogate, SurrogateError, VmPower};
+use ebb_core::human::FieldError;
 use ebb_core::VmId;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -26,8 +27,8 @@ impl Agent {
     /// that cannot be used (a CA file gone since the config was checked):
     /// never a fallback to an unauthenticated reading. What the journal
     /// remembers is read from `journal`; the agent writes through `writer`.
-    pub fn new(cfg: Config, journal: &Journal, writer: JournalHandle, connect: Connector, clock: Clock) -> Result<NewAgent, String> {
-        let ups = cfg.power.ups_reader().transpose().map_err(|e| e.to_string())?;
+    pub fn new(cfg: Config, journal: &Journal, writer: JournalHandle, connect: Connector, clock: Clock) -> Result<NewAgent, FieldError> {
+        let ups = cfg.power.ups_reader().transpose()?;
         let started_at = clock.now();
         let sleeping = match journal.sleeping() {
             Ok(list) => list.into_iter().collect(),
@@ -179,14 +180,14 @@ impl Agent {
     /// Binds every declared service before anything else happens, each in
     /// the state the journal remembers (a VM ebb holds asleep stays covered
     /// across a restart). A taken address stops startup with its name.
-    pub fn serve_services(&mut self) -> Result<(), String> {
+    pub fn serve_services(&mut self) -> Result<(), SurrogateError> {
         for (name, section) in &self.cfg.vm {
             if section.service.is_empty() {
                 continue;
             }
             let vm = VmId::new(name.clone());
             let state = if self.sleeping.contains_key(&vm) { VmPower::Asleep } else { VmPower::Awake };
-            self.surrogate.add_vm(vm, section.service.clone(), state).map_err(|e| e.to_string())?;
+            self.surrogate.add_vm(vm, section.service.clone(), state)?;
         }
         // The ports are served (spliced) already; nft runs after.
         if self.cfg.vm.values().any(|s| !s.service.is_empty()) {
@@ -204,10 +205,10 @@ impl Agent {
     /// Sets up the kernel path for awake VMs (`[surrogate] awake_path`);
     /// its nft table is named from the API socket, which no two agents on a
     /// host share, so parallel agents never touch each other's rules.
-    pub(super) fn choose_awake_path(&mut self) -> Result<(), String> {
+    pub(super) fn choose_awake_path(&mut self) -> Result<(), SurrogateError> {
         let s = &self.cfg.surrogate;
         let owner = self.cfg.agent.socket.to_string_lossy().into_owned();
-        match self.surrogate.set_awake_path(s.awake_path, &s.nft, &owner).map_err(|e| e.to_string())? {
+        match self.surrogate.set_awake_path(s.awake_path, &s.nft, &owner)? {
             Ok(table) => info!("awake VMs' qualifying services are forwarded by the kernel (nft table inet {table})"),
             Err(why) if s.awake_path == AwakePath::Splice => info!("awake VMs' connections are spliced by ebb ({why})"),
             Err(why) => {
