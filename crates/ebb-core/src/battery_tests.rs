@@ -8,7 +8,7 @@ fn vm(name: &str, handles: bool) -> RunningVm {
 }
 
 fn ids(actions: &[Action]) -> Vec<&str> {
-    actions.iter().map(|a| a.vm().as_str()).collect()
+    actions.iter().filter_map(|a| a.vm()).map(VmId::as_str).collect()
 }
 
 #[test]

@@ -130,11 +130,11 @@ impl Agent {
     pub(super) async fn save_for_power(&mut self, actions: Vec<Action>, at: Millis) -> Vec<VmId> {
         let mut failed = vec![];
         for (action, result) in self.act(actions, at).await {
+            let Some(vm) = action.vm().cloned() else { continue };
             if result.is_err() {
-                failed.push(action.vm().clone());
+                failed.push(vm);
                 continue;
             }
-            let vm = action.vm().clone();
             if let Err(e) = self.journal.set_power_saved(&vm, true, at) {
                 warn!("{e}");
             }
@@ -192,8 +192,8 @@ impl Agent {
         }
         let saved: Vec<(VmId, u32)> = self.power_saved.iter().map(|vm| (vm.clone(), self.value_of(vm).unwrap_or(1))).collect();
         for (action, result) in self.act(battery::restores(&saved), at).await {
-            if result.is_ok() {
-                self.forget_power_saved(action.vm(), at);
+            if let (Some(vm), Ok(())) = (action.vm(), result) {
+                self.forget_power_saved(vm, at);
             }
         }
     }
