@@ -56,3 +56,7 @@ pub trait Policy {
     /// as an action of its own.
     fn outcome(&mut self, action: &Action, result: &Outcome, at: Millis);
 }
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;
