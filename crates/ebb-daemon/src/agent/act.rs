@@ -150,8 +150,15 @@ impl Agent {
 
     /// Every policy hears how each action went, once; each keeps to its own.
     pub(super) fn report(&mut self, action: &Action, result: &Done, at: Millis) {
-        let policies: [&mut dyn Policy; 6] =
-            [&mut self.policy, &mut self.sleep_policy, &mut self.realloc, &mut self.affinity, &mut self.vcpus, &mut self.devices];
+        let policies: [&mut dyn Policy; 7] = [
+            &mut self.policy,
+            &mut self.sleep_policy,
+            &mut self.realloc,
+            &mut self.affinity,
+            &mut self.vcpus,
+            &mut self.devices,
+            &mut self.low_battery_sequence,
+        ];
         for p in policies {
             p.outcome(action, result, at);
         }

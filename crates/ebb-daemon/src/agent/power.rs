@@ -126,21 +126,15 @@ impl Agent {
     }
 
     /// Saves VMs for a power event and remembers them (journaled) for the
-    /// restore; returns those that could not be saved.
-    pub(super) async fn save_for_power(&mut self, actions: Vec<Action>, at: Millis) -> Vec<VmId> {
-        let mut failed = vec![];
+    /// restore.
+    pub(super) async fn save_for_power(&mut self, actions: Vec<Action>, at: Millis) {
         for (action, result) in self.act(actions, at).await {
-            let Some(vm) = action.vm().cloned() else { continue };
-            if result.is_err() {
-                failed.push(vm);
-                continue;
-            }
+            let (Some(vm), Ok(())) = (action.vm().cloned(), result) else { continue };
             if let Err(e) = self.journal.set_power_saved(&vm, true, at) {
                 warn!("{e}");
             }
             self.power_saved.insert(vm);
         }
-        failed
     }
 
     /// Low battery (the seed's Figure 4), as `ebb_core::battery` decides it:
@@ -157,8 +151,9 @@ impl Agent {
             })
             .collect();
         let saves = self.low_battery_sequence.saves(running.clone(), why);
-        let failed = self.save_for_power(saves, at).await;
-        let after = self.low_battery_sequence.after_saves(&running, &failed, why, at, self.cfg.power.shutdown_timeout);
+        // The saves' outcomes reach the sequence through `report`.
+        self.save_for_power(saves, at).await;
+        let after = self.low_battery_sequence.after_saves(&running, why, at, self.cfg.power.shutdown_timeout);
         // Asked once; a refused request is not repeated every tick either.
         self.act(after.shutdowns, at).await;
         for vm in &after.overdue {
