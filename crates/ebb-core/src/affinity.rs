@@ -12,6 +12,7 @@
 //! by someone else becomes its new base.
 
 use crate::model::*;
+use crate::policy::{Decision, Outcome, Policy};
 use crate::realloc::{Class, ReallocConfig, ReallocDecision};
 use crate::units::Millis;
 use serde::{Deserialize, Serialize};
@@ -88,13 +89,8 @@ pub struct AffinityView {
     pub why: AffinityWhy,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct AffinityDecision {
-    pub actions: Vec<Action>,
-    pub views: Vec<AffinityView>,
-    /// Each host CPU's use this tick (0–1); empty before two readings.
-    pub cpu_busy: Vec<f64>,
-}
+/// Pinnings, and one view per VM with a bound.
+pub type AffinityDecision = Decision<AffinityView>;
 
 #[derive(Debug, Default)]
 pub struct AffinityPolicy {
@@ -117,19 +113,6 @@ impl AffinityPolicy {
         self.pins.get(vm)
     }
 
-    /// The edge carried a `SetPins` out.
-    pub fn applied(&mut self, vm: &VmId, set: &[CpuSet], now: Millis) {
-        if let Some(p) = self.pins.get_mut(vm) {
-            p.applied = (set != p.base.as_slice()).then(|| set.to_vec());
-        }
-        self.moved_at.insert(vm.clone(), now);
-    }
-
-    /// libvirt refused: the VM is held where it is for a while.
-    pub fn failed(&mut self, vm: &VmId, now: Millis) {
-        self.moved_at.insert(vm.clone(), now);
-    }
-
     /// One tick. `vms` is aligned with `obs.vms` and `realloc.views`.
     pub fn decide(
         &mut self,
@@ -141,8 +124,10 @@ impl AffinityPolicy {
         now: Millis,
     ) -> AffinityDecision {
         let mut d = AffinityDecision::default();
+        // Each host CPU's use this tick (0–1); empty before two readings.
+        let mut cpu_busy = vec![];
         if let Some(last) = self.last_host.replace(host.to_vec()).filter(|l| l.len() == host.len()) {
-            d.cpu_busy = last
+            cpu_busy = last
                 .iter()
                 .zip(host)
                 .map(|(a, b)| {
@@ -151,12 +136,12 @@ impl AffinityPolicy {
                 })
                 .collect();
         }
-        let ncpus = d.cpu_busy.len() as u32;
+        let ncpus = cpu_busy.len() as u32;
 
         // What each CPU is kept busy with by VMs pinned to a few CPUs,
         // expected from their history: the part of their usual load that
         // is not running now still counts against moving onto the CPU.
-        let mut expected = vec![0.0; d.cpu_busy.len()];
+        let mut expected = vec![0.0; cpu_busy.len()];
         for ((v, a), view) in obs.vms.iter().zip(vms).zip(&realloc.views) {
             let (Some(pins), Some(usual)) = (&a.pins, a.expected_cpu) else { continue };
             let on = CpuSet::union(pins);
@@ -172,7 +157,7 @@ impl AffinityPolicy {
 
         for ((v, a), view) in obs.vms.iter().zip(vms).zip(&realloc.views) {
             let (Some(bound), Some(current)) = (&a.bound, &a.pins) else { continue };
-            if v.state != VmState::Running || d.cpu_busy.is_empty() {
+            if v.state != VmState::Running || cpu_busy.is_empty() {
                 continue;
             }
             let pins = self.pins.entry(v.id.clone()).or_insert_with(|| Pins { base: current.clone(), applied: None });
@@ -187,11 +172,11 @@ impl AffinityPolicy {
             // on the CPUs it runs on, or the history, whichever is more.
             let own = view.rates.map_or(0.0, |r| r.cpu) / on.len().max(1) as f64;
             let others = |c: u32| {
-                let measured = d.cpu_busy.get(c as usize).copied().unwrap_or(1.0) - if on.contains(c) { own } else { 0.0 };
+                let measured = cpu_busy.get(c as usize).copied().unwrap_or(1.0) - if on.contains(c) { own } else { 0.0 };
                 measured.max(0.0).max(expected.get(c as usize).copied().unwrap_or(0.0)).min(1.0)
             };
             let mean = |set: &CpuSet, f: &dyn Fn(u32) -> f64| set.iter().map(f).sum::<f64>() / set.len().max(1) as f64;
-            let total = |c: u32| d.cpu_busy.get(c as usize).copied().unwrap_or(1.0);
+            let total = |c: u32| cpu_busy.get(c as usize).copied().unwrap_or(1.0);
             let cpu_bound = matches!(view.class, Some(Class::CpuBound | Class::Mixed));
             let held = self.moved_at.get(&v.id).is_some_and(|t| now.since(*t) < cfg.affinity_hold.as_millis());
             let (wanted, why) = if cpu_bound && view.rates.is_some_and(|r| r.vcpu_wait > 0.0 || view.contended) {
@@ -227,6 +212,18 @@ impl AffinityPolicy {
             d.views.push(AffinityView { vm: v.id.clone(), bound: bound.clone(), base: pins.base.clone(), current: current.clone(), wanted, why });
         }
         d
+    }
+}
+
+impl Policy for AffinityPolicy {
+    /// A `SetPins` carried out is the VM's pinning now; either way the VM
+    /// is held where it is for `affinity_hold`.
+    fn outcome(&mut self, action: &Action, result: &Outcome, now: Millis) {
+        let Action::SetPins { vm, pins, .. } = action else { return };
+        if let (Ok(()), Some(p)) = (result, self.pins.get_mut(vm)) {
+            p.applied = (pins != &p.base).then(|| pins.clone());
+        }
+        self.moved_at.insert(vm.clone(), now);
     }
 }
 
@@ -301,7 +298,7 @@ mod tests {
                 if let Action::SetPins { vm, pins, .. } = a {
                     let i = if vm.as_str() == "a" { 0 } else { 1 };
                     self.pins[i] = pins.clone();
-                    self.p.applied(vm, pins, Millis(self.t * 1000));
+                    self.p.outcome(a, &Ok(()), Millis(self.t * 1000));
                 }
             }
             d

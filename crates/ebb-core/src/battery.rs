@@ -6,6 +6,7 @@
 //! saved, the most valuable first. A VM that neither saves nor shuts down
 //! keeps the host up: ebb never destroys it.
 
+use crate::policy::{Outcome, Policy};
 use crate::power::PowerPlan;
 use crate::{Action, Millis, Reason, Rule, SleepMode, VmId};
 use std::collections::BTreeMap;
@@ -27,6 +28,10 @@ pub struct LowBatterySequence {
     shutting_down: BTreeMap<VmId, (Millis, bool)>,
     /// The host was powered down (or the power-off recorded) in this event.
     powered_off: bool,
+    /// This tick's saves, from `saves` to `after_saves`…
+    saving: Vec<VmId>,
+    /// …and those of them that failed, as their outcomes told.
+    failed: Vec<VmId>,
 }
 
 /// What to do after this tick's saves.
@@ -43,26 +48,26 @@ pub struct AfterSaves {
 impl LowBatterySequence {
     /// The saves to try this tick: every running VM not already asked to
     /// shut down, those that cannot handle power events first.
-    pub fn saves(&self, mut running: Vec<RunningVm>, why: &str) -> Vec<Action> {
+    pub fn saves(&mut self, mut running: Vec<RunningVm>, why: &str) -> Vec<Action> {
         running.sort_by_key(|v| v.handles_power_events);
         let reason = Reason::new(Rule::Power, format!("low battery ({why}): saving every VM before the host powers down"));
-        running
-            .into_iter()
-            .filter(|v| !self.shutting_down.contains_key(&v.id))
-            .map(|v| Action::Sleep { vm: v.id, mode: SleepMode::Save, reason: reason.clone() })
-            .collect()
+        running.retain(|v| !self.shutting_down.contains_key(&v.id));
+        self.saving = running.iter().map(|v| v.id.clone()).collect();
+        running.into_iter().map(|v| Action::Sleep { vm: v.id, mode: SleepMode::Save, reason: reason.clone() }).collect()
     }
 
-    /// Given the saves that `failed` and the VMs still `running` (before this
-    /// tick's saves), decides the shutdowns, what is overdue and whether the
-    /// host powers down now.
-    pub fn after_saves(&mut self, running: &[RunningVm], failed: &[VmId], why: &str, at: Millis, limit: Duration) -> AfterSaves {
+    /// Given the VMs still `running` (before this tick's saves) and the
+    /// saves' outcomes, decides the shutdowns, what is overdue and whether
+    /// the host powers down now.
+    pub fn after_saves(&mut self, running: &[RunningVm], why: &str, at: Millis, limit: Duration) -> AfterSaves {
+        self.saving.clear();
+        let failed = std::mem::take(&mut self.failed);
         let mut after = AfterSaves::default();
         let reason = Reason::new(
             Rule::Power,
             format!("low battery ({why}) and its save failed: its guest is asked to shut down before the host powers down"),
         );
-        for vm in failed {
+        for vm in &failed {
             after.shutdowns.push(Action::Shutdown { vm: vm.clone(), reason: reason.clone() });
             self.shutting_down.insert(vm.clone(), (at, false));
         }
@@ -85,6 +90,17 @@ impl LowBatterySequence {
     /// Mains power is back: the next low battery starts afresh.
     pub fn mains_back(&mut self) {
         *self = LowBatterySequence::default();
+    }
+}
+
+impl Policy for LowBatterySequence {
+    /// A save of this tick's that failed: its guest is asked to shut down.
+    fn outcome(&mut self, action: &Action, result: &Outcome, _: Millis) {
+        if let (Action::Sleep { vm, .. }, Err(_)) = (action, result) {
+            if self.saving.contains(vm) && !self.failed.contains(vm) {
+                self.failed.push(vm.clone());
+            }
+        }
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::policy::ActionError;
 use crate::power::Watts;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -8,7 +9,7 @@ fn vm(name: &str, handles: bool) -> RunningVm {
 }
 
 fn ids(actions: &[Action]) -> Vec<&str> {
-    actions.iter().map(|a| a.vm().as_str()).collect()
+    actions.iter().filter_map(|a| a.vm()).map(VmId::as_str).collect()
 }
 
 #[test]
@@ -20,9 +21,12 @@ fn saves_those_that_cannot_handle_power_events_first_then_powers_off_once() {
     assert!(saves.iter().all(|a| matches!(a, Action::Sleep { mode: SleepMode::Save, .. })));
     assert!(saves[0].reason().text.contains("low battery (charge 10 %)"));
     // Every save worked: the host powers down now, and only once.
-    let after = seq.after_saves(&running, &[], "charge 10 %", Millis(1_000), LIMIT);
+    for save in &saves {
+        seq.outcome(save, &Ok(()), Millis(1_000));
+    }
+    let after = seq.after_saves(&running, "charge 10 %", Millis(1_000), LIMIT);
     assert_eq!(after, AfterSaves { power_off: true, ..AfterSaves::default() });
-    let again = seq.after_saves(&[], &[], "charge 10 %", Millis(2_000), LIMIT);
+    let again = seq.after_saves(&[], "charge 10 %", Millis(2_000), LIMIT);
     assert!(!again.power_off, "powered off twice");
 }
 
@@ -30,8 +34,12 @@ fn saves_those_that_cannot_handle_power_events_first_then_powers_off_once() {
 fn a_failed_save_asks_the_guest_to_shut_down_and_holds_the_power_off_until_it_stops() {
     let mut seq = LowBatterySequence::default();
     let running = vec![vm("a", true), vm("stuck", true)];
-    assert_eq!(seq.saves(running.clone(), "LB").len(), 2);
-    let after = seq.after_saves(&running, &[VmId::new("stuck")], "LB", Millis(0), LIMIT);
+    let saves = seq.saves(running.clone(), "LB");
+    assert_eq!(saves.len(), 2);
+    seq.outcome(&saves[1], &Err(ActionError::Failed("refused".into())), Millis(0));
+    // Another policy's failed action is none of its business.
+    seq.outcome(&Action::Shutdown { vm: VmId::new("a"), reason: saves[0].reason().clone() }, &Err(ActionError::Failed("refused".into())), Millis(0));
+    let after = seq.after_saves(&running, "LB", Millis(0), LIMIT);
     assert_eq!(ids(&after.shutdowns), ["stuck"]);
     assert!(matches!(after.shutdowns[0], Action::Shutdown { .. }));
     assert!(!after.power_off, "the host powered down under a VM that still runs");
@@ -40,18 +48,18 @@ fn a_failed_save_asks_the_guest_to_shut_down_and_holds_the_power_off_until_it_st
     // host stays up while it runs; asked once only.
     let still = vec![vm("stuck", true)];
     assert!(seq.saves(still.clone(), "LB").is_empty());
-    let after = seq.after_saves(&still, &[], "LB", Millis(30_000), LIMIT);
+    let after = seq.after_saves(&still, "LB", Millis(30_000), LIMIT);
     assert_eq!(after, AfterSaves::default());
 
     // Past the limit it is reported overdue, once; the host still stays up.
-    let after = seq.after_saves(&still, &[], "LB", Millis(60_000), LIMIT);
+    let after = seq.after_saves(&still, "LB", Millis(60_000), LIMIT);
     assert_eq!(after.overdue, [VmId::new("stuck")]);
     assert!(!after.power_off);
-    let after = seq.after_saves(&still, &[], "LB", Millis(90_000), LIMIT);
+    let after = seq.after_saves(&still, "LB", Millis(90_000), LIMIT);
     assert!(after.overdue.is_empty(), "reported overdue twice");
 
     // Once it has stopped, nothing runs: the host powers down.
-    let after = seq.after_saves(&[], &[], "LB", Millis(95_000), LIMIT);
+    let after = seq.after_saves(&[], "LB", Millis(95_000), LIMIT);
     assert!(after.power_off);
 }
 
@@ -59,11 +67,13 @@ fn a_failed_save_asks_the_guest_to_shut_down_and_holds_the_power_off_until_it_st
 fn mains_back_starts_the_next_low_battery_afresh() {
     let mut seq = LowBatterySequence::default();
     let running = vec![vm("stuck", true)];
-    seq.after_saves(&running, &[VmId::new("stuck")], "LB", Millis(0), LIMIT);
+    let saves = seq.saves(running.clone(), "LB");
+    seq.outcome(&saves[0], &Err(ActionError::Failed("refused".into())), Millis(0));
+    seq.after_saves(&running, "LB", Millis(0), LIMIT);
     assert!(seq.saves(running.clone(), "LB").is_empty());
     seq.mains_back();
     assert_eq!(seq.saves(running.clone(), "LB").len(), 1, "a VM is saved again in a new event");
-    assert!(seq.after_saves(&running, &[], "LB", Millis(1), LIMIT).power_off);
+    assert!(seq.after_saves(&running, "LB", Millis(1), LIMIT).power_off);
 }
 
 #[test]

@@ -1,32 +1,27 @@
 //! One tick's actions from every policy's decision, in the order the agent
 //! carries them out.
 
-use crate::sleep::SleepDecision;
 use crate::{Action, VmId};
 
-/// The policies' actions this tick. A policy that is off (or had nothing to
-/// decide on) gives none.
+/// The policies' actions this tick (each decision's `actions`). A policy
+/// that is off (or had nothing to decide on) gives none.
 #[derive(Default)]
 pub struct Decided<'a> {
     pub memory: &'a [Action],
     /// Reallocation, affinity and vCPUs: changes to a running VM's CPUs.
     pub cpus: Vec<&'a [Action]>,
-    pub sleep: Option<&'a SleepDecision>,
+    /// The idle policy's `Sleep`s.
+    pub sleep: &'a [Action],
 }
 
 /// Memory first (it frees what others need), then the CPU changes except
 /// for a VM about to sleep (nothing to gain from them), then the sleeps of
 /// VMs not asleep already.
 pub fn compose(d: &Decided, asleep: impl Fn(&VmId) -> bool) -> Vec<Action> {
-    let to_sleep: Vec<&VmId> = d.sleep.iter().flat_map(|s| s.to_sleep.iter()).map(|(vm, ..)| vm).collect();
-    let cpus = d.cpus.iter().flat_map(|a| a.iter()).filter(|a| !to_sleep.contains(&a.vm()));
-    let sleeps = d
-        .sleep
-        .iter()
-        .flat_map(|s| s.to_sleep.iter())
-        .filter(|(vm, ..)| !asleep(vm))
-        .map(|(vm, mode, reason)| Action::Sleep { vm: vm.clone(), mode: *mode, reason: reason.clone() });
-    d.memory.iter().chain(cpus).cloned().chain(sleeps).collect()
+    let to_sleep: Vec<&VmId> = d.sleep.iter().filter_map(Action::vm).collect();
+    let cpus = d.cpus.iter().flat_map(|a| a.iter()).filter(|a| a.vm().is_none_or(|vm| !to_sleep.contains(&vm)));
+    let sleeps = d.sleep.iter().filter(|a| a.vm().is_none_or(|vm| !asleep(vm)));
+    d.memory.iter().chain(cpus).chain(sleeps).cloned().collect()
 }
 
 #[cfg(test)]
@@ -45,13 +40,13 @@ mod tests {
         let tune = |vm: &VmId| Action::SetTune { vm: vm.clone(), tune: Tune { shares: 100, quota_us: None, period_us: 100_000, io_weight: None, net: None, disk_limit: None }, reason: reason() };
         let realloc = [tune(&a), tune(&b)];
         let vcpus = [Action::SetGuestVcpus { vm: b.clone(), count: 1, reason: reason() }];
-        let sleep = SleepDecision {
-            to_sleep: vec![(b.clone(), SleepMode::Save, reason()), (c.clone(), SleepMode::Pause, reason())],
-            ..SleepDecision::default()
-        };
-        let d = Decided { memory: &memory, cpus: vec![&realloc, &vcpus], sleep: Some(&sleep) };
+        let sleep = [
+            Action::Sleep { vm: b.clone(), mode: SleepMode::Save, reason: reason() },
+            Action::Sleep { vm: c.clone(), mode: SleepMode::Pause, reason: reason() },
+        ];
+        let d = Decided { memory: &memory, cpus: vec![&realloc, &vcpus], sleep: &sleep };
         let actions = compose(&d, |vm| vm == &c);
-        let shown: Vec<(&str, &str)> = actions.iter().map(|a| (a.kind(), a.vm().as_str())).collect();
+        let shown: Vec<(&str, &str)> = actions.iter().map(|a| (a.kind(), a.vm().map_or("", VmId::as_str))).collect();
         assert_eq!(shown, [("set_balloon_target", "a"), ("set_tune", "a"), ("sleep", "b")]);
         assert!(compose(&Decided::default(), |_| false).is_empty());
     }

@@ -14,11 +14,12 @@
 //!   been used and gone idle again. A disk that holds a running VM's image is
 //!   never put in standby under it, and the view names the VM.
 //!
-//! The agent reads sysfs and carries the actions out; it tells the policy
-//! what succeeded, so a failed write leaves the state as it was.
+//! The agent reads sysfs and carries the actions out; their outcomes come
+//! back through `Policy::outcome`, so a failed write leaves the state as it was.
 
 use crate::human::{number, FieldError, Range, Span};
-use crate::model::{Activity, Observation, VmId, VmState};
+use crate::model::{Action, Activity, Observation, Reason, Rule, VmId, VmState};
+use crate::policy::{Decision, Outcome, Policy};
 use crate::rates::ActivityRates;
 use crate::units::Millis;
 use serde::{Deserialize, Serialize};
@@ -160,17 +161,6 @@ pub struct DiskSample {
     pub io: u64,
 }
 
-/// What the agent is asked to do this tick.
-#[derive(Clone, Debug, PartialEq)]
-pub enum DeviceAction {
-    /// Write `changes` (each one's `applied`); on success call `cpu_saved`.
-    CpuSave { changes: Vec<CpuChange>, reason: String },
-    /// Write these; on success call `cpu_restored`.
-    CpuRestore { settings: Vec<CpuSetting>, reason: String },
-    /// Put the disk in standby; then call `disk_standby_done` or `disk_failed`.
-    DiskStandby { disk: String, reason: String },
-}
-
 /// The CPUs as `ebb power` shows them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CpuView {
@@ -183,6 +173,11 @@ pub struct CpuView {
     pub low_since: Option<Millis>,
     /// What ebb changed and what it found, per CPU, while saving.
     pub changes: Vec<CpuChange>,
+    /// CPUs whose setting someone else changed after ebb set it, this tick:
+    /// ebb forgets its change to them (and will not "restore" over theirs).
+    /// The agent journals it; not shown.
+    #[serde(skip)]
+    pub taken_over: Vec<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -277,48 +272,28 @@ impl DevicePolicy {
         self.low_since = if low { Some(self.low_since.unwrap_or(now)) } else { None };
         let pct = |f: f64| format!("{:.0}%", f * 100.0);
         let action = match (&self.changes, vms_use) {
-            (Some(changes), _) if !cfg.cpufreq => Some(DeviceAction::CpuRestore {
-                settings: changes.iter().map(CpuChange::undo).collect(),
-                reason: "cpufreq is off in the config: giving back what ebb found".into(),
-            }),
-            (Some(changes), Some(u)) if u >= cfg.cpu_high => Some(DeviceAction::CpuRestore {
-                settings: changes.iter().map(CpuChange::undo).collect(),
-                reason: format!("the VMs use {} of the host's CPUs (back at {}): giving back what ebb found", pct(u), pct(cfg.cpu_high)),
-            }),
+            (Some(changes), _) if !cfg.cpufreq => Some(restore(changes, "cpufreq is off in the config: giving back what ebb found")),
+            (Some(changes), Some(u)) if u >= cfg.cpu_high => Some(restore(
+                changes,
+                &format!("the VMs use {} of the host's CPUs (back at {}): giving back what ebb found", pct(u), pct(cfg.cpu_high)),
+            )),
             (None, Some(u)) if cfg.cpufreq && self.low_since.is_some_and(|s| now.since(s) >= cfg.cpu_low_after.as_millis()) => {
                 let changes: Vec<CpuChange> = cpus.iter().filter_map(|c| c.saving(cfg)).collect();
                 let held = now.since(self.low_since.unwrap_or(now)) / 1000;
-                (!changes.is_empty()).then(|| DeviceAction::CpuSave {
-                    reason: format!("the VMs have used under {} of the host's CPUs for {held} s (now {}): saving power", pct(cfg.cpu_low), pct(u)),
+                (!changes.is_empty()).then(|| Action::CpuSave {
+                    reason: power(format!("the VMs have used under {} of the host's CPUs for {held} s (now {}): saving power", pct(cfg.cpu_low), pct(u))),
                     changes,
                 })
             }
             _ => None,
         };
-        let view = CpuView { vms_use, saving: self.changes.is_some(), low_since: self.low_since, changes: self.changes.clone().unwrap_or_default() };
-        CpuDecision { action, view, taken_over }
+        let host = CpuView { vms_use, saving: self.changes.is_some(), low_since: self.low_since, changes: self.changes.clone().unwrap_or_default(), taken_over };
+        Decision { actions: action.into_iter().collect(), views: vec![], host }
     }
 
-    /// The save was written: ebb holds these changes now.
-    pub fn cpu_saved(&mut self, changes: Vec<CpuChange>) {
-        self.changes = Some(changes);
-    }
-
-    /// The save failed (and was rolled back): the hold starts again, so a
-    /// broken sysfs is tried once per hold, not every tick.
-    pub fn cpu_save_failed(&mut self, now: Millis) {
-        self.low_since = Some(now);
-    }
-
-    /// What ebb found is back on these CPUs (a failed write leaves the
-    /// others' changes held, to try again).
-    pub fn cpu_restored(&mut self, cpus: &[u32]) {
-        if let Some(changes) = &mut self.changes {
-            changes.retain(|c| !cpus.contains(&c.applied.cpu));
-            if changes.is_empty() {
-                self.changes = None;
-            }
-        }
+    /// At stop: what gives the CPUs back what ebb found, if it holds any.
+    pub fn give_back(&self) -> Option<Action> {
+        self.changes.as_deref().map(|c| restore(c, "ebb stops: giving back what it found"))
     }
 
     /// The disk decision for this tick. `guards`: disk → the running VMs
@@ -331,7 +306,7 @@ impl DevicePolicy {
         unknown: &[String],
         cfg: &DeviceConfig,
         now: Millis,
-    ) -> (Vec<DeviceAction>, Vec<DiskView>) {
+    ) -> Decision<DiskView> {
         self.disks.retain(|name, _| disks.iter().any(|d| &d.name == name));
         let (mut actions, mut views) = (vec![], vec![]);
         for d in disks {
@@ -348,9 +323,9 @@ impl DevicePolicy {
             } else {
                 match cfg.disk_idle_after.map(Span::as_millis) {
                     Some(after) if now.since(t.last_io) >= after => {
-                        actions.push(DeviceAction::DiskStandby {
+                        actions.push(Action::DiskStandby {
                             disk: d.name.clone(),
-                            reason: format!("no I/O for {} s (standby after {} s) and no running VM's image on it", now.since(t.last_io) / 1000, after / 1000),
+                            reason: power(format!("no I/O for {} s (standby after {} s) and no running VM's image on it", now.since(t.last_io) / 1000, after / 1000)),
                         });
                         DiskState::Idle { since: t.last_io }
                     }
@@ -360,275 +335,58 @@ impl DevicePolicy {
             };
             views.push(DiskView { name: d.name.clone(), state, last_io: t.last_io });
         }
-        (actions, views)
-    }
-
-    /// The disk was put in standby: not again until it has been used.
-    pub fn disk_standby_done(&mut self, disk: &str, now: Millis) {
-        if let Some(t) = self.disks.get_mut(disk) {
-            t.standby_at = Some(now);
-        }
-    }
-
-    /// The standby failed: tried again after another idle spell, not every tick.
-    pub fn disk_failed(&mut self, disk: &str, now: Millis) {
-        if let Some(t) = self.disks.get_mut(disk) {
-            t.last_io = now;
-        }
+        Decision { actions, views, host: () }
     }
 }
 
-pub struct CpuDecision {
-    pub action: Option<DeviceAction>,
-    pub view: CpuView,
-    /// CPUs whose setting someone else changed after ebb set it: ebb
-    /// forgets its change to them (and will not "restore" over theirs).
-    pub taken_over: Vec<u32>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{HostMemory, VmObservation};
-
-    fn cpu(n: u32, governor: &str, governors: &[&str]) -> CpuFreq {
-        CpuFreq {
-            cpu: n,
-            governor: governor.into(),
-            governors: governors.iter().map(|g| g.to_string()).collect(),
-            max_khz: 3_000_000,
-            hw_min_khz: 800_000,
-            hw_max_khz: 3_000_000,
-        }
-    }
-
-    fn cfg() -> DeviceConfig {
-        DeviceConfig { cpufreq: true, cpu_low_after: Span::from_secs(10), disk_idle_after: Some(Span::from_secs(60)), ..DeviceConfig::default() }
-    }
-
-    /// Applies what the policy asks, as the agent does when every write succeeds.
-    fn apply(p: &mut DevicePolicy, cpus: &mut [CpuFreq], d: &CpuDecision) {
-        match &d.action {
-            Some(DeviceAction::CpuSave { changes, .. }) => {
-                for c in changes {
-                    write(cpus, &c.applied);
+impl Policy for DevicePolicy {
+    fn outcome(&mut self, action: &Action, result: &Outcome, now: Millis) {
+        match (action, result) {
+            // Written: ebb holds these changes now.
+            (Action::CpuSave { changes, .. }, Ok(())) => self.changes = Some(changes.clone()),
+            // Failed (and rolled back): the hold starts again, so a broken
+            // sysfs is tried once per hold, not every tick.
+            (Action::CpuSave { .. }, Err(_)) => self.low_since = Some(now),
+            // What ebb found is back on these CPUs; a failed part keeps its
+            // changes held, to try again.
+            (Action::CpuRestore { settings, .. }, Ok(())) => {
+                if let Some(changes) = &mut self.changes {
+                    changes.retain(|c| !settings.iter().any(|s| s.cpu == c.applied.cpu));
+                    if changes.is_empty() {
+                        self.changes = None;
+                    }
                 }
-                p.cpu_saved(changes.clone());
             }
-            Some(DeviceAction::CpuRestore { settings, .. }) => {
-                for s in settings {
-                    write(cpus, s);
+            // In standby: not again until it has been used.
+            (Action::DiskStandby { disk, .. }, Ok(())) => {
+                if let Some(t) = self.disks.get_mut(disk) {
+                    t.standby_at = Some(now);
                 }
-                p.cpu_restored(&settings.iter().map(|s| s.cpu).collect::<Vec<_>>());
+            }
+            // Failed: tried again after another idle spell, not every tick.
+            (Action::DiskStandby { disk, .. }, Err(_)) => {
+                if let Some(t) = self.disks.get_mut(disk) {
+                    t.last_io = now;
+                }
             }
             _ => {}
         }
     }
-
-    fn write(cpus: &mut [CpuFreq], s: &CpuSetting) {
-        let c = cpus.iter_mut().find(|c| c.cpu == s.cpu).unwrap();
-        if let Some(g) = &s.governor {
-            c.governor = g.clone();
-        }
-        if let Some(k) = s.max_khz {
-            c.max_khz = k;
-        }
-    }
-
-    #[test]
-    fn low_use_held_saves_high_use_restores_and_the_band_holds() {
-        let (mut p, cfg) = (DevicePolicy::new(), cfg());
-        let mut cpus = vec![cpu(0, "performance", &["performance", "powersave"]), cpu(1, "schedutil", &["performance", "powersave", "schedutil"])];
-        // Low, but not for long enough yet.
-        for t in [0, 2, 4, 8] {
-            let d = p.decide_cpu(Some(0.1), &cpus, &cfg, Millis(t * 1000));
-            assert!(d.action.is_none(), "{t}: {:?}", d.action);
-        }
-        let d = p.decide_cpu(Some(0.1), &cpus, &cfg, Millis(10_000));
-        let Some(DeviceAction::CpuSave { changes, reason }) = &d.action else { panic!("{:?}", d.action) };
-        assert!(reason.contains("under 25%") && reason.contains("10 s"), "{reason}");
-        assert_eq!(changes.len(), 2);
-        assert_eq!(changes[1].found.governor.as_deref(), Some("schedutil"));
-        apply(&mut p, &mut cpus, &d);
-        assert!(cpus.iter().all(|c| c.governor == "powersave"));
-        // In the band (between low and high): it stays saving, no flapping.
-        for t in 11..40 {
-            let u = if t % 2 == 0 { 0.45 } else { 0.1 };
-            let d = p.decide_cpu(Some(u), &cpus, &cfg, Millis(t * 1000));
-            assert!(d.action.is_none() && d.view.saving, "{t}");
-        }
-        // At cpu_high: back at once, each CPU to what was found.
-        let d = p.decide_cpu(Some(0.5), &cpus, &cfg, Millis(40_000));
-        assert!(matches!(&d.action, Some(DeviceAction::CpuRestore { reason, .. }) if reason.contains("50%")));
-        apply(&mut p, &mut cpus, &d);
-        assert_eq!((cpus[0].governor.as_str(), cpus[1].governor.as_str()), ("performance", "schedutil"));
-        // A dip under low right after starts a new hold: no save before it ends.
-        let d = p.decide_cpu(Some(0.1), &cpus, &cfg, Millis(41_000));
-        assert!(d.action.is_none() && !d.view.saving);
-        // Between low and high the hold is broken.
-        p.decide_cpu(Some(0.3), &cpus, &cfg, Millis(45_000));
-        assert!(p.decide_cpu(Some(0.1), &cpus, &cfg, Millis(52_000)).action.is_none());
-    }
-
-    #[test]
-    fn without_the_governor_the_max_frequency_is_capped_and_given_back() {
-        let (mut p, cfg) = (DevicePolicy::new(), cfg());
-        let mut cpus = vec![cpu(0, "performance", &["performance"])];
-        p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(0));
-        let d = p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(10_000));
-        apply(&mut p, &mut cpus, &d);
-        assert_eq!((cpus[0].governor.as_str(), cpus[0].max_khz), ("performance", 1_500_000));
-        // Never below the hardware's lowest.
-        let low = CpuFreq { hw_min_khz: 2_000_000, ..cpu(0, "performance", &[]) };
-        assert_eq!(low.saving(&cfg).unwrap().applied.max_khz, Some(2_000_000));
-        let d = p.decide_cpu(Some(0.9), &cpus, &cfg, Millis(11_000));
-        let Some(DeviceAction::CpuRestore { settings, .. }) = &d.action else { panic!() };
-        assert_eq!(settings[0], CpuSetting { cpu: 0, governor: None, max_khz: Some(3_000_000) }, "only what ebb changed");
-    }
-
-    #[test]
-    fn unknown_use_nothing_to_change_and_off_do_nothing() {
-        let (mut p, mut cfg) = (DevicePolicy::new(), cfg());
-        let cpus = vec![cpu(0, "powersave", &["performance", "powersave"])];
-        for t in 0..20 {
-            assert!(p.decide_cpu(None, &cpus, &cfg, Millis(t * 1000)).action.is_none());
-        }
-        // Saving already: nothing to write, nothing held.
-        p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(20_000));
-        let d = p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(40_000));
-        assert!(d.action.is_none() && !d.view.saving);
-        cfg.cpufreq = false;
-        let cpus = vec![cpu(0, "performance", &["performance", "powersave"])];
-        p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(50_000));
-        assert!(p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(90_000)).action.is_none());
-    }
-
-    #[test]
-    fn a_failed_save_waits_a_whole_hold_and_a_restart_resumes_or_gives_back() {
-        let (mut p, mut cfg) = (DevicePolicy::new(), cfg());
-        let mut cpus = vec![cpu(0, "performance", &["performance", "powersave"])];
-        p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(0));
-        assert!(p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(10_000)).action.is_some());
-        p.cpu_save_failed(Millis(10_000));
-        assert!(p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(15_000)).action.is_none());
-        let d = p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(20_000));
-        apply(&mut p, &mut cpus, &d);
-        // A restarted agent resumes the journaled changes and gives them back;
-        // with cpufreq turned off it gives them back at once.
-        let mut again = DevicePolicy::new();
-        again.resume_cpu(p.cpu_changes().unwrap().to_vec());
-        assert!(again.decide_cpu(None, &cpus, &cfg, Millis(0)).view.saving);
-        cfg.cpufreq = false;
-        let d = again.decide_cpu(None, &cpus, &cfg, Millis(0));
-        assert!(matches!(&d.action, Some(DeviceAction::CpuRestore { reason, .. }) if reason.contains("off in the config")));
-    }
-
-    #[test]
-    fn a_partly_failed_restore_keeps_the_rest_to_try_again() {
-        let (mut p, cfg) = (DevicePolicy::new(), cfg());
-        let mut cpus = vec![cpu(0, "performance", &["performance", "powersave"]), cpu(1, "performance", &["performance", "powersave"])];
-        p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(0));
-        let d = p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(10_000));
-        apply(&mut p, &mut cpus, &d);
-        // cpu0 was written back, cpu1's write failed.
-        cpus[0].governor = "performance".into();
-        p.cpu_restored(&[0]);
-        let d = p.decide_cpu(Some(0.9), &cpus, &cfg, Millis(11_000));
-        assert!(d.taken_over.is_empty());
-        let Some(DeviceAction::CpuRestore { settings, .. }) = &d.action else { panic!("{:?}", d.action) };
-        assert_eq!(settings.iter().map(|s| s.cpu).collect::<Vec<_>>(), vec![1]);
-    }
-
-    #[test]
-    fn a_value_someone_else_writes_is_left_alone() {
-        let (mut p, cfg) = (DevicePolicy::new(), cfg());
-        let mut cpus = vec![cpu(0, "performance", &["performance", "powersave", "ondemand"]), cpu(1, "performance", &["performance", "powersave"])];
-        p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(0));
-        let d = p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(10_000));
-        apply(&mut p, &mut cpus, &d);
-        cpus[0].governor = "ondemand".into();
-        let d = p.decide_cpu(Some(0.0), &cpus, &cfg, Millis(11_000));
-        assert_eq!(d.taken_over, vec![0]);
-        let d = p.decide_cpu(Some(0.9), &cpus, &cfg, Millis(12_000));
-        let Some(DeviceAction::CpuRestore { settings, .. }) = &d.action else { panic!() };
-        assert_eq!(settings.iter().map(|s| s.cpu).collect::<Vec<_>>(), vec![1]);
-    }
-
-    #[test]
-    fn vms_use_is_their_cpu_over_the_hosts_cpus() {
-        let mut p = DevicePolicy::new();
-        let obs = |at: u64, ns: u64| Observation {
-            at: Millis(at),
-            host: HostMemory::default(),
-            host_cpus: 4,
-            vms: vec![VmObservation {
-                id: VmId::new("a"),
-                state: VmState::Running,
-                balloon: None,
-                activity: Some(Activity { cpu_time_ns: ns, ..Activity::default() }),
-                persistent: true,
-                managed_save: false,
-                tune: None,
-            }],
-        };
-        assert_eq!(p.observe(&obs(0, 0)), None, "one reading is not a rate");
-        assert_eq!(p.observe(&obs(1000, 2_000_000_000)), Some(0.5));
-        let none = Observation { vms: vec![], ..obs(2000, 0) };
-        assert_eq!(p.observe(&none), Some(0.0));
-    }
-
-    fn disks(io: &[(&str, u64)]) -> Vec<DiskSample> {
-        io.iter().map(|(n, io)| DiskSample { name: n.to_string(), io: *io }).collect()
-    }
-
-    #[test]
-    fn an_idle_disk_goes_to_standby_once_until_used_again_and_a_guarded_one_never() {
-        let (mut p, cfg) = (DevicePolicy::new(), cfg());
-        let guards: BTreeMap<String, Vec<VmId>> = [("sda".to_string(), vec![VmId::new("web")])].into();
-        let standby = |p: &mut DevicePolicy, io: &[(&str, u64)], t: u64| {
-            let (actions, views) = p.decide_disks(&disks(io), &guards, &[], &cfg, Millis(t * 1000));
-            let names: Vec<String> = actions
-                .iter()
-                .map(|a| match a {
-                    DeviceAction::DiskStandby { disk, .. } => disk.clone(),
-                    _ => panic!("{a:?}"),
-                })
-                .collect();
-            for n in &names {
-                p.disk_standby_done(n, Millis(t * 1000));
-            }
-            (names, views)
-        };
-        assert!(standby(&mut p, &[("sda", 5), ("sdb", 7)], 0).0.is_empty());
-        assert!(standby(&mut p, &[("sda", 5), ("sdb", 7)], 59).0.is_empty());
-        let (names, views) = standby(&mut p, &[("sda", 5), ("sdb", 7)], 60);
-        assert_eq!(names, vec!["sdb"]);
-        assert_eq!(views[0].state, DiskState::Guarded { vms: vec![VmId::new("web")] });
-        // Once: not again while it stays unused.
-        let (names, views) = standby(&mut p, &[("sda", 5), ("sdb", 7)], 200);
-        assert!(names.is_empty());
-        assert_eq!(views[1].state, DiskState::Standby { at: Millis(60_000) });
-        // Used: active, then idle again for the whole spell before another standby.
-        let (_, views) = standby(&mut p, &[("sda", 5), ("sdb", 9)], 201);
-        assert_eq!(views[1].state, DiskState::Active);
-        assert!(standby(&mut p, &[("sda", 5), ("sdb", 9)], 260).0.is_empty());
-        assert_eq!(standby(&mut p, &[("sda", 5), ("sdb", 9)], 261).0, vec!["sdb"]);
-    }
-
-    #[test]
-    fn no_standby_while_a_vm_image_has_no_known_disk_or_when_off_and_a_failure_waits() {
-        let (mut p, mut cfg) = (DevicePolicy::new(), cfg());
-        let none = BTreeMap::new();
-        p.decide_disks(&disks(&[("sdb", 1)]), &none, &[], &cfg, Millis(0));
-        let (a, v) = p.decide_disks(&disks(&[("sdb", 1)]), &none, &["db (/srv/db.img)".into()], &cfg, Millis(100_000));
-        assert!(a.is_empty());
-        assert!(matches!(&v[0].state, DiskState::Held { why } if why.contains("db (/srv/db.img)")));
-        let (a, _) = p.decide_disks(&disks(&[("sdb", 1)]), &none, &[], &cfg, Millis(100_000));
-        assert_eq!(a.len(), 1);
-        p.disk_failed("sdb", Millis(100_000));
-        assert!(p.decide_disks(&disks(&[("sdb", 1)]), &none, &[], &cfg, Millis(150_000)).0.is_empty());
-        assert_eq!(p.decide_disks(&disks(&[("sdb", 1)]), &none, &[], &cfg, Millis(160_000)).0.len(), 1);
-        cfg.disk_idle_after = None;
-        assert!(p.decide_disks(&disks(&[("sdb", 1)]), &none, &[], &cfg, Millis(900_000)).0.is_empty());
-    }
 }
+
+/// The CPU decision: no per-CPU views (the CPUs are decided as one), the
+/// policy's view of them as its host part.
+pub type CpuDecision = Decision<(), CpuView>;
+
+fn power(text: String) -> Reason {
+    Reason::new(Rule::Power, text)
+}
+
+/// Writes back what ebb found, for each of `changes`.
+fn restore(changes: &[CpuChange], why: &str) -> Action {
+    Action::CpuRestore { settings: changes.iter().map(CpuChange::undo).collect(), reason: power(why.to_string()) }
+}
+
+#[cfg(test)]
+#[path = "devices_tests.rs"]
+mod tests;

@@ -30,6 +30,7 @@ pub mod devices;
 pub mod human;
 pub mod model;
 pub mod needs;
+pub mod policy;
 pub mod power;
 pub mod rates;
 pub mod realloc;
@@ -39,3 +40,4 @@ pub mod vcpus;
 
 pub use model::*;
 pub use units::*;
+pub use policy::{ActionError, Decision, Policy};

@@ -400,7 +400,8 @@ impl Rule {
     }
 }
 
-/// Something the edges carry out. Every action names its VM and reason.
+/// Something the edges carry out, with its reason. Most act on one VM;
+/// the device policy's act on the host (`vm()` is None for those).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Action {
@@ -422,10 +423,18 @@ pub enum Action {
     /// Ask a VM's guest to shut itself down (the ACPI power button): only
     /// for a VM that must stop and could not be saved. Never a destroy.
     Shutdown { vm: VmId, reason: Reason },
+    /// Save power on the host's CPUs: write each change's `applied`, all
+    /// or none (the edge undoes the writes made before one fails).
+    CpuSave { changes: Vec<crate::devices::CpuChange>, reason: Reason },
+    /// Give the CPUs back what ebb found; each write stands on its own.
+    CpuRestore { settings: Vec<crate::devices::CpuSetting>, reason: Reason },
+    /// Put a host disk in standby.
+    DiskStandby { disk: String, reason: Reason },
 }
 
 impl Action {
-    pub fn vm(&self) -> &VmId {
+    /// The VM it acts on; None for a host action.
+    pub fn vm(&self) -> Option<&VmId> {
         match self {
             Action::SetBalloonTarget { vm, .. }
             | Action::Sleep { vm, .. }
@@ -433,7 +442,8 @@ impl Action {
             | Action::SetTune { vm, .. }
             | Action::SetPins { vm, .. }
             | Action::SetGuestVcpus { vm, .. }
-            | Action::Shutdown { vm, .. } => vm,
+            | Action::Shutdown { vm, .. } => Some(vm),
+            Action::CpuSave { .. } | Action::CpuRestore { .. } | Action::DiskStandby { .. } => None,
         }
     }
     pub fn reason(&self) -> &Reason {
@@ -444,9 +454,10 @@ impl Action {
             | Action::SetTune { reason, .. }
             | Action::SetPins { reason, .. }
             | Action::SetGuestVcpus { reason, .. }
-            | Action::Shutdown { reason, .. } => {
-                reason
-            }
+            | Action::Shutdown { reason, .. }
+            | Action::CpuSave { reason, .. }
+            | Action::CpuRestore { reason, .. }
+            | Action::DiskStandby { reason, .. } => reason,
         }
     }
     pub fn kind(&self) -> &'static str {
@@ -458,6 +469,9 @@ impl Action {
             Action::SetPins { .. } => "set_pins",
             Action::SetGuestVcpus { .. } => "set_guest_vcpus",
             Action::Shutdown { .. } => "shutdown",
+            Action::CpuSave { .. } => "cpu_save",
+            Action::CpuRestore { .. } => "cpu_restore",
+            Action::DiskStandby { .. } => "disk_standby",
         }
     }
 }

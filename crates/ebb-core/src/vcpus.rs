@@ -10,6 +10,7 @@
 //! and journaled; a count changed by someone else becomes the new base.
 
 use crate::model::*;
+use crate::policy::{Decision, Outcome, Policy};
 use crate::realloc::{Class, ReallocConfig, ReallocDecision};
 use crate::units::Millis;
 use serde::{Deserialize, Serialize};
@@ -41,11 +42,8 @@ pub struct VcpuView {
     pub why: String,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct VcpuDecision {
-    pub actions: Vec<Action>,
-    pub views: Vec<VcpuView>,
-}
+/// Online counts, and one view per VM with `vcpus_min`.
+pub type VcpuDecision = Decision<VcpuView>;
 
 #[derive(Debug, Default)]
 pub struct VcpuPolicy {
@@ -67,18 +65,6 @@ impl VcpuPolicy {
 
     pub fn state(&self, vm: &VmId) -> Option<OnlineVcpus> {
         self.state.get(vm).copied()
-    }
-
-    /// The edge carried a `SetGuestVcpus` out.
-    pub fn applied(&mut self, vm: &VmId, count: u32, now: Millis) {
-        if let Some(s) = self.state.get_mut(vm) {
-            if count == s.base {
-                s.applied = None;
-                self.restored_at.insert(vm.clone(), now);
-            } else {
-                s.applied = Some(count);
-            }
-        }
     }
 
     /// One tick. `vms` is aligned with `obs.vms` and `realloc.views`.
@@ -119,6 +105,22 @@ impl VcpuPolicy {
     }
 }
 
+impl Policy for VcpuPolicy {
+    /// A `SetGuestVcpus` carried out is the guest's count now; one that
+    /// failed changes nothing (the next tick reads the guest again).
+    fn outcome(&mut self, action: &Action, result: &Outcome, now: Millis) {
+        let (Action::SetGuestVcpus { vm, count, .. }, Ok(())) = (action, result) else { return };
+        if let Some(s) = self.state.get_mut(vm) {
+            if *count == s.base {
+                s.applied = None;
+                self.restored_at.insert(vm.clone(), now);
+            } else {
+                s.applied = Some(*count);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,8 +153,8 @@ mod tests {
         let d = p.decide(&obs(), &realloc(class, cpu), &[VcpuVm { online: Some(online), min: Some(1) }], &cfg, Millis(t));
         let mut now = online;
         for a in &d.actions {
-            if let Action::SetGuestVcpus { vm, count, .. } = a {
-                p.applied(vm, *count, Millis(t));
+            if let Action::SetGuestVcpus { count, .. } = a {
+                p.outcome(a, &Ok(()), Millis(t));
                 now = *count;
             }
         }

@@ -28,6 +28,7 @@ pub use config::MemoryConfig;
 pub use state::Resumed;
 
 use crate::model::*;
+use crate::policy::{Decision, Outcome, Policy};
 use crate::units::*;
 use assess::Work;
 use config::Tuning;
@@ -61,21 +62,24 @@ pub struct VmMemoryView {
     pub last_reason: Option<Arc<Reason>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MemoryDecision {
+/// The pool as the memory policy holds it this tick: the host-wide part of
+/// its decision (`ebb status` shows it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
     /// The pool in effect this tick: the configured one, shrunk when the host
     /// is short of its reserve.
     pub pool: Bytes,
     /// Sum of the guests' current sizes (every VM that is not shut off and has
     /// a balloon, managed or not: they all occupy memory).
     pub pool_used: Bytes,
-    pub actions: Vec<Action>,
-    pub vms: Vec<VmMemoryView>,
     /// Plain words when the pool cannot be honoured as configured: the host is
     /// short of its reserve, or the guests' floors alone exceed the pool.
     #[serde(default)]
     pub pool_note: Option<String>,
 }
+
+/// Balloon targets, one view per observed VM (in id order), and the pool.
+pub type MemoryDecision = Decision<VmMemoryView, Pool>;
 
 #[derive(Debug, Default)]
 pub struct MemoryPolicy {
@@ -85,7 +89,7 @@ pub struct MemoryPolicy {
     vms: Vec<(VmId, VmMem)>,
     /// Journal entries waiting for the VM's first observation.
     resumed: HashMap<VmId, Resumed>,
-    /// The step bounds of the last decide, so `record_failure` (which gets no
+    /// The step bounds of the last decide, so `outcome` (which gets no
     /// config) can keep the step inside them.
     step_bounds: Option<(Bytes, Bytes)>,
     /// Likewise how long a failed VM is left alone.
@@ -105,22 +109,6 @@ impl MemoryPolicy {
             Err(_) => {
                 self.resumed.insert(vm, resumed);
             }
-        }
-    }
-
-    /// The agent could not set the balloon: the target never reached libvirt,
-    /// so forget it, slow down, and leave the guest alone for a while.
-    pub fn record_failure(&mut self, vm: &VmId, now: Millis) {
-        let bounds = self.step_bounds;
-        if let Ok(i) = self.vms.binary_search_by(|(id, _)| id.cmp(vm)) {
-            let st = &mut self.vms[i].1;
-            st.step = match bounds {
-                Some((lo, hi)) => Bytes(st.step.0 / 2).clamp(lo, hi),
-                None => Bytes(st.step.0 / 2).max(Bytes(KIB)),
-            };
-            st.pending = None;
-            st.reclaim_until = None;
-            st.no_shrink_until = Some(now.plus(self.quiet_ms));
         }
     }
 
@@ -225,12 +213,26 @@ impl MemoryPolicy {
 
         let actions = conclude(&work, &mut views, &mut states, pool, now, cfg.enabled);
         self.vms = states;
-        MemoryDecision {
-            pool,
-            pool_used,
-            actions,
-            vms: views,
-            pool_note: if notes.is_empty() { None } else { Some(notes.join("; ")) },
+        let pool_note = if notes.is_empty() { None } else { Some(notes.join("; ")) };
+        Decision { actions, views, host: Pool { pool, pool_used, pool_note } }
+    }
+}
+
+impl Policy for MemoryPolicy {
+    /// A balloon target that could not be set never reached libvirt: it is
+    /// forgotten, the step slows down, and the guest is left alone a while.
+    fn outcome(&mut self, action: &Action, result: &Outcome, now: Millis) {
+        let (Action::SetBalloonTarget { vm, .. }, Err(_)) = (action, result) else { return };
+        let bounds = self.step_bounds;
+        if let Ok(i) = self.vms.binary_search_by(|(id, _)| id.cmp(vm)) {
+            let st = &mut self.vms[i].1;
+            st.step = match bounds {
+                Some((lo, hi)) => Bytes(st.step.0 / 2).clamp(lo, hi),
+                None => Bytes(st.step.0 / 2).max(Bytes(KIB)),
+            };
+            st.pending = None;
+            st.reclaim_until = None;
+            st.no_shrink_until = Some(now.plus(self.quiet_ms));
         }
     }
 }

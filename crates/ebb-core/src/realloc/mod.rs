@@ -38,10 +38,11 @@ mod why;
 
 pub use class::{Bound, Class};
 pub use config::{ReallocConfig, ReallocSettings};
-pub use view::{ReallocDecision, Tunes, VmReallocView};
+pub use view::{Demand, ReallocDecision, Tunes, VmReallocView};
 pub use why::{Others, Why};
 
 use crate::model::*;
+use crate::policy::{ActionError, Outcome, Policy};
 use crate::units::*;
 use classify::{Held, Track};
 use std::collections::HashMap;
@@ -106,27 +107,6 @@ impl ReallocPolicy {
         self.index.get(vm).and_then(|&i| self.vms[i].tunes)
     }
 
-    /// The edge carried a `SetTune` out.
-    pub fn applied(&mut self, vm: &VmId, tune: Tune) {
-        let per = self.per_vm(vm);
-        if let Some(t) = per.tunes.as_mut() {
-            t.applied = (tune != t.base).then_some(tune);
-        }
-        per.retry_at = None;
-    }
-
-    /// libvirt refused a `SetTune`: it is not retried for a minute.
-    pub fn failed(&mut self, vm: &VmId, now: Millis) {
-        self.per_vm(vm).retry_at = Some(now.plus(RETRY_AFTER_MS));
-    }
-
-    /// libvirt refused the bandwidth part of a `SetTune` (before touching
-    /// the rest): the limit stays as it is for ten minutes, the CPU and
-    /// disk go on at once, and the view says why.
-    pub fn net_failed(&mut self, vm: &VmId, now: Millis, detail: impl Into<String>) {
-        self.per_vm(vm).net_refused = Some((now.plus(NET_RETRY_AFTER_MS), detail.into()));
-    }
-
     fn per_vm(&mut self, vm: &VmId) -> &mut PerVm {
         let i = *self.index.entry(vm.clone()).or_insert_with(|| {
             self.vms.push(PerVm::new(vm.clone()));
@@ -175,7 +155,7 @@ impl ReallocPolicy {
             d.views.push(VmReallocView::new(v.id.clone()));
             let view = d.views.last_mut().expect("just pushed");
             if let Some(demand) = classify::read(v, per, s, cfg, self.saturated_last, now, view) {
-                d.host_demand += demand;
+                d.host.host_demand += demand;
             }
             tally.see(view);
             if per.track.as_ref().is_some_and(|t| t.seen != now) {
@@ -190,13 +170,13 @@ impl ReallocPolicy {
         let host_cpus = f64::from(obs.host_cpus.max(1));
         // On demand, not use: raising a capped VM's cap must not be what
         // makes the host saturated (and then undone as a conflict).
-        self.saturated_last = d.host_demand >= cfg.saturated * host_cpus;
+        self.saturated_last = d.host.host_demand >= cfg.saturated * host_cpus;
         self.saturated.see(self.saturated_last, now, cfg.class_after.as_millis());
-        d.saturated = self.saturated.value == Some(true);
+        d.host.saturated = self.saturated.value == Some(true);
 
         // The conflict checks: two or more VMs that would gain, competing
         // for the same host CPUs, disks or links: raising one robs the other.
-        let contention = tune::Contention::new(tally, obs.host_cpus, d.host_demand, d.saturated);
+        let contention = tune::Contention::new(tally, obs.host_cpus, d.host.host_demand, d.host.saturated);
 
         // Decide each VM's tune.
         for ((view, s), per) in d.views.iter_mut().zip(own).zip(&self.vms).filter(|((v, _), _)| v.skipped.is_none()) {
@@ -232,6 +212,27 @@ impl ReallocPolicy {
             d.actions.push(Action::SetTune { vm: view.vm.clone(), tune: wanted, reason: Reason::new(rule, text) });
         }
         d
+    }
+}
+
+impl Policy for ReallocPolicy {
+    /// A `SetTune` carried out is the VM's tune now; one libvirt refused is
+    /// not retried for a minute, and a refused bandwidth (refused before the
+    /// rest was touched) is left alone for ten while the CPU and disk go on
+    /// at once, the view saying why.
+    fn outcome(&mut self, action: &Action, result: &Outcome, now: Millis) {
+        let Action::SetTune { vm, tune, .. } = action else { return };
+        let per = self.per_vm(vm);
+        match result {
+            Ok(()) => {
+                if let Some(t) = per.tunes.as_mut() {
+                    t.applied = (*tune != t.base).then_some(*tune);
+                }
+                per.retry_at = None;
+            }
+            Err(ActionError::Bandwidth(detail)) => per.net_refused = Some((now.plus(NET_RETRY_AFTER_MS), detail.clone())),
+            Err(ActionError::Failed(_)) => per.retry_at = Some(now.plus(RETRY_AFTER_MS)),
+        }
     }
 }
 

@@ -103,7 +103,7 @@ impl World {
                 if let Action::SetTune { vm, tune, .. } = a {
                     self.changes.push((vm.as_str().to_string(), *tune));
                     self.tunes.insert(vm.as_str().to_string(), *tune);
-                    p.applied(vm, *tune);
+                    p.outcome(a, &Ok(()), at);
                 }
             }
         }
@@ -149,7 +149,7 @@ fn two_cpu_bound_on_a_saturated_host_is_a_conflict_and_nothing_changes() {
     let mut p = ReallocPolicy::new();
     let mut w = World::with(&[("a", TUNE), ("b", TUNE)]);
     let d = w.run(&mut p, 0, 30, 2, &[("a", 1, 1.0), ("b", 1, 0.95)]);
-    assert!(d.saturated);
+    assert!(d.host.saturated);
     assert_eq!((w.tune("a"), w.tune("b")), (TUNE, TUNE));
     let why = view(&d, "a").why.as_ref().unwrap().to_string();
     assert!(why.contains("as is b") && why.contains("rob"), "{why}");
@@ -166,7 +166,7 @@ fn raising_a_cap_into_a_busy_neighbour_is_a_steady_conflict() {
     w.settings.insert(VmId::new("capped"), ReallocSettings { cap_max: Some(1.0), ..Default::default() });
     for start in [0, 32, 64] {
         let d = w.run(&mut p, start, 30, 2, &[("capped", 1, 1.0), ("busy", 1, 1.0)]);
-        assert!(d.saturated);
+        assert!(d.host.saturated);
         assert_eq!((w.tune("capped"), w.tune("busy")), (capped(0.3), TUNE), "at {start} s");
         assert!(view(&d, "capped").why.as_ref().unwrap().to_string().contains("rob"));
     }
@@ -184,7 +184,7 @@ fn two_at_their_caps_with_cpu_to_spare_both_gain() {
         w.settings.insert(VmId::new(n), ReallocSettings { cap_max: Some(0.6), ..Default::default() });
     }
     let d = w.run(&mut p, 0, 20, 4, &[("a", 1, 0.3), ("b", 1, 0.3)]);
-    assert!(!d.saturated);
+    assert!(!d.host.saturated);
     assert_eq!((w.tune("a").shares, w.tune("b").shares), (4096, 4096), "{:?}", d.views);
     assert_eq!(w.tune("a").quota_us, Some(60_000));
 }
@@ -309,7 +309,7 @@ fn a_vm_at_its_bandwidth_limit_is_raised_to_net_max_and_restored() {
     assert_eq!(w.tune("web"), limited(1024), "raised to net_max, nothing else changed");
     assert_eq!(w.tune("idle"), limited(64), "an idle VM's limit is not cut");
     assert!(net_why(&d, "web").contains("higher limit"), "{}", net_why(&d, "web"));
-    let reason = &d.actions.iter().find(|a| a.vm().as_str() == "web");
+    let reason = &d.actions.iter().find(|a| a.vm().is_some_and(|vm| vm.as_str() == "web"));
     assert!(reason.is_none() || reason.unwrap().reason().text.contains("bandwidth"));
     // At the raised limit it stays raised: no flapping back.
     let d = w.run(&mut p, 22, 20, 2, &[("web", 1, 0.1), ("idle", 1, 0.0)]);
@@ -384,12 +384,12 @@ fn a_refused_bandwidth_change_is_left_alone_while_the_cpu_goes_on() {
     assert!(matches!(&d.actions[..], [Action::SetTune { tune, .. }] if *tune == want), "{:?}", d.actions);
     // libvirt refused the bandwidth before touching the rest: the CPU
     // change goes on at once without it, and the view says why.
-    p.net_failed(&VmId::new("c"), Millis(0), "Failed to load TC action module");
+    p.outcome(&d.actions[0], &Err(ActionError::Bandwidth("Failed to load TC action module".into())), Millis(0));
     let d = p.decide(&o(limited(64)), &settings, &cfg, Millis(2000));
     let cpu_only = Tune { shares: 4096, ..limited(64) };
     assert!(matches!(&d.actions[..], [Action::SetTune { tune, .. }] if *tune == cpu_only), "{:?}", d.actions);
     assert!(net_why(&d, "c").contains("TC action module") && net_why(&d, "c").contains("10 minutes"));
-    p.applied(&VmId::new("c"), cpu_only);
+    p.outcome(&d.actions[0], &Ok(()), Millis(2000));
     assert!(p.decide(&o(cpu_only), &settings, &cfg, Millis(4000)).actions.is_empty(), "no retry loop");
     let d = p.decide(&o(cpu_only), &settings, &cfg, Millis(600_000));
     assert!(matches!(&d.actions[..], [Action::SetTune { tune, .. }] if *tune == want), "tried again after 10 minutes");
@@ -469,7 +469,7 @@ fn resumed_tunes_are_not_reapplied_and_a_refusal_waits() {
     let settings = aligned(&o(), &w.settings);
     let d = p.decide(&o(), &settings, &cfg, Millis(12_000));
     assert_eq!(d.actions.len(), 1);
-    p.failed(&VmId::new("idle"), Millis(12_000));
+    p.outcome(&d.actions[0], &Err(ActionError::Failed("refused".into())), Millis(12_000));
     assert!(p.decide(&o(), &settings, &cfg, Millis(14_000)).actions.is_empty());
     assert_eq!(p.decide(&o(), &settings, &cfg, Millis(72_000)).actions.len(), 1);
 }

@@ -4,6 +4,7 @@
 use super::class::{Bound, Class};
 use super::why::Why;
 use crate::model::*;
+use crate::policy::Decision;
 use crate::rates::ActivityRates;
 use crate::units::*;
 use serde::{Deserialize, Serialize};
@@ -85,17 +86,19 @@ impl VmReallocView {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ReallocDecision {
-    pub actions: Vec<Action>,
-    /// One view per observed VM, in observation order.
-    pub views: Vec<VmReallocView>,
-    /// What the VMs ask of the host's CPUs: what they ran plus what their
-    /// vCPUs waited to run (a capped VM's wait included), in CPUs' worth.
+/// What the VMs ask of the host's CPUs this tick: the host-wide part of
+/// the reallocation decision.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Demand {
+    /// What they ran plus what their vCPUs waited to run (a capped VM's
+    /// wait included), in CPUs' worth.
     pub host_demand: f64,
     /// Whether that demand saturates the host's CPUs (held like a class).
     pub saturated: bool,
 }
+
+/// Tunes, and one view per observed VM in observation order.
+pub type ReallocDecision = Decision<VmReallocView, Demand>;
 
 /// A VM's CPU tune as ebb found it and as ebb last set it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,11 +1,13 @@
-//! Carrying out the policies' actions and feeding the outcomes back.
+//! Carrying out the policies' actions and feeding the outcomes back: each
+//! outcome goes to every policy once (`report`), whoever decided it.
 
 use super::*;
 use crate::journal::{Kind, Outcome};
 use crate::api_types::SleepRecord;
 use ebb_backends::HvError;
 use ebb_surrogate::VmPower;
-use ebb_core::{Action, Millis, SleepMode, VmState};
+use ebb_core::policy::Outcome as Done;
+use ebb_core::{Action, ActionError, Millis, Policy, SleepMode, VmState};
 use std::time::Instant;
 use tracing::{info, warn};
 
@@ -15,12 +17,23 @@ impl Agent {
         if actions.is_empty() {
             return vec![];
         }
+        // The host's (device power) go through the platform, one by one.
+        let (host, actions): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(|a| a.vm().is_none());
+        let mut out = Vec::new();
+        for a in host {
+            for (part, result) in self.act_on_host(a, at).await {
+                self.report(&part, &result, at);
+                out.push((part, result.map_err(|e| e.to_string())));
+            }
+        }
+        if actions.is_empty() {
+            return out;
+        }
         // The surrogate holds new clients from the moment a save begins (if
         // the save fails they are spliced to the still-running VM), and while
         // a wake runs. A VM whose ports the kernel still forwards (nft
         // failed to remove its rules) is not saved: its clients would meet
         // a stopped VM.
-        let mut out = Vec::new();
         let mut kept = Vec::with_capacity(actions.len());
         for a in actions {
             match &a {
@@ -31,16 +44,13 @@ impl Agent {
                         self.actions_total += 1;
                         self.action_failures_total += 1;
                         self.journal_vm(&vm, at, Kind::of(&a), Some(a.reason().rule), &a.reason().text, None, Some(Outcome::Failed(e.clone())));
+                        self.report(&a, &Err(ActionError::Failed(e.clone())), at);
                         out.push((a, Err(e)));
                         continue;
                     }
                 }
                 Action::Wake { vm, .. } => self.set_power(vm, VmPower::Waking),
-                Action::SetBalloonTarget { .. }
-                | Action::SetTune { .. }
-                | Action::SetPins { .. }
-                | Action::SetGuestVcpus { .. }
-                | Action::Shutdown { .. } => {}
+                _ => {}
             }
             kept.push(a);
         }
@@ -65,6 +75,7 @@ impl Agent {
                                 Some(SleepMode::Pause) => hv.resume(vm),
                                 _ => hv.start(vm).or_else(|e| hv.resume(vm).map_err(|_| e)),
                             },
+                            Action::CpuSave { .. } | Action::CpuRestore { .. } | Action::DiskStandby { .. } => unreachable!("host actions go to the platform"),
                         };
                         (a, r, t0.elapsed())
                     })
@@ -76,7 +87,7 @@ impl Agent {
         };
         for (action, result, took) in results {
             self.actions_total += 1;
-            let vm = action.vm().clone();
+            let vm = action.vm().expect("a VM's action").clone();
             let reason = action.reason().clone();
             if let Err(e) = &result {
                 self.action_failures_total += 1;
@@ -84,21 +95,21 @@ impl Agent {
             } else {
                 info!(vm = %vm, "{}: {reason}", action.kind());
             }
+            let done: Done = match &result {
+                Ok(()) => Ok(()),
+                Err(HvError::Bandwidth { detail, .. }) => Err(ActionError::Bandwidth(detail.to_string())),
+                Err(e) => Err(ActionError::Failed(e.to_string())),
+            };
+            self.report(&action, &done, at);
             let target = match &action {
                 Action::SetBalloonTarget { target, .. } => Some(*target),
                 _ => None,
             };
+            // What the agent itself keeps of each outcome (not the policies').
             match (&action, &result) {
-                (Action::SetBalloonTarget { .. }, Err(_)) => self.policy.record_failure(&vm, at),
                 (Action::SetTune { tune, .. }, Ok(())) => {
-                    self.realloc.applied(&vm, *tune);
                     self.live_tunes.insert(vm.clone(), (*tune, at));
                 }
-                (Action::SetTune { .. }, Err(HvError::Bandwidth { detail, .. })) => self.realloc.net_failed(&vm, at, detail.clone()),
-                (Action::SetTune { .. }, Err(_)) => self.realloc.failed(&vm, at),
-                (Action::SetPins { pins, .. }, Ok(())) => self.affinity.applied(&vm, pins, at),
-                (Action::SetPins { .. }, Err(_)) => self.affinity.failed(&vm, at),
-                (Action::SetGuestVcpus { count, .. }, Ok(())) => self.vcpus.applied(&vm, *count, at),
                 (Action::Sleep { mode, .. }, Ok(())) => {
                     let now_state = match mode {
                         SleepMode::Save => KnownState { state: VmState::ShutOff, managed_save: true },
@@ -134,5 +145,21 @@ impl Agent {
             }
         }
         out
+    }
+
+    /// Every policy hears how each action went, once; each keeps to its own.
+    pub(super) fn report(&mut self, action: &Action, result: &Done, at: Millis) {
+        let policies: [&mut dyn Policy; 7] = [
+            &mut self.policy,
+            &mut self.sleep_policy,
+            &mut self.realloc,
+            &mut self.affinity,
+            &mut self.vcpus,
+            &mut self.devices,
+            &mut self.low_battery_sequence,
+        ];
+        for p in policies {
+            p.outcome(action, result, at);
+        }
     }
 }

@@ -78,7 +78,7 @@ impl Agent {
         let decided = Decided {
             memory: &d.memory.actions,
             cpus: cpus.into_iter().flatten().map(Vec::as_slice).collect(),
-            sleep: Some(&d.idle),
+            sleep: &d.idle.actions,
         };
         compose(&decided, |vm| self.sleeping.contains_key(vm))
     }

@@ -223,7 +223,7 @@ impl Agent {
         self.power_tick(&obs, at).await;
         self.devices_tick(&obs, at).await;
         self.publish(Some(&obs), Some((&d.memory, &d.idle, d.realloc.as_ref())), started, at);
-        self.in_flight = d.memory.vms.iter().filter(|v| v.skipped.is_none() && v.target.is_some() && v.target != v.actual).map(|v| v.vm.clone()).collect();
+        self.in_flight = d.memory.views.iter().filter(|v| v.skipped.is_none() && v.target.is_some() && v.target != v.actual).map(|v| v.vm.clone()).collect();
         self.cfg.memory.enabled && !self.in_flight.is_empty()
     }
 

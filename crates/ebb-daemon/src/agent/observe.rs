@@ -275,13 +275,15 @@ impl Agent {
             info!(vm = %vm, "{text}");
             self.journal_vm(&vm, at, Kind::WokeOutside, Some(Rule::Wake), &text, None, None);
             self.forget_sleep(&vm);
+            // Woken, as if by ebb: a fresh idle window.
+            self.sleep_policy.woke(&vm);
             self.set_power(&vm, VmPower::Awake);
         }
     }
 
+    /// No longer held asleep (the sleep policy hears of a wake through its outcome).
     pub(super) fn forget_sleep(&mut self, vm: &VmId) {
         self.sleeping.remove(vm);
-        self.sleep_policy.woke(vm);
         let id = vm.clone();
         self.journal.write(move |j| j.clear_sleeping(&id));
     }

@@ -23,7 +23,7 @@ impl Agent {
 
     /// Journals a VM's skip reason when it changes.
     pub(super) fn note_skips(&mut self, decision: &MemoryDecision, at: Millis) {
-        for view in &decision.vms {
+        for view in &decision.views {
             if self.said.skip.changed(&view.vm, &view.skipped) {
                 if let Some(why) = &view.skipped {
                     info!(vm = %view.vm, "not managing its memory: {why}");
@@ -86,7 +86,7 @@ impl Agent {
     /// Persists each VM's adaptive step and target when they change, so a
     /// restarted agent resumes instead of starting over.
     pub(super) fn remember_memory_state(&mut self, decision: &MemoryDecision, at: Millis) {
-        for view in &decision.vms {
+        for view in &decision.views {
             if view.skipped.is_some() {
                 continue;
             }

@@ -126,20 +126,14 @@ impl Agent {
     }
 
     /// Saves VMs for a power event and remembers them (journaled) for the
-    /// restore; returns those that could not be saved.
-    pub(super) async fn save_for_power(&mut self, actions: Vec<Action>, at: Millis) -> Vec<VmId> {
-        let mut failed = vec![];
+    /// restore.
+    pub(super) async fn save_for_power(&mut self, actions: Vec<Action>, at: Millis) {
         for (action, result) in self.act(actions, at).await {
-            if result.is_err() {
-                failed.push(action.vm().clone());
-                continue;
-            }
-            let vm = action.vm().clone();
+            let (Some(vm), Ok(())) = (action.vm().cloned(), result) else { continue };
             let id = vm.clone();
             self.journal.write(move |j| j.set_power_saved(&id, true, at));
             self.power_saved.insert(vm);
         }
-        failed
     }
 
     /// Low battery (the seed's Figure 4), as `ebb_core::battery` decides it:
@@ -156,8 +150,9 @@ impl Agent {
             })
             .collect();
         let saves = self.low_battery_sequence.saves(running.clone(), why);
-        let failed = self.save_for_power(saves, at).await;
-        let after = self.low_battery_sequence.after_saves(&running, &failed, why, at, self.cfg.power.shutdown_timeout);
+        // The saves' outcomes reach the sequence through `report`.
+        self.save_for_power(saves, at).await;
+        let after = self.low_battery_sequence.after_saves(&running, why, at, self.cfg.power.shutdown_timeout);
         // Asked once; a refused request is not repeated every tick either.
         self.act(after.shutdowns, at).await;
         for vm in &after.overdue {
@@ -191,8 +186,8 @@ impl Agent {
         }
         let saved: Vec<(VmId, u32)> = self.power_saved.iter().map(|vm| (vm.clone(), self.value_of(vm).unwrap_or(1))).collect();
         for (action, result) in self.act(battery::restores(&saved), at).await {
-            if result.is_ok() {
-                self.forget_power_saved(action.vm(), at);
+            if let (Some(vm), Ok(())) = (action.vm(), result) {
+                self.forget_power_saved(vm, at);
             }
         }
     }

@@ -24,7 +24,7 @@ impl Agent {
         let decision = decisions.map(|d| d.0);
         let (obs, vms) = match (seen, decisions) {
             (Some(obs), Some((decision, idle, realloc))) => {
-                let views: HashMap<&VmId, &VmMemoryView> = decision.vms.iter().map(|v| (&v.vm, v)).collect();
+                let views: HashMap<&VmId, &VmMemoryView> = decision.views.iter().map(|v| (&v.vm, v)).collect();
                 let realloc_views: HashMap<&VmId, &VmReallocView> =
                     realloc.map(|d| d.views.iter().map(|v| (&v.vm, v)).collect()).unwrap_or_default();
                 let idle_views: HashMap<&VmId, &VmIdleView> = idle.views.iter().map(|v| (&v.vm, v)).collect();
@@ -89,7 +89,7 @@ impl Agent {
 
     pub(super) fn status(&self, obs: Option<&Observation>, decision: Option<&MemoryDecision>, tick_ms: f64) -> Status {
         let prev = self.snapshot.borrow().status.clone();
-        let vms: Vec<&VmMemoryView> = decision.map(|d| d.vms.iter().collect()).unwrap_or_default();
+        let vms: Vec<&VmMemoryView> = decision.map(|d| d.views.iter().collect()).unwrap_or_default();
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
             uri: self.cfg.agent.uri.clone(),
@@ -100,8 +100,8 @@ impl Agent {
             last_tick_at: prev.last_tick_at,
             last_tick_ms: tick_ms,
             memory_enabled: self.cfg.memory.enabled,
-            pool: decision.map(|d| d.pool).or(prev.pool),
-            pool_used: decision.map(|d| d.pool_used).unwrap_or(prev.pool_used),
+            pool: decision.map(|d| d.host.pool).or(prev.pool),
+            pool_used: decision.map(|d| d.host.pool_used).unwrap_or(prev.pool_used),
             host_total: obs.map(|o| o.host.total).unwrap_or(prev.host_total),
             host_available: obs.map(|o| o.host.available).unwrap_or(prev.host_available),
             vms: if decision.is_some() { vms.len() } else { prev.vms },

@@ -129,6 +129,8 @@ impl Kind {
             Action::SetPins { .. } => Kind::SetPins,
             Action::SetGuestVcpus { .. } => Kind::SetGuestVcpus,
             Action::Shutdown { .. } => Kind::Shutdown,
+            Action::CpuSave { .. } | Action::CpuRestore { .. } => Kind::Cpufreq,
+            Action::DiskStandby { .. } => Kind::DiskStandby,
         }
     }
 

@@ -160,11 +160,11 @@ impl World {
 }
 
 fn view<'a>(d: &'a MemoryDecision, name: &str) -> &'a VmMemoryView {
-    d.vms.iter().find(|v| v.vm.as_str() == name).expect("no view")
+    d.views.iter().find(|v| v.vm.as_str() == name).expect("no view")
 }
 
 fn action_for<'a>(d: &'a MemoryDecision, name: &str) -> Option<(Bytes, &'a Reason)> {
-    d.actions.iter().find(|a| a.vm().as_str() == name).map(|a| match a {
+    d.actions.iter().find(|a| a.vm().is_some_and(|vm| vm.as_str() == name)).map(|a| match a {
         Action::SetBalloonTarget { target, reason, .. } => (*target, reason),
         other => panic!("the memory policy only sets balloon targets: {other:?}"),
     })

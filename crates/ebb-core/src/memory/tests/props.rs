@@ -24,7 +24,7 @@ fn arb_world() -> impl Strategy<Value = World> {
 
 /// Invariants that hold on every tick, whatever the world does.
 fn check_tick(w: &World, d: &MemoryDecision) -> Result<(), TestCaseError> {
-    for v in &d.vms {
+    for v in &d.views {
         prop_assert!(v.step >= w.cfg.step_min && v.step <= w.cfg.step_max, "step {} out of bounds", v.step);
     }
     for a in &d.actions {
@@ -59,13 +59,13 @@ proptest! {
             d = w.tick();
             check_tick(&w, &d)?;
         }
-        let floors: Bytes = d.vms.iter().filter_map(|v| v.floor).sum();
+        let floors: Bytes = d.views.iter().filter_map(|v| v.floor).sum();
         let pool = w.cfg.pool.unwrap();
         let sum: Bytes = w.guests.iter().map(|g| g.current).sum();
         if floors <= pool {
             prop_assert!(sum <= pool, "Σcurrent {sum} over pool {pool} with Σfloor {floors}");
         }
-        for v in &d.vms {
+        for v in &d.views {
             prop_assert!(v.actual >= v.floor, "{} below its floor", v.vm);
         }
         for _ in 0..5 {

@@ -1,6 +1,7 @@
 //! Examples: one behaviour each, with the numbers.
 
 use super::*;
+use crate::policy::ActionError;
 
 #[test]
 fn the_floor_keeps_the_guest_kernels_own_memory() {
@@ -52,7 +53,7 @@ fn a_guest_below_its_floor_grows_back_past_an_exhausted_pool() {
     w.g("a").used = Bytes::from_mib(250);
     let d = w.run(5);
     assert!(w.current("a") >= Bytes::from_mib(314), "a left at {} below its floor", w.current("a"));
-    assert!(d.pool_note.is_some());
+    assert!(d.host.pool_note.is_some());
     // The host's own reserve still bounds it: only 100 MiB were spare.
     w.g("a").used = Bytes::from_mib(400);
     w.run(5);
@@ -97,9 +98,9 @@ fn skipped_vms_say_why_and_still_occupy_the_pool() {
     assert!(skipped("nostats").contains("no memory statistics"));
     assert!(skipped("unmanaged").contains("managed = false"));
     assert!(view(&d, "z-ok").skipped.is_none());
-    assert!(d.actions.iter().all(|a| a.vm().as_str() == "z-ok"));
+    assert!(d.actions.iter().all(|a| a.vm().is_some_and(|vm| vm.as_str() == "z-ok")));
     // nostats, unmanaged, paused and z-ok occupy memory; off and noballoon do not count.
-    assert_eq!(d.pool_used, Bytes::from_mib(4096));
+    assert_eq!(d.host.pool_used, Bytes::from_mib(4096));
     // 3 GiB pool − 3 GiB held by the unmanageable ones: z-ok must go to its floor.
     assert_eq!(view(&d, "z-ok").entitlement, view(&d, "z-ok").floor);
     assert!(action_for(&d, "z-ok").is_some_and(|(t, r)| t < Bytes::from_mib(1024) && r.rule == Rule::Reclaim));
@@ -109,7 +110,7 @@ fn skipped_vms_say_why_and_still_occupy_the_pool() {
 fn views_are_sorted_by_id_even_when_observed_out_of_order() {
     let mut w = World::new(vec![guest("c", 512, 100), guest("a", 512, 100), guest("b", 512, 100)], 4096);
     let d = w.tick();
-    let ids: Vec<&str> = d.vms.iter().map(|v| v.vm.as_str()).collect();
+    let ids: Vec<&str> = d.views.iter().map(|v| v.vm.as_str()).collect();
     assert_eq!(ids, ["a", "b", "c"]);
 }
 
@@ -137,7 +138,7 @@ fn idle_vm_is_reclaimed_before_an_active_one() {
     let d = w.run(60);
     assert!(w.current("idle") < w.current("active"));
     assert!(w.current("active") >= Bytes::from_mib(3072 + 614));
-    assert!(d.pool_used <= Bytes::from_mib(6144));
+    assert!(d.host.pool_used <= Bytes::from_mib(6144));
 }
 
 #[test]
@@ -194,7 +195,7 @@ fn pressured_vm_gets_memory_back() {
     let used_a = w.g("a").used;
     assert!(w.current("a") >= used_a + Bytes::from_mib(64), "a relieved: {} for {}", w.current("a"), used_a);
     assert!(!view(&d, "a").under_pressure);
-    assert!(d.pool_used <= Bytes::from_mib(4096));
+    assert!(d.host.pool_used <= Bytes::from_mib(4096));
 }
 
 #[test]
@@ -273,7 +274,7 @@ fn floors_over_the_pool_hold_everyone_at_their_floor() {
         assert_eq!(view(&d, n).entitlement, Some(floor));
         assert_eq!(w.current(n), floor);
     }
-    assert!(d.pool_note.as_deref().unwrap_or("").contains("floors add up to 3.52 GiB"), "{:?}", d.pool_note);
+    assert!(d.host.pool_note.as_deref().unwrap_or("").contains("floors add up to 3.52 GiB"), "{:?}", d.host.pool_note);
 }
 
 #[test]
@@ -283,8 +284,8 @@ fn host_short_of_its_reserve_forces_a_reclaim() {
     // Something on the host ate memory: available falls 512 MiB under the reserve.
     w.host_total = Bytes::from_mib(8192) + Bytes::from_gib(1) - Bytes::from_mib(512);
     let d = w.tick();
-    assert_eq!(d.pool, Bytes::from_mib(8192 - 512));
-    assert!(d.pool_note.as_deref().unwrap_or("").contains("under its 1 GiB reserve"));
+    assert_eq!(d.host.pool, Bytes::from_mib(8192 - 512));
+    assert!(d.host.pool_note.as_deref().unwrap_or("").contains("under its 1 GiB reserve"));
     assert_eq!(d.actions.len(), 2);
     w.run(20);
     assert!(w.current("a") + w.current("b") <= Bytes::from_mib(8192 - 512));
@@ -298,7 +299,8 @@ fn failure_and_resume_seed_the_step() {
     let d = w.tick();
     assert_eq!(view(&d, "a").step, Bytes::from_mib(128));
     let a = VmId::new("a");
-    w.policy.record_failure(&a, w.now);
+    let set = Action::SetBalloonTarget { vm: a.clone(), target: w.current("a"), reason: Reason::new(Rule::Reclaim, "test") };
+    w.policy.outcome(&set, &Err(ActionError::Failed("libvirt refused".into())), w.now);
     w.g("a").pending = None; // the call failed: nothing lands
     let d = w.tick();
     assert_eq!(view(&d, "a").step, Bytes::from_mib(64));
@@ -332,7 +334,7 @@ fn vms_coming_and_going_keep_their_own_state() {
     w.guests.insert(0, guest("a", 1024, 100));
     w.guests.push(guest("c", 1024, 100));
     let d = w.tick();
-    assert_eq!(d.vms.iter().map(|v| v.vm.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+    assert_eq!(d.views.iter().map(|v| v.vm.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
     assert!(view(&d, "b").step >= step_b, "b keeps its step");
     assert_eq!(view(&d, "a").step, Bytes::from_mib(32));
     // "d" comes back as a stranger: fresh step, no memory of its past.
@@ -395,5 +397,5 @@ fn with_memory_management_off_nothing_is_sent_or_believed_pending_and_the_would_
     // Switched on, it acts at once from what it sees, not from targets it believed sent.
     w.cfg.enabled = true;
     let d = w.tick();
-    assert!(d.actions.iter().any(|a| a.vm().as_str() == "idle"), "{:?}", d.actions);
+    assert!(d.actions.iter().any(|a| a.vm().is_some_and(|vm| vm.as_str() == "idle")), "{:?}", d.actions);
 }
