@@ -41,8 +41,8 @@ impl Agent {
                     if let Err(e) = self.try_set_power(vm, VmPower::Asleep) {
                         let vm = vm.clone();
                         self.set_power(&vm, VmPower::Awake);
-                        self.actions_total += 1;
-                        self.action_failures_total += 1;
+                        self.counters.actions += 1;
+                        self.counters.action_failures += 1;
                         self.journal_vm(&vm, at, Kind::of(&a), Some(a.reason().rule), &a.reason().text, None, Some(Outcome::Failed(e.clone())));
                         self.report(&a, &Err(ActionError::Failed(e.clone())), at);
                         out.push((a, Err(e)));
@@ -56,7 +56,7 @@ impl Agent {
         }
         let actions = kept;
         // Waking a paused VM resumes it; waking a saved one starts it from its image.
-        let sleeping = self.sleeping.clone();
+        let sleeping = self.vms.sleeping.clone();
         let Some(results) = self
             .with_hv(move |hv| {
                 actions
@@ -86,11 +86,11 @@ impl Agent {
             return out;
         };
         for (action, result, took) in results {
-            self.actions_total += 1;
+            self.counters.actions += 1;
             let vm = action.vm().expect("a VM's action").clone();
             let reason = action.reason().clone();
             if let Err(e) = &result {
-                self.action_failures_total += 1;
+                self.counters.action_failures += 1;
                 warn!(vm = %vm, "{} failed: {e}", action.kind());
             } else {
                 info!(vm = %vm, "{}: {reason}", action.kind());
@@ -108,25 +108,25 @@ impl Agent {
             // What the agent itself keeps of each outcome (not the policies').
             match (&action, &result) {
                 (Action::SetTune { tune, .. }, Ok(())) => {
-                    self.live_tunes.insert(vm.clone(), (*tune, at));
+                    self.vms.live_tunes.insert(vm.clone(), (*tune, at));
                 }
                 (Action::Sleep { mode, .. }, Ok(())) => {
                     let now_state = match mode {
                         SleepMode::Save => KnownState { state: VmState::ShutOff, managed_save: true },
                         SleepMode::Pause => KnownState { state: VmState::Paused, managed_save: false },
                     };
-                    self.known_states.insert(vm.clone(), now_state);
-                    self.sleeps_total += 1;
+                    self.vms.states.insert(vm.clone(), now_state);
+                    self.counters.sleeps += 1;
                     let rec = SleepRecord { mode: *mode, since: at, reason: reason.text.clone() };
                     let (id, record) = (vm.clone(), rec.clone());
                     self.journal.write(move |j| j.set_sleeping(&id, &record));
-                    self.sleeping.insert(vm.clone(), rec);
+                    self.vms.sleeping.insert(vm.clone(), rec);
                 }
                 (Action::Sleep { .. }, Err(_)) => self.set_power(&vm, VmPower::Awake),
                 (Action::Wake { .. }, Ok(())) => {
-                    self.known_states.insert(vm.clone(), KnownState { state: VmState::Running, managed_save: false });
-                    self.wakes_total += 1;
-                    self.last_wake_ms = Some(took.as_secs_f64() * 1000.0);
+                    self.vms.states.insert(vm.clone(), KnownState { state: VmState::Running, managed_save: false });
+                    self.counters.wakes += 1;
+                    self.counters.last_wake_ms = Some(took.as_secs_f64() * 1000.0);
                     self.forget_sleep(&vm);
                     self.set_power(&vm, VmPower::Awake);
                 }
@@ -150,13 +150,13 @@ impl Agent {
     /// Every policy hears how each action went, once; each keeps to its own.
     pub(super) fn report(&mut self, action: &Action, result: &Done, at: Millis) {
         let policies: [&mut dyn Policy; 7] = [
-            &mut self.policy,
+            &mut self.memory,
             &mut self.sleep_policy,
-            &mut self.realloc,
-            &mut self.affinity,
-            &mut self.vcpus,
-            &mut self.devices,
-            &mut self.low_battery_sequence,
+            &mut self.realloc.policy,
+            &mut self.realloc.affinity,
+            &mut self.realloc.vcpus,
+            &mut self.devices.policy,
+            &mut self.power.sequence,
         ];
         for p in policies {
             p.outcome(action, result, at);

@@ -85,7 +85,7 @@ impl Agent {
                 let answer = match self.sleep_refusal(&vm) {
                     Some(why) => Err(why),
                     None => {
-                        let mode = self.settings.get(&vm).and_then(|r| r.sleep.as_ref()).map_or(SleepMode::Save, |s| s.mode);
+                        let mode = self.vms.settings.get(&vm).and_then(|r| r.sleep.as_ref()).map_or(SleepMode::Save, |s| s.mode);
                         let reason = Reason::new(Rule::Sleep, format!("asked to sleep ({}) through the API", mode.as_str()));
                         self.act_now(Action::Sleep { vm, mode, reason }, at).await
                     }
@@ -100,9 +100,9 @@ impl Agent {
                 let _ = reply.send(answer);
             }
             Command::Needs { vm, reply } => {
-                let answer = match self.needs.get(&vm) {
-                    Some(n) => Ok(n.summary(&self.realloc_cfg)),
-                    None if self.known_states.contains_key(&vm) => Ok(vec![]),
+                let answer = match self.realloc.needs.get(&vm) {
+                    Some(n) => Ok(n.summary(&self.realloc.cfg)),
+                    None if self.vms.states.contains_key(&vm) => Ok(vec![]),
                     None => Err(CommandError::NoHistory(vm)),
                 };
                 let _ = reply.send(answer);
@@ -118,8 +118,8 @@ impl Agent {
 
     /// Why `vm` cannot be put to sleep now, judged against the agent's own state.
     fn sleep_refusal(&self, vm: &VmId) -> Option<CommandError> {
-        let state = self.known_states.get(vm).map(|k| k.state);
-        match (state, self.sleeping.get(vm)) {
+        let state = self.vms.states.get(vm).map(|k| k.state);
+        match (state, self.vms.sleeping.get(vm)) {
             (None, _) => Some(CommandError::UnknownVm(vm.clone())),
             (Some(_), Some(rec)) => Some(CommandError::AsleepAlready { vm: vm.clone(), mode: rec.mode }),
             (Some(VmState::Running), None) => None,
@@ -134,8 +134,8 @@ impl Agent {
         if self.power_is_low() {
             return Some(CommandError::LowBattery);
         }
-        match self.known_states.get(vm) {
-            _ if self.sleeping.contains_key(vm) => None,
+        match self.vms.states.get(vm) {
+            _ if self.vms.sleeping.contains_key(vm) => None,
             None => Some(CommandError::UnknownVm(vm.clone())),
             Some(KnownState { state: VmState::Paused, .. } | KnownState { state: VmState::ShutOff, managed_save: true }) => None,
             Some(KnownState { state: VmState::Running, .. }) => Some(CommandError::AwakeAlready(vm.clone())),
@@ -156,12 +156,12 @@ impl Agent {
     }
 
     async fn set_critical(&mut self, vm: VmId, on: bool, at: Millis) -> Result<String, CommandError> {
-        if !self.known_states.contains_key(&vm) {
+        if !self.vms.states.contains_key(&vm) {
             return Err(CommandError::UnknownVm(vm));
         }
         let id = vm.clone();
         self.journal.call(move |j| j.set_critical(&id, on, at)).await.map_err(|source| CommandError::Journal { what: "the flag", source })?;
-        self.critical.insert(vm.clone(), on);
+        self.vms.critical.insert(vm.clone(), on);
         let text = if on { "marked time-critical: put first" } else { "no longer time-critical" };
         info!(vm = %vm, "{text}");
         self.journal_vm(&vm, at, Kind::Critical, Some(Rule::Critical), text, None, None);
@@ -169,19 +169,19 @@ impl Agent {
     }
 
     async fn set_value(&mut self, vm: VmId, value: Option<u32>, at: Millis) -> Result<String, CommandError> {
-        if !self.known_states.contains_key(&vm) {
+        if !self.vms.states.contains_key(&vm) {
             return Err(CommandError::UnknownVm(vm));
         }
         let id = vm.clone();
         self.journal.call(move |j| j.set_value(&id, value, at)).await.map_err(|source| CommandError::Journal { what: "the value", source })?;
         let text = match value {
             Some(v) => {
-                self.values.insert(vm.clone(), v);
+                self.vms.values.insert(vm.clone(), v);
                 format!("value {v} when power drops")
             }
             None => {
-                self.values.remove(&vm);
-                match self.settings.get(&vm).and_then(|r| Some((r.value?, r.sources.value))) {
+                self.vms.values.remove(&vm);
+                match self.vms.settings.get(&vm).and_then(|r| Some((r.value?, r.sources.value))) {
                     Some((v, source)) => format!("value cleared: back to the {}'s {v}", source.as_str()),
                     None => "value cleared: not set (counted as 1)".to_string(),
                 }

@@ -16,24 +16,24 @@ impl Agent {
         &mut self,
         f: impl FnOnce(&mut dyn Hypervisor) -> R + Send + 'static,
     ) -> Option<R> {
-        off_thread(&mut self.hv, move |hv| f(hv)).await.map_err(|e| warn!("a hypervisor call panicked; reconnecting: {e}")).ok()?
+        off_thread(&mut self.link.hv, move |hv| f(hv)).await.map_err(|e| warn!("a hypervisor call panicked; reconnecting: {e}")).ok()?
     }
 
     pub(super) async fn try_connect(&mut self, at: Millis) -> bool {
-        let (attempts, next_try_at) = match &self.connection {
+        let (attempts, next_try_at) = match &self.link.state {
             Connection::Disconnected { attempts, next_try_at, .. } => (*attempts, *next_try_at),
             Connection::Connected { .. } => (0, at),
         };
         if at < next_try_at {
             return false;
         }
-        let connect = self.connect.clone();
+        let connect = self.link.connect.clone();
         let uri = self.cfg.agent.uri.clone();
         let result = tokio::task::spawn_blocking(move || connect(&uri)).await;
         match result {
             Ok(Ok(hv)) => {
-                self.hv = Some(hv);
-                self.connection = Connection::Connected { since: at };
+                self.link.hv = Some(hv);
+                self.link.state = Connection::Connected { since: at };
                 let text = format!("connected to libvirt at {}", self.cfg.agent.uri);
                 info!("{text}");
                 self.journal_event(None, Kind::Connected, &text);
@@ -48,11 +48,11 @@ impl Agent {
                 } else {
                     debug!("reconnect attempt {} failed: {error}", attempts + 1);
                 }
-                let since = match &self.connection {
+                let since = match &self.link.state {
                     Connection::Disconnected { since, .. } => *since,
                     Connection::Connected { .. } => at,
                 };
-                self.connection = Connection::Disconnected {
+                self.link.state = Connection::Disconnected {
                     since,
                     error,
                     attempts: attempts + 1,
@@ -68,11 +68,11 @@ impl Agent {
     }
 
     pub(super) fn lost_connection(&mut self, at: Millis, e: &HvError) {
-        self.hv = None;
+        self.link.hv = None;
         let error = e.to_string();
         warn!("lost libvirt: {error}; reconnecting with backoff");
         self.journal_event(None, Kind::Disconnected, &format!("lost libvirt: {error}"));
-        self.connection = Connection::Disconnected { since: at, error, attempts: 0, next_try_at: at };
+        self.link.state = Connection::Disconnected { since: at, error, attempts: 0, next_try_at: at };
     }
 
     /// Runs a blocking platform call (a UPS read, a power-off) off the async

@@ -25,26 +25,26 @@ pub(super) struct Decisions {
 impl Agent {
     pub(super) fn decide(&mut self, obs: &Observation, cpus: &CpuReadings, at: Millis) -> Decisions {
         self.resolve_settings(obs);
-        let memory_settings = self.settings.iter().map(|(id, r)| (id.clone(), r.settings.clone())).collect();
-        let memory = self.policy.decide(obs, &memory_settings, &self.cfg.memory, at);
+        let memory_settings = self.vms.settings.iter().map(|(id, r)| (id.clone(), r.settings.clone())).collect();
+        let memory = self.memory.decide(obs, &memory_settings, &self.cfg.memory, at);
         self.note_skips(&memory, at);
-        let sleep_settings = self.settings.iter().filter_map(|(id, r)| Some((id.clone(), r.sleep.clone()?))).collect();
+        let sleep_settings = self.vms.settings.iter().filter_map(|(id, r)| Some((id.clone(), r.sleep.clone()?))).collect();
         let idle = self.sleep_policy.decide(obs, &sleep_settings, &self.traffic(), at);
-        let realloc = self.realloc_cfg.enabled.then(|| {
+        let realloc = self.realloc.cfg.enabled.then(|| {
             let settings = self.realloc_settings(obs);
-            self.realloc.decide(obs, &settings, &self.realloc_cfg, at)
+            self.realloc.policy.decide(obs, &settings, &self.realloc.cfg, at)
         });
         let affinity = realloc.as_ref().filter(|_| !cpus.pins.is_empty()).map(|d| self.decide_affinity(obs, d, cpus, at));
-        self.affinity_views = affinity.iter().flat_map(|d| d.views.iter()).map(|v| (v.vm.clone(), v.clone())).collect();
+        self.realloc.affinity_views = affinity.iter().flat_map(|d| d.views.iter()).map(|v| (v.vm.clone(), v.clone())).collect();
         let vcpus = realloc.as_ref().filter(|_| !cpus.online.is_empty()).map(|d| {
             let vms: Vec<VcpuVm> = obs
                 .vms
                 .iter()
                 .map(|v| VcpuVm { online: cpus.online.get(&v.id).and_then(|r| r.as_ref().ok().copied()), min: self.vcpus_min(&v.id) })
                 .collect();
-            self.vcpus.decide(obs, d, &vms, &self.realloc_cfg, at)
+            self.realloc.vcpus.decide(obs, d, &vms, &self.realloc.cfg, at)
         });
-        self.vcpu_views = cpus
+        self.realloc.vcpu_views = cpus
             .online
             .iter()
             .filter_map(|(vm, r)| Some((vm.clone(), r.clone().err()?)))
@@ -63,13 +63,13 @@ impl Agent {
                 pins: cpus.pins.get(&v.id).cloned(),
                 bound: self.cpus_bound(&v.id),
                 expected_cpu: self
-                    .needs
+                    .realloc.needs
                     .get(&v.id)
-                    .and_then(|n| n.usual_cpu(at, &self.realloc_cfg))
+                    .and_then(|n| n.usual_cpu(at, &self.realloc.cfg))
                     .map(|u| u * f64::from(v.activity.map_or(1, |a| a.vcpus.max(1)))),
             })
             .collect();
-        self.affinity.decide(obs, realloc, &cpus.host_cpus, &vms, &self.realloc_cfg, at)
+        self.realloc.affinity.decide(obs, realloc, &cpus.host_cpus, &vms, &self.realloc.cfg, at)
     }
 
     /// The tick's actions, as `ebb_core::compose` orders them.
@@ -80,14 +80,14 @@ impl Agent {
             cpus: cpus.into_iter().flatten().map(Vec::as_slice).collect(),
             sleep: &d.idle.actions,
         };
-        compose(&decided, |vm| self.sleeping.contains_key(vm))
+        compose(&decided, |vm| self.vms.sleeping.contains_key(vm))
     }
 
     /// A failed wake refused its held clients; a tick later the next client
     /// may try again.
     pub(super) fn retry_failed_wakes(&mut self) {
         let failed: Vec<VmId> =
-            self.sleeping.keys().filter(|vm| matches!(self.surrogate.state(vm), Some(VmPower::WakeFailed(_)))).cloned().collect();
+            self.vms.sleeping.keys().filter(|vm| matches!(self.surrogate.state(vm), Some(VmPower::WakeFailed(_)))).cloned().collect();
         for vm in failed {
             self.set_power(&vm, VmPower::Asleep);
         }

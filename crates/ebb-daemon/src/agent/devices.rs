@@ -18,15 +18,15 @@ impl Agent {
     /// Device power (the seed's Figure 2): reads cpufreq and the disks off
     /// the runtime, decides, and writes or runs what the decision asks.
     pub(super) async fn devices_tick(&mut self, obs: &Observation, at: Millis) {
-        let cfg = self.device_cfg.clone();
-        let vms_use = self.devices.observe(obs);
-        let want_cpu = cfg.cpufreq || self.devices.cpu_changes().is_some();
+        let cfg = self.devices.cfg.clone();
+        let vms_use = self.devices.policy.observe(obs);
+        let want_cpu = cfg.cpufreq || self.devices.policy.cpu_changes().is_some();
         let want_disks = cfg.disk_idle_after.is_some();
         if !want_cpu && !want_disks {
-            self.devices_view = None;
+            self.devices.view = None;
             return;
         }
-        let images: Vec<(VmId, Result<Vec<PathBuf>, String>)> = self.vm_disks.iter().map(|(vm, (r, _))| (vm.clone(), r.clone())).collect();
+        let images: Vec<(VmId, Result<Vec<PathBuf>, String>)> = self.vms.disks.iter().map(|(vm, (r, _))| (vm.clone(), r.clone())).collect();
         let Some((cpus, disks)) = self
             .with_platform(move |p| {
                 let cpus = want_cpu.then(|| p.cpufreq().map_err(|e| e.to_string()));
@@ -37,7 +37,7 @@ impl Agent {
         else {
             return;
         };
-        let mut view = self.devices_view.take().unwrap_or_default();
+        let mut view = self.devices.view.take().unwrap_or_default();
         let mut actions = vec![];
         match cpus {
             None => view.cpu = None,
@@ -48,13 +48,13 @@ impl Agent {
             Some(read) => actions.extend(self.disk_decision(read, &cfg, &mut view, at)),
         }
         // In place before acting: each action shows itself in it.
-        self.devices_view = Some(view);
+        self.devices.view = Some(view);
         let acted = self.act(actions, at).await;
         if acted.iter().any(|(a, r)| matches!(a, Action::CpuSave { .. } | Action::CpuRestore { .. }) && r.is_ok()) {
             self.remember_cpu_changes(at);
         }
-        let changes = self.devices.cpu_changes().map(<[CpuChange]>::to_vec).unwrap_or_default();
-        if let Some(cpu) = self.devices_view.as_mut().and_then(|v| v.cpu.as_mut()).filter(|c| c.error.is_none()) {
+        let changes = self.devices.policy.cpu_changes().map(<[CpuChange]>::to_vec).unwrap_or_default();
+        if let Some(cpu) = self.devices.view.as_mut().and_then(|v| v.cpu.as_mut()).filter(|c| c.error.is_none()) {
             cpu.policy.saving = !changes.is_empty();
             cpu.policy.changes = changes;
         }
@@ -77,7 +77,7 @@ impl Agent {
             }
         };
         cpu.error = None;
-        let d = self.devices.decide_cpu(vms_use, &cpus, cfg, at);
+        let d = self.devices.policy.decide_cpu(vms_use, &cpus, cfg, at);
         if !d.host.taken_over.is_empty() {
             let list: Vec<String> = d.host.taken_over.iter().map(|c| format!("cpu{c}")).collect();
             let text = format!("{} changed by someone else since ebb set it: left as it is, not given back", list.join(", "));
@@ -106,7 +106,7 @@ impl Agent {
             }
         };
         dv.error = None;
-        let d = self.devices.decide_disks(&disks, &guards, &unknown, cfg, at);
+        let d = self.devices.policy.decide_disks(&disks, &guards, &unknown, cfg, at);
         dv.disks = d.views;
         d.actions
     }
@@ -174,11 +174,11 @@ impl Agent {
         };
         // A restore that keeps failing is journaled once per error, not every tick.
         let journaled = (outcome != Outcome::Ok).then(|| outcome.to_string());
-        if journaled.is_none() || self.last_restore_error != journaled {
+        if journaled.is_none() || self.devices.last_restore_error != journaled {
             info!("cpufreq: {text}");
             self.journal_entry(Entry { rule: Some(Rule::Power), outcome: Some(outcome), ..Entry::event(at, Kind::Cpufreq, text.clone()) });
         }
-        self.last_restore_error = journaled;
+        self.devices.last_restore_error = journaled;
         self.show_cpu_writes(&written, &text, at);
         let mut parts = vec![(Action::CpuRestore { settings: written, reason: reason.clone() }, Ok(()))];
         if let Some(e) = error {
@@ -190,7 +190,7 @@ impl Agent {
 
     /// The CPUs as they are after ebb's writes, and the change in words.
     fn show_cpu_writes(&mut self, written: &[CpuSetting], text: &str, at: Millis) {
-        let Some(view) = self.devices_view.as_mut() else { return };
+        let Some(view) = self.devices.view.as_mut() else { return };
         view.cpufreq_changes_total += u64::from(!written.is_empty());
         let Some(cpu) = view.cpu.as_mut() else { return };
         for s in written {
@@ -204,13 +204,13 @@ impl Agent {
 
     /// At stop: the CPUs get back what ebb found.
     pub(super) async fn give_back_cpus(&mut self, at: Millis) {
-        let Some(restore) = self.devices.give_back() else { return };
+        let Some(restore) = self.devices.policy.give_back() else { return };
         self.act(vec![restore], at).await;
         self.remember_cpu_changes(at);
     }
 
     pub(super) fn remember_cpu_changes(&self, at: Millis) {
-        let changes = self.devices.cpu_changes().unwrap_or_default().to_vec();
+        let changes = self.devices.policy.cpu_changes().unwrap_or_default().to_vec();
         self.journal.write(move |j| j.save_cpu_changes(&changes, at));
     }
 
@@ -220,7 +220,7 @@ impl Agent {
         let Some(r) = self.with_platform(move |p| p.disk_standby(&name)).await else { return vec![] };
         let (text, outcome, done) = match r {
             Ok(said) => {
-                if let Some(view) = self.devices_view.as_mut() {
+                if let Some(view) = self.devices.view.as_mut() {
                     view.disk_standbys_total += 1;
                     if let Some(dv) = view.disks.as_mut() {
                         if let Some(v) = dv.disks.iter_mut().find(|v| v.name == disk) {

@@ -84,32 +84,71 @@ struct KnownState {
     managed_save: bool,
 }
 
+/// The agent's state, grouped by what it serves; one task owns all of it.
 pub struct Agent {
     cfg: Config,
-    connect: Arc<Connector>,
-    hv: Option<Box<dyn Hypervisor>>,
-    connection: Connection,
-    policy: MemoryPolicy,
+    /// Where the time of day is read (the wall clock, or tokio's in tests).
+    clock: Clock,
+    link: Link,
     /// The journal's writer: the agent never waits on the disk.
     journal: JournalHandle,
-    metadata: HashMap<VmId, CachedMetadata>,
-    /// What was last said about each VM, so the journal records changes, not repeats.
-    known_vms: BTreeSet<VmId>,
+    /// What was last journaled about each VM, to journal only changes.
     said: persist::SaidAbout,
-    /// VMs whose balloon was still moving at the last tick.
-    in_flight: Vec<VmId>,
-    /// Each of ebb's VMs as the agent knows it now.
-    known_states: HashMap<VmId, KnownState>,
+    memory: MemoryPolicy,
     sleep_policy: SleepPolicy,
-    /// The VMs ebb holds asleep (also in the journal, for restarts).
-    sleeping: BTreeMap<VmId, SleepRecord>,
+    vms: KnownVms,
+    realloc: Realloc,
+    /// The host's side of power and devices (UPS, sysfs, power-off).
+    platform: Option<Box<dyn Platform>>,
+    power: Power,
+    devices: Devices,
+    /// Stands in for the VMs' declared services (`[[vm.NAME.service]]`).
+    surrogate: Surrogate,
+    surrogate_events: mpsc::Receiver<SurrogateEvent>,
+    /// When a VM's last refusal was journaled: a flood is one entry a second.
+    refusal_journaled: HashMap<VmId, Millis>,
+    commands: mpsc::Receiver<Command>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    counters: Counters,
+}
+
+/// The hypervisor connection, and how to make it again.
+struct Link {
+    connect: Arc<Connector>,
+    hv: Option<Box<dyn Hypervisor>>,
+    state: Connection,
+}
+
+/// What the agent knows about the VMs, from observation and its own acts.
+struct KnownVms {
+    /// The VMs seen at the last tick (to journal those that come and go).
+    seen: BTreeSet<VmId>,
+    /// Each of ebb's VMs as the agent knows it now.
+    states: HashMap<VmId, KnownState>,
+    metadata: HashMap<VmId, CachedMetadata>,
     /// Each observed VM's settings as resolved at the last tick (config
     /// over metadata over defaults): the one place the agent reads them.
     settings: BTreeMap<VmId, Resolved>,
-    realloc: ReallocPolicy,
-    realloc_cfg: ReallocConfig,
+    /// The VMs ebb holds asleep (also in the journal, for restarts).
+    sleeping: BTreeMap<VmId, SleepRecord>,
+    /// `ebb critical` flags (journaled); they override the config's.
+    critical: BTreeMap<VmId, bool>,
+    /// `ebb value` settings (journaled); they override the config's.
+    values: BTreeMap<VmId, u32>,
     /// Each running VM's live CPU tune and when it was read.
     live_tunes: HashMap<VmId, (Tune, Millis)>,
+    /// Every running domain's disk sources (all domains, not only ebb's:
+    /// no disk goes to standby under any VM), and when they were read.
+    disks: HashMap<VmId, (Result<Vec<PathBuf>, String>, Millis)>,
+    /// VMs whose balloon was still moving at the last tick.
+    in_flight: Vec<VmId>,
+}
+
+/// Activity-based reallocation: CPU tunes, affinity, online vCPUs, and the
+/// needs history they learn from.
+struct Realloc {
+    policy: ReallocPolicy,
+    cfg: ReallocConfig,
     affinity: AffinityPolicy,
     /// Each VM with a `cpus` bound: what the affinity policy made of it this tick.
     affinity_views: HashMap<VmId, AffinityView>,
@@ -117,57 +156,53 @@ pub struct Agent {
     /// Each VM with `vcpus_min`: what the policy made of it this tick, or
     /// why its guest's vCPUs could not be read.
     vcpu_views: HashMap<VmId, Result<VcpuView, String>>,
-    /// `ebb critical` flags (journaled); they override the config's.
-    critical: BTreeMap<VmId, bool>,
-    /// `ebb value` settings (journaled); they override the config's.
-    values: BTreeMap<VmId, u32>,
     /// Each VM's needs history, and which changed since the last flush.
     needs: HashMap<VmId, VmNeeds>,
     needs_dirty: BTreeSet<VmId>,
     needs_flushed_at: Millis,
-    /// The host's side of power (UPS, sysfs, power-off).
-    platform: Option<Box<dyn Platform>>,
+}
+
+/// Host power: the source, low battery and the power-drop plan.
+struct Power {
     low_battery: LowBattery,
-    power: Option<PowerReading>,
-    power_state: Option<PowerState>,
-    power_error: Option<String>,
+    reading: Option<PowerReading>,
+    state: Option<PowerState>,
+    /// Why the power source could not be read, while it cannot.
+    error: Option<String>,
     /// VMs ebb saved on low battery (journaled), restored when mains is back.
-    power_saved: BTreeSet<VmId>,
+    saved: BTreeSet<VmId>,
     /// Set once the host was powered down (or the power-off recorded) in this low-battery event.
-    last_power_off: Option<String>,
+    last_off: Option<String>,
     /// Where the low-battery sequence is (saves, shutdowns, the power-off).
-    low_battery_sequence: ebb_core::battery::LowBatterySequence,
+    sequence: ebb_core::battery::LowBatterySequence,
     /// The power-drop plan as it stands this tick (with a budget).
     plan: Option<PlanView>,
     /// The host's draw by the power model at the VMs' CPU use this tick…
     model_draw: Option<Watts>,
     /// …and as RAPL measures it, or why it could not.
     measured: Result<Option<Measured>, String>,
-    /// Device power: CPU frequency and disk standby (the seed's Figure 2).
-    devices: DevicePolicy,
-    device_cfg: DeviceConfig,
-    devices_view: Option<DevicesView>,
+}
+
+/// Device power: CPU frequency and disk standby (the seed's Figure 2).
+struct Devices {
+    policy: DevicePolicy,
+    cfg: DeviceConfig,
+    view: Option<DevicesView>,
     /// The last failed restore of the CPUs, journaled once.
     last_restore_error: Option<String>,
-    /// Every running domain's disk sources (all domains, not only ebb's:
-    /// no disk goes to standby under any VM), and when they were read.
-    vm_disks: HashMap<VmId, (Result<Vec<PathBuf>, String>, Millis)>,
-    commands: mpsc::Receiver<Command>,
-    /// Stands in for the VMs' declared services (`[[vm.NAME.service]]`).
-    surrogate: Surrogate,
-    surrogate_events: mpsc::Receiver<SurrogateEvent>,
-    /// When a VM's last refusal was journaled: a flood is one entry a second.
-    refusal_journaled: HashMap<VmId, Millis>,
+}
+
+/// What `ebb status` and /metrics count.
+#[derive(Default)]
+struct Counters {
     started_at: Millis,
     ticks: u64,
-    actions_total: u64,
-    action_failures_total: u64,
-    sleeps_total: u64,
-    wakes_total: u64,
+    actions: u64,
+    action_failures: u64,
+    sleeps: u64,
+    wakes: u64,
+    /// Wall time of the last wake (restore or resume call).
     last_wake_ms: Option<f64>,
-    snapshot: watch::Sender<Arc<Snapshot>>,
-    /// Where the time of day is read (the wall clock, or tokio's in tests).
-    clock: Clock,
 }
 
 /// A new agent, the snapshots it publishes and where its commands go.
@@ -204,8 +239,8 @@ impl Agent {
     pub async fn tick(&mut self) -> bool {
         let started = Instant::now();
         let at = self.clock.now();
-        self.ticks += 1;
-        if self.hv.is_none() && !self.try_connect(at).await {
+        self.counters.ticks += 1;
+        if self.link.hv.is_none() && !self.try_connect(at).await {
             self.publish(None, None, started, at);
             return false;
         }
@@ -218,13 +253,13 @@ impl Agent {
         let actions = self.compose(&d);
         self.act(actions, at).await;
         self.remember_changes(&obs, &d, at);
-        self.plan = self.cfg.power.budget.map(|b| self.power_plan(&obs, d.realloc.as_ref(), Watts(b)));
-        self.model_draw = d.realloc.as_ref().map(|r| self.model_draw(&obs, r));
+        self.power.plan = self.cfg.power.budget.map(|b| self.power_plan(&obs, d.realloc.as_ref(), Watts(b)));
+        self.power.model_draw = d.realloc.as_ref().map(|r| self.model_draw(&obs, r));
         self.power_tick(&obs, at).await;
         self.devices_tick(&obs, at).await;
         self.publish(Some(&obs), Some((&d.memory, &d.idle, d.realloc.as_ref())), started, at);
-        self.in_flight = d.memory.views.iter().filter(|v| v.skipped.is_none() && v.target.is_some() && v.target != v.actual).map(|v| v.vm.clone()).collect();
-        self.cfg.memory.enabled && !self.in_flight.is_empty()
+        self.vms.in_flight = d.memory.views.iter().filter(|v| v.skipped.is_none() && v.target.is_some() && v.target != v.actual).map(|v| v.vm.clone()).collect();
+        self.cfg.memory.enabled && !self.vms.in_flight.is_empty()
     }
 
 }

@@ -40,11 +40,11 @@ impl Agent {
         let needs_metadata = self.metadata_due(at);
         let needs_tune = self.tune_due(at);
         // As resolved at the last tick (a VM's first tick reads none).
-        let bounded: BTreeSet<VmId> = self.settings.keys().filter(|id| self.cpus_bound(id).is_some()).cloned().collect();
-        let with_vcpus_min: BTreeSet<VmId> = self.settings.keys().filter(|id| self.vcpus_min(id).is_some()).cloned().collect();
+        let bounded: BTreeSet<VmId> = self.vms.settings.keys().filter(|id| self.cpus_bound(id).is_some()).cloned().collect();
+        let with_vcpus_min: BTreeSet<VmId> = self.vms.settings.keys().filter(|id| self.vcpus_min(id).is_some()).cloned().collect();
         let needs_sources = self.disk_sources_due(at);
         let filter = self.cfg.agent.clone();
-        let in_flight = self.in_flight.clone();
+        let in_flight = self.vms.in_flight.clone();
         let result = self
             .with_hv(move |hv| {
                 let mut obs = hv.observe()?;
@@ -116,29 +116,29 @@ impl Agent {
     pub(super) fn take_in(&mut self, observed: Observed, at: Millis) -> (Observation, CpuReadings) {
         let Observed { mut obs, metadata, tunes, sources, cpus } = observed;
         obs.at = at;
-        self.known_states = obs.vms.iter().map(|v| (v.id.clone(), KnownState { state: v.state, managed_save: v.managed_save })).collect();
+        self.vms.states = obs.vms.iter().map(|v| (v.id.clone(), KnownState { state: v.state, managed_save: v.managed_save })).collect();
         for (vm, m) in metadata {
             let settings = match m {
                 Ok(Some(xml)) => settings::parse_metadata(&xml).map(Some).map_err(|e| e.to_string()),
                 Ok(None) => Ok(None),
                 Err(e) => Err(e.to_string()),
             };
-            self.metadata.insert(vm, CachedMetadata { fetched_at: at, settings });
+            self.vms.metadata.insert(vm, CachedMetadata { fetched_at: at, settings });
         }
         for (vm, t) in tunes {
             match t {
                 Ok(t) => {
-                    self.live_tunes.insert(vm, (t, at));
+                    self.vms.live_tunes.insert(vm, (t, at));
                 }
                 Err(e) => {
                     debug!(vm = %vm, "no CPU tune: {e}");
-                    self.live_tunes.remove(&vm);
+                    self.vms.live_tunes.remove(&vm);
                 }
             }
         }
-        self.live_tunes.retain(|id, _| obs.vms.iter().any(|v| &v.id == id && v.state == VmState::Running));
+        self.vms.live_tunes.retain(|id, _| obs.vms.iter().any(|v| &v.id == id && v.state == VmState::Running));
         for vm in &mut obs.vms {
-            vm.tune = self.live_tunes.get(&vm.id).map(|(t, _)| *t);
+            vm.tune = self.vms.live_tunes.get(&vm.id).map(|(t, _)| *t);
         }
         self.note_disk_sources(sources, at);
         self.note_vm_changes(&obs, at);
@@ -149,7 +149,7 @@ impl Agent {
     /// A predicate over VM ids telling which need their metadata (re)read.
     pub(super) fn metadata_due(&self, at: Millis) -> impl Fn(&VmId) -> bool + Send + 'static {
         let fresh: BTreeSet<VmId> = self
-            .metadata
+            .vms.metadata
             .iter()
             .filter(|(_, m)| at.since(m.fetched_at) < METADATA_REFRESH.as_millis() as u64)
             .map(|(id, _)| id.clone())
@@ -159,24 +159,24 @@ impl Agent {
 
     pub(super) fn note_vm_changes(&mut self, obs: &Observation, at: Millis) {
         let seen: BTreeSet<VmId> = obs.vms.iter().map(|v| v.id.clone()).collect();
-        for vm in seen.difference(&self.known_vms).cloned().collect::<Vec<_>>() {
+        for vm in seen.difference(&self.vms.seen).cloned().collect::<Vec<_>>() {
             self.journal_vm(&vm, at, Kind::VmAppeared, None, &format!("{vm} appeared"), None, None);
         }
-        for vm in self.known_vms.difference(&seen).cloned().collect::<Vec<_>>() {
+        for vm in self.vms.seen.difference(&seen).cloned().collect::<Vec<_>>() {
             self.journal_vm(&vm, at, Kind::VmGone, None, &format!("{vm} is no longer defined"), None, None);
-            self.metadata.remove(&vm);
+            self.vms.metadata.remove(&vm);
             self.said.skip.forget(&vm);
             self.said.problems.forget(&vm);
         }
-        self.known_vms = seen;
+        self.vms.seen = seen;
     }
 
     /// Resolves each observed VM's settings (config over metadata over
-    /// defaults) into `self.settings`, journaling new problems once.
+    /// defaults) into `self.vms.settings`, journaling new problems once.
     pub(super) fn resolve_settings(&mut self, obs: &Observation) {
         let mut out = BTreeMap::new();
         for vm in &obs.vms {
-            let (meta, mut problems) = match self.metadata.get(&vm.id).map(|m| &m.settings) {
+            let (meta, mut problems) = match self.vms.metadata.get(&vm.id).map(|m| &m.settings) {
                 Some(Ok(m)) => (m.clone(), vec![]),
                 Some(Err(e)) => (None, vec![format!("ignoring its ebb metadata: {e}")]),
                 None => (None, vec![]),
@@ -192,7 +192,7 @@ impl Agent {
             }
             out.insert(vm.id.clone(), r);
         }
-        self.settings = out;
+        self.vms.settings = out;
     }
 
     /// Each observed VM's reallocation bounds (`[vm.NAME.realloc]` or
@@ -201,9 +201,9 @@ impl Agent {
         obs.vms
             .iter()
             .map(|vm| {
-                let mut s = self.settings.get(&vm.id).and_then(|r| r.realloc.as_ref()).map(|r| r.settings()).unwrap_or_default();
-                s.expected = self.needs.get(&vm.id).and_then(|n| n.expected(obs.at, &self.realloc_cfg));
-                if let Some(on) = self.critical.get(&vm.id) {
+                let mut s = self.vms.settings.get(&vm.id).and_then(|r| r.realloc.as_ref()).map(|r| r.settings()).unwrap_or_default();
+                s.expected = self.realloc.needs.get(&vm.id).and_then(|n| n.expected(obs.at, &self.realloc.cfg));
+                if let Some(on) = self.vms.critical.get(&vm.id) {
                     s.critical = *on;
                 }
                 s
@@ -214,7 +214,7 @@ impl Agent {
     /// A predicate over VM ids telling whose CPU tune needs (re)reading.
     pub(super) fn tune_due(&self, at: Millis) -> impl Fn(&VmId) -> bool + Send + 'static {
         let fresh: BTreeSet<VmId> = self
-            .live_tunes
+            .vms.live_tunes
             .iter()
             .filter(|(_, (_, read))| at.since(*read) < TUNE_REFRESH.as_millis() as u64)
             .map(|(id, _)| id.clone())
@@ -225,9 +225,9 @@ impl Agent {
     /// Which running domains' disk sources to read this tick: only with
     /// disk standby on, for a domain not read yet or read a while ago.
     pub(super) fn disk_sources_due(&self, at: Millis) -> impl Fn(&VmId) -> bool + Send + 'static {
-        let on = self.device_cfg.disk_idle_after.is_some();
+        let on = self.devices.cfg.disk_idle_after.is_some();
         let fresh: BTreeSet<VmId> = self
-            .vm_disks
+            .vms.disks
             .iter()
             .filter(|(_, (_, read))| at.since(*read) < DISK_SOURCES_REFRESH.as_millis() as u64)
             .map(|(id, _)| id.clone())
@@ -238,14 +238,14 @@ impl Agent {
     /// Keeps the disk sources read this tick; a domain that no longer runs
     /// holds no disk.
     pub(super) fn note_disk_sources(&mut self, sources: Vec<DiskSources>, at: Millis) {
-        self.vm_disks.retain(|id, _| sources.iter().any(|(s, _)| s == id));
+        self.vms.disks.retain(|id, _| sources.iter().any(|(s, _)| s == id));
         for (vm, read) in sources {
             match read {
                 Some(Err(HvError::NoSuchVm(_))) => {
-                    self.vm_disks.remove(&vm);
+                    self.vms.disks.remove(&vm);
                 }
                 Some(r) => {
-                    self.vm_disks.insert(vm, (r.map_err(|e| e.to_string()), at));
+                    self.vms.disks.insert(vm, (r.map_err(|e| e.to_string()), at));
                 }
                 None => {}
             }
@@ -256,7 +256,7 @@ impl Agent {
     /// (`virsh start`, `virsh resume`): it is awake, and ebb says so.
     pub(super) fn note_power_changes(&mut self, obs: &Observation, at: Millis) {
         let woke: Vec<VmId> = self
-            .sleeping
+            .vms.sleeping
             .iter()
             .filter(|(id, rec)| {
                 let seen = obs.vms.iter().find(|v| &v.id == *id);
@@ -283,28 +283,28 @@ impl Agent {
 
     /// No longer held asleep (the sleep policy hears of a wake through its outcome).
     pub(super) fn forget_sleep(&mut self, vm: &VmId) {
-        self.sleeping.remove(vm);
+        self.vms.sleeping.remove(vm);
         let id = vm.clone();
         self.journal.write(move |j| j.clear_sleeping(&id));
     }
 
     /// The fewest vCPUs ebb may leave online in a VM's guest (`vcpus_min`).
     pub(super) fn vcpus_min(&self, vm: &VmId) -> Option<u32> {
-        self.settings.get(vm)?.realloc.as_ref()?.vcpus_min
+        self.vms.settings.get(vm)?.realloc.as_ref()?.vcpus_min
     }
 
     /// The CPUs ebb may pin a VM to (`cpus`).
     pub(super) fn cpus_bound(&self, vm: &VmId) -> Option<CpuSet> {
-        self.settings.get(vm)?.realloc.as_ref()?.cpus.clone()
+        self.vms.settings.get(vm)?.realloc.as_ref()?.cpus.clone()
     }
 
     /// A VM's value when power drops: `ebb value`'s, else its settings'.
     pub(super) fn value_of(&self, vm: &VmId) -> Option<u32> {
-        self.values.get(vm).copied().or_else(|| self.settings.get(vm)?.value)
+        self.vms.values.get(vm).copied().or_else(|| self.vms.settings.get(vm)?.value)
     }
 
     /// Whether a VM's guest handles power events itself (else it is saved first on low battery).
     pub(super) fn handles_power_events(&self, vm: &VmId) -> bool {
-        self.settings.get(vm).is_none_or(|r| r.handles_power_events)
+        self.vms.settings.get(vm).is_none_or(|r| r.handles_power_events)
     }
 }

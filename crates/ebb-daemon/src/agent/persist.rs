@@ -38,27 +38,27 @@ impl Agent {
     pub(super) fn record_needs(&mut self, obs: &Observation, d: &ReallocDecision, at: Millis) {
         for (v, view) in obs.vms.iter().zip(&d.views) {
             let (Some(r), Some(a)) = (view.rates, v.activity) else { continue };
-            self.needs.entry(v.id.clone()).or_default().record(at, &r, a.vcpus);
-            self.needs_dirty.insert(v.id.clone());
+            self.realloc.needs.entry(v.id.clone()).or_default().record(at, &r, a.vcpus);
+            self.realloc.needs_dirty.insert(v.id.clone());
         }
-        if at.since(self.needs_flushed_at) >= NEEDS_FLUSH.as_millis() as u64 {
+        if at.since(self.realloc.needs_flushed_at) >= NEEDS_FLUSH.as_millis() as u64 {
             self.flush_needs(at);
         }
     }
 
     pub(super) fn flush_needs(&mut self, at: Millis) {
-        for vm in std::mem::take(&mut self.needs_dirty) {
-            if let Some(n) = self.needs.get(&vm).cloned() {
+        for vm in std::mem::take(&mut self.realloc.needs_dirty) {
+            if let Some(n) = self.realloc.needs.get(&vm).cloned() {
                 self.journal.write(move |j| j.save_needs(&vm, &n, at));
             }
         }
-        self.needs_flushed_at = at;
+        self.realloc.needs_flushed_at = at;
     }
 
     /// Journals each VM's tunes (as found, as ebb set them) when they change,
     /// so a restarted agent knows its own changes.
     pub(super) fn remember_tunes(&mut self, obs: &Observation, at: Millis) {
-        for (vm, t) in obs.vms.iter().filter_map(|v| Some((v.id.clone(), self.realloc.tunes(&v.id)?))) {
+        for (vm, t) in obs.vms.iter().filter_map(|v| Some((v.id.clone(), self.realloc.policy.tunes(&v.id)?))) {
             if self.said.tunes.changed(&vm, &t) {
                 self.journal.write(move |j| j.save_tunes(&vm, &t, at));
             }
@@ -67,7 +67,7 @@ impl Agent {
 
     /// Writes the pinnings the affinity policy holds when they change.
     pub(super) fn remember_pins(&mut self, at: Millis) {
-        for (vm, p) in self.affinity_views.keys().filter_map(|vm| Some((vm.clone(), self.affinity.pins(vm)?.clone()))) {
+        for (vm, p) in self.realloc.affinity_views.keys().filter_map(|vm| Some((vm.clone(), self.realloc.affinity.pins(vm)?.clone()))) {
             if self.said.pins.changed(&vm, &p) {
                 self.journal.write(move |j| j.save_pins(&vm, &p, at));
             }
@@ -76,7 +76,7 @@ impl Agent {
 
     /// Writes the online vCPU counts the policy holds when they change.
     pub(super) fn remember_vcpus(&mut self, at: Millis) {
-        for (vm, v) in self.vcpu_views.keys().filter_map(|vm| Some((vm.clone(), self.vcpus.state(vm)?))) {
+        for (vm, v) in self.realloc.vcpu_views.keys().filter_map(|vm| Some((vm.clone(), self.realloc.vcpus.state(vm)?))) {
             if self.said.vcpus.changed(&vm, &v) {
                 self.journal.write(move |j| j.save_online_vcpus(&vm, &v, at));
             }

@@ -17,30 +17,30 @@ impl Agent {
     pub(super) async fn power_tick(&mut self, obs: &Observation, at: Millis) {
         let Some((reading, measured)) = self.with_platform(|p| (p.power(), p.measured())).await else { return };
         let measured = measured.map_err(|e| e.to_string());
-        if let (Err(e), false) = (&measured, self.measured.is_err()) {
+        if let (Err(e), false) = (&measured, self.power.measured.is_err()) {
             warn!("measuring the host's draw: {e}");
             self.journal_event(None, Kind::PowerMeasureFailed, e);
         }
-        self.measured = measured;
+        self.power.measured = measured;
         match reading {
             Ok(r) => {
-                if self.power_error.take().is_some() {
+                if self.power.error.take().is_some() {
                     self.journal_event(None, Kind::PowerSource, "the power source answers again");
                 }
-                self.power = r;
+                self.power.reading = r;
             }
             Err(e) => {
                 let text = e.to_string();
-                if self.power_error.as_deref() != Some(&text) {
+                if self.power.error.as_deref() != Some(&text) {
                     warn!("power source: {text}");
                     self.journal_event(None, Kind::PowerSourceFailed, &text);
                 }
                 // The last reading stands: an unreachable upsd is not a power cut.
-                self.power_error = Some(text);
+                self.power.error = Some(text);
             }
         }
-        let state = self.power.as_ref().map(|r| r.state(&self.low_battery));
-        if state != self.power_state {
+        let state = self.power.reading.as_ref().map(|r| r.state(&self.power.low_battery));
+        if state != self.power.state {
             let text = match &state {
                 Some(PowerState::OnMains) => "on mains power".to_string(),
                 Some(PowerState::OnBattery) => "on battery".to_string(),
@@ -49,12 +49,12 @@ impl Agent {
             };
             info!("power: {text}");
             self.journal_event(None, Kind::Power, &text);
-            self.power_state = state.clone();
+            self.power.state = state.clone();
         }
         match state {
             Some(PowerState::Low(why)) => self.power_low(obs, &why, at).await,
             Some(PowerState::OnMains) => {
-                self.low_battery_sequence.mains_back();
+                self.power.sequence.mains_back();
                 self.power_back(at).await;
             }
             Some(PowerState::OnBattery) => self.power_drop(at).await,
@@ -79,7 +79,7 @@ impl Agent {
         let model = self.cfg.power.model();
         let views: HashMap<&VmId, &VmReallocView> = realloc.map(|d| d.views.iter().map(|v| (&v.vm, v)).collect()).unwrap_or_default();
         let running: Vec<&VmObservation> =
-            obs.vms.iter().filter(|v| v.state == VmState::Running && !self.sleeping.contains_key(&v.id)).collect();
+            obs.vms.iter().filter(|v| v.state == VmState::Running && !self.vms.sleeping.contains_key(&v.id)).collect();
         // What each asks for (run + wait), not what it gets now: saving one
         // lets the others run more, and a plan on use alone would cascade.
         let cpu: Vec<f64> = running
@@ -118,7 +118,7 @@ impl Agent {
     /// ones first, then the least valuable. Nothing is restored before
     /// mains power is back.
     pub(super) async fn power_drop(&mut self, at: Millis) {
-        let Some(plan) = &self.plan else { return };
+        let Some(plan) = &self.power.plan else { return };
         let saves = battery::power_drop_saves(&plan.plan);
         if !saves.is_empty() {
             self.save_for_power(saves, at).await;
@@ -132,7 +132,7 @@ impl Agent {
             let (Some(vm), Ok(())) = (action.vm().cloned(), result) else { continue };
             let id = vm.clone();
             self.journal.write(move |j| j.set_power_saved(&id, true, at));
-            self.power_saved.insert(vm);
+            self.power.saved.insert(vm);
         }
     }
 
@@ -143,16 +143,16 @@ impl Agent {
         let running: Vec<RunningVm> = obs
             .vms
             .iter()
-            .filter(|v| matches!(v.state, VmState::Running | VmState::Paused) && !self.sleeping.contains_key(&v.id))
+            .filter(|v| matches!(v.state, VmState::Running | VmState::Paused) && !self.vms.sleeping.contains_key(&v.id))
             .map(|v| RunningVm {
                 id: v.id.clone(),
                 handles_power_events: self.handles_power_events(&v.id),
             })
             .collect();
-        let saves = self.low_battery_sequence.saves(running.clone(), why);
+        let saves = self.power.sequence.saves(running.clone(), why);
         // The saves' outcomes reach the sequence through `report`.
         self.save_for_power(saves, at).await;
-        let after = self.low_battery_sequence.after_saves(&running, why, at, self.cfg.power.shutdown_timeout);
+        let after = self.power.sequence.after_saves(&running, why, at, self.cfg.power.shutdown_timeout);
         // Asked once; a refused request is not repeated every tick either.
         self.act(after.shutdowns, at).await;
         for vm in &after.overdue {
@@ -173,18 +173,18 @@ impl Agent {
         };
         warn!("power off: {text}");
         self.journal_entry(Entry { rule: Some(Rule::Power), outcome: Some(outcome), ..Entry::event(at, Kind::PowerOff, text.clone()) });
-        self.last_power_off = Some(text);
+        self.power.last_off = Some(text);
     }
 
     /// Mains power is back: restores the VMs saved for power, as
     /// `ebb_core::battery::restores` orders them.
     pub(super) async fn power_back(&mut self, at: Millis) {
         // Woken by hand or gone meanwhile: nothing left to restore.
-        let stale: Vec<VmId> = self.power_saved.iter().filter(|vm| !self.sleeping.contains_key(*vm)).cloned().collect();
+        let stale: Vec<VmId> = self.power.saved.iter().filter(|vm| !self.vms.sleeping.contains_key(*vm)).cloned().collect();
         for vm in stale {
             self.forget_power_saved(&vm, at);
         }
-        let saved: Vec<(VmId, u32)> = self.power_saved.iter().map(|vm| (vm.clone(), self.value_of(vm).unwrap_or(1))).collect();
+        let saved: Vec<(VmId, u32)> = self.power.saved.iter().map(|vm| (vm.clone(), self.value_of(vm).unwrap_or(1))).collect();
         for (action, result) in self.act(battery::restores(&saved), at).await {
             if let (Some(vm), Ok(())) = (action.vm(), result) {
                 self.forget_power_saved(vm, at);
@@ -193,12 +193,12 @@ impl Agent {
     }
 
     pub(super) fn forget_power_saved(&mut self, vm: &VmId, at: Millis) {
-        self.power_saved.remove(vm);
+        self.power.saved.remove(vm);
         let id = vm.clone();
         self.journal.write(move |j| j.set_power_saved(&id, false, at));
     }
 
     pub(super) fn power_is_low(&self) -> bool {
-        matches!(self.power_state, Some(PowerState::Low(_)))
+        matches!(self.power.state, Some(PowerState::Low(_)))
     }
 }

@@ -28,12 +28,12 @@ impl Agent {
                 let realloc_views: HashMap<&VmId, &VmReallocView> =
                     realloc.map(|d| d.views.iter().map(|v| (&v.vm, v)).collect()).unwrap_or_default();
                 let idle_views: HashMap<&VmId, &VmIdleView> = idle.views.iter().map(|v| (&v.vm, v)).collect();
-                let with_sleep = |id: &VmId| self.settings.get(id).is_some_and(|r| r.sleep.is_some());
+                let with_sleep = |id: &VmId| self.vms.settings.get(id).is_some_and(|r| r.sleep.is_some());
                 let vms = obs
                     .vms
                     .iter()
                     .filter_map(|vm| {
-                        let r = self.settings.get(&vm.id)?;
+                        let r = self.vms.settings.get(&vm.id)?;
                         Some(VmInfo {
                             name: vm.id.to_string(),
                             state: vm.state,
@@ -41,22 +41,22 @@ impl Agent {
                             settings: r.settings.clone(),
                             sources: r.sources,
                             settings_problems: r.problems.clone(),
-                            sleeping: self.sleeping.get(&vm.id).cloned(),
+                            sleeping: self.vms.sleeping.get(&vm.id).cloned(),
                             surrogate: self.surrogate_view(&vm.id),
                             idle: idle_views.get(&vm.id).filter(|_| with_sleep(&vm.id)).map(|v| (*v).clone()),
                             // `current` as it is after this tick's changes.
                             realloc: realloc_views.get(&vm.id).map(|v| VmReallocView {
-                                current: self.live_tunes.get(&vm.id).map(|(t, _)| *t),
+                                current: self.vms.live_tunes.get(&vm.id).map(|(t, _)| *t),
                                 ..(*v).clone()
                             }),
-                            vcpus: self.vcpu_views.get(&vm.id).map(|r| match r {
+                            vcpus: self.realloc.vcpu_views.get(&vm.id).map(|r| match r {
                                 // `online` as it is after this tick's change.
-                                Ok(v) => Ok(VcpuView { online: self.vcpus.state(&vm.id).map_or(v.online, |s| s.applied.unwrap_or(s.base)), ..v.clone() }),
+                                Ok(v) => Ok(VcpuView { online: self.realloc.vcpus.state(&vm.id).map_or(v.online, |s| s.applied.unwrap_or(s.base)), ..v.clone() }),
                                 Err(e) => Err(e.clone()),
                             }),
                             // `current` as it is after this tick's moves.
-                            affinity: self.affinity_views.get(&vm.id).map(|a| AffinityView {
-                                current: self.affinity.pins(&vm.id).map_or_else(|| a.current.clone(), |p| p.applied.clone().unwrap_or_else(|| p.base.clone())),
+                            affinity: self.realloc.affinity_views.get(&vm.id).map(|a| AffinityView {
+                                current: self.realloc.affinity.pins(&vm.id).map_or_else(|| a.current.clone(), |p| p.applied.clone().unwrap_or_else(|| p.base.clone())),
                                 ..a.clone()
                             }),
                         })
@@ -78,10 +78,10 @@ impl Agent {
         snap.status = Status { last_tick_ms: snap.status.last_tick_ms, ..self.status(None, None, 0.0) };
         for vm in &mut snap.vms {
             let id = VmId::new(&vm.name);
-            if let Some(k) = self.known_states.get(&id) {
+            if let Some(k) = self.vms.states.get(&id) {
                 vm.state = k.state;
             }
-            vm.sleeping = self.sleeping.get(&id).cloned();
+            vm.sleeping = self.vms.sleeping.get(&id).cloned();
             vm.surrogate = self.surrogate_view(&id);
         }
         self.snapshot.send_replace(Arc::new(snap));
@@ -93,10 +93,10 @@ impl Agent {
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
             uri: self.cfg.agent.uri.clone(),
-            connection: self.connection.clone(),
-            started_at: self.started_at,
+            connection: self.link.state.clone(),
+            started_at: self.counters.started_at,
             tick_ms: self.cfg.agent.tick.as_millis() as u64,
-            ticks: self.ticks,
+            ticks: self.counters.ticks,
             last_tick_at: prev.last_tick_at,
             last_tick_ms: tick_ms,
             memory_enabled: self.cfg.memory.enabled,
@@ -106,24 +106,24 @@ impl Agent {
             host_available: obs.map(|o| o.host.available).unwrap_or(prev.host_available),
             vms: if decision.is_some() { vms.len() } else { prev.vms },
             vms_managed: if decision.is_some() { vms.iter().filter(|v| v.skipped.is_none()).count() } else { prev.vms_managed },
-            actions_total: self.actions_total,
-            action_failures_total: self.action_failures_total,
-            sleeps_total: self.sleeps_total,
-            wakes_total: self.wakes_total,
-            last_wake_ms: self.last_wake_ms,
+            actions_total: self.counters.actions,
+            action_failures_total: self.counters.action_failures,
+            sleeps_total: self.counters.sleeps,
+            wakes_total: self.counters.wakes,
+            last_wake_ms: self.counters.last_wake_ms,
             journal: self.journal.path().display().to_string(),
             journal_trouble: self.journal.trouble(),
-            power: (self.power.is_some() || self.power_error.is_some() || self.plan.is_some() || !matches!(self.measured, Ok(None)) || self.devices_view.is_some()).then(|| PowerStatus {
-                reading: self.power.clone(),
-                state: self.power_state.clone(),
-                error: self.power_error.clone(),
-                saved_for_power: self.power_saved.iter().map(|v| v.to_string()).collect(),
-                last_power_off: self.last_power_off.clone(),
-                plan: self.plan.clone(),
-                model_draw: self.model_draw,
-                measured: self.measured.clone().ok().flatten(),
-                measured_error: self.measured.clone().err(),
-                devices: self.devices_view.clone(),
+            power: (self.power.reading.is_some() || self.power.error.is_some() || self.power.plan.is_some() || !matches!(self.power.measured, Ok(None)) || self.devices.view.is_some()).then(|| PowerStatus {
+                reading: self.power.reading.clone(),
+                state: self.power.state.clone(),
+                error: self.power.error.clone(),
+                saved_for_power: self.power.saved.iter().map(|v| v.to_string()).collect(),
+                last_power_off: self.power.last_off.clone(),
+                plan: self.power.plan.clone(),
+                model_draw: self.power.model_draw,
+                measured: self.power.measured.clone().ok().flatten(),
+                measured_error: self.power.measured.clone().err(),
+                devices: self.devices.view.clone(),
             }),
         }
     }

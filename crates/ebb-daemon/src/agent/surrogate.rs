@@ -36,7 +36,7 @@ impl Agent {
                     self.set_power(&vm, VmPower::WakeFailed("the host is on low battery".into()));
                     return;
                 }
-                if !self.sleeping.contains_key(&vm) {
+                if !self.vms.sleeping.contains_key(&vm) {
                     // Not ebb's to wake (started by hand meanwhile): splice.
                     self.set_power(&vm, VmPower::Awake);
                     return;
