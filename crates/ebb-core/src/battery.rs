@@ -37,12 +37,11 @@ pub struct LowBatterySequence {
 /// What to do after this tick's saves.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AfterSaves {
-    /// Guests to ask to shut down (asked once each).
-    pub shutdowns: Vec<Action>,
+    /// Guests to ask to shut down (asked once each), or, once nothing runs
+    /// any more, the host's power-off (once per low-battery event).
+    pub actions: Vec<Action>,
     /// Guests asked to shut down that did not within the limit (reported once).
     pub overdue: Vec<VmId>,
-    /// Nothing runs any more: power the host down now.
-    pub power_off: bool,
 }
 
 impl LowBatterySequence {
@@ -68,7 +67,7 @@ impl LowBatterySequence {
             format!("low battery ({why}) and its save failed: its guest is asked to shut down before the host powers down"),
         );
         for vm in &failed {
-            after.shutdowns.push(Action::Shutdown { vm: vm.clone(), reason: reason.clone() });
+            after.actions.push(Action::Shutdown { vm: vm.clone(), reason: reason.clone() });
             self.shutting_down.insert(vm.clone(), (at, false));
         }
         let stopping: Vec<&VmId> = running.iter().map(|v| &v.id).filter(|vm| self.shutting_down.contains_key(*vm) && !failed.contains(vm)).collect();
@@ -82,7 +81,8 @@ impl LowBatterySequence {
         }
         if failed.is_empty() && stopping.is_empty() && !self.powered_off {
             self.powered_off = true;
-            after.power_off = true;
+            let reason = Reason::new(Rule::Power, format!("low battery ({why}): every VM is saved or stopped, the host powers down"));
+            after.actions.push(Action::PowerOff { reason });
         }
         after
     }

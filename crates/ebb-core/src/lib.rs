@@ -34,6 +34,7 @@ pub mod policy;
 pub mod power;
 pub mod rates;
 pub mod realloc;
+pub mod requests;
 pub mod sleep;
 pub mod units;
 pub mod vcpus;

@@ -430,6 +430,9 @@ pub enum Action {
     CpuRestore { settings: Vec<crate::devices::CpuSetting>, reason: Reason },
     /// Put a host disk in standby.
     DiskStandby { disk: String, reason: Reason },
+    /// Power the host down (the platform's power-off, or its record when
+    /// none is configured): only once every VM is saved or stopped.
+    PowerOff { reason: Reason },
 }
 
 impl Action {
@@ -443,7 +446,7 @@ impl Action {
             | Action::SetPins { vm, .. }
             | Action::SetGuestVcpus { vm, .. }
             | Action::Shutdown { vm, .. } => Some(vm),
-            Action::CpuSave { .. } | Action::CpuRestore { .. } | Action::DiskStandby { .. } => None,
+            Action::CpuSave { .. } | Action::CpuRestore { .. } | Action::DiskStandby { .. } | Action::PowerOff { .. } => None,
         }
     }
     pub fn reason(&self) -> &Reason {
@@ -457,7 +460,8 @@ impl Action {
             | Action::Shutdown { reason, .. }
             | Action::CpuSave { reason, .. }
             | Action::CpuRestore { reason, .. }
-            | Action::DiskStandby { reason, .. } => reason,
+            | Action::DiskStandby { reason, .. }
+            | Action::PowerOff { reason } => reason,
         }
     }
     pub fn kind(&self) -> &'static str {
@@ -472,6 +476,7 @@ impl Action {
             Action::CpuSave { .. } => "cpu_save",
             Action::CpuRestore { .. } => "cpu_restore",
             Action::DiskStandby { .. } => "disk_standby",
+            Action::PowerOff { .. } => "power_off",
         }
     }
 }

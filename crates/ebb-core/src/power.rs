@@ -18,6 +18,9 @@ use crate::human::Span;
 use crate::model::VmId;
 use serde::{Deserialize, Serialize};
 
+mod plan_view;
+pub use plan_view::{model_draw, plan_view, PlanView};
+
 /// Power in watts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, PartialOrd, Serialize, Deserialize)]
 #[serde(transparent)]

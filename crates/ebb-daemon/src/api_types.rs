@@ -125,17 +125,8 @@ pub struct DisksView {
     pub error: Option<String>,
 }
 
-/// `ebb plan`: what ebb keeps and saves if the host runs on its battery budget.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PlanView {
-    pub plan: ebb_core::power::PowerPlan,
-    /// The host's idle power (from the model), taken off the budget first.
-    pub host_idle: ebb_core::power::Watts,
-    /// Each running VM with its draw from the model, its value, and whether it is quiescent.
-    pub vms: Vec<ebb_core::power::Candidate>,
-    /// VMs with no value set (counted as 1).
-    pub no_value: Vec<String>,
-}
+/// `ebb plan`: the core's view of the power-drop plan, served as it is.
+pub use ebb_core::power::PlanView;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VmInfo {

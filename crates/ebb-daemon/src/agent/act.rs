@@ -7,7 +7,7 @@ use crate::api_types::SleepRecord;
 use ebb_backends::HvError;
 use ebb_surrogate::VmPower;
 use ebb_core::policy::Outcome as Done;
-use ebb_core::{Action, ActionError, Millis, Policy, SleepMode, VmState};
+use ebb_core::{Action, ActionError, Millis, Policy, SleepMode};
 use std::time::Instant;
 use tracing::{info, warn};
 
@@ -17,7 +17,7 @@ impl Agent {
         if actions.is_empty() {
             return vec![];
         }
-        // The host's (device power) go through the platform, one by one.
+        // The host's (device power, the power-off) go through the platform, one by one.
         let (host, actions): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(|a| a.vm().is_none());
         let mut out = Vec::new();
         for a in host {
@@ -75,7 +75,9 @@ impl Agent {
                                 Some(SleepMode::Pause) => hv.resume(vm),
                                 _ => hv.start(vm).or_else(|e| hv.resume(vm).map_err(|_| e)),
                             },
-                            Action::CpuSave { .. } | Action::CpuRestore { .. } | Action::DiskStandby { .. } => unreachable!("host actions go to the platform"),
+                            Action::CpuSave { .. } | Action::CpuRestore { .. } | Action::DiskStandby { .. } | Action::PowerOff { .. } => {
+                                unreachable!("host actions go to the platform")
+                            }
                         };
                         (a, r, t0.elapsed())
                     })
@@ -106,16 +108,14 @@ impl Agent {
                 _ => None,
             };
             // What the agent itself keeps of each outcome (not the policies').
+            if let (Some(known), Ok(())) = (KnownState::after(&action), &result) {
+                self.vms.states.insert(vm.clone(), known);
+            }
             match (&action, &result) {
                 (Action::SetTune { tune, .. }, Ok(())) => {
                     self.vms.live_tunes.insert(vm.clone(), (*tune, at));
                 }
                 (Action::Sleep { mode, .. }, Ok(())) => {
-                    let now_state = match mode {
-                        SleepMode::Save => KnownState { state: VmState::ShutOff, managed_save: true },
-                        SleepMode::Pause => KnownState { state: VmState::Paused, managed_save: false },
-                    };
-                    self.vms.states.insert(vm.clone(), now_state);
                     self.counters.sleeps += 1;
                     let rec = SleepRecord { mode: *mode, since: at, reason: reason.text.clone() };
                     let (id, record) = (vm.clone(), rec.clone());
@@ -124,7 +124,6 @@ impl Agent {
                 }
                 (Action::Sleep { .. }, Err(_)) => self.set_power(&vm, VmPower::Awake),
                 (Action::Wake { .. }, Ok(())) => {
-                    self.vms.states.insert(vm.clone(), KnownState { state: VmState::Running, managed_save: false });
                     self.counters.wakes += 1;
                     self.counters.last_wake_ms = Some(took.as_secs_f64() * 1000.0);
                     self.forget_sleep(&vm);

@@ -3,7 +3,8 @@
 use super::*;
 use crate::journal::Kind;
 use ebb_core::needs::HourNeeds;
-use ebb_core::{Action, Millis, Reason, Rule, SleepMode, VmId, VmState};
+use ebb_core::requests::{may_sleep, may_wake, Refusal};
+use ebb_core::{Action, Millis, Reason, Rule, SleepMode, VmId};
 use tokio::sync::oneshot;
 use tracing::info;
 
@@ -30,16 +31,9 @@ pub enum CommandError {
     UnknownVm(VmId),
     #[error("no VM named {0} on this host, and no history of one")]
     NoHistory(VmId),
-    #[error("{vm} is asleep already ({})", mode.as_str())]
-    AsleepAlready { vm: VmId, mode: SleepMode },
-    #[error("{vm} is {}: only a running VM can be put to sleep", state)]
-    NotRunning { vm: VmId, state: VmState },
-    #[error("{0} is not asleep: it is awake already")]
-    AwakeAlready(VmId),
-    #[error("{0} is shut off with no saved state: ebb wakes a VM that sleeps (saved or paused); start it with virsh start")]
-    ShutOffWithoutSave(VmId),
-    #[error("{vm} is {}: only a saved or paused VM can be woken", state)]
-    CannotWake { vm: VmId, state: VmState },
+    /// The VM is not in a state that allows it (`ebb_core::requests`).
+    #[error("{vm} {why}")]
+    Refused { vm: VmId, why: Refusal },
     #[error("the host is on low battery: ebb starts no VM until mains power is back")]
     LowBattery,
     #[error("libvirt is not reachable now: try again when `ebb status` says connected")]
@@ -65,11 +59,20 @@ pub enum ErrorKind {
 }
 
 impl CommandError {
+    /// The core's refusal about `vm`, as the API says it.
+    fn refused(vm: &VmId, why: Refusal) -> CommandError {
+        match why {
+            Refusal::Unknown => CommandError::UnknownVm(vm.clone()),
+            Refusal::LowBattery => CommandError::LowBattery,
+            why => CommandError::Refused { vm: vm.clone(), why },
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         use CommandError::*;
         match self {
             UnknownVm(_) | NoHistory(_) => ErrorKind::NotFound,
-            AsleepAlready { .. } | NotRunning { .. } | AwakeAlready(_) | ShutOffWithoutSave(_) | CannotWake { .. } | LowBattery => ErrorKind::WrongState,
+            Refused { .. } | LowBattery => ErrorKind::WrongState,
             NotConnected => ErrorKind::Unavailable,
             Failed(_) | Journal { .. } => ErrorKind::Failed,
         }
@@ -82,9 +85,10 @@ impl Agent {
         let at = self.clock.now();
         match cmd {
             Command::Sleep { vm, reply } => {
-                let answer = match self.sleep_refusal(&vm) {
-                    Some(why) => Err(why),
-                    None => {
+                let known = self.vms.states.get(&vm).copied();
+                let answer = match may_sleep(known, self.vms.sleeping.get(&vm).map(|r| r.mode)) {
+                    Err(why) => Err(CommandError::refused(&vm, why)),
+                    Ok(()) => {
                         let mode = self.vms.settings.get(&vm).and_then(|r| r.sleep.as_ref()).map_or(SleepMode::Save, |s| s.mode);
                         let reason = Reason::new(Rule::Sleep, format!("asked to sleep ({}) through the API", mode.as_str()));
                         self.act_now(Action::Sleep { vm, mode, reason }, at).await
@@ -93,9 +97,10 @@ impl Agent {
                 let _ = reply.send(answer);
             }
             Command::Wake { vm, reply } => {
-                let answer = match self.wake_refusal(&vm) {
-                    Some(why) => Err(why),
-                    None => self.act_now(Action::Wake { vm, reason: Reason::new(Rule::Wake, "asked to wake through the API") }, at).await,
+                let known = self.vms.states.get(&vm).copied();
+                let answer = match may_wake(known, self.vms.sleeping.contains_key(&vm), self.power_is_low()) {
+                    Err(why) => Err(CommandError::refused(&vm, why)),
+                    Ok(()) => self.act_now(Action::Wake { vm, reason: Reason::new(Rule::Wake, "asked to wake through the API") }, at).await,
                 };
                 let _ = reply.send(answer);
             }
@@ -113,34 +118,6 @@ impl Agent {
             Command::Value { vm, value, reply } => {
                 let _ = reply.send(self.set_value(vm, value, at).await);
             }
-        }
-    }
-
-    /// Why `vm` cannot be put to sleep now, judged against the agent's own state.
-    fn sleep_refusal(&self, vm: &VmId) -> Option<CommandError> {
-        let state = self.vms.states.get(vm).map(|k| k.state);
-        match (state, self.vms.sleeping.get(vm)) {
-            (None, _) => Some(CommandError::UnknownVm(vm.clone())),
-            (Some(_), Some(rec)) => Some(CommandError::AsleepAlready { vm: vm.clone(), mode: rec.mode }),
-            (Some(VmState::Running), None) => None,
-            (Some(state), None) => Some(CommandError::NotRunning { vm: vm.clone(), state }),
-        }
-    }
-
-    /// Why `vm` cannot be woken now. Only what sleeps wakes: ebb's own
-    /// sleepers, a paused VM, a managed save; never a cold boot of a VM
-    /// someone shut off.
-    fn wake_refusal(&self, vm: &VmId) -> Option<CommandError> {
-        if self.power_is_low() {
-            return Some(CommandError::LowBattery);
-        }
-        match self.vms.states.get(vm) {
-            _ if self.vms.sleeping.contains_key(vm) => None,
-            None => Some(CommandError::UnknownVm(vm.clone())),
-            Some(KnownState { state: VmState::Paused, .. } | KnownState { state: VmState::ShutOff, managed_save: true }) => None,
-            Some(KnownState { state: VmState::Running, .. }) => Some(CommandError::AwakeAlready(vm.clone())),
-            Some(KnownState { state: VmState::ShutOff, .. }) => Some(CommandError::ShutOffWithoutSave(vm.clone())),
-            Some(k) => Some(CommandError::CannotWake { vm: vm.clone(), state: k.state }),
         }
     }
 

@@ -118,6 +118,7 @@ impl Agent {
             Action::CpuSave { changes, reason } => self.cpu_save(changes, reason, at).await,
             Action::CpuRestore { settings, reason } => self.cpu_restore(settings, reason, at).await,
             Action::DiskStandby { disk, reason } => self.disk_standby(disk, reason, at).await,
+            Action::PowerOff { reason } => self.power_off(reason, at).await,
             other => unreachable!("{} acts on a VM", other.kind()),
         }
     }

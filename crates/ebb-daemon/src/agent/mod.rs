@@ -22,7 +22,7 @@ use publish::placeholder_status;
 
 pub use commands::{Command, CommandError, ErrorKind, Reply};
 
-use crate::api_types::{Connection, DevicesView, PlanView, SleepRecord, Snapshot};
+use crate::api_types::{Connection, DevicesView, SleepRecord, Snapshot};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::journal::{JournalHandle, Kind};
@@ -31,14 +31,15 @@ use ebb_backends::platform::Platform;
 use ebb_backends::{HvError, Hypervisor};
 use ebb_core::affinity::{AffinityPolicy, AffinityView, Pins};
 use ebb_core::devices::{DeviceConfig, DevicePolicy, DiskSample};
-use ebb_core::power::{LowBattery, Measured, PowerReading, PowerState, Watts};
+use ebb_core::power::{model_draw, plan_view, LowBattery, Measured, PlanView, PowerReading, PowerState, Watts};
 use ebb_core::memory::MemoryPolicy;
 use ebb_core::needs::VmNeeds;
 use ebb_core::realloc::{ReallocConfig, ReallocPolicy, Tunes};
 use ebb_core::vcpus::{OnlineVcpus, VcpuPolicy, VcpuView};
 use ebb_core::sleep::SleepPolicy;
+use ebb_core::requests::KnownState;
 use ebb_surrogate::{Surrogate, SurrogateEvent};
-use ebb_core::{Millis, Tune, VmId, VmState};
+use ebb_core::{Millis, Tune, VmId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -73,15 +74,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 struct CachedMetadata {
     fetched_at: Millis,
     settings: Result<Option<MetadataSettings>, String>,
-}
-
-/// A VM's state as the agent knows it: from the last observation, then
-/// from each of its own actions that succeeded. API commands are judged
-/// against it, never against the published snapshot, which lags.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct KnownState {
-    state: VmState,
-    managed_save: bool,
 }
 
 /// The agent's state, grouped by what it serves; one task owns all of it.
@@ -253,8 +245,10 @@ impl Agent {
         let actions = self.compose(&d);
         self.act(actions, at).await;
         self.remember_changes(&obs, &d, at);
-        self.power.plan = self.cfg.power.budget.map(|b| self.power_plan(&obs, d.realloc.as_ref(), Watts(b)));
-        self.power.model_draw = d.realloc.as_ref().map(|r| self.model_draw(&obs, r));
+        let views = d.realloc.as_ref().map_or(&[][..], |r| &r.views);
+        let model = self.cfg.power.model();
+        self.power.plan = self.cfg.power.budget.map(|b| plan_view(&obs, views, |vm| self.vms.sleeping.contains_key(vm), |vm| self.value_of(vm), &model, Watts(b)));
+        self.power.model_draw = d.realloc.is_some().then(|| model_draw(&obs, views, &model));
         self.power_tick(&obs, at).await;
         self.devices_tick(&obs, at).await;
         self.publish(Some(&obs), Some((&d.memory, &d.idle, d.realloc.as_ref())), started, at);

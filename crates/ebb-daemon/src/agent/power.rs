@@ -2,12 +2,10 @@
 
 use super::*;
 use ebb_core::battery::{self, RunningVm};
-use crate::api_types::PlanView;
 use crate::journal::{Entry, Kind, Outcome};
-use ebb_core::power::{plan_power_drop, Candidate, PowerPlan, PowerState, Watts};
-use ebb_core::realloc::{ReallocDecision, VmReallocView};
-use ebb_core::{Action, Millis, Observation, Rule, VmId, VmObservation, VmState};
-use std::collections::HashMap;
+use ebb_core::power::PowerState;
+use ebb_core::policy::Outcome as Done;
+use ebb_core::{Action, ActionError, Millis, Observation, Reason, Rule, VmId, VmState};
 use tracing::{info, warn};
 
 impl Agent {
@@ -62,58 +60,6 @@ impl Agent {
         }
     }
 
-    /// The host's draw by the power model at what the VMs run now.
-    pub(super) fn model_draw(&self, obs: &Observation, d: &ReallocDecision) -> Watts {
-        let cpu: f64 = obs
-            .vms
-            .iter()
-            .zip(&d.views)
-            .filter_map(|(v, view)| Some(view.rates?.cpu.min(f64::from(v.activity?.vcpus.max(1)))))
-            .sum();
-        self.cfg.power.model().host(cpu / f64::from(obs.host_cpus.max(1)))
-    }
-
-    /// The seed's Figure 3 for this tick: each running VM's draw from the
-    /// power model and its CPU use, its value, and whether it is quiescent.
-    pub(super) fn power_plan(&self, obs: &Observation, realloc: Option<&ReallocDecision>, budget: Watts) -> PlanView {
-        let model = self.cfg.power.model();
-        let views: HashMap<&VmId, &VmReallocView> = realloc.map(|d| d.views.iter().map(|v| (&v.vm, v)).collect()).unwrap_or_default();
-        let running: Vec<&VmObservation> =
-            obs.vms.iter().filter(|v| v.state == VmState::Running && !self.vms.sleeping.contains_key(&v.id)).collect();
-        // What each asks for (run + wait), not what it gets now: saving one
-        // lets the others run more, and a plan on use alone would cascade.
-        let cpu: Vec<f64> = running
-            .iter()
-            .map(|v| {
-                let vcpus = f64::from(v.activity.map_or(1, |a| a.vcpus.max(1)));
-                views.get(&v.id).and_then(|view| view.rates).map_or(0.0, |r| (r.cpu + r.vcpu_wait).min(vcpus))
-            })
-            .collect();
-        let running: Vec<&VmId> = running.iter().map(|v| &v.id).collect();
-        let draws = model.vm_draws(obs.host_cpus, &cpu);
-        let mut no_value = vec![];
-        let candidates: Vec<Candidate> = running
-            .iter()
-            .zip(draws)
-            .map(|(id, draw)| {
-                let value = self.value_of(id);
-                if value.is_none() {
-                    no_value.push(id.to_string());
-                }
-                let quiescent = views.get(id).is_some_and(|v| v.class == Some(ebb_core::realloc::Class::Idle));
-                Candidate { vm: (*id).clone(), draw, value: value.unwrap_or(1), quiescent }
-            })
-            .collect();
-        let host_idle = model.idle();
-        let plan = plan_power_drop(Watts((budget.0 - host_idle.0).max(0.0)), &candidates);
-        PlanView {
-            plan: PowerPlan { budget, ..plan },
-            host_idle,
-            vms: candidates,
-            no_value,
-        }
-    }
-
     /// On battery with a budget: saves the VMs the plan drops, quiescent
     /// ones first, then the least valuable. Nothing is restored before
     /// mains power is back.
@@ -153,8 +99,6 @@ impl Agent {
         // The saves' outcomes reach the sequence through `report`.
         self.save_for_power(saves, at).await;
         let after = self.power.sequence.after_saves(&running, why, at, self.cfg.power.shutdown_timeout);
-        // Asked once; a refused request is not repeated every tick either.
-        self.act(after.shutdowns, at).await;
         for vm in &after.overdue {
             let text = format!(
                 "its guest did not shut down within {} s: the host is not powered down under it",
@@ -163,17 +107,23 @@ impl Agent {
             warn!(vm = %vm, "{text}");
             self.journal_event(Some(vm.as_str()), Kind::ShutdownOverdue, &text);
         }
-        if !after.power_off {
-            return;
-        }
-        let Some(done) = self.with_platform(|p| p.power_off()).await else { return };
-        let (text, outcome) = match done {
-            Ok(t) => (t, Outcome::Ok),
-            Err(e) => (e.to_string(), Outcome::Failed(e.to_string())),
+        // Shutdowns are asked once (a refused one is not repeated every
+        // tick either); the power-off comes once nothing runs.
+        self.act(after.actions, at).await;
+    }
+
+    /// Powers the host down through the platform (or records it, when no
+    /// command is configured).
+    pub(super) async fn power_off(&mut self, reason: Reason, at: Millis) -> Vec<(Action, Done)> {
+        let Some(done) = self.with_platform(|p| p.power_off()).await else { return vec![] };
+        let (text, outcome, result) = match done {
+            Ok(t) => (t, Outcome::Ok, Ok(())),
+            Err(e) => (e.to_string(), Outcome::Failed(e.to_string()), Err(ActionError::Failed(e.to_string()))),
         };
         warn!("power off: {text}");
         self.journal_entry(Entry { rule: Some(Rule::Power), outcome: Some(outcome), ..Entry::event(at, Kind::PowerOff, text.clone()) });
         self.power.last_off = Some(text);
+        vec![(Action::PowerOff { reason }, result)]
     }
 
     /// Mains power is back: restores the VMs saved for power, as

@@ -131,6 +131,7 @@ impl Kind {
             Action::Shutdown { .. } => Kind::Shutdown,
             Action::CpuSave { .. } | Action::CpuRestore { .. } => Kind::Cpufreq,
             Action::DiskStandby { .. } => Kind::DiskStandby,
+            Action::PowerOff { .. } => Kind::PowerOff,
         }
     }
 
