@@ -151,3 +151,44 @@ fn per_vm_actions_keep_their_json_and_host_actions_have_none() {
     assert_eq!((host.vm(), host.kind()), (None, "disk_standby"));
     assert!(serde_json::to_string(&host).unwrap().starts_with(r#"{"kind":"disk_standby","disk":"sda""#));
 }
+
+#[test]
+fn reallocation_affinity_and_vcpus_take_in_their_own_outcomes_only() {
+    use crate::affinity::{AffinityPolicy, Pins};
+    use crate::cpuset::CpuSet;
+    use crate::realloc::{ReallocPolicy, Tunes};
+    use crate::vcpus::{OnlineVcpus, VcpuPolicy};
+    let web = VmId::new("web");
+    let base = Tune { shares: 1024, quota_us: None, period_us: 100_000, io_weight: None, net: None, disk_limit: None };
+    let (mut realloc, mut affinity, mut vcpus) = (ReallocPolicy::new(), AffinityPolicy::new(), VcpuPolicy::new());
+    realloc.resume(web.clone(), Tunes { base, applied: None });
+    let all = CpuSet::parse("0-1").unwrap();
+    affinity.resume(web.clone(), Pins { base: vec![all.clone()], applied: None });
+    vcpus.resume(web.clone(), OnlineVcpus { base: 2, applied: None });
+    let is_own = |a: &Action, kind: &str| a.kind() == kind;
+    for a in others(&web) {
+        for result in [Ok(()), failed()] {
+            if !is_own(&a, "set_tune") {
+                realloc.outcome(&a, &result, Millis(0));
+            }
+            if !is_own(&a, "set_pins") {
+                affinity.outcome(&a, &result, Millis(0));
+            }
+            if !is_own(&a, "set_guest_vcpus") {
+                vcpus.outcome(&a, &result, Millis(0));
+            }
+        }
+    }
+    assert_eq!(realloc.tunes(&web).and_then(|t| t.applied), None);
+    assert_eq!(affinity.pins(&web).and_then(|p| p.applied.clone()), None);
+    assert_eq!(vcpus.state(&web).and_then(|s| s.applied), None);
+    // Their own, carried out, is what the VM has now.
+    let capped = Tune { quota_us: Some(50_000), ..base };
+    realloc.outcome(&Action::SetTune { vm: web.clone(), tune: capped, reason: reason() }, &Ok(()), Millis(0));
+    let one = CpuSet::parse("1").unwrap();
+    affinity.outcome(&Action::SetPins { vm: web.clone(), pins: vec![one.clone()], reason: reason() }, &Ok(()), Millis(0));
+    vcpus.outcome(&Action::SetGuestVcpus { vm: web.clone(), count: 1, reason: reason() }, &Ok(()), Millis(0));
+    assert_eq!(realloc.tunes(&web).and_then(|t| t.applied), Some(capped));
+    assert_eq!(affinity.pins(&web).and_then(|p| p.applied.clone()), Some(vec![one]));
+    assert_eq!(vcpus.state(&web).and_then(|s| s.applied), Some(1));
+}
