@@ -87,6 +87,21 @@ pub struct SleepRecord {
     pub reason: String,
 }
 
+/// The VMs ebb holds asleep that no longer sleep: started or resumed behind
+/// ebb's back (`virsh start`, `virsh resume`), or gone; each with the state
+/// it is seen in (None: gone).
+pub fn woke_outside<'a>(sleeping: impl IntoIterator<Item = (&'a VmId, &'a SleepRecord)>, obs: &Observation) -> Vec<(VmId, Option<VmState>)> {
+    sleeping
+        .into_iter()
+        .filter_map(|(id, rec)| {
+            let seen = obs.vms.iter().find(|v| &v.id == id).map(|v| v.state);
+            // Running again, gone, or a paused one shut off (its pause is lost).
+            let woke = matches!((seen, rec.mode), (None, _) | (Some(VmState::Running), _) | (Some(VmState::ShutOff), SleepMode::Pause));
+            woke.then(|| (id.clone(), seen))
+        })
+        .collect()
+}
+
 /// What the surrogate saw of a VM's real clients, supplied by the agent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SurrogateTraffic {

@@ -333,3 +333,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_sleeper_started_resumed_or_gone_behind_ebbs_back_woke_outside() {
+    let rec = |mode| SleepRecord { mode, since: Millis(0), reason: "idle".into() };
+    let sleeping = BTreeMap::from([
+        (VmId::new("saved"), rec(SleepMode::Save)),
+        (VmId::new("started"), rec(SleepMode::Save)),
+        (VmId::new("paused"), rec(SleepMode::Pause)),
+        (VmId::new("resumed"), rec(SleepMode::Pause)),
+        (VmId::new("pause-lost"), rec(SleepMode::Pause)),
+        (VmId::new("gone"), rec(SleepMode::Save)),
+    ]);
+    let o = obs(vec![
+        vm("saved", VmState::ShutOff, None, true),
+        vm("started", VmState::Running, None, true),
+        vm("paused", VmState::Paused, None, true),
+        vm("resumed", VmState::Running, None, true),
+        vm("pause-lost", VmState::ShutOff, None, true),
+    ]);
+    let woke = woke_outside(&sleeping, &o);
+    let names: Vec<(&str, Option<VmState>)> = woke.iter().map(|(id, s)| (id.as_str(), *s)).collect();
+    assert_eq!(names, [("gone", None), ("pause-lost", Some(VmState::ShutOff)), ("resumed", Some(VmState::Running)), ("started", Some(VmState::Running))]);
+}

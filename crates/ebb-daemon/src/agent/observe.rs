@@ -7,7 +7,8 @@ use ebb_backends::HvError;
 use ebb_core::affinity::CpuSet;
 use ebb_core::realloc::ReallocSettings;
 use ebb_surrogate::VmPower;
-use ebb_core::{Millis, Observation, Rule, SleepMode, Tune, VmId, VmState};
+use ebb_core::sleep::woke_outside;
+use ebb_core::{Millis, Observation, Rule, Tune, VmId, VmState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 use tracing::{debug, info, warn};
@@ -252,24 +253,12 @@ impl Agent {
         }
     }
 
-    /// A VM ebb holds asleep that runs again was started behind ebb's back
-    /// (`virsh start`, `virsh resume`): it is awake, and ebb says so.
+    /// A VM ebb holds asleep that runs again (`ebb_core::sleep::woke_outside`)
+    /// is awake, and ebb says so.
     pub(super) fn note_power_changes(&mut self, obs: &Observation, at: Millis) {
-        let woke: Vec<VmId> = self
-            .vms.sleeping
-            .iter()
-            .filter(|(id, rec)| {
-                let seen = obs.vms.iter().find(|v| &v.id == *id);
-                matches!(
-                    (seen.map(|v| v.state), rec.mode),
-                    (None, _) | (Some(VmState::Running), _) | (Some(VmState::ShutOff), SleepMode::Pause)
-                )
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for vm in woke {
-            let text = match obs.vms.iter().find(|v| v.id == vm) {
-                Some(v) => format!("{vm} is {} again without ebb waking it: no longer held asleep", v.state),
+        for (vm, seen) in woke_outside(&self.vms.sleeping, obs) {
+            let text = match seen {
+                Some(state) => format!("{vm} is {state} again without ebb waking it: no longer held asleep"),
                 None => format!("{vm} is gone: forgetting that it slept"),
             };
             info!(vm = %vm, "{text}");
