@@ -210,12 +210,6 @@ pub trait Hypervisor: Send {
     fn shutdown(&mut self, vm: &VmId) -> Result<(), HvError> {
         Err(unsupported("shut down", vm))
     }
-
-    /// Deletes a domain's managed save image, so its next start boots
-    /// afresh. Nothing to do when it has none.
-    fn discard_save(&mut self, vm: &VmId) -> Result<(), HvError> {
-        Err(unsupported("discard save", vm))
-    }
 }
 
 fn unsupported(op: &'static str, vm: &VmId) -> HvError {

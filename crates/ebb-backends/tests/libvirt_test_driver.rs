@@ -248,9 +248,8 @@ fn save_start_pause_resume() {
     }
 
     hv.save(&vm).unwrap();
-    hv.discard_save(&vm).expect("discard the image");
     let v = vm_obs(&mut hv, name);
-    assert_eq!((v.state, v.managed_save), (VmState::ShutOff, false));
+    assert_eq!((v.state, v.managed_save), (VmState::ShutOff, true));
     assert!(matches!(hv.start(&VmId::new("ebb-no-such-domain")), Err(HvError::NoSuchVm(_))));
 }
 

@@ -41,6 +41,10 @@ pub struct Status {
     pub memory_enabled: bool,
     pub pool: Option<Bytes>,
     pub pool_used: Bytes,
+    /// Why the pool is smaller than asked (the host short of its reserve,
+    /// the floors adding up past it), while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_note: Option<String>,
     pub host_total: Bytes,
     pub host_available: Bytes,
     pub vms: usize,

@@ -52,6 +52,9 @@ pub fn status_text(s: &Status) -> String {
     let _ = writeln!(out, "ticks: {} every {} ms (last took {:.1} ms)", s.ticks, s.tick_ms, s.last_tick_ms);
     let mem = if s.memory_enabled { "" } else { " (memory management disabled: observing only)" };
     let _ = writeln!(out, "pool: {} of {} used{mem}", s.pool_used, size(s.pool));
+    if let Some(note) = &s.pool_note {
+        let _ = writeln!(out, "  {note}");
+    }
     let _ = writeln!(out, "host: {} available of {}", s.host_available, s.host_total);
     let _ = writeln!(out, "vms: {} ({} managed)", s.vms, s.vms_managed);
     let _ = writeln!(out, "actions: {} ({} failed); sleeps {}, wakes {}", s.actions_total, s.action_failures_total, s.sleeps_total, s.wakes_total);

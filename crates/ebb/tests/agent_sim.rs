@@ -364,3 +364,16 @@ async fn power_and_realloc_settings_come_from_metadata_with_their_source() {
     assert!(done.contains("back to the config's 3"), "{done}");
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn why_the_pool_shrinks_reaches_the_status() {
+    let sim = SimHypervisor::new(Bytes::from_gib(8));
+    sim.add_vm(SimVm { used: Bytes::from_mib(200), ..SimVm::new("a", Bytes::from_gib(1)) });
+    let w = start(sim, "").await;
+    w.until("the pool set", |_, st| (st.pool.is_some() && st.pool_note.is_none()).then_some(())).await;
+    // Something else on the host takes memory: it is short of its reserve.
+    w.sim.set_host_used(Bytes::from_mib(7800));
+    let note = w.until("the note", |_, st| st.pool_note.clone()).await;
+    assert!(note.contains("reserve"), "{note}");
+    w.stop().await;
+}

@@ -572,8 +572,4 @@ impl Hypervisor for LibvirtHypervisor {
     fn shutdown(&mut self, vm: &VmId) -> Result<(), HvError> {
         self.domain_op("shut down", vm, |d| d.shutdown())
     }
-
-    fn discard_save(&mut self, vm: &VmId) -> Result<(), HvError> {
-        self.domain_op("discard save", vm, |d| d.managed_save_remove(0))
-    }
 }

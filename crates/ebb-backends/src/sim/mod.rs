@@ -449,13 +449,6 @@ impl Hypervisor for SimHypervisor {
             Ok(())
         })
     }
-
-    fn discard_save(&mut self, vm: &VmId) -> Result<(), HvError> {
-        self.guest_op("discard save", vm, |g, _| {
-            g.managed_save = false;
-            Ok(())
-        })
-    }
 }
 
 /// Why a sim operation on one guest failed.
