@@ -152,7 +152,7 @@ fn two_cpu_bound_guests_conflict_and_the_one_ebb_may_pin_moves_off_their_busy_cp
         g.cpu_workload(1, 300).unwrap();
     }
     let explain = agent.wait("the conflict", Duration::from_secs(90), |a| {
-        let t = a.text(&["explain", &names[1]]);
+        let t = a.explain(&names[1])?;
         t.contains("rob").then_some(t)
     });
     assert!(explain.contains(&names[0]), "{explain}");
@@ -277,7 +277,7 @@ fn net_bound_guests_are_seen_and_explained_and_no_limit_changes() {
     // Under emulation the pingers burn a vCPU each too: the CPU may conflict
     // first; the network's conflict is its own line.
     let conflict = format!("net-bound, as is {}: raising one's bandwidth would only rob the other", names[1]);
-    agent.wait("the network conflict", Duration::from_secs(60), |ag| ag.text(&["explain", &names[0]]).contains(&conflict).then_some(()));
+    agent.wait("the network conflict", Duration::from_secs(60), |ag| ag.explain(&names[0])?.contains(&conflict).then_some(()));
 
     for g in &guests {
         g.net_workload(0, 0).unwrap();

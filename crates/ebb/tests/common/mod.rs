@@ -135,6 +135,18 @@ impl AgentProc {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ebb {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// `ebb explain NAME`, or None while the agent knows nothing of the VM
+    /// yet (before its first tick has seen it).
+    pub fn explain(&self, vm: &str) -> Option<String> {
+        let out = self.cli(&["explain", vm]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && err.contains("knows nothing about") {
+            return None;
+        }
+        assert!(out.status.success(), "ebb explain {vm} failed: {err}");
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     pub fn text(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(out.status.success(), "ebb {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
