@@ -171,14 +171,30 @@ fn the_power_model_and_rapl_are_shown_side_by_side_and_a_vm_without_a_value_coun
     std::fs::write(rapl.join("energy_uj"), "0\n").unwrap();
     let rest = format!("[power]\nsysfs = \"{}\"\nidle_watts = 80.0\nmax_watts = 200.0\nbudget = 150.0\n", sys.display());
     let agent = AgentProc::start(dir.path(), "uri = \"test:///default\"\ntick = \"200ms\"", &rest);
-    // The package burns 1 J every 10 ms: about 100 W.
-    let started = std::time::Instant::now();
+    // The package burns 1 J every 10 ms: about 100 W. A thread of its own
+    // keeps the counter current (a stale one would skew the agent's rate on
+    // a loaded machine, where each `ebb status` takes a while).
+    let burning = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let counter = {
+        let (burning, energy) = (burning.clone(), rapl.join("energy_uj"));
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            while burning.load(std::sync::atomic::Ordering::Relaxed) {
+                let uj = started.elapsed().as_micros() as u64 * 100;
+                // Whole values only: a reader never sees a half-written one.
+                let next = energy.with_extension("next");
+                std::fs::write(&next, format!("{uj}\n")).unwrap();
+                std::fs::rename(&next, &energy).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
     let power = wait_for("a measured draw", Duration::from_secs(20), || {
-        let uj = started.elapsed().as_micros() as u64 * 100;
-        std::fs::write(rapl.join("energy_uj"), format!("{uj}\n")).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         agent.status().power.filter(|p| p.measured.as_ref().is_some_and(|m| m.watts.0 > 50.0))
     });
+    burning.store(false, std::sync::atomic::Ordering::Relaxed);
+    counter.join().unwrap();
     let m = power.measured.unwrap();
     assert!(m.watts.0 < 200.0 && m.source.contains("RAPL"), "{m:?}");
     // The test driver's domain runs no CPU to speak of: the model says idle.
