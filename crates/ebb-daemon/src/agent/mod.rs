@@ -15,6 +15,7 @@ mod commands;
 mod act;
 mod publish;
 mod decide;
+mod clients;
 
 use observe::CpuReadings;
 use decide::Decisions;
@@ -100,6 +101,8 @@ pub struct Agent {
     /// When a VM's last refusal was journaled: a flood is one entry a second.
     refusal_journaled: HashMap<VmId, Millis>,
     commands: mpsc::Receiver<Command>,
+    /// The clients attached to the VMs and their activity timers (seed 002).
+    clients: ebb_core::clients::Clients,
     snapshot: watch::Sender<Arc<Snapshot>>,
     counters: Counters,
 }
@@ -251,6 +254,7 @@ impl Agent {
         self.power.model_draw = d.realloc.is_some().then(|| model_draw(&obs, views, &model));
         self.power_tick(&obs, at).await;
         self.devices_tick(&obs, at).await;
+        self.expire_clients(at);
         self.publish(Some(&obs), Some((&d.memory, &d.idle, d.realloc.as_ref())), started, at);
         self.vms.in_flight = d.memory.views.iter().filter(|v| v.skipped.is_none() && v.target.is_some() && v.target != v.actual).map(|v| v.vm.clone()).collect();
         self.cfg.memory.enabled && !self.vms.in_flight.is_empty()

@@ -1,0 +1,56 @@
+//! Glue to the client timers (`ebb_core::clients`): heartbeats from the API;
+//! expiry at each tick.
+
+use super::*;
+use crate::api_types::Heartbeat;
+use ebb_core::clients::{ClientKey, ClientKind, ClientView};
+use tracing::{debug, info};
+
+/// The longest client name a heartbeat may give, in characters.
+const NAME_MAX: usize = 128;
+
+impl Agent {
+    /// A heartbeat through the API: the client `name` is attached to `vm`
+    /// and active for its TTL (the config's when it gives none).
+    pub(super) fn heartbeat(&mut self, name: String, hb: Heartbeat) -> Result<ClientView, CommandError> {
+        let at = self.clock.now();
+        check_name(&name).map_err(CommandError::BadRequest)?;
+        let ttl = self.cfg.clients.heartbeat(hb.ttl).map_err(CommandError::BadRequest)?;
+        let vm = VmId::new(hb.vm);
+        if !self.vms.states.contains_key(&vm) {
+            return Err(CommandError::UnknownVm(vm));
+        }
+        let key = ClientKey::new(ClientKind::Heartbeat, name);
+        debug!(vm = %vm, client = %key, %ttl, "heartbeat");
+        self.clients.refresh(key.clone(), &vm, None, ttl, at);
+        self.republish();
+        let view = self.clients.views(at).into_iter().find(|v| v.kind == key.kind && v.id == key.id);
+        view.ok_or_else(|| CommandError::Failed("the heartbeat was taken but its client is not listed".into()))
+    }
+
+    /// Drops the timers that ran out (at each tick).
+    pub(super) fn expire_clients(&mut self, at: Millis) {
+        for gone in self.clients.expire(at) {
+            info!(client = %gone, "client inactive: its timer ran out");
+        }
+    }
+
+    /// What `ebb clients` and the status show.
+    pub(super) fn client_views(&self, at: Millis) -> Vec<ClientView> {
+        self.clients.views(at)
+    }
+}
+
+/// A client name is one path segment people read in `ebb clients`.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the client name is empty: name the client in the path, /v1/clients/NAME/heartbeat".into());
+    }
+    if name.chars().count() > NAME_MAX {
+        return Err(format!("the client name is longer than {NAME_MAX} characters"));
+    }
+    if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!("the client name {:?} holds spaces or control characters: use letters, digits and -_.:", name));
+    }
+    Ok(())
+}
