@@ -1,5 +1,5 @@
-//! Glue to the client timers (`ebb_core::clients`): heartbeats from the API;
-//! expiry at each tick.
+//! Glue to the client timers (`ebb_core::clients`): heartbeats from the API,
+//! service clients from the surrogate's events; expiry at each tick.
 
 use super::*;
 use crate::api_types::Heartbeat;
@@ -26,6 +26,19 @@ impl Agent {
         self.republish();
         let view = self.clients.views(at).into_iter().find(|v| v.kind == key.kind && v.id == key.id);
         view.ok_or_else(|| CommandError::Failed("the heartbeat was taken but its client is not listed".into()))
+    }
+
+    /// A client connection through the surrogate opened (`open`) or closed.
+    /// Its client is its address: one device, however many connections.
+    pub(super) fn surrogate_client(&mut self, vm: &VmId, peer: std::net::SocketAddr, open: bool) {
+        let at = self.clock.now();
+        let key = ClientKey::new(ClientKind::Surrogate, peer.ip().to_string());
+        if open {
+            let ttl = self.cfg.clients.ttl(ClientKind::Surrogate);
+            self.clients.hold(key, vm, Some(peer.ip().to_string()), ttl, at);
+        } else {
+            self.clients.release(&key, at);
+        }
     }
 
     /// Drops the timers that ran out (at each tick).
