@@ -158,6 +158,7 @@ impl Agent {
             devices: Devices { policy: devices, cfg: cfg.power.devices.clone(), view: None, last_restore_error: None },
             commands,
             clients: Default::default(),
+            consoles: mpsc::unbounded_channel(),
             surrogate,
             surrogate_events,
             refusal_journaled: HashMap::new(),

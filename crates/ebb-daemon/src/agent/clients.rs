@@ -1,10 +1,11 @@
 //! Glue to the client timers (`ebb_core::clients`): heartbeats from the API,
-//! service clients from the surrogate's events; expiry at each tick.
+//! service clients from the surrogate's events, console sessions from
+//! libvirt's graphics events; expiry at each tick.
 
 use super::*;
 use crate::api_types::Heartbeat;
-use ebb_core::clients::{ClientKey, ClientKind, ClientView};
-use tracing::{debug, info};
+use ebb_core::clients::{ClientKey, ClientKind, ClientView, ConsoleEvent, ConsoleSink};
+use tracing::{debug, info, warn};
 
 /// The longest client name a heartbeat may give, in characters.
 const NAME_MAX: usize = 128;
@@ -39,6 +40,60 @@ impl Agent {
         } else {
             self.clients.release(&key, at);
         }
+    }
+
+    /// After each (re)connect: console events from now on, and the
+    /// sessions open now in place of what was missed meanwhile (libvirt
+    /// does not replay events).
+    pub(super) async fn watch_consoles(&mut self) {
+        let tx = self.consoles.0.clone();
+        let sink: ConsoleSink = std::sync::Arc::new(move |ev| {
+            // Unbounded: libvirt's event thread never waits on the agent.
+            let _ = tx.send(ev);
+        });
+        let found = self.with_hv(move |hv| Ok::<_, ebb_backends::HvError>(if hv.watch_consoles(sink)? { Some(hv.console_sessions()?) } else { None })).await;
+        let open = match found {
+            Some(Ok(Some(open))) => open,
+            Some(Ok(None)) | None => return,
+            Some(Err(e)) => return warn!("console sessions are not seen on this connection: {e}"),
+        };
+        let open: Vec<_> = open
+            .into_iter()
+            .filter(|(vm, _)| self.cfg.agent.is_ebbs(vm.as_str()))
+            .map(|(vm, remote)| (ConsoleEvent::key(&remote), vm, Some(remote)))
+            .collect();
+        info!(sessions = open.len(), "watching console sessions");
+        let ttl = self.cfg.clients.ttl(ClientKind::Console);
+        self.clients.reconcile(ClientKind::Console, &open, ttl, self.clock.now());
+    }
+
+    /// A console session began or ended, or a VM stopped (a save closes
+    /// its viewers without a disconnect event).
+    pub(super) fn console_event(&mut self, ev: ConsoleEvent) {
+        let at = self.clock.now();
+        match ev {
+            // The consoles of domains that are not ebb's (`agent.domains`) are not its business.
+            ConsoleEvent::Opened { vm, .. } if !self.cfg.agent.is_ebbs(vm.as_str()) => return,
+            ConsoleEvent::Opened { vm, remote } => {
+                let key = ConsoleEvent::key(&remote);
+                info!(vm = %vm, remote, "console session");
+                // Once: the session may be known already from a reconcile.
+                if !self.clients.is_open(&key) {
+                    self.clients.hold(key, &vm, Some(remote), self.cfg.clients.ttl(ClientKind::Console), at);
+                }
+            }
+            ConsoleEvent::Closed { vm, remote } => {
+                info!(vm = %vm, remote, "console session closed");
+                self.clients.release(&ConsoleEvent::key(&remote), at);
+            }
+            ConsoleEvent::Stopped { vm } => {
+                let n = self.clients.end_vm(&vm, ClientKind::Console);
+                if n > 0 {
+                    info!(vm = %vm, sessions = n, "the VM stopped: its console sessions are over");
+                }
+            }
+        }
+        self.republish();
     }
 
     /// Drops the timers that ran out (at each tick).

@@ -103,6 +103,8 @@ pub struct Agent {
     commands: mpsc::Receiver<Command>,
     /// The clients attached to the VMs and their activity timers (seed 002).
     clients: ebb_core::clients::Clients,
+    /// Console events from libvirt's event thread, and the sender it gets.
+    consoles: (mpsc::UnboundedSender<ebb_core::clients::ConsoleEvent>, mpsc::UnboundedReceiver<ebb_core::clients::ConsoleEvent>),
     snapshot: watch::Sender<Arc<Snapshot>>,
     counters: Counters,
 }
@@ -218,6 +220,7 @@ impl Agent {
                     _ = tokio::time::sleep_until(next) => break,
                     Some(cmd) = self.commands.recv() => self.command(cmd).await,
                     Some(ev) = self.surrogate_events.recv() => self.surrogate_event(ev).await,
+                    Some(ev) = self.consoles.1.recv() => self.console_event(ev),
                     _ = &mut shutdown => break 'ticks,
                 }
             }
