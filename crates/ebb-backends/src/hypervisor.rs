@@ -1,6 +1,7 @@
 //! The `Hypervisor` trait: what the agent needs from whatever runs the VMs.
 
 use ebb_core::affinity::{CpuSet, HostCpuTime};
+use ebb_core::clients::ConsoleSink;
 use ebb_core::{Bytes, Observation, Tune, VmId};
 use std::fmt;
 use std::path::PathBuf;
@@ -76,6 +77,13 @@ pub enum HvError {
     #[error("libvirt could not set the network bandwidth of {vm} ({detail}): its other tunes were left as they were; libvirt limits bandwidth with tc (htb, sfq, ingress policing), so the host's kernel needs sch_htb, sch_sfq, sch_ingress and act_police")]
     Bandwidth {
         vm: VmId,
+        #[source]
+        detail: BackendError,
+    },
+    /// A call about the host or every domain failed (not the connection).
+    #[error("libvirt could not {op}: {detail}")]
+    Host {
+        op: &'static str,
         #[source]
         detail: BackendError,
     },
@@ -202,6 +210,22 @@ pub trait Hypervisor: Send {
     /// the domain runs.
     fn start(&mut self, vm: &VmId) -> Result<(), HvError> {
         Err(unsupported("start", vm))
+    }
+
+    /// From now on, for as long as this connection lives, hands `sink` each
+    /// console session's start and end and each domain's stop (libvirt's
+    /// graphics and lifecycle events), on the backend's own thread. False
+    /// when the backend has no consoles (the sim).
+    fn watch_consoles(&mut self, sink: ConsoleSink) -> Result<bool, HvError> {
+        let _ = sink;
+        Ok(false)
+    }
+
+    /// The console sessions open now, each VM's remote ends
+    /// ("address:port"): events are not replayed after a reconnect, so the
+    /// agent sets its sessions from this.
+    fn console_sessions(&mut self) -> Result<Vec<(VmId, String)>, HvError> {
+        Ok(vec![])
     }
 
     /// Asks the guest to shut itself down (the ACPI power button,

@@ -23,6 +23,7 @@ macro_rules! reason_as_text {
 
 pub mod affinity;
 pub mod battery;
+pub mod clients;
 pub mod compose;
 pub mod cpuset;
 pub mod memory;

@@ -51,6 +51,8 @@ pub fn router(state: ApiState) -> Router {
         .route(routes::VALUE, post(value_vm))
         .route(routes::NEEDS, get(needs_vm))
         .route(routes::EVENTS, get(events))
+        .route(routes::CLIENTS, get(clients))
+        .route(routes::HEARTBEAT, post(heartbeat))
         .route(routes::METRICS, get(metrics_text))
         .with_state(state)
 }
@@ -255,6 +257,7 @@ async fn ask<T>(s: &ApiState, cmd: impl FnOnce(oneshot::Sender<Result<T, Command
 fn status_of(e: &CommandError) -> StatusCode {
     match e.kind() {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
         ErrorKind::WrongState => StatusCode::CONFLICT,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
@@ -300,4 +303,17 @@ async fn value_vm(State(s): State<ApiState>, UrlPath((name, value)): UrlPath<(St
 async fn metrics_text(State(s): State<ApiState>) -> Response {
     let snap = s.snapshot.borrow().clone();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render(&snap)).into_response()
+}
+
+async fn clients(State(s): State<ApiState>) -> Json<Vec<crate::api_types::ClientView>> {
+    Json(s.snapshot.borrow().clients.clone())
+}
+
+/// The body is read here, not by axum's `Json`, so a bad one gets a 400
+/// that says what a heartbeat looks like.
+async fn heartbeat(State(s): State<ApiState>, UrlPath(name): UrlPath<String>, body: axum::body::Bytes) -> ApiResult<Json<crate::api_types::ClientView>> {
+    let beat: crate::api_types::Heartbeat = serde_json::from_slice(&body).map_err(|e| {
+        fail(StatusCode::BAD_REQUEST, format!(r#"a heartbeat's body is JSON like {{"vm": "web", "ttl": "30s"}} (ttl optional, in seconds or with a unit): {e}"#))
+    })?;
+    Ok(Json(ask(&s, |reply| Command::Heartbeat { name, beat, reply }).await?))
 }

@@ -7,6 +7,9 @@ pub use crate::journal::Event;
 pub use crate::settings::{SettingSources, Source};
 pub use ebb_core::sleep::SleepRecord;
 
+pub use ebb_core::clients::ClientView;
+
+use ebb_core::human::Span;
 use ebb_core::memory::VmMemoryView;
 use ebb_core::realloc::VmReallocView;
 use ebb_core::sleep::VmIdleView;
@@ -25,6 +28,9 @@ pub enum Connection {
 pub struct Snapshot {
     pub status: Status,
     pub vms: Vec<VmInfo>,
+    /// The active clients of the VMs (`ebb clients`).
+    #[serde(default)]
+    pub clients: Vec<ClientView>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,6 +61,9 @@ pub struct Status {
     pub wakes_total: u64,
     /// Wall time of the last wake (restore or resume call), for /metrics.
     pub last_wake_ms: Option<f64>,
+    /// The host's active clients: their timers not yet run out (seed 002).
+    #[serde(default)]
+    pub active_clients: usize,
     pub journal: String,
     /// Why journal writes are waiting (a full disk), while they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -194,6 +203,26 @@ pub struct Explain {
 pub struct Needs {
     pub vm: String,
     pub hours: Vec<ebb_core::needs::HourNeeds>,
+}
+
+/// `POST /v1/clients/NAME/heartbeat`: the VM the client uses and how long
+/// this heartbeat keeps it active (seconds, or "30s"; default
+/// `clients.heartbeat_ttl`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub vm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "span_as_text")]
+    pub ttl: Option<Span>,
+}
+
+/// As people write it ("30s"): `Span` serializes as milliseconds, but a
+/// bare number reads back as seconds.
+fn span_as_text<S: serde::Serializer>(t: &Option<Span>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.collect_str(t),
+        None => s.serialize_none(),
+    }
 }
 
 /// The answer to a request the agent carried out.

@@ -1,8 +1,8 @@
 //! The CLI's side of the API: HTTP/1.1 (hyper) over the agent's unix socket.
 
-use crate::api_types::{ApiError, Done, Event, Explain, Needs, Status, VmInfo};
+use crate::api_types::{ApiError, ClientView, Done, Event, Explain, Heartbeat, Needs, Status, VmInfo};
 use crate::routes::{self, fill};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes as Body;
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -34,15 +34,22 @@ impl Client {
     }
 
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
-        self.request(hyper::Method::GET, path).await
+        self.request(hyper::Method::GET, path, None).await
     }
 
     pub async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let text = self.request(hyper::Method::POST, path).await?;
+        let text = self.request(hyper::Method::POST, path, None).await?;
         serde_json::from_str(&text).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
-    async fn request(&self, method: hyper::Method, path: &str) -> Result<String, ClientError> {
+    /// POSTs `body` as JSON.
+    pub async fn post_json<T: DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> Result<T, ClientError> {
+        let body = serde_json::to_string(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let text = self.request(hyper::Method::POST, path, Some(body)).await?;
+        serde_json::from_str(&text).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    async fn request(&self, method: hyper::Method, path: &str, json: Option<String>) -> Result<String, ClientError> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => ClientError::NotRunning(self.socket.clone()),
             std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(self.socket.clone()),
@@ -52,11 +59,12 @@ impl Client {
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         tokio::spawn(conn);
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, "ebb")
-            .body(Empty::<Body>::new())
+        let mut req = hyper::Request::builder().method(method).uri(path).header(hyper::header::HOST, "ebb");
+        if json.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Body::from(json.unwrap_or_default())))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let resp = sender.send_request(req).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
         let status = resp.status();
@@ -119,6 +127,16 @@ impl Client {
     pub async fn value(&self, name: &str, value: Option<u32>) -> Result<Done, ClientError> {
         let value = value.map_or("clear".to_string(), |v| v.to_string());
         self.post(&fill(routes::VALUE, &[name, &value])).await
+    }
+
+    /// The VMs' active clients.
+    pub async fn clients(&self) -> Result<Vec<ClientView>, ClientError> {
+        self.get(routes::CLIENTS).await
+    }
+
+    /// A client agent's heartbeat: `name` is active on `beat.vm` for its TTL.
+    pub async fn heartbeat(&self, name: &str, beat: &Heartbeat) -> Result<ClientView, ClientError> {
+        self.post_json(&fill(routes::HEARTBEAT, &[name]), beat).await
     }
 
     pub async fn metrics(&self) -> Result<String, ClientError> {

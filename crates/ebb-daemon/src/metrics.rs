@@ -23,6 +23,7 @@ pub fn render(s: &Snapshot) -> String {
     gauge("ebb_host_memory_available_bytes", "Host memory available.", "gauge", st.host_available.0 as f64);
     gauge("ebb_vms", "Domains on the host.", "gauge", st.vms as f64);
     gauge("ebb_vms_managed", "Domains whose memory ebb manages now.", "gauge", st.vms_managed as f64);
+    gauge("ebb_active_clients", "Clients of the host's VMs whose activity timer has not run out.", "gauge", st.active_clients as f64);
     if let Some(p) = &st.power {
         let low = matches!(p.state, Some(ebb_core::power::PowerState::Low(_)));
         let on_battery = low || matches!(p.state, Some(ebb_core::power::PowerState::OnBattery));
@@ -123,7 +124,21 @@ pub fn render(s: &Snapshot) -> String {
             }
         }
     }
+    per_kind_clients(&mut out, s);
     out
+}
+
+/// Each VM's active clients, by kind (console, surrogate, heartbeat).
+fn per_kind_clients(out: &mut String, s: &Snapshot) {
+    let mut counts: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
+    for c in &s.clients {
+        *counts.entry((c.vm.as_str(), c.kind.as_str())).or_default() += 1;
+    }
+    let name = "ebb_vm_active_clients";
+    let _ = writeln!(out, "# HELP {name} A VM's clients whose activity timer has not run out, by kind.\n# TYPE {name} gauge");
+    for ((vm, kind), n) in counts {
+        let _ = writeln!(out, "{name}{{vm=\"{}\",kind=\"{kind}\"}} {n}", escape(vm));
+    }
 }
 
 fn escape(label: &str) -> String {

@@ -10,6 +10,10 @@ pub const WAKE: &str = "/v1/vms/{name}/wake";
 pub const CRITICAL: &str = "/v1/vms/{name}/critical/{on}";
 pub const VALUE: &str = "/v1/vms/{name}/value/{value}";
 pub const NEEDS: &str = "/v1/vms/{name}/needs";
+/// The active clients of the VMs, and a client agent's heartbeat (a JSON
+/// body: `api_types::Heartbeat`).
+pub const CLIENTS: &str = "/v1/clients";
+pub const HEARTBEAT: &str = "/v1/clients/{name}/heartbeat";
 /// Takes `vm` and `limit` as query parameters.
 pub const EVENTS: &str = "/v1/events";
 pub const METRICS: &str = "/metrics";

@@ -241,6 +241,21 @@ pub enum SurrogateEvent {
         service: String,
         why: Refusal,
     },
+    /// A client's connection is spliced to the VM or held for it: client
+    /// activity (seed 002). Never sent for the surrogate's own probes, its
+    /// echo or canned answers, nor for connections on the kernel path
+    /// (the kernel forwards those without ebb).
+    ClientOpened {
+        vm: VmId,
+        service: String,
+        peer: SocketAddr,
+    },
+    /// That connection closed (one `ClientClosed` per `ClientOpened`).
+    ClientClosed {
+        vm: VmId,
+        service: String,
+        peer: SocketAddr,
+    },
     /// nft failed for a service on the kernel path: the surrogate splices
     /// it from now on (its port stays served).
     AwakePathFailed {

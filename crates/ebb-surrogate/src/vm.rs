@@ -7,6 +7,7 @@ use crate::quota::{Quota, Share};
 use crate::spec::Limits;
 use crate::stats::Counters;
 use ebb_core::VmId;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -122,6 +123,15 @@ impl VmShared {
         }
     }
 
+    /// Tells the agent a client's connection is spliced or held; the
+    /// guard tells it the connection closed when it drops. None when the
+    /// peer's address cannot be read (the client is gone already).
+    pub(crate) fn client_opened<'a>(&'a self, service: &'a str, peer: std::io::Result<SocketAddr>) -> Option<ClientGuard<'a>> {
+        let peer = peer.ok()?;
+        self.send_event(SurrogateEvent::ClientOpened { vm: self.vm.clone(), service: service.to_string(), peer });
+        Some(ClientGuard { vm: self, service, peer })
+    }
+
     /// Counts a refusal and tells the agent, dropping the event (not the
     /// count) when the agent lags: refusals come in floods.
     pub(crate) fn report_refusal(&self, service: &str, why: Refusal) {
@@ -132,5 +142,22 @@ impl VmShared {
             service: service.to_string(),
             why,
         });
+    }
+}
+
+/// A client connection the agent was told of: its close is told when this
+/// drops, whichever way the connection ends.
+pub(crate) struct ClientGuard<'a> {
+    vm: &'a VmShared,
+    service: &'a str,
+    peer: SocketAddr,
+}
+
+impl Drop for ClientGuard<'_> {
+    fn drop(&mut self) {
+        // At the runtime's shutdown no task can be spawned: the agent is gone too.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.vm.send_event(SurrogateEvent::ClientClosed { vm: self.vm.vm.clone(), service: self.service.to_string(), peer: self.peer });
+        }
     }
 }

@@ -1080,3 +1080,43 @@ async fn clients_waiting_for_their_replay_still_count_as_held() {
     })
     .await
 }
+
+/// Seed 002: each client connection the surrogate holds or splices is
+/// client activity, told to the agent when it opens and when it closes;
+/// the surrogate's own canned answers are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_and_spliced_connections_are_client_activity_and_canned_answers_are_not() {
+    bounded(10, async {
+        let (listen, backend) = (free_addr(), free_addr());
+        let wake = Wake::Http { addr: backend, name: "vm1".into(), delay: Duration::from_millis(100) };
+        let d = setup(Limits::default(), vec![web(listen, backend)], VmPower::Asleep, wake);
+        assert_eq!(http_get(listen, "/healthz").await.unwrap().0, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(d.clients.lock().unwrap().is_empty(), "a canned answer is no client: {:?}", d.clients.lock().unwrap());
+        // Held while the VM wakes, then spliced; then one spliced at once.
+        assert_eq!(http_get(listen, "/held").await.unwrap().0, 200);
+        assert_eq!(http_get(listen, "/spliced").await.unwrap().0, 200);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let balance = loop {
+            let ev = d.clients.lock().unwrap().clone();
+            let mut open: std::collections::BTreeMap<std::net::SocketAddr, i32> = Default::default();
+            for e in &ev {
+                match e {
+                    SurrogateEvent::ClientOpened { vm: v, service, peer } if *v == vm() && service == "web" => *open.entry(*peer).or_default() += 1,
+                    SurrogateEvent::ClientClosed { vm: v, service, peer } if *v == vm() && service == "web" => *open.entry(*peer).or_default() -= 1,
+                    e => panic!("{e:?}"),
+                }
+            }
+            // Both clients seen and every connection closed (the events may lag the answers).
+            if (open.len() == 2 && open.values().all(|n| *n == 0)) || Instant::now() > deadline {
+                break (ev.len(), open);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let (events, open) = balance;
+        assert_eq!(open.len(), 2, "two clients' connections: {open:?}");
+        assert!(open.iter().all(|(peer, n)| peer.ip().is_loopback() && *n == 0), "every open is closed: {open:?}");
+        assert!(events >= 4, "{events}");
+    })
+    .await
+}

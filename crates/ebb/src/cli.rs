@@ -2,7 +2,7 @@
 //! sentences. Scripts use `--json` instead.
 
 use ebb_daemon::words::clock;
-use ebb_daemon::api_types::{Connection, DevicesView, Event, Explain, Needs, PlanView, PowerStatus, Source, Status, VmInfo};
+use ebb_daemon::api_types::{ClientView, Connection, DevicesView, Event, Explain, Needs, PlanView, PowerStatus, Source, Status, VmInfo};
 use ebb_core::devices::DiskState;
 use ebb_daemon::config::Config;
 use ebb_core::Bytes;
@@ -56,7 +56,7 @@ pub fn status_text(s: &Status) -> String {
         let _ = writeln!(out, "  {note}");
     }
     let _ = writeln!(out, "host: {} available of {}", s.host_available, s.host_total);
-    let _ = writeln!(out, "vms: {} ({} managed)", s.vms, s.vms_managed);
+    let _ = writeln!(out, "vms: {} ({} managed); active clients: {}", s.vms, s.vms_managed, s.active_clients);
     let _ = writeln!(out, "actions: {} ({} failed); sleeps {}, wakes {}", s.actions_total, s.action_failures_total, s.sleeps_total, s.wakes_total);
     let _ = writeln!(out, "journal: {}", s.journal);
     if let Some(trouble) = &s.journal_trouble {
@@ -315,6 +315,26 @@ pub fn needs_table(n: &Needs) -> String {
     table(&["HOUR(UTC)", "SAMPLES", "CPU p50", "CPU p90", "DISK p90", "NET p90", "CLASS"], &rows)
 }
 
+/// `ebb clients`: each active client, its VM and what keeps it active.
+pub fn clients_table(clients: &[ClientView]) -> String {
+    if clients.is_empty() {
+        return "no active clients\n".into();
+    }
+    let rows: Vec<Vec<String>> = clients
+        .iter()
+        .map(|c| {
+            let until = match c.expires_at {
+                None => format!("connected ({} open)", c.open),
+                Some(at) => format!("until {} UTC", clock(at)),
+            };
+            vec![c.id.clone(), c.kind.to_string(), c.vm.to_string(), c.remote.clone().unwrap_or_else(|| "-".into()), clock(c.last_activity), ebb_core::human::Span::from_millis(c.ttl_ms).to_string(), until]
+        })
+        .collect();
+    let mut out = table(&["CLIENT", "KIND", "VM", "REMOTE", "LAST(UTC)", "TTL", "ACTIVE"], &rows);
+    let _ = writeln!(out, "{} active", clients.len());
+    out
+}
+
 pub fn events_table(events: &[Event]) -> String {
     if events.is_empty() {
         return "the journal is empty\n".into();
@@ -421,6 +441,12 @@ pub fn describe_config(c: &Config) -> String {
         (Some(after), Some(cmd)) => format!("after {after} without I/O, by {} /dev/NAME", cmd.join(" ")),
     };
     let _ = writeln!(out, "devices (under {}): cpufreq: {cpufreq}  disk standby: {standby}", c.power.sysfs.display());
+    let k = &c.clients;
+    let _ = writeln!(
+        out,
+        "clients: heartbeats {} (at most {})  consoles {} after disconnect  surrogate clients {} after their last connection",
+        k.heartbeat_ttl, k.heartbeat_max_ttl, k.console_idle, k.surrogate_idle
+    );
     for (name, vm) in &c.vm {
         let _ = writeln!(
             out,

@@ -93,6 +93,11 @@ enum Command {
         /// A whole number (higher: kept longer), or `clear`.
         value: String,
     },
+    /// The VMs' active clients (console sessions, service clients through the surrogate, heartbeats) and their timers.
+    Clients {
+        #[arg(long)]
+        json: bool,
+    },
     /// Prometheus metrics, as the agent serves them at /metrics.
     Metrics,
     #[cfg(feature = "lab")]
@@ -174,6 +179,7 @@ async fn dispatch(args: Args) -> Result<(), String> {
             println!("{}", cli::for_terminal(&d.done));
             Ok(())
         }
+        Command::Clients { json } => print_or_json(json, &client.clients().await.map_err(e)?, |c| cli::clients_table(c)),
         Command::Metrics => {
             print!("{}", cli::for_terminal(&client.metrics().await.map_err(e)?));
             Ok(())

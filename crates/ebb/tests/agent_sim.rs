@@ -377,3 +377,47 @@ async fn why_the_pool_shrinks_reaches_the_status() {
     assert!(note.contains("reserve"), "{note}");
     w.stop().await;
 }
+
+/// A client agent's heartbeats through the API (seed 002): its client
+/// counts on the host while its TTL runs, bad input is refused with a 400
+/// that says why, an unknown VM with a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_keeps_its_client_active_for_its_ttl_and_bad_ones_are_refused() {
+    use ebb_daemon::api_types::Heartbeat;
+    let sim = SimHypervisor::new(Bytes::from_gib(16));
+    sim.add_vm(SimVm::new("web", Bytes::from_mib(512)));
+    let w = start_with(sim, "enabled = false", "[clients]\nheartbeat_max_ttl = \"10m\"\n").await;
+    w.until("web seen", |vms, _| vms.iter().any(|v| v.name == "web").then_some(())).await;
+
+    let beat = |ttl: Option<&str>| Heartbeat { vm: "web".into(), ttl: ttl.map(|t| ebb_core::human::Span::parse(t).unwrap()) };
+    let c = w.client.heartbeat("kiosk-1", &beat(Some("4s"))).await.unwrap();
+    assert_eq!((c.id.as_str(), c.kind, c.vm.as_str(), c.ttl_ms, c.open), ("kiosk-1", ebb_core::clients::ClientKind::Heartbeat, "web", 4000, 0));
+    let listed = w.client.clients().await.unwrap();
+    assert_eq!(listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["kiosk-1"]);
+    assert_eq!(w.client.status().await.unwrap().active_clients, 1);
+    assert!(w.client.metrics().await.unwrap().contains("ebb_active_clients 1\n"));
+    // Without a TTL, the config's default (60 s).
+    assert_eq!(w.client.heartbeat("kiosk-2", &beat(None)).await.unwrap().ttl_ms, 60_000);
+    w.until("two clients", |_, st| (st.active_clients == 2).then_some(())).await;
+
+    let refused = |e: ClientError| match e {
+        ClientError::Api { status, message } => (status, message),
+        e => panic!("{e:?}"),
+    };
+    let (code, msg) = refused(w.client.heartbeat("kiosk-1", &beat(Some("1h"))).await.unwrap_err());
+    assert!(code == 400 && msg.contains("clients.heartbeat_max_ttl = 10m"), "{code} {msg}");
+    let (code, msg) = refused(w.client.post_json::<serde_json::Value>("/v1/clients/k/heartbeat", &serde_json::json!({"vm": "web", "tll": 5})).await.unwrap_err());
+    assert!(code == 400 && msg.contains("a heartbeat's body is JSON like") && msg.contains("unknown field `tll`"), "{code} {msg}");
+    let (code, msg) = refused(w.client.post_json::<serde_json::Value>("/v1/clients/k/heartbeat", &serde_json::json!({"vm": "web", "ttl": "soon"})).await.unwrap_err());
+    assert!(code == 400 && msg.contains("\"soon\" is not a duration"), "{code} {msg}");
+    let (code, msg) = refused(w.client.heartbeat("a b", &beat(None)).await.unwrap_err());
+    assert!(code == 400 && msg.contains("spaces"), "{code} {msg}");
+    let (code, msg) = refused(w.client.heartbeat("k", &Heartbeat { vm: "nope".into(), ttl: None }).await.unwrap_err());
+    assert!(code == 404 && msg.contains("no VM named nope"), "{code} {msg}");
+
+    // kiosk-1's 4 s run out; kiosk-2's minute has not.
+    w.until("kiosk-1 expired", |_, st| (st.active_clients == 1).then_some(())).await;
+    let listed = w.client.clients().await.unwrap();
+    assert_eq!(listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["kiosk-2"]);
+    w.stop().await;
+}

@@ -87,14 +87,17 @@ fn free_port() -> u16 {
 }
 
 fn start(dir: &std::path::Path, listen: u16, backend: u16, surrogate: &str) -> AgentProc {
-    AgentProc::start(
+    let agent = AgentProc::start(
         dir,
         "uri = \"test:///default\"\ntick = \"200ms\"",
         &format!(
             "[[vm.test.service]]\nname = \"web\"\nlisten = \"127.0.0.1:{listen}\"\nbackend = \"127.0.0.1:{backend}\"\nhttp = true\n\
              [surrogate]\n{surrogate}\n"
         ),
-    )
+    );
+    // The API's socket is bound before the services are: wait for them.
+    agent.wait("the service served", Duration::from_secs(10), |a| a.vm("test").and_then(|v| v.surrogate));
+    agent
 }
 
 fn table_of(agent: &AgentProc) -> String {

@@ -533,3 +533,80 @@ fn crowds_at_a_sleeping_guest_on_a_real_network_are_answered_or_refused_within_t
     drop(g);
     lab.remove_leftovers(prefix).unwrap();
 }
+
+/// A VNC viewer's handshake as RFB 3.8 has it: version, security None,
+/// ClientInit (shared), ServerInit. Returns the connection, kept open.
+fn rfb_session(port: u16) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut version = [0u8; 12];
+    s.read_exact(&mut version).unwrap();
+    assert!(version.starts_with(b"RFB 003."), "{version:?}");
+    s.write_all(b"RFB 003.008\n").unwrap();
+    let mut n = [0u8; 1];
+    s.read_exact(&mut n).unwrap();
+    let mut types = vec![0u8; n[0] as usize];
+    s.read_exact(&mut types).unwrap();
+    assert!(types.contains(&1), "no security type None: {types:?}");
+    s.write_all(&[1]).unwrap();
+    let mut result = [0u8; 4];
+    s.read_exact(&mut result).unwrap();
+    assert_eq!(result, [0; 4], "security result");
+    s.write_all(&[1]).unwrap();
+    // ServerInit: width, height, pixel format (16), name length, name.
+    let mut init = [0u8; 24];
+    s.read_exact(&mut init).unwrap();
+    let mut name = vec![0u8; u32::from_be_bytes(init[20..24].try_into().unwrap()) as usize];
+    s.read_exact(&mut name).unwrap();
+    s
+}
+
+/// Seed 002's console sessions, from libvirt's graphics events on a real
+/// guest: a viewer counts once through its handshake, its disconnect
+/// starts its timer, an agent started while it is connected finds it
+/// (events are not replayed), and a save ends it (libvirt says nothing).
+#[test]
+fn a_vnc_session_is_a_client_until_it_disconnects_and_a_save_ends_it() {
+    use ebb_core::clients::{ClientKind, ClientView};
+    let prefix = "ebb-test-console-";
+    let name = format!("{prefix}a");
+    let (_lab, dir, [_g]) = guests(prefix, ["a"], 128, |_, s| s.vnc = true);
+    let out = Command::new("virsh").args(["-c", URI, "vncdisplay", &name]).output().unwrap();
+    let display = String::from_utf8_lossy(&out.stdout);
+    let port = 5900 + display.trim().trim_start_matches("127.0.0.1").trim_start_matches(':').parse::<u16>().unwrap_or_else(|_| panic!("vncdisplay: {display:?}"));
+    let agent_lines = format!("uri = \"{URI}\"\ndomains = [\"{prefix}*\"]\ntick = \"500ms\"");
+    let rest = "[memory]\nenabled = false\n[clients]\nconsole_idle = \"10m\"\n";
+    let mut agent = AgentProc::start(dir.path(), &agent_lines, rest);
+    agent.wait("the guest", Duration::from_secs(30), |a| a.vm(&name));
+    let consoles = |a: &AgentProc| -> Vec<ClientView> { a.json::<Vec<ClientView>>(&["clients"]).into_iter().filter(|c| c.kind == ClientKind::Console).collect() };
+
+    // A bare probe of the port is no session.
+    drop(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+    let viewer = rfb_session(port);
+    let me = viewer.local_addr().unwrap().to_string();
+    let c = agent.wait("the console session", Duration::from_secs(10), |a| consoles(a).into_iter().find(|c| c.id == me));
+    assert_eq!((c.vm.as_str(), c.open, c.expires_at), (name.as_str(), 1, None));
+    assert_eq!(consoles(&agent).len(), 1, "the probe counted: {:?}", consoles(&agent));
+    assert!(agent.text(&["clients"]).contains("console"));
+
+    // The viewer leaves: its timer runs for console_idle.
+    drop(viewer);
+    let c = agent.wait("the disconnect", Duration::from_secs(10), |a| consoles(a).into_iter().find(|c| c.id == me && c.open == 0));
+    assert_eq!(c.expires_at.map(|t| t.since(c.last_activity)), Some(600_000));
+
+    // A viewer that connects while no agent runs is found by the next one.
+    agent.stop();
+    let viewer = rfb_session(port);
+    let me2 = viewer.local_addr().unwrap().to_string();
+    let agent = AgentProc::start(dir.path(), &agent_lines, rest);
+    let c = agent.wait("the session found at start", Duration::from_secs(15), |a| consoles(a).into_iter().find(|c| c.id == me2));
+    assert_eq!((c.vm.as_str(), c.open), (name.as_str(), 1));
+
+    // A save closes the viewer with no disconnect event: the VM's stop ends it.
+    let out = Command::new("virsh").args(["-c", URI, "managedsave", &name]).output().unwrap();
+    assert!(out.status.success(), "managedsave: {}", String::from_utf8_lossy(&out.stderr));
+    agent.wait("the save to end the session", Duration::from_secs(15), |a| consoles(a).is_empty().then_some(()));
+    assert_eq!(agent.status().active_clients, 0);
+    drop(viewer);
+}

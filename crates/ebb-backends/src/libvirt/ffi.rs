@@ -2,7 +2,8 @@
 //! virt 0.5 leaves raw or unwrapped: the bulk stats records (virt hands out
 //! bare pointers and frees only the outer array, so each call through it
 //! would leak every record), the node stats, vCPU pinning, and the
-//! typed-parameter getters and setters of the live tunes.
+//! typed-parameter getters and setters of the live tunes, and the domain
+//! events (graphics and lifecycle) with the event loop they need.
 //!
 //! It moves plain data only: (name, value) pairs, byte maps. What the
 //! names mean and which units they carry is the business of the modules
@@ -10,7 +11,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::CStr;
-use std::os::raw::{c_char, c_int};
+use std::os::raw::{c_char, c_int, c_void};
 use std::ptr;
 
 use virt::connect::Connect;
@@ -284,4 +285,150 @@ pub fn vcpu_pin_info(dom: &Domain, vcpus: usize, maplen: usize) -> Result<Vec<Ve
         return Err(Error::last_error());
     }
     Ok(buf.chunks(maplen).take(n as usize).map(<[u8]>::to_vec).collect())
+}
+
+/// What libvirt's domain events say, copied out of the callback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DomainEvent {
+    /// VIR_DOMAIN_EVENT_ID_GRAPHICS: a VNC/SPICE client's `phase`
+    /// (VIR_DOMAIN_EVENT_GRAPHICS_*) and its remote address and port.
+    Graphics { dom: String, phase: u32, node: String, service: String },
+    /// VIR_DOMAIN_EVENT_ID_LIFECYCLE: the event (VIR_DOMAIN_EVENT_*) and its detail.
+    Lifecycle { dom: String, event: u32 },
+}
+
+/// Where the events go: called on libvirt's event thread, so it must
+/// return at once (a channel send), never block.
+pub type EventSink = std::sync::Arc<dyn Fn(DomainEvent) + Send + Sync>;
+
+/// Registers libvirt's default event loop and starts the thread that runs
+/// it, once per process. libvirt needs it before the connection that
+/// registers for events is opened (it also gives connections keepalives).
+pub fn start_event_loop() -> Result<(), String> {
+    static STARTED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    STARTED
+        .get_or_init(|| {
+            virt::event::event_register_default_impl().map_err(|e| e.message().to_string())?;
+            std::thread::Builder::new()
+                .name("libvirt-events".into())
+                .spawn(|| loop {
+                    if let Err(e) = virt::event::event_run_default_impl() {
+                        tracing::warn!("libvirt's event loop failed: {}", e.message());
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                    }
+                })
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+}
+
+/// Registers `sink` for the graphics and lifecycle events of every domain
+/// of `conn`; returns the callback ids, for `deregister_domain_events`.
+/// Each registration owns a clone of `sink`, freed by libvirt's freecb.
+pub fn register_domain_events(conn: &Connect, sink: &EventSink) -> Result<Vec<c_int>, Error> {
+    type Graphics = unsafe extern "C" fn(
+        virt_sys::virConnectPtr,
+        virt_sys::virDomainPtr,
+        c_int,
+        *const virt_sys::virDomainEventGraphicsAddress,
+        *const virt_sys::virDomainEventGraphicsAddress,
+        *const c_char,
+        *const virt_sys::virDomainEventGraphicsSubject,
+        *mut c_void,
+    );
+    type Lifecycle = unsafe extern "C" fn(virt_sys::virConnectPtr, virt_sys::virDomainPtr, c_int, c_int, *mut c_void) -> c_int;
+    type Generic = unsafe extern "C" fn(virt_sys::virConnectPtr, virt_sys::virDomainPtr, *mut c_void);
+    // SAFETY: libvirt calls each callback with the signature of its event
+    // id; the generic type is how its C API erases them.
+    let callbacks: [(u32, virt_sys::virConnectDomainEventGenericCallback); 2] = unsafe {
+        [
+            (virt_sys::VIR_DOMAIN_EVENT_ID_GRAPHICS, Some(std::mem::transmute::<Graphics, Generic>(on_graphics as Graphics))),
+            (virt_sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, Some(std::mem::transmute::<Lifecycle, Generic>(on_lifecycle as Lifecycle))),
+        ]
+    };
+    let mut ids = Vec::new();
+    for (event, cb) in callbacks {
+        let opaque = Box::into_raw(Box::new(sink.clone())) as *mut c_void;
+        // SAFETY: `conn` is open; libvirt owns `opaque` from here and gives
+        // it back to `free_sink` once, when the callback is deregistered.
+        let id = unsafe { virt_sys::virConnectDomainEventRegisterAny(conn.as_ptr(), ptr::null_mut(), event as c_int, cb, opaque, Some(free_sink)) };
+        if id < 0 {
+            let e = Error::last_error();
+            // SAFETY: the registration failed: libvirt did not take `opaque`.
+            drop(unsafe { Box::from_raw(opaque as *mut EventSink) });
+            deregister_domain_events(conn, &ids);
+            return Err(e);
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Deregisters callbacks `register_domain_events` returned (a connection
+/// already lost refuses: nothing is left to deregister then).
+pub fn deregister_domain_events(conn: &Connect, ids: &[c_int]) {
+    for id in ids {
+        // SAFETY: `conn` is open (or closed: libvirt returns an error).
+        unsafe { virt_sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), *id) };
+    }
+}
+
+unsafe extern "C" fn free_sink(opaque: *mut c_void) {
+    // SAFETY: `opaque` is the box `register_domain_events` gave libvirt.
+    drop(unsafe { Box::from_raw(opaque as *mut EventSink) });
+}
+
+/// A C string libvirt owns, copied; empty for NULL.
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string valid for the call.
+unsafe fn text(p: *const c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        // SAFETY: as the caller promised.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+/// # Safety
+/// Called by libvirt during the callback only: `dom` is valid.
+unsafe fn dom_name(dom: virt_sys::virDomainPtr) -> String {
+    // SAFETY: `dom` is valid for the callback; the name lives as long.
+    unsafe { text(virt_sys::virDomainGetName(dom)) }
+}
+
+/// Hands the event over; a panic must not unwind into libvirt.
+fn deliver(opaque: *mut c_void, event: DomainEvent) {
+    // SAFETY: `opaque` is the sink `register_domain_events` registered;
+    // libvirt keeps it until `free_sink`, after the last callback.
+    let sink = unsafe { &*(opaque as *const EventSink) };
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(event)));
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn on_graphics(
+    _conn: virt_sys::virConnectPtr,
+    dom: virt_sys::virDomainPtr,
+    phase: c_int,
+    _local: *const virt_sys::virDomainEventGraphicsAddress,
+    remote: *const virt_sys::virDomainEventGraphicsAddress,
+    _auth: *const c_char,
+    _subject: *const virt_sys::virDomainEventGraphicsSubject,
+    opaque: *mut c_void,
+) {
+    // SAFETY: libvirt passes valid pointers (or NULL) for the callback's life.
+    let event = unsafe {
+        let (node, service) = remote.as_ref().map_or((String::new(), String::new()), |r| (text(r.node), text(r.service)));
+        DomainEvent::Graphics { dom: dom_name(dom), phase: phase as u32, node, service }
+    };
+    deliver(opaque, event);
+}
+
+unsafe extern "C" fn on_lifecycle(_conn: virt_sys::virConnectPtr, dom: virt_sys::virDomainPtr, event: c_int, _detail: c_int, opaque: *mut c_void) -> c_int {
+    // SAFETY: `dom` is valid for the callback.
+    let dom = unsafe { dom_name(dom) };
+    deliver(opaque, DomainEvent::Lifecycle { dom, event: event as u32 });
+    0
 }

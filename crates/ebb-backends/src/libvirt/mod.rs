@@ -40,6 +40,7 @@
 // The FFI edge: the only unsafe code in ebb-backends.
 #[allow(unsafe_code)]
 mod ffi;
+mod consoles;
 mod stats;
 mod test_node;
 mod tune;
@@ -82,6 +83,14 @@ pub struct LibvirtHypervisor {
     last_activity: HashMap<String, Activity>,
     /// The host's logical CPUs, read once at connect.
     host_cpus: u32,
+    /// The domain event callbacks registered on `conn` (`watch_consoles`).
+    event_ids: Vec<std::os::raw::c_int>,
+}
+
+impl Drop for LibvirtHypervisor {
+    fn drop(&mut self) {
+        ffi::deregister_domain_events(&self.conn, &self.event_ids);
+    }
 }
 
 impl std::fmt::Debug for LibvirtHypervisor {
@@ -96,6 +105,10 @@ impl LibvirtHypervisor {
         // libvirt's default error handler prints every error to stderr; ours
         // carry them in `HvError` instead.
         virt::error::clear_error_callback();
+        // Events need libvirt's event loop registered before the connection opens.
+        if let Err(e) = ffi::start_event_loop() {
+            warn!("libvirt's event loop could not start, so console sessions are not seen: {e}");
+        }
         let conn = open(uri)?;
         let host_cpus = conn.node_info().map(|i| i.cpus).unwrap_or(1);
         debug!(uri, host_cpus, "connected to libvirt");
@@ -107,6 +120,7 @@ impl LibvirtHypervisor {
             node_stats: true,
             last_stats: HashMap::new(),
             last_activity: HashMap::new(),
+            event_ids: Vec::new(),
         })
     }
 
@@ -125,6 +139,15 @@ impl LibvirtHypervisor {
     /// closed socket shows up as SYSTEM_ERROR or RPC first).
     fn connection_lost(&self, e: &VirtError) -> bool {
         code_is(e, ErrorNumber::NoConnect) || !matches!(self.conn.is_alive(), Ok(true))
+    }
+
+    /// Maps an error of a call about the host or every domain.
+    fn host_error(&self, op: &'static str, e: VirtError) -> HvError {
+        if self.connection_lost(&e) {
+            self.disconnected(e)
+        } else {
+            HvError::Host { op, detail: cause(e) }
+        }
     }
 
     /// Maps an error of one VM operation.
@@ -571,5 +594,24 @@ impl Hypervisor for LibvirtHypervisor {
 
     fn shutdown(&mut self, vm: &VmId) -> Result<(), HvError> {
         self.domain_op("shut down", vm, |d| d.shutdown())
+    }
+
+    fn watch_consoles(&mut self, sink: ebb_core::clients::ConsoleSink) -> Result<bool, HvError> {
+        let ids = ffi::register_domain_events(&self.conn, &consoles::console_sink(sink)).map_err(|e| self.host_error("register for domain events", e))?;
+        self.event_ids.extend(ids);
+        Ok(true)
+    }
+
+    fn console_sessions(&mut self) -> Result<Vec<(VmId, String)>, HvError> {
+        let doms = self.conn.list_all_domains(virt_sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE).map_err(|e| self.host_error("list the running domains", e))?;
+        let tcp = [std::fs::read_to_string("/proc/net/tcp"), std::fs::read_to_string("/proc/net/tcp6")].map(Result::unwrap_or_default).concat();
+        let mut out = Vec::new();
+        for dom in doms {
+            let (Ok(name), Ok(xml)) = (dom.name(), dom.xml_desc(0)) else { continue };
+            for port in consoles::graphics_ports(&xml) {
+                out.extend(consoles::established_peers(&tcp, port).into_iter().map(|r| (VmId::new(name.clone()), r)));
+            }
+        }
+        Ok(out)
     }
 }

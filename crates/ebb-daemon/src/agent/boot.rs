@@ -157,17 +157,19 @@ impl Agent {
             },
             devices: Devices { policy: devices, cfg: cfg.power.devices.clone(), view: None, last_restore_error: None },
             commands,
+            clients: Default::default(),
+            consoles: mpsc::unbounded_channel(),
             surrogate,
             surrogate_events,
             refusal_journaled: HashMap::new(),
             counters: Counters { started_at, ..Counters::default() },
-            snapshot: watch::channel(Arc::new(Snapshot { status: placeholder_status(), vms: vec![] })).0,
+            snapshot: watch::channel(Arc::new(Snapshot { status: placeholder_status(), vms: vec![], clients: vec![] })).0,
             clock,
             journal: writer,
             cfg,
         };
         let status = agent.status(None, None, 0.0);
-        agent.snapshot.send_replace(Arc::new(Snapshot { status, vms: vec![] }));
+        agent.snapshot.send_replace(Arc::new(Snapshot { status, vms: vec![], clients: vec![] }));
         let rx = agent.snapshot.subscribe();
         Ok((agent, rx, command_tx))
     }

@@ -21,6 +21,8 @@ pub enum Command {
     Critical { vm: VmId, on: bool, reply: Reply<String> },
     /// Sets a VM's value for power drops (over the config's), or clears it.
     Value { vm: VmId, value: Option<u32>, reply: Reply<String> },
+    /// A client agent's heartbeat: its client is active on the VM for the TTL.
+    Heartbeat { name: String, beat: crate::api_types::Heartbeat, reply: Reply<ebb_core::clients::ClientView> },
 }
 
 /// Why a command was refused or failed. The API edge turns each into the
@@ -41,6 +43,9 @@ pub enum CommandError {
     /// The action was tried and failed (journaled with its reason).
     #[error("{0}")]
     Failed(String),
+    /// The request itself is wrong (400); the text says what.
+    #[error("{0}")]
+    BadRequest(String),
     #[error("could not record {what}: {source}")]
     Journal { what: &'static str, source: crate::journal::JournalError },
 }
@@ -50,6 +55,8 @@ pub enum CommandError {
 pub enum ErrorKind {
     /// No such VM (404).
     NotFound,
+    /// The request is wrong (400).
+    BadRequest,
     /// The VM or the host is not in a state that allows it (409).
     WrongState,
     /// libvirt is not reachable (503).
@@ -74,6 +81,7 @@ impl CommandError {
             UnknownVm(_) | NoHistory(_) => ErrorKind::NotFound,
             Refused { .. } | LowBattery => ErrorKind::WrongState,
             NotConnected => ErrorKind::Unavailable,
+            BadRequest(_) => ErrorKind::BadRequest,
             Failed(_) | Journal { .. } => ErrorKind::Failed,
         }
     }
@@ -117,6 +125,9 @@ impl Agent {
             }
             Command::Value { vm, value, reply } => {
                 let _ = reply.send(self.set_value(vm, value, at).await);
+            }
+            Command::Heartbeat { name, beat, reply } => {
+                let _ = reply.send(self.heartbeat(name, beat));
             }
         }
     }

@@ -37,6 +37,7 @@ impl Agent {
                 let text = format!("connected to libvirt at {}", self.cfg.agent.uri);
                 info!("{text}");
                 self.journal_event(None, Kind::Connected, &text);
+                self.watch_consoles().await;
                 true
             }
             Ok(Err(e)) => {

@@ -15,6 +15,7 @@ mod commands;
 mod act;
 mod publish;
 mod decide;
+mod clients;
 
 use observe::CpuReadings;
 use decide::Decisions;
@@ -100,6 +101,10 @@ pub struct Agent {
     /// When a VM's last refusal was journaled: a flood is one entry a second.
     refusal_journaled: HashMap<VmId, Millis>,
     commands: mpsc::Receiver<Command>,
+    /// The clients attached to the VMs and their activity timers (seed 002).
+    clients: ebb_core::clients::Clients,
+    /// Console events from libvirt's event thread, and the sender it gets.
+    consoles: (mpsc::UnboundedSender<ebb_core::clients::ConsoleEvent>, mpsc::UnboundedReceiver<ebb_core::clients::ConsoleEvent>),
     snapshot: watch::Sender<Arc<Snapshot>>,
     counters: Counters,
 }
@@ -215,6 +220,7 @@ impl Agent {
                     _ = tokio::time::sleep_until(next) => break,
                     Some(cmd) = self.commands.recv() => self.command(cmd).await,
                     Some(ev) = self.surrogate_events.recv() => self.surrogate_event(ev).await,
+                    Some(ev) = self.consoles.1.recv() => self.console_event(ev),
                     _ = &mut shutdown => break 'ticks,
                 }
             }
@@ -251,6 +257,7 @@ impl Agent {
         self.power.model_draw = d.realloc.is_some().then(|| model_draw(&obs, views, &model));
         self.power_tick(&obs, at).await;
         self.devices_tick(&obs, at).await;
+        self.expire_clients(at);
         self.publish(Some(&obs), Some((&d.memory, &d.idle, d.realloc.as_ref())), started, at);
         self.vms.in_flight = d.memory.views.iter().filter(|v| v.skipped.is_none() && v.target.is_some() && v.target != v.actual).map(|v| v.vm.clone()).collect();
         self.cfg.memory.enabled && !self.vms.in_flight.is_empty()

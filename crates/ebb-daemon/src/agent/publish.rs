@@ -69,7 +69,8 @@ impl Agent {
         };
         let mut status = self.status(obs, decision, tick_ms);
         status.last_tick_at = Some(at);
-        self.snapshot.send_replace(Arc::new(Snapshot { status, vms }));
+        let clients = self.client_views(at);
+        self.snapshot.send_replace(Arc::new(Snapshot { status, vms, clients }));
     }
 
     /// Shows a command's effect at once rather than at the next tick.
@@ -84,6 +85,7 @@ impl Agent {
             vm.sleeping = self.vms.sleeping.get(&id).cloned();
             vm.surrogate = self.surrogate_view(&id);
         }
+        snap.clients = self.client_views(self.clock.now());
         self.snapshot.send_replace(Arc::new(snap));
     }
 
@@ -112,6 +114,7 @@ impl Agent {
             sleeps_total: self.counters.sleeps,
             wakes_total: self.counters.wakes,
             last_wake_ms: self.counters.last_wake_ms,
+            active_clients: self.clients.active(self.clock.now()),
             journal: self.journal.path().display().to_string(),
             journal_trouble: self.journal.trouble(),
             power: (self.power.reading.is_some() || self.power.error.is_some() || self.power.plan.is_some() || !matches!(self.power.measured, Ok(None)) || self.devices.view.is_some()).then(|| PowerStatus {
@@ -153,6 +156,7 @@ pub(super) fn placeholder_status() -> Status {
         sleeps_total: 0,
         wakes_total: 0,
         last_wake_ms: None,
+        active_clients: 0,
         journal: String::new(),
         journal_trouble: None,
         power: None,

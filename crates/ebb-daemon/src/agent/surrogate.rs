@@ -49,6 +49,8 @@ impl Agent {
                 let text = format!("the kernel path failed for {service}, ebb splices it from now on: {error}");
                 self.journal_vm(&vm, at, Kind::AwakePath, None, &text, None, None);
             }
+            SurrogateEvent::ClientOpened { vm, peer, .. } => self.surrogate_client(&vm, peer, true),
+            SurrogateEvent::ClientClosed { vm, peer, .. } => self.surrogate_client(&vm, peer, false),
             SurrogateEvent::Refused { vm, service, why } => {
                 let last = self.refusal_journaled.get(&vm).copied().unwrap_or_default();
                 if at.since(last) >= 1000 {

@@ -12,6 +12,7 @@ pub use agent::*;
 pub use power::*;
 pub use vm::*;
 
+use ebb_core::clients::ClientsConfig;
 use ebb_core::memory::MemoryConfig;
 use ebb_core::realloc::ReallocConfig;
 use ebb_core::{Bytes, VmId};
@@ -60,6 +61,9 @@ pub struct Config {
     pub realloc: ReallocConfig,
     #[serde(default)]
     pub power: PowerSection,
+    /// `[clients]`: the timers of the clients attached to the VMs.
+    #[serde(default)]
+    pub clients: ClientsConfig,
     /// Per-VM settings: `[vm.NAME]`. These win over the domain's metadata.
     #[serde(default)]
     pub vm: BTreeMap<String, VmSection>,
@@ -94,6 +98,7 @@ impl Config {
         })?;
         self.realloc.validate()?;
         self.power.validate()?;
+        self.clients.validate()?;
         // The surrogate's own rules, through the function it runs them with:
         // `ebb check` and `ebb run` cannot disagree on a service.
         let services: Vec<(&str, &[ServiceSpec])> = self.vm.iter().map(|(name, vm)| (name.as_str(), vm.service.as_slice())).collect();

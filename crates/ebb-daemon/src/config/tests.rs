@@ -29,6 +29,7 @@ fn example_config_documents_the_defaults() {
     );
     assert_eq!(c.power.devices, DeviceConfig::default());
     assert_eq!(c.power.devices.disk_standby_command, None);
+    assert_eq!(c.clients, ebb_core::clients::ClientsConfig::default());
     let d = AgentSection::default();
     assert_eq!((c.agent.uri, c.agent.tick, c.agent.fast_tick, c.agent.socket, c.agent.journal), (d.uri, d.tick, d.fast_tick, d.socket, d.journal));
 }
@@ -358,4 +359,18 @@ fn errors_found_after_parsing_point_at_their_field_by_its_path() {
     // A rule about no field the file holds has no line.
     let e = Config::parse("[surrogate]\nwake_deadline = \"5ms\"\n").unwrap_err();
     assert!(matches!(&e, ParseError::Invalid { line: None, .. }) && e.to_string().contains("probe_settle"), "{e:?}");
+}
+
+#[test]
+fn clients_timers_take_human_spans_and_a_bad_one_names_its_field_and_line() {
+    let c = Config::parse("[clients]\nheartbeat_ttl = \"30s\"\nconsole_idle = \"2m\"\nsurrogate_idle = 10\n").unwrap();
+    assert_eq!(c.clients.heartbeat_ttl.as_millis(), 30_000);
+    assert_eq!(c.clients.console_idle.as_millis(), 120_000);
+    assert_eq!(c.clients.surrogate_idle.as_millis(), 10_000);
+    let e = Config::parse("[agent]\n[clients]\nheartbeat_ttl = \"2h\"\n").unwrap_err().to_string();
+    assert!(e.starts_with("line 3: clients.heartbeat_ttl (2h) is longer than clients.heartbeat_max_ttl (1h)"), "{e}");
+    let e = Config::parse("[clients]\nconsole_idle = \"0s\"\n").unwrap_err().to_string();
+    assert!(e.contains("line 2") && e.contains("console_idle") && e.contains("more than zero"), "{e}");
+    let e = Config::parse("[clients]\nidle = \"1s\"\n").unwrap_err().to_string();
+    assert!(e.contains("unknown field") && e.contains("idle"), "{e}");
 }

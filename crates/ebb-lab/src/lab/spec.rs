@@ -50,6 +50,8 @@ pub struct GuestSpec {
     /// Its address on the bridge of `LabNet` (instead of the user-mode
     /// forward): the guest must be created through `LabNet::lab`.
     pub lab_net: Option<Ipv4Addr>,
+    /// A VNC console on 127.0.0.1 (a port libvirt picks), for viewers.
+    pub vnc: bool,
 }
 
 impl GuestSpec {
@@ -76,6 +78,7 @@ impl GuestSpec {
             disk_limit: None,
             tap: None,
             lab_net: None,
+            vnc: false,
         }
     }
 
@@ -157,6 +160,9 @@ impl GuestSpec {
             let _ = writeln!(x, "      <rom enabled='no'/>");
             let _ = writeln!(x, "      <address type='pci' domain='0x0000' bus='0x00' slot='0x0a' function='0x0'/>");
             let _ = writeln!(x, "    </interface>");
+        }
+        if self.vnc {
+            let _ = writeln!(x, "    <graphics type='vnc' listen='127.0.0.1' autoport='yes'/>");
         }
         if self.guest_agent {
             let _ = writeln!(x, "    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>");

@@ -58,6 +58,7 @@ pub(super) async fn splice_awake(client: TcpStream, fds: Share, svc: &TcpService
 /// the backend's descriptors, and grows by the pipes' when it can.
 pub(super) async fn splice(mut client: TcpStream, mut backend: TcpStream, svc: &TcpService, mut fds: Share) {
     let _ = backend.set_nodelay(true);
+    let _client = svc.vm.client_opened(&svc.spec.name, client.peer_addr());
     let counters = &svc.vm.counters;
     let _open = OpenGuard::new(counters, svc.spec.hold_open_counts_as_activity);
     let pipes = if fds.grow_to(CONNECTED + PIPES) {

@@ -141,6 +141,7 @@ pub(super) async fn hold(
         .await;
     }
     debug!(%reason, "holding the connection while the VM wakes");
+    let _client = svc.vm.client_opened(&svc.spec.name, client.peer_addr());
     let deadline = accepted + limits.wake_deadline;
     let mut client_done = false;
     let end = {

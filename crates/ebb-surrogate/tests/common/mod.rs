@@ -328,6 +328,9 @@ pub enum Wake {
 pub struct Driver {
     pub surrogate: Arc<Mutex<Surrogate>>,
     pub events: Arc<Mutex<Vec<SurrogateEvent>>>,
+    /// The client connections opened and closed, apart from the other
+    /// events: they come with every spliced or held client.
+    pub clients: Arc<Mutex<Vec<SurrogateEvent>>>,
     pub backend: Arc<Mutex<Option<Backend>>>,
     pub backend_requests: Arc<AtomicUsize>,
     task: JoinHandle<()>,
@@ -342,8 +345,10 @@ impl Driver {
     ) -> Driver {
         let surrogate = Arc::new(Mutex::new(surrogate));
         let events = Arc::new(Mutex::new(Vec::new()));
+        let clients = Arc::new(Mutex::new(Vec::new()));
         let backend = Arc::new(Mutex::new(None));
         let backend_requests = Arc::new(AtomicUsize::new(0));
+        let cl = clients.clone();
         let (s, e, b, c) = (
             surrogate.clone(),
             events.clone(),
@@ -352,6 +357,10 @@ impl Driver {
         );
         let task = tokio::spawn(async move {
             while let Some(ev) = rx.recv().await {
+                if matches!(ev, SurrogateEvent::ClientOpened { .. } | SurrogateEvent::ClientClosed { .. }) {
+                    cl.lock().unwrap().push(ev);
+                    continue;
+                }
                 let wake_needed = matches!(ev, SurrogateEvent::WakeNeeded { .. });
                 e.lock().unwrap().push(ev);
                 if !wake_needed {
@@ -391,6 +400,7 @@ impl Driver {
         Driver {
             surrogate,
             events,
+            clients,
             backend,
             backend_requests,
             task,
