@@ -10,8 +10,12 @@ set -eu
 # apache2-utils: ab, a standard load tool the surrogate's crowd test runs; iproute2 and
 # util-linux (ip netns, nsenter, unshare, prlimit): the tests' network namespace.
 # libnss3-tools: certutil, which makes the CA and upsd's certificate database for the NUT-over-TLS tests.
+# etcd-server, etcd-client: the farm's store (the farm tests start their own etcd on loopback);
+# protobuf-compiler, libprotobuf-dev: protoc and its well-known protos, which the etcd-client
+# crate's build needs (protoc alone fails on google/protobuf/descriptor.proto).
 PACKAGES="qemu-system-x86 qemu-utils qemu-guest-agent nut-server nut-client libvirt-daemon-system libvirt-clients libvirt-dev \
-busybox-static linux-image-amd64 cpio zstd kmod pkg-config sqlite3 curl nftables apache2-utils iproute2 util-linux libnss3-tools"
+busybox-static linux-image-amd64 cpio zstd kmod pkg-config sqlite3 curl nftables apache2-utils iproute2 util-linux libnss3-tools \
+etcd-server etcd-client protobuf-compiler libprotobuf-dev"
 URI="qemu:///system"
 
 step() { printf 'setup-host: %s\n' "$*"; }
