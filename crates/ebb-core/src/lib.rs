@@ -28,6 +28,7 @@ pub mod compose;
 pub mod cpuset;
 pub mod memory;
 pub mod devices;
+pub mod farm;
 pub mod human;
 pub mod model;
 pub mod needs;

@@ -1,0 +1,200 @@
+//! The farm's shared words (seed 002, issue 11): `[farm]`, where the farm's
+//! store (etcd) is and how long a host's membership outlives its agent, and
+//! the states a host goes through. The store itself is `ebb-farm`'s; these
+//! are plain data, so the coming sleep policy can decide on them here.
+
+use crate::human::{FieldError, Span};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// etcd grants no lease under 2 s with its default election timeout (a
+/// lease asked for 1 s is granted 2 s), so a shorter TTL would be a lie.
+pub const MIN_LEASE_TTL: Span = Span::from_secs(2);
+
+/// `[farm]`: the agent joins the farm (and `ebb coord`, `ebb farm` find it)
+/// through these etcd endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FarmConfig {
+    /// etcd's client URLs, `http://host:port`; any one that answers serves.
+    pub endpoints: Vec<String>,
+    /// This host's name in the farm; default: the machine's hostname.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// How long the host stays a member after its agent last spoke: the
+    /// membership lease's TTL, kept alive every third of it. Whole seconds
+    /// (etcd's leases are), at least 2 s.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: Span,
+    /// The longest any one call to etcd may take; an etcd that does not
+    /// answer in time is reported unreachable, never waited on.
+    #[serde(default = "default_timeout")]
+    pub timeout: Span,
+}
+
+fn default_lease_ttl() -> Span {
+    Span::from_secs(10)
+}
+
+fn default_timeout() -> Span {
+    Span::from_secs(2)
+}
+
+impl FarmConfig {
+    /// The section's rules; the error names the field.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.endpoints.is_empty() {
+            return Err(FieldError::new("farm.endpoints", "farm.endpoints is empty: give etcd's client URLs, e.g. [\"http://10.0.0.5:2379\"]"));
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            endpoint(e).map_err(|why| FieldError::new(format!("farm.endpoints[{i}]"), format!("farm.endpoints[{i}] = {e:?} {why}")))?;
+        }
+        if let Some(h) = &self.host {
+            host_name(h).map_err(|why| FieldError::new("farm.host", format!("farm.host = {h:?} {why}")))?;
+        }
+        let ttl = self.lease_ttl;
+        if ttl < MIN_LEASE_TTL || !ttl.as_millis().is_multiple_of(1000) {
+            return Err(FieldError::new(
+                "farm.lease_ttl",
+                format!("farm.lease_ttl = {ttl} is not a lease etcd grants: give whole seconds, at least {MIN_LEASE_TTL}"),
+            ));
+        }
+        if self.timeout >= ttl {
+            return Err(FieldError::new(
+                "farm.timeout",
+                format!("farm.timeout ({}) must be shorter than farm.lease_ttl ({ttl}): a keep-alive that waits longer than the lease lets it expire", self.timeout),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lease TTL in etcd's unit.
+    pub fn lease_secs(&self) -> i64 {
+        (self.lease_ttl.as_millis() / 1000) as i64
+    }
+}
+
+/// Refuses an endpoint that is not `http://host:port`.
+pub fn endpoint(url: &str) -> Result<(), &'static str> {
+    if url.starts_with("https://") {
+        return Err("is https: ebb speaks to etcd over plain http for now (keep etcd on a trusted network)");
+    }
+    let rest = url.strip_prefix("http://").ok_or("does not start with http://")?;
+    let (host, port) = rest.trim_end_matches('/').rsplit_once(':').ok_or("has no port: write http://host:port")?;
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err("has no host, or a host with spaces or slashes");
+    }
+    port.parse::<u16>().ok().filter(|p| *p > 0).ok_or("has a port that is not a number from 1 to 65535")?;
+    Ok(())
+}
+
+/// Refuses a host name that cannot be one segment of an etcd key.
+pub fn host_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 253 {
+        return Err("must have 1 to 253 characters");
+    }
+    if name.contains(|c: char| c == '/' || c.is_whitespace() || c.is_control()) {
+        return Err("holds a slash, a space or a control character (it is one segment of the farm's etcd keys)");
+    }
+    Ok(())
+}
+
+/// Where a host is in its sleep cycle, as the farm's store holds it
+/// (`hosts/{h}/state`): written by the host's agent before it sleeps, by
+/// the coordinator when it wakes the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostState {
+    Awake,
+    Draining,
+    Sleeping,
+    Waking,
+    WakeFailed,
+}
+
+impl HostState {
+    pub const ALL: [HostState; 5] = [HostState::Awake, HostState::Draining, HostState::Sleeping, HostState::Waking, HostState::WakeFailed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostState::Awake => "awake",
+            HostState::Draining => "draining",
+            HostState::Sleeping => "sleeping",
+            HostState::Waking => "waking",
+            HostState::WakeFailed => "wake-failed",
+        }
+    }
+}
+
+impl fmt::Display for HostState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for HostState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<HostState, String> {
+        HostState::ALL
+            .into_iter()
+            .find(|h| h.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a host state (awake, draining, sleeping, waking, wake-failed)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(endpoints: &[&str]) -> FarmConfig {
+        FarmConfig { endpoints: endpoints.iter().map(|s| s.to_string()).collect(), host: None, lease_ttl: default_lease_ttl(), timeout: default_timeout() }
+    }
+
+    #[test]
+    fn endpoints_must_be_http_urls_with_a_port() {
+        assert!(cfg(&["http://127.0.0.1:2379", "http://etcd-2.example:2379/"]).validate().is_ok());
+        let e = cfg(&[]).validate().unwrap_err();
+        assert_eq!(e.field, "farm.endpoints");
+        let e = cfg(&["http://a:2379", "10.0.0.1:2379"]).validate().unwrap_err();
+        assert_eq!(e.field, "farm.endpoints[1]");
+        assert!(e.message.contains("http://"), "{e}");
+        assert!(cfg(&["http://a"]).validate().unwrap_err().message.contains("no port"));
+        assert!(cfg(&["http://a:0"]).validate().unwrap_err().message.contains("1 to 65535"));
+        assert!(cfg(&["https://a:2379"]).validate().unwrap_err().message.contains("plain http"));
+    }
+
+    #[test]
+    fn the_lease_is_whole_seconds_from_two_and_outlasts_a_call() {
+        let mut c = cfg(&["http://a:1"]);
+        c.lease_ttl = Span::from_millis(1500);
+        assert_eq!(c.validate().unwrap_err().field, "farm.lease_ttl");
+        c.lease_ttl = Span::from_millis(2500);
+        assert!(c.validate().unwrap_err().message.contains("whole seconds"));
+        c.lease_ttl = Span::from_secs(2);
+        assert_eq!(c.validate().unwrap_err().field, "farm.timeout", "the default 2s timeout is not shorter than a 2s lease");
+        c.timeout = Span::from_millis(500);
+        assert!(c.validate().is_ok());
+        assert_eq!(c.lease_secs(), 2);
+    }
+
+    #[test]
+    fn a_host_name_is_one_key_segment() {
+        let mut c = cfg(&["http://a:1"]);
+        c.host = Some("rack1/h2".into());
+        assert_eq!(c.validate().unwrap_err().field, "farm.host");
+        c.host = Some(String::new());
+        assert!(c.validate().is_err());
+        c.host = Some("h2.example".into());
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn host_states_read_back_as_written() {
+        for s in HostState::ALL {
+            assert_eq!(s.as_str().parse::<HostState>(), Ok(s));
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+        }
+        assert!("asleep".parse::<HostState>().unwrap_err().contains("wake-failed"));
+    }
+}

@@ -1,0 +1,20 @@
+//! ebb's farm (seed 002, issue 11): hosts that share their state through
+//! etcd (farm research §3 and §6). The store's keys and calls, each bounded
+//! by a timeout; the agent's membership link, a task of its own; one
+//! coordinator replica (`ebb coord`), elected through etcd's election API.
+//! No store of ebb's own: etcd holds every shared fact, and a lease is
+//! each timer (a host's membership, a client's activity).
+#![forbid(unsafe_code)]
+
+pub mod coord;
+mod error;
+pub mod keys;
+pub mod local;
+pub mod member;
+mod store;
+mod view;
+
+pub use error::FarmError;
+pub use member::{LinkState, LinkStatus, MemberLink, MemberSettings};
+pub use store::{Change, HostWatch, Lease, Store};
+pub use view::{ClientEntry, ClientKind, FarmView, HostView, Member, WakeSettings};

@@ -1,0 +1,112 @@
+//! A real etcd of one member on loopback, in a temporary directory, for
+//! the farm's tests and the lab: Debian's `etcd` (etcd-server, installed by
+//! scripts/setup-host.sh) on free ports, stopped and removed on drop.
+
+use crate::store::Store;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct LocalEtcd {
+    child: Child,
+    url: String,
+    /// Its client and peer ports.
+    ports: (u16, u16),
+    /// Holds the data and the log; removed on drop.
+    dir: tempfile::TempDir,
+}
+
+/// Two ports free now. Another process may take one before etcd binds it:
+/// `start` then tries again with others.
+fn free_ports() -> std::io::Result<(u16, u16)> {
+    let a = TcpListener::bind("127.0.0.1:0")?;
+    let b = TcpListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+}
+
+impl LocalEtcd {
+    /// Starts etcd and returns once it answers (within 20 s).
+    pub async fn start() -> Result<LocalEtcd, String> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start().await {
+                Ok(e) => return Ok(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn try_start() -> Result<LocalEtcd, String> {
+        let dir = tempfile::Builder::new().prefix("ebb-etcd-").tempdir().map_err(|e| format!("cannot make etcd's directory: {e}"))?;
+        let ports = free_ports().map_err(|e| format!("cannot find free ports: {e}"))?;
+        let child = spawn(dir.path(), ports)?;
+        let mut etcd = LocalEtcd { child, url: format!("http://127.0.0.1:{}", ports.0), ports, dir };
+        etcd.wait_answering().await?;
+        Ok(etcd)
+    }
+
+    async fn wait_answering(&mut self) -> Result<(), String> {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("etcd exited ({status}): {}", self.log_tail()));
+            }
+            if Store::connect(std::slice::from_ref(&self.url), Duration::from_millis(500)).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!("etcd at {} did not answer within 20 s: {}", self.url, self.log_tail()))
+    }
+
+    /// Kills etcd (its data stays): the farm's store goes away.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped etcd again on the same ports and data.
+    pub async fn restart(&mut self) -> Result<(), String> {
+        self.child = spawn(self.dir.path(), self.ports)?;
+        self.wait_answering().await
+    }
+
+    /// Its client URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The last lines of its log, for a failure's message.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
+}
+
+/// etcd on `ports` (client, peer) with its data and log in `dir`.
+fn spawn(dir: &Path, (client, peer): (u16, u16)) -> Result<Child, String> {
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("etcd.log")).map_err(|e| format!("cannot open etcd's log: {e}"))?;
+    Command::new("etcd")
+        .args(["--name", "ebb-test", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("ebb-test={peer_url}")])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot run etcd ({e}): install etcd-server (scripts/setup-host.sh)"))
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

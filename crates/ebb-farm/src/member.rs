@@ -1,0 +1,198 @@
+//! The agent's link to the farm: a task of its own (the tick never waits on
+//! etcd) that joins, keeps the membership lease alive, rejoins with backoff
+//! when etcd goes away, and on a clean stop revokes the lease so the host
+//! leaves at once rather than at the lease's expiry.
+
+use crate::error::FarmError;
+use crate::store::{Lease, Store};
+use crate::view::Member;
+use ebb_core::farm::{host_name, FarmConfig};
+use ebb_core::human::FieldError;
+use ebb_core::Millis;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// Rejoin attempts wait 1 s, 2 s, 4 s, … up to this.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// What the agent needs to join.
+#[derive(Debug, Clone)]
+pub struct MemberSettings {
+    pub endpoints: Vec<String>,
+    pub host: String,
+    pub lease_ttl: Duration,
+    pub timeout: Duration,
+    /// The agent's version, kept in the member key.
+    pub version: String,
+}
+
+impl MemberSettings {
+    /// From `[farm]`; the host's name defaults to the machine's hostname.
+    pub fn from_config(cfg: &FarmConfig, version: &str) -> Result<MemberSettings, FieldError> {
+        Ok(MemberSettings {
+            endpoints: cfg.endpoints.clone(),
+            host: host_or_hostname(cfg)?,
+            lease_ttl: cfg.lease_ttl.as_duration(),
+            timeout: cfg.timeout.as_duration(),
+            version: version.into(),
+        })
+    }
+}
+
+/// `farm.host`, else the machine's hostname (when it can be a key's segment).
+pub fn host_or_hostname(cfg: &FarmConfig) -> Result<String, FieldError> {
+    if let Some(h) = &cfg.host {
+        return Ok(h.clone());
+    }
+    let refused = |why: String| FieldError::new("farm.host", format!("farm.host is not set and {why}: set farm.host"));
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(|e| refused(format!("the hostname cannot be read ({e})")))?;
+    let name = name.trim();
+    host_name(name).map_err(|why| refused(format!("the hostname {name:?} {why}")))?;
+    Ok(name.to_string())
+}
+
+/// The farm link as `ebb status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkStatus {
+    pub host: String,
+    pub endpoints: String,
+    pub state: LinkState,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LinkState {
+    Joining { since: Millis },
+    /// A member: the lease is kept alive every third of its TTL.
+    Member { since: Millis, etcd_version: String, lease_ttl_s: u64 },
+    /// Not a member, and why; the next attempt's time.
+    Disconnected { since: Millis, error: String, attempts: u32, next_try_at: Millis },
+    /// Left on a clean stop.
+    Left,
+}
+
+/// The running link; `leave` ends it.
+pub struct MemberLink {
+    status: watch::Receiver<LinkStatus>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    timeout: Duration,
+}
+
+impl MemberLink {
+    /// Starts joining in the background; returns at once.
+    pub fn start(s: MemberSettings) -> MemberLink {
+        let first = LinkStatus { host: s.host.clone(), endpoints: s.endpoints.join(","), state: LinkState::Joining { since: now() } };
+        let (tx, status) = watch::channel(first);
+        let (stop, stopped) = watch::channel(false);
+        let timeout = s.timeout;
+        let task = tokio::spawn(keep_joined(s, tx, stopped));
+        MemberLink { status, stop, task, timeout }
+    }
+
+    /// The link's state as it changes.
+    pub fn status(&self) -> watch::Receiver<LinkStatus> {
+        self.status.clone()
+    }
+
+    /// Leaves the farm: the membership lease revoked (within the timeout).
+    pub async fn leave(self) {
+        let _ = self.stop.send(true);
+        // The revoke is bounded by the timeout; a second more for the task to end.
+        if tokio::time::timeout(self.timeout + Duration::from_secs(1), self.task).await.is_err() {
+            warn!("farm: leaving took too long; the membership ends when its lease expires");
+        }
+    }
+}
+
+fn now() -> Millis {
+    Millis(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64)
+}
+
+/// 1 s after the first failure, doubling, at most `BACKOFF_MAX`.
+pub(crate) fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(8)).min(BACKOFF_MAX)
+}
+
+async fn keep_joined(s: MemberSettings, tx: watch::Sender<LinkStatus>, mut stop: watch::Receiver<bool>) {
+    let set = |state: LinkState| tx.send_modify(|st| st.state = state);
+    let mut attempts = 0;
+    let mut down_since = now();
+    loop {
+        let joined = tokio::select! {
+            r = join(&s) => r,
+            _ = stop.changed() => return set(LinkState::Left),
+        };
+        let error = match joined {
+            Ok((store, lease, version)) => {
+                info!("farm: host {} joined the farm at {} (etcd {version}, lease {} s)", s.host, store.endpoints(), lease.ttl.as_secs());
+                attempts = 0;
+                set(LinkState::Member { since: now(), etcd_version: version, lease_ttl_s: lease.ttl.as_secs() });
+                let lost = tokio::select! {
+                    e = keep_alive(&store, lease) => e,
+                    _ = stop.changed() => {
+                        match store.revoke(lease.id).await {
+                            Ok(()) => info!("farm: host {} left the farm", s.host),
+                            Err(e) => warn!("farm: {e}; the membership ends when its lease expires"),
+                        }
+                        return set(LinkState::Left);
+                    }
+                };
+                down_since = now();
+                lost
+            }
+            Err(e) => e,
+        };
+        attempts += 1;
+        let wait = backoff(attempts);
+        warn!("farm: host {} is not a member: {error}; next try in {} s", s.host, wait.as_secs());
+        set(LinkState::Disconnected { since: down_since, error: error.to_string(), attempts, next_try_at: Millis(now().0 + wait.as_millis() as u64) });
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return set(LinkState::Left),
+        }
+    }
+}
+
+/// Connects, takes a lease and writes the member and state keys.
+async fn join(s: &MemberSettings) -> Result<(Store, Lease, String), FarmError> {
+    let store = Store::connect(&s.endpoints, s.timeout).await?;
+    let version = store.server_version().await?;
+    let lease = store.grant(s.lease_ttl).await?;
+    store.join(&s.host, &Member { version: s.version.clone(), since: now() }, lease.id).await?;
+    Ok((store, lease, version))
+}
+
+/// Renews the lease every third of its TTL; returns why it could not.
+async fn keep_alive(store: &Store, lease: Lease) -> FarmError {
+    let every = lease.ttl / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        match store.keep_alive(lease.id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return FarmError::Etcd {
+                    endpoints: store.endpoints().into(),
+                    what: "lease keep-alive".into(),
+                    detail: format!("the membership lease expired (etcd heard nothing for {} s)", lease.ttl.as_secs()),
+                }
+            }
+            Err(e) => return e,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_a_second_and_caps() {
+        let waits: Vec<u64> = (1..=6).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+}

@@ -1,0 +1,151 @@
+//! The farm's store against a real etcd (Debian's etcd-server) started on
+//! loopback by each test: client timers, membership, the election, and an
+//! etcd that does not answer.
+
+use ebb_core::farm::HostState;
+use ebb_farm::local::LocalEtcd;
+use ebb_farm::{ClientEntry, ClientKind, FarmError, LinkState, Member, MemberLink, MemberSettings, Store, WakeSettings};
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn etcd() -> (LocalEtcd, Store) {
+    let etcd = LocalEtcd::start().await.expect("etcd starts");
+    let store = Store::connect(&[etcd.url().to_string()], TIMEOUT).await.expect("etcd answers");
+    (etcd, store)
+}
+
+fn entry(vm: &str) -> ClientEntry {
+    ClientEntry { vm: vm.into(), kind: ClientKind::Heartbeat, remote: Some("127.0.0.1:5000".into()) }
+}
+
+/// Polls `f` every 100 ms until it gives `want`, for at most `within`;
+/// returns when it did, measured from `from`.
+async fn until_count(store: &Store, host: &str, want: u64, from: Instant, within: Duration) -> Duration {
+    loop {
+        let n = store.client_count(host).await.unwrap();
+        if n == want {
+            return from.elapsed();
+        }
+        assert!(from.elapsed() < within, "{host} still has {n} active clients after {:?}, want {want}", from.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The research's etcdctl check, through ebb's calls: two clients with 2 s
+/// and 4 s timers; the count goes 2 → 1 → 0 as each lease expires, never
+/// before its TTL.
+#[tokio::test]
+async fn client_keys_expire_after_their_ttl_and_the_count_follows() {
+    let (_etcd, store) = etcd().await;
+    let t0 = Instant::now();
+    let a = store.put_client("h1", "alice", &entry("web"), Duration::from_secs(2)).await.unwrap();
+    store.put_client("h1", "bob", &entry("db"), Duration::from_secs(4)).await.unwrap();
+    assert_eq!(a.ttl, Duration::from_secs(2));
+    assert_eq!(store.client_count("h1").await.unwrap(), 2);
+    assert_eq!(store.client_count("h2").await.unwrap(), 0, "counts are per host");
+    let view = store.farm().await.unwrap();
+    assert_eq!(view.hosts[0].clients["bob"], entry("db"));
+    let one = until_count(&store, "h1", 1, t0, Duration::from_secs(4)).await;
+    assert!(one >= Duration::from_millis(1900), "alice's 2 s timer ended after {one:?}");
+    let none = until_count(&store, "h1", 0, t0, Duration::from_secs(6)).await;
+    assert!(none >= Duration::from_millis(3900), "bob's 4 s timer ended after {none:?}");
+}
+
+/// Activity keeps a client's timer running past its TTL; a disconnect
+/// ends it at once; a refresh after expiry says the key is gone.
+#[tokio::test]
+async fn a_refreshed_client_stays_and_a_deleted_one_goes_at_once() {
+    let (_etcd, store) = etcd().await;
+    let carol = store.put_client("h1", "carol", &entry("web"), Duration::from_secs(2)).await.unwrap();
+    let dave = store.put_client("h1", "dave", &entry("web"), Duration::from_secs(2)).await.unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(store.refresh_client(carol.id).await.unwrap());
+    }
+    // 2.8 s: dave's timer ran out, carol's did not.
+    assert_eq!(store.client_count("h1").await.unwrap(), 1);
+    assert!(!store.refresh_client(dave.id).await.unwrap(), "an expired client's refresh says so");
+    store.delete_client("h1", "carol").await.unwrap();
+    assert_eq!(store.client_count("h1").await.unwrap(), 0);
+    store.delete_client("h1", "carol").await.unwrap();
+    let e = store.put_client("h1", "a/b", &entry("web"), Duration::from_secs(2)).await.unwrap_err();
+    assert!(matches!(e, FarmError::BadName(_)), "{e}");
+}
+
+/// Membership lives on its lease; state and wake settings outlive it (a
+/// sleeping host has no agent).
+#[tokio::test]
+async fn membership_goes_with_its_lease_and_state_stays() {
+    let (_etcd, store) = etcd().await;
+    let lease = store.grant(Duration::from_secs(2)).await.unwrap();
+    store.join("h1", &Member { version: "test".into(), since: ebb_core::Millis(7) }, lease.id).await.unwrap();
+    let wake = WakeSettings { ipmi: Some("10.0.0.9".into()), mac: Some("52:54:00:12:34:56".into()), ..Default::default() };
+    store.set_wake("h1", &wake).await.unwrap();
+    let h = &store.farm().await.unwrap().hosts[0];
+    assert_eq!((h.name.as_str(), h.state, h.member.as_ref().map(|m| m.since)), ("h1", Some(HostState::Awake), Some(ebb_core::Millis(7))));
+    assert_eq!(store.wake("h1").await.unwrap(), Some(wake));
+    store.set_state("h1", HostState::Sleeping).await.unwrap();
+    store.revoke(lease.id).await.unwrap();
+    let h = &store.farm().await.unwrap().hosts[0];
+    assert!(h.member.is_none(), "revoked: the member key went with its lease");
+    assert_eq!(store.state("h1").await.unwrap(), Some(HostState::Sleeping));
+    assert_eq!(store.state("h9").await.unwrap(), None);
+}
+
+/// Two campaigns: one leads; when its lease ends, the other does.
+#[tokio::test]
+async fn the_election_has_one_leader_and_passes_on_when_its_lease_ends() {
+    let (_etcd, store) = etcd().await;
+    assert_eq!(store.leader().await.unwrap(), None);
+    let (la, lb) = (store.grant(Duration::from_secs(2)).await.unwrap(), store.grant(Duration::from_secs(2)).await.unwrap());
+    store.campaign("coord-a", la.id).await.unwrap();
+    let b = store.clone();
+    let second = tokio::spawn(async move { b.campaign("coord-b", lb.id).await.map(|_| Instant::now()) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!second.is_finished(), "coord-b was elected while coord-a leads");
+    assert_eq!(store.leader().await.unwrap().as_deref(), Some("coord-a"));
+    let revoked = Instant::now();
+    store.revoke(la.id).await.unwrap();
+    let elected = tokio::time::timeout(Duration::from_secs(2), second).await.expect("coord-b elected").unwrap().unwrap();
+    assert!(elected - revoked < Duration::from_secs(1));
+    assert_eq!(store.leader().await.unwrap().as_deref(), Some("coord-b"));
+}
+
+/// A listener that accepts and never answers stands for an etcd that
+/// hangs: every call gives up at its timeout, naming the endpoint.
+#[tokio::test]
+async fn an_etcd_that_does_not_answer_fails_within_the_timeout() {
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", mute.local_addr().unwrap());
+    let started = Instant::now();
+    let e = Store::connect(std::slice::from_ref(&url), Duration::from_millis(500)).await.err().expect("no answer, no store");
+    assert!(started.elapsed() < Duration::from_millis(1500), "took {:?}", started.elapsed());
+    assert!(matches!(e, FarmError::Unreachable { .. }), "{e}");
+    assert!(e.to_string().contains(&url), "{e}");
+}
+
+/// The agent's link: a member while etcd answers, gone at once on leave;
+/// against an endpoint with nothing behind it, it says why and retries.
+#[tokio::test]
+async fn the_member_link_joins_leaves_and_says_why_it_cannot() {
+    let (etcd, store) = etcd().await;
+    let settings = |url: String| MemberSettings { endpoints: vec![url], host: "h1".into(), lease_ttl: Duration::from_secs(2), timeout: Duration::from_millis(500), version: "test".into() };
+    let link = MemberLink::start(settings(etcd.url().into()));
+    let mut status = link.status();
+    let joined = tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| matches!(s.state, LinkState::Member { .. }))).await.unwrap().unwrap().clone();
+    // Past the lease's TTL: the keep-alives hold it, with no rejoin.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(store.farm().await.unwrap().hosts[0].member.is_some());
+    assert_eq!(link.status().borrow().state, joined.state, "the same membership throughout");
+    link.leave().await;
+    assert!(store.farm().await.unwrap().hosts[0].member.is_none(), "left: the member key is gone at once");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let link = MemberLink::start(settings(format!("http://{closed}")));
+    let mut status = link.status();
+    let s = tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| matches!(s.state, LinkState::Disconnected { .. }))).await.unwrap().unwrap().clone();
+    let LinkState::Disconnected { error, attempts, .. } = s.state else { unreachable!() };
+    assert!(error.contains(&closed.to_string()) && attempts >= 1, "{error}");
+    link.leave().await;
+}
