@@ -71,6 +71,9 @@ pub struct Status {
     /// The host's power source; None when none is configured or seen.
     #[serde(default)]
     pub power: Option<PowerStatus>,
+    /// The link to the farm's etcd, with `[farm]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub farm: Option<ebb_farm::LinkStatus>,
 }
 
 /// `ebb power`.

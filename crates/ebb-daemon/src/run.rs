@@ -63,15 +63,25 @@ pub async fn run_with_clock(mut cfg: Config, connect: Connector, clock: Clock, s
     // writer's own, on its thread.
     let writer = JournalWriter::start(Journal::open(&cfg.agent.journal)?);
     info!("ebb {} serving its API at {}", env!("CARGO_PKG_VERSION"), cfg.agent.socket.display());
+    let farm = cfg.farm.as_ref().map(|f| ebb_farm::MemberSettings::from_config(f, env!("CARGO_PKG_VERSION"))).transpose()?;
     let (mut agent, snapshot, commands) = Agent::new(cfg, &journal, writer.handle(), connect, clock)?;
     drop(journal);
     agent.serve_services()?;
+    // The farm link on its own task: the tick never waits on etcd.
+    let farm = farm.map(ebb_farm::MemberLink::start);
+    if let Some(link) = &farm {
+        agent.show_farm_link(link.status());
+    }
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let app = api::router(ApiState { snapshot, journal: writer.handle(), commands });
     let server = tokio::spawn(api::serve(listener, app, async {
         let _ = api_stopped.await;
     }));
     agent.run(shutdown).await;
+    // A clean stop leaves the farm at once (the membership lease revoked).
+    if let Some(link) = farm {
+        link.leave().await;
+    }
     let _ = stop_api.send(());
     let _ = server.await;
     // The journal's last entries ("ebb stopped") land before ebb exits.

@@ -62,6 +62,9 @@ pub fn status_text(s: &Status) -> String {
     if let Some(trouble) = &s.journal_trouble {
         let _ = writeln!(out, "JOURNAL: {trouble}");
     }
+    if let Some(link) = &s.farm {
+        out.push_str(&crate::farm::link_line(link));
+    }
     out
 }
 
@@ -447,6 +450,9 @@ pub fn describe_config(c: &Config) -> String {
         "clients: heartbeats {} (at most {})  consoles {} after disconnect  surrogate clients {} after their last connection",
         k.heartbeat_ttl, k.heartbeat_max_ttl, k.console_idle, k.surrogate_idle
     );
+    if let Some(f) = &c.farm {
+        out.push_str(&crate::farm::config_line(f));
+    }
     for (name, vm) in &c.vm {
         let _ = writeln!(
             out,

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod farm;
 
 use clap::{Parser, Subcommand};
 use ebb_daemon::client::Client;

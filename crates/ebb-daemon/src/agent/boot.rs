@@ -166,6 +166,7 @@ impl Agent {
             snapshot: watch::channel(Arc::new(Snapshot { status: placeholder_status(), vms: vec![], clients: vec![] })).0,
             clock,
             journal: writer,
+            farm: None,
             cfg,
         };
         let status = agent.status(None, None, 0.0);

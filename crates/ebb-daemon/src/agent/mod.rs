@@ -107,6 +107,8 @@ pub struct Agent {
     consoles: (mpsc::UnboundedSender<ebb_core::clients::ConsoleEvent>, mpsc::UnboundedReceiver<ebb_core::clients::ConsoleEvent>),
     snapshot: watch::Sender<Arc<Snapshot>>,
     counters: Counters,
+    /// The farm link's state (`[farm]`), shown in the status; the link runs on its own task.
+    farm: Option<watch::Receiver<ebb_farm::LinkStatus>>,
 }
 
 /// The hypervisor connection, and how to make it again.
@@ -206,6 +208,10 @@ struct Counters {
 pub type NewAgent = (Agent, watch::Receiver<Arc<Snapshot>>, mpsc::Sender<Command>);
 
 impl Agent {
+    /// Shows the farm link's state in the status from now on.
+    pub fn show_farm_link(&mut self, link: watch::Receiver<ebb_farm::LinkStatus>) {
+        self.farm = Some(link);
+    }
 
     /// Runs until `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {

@@ -129,6 +129,7 @@ impl Agent {
                 measured_error: self.power.measured.clone().err(),
                 devices: self.devices.view.clone(),
             }),
+            farm: self.farm.as_ref().map(|link| link.borrow().clone()),
         }
     }
 }
@@ -160,5 +161,6 @@ pub(super) fn placeholder_status() -> Status {
         journal: String::new(),
         journal_trouble: None,
         power: None,
+        farm: None,
     }
 }

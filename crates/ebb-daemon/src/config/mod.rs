@@ -64,6 +64,9 @@ pub struct Config {
     /// `[clients]`: the timers of the clients attached to the VMs.
     #[serde(default)]
     pub clients: ClientsConfig,
+    /// `[farm]`: the farm this host joins through etcd; none: ebb runs alone.
+    #[serde(default)]
+    pub farm: Option<ebb_core::farm::FarmConfig>,
     /// Per-VM settings: `[vm.NAME]`. These win over the domain's metadata.
     #[serde(default)]
     pub vm: BTreeMap<String, VmSection>,
@@ -99,6 +102,11 @@ impl Config {
         self.realloc.validate()?;
         self.power.validate()?;
         self.clients.validate()?;
+        if let Some(farm) = &self.farm {
+            farm.validate()?;
+            // The hostname is read here, so `ebb check` refuses what `ebb run` would.
+            ebb_farm::member::host_or_hostname(farm)?;
+        }
         // The surrogate's own rules, through the function it runs them with:
         // `ebb check` and `ebb run` cannot disagree on a service.
         let services: Vec<(&str, &[ServiceSpec])> = self.vm.iter().map(|(name, vm)| (name.as_str(), vm.service.as_slice())).collect();

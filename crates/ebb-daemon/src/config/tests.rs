@@ -374,3 +374,27 @@ fn clients_timers_take_human_spans_and_a_bad_one_names_its_field_and_line() {
     let e = Config::parse("[clients]\nidle = \"1s\"\n").unwrap_err().to_string();
     assert!(e.contains("unknown field") && e.contains("idle"), "{e}");
 }
+
+#[test]
+fn the_farm_section_is_optional_and_checked_and_the_example_holds_its_defaults() {
+    assert!(Config::parse("").unwrap().farm.is_none());
+    // The example's section, uncommented.
+    let example = include_str!("../../../../ebb.example.toml");
+    let section: String = example[example.find("# [farm]").unwrap()..]
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.starts_with('[') || l.contains(" = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let f = Config::parse(&section).unwrap().farm.unwrap();
+    assert_eq!(f.endpoints.len(), 3);
+    let d = Config::parse("[farm]\nendpoints = [\"http://10.0.0.5:2379\"]\n").unwrap().farm.unwrap();
+    assert_eq!((f.lease_ttl, f.timeout), (d.lease_ttl, d.timeout));
+    assert_eq!((d.host, d.lease_ttl.to_string(), d.timeout.to_string()), (None, "10s".into(), "2s".into()));
+    let e = Config::parse("[farm]\nendpoints = [\"http://a:1\"]\nlease_ttl = \"1s\"\n").unwrap_err().to_string();
+    assert!(e.starts_with("line 3: farm.lease_ttl = 1s is not a lease etcd grants"), "{e}");
+    let e = Config::parse("[farm]\nendpoints = [\"http://a:1\",\n  \"a:2\"]\n").unwrap_err().to_string();
+    assert!(e.starts_with("line 2: farm.endpoints[1] = \"a:2\" does not start with http://"), "{e}");
+    let e = Config::parse("[farm]\nendpoint = \"http://a:1\"\n").unwrap_err().to_string();
+    assert!(e.contains("endpoint"), "{e}");
+}
