@@ -6,7 +6,7 @@ use crate::error::FarmError;
 use crate::keys;
 use crate::view::{hosts_from, ClientEntry, FarmView, Member, WakeSettings};
 use ebb_core::farm::HostState;
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, LeaderKey, PutOptions, ResignOptions, WatchOptions, WatchStream};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, LeaderKey, PutOptions, ResignOptions, Txn, TxnOp, WatchOptions, WatchStream};
 use std::future::Future;
 use std::time::Duration;
 
@@ -100,13 +100,17 @@ impl Store {
         Ok(r.take_kvs().into_iter().next().map(|kv| kv.into_key_value().1))
     }
 
-    /// The host's membership, on `lease`; and its state `awake`: an agent
-    /// that joins is up.
+    /// The host's membership, on `lease`, and its state `awake` (an agent
+    /// that joins is up), in one transaction: no reader sees one without the other.
     pub async fn join(&self, host: &str, member: &Member, lease: i64) -> Result<(), FarmError> {
         keys::check_segment("host", host).map_err(FarmError::BadName)?;
         let value = serde_json::to_vec(member).expect("a member serializes");
-        self.put("put member", keys::member(host), value, Some(lease)).await?;
-        self.set_state(host, HostState::Awake).await
+        let txn = Txn::new().and_then([
+            TxnOp::put(keys::member(host), value, Some(PutOptions::new().with_lease(lease))),
+            TxnOp::put(keys::state(host), HostState::Awake.as_str(), None),
+        ]);
+        let mut c = self.client.clone();
+        self.call("join", async move { c.txn(txn).await }).await.map(drop)
     }
 
     pub async fn set_state(&self, host: &str, state: HostState) -> Result<(), FarmError> {
@@ -188,7 +192,7 @@ impl Store {
     pub async fn campaign(&self, name: &str, lease: i64) -> Result<LeaderKey, FarmError> {
         let mut c = self.client.clone();
         let what = "campaign";
-        let detail = |e: etcd_client::Error| FarmError::Etcd { endpoints: self.endpoints.clone(), what: what.into(), detail: e.to_string() };
+        let detail = |e: etcd_client::Error| FarmError::Etcd { endpoints: self.endpoints.clone(), what: what.into(), detail: in_words(&e) };
         let mut r = c.campaign(keys::election(), name, lease).await.map_err(detail)?;
         r.take_leader().ok_or_else(|| FarmError::Etcd { endpoints: self.endpoints.clone(), what: what.into(), detail: "etcd answered without a leader key".into() })
     }
@@ -230,7 +234,7 @@ impl HostWatch {
     /// The next batch of changes; an error when the watch broke.
     pub async fn changes(&mut self) -> Result<Vec<Change>, FarmError> {
         let broke = |detail: String| FarmError::Etcd { endpoints: self.endpoints.clone(), what: "watch hosts".into(), detail };
-        let r = self.stream.message().await.map_err(|e| broke(e.to_string()))?.ok_or_else(|| broke("the watch ended".into()))?;
+        let r = self.stream.message().await.map_err(|e| broke(in_words(&e)))?.ok_or_else(|| broke("the watch ended".into()))?;
         if r.canceled() {
             return Err(broke(format!("the watch was cancelled: {}", r.cancel_reason())));
         }
@@ -245,7 +249,26 @@ impl HostWatch {
 async fn bounded<T>(endpoints: &str, what: &str, timeout: Duration, f: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, FarmError> {
     match tokio::time::timeout(timeout, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(FarmError::Etcd { endpoints: endpoints.into(), what: what.into(), detail: e.to_string() }),
+        Ok(Err(e)) => Err(FarmError::Etcd { endpoints: endpoints.into(), what: what.into(), detail: in_words(&e) }),
         Err(_) => Err(FarmError::Unreachable { endpoints: endpoints.into(), what: what.into(), after: timeout }),
+    }
+}
+
+/// etcd's error in a few words: gRPC's message ("etcdserver: requested
+/// lease not found"), and for a broken connection its first cause ("tcp
+/// connect error: Connection refused (os error 111)"), not tonic's debug dump.
+fn in_words(e: &etcd_client::Error) -> String {
+    use std::error::Error;
+    let root = |mut err: &dyn Error| {
+        while let Some(next) = err.source() {
+            err = next;
+        }
+        err.to_string()
+    };
+    match e {
+        etcd_client::Error::GRpcStatus(s) if s.source().is_some() => format!("{}: {}", s.message(), root(s)),
+        etcd_client::Error::GRpcStatus(s) => s.message().to_string(),
+        etcd_client::Error::TransportError(t) => root(t),
+        e => e.to_string(),
     }
 }
