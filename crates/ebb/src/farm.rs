@@ -1,9 +1,71 @@
-//! The farm in the CLI's words: the agent's link in `ebb status`, `[farm]`
-//! in `ebb check`.
+//! `ebb coord` and `ebb farm`: a coordinator replica, and the farm as etcd
+//! has it. Both read etcd directly (no agent needed), from the config's
+//! `[farm]` or `--etcd`.
 
+use crate::cli::table;
 use ebb_core::farm::FarmConfig;
+use ebb_core::human::Span;
+use ebb_daemon::config::Config;
 use ebb_daemon::words::clock;
-use ebb_farm::{LinkState, LinkStatus};
+use ebb_farm::coord::CoordSettings;
+use ebb_farm::{FarmView, LinkState, LinkStatus, Store};
+use std::fmt::Write;
+use std::path::Path;
+
+/// `[farm]` from the config, or `--etcd` URLs (then the config is not
+/// read, and the other settings are their defaults).
+pub fn settings(config: &Path, etcd: Vec<String>) -> Result<FarmConfig, String> {
+    if !etcd.is_empty() {
+        let cfg = FarmConfig { endpoints: etcd, host: None, lease_ttl: Span::from_secs(10), timeout: Span::from_secs(2) };
+        cfg.validate().map_err(|e| e.message.replace("farm.endpoints", "--etcd"))?;
+        return Ok(cfg);
+    }
+    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    cfg.farm.ok_or_else(|| format!("{} has no [farm] section: add one, or give --etcd URL", config.display()))
+}
+
+pub async fn coord(cfg: FarmConfig, name: Option<String>) -> Result<(), String> {
+    let name = match name {
+        Some(n) => n,
+        None => ebb_farm::member::host_or_hostname(&cfg).map_err(|e| e.message.replace("farm.host", "--name"))?,
+    };
+    ebb_farm::keys::check_segment("--name", &name)?;
+    let s = CoordSettings { endpoints: cfg.endpoints, name, lease_ttl: cfg.lease_ttl.as_duration(), timeout: cfg.timeout.as_duration() };
+    ebb_farm::coord::run(s, ebb_daemon::run::shutdown_signal()).await;
+    Ok(())
+}
+
+pub async fn view(cfg: &FarmConfig) -> Result<FarmView, String> {
+    let store = Store::connect(&cfg.endpoints, cfg.timeout.as_duration()).await.map_err(|e| e.to_string())?;
+    store.farm().await.map_err(|e| e.to_string())
+}
+
+pub fn farm_text(v: &FarmView) -> String {
+    let mut out = String::new();
+    let leader = v.leader.as_deref().unwrap_or("none (no `ebb coord` replica runs)");
+    let _ = writeln!(out, "coordinator leader: {leader}");
+    if v.hosts.is_empty() {
+        out.push_str("no hosts: no agent with [farm] has joined\n");
+        return out;
+    }
+    let rows: Vec<Vec<String>> = v
+        .hosts
+        .iter()
+        .map(|h| {
+            let agent = h.member.as_ref().map_or("gone".into(), |m| format!("up since {} UTC", clock(m.since)));
+            let wake = h.wake.as_ref().map(|w| w.methods().join(",")).filter(|m| !m.is_empty()).unwrap_or("none".into());
+            let state = h.state.map_or("-".into(), |s| s.to_string());
+            vec![h.name.clone(), agent, state, h.clients.len().to_string(), wake]
+        })
+        .collect();
+    out.push_str(&table(&["HOST", "AGENT", "STATE", "ACTIVE CLIENTS", "WAKE"], &rows));
+    for h in &v.hosts {
+        for bad in &h.unreadable {
+            let _ = writeln!(out, "{}: unreadable key {bad}", h.name);
+        }
+    }
+    out
+}
 
 /// The farm link in `ebb status`: one line.
 pub fn link_line(l: &LinkStatus) -> String {

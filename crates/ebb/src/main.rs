@@ -101,6 +101,27 @@ enum Command {
     },
     /// Prometheus metrics, as the agent serves them at /metrics.
     Metrics,
+    /// Run a coordinator replica of the farm: replicas elect one leader through etcd; the leader watches the hosts and logs their changes. Stops cleanly on SIGTERM, SIGINT or SIGHUP.
+    Coord {
+        #[arg(long, short, default_value = "/etc/ebb/ebb.toml")]
+        config: PathBuf,
+        /// etcd's client URL (repeatable), instead of the config's [farm].
+        #[arg(long)]
+        etcd: Vec<String>,
+        /// This replica's name in the election; default: the hostname.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The farm as etcd has it: each host's agent, state, active clients and wake methods, and the coordinators' leader.
+    Farm {
+        #[arg(long, short, default_value = "/etc/ebb/ebb.toml")]
+        config: PathBuf,
+        /// etcd's client URL (repeatable), instead of the config's [farm].
+        #[arg(long)]
+        etcd: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     #[cfg(feature = "lab")]
     /// Live demo on three real guests: memory moves from idle guests to a busy one.
     Demo(ebb_lab::demo::DemoArgs),
@@ -185,6 +206,8 @@ async fn dispatch(args: Args) -> Result<(), String> {
             print!("{}", cli::for_terminal(&client.metrics().await.map_err(e)?));
             Ok(())
         }
+        Command::Coord { config, etcd, name } => farm::coord(farm::settings(&config, etcd)?, name).await,
+        Command::Farm { config, etcd, json } => print_or_json(json, &farm::view(&farm::settings(&config, etcd)?).await?, farm::farm_text),
         #[cfg(feature = "lab")]
         Command::Demo(a) => ebb_lab::demo::run(a).await,
         #[cfg(feature = "lab")]

@@ -1,15 +1,17 @@
 //! The farm's foundation with the real binary and a real etcd on loopback
 //! (each test starts its own): agents join and leave (cleanly, or by dying
-//! and their lease expiring), and keep ticking while etcd is away. The agents run on
+//! and their lease expiring), keep ticking while etcd is away, and two
+//! `ebb coord` replicas keep exactly one leader. The agents run on
 //! libvirt's built-in test driver: membership needs no guest.
 
 mod common;
 
-use common::{wait_for, AgentProc};
+use common::{wait_for, AgentProc, EBB};
 use ebb_daemon::api_types::Status;
 use ebb_farm::local::LocalEtcd;
-use ebb_farm::{LinkState, Store};
+use ebb_farm::{ClientEntry, ClientKind, FarmView, LinkState, Member, Store};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TICK: &str = "uri = \"test:///default\"\ntick = \"200ms\"";
@@ -53,6 +55,12 @@ async fn an_agent_joins_leaves_on_a_clean_stop_and_drops_out_when_killed() {
     let check = common::ebb(&["check", "--config", a.config.to_str().unwrap()]);
     let check = String::from_utf8_lossy(&check.stdout);
     assert!(check.contains(&format!("farm: host h1 joins through etcd at {}  lease 2s  timeout 500ms", etcd.url())), "{check}");
+    // `ebb farm` reads etcd itself.
+    let out = Command::new(EBB).args(["farm", "--etcd", etcd.url()]).output().unwrap();
+    let farm = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && farm.contains("coordinator leader: none"), "{farm}{}", String::from_utf8_lossy(&out.stderr));
+    let row = farm.lines().find(|l| l.starts_with("h1 ")).unwrap_or_else(|| panic!("no h1 row: {farm}"));
+    assert!(row.contains("up since") && row.contains("awake"), "{row}");
 
     a.stop();
     assert!(!is_member(&store, "h1").await, "a clean stop revokes the membership at once");
@@ -91,6 +99,95 @@ async fn with_etcd_away_the_agent_keeps_ticking_says_why_and_rejoins() {
     let store = store(&etcd).await;
     until("h1 rejoins", Duration::from_secs(15), async || is_member(&store, "h1").await).await;
     wait_for("h1 a member again", Duration::from_secs(5), || matches!(farm_state(&a.status()), Some(LinkState::Member { .. })).then_some(()));
+}
+
+/// An `ebb coord` replica, its log in `dir`.
+struct Coord {
+    child: Child,
+    name: String,
+    log: std::path::PathBuf,
+}
+
+impl Coord {
+    fn start(dir: &Path, config: &Path, name: &str) -> Coord {
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(EBB)
+            .args(["coord", "--config"])
+            .arg(config)
+            .args(["--name", name])
+            .env("EBB_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Coord { child, name: name.into(), log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn elected(&self) -> bool {
+        self.log().contains("elected leader")
+    }
+}
+
+impl Drop for Coord {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_coordinators_keep_one_leader_that_watches_the_hosts() {
+    let etcd = LocalEtcd::start().await.unwrap();
+    let store = store(&etcd).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ebb.toml");
+    std::fs::write(&config, farm_section(etcd.url(), "unused")).unwrap();
+    // A host with two active clients, as an agent and heartbeats would leave it.
+    let lease = store.grant(Duration::from_secs(10)).await.unwrap();
+    store.join("h1", &Member { version: "test".into(), since: ebb_core::Millis(0) }, lease.id).await.unwrap();
+    let entry = ClientEntry { vm: "web".into(), kind: ClientKind::Heartbeat, remote: None };
+    store.put_client("h1", "alice", &entry, Duration::from_secs(2)).await.unwrap();
+    store.put_client("h1", "bob", &entry, Duration::from_secs(30)).await.unwrap();
+
+    let mut coords = [Coord::start(dir.path(), &config, "coord-a"), Coord::start(dir.path(), &config, "coord-b")];
+    until("a leader", Duration::from_secs(10), async || store.leader().await.unwrap().is_some()).await;
+    let leader = store.leader().await.unwrap().unwrap();
+    let (l, other) = if leader == "coord-a" { (0, 1) } else { (1, 0) };
+    // The leader reads the farm, then follows alice's timer to its end.
+    wait_for("the leader logs h1", Duration::from_secs(5), || coords[l].log().contains("host h1: member, awake, 2 active clients").then_some(()));
+    wait_for("the leader logs alice's expiry", Duration::from_secs(5), || coords[l].log().contains("host h1: member, awake, 1 active client").then_some(()));
+    assert!(!coords[other].elected(), "both replicas lead:\n{}", coords[other].log());
+    let out = Command::new(EBB).args(["farm", "--config"]).arg(&config).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("coordinator leader: {leader}")), "{text}");
+    let json: FarmView = serde_json::from_slice(&Command::new(EBB).args(["farm", "--json", "--etcd", etcd.url()]).output().unwrap().stdout).unwrap();
+    assert_eq!((json.hosts.len(), json.hosts[0].clients.len()), (1, 1));
+
+    let killed = Instant::now();
+    let _ = coords[l].child.kill();
+    let _ = coords[l].child.wait();
+    let next = coords[other].name.clone();
+    until("the other replica leads", Duration::from_secs(5), async || store.leader().await.unwrap().as_deref() == Some(next.as_str())).await;
+    let took = killed.elapsed();
+    assert!(took <= Duration::from_millis(3000), "took {took:?} past a 2 s lease");
+    wait_for("the new leader logs the farm", Duration::from_secs(5), || coords[other].log().contains("host h1: member, awake, 1 active client").then_some(()));
+
+    // A leader stopped cleanly revokes its lease: a third replica leads at once.
+    let third = Coord::start(dir.path(), &config, "coord-c");
+    until("coord-c campaigns", Duration::from_secs(5), async || third.log().contains("campaigning")).await;
+    let stopped = Instant::now();
+    let _ = Command::new("kill").arg("-TERM").arg(coords[other].child.id().to_string()).status();
+    until("coord-c leads", Duration::from_secs(5), async || store.leader().await.unwrap().as_deref() == Some("coord-c")).await;
+    assert!(stopped.elapsed() < Duration::from_millis(1200), "took {:?}: the lease was not revoked", stopped.elapsed());
+    assert!(coords[other].child.wait().unwrap().success());
+
+    let out = Command::new(EBB).args(["farm", "--etcd", "127.0.0.1:2379"]).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("--etcd[0] = \"127.0.0.1:2379\" does not start with http://"), "{e}");
 }
 
 /// `dir/name`, made: each agent gets a directory of its own.
