@@ -19,8 +19,8 @@ fn entry(vm: &str) -> ClientEntry {
     ClientEntry { vm: vm.into(), kind: ClientKind::Heartbeat, remote: Some("127.0.0.1:5000".into()) }
 }
 
-/// Polls `f` every 100 ms until it gives `want`, for at most `within`;
-/// returns when it did, measured from `from`.
+/// Polls the host's client count every 100 ms until it is `want`, at most
+/// until `within` after `from`; returns when it was, measured from `from`.
 async fn until_count(store: &Store, host: &str, want: u64, from: Instant, within: Duration) -> Duration {
     loop {
         let n = store.client_count(host).await.unwrap();
@@ -59,12 +59,17 @@ async fn a_refreshed_client_stays_and_a_deleted_one_goes_at_once() {
     let (_etcd, store) = etcd().await;
     let carol = store.put_client("h1", "carol", &entry("web"), Duration::from_secs(2)).await.unwrap();
     let dave = store.put_client("h1", "dave", &entry("web"), Duration::from_secs(2)).await.unwrap();
-    for _ in 0..4 {
+    // Carol is refreshed every 0.7 s until dave's timer has run out (etcd
+    // ends a lease on its next expiry check, every 0.5 s).
+    let t0 = Instant::now();
+    loop {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        assert!(store.refresh_client(carol.id).await.unwrap());
+        assert!(store.refresh_client(carol.id).await.unwrap(), "carol's timer ran out though refreshed");
+        if t0.elapsed() >= Duration::from_millis(2800) && store.client_count("h1").await.unwrap() == 1 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(6), "dave's 2 s timer still runs after {:?}", t0.elapsed());
     }
-    // 2.8 s: dave's timer ran out, carol's did not.
-    assert_eq!(store.client_count("h1").await.unwrap(), 1);
     assert!(!store.refresh_client(dave.id).await.unwrap(), "an expired client's refresh says so");
     store.delete_client("h1", "carol").await.unwrap();
     assert_eq!(store.client_count("h1").await.unwrap(), 0);

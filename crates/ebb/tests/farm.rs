@@ -184,6 +184,7 @@ async fn two_coordinators_keep_one_leader_that_watches_the_hosts() {
     until("coord-c leads", Duration::from_secs(5), async || store.leader().await.unwrap().as_deref() == Some("coord-c")).await;
     assert!(stopped.elapsed() < Duration::from_millis(1200), "took {:?}: the lease was not revoked", stopped.elapsed());
     assert!(coords[other].child.wait().unwrap().success());
+    assert!(coords[other].log().contains("stopped"), "{}", coords[other].log());
 
     let out = Command::new(EBB).args(["farm", "--etcd", "127.0.0.1:2379"]).output().unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
