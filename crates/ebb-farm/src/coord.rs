@@ -137,7 +137,8 @@ pub fn summary(h: &HostView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::view::{ClientEntry, ClientKind, Member};
+    use crate::view::{ClientEntry, Member};
+    use ebb_core::clients::ClientKind;
     use ebb_core::farm::HostState;
 
     #[test]

@@ -17,4 +17,6 @@ mod view;
 pub use error::FarmError;
 pub use member::{LinkState, LinkStatus, MemberLink, MemberSettings};
 pub use store::{Change, HostWatch, Lease, Store};
-pub use view::{ClientEntry, ClientKind, FarmView, HostView, Member, WakeSettings};
+pub use view::{ClientEntry, FarmView, HostView, Member, WakeSettings};
+/// How a client was seen active: the agent's own kinds.
+pub use ebb_core::clients::ClientKind;

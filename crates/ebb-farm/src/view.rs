@@ -2,6 +2,7 @@
 //! values ebb writes there. Pure: the store reads the keys, this reads them.
 
 use crate::keys::{self, HostKey};
+use ebb_core::clients::ClientKind;
 use ebb_core::farm::HostState;
 use ebb_core::Millis;
 use serde::{Deserialize, Serialize};
@@ -14,18 +15,6 @@ pub struct Member {
     pub version: String,
     /// When this membership began (the agent joined or rejoined).
     pub since: Millis,
-}
-
-/// How a client was seen active (farm research §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientKind {
-    /// A VNC/SPICE session (libvirt graphics events, or the console surrogate).
-    Console,
-    /// A connection through ebb's service surrogate.
-    Surrogate,
-    /// A client agent's heartbeat through the API.
-    Heartbeat,
 }
 
 /// `hosts/{h}/clients/{client}`'s value: the VM the client uses, and how it was seen.
