@@ -145,8 +145,6 @@ struct Entry {
     last_activity: Millis,
     /// Its connections open now: while any is, the timer does not run.
     open: u32,
-    /// When its lease in the shared store was last refreshed.
-    leased_at: Option<Millis>,
 }
 
 impl Entry {
@@ -246,12 +244,8 @@ impl Clients {
             ttl,
             last_activity: Millis(0),
             open: 0,
-            leased_at: None,
         });
-        if e.vm != *vm {
-            e.vm = vm.clone();
-            e.leased_at = None;
-        }
+        e.vm = vm.clone();
         e.ttl = ttl;
         if remote.is_some() {
             e.remote = remote;
@@ -312,24 +306,6 @@ impl Clients {
             *out.entry(e.vm.clone()).or_default() += 1;
         }
         out
-    }
-
-    /// The active clients whose lease in the shared store must be
-    /// refreshed now: never refreshed, or last refreshed a third of their
-    /// TTL ago or more. Call `leased` once the store took each.
-    pub fn leases_due(&self, now: Millis) -> Vec<ClientKey> {
-        self.table
-            .iter()
-            .filter(|(_, e)| e.active(now) && e.leased_at.is_none_or(|at| now.since(at) >= (e.ttl.as_millis() / 3).max(1)))
-            .map(|(k, _)| k.clone())
-            .collect()
-    }
-
-    /// The store refreshed the client's lease at `now`.
-    pub fn leased(&mut self, key: &ClientKey, now: Millis) {
-        if let Some(e) = self.table.get_mut(key) {
-            e.leased_at = Some(now);
-        }
     }
 
     /// The active clients at `now`, by key.

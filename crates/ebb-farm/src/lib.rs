@@ -11,11 +11,13 @@ mod error;
 pub mod keys;
 pub mod local;
 pub mod member;
+mod mirror;
 mod store;
 mod view;
 
 pub use error::FarmError;
 pub use member::{LinkState, LinkStatus, MemberLink, MemberSettings};
+pub use mirror::ActiveClients;
 pub use store::{Change, HostWatch, Lease, Store};
 pub use view::{ClientEntry, FarmView, HostView, Member, WakeSettings};
 /// How a client was seen active: the agent's own kinds.

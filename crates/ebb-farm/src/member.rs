@@ -4,6 +4,7 @@
 //! leaves at once rather than at the lease's expiry.
 
 use crate::error::FarmError;
+use crate::mirror::{self, ActiveClients};
 use crate::store::{Lease, Store};
 use crate::view::Member;
 use ebb_core::farm::{host_name, FarmConfig};
@@ -83,13 +84,14 @@ pub struct MemberLink {
 }
 
 impl MemberLink {
-    /// Starts joining in the background; returns at once.
-    pub fn start(s: MemberSettings) -> MemberLink {
+    /// Starts joining in the background; returns at once. While a member,
+    /// the host's active `clients` are kept in etcd, one leased key each.
+    pub fn start(s: MemberSettings, clients: watch::Receiver<ActiveClients>) -> MemberLink {
         let first = LinkStatus { host: s.host.clone(), endpoints: s.endpoints.join(","), state: LinkState::Joining { since: now() } };
         let (tx, status) = watch::channel(first);
         let (stop, stopped) = watch::channel(false);
         let timeout = s.timeout;
-        let task = tokio::spawn(keep_joined(s, tx, stopped));
+        let task = tokio::spawn(keep_joined(s, tx, stopped, clients));
         MemberLink { status, stop, task, timeout }
     }
 
@@ -117,7 +119,7 @@ pub(crate) fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.saturating_sub(1).min(8)).min(BACKOFF_MAX)
 }
 
-async fn keep_joined(s: MemberSettings, tx: watch::Sender<LinkStatus>, mut stop: watch::Receiver<bool>) {
+async fn keep_joined(s: MemberSettings, tx: watch::Sender<LinkStatus>, mut stop: watch::Receiver<bool>, mut clients: watch::Receiver<ActiveClients>) {
     let set = |state: LinkState| tx.send_modify(|st| st.state = state);
     let mut attempts = 0;
     let mut down_since = now();
@@ -133,6 +135,7 @@ async fn keep_joined(s: MemberSettings, tx: watch::Sender<LinkStatus>, mut stop:
                 set(LinkState::Member { since: now(), etcd_version: version, lease_ttl_s: lease.ttl.as_secs() });
                 let lost = tokio::select! {
                     e = keep_alive(&store, lease) => e,
+                    e = mirror::follow(&store, &s.host, &mut clients) => e,
                     _ = stop.changed() => {
                         match store.revoke(lease.id).await {
                             Ok(()) => info!("farm: host {} left the farm", s.host),

@@ -4,7 +4,7 @@
 
 use ebb_core::farm::HostState;
 use ebb_farm::local::LocalEtcd;
-use ebb_farm::{ClientEntry, ClientKind, FarmError, LinkState, Member, MemberLink, MemberSettings, Store, WakeSettings};
+use ebb_farm::{ActiveClients, ClientEntry, ClientKind, FarmError, LinkState, Member, MemberLink, MemberSettings, Store, WakeSettings};
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -136,18 +136,38 @@ async fn an_etcd_that_does_not_answer_fails_within_the_timeout() {
 async fn the_member_link_joins_leaves_and_says_why_it_cannot() {
     let (etcd, store) = etcd().await;
     let settings = |url: String| MemberSettings { endpoints: vec![url], host: "h1".into(), lease_ttl: Duration::from_secs(2), timeout: Duration::from_millis(500), version: "test".into() };
-    let link = MemberLink::start(settings(etcd.url().into()));
+    let (clients, wanted) = tokio::sync::watch::channel(ActiveClients::new());
+    let link = MemberLink::start(settings(etcd.url().into()), wanted);
     let mut status = link.status();
     let joined = tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| matches!(s.state, LinkState::Member { .. }))).await.unwrap().unwrap().clone();
+    // The host's active clients: one key each, kept past their TTL while
+    // active (renewed every third of it), gone at once when not.
+    let entry = |vm: &str| ClientEntry { vm: vm.into(), kind: ClientKind::Heartbeat, remote: None };
+    clients.send_replace([("heartbeat:kiosk".to_string(), (entry("web"), Duration::from_secs(2))), ("heartbeat:desk".to_string(), (entry("db"), Duration::from_secs(2)))].into());
+    let count = || async { store.client_count("h1").await.unwrap() };
+    let started = Instant::now();
+    while count().await < 2 {
+        assert!(started.elapsed() < Duration::from_secs(3), "the clients never reached etcd");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Past the lease's TTL: the keep-alives hold it, with no rejoin.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(store.farm().await.unwrap().hosts[0].member.is_some());
+    assert_eq!(count().await, 2, "active clients outlive their TTL while the agent renews them");
     assert_eq!(link.status().borrow().state, joined.state, "the same membership throughout");
+    clients.send_modify(|c| {
+        c.remove("heartbeat:desk");
+    });
+    let started = Instant::now();
+    while count().await != 1 {
+        assert!(started.elapsed() < Duration::from_millis(500), "a client no longer active stays in etcd");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     link.leave().await;
     assert!(store.farm().await.unwrap().hosts[0].member.is_none(), "left: the member key is gone at once");
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let link = MemberLink::start(settings(format!("http://{closed}")));
+    let link = MemberLink::start(settings(format!("http://{closed}")), tokio::sync::watch::channel(ActiveClients::new()).1);
     let mut status = link.status();
     let s = tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| matches!(s.state, LinkState::Disconnected { .. }))).await.unwrap().unwrap().clone();
     let LinkState::Disconnected { error, attempts, .. } = s.state else { unreachable!() };

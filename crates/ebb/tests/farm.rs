@@ -197,3 +197,33 @@ fn subdir(dir: &Path, name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The seed's counter across the farm: a heartbeat to the agent puts one
+/// leased key under the host's `clients/`, kept while the client is active
+/// and gone when its timer runs out; `ebb farm` counts them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hosts_active_clients_are_its_keys_in_etcd_while_their_timers_run() {
+    let etcd = LocalEtcd::start().await.unwrap();
+    let store = store(&etcd).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = AgentProc::start(&subdir(dir.path(), "a"), TICK, &farm_section(etcd.url(), "h1"));
+    until("h1 joins", Duration::from_secs(10), async || is_member(&store, "h1").await).await;
+    let beat = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--unix-socket"])
+        .arg(&a.socket)
+        .args(["-X", "POST", "-H", "content-type: application/json", "-d", r#"{"vm": "test", "ttl": "3s"}"#, "http://ebb/v1/clients/kiosk-1/heartbeat"])
+        .output()
+        .unwrap();
+    assert!(beat.status.success(), "{}", String::from_utf8_lossy(&beat.stderr));
+    let counted = until("the client in etcd", Duration::from_secs(3), async || store.client_count("h1").await.unwrap() == 1).await;
+    let farm = store.farm().await.unwrap();
+    let entry = &farm.hosts.iter().find(|h| h.name == "h1").unwrap().clients["heartbeat:kiosk-1"];
+    assert_eq!((entry.vm.as_str(), entry.kind), ("test", ClientKind::Heartbeat));
+    let out = Command::new(EBB).args(["farm", "--etcd", etcd.url(), "--json"]).output().unwrap();
+    let view: FarmView = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(view.hosts.iter().find(|h| h.name == "h1").map(|h| h.clients.len()), Some(1));
+    // No more beats: gone from etcd when its 3 s run out, not before.
+    let gone = until("the client's timer runs out", Duration::from_secs(6), async || store.client_count("h1").await.unwrap() == 0).await;
+    assert!(counted + gone >= Duration::from_millis(2500), "gone after {:?}, before its 3 s", counted + gone);
+    assert_eq!(a.status().active_clients, 0);
+}

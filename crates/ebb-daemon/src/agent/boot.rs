@@ -167,6 +167,7 @@ impl Agent {
             clock,
             journal: writer,
             farm: None,
+            farm_clients: watch::channel(ebb_farm::ActiveClients::new()).0,
             cfg,
         };
         let status = agent.status(None, None, 0.0);

@@ -122,3 +122,24 @@ fn check_name(name: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+impl Agent {
+    /// The active clients, for the farm link to keep one leased key each in
+    /// etcd (the seed's timer); a change wakes the link, a repeat does not.
+    pub(super) fn offer_clients_to_farm(&self, views: &[ClientView]) {
+        let active: ebb_farm::ActiveClients = views
+            .iter()
+            .map(|v| {
+                let entry = ebb_farm::ClientEntry { vm: v.vm.to_string(), kind: v.kind, remote: v.remote.clone() };
+                (ClientKey::new(v.kind, v.id.clone()).to_string(), (entry, std::time::Duration::from_millis(v.ttl_ms)))
+            })
+            .collect();
+        self.farm_clients.send_if_modified(|held| {
+            let changed = *held != active;
+            if changed {
+                *held = active;
+            }
+            changed
+        });
+    }
+}

@@ -109,6 +109,8 @@ pub struct Agent {
     counters: Counters,
     /// The farm link's state (`[farm]`), shown in the status; the link runs on its own task.
     farm: Option<watch::Receiver<ebb_farm::LinkStatus>>,
+    /// The active clients as the farm link keeps them in etcd.
+    farm_clients: watch::Sender<ebb_farm::ActiveClients>,
 }
 
 /// The hypervisor connection, and how to make it again.
@@ -211,6 +213,11 @@ impl Agent {
     /// Shows the farm link's state in the status from now on.
     pub fn show_farm_link(&mut self, link: watch::Receiver<ebb_farm::LinkStatus>) {
         self.farm = Some(link);
+    }
+
+    /// The host's active clients as they change, for the farm link to keep in etcd.
+    pub fn farm_clients(&self) -> watch::Receiver<ebb_farm::ActiveClients> {
+        self.farm_clients.subscribe()
     }
 
     /// Runs until `shutdown` resolves.

@@ -70,6 +70,7 @@ impl Agent {
         let mut status = self.status(obs, decision, tick_ms);
         status.last_tick_at = Some(at);
         let clients = self.client_views(at);
+        self.offer_clients_to_farm(&clients);
         self.snapshot.send_replace(Arc::new(Snapshot { status, vms, clients }));
     }
 
@@ -86,6 +87,7 @@ impl Agent {
             vm.surrogate = self.surrogate_view(&id);
         }
         snap.clients = self.client_views(self.clock.now());
+        self.offer_clients_to_farm(&snap.clients);
         self.snapshot.send_replace(Arc::new(snap));
     }
 
