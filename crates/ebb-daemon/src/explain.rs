@@ -112,12 +112,24 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
         if m.under_pressure {
             out.push("It is short of memory: ebb gives to it before anyone else.".into());
         }
+        if let Some((at, by)) = m.deflated {
+            out.push(format!(
+                "At {} UTC it took {by} back from its balloon itself (deflate-on-OOM): ebb follows it and takes nothing from it for {} s after that.",
+                crate::words::clock(at),
+                ebb_core::memory::DEFLATED_HOLD_MS / 1000
+            ));
+        }
         let (lo, hi) = (m.floor.map(|f| f.to_string()), m.ceiling.map(|c| c.to_string()));
         if let (Some(lo), Some(hi)) = (lo, hi) {
             out.push(format!("ebb keeps it between {lo} (its minimum or what it uses plus headroom) and {hi}."));
         }
         if let Some(r) = &m.last_reason {
             out.push(format!("Last decision: {}.", r.text.trim_end_matches('.')));
+        }
+        match m.features {
+            Some(f) if f.risk().is_some() => out.push(format!("Warning: {}.", f.risk().unwrap_or_default())),
+            Some(f) => out.push(format!("Its balloon's own safety nets: {}.", f.as_str())),
+            None => {}
         }
     }
     let s = &vm.sources;

@@ -105,7 +105,13 @@ pub fn vms_table(vms: &[VmInfo]) -> String {
             ]
         })
         .collect();
-    table(&["NAME", "STATE", "ACTUAL", "TARGET", "USED", "SHARE", "STEP", "SHARES", "MIN", "MAX", "CLASS", "CPU", "NET", "LAST"], &rows)
+    let mut out = table(&["NAME", "STATE", "ACTUAL", "TARGET", "USED", "SHARE", "STEP", "SHARES", "MIN", "MAX", "CLASS", "CPU", "NET", "LAST"], &rows);
+    for v in vms.iter().filter(|v| v.memory.skipped.is_none()) {
+        if let Some(risk) = v.memory.features.and_then(|f| f.risk()) {
+            let _ = writeln!(out, "warning: {}: {risk}", v.name);
+        }
+    }
+    out
 }
 
 /// "cpu-bound", "critical", "-" when reallocation does not see it.
@@ -346,6 +352,15 @@ pub fn explain_text(x: &Explain) -> String {
         }
     }
     out
+}
+
+/// `ebb check`'s lines about the guests' balloons.
+pub fn balloon_check_text(guests: &Result<Vec<String>, String>) -> String {
+    match guests {
+        Ok(lines) if lines.is_empty() => "guests: every managed guest's balloon has deflate-on-OOM or free page reporting".into(),
+        Ok(lines) => lines.iter().map(|l| format!("warning: {l}")).collect::<Vec<_>>().join("\n"),
+        Err(e) => format!("guests: not checked ({e})"),
+    }
 }
 
 pub fn describe_config(c: &Config) -> String {

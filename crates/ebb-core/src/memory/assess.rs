@@ -9,6 +9,11 @@ use super::words::pressure_words;
 use crate::model::*;
 use crate::units::*;
 
+/// How long ebb takes nothing from a guest that deflated its balloon
+/// itself: its burst is not over in a tick, and its use shows in its stats
+/// only once the balloon has settled.
+pub const DEFLATED_HOLD_MS: u64 = 60_000;
+
 /// One eligible VM's numbers for this tick.
 pub(super) struct Work {
     /// Index into the id-sorted views.
@@ -51,28 +56,54 @@ pub(super) fn assess(
 ) -> Work {
     let current = b.current;
     let band = t.band(current);
-    let used = stats.used();
     let ceiling = kib_down(s.max.unwrap_or(Bytes(u64::MAX)).min(b.maximum));
     let min = kib_up(s.min.unwrap_or(Bytes::ZERO)).min(ceiling);
-    let headroom = t.headroom_min.max(used.scale(t.headroom_fraction));
     // Measured only from stats newer than the balloon's last move
     // (libvirt's last-update is host wall-clock seconds), since a
     // stale MemTotal next to a new size would mis-state it.
     let settled_since = if st.last_current == Some(current) { st.moved_at } else { now };
+    let settled = stats.last_update.is_some_and(|s| s.saturating_mul(1000) >= settled_since.0 + 1000);
+    // The size the stats were taken at, for a deflate-on-OOM guest whose
+    // MemTotal keeps the balloon's pages: unsettled, the larger of now and
+    // the last look, so a shrink in flight never reads as less use.
+    let stats_size = if settled { current } else { current.max(st.last_current.unwrap_or(current)) };
+    let total = stats.total_beside(b, stats_size);
+    let used = total.saturating_sub(stats.usable);
+    let headroom = t.headroom_min.max(used.scale(t.headroom_fraction));
     // An unsettled reading is only trusted upward: while a balloon
     // shrinks the stale MemTotal makes it read low, which would sink
     // the floor step by step. (While it grows it reads high, which
     // costs a second of caution until the next settled reading.)
-    let reading = current.saturating_sub(stats.total);
-    let overhead = if stats.last_update.is_some_and(|s| s.saturating_mul(1000) >= settled_since.0 + 1000) {
-        reading
-    } else {
-        st.overhead.map_or(reading, |o| o.max(reading))
-    };
+    let reading = current.saturating_sub(total);
+    let overhead = if settled { reading } else { st.overhead.map_or(reading, |o| o.max(reading)) };
     st.overhead = Some(overhead);
-    let floor = kib_up(min.max(used + headroom + overhead)).min(ceiling);
 
-    let pressure = pressure_words(t, stats, current, st.counters.as_ref(), now);
+    // Grown past anything ebb asked for: the guest took pages back from its
+    // balloon itself (deflate-on-OOM). Whatever was in flight is over, and
+    // ebb follows it: its size is its floor for a while, so no reclaim
+    // pushes it back into its OOM path; the pool is made up from the others.
+    let asked = st.pending.map_or(Bytes::ZERO, |p| if p.kind == Move::Shrink { Bytes::ZERO } else { p.target });
+    let took_back = match st.last_current {
+        Some(last) if b.features.deflate_on_oom && current > last.max(asked) + band => Some(current - last.max(asked)),
+        _ => None,
+    };
+    if let Some(by) = took_back {
+        st.deflated = Some((now, by));
+        st.pending = None;
+        st.step = t.halve(st.step);
+        st.reclaim_until = None;
+        st.no_shrink_until = Some(now.plus(DEFLATED_HOLD_MS.max(t.stuck_after_ms)));
+    }
+    let following = st.deflated.is_some_and(|(at, _)| now.since(at) < DEFLATED_HOLD_MS.max(t.stuck_after_ms));
+    let ceiling = if following { ceiling.max(kib_down(current)) } else { ceiling };
+    let floor = kib_up(min.max(used + headroom + overhead)).min(ceiling);
+    let floor = if following { floor.max(kib_down(current)) } else { floor };
+
+    let mut pressure = pressure_words(t, stats, current, st.counters.as_ref(), now);
+    if let Some(by) = took_back {
+        let words = format!("the guest took {by} back from its balloon itself (deflate-on-OOM)");
+        pressure = Some(pressure.map_or(words.clone(), |p| format!("{words} and {p}")));
+    }
     st.counters = Some(Counters {
         swap_out: stats.swap_out,
         major_faults: stats.major_faults,

@@ -25,6 +25,7 @@ mod state;
 mod words;
 
 pub use config::MemoryConfig;
+pub use assess::DEFLATED_HOLD_MS;
 pub use state::Resumed;
 
 use crate::model::*;
@@ -45,8 +46,16 @@ pub struct VmMemoryView {
     pub actual: Option<Bytes>,
     /// Where ebb is steering it; None when not managed this tick.
     pub target: Option<Bytes>,
-    /// What the guest uses (MemTotal − MemAvailable).
+    /// What the guest uses (MemTotal − MemAvailable, less what the balloon
+    /// holds for a deflate-on-OOM guest).
     pub used: Option<Bytes>,
+    /// Its balloon's safety nets; None without a balloon.
+    #[serde(default)]
+    pub features: Option<BalloonFeatures>,
+    /// When the guest last took pages back from its balloon itself
+    /// (deflate-on-OOM), and how much.
+    #[serde(default)]
+    pub deflated: Option<(Millis, Bytes)>,
     /// The share of the pool the scheduler allots this VM (its ideal size).
     pub entitlement: Option<Bytes>,
     pub floor: Option<Bytes>,
@@ -169,7 +178,9 @@ impl MemoryPolicy {
                         vm: vm.id.clone(),
                         actual: vm.balloon.as_ref().map(|b| b.current),
                         target: None,
-                        used: vm.balloon.as_ref().and_then(|b| b.stats.as_ref()).map(|s| s.used()),
+                        used: vm.balloon.as_ref().and_then(|b| b.used()),
+                        features: vm.balloon.as_ref().map(|b| b.features),
+                        deflated: None,
                         entitlement: None,
                         floor: None,
                         ceiling: None,
@@ -189,6 +200,8 @@ impl MemoryPolicy {
                 actual: Some(w.current),
                 target: None,
                 used: Some(w.used),
+                features: Some(b.features),
+                deflated: st.deflated,
                 entitlement: None,
                 floor: Some(w.floor),
                 ceiling: Some(w.ceiling),

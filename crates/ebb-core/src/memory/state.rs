@@ -33,6 +33,11 @@ pub(super) struct VmMem {
     /// guest "at used + headroom" would really have almost nothing free.
     /// None until measured on settled stats.
     pub overhead: Option<Bytes>,
+    /// When a deflate-on-OOM guest last took pages back from its balloon
+    /// itself, and how much: ebb then follows it and takes nothing from it
+    /// for a while (`DEFLATED_HOLD_MS`), so a reclaim never pushes it back
+    /// into its own OOM path.
+    pub deflated: Option<(Millis, Bytes)>,
     pub last_reason: Option<Arc<Reason>>,
 }
 
@@ -73,6 +78,7 @@ impl VmMem {
             reclaim_until: None,
             no_shrink_until: None,
             overhead: None,
+            deflated: None,
             last_reason: None,
         }
     }

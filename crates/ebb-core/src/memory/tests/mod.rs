@@ -4,6 +4,7 @@
 
 use super::*;
 
+mod deflate;
 mod props;
 mod unit;
 
@@ -32,6 +33,11 @@ struct Guest {
     /// A real balloon lands a few KiB off its target.
     lands_off: Bytes,
     stats_size: Bytes,
+    /// autodeflate='on': short of memory, the guest takes balloon pages
+    /// back itself (and its MemTotal keeps them), instead of swapping.
+    deflate_on_oom: bool,
+    /// How many times it had to.
+    took_back: u32,
 }
 
 fn guest(name: &str, size_mib: u64, used_mib: u64) -> Guest {
@@ -52,6 +58,8 @@ fn guest(name: &str, size_mib: u64, used_mib: u64) -> Guest {
         lagging: false,
         lands_off: Bytes::ZERO,
         stats_size: Bytes::from_mib(size_mib),
+        deflate_on_oom: false,
+        took_back: 0,
     }
 }
 
@@ -99,7 +107,7 @@ impl World {
                         stats: g.stats.then(|| {
                             let size = if g.lagging { g.stats_size } else { g.current };
                             GuestMemStats {
-                            total: size - g.overhead,
+                            total: if g.deflate_on_oom { g.maximum } else { size } - g.overhead,
                             unused: size - g.overhead - g.used,
                             usable: size - g.overhead - g.used,
                             swap_in: Bytes::ZERO,
@@ -108,6 +116,7 @@ impl World {
                             oom_kills: Some(0),
                             last_update: Some(self.now.0 / 1000 - g.lagging as u64),
                         }}),
+                        features: BalloonFeatures { deflate_on_oom: g.deflate_on_oom, free_page_reporting: false },
                     }),
                     activity: None,
                     persistent: true,
@@ -131,6 +140,10 @@ impl World {
             if let (Some(t), false) = (g.pending, g.stall) {
                 g.current = t + g.lands_off;
                 g.pending = None;
+            }
+            if g.deflate_on_oom && g.used + g.overhead > g.current {
+                g.current = (g.used + g.overhead + Bytes::from_mib(8)).min(g.maximum);
+                g.took_back += 1;
             }
             if g.used > g.current {
                 g.swap_out += g.used - g.current;
