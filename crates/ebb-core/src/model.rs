@@ -278,9 +278,23 @@ pub struct Balloon {
     /// What the balloon device does by itself (from the domain XML).
     #[serde(default)]
     pub features: BalloonFeatures,
+    /// What the host really holds for the guest: its QEMU process's
+    /// resident memory (libvirt's `balloon.rss`). Below `current` by the
+    /// pages the guest never touched or handed back (free page reporting);
+    /// above it by QEMU's own memory. None when not reported.
+    #[serde(default)]
+    pub host_rss: Option<Bytes>,
 }
 
 impl Balloon {
+    /// Memory the guest may take back from the host without anyone asking:
+    /// its size less what the host holds for it (pages it never touched,
+    /// or freed and reported). The host's available memory counts it, but
+    /// it is spoken for.
+    pub fn returned(&self) -> Bytes {
+        self.host_rss.map_or(Bytes::ZERO, |rss| self.current.saturating_sub(rss))
+    }
+
     /// What the guest uses, read right for its kind of balloon (see
     /// `GuestMemStats::used_beside`); None without stats.
     pub fn used(&self) -> Option<Bytes> {

@@ -114,7 +114,7 @@ fn the_memory_policy_learns_from_its_own_failed_targets_only() {
     let vm = VmObservation {
         id: web.clone(),
         state: VmState::Running,
-        balloon: Some(Balloon { current: size, maximum: size, stats: Some(stats), features: BalloonFeatures::default() }),
+        balloon: Some(Balloon { current: size, maximum: size, stats: Some(stats), features: BalloonFeatures::default(), host_rss: None }),
         activity: None,
         persistent: true,
         managed_save: false,

@@ -41,6 +41,9 @@ pub struct Status {
     pub memory_enabled: bool,
     pub pool: Option<Bytes>,
     pub pool_used: Bytes,
+    /// Of the guests' sizes, what the host does not hold (see `Pool::returned`).
+    #[serde(default)]
+    pub returned: Bytes,
     pub host_total: Bytes,
     pub host_available: Bytes,
     pub vms: usize,

@@ -52,7 +52,7 @@ pub fn status_text(s: &Status) -> String {
     let _ = writeln!(out, "ticks: {} every {} ms (last took {:.1} ms)", s.ticks, s.tick_ms, s.last_tick_ms);
     let mem = if s.memory_enabled { "" } else { " (memory management disabled: observing only)" };
     let _ = writeln!(out, "pool: {} of {} used{mem}", s.pool_used, size(s.pool));
-    let _ = writeln!(out, "host: {} available of {}", s.host_available, s.host_total);
+    let _ = writeln!(out, "host: {} available of {} ({} of it the guests' own, never touched or handed back: they may take it again)", s.host_available, s.host_total, s.returned);
     let _ = writeln!(out, "vms: {} ({} managed)", s.vms, s.vms_managed);
     let _ = writeln!(out, "actions: {} ({} failed); sleeps {}, wakes {}", s.actions_total, s.action_failures_total, s.sleeps_total, s.wakes_total);
     let _ = writeln!(out, "journal: {}", s.journal);
@@ -93,6 +93,7 @@ pub fn vms_table(vms: &[VmInfo]) -> String {
                 size(m.actual),
                 size(m.target),
                 size(m.used),
+                size(m.host_rss),
                 size(m.entitlement),
                 m.step.to_string(),
                 with_source(v.settings.shares.to_string(), v.sources.shares),
@@ -105,7 +106,7 @@ pub fn vms_table(vms: &[VmInfo]) -> String {
             ]
         })
         .collect();
-    let mut out = table(&["NAME", "STATE", "ACTUAL", "TARGET", "USED", "SHARE", "STEP", "SHARES", "MIN", "MAX", "CLASS", "CPU", "NET", "LAST"], &rows);
+    let mut out = table(&["NAME", "STATE", "ACTUAL", "TARGET", "USED", "HOST", "SHARE", "STEP", "SHARES", "MIN", "MAX", "CLASS", "CPU", "NET", "LAST"], &rows);
     for v in vms.iter().filter(|v| v.memory.skipped.is_none()) {
         if let Some(risk) = v.memory.features.and_then(|f| f.risk()) {
             let _ = writeln!(out, "warning: {}: {risk}", v.name);

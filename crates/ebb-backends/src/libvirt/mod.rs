@@ -343,7 +343,8 @@ impl Hypervisor for LibvirtHypervisor {
                     None
                 }
             };
-            let balloon = self.balloon_features(&rec.dom, &name).map(|features| Balloon { current, maximum, stats, features });
+            let host_rss = f.rss.filter(|_| active).map(Bytes::from_kib);
+            let balloon = self.balloon_features(&rec.dom, &name).map(|features| Balloon { current, maximum, stats, features, host_rss });
             vms.push(VmObservation { id: VmId::new(name), state, balloon, activity, persistent, managed_save, tune: None });
         }
         self.balloons.retain(|uuid, _| seen.contains(uuid));

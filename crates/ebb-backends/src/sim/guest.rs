@@ -184,6 +184,7 @@ impl Guest {
                 }
             }),
             features: BalloonFeatures::default(),
+            host_rss: None,
         });
         let active = matches!(v.state, VmState::Running | VmState::Paused);
         VmObservation {

@@ -49,6 +49,9 @@ pub struct VmMemoryView {
     /// What the guest uses (MemTotal − MemAvailable, less what the balloon
     /// holds for a deflate-on-OOM guest).
     pub used: Option<Bytes>,
+    /// What the host really holds for it (QEMU's RSS); None when not reported.
+    #[serde(default)]
+    pub host_rss: Option<Bytes>,
     /// Its balloon's safety nets; None without a balloon.
     #[serde(default)]
     pub features: Option<BalloonFeatures>,
@@ -85,6 +88,12 @@ pub struct Pool {
     /// short of its reserve, or the guests' floors alone exceed the pool.
     #[serde(default)]
     pub pool_note: Option<String>,
+    /// What the guests may take back from the host without asking: their
+    /// sizes less what the host holds for them (never touched, or handed
+    /// back by free page reporting). The host's available memory counts
+    /// it, so ebb takes it off before it weighs the host's reserve.
+    #[serde(default)]
+    pub returned: Bytes,
 }
 
 /// Balloon targets, one view per observed VM (in id order), and the pool.
@@ -141,6 +150,7 @@ impl MemoryPolicy {
         // Memory held by VMs ebb does not steer this tick: off limits to the rest.
         let mut unmanaged = Bytes::ZERO;
         let mut committed = Bytes::ZERO;
+        let mut returned = Bytes::ZERO;
         let mut set_iter = settings.iter().peekable();
 
         for (k, &i) in order.iter().enumerate() {
@@ -164,6 +174,7 @@ impl MemoryPolicy {
             let occupies = vm.state != VmState::ShutOff && vm.balloon.is_some();
             if let (true, Some(b)) = (occupies, &vm.balloon) {
                 pool_used += b.current;
+                returned += b.returned();
             }
             let skip = words::skip_reason(vm, s);
             let (b, stats) = match (&skip, &vm.balloon) {
@@ -179,6 +190,7 @@ impl MemoryPolicy {
                         actual: vm.balloon.as_ref().map(|b| b.current),
                         target: None,
                         used: vm.balloon.as_ref().and_then(|b| b.used()),
+                        host_rss: vm.balloon.as_ref().and_then(|b| b.host_rss),
                         features: vm.balloon.as_ref().map(|b| b.features),
                         deflated: None,
                         entitlement: None,
@@ -200,6 +212,7 @@ impl MemoryPolicy {
                 actual: Some(w.current),
                 target: None,
                 used: Some(w.used),
+                host_rss: b.host_rss,
                 features: Some(b.features),
                 deflated: st.deflated,
                 entitlement: None,
@@ -213,7 +226,17 @@ impl MemoryPolicy {
             work.push(w);
         }
 
-        let (pool, host_note) = allot::pool_in_effect(&obs.host, &t, pool_used);
+        // The host's available memory counts the pages guests hold but the
+        // host does not: they are spoken for (see `Pool::returned`).
+        let host = HostMemory { available: obs.host.available.saturating_sub(returned), ..obs.host };
+        let (pool, host_note) = allot::pool_in_effect(&host, &t, pool_used);
+        let host_note = host_note.map(|n| {
+            if returned.0 > 0 {
+                format!("{n} ({returned} of what the host has free is the guests' own, handed back or never touched: they may take it again)")
+            } else {
+                n
+            }
+        });
         let mut notes: Vec<String> = host_note.into_iter().collect();
         let managed_pool = pool.saturating_sub(unmanaged);
         if let Some(note) = allot::allot(&mut work, managed_pool, t.k) {
@@ -221,13 +244,13 @@ impl MemoryPolicy {
         }
 
         // What the host itself can still give, for guarantees the pool cannot cover.
-        let host_spare = if obs.host.total.0 > 0 { obs.host.available.saturating_sub(t.host_reserve) } else { Bytes(u64::MAX) };
+        let host_spare = if host.total.0 > 0 { host.available.saturating_sub(t.host_reserve) } else { Bytes(u64::MAX) };
         plan::plan(&mut work, &t, pool, committed, host_spare);
 
         let actions = conclude(&work, &mut views, &mut states, pool, now, cfg.enabled);
         self.vms = states;
         let pool_note = if notes.is_empty() { None } else { Some(notes.join("; ")) };
-        Decision { actions, views, host: Pool { pool, pool_used, pool_note } }
+        Decision { actions, views, host: Pool { pool, pool_used, pool_note, returned } }
     }
 }
 

@@ -81,3 +81,28 @@ fn a_guest_that_deflates_itself_is_followed_not_fought_and_the_pool_is_made_up_f
     // It holds its memory with headroom: 320 used + 64 + 56 kernel.
     assert!(w.current("burst") >= Bytes::from_mib(320 + 64 + 56 - 1), "{}", w.current("burst"));
 }
+
+#[test]
+fn memory_the_guests_may_take_back_counts_against_the_hosts_reserve() {
+    // Each guest holds 200 MiB the host does not (free page reporting):
+    // the host's available memory counts it, but the guests may touch it
+    // again at any moment.
+    let mut a = guest("a", 512, 100);
+    a.untouched = Some(Bytes::from_mib(200));
+    let mut b = guest("b", 512, 100);
+    b.untouched = Some(Bytes::from_mib(200));
+    let mut w = World::new(vec![a, b], 1024);
+    let d = w.run(5);
+    assert_eq!(d.host.returned, Bytes::from_mib(400));
+    assert_eq!(d.host.pool, Bytes::from_mib(1024));
+    assert_eq!(view(&d, "a").host_rss, Some(Bytes::from_mib(312)));
+    // Something else on the host takes 300 MiB: available is still 400 MiB
+    // above the reserve, yet all of it is the guests' to take back.
+    w.host_total = w.host_total - Bytes::from_mib(300);
+    let d = w.tick();
+    assert!(d.host.pool_note.as_deref().is_some_and(|n| n.contains("reserve") && n.contains("may take it again")), "{:?}", d.host);
+    assert_eq!(d.host.pool, Bytes::from_mib(724));
+    w.run(20);
+    let sum = w.current("a") + w.current("b");
+    assert!(sum <= Bytes::from_mib(725), "the guests still hold {sum}: the reserve is not kept");
+}

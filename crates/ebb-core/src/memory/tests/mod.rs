@@ -38,6 +38,9 @@ struct Guest {
     deflate_on_oom: bool,
     /// How many times it had to.
     took_back: u32,
+    /// Of its size, what the host does not hold (never touched, or handed
+    /// back by free page reporting); None: QEMU's RSS is not reported.
+    untouched: Option<Bytes>,
 }
 
 fn guest(name: &str, size_mib: u64, used_mib: u64) -> Guest {
@@ -60,6 +63,7 @@ fn guest(name: &str, size_mib: u64, used_mib: u64) -> Guest {
         stats_size: Bytes::from_mib(size_mib),
         deflate_on_oom: false,
         took_back: 0,
+        untouched: None,
     }
 }
 
@@ -90,7 +94,12 @@ impl World {
     }
 
     fn observe(&self) -> Observation {
-        let in_use: Bytes = self.guests.iter().filter(|g| g.state != VmState::ShutOff).map(|g| g.current).sum();
+        let in_use: Bytes = self
+            .guests
+            .iter()
+            .filter(|g| g.state != VmState::ShutOff)
+            .map(|g| g.current.saturating_sub(g.untouched.unwrap_or(Bytes::ZERO)))
+            .sum();
         Observation {
             at: self.now,
             host: HostMemory { total: self.host_total, available: self.host_total - in_use },
@@ -117,6 +126,7 @@ impl World {
                             last_update: Some(self.now.0 / 1000 - g.lagging as u64),
                         }}),
                         features: BalloonFeatures { deflate_on_oom: g.deflate_on_oom, free_page_reporting: false },
+                        host_rss: g.untouched.map(|u| g.current.saturating_sub(u)),
                     }),
                     activity: None,
                     persistent: true,
