@@ -393,11 +393,15 @@ pub struct VmSettings {
     pub max: Option<Bytes>,
     /// False: ebb observes the VM but never changes it.
     pub managed: bool,
+    /// The fastest its use of memory has grown, per second, as its needs
+    /// history has it: learned, not configured. It sizes the headroom.
+    #[serde(default)]
+    pub burst_rate: Option<Bytes>,
 }
 
 impl Default for VmSettings {
     fn default() -> Self {
-        VmSettings { shares: 1000, min: None, max: None, managed: true }
+        VmSettings { shares: 1000, min: None, max: None, managed: true, burst_rate: None }
     }
 }
 

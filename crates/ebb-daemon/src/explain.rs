@@ -123,6 +123,16 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
         if let (Some(lo), Some(hi)) = (lo, hi) {
             out.push(format!("ebb keeps it between {lo} (its minimum or what it uses plus headroom) and {hi}."));
         }
+        match (m.headroom, m.headroom_learned) {
+            (Some(h), Some((rate, react_ms))) => out.push(format!(
+                "Its headroom is {h}, learned: its needs history shows its use growing by up to {rate}/s, times the {:.1} s ebb takes to react.",
+                react_ms as f64 / 1000.0
+            )),
+            (Some(h), None) => out.push(format!(
+                "Its headroom is {h}, the flat rule max(headroom_min, headroom_fraction × use): its needs history shows no allocation faster than that covers."
+            )),
+            _ => {}
+        }
         if let Some(r) = &m.last_reason {
             out.push(format!("Last decision: {}.", r.text.trim_end_matches('.')));
         }

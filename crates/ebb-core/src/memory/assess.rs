@@ -23,6 +23,12 @@ pub(super) struct Work {
     /// The dead band at its current size.
     pub band: Bytes,
     pub used: Bytes,
+    /// How fast its use grew per second since the last settled reading.
+    pub growth: Option<Bytes>,
+    /// Its headroom, and the growth rate that sized it when its history's
+    /// fastest growth did (rather than the flat max(min, fraction × used)).
+    pub headroom: Bytes,
+    pub learned: Option<Bytes>,
     pub step: Bytes,
     pub min: Bytes,
     pub floor: Bytes,
@@ -69,7 +75,18 @@ pub(super) fn assess(
     let stats_size = if settled { current } else { current.max(st.last_current.unwrap_or(current)) };
     let total = stats.total_beside(b, stats_size);
     let used = total.saturating_sub(stats.usable);
-    let headroom = t.headroom_min.max(used.scale(t.headroom_fraction));
+    let flat = t.headroom_min.max(used.scale(t.headroom_fraction));
+    // A guest whose history shows fast allocation keeps room for what it
+    // allocates before ebb can react (Tuning::react_ms).
+    let learned = s.burst_rate.filter(|r| r.scale(t.react_ms as f64 / 1000.0) > flat);
+    let headroom = learned.map_or(flat, |r| r.scale(t.react_ms as f64 / 1000.0));
+    let growth = match st.last_used {
+        Some((before, at)) if settled && now.0 > at.0 => Some(Bytes((used.saturating_sub(before).0 as f64 * 1000.0 / now.since(at) as f64) as u64)),
+        _ => None,
+    };
+    if settled {
+        st.last_used = Some((used, now));
+    }
     // An unsettled reading is only trusted upward: while a balloon
     // shrinks the stale MemTotal makes it read low, which would sink
     // the floor step by step. (While it grows it reads high, which
@@ -171,6 +188,9 @@ pub(super) fn assess(
         current,
         band,
         used,
+        growth,
+        headroom,
+        learned,
         step: st.step,
         min,
         floor,

@@ -55,6 +55,17 @@ pub struct VmMemoryView {
     /// Its balloon's safety nets; None without a balloon.
     #[serde(default)]
     pub features: Option<BalloonFeatures>,
+    /// How fast its use grew, per second, since the last settled reading
+    /// (the needs history learns from it).
+    #[serde(default)]
+    pub growth: Option<Bytes>,
+    /// The headroom its floor keeps above what it uses.
+    #[serde(default)]
+    pub headroom: Option<Bytes>,
+    /// When its history sized that headroom: its fastest growth per second,
+    /// and the reaction time (ms) it was multiplied by.
+    #[serde(default)]
+    pub headroom_learned: Option<(Bytes, u64)>,
     /// When the guest last took pages back from its balloon itself
     /// (deflate-on-OOM), and how much.
     #[serde(default)]
@@ -112,6 +123,8 @@ pub struct MemoryPolicy {
     step_bounds: Option<(Bytes, Bytes)>,
     /// Likewise how long a failed VM is left alone.
     quiet_ms: u64,
+    /// The last decide's time: ticks' pace sets ebb's reaction time.
+    last_now: Option<Millis>,
 }
 
 impl MemoryPolicy {
@@ -137,7 +150,12 @@ impl MemoryPolicy {
         cfg: &MemoryConfig,
         now: Millis,
     ) -> MemoryDecision {
-        let t = Tuning::new(cfg);
+        let mut t = Tuning::new(cfg);
+        // ebb's reaction time follows its own pace: the last two ticks apart.
+        if let Some(last) = self.last_now.filter(|l| now.0 > l.0) {
+            t.react_ms = config::react_ms(now.since(last));
+        }
+        self.last_now = Some(now);
         self.step_bounds = Some((t.step_min, t.step_max));
         self.quiet_ms = t.stuck_after_ms;
         let defaults = VmSettings::default();
@@ -193,6 +211,9 @@ impl MemoryPolicy {
                         host_rss: vm.balloon.as_ref().and_then(|b| b.host_rss),
                         features: vm.balloon.as_ref().map(|b| b.features),
                         deflated: None,
+                        growth: None,
+                        headroom: None,
+                        headroom_learned: None,
                         entitlement: None,
                         floor: None,
                         ceiling: None,
@@ -215,6 +236,9 @@ impl MemoryPolicy {
                 host_rss: b.host_rss,
                 features: Some(b.features),
                 deflated: st.deflated,
+                growth: w.growth,
+                headroom: Some(w.headroom),
+                headroom_learned: w.learned.map(|r| (r, t.react_ms)),
                 entitlement: None,
                 floor: Some(w.floor),
                 ceiling: Some(w.ceiling),

@@ -38,6 +38,9 @@ pub(super) struct VmMem {
     /// for a while (`DEFLATED_HOLD_MS`), so a reclaim never pushes it back
     /// into its own OOM path.
     pub deflated: Option<(Millis, Bytes)>,
+    /// What the guest used at its last settled reading, and when: its
+    /// growth per second is measured between settled readings only.
+    pub last_used: Option<(Bytes, Millis)>,
     pub last_reason: Option<Arc<Reason>>,
 }
 
@@ -79,6 +82,7 @@ impl VmMem {
             no_shrink_until: None,
             overhead: None,
             deflated: None,
+            last_used: None,
             last_reason: None,
         }
     }

@@ -5,6 +5,7 @@
 use super::*;
 
 mod deflate;
+mod headroom;
 mod props;
 mod unit;
 
