@@ -176,7 +176,7 @@ fn a_busy_guest_gets_memory_from_an_idle_one_with_no_oom_kill() {
     // safety net; ebb follows it and makes the pool up from the idle guest.
     let vms = fit_the_pool(&agent, "the pool to settle before the burst", &names, pool);
     let at_burst = find(&vms, &busy_name).memory.actual.unwrap();
-    let available = busy.status().unwrap().mem_available;
+    let available = busy.status().unwrap_or_else(|e| panic!("{e}\n{}\n{}", agent.log_text(), busy.console_log())).mem_available;
     assert!(available < Bytes::from_mib(300), "no burst: {available} available at {at_burst}");
     let t0 = std::time::Instant::now();
     busy.start_mem_workload(300, 300, 0, 0).unwrap();
@@ -207,7 +207,15 @@ fn a_busy_guest_gets_memory_from_an_idle_one_with_no_oom_kill() {
     assert_eq!(status.oom_kills, 0, "the burst got something OOM-killed: {}", busy.console_log());
     assert!(!busy.console_log().contains("Killed process"), "{}", busy.console_log());
     assert_eq!(answered, probes, "the guest's service missed probes during the burst");
-    assert!(back.is_some() || !over, "the pool did not come back within its limit in 45 s");
+    assert!(
+        back.is_some() || !over,
+        "the pool did not come back within its limit in 45 s\n--- ebb vms\n{}\n--- ebb events\n{}\n{}\n{}\n{}",
+        agent.text(&["vms"]),
+        agent.text(&["events", "--limit", "40"]),
+        agent.text(&["explain", &busy_name]),
+        agent.text(&["status"]),
+        serde_json::to_string(&agent.vms().iter().map(|v| &v.memory).collect::<Vec<_>>()).unwrap()
+    );
     let vms = agent.vms();
     assert!(find(&vms, &busy_name).memory.actual.unwrap() >= Bytes::from_mib(300), "{:?}", find(&vms, &busy_name).memory);
     assert!(find(&vms, &busy_name).memory.deflated.is_some() || !over, "ebb did not see the guest deflate itself");

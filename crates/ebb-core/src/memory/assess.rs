@@ -4,7 +4,7 @@
 //! to be backed off from).
 
 use super::config::{kib_down, kib_up, Tuning};
-use super::state::{Counters, Move, VmMem};
+use super::state::{Counters, Deflated, Move, VmMem};
 use super::words::pressure_words;
 use crate::model::*;
 use crate::units::*;
@@ -97,24 +97,25 @@ pub(super) fn assess(
 
     // Grown past anything ebb asked for: the guest took pages back from its
     // balloon itself (deflate-on-OOM). Whatever was in flight is over, and
-    // ebb follows it: its size is its floor for a while, so no reclaim
-    // pushes it back into its OOM path; the pool is made up from the others.
+    // ebb follows it: the size it took is its floor for a while, so no
+    // reclaim pushes it back into its OOM path; the pool is made up from
+    // the others. (Only that size: what ebb gives it on top, for its
+    // pressure, is ebb's to take back once the pressure is gone.)
     let asked = st.pending.map_or(Bytes::ZERO, |p| if p.kind == Move::Shrink { Bytes::ZERO } else { p.target });
     let took_back = match st.last_current {
         Some(last) if b.features.deflate_on_oom && current > last.max(asked) + band => Some(current - last.max(asked)),
         _ => None,
     };
     if let Some(by) = took_back {
-        st.deflated = Some((now, by));
+        st.deflated = Some(Deflated { at: now, by, to: current });
         st.pending = None;
         st.step = t.halve(st.step);
         st.reclaim_until = None;
-        st.no_shrink_until = Some(now.plus(DEFLATED_HOLD_MS.max(t.stuck_after_ms)));
+        st.no_shrink_until = Some(now.plus(t.stuck_after_ms));
     }
-    let following = st.deflated.is_some_and(|(at, _)| now.since(at) < DEFLATED_HOLD_MS.max(t.stuck_after_ms));
-    let ceiling = if following { ceiling.max(kib_down(current)) } else { ceiling };
-    let floor = kib_up(min.max(used + headroom + overhead)).min(ceiling);
-    let floor = if following { floor.max(kib_down(current)) } else { floor };
+    let took = st.deflated.filter(|d| now.since(d.at) < DEFLATED_HOLD_MS).map(|d| kib_down(d.to));
+    let ceiling = ceiling.max(took.unwrap_or(Bytes::ZERO));
+    let floor = kib_up(min.max(used + headroom + overhead)).min(ceiling).max(took.unwrap_or(Bytes::ZERO));
 
     let mut pressure = pressure_words(t, stats, current, st.counters.as_ref(), now);
     if let Some(by) = took_back {

@@ -235,7 +235,7 @@ impl MemoryPolicy {
                 used: Some(w.used),
                 host_rss: b.host_rss,
                 features: Some(b.features),
-                deflated: st.deflated,
+                deflated: st.deflated.map(|d| (d.at, d.by)),
                 growth: w.growth,
                 headroom: Some(w.headroom),
                 headroom_learned: w.learned.map(|r| (r, t.react_ms)),
