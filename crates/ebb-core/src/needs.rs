@@ -184,12 +184,12 @@ impl VmNeeds {
         h.mem[rate_bucket(per_second)] += 1;
     }
 
-    /// The fastest its use has grown, per second (its bucket's upper
-    /// bound), at any hour: a burst keeps no timetable. None when it never
-    /// grew faster than 1 KiB/s.
+    /// The fastest its use has grown, per second (its bucket's lower bound:
+    /// the rate it surely reached), at any hour: a burst keeps no
+    /// timetable. None when it never grew faster than 1 KiB/s.
     pub fn fastest_growth(&self) -> Option<Bytes> {
         let top = self.hours.iter().filter_map(|h| h.mem.iter().rposition(|&c| c > 0)).max()?;
-        (top > 0).then(|| rate_of(top))
+        (top > 1).then(|| rate_of(top - 1))
     }
 
     /// The class its history gives for the hour of `now`.
@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(n.fastest_growth(), None, "a guest that never grew teaches nothing");
         n.record_growth(Millis(9 * 3_600_000), Bytes::from_mib(300));
         n.record_growth(Millis(3 * 3_600_000), Bytes::from_mib(2));
-        assert_eq!(n.fastest_growth(), Some(Bytes::from_mib(512)), "300 MiB/s is in the bucket up to 512");
+        assert_eq!(n.fastest_growth(), Some(Bytes::from_mib(256)), "300 MiB/s is in the bucket from 256");
         // A history from before the memory counters reads as none.
         let old: HourHistogram = serde_json::from_str(r#"{"samples":0,"cpu":[],"disk":[],"net":[]}"#).unwrap();
         assert_eq!(old.mem.len(), RATE_BUCKETS);
@@ -264,7 +264,7 @@ mod tests {
         for _ in 0..=HALVE_AT {
             n.record_growth(Millis(9 * 3_600_000), Bytes::ZERO);
         }
-        assert_eq!(n.fastest_growth(), Some(Bytes::from_mib(4)), "2 MiB/s is in the bucket up to 4");
+        assert_eq!(n.fastest_growth(), Some(Bytes::from_mib(2)), "2 MiB/s is in the bucket from 2");
     }
 
     #[test]

@@ -101,15 +101,15 @@ pub(super) struct Tuning {
     pub headroom_fraction: f64,
     pub low_free_fraction: f64,
     pub major_fault_rate: f64,
-    /// How long ebb takes to react to a guest's allocation: a tick for its
-    /// stats to show it, a tick for the balloon to land, and the second a
-    /// guest's stats lag behind. Set from the ticks' own pace.
+    /// How long ebb takes to react to a guest's allocation: up to a tick
+    /// until it looks, and the second a guest's stats lag behind (a give-back
+    /// lands within a fraction of a second). Set from the ticks' own pace.
     pub react_ms: u64,
 }
 
 /// ebb's reaction time with ticks `tick_ms` apart (see `Tuning::react_ms`).
 pub(super) fn react_ms(tick_ms: u64) -> u64 {
-    2 * tick_ms + 1000
+    tick_ms + 1000
 }
 
 impl Tuning {
