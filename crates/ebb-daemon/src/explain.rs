@@ -114,7 +114,7 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
         }
         if let Some((at, by)) = m.deflated {
             out.push(format!(
-                "At {} UTC it took {by} back from its balloon itself (deflate-on-OOM): for {} s after that ebb keeps it at least at the size it took.",
+                "At {} UTC it took {by} back from its balloon itself (deflate-on-OOM): ebb then kept it at least at the size it took until its stats settled (at most {} s).",
                 crate::words::clock(at),
                 ebb_core::memory::DEFLATED_HOLD_MS / 1000
             ));

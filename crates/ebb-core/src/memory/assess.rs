@@ -9,9 +9,9 @@ use super::words::pressure_words;
 use crate::model::*;
 use crate::units::*;
 
-/// How long ebb takes nothing from a guest that deflated its balloon
-/// itself: its burst is not over in a tick, and its use shows in its stats
-/// only once the balloon has settled.
+/// The longest ebb keeps a guest that deflated its balloon itself at the
+/// size it took: its use shows in its stats only once the balloon has
+/// settled, and stats that never settle must not pin it for ever.
 pub const DEFLATED_HOLD_MS: u64 = 60_000;
 
 /// One eligible VM's numbers for this tick.
@@ -107,13 +107,20 @@ pub(super) fn assess(
         _ => None,
     };
     if let Some(by) = took_back {
-        st.deflated = Some(Deflated { at: now, by, to: current });
+        st.deflated = Some(Deflated { at: now, by, to: current, held: true });
         st.pending = None;
         st.step = t.halve(st.step);
         st.reclaim_until = None;
         st.no_shrink_until = Some(now.plus(t.stuck_after_ms));
     }
-    let took = st.deflated.filter(|d| now.since(d.at) < DEFLATED_HOLD_MS).map(|d| kib_down(d.to));
+    // Held until its stats are settled again after it (they then show what
+    // it needs), for stuck_after at least and DEFLATED_HOLD_MS at most; once
+    // let go, for good (ebb's own next move unsettles them again).
+    if let Some(d) = st.deflated.as_mut() {
+        let since = now.since(d.at);
+        d.held &= since < DEFLATED_HOLD_MS && (since < t.stuck_after_ms || !settled);
+    }
+    let took = st.deflated.filter(|d| d.held).map(|d| kib_down(d.to));
     let ceiling = ceiling.max(took.unwrap_or(Bytes::ZERO));
     let floor = kib_up(min.max(used + headroom + overhead)).min(ceiling).max(took.unwrap_or(Bytes::ZERO));
 

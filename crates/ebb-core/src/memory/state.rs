@@ -51,6 +51,8 @@ pub(super) struct Deflated {
     pub by: Bytes,
     /// The size it took itself to.
     pub to: Bytes,
+    /// Still kept at least at that size.
+    pub held: bool,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -106,3 +106,24 @@ fn memory_the_guests_may_take_back_counts_against_the_hosts_reserve() {
     let sum = w.current("a") + w.current("b");
     assert!(sum <= Bytes::from_mib(725), "the guests still hold {sum}: the reserve is not kept");
 }
+
+#[test]
+fn the_size_a_guest_took_is_held_only_until_its_stats_show_what_it_needs() {
+    let mut w = World::new(vec![auto("burst", 20), auto("idle", 20)], 700);
+    w.run(30);
+    w.g("burst").used = Bytes::from_mib(320);
+    w.tick();
+    let took = w.current("burst");
+    assert_eq!(w.g("burst").took_back, 1);
+    // The burst is over at once: held for stuck_after (5 ticks) all the same,
+    // then its settled stats say what it needs and ebb takes the rest back.
+    w.g("burst").used = Bytes::from_mib(20);
+    for tick in 1..=4 {
+        w.tick();
+        assert!(w.current("burst") >= took, "tick {tick}: {} below the {took} it took", w.current("burst"));
+    }
+    w.run(20);
+    w.run(20);
+    assert!(w.current("burst") + Bytes::from_mib(16) < took, "still held at {}", w.current("burst"));
+    assert_eq!(w.g("burst").took_back, 1);
+}
