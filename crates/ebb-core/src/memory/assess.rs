@@ -74,7 +74,15 @@ pub(super) fn assess(
     // the last look, so a shrink in flight never reads as less use.
     let stats_size = if settled { current } else { current.max(st.last_current.unwrap_or(current)) };
     let total = stats.total_beside(b, stats_size);
-    let used = total.saturating_sub(stats.usable);
+    // Still, ticks come faster than stats: over several ticks of a shrink
+    // the balloon's size now beside free memory from before reads as less
+    // use (measured: 337 MiB read as 250), and ebb reclaimed into the
+    // guest's pressure every few seconds. Until its stats settle, such a
+    // guest's last settled use stands; pressure still reads its free memory.
+    let used = match st.last_used {
+        Some((u, _)) if b.features.deflate_on_oom && !settled => u,
+        _ => total.saturating_sub(stats.usable),
+    };
     let flat = t.headroom_min.max(used.scale(t.headroom_fraction));
     // A guest whose history shows fast allocation keeps room for what it
     // allocates before ebb can react (Tuning::react_ms).
