@@ -56,6 +56,8 @@ fn world(n: usize) -> World {
                     usable: size - used,
                     ..GuestMemStats::default()
                 }),
+                features: BalloonFeatures::default(),
+                host_rss: None,
             }),
             activity: Some(Activity { vcpus: 1 + rng.below(4) as u32, ..Activity::default() }),
             persistent: true,

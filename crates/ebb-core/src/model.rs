@@ -275,6 +275,66 @@ pub struct Balloon {
     /// None when the guest driver sends no statistics (no stats period set,
     /// driver not loaded yet, guest hung).
     pub stats: Option<GuestMemStats>,
+    /// What the balloon device does by itself (from the domain XML).
+    #[serde(default)]
+    pub features: BalloonFeatures,
+    /// What the host really holds for the guest: its QEMU process's
+    /// resident memory (libvirt's `balloon.rss`). Below `current` by the
+    /// pages the guest never touched or handed back (free page reporting);
+    /// above it by QEMU's own memory. None when not reported.
+    #[serde(default)]
+    pub host_rss: Option<Bytes>,
+}
+
+impl Balloon {
+    /// Memory the guest may take back from the host without anyone asking:
+    /// its size less what the host holds for it (pages it never touched,
+    /// or freed and reported). The host's available memory counts it, but
+    /// it is spoken for.
+    pub fn returned(&self) -> Bytes {
+        self.host_rss.map_or(Bytes::ZERO, |rss| self.current.saturating_sub(rss))
+    }
+
+    /// What the guest uses, read right for its kind of balloon (see
+    /// `GuestMemStats::used_beside`); None without stats.
+    pub fn used(&self) -> Option<Bytes> {
+        self.stats.as_ref().map(|s| s.used_beside(self, self.current))
+    }
+}
+
+/// The balloon's own safety nets, as the domain XML declares them
+/// (`<memballoon model='virtio' autodeflate='on' freePageReporting='on'>`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonFeatures {
+    /// `autodeflate='on'` (virtio deflate-on-OOM): a guest about to run out
+    /// of memory takes balloon pages back itself, before its OOM killer
+    /// runs. Its MemTotal then does not shrink as the balloon grows.
+    pub deflate_on_oom: bool,
+    /// `freePageReporting='on'`: the guest hands the pages it frees back to
+    /// the host by itself.
+    pub free_page_reporting: bool,
+}
+
+impl BalloonFeatures {
+    /// What a managed guest without either safety net risks, in words;
+    /// None when it has one (`ebb check`, `ebb vms`, `ebb explain`).
+    pub fn risk(&self) -> Option<&'static str> {
+        (!self.deflate_on_oom && !self.free_page_reporting).then_some(
+            "its balloon has neither deflate-on-OOM nor free page reporting: a burst of allocation faster than ebb's tick \
+             can get its processes OOM-killed before ebb gives memory back \
+             (add autodeflate='on' freePageReporting='on' to its <memballoon>)",
+        )
+    }
+
+    /// "deflate-on-oom+fpr", "deflate-on-oom", "fpr" or "stock".
+    pub fn as_str(&self) -> &'static str {
+        match (self.deflate_on_oom, self.free_page_reporting) {
+            (true, true) => "deflate-on-oom+fpr",
+            (true, false) => "deflate-on-oom",
+            (false, true) => "fpr",
+            (false, false) => "stock",
+        }
+    }
 }
 
 /// The guest's own memory statistics from its balloon driver. Counters are
@@ -298,8 +358,26 @@ pub struct GuestMemStats {
 
 impl GuestMemStats {
     /// Memory the guest needs: what it could not free without swapping.
+    /// For a stock balloon; `used_beside` reads any balloon.
     pub fn used(&self) -> Bytes {
         self.total.saturating_sub(self.usable)
+    }
+
+    /// MemTotal without what the balloon holds, had the guest `size` when
+    /// these stats were taken. A deflate-on-OOM guest's driver leaves its
+    /// balloon pages in MemTotal (they may come back), so they read as
+    /// used: taken out here, or ebb would never reclaim from such a guest.
+    pub fn total_beside(&self, b: &Balloon, size: Bytes) -> Bytes {
+        if b.features.deflate_on_oom {
+            self.total.saturating_sub(b.maximum.saturating_sub(size))
+        } else {
+            self.total
+        }
+    }
+
+    /// What the guest uses, its balloon's pages left out (see `total_beside`).
+    pub fn used_beside(&self, b: &Balloon, size: Bytes) -> Bytes {
+        self.total_beside(b, size).saturating_sub(self.usable)
     }
 }
 
@@ -315,11 +393,15 @@ pub struct VmSettings {
     pub max: Option<Bytes>,
     /// False: ebb observes the VM but never changes it.
     pub managed: bool,
+    /// The fastest its use of memory has grown, per second, as its needs
+    /// history has it: learned, not configured. It sizes the headroom.
+    #[serde(default)]
+    pub burst_rate: Option<Bytes>,
 }
 
 impl Default for VmSettings {
     fn default() -> Self {
-        VmSettings { shares: 1000, min: None, max: None, managed: true }
+        VmSettings { shares: 1000, min: None, max: None, managed: true, burst_rate: None }
     }
 }
 

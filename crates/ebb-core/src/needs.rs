@@ -1,10 +1,12 @@
 //! The needs database of seed 001 ("a database detailing the resource needs
 //! of each VM"; anchor: Kubernetes VPA's decaying histograms): per VM and
 //! per hour of the day (UTC), histograms of its CPU demand and its disk and
-//! network rates, from which percentiles are read. Compact: a VM's whole
-//! history is 24 × 65 counters, whatever its age. The agent keeps it in the
-//! journal; the reallocation policy starts a returning VM from the class its
-//! history gives for the hour instead of from nothing.
+//! network rates, from which percentiles are read, and how fast what it
+//! uses of its memory grew. Compact: a VM's whole history is 24 × 87
+//! counters, whatever its age. The agent keeps it in the journal; the
+//! reallocation policy starts a returning VM from the class its history
+//! gives for the hour instead of from nothing, and the memory policy sizes
+//! the headroom of a guest that allocates fast from it.
 
 use crate::rates::ActivityRates;
 use crate::realloc::{Class, ReallocConfig};
@@ -30,11 +32,19 @@ pub struct HourHistogram {
     pub cpu: Vec<u32>,
     pub disk: Vec<u32>,
     pub net: Vec<u32>,
+    /// How fast what the guest uses grew per second, one count per settled
+    /// look of the memory policy (histories from before it have none).
+    #[serde(default = "rate_zeros")]
+    pub mem: Vec<u32>,
+}
+
+fn rate_zeros() -> Vec<u32> {
+    vec![0; RATE_BUCKETS]
 }
 
 impl Default for HourHistogram {
     fn default() -> Self {
-        HourHistogram { samples: 0, cpu: vec![0; CPU_BUCKETS], disk: vec![0; RATE_BUCKETS], net: vec![0; RATE_BUCKETS] }
+        HourHistogram { samples: 0, cpu: vec![0; CPU_BUCKETS], disk: rate_zeros(), net: rate_zeros(), mem: rate_zeros() }
     }
 }
 
@@ -161,6 +171,27 @@ impl VmNeeds {
         h.class.map(|_| h.cpu_p90)
     }
 
+    /// Counts how fast what the guest uses grew since the memory policy's
+    /// last look. Its counts fade like the others'.
+    pub fn record_growth(&mut self, now: Millis, per_second: Bytes) {
+        let h = &mut self.hours[hour_of(now)];
+        if h.mem.len() != RATE_BUCKETS {
+            h.mem = rate_zeros();
+        }
+        if h.mem.iter().map(|&c| u64::from(c)).sum::<u64>() >= HALVE_AT {
+            h.mem.iter_mut().for_each(|c| *c /= 2);
+        }
+        h.mem[rate_bucket(per_second)] += 1;
+    }
+
+    /// The fastest its use has grown, per second (its bucket's lower bound:
+    /// the rate it surely reached), at any hour: a burst keeps no
+    /// timetable. None when it never grew faster than 1 KiB/s.
+    pub fn fastest_growth(&self) -> Option<Bytes> {
+        let top = self.hours.iter().filter_map(|h| h.mem.iter().rposition(|&c| c > 0)).max()?;
+        (top > 1).then(|| rate_of(top - 1))
+    }
+
     /// The class its history gives for the hour of `now`.
     pub fn expected(&self, now: Millis, cfg: &ReallocConfig) -> Option<Class> {
         self.hour(hour_of(now), cfg).class
@@ -213,6 +244,27 @@ mod tests {
         }
         assert!(n.hours[0].samples < HALVE_AT);
         assert_eq!(n.hours[0].cpu.iter().map(|&c| u64::from(c)).sum::<u64>(), n.hours[0].samples);
+    }
+
+    #[test]
+    fn the_fastest_growth_is_remembered_whatever_the_hour_and_fades() {
+        let mut n = VmNeeds::default();
+        assert_eq!(n.fastest_growth(), None);
+        for _ in 0..100 {
+            n.record_growth(Millis(3 * 3_600_000), Bytes::ZERO);
+        }
+        assert_eq!(n.fastest_growth(), None, "a guest that never grew teaches nothing");
+        n.record_growth(Millis(9 * 3_600_000), Bytes::from_mib(300));
+        n.record_growth(Millis(3 * 3_600_000), Bytes::from_mib(2));
+        assert_eq!(n.fastest_growth(), Some(Bytes::from_mib(256)), "300 MiB/s is in the bucket from 256");
+        // A history from before the memory counters reads as none.
+        let old: HourHistogram = serde_json::from_str(r#"{"samples":0,"cpu":[],"disk":[],"net":[]}"#).unwrap();
+        assert_eq!(old.mem.len(), RATE_BUCKETS);
+        // Enough quiet looks halve the one burst away.
+        for _ in 0..=HALVE_AT {
+            n.record_growth(Millis(9 * 3_600_000), Bytes::ZERO);
+        }
+        assert_eq!(n.fastest_growth(), Some(Bytes::from_mib(2)), "2 MiB/s is in the bucket from 2");
     }
 
     #[test]

@@ -3,7 +3,7 @@ use crate::devices::{CpuFreq, DeviceConfig, DevicePolicy};
 use crate::human::Span;
 use crate::memory::{MemoryConfig, MemoryPolicy};
 use crate::sleep::{SleepPolicy, SleepSettings};
-use crate::{Activity, Balloon, Bytes, GuestMemStats, HostMemory, Observation, Reason, Rule, SleepMode, Tune, VmId, VmObservation, VmState};
+use crate::{Activity, Balloon, BalloonFeatures, Bytes, GuestMemStats, HostMemory, Observation, Reason, Rule, SleepMode, Tune, VmId, VmObservation, VmState};
 use std::collections::BTreeMap;
 
 fn failed() -> Outcome {
@@ -114,7 +114,7 @@ fn the_memory_policy_learns_from_its_own_failed_targets_only() {
     let vm = VmObservation {
         id: web.clone(),
         state: VmState::Running,
-        balloon: Some(Balloon { current: size, maximum: size, stats: Some(stats) }),
+        balloon: Some(Balloon { current: size, maximum: size, stats: Some(stats), features: BalloonFeatures::default(), host_rss: None }),
         activity: None,
         persistent: true,
         managed_save: false,

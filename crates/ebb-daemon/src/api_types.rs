@@ -51,6 +51,9 @@ pub struct Status {
     /// the floors adding up past it), while it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_note: Option<String>,
+    /// Of the guests' sizes, what the host does not hold (see `Pool::returned`).
+    #[serde(default)]
+    pub returned: Bytes,
     pub host_total: Bytes,
     pub host_available: Bytes,
     pub vms: usize,

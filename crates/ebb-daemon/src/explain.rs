@@ -112,12 +112,34 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
         if m.under_pressure {
             out.push("It is short of memory: ebb gives to it before anyone else.".into());
         }
+        if let Some((at, by)) = m.deflated {
+            out.push(format!(
+                "At {} UTC it took {by} back from its balloon itself (deflate-on-OOM): ebb then kept it at least at the size it took until its stats settled (at most {} s).",
+                crate::words::clock(at),
+                ebb_core::memory::DEFLATED_HOLD_MS / 1000
+            ));
+        }
         let (lo, hi) = (m.floor.map(|f| f.to_string()), m.ceiling.map(|c| c.to_string()));
         if let (Some(lo), Some(hi)) = (lo, hi) {
             out.push(format!("ebb keeps it between {lo} (its minimum or what it uses plus headroom) and {hi}."));
         }
+        match (m.headroom, m.headroom_learned) {
+            (Some(h), Some((rate, react_ms))) => out.push(format!(
+                "Its headroom is {h}, learned: its needs history shows its use growing by up to {rate}/s, times the {:.1} s ebb takes to react.",
+                react_ms as f64 / 1000.0
+            )),
+            (Some(h), None) => out.push(format!(
+                "Its headroom is {h}, the flat rule max(headroom_min, headroom_fraction × use): its needs history shows no allocation faster than that covers."
+            )),
+            _ => {}
+        }
         if let Some(r) = &m.last_reason {
             out.push(format!("Last decision: {}.", r.text.trim_end_matches('.')));
+        }
+        match m.features {
+            Some(f) if f.risk().is_some() => out.push(format!("Warning: {}.", f.risk().unwrap_or_default())),
+            Some(f) => out.push(format!("Its balloon's own safety nets: {}.", f.as_str())),
+            None => {}
         }
     }
     let s = &vm.sources;

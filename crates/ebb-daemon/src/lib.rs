@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod api_types;
+pub mod check;
 pub mod client;
 pub mod clock;
 pub mod config;

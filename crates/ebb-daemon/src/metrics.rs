@@ -19,6 +19,7 @@ pub fn render(s: &Snapshot) -> String {
     gauge("ebb_last_wake_seconds", "How long the last wake (restore or resume) took.", "gauge", st.last_wake_ms.unwrap_or(0.0) / 1000.0);
     gauge("ebb_memory_pool_bytes", "Memory ebb may hand to guests.", "gauge", st.pool.map_or(0.0, |p| p.0 as f64));
     gauge("ebb_memory_pool_used_bytes", "Sum of the guests' current sizes.", "gauge", st.pool_used.0 as f64);
+    gauge("ebb_memory_returned_bytes", "Of the guests' sizes, what the host does not hold (never touched, or handed back by free page reporting).", "gauge", st.returned.0 as f64);
     gauge("ebb_host_memory_total_bytes", "Host memory.", "gauge", st.host_total.0 as f64);
     gauge("ebb_host_memory_available_bytes", "Host memory available.", "gauge", st.host_available.0 as f64);
     gauge("ebb_vms", "Domains on the host.", "gauge", st.vms as f64);
@@ -78,7 +79,7 @@ pub fn render(s: &Snapshot) -> String {
     }
 
     type Pick = fn(&crate::api_types::VmInfo) -> Option<f64>;
-    let per_vm: [(&str, &str, Pick); 22] = [
+    let per_vm: [(&str, &str, Pick); 23] = [
         ("ebb_vm_surrogate_held_connections", "Client connections held while the VM wakes.", |v| v.surrogate.as_ref().map(|s| s.held_connections as f64)),
         ("ebb_vm_surrogate_refused_total", "Clients the surrogate refused (reset or 503).", |v| v.surrogate.as_ref().map(|s| s.refused as f64)),
         ("ebb_vm_surrogate_answered_locally_total", "Requests the surrogate answered itself (echo, canned).", |v| v.surrogate.as_ref().map(|s| s.answered_locally as f64)),
@@ -87,6 +88,7 @@ pub fn render(s: &Snapshot) -> String {
         ("ebb_vm_memory_actual_bytes", "Guest memory size now (balloon current).", |v| v.memory.actual.map(|b| b.0 as f64)),
         ("ebb_vm_memory_target_bytes", "Guest memory size ebb steers to.", |v| v.memory.target.map(|b| b.0 as f64)),
         ("ebb_vm_memory_used_bytes", "Memory the guest uses (MemTotal - MemAvailable).", |v| v.memory.used.map(|b| b.0 as f64)),
+        ("ebb_vm_memory_host_rss_bytes", "What the host really holds for the guest (QEMU's resident memory): below its size by what it never touched or handed back (free page reporting).", |v| v.memory.host_rss.map(|b| b.0 as f64)),
         ("ebb_vm_memory_entitlement_bytes", "The guest's share of the pool.", |v| v.memory.entitlement.map(|b| b.0 as f64)),
         ("ebb_vm_memory_step_bytes", "The guest's adaptive reclaim step.", |v| Some(v.memory.step.0 as f64)),
         ("ebb_vm_memory_under_pressure", "1 when the guest is short of memory.", |v| Some(v.memory.under_pressure as u8 as f64)),

@@ -245,7 +245,7 @@ pub fn resolve(config: Option<&VmSection>, meta: Option<&MetadataSettings>) -> R
     let (value, value_src) = pick(cfg.value.map(Some), meta.value.map(Some), None);
     let (handles_power_events, h_src) = pick(cfg.handles_power_events, meta.handles_power_events, true);
     let mut resolved = Resolved {
-        settings: VmSettings { shares, min, max, managed },
+        settings: VmSettings { shares, min, max, managed, burst_rate: None },
         sleep,
         realloc,
         value,

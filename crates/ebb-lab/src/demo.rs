@@ -93,9 +93,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         }
         let totals: Vec<String> = guests
             .iter()
-            .map(|g| block_in_place(|| g.status()).map_or("?".into(), |s| s.mem_total.to_string()))
+            .map(|g| block_in_place(|| g.status()).map_or("?".into(), |s| s.mem_available.to_string()))
             .collect();
-        say(&format!("phase 1 done: the guests fit the pool; the guests themselves now see MemTotal {}", totals.join(", ")));
+        // MemAvailable, not MemTotal: a deflate-on-OOM guest's MemTotal keeps the balloon's pages.
+        say(&format!("phase 1 done: the guests fit the pool; the guests themselves now have {} available", totals.join(", ")));
 
         // Phase 2: one guest needs memory: ebb gives it, taking from the idle ones.
         let busy = &guests[0];
@@ -175,7 +176,7 @@ impl Screen {
             let vms: Vec<VmInfo> = client.vms().await.map_err(|e| e.to_string())?;
             let statuses: Vec<Option<GuestStatus>> = guests.iter().map(|g| block_in_place(|| g.status()).ok()).collect();
             let finished = done(&vms, &statuses);
-            self.show(phase, &vms, guests, &statuses, finished);
+            self.show(phase, &vms, guests, finished);
             if finished {
                 return Ok(true);
             }
@@ -186,18 +187,19 @@ impl Screen {
         }
     }
 
-    fn show(&mut self, phase: &str, vms: &[VmInfo], guests: &[Guest], statuses: &[Option<GuestStatus>], finished: bool) {
+    fn show(&mut self, phase: &str, vms: &[VmInfo], guests: &[Guest], finished: bool) {
         let t = self.started.elapsed().as_secs_f64();
         let by_name = |name: &str| vms.iter().find(|v| v.name == name);
         if self.tty {
             let mut out = String::from("\x1b[H\x1b[2J");
             out.push_str(&format!("ebb demo  t={t:.1}s   pool {POOL} for {GUESTS} guests of {GUEST_MAX}\nphase {phase}\n\n"));
             out.push_str("guest        size (balloon)  guest uses  ebb's target   # used  = free in guest  . given back to the host\n");
-            for (g, st) in guests.iter().zip(statuses) {
+            // ebb's reading of use: a deflate-on-OOM guest's own MemTotal keeps the balloon's pages.
+            for g in guests {
                 let vm = by_name(g.name());
                 let actual = vm.and_then(|v| v.memory.actual).unwrap_or_default();
                 let target = vm.and_then(|v| v.memory.target).unwrap_or_default();
-                let used = st.as_ref().map(|s| s.mem_total.saturating_sub(s.mem_available)).unwrap_or_default();
+                let used = vm.and_then(|v| v.memory.used).unwrap_or_default();
                 out.push_str(&format!("{:<12} {:>13}  {:>10}  {:>12}   {}\n", g.name(), actual.to_string(), used.to_string(), target.to_string(), bar(actual, used, 48)));
             }
             let sum: Bytes = vms.iter().filter_map(|v| v.memory.actual).sum();
@@ -211,10 +213,9 @@ impl Screen {
             self.last_line = Instant::now();
             let parts: Vec<String> = guests
                 .iter()
-                .zip(statuses)
-                .map(|(g, st)| {
+                .map(|g| {
                     let vm = by_name(g.name());
-                    let used = st.as_ref().map(|s| s.mem_total.saturating_sub(s.mem_available)).unwrap_or_default();
+                    let used = vm.and_then(|v| v.memory.used).unwrap_or_default();
                     format!(
                         "{} {}→{} (uses {})",
                         g.name(),

@@ -55,7 +55,7 @@ pub fn status_text(s: &Status) -> String {
     if let Some(note) = &s.pool_note {
         let _ = writeln!(out, "  {note}");
     }
-    let _ = writeln!(out, "host: {} available of {}", s.host_available, s.host_total);
+    let _ = writeln!(out, "host: {} available of {} ({} of it the guests' own, never touched or handed back: they may take it again)", s.host_available, s.host_total, s.returned);
     let _ = writeln!(out, "vms: {} ({} managed); active clients: {}", s.vms, s.vms_managed, s.active_clients);
     let _ = writeln!(out, "actions: {} ({} failed); sleeps {}, wakes {}", s.actions_total, s.action_failures_total, s.sleeps_total, s.wakes_total);
     let _ = writeln!(out, "journal: {}", s.journal);
@@ -99,6 +99,7 @@ pub fn vms_table(vms: &[VmInfo]) -> String {
                 size(m.actual),
                 size(m.target),
                 size(m.used),
+                size(m.host_rss),
                 size(m.entitlement),
                 m.step.to_string(),
                 with_source(v.settings.shares.to_string(), v.sources.shares),
@@ -111,7 +112,13 @@ pub fn vms_table(vms: &[VmInfo]) -> String {
             ]
         })
         .collect();
-    table(&["NAME", "STATE", "ACTUAL", "TARGET", "USED", "SHARE", "STEP", "SHARES", "MIN", "MAX", "CLASS", "CPU", "NET", "LAST"], &rows)
+    let mut out = table(&["NAME", "STATE", "ACTUAL", "TARGET", "USED", "HOST", "SHARE", "STEP", "SHARES", "MIN", "MAX", "CLASS", "CPU", "NET", "LAST"], &rows);
+    for v in vms.iter().filter(|v| v.memory.skipped.is_none()) {
+        if let Some(risk) = v.memory.features.and_then(|f| f.risk()) {
+            let _ = writeln!(out, "warning: {}: {risk}", v.name);
+        }
+    }
+    out
 }
 
 /// "cpu-bound", "critical", "-" when reallocation does not see it.
@@ -372,6 +379,15 @@ pub fn explain_text(x: &Explain) -> String {
         }
     }
     out
+}
+
+/// `ebb check`'s lines about the guests' balloons.
+pub fn balloon_check_text(guests: &Result<Vec<String>, String>) -> String {
+    match guests {
+        Ok(lines) if lines.is_empty() => "guests: every managed guest's balloon has deflate-on-OOM or free page reporting".into(),
+        Ok(lines) => lines.iter().map(|l| format!("warning: {l}")).collect::<Vec<_>>().join("\n"),
+        Err(e) => format!("guests: not checked ({e})"),
+    }
 }
 
 pub fn describe_config(c: &Config) -> String {

@@ -166,6 +166,10 @@ async fn dispatch(args: Args) -> Result<(), String> {
         Command::Check { config } => {
             let cfg = Config::load(&config).map_err(|e| e.to_string())?;
             println!("{}", cli::for_terminal(&format!("{}: ok\n{}", config.display(), cli::describe_config(&cfg))));
+            // The guests are advice, not the config's validity: a libvirt
+            // that is not up yet does not fail the check.
+            let guests = tokio::task::spawn_blocking(move || ebb_daemon::check::unsafe_balloons(&cfg)).await.map_err(|e| e.to_string())?;
+            println!("{}", cli::for_terminal(&cli::balloon_check_text(&guests)));
             Ok(())
         }
         Command::Status { json } => print_or_json(json, &client.status().await.map_err(e)?, cli::status_text),

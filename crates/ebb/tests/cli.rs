@@ -367,3 +367,35 @@ fn a_value_of_the_wrong_type_names_the_field_and_what_it_takes() {
     assert!(!ok);
     assert!(err.contains("line 2: vm.w.min: invalid type: floating point `1.5`, expected a size like \"512MiB\""), "{err}");
 }
+
+#[test]
+fn check_warns_about_managed_guests_whose_balloon_has_no_safety_net() {
+    let dir = tempfile::tempdir().unwrap();
+    let domain = |name: &str, balloon: &str| {
+        format!(
+            "<domain type='test'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64'>hvm</type></os><devices>{balloon}</devices></domain>"
+        )
+    };
+    let node = format!(
+        "<node><cpu><mhz>2000</mhz><model>t</model><active>2</active><nodes>1</nodes><sockets>1</sockets><cores>2</cores>\
+         <threads>1</threads></cpu><memory>4194304</memory>{}{}{}{}</node>",
+        domain("stock", "<memballoon model='virtio'/>"),
+        domain("safe", "<memballoon model='virtio' autodeflate='on' freePageReporting='on'/>"),
+        domain("left-alone", "<memballoon model='virtio'/>"),
+        domain("none", "<memballoon model='none'/>"),
+    );
+    let node_path = dir.path().join("node.xml");
+    std::fs::write(&node_path, node).unwrap();
+    let config = |uri: &str| {
+        format!("[agent]\nuri = \"{uri}\"\nsocket = \"DIR/ebb.sock\"\njournal = \"DIR/journal.db\"\n[vm.left-alone]\nmanaged = false\n")
+    };
+    let out = check_output(&config(&format!("test://{}", node_path.display())));
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(warnings[0].starts_with("warning: stock: its balloon has neither deflate-on-OOM nor free page reporting"), "{out}");
+    assert!(warnings[0].contains("autodeflate='on' freePageReporting='on'"), "{out}");
+    // No libvirt to ask: the config is still fine, and the guests unchecked.
+    let out = check_output(&config("qemu+unix:///system?socket=/nonexistent/ebb-test.sock"));
+    assert!(out.contains("guests: not checked (") && !out.contains("warning:"), "{out}");
+}

@@ -38,6 +38,8 @@ fn guest_boots_balloons_and_runs_the_memory_workload() {
 
     let name = format!("{PREFIX}{}", std::process::id());
     let mut spec = GuestSpec::new(&name, Bytes::from_mib(512));
+    // Stock: its MemTotal shrinks with the balloon, which this test reads.
+    spec.stock_balloon();
     spec.http_port = Some(free_port());
     spec.console_log = std::env::temp_dir().join(format!("{name}.console.log"));
 

@@ -48,8 +48,12 @@ fn fit_the_pool(agent: &AgentProc, what: &str, names: &[&str], pool: Bytes) -> V
 fn reclaims_idle_memory_honours_metadata_and_skips_a_guest_without_balloon() {
     let prefix = "ebb-test-reclaim-";
     let (a_name, b_name, nb_name) = (format!("{prefix}a"), format!("{prefix}b"), format!("{prefix}nb"));
-    // nb: no balloon, no HTTP forward, 128 MiB.
+    // a: the one stock balloon of these tests (its MemTotal shrinks, which
+    // is read below; `ebb vms` flags it). nb: no balloon, no HTTP forward, 128 MiB.
     let (_lab, dir, [a, b, _nb]) = guests(prefix, ["a", "b", "nb"], MIB, |i, s| {
+        if i == 0 {
+            s.stock_balloon();
+        }
         if i == 2 {
             s.balloon = false;
             s.http_port = None;
@@ -109,6 +113,14 @@ fn reclaims_idle_memory_honours_metadata_and_skips_a_guest_without_balloon() {
     assert!(explain.contains("no balloon device"), "{explain}");
     let explain = agent.text(&["explain", &b_name]);
     assert!(explain.contains("min 384 MiB (metadata)"), "{explain}");
+    assert!(explain.contains("safety nets: deflate-on-oom+fpr"), "{explain}");
+    // The stock guest is flagged, by `ebb vms` and by `ebb check`.
+    let table = agent.text(&["vms"]);
+    let flagged: Vec<&str> = table.lines().filter(|l| l.starts_with("warning:") && l.contains("neither deflate-on-OOM")).collect();
+    assert!(flagged.len() == 1 && flagged[0].contains(&a_name), "{table}");
+    let out = ebb(&["check", "--config", agent.config.to_str().unwrap()]);
+    let check = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && check.contains(&format!("warning: {a_name}: its balloon has neither")) && !check.contains(&b_name), "{check}");
     let metrics = agent.text(&["metrics"]);
     assert!(metrics.contains(&format!("ebb_vm_memory_actual_bytes{{vm=\"{a_name}\"}}")), "{metrics}");
 }
@@ -158,6 +170,65 @@ fn a_busy_guest_gets_memory_from_an_idle_one_with_no_oom_kill() {
         let vms = agent.vms();
         (find(&vms, &idle_name).memory.actual? > vi.memory.actual.unwrap() + Bytes::from_mib(64)).then_some(())
     });
+
+    // A burst faster than any tick: 300 MiB in one write, more than the
+    // guest has available at its share. Its balloon's deflate-on-OOM is the
+    // safety net; ebb follows it and makes the pool up from the idle guest.
+    let vms = fit_the_pool(&agent, "the pool to settle before the burst", &names, pool);
+    let at_burst = find(&vms, &busy_name).memory.actual.unwrap();
+    let available = busy.status().unwrap_or_else(|e| panic!("{e}\n{}\n{}", agent.log_text(), busy.console_log())).mem_available;
+    assert!(available < Bytes::from_mib(300), "no burst: {available} available at {at_burst}");
+    let t0 = std::time::Instant::now();
+    busy.start_mem_workload(300, 300, 0, 0).unwrap();
+    let (mut answered, mut probes, mut over, mut back) = (0, 0, false, None);
+    while t0.elapsed() < Duration::from_secs(45) {
+        probes += 1;
+        let st = busy.status();
+        answered += st.is_ok() as u32;
+        let holding = st.as_ref().is_ok_and(|s| s.workload_state == "holding");
+        let vms = agent.vms();
+        let sum = total(&vms, &names);
+        over |= sum > pool + Bytes::from_mib(1);
+        if holding && over && back.is_none() && sum <= pool + Bytes::from_mib(1) {
+            back = Some(t0.elapsed());
+        }
+        if back.is_some_and(|b| t0.elapsed() > b + Duration::from_secs(5)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let status = busy.status().unwrap();
+    eprintln!(
+        "burst: {at_burst} guest, {available} available, 300 MiB at once; the pool went over: {over}, back within it after {back:?}; \
+         {answered}/{probes} probes answered; oom kills {}",
+        status.oom_kills
+    );
+    assert_eq!(status.workload_state, "holding", "the burst did not complete: {:?}", status.raw);
+    assert_eq!(status.oom_kills, 0, "the burst got something OOM-killed: {}", busy.console_log());
+    assert!(!busy.console_log().contains("Killed process"), "{}", busy.console_log());
+    assert_eq!(answered, probes, "the guest's service missed probes during the burst");
+    assert!(
+        back.is_some() || !over,
+        "the pool did not come back within its limit in 45 s\n--- ebb vms\n{}\n--- ebb events\n{}\n{}\n{}\n{}",
+        agent.text(&["vms"]),
+        agent.text(&["events", "--limit", "40"]),
+        agent.text(&["explain", &busy_name]),
+        agent.text(&["status"]),
+        serde_json::to_string(&agent.vms().iter().map(|v| &v.memory).collect::<Vec<_>>()).unwrap()
+    );
+    let vms = agent.vms();
+    assert!(find(&vms, &busy_name).memory.actual.unwrap() >= Bytes::from_mib(300), "{:?}", find(&vms, &busy_name).memory);
+    // The guest deflated itself (ebb saw it), or ebb's give-back outran it.
+    let deflated = find(&vms, &busy_name).memory.deflated.is_some();
+    let gave = agent.events(Some(&busy_name)).iter().rev().take(20).any(|e| matches!(e.rule.as_deref(), Some("give_back" | "back_off" | "grow")));
+    assert!(deflated || gave || !over, "ebb neither saw the guest deflate itself nor gave it memory");
+    let explain = agent.text(&["explain", &busy_name]);
+    assert!(!deflated || explain.contains("back from its balloon itself"), "{explain}");
+    for g in [&busy, &idle] {
+        for _ in 0..3 {
+            assert!(g.status().is_ok(), "{} stopped answering after the burst", g.name());
+        }
+    }
 }
 
 #[test]

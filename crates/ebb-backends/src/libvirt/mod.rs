@@ -52,7 +52,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ebb_core::affinity::{CpuSet, HostCpuTime};
-use ebb_core::{Activity, Balloon, Bytes, GuestMemStats, HostMemory, Observation, Tune, VmId, VmObservation, VmState};
+use ebb_core::{Activity, Balloon, BalloonFeatures, Bytes, GuestMemStats, HostMemory, Observation, Tune, VmId, VmObservation, VmState};
 use tracing::{debug, debug_span, warn};
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -61,7 +61,7 @@ use virt::error::{Error as VirtError, ErrorNumber};
 
 use crate::{BackendError, HvError, Hypervisor, EBB_METADATA_NS};
 use stats::{stats_or_recent, vm_state, Fields, STATS, STATS_FLAGS};
-use xml::{bandwidth_interface, first_disk_target, xml_disk_sources, xml_has_balloon};
+use xml::{bandwidth_interface, first_disk_target, xml_balloon, xml_disk_sources};
 
 pub use test_node::test_node_xml;
 
@@ -69,10 +69,10 @@ pub use test_node::test_node_xml;
 pub struct LibvirtHypervisor {
     uri: String,
     conn: Connect,
-    /// Whether each domain has a balloon device, by UUID, with the domain id
-    /// it was read for: the XML is read again only when the domain (re)starts
-    /// or appears. A balloon device cannot be hot-plugged.
-    balloons: HashMap<String, (Option<u32>, bool)>,
+    /// Each domain's balloon device (None: it has none), by UUID, with the
+    /// domain id it was read for: the XML is read again only when the domain
+    /// (re)starts or appears. A balloon device cannot be hot-plugged.
+    balloons: HashMap<String, (Option<u32>, Option<BalloonFeatures>)>,
     /// False once the driver said it has no node memory stats.
     node_stats: bool,
     /// Each running domain's last guest statistics, by name, and when.
@@ -172,26 +172,26 @@ impl LibvirtHypervisor {
         self.conn.lookup_domain_by_name(vm.as_str()).map_err(|e| self.vm_error(op, vm, e))
     }
 
-    /// Whether the domain has a balloon device, from its XML, cached per run.
-    fn has_balloon(&mut self, dom: &Domain, name: &str) -> bool {
-        let Ok(uuid) = dom.uuid_string() else { return true };
+    /// The domain's balloon device, from its XML, cached per run.
+    fn balloon_features(&mut self, dom: &Domain, name: &str) -> Option<BalloonFeatures> {
+        // Unknown: assume a stock balloon this tick and look again next tick.
+        let Ok(uuid) = dom.uuid_string() else { return Some(BalloonFeatures::default()) };
         let id = dom.id();
-        if let Some(&(cached_id, has)) = self.balloons.get(&uuid) {
+        if let Some(&(cached_id, features)) = self.balloons.get(&uuid) {
             if cached_id == id {
-                return has;
+                return features;
             }
         }
         match dom.xml_desc(0) {
             Ok(xml) => {
-                let has = xml_has_balloon(&xml);
-                self.balloons.insert(uuid, (id, has));
-                has
+                let features = xml_balloon(&xml);
+                self.balloons.insert(uuid, (id, features));
+                features
             }
             Err(e) => {
-                // Gone between the stats and this call, most likely: assume a
-                // balloon this tick and look again next tick.
+                // Gone between the stats and this call, most likely.
                 debug!(vm = name, error = %e.message(), "could not read domain XML");
-                true
+                Some(BalloonFeatures::default())
             }
         }
     }
@@ -366,7 +366,8 @@ impl Hypervisor for LibvirtHypervisor {
                     None
                 }
             };
-            let balloon = self.has_balloon(&rec.dom, &name).then_some(Balloon { current, maximum, stats });
+            let host_rss = f.rss.filter(|_| active).map(Bytes::from_kib);
+            let balloon = self.balloon_features(&rec.dom, &name).map(|features| Balloon { current, maximum, stats, features, host_rss });
             vms.push(VmObservation { id: VmId::new(name), state, balloon, activity, persistent, managed_save, tune: None });
         }
         self.balloons.retain(|uuid, _| seen.contains(uuid));

@@ -59,6 +59,8 @@ pub(super) struct Fields {
     pub(super) state: Option<i64>,
     pub(super) current: Option<u64>,
     pub(super) maximum: Option<u64>,
+    /// QEMU's resident memory for the guest (KiB).
+    pub(super) rss: Option<u64>,
     available: Option<u64>,
     unused: Option<u64>,
     usable: Option<u64>,
@@ -91,6 +93,7 @@ impl Fields {
                 }
                 "balloon.current" => &mut f.current,
                 "balloon.maximum" => &mut f.maximum,
+                "balloon.rss" => &mut f.rss,
                 "balloon.available" => &mut f.available,
                 "balloon.unused" => &mut f.unused,
                 "balloon.usable" => &mut f.usable,
@@ -200,6 +203,7 @@ mod tests {
             p("balloon.major_fault", 7),
             p("balloon.last-update", 1700000000),
             p("balloon.oom_kills", 2),
+            p("balloon.rss", 200000),
         ];
         assert_eq!(Fields::parse(&params).guest_stats(), None, "no usable, no stats");
         params.push(p("balloon.usable", 300000));
@@ -212,6 +216,7 @@ mod tests {
         assert_eq!(s.major_faults, 7);
         assert_eq!(s.oom_kills, Some(2));
         assert_eq!(s.last_update, Some(1700000000));
+        assert_eq!(f.rss, Some(200000));
     }
 
     #[test]

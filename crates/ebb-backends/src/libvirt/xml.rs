@@ -1,10 +1,11 @@
 //! The domain XML, read with quick-xml: which interface can take a
-//! bandwidth limit, the first disk's target, whether there is a balloon
-//! device, and the host files behind the disks.
+//! bandwidth limit, the first disk's target, the balloon device and its
+//! safety nets, and the host files behind the disks.
 
 use std::ffi::CString;
 use std::path::PathBuf;
 
+use ebb_core::BalloonFeatures;
 
 /// The interface types libvirt can limit (its virNetDevSupportsBandwidth);
 /// `user`, `vhostuser`, `hostdev` and the socket types it cannot.
@@ -44,13 +45,26 @@ pub(super) fn bandwidth_interface(xml: &str) -> Option<CString> {
     }
 }
 
-/// Whether a domain's XML has a usable balloon device. QEMU always writes a
-/// `<memballoon>` element on x86; `model='none'` means there is none.
-pub(super) fn xml_has_balloon(xml: &str) -> bool {
-    let Some(start) = xml.find("<memballoon") else { return false };
-    let tag = &xml[start..];
-    let tag = &tag[..tag.find('>').unwrap_or(tag.len())];
-    !(tag.contains("model='none'") || tag.contains("model=\"none\""))
+/// The domain's balloon device and its safety nets, or None when it has
+/// none. QEMU always writes a `<memballoon>` element on x86; `model='none'`
+/// means there is none.
+pub(super) fn xml_balloon(xml: &str) -> Option<BalloonFeatures> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(e) | Event::Empty(e) if e.local_name().as_ref() == b"memballoon" => {
+                let attr = |name: &[u8]| e.attributes().flatten().find(|a| a.key.as_ref() == name).map(|a| a.value.into_owned());
+                if attr(b"model").as_deref() == Some(b"none") {
+                    return None;
+                }
+                let on = |name: &[u8]| attr(name).as_deref() == Some(b"on");
+                return Some(BalloonFeatures { deflate_on_oom: on(b"autodeflate"), free_page_reporting: on(b"freePageReporting") });
+            }
+            Event::Eof => return None,
+            _ => {}
+        }
+    }
 }
 
 /// Why the disk sources cannot be read from a domain's XML.
@@ -144,10 +158,19 @@ mod tests {
 
     #[test]
     fn balloon_from_xml() {
-        assert!(xml_has_balloon("<devices><memballoon model='virtio'>\n<stats period='2'/></memballoon>"));
-        assert!(!xml_has_balloon("<devices><memballoon model='none'/></devices>"));
-        assert!(!xml_has_balloon("<devices><memballoon model=\"none\"/></devices>"));
-        assert!(!xml_has_balloon("<devices></devices>"));
+        let stock = Some(BalloonFeatures::default());
+        assert_eq!(xml_balloon("<devices><memballoon model='virtio'>\n<stats period='2'/></memballoon>"), stock);
+        assert_eq!(xml_balloon("<devices><memballoon model='none'/></devices>"), None);
+        assert_eq!(xml_balloon("<devices><memballoon model=\"none\"/></devices>"), None);
+        assert_eq!(xml_balloon("<devices></devices>"), None);
+        assert_eq!(
+            xml_balloon("<devices><memballoon model='virtio' autodeflate='on' freePageReporting='on'><stats period='2'/></memballoon>"),
+            Some(BalloonFeatures { deflate_on_oom: true, free_page_reporting: true })
+        );
+        assert_eq!(
+            xml_balloon("<devices><memballoon model='virtio' autodeflate='off' freePageReporting='on'/>"),
+            Some(BalloonFeatures { deflate_on_oom: false, free_page_reporting: true })
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (`SimVmStatus`), and the model of its memory under a balloon (swap,
 //! the oom killer) and what it reports as libvirt would.
 
-use ebb_core::{Activity, Balloon, Bytes, GuestMemStats, Tune, VmId, VmObservation, VmState};
+use ebb_core::{Activity, Balloon, BalloonFeatures, Bytes, GuestMemStats, Tune, VmId, VmObservation, VmState};
 
 /// A guest as a test declares it. Start from [`SimVm::new`] and change
 /// fields: `SimVm { used: Bytes::from_mib(300), ..SimVm::new("web", Bytes::from_mib(512)) }`.
@@ -183,6 +183,8 @@ impl Guest {
                     last_update: Some(now_ms / 1000),
                 }
             }),
+            features: BalloonFeatures::default(),
+            host_rss: None,
         });
         let active = matches!(v.state, VmState::Running | VmState::Paused);
         VmObservation {

@@ -4,10 +4,15 @@
 //! to be backed off from).
 
 use super::config::{kib_down, kib_up, Tuning};
-use super::state::{Counters, Move, VmMem};
+use super::state::{Counters, Deflated, Move, VmMem};
 use super::words::pressure_words;
 use crate::model::*;
 use crate::units::*;
+
+/// The longest ebb keeps a guest that deflated its balloon itself at the
+/// size it took: its use shows in its stats only once the balloon has
+/// settled, and stats that never settle must not pin it for ever.
+pub const DEFLATED_HOLD_MS: u64 = 60_000;
 
 /// One eligible VM's numbers for this tick.
 pub(super) struct Work {
@@ -18,6 +23,12 @@ pub(super) struct Work {
     /// The dead band at its current size.
     pub band: Bytes,
     pub used: Bytes,
+    /// How fast its use grew per second since the last settled reading.
+    pub growth: Option<Bytes>,
+    /// Its headroom, and the growth rate that sized it when its history's
+    /// fastest growth did (rather than the flat max(min, fraction × used)).
+    pub headroom: Bytes,
+    pub learned: Option<Bytes>,
     pub step: Bytes,
     pub min: Bytes,
     pub floor: Bytes,
@@ -51,28 +62,81 @@ pub(super) fn assess(
 ) -> Work {
     let current = b.current;
     let band = t.band(current);
-    let used = stats.used();
     let ceiling = kib_down(s.max.unwrap_or(Bytes(u64::MAX)).min(b.maximum));
     let min = kib_up(s.min.unwrap_or(Bytes::ZERO)).min(ceiling);
-    let headroom = t.headroom_min.max(used.scale(t.headroom_fraction));
     // Measured only from stats newer than the balloon's last move
     // (libvirt's last-update is host wall-clock seconds), since a
     // stale MemTotal next to a new size would mis-state it.
     let settled_since = if st.last_current == Some(current) { st.moved_at } else { now };
+    let settled = stats.last_update.is_some_and(|s| s.saturating_mul(1000) >= settled_since.0 + 1000);
+    // The size the stats were taken at, for a deflate-on-OOM guest whose
+    // MemTotal keeps the balloon's pages: unsettled, the larger of now and
+    // the last look, so a shrink in flight never reads as less use.
+    let stats_size = if settled { current } else { current.max(st.last_current.unwrap_or(current)) };
+    let total = stats.total_beside(b, stats_size);
+    // Still, ticks come faster than stats: over several ticks of a shrink
+    // the balloon's size now beside free memory from before reads as less
+    // use (measured: 337 MiB read as 250), and ebb reclaimed into the
+    // guest's pressure every few seconds. Until its stats settle, such a
+    // guest's last settled use stands; pressure still reads its free memory.
+    let used = match st.last_used {
+        Some((u, _)) if b.features.deflate_on_oom && !settled => u,
+        _ => total.saturating_sub(stats.usable),
+    };
+    let flat = t.headroom_min.max(used.scale(t.headroom_fraction));
+    // A guest whose history shows fast allocation keeps room for what it
+    // allocates before ebb can react (Tuning::react_ms).
+    let learned = s.burst_rate.filter(|r| r.scale(t.react_ms as f64 / 1000.0) > flat);
+    let headroom = learned.map_or(flat, |r| r.scale(t.react_ms as f64 / 1000.0));
+    let growth = match st.last_used {
+        Some((before, at)) if settled && now.0 > at.0 => Some(Bytes((used.saturating_sub(before).0 as f64 * 1000.0 / now.since(at) as f64) as u64)),
+        _ => None,
+    };
+    if settled {
+        st.last_used = Some((used, now));
+    }
     // An unsettled reading is only trusted upward: while a balloon
     // shrinks the stale MemTotal makes it read low, which would sink
     // the floor step by step. (While it grows it reads high, which
     // costs a second of caution until the next settled reading.)
-    let reading = current.saturating_sub(stats.total);
-    let overhead = if stats.last_update.is_some_and(|s| s.saturating_mul(1000) >= settled_since.0 + 1000) {
-        reading
-    } else {
-        st.overhead.map_or(reading, |o| o.max(reading))
-    };
+    let reading = current.saturating_sub(total);
+    let overhead = if settled { reading } else { st.overhead.map_or(reading, |o| o.max(reading)) };
     st.overhead = Some(overhead);
-    let floor = kib_up(min.max(used + headroom + overhead)).min(ceiling);
 
-    let pressure = pressure_words(t, stats, current, st.counters.as_ref(), now);
+    // Grown past anything ebb asked for: the guest took pages back from its
+    // balloon itself (deflate-on-OOM). Whatever was in flight is over, and
+    // ebb follows it: the size it took is its floor for a while, so no
+    // reclaim pushes it back into its OOM path; the pool is made up from
+    // the others. (Only that size: what ebb gives it on top, for its
+    // pressure, is ebb's to take back once the pressure is gone.)
+    let asked = st.pending.map_or(Bytes::ZERO, |p| if p.kind == Move::Shrink { Bytes::ZERO } else { p.target });
+    let took_back = match st.last_current {
+        Some(last) if b.features.deflate_on_oom && current > last.max(asked) + band => Some(current - last.max(asked)),
+        _ => None,
+    };
+    if let Some(by) = took_back {
+        st.deflated = Some(Deflated { at: now, by, to: current, held: true });
+        st.pending = None;
+        st.step = t.halve(st.step);
+        st.reclaim_until = None;
+        st.no_shrink_until = Some(now.plus(t.stuck_after_ms));
+    }
+    // Held until its stats are settled again after it (they then show what
+    // it needs), for stuck_after at least and DEFLATED_HOLD_MS at most; once
+    // let go, for good (ebb's own next move unsettles them again).
+    if let Some(d) = st.deflated.as_mut() {
+        let since = now.since(d.at);
+        d.held &= since < DEFLATED_HOLD_MS && (since < t.stuck_after_ms || !settled);
+    }
+    let took = st.deflated.filter(|d| d.held).map(|d| kib_down(d.to));
+    let ceiling = ceiling.max(took.unwrap_or(Bytes::ZERO));
+    let floor = kib_up(min.max(used + headroom + overhead)).min(ceiling).max(took.unwrap_or(Bytes::ZERO));
+
+    let mut pressure = pressure_words(t, stats, current, st.counters.as_ref(), now);
+    if let Some(by) = took_back {
+        let words = format!("the guest took {by} back from its balloon itself (deflate-on-OOM)");
+        pressure = Some(pressure.map_or(words.clone(), |p| format!("{words} and {p}")));
+    }
     st.counters = Some(Counters {
         swap_out: stats.swap_out,
         major_faults: stats.major_faults,
@@ -140,6 +204,9 @@ pub(super) fn assess(
         current,
         band,
         used,
+        growth,
+        headroom,
+        learned,
         step: st.step,
         min,
         floor,

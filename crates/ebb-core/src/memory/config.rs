@@ -101,6 +101,15 @@ pub(super) struct Tuning {
     pub headroom_fraction: f64,
     pub low_free_fraction: f64,
     pub major_fault_rate: f64,
+    /// How long ebb takes to react to a guest's allocation: up to a tick
+    /// until it looks, and the second a guest's stats lag behind (a give-back
+    /// lands within a fraction of a second). Set from the ticks' own pace.
+    pub react_ms: u64,
+}
+
+/// ebb's reaction time with ticks `tick_ms` apart (see `Tuning::react_ms`).
+pub(super) fn react_ms(tick_ms: u64) -> u64 {
+    tick_ms + 1000
 }
 
 impl Tuning {
@@ -121,6 +130,7 @@ impl Tuning {
             headroom_fraction: frac(c.headroom_fraction, 10.0),
             low_free_fraction: frac(c.low_free_fraction, 0.9),
             major_fault_rate: if c.major_fault_rate.is_nan() { f64::INFINITY } else { c.major_fault_rate },
+            react_ms: react_ms(2000),
         }
     }
     pub fn band(&self, current: Bytes) -> Bytes {

@@ -25,6 +25,7 @@ mod state;
 mod words;
 
 pub use config::MemoryConfig;
+pub use assess::DEFLATED_HOLD_MS;
 pub use state::Resumed;
 
 use crate::model::*;
@@ -45,8 +46,30 @@ pub struct VmMemoryView {
     pub actual: Option<Bytes>,
     /// Where ebb is steering it; None when not managed this tick.
     pub target: Option<Bytes>,
-    /// What the guest uses (MemTotal − MemAvailable).
+    /// What the guest uses (MemTotal − MemAvailable, less what the balloon
+    /// holds for a deflate-on-OOM guest).
     pub used: Option<Bytes>,
+    /// What the host really holds for it (QEMU's RSS); None when not reported.
+    #[serde(default)]
+    pub host_rss: Option<Bytes>,
+    /// Its balloon's safety nets; None without a balloon.
+    #[serde(default)]
+    pub features: Option<BalloonFeatures>,
+    /// How fast its use grew, per second, since the last settled reading
+    /// (the needs history learns from it).
+    #[serde(default)]
+    pub growth: Option<Bytes>,
+    /// The headroom its floor keeps above what it uses.
+    #[serde(default)]
+    pub headroom: Option<Bytes>,
+    /// When its history sized that headroom: its fastest growth per second,
+    /// and the reaction time (ms) it was multiplied by.
+    #[serde(default)]
+    pub headroom_learned: Option<(Bytes, u64)>,
+    /// When the guest last took pages back from its balloon itself
+    /// (deflate-on-OOM), and how much.
+    #[serde(default)]
+    pub deflated: Option<(Millis, Bytes)>,
     /// The share of the pool the scheduler allots this VM (its ideal size).
     pub entitlement: Option<Bytes>,
     pub floor: Option<Bytes>,
@@ -76,6 +99,12 @@ pub struct Pool {
     /// short of its reserve, or the guests' floors alone exceed the pool.
     #[serde(default)]
     pub pool_note: Option<String>,
+    /// What the guests may take back from the host without asking: their
+    /// sizes less what the host holds for them (never touched, or handed
+    /// back by free page reporting). The host's available memory counts
+    /// it, so ebb takes it off before it weighs the host's reserve.
+    #[serde(default)]
+    pub returned: Bytes,
 }
 
 /// Balloon targets, one view per observed VM (in id order), and the pool.
@@ -94,6 +123,8 @@ pub struct MemoryPolicy {
     step_bounds: Option<(Bytes, Bytes)>,
     /// Likewise how long a failed VM is left alone.
     quiet_ms: u64,
+    /// The last decide's time: ticks' pace sets ebb's reaction time.
+    last_now: Option<Millis>,
 }
 
 impl MemoryPolicy {
@@ -119,7 +150,12 @@ impl MemoryPolicy {
         cfg: &MemoryConfig,
         now: Millis,
     ) -> MemoryDecision {
-        let t = Tuning::new(cfg);
+        let mut t = Tuning::new(cfg);
+        // ebb's reaction time follows its own pace: the last two ticks apart.
+        if let Some(last) = self.last_now.filter(|l| now.0 > l.0) {
+            t.react_ms = config::react_ms(now.since(last));
+        }
+        self.last_now = Some(now);
         self.step_bounds = Some((t.step_min, t.step_max));
         self.quiet_ms = t.stuck_after_ms;
         let defaults = VmSettings::default();
@@ -132,6 +168,7 @@ impl MemoryPolicy {
         // Memory held by VMs ebb does not steer this tick: off limits to the rest.
         let mut unmanaged = Bytes::ZERO;
         let mut committed = Bytes::ZERO;
+        let mut returned = Bytes::ZERO;
         let mut set_iter = settings.iter().peekable();
 
         for (k, &i) in order.iter().enumerate() {
@@ -155,6 +192,7 @@ impl MemoryPolicy {
             let occupies = vm.state != VmState::ShutOff && vm.balloon.is_some();
             if let (true, Some(b)) = (occupies, &vm.balloon) {
                 pool_used += b.current;
+                returned += b.returned();
             }
             let skip = words::skip_reason(vm, s);
             let (b, stats) = match (&skip, &vm.balloon) {
@@ -169,7 +207,13 @@ impl MemoryPolicy {
                         vm: vm.id.clone(),
                         actual: vm.balloon.as_ref().map(|b| b.current),
                         target: None,
-                        used: vm.balloon.as_ref().and_then(|b| b.stats.as_ref()).map(|s| s.used()),
+                        used: vm.balloon.as_ref().and_then(|b| b.used()),
+                        host_rss: vm.balloon.as_ref().and_then(|b| b.host_rss),
+                        features: vm.balloon.as_ref().map(|b| b.features),
+                        deflated: None,
+                        growth: None,
+                        headroom: None,
+                        headroom_learned: None,
                         entitlement: None,
                         floor: None,
                         ceiling: None,
@@ -189,6 +233,12 @@ impl MemoryPolicy {
                 actual: Some(w.current),
                 target: None,
                 used: Some(w.used),
+                host_rss: b.host_rss,
+                features: Some(b.features),
+                deflated: st.deflated.map(|d| (d.at, d.by)),
+                growth: w.growth,
+                headroom: Some(w.headroom),
+                headroom_learned: w.learned.map(|r| (r, t.react_ms)),
                 entitlement: None,
                 floor: Some(w.floor),
                 ceiling: Some(w.ceiling),
@@ -200,7 +250,17 @@ impl MemoryPolicy {
             work.push(w);
         }
 
-        let (pool, host_note) = allot::pool_in_effect(&obs.host, &t, pool_used);
+        // The host's available memory counts the pages guests hold but the
+        // host does not: they are spoken for (see `Pool::returned`).
+        let host = HostMemory { available: obs.host.available.saturating_sub(returned), ..obs.host };
+        let (pool, host_note) = allot::pool_in_effect(&host, &t, pool_used);
+        let host_note = host_note.map(|n| {
+            if returned.0 > 0 {
+                format!("{n} ({returned} of what the host has free is the guests' own, handed back or never touched: they may take it again)")
+            } else {
+                n
+            }
+        });
         let mut notes: Vec<String> = host_note.into_iter().collect();
         let managed_pool = pool.saturating_sub(unmanaged);
         if let Some(note) = allot::allot(&mut work, managed_pool, t.k) {
@@ -208,13 +268,13 @@ impl MemoryPolicy {
         }
 
         // What the host itself can still give, for guarantees the pool cannot cover.
-        let host_spare = if obs.host.total.0 > 0 { obs.host.available.saturating_sub(t.host_reserve) } else { Bytes(u64::MAX) };
+        let host_spare = if host.total.0 > 0 { host.available.saturating_sub(t.host_reserve) } else { Bytes(u64::MAX) };
         plan::plan(&mut work, &t, pool, committed, host_spare);
 
         let actions = conclude(&work, &mut views, &mut states, pool, now, cfg.enabled);
         self.vms = states;
         let pool_note = if notes.is_empty() { None } else { Some(notes.join("; ")) };
-        Decision { actions, views, host: Pool { pool, pool_used, pool_note } }
+        Decision { actions, views, host: Pool { pool, pool_used, pool_note, returned } }
     }
 }
 

@@ -33,7 +33,26 @@ pub(super) struct VmMem {
     /// guest "at used + headroom" would really have almost nothing free.
     /// None until measured on settled stats.
     pub overhead: Option<Bytes>,
+    /// When a deflate-on-OOM guest last took pages back from its balloon
+    /// itself: ebb then keeps it at least at the size it took for a while
+    /// (`DEFLATED_HOLD_MS`), so a reclaim never pushes it back into its own
+    /// OOM path.
+    pub deflated: Option<Deflated>,
+    /// What the guest used at its last settled reading, and when: its
+    /// growth per second is measured between settled readings only.
+    pub last_used: Option<(Bytes, Millis)>,
     pub last_reason: Option<Arc<Reason>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Deflated {
+    pub at: Millis,
+    /// How much it took back.
+    pub by: Bytes,
+    /// The size it took itself to.
+    pub to: Bytes,
+    /// Still kept at least at that size.
+    pub held: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +92,8 @@ impl VmMem {
             reclaim_until: None,
             no_shrink_until: None,
             overhead: None,
+            deflated: None,
+            last_used: None,
             last_reason: None,
         }
     }

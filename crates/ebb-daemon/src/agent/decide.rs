@@ -9,7 +9,7 @@ use ebb_core::memory::MemoryDecision;
 use ebb_core::realloc::ReallocDecision;
 use ebb_core::sleep::SleepDecision;
 use ebb_core::vcpus::{VcpuDecision, VcpuVm};
-use ebb_core::{Action, Millis, Observation, VmId};
+use ebb_core::{Action, Millis, Observation, VmId, VmSettings};
 use ebb_surrogate::VmPower;
 
 /// What the policies decided this tick.
@@ -25,7 +25,16 @@ pub(super) struct Decisions {
 impl Agent {
     pub(super) fn decide(&mut self, obs: &Observation, cpus: &CpuReadings, at: Millis) -> Decisions {
         self.resolve_settings(obs);
-        let memory_settings = self.vms.settings.iter().map(|(id, r)| (id.clone(), r.settings.clone())).collect();
+        // Each guest's fastest growth from its needs history sizes its headroom.
+        let memory_settings = self
+            .vms
+            .settings
+            .iter()
+            .map(|(id, r)| {
+                let burst_rate = self.realloc.needs.get(id).and_then(|n| n.fastest_growth());
+                (id.clone(), VmSettings { burst_rate, ..r.settings.clone() })
+            })
+            .collect();
         let memory = self.memory.decide(obs, &memory_settings, &self.cfg.memory, at);
         self.note_skips(&memory, at);
         let sleep_settings = self.vms.settings.iter().filter_map(|(id, r)| Some((id.clone(), r.sleep.clone()?))).collect();

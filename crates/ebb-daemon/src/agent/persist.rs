@@ -16,9 +16,7 @@ impl Agent {
         self.remember_tunes(obs, at);
         self.remember_pins(at);
         self.remember_vcpus(at);
-        if let Some(r) = &d.realloc {
-            self.record_needs(obs, r, at);
-        }
+        self.record_needs(obs, d.realloc.as_ref(), &d.memory, at);
     }
 
     /// Journals a VM's skip reason when it changes.
@@ -33,13 +31,19 @@ impl Agent {
         }
     }
 
-    /// Counts this tick's rates into each running VM's needs history; writes
-    /// the changed histories to the journal every `NEEDS_FLUSH`.
-    pub(super) fn record_needs(&mut self, obs: &Observation, d: &ReallocDecision, at: Millis) {
-        for (v, view) in obs.vms.iter().zip(&d.views) {
+    /// Counts this tick's rates (with reallocation on) and each managed
+    /// guest's memory growth into its needs history; writes the changed
+    /// histories to the journal every `NEEDS_FLUSH`.
+    pub(super) fn record_needs(&mut self, obs: &Observation, d: Option<&ReallocDecision>, memory: &MemoryDecision, at: Millis) {
+        for (v, view) in obs.vms.iter().zip(d.iter().flat_map(|d| &d.views)) {
             let (Some(r), Some(a)) = (view.rates, v.activity) else { continue };
             self.realloc.needs.entry(v.id.clone()).or_default().record(at, &r, a.vcpus);
             self.realloc.needs_dirty.insert(v.id.clone());
+        }
+        for view in &memory.views {
+            let Some(g) = view.growth else { continue };
+            self.realloc.needs.entry(view.vm.clone()).or_default().record_growth(at, g);
+            self.realloc.needs_dirty.insert(view.vm.clone());
         }
         if at.since(self.realloc.needs_flushed_at) >= NEEDS_FLUSH.as_millis() as u64 {
             self.flush_needs(at);

@@ -2,11 +2,12 @@
 //! measured in the same run. No thresholds are asserted: the targets are
 //! printed next to the figures for a person to read.
 //!
-//! One file per benchmark: `overhead`, `reclaim`, `power`, `realloc`,
+//! One file per benchmark: `overhead`, `reclaim`, `burst`, `power`, `realloc`,
 //! `surrogate` (wake latency, a crowd at a sleeping VM) with `awake` (the
 //! awake paths' cost), and `net_crowd` (a crowd on the lab's network).
 
 mod awake;
+mod burst;
 mod net_crowd;
 mod overhead;
 mod power;
@@ -73,12 +74,22 @@ pub enum BenchCommand {
         #[arg(long, default_value = "qemu:///system")]
         uri: String,
     },
+    /// A burst faster than any tick on real guests: 300 MiB in one write on
+    /// a guest at its share of a 700 MiB pool, beside an idle one, with
+    /// deflate-on-OOM, on a stock balloon, and on a stock balloon with the
+    /// learned headroom: time to the pool restored, balloon moves, OOM
+    /// kills, probes answered.
+    Burst {
+        #[arg(long, default_value = "qemu:///system")]
+        uri: String,
+    },
 }
 
 pub async fn run(cmd: BenchCommand) -> Result<(), String> {
     match cmd {
         BenchCommand::Overhead { domains, seconds, tick } => overhead::overhead(domains, seconds, &tick),
         BenchCommand::Reclaim { uri } => reclaim::reclaim(&uri).await,
+        BenchCommand::Burst { uri } => burst::burst(&uri).await,
         BenchCommand::Realloc { uri, seconds } => realloc::realloc(&uri, seconds).await,
         BenchCommand::Power { uri, rounds } => power::power(&uri, rounds).await,
         BenchCommand::Surrogate { uri, rounds, crowd } => {

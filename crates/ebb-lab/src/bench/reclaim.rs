@@ -37,6 +37,8 @@ pub(super) async fn reclaim(uri: &str) -> Result<(), String> {
         let mut spec = GuestSpec::new(format!("{prefix}{name}"), Bytes::from_mib(512));
         spec.http_port = Some(free_port());
         spec.console_log = dir.path().join(format!("{name}.log"));
+        // Stock balloons: this bench measures what a careless balloon does.
+        spec.stock_balloon();
         block_in_place(|| lab.create(&spec)).map_err(|e| e.to_string())
     };
     let idle = boot("idle")?;

@@ -27,6 +27,8 @@ pub struct GuestSpec {
     /// libvirt's `autodeflate`: the guest may take balloon pages back under OOM.
     /// Note: with it on, the guest's MemTotal no longer shrinks as the balloon grows.
     pub deflate_on_oom: bool,
+    /// libvirt's `freePageReporting`: the guest hands the pages it frees to the host.
+    pub free_page_reporting: bool,
     /// false → `<memballoon model='none'/>`.
     pub balloon: bool,
     /// The guest's serial console is written here (qemu must be able to create it).
@@ -55,8 +57,10 @@ pub struct GuestSpec {
 }
 
 impl GuestSpec {
-    /// One vCPU, `memory` both max and current, balloon with 1 s stats,
-    /// no network, console log at `/var/log/ebb/lab/<name>.console.log`.
+    /// One vCPU, `memory` both max and current, balloon with 1 s stats and
+    /// both safety nets (deflate-on-OOM, free page reporting: what the
+    /// README asks of guests), no network, console log at
+    /// `/var/log/ebb/lab/<name>.console.log`.
     pub fn new(name: impl Into<String>, memory: Bytes) -> GuestSpec {
         let name = name.into();
         GuestSpec {
@@ -68,7 +72,8 @@ impl GuestSpec {
             http_port: None,
             workload: None,
             stats_period_s: 1,
-            deflate_on_oom: false,
+            deflate_on_oom: true,
+            free_page_reporting: true,
             balloon: true,
             metadata: None,
             cpu_cap: None,
@@ -80,6 +85,13 @@ impl GuestSpec {
             lab_net: None,
             vnc: false,
         }
+    }
+
+    /// A stock balloon: neither deflate-on-OOM nor free page reporting.
+    pub fn stock_balloon(&mut self) -> &mut GuestSpec {
+        self.deflate_on_oom = false;
+        self.free_page_reporting = false;
+        self
     }
 
     /// The guest kernel's command line.
@@ -169,7 +181,8 @@ impl GuestSpec {
         }
         if self.balloon {
             let deflate = if self.deflate_on_oom { " autodeflate='on'" } else { "" };
-            let _ = writeln!(x, "    <memballoon model='virtio'{deflate}>");
+            let fpr = if self.free_page_reporting { " freePageReporting='on'" } else { "" };
+            let _ = writeln!(x, "    <memballoon model='virtio'{deflate}{fpr}>");
             let _ = writeln!(x, "      <stats period='{}'/>", self.stats_period_s);
             let _ = writeln!(x, "    </memballoon>");
         } else {

@@ -38,7 +38,9 @@ fn xml_has_the_pieces() {
     assert!(x.contains("<name>ebb-t&lt;1&gt;</name>"));
     assert!(x.contains("<memory unit='KiB'>524288</memory>"));
     assert!(x.contains("<currentMemory unit='KiB'>262144</currentMemory>"));
-    assert!(x.contains("<memballoon model='virtio' autodeflate='on'>"));
+    assert!(x.contains("<memballoon model='virtio' autodeflate='on' freePageReporting='on'>"));
+    s.stock_balloon();
+    assert!(s.domain_xml(&image()).contains("<memballoon model='virtio'>"));
     assert!(x.contains("<stats period='1'/>"));
     assert!(x.contains("hostfwd=tcp:127.0.0.1:4321-:80"));
     assert!(x.contains("ebb.net=1 ebb.workload=mem:64"));

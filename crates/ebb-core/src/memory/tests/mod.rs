@@ -4,6 +4,8 @@
 
 use super::*;
 
+mod deflate;
+mod headroom;
 mod props;
 mod unit;
 
@@ -32,6 +34,14 @@ struct Guest {
     /// A real balloon lands a few KiB off its target.
     lands_off: Bytes,
     stats_size: Bytes,
+    /// autodeflate='on': short of memory, the guest takes balloon pages
+    /// back itself (and its MemTotal keeps them), instead of swapping.
+    deflate_on_oom: bool,
+    /// How many times it had to.
+    took_back: u32,
+    /// Of its size, what the host does not hold (never touched, or handed
+    /// back by free page reporting); None: QEMU's RSS is not reported.
+    untouched: Option<Bytes>,
 }
 
 fn guest(name: &str, size_mib: u64, used_mib: u64) -> Guest {
@@ -52,6 +62,9 @@ fn guest(name: &str, size_mib: u64, used_mib: u64) -> Guest {
         lagging: false,
         lands_off: Bytes::ZERO,
         stats_size: Bytes::from_mib(size_mib),
+        deflate_on_oom: false,
+        took_back: 0,
+        untouched: None,
     }
 }
 
@@ -82,7 +95,12 @@ impl World {
     }
 
     fn observe(&self) -> Observation {
-        let in_use: Bytes = self.guests.iter().filter(|g| g.state != VmState::ShutOff).map(|g| g.current).sum();
+        let in_use: Bytes = self
+            .guests
+            .iter()
+            .filter(|g| g.state != VmState::ShutOff)
+            .map(|g| g.current.saturating_sub(g.untouched.unwrap_or(Bytes::ZERO)))
+            .sum();
         Observation {
             at: self.now,
             host: HostMemory { total: self.host_total, available: self.host_total - in_use },
@@ -99,7 +117,7 @@ impl World {
                         stats: g.stats.then(|| {
                             let size = if g.lagging { g.stats_size } else { g.current };
                             GuestMemStats {
-                            total: size - g.overhead,
+                            total: if g.deflate_on_oom { g.maximum } else { size } - g.overhead,
                             unused: size - g.overhead - g.used,
                             usable: size - g.overhead - g.used,
                             swap_in: Bytes::ZERO,
@@ -108,6 +126,8 @@ impl World {
                             oom_kills: Some(0),
                             last_update: Some(self.now.0 / 1000 - g.lagging as u64),
                         }}),
+                        features: BalloonFeatures { deflate_on_oom: g.deflate_on_oom, free_page_reporting: false },
+                        host_rss: g.untouched.map(|u| g.current.saturating_sub(u)),
                     }),
                     activity: None,
                     persistent: true,
@@ -131,6 +151,10 @@ impl World {
             if let (Some(t), false) = (g.pending, g.stall) {
                 g.current = t + g.lands_off;
                 g.pending = None;
+            }
+            if g.deflate_on_oom && g.used + g.overhead > g.current {
+                g.current = (g.used + g.overhead + Bytes::from_mib(8)).min(g.maximum);
+                g.took_back += 1;
             }
             if g.used > g.current {
                 g.swap_out += g.used - g.current;

@@ -1,0 +1,129 @@
+//! Guests whose balloon deflates itself on OOM (`autodeflate='on'`): read
+//! without their balloon's pages, followed when they take memory back, and
+//! never pushed back into their own OOM path.
+
+use super::*;
+
+fn auto(name: &str, used_mib: u64) -> Guest {
+    let mut g = guest(name, 512, used_mib);
+    g.overhead = Bytes::from_mib(56);
+    g.deflate_on_oom = true;
+    g
+}
+
+fn pool_used(w: &World) -> Bytes {
+    w.guests.iter().map(|g| g.current).sum()
+}
+
+#[test]
+fn a_deflate_on_oom_guest_is_read_without_its_balloon_and_reclaimed_like_a_stock_one() {
+    let mut stock = guest("stock", 512, 100);
+    stock.overhead = Bytes::from_mib(56);
+    let mut w = World::new(vec![stock, auto("auto", 100)], 500);
+    let d = w.run(40);
+    // Its MemTotal still says 456 MiB at 250: read as it was, it would use 306.
+    assert_eq!(view(&d, "auto").used, Some(Bytes::from_mib(100)));
+    assert_eq!(view(&d, "auto").floor, view(&d, "stock").floor);
+    assert!(w.current("auto").abs_diff(w.current("stock")) < Bytes::from_mib(2), "{} vs {}", w.current("auto"), w.current("stock"));
+    assert!(pool_used(&w) <= Bytes::from_mib(501), "{}", pool_used(&w));
+    assert_eq!(w.g("auto").took_back, 0, "ebb pushed it into its OOM path");
+}
+
+#[test]
+fn lagging_stats_never_sink_a_deflate_on_oom_guests_floor() {
+    // Its stats a tick behind while ebb shrinks it: its balloon's pages at
+    // the new size, its free memory at the old one, would read as less use.
+    let mut busy = auto("busy", 300);
+    busy.lagging = true;
+    let mut idle = auto("idle", 20);
+    idle.lagging = true;
+    let mut w = World::new(vec![busy, idle], 600);
+    let floor = Bytes::from_mib(300 + 64 + 56);
+    for _ in 0..30 {
+        w.tick();
+        assert!(w.current("busy") >= floor, "busy pushed to {} (floor {floor})", w.current("busy"));
+    }
+    assert_eq!(w.g("busy").took_back, 0);
+    assert!(w.current("idle") < Bytes::from_mib(200), "idle not reclaimed: {}", w.current("idle"));
+}
+
+#[test]
+fn a_guest_that_deflates_itself_is_followed_not_fought_and_the_pool_is_made_up_from_the_idle() {
+    let mut w = World::new(vec![auto("burst", 20), auto("idle", 20)], 700);
+    w.run(30);
+    assert!(w.current("burst").abs_diff(Bytes::from_mib(350)) < Bytes::from_mib(2), "{}", w.current("burst"));
+    let idle_before = w.current("idle");
+
+    // 300 MiB at once: faster than a tick, the guest deflates itself past the pool.
+    w.g("burst").used = Bytes::from_mib(320);
+    let d = w.tick();
+    assert_eq!(w.g("burst").took_back, 1);
+    assert!(pool_used(&w) > Bytes::from_mib(700));
+    let seen = view(&d, "burst");
+    assert!(seen.floor.unwrap() >= w.current("burst"), "ebb would take it back: {seen:?}");
+    assert!(seen.last_reason.as_ref().is_none_or(|r| r.text.contains("deflate-on-OOM")), "{seen:?}");
+
+    let took = w.current("burst");
+    let mut back_after = None;
+    for tick in 1..=20 {
+        let d = w.tick();
+        if let Some((t, r)) = action_for(&d, "burst") {
+            assert!(t >= took, "tick {tick}: ebb took back what the guest took itself ({took}): {t}: {r}");
+        }
+        if back_after.is_none() && pool_used(&w) <= Bytes::from_mib(701) {
+            back_after = Some(tick);
+        }
+    }
+    assert_eq!(w.g("burst").took_back, 1, "ebb pushed it back into its OOM path");
+    let back_after = back_after.expect("the pool never came back within its limit");
+    assert!(back_after <= 5, "the pool came back after {back_after} ticks");
+    assert!(w.current("idle") < idle_before, "the idle guest gave nothing");
+    // It holds its memory with headroom: 320 used + 64 + 56 kernel.
+    assert!(w.current("burst") >= Bytes::from_mib(320 + 64 + 56 - 1), "{}", w.current("burst"));
+}
+
+#[test]
+fn memory_the_guests_may_take_back_counts_against_the_hosts_reserve() {
+    // Each guest holds 200 MiB the host does not (free page reporting):
+    // the host's available memory counts it, but the guests may touch it
+    // again at any moment.
+    let mut a = guest("a", 512, 100);
+    a.untouched = Some(Bytes::from_mib(200));
+    let mut b = guest("b", 512, 100);
+    b.untouched = Some(Bytes::from_mib(200));
+    let mut w = World::new(vec![a, b], 1024);
+    let d = w.run(5);
+    assert_eq!(d.host.returned, Bytes::from_mib(400));
+    assert_eq!(d.host.pool, Bytes::from_mib(1024));
+    assert_eq!(view(&d, "a").host_rss, Some(Bytes::from_mib(312)));
+    // Something else on the host takes 300 MiB: available is still 400 MiB
+    // above the reserve, yet all of it is the guests' to take back.
+    w.host_total = w.host_total - Bytes::from_mib(300);
+    let d = w.tick();
+    assert!(d.host.pool_note.as_deref().is_some_and(|n| n.contains("reserve") && n.contains("may take it again")), "{:?}", d.host);
+    assert_eq!(d.host.pool, Bytes::from_mib(724));
+    w.run(20);
+    let sum = w.current("a") + w.current("b");
+    assert!(sum <= Bytes::from_mib(725), "the guests still hold {sum}: the reserve is not kept");
+}
+
+#[test]
+fn the_size_a_guest_took_is_held_only_until_its_stats_show_what_it_needs() {
+    let mut w = World::new(vec![auto("burst", 20), auto("idle", 20)], 700);
+    w.run(30);
+    w.g("burst").used = Bytes::from_mib(320);
+    w.tick();
+    let took = w.current("burst");
+    assert_eq!(w.g("burst").took_back, 1);
+    // The burst is over at once: held for stuck_after (5 ticks) all the same,
+    // then its settled stats say what it needs and ebb takes the rest back.
+    w.g("burst").used = Bytes::from_mib(20);
+    for tick in 1..=4 {
+        w.tick();
+        assert!(w.current("burst") >= took, "tick {tick}: {} below the {took} it took", w.current("burst"));
+    }
+    w.run(20);
+    w.run(20);
+    assert!(w.current("burst") + Bytes::from_mib(16) < took, "still held at {}", w.current("burst"));
+    assert_eq!(w.g("burst").took_back, 1);
+}
