@@ -412,6 +412,8 @@ async fn a_heartbeat_keeps_its_client_active_for_its_ttl_and_bad_ones_are_refuse
     assert!(code == 400 && msg.contains("\"soon\" is not a duration"), "{code} {msg}");
     let (code, msg) = refused(w.client.heartbeat("a b", &beat(None)).await.unwrap_err());
     assert!(code == 400 && msg.contains("spaces"), "{code} {msg}");
+    let (code, msg) = refused(w.client.heartbeat("a/b", &beat(None)).await.unwrap_err());
+    assert!(code == 400 && msg.contains("slash"), "{code} {msg}");
     let (code, msg) = refused(w.client.heartbeat("k", &Heartbeat { vm: "nope".into(), ttl: None }).await.unwrap_err());
     assert!(code == 404 && msg.contains("no VM named nope"), "{code} {msg}");
 

@@ -117,6 +117,11 @@ fn check_name(name: &str) -> Result<(), String> {
     if name.chars().count() > NAME_MAX {
         return Err(format!("the client name is longer than {NAME_MAX} characters"));
     }
+    // The farm keeps each client as one segment of an etcd key: a name the
+    // farm cannot hold would be active here and never counted there.
+    if let Err(why) = ebb_farm::keys::check_segment("the client name", name) {
+        return Err(format!("{why}: use letters, digits and -_.:"));
+    }
     if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(format!("the client name {:?} holds spaces or control characters: use letters, digits and -_.:", name));
     }
