@@ -620,7 +620,15 @@ async fn udp_datagrams_queued_while_asleep_are_replayed_in_order() {
         client.send_to(b"live", listen).await.unwrap();
         let (n, _) = vm_side.recv_from(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"live");
-        let st = d.stats(&vm());
+        // The relay counts a datagram after it forwards it: wait for the count.
+        let mut st = d.stats(&vm());
+        for _ in 0..200 {
+            if st.bytes_in == 14 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            st = d.stats(&vm());
+        }
         assert_eq!(
             (
                 st.bytes_in,
