@@ -8,38 +8,17 @@
 mod common;
 use common::*;
 use ebb_core::clients::{ClientKind, ClientView};
-use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::process::Command;
+use std::net::TcpStream;
 use std::time::Duration;
 
 /// A backend that takes connections and reads until the client leaves.
-fn idle_backend() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 1024];
-                while matches!(s.read(&mut buf), Ok(1..)) {}
-            });
-        }
-    });
-    port
-}
-
-fn free() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn clients(agent: &AgentProc) -> Vec<ClientView> {
     agent.json(&["clients"])
 }
 
 #[test]
 fn a_surrogate_client_and_a_heartbeat_count_while_active_and_expire_after() {
-    let listen = free();
+    let listen = free_port();
     let rest = format!(
         "[surrogate]\nawake_path = \"splice\"\n[clients]\nsurrogate_idle = \"1s\"\n\
          [[vm.test.service]]\nname = \"tcp\"\nlisten = \"127.0.0.1:{listen}\"\nbackend = \"127.0.0.1:{}\"\n",
@@ -60,12 +39,7 @@ fn a_surrogate_client_and_a_heartbeat_count_while_active_and_expire_after() {
     assert!(table.contains("127.0.0.1") && table.contains("surrogate") && table.contains("connected (1 open)"), "{table}");
 
     // A heartbeat, as the README sends it.
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "5", "--unix-socket"])
-        .arg(&agent.socket)
-        .args(["-X", "POST", "-H", "content-type: application/json", "-d", r#"{"vm": "test", "ttl": "30s"}"#, "http://ebb/v1/clients/kiosk-1/heartbeat"])
-        .output()
-        .unwrap();
+    let out = agent.heartbeat("kiosk-1", r#"{"vm": "test", "ttl": "30s"}"#);
     let body = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && body.contains(r#""id":"kiosk-1""#) && body.contains(r#""ttl_ms":30000"#), "{body} {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(agent.status().active_clients, 2);

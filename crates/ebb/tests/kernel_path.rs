@@ -82,10 +82,6 @@ fn nft_table(table: &str) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn start(dir: &std::path::Path, listen: u16, backend: u16, surrogate: &str) -> AgentProc {
     let agent = AgentProc::start(
         dir,

@@ -13,21 +13,6 @@ use std::time::{Duration, Instant};
 
 /// A backend that takes connections and reads until the client leaves,
 /// never answering: an idle client stays idle and open.
-fn idle_backend() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 1024];
-                while matches!(s.read(&mut buf), Ok(1..)) {}
-            });
-        }
-    });
-    port
-}
-
 /// A backend answering every request `200 other`.
 fn http_backend() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -42,10 +27,6 @@ fn http_backend() -> u16 {
     port
 }
 
-fn free() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn service(vm: &str, listen: u16, backend: u16) -> String {
     format!("[[vm.{vm}.service]]\nname = \"web\"\nlisten = \"127.0.0.1:{listen}\"\nbackend = \"127.0.0.1:{backend}\"\nhttp = true\n")
 }
@@ -58,7 +39,7 @@ fn cli_within(agent: &AgentProc, secs: u32, args: &[&str]) -> std::process::Outp
 
 #[test]
 fn past_its_descriptors_a_flooded_service_refuses_with_a_reason_and_the_api_and_another_vm_answer() {
-    let (listen, other_listen) = (free(), free());
+    let (listen, other_listen) = (free_port(), free_port());
     // On ebb's own splice: the kernel path would take the awake clients
     // without a descriptor of the agent's.
     let rest = format!(
@@ -110,10 +91,10 @@ fn past_its_descriptors_a_flooded_service_refuses_with_a_reason_and_the_api_and_
 
 #[test]
 fn terminal_escapes_in_a_request_line_reach_the_journal_and_the_log_escaped() {
-    let listen = free();
+    let listen = free_port();
     let dir = tempfile::tempdir().unwrap();
     // With a canned reply the surrogate reads the request line to match it.
-    let rest = format!("{}[[vm.test.service.canned]]\nmethod = \"GET\"\npath = \"/healthz\"\nstatus = 200\n", service("test", listen, free()));
+    let rest = format!("{}[[vm.test.service.canned]]\nmethod = \"GET\"\npath = \"/healthz\"\nstatus = 200\n", service("test", listen, free_port()));
     let agent = AgentProc::start(dir.path(), "uri = \"test:///default\"\ntick = \"200ms\"", &rest);
     wait_for("the test domain", Duration::from_secs(10), || agent.vm("test").filter(|v| v.surrogate.is_some()));
     let out = agent.cli(&["sleep", "test"]);

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use ebb_daemon::api_types::{Event, Status, VmInfo};
-use ebb_lab::lab::{free_port, Guest, GuestSpec, Lab};
+pub use ebb_lab::lab::free_port;
+use ebb_lab::lab::{Guest, GuestSpec, Lab};
 use ebb_core::Bytes;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
@@ -190,6 +191,18 @@ impl AgentProc {
         }
     }
 
+    /// A client's heartbeat, sent with curl over the API's socket as the
+    /// README shows; `body` is its JSON (`{"vm": ..., "ttl": ...}`).
+    pub fn heartbeat(&self, client: &str, body: &str) -> Output {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--unix-socket"])
+            .arg(&self.socket)
+            .args(["-X", "POST", "-H", "content-type: application/json", "-d", body])
+            .arg(format!("http://ebb/v1/clients/{client}/heartbeat"))
+            .output()
+            .unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -255,6 +268,23 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// A TCP backend on loopback that takes connections and reads them, never
+/// answering: a service whose clients stay connected and silent.
+pub fn idle_backend() -> u16 {
+    use std::io::Read;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while matches!(s.read(&mut buf), Ok(1..)) {}
+            });
+        }
+    });
+    port
 }
 
 /// Runs `ebb` with arguments and no agent.
