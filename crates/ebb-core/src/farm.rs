@@ -3,6 +3,7 @@
 //! the states a host goes through. The store itself is `ebb-farm`'s; these
 //! are plain data, so the coming sleep policy can decide on them here.
 
+use crate::host_sleep::HostSleepConfig;
 use crate::human::{FieldError, Span};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -31,6 +32,12 @@ pub struct FarmConfig {
     /// answer in time is reported unreachable, never waited on.
     #[serde(default = "default_timeout")]
     pub timeout: Span,
+    /// How the farm wakes this host; a host with none is never put to sleep.
+    #[serde(default)]
+    pub wake: WakeSettings,
+    /// `[farm.sleep]`: when the host sleeps; absent, it never does.
+    #[serde(default)]
+    pub sleep: Option<HostSleepConfig>,
 }
 
 fn default_lease_ttl() -> Span {
@@ -42,6 +49,11 @@ fn default_timeout() -> Span {
 }
 
 impl FarmConfig {
+    /// The section with only its endpoints given: every other field its default.
+    pub fn with_endpoints(endpoints: Vec<String>) -> FarmConfig {
+        FarmConfig { endpoints, host: None, lease_ttl: default_lease_ttl(), timeout: default_timeout(), wake: WakeSettings::default(), sleep: None }
+    }
+
     /// The section's rules; the error names the field.
     pub fn validate(&self) -> Result<(), FieldError> {
         if self.endpoints.is_empty() {
@@ -65,6 +77,10 @@ impl FarmConfig {
                 "farm.timeout",
                 format!("farm.timeout ({}) must be shorter than farm.lease_ttl ({ttl}): a keep-alive that waits longer than the lease lets it expire", self.timeout),
             ));
+        }
+        self.wake.validate()?;
+        if let Some(sleep) = &self.sleep {
+            sleep.validate()?;
         }
         Ok(())
     }
@@ -98,6 +114,64 @@ pub fn host_name(name: &str) -> Result<(), &'static str> {
         return Err("holds a slash, a space or a control character (it is one segment of the farm's etcd keys)");
     }
     Ok(())
+}
+
+/// `[farm.wake]`, and `hosts/{h}/wake`'s value: the ways this host can be woken (DPM's
+/// order: IPMI, then Redfish, then Wake-on-LAN). No secret is kept here:
+/// credentials stay in the coordinator's own config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WakeSettings {
+    /// The BMC's address for IPMI over LAN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipmi: Option<String>,
+    /// The Redfish system's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redfish: Option<String>,
+    /// The NIC's MAC for a Wake-on-LAN magic packet, and where to send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<String>,
+}
+
+impl WakeSettings {
+    /// The methods set, in the order they are tried.
+    pub fn methods(&self) -> Vec<&'static str> {
+        [(self.ipmi.is_some(), "ipmi"), (self.redfish.is_some(), "redfish"), (self.mac.is_some(), "wol")]
+            .into_iter()
+            .filter_map(|(set, name)| set.then_some(name))
+            .collect()
+    }
+
+    /// The section's rules; the error names the field.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let field = |name: &str, why: &str| FieldError::new(format!("farm.wake.{name}"), format!("farm.wake.{name} {why}"));
+        if let Some(a) = &self.ipmi {
+            if a.is_empty() || a.contains(char::is_whitespace) {
+                return Err(field("ipmi", "is not a BMC address: give its host or host:port, e.g. \"10.0.0.21\""));
+            }
+        }
+        if let Some(u) = &self.redfish {
+            if !(u.starts_with("http://") || u.starts_with("https://")) || u.contains(char::is_whitespace) {
+                return Err(field("redfish", "is not a Redfish system's URL, e.g. \"http://10.0.0.21:8000/redfish/v1/Systems/UUID\""));
+            }
+        }
+        if let Some(m) = &self.mac {
+            mac(m).map_err(|why| field("mac", &format!("= {m:?} {why}")))?;
+        }
+        if self.broadcast.is_some() && self.mac.is_none() {
+            return Err(field("broadcast", "is set without farm.wake.mac: a Wake-on-LAN packet needs the NIC's MAC"));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a MAC address written `52:54:00:12:34:56` (or with dashes).
+pub fn mac(s: &str) -> Result<[u8; 6], &'static str> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    let bytes: Vec<u8> = parts.iter().filter_map(|p| (p.len() == 2).then(|| u8::from_str_radix(p, 16).ok()).flatten()).collect();
+    <[u8; 6]>::try_from(bytes).ok().filter(|_| parts.len() == 6).ok_or("is not a MAC address: six hex pairs, e.g. 52:54:00:12:34:56")
 }
 
 /// Where a host is in its sleep cycle, as the farm's store holds it
@@ -148,7 +222,7 @@ mod tests {
     use super::*;
 
     fn cfg(endpoints: &[&str]) -> FarmConfig {
-        FarmConfig { endpoints: endpoints.iter().map(|s| s.to_string()).collect(), host: None, lease_ttl: default_lease_ttl(), timeout: default_timeout() }
+        FarmConfig::with_endpoints(endpoints.iter().map(|s| s.to_string()).collect())
     }
 
     #[test]
@@ -186,6 +260,26 @@ mod tests {
         c.host = Some(String::new());
         assert!(c.validate().is_err());
         c.host = Some("h2.example".into());
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn wake_methods_are_checked_by_field() {
+        let mut c = cfg(&["http://a:1"]);
+        c.wake.mac = Some("52:54:00:12:34:5".into());
+        assert_eq!(c.validate().unwrap_err().field, "farm.wake.mac");
+        c.wake.mac = Some("52-54-00-12-34-56".into());
+        assert!(c.validate().is_ok());
+        assert_eq!(mac("52:54:00:12:34:56"), Ok([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        c.wake.redfish = Some("10.0.0.2/redfish".into());
+        assert_eq!(c.validate().unwrap_err().field, "farm.wake.redfish");
+        c.wake.redfish = None;
+        c.wake.mac = None;
+        c.wake.broadcast = Some("10.0.0.255".into());
+        assert_eq!(c.validate().unwrap_err().field, "farm.wake.broadcast");
+        c.wake.broadcast = None;
+        c.wake.ipmi = Some("10.0.0.21:623".into());
+        assert_eq!(c.wake.methods(), ["ipmi"]);
         assert!(c.validate().is_ok());
     }
 

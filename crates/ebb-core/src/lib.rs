@@ -29,6 +29,7 @@ pub mod cpuset;
 pub mod memory;
 pub mod devices;
 pub mod farm;
+pub mod host_sleep;
 pub mod human;
 pub mod model;
 pub mod needs;

@@ -13,6 +13,9 @@ pub enum FarmError {
     /// A key holds a value ebb cannot read (written by hand, or by another version).
     #[error("etcd key {key} holds a value ebb cannot read ({why}): fix or delete the key")]
     BadValue { key: String, why: String },
+    /// The agent asked the farm something while its host is not a member.
+    #[error("host {host} is not a member of the farm now ({why})")]
+    NotMember { host: String, why: String },
     /// A name ebb was asked to use cannot be one segment of a key.
     #[error("{0}")]
     BadName(String),

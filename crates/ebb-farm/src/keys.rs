@@ -4,6 +4,7 @@
 //! - `hosts/{h}/state`: awake | draining | sleeping | waking | wake-failed (no lease: a
 //!   sleeping host has no agent to keep one);
 //! - `hosts/{h}/wake`: how to wake the host;
+//! - `hosts/{h}/slept`: its last sleep, when and why;
 //! - `hosts/{h}/clients/{client}`: one key per active client, on a lease whose TTL is the
 //!   client's timeout (the seed's timer; the seed's count is the number of keys);
 //! - `coordinator`: the election's name.
@@ -30,6 +31,10 @@ pub fn wake(host: &str) -> String {
     format!("{PREFIX}hosts/{host}/wake")
 }
 
+pub fn slept(host: &str) -> String {
+    format!("{PREFIX}hosts/{host}/slept")
+}
+
 pub fn clients(host: &str) -> String {
     format!("{PREFIX}hosts/{host}/clients/")
 }
@@ -48,6 +53,7 @@ pub enum HostKey<'a> {
     Member(&'a str),
     State(&'a str),
     Wake(&'a str),
+    Slept(&'a str),
     Client { host: &'a str, client: &'a str },
 }
 
@@ -63,6 +69,7 @@ pub fn parse(key: &str) -> Option<HostKey<'_>> {
         "member" => Some(HostKey::Member(host)),
         "state" => Some(HostKey::State(host)),
         "wake" => Some(HostKey::Wake(host)),
+        "slept" => Some(HostKey::Slept(host)),
         _ => {
             let client = part.strip_prefix("clients/")?;
             (!client.is_empty() && !client.contains('/')).then_some(HostKey::Client { host, client })
@@ -87,6 +94,7 @@ mod tests {
         assert_eq!(parse(&member("h1")), Some(HostKey::Member("h1")));
         assert_eq!(parse(&state("h1")), Some(HostKey::State("h1")));
         assert_eq!(parse(&wake("h-2.example")), Some(HostKey::Wake("h-2.example")));
+        assert_eq!(parse(&slept("h1")), Some(HostKey::Slept("h1")));
         assert_eq!(parse(&client("h1", "alice@10.0.0.9")), Some(HostKey::Client { host: "h1", client: "alice@10.0.0.9" }));
         assert!(client("h1", "c").starts_with(&clients("h1")));
         assert!(member("h1").starts_with(&hosts()));

@@ -9,16 +9,16 @@
 pub mod coord;
 mod error;
 pub mod keys;
-pub mod local;
 pub mod member;
 mod mirror;
 mod store;
 mod view;
 
 pub use error::FarmError;
-pub use member::{LinkState, LinkStatus, MemberLink, MemberSettings};
+pub use member::{LinkRequests, LinkState, LinkStatus, MemberLink, MemberSettings};
 pub use mirror::ActiveClients;
-pub use store::{Change, HostWatch, Lease, Store};
-pub use view::{ClientEntry, FarmView, HostView, Member, WakeSettings};
+pub use store::{Change, Drain, HostWatch, Lease, Store};
+pub use ebb_core::farm::WakeSettings;
+pub use view::{ClientEntry, FarmView, HostView, Member, Slept};
 /// How a client was seen active: the agent's own kinds.
 pub use ebb_core::clients::ClientKind;

@@ -5,14 +5,14 @@
 
 use crate::error::FarmError;
 use crate::mirror::{self, ActiveClients};
-use crate::store::{Lease, Store};
-use crate::view::Member;
-use ebb_core::farm::{host_name, FarmConfig};
+use crate::store::{Drain, Lease, Store};
+use crate::view::{Member, Slept};
+use ebb_core::farm::{host_name, FarmConfig, HostState, WakeSettings};
 use ebb_core::human::FieldError;
 use ebb_core::Millis;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -28,6 +28,8 @@ pub struct MemberSettings {
     pub timeout: Duration,
     /// The agent's version, kept in the member key.
     pub version: String,
+    /// How the farm wakes this host, written at each join.
+    pub wake: WakeSettings,
 }
 
 impl MemberSettings {
@@ -39,6 +41,7 @@ impl MemberSettings {
             lease_ttl: cfg.lease_ttl.as_duration(),
             timeout: cfg.timeout.as_duration(),
             version: version.into(),
+            wake: cfg.wake.clone(),
         })
     }
 }
@@ -81,6 +84,68 @@ pub struct MemberLink {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     timeout: Duration,
+    requests: LinkRequests,
+}
+
+/// What the agent asks of the farm's store, answered by the link's task
+/// (which holds the connection) while the host is a member.
+enum LinkRequest {
+    BeginSleep(Slept, oneshot::Sender<Result<Drain, FarmError>>),
+    SetState(HostState, oneshot::Sender<Result<(), FarmError>>),
+}
+
+/// Where the agent sends its requests to the farm; each answer comes
+/// within the store's timeout or as an error, never later.
+#[derive(Clone)]
+pub struct LinkRequests {
+    tx: mpsc::Sender<LinkRequest>,
+    host: String,
+    timeout: Duration,
+}
+
+impl LinkRequests {
+    /// The shared check before the host sleeps (`Store::begin_sleep`).
+    pub async fn begin_sleep(&self, slept: Slept) -> Result<Drain, FarmError> {
+        self.ask(|reply| LinkRequest::BeginSleep(slept, reply)).await
+    }
+
+    /// The host's state in the farm.
+    pub async fn set_state(&self, state: HostState) -> Result<(), FarmError> {
+        self.ask(|reply| LinkRequest::SetState(state, reply)).await
+    }
+
+    async fn ask<T>(&self, request: impl FnOnce(oneshot::Sender<Result<T, FarmError>>) -> LinkRequest) -> Result<T, FarmError> {
+        let gone = |why: &str| FarmError::NotMember { host: self.host.clone(), why: why.into() };
+        let (reply, answer) = oneshot::channel();
+        self.tx.try_send(request(reply)).map_err(|_| gone("the farm link is busy or stopped"))?;
+        // The link may be mid-call (a keep-alive): a call's time more.
+        match tokio::time::timeout(self.timeout * 2, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(gone("the farm link stopped")),
+            Err(_) => Err(FarmError::Unreachable { endpoints: String::new(), what: "the farm link's answer".into(), after: self.timeout * 2 }),
+        }
+    }
+}
+
+/// Answers one request with the store.
+async fn serve(store: &Store, host: &str, request: LinkRequest) {
+    match request {
+        LinkRequest::BeginSleep(slept, reply) => {
+            let _ = reply.send(store.begin_sleep(host, &slept).await);
+        }
+        LinkRequest::SetState(state, reply) => {
+            let _ = reply.send(store.set_state(host, state).await);
+        }
+    }
+}
+
+/// Refuses a request while the host is not a member.
+fn refuse(host: &str, why: &str, request: LinkRequest) {
+    let e = || FarmError::NotMember { host: host.into(), why: why.into() };
+    match request {
+        LinkRequest::BeginSleep(_, reply) => drop(reply.send(Err(e()))),
+        LinkRequest::SetState(_, reply) => drop(reply.send(Err(e()))),
+    }
 }
 
 impl MemberLink {
@@ -91,8 +156,15 @@ impl MemberLink {
         let (tx, status) = watch::channel(first);
         let (stop, stopped) = watch::channel(false);
         let timeout = s.timeout;
-        let task = tokio::spawn(keep_joined(s, tx, stopped, clients));
-        MemberLink { status, stop, task, timeout }
+        let (requests_tx, requests_rx) = mpsc::channel(8);
+        let requests = LinkRequests { tx: requests_tx, host: s.host.clone(), timeout };
+        let task = tokio::spawn(keep_joined(s, tx, stopped, clients, requests_rx));
+        MemberLink { status, stop, task, timeout, requests }
+    }
+
+    /// Where the agent asks the farm's store (while a member).
+    pub fn requests(&self) -> LinkRequests {
+        self.requests.clone()
     }
 
     /// The link's state as it changes.
@@ -119,29 +191,47 @@ pub(crate) fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.saturating_sub(1).min(8)).min(BACKOFF_MAX)
 }
 
-async fn keep_joined(s: MemberSettings, tx: watch::Sender<LinkStatus>, mut stop: watch::Receiver<bool>, mut clients: watch::Receiver<ActiveClients>) {
+async fn keep_joined(
+    s: MemberSettings,
+    tx: watch::Sender<LinkStatus>,
+    mut stop: watch::Receiver<bool>,
+    mut clients: watch::Receiver<ActiveClients>,
+    mut requests: mpsc::Receiver<LinkRequest>,
+) {
     let set = |state: LinkState| tx.send_modify(|st| st.state = state);
     let mut attempts = 0;
     let mut down_since = now();
+    let mut why_not = "joining".to_string();
     loop {
-        let joined = tokio::select! {
-            r = join(&s) => r,
-            _ = stop.changed() => return set(LinkState::Left),
+        let joining = join(&s);
+        tokio::pin!(joining);
+        let joined = loop {
+            tokio::select! {
+                r = &mut joining => break r,
+                Some(req) = requests.recv() => refuse(&s.host, &why_not, req),
+                _ = stop.changed() => return set(LinkState::Left),
+            }
         };
         let error = match joined {
             Ok((store, lease, version)) => {
                 info!("farm: host {} joined the farm at {} (etcd {version}, lease {} s)", s.host, store.endpoints(), lease.ttl.as_secs());
                 attempts = 0;
                 set(LinkState::Member { since: now(), etcd_version: version, lease_ttl_s: lease.ttl.as_secs() });
-                let lost = tokio::select! {
-                    e = keep_alive(&store, lease) => e,
-                    e = mirror::follow(&store, &s.host, &mut clients) => e,
-                    _ = stop.changed() => {
-                        match store.revoke(lease.id).await {
-                            Ok(()) => info!("farm: host {} left the farm", s.host),
-                            Err(e) => warn!("farm: {e}; the membership ends when its lease expires"),
+                let kept = keep_alive(&store, lease);
+                let mirrored = mirror::follow(&store, &s.host, &mut clients);
+                tokio::pin!(kept, mirrored);
+                let lost = loop {
+                    tokio::select! {
+                        e = &mut kept => break e,
+                        e = &mut mirrored => break e,
+                        Some(req) = requests.recv() => serve(&store, &s.host, req).await,
+                        _ = stop.changed() => {
+                            match store.revoke(lease.id).await {
+                                Ok(()) => info!("farm: host {} left the farm", s.host),
+                                Err(e) => warn!("farm: {e}; the membership ends when its lease expires"),
+                            }
+                            return set(LinkState::Left);
                         }
-                        return set(LinkState::Left);
                     }
                 };
                 down_since = now();
@@ -152,10 +242,16 @@ async fn keep_joined(s: MemberSettings, tx: watch::Sender<LinkStatus>, mut stop:
         attempts += 1;
         let wait = backoff(attempts);
         warn!("farm: host {} is not a member: {error}; next try in {} s", s.host, wait.as_secs());
-        set(LinkState::Disconnected { since: down_since, error: error.to_string(), attempts, next_try_at: Millis(now().0 + wait.as_millis() as u64) });
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return set(LinkState::Left),
+        why_not = error.to_string();
+        set(LinkState::Disconnected { since: down_since, error: why_not.clone(), attempts, next_try_at: Millis(now().0 + wait.as_millis() as u64) });
+        let waited = tokio::time::sleep(wait);
+        tokio::pin!(waited);
+        loop {
+            tokio::select! {
+                _ = &mut waited => break,
+                Some(req) = requests.recv() => refuse(&s.host, &why_not, req),
+                _ = stop.changed() => return set(LinkState::Left),
+            }
         }
     }
 }
@@ -165,7 +261,7 @@ async fn join(s: &MemberSettings) -> Result<(Store, Lease, String), FarmError> {
     let store = Store::connect(&s.endpoints, s.timeout).await?;
     let version = store.server_version().await?;
     let lease = store.grant(s.lease_ttl).await?;
-    store.join(&s.host, &Member { version: s.version.clone(), since: now() }, lease.id).await?;
+    store.join(&s.host, &Member { version: s.version.clone(), since: now() }, &s.wake, lease.id).await?;
     Ok((store, lease, version))
 }
 

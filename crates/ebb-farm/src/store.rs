@@ -4,9 +4,10 @@
 
 use crate::error::FarmError;
 use crate::keys;
-use crate::view::{hosts_from, ClientEntry, FarmView, Member, WakeSettings};
+use crate::view::{hosts_from, ClientEntry, FarmView, Member, Slept};
+use ebb_core::farm::WakeSettings;
 use ebb_core::farm::HostState;
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, LeaderKey, PutOptions, ResignOptions, Txn, TxnOp, WatchOptions, WatchStream};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaderKey, PutOptions, ResignOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream};
 use std::future::Future;
 use std::time::Duration;
 
@@ -24,6 +25,16 @@ pub struct Store {
     client: Client,
     endpoints: String,
     timeout: Duration,
+}
+
+/// What etcd said to a host's sleep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drain {
+    /// No client key and the state still `awake`: now `draining`.
+    Begun,
+    /// A client arrived (a key under its `clients/`) or the state moved
+    /// on meanwhile: the host stays awake.
+    Refused { clients: u64, state: Option<HostState> },
 }
 
 /// A change under `hosts/` seen by a watch.
@@ -100,17 +111,54 @@ impl Store {
         Ok(r.take_kvs().into_iter().next().map(|kv| kv.into_key_value().1))
     }
 
-    /// The host's membership, on `lease`, and its state `awake` (an agent
-    /// that joins is up), in one transaction: no reader sees one without the other.
-    pub async fn join(&self, host: &str, member: &Member, lease: i64) -> Result<(), FarmError> {
+    /// The host's membership, on `lease`, its state `awake` (an agent
+    /// that joins is up) and how to wake it, in one transaction: no reader
+    /// sees one without the others.
+    pub async fn join(&self, host: &str, member: &Member, wake: &WakeSettings, lease: i64) -> Result<(), FarmError> {
         keys::check_segment("host", host).map_err(FarmError::BadName)?;
         let value = serde_json::to_vec(member).expect("a member serializes");
+        let wake = serde_json::to_vec(wake).expect("wake settings serialize");
         let txn = Txn::new().and_then([
             TxnOp::put(keys::member(host), value, Some(PutOptions::new().with_lease(lease))),
             TxnOp::put(keys::state(host), HostState::Awake.as_str(), None),
+            TxnOp::put(keys::wake(host), wake, None),
         ]);
         let mut c = self.client.clone();
         self.call("join", async move { c.txn(txn).await }).await.map(drop)
+    }
+
+    /// The check before a host sleeps, as one transaction: if etcd holds
+    /// no client key of the host and its state is still `awake`, the state
+    /// becomes `draining` and `slept` says when and why. A client that
+    /// arrived anywhere in the farm meanwhile (a key put by another agent
+    /// or the gateway) keeps the host awake.
+    pub async fn begin_sleep(&self, host: &str, slept: &Slept) -> Result<Drain, FarmError> {
+        let clients = keys::clients(host);
+        let value = serde_json::to_vec(slept).expect("a sleep serializes");
+        // Over an empty range etcd compares a key that does not exist
+        // (create revision 0): true only when no client key is there.
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(clients.clone(), CompareOp::Equal, 0).with_prefix(),
+                Compare::value(keys::state(host), CompareOp::Equal, HostState::Awake.as_str()),
+            ])
+            .and_then([TxnOp::put(keys::state(host), HostState::Draining.as_str(), None), TxnOp::put(keys::slept(host), value, None)])
+            .or_else([TxnOp::get(clients, Some(GetOptions::new().with_prefix().with_count_only())), TxnOp::get(keys::state(host), None)]);
+        let mut c = self.client.clone();
+        let r = self.call("begin sleep", async move { c.txn(txn).await }).await?;
+        if r.succeeded() {
+            return Ok(Drain::Begun);
+        }
+        let (mut clients, mut state) = (0, None);
+        for (i, op) in r.op_responses().into_iter().enumerate() {
+            if let TxnOpResponse::Get(g) = op {
+                match i {
+                    0 => clients = g.count().max(0) as u64,
+                    _ => state = g.kvs().first().and_then(|kv| kv.value_str().ok()?.parse().ok()),
+                }
+            }
+        }
+        Ok(Drain::Refused { clients, state })
     }
 
     pub async fn set_state(&self, host: &str, state: HostState) -> Result<(), FarmError> {
@@ -122,11 +170,6 @@ impl Store {
         let Some(v) = self.get_one("get host state", key.clone()).await? else { return Ok(None) };
         let text = String::from_utf8_lossy(&v);
         text.parse().map(Some).map_err(|why| FarmError::BadValue { key, why })
-    }
-
-    pub async fn set_wake(&self, host: &str, wake: &WakeSettings) -> Result<(), FarmError> {
-        let value = serde_json::to_vec(wake).expect("wake settings serialize");
-        self.put("put wake settings", keys::wake(host), value, None).await
     }
 
     pub async fn wake(&self, host: &str) -> Result<Option<WakeSettings>, FarmError> {

@@ -3,7 +3,7 @@
 
 use crate::keys::{self, HostKey};
 use ebb_core::clients::ClientKind;
-use ebb_core::farm::HostState;
+use ebb_core::farm::{HostState, WakeSettings};
 use ebb_core::Millis;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,33 +27,12 @@ pub struct ClientEntry {
     pub remote: Option<String>,
 }
 
-/// `hosts/{h}/wake`'s value: the ways this host can be woken (DPM's
-/// order: IPMI, then Redfish, then Wake-on-LAN). No secret is kept here:
-/// credentials stay in the coordinator's own config.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WakeSettings {
-    /// The BMC's address for IPMI over LAN.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipmi: Option<String>,
-    /// The Redfish system's URL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redfish: Option<String>,
-    /// The NIC's MAC for a Wake-on-LAN magic packet, and where to send it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub broadcast: Option<String>,
-}
-
-impl WakeSettings {
-    /// The methods set, in the order they are tried.
-    pub fn methods(&self) -> Vec<&'static str> {
-        [(self.ipmi.is_some(), "ipmi"), (self.redfish.is_some(), "redfish"), (self.mac.is_some(), "wol")]
-            .into_iter()
-            .filter_map(|(set, name)| set.then_some(name))
-            .collect()
-    }
+/// `hosts/{h}/slept`'s value: the host's last sleep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slept {
+    pub at: Millis,
+    /// Why it slept, in words.
+    pub why: String,
 }
 
 /// One host as the store has it.
@@ -64,6 +43,9 @@ pub struct HostView {
     pub member: Option<Member>,
     pub state: Option<HostState>,
     pub wake: Option<WakeSettings>,
+    /// Its last sleep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slept: Option<Slept>,
     /// Its active clients (one unexpired lease each) and the VM each uses.
     pub clients: BTreeMap<String, ClientEntry>,
     /// Values under its keys that could not be read, in words.
@@ -89,7 +71,7 @@ pub fn hosts_from<'a>(kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec
     for (key, value) in kvs {
         let Some(kind) = keys::parse(key) else { continue };
         let name = match &kind {
-            HostKey::Member(h) | HostKey::State(h) | HostKey::Wake(h) | HostKey::Client { host: h, .. } => *h,
+            HostKey::Member(h) | HostKey::State(h) | HostKey::Wake(h) | HostKey::Slept(h) | HostKey::Client { host: h, .. } => *h,
         };
         let host = hosts.entry(name.to_string()).or_insert_with(|| HostView { name: name.to_string(), ..HostView::default() });
         let bad = |why: String| format!("{key}: {why}");
@@ -104,6 +86,10 @@ pub fn hosts_from<'a>(kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec
             },
             HostKey::Wake(_) => match serde_json::from_slice(value) {
                 Ok(w) => host.wake = Some(w),
+                Err(e) => host.unreadable.push(bad(e.to_string())),
+            },
+            HostKey::Slept(_) => match serde_json::from_slice(value) {
+                Ok(s) => host.slept = Some(s),
                 Err(e) => host.unreadable.push(bad(e.to_string())),
             },
             HostKey::Client { client, .. } => match serde_json::from_slice(value) {

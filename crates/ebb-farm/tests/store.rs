@@ -3,8 +3,8 @@
 //! etcd that does not answer.
 
 use ebb_core::farm::HostState;
-use ebb_farm::local::LocalEtcd;
-use ebb_farm::{ActiveClients, ClientEntry, ClientKind, FarmError, LinkState, Member, MemberLink, MemberSettings, Store, WakeSettings};
+use ebb_lab::etcd::LocalEtcd;
+use ebb_farm::{ActiveClients, ClientEntry, ClientKind, Drain, FarmError, LinkState, Member, MemberLink, MemberSettings, Slept, Store, WakeSettings};
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -84,9 +84,8 @@ async fn a_refreshed_client_stays_and_a_deleted_one_goes_at_once() {
 async fn membership_goes_with_its_lease_and_state_stays() {
     let (_etcd, store) = etcd().await;
     let lease = store.grant(Duration::from_secs(2)).await.unwrap();
-    store.join("h1", &Member { version: "test".into(), since: ebb_core::Millis(7) }, lease.id).await.unwrap();
     let wake = WakeSettings { ipmi: Some("10.0.0.9".into()), mac: Some("52:54:00:12:34:56".into()), ..Default::default() };
-    store.set_wake("h1", &wake).await.unwrap();
+    store.join("h1", &Member { version: "test".into(), since: ebb_core::Millis(7) }, &wake, lease.id).await.unwrap();
     let h = &store.farm().await.unwrap().hosts[0];
     assert_eq!((h.name.as_str(), h.state, h.member.as_ref().map(|m| m.since)), ("h1", Some(HostState::Awake), Some(ebb_core::Millis(7))));
     assert_eq!(store.wake("h1").await.unwrap(), Some(wake));
@@ -96,6 +95,29 @@ async fn membership_goes_with_its_lease_and_state_stays() {
     assert!(h.member.is_none(), "revoked: the member key went with its lease");
     assert_eq!(store.state("h1").await.unwrap(), Some(HostState::Sleeping));
     assert_eq!(store.state("h9").await.unwrap(), None);
+}
+
+/// The check before a host sleeps is one transaction: it begins only with
+/// no client key of the host in etcd and the host still awake, and says
+/// what stopped it otherwise.
+#[tokio::test]
+async fn a_host_begins_to_sleep_only_with_no_client_in_etcd_and_only_once() {
+    let (_etcd, store) = etcd().await;
+    let lease = store.grant(Duration::from_secs(10)).await.unwrap();
+    store.join("h1", &Member { version: "test".into(), since: ebb_core::Millis(0) }, &WakeSettings::default(), lease.id).await.unwrap();
+    let slept = Slept { at: ebb_core::Millis(9), why: "no client for 10m".into() };
+    // A client of h1 put by someone else (the gateway, another agent): awake.
+    let c = store.put_client("h1", "alice", &entry("web"), Duration::from_secs(30)).await.unwrap();
+    // Another host's client does not count.
+    store.put_client("h2", "bob", &entry("web"), Duration::from_secs(30)).await.unwrap();
+    assert_eq!(store.begin_sleep("h1", &slept).await.unwrap(), Drain::Refused { clients: 1, state: Some(HostState::Awake) });
+    assert_eq!(store.state("h1").await.unwrap(), Some(HostState::Awake));
+    store.revoke(c.id).await.unwrap();
+    assert_eq!(store.begin_sleep("h1", &slept).await.unwrap(), Drain::Begun);
+    assert_eq!(store.state("h1").await.unwrap(), Some(HostState::Draining));
+    assert_eq!(store.farm().await.unwrap().hosts[0].slept, Some(slept.clone()));
+    // Draining already: a second decision does not begin again.
+    assert_eq!(store.begin_sleep("h1", &slept).await.unwrap(), Drain::Refused { clients: 0, state: Some(HostState::Draining) });
 }
 
 /// Two campaigns: one leads; when its lease ends, the other does.
@@ -135,7 +157,7 @@ async fn an_etcd_that_does_not_answer_fails_within_the_timeout() {
 #[tokio::test]
 async fn the_member_link_joins_leaves_and_says_why_it_cannot() {
     let (etcd, store) = etcd().await;
-    let settings = |url: String| MemberSettings { endpoints: vec![url], host: "h1".into(), lease_ttl: Duration::from_secs(2), timeout: Duration::from_millis(500), version: "test".into() };
+    let settings = |url: String| MemberSettings { endpoints: vec![url], host: "h1".into(), lease_ttl: Duration::from_secs(2), timeout: Duration::from_millis(500), version: "test".into(), wake: WakeSettings::default() };
     let (clients, wanted) = tokio::sync::watch::channel(ActiveClients::new());
     let link = MemberLink::start(settings(etcd.url().into()), wanted);
     let mut status = link.status();

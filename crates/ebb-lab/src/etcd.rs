@@ -2,8 +2,8 @@
 //! the farm's tests and the lab: Debian's `etcd` (etcd-server, installed by
 //! scripts/setup-host.sh) on free ports, stopped and removed on drop.
 
-use crate::store::Store;
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,7 +53,7 @@ impl LocalEtcd {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("etcd exited ({status}): {}", self.log_tail()));
             }
-            if Store::connect(std::slice::from_ref(&self.url), Duration::from_millis(500)).await.is_ok() {
+            if healthy(self.ports.0) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -84,6 +84,20 @@ impl LocalEtcd {
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(5)..].join("\n")
     }
+}
+
+/// Whether etcd on `port` says it is healthy (its `/health`: a member that
+/// has a leader and serves reads).
+fn healthy(port: u16) -> bool {
+    let ask = || -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer)
+    };
+    ask().is_ok_and(|a| a.contains(r#""health":"true""#))
 }
 
 /// etcd on `ports` (client, peer) with its data and log in `dir`.

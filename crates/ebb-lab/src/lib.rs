@@ -6,4 +6,5 @@
 pub mod bench;
 pub mod crowd;
 pub mod demo;
+pub mod etcd;
 pub mod lab;

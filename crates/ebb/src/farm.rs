@@ -4,7 +4,6 @@
 
 use crate::cli::table;
 use ebb_core::farm::FarmConfig;
-use ebb_core::human::Span;
 use ebb_daemon::config::Config;
 use ebb_daemon::words::clock;
 use ebb_farm::coord::CoordSettings;
@@ -16,7 +15,7 @@ use std::path::Path;
 /// read, and the other settings are their defaults).
 pub fn settings(config: &Path, etcd: Vec<String>) -> Result<FarmConfig, String> {
     if !etcd.is_empty() {
-        let cfg = FarmConfig { endpoints: etcd, host: None, lease_ttl: Span::from_secs(10), timeout: Span::from_secs(2) };
+        let cfg = FarmConfig::with_endpoints(etcd);
         cfg.validate().map_err(|e| e.message.replace("farm.endpoints", "--etcd"))?;
         return Ok(cfg);
     }

@@ -8,7 +8,7 @@ mod common;
 
 use common::{wait_for, AgentProc, EBB};
 use ebb_daemon::api_types::Status;
-use ebb_farm::local::LocalEtcd;
+use ebb_lab::etcd::LocalEtcd;
 use ebb_farm::{ClientEntry, ClientKind, FarmView, LinkState, Member, Store};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -148,7 +148,7 @@ async fn two_coordinators_keep_one_leader_that_watches_the_hosts() {
     std::fs::write(&config, farm_section(etcd.url(), "unused")).unwrap();
     // A host with two active clients, as an agent and heartbeats would leave it.
     let lease = store.grant(Duration::from_secs(10)).await.unwrap();
-    store.join("h1", &Member { version: "test".into(), since: ebb_core::Millis(0) }, lease.id).await.unwrap();
+    store.join("h1", &Member { version: "test".into(), since: ebb_core::Millis(0) }, &Default::default(), lease.id).await.unwrap();
     let entry = ClientEntry { vm: "web".into(), kind: ClientKind::Heartbeat, remote: None };
     store.put_client("h1", "alice", &entry, Duration::from_secs(2)).await.unwrap();
     store.put_client("h1", "bob", &entry, Duration::from_secs(30)).await.unwrap();
@@ -208,12 +208,7 @@ async fn a_hosts_active_clients_are_its_keys_in_etcd_while_their_timers_run() {
     let dir = tempfile::tempdir().unwrap();
     let a = AgentProc::start(&subdir(dir.path(), "a"), TICK, &farm_section(etcd.url(), "h1"));
     until("h1 joins", Duration::from_secs(10), async || is_member(&store, "h1").await).await;
-    let beat = Command::new("curl")
-        .args(["-sS", "--max-time", "5", "--unix-socket"])
-        .arg(&a.socket)
-        .args(["-X", "POST", "-H", "content-type: application/json", "-d", r#"{"vm": "test", "ttl": "3s"}"#, "http://ebb/v1/clients/kiosk-1/heartbeat"])
-        .output()
-        .unwrap();
+    let beat = a.heartbeat("kiosk-1", r#"{"vm": "test", "ttl": "3s"}"#);
     assert!(beat.status.success(), "{}", String::from_utf8_lossy(&beat.stderr));
     let counted = until("the client in etcd", Duration::from_secs(3), async || store.client_count("h1").await.unwrap() == 1).await;
     let farm = store.farm().await.unwrap();
