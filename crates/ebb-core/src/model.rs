@@ -458,6 +458,9 @@ pub enum Rule {
     Power,
     /// Move a VM's vCPUs to other host CPUs, or back.
     Affinity,
+    /// The farm: save the VMs of a host no client uses before it sleeps,
+    /// and restore them when it wakes.
+    HostSleep,
 }
 
 impl Rule {
@@ -478,6 +481,7 @@ impl Rule {
             Rule::Restore => "restore",
             Rule::Power => "power",
             Rule::Affinity => "affinity",
+            Rule::HostSleep => "host_sleep",
         }
     }
 }

@@ -77,6 +77,22 @@ pub struct Status {
     /// The link to the farm's etcd, with `[farm]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub farm: Option<ebb_farm::LinkStatus>,
+    /// The host's own sleep, with `[farm.sleep]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_sleep: Option<HostSleepView>,
+}
+
+/// The host's sleep cycle in the farm, as `ebb status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostSleepView {
+    /// awake, draining, or "asleep (recorded)".
+    pub state: String,
+    /// What keeps it awake, or why it sleeps, in words.
+    pub why: String,
+    pub last_sleep: Option<(Millis, String)>,
+    pub last_wake: Option<(Millis, String)>,
+    pub sleeps_total: u64,
+    pub wakes_total: u64,
 }
 
 /// `ebb power`.

@@ -25,6 +25,11 @@ pub fn render(s: &Snapshot) -> String {
     gauge("ebb_vms", "Domains on the host.", "gauge", st.vms as f64);
     gauge("ebb_vms_managed", "Domains whose memory ebb manages now.", "gauge", st.vms_managed as f64);
     gauge("ebb_active_clients", "Clients of the host's VMs whose activity timer has not run out.", "gauge", st.active_clients as f64);
+    if let Some(h) = &st.host_sleep {
+        gauge("ebb_host_asleep", "1 while the host sleeps (or its sleep is recorded) for want of clients.", "gauge", (h.state != "awake" && h.state != "draining") as u8 as f64);
+        gauge("ebb_host_sleeps_total", "Times the host went to sleep for want of clients.", "counter", h.sleeps_total as f64);
+        gauge("ebb_host_wakes_total", "Times the host woke from such a sleep.", "counter", h.wakes_total as f64);
+    }
     if let Some(p) = &st.power {
         let low = matches!(p.state, Some(ebb_core::power::PowerState::Low(_)));
         let on_battery = low || matches!(p.state, Some(ebb_core::power::PowerState::OnBattery));

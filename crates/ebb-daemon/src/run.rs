@@ -70,7 +70,7 @@ pub async fn run_with_clock(mut cfg: Config, connect: Connector, clock: Clock, s
     // The farm link on its own task: the tick never waits on etcd.
     let farm = farm.map(|s| ebb_farm::MemberLink::start(s, agent.farm_clients()));
     if let Some(link) = &farm {
-        agent.show_farm_link(link.status());
+        agent.use_farm_link(link);
     }
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let app = api::router(ApiState { snapshot, journal: writer.handle(), commands });

@@ -65,6 +65,9 @@ pub fn status_text(s: &Status) -> String {
     if let Some(link) = &s.farm {
         out.push_str(&crate::farm::link_line(link));
     }
+    if let Some(h) = &s.host_sleep {
+        out.push_str(&crate::farm::host_sleep_lines(h));
+    }
     out
 }
 

@@ -4,6 +4,7 @@
 
 use crate::cli::table;
 use ebb_core::farm::FarmConfig;
+use ebb_daemon::api_types::HostSleepView;
 use ebb_daemon::config::Config;
 use ebb_daemon::words::clock;
 use ebb_farm::coord::CoordSettings;
@@ -52,12 +53,13 @@ pub fn farm_text(v: &FarmView) -> String {
         .iter()
         .map(|h| {
             let agent = h.member.as_ref().map_or("gone".into(), |m| format!("up since {} UTC", clock(m.since)));
-            let wake = h.wake.as_ref().map(|w| w.methods().join(",")).filter(|m| !m.is_empty()).unwrap_or("none".into());
+            let wake = h.wake.as_ref().map(|w| w.methods().join(",")).filter(|m| !m.is_empty()).unwrap_or("none (never sleeps)".into());
             let state = h.state.map_or("-".into(), |s| s.to_string());
-            vec![h.name.clone(), agent, state, h.clients.len().to_string(), wake]
+            let slept = h.slept.as_ref().map_or("-".into(), |s| format!("{} UTC: {}", clock(s.at), s.why));
+            vec![h.name.clone(), agent, state, h.clients.len().to_string(), wake, slept]
         })
         .collect();
-    out.push_str(&table(&["HOST", "AGENT", "STATE", "ACTIVE CLIENTS", "WAKE"], &rows));
+    out.push_str(&table(&["HOST", "AGENT", "STATE", "ACTIVE CLIENTS", "WAKE", "LAST SLEEP"], &rows));
     for h in &v.hosts {
         for bad in &h.unreadable {
             let _ = writeln!(out, "{}: unreadable key {bad}", h.name);
@@ -81,12 +83,40 @@ pub fn link_line(l: &LinkStatus) -> String {
     format!("farm: host {} at {}: {state}\n", l.host, l.endpoints)
 }
 
-/// `[farm]` in `ebb check`: one line.
+/// The host's sleep in `ebb status`.
+pub fn host_sleep_lines(h: &HostSleepView) -> String {
+    let mut out = format!("host sleep: {}: {} ({} sleeps, {} wakes)\n", h.state, h.why, h.sleeps_total, h.wakes_total);
+    if let Some((at, why)) = &h.last_sleep {
+        let _ = writeln!(out, "  last sleep {} UTC: {why}", clock(*at));
+    }
+    if let Some((at, why)) = &h.last_wake {
+        let _ = writeln!(out, "  last wake {} UTC: {why}", clock(*at));
+    }
+    out
+}
+
+/// `[farm]` in `ebb check`: what the host joins, and whether and how it sleeps.
 pub fn config_line(f: &FarmConfig) -> String {
     let host = match ebb_farm::member::host_or_hostname(f) {
         Ok(h) if f.host.is_some() => h,
         Ok(h) => format!("{h} (the hostname)"),
         Err(e) => format!("unknown ({})", e.message),
     };
-    format!("farm: host {host} joins through etcd at {}  lease {}  timeout {}\n", f.endpoints.join(", "), f.lease_ttl, f.timeout)
+    let mut out = format!("farm: host {host} joins through etcd at {}  lease {}  timeout {}\n", f.endpoints.join(", "), f.lease_ttl, f.timeout);
+    let methods = f.wake.methods();
+    let wake = if methods.is_empty() { "none".to_string() } else { methods.join(", then ") };
+    let _ = match &f.sleep {
+        None => writeln!(out, "  host sleep: off (no [farm.sleep]); wake methods: {wake}"),
+        Some(_) if methods.is_empty() => writeln!(out, "  host sleep: NEVER: no wake method is configured ([farm.wake] ipmi, redfish or mac), and a host nothing can wake is never put to sleep"),
+        Some(s) => writeln!(
+            out,
+            "  host sleep: {} after {} without an active client (awake at least {}, at most {} sleeps an hour), {}; woken by {wake}",
+            s.state.as_str(),
+            s.after,
+            s.min_awake,
+            s.max_per_hour,
+            s.command.as_ref().map_or("recorded, not run (no farm.sleep.command)".into(), |c| format!("by {}", c.join(" ")))
+        ),
+    };
+    out
 }

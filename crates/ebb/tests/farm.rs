@@ -9,6 +9,7 @@ mod common;
 use common::{wait_for, AgentProc, EBB};
 use ebb_daemon::api_types::Status;
 use ebb_lab::etcd::LocalEtcd;
+use ebb_core::farm::HostState;
 use ebb_farm::{ClientEntry, ClientKind, FarmView, LinkState, Member, Store};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -221,4 +222,118 @@ async fn a_hosts_active_clients_are_its_keys_in_etcd_while_their_timers_run() {
     let gone = until("the client's timer runs out", Duration::from_secs(6), async || store.client_count("h1").await.unwrap() == 0).await;
     assert!(counted + gone >= Duration::from_millis(2500), "gone after {:?}, before its 3 s", counted + gone);
     assert_eq!(a.status().active_clients, 0);
+}
+
+/// `[farm.sleep]` quick enough for a test, with a wake method (WoL).
+fn sleep_section(url: &str, host: &str, wake: bool) -> String {
+    let wake = if wake { "[farm.wake]\nmac = \"52:54:00:12:34:56\"\n" } else { "" };
+    format!("{}{wake}[farm.sleep]\nafter = \"2s\"\nmin_awake = \"1s\"\nmax_per_hour = 2\n", farm_section(url, host))
+}
+
+async fn state(store: &Store, host: &str) -> Option<HostState> {
+    store.state(host).await.unwrap()
+}
+
+fn host_events(a: &AgentProc) -> Vec<ebb_daemon::api_types::Event> {
+    a.events(None).into_iter().filter(|e| e.kind.starts_with("host_")).collect()
+}
+
+/// The seed's host sleep on one host: a client keeps it awake; once its
+/// timer has run out and the grace period passed, the host's VM is saved
+/// and the host's sleep recorded (no command configured), with the
+/// reason in etcd and `ebb farm`; a client's heartbeat wakes it and the VM
+/// is restored. A client that etcd holds for the host (as the gateway or
+/// another agent would put it) calls a sleep off at the shared check, and
+/// the cap on sleeps an hour keeps a host whose clients come and go from
+/// flapping.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_sleeps_when_its_clients_are_gone_and_wakes_when_one_comes() {
+    let etcd = LocalEtcd::start().await.unwrap();
+    let store = store(&etcd).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = AgentProc::start(&subdir(dir.path(), "a"), TICK, &sleep_section(etcd.url(), "h1", true));
+    until("h1 joins", Duration::from_secs(10), async || is_member(&store, "h1").await).await;
+    let beat = || assert!(a.heartbeat("kiosk-1", r#"{"vm": "test", "ttl": "3s"}"#).status.success());
+    beat();
+    let since_beat = Instant::now();
+    wait_for("the client in the status", Duration::from_secs(3), || a.status().host_sleep.filter(|h| h.why == "1 client is active"));
+
+    // Its timer (3 s) and the grace period (2 s) pass: the host sleeps.
+    until("h1 asleep in etcd", Duration::from_secs(15), async || state(&store, "h1").await == Some(HostState::Sleeping)).await;
+    assert!(since_beat.elapsed() >= Duration::from_secs(5), "slept {:?} after the client's last beat", since_beat.elapsed());
+    let h = a.status().host_sleep.unwrap();
+    assert_eq!((h.state.as_str(), h.sleeps_total), ("asleep (recorded)", 1), "{h:?}");
+    assert!(a.vm("test").unwrap().sleeping.is_some(), "the VM is saved before the host sleeps");
+    let slept = host_events(&a);
+    assert!(slept.iter().any(|e| e.kind == "host_sleep" && e.text.contains("1 VM(s) saved") && e.text.contains("recorded a host suspend")), "{slept:?}");
+    let farm = store.farm().await.unwrap();
+    let why = &farm.hosts[0].slept.as_ref().unwrap().why;
+    assert!(why.contains("no client has been active for"), "{why}");
+    let out = Command::new(EBB).args(["farm", "--etcd", etcd.url()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("sleeping") && text.contains("wol") && text.contains("no client has been active"), "{text}");
+
+    // A client comes back: the host wakes and restores its VM.
+    beat();
+    until("h1 awake in etcd", Duration::from_secs(5), async || state(&store, "h1").await == Some(HostState::Awake)).await;
+    wait_for("the VM restored", Duration::from_secs(5), || a.vm("test").filter(|v| v.sleeping.is_none()));
+    let h = a.status().host_sleep.unwrap();
+    assert_eq!((h.state.as_str(), h.wakes_total), ("awake", 1), "{h:?}");
+    assert!(h.last_wake.unwrap().1.contains("client(s) became active"));
+
+    // A client held for h1 elsewhere in the farm: the shared check calls the sleep off.
+    let entry = ClientEntry { vm: "test".into(), kind: ClientKind::Surrogate, remote: Some("10.0.0.9".into()) };
+    let held = store.put_client("h1", "gateway:10.0.0.9", &entry, Duration::from_secs(30)).await.unwrap();
+    wait_for("the sleep called off", Duration::from_secs(15), || host_events(&a).into_iter().find(|e| e.kind == "host_sleep_called_off"));
+    let off = host_events(&a).into_iter().find(|e| e.kind == "host_sleep_called_off").unwrap();
+    assert!(off.text.contains("etcd holds 1 client(s) of this host"), "{off:?}");
+    assert_eq!(state(&store, "h1").await, Some(HostState::Awake));
+    assert!(a.vm("test").unwrap().sleeping.is_none(), "nothing was saved for a sleep called off");
+
+    // Gone: the host sleeps a second time; a wake, and the cap (2 an hour) holds it awake.
+    store.revoke(held.id).await.unwrap();
+    until("h1 asleep again", Duration::from_secs(15), async || state(&store, "h1").await == Some(HostState::Sleeping)).await;
+    beat();
+    until("h1 awake again", Duration::from_secs(5), async || state(&store, "h1").await == Some(HostState::Awake)).await;
+    let capped = wait_for("the cap said", Duration::from_secs(15), || a.status().host_sleep.filter(|h| h.why.contains("max_per_hour")));
+    assert!(capped.why.contains("slept 2 times in the last hour"), "{capped:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!((state(&store, "h1").await, a.status().host_sleep.unwrap().sleeps_total), (Some(HostState::Awake), 2));
+}
+
+/// Bad input and a missing store: a host nothing can wake is never put to
+/// sleep (said by `ebb check`, the status and `ebb farm`), and with etcd
+/// away the host stays awake and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_without_a_wake_method_or_without_etcd_stays_awake_and_says_why() {
+    let mut etcd = LocalEtcd::start().await.unwrap();
+    let store = store(&etcd).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = AgentProc::start(&subdir(dir.path(), "a"), TICK, &sleep_section(etcd.url(), "h1", false));
+    let b = AgentProc::start(&subdir(dir.path(), "b"), TICK, &sleep_section(etcd.url(), "h2", true));
+    let check = common::ebb(&["check", "--config", a.config.to_str().unwrap()]);
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(check.contains("host sleep: NEVER: no wake method is configured"), "{check}");
+    let check = common::ebb(&["check", "--config", b.config.to_str().unwrap()]);
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(check.contains("host sleep: suspend after 2s without an active client") && check.contains("woken by wol"), "{check}");
+    until("both join", Duration::from_secs(10), async || is_member(&store, "h1").await && is_member(&store, "h2").await).await;
+    // No client at all: past the grace period, only h2 sleeps.
+    until("h2 asleep", Duration::from_secs(15), async || state(&store, "h2").await == Some(HostState::Sleeping)).await;
+    let h = a.status().host_sleep.unwrap();
+    assert!(h.state == "awake" && h.why.contains("no wake method") && h.why.contains("never"), "{h:?}");
+    assert_eq!(state(&store, "h1").await, Some(HostState::Awake));
+    let out = Command::new(EBB).args(["farm", "--etcd", etcd.url()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("h1") && l.contains("none (never sleeps)")), "{text}");
+
+    // etcd away: h2 woken by a client stays awake past its grace period, and says why.
+    etcd.stop();
+    assert!(b.heartbeat("kiosk", r#"{"vm": "test", "ttl": "1s"}"#).status.success());
+    let why = wait_for("h2 says why it stays awake", Duration::from_secs(15), || {
+        b.status().host_sleep.filter(|h| h.state == "awake" && h.why.contains("cannot be checked"))
+    });
+    assert!(why.why.contains("etcd"), "{why:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(b.status().host_sleep.unwrap().sleeps_total, 1, "no sleep without the shared check");
 }

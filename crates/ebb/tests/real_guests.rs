@@ -382,7 +382,7 @@ fn a_sleeping_guest_behind_the_surrogate_answers_every_client() {
     let guest_says = format!("ebb guest {name}");
 
     // Awake: the surrogate splices through to the guest.
-    let (status, body) = http_get(listen, "/", Duration::from_secs(20)).unwrap();
+    let (status, body) = http_get(listen, "/", Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}; the agent's log:\n{}", agent.log_text()));
     assert!(status.contains("200") && body.contains(&guest_says), "{status} {body}");
 
     // Asleep: the health check is answered without waking the VM.
@@ -410,8 +410,23 @@ fn a_sleeping_guest_behind_the_surrogate_answers_every_client() {
         .enumerate()
         .filter(|(i, r)| !matches!(r, Ok((s, b)) if s.contains("200") && b.contains(&format!("ebb guest {name} hit {i}\n"))))
         .collect();
-    assert!(wrong.is_empty(), "{} of {n} did not get their own answer; e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(3)]);
     let hits = g.http_get("/cgi-bin/hits").unwrap();
+    if !wrong.is_empty() {
+        // Whether the guest ever ran the unanswered requests tells a request
+        // lost on the way in from an answer lost on the way out.
+        let served: Vec<&str> = hits.lines().collect();
+        let fate: Vec<_> = wrong.iter().map(|(i, _)| (i, served.iter().position(|h| *h == i.to_string()))).collect();
+        let console = g.console_log();
+        let tail: Vec<&str> = console.lines().rev().take(30).collect();
+        eprintln!("agent log:\n{}", agent.log_text());
+        panic!(
+            "{} of {n} did not get their own answer; e.g. {:?}\n(client, its place in the guest's log of {} served): {fate:?}\nguest console, last lines:\n{}",
+            wrong.len(),
+            &wrong[..wrong.len().min(3)],
+            served.len(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
     let mut served: Vec<usize> = hits.lines().map(|l| l.parse().unwrap()).collect();
     served.sort();
     assert_eq!(served, (0..n).collect::<Vec<_>>(), "the guest served some request twice or never");

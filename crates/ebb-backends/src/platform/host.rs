@@ -2,7 +2,7 @@
 //! dangerous actions.
 
 use super::sysfs::{self, read_power_supply, read_rapl, RaplZone};
-use super::{Platform, PlatformError, UpsAddress, UpsPoller};
+use super::{HostSlept, Platform, PlatformError, UpsAddress, UpsPoller};
 use ebb_core::devices::{CpuFreq, CpuSetting, DiskSample};
 use ebb_core::power::{rapl_watts, Measured, PowerReading, Watts};
 use std::path::{Path, PathBuf};
@@ -19,6 +19,8 @@ pub struct HostPlatform {
     pub sysfs: PathBuf,
     /// The command that powers the host down; None: recorded, not run.
     pub power_off_command: Option<Vec<String>>,
+    /// The command that puts the host to sleep (`[farm.sleep] command`); None: recorded, not run.
+    pub sleep_command: Option<Vec<String>>,
     /// The command that puts a disk in standby, given `/dev/NAME` after its
     /// arguments (`hdparm -y`); None: recorded, not run.
     pub disk_standby_command: Option<Vec<String>>,
@@ -38,11 +40,13 @@ impl HostPlatform {
         ups: Option<UpsAddress>,
         power_off_command: Option<Vec<String>>,
         disk_standby_command: Option<Vec<String>>,
+        sleep_command: Option<Vec<String>>,
     ) -> HostPlatform {
         HostPlatform {
             ups: ups.map(UpsPoller::new),
             sysfs,
             power_off_command,
+            sleep_command,
             disk_standby_command,
             recorded: Arc::default(),
             rapl_last: None,
@@ -98,6 +102,18 @@ impl Platform for HostPlatform {
         Ok(done)
     }
 
+    fn sleep_host(&mut self, state: &str) -> Result<HostSlept, PlatformError> {
+        let done = match &self.sleep_command {
+            None => HostSlept::Recorded(format!("recorded a host {state} (no farm.sleep.command is configured, so the host stays up)")),
+            Some(cmd) => HostSlept::Resumed(run("host sleep", cmd)?),
+        };
+        let text = match &done {
+            HostSlept::Resumed(t) | HostSlept::Recorded(t) => t.clone(),
+        };
+        self.recorded.lock().expect("recorded").push(text);
+        Ok(done)
+    }
+
     fn cpufreq(&mut self) -> Result<Vec<CpuFreq>, PlatformError> {
         sysfs::read_cpufreq(&self.sysfs)
     }
@@ -147,7 +163,7 @@ mod tests {
     use super::*;
 
     fn host(sysfs: &Path) -> HostPlatform {
-        HostPlatform::new(sysfs.to_owned(), None, None, None)
+        HostPlatform::new(sysfs.to_owned(), None, None, None, None)
     }
 
     #[test]
@@ -211,6 +227,16 @@ mod tests {
         std::fs::write(t.path().join("class/powercap/intel-rapl:0/energy_uj"), "garbage").unwrap();
         let e = p.measured().unwrap_err().to_string();
         assert!(e.contains("intel-rapl:0/energy_uj") && e.contains("garbage"), "{e}");
+    }
+
+    #[test]
+    fn host_sleep_runs_only_a_configured_command_and_says_which() {
+        let mut p = host(Path::new("/nonexistent"));
+        assert!(matches!(p.sleep_host("suspend"), Ok(HostSlept::Recorded(t)) if t.contains("recorded a host suspend")));
+        p.sleep_command = Some(vec!["true".into()]);
+        assert_eq!(p.sleep_host("suspend").unwrap(), HostSlept::Resumed("ran true".into()));
+        p.sleep_command = Some(vec!["false".into()]);
+        assert!(matches!(p.sleep_host("suspend"), Err(PlatformError::Command { .. })));
     }
 
     #[test]

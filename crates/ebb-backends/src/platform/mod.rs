@@ -22,12 +22,26 @@ pub use host::HostPlatform;
 pub use sysfs::{read_power_supply, read_rapl, RaplZone};
 pub use ups::{UpsAddress, UpsPoller};
 
+/// What `Platform::sleep_host` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostSlept {
+    /// The command ran and returned: the host slept and is back.
+    Resumed(String),
+    /// No command is configured: the sleep is recorded, the host stays up.
+    Recorded(String),
+}
+
 pub trait Platform: Send {
     /// Where the host's power comes from now; None when no source is
     /// configured and sysfs shows no power supply.
     fn power(&mut self) -> Result<Option<PowerReading>, PlatformError>;
     /// Powers the host down. Returns what was done, in words.
     fn power_off(&mut self) -> Result<String, PlatformError>;
+    /// Puts the host in its low-power state (`state` names it in words).
+    /// Returns what was done: a command that ran returns once the host is
+    /// back (a suspend) or never (a power-off); without a command the
+    /// sleep is only recorded.
+    fn sleep_host(&mut self, state: &str) -> Result<HostSlept, PlatformError>;
     /// Every online CPU's frequency scaling.
     fn cpufreq(&mut self) -> Result<Vec<CpuFreq>, PlatformError>;
     /// Writes one CPU's governor and/or frequency cap.

@@ -139,7 +139,8 @@ pub(super) fn reason_text(w: &Work, target: Bytes, rule: Rule, pool: Bytes, step
         | Rule::Critical
         | Rule::Restore
         | Rule::Power
-        | Rule::Affinity => format!(
+        | Rule::Affinity
+        | Rule::HostSleep => format!(
             "hold at {target}: idle-taxed entitlement is now {} (guest uses {} of {c}), so the last target no longer applies",
             w.entitlement, w.used
         ),

@@ -94,6 +94,7 @@ impl Agent {
             ups,
             cfg.power.power_off_command.clone(),
             cfg.power.devices.disk_standby_command.clone(),
+            cfg.farm.as_ref().and_then(|f| f.sleep.as_ref()?.command.clone()),
         ));
         let mut devices = DevicePolicy::new();
         match journal.cpu_changes() {
@@ -168,6 +169,7 @@ impl Agent {
             journal: writer,
             farm: None,
             farm_clients: watch::channel(ebb_farm::ActiveClients::new()).0,
+            host: host_sleep::HostSleep::new(&cfg, started_at),
             cfg,
         };
         let status = agent.status(None, None, 0.0);

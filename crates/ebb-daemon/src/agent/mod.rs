@@ -16,6 +16,7 @@ mod act;
 mod publish;
 mod decide;
 mod clients;
+mod host_sleep;
 
 use observe::CpuReadings;
 use decide::Decisions;
@@ -111,6 +112,8 @@ pub struct Agent {
     farm: Option<watch::Receiver<ebb_farm::LinkStatus>>,
     /// The active clients as the farm link keeps them in etcd.
     farm_clients: watch::Sender<ebb_farm::ActiveClients>,
+    /// The host's own sleep in the farm (`[farm.sleep]`).
+    host: host_sleep::HostSleep,
 }
 
 /// The hypervisor connection, and how to make it again.
@@ -210,9 +213,11 @@ struct Counters {
 pub type NewAgent = (Agent, watch::Receiver<Arc<Snapshot>>, mpsc::Sender<Command>);
 
 impl Agent {
-    /// Shows the farm link's state in the status from now on.
-    pub fn show_farm_link(&mut self, link: watch::Receiver<ebb_farm::LinkStatus>) {
-        self.farm = Some(link);
+    /// The farm link from now on: its state in the status, and its
+    /// requests for the host's sleep.
+    pub fn use_farm_link(&mut self, link: &ebb_farm::MemberLink) {
+        self.farm = Some(link.status());
+        self.host.use_link(link.requests());
     }
 
     /// The host's active clients as they change, for the farm link to keep in etcd.
@@ -234,6 +239,7 @@ impl Agent {
                     Some(cmd) = self.commands.recv() => self.command(cmd).await,
                     Some(ev) = self.surrogate_events.recv() => self.surrogate_event(ev).await,
                     Some(ev) = self.consoles.1.recv() => self.console_event(ev),
+                    Some((answer, why)) = self.host.answer() => self.host_sleep_answer(answer, why).await,
                     _ = &mut shutdown => break 'ticks,
                 }
             }
@@ -271,6 +277,7 @@ impl Agent {
         self.power_tick(&obs, at).await;
         self.devices_tick(&obs, at).await;
         self.expire_clients(at);
+        self.host_sleep_tick(&obs, at).await;
         self.publish(Some(&obs), Some((&d.memory, &d.idle, d.realloc.as_ref())), started, at);
         self.vms.in_flight = d.memory.views.iter().filter(|v| v.skipped.is_none() && v.target.is_some() && v.target != v.actual).map(|v| v.vm.clone()).collect();
         self.cfg.memory.enabled && !self.vms.in_flight.is_empty()

@@ -133,6 +133,7 @@ impl Agent {
                 devices: self.devices.view.clone(),
             }),
             farm: self.farm.as_ref().map(|link| link.borrow().clone()),
+            host_sleep: self.host.view(),
         }
     }
 }
@@ -166,5 +167,6 @@ pub(super) fn placeholder_status() -> Status {
         journal_trouble: None,
         power: None,
         farm: None,
+        host_sleep: None,
     }
 }

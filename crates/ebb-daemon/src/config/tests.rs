@@ -390,6 +390,13 @@ fn the_farm_section_is_optional_and_checked_and_the_example_holds_its_defaults()
     assert_eq!(f.endpoints.len(), 3);
     let d = Config::parse("[farm]\nendpoints = [\"http://10.0.0.5:2379\"]\n").unwrap().farm.unwrap();
     assert_eq!((f.lease_ttl, f.timeout), (d.lease_ttl, d.timeout));
+    // [farm.sleep]'s defaults are the example's.
+    let example_sleep = f.sleep.clone().unwrap();
+    let default_sleep = Config::parse("[farm]\nendpoints = [\"http://a:1\"]\n[farm.sleep]\n").unwrap().farm.unwrap().sleep.unwrap();
+    assert_eq!((example_sleep.after, example_sleep.min_awake, example_sleep.max_per_hour, example_sleep.state), (default_sleep.after, default_sleep.min_awake, default_sleep.max_per_hour, default_sleep.state));
+    assert_eq!(f.wake.methods(), ["ipmi", "redfish", "wol"]);
+    let e = Config::parse("[farm]\nendpoints = [\"http://a:1\"]\n[farm.wake]\nmac = \"52:54\"\n").unwrap_err().to_string();
+    assert!(e.starts_with("line 4: farm.wake.mac = \"52:54\" is not a MAC address"), "{e}");
     assert_eq!((d.host, d.lease_ttl.to_string(), d.timeout.to_string()), (None, "10s".into(), "2s".into()));
     let e = Config::parse("[farm]\nendpoints = [\"http://a:1\"]\nlease_ttl = \"1s\"\n").unwrap_err().to_string();
     assert!(e.starts_with("line 3: farm.lease_ttl = 1s is not a lease etcd grants"), "{e}");

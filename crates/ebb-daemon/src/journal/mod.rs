@@ -116,6 +116,10 @@ pub enum Kind {
     CpufreqFailed,
     DiskStandby,
     DiskFailed,
+    // The farm: the host's own sleep and wake.
+    HostSleep,
+    HostSleepCalledOff,
+    HostWake,
 }
 
 impl Kind {
@@ -169,6 +173,9 @@ impl Kind {
             CpufreqFailed => "cpufreq_failed",
             DiskStandby => "disk_standby",
             DiskFailed => "disk_failed",
+            HostSleep => "host_sleep",
+            HostSleepCalledOff => "host_sleep_called_off",
+            HostWake => "host_wake",
         }
     }
 }
