@@ -3,6 +3,7 @@
 
 mod cli;
 mod farm;
+mod sim;
 
 use clap::{Parser, Subcommand};
 use ebb_daemon::client::Client;
@@ -122,6 +123,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Simulate a day of a data centre from VM CPU traces (PlanetLab, CloudSim 3.0.3's model) under a consolidation policy: energy, SLA violations, migrations, a plot.
+    Sim(sim::SimArgs),
     #[cfg(feature = "lab")]
     /// Live demo on three real guests: memory moves from idle guests to a busy one.
     Demo(ebb_lab::demo::DemoArgs),
@@ -212,6 +215,7 @@ async fn dispatch(args: Args) -> Result<(), String> {
         }
         Command::Coord { config, etcd, name } => farm::coord(farm::settings(&config, etcd)?, name).await,
         Command::Farm { config, etcd, json } => print_or_json(json, &farm::view(&farm::settings(&config, etcd)?).await?, farm::farm_text),
+        Command::Sim(a) => sim::run(a),
         #[cfg(feature = "lab")]
         Command::Demo(a) => ebb_lab::demo::run(a).await,
         #[cfg(feature = "lab")]

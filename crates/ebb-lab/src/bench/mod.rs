@@ -4,7 +4,8 @@
 //!
 //! One file per benchmark: `overhead`, `reclaim`, `burst`, `power`, `realloc`,
 //! `surrogate` (wake latency, a crowd at a sleeping VM) with `awake` (the
-//! awake paths' cost), and `net_crowd` (a crowd on the lab's network).
+//! awake paths' cost), `net_crowd` (a crowd on the lab's network), and `sim`
+//! (`ebb sim` on the PlanetLab days against CloudSim's figures).
 
 mod awake;
 mod burst;
@@ -13,6 +14,7 @@ mod overhead;
 mod power;
 mod realloc;
 mod reclaim;
+mod sim;
 mod surrogate;
 
 use std::path::Path;
@@ -83,6 +85,18 @@ pub enum BenchCommand {
         #[arg(long, default_value = "qemu:///system")]
         uri: String,
     },
+    /// `ebb sim` on each PlanetLab day with each policy, one process per
+    /// run: energy, SLAV and migrations against CloudSim 3.0.3's, and wall
+    /// time and peak memory against CloudSim's on this kind of machine.
+    Sim {
+        /// The folder of day folders.
+        #[arg(long, default_value = "../shared/planetlab")]
+        traces: std::path::PathBuf,
+        #[arg(long, value_delimiter = ',', default_value = "20110303,20110306,20110309,20110322,20110325")]
+        days: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_value = "npa,dvfs,thr-mmt-0.8,lr-mmt-1.2")]
+        policies: Vec<String>,
+    },
 }
 
 pub async fn run(cmd: BenchCommand) -> Result<(), String> {
@@ -92,6 +106,7 @@ pub async fn run(cmd: BenchCommand) -> Result<(), String> {
         BenchCommand::Burst { uri } => burst::burst(&uri).await,
         BenchCommand::Realloc { uri, seconds } => realloc::realloc(&uri, seconds).await,
         BenchCommand::Power { uri, rounds } => power::power(&uri, rounds).await,
+        BenchCommand::Sim { traces, days, policies } => sim::sim(&traces, &days, &policies),
         BenchCommand::Surrogate { uri, rounds, crowd } => {
             surrogate::surrogate(&uri, rounds).await?;
             match crowd {
