@@ -13,9 +13,11 @@ set -eu
 # etcd-server, etcd-client: the farm's store (the farm tests start their own etcd on loopback);
 # protobuf-compiler, libprotobuf-dev: protoc and its well-known protos, which the etcd-client
 # crate's build needs (protoc alone fails on google/protobuf/descriptor.proto).
+# ipmitool: the coordinator wakes a host by IPMI with it; python3-venv and python3-libvirt: the
+# venv of the BMC emulators the wake tests run (virtualbmc for IPMI, sushy-tools for Redfish).
 PACKAGES="qemu-system-x86 qemu-utils qemu-guest-agent nut-server nut-client libvirt-daemon-system libvirt-clients libvirt-dev \
 busybox-static linux-image-amd64 cpio zstd kmod pkg-config sqlite3 curl nftables apache2-utils iproute2 util-linux libnss3-tools \
-etcd-server etcd-client protobuf-compiler libprotobuf-dev"
+etcd-server etcd-client protobuf-compiler libprotobuf-dev ipmitool python3-venv python3-libvirt"
 URI="qemu:///system"
 
 step() { printf 'setup-host: %s\n' "$*"; }
@@ -61,6 +63,20 @@ until virsh -c "$URI" version >/dev/null 2>&1; do
     sleep 0.5
 done
 step "libvirt at $URI answers: $(virsh -c "$URI" version 2>/dev/null | grep -i 'running hypervisor' | sed 's/^ *//')"
+
+# The BMC emulators of the wake tests, from PyPI (Debian has neither) in a venv on Debian's
+# python3, whose site packages give them python3-libvirt (a pip-built libvirt-python would
+# need libvirt-dev and a compiler). Checked by running them, so a broken venv is remade.
+BMC_VENV=/var/lib/ebb-lab/bmc-venv
+if "$BMC_VENV/bin/vbmc" --version >/dev/null 2>&1 && "$BMC_VENV/bin/sushy-emulator" --help >/dev/null 2>&1; then
+    step "BMC emulators already in $BMC_VENV"
+else
+    step "installing virtualbmc and sushy-tools into $BMC_VENV"
+    rm -rf "$BMC_VENV"; mkdir -p "$(dirname "$BMC_VENV")"
+    /usr/bin/python3 -m venv --system-site-packages "$BMC_VENV" || die "cannot make the venv $BMC_VENV (python3-venv)"
+    "$BMC_VENV/bin/pip" install -q --disable-pip-version-check virtualbmc sushy-tools >/dev/null \
+        || die "pip install virtualbmc sushy-tools failed (PyPI reachable?)"
+fi
 
 # ebb itself is built from source: a Rust toolchain must be there already.
 command -v cargo >/dev/null || die "cargo is missing: install a Rust toolchain (rustup, Rust ≥ 1.85) first"

@@ -13,6 +13,7 @@ pub mod member;
 mod mirror;
 mod store;
 mod view;
+pub mod wake;
 
 pub use error::FarmError;
 pub use member::{LinkRequests, LinkState, LinkStatus, MemberLink, MemberSettings};
