@@ -38,6 +38,33 @@ pub struct FarmConfig {
     /// `[farm.sleep]`: when the host sleeps; absent, it never does.
     #[serde(default)]
     pub sleep: Option<HostSleepConfig>,
+    /// The coordinator sends a wake again when the host has not said it is
+    /// awake this long after the last send…
+    #[serde(default = "default_wake_resend")]
+    pub wake_resend: Span,
+    /// …and gives up this long after the first: the host is marked
+    /// `wake-failed` and its waiting clients refused.
+    #[serde(default = "default_wake_give_up")]
+    pub wake_give_up: Span,
+    /// The coordinator's BMC login for IPMI and Redfish (the same on every
+    /// host), and the file that holds its password (kept out of the config
+    /// and of etcd).
+    #[serde(default)]
+    pub bmc_user: Option<String>,
+    #[serde(default)]
+    pub bmc_password_file: Option<std::path::PathBuf>,
+    /// Redfish over https: accept the BMC's certificate unchecked (most
+    /// ship a self-signed one). Off: it must chain to a CA in /etc/ssl/certs.
+    #[serde(default)]
+    pub bmc_insecure_tls: bool,
+}
+
+fn default_wake_resend() -> Span {
+    Span::from_secs(30)
+}
+
+fn default_wake_give_up() -> Span {
+    Span::from_secs(300)
 }
 
 fn default_lease_ttl() -> Span {
@@ -51,7 +78,19 @@ fn default_timeout() -> Span {
 impl FarmConfig {
     /// The section with only its endpoints given: every other field its default.
     pub fn with_endpoints(endpoints: Vec<String>) -> FarmConfig {
-        FarmConfig { endpoints, host: None, lease_ttl: default_lease_ttl(), timeout: default_timeout(), wake: WakeSettings::default(), sleep: None }
+        FarmConfig {
+            endpoints,
+            host: None,
+            lease_ttl: default_lease_ttl(),
+            timeout: default_timeout(),
+            wake: WakeSettings::default(),
+            sleep: None,
+            wake_resend: default_wake_resend(),
+            wake_give_up: default_wake_give_up(),
+            bmc_user: None,
+            bmc_password_file: None,
+            bmc_insecure_tls: false,
+        }
     }
 
     /// The section's rules; the error names the field.
@@ -79,10 +118,24 @@ impl FarmConfig {
             ));
         }
         self.wake.validate()?;
+        if self.wake_give_up <= self.wake_resend {
+            return Err(FieldError::new(
+                "farm.wake_give_up",
+                format!("farm.wake_give_up ({}) must be longer than farm.wake_resend ({}): a wake is given up only after it was sent again", self.wake_give_up, self.wake_resend),
+            ));
+        }
+        if self.bmc_user.is_some() != self.bmc_password_file.is_some() {
+            return Err(FieldError::new("farm.bmc_user", "farm.bmc_user and farm.bmc_password_file go together: IPMI and Redfish need both"));
+        }
         if let Some(sleep) = &self.sleep {
             sleep.validate()?;
         }
         Ok(())
+    }
+
+    /// The coordinator's wake timing.
+    pub fn wake_timing(&self) -> crate::host_wake::WakeTiming {
+        crate::host_wake::WakeTiming { resend: self.wake_resend, give_up: self.wake_give_up }
     }
 
     /// The lease TTL in etcd's unit.

@@ -30,6 +30,7 @@ pub mod memory;
 pub mod devices;
 pub mod farm;
 pub mod host_sleep;
+pub mod host_wake;
 pub mod human;
 pub mod model;
 pub mod needs;

@@ -45,6 +45,7 @@ pub fn router(state: ApiState) -> Router {
         .route(routes::VMS, get(vms))
         .route(routes::VM, get(vm))
         .route(routes::EXPLAIN, get(explain_vm))
+        .route(routes::EXPLAIN_HOST, get(explain_host))
         .route(routes::SLEEP, post(sleep_vm))
         .route(routes::WAKE, post(wake_vm))
         .route(routes::CRITICAL, post(critical_vm))
@@ -237,6 +238,15 @@ async fn explain_vm(State(s): State<ApiState>, UrlPath(name): UrlPath<String>) -
     }
     let summary = explain::summarize(&name, now.as_ref(), &events);
     Ok(Json(Explain { vm: name, now, summary, events }))
+}
+
+/// The host's own sleep in the farm: where it stands, and its last sleeps and wakes.
+async fn explain_host(State(s): State<ApiState>) -> ApiResult<Json<Explain>> {
+    let status = s.snapshot.borrow().status.clone();
+    let events = read_journal(&s.journal, None, 500).await?;
+    let events: Vec<Event> = events.into_iter().filter(|e| e.kind.starts_with("host_")).take(20).collect();
+    let summary = explain::host(&status);
+    Ok(Json(Explain { vm: "the host".into(), now: None, summary, events }))
 }
 
 /// Sends a command to the agent and waits for its answer; a refusal or a

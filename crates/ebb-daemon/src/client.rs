@@ -107,6 +107,10 @@ impl Client {
         self.get(&fill(routes::EXPLAIN, &[name])).await
     }
 
+    pub async fn explain_host(&self) -> Result<Explain, ClientError> {
+        self.get(routes::EXPLAIN_HOST).await
+    }
+
     pub async fn needs(&self, name: &str) -> Result<Needs, ClientError> {
         self.get(&fill(routes::NEEDS, &[name])).await
     }

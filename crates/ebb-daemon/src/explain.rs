@@ -3,6 +3,24 @@
 use crate::api_types::{Event, VmInfo};
 use ebb_core::affinity::describe;
 
+/// The host's sleep in the farm, in sentences.
+pub fn host(status: &crate::api_types::Status) -> Vec<String> {
+    let Some(h) = &status.host_sleep else {
+        let why = if status.farm.is_some() { "no [farm.sleep] is configured" } else { "it is in no farm ([farm] is not configured)" };
+        return vec![format!("This host never sleeps for want of clients: {why}.")];
+    };
+    let mut out = vec![format!("The host is {}: {}.", h.state, h.why.trim_end_matches('.'))];
+    let n = status.active_clients;
+    out.push(format!("{n} client{} of its VMs {} active here (`ebb clients`).", if n == 1 { "" } else { "s" }, if n == 1 { "is" } else { "are" }));
+    if let Some((at, why)) = &h.last_sleep {
+        out.push(format!("It last slept at {} UTC: {why}.", crate::words::clock(*at)));
+    }
+    if let Some((at, why)) = &h.last_wake {
+        out.push(format!("It last woke at {} UTC: {why}.", crate::words::clock(*at)));
+    }
+    out
+}
+
 pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<String> {
     let mut out = Vec::new();
     let Some(vm) = now else {

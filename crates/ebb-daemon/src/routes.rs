@@ -5,6 +5,8 @@ pub const STATUS: &str = "/v1/status";
 pub const VMS: &str = "/v1/vms";
 pub const VM: &str = "/v1/vms/{name}";
 pub const EXPLAIN: &str = "/v1/vms/{name}/explain";
+/// Why the host sleeps or what keeps it awake (the farm).
+pub const EXPLAIN_HOST: &str = "/v1/host/explain";
 pub const SLEEP: &str = "/v1/vms/{name}/sleep";
 pub const WAKE: &str = "/v1/vms/{name}/wake";
 pub const CRITICAL: &str = "/v1/vms/{name}/critical/{on}";

@@ -2,25 +2,37 @@
 //! election on a lease each keeps alive; the one elected leads until its
 //! lease is lost (its process killed: the next one leads within the TTL;
 //! stopped cleanly: at once, the lease revoked). The leader watches the
-//! hosts and logs each change in their membership, state and active
-//! clients. Waking hosts and the gateway come next (issue 11).
+//! hosts, logs each change in their membership, state and active clients,
+//! and wakes a sleeping host whose clients wait for it
+//! (`ebb_core::host_wake`). The gateway comes next (issue 11).
 
 use crate::error::FarmError;
 use crate::member::backoff;
 use crate::store::{Lease, Store};
-use crate::view::HostView;
+use crate::view::{HostView, Slept, Woke};
+use ebb_core::farm::WakeSettings;
+use ebb_core::host_wake::{self, WakeFacts, WakeRecord, WakeStep, WakeTiming};
+use ebb_core::Millis;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
 
-#[derive(Debug, Clone)]
+/// Sends one wake to a host by its methods, in order, until one is taken:
+/// Ok(which, and what it did, in words), or why none was.
+pub type SendWake = Arc<dyn Fn(String, WakeSettings) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
+
+#[derive(Clone)]
 pub struct CoordSettings {
     pub endpoints: Vec<String>,
     /// This replica's name, the election's value (`ebb farm` shows it).
     pub name: String,
     pub lease_ttl: Duration,
     pub timeout: Duration,
+    pub wake_timing: WakeTiming,
+    pub send_wake: SendWake,
 }
 
 /// Runs the replica until `shutdown` resolves; etcd going away is waited
@@ -39,7 +51,7 @@ pub async fn run(s: CoordSettings, shutdown: impl Future<Output = ()>) {
                     attempts = 0;
                     let error = tokio::select! {
                         e = keep_alive(&store, lease) => e,
-                        e = lead(&store, &s.name, lease) => e,
+                        e = lead(&store, &s, lease) => e,
                         _ = &mut shutdown => {
                             // The lease's end ends the leadership: the next replica leads now.
                             if let Err(e) = store.revoke(lease.id).await {
@@ -82,8 +94,14 @@ async fn keep_alive(store: &Store, lease: Lease) -> FarmError {
     }
 }
 
-/// Campaigns, then, once elected, watches the hosts; returns only on an error.
-async fn lead(store: &Store, name: &str, lease: Lease) -> FarmError {
+/// How often the leader looks at wakes under way (resends, deadlines)
+/// when no host changes.
+const WAKE_LOOK: Duration = Duration::from_secs(1);
+
+/// Campaigns, then, once elected, watches the hosts and wakes them;
+/// returns only on an error.
+async fn lead(store: &Store, s: &CoordSettings, lease: Lease) -> FarmError {
+    let name = s.name.as_str();
     info!("coord {name}: campaigning");
     if let Err(e) = store.campaign(name, lease.id).await {
         return e;
@@ -95,21 +113,98 @@ async fn lead(store: &Store, name: &str, lease: Lease) -> FarmError {
         Err(e) => return e,
     };
     log_changes(name, &view.hosts, &mut said);
+    // The method each host's last send was taken by, for its `woke` record.
+    let taken: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    if let Err(e) = wake_hosts(store, s, &view.hosts, &taken).await {
+        return e;
+    }
     let mut watch = match store.watch_hosts(view.revision + 1).await {
         Ok(w) => w,
         Err(e) => return e,
     };
     loop {
-        if let Err(e) = watch.changes().await {
-            return e;
+        tokio::select! {
+            changed = watch.changes() => if let Err(e) = changed { return e },
+            _ = tokio::time::sleep(WAKE_LOOK) => {}
         }
         // A change is re-read whole: the count of a host's clients is the
         // number of its keys, and one read keeps the view at one revision.
-        match store.farm().await {
-            Ok(v) => log_changes(name, &v.hosts, &mut said),
+        let hosts = match store.farm().await {
+            Ok(v) => v.hosts,
             Err(e) => return e,
+        };
+        log_changes(name, &hosts, &mut said);
+        if let Err(e) = wake_hosts(store, s, &hosts, &taken).await {
+            return e;
         }
     }
+}
+
+fn now() -> Millis {
+    Millis(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64)
+}
+
+/// Takes each host's next wake step (`ebb_core::host_wake`). The sends run
+/// beside the leader (a BMC may take seconds); each is recorded in etcd
+/// before it is made, so a leader that dies mid-wake leaves a record the
+/// next one carries on from, and the host is woken once.
+async fn wake_hosts(store: &Store, s: &CoordSettings, hosts: &[HostView], taken: &Arc<Mutex<BTreeMap<String, String>>>) -> Result<(), FarmError> {
+    let name = s.name.as_str();
+    for h in hosts {
+        let at = now();
+        let settings = h.wake.clone().unwrap_or_default();
+        let clients: Vec<&str> = h.clients.keys().map(String::as_str).collect();
+        let confirmed = h.waking.as_ref().and_then(|r| host_wake::confirmed(r, h.state, h.member.as_ref().map(|m| m.since), at));
+        let step = confirmed.unwrap_or_else(|| {
+            host_wake::step(s.wake_timing, &WakeFacts { now: at, state: h.state, clients, has_method: !settings.methods().is_empty(), record: h.waking.as_ref() })
+        });
+        match step {
+            WakeStep::Nothing => {}
+            WakeStep::Begin { why } => {
+                let record = WakeRecord { started: at, why: why.clone(), sends: 0, last_send: None };
+                if store.begin_wake(&h.name, &record).await? {
+                    info!("coord {name}: waking host {}: {why}", h.name);
+                    send(store, s, &h.name, settings, record, taken).await?;
+                }
+            }
+            WakeStep::Send => {
+                let record = h.waking.clone().unwrap_or(WakeRecord { started: at, why: "a wake was under way".into(), sends: 0, last_send: None });
+                send(store, s, &h.name, settings, record, taken).await?;
+            }
+            WakeStep::Confirmed { took } => {
+                let record = h.waking.as_ref().expect("confirmed from a record");
+                let by = taken.lock().expect("taken").remove(&h.name).unwrap_or_else(|| "a send of an earlier leader".into());
+                info!("coord {name}: host {} is awake, {took} after the first send ({by})", h.name);
+                store.wake_done(&h.name, &Woke { at, took_ms: took.as_millis(), by, why: record.why.clone() }).await?;
+            }
+            WakeStep::Fail { why } => {
+                if store.wake_failed(&h.name, &Slept { at, why: why.clone() }).await? {
+                    warn!("coord {name}: host {} could not be woken: {why}; it is marked wake-failed and not put to sleep again", h.name);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Records the next send in etcd, then makes it beside the leader.
+async fn send(store: &Store, s: &CoordSettings, host: &str, settings: WakeSettings, mut record: WakeRecord, taken: &Arc<Mutex<BTreeMap<String, String>>>) -> Result<(), FarmError> {
+    record.sends += 1;
+    record.last_send = Some(now());
+    if !store.record_send(host, &record).await? {
+        return Ok(());
+    }
+    let (name, host, send, taken) = (s.name.clone(), host.to_string(), s.send_wake.clone(), taken.clone());
+    tokio::spawn(async move {
+        match send(host.clone(), settings).await {
+            Ok(by) => {
+                info!("coord {name}: wake {} sent to host {host}: {by}", record.sends);
+                taken.lock().expect("taken").insert(host, by);
+            }
+            Err(why) => warn!("coord {name}: wake {} to host {host} not taken: {why}", record.sends),
+        }
+    });
+    Ok(())
 }
 
 /// One line per host, logged when it differs from the last one said.
@@ -131,7 +226,8 @@ pub fn summary(h: &HostView) -> String {
     let member = if h.member.is_some() { "member" } else { "not a member (no agent)" };
     let state = h.state.map_or("no state", |s| s.as_str());
     let n = h.clients.len();
-    format!("{member}, {state}, {n} active client{}", if n == 1 { "" } else { "s" })
+    let marked = h.wake_failed.as_ref().map_or(String::new(), |m| format!(" (could not be woken: {})", m.why));
+    format!("{member}, {state}, {n} active client{}{marked}", if n == 1 { "" } else { "s" })
 }
 
 #[cfg(test)]

@@ -5,6 +5,9 @@
 //!   sleeping host has no agent to keep one);
 //! - `hosts/{h}/wake`: how to wake the host;
 //! - `hosts/{h}/slept`: its last sleep, when and why;
+//! - `hosts/{h}/waking`: a wake under way (the coordinator's record of it);
+//! - `hosts/{h}/woke`: its last wake by the coordinator, how and how long it took;
+//! - `hosts/{h}/wake_failed`: set when the farm could not wake it: not put to sleep again;
 //! - `hosts/{h}/clients/{client}`: one key per active client, on a lease whose TTL is the
 //!   client's timeout (the seed's timer; the seed's count is the number of keys);
 //! - `coordinator`: the election's name.
@@ -17,6 +20,11 @@ pub const PREFIX: &str = "/ebb/v1/";
 
 pub fn hosts() -> String {
     format!("{PREFIX}hosts/")
+}
+
+/// Every key of one host ends up under this.
+pub fn host(host: &str) -> String {
+    format!("{PREFIX}hosts/{host}/")
 }
 
 pub fn member(host: &str) -> String {
@@ -33,6 +41,18 @@ pub fn wake(host: &str) -> String {
 
 pub fn slept(host: &str) -> String {
     format!("{PREFIX}hosts/{host}/slept")
+}
+
+pub fn waking(host: &str) -> String {
+    format!("{PREFIX}hosts/{host}/waking")
+}
+
+pub fn woke(host: &str) -> String {
+    format!("{PREFIX}hosts/{host}/woke")
+}
+
+pub fn wake_failed(host: &str) -> String {
+    format!("{PREFIX}hosts/{host}/wake_failed")
 }
 
 pub fn clients(host: &str) -> String {
@@ -54,6 +74,9 @@ pub enum HostKey<'a> {
     State(&'a str),
     Wake(&'a str),
     Slept(&'a str),
+    Waking(&'a str),
+    Woke(&'a str),
+    WakeFailed(&'a str),
     Client { host: &'a str, client: &'a str },
 }
 
@@ -70,6 +93,9 @@ pub fn parse(key: &str) -> Option<HostKey<'_>> {
         "state" => Some(HostKey::State(host)),
         "wake" => Some(HostKey::Wake(host)),
         "slept" => Some(HostKey::Slept(host)),
+        "waking" => Some(HostKey::Waking(host)),
+        "woke" => Some(HostKey::Woke(host)),
+        "wake_failed" => Some(HostKey::WakeFailed(host)),
         _ => {
             let client = part.strip_prefix("clients/")?;
             (!client.is_empty() && !client.contains('/')).then_some(HostKey::Client { host, client })
@@ -95,6 +121,9 @@ mod tests {
         assert_eq!(parse(&state("h1")), Some(HostKey::State("h1")));
         assert_eq!(parse(&wake("h-2.example")), Some(HostKey::Wake("h-2.example")));
         assert_eq!(parse(&slept("h1")), Some(HostKey::Slept("h1")));
+        assert_eq!(parse(&waking("h1")), Some(HostKey::Waking("h1")));
+        assert_eq!(parse(&woke("h1")), Some(HostKey::Woke("h1")));
+        assert_eq!(parse(&wake_failed("h1")), Some(HostKey::WakeFailed("h1")));
         assert_eq!(parse(&client("h1", "alice@10.0.0.9")), Some(HostKey::Client { host: "h1", client: "alice@10.0.0.9" }));
         assert!(client("h1", "c").starts_with(&clients("h1")));
         assert!(member("h1").starts_with(&hosts()));

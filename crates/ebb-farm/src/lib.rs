@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod coord;
+pub mod gateway;
 mod error;
 pub mod keys;
 pub mod member;
@@ -20,6 +21,6 @@ pub use member::{LinkRequests, LinkState, LinkStatus, MemberLink, MemberSettings
 pub use mirror::ActiveClients;
 pub use store::{Change, Drain, HostWatch, Lease, Store};
 pub use ebb_core::farm::WakeSettings;
-pub use view::{ClientEntry, FarmView, HostView, Member, Slept};
+pub use view::{ClientEntry, FarmView, HostView, Member, Slept, Woke};
 /// How a client was seen active: the agent's own kinds.
 pub use ebb_core::clients::ClientKind;

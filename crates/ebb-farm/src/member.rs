@@ -6,7 +6,7 @@
 use crate::error::FarmError;
 use crate::mirror::{self, ActiveClients};
 use crate::store::{Drain, Lease, Store};
-use crate::view::{Member, Slept};
+use crate::view::{HostView, Member, Slept};
 use ebb_core::farm::{host_name, FarmConfig, HostState, WakeSettings};
 use ebb_core::human::FieldError;
 use ebb_core::Millis;
@@ -81,6 +81,8 @@ pub enum LinkState {
 /// The running link; `leave` ends it.
 pub struct MemberLink {
     status: watch::Receiver<LinkStatus>,
+    /// The host's own keys as etcd has them, while a member.
+    host: watch::Receiver<Option<HostView>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     timeout: Duration,
@@ -158,8 +160,15 @@ impl MemberLink {
         let timeout = s.timeout;
         let (requests_tx, requests_rx) = mpsc::channel(8);
         let requests = LinkRequests { tx: requests_tx, host: s.host.clone(), timeout };
-        let task = tokio::spawn(keep_joined(s, tx, stopped, clients, requests_rx));
-        MemberLink { status, stop, task, timeout, requests }
+        let (host_tx, host) = watch::channel(None);
+        let task = tokio::spawn(keep_joined(s, tx, stopped, clients, requests_rx, host_tx));
+        MemberLink { status, host, stop, task, timeout, requests }
+    }
+
+    /// The host's own keys (its state, the farm's marks on it) as they
+    /// change; None while not a member.
+    pub fn host(&self) -> watch::Receiver<Option<HostView>> {
+        self.host.clone()
     }
 
     /// Where the agent asks the farm's store (while a member).
@@ -197,6 +206,7 @@ async fn keep_joined(
     mut stop: watch::Receiver<bool>,
     mut clients: watch::Receiver<ActiveClients>,
     mut requests: mpsc::Receiver<LinkRequest>,
+    host: watch::Sender<Option<HostView>>,
 ) {
     let set = |state: LinkState| tx.send_modify(|st| st.state = state);
     let mut attempts = 0;
@@ -219,11 +229,13 @@ async fn keep_joined(
                 set(LinkState::Member { since: now(), etcd_version: version, lease_ttl_s: lease.ttl.as_secs() });
                 let kept = keep_alive(&store, lease);
                 let mirrored = mirror::follow(&store, &s.host, &mut clients);
-                tokio::pin!(kept, mirrored);
+                let own = follow_own(&store, &s.host, &host);
+                tokio::pin!(kept, mirrored, own);
                 let lost = loop {
                     tokio::select! {
                         e = &mut kept => break e,
                         e = &mut mirrored => break e,
+                        e = &mut own => break e,
                         Some(req) = requests.recv() => serve(&store, &s.host, req).await,
                         _ = stop.changed() => {
                             match store.revoke(lease.id).await {
@@ -235,6 +247,7 @@ async fn keep_joined(
                     }
                 };
                 down_since = now();
+                host.send_replace(None);
                 lost
             }
             Err(e) => e,
@@ -252,6 +265,34 @@ async fn keep_joined(
                 Some(req) = requests.recv() => refuse(&s.host, &why_not, req),
                 _ = stop.changed() => return set(LinkState::Left),
             }
+        }
+    }
+}
+
+/// Keeps `host` at what etcd holds under the host's keys; returns why it could not.
+async fn follow_own(store: &Store, name: &str, host: &watch::Sender<Option<HostView>>) -> FarmError {
+    let (view, revision) = match store.host(name).await {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    host.send_replace(Some(view));
+    let mut watch = match store.watch_host(name, revision + 1).await {
+        Ok(w) => w,
+        Err(e) => return e,
+    };
+    loop {
+        if let Err(e) = watch.changes().await {
+            return e;
+        }
+        match store.host(name).await {
+            Ok((view, _)) => {
+                host.send_if_modified(|held| {
+                    let changed = held.as_ref() != Some(&view);
+                    *held = Some(view);
+                    changed
+                });
+            }
+            Err(e) => return e,
         }
     }
 }

@@ -4,7 +4,8 @@
 
 use crate::error::FarmError;
 use crate::keys;
-use crate::view::{hosts_from, ClientEntry, FarmView, Member, Slept};
+use crate::view::{hosts_from, ClientEntry, FarmView, HostView, Member, Slept, Woke};
+use ebb_core::host_wake::WakeRecord;
 use ebb_core::farm::WakeSettings;
 use ebb_core::farm::HostState;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaderKey, PutOptions, ResignOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream};
@@ -161,6 +162,59 @@ impl Store {
         Ok(Drain::Refused { clients, state })
     }
 
+    /// Marks a sleeping host `waking` with the wake's record, if it still
+    /// sleeps: of two leaders (one on its way out), one begins the wake.
+    pub async fn begin_wake(&self, host: &str, record: &WakeRecord) -> Result<bool, FarmError> {
+        let value = serde_json::to_vec(record).expect("a wake record serializes");
+        let txn = Txn::new()
+            .when([Compare::value(keys::state(host), CompareOp::Equal, HostState::Sleeping.as_str())])
+            .and_then([TxnOp::put(keys::state(host), HostState::Waking.as_str(), None), TxnOp::put(keys::waking(host), value, None)]);
+        self.txn("begin wake", txn).await
+    }
+
+    /// Records a send before it is made, while the host is `waking`: a new
+    /// leader then waits for its answer rather than sending at once.
+    pub async fn record_send(&self, host: &str, record: &WakeRecord) -> Result<bool, FarmError> {
+        let value = serde_json::to_vec(record).expect("a wake record serializes");
+        let txn = Txn::new()
+            .when([Compare::value(keys::state(host), CompareOp::Equal, HostState::Waking.as_str())])
+            .and_then([TxnOp::put(keys::waking(host), value, None)]);
+        self.txn("record wake", txn).await
+    }
+
+    /// The wake is done: its record goes, `woke` says how it went.
+    pub async fn wake_done(&self, host: &str, woke: &Woke) -> Result<(), FarmError> {
+        let value = serde_json::to_vec(woke).expect("a wake serializes");
+        let txn = Txn::new().and_then([TxnOp::delete(keys::waking(host), None), TxnOp::put(keys::woke(host), value, None)]);
+        self.txn("end wake", txn).await.map(drop)
+    }
+
+    /// The host could not be woken (if it is still waking or sleeping):
+    /// `wake-failed`, and the mark that keeps it from sleeping again.
+    pub async fn wake_failed(&self, host: &str, why: &Slept) -> Result<bool, FarmError> {
+        let value = serde_json::to_vec(why).expect("a note serializes");
+        let txn = Txn::new()
+            .when([Compare::value(keys::state(host), CompareOp::NotEqual, HostState::Awake.as_str())])
+            .and_then([
+                TxnOp::put(keys::state(host), HostState::WakeFailed.as_str(), None),
+                TxnOp::put(keys::wake_failed(host), value, None),
+                TxnOp::delete(keys::waking(host), None),
+            ]);
+        self.txn("mark wake failed", txn).await
+    }
+
+    /// The farm's mark on a host it could not wake, if any.
+    pub async fn wake_failed_mark(&self, host: &str) -> Result<Option<Slept>, FarmError> {
+        let key = keys::wake_failed(host);
+        let Some(v) = self.get_one("get wake_failed", key.clone()).await? else { return Ok(None) };
+        serde_json::from_slice(&v).map(Some).map_err(|e| FarmError::BadValue { key, why: e.to_string() })
+    }
+
+    async fn txn(&self, what: &str, txn: Txn) -> Result<bool, FarmError> {
+        let mut c = self.client.clone();
+        self.call(what, async move { c.txn(txn).await }).await.map(|r| r.succeeded())
+    }
+
     pub async fn set_state(&self, host: &str, state: HostState) -> Result<(), FarmError> {
         self.put("put host state", keys::state(host), state.as_str().into(), None).await
     }
@@ -259,9 +313,28 @@ impl Store {
     /// Watches `hosts/` from `revision` on (the one after a `farm()` read,
     /// so no change falls between the read and the watch).
     pub async fn watch_hosts(&self, revision: i64) -> Result<HostWatch, FarmError> {
+        self.watch_under(keys::hosts(), revision).await
+    }
+
+    /// One host as the store has it, and the revision it was read at.
+    pub async fn host(&self, host: &str) -> Result<(HostView, i64), FarmError> {
+        let mut c = self.client.clone();
+        let prefix = keys::host(host);
+        let r = self.call("read host", async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }).await?;
+        let revision = r.header().map_or(0, |h| h.revision());
+        let view = hosts_from(r.kvs().iter().filter_map(|kv| Some((kv.key_str().ok()?, kv.value())))).into_iter().next();
+        Ok((view.unwrap_or(HostView { name: host.to_string(), ..HostView::default() }), revision))
+    }
+
+    /// Watches one host's keys from `revision` on.
+    pub async fn watch_host(&self, host: &str, revision: i64) -> Result<HostWatch, FarmError> {
+        self.watch_under(keys::host(host), revision).await
+    }
+
+    async fn watch_under(&self, prefix: String, revision: i64) -> Result<HostWatch, FarmError> {
         let mut c = self.client.clone();
         let options = WatchOptions::new().with_prefix().with_start_revision(revision);
-        let stream = self.call("watch hosts", async move { c.watch(keys::hosts(), Some(options)).await }).await?;
+        let stream = self.call("watch hosts", async move { c.watch(prefix, Some(options)).await }).await?;
         Ok(HostWatch { stream, endpoints: self.endpoints.clone() })
     }
 }

@@ -4,6 +4,7 @@
 use crate::keys::{self, HostKey};
 use ebb_core::clients::ClientKind;
 use ebb_core::farm::{HostState, WakeSettings};
+use ebb_core::host_wake::WakeRecord;
 use ebb_core::Millis;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -35,6 +36,17 @@ pub struct Slept {
     pub why: String,
 }
 
+/// `hosts/{h}/woke`'s value: the host's last wake by the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Woke {
+    pub at: Millis,
+    /// From the first send to the agent's `awake`.
+    pub took_ms: u64,
+    /// The method that was taken, and what it did, in words.
+    pub by: String,
+    pub why: String,
+}
+
 /// One host as the store has it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostView {
@@ -46,6 +58,15 @@ pub struct HostView {
     /// Its last sleep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slept: Option<Slept>,
+    /// A wake under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waking: Option<WakeRecord>,
+    /// Its last wake by the coordinator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub woke: Option<Woke>,
+    /// Why the farm could not wake it: it is not put to sleep again while this is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_failed: Option<Slept>,
     /// Its active clients (one unexpired lease each) and the VM each uses.
     pub clients: BTreeMap<String, ClientEntry>,
     /// Values under its keys that could not be read, in words.
@@ -71,7 +92,14 @@ pub fn hosts_from<'a>(kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec
     for (key, value) in kvs {
         let Some(kind) = keys::parse(key) else { continue };
         let name = match &kind {
-            HostKey::Member(h) | HostKey::State(h) | HostKey::Wake(h) | HostKey::Slept(h) | HostKey::Client { host: h, .. } => *h,
+            HostKey::Member(h)
+            | HostKey::State(h)
+            | HostKey::Wake(h)
+            | HostKey::Slept(h)
+            | HostKey::Waking(h)
+            | HostKey::Woke(h)
+            | HostKey::WakeFailed(h)
+            | HostKey::Client { host: h, .. } => *h,
         };
         let host = hosts.entry(name.to_string()).or_insert_with(|| HostView { name: name.to_string(), ..HostView::default() });
         let bad = |why: String| format!("{key}: {why}");
@@ -88,10 +116,10 @@ pub fn hosts_from<'a>(kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec
                 Ok(w) => host.wake = Some(w),
                 Err(e) => host.unreadable.push(bad(e.to_string())),
             },
-            HostKey::Slept(_) => match serde_json::from_slice(value) {
-                Ok(s) => host.slept = Some(s),
-                Err(e) => host.unreadable.push(bad(e.to_string())),
-            },
+            HostKey::Slept(_) => read(value, &mut host.slept, &mut host.unreadable, bad),
+            HostKey::Waking(_) => read(value, &mut host.waking, &mut host.unreadable, bad),
+            HostKey::Woke(_) => read(value, &mut host.woke, &mut host.unreadable, bad),
+            HostKey::WakeFailed(_) => read(value, &mut host.wake_failed, &mut host.unreadable, bad),
             HostKey::Client { client, .. } => match serde_json::from_slice(value) {
                 Ok(c) => {
                     host.clients.insert(client.to_string(), c);
@@ -101,6 +129,14 @@ pub fn hosts_from<'a>(kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec
         }
     }
     hosts.into_values().collect()
+}
+
+/// A JSON value into `into`, or its error said in `unreadable`.
+fn read<T: serde::de::DeserializeOwned>(value: &[u8], into: &mut Option<T>, unreadable: &mut Vec<String>, bad: impl Fn(String) -> String) {
+    match serde_json::from_slice(value) {
+        Ok(v) => *into = Some(v),
+        Err(e) => unreadable.push(bad(e.to_string())),
+    }
 }
 
 #[cfg(test)]

@@ -56,9 +56,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// What ebb is doing with one VM and why, in plain words.
+    /// What ebb is doing with one VM and why, in plain words (`--host`: why the host sleeps or stays awake).
     Explain {
-        vm: String,
+        #[arg(required_unless_present = "host")]
+        vm: Option<String>,
+        /// Explain the host's own sleep in the farm instead of a VM.
+        #[arg(long, conflicts_with = "vm")]
+        host: bool,
         #[arg(long)]
         json: bool,
     },
@@ -181,7 +185,8 @@ async fn dispatch(args: Args) -> Result<(), String> {
             let events = client.events(vm.as_deref(), limit).await.map_err(e)?;
             print_or_json(json, &events, |ev| cli::events_table(ev))
         }
-        Command::Explain { vm, json } => print_or_json(json, &client.explain(&vm).await.map_err(e)?, cli::explain_text),
+        Command::Explain { vm: Some(vm), json, .. } => print_or_json(json, &client.explain(&vm).await.map_err(e)?, cli::explain_text),
+        Command::Explain { vm: None, json, .. } => print_or_json(json, &client.explain_host().await.map_err(e)?, cli::explain_text),
         Command::Sleep { vm } => {
             let d = client.sleep(&vm).await.map_err(e)?;
             println!("{}", cli::for_terminal(&format!("{vm}: asleep ({})", d.done)));
@@ -213,7 +218,7 @@ async fn dispatch(args: Args) -> Result<(), String> {
             print!("{}", cli::for_terminal(&client.metrics().await.map_err(e)?));
             Ok(())
         }
-        Command::Coord { config, etcd, name } => farm::coord(farm::settings(&config, etcd)?, name).await,
+        Command::Coord { config, etcd, name } => farm::coord(&config, etcd, name).await,
         Command::Farm { config, etcd, json } => print_or_json(json, &farm::view(&farm::settings(&config, etcd)?).await?, farm::farm_text),
         Command::Sim(a) => sim::run(a),
         #[cfg(feature = "lab")]

@@ -263,6 +263,9 @@ async fn a_host_sleeps_when_its_clients_are_gone_and_wakes_when_one_comes() {
     assert!(since_beat.elapsed() >= Duration::from_secs(5), "slept {:?} after the client's last beat", since_beat.elapsed());
     let h = a.status().host_sleep.unwrap();
     assert_eq!((h.state.as_str(), h.sleeps_total), ("asleep (recorded)", 1), "{h:?}");
+    let explained = a.text(&["explain", "--host"]);
+    assert!(explained.contains("The host is asleep (recorded)") && explained.contains("It last slept at"), "{explained}");
+    assert!(explained.contains("Recent decisions") && explained.contains("1 VM(s) saved"), "{explained}");
     assert!(a.vm("test").unwrap().sleeping.is_some(), "the VM is saved before the host sleeps");
     let slept = host_events(&a);
     assert!(slept.iter().any(|e| e.kind == "host_sleep" && e.text.contains("1 VM(s) saved") && e.text.contains("recorded a host suspend")), "{slept:?}");
@@ -336,4 +339,111 @@ async fn a_host_without_a_wake_method_or_without_etcd_stays_awake_and_says_why()
     assert!(why.why.contains("etcd"), "{why:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(b.status().host_sleep.unwrap().sleeps_total, 1, "no sleep without the shared check");
+}
+
+/// A service that answers each line with `ECHO line`, counting connections.
+fn echo_backend() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                for line in std::io::BufReader::new(s).lines().map_while(Result::ok) {
+                    let _ = w.write_all(format!("ECHO {line}\n").as_bytes());
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+/// The wake, from the coordinator's leader, for a client of the gateway:
+/// a client connects to the coordinator's gateway for a VM whose host
+/// sleeps; the gateway holds it and its key in etcd makes the leader wake
+/// the host, by Wake-on-LAN here (a magic packet for its MAC to loopback's
+/// broadcast, caught by this test). The host's agent restores its VM and
+/// says `awake`, the gateway replays what the client sent and the client
+/// gets the service's answer; the leader records how the wake went. A host
+/// whose agent is gone for good (a host that never comes back) is given up
+/// after `wake_give_up` and marked `wake-failed`, the gateway's held client
+/// is refused with why, and `ebb farm` says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_coordinator_wakes_a_sleeping_host_a_gateway_client_waits_for_and_marks_one_it_cannot() {
+    use std::io::{BufRead, Read, Write};
+    let etcd = LocalEtcd::start().await.unwrap();
+    let store = store(&etcd).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nic = std::net::UdpSocket::bind("0.0.0.0:9").expect("port 9 (Wake-on-LAN) is free for the test's NIC");
+    nic.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let (backend, accepted) = echo_backend();
+    let (web, db) = (common::free_port(), common::free_port());
+    let coord_config = dir.path().join("coord.toml");
+    std::fs::write(
+        &coord_config,
+        format!(
+            "{}wake_resend = \"1s\"\nwake_give_up = \"4s\"\n[clients]\nsurrogate_idle = \"1s\"\n\
+             [gateway.web]\nhost = \"h1\"\n[[gateway.web.service]]\nname = \"echo\"\nlisten = \"127.0.0.1:{web}\"\nbackend = \"127.0.0.1:{backend}\"\n\
+             [gateway.db]\nhost = \"h2\"\n[[gateway.db.service]]\nname = \"http\"\nlisten = \"127.0.0.1:{db}\"\nbackend = \"127.0.0.1:1\"\nhttp = true\n",
+            farm_section(etcd.url(), "unused")
+        ),
+    )
+    .unwrap();
+    let coord = Coord::start(dir.path(), &coord_config, "coord-a");
+    let wol = |host| format!("{}[farm.wake]\nmac = \"52:54:00:12:34:56\"\nbroadcast = \"127.255.255.255\"\n[farm.sleep]\nafter = \"1s\"\nmin_awake = \"1s\"\n", farm_section(etcd.url(), host));
+    let a = AgentProc::start(&subdir(dir.path(), "a"), TICK, &wol("h1"));
+    let mut b = AgentProc::start(&subdir(dir.path(), "b"), TICK, &wol("h2"));
+    until("both asleep", Duration::from_secs(15), async || state(&store, "h1").await == Some(HostState::Sleeping) && state(&store, "h2").await == Some(HostState::Sleeping)).await;
+    assert!(coord.elected(), "{}", coord.log());
+
+    // A client of h1's VM at the gateway: held, and its key wakes h1.
+    let client = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", web)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(b"hello from a client of a sleeping host\n").unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(c).read_line(&mut answer).unwrap();
+        answer
+    });
+    let mut packet = [0u8; 256];
+    let (n, _) = nic.recv_from(&mut packet).expect("a magic packet");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0, "the gateway held the client while h1 slept");
+    let mut magic = vec![0xffu8; 6];
+    (0..16).for_each(|_| magic.extend([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]));
+    assert_eq!(&packet[..n], &magic[..], "the magic packet for h1's MAC");
+    assert_eq!(client.join().unwrap(), "ECHO hello from a client of a sleeping host\n", "the held bytes reached the service, and its answer the client");
+    assert_eq!(state(&store, "h1").await, Some(HostState::Awake));
+    wait_for("h1's VM restored", Duration::from_secs(5), || a.vm("test").filter(|v| v.sleeping.is_none()));
+    let woke = host_events(&a).into_iter().find(|e| e.kind == "host_wake").unwrap();
+    assert!(woke.text.contains("the farm's coordinator woke it: 1 client(s) wait for it: gateway:127.0.0.1"), "{woke:?}");
+    until("the wake recorded", Duration::from_secs(5), async || store.farm().await.unwrap().hosts.iter().any(|h| h.name == "h1" && h.woke.is_some())).await;
+    let farm = store.farm().await.unwrap();
+    let h1 = farm.hosts.iter().find(|h| h.name == "h1").unwrap();
+    let w = h1.woke.as_ref().unwrap();
+    assert!(w.by.starts_with("by wol") && h1.waking.is_none(), "{w:?}");
+    assert!(coord.log().contains("host h1 is awake"), "{}", coord.log());
+
+    // h2's agent is gone for good: the wake is given up, the host marked,
+    // and the gateway's held client refused with why.
+    b.kill9();
+    until("h2's membership lapses", Duration::from_secs(5), async || !is_member(&store, "h2").await).await;
+    let started = Instant::now();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", db)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: db\r\n\r\n").unwrap();
+    let mut refusal = String::new();
+    let _ = c.read_to_string(&mut refusal);
+    assert!(started.elapsed() >= Duration::from_secs(4), "refused after {:?}, before wake_give_up", started.elapsed());
+    assert!(refusal.starts_with("HTTP/1.1 503") && refusal.contains("host h2 could not be woken"), "{refusal}");
+    assert_eq!(state(&store, "h2").await, Some(HostState::WakeFailed));
+    let farm = store.farm().await.unwrap();
+    let why = &farm.hosts.iter().find(|h| h.name == "h2").unwrap().wake_failed.as_ref().unwrap().why;
+    assert!(why.contains("did not say it was awake within 4s") && why.contains("gateway:127.0.0.1"), "{why}");
+    let out = Command::new(EBB).args(["farm", "--etcd", etcd.url()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("wake-failed") && text.contains("could not be woken"), "{text}");
 }

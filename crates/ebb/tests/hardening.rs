@@ -95,7 +95,7 @@ fn the_socket_gets_its_mode_whatever_the_umask_and_others_are_told_permission_de
     let agent = KillOnDrop(
         Command::new("sh").arg("-c").arg(format!("umask 000; exec {EBB} run --config {}", cfg.display())).stderr(log).spawn().unwrap(),
     );
-    wait_for("the agent's socket", Duration::from_secs(20), || std::os::unix::net::UnixStream::connect(&socket).ok());
+    wait_for("the agent's API", Duration::from_secs(20), || answers(&socket).then_some(()));
     let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
     assert_eq!(mode(&socket), 0o660, "the socket's mode");
     assert_eq!(mode(&sockdir), 0o755, "the folder ebb made");

@@ -342,7 +342,7 @@ fn clients_from_another_host_are_forwarded_by_the_kernel_too() {
         .spawn()
         .unwrap();
     let agent = AgentProc { child, socket, journal, config, log };
-    wait_for("the agent's socket", Duration::from_secs(20), || std::os::unix::net::UnixStream::connect(&agent.socket).ok());
+    wait_for("the agent's API", Duration::from_secs(20), || answers(&agent.socket).then_some(()));
     let table = table_of(&agent);
     let listed = || {
         let out = net.exec(&net.server).args(["nft", "list", "table", "inet", &table]).output().unwrap();

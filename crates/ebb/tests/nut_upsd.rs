@@ -324,7 +324,7 @@ fn a_host_name_whose_lookup_hangs_fails_the_reading_at_its_deadline() {
         .spawn()
         .unwrap();
     let mut agent = AgentProc { child, socket, journal, config, log };
-    common::wait_for("the agent's socket", Duration::from_secs(20), || std::os::unix::net::UnixStream::connect(&agent.socket).ok());
+    common::wait_for("the agent's API", Duration::from_secs(20), || common::answers(&agent.socket).then_some(()));
     let p = agent.wait("the failed lookup", Duration::from_secs(30), |a| a.status().power.filter(|p| p.error.is_some()));
     let error = p.error.unwrap();
     assert!(error.contains("the host name in ups.example:3493 does not resolve (the lookup did not finish within 1s)"), "{error}");

@@ -10,7 +10,7 @@ use ebb_backends::platform::HostSlept;
 use ebb_core::farm::HostState;
 use ebb_core::host_sleep::{self, HostFacts, HostSleepConfig, Verdict};
 use ebb_core::{Action, Observation, Reason, Rule, SleepMode, VmState};
-use ebb_farm::{Drain, FarmError, LinkRequests, LinkState, Slept};
+use ebb_farm::{Drain, FarmError, HostView, LinkRequests, LinkState, Slept};
 use tracing::{info, warn};
 
 /// etcd's answer to the shared check, and the reason the host asked with.
@@ -22,6 +22,8 @@ pub(super) struct HostSleep {
     wake_methods: usize,
     /// The farm link's requests (with `[farm]`).
     requests: Option<LinkRequests>,
+    /// The host's own keys in etcd (its state, the farm's marks), while a member.
+    in_farm: Option<watch::Receiver<Option<HostView>>>,
     /// etcd's answers to the shared check come back here.
     answers: (mpsc::Sender<Answer>, mpsc::Receiver<Answer>),
     phase: Phase,
@@ -57,6 +59,7 @@ impl HostSleep {
             cfg: farm.and_then(|f| f.sleep.clone()),
             wake_methods: farm.map_or(0, |f| f.wake.methods().len()),
             requests: None,
+            in_farm: None,
             answers: mpsc::channel(4),
             phase: Phase::Awake,
             idle_since: None,
@@ -70,8 +73,14 @@ impl HostSleep {
         }
     }
 
-    pub(super) fn use_link(&mut self, requests: LinkRequests) {
-        self.requests = Some(requests);
+    pub(super) fn use_link(&mut self, link: &ebb_farm::MemberLink) {
+        self.requests = Some(link.requests());
+        self.in_farm = Some(link.host());
+    }
+
+    /// The host's own keys as etcd last said them.
+    fn in_farm(&self) -> Option<HostView> {
+        self.in_farm.as_ref().and_then(|r| r.borrow().clone())
     }
 
     /// The next answer from etcd (pending forever without `[farm]`).
@@ -110,8 +119,14 @@ impl Agent {
         } else if self.host.idle_since.is_none() {
             self.host.idle_since = Some(at);
         }
+        let in_farm = self.host.in_farm();
+        let woken_by_farm = in_farm.as_ref().filter(|h| h.state == Some(HostState::Waking)).map(|h| h.waking.as_ref().map_or(String::new(), |w| format!(": {}", w.why)));
         match self.host.phase {
             Phase::Recorded if active > 0 => self.host_wakes(&format!("{active} client(s) became active"), at).await,
+            Phase::Recorded if woken_by_farm.is_some() => {
+                let why = format!("the farm's coordinator woke it{}", woken_by_farm.unwrap_or_default());
+                self.host_wakes(&why, at).await
+            }
             Phase::Awake => {
                 let facts = self.host_facts(obs, active, at);
                 match host_sleep::decide(self.host.cfg.as_ref(), &facts) {
@@ -130,10 +145,19 @@ impl Agent {
             Some(LinkState::Joining { .. }) => Some("the host is joining the farm".into()),
             Some(LinkState::Left) | None => Some("the host is not in the farm".into()),
         };
+        let host = self.farm.as_ref().map(|l| l.borrow().host.clone()).unwrap_or_default();
+        let marked = self.host.in_farm().and_then(|h| h.wake_failed).map(|m| {
+            format!(
+                "the farm could not wake this host at {} UTC ({}): it is not put to sleep again until the mark is removed (etcdctl del {})",
+                crate::words::clock(m.at),
+                m.why,
+                ebb_farm::keys::wake_failed(&host)
+            )
+        });
         let busy = if self.power_is_low() || !self.power.saved.is_empty() {
             Some("a power event holds the host (VMs saved for power wait for mains)".into())
         } else {
-            None
+            marked
         };
         let unsaveable = obs
             .vms

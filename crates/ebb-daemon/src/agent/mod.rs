@@ -217,7 +217,7 @@ impl Agent {
     /// requests for the host's sleep.
     pub fn use_farm_link(&mut self, link: &ebb_farm::MemberLink) {
         self.farm = Some(link.status());
-        self.host.use_link(link.requests());
+        self.host.use_link(link);
     }
 
     /// The host's active clients as they change, for the farm link to keep in etcd.

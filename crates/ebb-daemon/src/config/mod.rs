@@ -47,6 +47,18 @@ fn at_line(line: Option<usize>) -> String {
     line.map(|n| format!("line {n}: ")).unwrap_or_default()
 }
 
+/// `[gateway.NAME]`: a VM of the farm whose services `ebb coord`'s gateway
+/// serves (listen: the gateway's address; backend: the VM's, as reached
+/// from the coordinator).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayVm {
+    /// The farm host the VM runs on (its `farm.host`).
+    pub host: String,
+    #[serde(default)]
+    pub service: Vec<ServiceSpec>,
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -70,6 +82,10 @@ pub struct Config {
     /// Per-VM settings: `[vm.NAME]`. These win over the domain's metadata.
     #[serde(default)]
     pub vm: BTreeMap<String, VmSection>,
+    /// `[gateway.NAME]`, read by `ebb coord`: the services of the farm's
+    /// VMs its gateway serves while their hosts sleep.
+    #[serde(default)]
+    pub gateway: BTreeMap<String, GatewayVm>,
     /// The agent's split of its descriptor limit, planned at start from its
     /// own `RLIMIT_NOFILE` (not config).
     #[serde(skip)]
@@ -114,6 +130,16 @@ impl Config {
             .map_err(|e| FieldError::new(e.vm().map_or("vm".into(), |vm| format!("vm.{vm}.service")), e.to_string()))?;
         for (name, vm) in &self.vm {
             vm.validate(&format!("vm.{name}"))?;
+        }
+        // The gateway runs in `ebb coord`, apart from the agent's services.
+        let gateways: Vec<(&str, &[ServiceSpec])> = self.gateway.iter().map(|(name, g)| (name.as_str(), g.service.as_slice())).collect();
+        ebb_surrogate::validate_services(&gateways)
+            .map_err(|e| FieldError::new(e.vm().map_or("gateway".into(), |vm| format!("gateway.{vm}.service")), e.to_string()))?;
+        for (name, g) in &self.gateway {
+            ebb_core::farm::host_name(&g.host).map_err(|why| FieldError::new(format!("gateway.{name}.host"), format!("gateway.{name}.host = {:?} {why}", g.host)))?;
+            if g.service.is_empty() {
+                return Err(FieldError::new(format!("gateway.{name}"), format!("gateway.{name} has no [[gateway.{name}.service]]: give the services the gateway serves")));
+            }
         }
         if let Some(pool) = self.memory.pool {
             let mins: Bytes = self.vm.values().filter_map(|v| v.min.map(|m| m.0)).sum();

@@ -389,7 +389,10 @@ fn the_farm_section_is_optional_and_checked_and_the_example_holds_its_defaults()
     let f = Config::parse(&section).unwrap().farm.unwrap();
     assert_eq!(f.endpoints.len(), 3);
     let d = Config::parse("[farm]\nendpoints = [\"http://10.0.0.5:2379\"]\n").unwrap().farm.unwrap();
-    assert_eq!((f.lease_ttl, f.timeout), (d.lease_ttl, d.timeout));
+    assert_eq!((f.lease_ttl, f.timeout, f.wake_resend, f.wake_give_up, f.bmc_insecure_tls), (d.lease_ttl, d.timeout, d.wake_resend, d.wake_give_up, d.bmc_insecure_tls));
+    assert_eq!(f.bmc_user.as_deref(), Some("admin"));
+    let e = Config::parse("[farm]\nendpoints = [\"http://a:1\"]\nwake_give_up = \"10s\"\n").unwrap_err().to_string();
+    assert!(e.contains("farm.wake_give_up (10s) must be longer than farm.wake_resend (30s)"), "{e}");
     // [farm.sleep]'s defaults are the example's.
     let example_sleep = f.sleep.clone().unwrap();
     let default_sleep = Config::parse("[farm]\nendpoints = [\"http://a:1\"]\n[farm.sleep]\n").unwrap().farm.unwrap().sleep.unwrap();

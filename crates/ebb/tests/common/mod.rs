@@ -114,8 +114,10 @@ impl AgentProc {
             .expect("cannot start ebb");
         let mut agent = AgentProc { child, socket, journal, config, log };
         let deadline = Instant::now() + Duration::from_secs(20);
-        // A socket file may be left by a killed agent: wait for an answer.
-        while std::os::unix::net::UnixStream::connect(&agent.socket).is_err() {
+        // A socket file may be left by a killed agent, and the socket takes
+        // connections before the agent serves them (its services are bound
+        // first): wait for an answer to a request.
+        while !answers(&agent.socket) {
             if Instant::now() > deadline || matches!(agent.child.try_wait(), Ok(Some(_))) {
                 panic!("the agent did not open its socket; its log:\n{}", agent.log_text());
             }
@@ -268,6 +270,20 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// Whether the agent's API answers a status request on `socket`.
+pub fn answers(socket: &Path) -> bool {
+    use std::io::{Read, Write};
+    let ask = || -> std::io::Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        s.write_all(b"GET /v1/status HTTP/1.0\r\nHost: ebb\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(String::from_utf8_lossy(&head).into_owned())
+    };
+    ask().is_ok_and(|h| h.ends_with("200"))
 }
 
 /// A TCP backend on loopback that takes connections and reads them, never

@@ -1,0 +1,209 @@
+//! The coordinator's gateway (seed 002): it serves the services of the
+//! farm's VMs (`[gateway.VM]`) with the surrogate's code, so a client of a
+//! VM whose host sleeps is taken at once and held. Each client it holds or
+//! splices is an active client of that host, one leased key under the
+//! host's `clients/` (as the agent keeps its own): the leader sees a
+//! sleeping host with a client and wakes it, and the host cannot go to
+//! sleep under a client held here. When the host says `awake` the held
+//! clients are replayed to the VM and spliced once it answers, losing
+//! nothing; when the farm gives the wake up, they are refused with why.
+
+use crate::error::FarmError;
+use crate::member::backoff;
+use crate::mirror::{self, ActiveClients};
+use crate::store::Store;
+use crate::view::{ClientEntry, HostView};
+use ebb_core::clients::{ClientKey, ClientKind, Clients};
+use ebb_core::farm::HostState;
+use ebb_core::human::Span;
+use ebb_core::{Millis, VmId};
+use ebb_surrogate::{Limits, ServiceSpec, Surrogate, SurrogateError, SurrogateEvent, VmPower};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// One VM the gateway serves: its host, and its services (the listen
+/// address is the gateway's, the backend the VM's as reached from here).
+#[derive(Debug, Clone)]
+pub struct GatewayVm {
+    pub vm: VmId,
+    pub host: String,
+    pub services: Vec<ServiceSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub endpoints: Vec<String>,
+    pub timeout: Duration,
+    pub vms: Vec<GatewayVm>,
+    pub limits: Limits,
+    /// How long a client counts after its connection closes.
+    pub client_idle: Span,
+}
+
+/// What a host's state means for the clients of its VMs here.
+pub fn power_of(host: Option<&HostView>) -> VmPower {
+    match host.and_then(|h| h.state) {
+        Some(HostState::Awake) => VmPower::Awake,
+        Some(HostState::Waking) => VmPower::Waking,
+        Some(HostState::WakeFailed) => {
+            let why = host.and_then(|h| h.wake_failed.as_ref()).map_or("the farm could not wake it".to_string(), |m| m.why.clone());
+            VmPower::WakeFailed(format!("the VM's host {} could not be woken: {why}", host.map_or("", |h| h.name.as_str())))
+        }
+        // Asleep, going to sleep, or not known yet: hold the client.
+        _ => VmPower::Asleep,
+    }
+}
+
+/// Binds every service, then serves until `shutdown`. A service that
+/// cannot be bound is an error at once; etcd going away is waited out.
+pub async fn run(s: GatewaySettings, shutdown: impl Future<Output = ()>) -> Result<(), SurrogateError> {
+    let (mut surrogate, mut events) = Surrogate::new(s.limits.clone());
+    for v in &s.vms {
+        surrogate.add_vm(v.vm.clone(), v.services.clone(), VmPower::Asleep)?;
+        info!("gateway: serving {} of host {} ({})", v.vm, v.host, v.services.iter().map(|sv| format!("{} on {}", sv.name, sv.listen)).collect::<Vec<_>>().join(", "));
+    }
+    let host_of: BTreeMap<VmId, String> = s.vms.iter().map(|v| (v.vm.clone(), v.host.clone())).collect();
+    // Each host's clients here, kept in etcd by a mirror of their own.
+    let mut clients: BTreeMap<String, (Clients, watch::Sender<ActiveClients>)> = BTreeMap::new();
+    for host in host_of.values() {
+        if !clients.contains_key(host) {
+            let (tx, rx) = watch::channel(ActiveClients::new());
+            tokio::spawn(mirror_host(s.endpoints.clone(), s.timeout, host.clone(), rx));
+            clients.insert(host.clone(), (Clients::new(), tx));
+        }
+    }
+    let (farm_tx, mut farm) = watch::channel(Vec::<HostView>::new());
+    tokio::spawn(follow_farm(s.endpoints.clone(), s.timeout, farm_tx));
+    let mut expire = tokio::time::interval(Duration::from_secs(1));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            Some(ev) = events.recv() => {
+                let at = now();
+                let open = matches!(ev, SurrogateEvent::ClientOpened { .. });
+                match ev {
+                    SurrogateEvent::ClientOpened { vm, peer, .. } | SurrogateEvent::ClientClosed { vm, peer, .. } => {
+                        let Some((table, _)) = host_of.get(&vm).and_then(|h| clients.get_mut(h)) else { continue };
+                        let key = ClientKey::new(ClientKind::Surrogate, format!("gateway:{}", peer.ip()));
+                        if open {
+                            table.hold(key, &vm, Some(peer.to_string()), s.client_idle, at);
+                        } else {
+                            table.release(&key, at);
+                        }
+                    }
+                    SurrogateEvent::WakeNeeded { vm, service, .. } => info!("gateway: a client of {vm} ({service}) waits for host {}", host_of.get(&vm).map_or("?", |h| h.as_str())),
+                    SurrogateEvent::Refused { vm, service, why } => warn!("gateway: a client of {vm} ({service}) refused: {why}"),
+                    _ => {}
+                }
+                offer(&mut clients, at);
+            }
+            _ = expire.tick() => {
+                let at = now();
+                for (table, _) in clients.values_mut() {
+                    table.expire(at);
+                }
+                offer(&mut clients, at);
+            }
+            Ok(()) = farm.changed() => {
+                let hosts = farm.borrow_and_update().clone();
+                for (vm, host) in &host_of {
+                    let power = power_of(hosts.iter().find(|h| &h.name == host));
+                    if surrogate.state(vm).as_ref() != Some(&power) {
+                        info!("gateway: {vm} on host {host}: {power}");
+                        if let Err(e) = surrogate.set_state(vm, power) {
+                            warn!("gateway: {vm}: {e}");
+                        }
+                    }
+                }
+            }
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+/// Each host's active clients here, for its mirror (a change wakes it).
+fn offer(clients: &mut BTreeMap<String, (Clients, watch::Sender<ActiveClients>)>, at: Millis) {
+    for (table, tx) in clients.values() {
+        let active: ActiveClients = table
+            .views(at)
+            .into_iter()
+            .map(|v| (v.id.clone(), (ClientEntry { vm: v.vm.to_string(), kind: v.kind, remote: v.remote.clone() }, Duration::from_millis(v.ttl_ms))))
+            .collect();
+        tx.send_if_modified(|held| {
+            let changed = *held != active;
+            if changed {
+                *held = active;
+            }
+            changed
+        });
+    }
+}
+
+/// Keeps one host's clients here in etcd, reconnecting with backoff.
+async fn mirror_host(endpoints: Vec<String>, timeout: Duration, host: String, mut wanted: watch::Receiver<ActiveClients>) {
+    let mut attempts = 0;
+    loop {
+        let error = match Store::connect(&endpoints, timeout).await {
+            Ok(store) => {
+                attempts = 0;
+                mirror::follow(&store, &host, &mut wanted).await
+            }
+            Err(e) => e,
+        };
+        attempts += 1;
+        warn!("gateway: the clients of host {host} are not in etcd: {error}; next try in {} s", backoff(attempts).as_secs());
+        tokio::time::sleep(backoff(attempts)).await;
+    }
+}
+
+/// Keeps `tx` at the farm's hosts, reconnecting with backoff.
+async fn follow_farm(endpoints: Vec<String>, timeout: Duration, tx: watch::Sender<Vec<HostView>>) {
+    let mut attempts = 0;
+    loop {
+        let error = match watch_farm(&endpoints, timeout, &tx).await {
+            Ok(never) => match never {},
+            Err(e) => e,
+        };
+        attempts += 1;
+        warn!("gateway: the farm's state is not followed: {error}; next try in {} s", backoff(attempts).as_secs());
+        tokio::time::sleep(backoff(attempts)).await;
+    }
+}
+
+async fn watch_farm(endpoints: &[String], timeout: Duration, tx: &watch::Sender<Vec<HostView>>) -> Result<std::convert::Infallible, FarmError> {
+    let store = Store::connect(endpoints, timeout).await?;
+    let view = store.farm().await?;
+    let mut watch = store.watch_hosts(view.revision + 1).await?;
+    tx.send_replace(view.hosts);
+    loop {
+        watch.changes().await?;
+        tx.send_replace(store.farm().await?.hosts);
+    }
+}
+
+fn now() -> Millis {
+    Millis(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::Slept;
+
+    #[test]
+    fn a_hosts_state_says_whether_its_vms_clients_are_spliced_held_or_refused() {
+        let mut h = HostView { name: "h1".into(), state: Some(HostState::Awake), ..Default::default() };
+        assert_eq!(power_of(Some(&h)), VmPower::Awake);
+        for (s, p) in [(HostState::Sleeping, VmPower::Asleep), (HostState::Draining, VmPower::Asleep), (HostState::Waking, VmPower::Waking)] {
+            h.state = Some(s);
+            assert_eq!(power_of(Some(&h)), p);
+        }
+        assert_eq!(power_of(None), VmPower::Asleep, "a host not known yet: held, not refused");
+        h.state = Some(HostState::WakeFailed);
+        h.wake_failed = Some(Slept { at: Millis(0), why: "no answer within 5m".into() });
+        assert_eq!(power_of(Some(&h)), VmPower::WakeFailed("the VM's host h1 could not be woken: no answer within 5m".into()));
+    }
+}
