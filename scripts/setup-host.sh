@@ -14,10 +14,11 @@ set -eu
 # protobuf-compiler, libprotobuf-dev: protoc and its well-known protos, which the etcd-client
 # crate's build needs (protoc alone fails on google/protobuf/descriptor.proto).
 # ipmitool: the coordinator wakes a host by IPMI with it; python3-venv and python3-libvirt: the
-# venv of the BMC emulators the wake tests run (virtualbmc for IPMI, sushy-tools for Redfish).
+# venv of the BMC emulators the wake tests run (virtualbmc for IPMI, sushy-tools for Redfish);
+# openssl makes the self-signed certificate of their Redfish over https.
 PACKAGES="qemu-system-x86 qemu-utils qemu-guest-agent nut-server nut-client libvirt-daemon-system libvirt-clients libvirt-dev \
 busybox-static linux-image-amd64 cpio zstd kmod pkg-config sqlite3 curl nftables apache2-utils iproute2 util-linux libnss3-tools \
-etcd-server etcd-client protobuf-compiler libprotobuf-dev ipmitool python3-venv python3-libvirt"
+etcd-server etcd-client protobuf-compiler libprotobuf-dev ipmitool python3-venv python3-libvirt openssl"
 URI="qemu:///system"
 
 step() { printf 'setup-host: %s\n' "$*"; }

@@ -213,6 +213,12 @@ impl WakeSettings {
         if let Some(m) = &self.mac {
             mac(m).map_err(|why| field("mac", &format!("= {m:?} {why}")))?;
         }
+        if let Some(b) = &self.broadcast {
+            let ok = b.parse::<std::net::Ipv4Addr>().is_ok() || b.parse::<std::net::SocketAddrV4>().is_ok();
+            if !ok {
+                return Err(field("broadcast", &format!("= {b:?} is not an IPv4 broadcast address (ADDR or ADDR:PORT), e.g. \"10.0.0.255\"")));
+            }
+        }
         if self.broadcast.is_some() && self.mac.is_none() {
             return Err(field("broadcast", "is set without farm.wake.mac: a Wake-on-LAN packet needs the NIC's MAC"));
         }
@@ -330,6 +336,12 @@ mod tests {
         c.wake.mac = None;
         c.wake.broadcast = Some("10.0.0.255".into());
         assert_eq!(c.validate().unwrap_err().field, "farm.wake.broadcast");
+        c.wake.mac = Some("52:54:00:12:34:56".into());
+        c.wake.broadcast = Some("10.0.0.255/24".into());
+        assert!(c.validate().unwrap_err().message.contains("not an IPv4 broadcast"));
+        c.wake.broadcast = Some("10.0.0.255:7".into());
+        assert!(c.validate().is_ok());
+        c.wake.mac = None;
         c.wake.broadcast = None;
         c.wake.ipmi = Some("10.0.0.21:623".into());
         assert_eq!(c.wake.methods(), ["ipmi"]);

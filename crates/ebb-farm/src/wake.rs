@@ -20,7 +20,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -356,15 +356,23 @@ fn redfish_message(body: &[u8]) -> String {
     short.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The TLS set-up for a BMC: made once per kind (reading the system's CA
+/// store takes a moment), then shared.
 fn tls_config(insecure: bool) -> Result<Arc<rustls::ClientConfig>, String> {
+    static CHECKED: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    static ANY: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    let cell = if insecure { &ANY } else { &CHECKED };
+    cell.get_or_init(|| make_tls_config(insecure)).clone()
+}
+
+fn make_tls_config(insecure: bool) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(|e| format!("cannot set up TLS: {e}"))?;
     let config = if insecure {
         builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))).with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
-        let found = rustls_native_certs::load_native_certs();
-        for cert in found.certs {
+        for cert in rustls_native_certs::load_native_certs().certs {
             let _ = roots.add(cert);
         }
         if roots.is_empty() {

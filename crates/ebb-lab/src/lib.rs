@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bmc;
 pub mod crowd;
 pub mod demo;
 pub mod etcd;

@@ -22,6 +22,7 @@ mod tests;
 pub use guest::{Guest, GuestStatus, Lab};
 pub use image::GuestImage;
 pub use net::{LabNet, LAB_BRIDGE, LAB_NETNS, LAB_NET_HOST};
+pub(crate) use net::in_netns;
 pub use spec::GuestSpec;
 pub use upsd::{TestCa, Upsd, UpsdCert};
 

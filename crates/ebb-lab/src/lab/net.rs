@@ -76,7 +76,7 @@ impl LabNet {
 
 /// Runs `f` on a thread that entered the network namespace `ns` (setns is
 /// per thread, and sockets stay in the namespace they were made in).
-pub(super) fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+pub(crate) fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> io::Result<T> {
     let file = std::fs::File::open(format!("/var/run/netns/{ns}"))?;
     std::thread::scope(|s| {
         s.spawn(move || {
