@@ -447,3 +447,21 @@ async fn the_coordinator_wakes_a_sleeping_host_a_gateway_client_waits_for_and_ma
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("wake-failed") && text.contains("could not be woken"), "{text}");
 }
+
+/// A host that slept powered off comes back with a fresh agent: the VMs
+/// saved for its sleep are in the journal, and the agent restores them as
+/// it starts (here the agent is killed, as a power-off would).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_that_starts_after_its_hosts_sleep_restores_what_it_saved() {
+    let etcd = LocalEtcd::start().await.unwrap();
+    let store = store(&etcd).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = AgentProc::start(&subdir(dir.path(), "a"), TICK, &sleep_section(etcd.url(), "h1", true));
+    until("h1 asleep", Duration::from_secs(15), async || state(&store, "h1").await == Some(HostState::Sleeping)).await;
+    a.kill9();
+    let a = AgentProc::start_with(&dir.path().join("a"), a.config.clone(), a.socket.clone(), a.journal.clone());
+    let woke = wait_for("the restore at start", Duration::from_secs(10), || host_events(&a).into_iter().find(|e| e.kind == "host_wake"));
+    assert!(woke.text.contains("the agent started again after the host's sleep"), "{woke:?}");
+    until("h1 awake in etcd", Duration::from_secs(10), async || state(&store, "h1").await == Some(HostState::Awake)).await;
+    assert!(a.vm("test").unwrap().sleeping.is_none());
+}

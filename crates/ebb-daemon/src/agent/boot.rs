@@ -85,6 +85,10 @@ impl Agent {
             warn!("could not read the needs history from the journal: {e}");
             vec![]
         });
+        let host_saved = journal.host_saved().unwrap_or_else(|e| {
+            warn!("could not read the VMs saved for the host's sleep from the journal: {e}");
+            vec![]
+        });
         let power_saved = journal.power_saved().unwrap_or_else(|e| {
             warn!("could not read the VMs saved for power from the journal: {e}");
             vec![]
@@ -169,7 +173,7 @@ impl Agent {
             journal: writer,
             farm: None,
             farm_clients: watch::channel(ebb_farm::ActiveClients::new()).0,
-            host: host_sleep::HostSleep::new(&cfg, started_at),
+            host: host_sleep::HostSleep::new(&cfg, started_at, host_saved),
             cfg,
         };
         let status = agent.status(None, None, 0.0);

@@ -33,8 +33,11 @@ pub(super) struct HostSleep {
     awake_since: Millis,
     /// Recent sleeps, for the cycle cap.
     sleeps: Vec<Millis>,
-    /// The VMs saved for the host's sleep, restored when it wakes.
+    /// The VMs saved for the host's sleep (journaled), restored when it wakes.
     saved: BTreeSet<VmId>,
+    /// VMs were left saved for a sleep when the agent started: the host
+    /// slept (powered off) and is back.
+    resumed_at_start: bool,
     /// Why the host is awake now, or what it is doing, in words.
     now: String,
     last_sleep: Option<(Millis, String)>,
@@ -53,7 +56,7 @@ enum Phase {
 }
 
 impl HostSleep {
-    pub(super) fn new(cfg: &Config, started_at: Millis) -> HostSleep {
+    pub(super) fn new(cfg: &Config, started_at: Millis, saved: Vec<VmId>) -> HostSleep {
         let farm = cfg.farm.as_ref();
         HostSleep {
             cfg: farm.and_then(|f| f.sleep.clone()),
@@ -65,7 +68,8 @@ impl HostSleep {
             idle_since: None,
             awake_since: started_at,
             sleeps: Vec::new(),
-            saved: BTreeSet::new(),
+            resumed_at_start: !saved.is_empty(),
+            saved: saved.into_iter().collect(),
             now: String::new(),
             last_sleep: None,
             last_wake: None,
@@ -110,6 +114,10 @@ impl Agent {
     /// At each tick: follows the client count, and asks to sleep when the
     /// core says so, or wakes a host whose sleep was only recorded.
     pub(super) async fn host_sleep_tick(&mut self, obs: &Observation, at: Millis) {
+        if std::mem::take(&mut self.host.resumed_at_start) {
+            // Whatever the config says now: what was saved for a sleep comes back.
+            return self.host_wakes("the agent started again after the host's sleep", at).await;
+        }
         if self.host.cfg.is_none() {
             return;
         }
@@ -244,7 +252,11 @@ impl Agent {
             }
             let action = Action::Sleep { vm: vm.clone(), mode: SleepMode::Save, reason: reason.clone() };
             match self.act(vec![action], at).await.pop() {
-                Some((_, Ok(()))) => saved.push(vm),
+                Some((_, Ok(()))) => {
+                    let id = vm.clone();
+                    self.journal.write(move |j| j.set_host_saved(&id, true, at));
+                    saved.push(vm);
+                }
                 Some((_, Err(e))) => {
                     failure = Some(format!("{vm} could not be saved ({e})"));
                     break;
@@ -313,8 +325,12 @@ impl Agent {
         let wakes: Vec<Action> = saved.iter().filter(|vm| self.vms.sleeping.contains_key(*vm)).map(|vm| Action::Wake { vm: vm.clone(), reason: reason.clone() }).collect();
         for (action, result) in self.act(wakes, at).await {
             if let (Some(vm), Err(e)) = (action.vm(), result) {
+                // Still asleep under ebb: its traffic or `ebb wake` brings it back.
                 warn!(vm = %vm, "not restored after the host's sleep: {e}");
             }
+        }
+        for vm in saved {
+            self.journal.write(move |j| j.set_host_saved(&vm, false, at));
         }
     }
 

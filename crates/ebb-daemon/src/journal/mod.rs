@@ -298,6 +298,10 @@ CREATE TABLE IF NOT EXISTS power_saved (
     vm TEXT PRIMARY KEY,
     at_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS host_saved (
+    vm TEXT PRIMARY KEY,
+    at_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cpufreq_changes (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     changes TEXT NOT NULL,
@@ -465,6 +469,23 @@ impl Journal {
 
     pub fn power_saved(&self) -> Result<Vec<VmId>, JournalError> {
         let mut stmt = self.conn.prepare("SELECT vm FROM power_saved ORDER BY vm")?;
+        let rows = stmt.query_map([], |r| Ok(VmId::new(r.get::<_, String>(0)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// VMs saved for the host's sleep in the farm, to restore when it wakes
+    /// (after a power-off, when the agent starts again).
+    pub fn set_host_saved(&self, vm: &VmId, saved: bool, at: Millis) -> Result<(), JournalError> {
+        if saved {
+            self.conn.execute("INSERT OR REPLACE INTO host_saved (vm, at_ms) VALUES (?1, ?2)", params![vm.as_str(), at.0 as i64])?;
+        } else {
+            self.conn.execute("DELETE FROM host_saved WHERE vm = ?1", params![vm.as_str()])?;
+        }
+        Ok(())
+    }
+
+    pub fn host_saved(&self) -> Result<Vec<VmId>, JournalError> {
+        let mut stmt = self.conn.prepare("SELECT vm FROM host_saved ORDER BY vm")?;
         let rows = stmt.query_map([], |r| Ok(VmId::new(r.get::<_, String>(0)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
