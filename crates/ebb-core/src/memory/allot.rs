@@ -46,9 +46,10 @@ pub(super) fn rho(shares: f64, active: f64, k: f64, a: f64) -> f64 {
 }
 
 /// Sets each VM's entitlement: pressured VMs' floors rise toward what
-/// relieves them (in proportion to shares when the pool is short), then the
-/// pool is water-filled by the idle-taxed price. Returns a note when even the
-/// floors do not fit.
+/// relieves them, and learned headrooms' toward them (in proportion to
+/// shares when the pool is short: a learned headroom is no guarantee, and
+/// must not hold the pool over), then the pool is water-filled by the
+/// idle-taxed price. Returns a note when even the floors do not fit.
 pub(super) fn allot(work: &mut [Work], pool: Bytes, k: f64) -> Option<String> {
     // One pass for what two sums and a filter took: the VMs' numbers are
     // megabytes at 10,000 VMs, and each pass over them costs more than the
@@ -57,8 +58,9 @@ pub(super) fn allot(work: &mut [Work], pool: Bytes, k: f64) -> Option<String> {
     let mut needs: Vec<(usize, f64, f64)> = Vec::new();
     for (i, w) in work.iter().enumerate() {
         base_floors += w.floor;
-        if w.pressure.is_some() && w.want > w.floor {
-            needs.push((i, (w.want - w.floor).0 as f64, w.shares.max(1.0)));
+        let wanted = if w.pressure.is_some() { w.want.max(w.learned_floor) } else { w.learned_floor };
+        if wanted > w.floor {
+            needs.push((i, (wanted - w.floor).0 as f64, w.shares.max(1.0)));
         }
     }
     if !needs.is_empty() {

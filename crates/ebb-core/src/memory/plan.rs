@@ -29,6 +29,11 @@ pub(super) fn plan(work: &mut [Work], t: &Tuning, pool: Bytes, committed: Bytes,
         let c = w.current;
         let band = w.band;
         let e = w.entitlement;
+        if w.unsure {
+            // Any target could undo what the guest took: none until told apart.
+            settled += c.max(e);
+            continue;
+        }
         if let Some((hold, _, _)) = w.stuck {
             w.target = Some((hold, Rule::Stuck));
             settled += hold.max(e);
