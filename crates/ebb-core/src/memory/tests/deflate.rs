@@ -12,6 +12,27 @@ fn pool_used(w: &World) -> Bytes {
     w.guests.iter().map(|g| g.current).sum()
 }
 
+/// Runs `ticks` ticks after guest "burst" deflated itself into a 700 MiB
+/// pool: ebb never takes back what it took, nor pushes it into its OOM
+/// path again. Returns the tick the pool was back within its limit, and
+/// the balloon moves.
+fn after_the_burst(w: &mut World, ticks: usize) -> (usize, usize) {
+    let took = w.current("burst");
+    let (mut back_after, mut moves) = (None, 0);
+    for tick in 1..=ticks {
+        let d = w.tick();
+        moves += d.actions.len();
+        if let Some((t, r)) = action_for(&d, "burst") {
+            assert!(t >= took, "tick {tick}: ebb took back what the guest took itself ({took}): {t}: {r}");
+        }
+        if back_after.is_none() && pool_used(w) <= Bytes::from_mib(701) {
+            back_after = Some(tick);
+        }
+    }
+    assert_eq!(w.g("burst").took_back, 1, "ebb pushed it back into its OOM path");
+    (back_after.expect("the pool never came back within its limit"), moves)
+}
+
 #[test]
 fn a_deflate_on_oom_guest_is_read_without_its_balloon_and_reclaimed_like_a_stock_one() {
     let mut w = World::new(vec![small("stock", 100, false), auto("auto", 100)], 500);
@@ -54,19 +75,7 @@ fn a_guest_that_deflates_itself_is_followed_not_fought_and_the_pool_is_made_up_f
     assert!(seen.floor.unwrap() >= w.current("burst"), "ebb would take it back: {seen:?}");
     assert!(seen.last_reason.as_ref().is_none_or(|r| r.text.contains("deflate-on-OOM")), "{seen:?}");
 
-    let took = w.current("burst");
-    let mut back_after = None;
-    for tick in 1..=20 {
-        let d = w.tick();
-        if let Some((t, r)) = action_for(&d, "burst") {
-            assert!(t >= took, "tick {tick}: ebb took back what the guest took itself ({took}): {t}: {r}");
-        }
-        if back_after.is_none() && pool_used(&w) <= Bytes::from_mib(701) {
-            back_after = Some(tick);
-        }
-    }
-    assert_eq!(w.g("burst").took_back, 1, "ebb pushed it back into its OOM path");
-    let back_after = back_after.expect("the pool never came back within its limit");
+    let (back_after, _) = after_the_burst(&mut w, 20);
     assert!(back_after <= 5, "the pool came back after {back_after} ticks");
     assert!(w.current("idle") < idle_before, "the idle guest gave nothing");
     // It holds its memory with headroom: 320 used + 64 + 56 kernel.
@@ -159,20 +168,7 @@ fn stats_that_lag_several_ticks_after_a_self_deflation_neither_fight_it_nor_keep
     w.g("burst").used = Bytes::from_mib(320);
     w.tick();
     assert_eq!(w.g("burst").took_back, 1);
-    let took = w.current("burst");
-    let (mut back_after, mut moves) = (None, 0);
-    for tick in 1..=30 {
-        let d = w.tick();
-        moves += d.actions.len();
-        if let Some((t, r)) = action_for(&d, "burst") {
-            assert!(t >= took, "tick {tick}: ebb took back what the guest took itself ({took}): {t}: {r}");
-        }
-        if back_after.is_none() && pool_used(&w) <= Bytes::from_mib(701) {
-            back_after = Some(tick);
-        }
-    }
-    assert_eq!(w.g("burst").took_back, 1, "ebb pushed it back into its OOM path");
-    let back_after = back_after.expect("the pool never came back within its limit");
+    let (back_after, moves) = after_the_burst(&mut w, 30);
     assert!(back_after <= 8, "the pool came back after {back_after} ticks");
     assert!(pool_used(&w) <= Bytes::from_mib(701), "over again: {}", pool_used(&w));
     assert!(w.current("burst") >= Bytes::from_mib(320 + 56), "{}", w.current("burst"));
