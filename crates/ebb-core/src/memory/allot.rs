@@ -55,12 +55,14 @@ pub(super) fn allot(work: &mut [Work], pool: Bytes, k: f64) -> Option<String> {
     // megabytes at 10,000 VMs, and each pass over them costs more than the
     // arithmetic in it.
     let mut base_floors = Bytes::ZERO;
-    let mut needs: Vec<(usize, f64, f64)> = Vec::new();
+    // (VM, its need, its shares, the part of the need that relieves pressure)
+    let mut needs: Vec<(usize, f64, f64, Bytes)> = Vec::new();
     for (i, w) in work.iter().enumerate() {
         base_floors += w.floor;
-        let wanted = if w.pressure.is_some() { w.want.max(w.learned_floor) } else { w.learned_floor };
+        let relief = if w.pressure.is_some() { w.want.saturating_sub(w.floor) } else { Bytes::ZERO };
+        let wanted = (w.floor + relief).max(w.learned_floor);
         if wanted > w.floor {
-            needs.push((i, (wanted - w.floor).0 as f64, w.shares.max(1.0)));
+            needs.push((i, (wanted - w.floor).0 as f64, w.shares.max(1.0), relief));
         }
     }
     if !needs.is_empty() {
@@ -78,9 +80,12 @@ pub(super) fn allot(work: &mut [Work], pool: Bytes, k: f64) -> Option<String> {
             }
             lo
         };
-        for (i, need, shares) in needs {
+        for (i, need, shares, relief) in needs {
             let w = &mut work[i];
-            w.floor = (w.floor + kib_down(Bytes(need.min(level * shares) as u64))).min(w.ceiling);
+            let raise = kib_down(Bytes(need.min(level * shares) as u64));
+            // Relief is guaranteed even past the pool; a learned headroom is not.
+            w.guaranteed = (w.floor + raise.min(relief)).min(w.ceiling);
+            w.floor = (w.floor + raise).min(w.ceiling);
         }
     }
 

@@ -36,6 +36,9 @@ pub(super) struct Work {
     pub floor: Bytes,
     /// The floor with a learned headroom: kept as far as the pool has room.
     pub learned_floor: Bytes,
+    /// What of its floor is guaranteed even past the pool (not a learned
+    /// headroom): the floor, raised by `allot` for pressure only.
+    pub guaranteed: Bytes,
     pub ceiling: Bytes,
     /// Where the balloon is already heading (pending target, else current).
     pub heading: Bytes,
@@ -233,6 +236,7 @@ pub(super) fn assess(
         min,
         floor,
         learned_floor,
+        guaranteed: floor,
         ceiling,
         heading,
         committed,

@@ -68,3 +68,21 @@ fn a_learned_headroom_never_holds_the_pool_over() {
     assert!(w.current("other") >= Bytes::from_mib(300 + 64), "{}", w.current("other"));
     assert!(w.current("fast") > w.current("other") + Bytes::from_mib(200), "the learned headroom got no room: {}", w.current("fast"));
 }
+
+#[test]
+fn a_learned_headroom_grows_a_guest_only_as_the_others_give() {
+    // Its history changes under a full pool: the room for its headroom
+    // comes from the other guest's reclaim, never from past the pool.
+    let mut w = World::new(vec![guest("fast", 1024, 100), guest("other", 1024, 100)], 800);
+    // The host has plenty beyond the pool: only a guarantee may take it.
+    w.host_total += Bytes::from_gib(4);
+    w.run(40);
+    // The other gives 32 MiB a tick.
+    w.cfg.step_max = Bytes::from_mib(32);
+    w.g("fast").settings.burst_rate = Some(Bytes::from_mib(300));
+    for tick in 1..=30 {
+        let d = w.tick();
+        assert!(d.host.pool_used <= Bytes::from_mib(801), "tick {tick}: {} in the pool", d.host.pool_used);
+    }
+    assert!(w.current("fast") > w.current("other") + Bytes::from_mib(200), "{} vs {}", w.current("fast"), w.current("other"));
+}
