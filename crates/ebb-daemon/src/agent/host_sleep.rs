@@ -45,6 +45,12 @@ pub(super) struct HostSleep {
     counted: (u64, u64),
 }
 
+/// What comes to the agent from the farm about its host.
+pub(super) enum HostEvent {
+    Answer(Answer),
+    FarmChanged,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
     Awake,
@@ -87,9 +93,21 @@ impl HostSleep {
         self.in_farm.as_ref().and_then(|r| r.borrow().clone())
     }
 
-    /// The next answer from etcd (pending forever without `[farm]`).
-    pub(super) async fn answer(&mut self) -> Option<Answer> {
-        self.answers.1.recv().await
+    /// The next answer from etcd, or a change of the host's keys there
+    /// (pending forever without `[farm]`).
+    pub(super) async fn next_event(&mut self) -> HostEvent {
+        let answers = &mut self.answers.1;
+        let in_farm = &mut self.in_farm;
+        let changed = async {
+            let Some(r) = in_farm.as_mut() else { return std::future::pending().await };
+            if r.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            Some(a) = answers.recv() => HostEvent::Answer(a),
+            () = changed => HostEvent::FarmChanged,
+        }
     }
 
     pub(super) fn view(&self) -> Option<HostSleepView> {
@@ -127,14 +145,8 @@ impl Agent {
         } else if self.host.idle_since.is_none() {
             self.host.idle_since = Some(at);
         }
-        let in_farm = self.host.in_farm();
-        let woken_by_farm = in_farm.as_ref().filter(|h| h.state == Some(HostState::Waking)).map(|h| h.waking.as_ref().map_or(String::new(), |w| format!(": {}", w.why)));
         match self.host.phase {
             Phase::Recorded if active > 0 => self.host_wakes(&format!("{active} client(s) became active"), at).await,
-            Phase::Recorded if woken_by_farm.is_some() => {
-                let why = format!("the farm's coordinator woke it{}", woken_by_farm.unwrap_or_default());
-                self.host_wakes(&why, at).await
-            }
             Phase::Awake => {
                 let facts = self.host_facts(obs, active, at);
                 match host_sleep::decide(self.host.cfg.as_ref(), &facts) {
@@ -143,6 +155,19 @@ impl Agent {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The host's keys changed in etcd: a host whose sleep was only
+    /// recorded wakes at once when the coordinator marks it `waking`
+    /// (not at the next tick: the gateway's clients wait on it).
+    async fn host_farm_changed(&mut self) {
+        let waking = self.host.in_farm().filter(|h| h.state == Some(HostState::Waking));
+        if let (Phase::Recorded, Some(h)) = (self.host.phase, waking) {
+            let why = format!("the farm's coordinator woke it{}", h.waking.as_ref().map_or(String::new(), |w| format!(": {}", w.why)));
+            let at = self.clock.now();
+            self.host_wakes(&why, at).await;
+            self.republish();
         }
     }
 
@@ -212,8 +237,15 @@ impl Agent {
         });
     }
 
+    pub(super) async fn host_event(&mut self, ev: HostEvent) {
+        match ev {
+            HostEvent::Answer((answer, why)) => self.host_sleep_answer(answer, why).await,
+            HostEvent::FarmChanged => self.host_farm_changed().await,
+        }
+    }
+
     /// etcd's answer to the shared check.
-    pub(super) async fn host_sleep_answer(&mut self, answer: Result<Drain, FarmError>, why: String) {
+    async fn host_sleep_answer(&mut self, answer: Result<Drain, FarmError>, why: String) {
         let at = self.clock.now();
         if self.host.phase != Phase::Asking {
             return;

@@ -239,7 +239,7 @@ impl Agent {
                     Some(cmd) = self.commands.recv() => self.command(cmd).await,
                     Some(ev) = self.surrogate_events.recv() => self.surrogate_event(ev).await,
                     Some(ev) = self.consoles.1.recv() => self.console_event(ev),
-                    Some((answer, why)) = self.host.answer() => self.host_sleep_answer(answer, why).await,
+                    ev = self.host.next_event() => self.host_event(ev).await,
                     _ = &mut shutdown => break 'ticks,
                 }
             }
