@@ -97,6 +97,10 @@ async fn keep_alive(store: &Store, lease: Lease) -> FarmError {
 /// How often the leader looks at wakes under way (resends, deadlines)
 /// when no host changes.
 const WAKE_LOOK: Duration = Duration::from_secs(1);
+/// Changes closer than this to each other are read as one…
+const COALESCE: Duration = Duration::from_millis(20);
+/// …for at most this long.
+const COALESCE_MAX: Duration = Duration::from_millis(200);
 
 /// Campaigns, then, once elected, watches the hosts and wakes them;
 /// returns only on an error.
@@ -122,10 +126,32 @@ async fn lead(store: &Store, s: &CoordSettings, lease: Lease) -> FarmError {
         Ok(w) => w,
         Err(e) => return e,
     };
+    let mut waking = view.hosts.iter().any(|h| h.waking.is_some());
     loop {
+        // Only a wake under way needs looking at without a change (its
+        // resends and deadline); a big farm is not read every second.
+        let look = async {
+            if waking {
+                tokio::time::sleep(WAKE_LOOK).await
+            } else {
+                std::future::pending().await
+            }
+        };
         tokio::select! {
-            changed = watch.changes() => if let Err(e) = changed { return e },
-            _ = tokio::time::sleep(WAKE_LOOK) => {}
+            changed = watch.changes() => {
+                if let Err(e) = changed {
+                    return e;
+                }
+                // Changes come in bursts (clients come and go together):
+                // one read for all that come within COALESCE of each other.
+                let until = tokio::time::Instant::now() + COALESCE_MAX;
+                while let Ok(more) = tokio::time::timeout_at(until.min(tokio::time::Instant::now() + COALESCE), watch.changes()).await {
+                    if let Err(e) = more {
+                        return e;
+                    }
+                }
+            }
+            () = look => {}
         }
         // A change is re-read whole: the count of a host's clients is the
         // number of its keys, and one read keeps the view at one revision.
@@ -137,6 +163,7 @@ async fn lead(store: &Store, s: &CoordSettings, lease: Lease) -> FarmError {
         if let Err(e) = wake_hosts(store, s, &hosts, &taken).await {
             return e;
         }
+        waking = hosts.iter().any(|h| h.waking.is_some() || h.state == Some(ebb_core::farm::HostState::Waking));
     }
 }
 

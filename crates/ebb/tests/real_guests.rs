@@ -376,8 +376,14 @@ fn a_sleeping_guest_behind_the_surrogate_answers_every_client() {
     let (lab, dir, [g]) = guests(prefix, ["a"], MIB, |_, _| {});
     let backend = g.http_port().unwrap();
     let listen = free_port();
+    // A client the guest's full accept queue dropped waits out TCP's
+    // backoff in the guest and in QEMU's user-mode stack (SYN-ACKs resent
+    // at 1, 3, 7, 15, 31 and 63 s): on a loaded machine a few of 200 have
+    // taken past the default 60 s bound. Their answers are what this test
+    // asks for; the tail is printed.
     let rest = format!(
-        "[vm.{name}.sleep]\nidle_after = \"3s\"\ncpu_threshold = 0.3\n\
+        "[surrogate]\nreplay_deadline = \"90s\"\n\
+         [vm.{name}.sleep]\nidle_after = \"3s\"\ncpu_threshold = 0.3\n\
          [[vm.{name}.service]]\nname = \"http\"\nlisten = \"127.0.0.1:{listen}\"\nbackend = \"127.0.0.1:{backend}\"\nhttp = true\n\
          [[vm.{name}.service.canned]]\nmethod = \"GET\"\npath = \"/healthz\"\nstatus = 200\nbody = \"ok from ebb\"\n"
     );
@@ -403,12 +409,19 @@ fn a_sleeping_guest_behind_the_surrogate_answers_every_client() {
     // (Sent straight to the host forward at once, most of them stall: the
     // guest's httpd listens with a backlog of 9. The surrogate paces them.)
     let n = 200;
-    let clients: Vec<_> = (0..n)
-        .map(|i| std::thread::spawn(move || http_get(listen, &format!("/cgi-bin/hit?{i}"), Duration::from_secs(120))))
-        .collect();
     let started = std::time::Instant::now();
-    let answers: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
-    eprintln!("{n} clients of a sleeping guest answered in {:.1} s", started.elapsed().as_secs_f64());
+    let clients: Vec<_> = (0..n)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let r = http_get(listen, &format!("/cgi-bin/hit?{i}"), Duration::from_secs(150));
+                (r, started.elapsed())
+            })
+        })
+        .collect();
+    let (answers, mut took): (Vec<_>, Vec<_>) = clients.into_iter().map(|c| c.join().unwrap()).unzip();
+    took.sort();
+    let at = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)].as_secs_f64();
+    eprintln!("{n} clients of a sleeping guest answered in {:.1} s (median {:.1} s, p99 {:.1} s)", at(1.0), at(0.5), at(0.99));
     let wrong: Vec<_> = answers
         .iter()
         .enumerate()

@@ -3,12 +3,14 @@
 //! printed next to the figures for a person to read.
 //!
 //! One file per benchmark: `overhead`, `reclaim`, `burst`, `power`, `realloc`,
-//! `surrogate` (wake latency, a crowd at a sleeping VM) with `awake` (the
+//! `farm` (a wake through the coordinator's gateway, the coordinator at
+//! scale), `surrogate` (wake latency, a crowd at a sleeping VM) with `awake` (the
 //! awake paths' cost), `net_crowd` (a crowd on the lab's network), and `sim`
 //! (`ebb sim` on the PlanetLab days against CloudSim's figures).
 
 mod awake;
 mod burst;
+mod farm;
 mod net_crowd;
 mod overhead;
 mod power;
@@ -85,6 +87,20 @@ pub enum BenchCommand {
         #[arg(long, default_value = "qemu:///system")]
         uri: String,
     },
+    /// The farm on a real etcd with the real `ebb coord` and `ebb run`: a
+    /// request through the coordinator's gateway to a VM whose host sleeps
+    /// (its sleep recorded), against the same request straight to the
+    /// service; then `hosts` × `clients` simulated agents' keys in etcd:
+    /// the leader's read of the farm, its reaction to a sleeping host's
+    /// client, and the writes the farm costs etcd.
+    Farm {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = 1000)]
+        hosts: usize,
+        #[arg(long, default_value_t = 20)]
+        clients: usize,
+    },
     /// `ebb sim` on each PlanetLab day with each policy, one process per
     /// run: energy, SLAV and migrations against CloudSim 3.0.3's, and wall
     /// time and peak memory against CloudSim's on this kind of machine.
@@ -104,6 +120,7 @@ pub async fn run(cmd: BenchCommand) -> Result<(), String> {
         BenchCommand::Overhead { domains, seconds, tick } => overhead::overhead(domains, seconds, &tick),
         BenchCommand::Reclaim { uri } => reclaim::reclaim(&uri).await,
         BenchCommand::Burst { uri } => burst::burst(&uri).await,
+        BenchCommand::Farm { rounds, hosts, clients } => farm::farm(rounds, hosts, clients).await,
         BenchCommand::Realloc { uri, seconds } => realloc::realloc(&uri, seconds).await,
         BenchCommand::Power { uri, rounds } => power::power(&uri, rounds).await,
         BenchCommand::Sim { traces, days, policies } => sim::sim(&traces, &days, &policies),
