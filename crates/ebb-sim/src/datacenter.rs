@@ -411,12 +411,19 @@ impl Datacenter {
     }
 
     /// Creates `vm` on `host` for good, at the start (the allocation
-    /// policy's table records it).
+    /// policy's table records it). From then on the VM asks for what its
+    /// not yet started workload asks, nothing, while its slot keeps the MIPS
+    /// and RAM it was created with (`Datacenter.processVmCreate` ends
+    /// `beingInstantiated` right after each VM): so the next VMs' overload
+    /// checks see only their own request on a host, not the earlier VMs'.
     pub fn place(&mut self, host: HostId, vm: VmId) -> bool {
         if !self.vm_create(host, vm) {
             return false;
         }
-        self.vms[vm].table_host = Some(host);
+        let v = &mut self.vms[vm];
+        v.table_host = Some(host);
+        v.request = 0.0;
+        v.being_created = false;
         true
     }
 

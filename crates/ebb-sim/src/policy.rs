@@ -87,7 +87,8 @@ impl fmt::Display for Policy {
     }
 }
 
-/// Places every VM at the start, in VM order, each asking for all its MIPS.
+/// Places every VM at the start, in VM order, each asking for all its MIPS
+/// while it is created and nothing once it is (see [`Datacenter::place`]).
 pub fn place_initial(dc: &mut Datacenter, policy: Policy) {
     for vm in 0..dc.vms.len() {
         let host = match policy {
@@ -431,6 +432,19 @@ mod tests {
         assert_eq!("mad-mmt-2.5".parse::<Policy>().unwrap().to_string(), "mad-mmt-2.5");
         assert!("thr-mu-0.8".parse::<Policy>().is_err());
         assert!("thr-mmt-x".parse::<Policy>().is_err());
+    }
+
+    #[test]
+    fn initial_placement_checks_overload_with_only_the_new_vms_request() {
+        // Eight VMs: 0 and 1 are type 0 (2500 MIPS), which only a G5 PE
+        // (2660) holds; host 1 is the only G5. Both asking in full would be
+        // 5000 / 5320 > 0.8, but VM 0 asks for nothing once created, so VM 1
+        // joins it (CloudSim places every VM of the PlanetLab days this way).
+        let traces = (0..8).map(|_| crate::trace::Trace::from_percent("vm", &[50; crate::trace::SAMPLES])).collect();
+        let mut dc = Datacenter::with_hosts(traces, 2);
+        place_initial(&mut dc, Policy::Consolidate(Detector::Threshold(0.8)));
+        assert_eq!(dc.vms[0].host, Some(1));
+        assert_eq!(dc.vms[1].host, Some(1));
     }
 
     #[test]
