@@ -52,6 +52,11 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// RAM a host must hold for it now (all of it only while created).
+    pub fn held_ram_mb(&self) -> u32 {
+        self.requested_ram_bw().0
+    }
+
     /// RAM and bandwidth the VM asks a host for (`getCurrentRequestedRam`).
     fn requested_ram_bw(&self) -> (u32, u64) {
         if self.being_created {
