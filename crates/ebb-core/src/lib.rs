@@ -25,6 +25,7 @@ pub mod affinity;
 pub mod battery;
 pub mod clients;
 pub mod compose;
+pub mod consolidate;
 pub mod cpuset;
 pub mod memory;
 pub mod devices;

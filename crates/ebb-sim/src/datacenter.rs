@@ -52,6 +52,11 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// RAM a host must hold for it now (all of it only while created).
+    pub fn held_ram_mb(&self) -> u32 {
+        self.requested_ram_bw().0
+    }
+
     /// RAM and bandwidth the VM asks a host for (`getCurrentRequestedRam`).
     fn requested_ram_bw(&self) -> (u32, u64) {
         if self.being_created {
@@ -411,12 +416,19 @@ impl Datacenter {
     }
 
     /// Creates `vm` on `host` for good, at the start (the allocation
-    /// policy's table records it).
+    /// policy's table records it). From then on the VM asks for what its
+    /// not yet started workload asks, nothing, while its slot keeps the MIPS
+    /// and RAM it was created with (`Datacenter.processVmCreate` ends
+    /// `beingInstantiated` right after each VM): so the next VMs' overload
+    /// checks see only their own request on a host, not the earlier VMs'.
     pub fn place(&mut self, host: HostId, vm: VmId) -> bool {
         if !self.vm_create(host, vm) {
             return false;
         }
-        self.vms[vm].table_host = Some(host);
+        let v = &mut self.vms[vm];
+        v.table_host = Some(host);
+        v.request = 0.0;
+        v.being_created = false;
         true
     }
 

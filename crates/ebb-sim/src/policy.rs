@@ -3,6 +3,8 @@
 //! IQR, MAD), minimum-migration-time VM selection and power-aware best-fit
 //! decreasing placement, draining underloaded hosts.
 
+pub mod ebb;
+
 use crate::datacenter::{Datacenter, HostId, VmId};
 use std::fmt;
 use std::str::FromStr;
@@ -29,6 +31,9 @@ pub enum Policy {
     Dvfs,
     /// Overload detection, MMT selection, PABFD placement, underload drain.
     Consolidate(Detector),
+    /// ebb's own: `ebb_core::consolidate` (bands, holds, demand estimates
+    /// with hysteresis, moves only to save a host or relieve one).
+    Ebb,
 }
 
 /// The fallback of the history-based detectors while a host's history is
@@ -40,7 +45,7 @@ const REGRESSION_POINTS: usize = 10;
 const ROBUST_POINTS: usize = 12;
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown policy {0:?}: one of npa, dvfs, thr-mmt-T, lr-mmt-S, iqr-mmt-S, mad-mmt-S (e.g. thr-mmt-0.8, lr-mmt-1.2)")]
+#[error("unknown policy {0:?}: one of npa, dvfs, ebb, thr-mmt-T, lr-mmt-S, iqr-mmt-S, mad-mmt-S (e.g. thr-mmt-0.8, lr-mmt-1.2)")]
 pub struct UnknownPolicy(String);
 
 impl FromStr for Policy {
@@ -50,6 +55,7 @@ impl FromStr for Policy {
         match s {
             "npa" => return Ok(Policy::Npa),
             "dvfs" => return Ok(Policy::Dvfs),
+            "ebb" => return Ok(Policy::Ebb),
             _ => {}
         }
         // CloudSim's runner names use underscores: accept both.
@@ -79,6 +85,7 @@ impl fmt::Display for Policy {
         match self {
             Policy::Npa => write!(f, "npa"),
             Policy::Dvfs => write!(f, "dvfs"),
+            Policy::Ebb => write!(f, "ebb"),
             Policy::Consolidate(Detector::Threshold(t)) => write!(f, "thr-mmt-{t}"),
             Policy::Consolidate(Detector::LocalRegression(s)) => write!(f, "lr-mmt-{s}"),
             Policy::Consolidate(Detector::InterQuartileRange(s)) => write!(f, "iqr-mmt-{s}"),
@@ -87,12 +94,15 @@ impl fmt::Display for Policy {
     }
 }
 
-/// Places every VM at the start, in VM order, each asking for all its MIPS.
+/// Places every VM at the start, in VM order, each asking for all its MIPS
+/// while it is created and nothing once it is (see [`Datacenter::place`]).
 pub fn place_initial(dc: &mut Datacenter, policy: Policy) {
+    let ebb = ebb::Ebb::new(dc);
     for vm in 0..dc.vms.len() {
         let host = match policy {
             Policy::Npa | Policy::Dvfs => (0..dc.hosts.len()).find(|&h| dc.is_suitable(h, vm)),
             Policy::Consolidate(d) => find_host(dc, d, vm, &Excluded::none(dc.hosts.len())),
+            Policy::Ebb => ebb.place(dc, vm),
         };
         // CloudSim leaves a VM that fits nowhere out; the day's VMs all fit.
         if let Some(h) = host {
@@ -431,6 +441,19 @@ mod tests {
         assert_eq!("mad-mmt-2.5".parse::<Policy>().unwrap().to_string(), "mad-mmt-2.5");
         assert!("thr-mu-0.8".parse::<Policy>().is_err());
         assert!("thr-mmt-x".parse::<Policy>().is_err());
+    }
+
+    #[test]
+    fn initial_placement_checks_overload_with_only_the_new_vms_request() {
+        // Eight VMs: 0 and 1 are type 0 (2500 MIPS), which only a G5 PE
+        // (2660) holds; host 1 is the only G5. Both asking in full would be
+        // 5000 / 5320 > 0.8, but VM 0 asks for nothing once created, so VM 1
+        // joins it (CloudSim places every VM of the PlanetLab days this way).
+        let traces = (0..8).map(|_| crate::trace::Trace::from_percent("vm", &[50; crate::trace::SAMPLES])).collect();
+        let mut dc = Datacenter::with_hosts(traces, 2);
+        place_initial(&mut dc, Policy::Consolidate(Detector::Threshold(0.8)));
+        assert_eq!(dc.vms[0].host, Some(1));
+        assert_eq!(dc.vms[1].host, Some(1));
     }
 
     #[test]

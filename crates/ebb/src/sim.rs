@@ -14,7 +14,7 @@ pub struct SimArgs {
     /// A day folder: one trace file per VM, nothing else.
     #[arg(long)]
     trace: PathBuf,
-    /// npa, dvfs, thr-mmt-T (e.g. thr-mmt-0.8), lr-mmt-S (e.g. lr-mmt-1.2), iqr-mmt-S, mad-mmt-S.
+    /// npa, dvfs, ebb (ebb_core::consolidate), thr-mmt-T (e.g. thr-mmt-0.8), lr-mmt-S (e.g. lr-mmt-1.2), iqr-mmt-S, mad-mmt-S.
     #[arg(long)]
     policy: String,
     /// One JSON object on stdout instead of the text.

@@ -110,7 +110,7 @@ pub enum BenchCommand {
         traces: std::path::PathBuf,
         #[arg(long, value_delimiter = ',', default_value = "20110303,20110306,20110309,20110322,20110325")]
         days: Vec<String>,
-        #[arg(long, value_delimiter = ',', default_value = "npa,dvfs,thr-mmt-0.8,lr-mmt-1.2")]
+        #[arg(long, value_delimiter = ',', default_value = "npa,dvfs,thr-mmt-0.8,lr-mmt-1.2,ebb")]
         policies: Vec<String>,
     },
 }
