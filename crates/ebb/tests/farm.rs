@@ -320,9 +320,14 @@ async fn a_host_without_a_wake_method_or_without_etcd_stays_awake_and_says_why()
     let check = common::ebb(&["check", "--config", b.config.to_str().unwrap()]);
     let check = String::from_utf8_lossy(&check.stdout);
     assert!(check.contains("host sleep: suspend after 2s without an active client") && check.contains("woken by wol"), "{check}");
-    until("both join", Duration::from_secs(10), async || is_member(&store, "h1").await && is_member(&store, "h2").await).await;
-    // No client at all: past the grace period, only h2 sleeps.
+    // h3 can sleep too, but a client of it keeps beating.
+    let c = AgentProc::start(&subdir(dir.path(), "c"), TICK, &sleep_section(etcd.url(), "h3", true));
+    until("all join", Duration::from_secs(10), async || is_member(&store, "h1").await && is_member(&store, "h2").await && is_member(&store, "h3").await).await;
+    assert!(c.heartbeat("kiosk", r#"{"vm": "test", "ttl": "1h"}"#).status.success());
+    // Past the grace period, only h2 sleeps: h1 has no wake method, h3 a client.
     until("h2 asleep", Duration::from_secs(15), async || state(&store, "h2").await == Some(HostState::Sleeping)).await;
+    assert_eq!(state(&store, "h3").await, Some(HostState::Awake));
+    assert_eq!(c.status().host_sleep.unwrap().why, "1 client is active");
     let h = a.status().host_sleep.unwrap();
     assert!(h.state == "awake" && h.why.contains("no wake method") && h.why.contains("never"), "{h:?}");
     assert_eq!(state(&store, "h1").await, Some(HostState::Awake));
@@ -464,4 +469,46 @@ async fn an_agent_that_starts_after_its_hosts_sleep_restores_what_it_saved() {
     assert!(woke.text.contains("the agent started again after the host's sleep"), "{woke:?}");
     until("h1 awake in etcd", Duration::from_secs(10), async || state(&store, "h1").await == Some(HostState::Awake)).await;
     assert!(a.vm("test").unwrap().sleeping.is_none());
+}
+
+/// A leader killed during a wake: the other replica leads within the lease
+/// TTL and carries the same wake on (its record, not a new one), and the
+/// host is woken once: one `waking`, one `woke`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_killed_during_a_wake_is_replaced_and_the_host_is_woken_once() {
+    let etcd = LocalEtcd::start().await.unwrap();
+    let store = store(&etcd).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("coord.toml");
+    std::fs::write(&config, format!("{}wake_resend = \"1s\"\nwake_give_up = \"60s\"\n", farm_section(etcd.url(), "unused"))).unwrap();
+    let wol = format!("{}[farm.wake]\nmac = \"52:54:00:12:34:57\"\nbroadcast = \"127.0.0.1:1\"\n[farm.sleep]\nafter = \"1s\"\nmin_awake = \"1s\"\n", farm_section(etcd.url(), "h1"));
+    let mut a = AgentProc::start(&subdir(dir.path(), "a"), TICK, &wol);
+    until("h1 asleep", Duration::from_secs(15), async || state(&store, "h1").await == Some(HostState::Sleeping)).await;
+    // The host really asleep: no agent answers until it is back.
+    a.kill9();
+    until("h1's membership lapses", Duration::from_secs(5), async || !is_member(&store, "h1").await).await;
+    let mut coords = [Coord::start(dir.path(), &config, "coord-a"), Coord::start(dir.path(), &config, "coord-b")];
+    until("a leader", Duration::from_secs(10), async || store.leader().await.unwrap().is_some()).await;
+    let leader = store.leader().await.unwrap().unwrap();
+    let (l, other) = if leader == "coord-a" { (0, 1) } else { (1, 0) };
+    let entry = ClientEntry { vm: "test".into(), kind: ClientKind::Surrogate, remote: None };
+    store.put_client("h1", "gateway:10.0.0.7", &entry, Duration::from_secs(60)).await.unwrap();
+    until("h1 waking", Duration::from_secs(5), async || state(&store, "h1").await == Some(HostState::Waking)).await;
+    let record = |farm: &FarmView| farm.hosts.iter().find(|h| h.name == "h1").and_then(|h| h.waking.clone());
+    let begun = record(&store.farm().await.unwrap()).expect("the wake's record");
+    // The leader dies mid-wake (killed: its lease runs out, 2 s).
+    let _ = coords[l].child.kill();
+    let _ = coords[l].child.wait();
+    until("the other replica leads", Duration::from_secs(5), async || store.leader().await.unwrap().as_deref() == Some(coords[other].name.as_str())).await;
+    until("the new leader sends again", Duration::from_secs(5), async || record(&store.farm().await.unwrap()).is_some_and(|r| r.sends > begun.sends)).await;
+    let carried = record(&store.farm().await.unwrap()).unwrap();
+    assert_eq!((carried.started, carried.why.as_str()), (begun.started, begun.why.as_str()), "the same wake, carried on");
+    // The host comes back: its agent starts, restores its VM, says awake.
+    let a = AgentProc::start_with(&dir.path().join("a"), a.config.clone(), a.socket.clone(), a.journal.clone());
+    until("h1 awake", Duration::from_secs(10), async || state(&store, "h1").await == Some(HostState::Awake)).await;
+    until("the wake recorded", Duration::from_secs(5), async || store.farm().await.unwrap().hosts.iter().any(|h| h.name == "h1" && h.woke.is_some())).await;
+    let log = coords[other].log();
+    assert!(log.contains("host h1 is awake") && !log.contains("waking host h1"), "the new leader finished the wake without beginning another:\n{log}");
+    assert_eq!(coords[l].log().matches("waking host h1").count(), 1, "{}", coords[l].log());
+    assert_eq!(host_events(&a).iter().filter(|e| e.kind == "host_wake").count(), 1);
 }
