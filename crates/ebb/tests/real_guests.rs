@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use ebb_daemon::api_types::{Connection, Source, VmInfo};
-use ebb_lab::lab::{free_port, Lab};
+use ebb_lab::lab::Lab;
 use ebb_core::Bytes;
 use std::process::Command;
 use std::time::Duration;
@@ -716,4 +716,56 @@ fn a_vnc_session_is_a_client_until_it_disconnects_and_a_save_ends_it() {
     agent.wait("the save to end the session", Duration::from_secs(15), |a| consoles(a).is_empty().then_some(()));
     assert_eq!(agent.status().active_clients, 0);
     drop(viewer);
+}
+
+/// The seed's host sleep on a real guest: a farm host (real etcd) whose
+/// only client is a VNC viewer (a real RFB session) stays awake while it
+/// watches; when the viewer leaves and its timer and the grace period run
+/// out, the guest is saved and the host's sleep recorded; a client's
+/// heartbeat wakes the host and the guest is restored and serves again.
+#[test]
+fn a_farm_host_sleeps_when_its_last_viewer_leaves_and_a_heartbeat_wakes_it_with_its_guest() {
+    let prefix = "ebb-test-hostsleep-";
+    let name = format!("{prefix}a");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = rt.block_on(ebb_lab::etcd::LocalEtcd::start()).unwrap();
+    let (_lab, dir, [g]) = guests(prefix, ["a"], 128, |_, s| s.vnc = true);
+    let out = Command::new("virsh").args(["-c", URI, "vncdisplay", &name]).output().unwrap();
+    let display = String::from_utf8_lossy(&out.stdout);
+    let port = 5900 + display.trim().trim_start_matches("127.0.0.1").trim_start_matches(':').parse::<u16>().unwrap_or_else(|_| panic!("vncdisplay: {display:?}"));
+    let agent_lines = format!("uri = \"{URI}\"\ndomains = [\"{prefix}*\"]\ntick = \"500ms\"");
+    let rest = format!(
+        "[memory]\nenabled = false\n[clients]\nconsole_idle = \"2s\"\n\
+         [farm]\nendpoints = [\"{}\"]\nhost = \"h1\"\nlease_ttl = \"2s\"\ntimeout = \"500ms\"\n\
+         [farm.wake]\nmac = \"52:54:00:12:34:58\"\nbroadcast = \"127.0.0.1:1\"\n\
+         [farm.sleep]\nafter = \"2s\"\nmin_awake = \"1s\"\n",
+        etcd.url()
+    );
+    let agent = AgentProc::start(dir.path(), &agent_lines, &rest);
+    let viewer = rfb_session(port);
+    agent.wait("the viewer counted", Duration::from_secs(15), |a| a.status().host_sleep.filter(|h| h.why == "1 client is active"));
+    // Well past the grace period, the viewer holds the host awake.
+    std::thread::sleep(Duration::from_secs(5));
+    let h = agent.status().host_sleep.unwrap();
+    assert_eq!((h.state.as_str(), h.sleeps_total), ("awake", 0), "{h:?}");
+    assert!(qemu_running(&name));
+
+    // The viewer leaves: console_idle (2 s), the grace (2 s), then the sleep.
+    drop(viewer);
+    let left = std::time::Instant::now();
+    agent.wait("the host asleep", Duration::from_secs(60), |a| a.status().host_sleep.filter(|h| h.state == "asleep (recorded)"));
+    assert!(left.elapsed() >= Duration::from_secs(4), "slept {:?} after the viewer left", left.elapsed());
+    assert!(!qemu_running(&name), "the guest is saved before the host sleeps");
+    assert!(agent.vm(&name).unwrap().sleeping.is_some());
+    let explained = agent.text(&["explain", "--host"]);
+    assert!(explained.contains("1 VM(s) saved"), "{explained}");
+
+    // A client's heartbeat: the host wakes and restores its guest.
+    let beat = agent.heartbeat("kiosk", &format!(r#"{{"vm": "{name}", "ttl": "1m"}}"#));
+    assert!(beat.status.success(), "{}", String::from_utf8_lossy(&beat.stderr));
+    agent.wait("the host awake", Duration::from_secs(60), |a| a.status().host_sleep.filter(|h| h.state == "awake" && h.wakes_total == 1));
+    agent.wait("the guest restored", Duration::from_secs(60), |a| a.vm(&name).filter(|v| v.sleeping.is_none()));
+    assert!(qemu_running(&name));
+    wait_for("the guest's service", Duration::from_secs(30), || g.http_get("/").ok());
+    drop(etcd);
 }
