@@ -459,33 +459,35 @@ impl Journal {
 
     /// VMs saved on low battery, to restore when power is back (even after a restart).
     pub fn set_power_saved(&self, vm: &VmId, saved: bool, at: Millis) -> Result<(), JournalError> {
-        if saved {
-            self.conn.execute("INSERT OR REPLACE INTO power_saved (vm, at_ms) VALUES (?1, ?2)", params![vm.as_str(), at.0 as i64])?;
-        } else {
-            self.conn.execute("DELETE FROM power_saved WHERE vm = ?1", params![vm.as_str()])?;
-        }
-        Ok(())
+        self.set_saved("power_saved", vm, saved, at)
     }
 
     pub fn power_saved(&self) -> Result<Vec<VmId>, JournalError> {
-        let mut stmt = self.conn.prepare("SELECT vm FROM power_saved ORDER BY vm")?;
-        let rows = stmt.query_map([], |r| Ok(VmId::new(r.get::<_, String>(0)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.saved("power_saved")
     }
 
     /// VMs saved for the host's sleep in the farm, to restore when it wakes
     /// (after a power-off, when the agent starts again).
     pub fn set_host_saved(&self, vm: &VmId, saved: bool, at: Millis) -> Result<(), JournalError> {
+        self.set_saved("host_saved", vm, saved, at)
+    }
+
+    pub fn host_saved(&self) -> Result<Vec<VmId>, JournalError> {
+        self.saved("host_saved")
+    }
+
+    /// `table` is one of the schema's tables of saved VMs (a constant).
+    fn set_saved(&self, table: &str, vm: &VmId, saved: bool, at: Millis) -> Result<(), JournalError> {
         if saved {
-            self.conn.execute("INSERT OR REPLACE INTO host_saved (vm, at_ms) VALUES (?1, ?2)", params![vm.as_str(), at.0 as i64])?;
+            self.conn.execute(&format!("INSERT OR REPLACE INTO {table} (vm, at_ms) VALUES (?1, ?2)"), params![vm.as_str(), at.0 as i64])?;
         } else {
-            self.conn.execute("DELETE FROM host_saved WHERE vm = ?1", params![vm.as_str()])?;
+            self.conn.execute(&format!("DELETE FROM {table} WHERE vm = ?1"), params![vm.as_str()])?;
         }
         Ok(())
     }
 
-    pub fn host_saved(&self) -> Result<Vec<VmId>, JournalError> {
-        let mut stmt = self.conn.prepare("SELECT vm FROM host_saved ORDER BY vm")?;
+    fn saved(&self, table: &str) -> Result<Vec<VmId>, JournalError> {
+        let mut stmt = self.conn.prepare(&format!("SELECT vm FROM {table} ORDER BY vm"))?;
         let rows = stmt.query_map([], |r| Ok(VmId::new(r.get::<_, String>(0)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
