@@ -106,7 +106,7 @@ enum Command {
     },
     /// Prometheus metrics, as the agent serves them at /metrics.
     Metrics,
-    /// Run a coordinator replica of the farm: replicas elect one leader through etcd; the leader watches the hosts and logs their changes. Stops cleanly on SIGTERM, SIGINT or SIGHUP.
+    /// Run a coordinator replica of the farm: replicas elect one leader through etcd; the leader wakes the sleeping hosts clients wait for (IPMI, Redfish, Wake-on-LAN), and with [gateway.VM] sections the replica holds those clients until their host is awake. Stops cleanly on SIGTERM, SIGINT or SIGHUP.
     Coord {
         #[arg(long, short, default_value = "/etc/ebb/ebb.toml")]
         config: PathBuf,
@@ -117,7 +117,7 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
-    /// The farm as etcd has it: each host's agent, state, active clients and wake methods, and the coordinators' leader.
+    /// The farm as etcd has it: each host's agent, state, active clients, wake methods and last sleep, wakes under way and hosts that could not be woken, and the coordinators' leader.
     Farm {
         #[arg(long, short, default_value = "/etc/ebb/ebb.toml")]
         config: PathBuf,
