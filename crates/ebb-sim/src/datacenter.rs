@@ -373,7 +373,7 @@ impl Datacenter {
 
     /// Sets the scheduler's migrating-out mark for `vm` on `host` as
     /// `VmSchedulerTimeShared.allocatePesForVm` does.
-    fn mark_migration(&mut self, host: HostId, vm: VmId) {
+    pub fn mark_migration(&mut self, host: HostId, vm: VmId) {
         let in_migration = self.vms[vm].in_migration;
         let h = &mut self.hosts[host];
         if in_migration {

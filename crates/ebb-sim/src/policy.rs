@@ -274,29 +274,25 @@ pub fn find_host(dc: &mut Datacenter, d: Detector, vm: VmId, excluded: &Excluded
             continue;
         }
         let allocated = dc.hosts[host].allocated_mips();
-        if allocated != 0.0 && overloaded_with(dc, d, host, vm) {
-            continue;
+        if allocated != 0.0 {
+            // CloudSim tries the VM on the host before anything else
+            // (`isHostOverUtilizedAfterAllocation`); of that trial only its
+            // side effect on the VM's migrating-out mark there lasts (a
+            // suitable host always takes the VM, and giving it back leaves
+            // the scheduler's shares as they were).
+            dc.mark_migration(host, vm);
         }
         let h = &dc.hosts[host];
         let after = h.kind.power((allocated + request) / h.total_mips());
         let increase = after - h.kind.power(h.utilization());
-        if increase < min_increase {
+        // The overload check is the expensive part: only for a host that
+        // would be chosen otherwise.
+        if increase < min_increase && !(allocated != 0.0 && is_overloaded(dc, d, host, Some(vm))) {
             min_increase = increase;
             best = Some(host);
         }
     }
     best
-}
-
-/// Tries the VM on the host (`isHostOverUtilizedAfterAllocation`). The
-/// trial creation has the side effect CloudSim's has: it clears the VM's
-/// stale migrating-out mark there.
-fn overloaded_with(dc: &mut Datacenter, d: Detector, host: HostId, vm: VmId) -> bool {
-    if !dc.vm_create(host, vm) {
-        return true;
-    }
-    dc.vm_destroy(host, vm);
-    is_overloaded(dc, d, host, Some(vm))
 }
 
 /// Minimum migration time: the VM with the least RAM not migrating, first in
@@ -358,8 +354,9 @@ pub fn optimize(dc: &mut Datacenter, d: Detector) -> Vec<(VmId, HostId)> {
         not_source.add(h);
         not_target.add(h);
     }
+    let mut by_utilization = UtilizationOrder::new(dc);
     while not_source.count() < n {
-        let Some(host) = least_utilized(dc, &not_source) else { break };
+        let Some(host) = by_utilization.least(dc, &not_source) else { break };
         not_source.add(host);
         not_target.add(host);
         let mut vms: Vec<VmId> = dc.hosts[host].vm_ids().filter(|&v| !dc.vms[v].in_migration).collect();
@@ -392,22 +389,38 @@ pub fn optimize(dc: &mut Datacenter, d: Detector) -> Vec<(VmId, HostId)> {
     plan
 }
 
-/// The active host with the least utilisation at its last update, below 1,
-/// that is not only sending or receiving VMs (`getUnderUtilizedHost`).
-fn least_utilized(dc: &Datacenter, excluded: &Excluded) -> Option<HostId> {
-    let mut min = 1.0;
-    let mut best = None;
-    for host in 0..dc.hosts.len() {
-        if excluded.has(host) {
-            continue;
-        }
-        let u = dc.hosts[host].utilization();
-        if u > 0.0 && u < min && !all_migrating_out_or_any_in(dc, host) {
-            min = u;
-            best = Some(host);
-        }
+/// The active hosts by utilisation at their last update, which stays put
+/// during a decision: least first, by id on a tie.
+struct UtilizationOrder {
+    hosts: Vec<HostId>,
+    /// Hosts before this one are all excluded (exclusions only grow).
+    start: usize,
+}
+
+impl UtilizationOrder {
+    fn new(dc: &Datacenter) -> UtilizationOrder {
+        let mut hosts: Vec<HostId> = (0..dc.hosts.len())
+            .filter(|&h| {
+                let u = dc.hosts[h].utilization();
+                u > 0.0 && u < 1.0
+            })
+            .collect();
+        // Stable: equal utilisations stay in id order.
+        hosts.sort_by(|&a, &b| dc.hosts[a].utilization().total_cmp(&dc.hosts[b].utilization()));
+        UtilizationOrder { hosts, start: 0 }
     }
-    best
+
+    /// The active host with the least utilisation, below 1, not excluded,
+    /// that is not only sending or receiving VMs (`getUnderUtilizedHost`).
+    fn least(&mut self, dc: &Datacenter, excluded: &Excluded) -> Option<HostId> {
+        while self.hosts.get(self.start).is_some_and(|&h| excluded.has(h)) {
+            self.start += 1;
+        }
+        self.hosts[self.start..]
+            .iter()
+            .copied()
+            .find(|&h| !excluded.has(h) && !all_migrating_out_or_any_in(dc, h))
+    }
 }
 
 fn all_migrating_out_or_any_in(dc: &Datacenter, host: HostId) -> bool {
