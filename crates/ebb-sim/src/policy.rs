@@ -5,7 +5,7 @@
 
 pub mod ebb;
 
-use crate::datacenter::{Datacenter, HostId, VmId};
+use crate::datacenter::{Datacenter, HostId, VmId, HISTORY};
 use std::fmt;
 use std::str::FromStr;
 
@@ -98,10 +98,11 @@ impl fmt::Display for Policy {
 /// while it is created and nothing once it is (see [`Datacenter::place`]).
 pub fn place_initial(dc: &mut Datacenter, policy: Policy) {
     let ebb = ebb::Ebb::new(dc);
+    let mut histories = Histories::new(dc);
     for vm in 0..dc.vms.len() {
         let host = match policy {
             Policy::Npa | Policy::Dvfs => (0..dc.hosts.len()).find(|&h| dc.is_suitable(h, vm)),
-            Policy::Consolidate(d) => find_host(dc, d, vm, &Excluded::none(dc.hosts.len())),
+            Policy::Consolidate(d) => find_host(dc, &mut histories, d, vm, &Excluded::none(dc.hosts.len())),
             Policy::Ebb => ebb.place(dc, vm),
         };
         // CloudSim leaves a VM that fits nowhere out; the day's VMs all fit.
@@ -140,20 +141,50 @@ impl Excluded {
     }
 }
 
-/// Host utilisation history: its VMs' histories weighted by their MIPS,
-/// newest first, trailing zeros cut (`PowerHostUtilizationHistory`).
-fn host_history(dc: &Datacenter, host: HostId, extra: Option<VmId>) -> Vec<f64> {
-    let h = &dc.hosts[host];
-    let host_mips = h.total_mips();
-    let mut hist = [0.0; crate::datacenter::HISTORY];
-    for vm in h.vm_ids().chain(extra) {
-        let v = &dc.vms[vm];
-        for (i, u) in v.history.iter().enumerate() {
-            hist[i] += u * v.mips / host_mips;
+/// Host utilisation histories (`PowerHostUtilizationHistory`): its VMs'
+/// histories weighted by their MIPS, newest first. VM histories stay put
+/// during a decision, so a host's is summed once until its VM list changes;
+/// the VM being tried on it is added last, as CloudSim's list has it.
+struct Histories {
+    /// Per host: the sum over its VMs, and the host's slot changes then.
+    sums: Vec<Option<(u64, [f64; HISTORY])>>,
+}
+
+impl Histories {
+    fn new(dc: &Datacenter) -> Histories {
+        Histories {
+            sums: vec![None; dc.hosts.len()],
         }
     }
-    let len = hist.iter().rposition(|&u| u != 0.0).map_or(0, |i| i + 1);
-    hist[..len].to_vec()
+
+    /// The host's history with `extra` on it, trailing zeros cut: the
+    /// values and how many there are.
+    fn get(&mut self, dc: &Datacenter, host: HostId, extra: Option<VmId>) -> ([f64; HISTORY], usize) {
+        let h = &dc.hosts[host];
+        let host_mips = h.total_mips();
+        let add = |hist: &mut [f64; HISTORY], vm: VmId| {
+            let v = &dc.vms[vm];
+            for (i, u) in v.history.iter().enumerate() {
+                hist[i] += u * v.mips / host_mips;
+            }
+        };
+        let mut hist = match self.sums[host] {
+            Some((changes, sum)) if changes == h.slot_changes() => sum,
+            _ => {
+                let mut sum = [0.0; HISTORY];
+                for vm in h.vm_ids() {
+                    add(&mut sum, vm);
+                }
+                self.sums[host] = Some((h.slot_changes(), sum));
+                sum
+            }
+        };
+        if let Some(vm) = extra {
+            add(&mut hist, vm);
+        }
+        let len = hist.iter().rposition(|&u| u != 0.0).map_or(0, |i| i + 1);
+        (hist, len)
+    }
 }
 
 fn requested_share(dc: &Datacenter, host: HostId, extra: Option<VmId>) -> f64 {
@@ -166,16 +197,19 @@ fn requested_share(dc: &Datacenter, host: HostId, extra: Option<VmId>) -> f64 {
 }
 
 /// Whether the host (with `extra` on it, if given) is overloaded.
-fn is_overloaded(dc: &Datacenter, d: Detector, host: HostId, extra: Option<VmId>) -> bool {
+fn is_overloaded(dc: &Datacenter, histories: &mut Histories, d: Detector, host: HostId, extra: Option<VmId>) -> bool {
     let fallback = || requested_share(dc, host, extra) > FALLBACK_THRESHOLD;
     match d {
         Detector::Threshold(t) => requested_share(dc, host, extra) > t,
         Detector::LocalRegression(safety) => {
-            let hist = host_history(dc, host, extra);
-            if hist.len() < REGRESSION_POINTS {
+            let (hist, len) = histories.get(dc, host, extra);
+            if len < REGRESSION_POINTS {
                 return fallback();
             }
-            let oldest_first: Vec<f64> = hist[..REGRESSION_POINTS].iter().rev().copied().collect();
+            let mut oldest_first = [0.0; REGRESSION_POINTS];
+            for (o, &u) in oldest_first.iter_mut().zip(hist[..REGRESSION_POINTS].iter().rev()) {
+                *o = u;
+            }
             let (intercept, slope) = least_squares(&oldest_first);
             // Steps a migration of the host's largest VM takes (1 for ≤ 1740 MB).
             let max_ram = dc.hosts[host].vm_ids().chain(extra).map(|v| dc.vms[v].ram_mb).max().unwrap_or(0);
@@ -185,13 +219,14 @@ fn is_overloaded(dc: &Datacenter, d: Detector, host: HostId, extra: Option<VmId>
             predicted >= 1.0
         }
         Detector::InterQuartileRange(s) | Detector::MedianAbsoluteDeviation(s) => {
-            let hist = host_history(dc, host, extra);
-            if hist.len() < ROBUST_POINTS {
+            let (hist, len) = histories.get(dc, host, extra);
+            let hist = &hist[..len];
+            if len < ROBUST_POINTS {
                 return fallback();
             }
             let spread = match d {
-                Detector::InterQuartileRange(_) => iqr(&hist),
-                _ => mad(&hist),
+                Detector::InterQuartileRange(_) => iqr(hist),
+                _ => mad(hist),
             };
             requested_share(dc, host, extra) > 1.0 - s * spread
         }
@@ -265,7 +300,7 @@ fn iqr(data: &[f64]) -> f64 {
 /// Power-aware best fit: of the hosts not excluded that fit the VM and would
 /// not be overloaded with it (unless empty), the one whose power grows least
 /// (`findHostForVm`). A host's power "now" is the one of its last update.
-pub fn find_host(dc: &mut Datacenter, d: Detector, vm: VmId, excluded: &Excluded) -> Option<HostId> {
+fn find_host(dc: &mut Datacenter, histories: &mut Histories, d: Detector, vm: VmId, excluded: &Excluded) -> Option<HostId> {
     let mut min_increase = f64::MAX;
     let mut best = None;
     let request = dc.vms[vm].request;
@@ -284,10 +319,10 @@ pub fn find_host(dc: &mut Datacenter, d: Detector, vm: VmId, excluded: &Excluded
         }
         let h = &dc.hosts[host];
         let after = h.kind.power((allocated + request) / h.total_mips());
-        let increase = after - h.kind.power(h.utilization());
+        let increase = after - h.power_now();
         // The overload check is the expensive part: only for a host that
         // would be chosen otherwise.
-        if increase < min_increase && !(allocated != 0.0 && is_overloaded(dc, d, host, Some(vm))) {
+        if increase < min_increase && !(allocated != 0.0 && is_overloaded(dc, histories, d, host, Some(vm))) {
             min_increase = increase;
             best = Some(host);
         }
@@ -319,7 +354,8 @@ fn sort_by_demand(dc: &Datacenter, vms: &mut [VmId]) {
 /// One consolidation round (`optimizeAllocation`): the migrations to start.
 pub fn optimize(dc: &mut Datacenter, d: Detector) -> Vec<(VmId, HostId)> {
     let n = dc.hosts.len();
-    let overloaded: Vec<HostId> = (0..n).filter(|&h| is_overloaded(dc, d, h, None)).collect();
+    let mut histories = Histories::new(dc);
+    let overloaded: Vec<HostId> = (0..n).filter(|&h| is_overloaded(dc, &mut histories, d, h, None)).collect();
     let saved = dc.save();
 
     // Take VMs off each overloaded host until it is not.
@@ -328,7 +364,7 @@ pub fn optimize(dc: &mut Datacenter, d: Detector) -> Vec<(VmId, HostId)> {
         while let Some(vm) = select_mmt(dc, host) {
             to_move.push(vm);
             dc.vm_destroy(host, vm);
-            if !is_overloaded(dc, d, host, None) {
+            if !is_overloaded(dc, &mut histories, d, host, None) {
                 break;
             }
         }
@@ -340,7 +376,7 @@ pub fn optimize(dc: &mut Datacenter, d: Detector) -> Vec<(VmId, HostId)> {
     let mut plan = Vec::new();
     sort_by_demand(dc, &mut to_move);
     for vm in to_move {
-        if let Some(target) = find_host(dc, d, vm, &excluded) {
+        if let Some(target) = find_host(dc, &mut histories, d, vm, &excluded) {
             dc.vm_create(target, vm);
             plan.push((vm, target));
         }
@@ -366,7 +402,7 @@ pub fn optimize(dc: &mut Datacenter, d: Detector) -> Vec<(VmId, HostId)> {
         sort_by_demand(dc, &mut vms);
         let mut moves = Vec::new();
         for &vm in &vms {
-            match find_host(dc, d, vm, &not_target) {
+            match find_host(dc, &mut histories, d, vm, &not_target) {
                 Some(target) => {
                     dc.vm_create(target, vm);
                     moves.push((vm, target));
