@@ -132,6 +132,7 @@ pub struct Host {
     /// with what they follow (placement asks for them of every host, for
     /// every VM it places).
     power_w: f64,
+    prev_power_w: f64,
     allocated_sum: f64,
     /// Counts changes to `slots`, for caches of what follows from them.
     slot_changes: u64,
@@ -186,6 +187,7 @@ impl Host {
             util_mips: 0.0,
             prev_util_mips: 0.0,
             power_w: kind.power(0.0),
+            prev_power_w: kind.power(0.0),
             allocated_sum: 0.0,
             slot_changes: 0,
             sla: HostSla::default(),
@@ -209,6 +211,17 @@ impl Host {
 
     fn previous_utilization(&self) -> f64 {
         clamp_utilization(self.prev_util_mips / self.total_mips())
+    }
+
+    /// Energy (W·s) over the `seconds` before the last update:
+    /// `kind.energy(previous_utilization(), utilization(), seconds)` with
+    /// the powers already known.
+    fn energy_since_previous(&self, seconds: f64) -> f64 {
+        debug_assert_eq!(self.prev_power_w, self.kind.power(self.previous_utilization()));
+        if self.previous_utilization() == 0.0 {
+            return 0.0;
+        }
+        (self.prev_power_w + (self.power_now() - self.prev_power_w) / 2.0) * seconds
     }
 
     /// Changes whenever the host's VM list does.
@@ -510,6 +523,7 @@ impl Datacenter {
             let vms = &self.vms;
             let h = &mut self.hosts[host];
             h.prev_util_mips = h.util_mips;
+            h.prev_power_w = h.power_w;
             for s in &mut h.slots {
                 s.requested = vms[s.vm].request;
             }
@@ -575,7 +589,7 @@ impl Datacenter {
         }
         if !self.non_power_aware && dt > 0.0 {
             for h in &self.hosts {
-                self.energy_ws += h.kind.energy(h.previous_utilization(), h.utilization(), dt);
+                self.energy_ws += h.energy_since_previous(dt);
             }
         }
         for host in 0..self.hosts.len() {
