@@ -36,6 +36,26 @@
 //! Less energy than LR-MMT-1.2 for about a seventeenth of the migrations
 //! and a twentieth of the SLA time per active host.
 //!
+//! Speed, same bench (one run, release build, 2 cores; CloudSim's wall time
+//! and RSS from the README's table): wall time of the simulation, speedup
+//! over CloudSim and memory ratio (CloudSim's RSS over ours, 23–26 MiB):
+//!
+//! | day | thr-mmt-0.8 s | speedup | memory | lr-mmt-1.2 s | speedup | memory | ebb s |
+//! |---|---|---|---|---|---|---|---|
+//! | 20110303 | 0.22 | 150× | 87× | 0.26 | 149× | 81× | 0.06 |
+//! | 20110306 | 0.17 | 132× | 88× | 0.20 | 130× | 79× | 0.05 |
+//! | 20110309 | 0.20 | 118× | 93× | 0.23 | 127× | 74× | 0.06 |
+//! | 20110322 | 0.25 | 165× | 110× | 0.31 | 204× | 128× | 0.09 |
+//! | 20110325 | 0.20 | 156× | 80× | 0.24 | 147× | 76× | 0.06 |
+//!
+//! What it takes: a placement checks a host for overload only when it would
+//! win on power (the check is the dear part, and CloudSim's trial creation
+//! leaves only the VM's migrating-out mark behind); hosts keep their power
+//! and allocated MIPS with what they follow; a decision sums each host's
+//! utilisation history once until its VMs change; the drain walks hosts in
+//! utilisation order; power and demand lookups avoid libm's `fmod`, `floor`
+//! and `ceil`, bit for bit the same.
+//!
 //! The one detail that took finding: CloudSim ends a VM's "being
 //! instantiated" right after creating it, so during the initial placement
 //! the VMs already placed ask for nothing and an overload check sees only
