@@ -6,6 +6,7 @@
 pub mod ebb;
 
 use crate::datacenter::{Datacenter, HostId, VmId, HISTORY};
+use crate::power::HostType;
 use std::fmt;
 use std::str::FromStr;
 
@@ -304,6 +305,9 @@ fn find_host(dc: &mut Datacenter, histories: &mut Histories, d: Detector, vm: Vm
     let mut min_increase = f64::MAX;
     let mut best = None;
     let request = dc.vms[vm].request;
+    // Most hosts are empty, and an empty host's power with the VM on it
+    // depends on its type only: looked up once per type.
+    let mut empty_after: Vec<(&'static HostType, f64)> = Vec::with_capacity(2);
     for host in 0..dc.hosts.len() {
         if excluded.has(host) || !dc.is_suitable(host, vm) {
             continue;
@@ -318,7 +322,19 @@ fn find_host(dc: &mut Datacenter, histories: &mut Histories, d: Detector, vm: Vm
             dc.mark_migration(host, vm);
         }
         let h = &dc.hosts[host];
-        let after = h.kind.power((allocated + request) / h.total_mips());
+        let power_with_vm = || h.kind.power((allocated + request) / h.total_mips());
+        let after = if allocated == 0.0 {
+            match empty_after.iter().find(|(kind, _)| std::ptr::eq(*kind, h.kind)) {
+                Some(&(_, after)) => after,
+                None => {
+                    let after = power_with_vm();
+                    empty_after.push((h.kind, after));
+                    after
+                }
+            }
+        } else {
+            power_with_vm()
+        };
         let increase = after - h.power_now();
         // The overload check is the expensive part: only for a host that
         // would be chosen otherwise.
