@@ -42,16 +42,20 @@
 //!
 //! | day | thr-mmt-0.8 s | speedup | memory | lr-mmt-1.2 s | speedup | memory | ebb s |
 //! |---|---|---|---|---|---|---|---|
-//! | 20110303 | 0.22 | 150× | 87× | 0.26 | 149× | 81× | 0.06 |
-//! | 20110306 | 0.17 | 132× | 88× | 0.20 | 130× | 79× | 0.05 |
-//! | 20110309 | 0.20 | 118× | 93× | 0.23 | 127× | 74× | 0.06 |
-//! | 20110322 | 0.25 | 165× | 110× | 0.31 | 204× | 128× | 0.09 |
-//! | 20110325 | 0.20 | 156× | 80× | 0.24 | 147× | 76× | 0.06 |
+//! | 20110303 | 0.18 | 183× | 87× | 0.22 | 173× | 82× | 0.06 |
+//! | 20110306 | 0.21 | 109× | 89× | 0.17 | 154× | 80× | 0.05 |
+//! | 20110309 | 0.16 | 146× | 93× | 0.21 | 141× | 75× | 0.06 |
+//! | 20110322 | 0.21 | 193× | 112× | 0.27 | 233× | 129× | 0.09 |
+//! | 20110325 | 0.17 | 182× | 81× | 0.21 | 168× | 75× | 0.06 |
+//!
+//! The machine is shared and the times are short: a run's time varies by
+//! about ±25 % (THR on 20110306 ran in 0.16 s in the runs just before).
 //!
 //! What it takes: a placement checks a host for overload only when it would
 //! win on power (the check is the dear part, and CloudSim's trial creation
 //! leaves only the VM's migrating-out mark behind); hosts keep their power
-//! and allocated MIPS with what they follow; a decision sums each host's
+//! and allocated MIPS with what they follow, and an empty host's power with
+//! the VM is looked up once per host type; a decision sums each host's
 //! utilisation history once until its VMs change; the drain walks hosts in
 //! utilisation order; power and demand lookups avoid libm's `fmod`, `floor`
 //! and `ceil`, bit for bit the same.
