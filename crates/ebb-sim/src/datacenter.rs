@@ -128,6 +128,14 @@ pub struct Host {
     /// Allocated MIPS at the last update, and at the one before.
     pub util_mips: f64,
     prev_util_mips: f64,
+    /// Watts at `util_mips`, and the sum of [`Host::allocated_mips`], kept
+    /// with what they follow (placement asks for them of every host, for
+    /// every VM it places).
+    power_w: f64,
+    prev_power_w: f64,
+    allocated_sum: f64,
+    /// Counts changes to `slots`, for caches of what follows from them.
+    slot_changes: u64,
     sla: HostSla,
 }
 
@@ -178,6 +186,10 @@ impl Host {
             bw_used: 0,
             util_mips: 0.0,
             prev_util_mips: 0.0,
+            power_w: kind.power(0.0),
+            prev_power_w: kind.power(0.0),
+            allocated_sum: 0.0,
+            slot_changes: 0,
             sla: HostSla::default(),
         }
     }
@@ -191,8 +203,30 @@ impl Host {
         clamp_utilization(self.util_mips / self.total_mips())
     }
 
+    /// Watts at the last update: `kind.power(utilization())`.
+    pub fn power_now(&self) -> f64 {
+        debug_assert_eq!(self.power_w, self.kind.power(self.utilization()));
+        self.power_w
+    }
+
     fn previous_utilization(&self) -> f64 {
         clamp_utilization(self.prev_util_mips / self.total_mips())
+    }
+
+    /// Energy (W·s) over the `seconds` before the last update:
+    /// `kind.energy(previous_utilization(), utilization(), seconds)` with
+    /// the powers already known.
+    fn energy_since_previous(&self, seconds: f64) -> f64 {
+        debug_assert_eq!(self.prev_power_w, self.kind.power(self.previous_utilization()));
+        if self.previous_utilization() == 0.0 {
+            return 0.0;
+        }
+        (self.prev_power_w + (self.power_now() - self.prev_power_w) / 2.0) * seconds
+    }
+
+    /// Changes whenever the host's VM list does.
+    pub fn slot_changes(&self) -> u64 {
+        self.slot_changes
     }
 
     pub fn has(&self, vm: VmId) -> bool {
@@ -256,6 +290,7 @@ impl Host {
             available = 0.0;
         }
         self.available_mips = available;
+        self.allocated_sum = self.sum_allocated();
     }
 
     fn share(&self, vm: VmId) -> f64 {
@@ -271,6 +306,11 @@ impl Host {
     /// Sum of the MIPS allocated to its VMs, a migrating-in VM at its full
     /// share (`getUtilizationOfCpuMips` of the migration policy).
     pub fn allocated_mips(&self) -> f64 {
+        debug_assert_eq!(self.allocated_sum.to_bits(), self.sum_allocated().to_bits());
+        self.allocated_sum
+    }
+
+    fn sum_allocated(&self) -> f64 {
         let mut sum = 0.0;
         for s in &self.slots {
             if self.migrating_in.contains(&s.vm) {
@@ -284,6 +324,7 @@ impl Host {
     fn remove_slot(&mut self, vm: VmId) {
         if let Some(i) = self.slots.iter().position(|s| s.vm == vm) {
             let s = self.slots.remove(i);
+            self.slot_changes += 1;
             self.ram_used -= s.ram_mb;
             self.bw_used -= s.bw;
             self.reallocate();
@@ -373,9 +414,12 @@ impl Datacenter {
 
     /// Sets the scheduler's migrating-out mark for `vm` on `host` as
     /// `VmSchedulerTimeShared.allocatePesForVm` does.
-    fn mark_migration(&mut self, host: HostId, vm: VmId) {
+    pub fn mark_migration(&mut self, host: HostId, vm: VmId) {
         let in_migration = self.vms[vm].in_migration;
         let h = &mut self.hosts[host];
+        if h.migrating_out.is_empty() && !in_migration {
+            return;
+        }
         if in_migration {
             if !h.migrating_in.contains(&vm) && !h.migrating_out.contains(&vm) {
                 h.migrating_out.push(vm);
@@ -404,6 +448,7 @@ impl Datacenter {
             ram_mb: ram,
             bw,
         });
+        h.slot_changes += 1;
         h.reallocate();
         self.vms[vm].host = Some(host);
         true
@@ -455,6 +500,8 @@ impl Datacenter {
             h.ram_used = 0;
             h.bw_used = 0;
             h.available_mips = h.total_mips();
+            h.allocated_sum = 0.0;
+            h.slot_changes += 1;
         }
         for (host, vms) in saved.iter().enumerate() {
             for &vm in vms {
@@ -476,6 +523,7 @@ impl Datacenter {
             let vms = &self.vms;
             let h = &mut self.hosts[host];
             h.prev_util_mips = h.util_mips;
+            h.prev_power_w = h.power_w;
             for s in &mut h.slots {
                 s.requested = vms[s.vm].request;
             }
@@ -506,6 +554,7 @@ impl Datacenter {
         }
         let h = &mut self.hosts[host];
         h.util_mips = util;
+        h.power_w = h.kind.power(h.utilization());
         h.sla.add(HostState {
             time,
             allocated: util,
@@ -540,7 +589,7 @@ impl Datacenter {
         }
         if !self.non_power_aware && dt > 0.0 {
             for h in &self.hosts {
-                self.energy_ws += h.kind.energy(h.previous_utilization(), h.utilization(), dt);
+                self.energy_ws += h.energy_since_previous(dt);
             }
         }
         for host in 0..self.hosts.len() {
@@ -578,6 +627,7 @@ impl Datacenter {
                 ram_mb: ram,
                 bw,
             });
+            h.slot_changes += 1;
             h.reallocate();
             self.update_host(target, time);
             if let Some(source) = self.vms[vm].host {

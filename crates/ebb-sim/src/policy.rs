@@ -5,7 +5,8 @@
 
 pub mod ebb;
 
-use crate::datacenter::{Datacenter, HostId, VmId};
+use crate::datacenter::{Datacenter, HostId, VmId, HISTORY};
+use crate::power::HostType;
 use std::fmt;
 use std::str::FromStr;
 
@@ -98,10 +99,11 @@ impl fmt::Display for Policy {
 /// while it is created and nothing once it is (see [`Datacenter::place`]).
 pub fn place_initial(dc: &mut Datacenter, policy: Policy) {
     let ebb = ebb::Ebb::new(dc);
+    let mut histories = Histories::new(dc);
     for vm in 0..dc.vms.len() {
         let host = match policy {
             Policy::Npa | Policy::Dvfs => (0..dc.hosts.len()).find(|&h| dc.is_suitable(h, vm)),
-            Policy::Consolidate(d) => find_host(dc, d, vm, &Excluded::none(dc.hosts.len())),
+            Policy::Consolidate(d) => find_host(dc, &mut histories, d, vm, &Excluded::none(dc.hosts.len())),
             Policy::Ebb => ebb.place(dc, vm),
         };
         // CloudSim leaves a VM that fits nowhere out; the day's VMs all fit.
@@ -140,20 +142,50 @@ impl Excluded {
     }
 }
 
-/// Host utilisation history: its VMs' histories weighted by their MIPS,
-/// newest first, trailing zeros cut (`PowerHostUtilizationHistory`).
-fn host_history(dc: &Datacenter, host: HostId, extra: Option<VmId>) -> Vec<f64> {
-    let h = &dc.hosts[host];
-    let host_mips = h.total_mips();
-    let mut hist = [0.0; crate::datacenter::HISTORY];
-    for vm in h.vm_ids().chain(extra) {
-        let v = &dc.vms[vm];
-        for (i, u) in v.history.iter().enumerate() {
-            hist[i] += u * v.mips / host_mips;
+/// Host utilisation histories (`PowerHostUtilizationHistory`): its VMs'
+/// histories weighted by their MIPS, newest first. VM histories stay put
+/// during a decision, so a host's is summed once until its VM list changes;
+/// the VM being tried on it is added last, as CloudSim's list has it.
+struct Histories {
+    /// Per host: the sum over its VMs, and the host's slot changes then.
+    sums: Vec<Option<(u64, [f64; HISTORY])>>,
+}
+
+impl Histories {
+    fn new(dc: &Datacenter) -> Histories {
+        Histories {
+            sums: vec![None; dc.hosts.len()],
         }
     }
-    let len = hist.iter().rposition(|&u| u != 0.0).map_or(0, |i| i + 1);
-    hist[..len].to_vec()
+
+    /// The host's history with `extra` on it, trailing zeros cut: the
+    /// values and how many there are.
+    fn get(&mut self, dc: &Datacenter, host: HostId, extra: Option<VmId>) -> ([f64; HISTORY], usize) {
+        let h = &dc.hosts[host];
+        let host_mips = h.total_mips();
+        let add = |hist: &mut [f64; HISTORY], vm: VmId| {
+            let v = &dc.vms[vm];
+            for (i, u) in v.history.iter().enumerate() {
+                hist[i] += u * v.mips / host_mips;
+            }
+        };
+        let mut hist = match self.sums[host] {
+            Some((changes, sum)) if changes == h.slot_changes() => sum,
+            _ => {
+                let mut sum = [0.0; HISTORY];
+                for vm in h.vm_ids() {
+                    add(&mut sum, vm);
+                }
+                self.sums[host] = Some((h.slot_changes(), sum));
+                sum
+            }
+        };
+        if let Some(vm) = extra {
+            add(&mut hist, vm);
+        }
+        let len = hist.iter().rposition(|&u| u != 0.0).map_or(0, |i| i + 1);
+        (hist, len)
+    }
 }
 
 fn requested_share(dc: &Datacenter, host: HostId, extra: Option<VmId>) -> f64 {
@@ -166,16 +198,19 @@ fn requested_share(dc: &Datacenter, host: HostId, extra: Option<VmId>) -> f64 {
 }
 
 /// Whether the host (with `extra` on it, if given) is overloaded.
-fn is_overloaded(dc: &Datacenter, d: Detector, host: HostId, extra: Option<VmId>) -> bool {
+fn is_overloaded(dc: &Datacenter, histories: &mut Histories, d: Detector, host: HostId, extra: Option<VmId>) -> bool {
     let fallback = || requested_share(dc, host, extra) > FALLBACK_THRESHOLD;
     match d {
         Detector::Threshold(t) => requested_share(dc, host, extra) > t,
         Detector::LocalRegression(safety) => {
-            let hist = host_history(dc, host, extra);
-            if hist.len() < REGRESSION_POINTS {
+            let (hist, len) = histories.get(dc, host, extra);
+            if len < REGRESSION_POINTS {
                 return fallback();
             }
-            let oldest_first: Vec<f64> = hist[..REGRESSION_POINTS].iter().rev().copied().collect();
+            let mut oldest_first = [0.0; REGRESSION_POINTS];
+            for (o, &u) in oldest_first.iter_mut().zip(hist[..REGRESSION_POINTS].iter().rev()) {
+                *o = u;
+            }
             let (intercept, slope) = least_squares(&oldest_first);
             // Steps a migration of the host's largest VM takes (1 for ≤ 1740 MB).
             let max_ram = dc.hosts[host].vm_ids().chain(extra).map(|v| dc.vms[v].ram_mb).max().unwrap_or(0);
@@ -185,13 +220,14 @@ fn is_overloaded(dc: &Datacenter, d: Detector, host: HostId, extra: Option<VmId>
             predicted >= 1.0
         }
         Detector::InterQuartileRange(s) | Detector::MedianAbsoluteDeviation(s) => {
-            let hist = host_history(dc, host, extra);
-            if hist.len() < ROBUST_POINTS {
+            let (hist, len) = histories.get(dc, host, extra);
+            let hist = &hist[..len];
+            if len < ROBUST_POINTS {
                 return fallback();
             }
             let spread = match d {
-                Detector::InterQuartileRange(_) => iqr(&hist),
-                _ => mad(&hist),
+                Detector::InterQuartileRange(_) => iqr(hist),
+                _ => mad(hist),
             };
             requested_share(dc, host, extra) > 1.0 - s * spread
         }
@@ -265,38 +301,49 @@ fn iqr(data: &[f64]) -> f64 {
 /// Power-aware best fit: of the hosts not excluded that fit the VM and would
 /// not be overloaded with it (unless empty), the one whose power grows least
 /// (`findHostForVm`). A host's power "now" is the one of its last update.
-pub fn find_host(dc: &mut Datacenter, d: Detector, vm: VmId, excluded: &Excluded) -> Option<HostId> {
+fn find_host(dc: &mut Datacenter, histories: &mut Histories, d: Detector, vm: VmId, excluded: &Excluded) -> Option<HostId> {
     let mut min_increase = f64::MAX;
     let mut best = None;
     let request = dc.vms[vm].request;
+    // Most hosts are empty, and an empty host's power with the VM on it
+    // depends on its type only: looked up once per type.
+    let mut empty_after: Vec<(&'static HostType, f64)> = Vec::with_capacity(2);
     for host in 0..dc.hosts.len() {
         if excluded.has(host) || !dc.is_suitable(host, vm) {
             continue;
         }
         let allocated = dc.hosts[host].allocated_mips();
-        if allocated != 0.0 && overloaded_with(dc, d, host, vm) {
-            continue;
+        if allocated != 0.0 {
+            // CloudSim tries the VM on the host before anything else
+            // (`isHostOverUtilizedAfterAllocation`); of that trial only its
+            // side effect on the VM's migrating-out mark there lasts (a
+            // suitable host always takes the VM, and giving it back leaves
+            // the scheduler's shares as they were).
+            dc.mark_migration(host, vm);
         }
         let h = &dc.hosts[host];
-        let after = h.kind.power((allocated + request) / h.total_mips());
-        let increase = after - h.kind.power(h.utilization());
-        if increase < min_increase {
+        let power_with_vm = || h.kind.power((allocated + request) / h.total_mips());
+        let after = if allocated == 0.0 {
+            match empty_after.iter().find(|(kind, _)| std::ptr::eq(*kind, h.kind)) {
+                Some(&(_, after)) => after,
+                None => {
+                    let after = power_with_vm();
+                    empty_after.push((h.kind, after));
+                    after
+                }
+            }
+        } else {
+            power_with_vm()
+        };
+        let increase = after - h.power_now();
+        // The overload check is the expensive part: only for a host that
+        // would be chosen otherwise.
+        if increase < min_increase && !(allocated != 0.0 && is_overloaded(dc, histories, d, host, Some(vm))) {
             min_increase = increase;
             best = Some(host);
         }
     }
     best
-}
-
-/// Tries the VM on the host (`isHostOverUtilizedAfterAllocation`). The
-/// trial creation has the side effect CloudSim's has: it clears the VM's
-/// stale migrating-out mark there.
-fn overloaded_with(dc: &mut Datacenter, d: Detector, host: HostId, vm: VmId) -> bool {
-    if !dc.vm_create(host, vm) {
-        return true;
-    }
-    dc.vm_destroy(host, vm);
-    is_overloaded(dc, d, host, Some(vm))
 }
 
 /// Minimum migration time: the VM with the least RAM not migrating, first in
@@ -323,7 +370,8 @@ fn sort_by_demand(dc: &Datacenter, vms: &mut [VmId]) {
 /// One consolidation round (`optimizeAllocation`): the migrations to start.
 pub fn optimize(dc: &mut Datacenter, d: Detector) -> Vec<(VmId, HostId)> {
     let n = dc.hosts.len();
-    let overloaded: Vec<HostId> = (0..n).filter(|&h| is_overloaded(dc, d, h, None)).collect();
+    let mut histories = Histories::new(dc);
+    let overloaded: Vec<HostId> = (0..n).filter(|&h| is_overloaded(dc, &mut histories, d, h, None)).collect();
     let saved = dc.save();
 
     // Take VMs off each overloaded host until it is not.
@@ -332,7 +380,7 @@ pub fn optimize(dc: &mut Datacenter, d: Detector) -> Vec<(VmId, HostId)> {
         while let Some(vm) = select_mmt(dc, host) {
             to_move.push(vm);
             dc.vm_destroy(host, vm);
-            if !is_overloaded(dc, d, host, None) {
+            if !is_overloaded(dc, &mut histories, d, host, None) {
                 break;
             }
         }
@@ -344,7 +392,7 @@ pub fn optimize(dc: &mut Datacenter, d: Detector) -> Vec<(VmId, HostId)> {
     let mut plan = Vec::new();
     sort_by_demand(dc, &mut to_move);
     for vm in to_move {
-        if let Some(target) = find_host(dc, d, vm, &excluded) {
+        if let Some(target) = find_host(dc, &mut histories, d, vm, &excluded) {
             dc.vm_create(target, vm);
             plan.push((vm, target));
         }
@@ -358,8 +406,9 @@ pub fn optimize(dc: &mut Datacenter, d: Detector) -> Vec<(VmId, HostId)> {
         not_source.add(h);
         not_target.add(h);
     }
+    let mut by_utilization = UtilizationOrder::new(dc);
     while not_source.count() < n {
-        let Some(host) = least_utilized(dc, &not_source) else { break };
+        let Some(host) = by_utilization.least(dc, &not_source) else { break };
         not_source.add(host);
         not_target.add(host);
         let mut vms: Vec<VmId> = dc.hosts[host].vm_ids().filter(|&v| !dc.vms[v].in_migration).collect();
@@ -369,7 +418,7 @@ pub fn optimize(dc: &mut Datacenter, d: Detector) -> Vec<(VmId, HostId)> {
         sort_by_demand(dc, &mut vms);
         let mut moves = Vec::new();
         for &vm in &vms {
-            match find_host(dc, d, vm, &not_target) {
+            match find_host(dc, &mut histories, d, vm, &not_target) {
                 Some(target) => {
                     dc.vm_create(target, vm);
                     moves.push((vm, target));
@@ -392,22 +441,38 @@ pub fn optimize(dc: &mut Datacenter, d: Detector) -> Vec<(VmId, HostId)> {
     plan
 }
 
-/// The active host with the least utilisation at its last update, below 1,
-/// that is not only sending or receiving VMs (`getUnderUtilizedHost`).
-fn least_utilized(dc: &Datacenter, excluded: &Excluded) -> Option<HostId> {
-    let mut min = 1.0;
-    let mut best = None;
-    for host in 0..dc.hosts.len() {
-        if excluded.has(host) {
-            continue;
-        }
-        let u = dc.hosts[host].utilization();
-        if u > 0.0 && u < min && !all_migrating_out_or_any_in(dc, host) {
-            min = u;
-            best = Some(host);
-        }
+/// The active hosts by utilisation at their last update, which stays put
+/// during a decision: least first, by id on a tie.
+struct UtilizationOrder {
+    hosts: Vec<HostId>,
+    /// Hosts before this one are all excluded (exclusions only grow).
+    start: usize,
+}
+
+impl UtilizationOrder {
+    fn new(dc: &Datacenter) -> UtilizationOrder {
+        let mut hosts: Vec<HostId> = (0..dc.hosts.len())
+            .filter(|&h| {
+                let u = dc.hosts[h].utilization();
+                u > 0.0 && u < 1.0
+            })
+            .collect();
+        // Stable: equal utilisations stay in id order.
+        hosts.sort_by(|&a, &b| dc.hosts[a].utilization().total_cmp(&dc.hosts[b].utilization()));
+        UtilizationOrder { hosts, start: 0 }
     }
-    best
+
+    /// The active host with the least utilisation, below 1, not excluded,
+    /// that is not only sending or receiving VMs (`getUnderUtilizedHost`).
+    fn least(&mut self, dc: &Datacenter, excluded: &Excluded) -> Option<HostId> {
+        while self.hosts.get(self.start).is_some_and(|&h| excluded.has(h)) {
+            self.start += 1;
+        }
+        self.hosts[self.start..]
+            .iter()
+            .copied()
+            .find(|&h| !excluded.has(h) && !all_migrating_out_or_any_in(dc, h))
+    }
 }
 
 fn all_migrating_out_or_any_in(dc: &Datacenter, host: HostId) -> bool {

@@ -23,11 +23,12 @@ impl HostType {
     pub fn power(&self, utilization: f64) -> f64 {
         // CloudSim throws above 1; its own clamp lets 1.0..1.01 through as 1.
         let u = utilization.clamp(0.0, 1.0);
-        if u % 0.1 == 0.0 {
+        if is_multiple_of_tenth(u) {
             return self.watts[(u * 10.0) as usize];
         }
-        let lower = (u * 10.0).floor() as usize;
-        let upper = (u * 10.0).ceil() as usize;
+        // floor and ceil of a non-negative value, without libm's calls.
+        let lower = (u * 10.0) as usize;
+        let upper = lower + usize::from(u * 10.0 > lower as f64);
         let delta = (self.watts[upper] - self.watts[lower]) / 10.0;
         self.watts[lower] + delta * (u - lower as f64 / 10.0) * 100.0
     }
@@ -46,6 +47,15 @@ impl HostType {
         let p_to = self.power(to);
         (p_from + (p_to - p_from) / 2.0) * seconds
     }
+}
+
+/// `u % 0.1 == 0.0` for `u` in 0..=1, the test Java's `getPower` makes,
+/// without the `fmod` call (placement asks for powers of every host for
+/// every VM it places). The remainder is exact, so it is 0 only for exact
+/// multiples k · 0.1 of the double 0.1, and of k = 0..=10 only k = 0, 1, 2,
+/// 4, 8 give a double (0.1 has 52 significant bits: an odd k > 1 needs more).
+fn is_multiple_of_tenth(u: f64) -> bool {
+    u == 0.0 || u == 0.1 || u == 0.2 || u == 0.4 || u == 0.8
 }
 
 pub const HP_ML110_G4: HostType = HostType {
@@ -120,6 +130,24 @@ pub fn migration_seconds(ram_mb: u32, host_bw: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multiples_of_a_tenth_are_what_the_remainder_says() {
+        let mut values: Vec<f64> = Vec::new();
+        for d in [10u32, 100, 1000, 3720, 5320, 7440, 10640, 65536] {
+            values.extend((0..=d).map(|i| f64::from(i) / f64::from(d)));
+        }
+        for k in 0..=10u32 {
+            let x = f64::from(k) / 10.0;
+            let y = f64::from(k) * 0.1;
+            for v in [x, y] {
+                values.extend([v, f64::from_bits(v.to_bits() + 1), f64::from_bits(v.to_bits().saturating_sub(1))]);
+            }
+        }
+        for u in values.into_iter().filter(|u| (0.0..=1.0).contains(u)) {
+            assert_eq!(is_multiple_of_tenth(u), u % 0.1 == 0.0, "{u:e}");
+        }
+    }
 
     #[test]
     fn power_is_the_table_at_its_points_and_linear_between() {

@@ -76,8 +76,10 @@ impl Trace {
         if time % SAMPLE_SECONDS == 0.0 {
             return self.points[(time as i64 / SAMPLE_SECONDS as i64) as usize];
         }
-        let i1 = (time / SAMPLE_SECONDS).floor() as usize;
-        let i2 = ((time / SAMPLE_SECONDS).ceil() as usize).min(self.points.len() - 1);
+        // floor and ceil of a non-negative value, without libm's calls.
+        let steps = time / SAMPLE_SECONDS;
+        let i1 = steps as usize;
+        let i2 = (i1 + usize::from(steps > i1 as f64)).min(self.points.len() - 1);
         let (u1, u2) = (self.points[i1], self.points[i2]);
         let delta = (u2 - u1) / ((i2 as f64 - i1 as f64) * SAMPLE_SECONDS);
         u1 + delta * (time - i1 as f64 * SAMPLE_SECONDS)
