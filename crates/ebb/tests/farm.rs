@@ -404,6 +404,8 @@ async fn the_coordinator_wakes_a_sleeping_host_a_gateway_client_waits_for_and_ma
     let mut b = AgentProc::start(&subdir(dir.path(), "b"), TICK, &wol("h2"));
     until("both asleep", Duration::from_secs(15), async || state(&store, "h1").await == Some(HostState::Sleeping) && state(&store, "h2").await == Some(HostState::Sleeping)).await;
     assert!(coord.elected(), "{}", coord.log());
+    // The gateway follows the farm through a watch of its own: let it see h1 asleep.
+    wait_for("the gateway to see h1 asleep", Duration::from_secs(5), || coord.log().contains("gateway: web on host h1: asleep").then_some(()));
 
     // A client of h1's VM at the gateway: held, and its key wakes h1.
     let client = std::thread::spawn(move || {
@@ -415,7 +417,7 @@ async fn the_coordinator_wakes_a_sleeping_host_a_gateway_client_waits_for_and_ma
         answer
     });
     let mut packet = [0u8; 256];
-    let (n, _) = nic.recv_from(&mut packet).expect("a magic packet");
+    let (n, _) = nic.recv_from(&mut packet).unwrap_or_else(|e| panic!("no magic packet ({e}); the coordinator's log:\n{}\nthe farm: {:?}", coord.log(), std::process::Command::new(EBB).args(["farm", "--etcd", etcd.url()]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned())));
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0, "the gateway held the client while h1 slept");
     let mut magic = vec![0xffu8; 6];
     (0..16).for_each(|_| magic.extend([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]));
