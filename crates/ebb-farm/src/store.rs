@@ -48,7 +48,12 @@ pub struct Change {
 impl Store {
     /// Connects and checks that etcd answers (its status), within `timeout`.
     pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Store, FarmError> {
-        let options = ConnectOptions::new().with_connect_timeout(timeout).with_keep_alive(timeout, timeout);
+        // HTTP/2 pings no more often than etcd allows (its
+        // --grpc-keepalive-min-time, 5 s by default): it answers a client
+        // that pings sooner with GOAWAY (too_many_pings) and closes the
+        // connection, which breaks every watch on it.
+        let ping = timeout.max(KEEPALIVE_MIN);
+        let options = ConnectOptions::new().with_connect_timeout(timeout).with_keep_alive(ping, timeout);
         let shown = endpoints.join(",");
         let client = bounded(&shown, "connect", timeout, Client::connect(endpoints, Some(options))).await?;
         let store = Store { client, endpoints: shown, timeout };
@@ -369,6 +374,9 @@ async fn bounded<T>(endpoints: &str, what: &str, timeout: Duration, f: impl Futu
         Err(_) => Err(FarmError::Unreachable { endpoints: endpoints.into(), what: what.into(), after: timeout }),
     }
 }
+
+/// The shortest interval etcd accepts between a client's pings by default.
+const KEEPALIVE_MIN: Duration = Duration::from_secs(5);
 
 /// etcd's error in a few words: gRPC's message ("etcdserver: requested
 /// lease not found"), and for a broken connection its first cause ("tcp
