@@ -7,17 +7,17 @@
 //! (`ebb_core::host_wake`). The gateway comes next (issue 11).
 
 use crate::error::FarmError;
+use crate::now;
 use crate::member::backoff;
 use crate::store::{Lease, Store};
 use crate::view::{HostView, Slept, Woke};
 use ebb_core::farm::WakeSettings;
 use ebb_core::host_wake::{self, WakeFacts, WakeRecord, WakeStep, WakeTiming};
-use ebb_core::Millis;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tracing::{info, warn};
 
 /// Sends one wake to a host by its methods, in order, until one is taken:
@@ -165,10 +165,6 @@ async fn lead(store: &Store, s: &CoordSettings, lease: Lease) -> FarmError {
         }
         waking = hosts.iter().any(|h| h.waking.is_some() || h.state == Some(ebb_core::farm::HostState::Waking));
     }
-}
-
-fn now() -> Millis {
-    Millis(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64)
 }
 
 /// Takes each host's next wake step (`ebb_core::host_wake`). The sends run

@@ -9,6 +9,7 @@
 //! nothing; when the farm gives the wake up, they are refused with why.
 
 use crate::error::FarmError;
+use crate::now;
 use crate::member::backoff;
 use crate::mirror::{self, ActiveClients};
 use crate::store::Store;
@@ -20,7 +21,7 @@ use ebb_core::{Millis, VmId};
 use ebb_surrogate::{Limits, ServiceSpec, Surrogate, SurrogateError, SurrogateEvent, VmPower};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -182,10 +183,6 @@ async fn watch_farm(endpoints: &[String], timeout: Duration, tx: &watch::Sender<
         watch.changes().await?;
         tx.send_replace(store.farm().await?.hosts);
     }
-}
-
-fn now() -> Millis {
-    Millis(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64)
 }
 
 #[cfg(test)]

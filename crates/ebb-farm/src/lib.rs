@@ -24,3 +24,9 @@ pub use ebb_core::farm::WakeSettings;
 pub use view::{ClientEntry, FarmView, HostView, Member, Slept, Woke};
 /// How a client was seen active: the agent's own kinds.
 pub use ebb_core::clients::ClientKind;
+
+/// The wall clock as the farm's records carry it (shared by every host).
+pub(crate) fn now() -> ebb_core::Millis {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    ebb_core::Millis(since_epoch.as_millis() as u64)
+}

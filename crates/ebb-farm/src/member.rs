@@ -4,6 +4,7 @@
 //! leaves at once rather than at the lease's expiry.
 
 use crate::error::FarmError;
+use crate::now;
 use crate::mirror::{self, ActiveClients};
 use crate::store::{Drain, Lease, Store};
 use crate::view::{HostView, Member, Slept};
@@ -11,7 +12,7 @@ use ebb_core::farm::{host_name, FarmConfig, HostState, WakeSettings};
 use ebb_core::human::FieldError;
 use ebb_core::Millis;
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -189,10 +190,6 @@ impl MemberLink {
             warn!("farm: leaving took too long; the membership ends when its lease expires");
         }
     }
-}
-
-fn now() -> Millis {
-    Millis(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64)
 }
 
 /// 1 s after the first failure, doubling, at most `BACKOFF_MAX`.

@@ -48,7 +48,7 @@ pub struct Vm {
     /// RAM and bandwidth model), so only the initial placement is bound by
     /// RAM.
     being_created: bool,
-    sla: VmSla,
+    sla: History<VmState>,
 }
 
 impl Vm {
@@ -67,12 +67,38 @@ impl Vm {
     }
 }
 
-/// Running sums over a VM's state history (`Helper.getSlaMetrics`).
-#[derive(Debug, Clone, Default)]
-struct VmSla {
-    last: Option<VmState>,
-    requested_mips_s: f64,
-    underallocated_in_migration_mips_s: f64,
+/// A state that, held from its time until the next entry's, adds to sums.
+trait HeldState: Copy {
+    type Sums: Default + Clone + std::fmt::Debug;
+    fn time(&self) -> f64;
+    /// What this state, held for `dt` seconds, adds to `sums`.
+    fn add_held(&self, dt: f64, sums: &mut Self::Sums);
+}
+
+/// Running sums over a state history (CloudSim's `Helper.getSlaMetrics` and
+/// `getSlaTimePerActiveHost`, without keeping the history): each state
+/// counts until the next; one at the same time as the last replaces it.
+#[derive(Debug, Clone)]
+struct History<S: HeldState> {
+    last: Option<S>,
+    sums: S::Sums,
+}
+
+impl<S: HeldState> Default for History<S> {
+    fn default() -> Self {
+        History { last: None, sums: S::Sums::default() }
+    }
+}
+
+impl<S: HeldState> History<S> {
+    fn add(&mut self, s: S) {
+        if let Some(prev) = self.last {
+            if prev.time() != s.time() {
+                prev.add_held(s.time() - prev.time(), &mut self.sums);
+            }
+        }
+        self.last = Some(s);
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -83,21 +109,22 @@ struct VmState {
     in_migration: bool,
 }
 
-impl VmSla {
-    /// Adds a state entry; one at the same time as the last replaces it.
-    fn add(&mut self, s: VmState) {
-        if let Some(prev) = self.last {
-            if prev.time == s.time {
-                self.last = Some(s);
-                return;
-            }
-            let dt = s.time - prev.time;
-            self.requested_mips_s += prev.requested * dt;
-            if prev.allocated < prev.requested && prev.in_migration {
-                self.underallocated_in_migration_mips_s += (prev.requested - prev.allocated) * dt;
-            }
+#[derive(Debug, Clone, Default)]
+struct VmSums {
+    requested_mips_s: f64,
+    underallocated_in_migration_mips_s: f64,
+}
+
+impl HeldState for VmState {
+    type Sums = VmSums;
+    fn time(&self) -> f64 {
+        self.time
+    }
+    fn add_held(&self, dt: f64, sums: &mut VmSums) {
+        sums.requested_mips_s += self.requested * dt;
+        if self.allocated < self.requested && self.in_migration {
+            sums.underallocated_in_migration_mips_s += (self.requested - self.allocated) * dt;
         }
-        self.last = Some(s);
     }
 }
 
@@ -136,15 +163,7 @@ pub struct Host {
     allocated_sum: f64,
     /// Counts changes to `slots`, for caches of what follows from them.
     slot_changes: u64,
-    sla: HostSla,
-}
-
-/// Running sums over a host's state history (`Helper.getSlaTimePerActiveHost`).
-#[derive(Debug, Clone, Default)]
-struct HostSla {
-    last: Option<HostState>,
-    active_s: f64,
-    violation_s: f64,
+    sla: History<HostState>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -155,22 +174,24 @@ struct HostState {
     active: bool,
 }
 
-impl HostSla {
-    fn add(&mut self, s: HostState) {
-        if let Some(prev) = self.last {
-            if prev.time == s.time {
-                self.last = Some(s);
-                return;
-            }
-            if prev.active {
-                let dt = s.time - prev.time;
-                self.active_s += dt;
-                if prev.allocated < prev.requested {
-                    self.violation_s += dt;
-                }
+#[derive(Debug, Clone, Default)]
+struct HostSums {
+    active_s: f64,
+    violation_s: f64,
+}
+
+impl HeldState for HostState {
+    type Sums = HostSums;
+    fn time(&self) -> f64 {
+        self.time
+    }
+    fn add_held(&self, dt: f64, sums: &mut HostSums) {
+        if self.active {
+            sums.active_s += dt;
+            if self.allocated < self.requested {
+                sums.violation_s += dt;
             }
         }
-        self.last = Some(s);
     }
 }
 
@@ -190,7 +211,7 @@ impl Host {
             prev_power_w: kind.power(0.0),
             allocated_sum: 0.0,
             slot_changes: 0,
-            sla: HostSla::default(),
+            sla: History::default(),
         }
     }
 
@@ -387,7 +408,7 @@ impl Datacenter {
                     history_time: 0.0,
                     gone: false,
                     being_created: true,
-                    sla: VmSla::default(),
+                    sla: History::default(),
                 }
             })
             .collect();
@@ -677,8 +698,8 @@ impl Datacenter {
     pub fn slatah(&self) -> f64 {
         let (mut violation, mut active) = (0.0, 0.0);
         for h in &self.hosts {
-            violation += h.sla.violation_s;
-            active += h.sla.active_s;
+            violation += h.sla.sums.violation_s;
+            active += h.sla.sums.active_s;
         }
         if active == 0.0 {
             0.0
@@ -692,8 +713,8 @@ impl Datacenter {
     pub fn pdm(&self) -> f64 {
         let (mut under, mut requested) = (0.0, 0.0);
         for v in &self.vms {
-            under += v.sla.underallocated_in_migration_mips_s;
-            requested += v.sla.requested_mips_s;
+            under += v.sla.sums.underallocated_in_migration_mips_s;
+            requested += v.sla.sums.requested_mips_s;
         }
         if requested == 0.0 {
             0.0

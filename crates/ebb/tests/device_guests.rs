@@ -215,13 +215,13 @@ fn the_cpus_are_given_back_at_stop_and_after_a_crash_by_the_next_run() {
     assert_eq!((max0().as_str(), governor(root, 1).as_str()), ("3000000", "ondemand"), "given back at a clean stop");
 
     // A crash leaves the CPUs saving; the next run, with cpufreq now off, gives them back.
-    let mut agent = AgentProc::start_with(dir.path(), agent.config.clone(), agent.socket.clone(), agent.journal.clone());
+    let mut agent = agent.start_again();
     wait_for("saving", Duration::from_secs(20), || (max0() == "1200000").then_some(()));
     agent.kill9();
     assert_eq!(max0(), "1200000");
     let config = std::fs::read_to_string(&agent.config).unwrap().replace("cpufreq = true", "cpufreq = false");
     std::fs::write(&agent.config, config).unwrap();
-    let agent = AgentProc::start_with(dir.path(), agent.config.clone(), agent.socket.clone(), agent.journal.clone());
+    let agent = agent.start_again();
     wait_for("given back by the next run", Duration::from_secs(20), || (max0() == "3000000" && governor(root, 1) == "ondemand").then_some(()));
     let events = agent.events(None);
     assert!(kinds(&events, "cpufreq").iter().any(|e| e.text.contains("cpufreq is off in the config")), "{events:?}");

@@ -466,7 +466,7 @@ async fn an_agent_that_starts_after_its_hosts_sleep_restores_what_it_saved() {
     let mut a = AgentProc::start(&subdir(dir.path(), "a"), TICK, &sleep_section(etcd.url(), "h1", true));
     until("h1 asleep", Duration::from_secs(15), async || state(&store, "h1").await == Some(HostState::Sleeping)).await;
     a.kill9();
-    let a = AgentProc::start_with(&dir.path().join("a"), a.config.clone(), a.socket.clone(), a.journal.clone());
+    let a = a.start_again();
     let woke = wait_for("the restore at start", Duration::from_secs(10), || host_events(&a).into_iter().find(|e| e.kind == "host_wake"));
     assert!(woke.text.contains("the agent started again after the host's sleep"), "{woke:?}");
     until("h1 awake in etcd", Duration::from_secs(10), async || state(&store, "h1").await == Some(HostState::Awake)).await;
@@ -506,7 +506,7 @@ async fn a_leader_killed_during_a_wake_is_replaced_and_the_host_is_woken_once() 
     let carried = record(&store.farm().await.unwrap()).unwrap();
     assert_eq!((carried.started, carried.why.as_str()), (begun.started, begun.why.as_str()), "the same wake, carried on");
     // The host comes back: its agent starts, restores its VM, says awake.
-    let a = AgentProc::start_with(&dir.path().join("a"), a.config.clone(), a.socket.clone(), a.journal.clone());
+    let a = a.start_again();
     until("h1 awake", Duration::from_secs(10), async || state(&store, "h1").await == Some(HostState::Awake)).await;
     until("the wake recorded", Duration::from_secs(5), async || store.farm().await.unwrap().hosts.iter().any(|h| h.name == "h1" && h.woke.is_some())).await;
     let log = coords[other].log();

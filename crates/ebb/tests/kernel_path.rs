@@ -151,8 +151,7 @@ fn a_killed_agents_rules_are_removed_by_the_next_start() {
     // Started again with its backend down: the leftover rule must go, and
     // none comes back while the service does not answer.
     drop(backend);
-    let config = agent.config.clone();
-    let mut again = AgentProc::start_with(dir.path(), config, agent.socket.clone(), agent.journal.clone());
+    let mut again = agent.start_again();
     wait_for("the leftover rule removed", Duration::from_secs(10), || nft_table(&table).filter(|t| !t.contains("dnat")));
     // Killed again, and started with its services gone from the config: it
     // forwards nothing, and its predecessor's table goes too.
@@ -161,7 +160,7 @@ fn a_killed_agents_rules_are_removed_by_the_next_start() {
     let text = std::fs::read_to_string(&agent.config).unwrap();
     let without_services = text.split("[[vm.test.service]]").next().unwrap().to_string();
     std::fs::write(&agent.config, without_services).unwrap();
-    let _bare = AgentProc::start_with(dir.path(), agent.config.clone(), agent.socket.clone(), agent.journal.clone());
+    let _bare = agent.start_again();
     wait_for("the table removed", Duration::from_secs(10), || nft_table(&table).is_none().then_some(()));
 }
 
@@ -341,7 +340,7 @@ fn clients_from_another_host_are_forwarded_by_the_kernel_too() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let agent = AgentProc { child, socket, journal, config, log };
+    let agent = AgentProc { child, socket, journal, config, log, wrapper: Vec::new() };
     wait_for("the agent's API", Duration::from_secs(20), || answers(&agent.socket).then_some(()));
     let table = table_of(&agent);
     let listed = || {

@@ -323,7 +323,7 @@ fn a_host_name_whose_lookup_hangs_fails_the_reading_at_its_deadline() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut agent = AgentProc { child, socket, journal, config, log };
+    let mut agent = AgentProc { child, socket, journal, config, log, wrapper: Vec::new() };
     common::wait_for("the agent's API", Duration::from_secs(20), || common::answers(&agent.socket).then_some(()));
     let p = agent.wait("the failed lookup", Duration::from_secs(30), |a| a.status().power.filter(|p| p.error.is_some()));
     let error = p.error.unwrap();

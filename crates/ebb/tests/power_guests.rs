@@ -73,7 +73,7 @@ fn low_battery_saves_every_guest_shuts_down_one_it_cannot_save_records_the_power
     // The host "went down"; it comes back on mains and ebb restores the guests.
     agent.stop();
     upsd.set("OL").unwrap();
-    let agent = AgentProc::start_with(dir.path(), agent.config.clone(), agent.socket.clone(), agent.journal.clone());
+    let agent = agent.start_again();
     agent.wait("the guests restored", Duration::from_secs(90), |_| {
         guests.iter().all(|g| g.domain().is_active().unwrap()).then_some(())
     });

@@ -82,7 +82,7 @@ fn a_busy_guest_at_its_cap_gains_the_idle_one_yields_critical_goes_first_and_a_r
     // Restarted: ebb knows the change is its own (the journal) and neither
     // undoes nor redoes it.
     agent.stop();
-    let agent = AgentProc::start_with(dir.path(), agent.config.clone(), agent.socket.clone(), agent.journal.clone());
+    let agent = agent.start_again();
     let r = agent.wait("the restarted agent to see the busy guest", Duration::from_secs(30), |a| {
         a.vm(&busy_name).and_then(|v| v.realloc).filter(|r| r.current.is_some())
     });

@@ -77,33 +77,48 @@ pub struct AgentProc {
     pub journal: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// What `ebb run` was started through (empty: nothing).
+    pub wrapper: Vec<String>,
 }
 
 impl AgentProc {
     /// Writes a config (agent socket and journal in `dir`, plus `extra`,
     /// which may add to the [agent] table as it comes first) and starts it.
     pub fn start(dir: &Path, agent_lines: &str, rest: &str) -> AgentProc {
-        let (config, socket, journal) = write_config(dir, agent_lines, rest);
-        AgentProc::start_with(dir, config, socket, journal)
+        AgentProc::start_through(dir, agent_lines, rest, &[])
     }
 
     /// As `start`, through `wrapper` (a program and its arguments that end
     /// by running the command after them: prlimit, nsenter).
     pub fn start_through(dir: &Path, agent_lines: &str, rest: &str, wrapper: &[String]) -> AgentProc {
         let (config, socket, journal) = write_config(dir, agent_lines, rest);
-        let mut cmd = Command::new(&wrapper[0]);
-        cmd.args(&wrapper[1..]).arg(EBB);
-        AgentProc::spawn(dir, cmd, config, socket, journal)
+        AgentProc::spawn(dir, wrapper.to_vec(), config, socket, journal)
     }
 
+    /// An agent on a config, socket and journal of the caller's.
     pub fn start_with(dir: &Path, config: PathBuf, socket: PathBuf, journal: PathBuf) -> AgentProc {
-        AgentProc::spawn(dir, Command::new(EBB), config, socket, journal)
+        AgentProc::spawn(dir, Vec::new(), config, socket, journal)
     }
 
-    /// Runs `ebb run` through `cmd` (the binary, or a wrapper that runs it).
-    fn spawn(dir: &Path, mut cmd: Command, config: PathBuf, socket: PathBuf, journal: PathBuf) -> AgentProc {
+    /// A new agent on this one's config, socket and journal, started the
+    /// same way: a restart, after `stop` or `kill9`.
+    pub fn start_again(&self) -> AgentProc {
+        let dir = self.log.parent().expect("the log is in the agent's folder");
+        AgentProc::spawn(dir, self.wrapper.clone(), self.config.clone(), self.socket.clone(), self.journal.clone())
+    }
+
+    /// Runs `ebb run`, through `wrapper` unless it is empty.
+    fn spawn(dir: &Path, wrapper: Vec<String>, config: PathBuf, socket: PathBuf, journal: PathBuf) -> AgentProc {
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
         let log = dir.join(format!("agent-{n}.log"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(EBB);
+                c
+            }
+            None => Command::new(EBB),
+        };
         let child = cmd
             .args(["run", "--config"])
             .arg(&config)
@@ -112,7 +127,7 @@ impl AgentProc {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("cannot start ebb");
-        let mut agent = AgentProc { child, socket, journal, config, log };
+        let mut agent = AgentProc { child, socket, journal, config, log, wrapper };
         let deadline = Instant::now() + Duration::from_secs(20);
         // A socket file may be left by a killed agent, and the socket takes
         // connections before the agent serves them (its services are bound
