@@ -8,4 +8,5 @@ pub mod bmc;
 pub mod crowd;
 pub mod demo;
 pub mod etcd;
+pub mod farm_lab;
 pub mod lab;

@@ -1,0 +1,421 @@
+//! A farm of hosts on one machine, for the multi-host tests (issue 11; farm
+//! research §4a, §5; the scripts in farm-lab/ it ports): a LAN made of
+//! network namespaces (a bridge in `ebbt-lan`, one veth per member,
+//! 10.251.0.0/24: the coordinator .1, hosts .11, .12…, a client .100), and
+//! per host a privileged libvirtd of its own (in the host's netns and a
+//! private mount namespace whose libvirt folders are the host's), a tiny
+//! diskless VNC domain listening on the host's address, a cgroup v1 freezer
+//! group that stands for the host's power (frozen = suspended), and a
+//! Wake-on-LAN "NIC": a thread in the host's netns that thaws the group
+//! when a magic packet for the host's MAC arrives. Everything is removed on
+//! drop, and leftovers of a killed run at the next start.
+//!
+//! Traffic stays in the namespaces made here; the system libvirtd is not used.
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Every namespace, link and cgroup made here starts with this.
+pub const PREFIX: &str = "ebbt-";
+/// The namespace that holds the LAN's bridge.
+pub const LAN_NS: &str = "ebbt-lan";
+/// The coordinator's namespace and address.
+pub const COORD_NS: &str = "ebbt-coord";
+pub const COORD_IP: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
+/// A client device's namespace and address.
+pub const CLIENT_NS: &str = "ebbt-cl";
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 100);
+/// The LAN's broadcast address (where Wake-on-LAN goes).
+pub const BROADCAST: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 255);
+/// The VNC port of each host's VM, on the host's address.
+pub const VNC_PORT: u16 = 5901;
+/// The hosts' libvirt folders and logs.
+const DIR: &str = "/var/tmp/ebbt-farm";
+const FREEZER: &str = "/sys/fs/cgroup/freezer";
+
+type Result<T> = std::result::Result<T, String>;
+
+/// One farm host: its namespace, libvirtd, VM, freezer group and NIC.
+pub struct FarmHost {
+    pub name: String,
+    /// Its network namespace (`ebbt-NAME`).
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    /// Its eth0's MAC, `aa:bb:…`.
+    pub mac: String,
+    /// Its libvirtd's URI.
+    pub uri: String,
+    /// Its VM (`ebbt-NAME-vm`), VNC on `ip:VNC_PORT`.
+    pub vm: String,
+    /// Its freezer group's folder.
+    pub cgroup: PathBuf,
+    root: PathBuf,
+    wakes: Arc<AtomicUsize>,
+}
+
+impl FarmHost {
+    /// The argv that runs a command (appended after it) in this host: in its
+    /// netns and its freezer group, as `AgentProc::start_through` wants.
+    pub fn wrapper(&self) -> Vec<String> {
+        vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo $$ > {}/cgroup.procs && exec nsenter --net=/var/run/netns/{} -- \"$@\"", self.cgroup.display(), self.ns),
+            "sh".into(),
+        ]
+    }
+
+    /// The command that suspends this host (its agent's `[farm.sleep] command`):
+    /// run by the agent, in the group, it freezes with it and returns once thawed.
+    pub fn suspend_command(&self) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), format!("echo FROZEN > {}/freezer.state", self.cgroup.display())]
+    }
+
+    /// Its freezer group's state: THAWED, FREEZING or FROZEN.
+    pub fn freezer_state(&self) -> String {
+        std::fs::read_to_string(self.cgroup.join("freezer.state")).unwrap_or_default().trim().to_string()
+    }
+
+    /// How many magic packets for its MAC its NIC has caught (each thaws it).
+    pub fn wakes(&self) -> usize {
+        self.wakes.load(Ordering::SeqCst)
+    }
+
+    /// `virsh -c URI args…`, its output or why it failed.
+    pub fn virsh(&self, args: &[&str]) -> Result<String> {
+        run("virsh", &[&["-c", &self.uri][..], args].concat())
+    }
+
+    /// Whether its VM has a managed save image (read from the host's
+    /// folder: a frozen libvirtd does not answer).
+    pub fn vm_saved(&self) -> bool {
+        self.root.join("lib/qemu/save").join(format!("{}.save", self.vm)).exists()
+    }
+
+    /// Its VM's state (`virsh domstate`): only while the host is awake.
+    pub fn vm_state(&self) -> String {
+        self.virsh(&["domstate", &self.vm]).unwrap_or_else(|e| e).trim().to_string()
+    }
+
+    fn thaw(&self) {
+        let _ = std::fs::write(self.cgroup.join("freezer.state"), "THAWED");
+    }
+}
+
+/// Thaws every host of the farm on drop: declared after the agents, it is
+/// dropped before them, so a failed test's frozen agents can be stopped.
+pub struct ThawGuard(Vec<PathBuf>);
+
+impl Drop for ThawGuard {
+    fn drop(&mut self) {
+        for cg in &self.0 {
+            let _ = std::fs::write(cg.join("freezer.state"), "THAWED");
+        }
+    }
+}
+
+/// The farm: its LAN, hosts and their NICs.
+pub struct FarmLab {
+    pub hosts: Vec<FarmHost>,
+    stop: Arc<AtomicBool>,
+    nics: Vec<JoinHandle<()>>,
+}
+
+impl FarmLab {
+    /// The LAN and one host per name (`h1`, `h2`…, at 10.251.0.11…), each
+    /// with its libvirtd and its VM running; leftovers of an earlier run
+    /// are removed first.
+    pub fn start(names: &[&str]) -> Result<FarmLab> {
+        remove_leftovers();
+        let mut farm = FarmLab { hosts: Vec::new(), stop: Arc::new(AtomicBool::new(false)), nics: Vec::new() };
+        ip(&["netns", "add", LAN_NS])?;
+        ip(&["-n", LAN_NS, "link", "add", "ebbt-br", "type", "bridge"])?;
+        ip(&["-n", LAN_NS, "link", "set", "ebbt-br", "up"])?;
+        member("coord", COORD_IP)?;
+        member("cl", CLIENT_IP)?;
+        // The libvirtds start together: the first start takes seconds.
+        let mut starts = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let addr = Ipv4Addr::new(10, 251, 0, 11 + i as u8);
+            let mac = member(name, addr)?;
+            let root = Path::new(DIR).join(name).join("root");
+            let cgroup = Path::new(FREEZER).join(format!("{PREFIX}{name}"));
+            std::fs::create_dir_all(&cgroup).map_err(|e| format!("cannot make {}: {e}", cgroup.display()))?;
+            let host = FarmHost {
+                name: name.to_string(),
+                ns: format!("{PREFIX}{name}"),
+                ip: addr,
+                mac,
+                uri: format!("qemu+unix:///system?socket={}/run/libvirt-sock", root.display()),
+                vm: format!("{PREFIX}{name}-vm"),
+                cgroup,
+                root,
+                wakes: Arc::new(AtomicUsize::new(0)),
+            };
+            starts.push(start_libvirtd(&host)?);
+            farm.hosts.push(host);
+        }
+        for (host, mut start) in farm.hosts.iter().zip(starts) {
+            let status = start.wait().map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err(format!("libvirtd of {} did not start ({status})", host.name));
+            }
+        }
+        for host in &farm.hosts {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while host.virsh(&["version"]).is_err() {
+                if Instant::now() > deadline {
+                    return Err(format!("libvirtd of {} did not answer within 30 s", host.name));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            start_vm(host)?;
+            farm.nics.push(nic(host, farm.stop.clone())?);
+        }
+        Ok(farm)
+    }
+
+    pub fn host(&self, name: &str) -> &FarmHost {
+        self.hosts.iter().find(|h| h.name == name).unwrap_or_else(|| panic!("no host {name}"))
+    }
+
+    /// A guard that thaws every host when dropped (see `ThawGuard`).
+    pub fn thaw_guard(&self) -> ThawGuard {
+        ThawGuard(self.hosts.iter().map(|h| h.cgroup.clone()).collect())
+    }
+
+    /// `program` run in the namespace `ns` (`nsenter --net`: /sys stays whole).
+    pub fn command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/{ns}")).arg("--").arg(program);
+        c
+    }
+
+    /// Runs `f` on a thread in the namespace `ns`: its sockets are there.
+    pub fn run_in<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+        crate::lab::in_netns(ns, f)
+    }
+}
+
+impl Drop for FarmLab {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for n in self.nics.drain(..) {
+            let _ = n.join();
+        }
+        for h in &self.hosts {
+            h.thaw();
+            let _ = h.virsh(&["destroy", &h.vm]);
+            let _ = h.virsh(&["undefine", &h.vm, "--managed-save"]);
+        }
+        remove_leftovers();
+    }
+}
+
+/// A member of the LAN: netns `ebbt-NAME` with eth0 at `addr`, its peer on
+/// the bridge. Returns eth0's MAC.
+fn member(name: &str, addr: Ipv4Addr) -> Result<String> {
+    let ns = format!("{PREFIX}{name}");
+    let peer = format!("{PREFIX}{name}-p");
+    ip(&["netns", "add", &ns])?;
+    ip(&["link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+    ip(&["link", "set", &peer, "netns", LAN_NS])?;
+    ip(&["-n", LAN_NS, "link", "set", &peer, "master", "ebbt-br", "up"])?;
+    ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+    ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "brd", "+", "dev", "eth0"])?;
+    ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+    let out = ip(&["-n", &ns, "-br", "link", "show", "eth0"])?;
+    out.split_whitespace().nth(2).map(str::to_string).ok_or_else(|| format!("no MAC for {ns}'s eth0: {out}"))
+}
+
+/// Starts the host's virtlogd and libvirtd (they daemonize) in its netns,
+/// its freezer group and a mount namespace where libvirt's folders are the
+/// host's own (farm-lab/host-libvirtd.sh). `nsenter --net`, not `ip netns
+/// exec`, which remounts /sys and hides the cgroups from libvirt.
+fn start_libvirtd(h: &FarmHost) -> Result<std::process::Child> {
+    let r = &h.root;
+    for d in ["run", "lib", "log", "cache", "etc/qemu"] {
+        std::fs::create_dir_all(r.join(d)).map_err(|e| format!("cannot make {}: {e}", r.join(d).display()))?;
+    }
+    for e in std::fs::read_dir("/etc/libvirt").map_err(|e| format!("cannot read /etc/libvirt: {e}"))?.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "conf") {
+            std::fs::copy(&p, r.join("etc").join(e.file_name())).map_err(|e| format!("cannot copy {}: {e}", p.display()))?;
+        }
+    }
+    let r = r.display();
+    let script = format!(
+        "mount --bind '{r}/run' /run/libvirt && mount --bind '{r}/lib' /var/lib/libvirt && mount --bind '{r}/etc' /etc/libvirt && \
+         mount --bind '{r}/log' /var/log/libvirt && mount --bind '{r}/cache' /var/cache/libvirt && \
+         virtlogd -d --pid-file '{r}/run/virtlogd.pid' && libvirtd -d --pid-file '{r}/run/libvirtd.pid'"
+    );
+    let outer = format!(
+        "echo $$ > {}/cgroup.procs && exec nsenter --net=/var/run/netns/{} -- unshare --mount --propagation private sh -ec \"$0\"",
+        h.cgroup.display(),
+        h.ns
+    );
+    Command::new("sh")
+        .args(["-c", &outer, &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run sh: {e}"))
+}
+
+/// Defines and starts the host's diskless 32 MiB VM, VNC on its address
+/// (farm-lab/vnc-domain.sh).
+fn start_vm(h: &FarmHost) -> Result<()> {
+    let xml = format!(
+        "<domain type='qemu'><name>{}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+         <graphics type='vnc' port='{VNC_PORT}' autoport='no' listen='{ip}'><listen type='address' address='{ip}'/></graphics>\
+         <video><model type='vga'/></video><memballoon model='none'/></devices></domain>",
+        h.vm,
+        ip = h.ip
+    );
+    let file = h.root.join(format!("{}.xml", h.vm));
+    std::fs::write(&file, xml).map_err(|e| e.to_string())?;
+    h.virsh(&["define", &file.to_string_lossy()])?;
+    h.virsh(&["start", &h.vm])?;
+    Ok(())
+}
+
+/// The host's NIC in its sleep: a thread in its netns with a UDP socket on
+/// port 9 that thaws the host's group at a magic packet for its MAC.
+/// The thread is outside the group, as a NIC is outside the suspended CPU.
+fn nic(h: &FarmHost, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>> {
+    let mac: Vec<u8> = h.mac.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<std::result::Result<_, _>>().map_err(|e| format!("MAC {}: {e}", h.mac))?;
+    let mut magic = vec![0xffu8; 6];
+    (0..16).for_each(|_| magic.extend_from_slice(&mac));
+    let file = std::fs::File::open(format!("/var/run/netns/{}", h.ns)).map_err(|e| e.to_string())?;
+    let (state, wakes) = (h.cgroup.join("freezer.state"), h.wakes.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        use std::os::fd::AsFd;
+        let bound = rustix::thread::move_into_link_name_space(file.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
+            .map_err(|e| format!("setns: {e}"))
+            .and_then(|_| UdpSocket::bind("0.0.0.0:9").map_err(|e| format!("cannot bind port 9: {e}")));
+        let socket = match bound {
+            Ok(s) => {
+                let _ = tx.send(Ok(()));
+                s
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
+        let mut buf = [0u8; 1500];
+        while !stop.load(Ordering::SeqCst) {
+            if let Ok(n) = socket.recv(&mut buf) {
+                if buf[..n].windows(magic.len()).any(|w| w == magic) {
+                    wakes.fetch_add(1, Ordering::SeqCst);
+                    let _ = std::fs::write(&state, "THAWED");
+                }
+            }
+        }
+    });
+    rx.recv().map_err(|e| e.to_string())??;
+    Ok(handle)
+}
+
+/// Removes what a farm (this one, or a killed run's) left: its processes
+/// (thawed first), VMs' QEMUs, libvirtds, freezer groups, namespaces and folders.
+fn remove_leftovers() {
+    let groups: Vec<PathBuf> = std::fs::read_dir(FREEZER)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(PREFIX))
+        .map(|e| e.path())
+        .collect();
+    for g in &groups {
+        let _ = std::fs::write(g.join("freezer.state"), "THAWED");
+    }
+    // The libvirtds first (by their pid files), then QEMUs and whatever is left in the groups.
+    let mut pids = Vec::new();
+    for host in std::fs::read_dir(DIR).into_iter().flatten().flatten() {
+        let run = host.path().join("root/run");
+        for f in ["libvirtd.pid", "virtlogd.pid"] {
+            pids.extend(read_pid(&run.join(f)));
+        }
+        for e in std::fs::read_dir(run.join("qemu")).into_iter().flatten().flatten() {
+            if e.path().extension().is_some_and(|x| x == "pid") {
+                pids.extend(read_pid(&e.path()));
+            }
+        }
+    }
+    for g in &groups {
+        for_each_group(g, &mut |d| {
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        });
+    }
+    for &p in &pids {
+        kill(p, rustix::process::Signal::TERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| Path::new(&format!("/proc/{p}")).exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &p in &pids {
+        kill(p, rustix::process::Signal::KILL);
+    }
+    for g in &groups {
+        // The deepest first: libvirt makes machine/… groups under its own.
+        let mut dirs = Vec::new();
+        for_each_group(g, &mut |d| dirs.push(d.to_path_buf()));
+        for d in dirs.iter().rev() {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while std::fs::remove_dir(d).is_err() && d.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    if let Ok(list) = ip(&["netns", "list"]) {
+        for ns in list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with(PREFIX)) {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+    let _ = std::fs::remove_dir_all(DIR);
+}
+
+/// `f` on `dir` and every group under it, parents first.
+fn for_each_group(dir: &Path, f: &mut impl FnMut(&Path)) {
+    f(dir);
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            for_each_group(&e.path(), f);
+        }
+    }
+}
+
+fn read_pid(file: &Path) -> Option<i32> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+fn kill(pid: i32, signal: rustix::process::Signal) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(p, signal);
+    }
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    run("ip", args)
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program).args(args).stdin(Stdio::null()).output().map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{program} {}: {}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
