@@ -1,0 +1,200 @@
+//! Issue 11's farm on one machine (`ebb_lab::farm_lab`): two hosts, each a
+//! network namespace with its own privileged libvirtd, VM and `ebb run`
+//! agent (in the host's netns and its freezer group: the host's suspend is
+//! the group frozen), real etcd and `ebb coord` with its gateway in the
+//! coordinator's namespace, Wake-on-LAN over the LAN's veths. One test:
+//! the hosts share the farm.
+
+mod common;
+
+use common::{AgentProc, EBB};
+use ebb_core::farm::HostState;
+use ebb_farm::FarmView;
+use ebb_lab::etcd::LocalEtcd;
+use ebb_lab::farm_lab::{FarmHost, FarmLab, BROADCAST, CLIENT_NS, COORD_IP, COORD_NS, VNC_PORT};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// `ebb coord` in the coordinator's namespace, its log in `dir`.
+struct Coord {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Coord {
+    fn start(dir: &Path, config: &Path) -> Coord {
+        let log = dir.join("coord.log");
+        let child = FarmLab::command(COORD_NS, EBB)
+            .args(["coord", "--config"])
+            .arg(config)
+            .args(["--name", "coord-a"])
+            .env("EBB_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Coord { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Coord {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The farm as etcd has it, read by `ebb farm` from the coordinator's namespace.
+fn farm_view(etcd: &LocalEtcd) -> FarmView {
+    let out = FarmLab::command(COORD_NS, EBB).args(["farm", "--json", "--etcd", etcd.url()]).output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ebb farm ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn state(etcd: &LocalEtcd, host: &str) -> Option<HostState> {
+    farm_view(etcd).hosts.into_iter().find(|h| h.name == host).and_then(|h| h.state)
+}
+
+/// Polls `f` every 100 ms; how long it took, or a panic with `why()` after `limit`.
+fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool, why: impl Fn() -> String) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}\n{}", why());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+/// An RFB viewer's handshake to `ip:port` (security None), made from the
+/// client's namespace; returns the session and how long the server's
+/// banner took from the connect.
+fn rfb_session(ip: Ipv4Addr, port: u16) -> std::io::Result<(TcpStream, Duration)> {
+    FarmLab::run_in(CLIENT_NS, move || {
+        let started = Instant::now();
+        let mut s = TcpStream::connect((ip, port))?;
+        s.set_read_timeout(Some(Duration::from_secs(40)))?;
+        let mut version = [0u8; 12];
+        s.read_exact(&mut version)?;
+        let banner = started.elapsed();
+        assert!(version.starts_with(b"RFB 003."), "{version:?}");
+        s.write_all(b"RFB 003.008\n")?;
+        let mut n = [0u8; 1];
+        s.read_exact(&mut n)?;
+        let mut types = vec![0u8; n[0] as usize];
+        s.read_exact(&mut types)?;
+        assert!(types.contains(&1), "no security type None: {types:?}");
+        s.write_all(&[1])?;
+        let mut result = [0u8; 4];
+        s.read_exact(&mut result)?;
+        assert_eq!(result, [0; 4], "security result");
+        s.write_all(&[1])?;
+        // ServerInit: width, height, pixel format (16), name length, name.
+        let mut init = [0u8; 24];
+        s.read_exact(&mut init)?;
+        let mut name = vec![0u8; u32::from_be_bytes(init[20..24].try_into().unwrap()) as usize];
+        s.read_exact(&mut name)?;
+        Ok((s, banner))
+    })?
+}
+
+/// An agent for `host`: in its netns and freezer group, on its libvirtd,
+/// etcd in the coordinator's namespace; its suspend freezes its group.
+fn agent(dir: &Path, host: &FarmHost, etcd: &LocalEtcd) -> AgentProc {
+    let dir = dir.join(&host.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let lines = format!("uri = \"{}\"\ndomains = [\"{}\"]\ntick = \"250ms\"", host.uri, host.vm);
+    let command = host.suspend_command().iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+    let rest = format!(
+        "[memory]\nenabled = false\n[clients]\nconsole_idle = \"2s\"\n\
+         [farm]\nendpoints = [\"{}\"]\nhost = \"{}\"\nlease_ttl = \"2s\"\ntimeout = \"500ms\"\n\
+         [farm.wake]\nmac = \"{}\"\nbroadcast = \"{BROADCAST}\"\n\
+         [farm.sleep]\nafter = \"2s\"\nmin_awake = \"1s\"\nmax_per_hour = 4\ncommand = [{command}]\n",
+        etcd.url(),
+        host.name,
+        host.mac
+    );
+    AgentProc::start_through(&dir, &lines, &rest, &host.wrapper())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_farm_of_two_hosts_sleeps_the_one_without_clients_and_a_gateway_client_wakes_its_host_by_wake_on_lan() {
+    let began = Instant::now();
+    let farm = FarmLab::start(&["h1", "h2"]).unwrap();
+    let (h1, h2) = (farm.host("h1"), farm.host("h2"));
+    let etcd = LocalEtcd::start_in(COORD_NS, COORD_IP).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let coord_config = dir.path().join("coord.toml");
+    std::fs::write(
+        &coord_config,
+        format!(
+            "[farm]\nendpoints = [\"{}\"]\nhost = \"unused\"\nlease_ttl = \"2s\"\ntimeout = \"500ms\"\nwake_resend = \"1s\"\nwake_give_up = \"30s\"\n\
+             [clients]\nsurrogate_idle = \"1s\"\n\
+             [gateway.vm1]\nhost = \"h1\"\n[[gateway.vm1.service]]\nname = \"vnc\"\nlisten = \"{COORD_IP}:{VNC_PORT}\"\nbackend = \"{}:{VNC_PORT}\"\n",
+            etcd.url(),
+            h1.ip
+        ),
+    )
+    .unwrap();
+    let coord = Coord::start(dir.path(), &coord_config);
+    println!("farm up (2 libvirtds, 2 VMs, etcd, coordinator) in {:?}", began.elapsed());
+
+    // A viewer on h1's VM (from the client's namespace) before the agents start.
+    let (viewer, _) = rfb_session(h1.ip, VNC_PORT).unwrap();
+    let a1 = agent(dir.path(), h1, &etcd);
+    let a2 = agent(dir.path(), h2, &etcd);
+    let _thaw = farm.thaw_guard();
+    let agents_up = Instant::now();
+    let why = || format!("--- h1\n{}\n--- h2\n{}\n--- coord\n{}", a1.log_text(), a2.log_text(), coord.log());
+
+    // h2, with no client, sleeps: VM saved, host frozen, `sleeping` in etcd.
+    let took = until("h2 asleep", Duration::from_secs(30), || state(&etcd, "h2") == Some(HostState::Sleeping) && h2.freezer_state() == "FROZEN", why);
+    println!("h2 (no client) asleep {took:?} after the agents started");
+    assert!(h2.vm_saved(), "h2's VM has a managed save");
+    // h1, its viewer connected, stays awake past h2's sleep.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(state(&etcd, "h1"), Some(HostState::Awake), "{}", why());
+    assert_eq!((h1.freezer_state().as_str(), h1.vm_state().as_str()), ("THAWED", "running"));
+    let h = a1.status().host_sleep.unwrap();
+    assert!(h.state == "awake" && h.sleeps_total == 0, "{h:?}");
+
+    // The viewer leaves: h1 sleeps after console_idle (2 s) and after (2 s).
+    drop(viewer);
+    let left = Instant::now();
+    until("h1 asleep", Duration::from_secs(30), || state(&etcd, "h1") == Some(HostState::Sleeping) && h1.freezer_state() == "FROZEN", why);
+    let took = left.elapsed();
+    println!("h1 asleep {took:?} after its viewer left");
+    assert!(took >= Duration::from_secs(4), "h1 slept {took:?} after its viewer left, before console_idle + after");
+    assert!(h1.vm_saved(), "h1's VM has a managed save");
+
+    // A client of h1's VM at the gateway: held, h1 woken by WoL, restored, spliced.
+    let connect = Instant::now();
+    let (session, banner) = rfb_session(COORD_IP, VNC_PORT).unwrap_or_else(|e| panic!("the client through the gateway: {e}\n{}", why()));
+    let init = connect.elapsed();
+    println!("through the gateway: connect -> RFB banner {banner:?}, -> ServerInit {init:?} (WoL, thaw, restore, splice)");
+    assert_eq!((h1.wakes(), h1.freezer_state().as_str()), (1, "THAWED"), "one magic packet for h1's MAC thawed it");
+    // QEMU's VNC answers while the restore is loading the VM's state: it runs soon after.
+    let running = until("h1's VM running", Duration::from_secs(10), || h1.vm_state() == "running", why);
+    println!("h1's VM running {:?} after ServerInit", running);
+    assert_eq!(state(&etcd, "h1"), Some(HostState::Awake));
+    let h = a1.status().host_sleep.unwrap();
+    assert_eq!((h.sleeps_total, h.wakes_total), (1, 1), "{h:?}");
+    let wakes: Vec<_> = a1.events(None).into_iter().filter(|e| e.kind == "host_wake").collect();
+    assert_eq!(wakes.len(), 1, "{wakes:?}");
+    assert!(wakes[0].text.contains("the host resumed"), "the sleep command returned: {wakes:?}");
+    // h2 still asleep, never sent a packet for its MAC.
+    assert_eq!((state(&etcd, "h2"), h2.freezer_state().as_str(), h2.wakes()), (Some(HostState::Sleeping), "FROZEN", 0));
+    let woke = || farm_view(&etcd).hosts.into_iter().find(|h| h.name == "h1").and_then(|h| h.woke);
+    until("the wake recorded", Duration::from_secs(5), || woke().is_some(), why);
+    let w = woke().unwrap();
+    assert!(w.by.starts_with(&format!("by wol: Wake-on-LAN magic packet for {} sent to {BROADCAST}:9", h1.mac)), "{w:?}");
+    assert_eq!(coord.log().matches("waking host h1").count(), 1, "{}", coord.log());
+    assert!(!coord.log().contains("is not followed"), "the gateway's watch on etcd held:\n{}", coord.log());
+    println!("h1 woke: {w:?}; test took {:?} ({:?} since the agents started)", began.elapsed(), agents_up.elapsed());
+    drop(session);
+}
