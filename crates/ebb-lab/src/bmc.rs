@@ -58,6 +58,26 @@ fn virsh(args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// `program`, run in the network namespace `ns` if one is given (`nsenter --net`).
+fn command_in(ns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/var/run/netns/{ns}")).arg("--").arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Runs `f` in the network namespace `ns` if one is given, else here.
+fn run_in<T: Send>(ns: Option<&str>, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    match ns {
+        Some(ns) => crate::lab::in_netns(ns, f),
+        None => Ok(f()),
+    }
+}
+
 fn free_tcp_port() -> Result<u16, String> {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(|e| format!("cannot find a free port: {e}"))
 }
@@ -173,6 +193,11 @@ impl PowerDomain {
         }
     }
 
+    /// Powers it on (virsh start), as a host that is up.
+    pub fn power_on(&self) -> Result<(), String> {
+        virsh(&["start", &self.name]).map(drop)
+    }
+
     /// Powers it off at once (virsh destroy), as a host that went down.
     pub fn power_off(&self) -> Result<(), String> {
         virsh(&["destroy", &self.name]).map(drop)
@@ -203,6 +228,8 @@ fn remove_orphans() {
 /// powers a [`PowerDomain`].
 pub struct VirtualBmc {
     port: u16,
+    /// The network namespace it runs in (its 127.0.0.1 is that one's).
+    ns: Option<String>,
     dir: tempfile::TempDir,
     vbmcd: Group,
 }
@@ -211,6 +238,12 @@ impl VirtualBmc {
     /// Starts vbmcd and a BMC for `domain`; returns once the BMC answers
     /// IPMI (`chassis power status`, within 20 s).
     pub async fn start(domain: &PowerDomain) -> Result<VirtualBmc, String> {
+        Self::start_in(domain, None).await
+    }
+
+    /// The same inside the network namespace `ns` (a farm's management
+    /// network): its BMC is on that namespace's 127.0.0.1.
+    pub async fn start_in(domain: &PowerDomain, ns: Option<&str>) -> Result<VirtualBmc, String> {
         let vbmcd = venv_bin("vbmcd")?;
         let dir = tempfile::Builder::new().prefix("ebb-vbmc-").tempdir().map_err(|e| format!("cannot make vbmcd's directory: {e}"))?;
         let d = dir.path();
@@ -227,11 +260,11 @@ impl VirtualBmc {
             ),
         )
         .map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(vbmcd);
+        let mut cmd = command_in(ns, vbmcd);
         cmd.arg("--foreground").env("VIRTUALBMC_CONFIG", &config);
         let vbmcd = Group::spawn(cmd, &d.join("vbmcd.out"))?;
         let port = free_udp_port()?;
-        let mut bmc = VirtualBmc { port, dir, vbmcd };
+        let mut bmc = VirtualBmc { port, ns: ns.map(String::from), dir, vbmcd };
         bmc.wait_vbmcd().await?;
         let p = port.to_string();
         bmc.vbmc(&["add", domain.name(), "--address", "127.0.0.1", "--port", &p, "--username", BMC_USER, "--password", BMC_PASSWORD, "--libvirt-uri", URI])?;
@@ -242,7 +275,7 @@ impl VirtualBmc {
 
     /// `vbmc --no-daemon ARGS` against this vbmcd.
     fn vbmc(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(venv_bin("vbmc")?)
+        let out = command_in(self.ns.as_deref(), venv_bin("vbmc")?)
             .arg("--no-daemon")
             .args(args)
             .env("VIRTUALBMC_CONFIG", self.dir.path().join("virtualbmc.conf"))
@@ -275,7 +308,7 @@ impl VirtualBmc {
         let started = Instant::now();
         let mut last = String::new();
         while started.elapsed() < Duration::from_secs(20) {
-            let out = Command::new("ipmitool")
+            let out = command_in(self.ns.as_deref(), "ipmitool")
                 .args(["-I", "lanplus", "-H", "127.0.0.1", "-p", &self.port.to_string(), "-U", BMC_USER, "-E", "-N", "1", "-R", "1", "chassis", "power", "status"])
                 .env("IPMI_PASSWORD", BMC_PASSWORD)
                 .stdin(Stdio::null())
@@ -311,6 +344,8 @@ impl VirtualBmc {
 pub struct Sushy {
     port: u16,
     uuid: String,
+    /// The network namespace it runs in (its 127.0.0.1 is that one's).
+    ns: Option<String>,
     /// Serves https with a self-signed certificate for 127.0.0.1.
     tls: bool,
     dir: tempfile::TempDir,
@@ -321,17 +356,23 @@ impl Sushy {
     /// Starts the emulator over http; returns once it answers for the
     /// domain's System (within 30 s).
     pub async fn start(domain: &PowerDomain) -> Result<Sushy, String> {
-        Self::start_with(domain, false).await
+        Self::start_with(domain, false, None).await
+    }
+
+    /// The same over http inside the network namespace `ns` (a farm's
+    /// management network): it listens on that namespace's 127.0.0.1.
+    pub async fn start_in(domain: &PowerDomain, ns: &str) -> Result<Sushy, String> {
+        Self::start_with(domain, false, Some(ns)).await
     }
 
     /// The same over https, with a self-signed certificate for 127.0.0.1
     /// (made by openssl), as most real BMCs have; returns once it accepts
     /// connections.
     pub async fn start_tls(domain: &PowerDomain) -> Result<Sushy, String> {
-        Self::start_with(domain, true).await
+        Self::start_with(domain, true, None).await
     }
 
-    async fn start_with(domain: &PowerDomain, tls: bool) -> Result<Sushy, String> {
+    async fn start_with(domain: &PowerDomain, tls: bool, ns: Option<&str>) -> Result<Sushy, String> {
         let bin = venv_bin("sushy-emulator")?;
         let dir = tempfile::Builder::new().prefix("ebb-sushy-").tempdir().map_err(|e| format!("cannot make sushy's directory: {e}"))?;
         let port = free_tcp_port()?;
@@ -357,10 +398,10 @@ impl Sushy {
             text.push_str(&format!("SUSHY_EMULATOR_SSL_CERT = '{}'\nSUSHY_EMULATOR_SSL_KEY = '{}'\n", cert.display(), key.display()));
         }
         std::fs::write(&config, text).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = command_in(ns, bin);
         cmd.arg("--config").arg(&config);
         let group = Group::spawn(cmd, &dir.path().join("sushy.log"))?;
-        let mut s = Sushy { port, uuid: domain.uuid().to_string(), tls, dir, group };
+        let mut s = Sushy { port, uuid: domain.uuid().to_string(), ns: ns.map(String::from), tls, dir, group };
         s.wait_answering().await?;
         Ok(s)
     }
@@ -372,7 +413,9 @@ impl Sushy {
             if let Some(status) = self.group.exited() {
                 return Err(format!("sushy-emulator exited ({status}): {}", self.log_tail()));
             }
-            let up = if self.tls { TcpStream::connect(("127.0.0.1", self.port)).is_ok() } else { http_get_status(self.port, &path).is_some_and(|s| s == 200) };
+            let (tls, port) = (self.tls, self.port);
+            let up = run_in(self.ns.as_deref(), || if tls { TcpStream::connect(("127.0.0.1", port)).is_ok() } else { http_get_status(port, &path).is_some_and(|s| s == 200) })
+                .unwrap_or(false);
             if up {
                 return Ok(());
             }
@@ -390,7 +433,8 @@ impl Sushy {
     /// The System's `PowerState` ("On", "Off"), as Redfish reports it
     /// (over http only).
     pub fn power_state(&self) -> Option<String> {
-        let body = http_get(self.port, &format!("/redfish/v1/Systems/{}", self.uuid))?;
+        let path = format!("/redfish/v1/Systems/{}", self.uuid);
+        let body = run_in(self.ns.as_deref(), || http_get(self.port, &path)).ok()??;
         let at = body.find("\"PowerState\"")?;
         let rest = &body[at + 12..];
         let start = rest.find('"')? + 1;

@@ -7,11 +7,15 @@
 //! diskless VNC domain listening on the host's address, a cgroup v1 freezer
 //! group that stands for the host's power (frozen = suspended), and a
 //! Wake-on-LAN "NIC": a thread in the host's netns that thaws the group
-//! when a magic packet for the host's MAC arrives. Everything is removed on
-//! drop, and leftovers of a killed run at the next start.
+//! when a magic packet for the host's MAC arrives. A host's power, as its
+//! BMC sees it, is a placeholder domain on qemu:///system (`bmc::PowerDomain`,
+//! for virtualbmc and sushy-tools): the host's suspend powers it off, and
+//! the host's power rail thaws the group when a BMC powers it on. Everything
+//! is removed on drop, and leftovers of a killed run at the next start.
 //!
 //! Traffic stays in the namespaces made here; the system libvirtd is not used.
 
+use crate::bmc::PowerDomain;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -54,8 +58,11 @@ pub struct FarmHost {
     pub vm: String,
     /// Its freezer group's folder.
     pub cgroup: PathBuf,
+    /// Its power as its BMC sees it: running while the host is up.
+    pub power: PowerDomain,
     root: PathBuf,
     wakes: Arc<AtomicUsize>,
+    power_ons: Arc<AtomicUsize>,
 }
 
 impl FarmHost {
@@ -71,9 +78,11 @@ impl FarmHost {
     }
 
     /// The command that suspends this host (its agent's `[farm.sleep] command`):
-    /// run by the agent, in the group, it freezes with it and returns once thawed.
+    /// run by the agent, in the group, it powers the host's BMC view off,
+    /// freezes with the group and returns once thawed.
     pub fn suspend_command(&self) -> Vec<String> {
-        vec!["sh".into(), "-c".into(), format!("echo FROZEN > {}/freezer.state", self.cgroup.display())]
+        let off = format!("virsh -c {} destroy {} >/dev/null 2>&1", crate::bmc::URI, self.power.name());
+        vec!["sh".into(), "-c".into(), format!("{off}; echo FROZEN > {}/freezer.state", self.cgroup.display())]
     }
 
     /// Its freezer group's state: THAWED, FREEZING or FROZEN.
@@ -84,6 +93,11 @@ impl FarmHost {
     /// How many magic packets for its MAC its NIC has caught (each thaws it).
     pub fn wakes(&self) -> usize {
         self.wakes.load(Ordering::SeqCst)
+    }
+
+    /// How many times a BMC powered it on while it was off (each thaws it).
+    pub fn power_ons(&self) -> usize {
+        self.power_ons.load(Ordering::SeqCst)
     }
 
     /// `virsh -c URI args…`, its output or why it failed.
@@ -146,6 +160,8 @@ impl FarmLab {
             let root = Path::new(DIR).join(name).join("root");
             let cgroup = Path::new(FREEZER).join(format!("{PREFIX}{name}"));
             std::fs::create_dir_all(&cgroup).map_err(|e| format!("cannot make {}: {e}", cgroup.display()))?;
+            let power = PowerDomain::define(&format!("{PREFIX}{name}"))?;
+            power.power_on()?;
             let host = FarmHost {
                 name: name.to_string(),
                 ns: format!("{PREFIX}{name}"),
@@ -154,8 +170,10 @@ impl FarmLab {
                 uri: format!("qemu+unix:///system?socket={}/run/libvirt-sock", root.display()),
                 vm: format!("{PREFIX}{name}-vm"),
                 cgroup,
+                power,
                 root,
                 wakes: Arc::new(AtomicUsize::new(0)),
+                power_ons: Arc::new(AtomicUsize::new(0)),
             };
             starts.push(start_libvirtd(&host)?);
             farm.hosts.push(host);
@@ -176,6 +194,7 @@ impl FarmLab {
             }
             start_vm(host)?;
             farm.nics.push(nic(host, farm.stop.clone())?);
+            farm.nics.push(power_rail(host, farm.stop.clone())?);
         }
         Ok(farm)
     }
@@ -324,6 +343,28 @@ fn nic(h: &FarmHost, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>> {
     });
     rx.recv().map_err(|e| e.to_string())??;
     Ok(handle)
+}
+
+/// The host's power rail: a thread that thaws the host's group when its
+/// BMC powers its placeholder domain on (seen off, then running). Outside
+/// the group, as a BMC is outside the suspended host.
+fn power_rail(h: &FarmHost, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>> {
+    let conn = virt::connect::Connect::open(Some(crate::bmc::URI)).map_err(|e| format!("cannot connect to {}: {e}", crate::bmc::URI))?;
+    let dom = conn.lookup_domain_by_name(h.power.name()).map_err(|e| format!("no domain {}: {e}", h.power.name()))?;
+    let (state, power_ons) = (h.cgroup.join("freezer.state"), h.power_ons.clone());
+    Ok(std::thread::spawn(move || {
+        let _conn = conn;
+        let mut was_on = true;
+        while !stop.load(Ordering::SeqCst) {
+            let on = dom.is_active().unwrap_or(was_on);
+            if on && !was_on {
+                power_ons.fetch_add(1, Ordering::SeqCst);
+                let _ = std::fs::write(&state, "THAWED");
+            }
+            was_on = on;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }))
 }
 
 /// Removes what a farm (this one, or a killed run's) left: its processes

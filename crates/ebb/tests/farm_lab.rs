@@ -2,7 +2,9 @@
 //! network namespace with its own privileged libvirtd, VM and `ebb run`
 //! agent (in the host's netns and its freezer group: the host's suspend is
 //! the group frozen), real etcd and `ebb coord` with its gateway in the
-//! coordinator's namespace, Wake-on-LAN over the LAN's veths. One test:
+//! coordinator's namespace, Wake-on-LAN over the LAN's veths, virtualbmc
+//! (IPMI) and sushy-tools (Redfish) on the coordinator's management side,
+//! over the placeholder domains that stand for the hosts' power. One test:
 //! the hosts share the farm.
 
 mod common;
@@ -10,6 +12,7 @@ mod common;
 use common::{AgentProc, EBB};
 use ebb_core::farm::HostState;
 use ebb_farm::FarmView;
+use ebb_lab::bmc::{Sushy, VirtualBmc, BMC_PASSWORD, BMC_USER};
 use ebb_lab::etcd::LocalEtcd;
 use ebb_lab::farm_lab::{FarmHost, FarmLab, BROADCAST, CLIENT_NS, COORD_IP, COORD_NS, VNC_PORT};
 use std::io::{Read, Write};
@@ -104,8 +107,9 @@ fn rfb_session(ip: Ipv4Addr, port: u16) -> std::io::Result<(TcpStream, Duration)
 }
 
 /// An agent for `host`: in its netns and freezer group, on its libvirtd,
-/// etcd in the coordinator's namespace; its suspend freezes its group.
-fn agent(dir: &Path, host: &FarmHost, etcd: &LocalEtcd) -> AgentProc {
+/// etcd in the coordinator's namespace; its suspend freezes its group; it
+/// is woken as `wake` (the lines of its `[farm.wake]`) says.
+fn agent(dir: &Path, host: &FarmHost, etcd: &LocalEtcd, wake: &str) -> AgentProc {
     let dir = dir.join(&host.name);
     std::fs::create_dir_all(&dir).unwrap();
     let lines = format!("uri = \"{}\"\ndomains = [\"{}\"]\ntick = \"250ms\"", host.uri, host.vm);
@@ -113,49 +117,67 @@ fn agent(dir: &Path, host: &FarmHost, etcd: &LocalEtcd) -> AgentProc {
     let rest = format!(
         "[memory]\nenabled = false\n[clients]\nconsole_idle = \"2s\"\n\
          [farm]\nendpoints = [\"{}\"]\nhost = \"{}\"\nlease_ttl = \"2s\"\ntimeout = \"500ms\"\n\
-         [farm.wake]\nmac = \"{}\"\nbroadcast = \"{BROADCAST}\"\n\
+         [farm.wake]\n{wake}\n\
          [farm.sleep]\nafter = \"2s\"\nmin_awake = \"1s\"\nmax_per_hour = 4\ncommand = [{command}]\n",
         etcd.url(),
         host.name,
-        host.mac
     );
     AgentProc::start_through(&dir, &lines, &rest, &host.wrapper())
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_farm_of_two_hosts_sleeps_the_one_without_clients_and_a_gateway_client_wakes_its_host_by_wake_on_lan() {
+async fn a_farm_sleeps_the_hosts_without_clients_and_gateway_clients_wake_theirs_by_wake_on_lan_ipmi_and_redfish() {
     let began = Instant::now();
-    let farm = FarmLab::start(&["h1", "h2"]).unwrap();
-    let (h1, h2) = (farm.host("h1"), farm.host("h2"));
+    let farm = FarmLab::start(&["h1", "h2", "h3"]).unwrap();
+    let (h1, h2, h3) = (farm.host("h1"), farm.host("h2"), farm.host("h3"));
     let etcd = LocalEtcd::start_in(COORD_NS, COORD_IP).await.unwrap();
+    // The BMCs are on the coordinator's side of the farm: h2's by IPMI, h3's by Redfish.
+    let ipmi = VirtualBmc::start_in(&h2.power, Some(COORD_NS)).await.unwrap();
+    let redfish = Sushy::start_in(&h3.power, COORD_NS).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("bmc-password");
+    std::fs::write(&password, BMC_PASSWORD).unwrap();
+    let gateway = |vm: &str, host: &FarmHost, port: u16| {
+        format!(
+            "[gateway.{vm}]\nhost = \"{}\"\n[[gateway.{vm}.service]]\nname = \"vnc\"\nlisten = \"{COORD_IP}:{port}\"\nbackend = \"{}:{VNC_PORT}\"\n",
+            host.name, host.ip
+        )
+    };
     let coord_config = dir.path().join("coord.toml");
     std::fs::write(
         &coord_config,
         format!(
             "[farm]\nendpoints = [\"{}\"]\nhost = \"unused\"\nlease_ttl = \"2s\"\ntimeout = \"500ms\"\nwake_resend = \"1s\"\nwake_give_up = \"30s\"\n\
-             [clients]\nsurrogate_idle = \"1s\"\n\
-             [gateway.vm1]\nhost = \"h1\"\n[[gateway.vm1.service]]\nname = \"vnc\"\nlisten = \"{COORD_IP}:{VNC_PORT}\"\nbackend = \"{}:{VNC_PORT}\"\n",
+             bmc_user = \"{BMC_USER}\"\nbmc_password_file = \"{}\"\n\
+             [clients]\nsurrogate_idle = \"1s\"\n{}{}{}",
             etcd.url(),
-            h1.ip
+            password.display(),
+            gateway("vm1", h1, VNC_PORT),
+            gateway("vm2", h2, VNC_PORT + 1),
+            gateway("vm3", h3, VNC_PORT + 2),
         ),
     )
     .unwrap();
     let coord = Coord::start(dir.path(), &coord_config);
-    println!("farm up (2 libvirtds, 2 VMs, etcd, coordinator) in {:?}", began.elapsed());
+    println!("farm up (3 libvirtds, 3 VMs, etcd, 2 BMCs, coordinator) in {:?}", began.elapsed());
 
     // A viewer on h1's VM (from the client's namespace) before the agents start.
     let (viewer, _) = rfb_session(h1.ip, VNC_PORT).unwrap();
-    let a1 = agent(dir.path(), h1, &etcd);
-    let a2 = agent(dir.path(), h2, &etcd);
+    let a1 = agent(dir.path(), h1, &etcd, &format!("mac = \"{}\"\nbroadcast = \"{BROADCAST}\"", h1.mac));
+    let a2 = agent(dir.path(), h2, &etcd, &format!("ipmi = \"{}\"", ipmi.address()));
+    let a3 = agent(dir.path(), h3, &etcd, &format!("redfish = \"{}\"", redfish.system_url()));
     let _thaw = farm.thaw_guard();
     let agents_up = Instant::now();
-    let why = || format!("--- h1\n{}\n--- h2\n{}\n--- coord\n{}", a1.log_text(), a2.log_text(), coord.log());
+    let why = || format!("--- h1\n{}\n--- h2\n{}\n--- h3\n{}\n--- coord\n{}", a1.log_text(), a2.log_text(), a3.log_text(), coord.log());
 
-    // h2, with no client, sleeps: VM saved, host frozen, `sleeping` in etcd.
-    let took = until("h2 asleep", Duration::from_secs(30), || state(&etcd, "h2") == Some(HostState::Sleeping) && h2.freezer_state() == "FROZEN", why);
-    println!("h2 (no client) asleep {took:?} after the agents started");
-    assert!(h2.vm_saved(), "h2's VM has a managed save");
+    // h2 and h3, with no client, sleep: VM saved, host frozen and powered
+    // off for its BMC, `sleeping` in etcd.
+    for h in [h2, h3] {
+        let took = until(&format!("{} asleep", h.name), Duration::from_secs(30), || state(&etcd, &h.name) == Some(HostState::Sleeping) && h.freezer_state() == "FROZEN", why);
+        println!("{} (no client) asleep {took:?} after the agents started", h.name);
+        assert!(h.vm_saved(), "{}'s VM has a managed save", h.name);
+        assert_eq!(h.power.state().unwrap(), "shut off", "{}'s BMC sees it off", h.name);
+    }
     // h1, its viewer connected, stays awake past h2's sleep.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(state(&etcd, "h1"), Some(HostState::Awake), "{}", why());
@@ -187,14 +209,32 @@ async fn a_farm_of_two_hosts_sleeps_the_one_without_clients_and_a_gateway_client
     let wakes: Vec<_> = a1.events(None).into_iter().filter(|e| e.kind == "host_wake").collect();
     assert_eq!(wakes.len(), 1, "{wakes:?}");
     assert!(wakes[0].text.contains("the host resumed"), "the sleep command returned: {wakes:?}");
-    // h2 still asleep, never sent a packet for its MAC.
-    assert_eq!((state(&etcd, "h2"), h2.freezer_state().as_str(), h2.wakes()), (Some(HostState::Sleeping), "FROZEN", 0));
-    let woke = || farm_view(&etcd).hosts.into_iter().find(|h| h.name == "h1").and_then(|h| h.woke);
-    until("the wake recorded", Duration::from_secs(5), || woke().is_some(), why);
-    let w = woke().unwrap();
+    // h2 and h3 still asleep, never woken.
+    for h in [h2, h3] {
+        assert_eq!((state(&etcd, &h.name), h.freezer_state().as_str(), h.wakes(), h.power_ons()), (Some(HostState::Sleeping), "FROZEN", 0, 0));
+    }
+    let woke = |host: &str| farm_view(&etcd).hosts.into_iter().find(|h| h.name == host).and_then(|h| h.woke);
+    until("the wake recorded", Duration::from_secs(5), || woke("h1").is_some(), why);
+    let w = woke("h1").unwrap();
     assert!(w.by.starts_with(&format!("by wol: Wake-on-LAN magic packet for {} sent to {BROADCAST}:9", h1.mac)), "{w:?}");
     assert_eq!(coord.log().matches("waking host h1").count(), 1, "{}", coord.log());
-    assert!(!coord.log().contains("is not followed"), "the gateway's watch on etcd held:\n{}", coord.log());
-    println!("h1 woke: {w:?}; test took {:?} ({:?} since the agents started)", began.elapsed(), agents_up.elapsed());
+    println!("h1 woke: {w:?}");
     drop(session);
+
+    // A client of h2's VM wakes it through its BMC by IPMI, one of h3's by Redfish.
+    for (h, port, method) in [(h2, VNC_PORT + 1, "ipmi"), (h3, VNC_PORT + 2, "redfish")] {
+        let connect = Instant::now();
+        let (session, banner) = rfb_session(COORD_IP, port).unwrap_or_else(|e| panic!("a client of {} through the gateway: {e}\n{}", h.name, why()));
+        println!("{} through the gateway by {method}: connect -> RFB banner {banner:?}, -> ServerInit {:?}", h.name, connect.elapsed());
+        assert_eq!((h.power_ons(), h.wakes(), h.freezer_state().as_str()), (1, 0, "THAWED"), "{}'s BMC powered it on once", h.name);
+        until(&format!("{}'s VM running", h.name), Duration::from_secs(10), || h.vm_state() == "running", why);
+        until(&format!("{}'s wake recorded", h.name), Duration::from_secs(5), || woke(&h.name).is_some(), why);
+        let w = woke(&h.name).unwrap();
+        assert!(w.by.starts_with(&format!("by {method}")), "{w:?}");
+        assert_eq!(coord.log().matches(&format!("waking host {}", h.name)).count(), 1, "{}", coord.log());
+        println!("{} woke: {w:?}", h.name);
+        drop(session);
+    }
+    assert!(!coord.log().contains("is not followed"), "the gateway's watch on etcd held:\n{}", coord.log());
+    println!("test took {:?} ({:?} since the agents started)", began.elapsed(), agents_up.elapsed());
 }
