@@ -68,7 +68,7 @@ pub async fn run_with_clock(mut cfg: Config, connect: Connector, clock: Clock, s
     drop(journal);
     agent.serve_services()?;
     // The farm link on its own task: the tick never waits on etcd.
-    let farm = farm.map(|s| ebb_farm::MemberLink::start(s, agent.farm_clients()));
+    let farm = farm.map(|s| ebb_farm::MemberLink::start(s, agent.farm_clients(), agent.farm_vms()));
     if let Some(link) = &farm {
         agent.use_farm_link(link);
     }

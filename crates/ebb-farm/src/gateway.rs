@@ -13,7 +13,7 @@ use crate::now;
 use crate::member::backoff;
 use crate::mirror::{self, ActiveClients};
 use crate::store::Store;
-use crate::view::{ClientEntry, HostView};
+use crate::view::{host_of, ClientEntry, HostView};
 use ebb_core::clients::{ClientKey, ClientKind, Clients};
 use ebb_core::farm::HostState;
 use ebb_core::human::Span;
@@ -30,7 +30,8 @@ use tracing::{info, warn};
 #[derive(Debug, Clone)]
 pub struct GatewayVm {
     pub vm: VmId,
-    pub host: String,
+    /// Its host as configured; None: the host whose agent lists it in etcd.
+    pub host: Option<String>,
     pub services: Vec<ServiceSpec>,
 }
 
@@ -58,23 +59,69 @@ pub fn power_of(host: Option<&HostView>) -> VmPower {
     }
 }
 
+/// The host a VM here runs on: as configured, else as etcd routes it.
+pub fn route(configured: Option<&str>, vm: &VmId, hosts: &[HostView]) -> Option<String> {
+    configured.map(String::from).or_else(|| host_of(vm.as_str(), hosts).map(|h| h.name.clone()))
+}
+
+/// Each host's clients here, kept in etcd by a mirror of their own.
+struct Mirrors {
+    endpoints: Vec<String>,
+    timeout: Duration,
+    by_host: BTreeMap<String, watch::Sender<ActiveClients>>,
+}
+
+impl Mirrors {
+    /// Starts `host`'s mirror unless it runs.
+    fn ensure(&mut self, host: &str) {
+        if !self.by_host.contains_key(host) {
+            let (tx, rx) = watch::channel(ActiveClients::new());
+            tokio::spawn(mirror_host(self.endpoints.clone(), self.timeout, host.to_string(), rx));
+            self.by_host.insert(host.to_string(), tx);
+        }
+    }
+
+    /// Each host's active clients here, by where its VMs are routed now
+    /// (a change wakes its mirror).
+    fn offer(&self, tables: &BTreeMap<VmId, Clients>, routes: &BTreeMap<VmId, Option<String>>, at: Millis) {
+        let mut per_host: BTreeMap<&str, ActiveClients> = BTreeMap::new();
+        for (vm, table) in tables {
+            let Some(Some(host)) = routes.get(vm) else { continue };
+            let active = per_host.entry(host.as_str()).or_default();
+            for v in table.views(at) {
+                active.insert(v.id.clone(), (ClientEntry { vm: v.vm.to_string(), kind: v.kind, remote: v.remote.clone() }, Duration::from_millis(v.ttl_ms)));
+            }
+        }
+        for (host, tx) in &self.by_host {
+            let active = per_host.remove(host.as_str()).unwrap_or_default();
+            tx.send_if_modified(|held| {
+                let changed = *held != active;
+                if changed {
+                    *held = active;
+                }
+                changed
+            });
+        }
+    }
+}
+
 /// Binds every service, then serves until `shutdown`. A service that
 /// cannot be bound is an error at once; etcd going away is waited out.
 pub async fn run(s: GatewaySettings, shutdown: impl Future<Output = ()>) -> Result<(), SurrogateError> {
     let (mut surrogate, mut events) = Surrogate::new(s.limits.clone());
     for v in &s.vms {
         surrogate.add_vm(v.vm.clone(), v.services.clone(), VmPower::Asleep)?;
-        info!("gateway: serving {} of host {} ({})", v.vm, v.host, v.services.iter().map(|sv| format!("{} on {}", sv.name, sv.listen)).collect::<Vec<_>>().join(", "));
+        let host = v.host.as_deref().map_or("where etcd routes it".to_string(), |h| format!("of host {h}"));
+        info!("gateway: serving {} {host} ({})", v.vm, v.services.iter().map(|sv| format!("{} on {}", sv.name, sv.listen)).collect::<Vec<_>>().join(", "));
     }
-    let host_of: BTreeMap<VmId, String> = s.vms.iter().map(|v| (v.vm.clone(), v.host.clone())).collect();
-    // Each host's clients here, kept in etcd by a mirror of their own.
-    let mut clients: BTreeMap<String, (Clients, watch::Sender<ActiveClients>)> = BTreeMap::new();
-    for host in host_of.values() {
-        if !clients.contains_key(host) {
-            let (tx, rx) = watch::channel(ActiveClients::new());
-            tokio::spawn(mirror_host(s.endpoints.clone(), s.timeout, host.clone(), rx));
-            clients.insert(host.clone(), (Clients::new(), tx));
-        }
+    let configured: BTreeMap<VmId, Option<String>> = s.vms.iter().map(|v| (v.vm.clone(), v.host.clone())).collect();
+    let mut routes = configured.clone();
+    // One table per VM: a client is counted on whatever host its VM is
+    // routed to, also when the route is learnt after the client came.
+    let mut tables: BTreeMap<VmId, Clients> = s.vms.iter().map(|v| (v.vm.clone(), Clients::new())).collect();
+    let mut mirrors = Mirrors { endpoints: s.endpoints.clone(), timeout: s.timeout, by_host: BTreeMap::new() };
+    for host in routes.values().flatten() {
+        mirrors.ensure(host);
     }
     let (farm_tx, mut farm) = watch::channel(Vec::<HostView>::new());
     tokio::spawn(follow_farm(s.endpoints.clone(), s.timeout, farm_tx));
@@ -87,7 +134,7 @@ pub async fn run(s: GatewaySettings, shutdown: impl Future<Output = ()>) -> Resu
                 let open = matches!(ev, SurrogateEvent::ClientOpened { .. });
                 match ev {
                     SurrogateEvent::ClientOpened { vm, peer, .. } | SurrogateEvent::ClientClosed { vm, peer, .. } => {
-                        let Some((table, _)) = host_of.get(&vm).and_then(|h| clients.get_mut(h)) else { continue };
+                        let Some(table) = tables.get_mut(&vm) else { continue };
                         let key = ClientKey::new(ClientKind::Surrogate, format!("gateway:{}", peer.ip()));
                         if open {
                             table.hold(key, &vm, Some(peer.to_string()), s.client_idle, at);
@@ -95,51 +142,48 @@ pub async fn run(s: GatewaySettings, shutdown: impl Future<Output = ()>) -> Resu
                             table.release(&key, at);
                         }
                     }
-                    SurrogateEvent::WakeNeeded { vm, service, .. } => info!("gateway: a client of {vm} ({service}) waits for host {}", host_of.get(&vm).map_or("?", |h| h.as_str())),
+                    SurrogateEvent::WakeNeeded { vm, service, .. } => match routes.get(&vm).cloned().flatten() {
+                        Some(host) => info!("gateway: a client of {vm} ({service}) waits for host {host}"),
+                        None => warn!("gateway: a client of {vm} ({service}) waits, but no host lists {vm} in etcd yet (hosts/*/vms): it is held until one does"),
+                    },
                     SurrogateEvent::Refused { vm, service, why } => warn!("gateway: a client of {vm} ({service}) refused: {why}"),
                     _ => {}
                 }
-                offer(&mut clients, at);
+                mirrors.offer(&tables, &routes, at);
             }
             _ = expire.tick() => {
                 let at = now();
-                for (table, _) in clients.values_mut() {
+                for table in tables.values_mut() {
                     table.expire(at);
                 }
-                offer(&mut clients, at);
+                mirrors.offer(&tables, &routes, at);
             }
             Ok(()) = farm.changed() => {
                 let hosts = farm.borrow_and_update().clone();
-                for (vm, host) in &host_of {
-                    let power = power_of(hosts.iter().find(|h| &h.name == host));
+                for (vm, conf) in &configured {
+                    let host = route(conf.as_deref(), vm, &hosts);
+                    if routes.get(vm) != Some(&host) {
+                        match &host {
+                            Some(h) => {
+                                info!("gateway: {vm} is on host {h}");
+                                mirrors.ensure(h);
+                            }
+                            None => warn!("gateway: no host lists {vm} in etcd any more (hosts/*/vms)"),
+                        }
+                        routes.insert(vm.clone(), host.clone());
+                    }
+                    let power = power_of(host.as_ref().and_then(|h| hosts.iter().find(|v| &v.name == h)));
                     if surrogate.state(vm).as_ref() != Some(&power) {
-                        info!("gateway: {vm} on host {host}: {power}");
+                        info!("gateway: {vm} on host {}: {power}", host.as_deref().unwrap_or("?"));
                         if let Err(e) = surrogate.set_state(vm, power) {
                             warn!("gateway: {vm}: {e}");
                         }
                     }
                 }
+                mirrors.offer(&tables, &routes, now());
             }
             _ = &mut shutdown => return Ok(()),
         }
-    }
-}
-
-/// Each host's active clients here, for its mirror (a change wakes it).
-fn offer(clients: &mut BTreeMap<String, (Clients, watch::Sender<ActiveClients>)>, at: Millis) {
-    for (table, tx) in clients.values() {
-        let active: ActiveClients = table
-            .views(at)
-            .into_iter()
-            .map(|v| (v.id.clone(), (ClientEntry { vm: v.vm.to_string(), kind: v.kind, remote: v.remote.clone() }, Duration::from_millis(v.ttl_ms))))
-            .collect();
-        tx.send_if_modified(|held| {
-            let changed = *held != active;
-            if changed {
-                *held = active;
-            }
-            changed
-        });
     }
 }
 
@@ -202,5 +246,25 @@ mod tests {
         h.state = Some(HostState::WakeFailed);
         h.wake_failed = Some(Slept { at: Millis(0), why: "no answer within 5m".into() });
         assert_eq!(power_of(Some(&h)), VmPower::WakeFailed("the VM's host h1 could not be woken: no answer within 5m".into()));
+    }
+
+    #[test]
+    fn a_vm_is_routed_as_configured_else_to_the_host_that_lists_it_a_member_first() {
+        let host = |name: &str, vms: &[&str], member: bool| HostView {
+            name: name.into(),
+            vms: vms.iter().map(|v| v.to_string()).collect(),
+            member: member.then(|| crate::view::Member { version: "t".into(), since: Millis(0) }),
+            ..Default::default()
+        };
+        let web = VmId::new("web");
+        assert_eq!(route(None, &web, &[]), None, "listed nowhere: no host yet");
+        let hosts = [host("h1", &["db"], true), host("h2", &["web"], false)];
+        assert_eq!(route(None, &web, &hosts).as_deref(), Some("h2"), "a sleeping host's VMs are still found on it");
+        assert_eq!(route(Some("h9"), &web, &hosts).as_deref(), Some("h9"), "the config wins");
+        // Moved: listed by its old host (gone) and its new one (a member).
+        let moved = [host("h1", &["web"], true), host("h2", &["web"], false)];
+        assert_eq!(route(None, &web, &moved).as_deref(), Some("h1"));
+        let moved = [host("h1", &["web"], false), host("h2", &["web"], true)];
+        assert_eq!(route(None, &web, &moved).as_deref(), Some("h2"));
     }
 }

@@ -8,6 +8,8 @@
 //! - `hosts/{h}/waking`: a wake under way (the coordinator's record of it);
 //! - `hosts/{h}/woke`: its last wake by the coordinator, how and how long it took;
 //! - `hosts/{h}/wake_failed`: set when the farm could not wake it: not put to sleep again;
+//! - `hosts/{h}/vms`: the VMs the host runs (the VM→host routing; no lease:
+//!   a sleeping host's VMs are still found on it);
 //! - `hosts/{h}/clients/{client}`: one key per active client, on a lease whose TTL is the
 //!   client's timeout (the seed's timer; the seed's count is the number of keys);
 //! - `coordinator`: the election's name.
@@ -55,6 +57,10 @@ pub fn wake_failed(host: &str) -> String {
     format!("{PREFIX}hosts/{host}/wake_failed")
 }
 
+pub fn vms(host: &str) -> String {
+    format!("{PREFIX}hosts/{host}/vms")
+}
+
 pub fn clients(host: &str) -> String {
     format!("{PREFIX}hosts/{host}/clients/")
 }
@@ -77,6 +83,7 @@ pub enum HostKey<'a> {
     Waking(&'a str),
     Woke(&'a str),
     WakeFailed(&'a str),
+    Vms(&'a str),
     Client { host: &'a str, client: &'a str },
 }
 
@@ -96,6 +103,7 @@ pub fn parse(key: &str) -> Option<HostKey<'_>> {
         "waking" => Some(HostKey::Waking(host)),
         "woke" => Some(HostKey::Woke(host)),
         "wake_failed" => Some(HostKey::WakeFailed(host)),
+        "vms" => Some(HostKey::Vms(host)),
         _ => {
             let client = part.strip_prefix("clients/")?;
             (!client.is_empty() && !client.contains('/')).then_some(HostKey::Client { host, client })
@@ -124,6 +132,7 @@ mod tests {
         assert_eq!(parse(&waking("h1")), Some(HostKey::Waking("h1")));
         assert_eq!(parse(&woke("h1")), Some(HostKey::Woke("h1")));
         assert_eq!(parse(&wake_failed("h1")), Some(HostKey::WakeFailed("h1")));
+        assert_eq!(parse(&vms("h1")), Some(HostKey::Vms("h1")));
         assert_eq!(parse(&client("h1", "alice@10.0.0.9")), Some(HostKey::Client { host: "h1", client: "alice@10.0.0.9" }));
         assert!(client("h1", "c").starts_with(&clients("h1")));
         assert!(member("h1").starts_with(&hosts()));

@@ -21,7 +21,7 @@ pub use member::{LinkRequests, LinkState, LinkStatus, MemberLink, MemberSettings
 pub use mirror::ActiveClients;
 pub use store::{Change, Drain, HostWatch, Lease, Store};
 pub use ebb_core::farm::WakeSettings;
-pub use view::{ClientEntry, FarmView, HostView, Member, Slept, Woke};
+pub use view::{host_of, ClientEntry, FarmView, HostView, Member, Slept, Woke};
 /// How a client was seen active: the agent's own kinds.
 pub use ebb_core::clients::ClientKind;
 

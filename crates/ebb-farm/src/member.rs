@@ -153,8 +153,9 @@ fn refuse(host: &str, why: &str, request: LinkRequest) {
 
 impl MemberLink {
     /// Starts joining in the background; returns at once. While a member,
-    /// the host's active `clients` are kept in etcd, one leased key each.
-    pub fn start(s: MemberSettings, clients: watch::Receiver<ActiveClients>) -> MemberLink {
+    /// the host's active `clients` are kept in etcd, one leased key each,
+    /// and its `vms` (once listed) in its `vms` key (the farm's routing to them).
+    pub fn start(s: MemberSettings, clients: watch::Receiver<ActiveClients>, vms: watch::Receiver<Option<Vec<String>>>) -> MemberLink {
         let first = LinkStatus { host: s.host.clone(), endpoints: s.endpoints.join(","), state: LinkState::Joining { since: now() } };
         let (tx, status) = watch::channel(first);
         let (stop, stopped) = watch::channel(false);
@@ -162,7 +163,7 @@ impl MemberLink {
         let (requests_tx, requests_rx) = mpsc::channel(8);
         let requests = LinkRequests { tx: requests_tx, host: s.host.clone(), timeout };
         let (host_tx, host) = watch::channel(None);
-        let task = tokio::spawn(keep_joined(s, tx, stopped, clients, requests_rx, host_tx));
+        let task = tokio::spawn(keep_joined(s, tx, stopped, clients, vms, requests_rx, host_tx));
         MemberLink { status, host, stop, task, timeout, requests }
     }
 
@@ -202,6 +203,7 @@ async fn keep_joined(
     tx: watch::Sender<LinkStatus>,
     mut stop: watch::Receiver<bool>,
     mut clients: watch::Receiver<ActiveClients>,
+    mut vms: watch::Receiver<Option<Vec<String>>>,
     mut requests: mpsc::Receiver<LinkRequest>,
     host: watch::Sender<Option<HostView>>,
 ) {
@@ -227,12 +229,14 @@ async fn keep_joined(
                 let kept = keep_alive(&store, lease);
                 let mirrored = mirror::follow(&store, &s.host, &mut clients);
                 let own = follow_own(&store, &s.host, &host);
-                tokio::pin!(kept, mirrored, own);
+                let routed = follow_vms(&store, &s.host, &mut vms);
+                tokio::pin!(kept, mirrored, own, routed);
                 let lost = loop {
                     tokio::select! {
                         e = &mut kept => break e,
                         e = &mut mirrored => break e,
                         e = &mut own => break e,
+                        e = &mut routed => break e,
                         Some(req) = requests.recv() => serve(&store, &s.host, req).await,
                         _ = stop.changed() => {
                             match store.revoke(lease.id).await {
@@ -290,6 +294,24 @@ async fn follow_own(store: &Store, name: &str, host: &watch::Sender<Option<HostV
                 });
             }
             Err(e) => return e,
+        }
+    }
+}
+
+/// Keeps the host's `vms` key at the agent's list (at each join, and when
+/// it changes; not before the agent has listed its VMs once, so a restart
+/// does not blank the routing); returns why it could not.
+async fn follow_vms(store: &Store, name: &str, vms: &mut watch::Receiver<Option<Vec<String>>>) -> FarmError {
+    loop {
+        let list = vms.borrow_and_update().clone();
+        if let Some(list) = list {
+            if let Err(e) = store.set_vms(name, &list).await {
+                return e;
+            }
+        }
+        if vms.changed().await.is_err() {
+            // The agent is gone; the key stays as it was.
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -220,6 +220,13 @@ impl Store {
         self.call(what, async move { c.txn(txn).await }).await.map(|r| r.succeeded())
     }
 
+    /// The VMs `host` runs (the farm's VM→host routing), with no lease: a
+    /// sleeping host's VMs are still found on it.
+    pub async fn set_vms(&self, host: &str, vms: &[String]) -> Result<(), FarmError> {
+        let value = serde_json::to_vec(vms).expect("names serialize");
+        self.put("put the host's VMs", keys::vms(host), value, None).await
+    }
+
     pub async fn set_state(&self, host: &str, state: HostState) -> Result<(), FarmError> {
         self.put("put host state", keys::state(host), state.as_str().into(), None).await
     }

@@ -67,6 +67,9 @@ pub struct HostView {
     /// Why the farm could not wake it: it is not put to sleep again while this is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_failed: Option<Slept>,
+    /// The VMs it runs, as its agent last wrote them (kept while it sleeps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vms: Vec<String>,
     /// Its active clients (one unexpired lease each) and the VM each uses.
     pub clients: BTreeMap<String, ClientEntry>,
     /// Values under its keys that could not be read, in words.
@@ -84,6 +87,12 @@ pub struct FarmView {
     pub revision: i64,
 }
 
+/// The host `vm` runs on, by the hosts' `vms` keys: a member's listing
+/// before a gone host's (a VM that moved may be listed by both for a while).
+pub fn host_of<'a>(vm: &str, hosts: &'a [HostView]) -> Option<&'a HostView> {
+    hosts.iter().filter(|h| h.vms.iter().any(|v| v == vm)).max_by_key(|h| h.member.is_some())
+}
+
 /// The hosts that keys under `hosts/` (with their values) describe, by
 /// name. A value that cannot be read is said on its host, not fatal: one
 /// bad key must not hide the farm.
@@ -99,6 +108,7 @@ pub fn hosts_from<'a>(kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec
             | HostKey::Waking(h)
             | HostKey::Woke(h)
             | HostKey::WakeFailed(h)
+            | HostKey::Vms(h)
             | HostKey::Client { host: h, .. } => *h,
         };
         let host = hosts.entry(name.to_string()).or_insert_with(|| HostView { name: name.to_string(), ..HostView::default() });
@@ -120,6 +130,10 @@ pub fn hosts_from<'a>(kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec
             HostKey::Waking(_) => read(value, &mut host.waking, &mut host.unreadable, bad),
             HostKey::Woke(_) => read(value, &mut host.woke, &mut host.unreadable, bad),
             HostKey::WakeFailed(_) => read(value, &mut host.wake_failed, &mut host.unreadable, bad),
+            HostKey::Vms(_) => match serde_json::from_slice(value) {
+                Ok(v) => host.vms = v,
+                Err(e) => host.unreadable.push(bad(e.to_string())),
+            },
             HostKey::Client { client, .. } => match serde_json::from_slice(value) {
                 Ok(c) => {
                     host.clients.insert(client.to_string(), c);

@@ -159,7 +159,8 @@ async fn the_member_link_joins_leaves_and_says_why_it_cannot() {
     let (etcd, store) = etcd().await;
     let settings = |url: String| MemberSettings { endpoints: vec![url], host: "h1".into(), lease_ttl: Duration::from_secs(2), timeout: Duration::from_millis(500), version: "test".into(), wake: WakeSettings::default() };
     let (clients, wanted) = tokio::sync::watch::channel(ActiveClients::new());
-    let link = MemberLink::start(settings(etcd.url().into()), wanted);
+    let (vms, listed) = tokio::sync::watch::channel(None);
+    let link = MemberLink::start(settings(etcd.url().into()), wanted, listed);
     let mut status = link.status();
     let joined = tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| matches!(s.state, LinkState::Member { .. }))).await.unwrap().unwrap().clone();
     // The host's active clients: one key each, kept past their TTL while
@@ -185,11 +186,27 @@ async fn the_member_link_joins_leaves_and_says_why_it_cannot() {
         assert!(started.elapsed() < Duration::from_millis(500), "a client no longer active stays in etcd");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The host's VMs: written once the agent lists them, and as they change.
+    assert!(store.farm().await.unwrap().hosts[0].vms.is_empty(), "nothing written before the agent lists its VMs");
+    vms.send_replace(Some(vec!["web".into(), "db".into()]));
+    let listed = || async { store.farm().await.unwrap().hosts[0].vms.clone() };
+    let started = Instant::now();
+    while listed().await != ["web", "db"] {
+        assert!(started.elapsed() < Duration::from_secs(2), "the VMs never reached etcd");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    vms.send_replace(Some(vec!["web".into()]));
+    while listed().await != ["web"] {
+        assert!(started.elapsed() < Duration::from_secs(4), "a VM gone from the host stays listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     link.leave().await;
-    assert!(store.farm().await.unwrap().hosts[0].member.is_none(), "left: the member key is gone at once");
+    let h = &store.farm().await.unwrap().hosts[0];
+    assert!(h.member.is_none(), "left: the member key is gone at once");
+    assert_eq!(h.vms, ["web"], "the routing outlives the membership (a sleeping host's VMs)");
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let link = MemberLink::start(settings(format!("http://{closed}")), tokio::sync::watch::channel(ActiveClients::new()).1);
+    let link = MemberLink::start(settings(format!("http://{closed}")), tokio::sync::watch::channel(ActiveClients::new()).1, tokio::sync::watch::channel(None).1);
     let mut status = link.status();
     let s = tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| matches!(s.state, LinkState::Disconnected { .. }))).await.unwrap().unwrap().clone();
     let LinkState::Disconnected { error, attempts, .. } = s.state else { unreachable!() };

@@ -142,10 +142,11 @@ pub fn farm_text(v: &FarmView) -> String {
             let wake = h.wake.as_ref().map(|w| w.methods().join(",")).filter(|m| !m.is_empty()).unwrap_or("none (never sleeps)".into());
             let state = h.state.map_or("-".into(), |s| s.to_string());
             let slept = h.slept.as_ref().map_or("-".into(), |s| format!("{} UTC: {}", clock(s.at), s.why));
-            vec![h.name.clone(), agent, state, h.clients.len().to_string(), wake, slept]
+            let vms = if h.vms.is_empty() { "-".into() } else { h.vms.join(",") };
+            vec![h.name.clone(), agent, state, vms, h.clients.len().to_string(), wake, slept]
         })
         .collect();
-    out.push_str(&table(&["HOST", "AGENT", "STATE", "ACTIVE CLIENTS", "WAKE", "LAST SLEEP"], &rows));
+    out.push_str(&table(&["HOST", "AGENT", "STATE", "VMS", "ACTIVE CLIENTS", "WAKE", "LAST SLEEP"], &rows));
     for h in &v.hosts {
         if let Some(w) = &h.waking {
             let _ = writeln!(out, "{}: waking since {} UTC ({} send(s)): {}", h.name, clock(w.started), w.sends, w.why);

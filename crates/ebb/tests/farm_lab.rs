@@ -137,11 +137,11 @@ async fn a_farm_sleeps_the_hosts_without_clients_and_gateway_clients_wake_theirs
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("bmc-password");
     std::fs::write(&password, BMC_PASSWORD).unwrap();
-    let gateway = |vm: &str, host: &FarmHost, port: u16| {
-        format!(
-            "[gateway.{vm}]\nhost = \"{}\"\n[[gateway.{vm}.service]]\nname = \"vnc\"\nlisten = \"{COORD_IP}:{port}\"\nbackend = \"{}:{VNC_PORT}\"\n",
-            host.name, host.ip
-        )
+    // vm1's host is in the config; h2's and h3's VMs are found by the
+    // routing their agents keep in etcd (hosts/{h}/vms).
+    let gateway = |host: &FarmHost, configured: bool, port: u16| {
+        let (vm, line) = if configured { ("vm1".to_string(), format!("host = \"{}\"\n", host.name)) } else { (host.vm.clone(), String::new()) };
+        format!("[gateway.{vm}]\n{line}[[gateway.{vm}.service]]\nname = \"vnc\"\nlisten = \"{COORD_IP}:{port}\"\nbackend = \"{}:{VNC_PORT}\"\n", host.ip)
     };
     let coord_config = dir.path().join("coord.toml");
     std::fs::write(
@@ -152,9 +152,9 @@ async fn a_farm_sleeps_the_hosts_without_clients_and_gateway_clients_wake_theirs
              [clients]\nsurrogate_idle = \"1s\"\n{}{}{}",
             etcd.url(),
             password.display(),
-            gateway("vm1", h1, VNC_PORT),
-            gateway("vm2", h2, VNC_PORT + 1),
-            gateway("vm3", h3, VNC_PORT + 2),
+            gateway(h1, true, VNC_PORT),
+            gateway(h2, false, VNC_PORT + 1),
+            gateway(h3, false, VNC_PORT + 2),
         ),
     )
     .unwrap();
@@ -176,6 +176,8 @@ async fn a_farm_sleeps_the_hosts_without_clients_and_gateway_clients_wake_theirs
         let took = until(&format!("{} asleep", h.name), Duration::from_secs(30), || state(&etcd, &h.name) == Some(HostState::Sleeping) && h.freezer_state() == "FROZEN", why);
         println!("{} (no client) asleep {took:?} after the agents started", h.name);
         assert!(h.vm_saved(), "{}'s VM has a managed save", h.name);
+        let listed = farm_view(&etcd).hosts.into_iter().find(|v| v.name == h.name).map(|v| v.vms);
+        assert_eq!(listed, Some(vec![h.vm.clone()]), "{}'s VM is routed to it in etcd while it sleeps", h.name);
         assert_eq!(h.power.state().unwrap(), "shut off", "{}'s BMC sees it off", h.name);
     }
     // h1, its viewer connected, stays awake past h2's sleep.
@@ -232,6 +234,7 @@ async fn a_farm_sleeps_the_hosts_without_clients_and_gateway_clients_wake_theirs
         let w = woke(&h.name).unwrap();
         assert!(w.by.starts_with(&format!("by {method}")), "{w:?}");
         assert_eq!(coord.log().matches(&format!("waking host {}", h.name)).count(), 1, "{}", coord.log());
+        assert!(coord.log().contains(&format!("gateway: {} is on host {}", h.vm, h.name)), "routed by etcd:\n{}", coord.log());
         println!("{} woke: {w:?}", h.name);
         drop(session);
     }

@@ -173,6 +173,7 @@ impl Agent {
             journal: writer,
             farm: None,
             farm_clients: watch::channel(ebb_farm::ActiveClients::new()).0,
+            farm_vms: watch::channel(None).0,
             host: host_sleep::HostSleep::new(&cfg, started_at, host_saved),
             cfg,
         };

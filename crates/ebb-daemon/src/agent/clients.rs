@@ -3,7 +3,7 @@
 //! libvirt's graphics events; expiry at each tick.
 
 use super::*;
-use crate::api_types::Heartbeat;
+use crate::api_types::{Heartbeat, VmInfo};
 use ebb_core::clients::{ClientKey, ClientKind, ClientView, ConsoleEvent, ConsoleSink};
 use tracing::{debug, info, warn};
 
@@ -129,6 +129,19 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 impl Agent {
+    /// The VMs this host runs, for the farm link to keep in the host's
+    /// `vms` key (the gateway's routing); a change wakes the link.
+    pub(super) fn offer_vms_to_farm(&self, vms: &[VmInfo]) {
+        let names: Vec<String> = vms.iter().map(|v| v.name.clone()).collect();
+        self.farm_vms.send_if_modified(|held| {
+            let changed = held.as_ref() != Some(&names);
+            if changed {
+                *held = Some(names);
+            }
+            changed
+        });
+    }
+
     /// The active clients, for the farm link to keep one leased key each in
     /// etcd (the seed's timer); a change wakes the link, a repeat does not.
     pub(super) fn offer_clients_to_farm(&self, views: &[ClientView]) {

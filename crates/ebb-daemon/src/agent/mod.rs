@@ -112,6 +112,8 @@ pub struct Agent {
     farm: Option<watch::Receiver<ebb_farm::LinkStatus>>,
     /// The active clients as the farm link keeps them in etcd.
     farm_clients: watch::Sender<ebb_farm::ActiveClients>,
+    /// The VMs this host runs, for the farm's routing (None until listed).
+    farm_vms: watch::Sender<Option<Vec<String>>>,
     /// The host's own sleep in the farm (`[farm.sleep]`).
     host: host_sleep::HostSleep,
 }
@@ -223,6 +225,11 @@ impl Agent {
     /// The host's active clients as they change, for the farm link to keep in etcd.
     pub fn farm_clients(&self) -> watch::Receiver<ebb_farm::ActiveClients> {
         self.farm_clients.subscribe()
+    }
+
+    /// The VMs this host runs as the farm link keeps them in etcd.
+    pub fn farm_vms(&self) -> watch::Receiver<Option<Vec<String>>> {
+        self.farm_vms.subscribe()
     }
 
     /// Runs until `shutdown` resolves.

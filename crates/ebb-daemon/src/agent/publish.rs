@@ -67,6 +67,9 @@ impl Agent {
             // Disconnected: keep showing the VMs as last seen.
             _ => (None, self.snapshot.borrow().vms.clone()),
         };
+        if obs.is_some() {
+            self.offer_vms_to_farm(&vms);
+        }
         let mut status = self.status(obs, decision, tick_ms);
         status.last_tick_at = Some(at);
         let clients = self.client_views(at);

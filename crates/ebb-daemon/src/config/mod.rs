@@ -47,14 +47,16 @@ fn at_line(line: Option<usize>) -> String {
     line.map(|n| format!("line {n}: ")).unwrap_or_default()
 }
 
-/// `[gateway.NAME]`: a VM of the farm whose services `ebb coord`'s gateway
-/// serves (listen: the gateway's address; backend: the VM's, as reached
-/// from the coordinator).
+/// `[gateway.NAME]`: a VM of the farm (NAME: its domain's name) whose
+/// services `ebb coord`'s gateway serves (listen: the gateway's address;
+/// backend: the VM's, as reached from the coordinator).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayVm {
-    /// The farm host the VM runs on (its `farm.host`).
-    pub host: String,
+    /// The farm host the VM runs on (its `farm.host`); without it, the host
+    /// whose agent lists the VM in etcd (`hosts/{h}/vms`).
+    #[serde(default)]
+    pub host: Option<String>,
     #[serde(default)]
     pub service: Vec<ServiceSpec>,
 }
@@ -136,7 +138,9 @@ impl Config {
         ebb_surrogate::validate_services(&gateways)
             .map_err(|e| FieldError::new(e.vm().map_or("gateway".into(), |vm| format!("gateway.{vm}.service")), e.to_string()))?;
         for (name, g) in &self.gateway {
-            ebb_core::farm::host_name(&g.host).map_err(|why| FieldError::new(format!("gateway.{name}.host"), format!("gateway.{name}.host = {:?} {why}", g.host)))?;
+            if let Some(host) = &g.host {
+                ebb_core::farm::host_name(host).map_err(|why| FieldError::new(format!("gateway.{name}.host"), format!("gateway.{name}.host = {host:?} {why}")))?;
+            }
             if g.service.is_empty() {
                 return Err(FieldError::new(format!("gateway.{name}"), format!("gateway.{name} has no [[gateway.{name}.service]]: give the services the gateway serves")));
             }
