@@ -100,9 +100,10 @@ impl FarmHost {
         self.power_ons.load(Ordering::SeqCst)
     }
 
-    /// `virsh -c URI args…`, its output or why it failed.
+    /// `virsh -c URI args…`, its output or why it failed; at most 20 s (a
+    /// frozen host's libvirtd does not answer).
     pub fn virsh(&self, args: &[&str]) -> Result<String> {
-        run("virsh", &[&["-c", &self.uri][..], args].concat())
+        run("timeout", &[&["20", "virsh", "-c", &self.uri][..], args].concat())
     }
 
     /// Whether its VM has a managed save image (read from the host's
@@ -121,13 +122,19 @@ impl FarmHost {
     }
 }
 
-/// Thaws every host of the farm on drop: declared after the agents, it is
-/// dropped before them, so a failed test's frozen agents can be stopped.
-pub struct ThawGuard(Vec<PathBuf>);
+/// Thaws every host of the farm on drop, and keeps them thawed from then
+/// on (an agent may suspend its host again meanwhile): declared after the
+/// agents, it is dropped before them, so they can be stopped (a frozen
+/// process takes no signal, not even SIGKILL, and waiting on it hangs).
+pub struct ThawGuard {
+    groups: Vec<PathBuf>,
+    keep_thawed: Arc<AtomicBool>,
+}
 
 impl Drop for ThawGuard {
     fn drop(&mut self) {
-        for cg in &self.0 {
+        self.keep_thawed.store(true, Ordering::SeqCst);
+        for cg in &self.groups {
             let _ = std::fs::write(cg.join("freezer.state"), "THAWED");
         }
     }
@@ -137,6 +144,8 @@ impl Drop for ThawGuard {
 pub struct FarmLab {
     pub hosts: Vec<FarmHost>,
     stop: Arc<AtomicBool>,
+    /// Set when the thaw guard drops: the power rails thaw any host that freezes.
+    keep_thawed: Arc<AtomicBool>,
     nics: Vec<JoinHandle<()>>,
 }
 
@@ -146,7 +155,7 @@ impl FarmLab {
     /// are removed first.
     pub fn start(names: &[&str]) -> Result<FarmLab> {
         remove_leftovers();
-        let mut farm = FarmLab { hosts: Vec::new(), stop: Arc::new(AtomicBool::new(false)), nics: Vec::new() };
+        let mut farm = FarmLab { hosts: Vec::new(), stop: Arc::new(AtomicBool::new(false)), keep_thawed: Arc::new(AtomicBool::new(false)), nics: Vec::new() };
         ip(&["netns", "add", LAN_NS])?;
         ip(&["-n", LAN_NS, "link", "add", "ebbt-br", "type", "bridge"])?;
         ip(&["-n", LAN_NS, "link", "set", "ebbt-br", "up"])?;
@@ -194,7 +203,7 @@ impl FarmLab {
             }
             start_vm(host)?;
             farm.nics.push(nic(host, farm.stop.clone())?);
-            farm.nics.push(power_rail(host, farm.stop.clone())?);
+            farm.nics.push(power_rail(host, farm.stop.clone(), farm.keep_thawed.clone())?);
         }
         Ok(farm)
     }
@@ -205,7 +214,7 @@ impl FarmLab {
 
     /// A guard that thaws every host when dropped (see `ThawGuard`).
     pub fn thaw_guard(&self) -> ThawGuard {
-        ThawGuard(self.hosts.iter().map(|h| h.cgroup.clone()).collect())
+        ThawGuard { groups: self.hosts.iter().map(|h| h.cgroup.clone()).collect(), keep_thawed: self.keep_thawed.clone() }
     }
 
     /// `program` run in the namespace `ns` (`nsenter --net`: /sys stays whole).
@@ -346,9 +355,10 @@ fn nic(h: &FarmHost, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>> {
 }
 
 /// The host's power rail: a thread that thaws the host's group when its
-/// BMC powers its placeholder domain on (seen off, then running). Outside
-/// the group, as a BMC is outside the suspended host.
-fn power_rail(h: &FarmHost, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>> {
+/// BMC powers its placeholder domain on (seen off, then running), and at
+/// once once `keep_thawed` is set. Outside the group, as a BMC is outside
+/// the suspended host.
+fn power_rail(h: &FarmHost, stop: Arc<AtomicBool>, keep_thawed: Arc<AtomicBool>) -> Result<JoinHandle<()>> {
     let conn = virt::connect::Connect::open(Some(crate::bmc::URI)).map_err(|e| format!("cannot connect to {}: {e}", crate::bmc::URI))?;
     let dom = conn.lookup_domain_by_name(h.power.name()).map_err(|e| format!("no domain {}: {e}", h.power.name()))?;
     let (state, power_ons) = (h.cgroup.join("freezer.state"), h.power_ons.clone());
@@ -362,6 +372,9 @@ fn power_rail(h: &FarmHost, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>> {
                 let _ = std::fs::write(&state, "THAWED");
             }
             was_on = on;
+            if keep_thawed.load(Ordering::SeqCst) && std::fs::read_to_string(&state).is_ok_and(|s| s.trim() != "THAWED") {
+                let _ = std::fs::write(&state, "THAWED");
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }))
@@ -459,4 +472,91 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
     } else {
         Err(format!("{program} {}: {}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
     }
+}
+
+/// The `[agent]` lines and the rest of the config of `host`'s agent in a
+/// lab farm: on its libvirtd, fast timers (a 2 s grace, a 2 s console idle),
+/// etcd at `etcd_url`, its suspend the lab's (`suspend_command`), woken as
+/// `wake` (the lines of its `[farm.wake]`) says.
+pub fn agent_config(host: &FarmHost, etcd_url: &str, wake: &str) -> (String, String) {
+    let lines = format!("uri = \"{}\"\ndomains = [\"{}\"]\ntick = \"250ms\"", host.uri, host.vm);
+    let command = host.suspend_command().iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+    let rest = format!(
+        "[memory]\nenabled = false\n[clients]\nconsole_idle = \"2s\"\n\
+         [farm]\nendpoints = [\"{etcd_url}\"]\nhost = \"{}\"\nlease_ttl = \"2s\"\ntimeout = \"500ms\"\n\
+         [farm.wake]\n{wake}\n\
+         [farm.sleep]\nafter = \"2s\"\nmin_awake = \"1s\"\nmax_per_hour = 30\ncommand = [{command}]\n",
+        host.name,
+    );
+    (lines, rest)
+}
+
+/// `ebb coord`'s config in a lab farm: etcd at `etcd_url`, the BMCs'
+/// login (`bmc_password_file` holds `bmc::BMC_PASSWORD`), and `gateways`
+/// (`gateway_section`s).
+pub fn coord_config(etcd_url: &str, bmc_password_file: &Path, gateways: &str) -> String {
+    format!(
+        "[farm]\nendpoints = [\"{etcd_url}\"]\nhost = \"unused\"\nlease_ttl = \"2s\"\ntimeout = \"500ms\"\nwake_resend = \"1s\"\nwake_give_up = \"30s\"\n\
+         bmc_user = \"{}\"\nbmc_password_file = \"{}\"\n\
+         [clients]\nsurrogate_idle = \"1s\"\n{gateways}",
+        crate::bmc::BMC_USER,
+        bmc_password_file.display(),
+    )
+}
+
+/// A gateway section for `host`'s VM, its VNC served on `COORD_IP:port`:
+/// named `label` with `host` set, or by the VM's name and routed by the
+/// farm's `vms` keys.
+pub fn gateway_section(host: &FarmHost, label: Option<&str>, port: u16) -> String {
+    let (vm, line) = match label {
+        Some(l) => (l.to_string(), format!("host = \"{}\"\n", host.name)),
+        None => (host.vm.clone(), String::new()),
+    };
+    format!("[gateway.{vm}]\n{line}[[gateway.{vm}.service]]\nname = \"vnc\"\nlisten = \"{COORD_IP}:{port}\"\nbackend = \"{}:{VNC_PORT}\"\n", host.ip)
+}
+
+/// The farm as etcd has it, read by `ebb farm` (the binary `ebb`) from the
+/// coordinator's namespace.
+pub fn farm_view(ebb: &Path, etcd_url: &str) -> Result<ebb_farm::FarmView> {
+    let out = FarmLab::command(COORD_NS, ebb).args(["farm", "--json", "--etcd", etcd_url]).output().map_err(|e| format!("cannot run ebb farm: {e}"))?;
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("ebb farm ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// An RFB viewer's handshake to `ip:port` (security None) from the
+/// client's namespace: the session, and how long the server's banner took
+/// from the connect (the client's first byte to the service's).
+pub fn rfb_session(ip: Ipv4Addr, port: u16) -> std::io::Result<(std::net::TcpStream, Duration)> {
+    use std::io::{Error, Read, Write};
+    FarmLab::run_in(CLIENT_NS, move || {
+        let started = Instant::now();
+        let mut s = std::net::TcpStream::connect((ip, port))?;
+        s.set_read_timeout(Some(Duration::from_secs(40)))?;
+        let mut version = [0u8; 12];
+        s.read_exact(&mut version)?;
+        let banner = started.elapsed();
+        if !version.starts_with(b"RFB 003.") {
+            return Err(Error::other(format!("not an RFB banner: {version:?}")));
+        }
+        s.write_all(b"RFB 003.008\n")?;
+        let mut n = [0u8; 1];
+        s.read_exact(&mut n)?;
+        let mut types = vec![0u8; n[0] as usize];
+        s.read_exact(&mut types)?;
+        if !types.contains(&1) {
+            return Err(Error::other(format!("no security type None: {types:?}")));
+        }
+        s.write_all(&[1])?;
+        let mut result = [0u8; 4];
+        s.read_exact(&mut result)?;
+        if result != [0; 4] {
+            return Err(Error::other(format!("security result {result:?}")));
+        }
+        s.write_all(&[1])?;
+        // ServerInit: width, height, pixel format (16), name length, name.
+        let mut init = [0u8; 24];
+        s.read_exact(&mut init)?;
+        let mut name = vec![0u8; u32::from_be_bytes([init[20], init[21], init[22], init[23]]) as usize];
+        s.read_exact(&mut name)?;
+        Ok((s, banner))
+    })?
 }

@@ -12,11 +12,9 @@ mod common;
 use common::{AgentProc, EBB};
 use ebb_core::farm::HostState;
 use ebb_farm::FarmView;
-use ebb_lab::bmc::{Sushy, VirtualBmc, BMC_PASSWORD, BMC_USER};
+use ebb_lab::bmc::{Sushy, VirtualBmc, BMC_PASSWORD};
 use ebb_lab::etcd::LocalEtcd;
-use ebb_lab::farm_lab::{FarmHost, FarmLab, BROADCAST, CLIENT_NS, COORD_IP, COORD_NS, VNC_PORT};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use ebb_lab::farm_lab::{self, gateway_section, rfb_session, FarmHost, FarmLab, BROADCAST, COORD_IP, COORD_NS, VNC_PORT};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -54,10 +52,8 @@ impl Drop for Coord {
     }
 }
 
-/// The farm as etcd has it, read by `ebb farm` from the coordinator's namespace.
 fn farm_view(etcd: &LocalEtcd) -> FarmView {
-    let out = FarmLab::command(COORD_NS, EBB).args(["farm", "--json", "--etcd", etcd.url()]).output().unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ebb farm ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    farm_lab::farm_view(Path::new(EBB), etcd.url()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn state(etcd: &LocalEtcd, host: &str) -> Option<HostState> {
@@ -74,54 +70,11 @@ fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool, why: impl Fn(
     start.elapsed()
 }
 
-/// An RFB viewer's handshake to `ip:port` (security None), made from the
-/// client's namespace; returns the session and how long the server's
-/// banner took from the connect.
-fn rfb_session(ip: Ipv4Addr, port: u16) -> std::io::Result<(TcpStream, Duration)> {
-    FarmLab::run_in(CLIENT_NS, move || {
-        let started = Instant::now();
-        let mut s = TcpStream::connect((ip, port))?;
-        s.set_read_timeout(Some(Duration::from_secs(40)))?;
-        let mut version = [0u8; 12];
-        s.read_exact(&mut version)?;
-        let banner = started.elapsed();
-        assert!(version.starts_with(b"RFB 003."), "{version:?}");
-        s.write_all(b"RFB 003.008\n")?;
-        let mut n = [0u8; 1];
-        s.read_exact(&mut n)?;
-        let mut types = vec![0u8; n[0] as usize];
-        s.read_exact(&mut types)?;
-        assert!(types.contains(&1), "no security type None: {types:?}");
-        s.write_all(&[1])?;
-        let mut result = [0u8; 4];
-        s.read_exact(&mut result)?;
-        assert_eq!(result, [0; 4], "security result");
-        s.write_all(&[1])?;
-        // ServerInit: width, height, pixel format (16), name length, name.
-        let mut init = [0u8; 24];
-        s.read_exact(&mut init)?;
-        let mut name = vec![0u8; u32::from_be_bytes(init[20..24].try_into().unwrap()) as usize];
-        s.read_exact(&mut name)?;
-        Ok((s, banner))
-    })?
-}
-
-/// An agent for `host`: in its netns and freezer group, on its libvirtd,
-/// etcd in the coordinator's namespace; its suspend freezes its group; it
-/// is woken as `wake` (the lines of its `[farm.wake]`) says.
+/// An agent for `host` (`farm_lab::agent_config`): in its netns and freezer group.
 fn agent(dir: &Path, host: &FarmHost, etcd: &LocalEtcd, wake: &str) -> AgentProc {
     let dir = dir.join(&host.name);
     std::fs::create_dir_all(&dir).unwrap();
-    let lines = format!("uri = \"{}\"\ndomains = [\"{}\"]\ntick = \"250ms\"", host.uri, host.vm);
-    let command = host.suspend_command().iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
-    let rest = format!(
-        "[memory]\nenabled = false\n[clients]\nconsole_idle = \"2s\"\n\
-         [farm]\nendpoints = [\"{}\"]\nhost = \"{}\"\nlease_ttl = \"2s\"\ntimeout = \"500ms\"\n\
-         [farm.wake]\n{wake}\n\
-         [farm.sleep]\nafter = \"2s\"\nmin_awake = \"1s\"\nmax_per_hour = 4\ncommand = [{command}]\n",
-        etcd.url(),
-        host.name,
-    );
+    let (lines, rest) = farm_lab::agent_config(host, etcd.url(), wake);
     AgentProc::start_through(&dir, &lines, &rest, &host.wrapper())
 }
 
@@ -139,25 +92,9 @@ async fn a_farm_sleeps_the_hosts_without_clients_and_gateway_clients_wake_theirs
     std::fs::write(&password, BMC_PASSWORD).unwrap();
     // vm1's host is in the config; h2's and h3's VMs are found by the
     // routing their agents keep in etcd (hosts/{h}/vms).
-    let gateway = |host: &FarmHost, configured: bool, port: u16| {
-        let (vm, line) = if configured { ("vm1".to_string(), format!("host = \"{}\"\n", host.name)) } else { (host.vm.clone(), String::new()) };
-        format!("[gateway.{vm}]\n{line}[[gateway.{vm}.service]]\nname = \"vnc\"\nlisten = \"{COORD_IP}:{port}\"\nbackend = \"{}:{VNC_PORT}\"\n", host.ip)
-    };
+    let gateways = [gateway_section(h1, Some("vm1"), VNC_PORT), gateway_section(h2, None, VNC_PORT + 1), gateway_section(h3, None, VNC_PORT + 2)].concat();
     let coord_config = dir.path().join("coord.toml");
-    std::fs::write(
-        &coord_config,
-        format!(
-            "[farm]\nendpoints = [\"{}\"]\nhost = \"unused\"\nlease_ttl = \"2s\"\ntimeout = \"500ms\"\nwake_resend = \"1s\"\nwake_give_up = \"30s\"\n\
-             bmc_user = \"{BMC_USER}\"\nbmc_password_file = \"{}\"\n\
-             [clients]\nsurrogate_idle = \"1s\"\n{}{}{}",
-            etcd.url(),
-            password.display(),
-            gateway(h1, true, VNC_PORT),
-            gateway(h2, false, VNC_PORT + 1),
-            gateway(h3, false, VNC_PORT + 2),
-        ),
-    )
-    .unwrap();
+    std::fs::write(&coord_config, farm_lab::coord_config(etcd.url(), &password, &gateways)).unwrap();
     let coord = Coord::start(dir.path(), &coord_config);
     println!("farm up (3 libvirtds, 3 VMs, etcd, 2 BMCs, coordinator) in {:?}", began.elapsed());
 

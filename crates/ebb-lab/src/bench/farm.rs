@@ -28,9 +28,84 @@ use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(super) async fn farm(rounds: usize, hosts: usize, clients: usize) -> Result<(), String> {
+pub(super) async fn farm(rounds: usize, hosts: usize, clients: usize, lab_rounds: usize) -> Result<(), String> {
     wake(rounds).await?;
+    if lab_rounds > 0 {
+        wake_by_method(lab_rounds).await?;
+    }
     scale(hosts, clients).await
+}
+
+/// Wake by each method on the lab's farm (`farm_lab`): three hosts that
+/// sleep for real as the lab has it (VM saved, powered off for the BMC,
+/// the host's processes frozen), woken by Wake-on-LAN, IPMI (virtualbmc)
+/// and Redfish (sushy-tools); a VNC client at the gateway, from its connect
+/// to the VM's first byte (the RFB banner: QEMU answers while the restore
+/// loads). The VMs are routed by the farm's `vms` keys.
+async fn wake_by_method(rounds: usize) -> Result<(), String> {
+    use crate::bmc::{Sushy, VirtualBmc, BMC_PASSWORD};
+    use crate::farm_lab::{self, FarmLab, COORD_IP, COORD_NS, VNC_PORT};
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let farm = FarmLab::start(&["h1", "h2", "h3"])?;
+    let (h1, h2, h3) = (farm.host("h1"), farm.host("h2"), farm.host("h3"));
+    let etcd = LocalEtcd::start_in(COORD_NS, COORD_IP).await?;
+    let ipmi = VirtualBmc::start_in(&h2.power, Some(COORD_NS)).await?;
+    let redfish = Sushy::start_in(&h3.power, COORD_NS).await?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let password = dir.path().join("bmc-password");
+    std::fs::write(&password, BMC_PASSWORD).map_err(|e| e.to_string())?;
+    let cases = [
+        (h1, VNC_PORT, "wol", format!("mac = \"{}\"\nbroadcast = \"{}\"", h1.mac, farm_lab::BROADCAST)),
+        (h2, VNC_PORT + 1, "ipmi", format!("ipmi = \"{}\"", ipmi.address())),
+        (h3, VNC_PORT + 2, "redfish", format!("redfish = \"{}\"", redfish.system_url())),
+    ];
+    let gateways: String = cases.iter().map(|(h, port, _, _)| farm_lab::gateway_section(h, None, *port)).collect();
+    let coord_config = dir.path().join("coord.toml");
+    std::fs::write(&coord_config, farm_lab::coord_config(etcd.url(), &password, &gateways)).map_err(|e| e.to_string())?;
+    let spawn = |mut cmd: Command| cmd.env("EBB_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null()).spawn().map(Proc).map_err(|e| format!("cannot start ebb: {e}"));
+    let mut coord = FarmLab::command(COORD_NS, &exe);
+    coord.args(["coord", "--name", "bench", "--config"]).arg(&coord_config);
+    let _coord = spawn(coord)?;
+    let mut agents = Vec::new();
+    for (h, _, _, wake) in &cases {
+        let (lines, rest) = farm_lab::agent_config(h, etcd.url(), wake);
+        let config = dir.path().join(format!("{}.toml", h.name));
+        let (socket, journal) = (dir.path().join(format!("{}.sock", h.name)), dir.path().join(format!("{}.db", h.name)));
+        std::fs::write(&config, format!("[agent]\nsocket = \"{}\"\njournal = \"{}\"\n{lines}\n{rest}", socket.display(), journal.display())).map_err(|e| e.to_string())?;
+        let wrapper = h.wrapper();
+        let mut cmd = Command::new(&wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(&exe).args(["run", "--config"]).arg(&config);
+        agents.push(spawn(cmd)?);
+    }
+    // Dropped before the agents: a frozen agent cannot be stopped.
+    let _thaw = farm.thaw_guard();
+    let mut took: Vec<(&str, Vec<Duration>)> = cases.iter().map(|c| (c.2, Vec::new())).collect();
+    for _ in 0..rounds {
+        for (i, (h, port, method, _)) in cases.iter().enumerate() {
+            let asleep = || {
+                let view = farm_lab::farm_view(&exe, etcd.url()).ok();
+                let state = view.and_then(|v| v.hosts.into_iter().find(|v| v.name == h.name)).and_then(|v| v.state);
+                state == Some(HostState::Sleeping) && h.freezer_state() == "FROZEN"
+            };
+            let started = Instant::now();
+            while !asleep() {
+                if started.elapsed() > Duration::from_secs(60) {
+                    return Err(format!("{} did not sleep within 60 s", h.name));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let (session, banner) = tokio::task::block_in_place(|| farm_lab::rfb_session(COORD_IP, *port)).map_err(|e| format!("a client of {} by {method}: {e}", h.name))?;
+            took[i].1.push(banner);
+            drop(session);
+        }
+    }
+    println!("wake by method on the lab's farm ({rounds} rounds; a VNC client at the gateway, connect to the VM's first byte):");
+    for (method, mut t) in took {
+        t.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!("  {method:<8} median {:>6.0} ms   min {:>6.0} ms   max {:>6.0} ms", ms(t[t.len() / 2]), ms(t[0]), ms(t[t.len() - 1]));
+    }
+    Ok(())
 }
 
 /// Kills a child process on drop.

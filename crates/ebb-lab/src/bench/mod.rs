@@ -90,7 +90,8 @@ pub enum BenchCommand {
     /// The farm on a real etcd with the real `ebb coord` and `ebb run`: a
     /// request through the coordinator's gateway to a VM whose host sleeps
     /// (its sleep recorded), against the same request straight to the
-    /// service; then `hosts` × `clients` simulated agents' keys in etcd:
+    /// service; a wake by each method on the lab's farm (network
+    /// namespaces); then `hosts` × `clients` simulated agents' keys in etcd:
     /// the leader's read of the farm, its reaction to a sleeping host's
     /// client, and the writes the farm costs etcd.
     Farm {
@@ -100,6 +101,10 @@ pub enum BenchCommand {
         hosts: usize,
         #[arg(long, default_value_t = 20)]
         clients: usize,
+        /// Rounds of a wake by each method (Wake-on-LAN, IPMI, Redfish) on
+        /// the lab's farm of three hosts in network namespaces; 0: none.
+        #[arg(long, default_value_t = 3)]
+        lab_rounds: usize,
     },
     /// `ebb sim` on each PlanetLab day with each policy, one process per
     /// run: energy, SLAV and migrations against CloudSim 3.0.3's, and wall
@@ -120,7 +125,7 @@ pub async fn run(cmd: BenchCommand) -> Result<(), String> {
         BenchCommand::Overhead { domains, seconds, tick } => overhead::overhead(domains, seconds, &tick),
         BenchCommand::Reclaim { uri } => reclaim::reclaim(&uri).await,
         BenchCommand::Burst { uri } => burst::burst(&uri).await,
-        BenchCommand::Farm { rounds, hosts, clients } => farm::farm(rounds, hosts, clients).await,
+        BenchCommand::Farm { rounds, hosts, clients, lab_rounds } => farm::farm(rounds, hosts, clients, lab_rounds).await,
         BenchCommand::Realloc { uri, seconds } => realloc::realloc(&uri, seconds).await,
         BenchCommand::Power { uri, rounds } => power::power(&uri, rounds).await,
         BenchCommand::Sim { traces, days, policies } => sim::sim(&traces, &days, &policies),
