@@ -38,6 +38,12 @@ pub(super) struct VmMem {
     /// (`DEFLATED_HOLD_MS`), so a reclaim never pushes it back into its own
     /// OOM path.
     pub deflated: Option<Deflated>,
+    /// Since when its balloon reads above anything ebb asked for, while
+    /// that is not told apart (`assess::read_unasked`).
+    pub rose_at: Option<Millis>,
+    /// How long its last grow took to land (ms): its balloon's own part
+    /// of ebb's reaction time.
+    pub grow_ms: Option<u64>,
     /// What the guest used at its last settled reading, and when: its
     /// growth per second is measured between settled readings only.
     pub last_used: Option<(Bytes, Millis)>,
@@ -93,6 +99,8 @@ impl VmMem {
             no_shrink_until: None,
             overhead: None,
             deflated: None,
+            rose_at: None,
+            grow_ms: None,
             last_used: None,
             last_reason: None,
         }
@@ -111,6 +119,7 @@ impl VmMem {
         self.counters = None;
         self.reclaim_until = None;
         self.last_current = None;
+        self.rose_at = None;
     }
 }
 
