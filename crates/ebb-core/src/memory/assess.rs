@@ -82,11 +82,27 @@ pub(super) fn assess(
     };
     let ceiling = kib_down(s.max.unwrap_or(Bytes(u64::MAX)).min(b.maximum));
     let min = kib_up(s.min.unwrap_or(Bytes::ZERO)).min(ceiling);
-    // Measured only from stats newer than the balloon's last move
-    // (libvirt's last-update is host wall-clock seconds), since a
-    // stale MemTotal next to a new size would mis-state it.
+    // Measured only from stats taken at the size ebb reads: with nothing
+    // in flight, and newer than both the balloon's last move and ebb's
+    // last target (libvirt's last-update is host wall-clock seconds).
+    // libvirt reads the size from QEMU's events, at most one a second: a
+    // balloon ebb just aimed moves before the reading does, and stats
+    // taken meanwhile, beside the old size, mis-state a deflate-on-OOM
+    // guest's use by the whole move. Until a reading settles, such a
+    // guest's last settled use stands (below), so it needs one from the
+    // start: a guest ebb first sees, with nothing of its own in flight, is
+    // taken as it reads. Without it, idle guests whose balloons ebb moved
+    // every second never settled, each tick read their use afresh from a
+    // size and stats a move apart (in the demo 0 to 150 MiB of a true
+    // 35), and the idle-taxed entitlements followed those readings: the
+    // targets moved every tick and never settled.
+    let first_look = st.last_current.is_none() && st.pending.is_none();
+    let in_flight = st.pending.is_some_and(|p| p.kind != Move::Hold && p.target.abs_diff(current) >= band);
     let settled_since = if st.last_current == Some(current) { st.moved_at } else { now };
-    let settled = !unsure && stats.last_update.is_some_and(|s| s.saturating_mul(1000) >= settled_since.0 + 1000);
+    let settled_since = settled_since.max(st.aimed_at.unwrap_or(Millis(0)));
+    let settled = !unsure
+        && !in_flight
+        && (first_look || stats.last_update.is_some_and(|s| s.saturating_mul(1000) >= settled_since.0 + 1000));
     // The size the stats were taken at, for a deflate-on-OOM guest whose
     // MemTotal keeps the balloon's pages: unsettled, the larger of now and
     // the last look, so a shrink in flight never reads as less use.

@@ -346,6 +346,7 @@ fn conclude(work: &[Work], views: &mut [VmMemoryView], states: &mut [(VmId, VmMe
                 _ => now,
             };
             st.pending = Some(Pending { target, kind, since: Some(since) });
+            st.aimed_at = Some(now);
             st.last_reason = Some(Arc::new(reason.clone()));
             actions.push(Action::SetBalloonTarget { vm: view.vm.clone(), target, reason });
         }

@@ -22,6 +22,10 @@ pub(super) struct VmMem {
     /// Last time the balloon moved at all: "stuck" is no movement, not a
     /// missed deadline, so a slow but moving balloon is left alone.
     pub moved_at: Millis,
+    /// When ebb last sent it a target: its balloon may move from then on
+    /// before libvirt's reading shows it (QEMU sends a size at most once a
+    /// second), so stats taken since may be at a size not read yet.
+    pub aimed_at: Option<Millis>,
     /// Distress seen before this instant is blamed on the reclaim that just
     /// landed: swapping shows up a tick after the balloon got there.
     pub reclaim_until: Option<Millis>,
@@ -95,6 +99,7 @@ impl VmMem {
             counters: None,
             last_current: None,
             moved_at: now,
+            aimed_at: None,
             reclaim_until: None,
             no_shrink_until: None,
             overhead: None,

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 mod deflate;
 mod headroom;
 mod props;
+mod settle;
 mod unit;
 
 const MB: u64 = MIB;
