@@ -3,18 +3,24 @@
 //! from the libvirt the config names.
 
 use crate::config::Config;
+use crate::settings;
 
-/// One line per guest the config would manage whose balloon has neither
-/// safety net, saying what that risks; an error when libvirt cannot be read.
+/// One line per guest ebb would manage whose balloon has neither safety
+/// net, saying what that risks; an error when libvirt cannot be read.
+/// Whether ebb manages a guest is resolved as `ebb run` resolves it
+/// (`settings::resolve`: the config over the domain's metadata), so a
+/// guest whose metadata says managed="no" is not flagged.
 pub fn unsafe_balloons(cfg: &Config) -> Result<Vec<String>, String> {
     let mut hv = ebb_backends::connect(&cfg.agent.uri).map_err(|e| e.to_string())?;
     let obs = hv.observe().map_err(|e| e.to_string())?;
-    Ok(obs
-        .vms
-        .iter()
-        .filter(|v| cfg.agent.is_ebbs(v.id.as_str()))
-        // The config's word only: metadata may still say managed="no".
-        .filter(|v| cfg.vm.get(v.id.as_str()).and_then(|s| s.managed) != Some(false))
-        .filter_map(|v| Some(format!("{}: {}", v.id, v.balloon.as_ref()?.features.risk()?)))
-        .collect())
+    let mut out = Vec::new();
+    for v in obs.vms.iter().filter(|v| cfg.agent.is_ebbs(v.id.as_str())) {
+        let Some(risk) = v.balloon.as_ref().and_then(|b| b.features.risk()) else { continue };
+        // Metadata that cannot be read or parsed is ignored, as `ebb run` ignores it.
+        let meta = hv.ebb_metadata(&v.id).ok().flatten().and_then(|xml| settings::parse_metadata(&xml).ok());
+        if settings::resolve(cfg.vm_section(&v.id), meta.as_ref()).settings.managed {
+            out.push(format!("{}: {risk}", v.id));
+        }
+    }
+    Ok(out)
 }

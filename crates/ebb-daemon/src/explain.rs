@@ -143,8 +143,12 @@ pub fn summarize(name: &str, now: Option<&VmInfo>, events: &[Event]) -> Vec<Stri
         }
         match (m.headroom, m.headroom_learned) {
             (Some(h), Some((rate, react_ms))) => out.push(format!(
-                "Its headroom is {h}, learned: its needs history shows its use growing by up to {rate}/s, times the {:.1} s ebb takes to react.",
-                react_ms as f64 / 1000.0
+                "Its headroom is {h}, learned: its needs history shows its use growing by up to {rate}/s, times the {:.1} s ebb takes to react ({}). Past the flat rule it is kept as far as the pool has room.",
+                react_ms as f64 / 1000.0,
+                match m.balloon_grow_ms {
+                    Some(ms) => format!("a tick to look, the second its stats lag, and the {:.1} s its balloon last took to grow", ms as f64 / 1000.0),
+                    None => "a tick to look and the second its stats lag; its balloon has not grown under ebb yet".into(),
+                }
             )),
             (Some(h), None) => out.push(format!(
                 "Its headroom is {h}, the flat rule max(headroom_min, headroom_fraction × use): its needs history shows no allocation faster than that covers."

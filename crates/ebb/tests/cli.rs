@@ -372,15 +372,18 @@ fn a_value_of_the_wrong_type_names_the_field_and_what_it_takes() {
 fn check_warns_about_managed_guests_whose_balloon_has_no_safety_net() {
     let dir = tempfile::tempdir().unwrap();
     let domain = |name: &str, balloon: &str| {
+        // Its own metadata may say ebb leaves it alone, as `ebb run` reads it.
+        let metadata = if name == "meta-alone" { "<metadata><ebb:vm xmlns:ebb='https://ebb.dev/xmlns/vm/1' managed='no'/></metadata>" } else { "" };
         format!(
-            "<domain type='test'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+            "<domain type='test'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>{metadata}\
              <os><type arch='x86_64'>hvm</type></os><devices>{balloon}</devices></domain>"
         )
     };
     let node = format!(
         "<node><cpu><mhz>2000</mhz><model>t</model><active>2</active><nodes>1</nodes><sockets>1</sockets><cores>2</cores>\
-         <threads>1</threads></cpu><memory>4194304</memory>{}{}{}{}</node>",
+         <threads>1</threads></cpu><memory>4194304</memory>{}{}{}{}{}</node>",
         domain("stock", "<memballoon model='virtio'/>"),
+        domain("meta-alone", "<memballoon model='virtio'/>"),
         domain("safe", "<memballoon model='virtio' autodeflate='on' freePageReporting='on'/>"),
         domain("left-alone", "<memballoon model='virtio'/>"),
         domain("none", "<memballoon model='none'/>"),

@@ -46,19 +46,23 @@ pub(super) fn rho(shares: f64, active: f64, k: f64, a: f64) -> f64 {
 }
 
 /// Sets each VM's entitlement: pressured VMs' floors rise toward what
-/// relieves them (in proportion to shares when the pool is short), then the
-/// pool is water-filled by the idle-taxed price. Returns a note when even the
-/// floors do not fit.
+/// relieves them, and learned headrooms' toward them (in proportion to
+/// shares when the pool is short: a learned headroom is no guarantee, and
+/// must not hold the pool over), then the pool is water-filled by the
+/// idle-taxed price. Returns a note when even the floors do not fit.
 pub(super) fn allot(work: &mut [Work], pool: Bytes, k: f64) -> Option<String> {
     // One pass for what two sums and a filter took: the VMs' numbers are
     // megabytes at 10,000 VMs, and each pass over them costs more than the
     // arithmetic in it.
     let mut base_floors = Bytes::ZERO;
-    let mut needs: Vec<(usize, f64, f64)> = Vec::new();
+    // (VM, its need, its shares, the part of the need that relieves pressure)
+    let mut needs: Vec<(usize, f64, f64, Bytes)> = Vec::new();
     for (i, w) in work.iter().enumerate() {
         base_floors += w.floor;
-        if w.pressure.is_some() && w.want > w.floor {
-            needs.push((i, (w.want - w.floor).0 as f64, w.shares.max(1.0)));
+        let relief = if w.pressure.is_some() { w.want.saturating_sub(w.floor) } else { Bytes::ZERO };
+        let wanted = (w.floor + relief).max(w.learned_floor);
+        if wanted > w.floor {
+            needs.push((i, (wanted - w.floor).0 as f64, w.shares.max(1.0), relief));
         }
     }
     if !needs.is_empty() {
@@ -76,9 +80,12 @@ pub(super) fn allot(work: &mut [Work], pool: Bytes, k: f64) -> Option<String> {
             }
             lo
         };
-        for (i, need, shares) in needs {
+        for (i, need, shares, relief) in needs {
             let w = &mut work[i];
-            w.floor = (w.floor + kib_down(Bytes(need.min(level * shares) as u64))).min(w.ceiling);
+            let raise = kib_down(Bytes(need.min(level * shares) as u64));
+            // Relief is guaranteed even past the pool; a learned headroom is not.
+            w.guaranteed = (w.floor + raise.min(relief)).min(w.ceiling);
+            w.floor = (w.floor + raise).min(w.ceiling);
         }
     }
 

@@ -28,10 +28,17 @@ pub(super) struct Work {
     /// Its headroom, and the growth rate that sized it when its history's
     /// fastest growth did (rather than the flat max(min, fraction × used)).
     pub headroom: Bytes,
-    pub learned: Option<Bytes>,
+    /// The fastest growth and the reaction time that sized it (ms).
+    pub learned: Option<(Bytes, u64)>,
     pub step: Bytes,
     pub min: Bytes,
+    /// What it uses, plus the flat headroom, plus its kernel's own: the guarantee.
     pub floor: Bytes,
+    /// The floor with a learned headroom: kept as far as the pool has room.
+    pub learned_floor: Bytes,
+    /// What of its floor is guaranteed even past the pool (not a learned
+    /// headroom): the floor, raised by `allot` for pressure only.
+    pub guaranteed: Bytes,
     pub ceiling: Bytes,
     /// Where the balloon is already heading (pending target, else current).
     pub heading: Bytes,
@@ -45,6 +52,9 @@ pub(super) struct Work {
     pub stuck: Option<(Bytes, Bytes, u64)>,
     pub entitlement: Bytes,
     pub may_shrink: bool,
+    /// Its balloon reads above anything ebb asked for, not yet told apart
+    /// (see `read_unasked`): it is held as it was.
+    pub unsure: bool,
     /// This tick's new target, if any.
     pub target: Option<(Bytes, Rule)>,
 }
@@ -60,15 +70,39 @@ pub(super) fn assess(
     now: Millis,
     view: usize,
 ) -> Work {
-    let current = b.current;
-    let band = t.band(current);
+    let band = t.band(b.current);
+    let asked = st.pending.map_or(Bytes::ZERO, |p| if p.kind == Move::Shrink { Bytes::ZERO } else { p.target });
+    let unasked = read_unasked(st, b, stats, t, asked, band, now);
+    // An unasked rise not yet told apart is not acted on: the VM is counted
+    // at the size it had before it and gets no new target.
+    let unsure = matches!(unasked, Unasked::Unsure(_));
+    let current = match unasked {
+        Unasked::Unsure(before) => before,
+        _ => b.current,
+    };
     let ceiling = kib_down(s.max.unwrap_or(Bytes(u64::MAX)).min(b.maximum));
     let min = kib_up(s.min.unwrap_or(Bytes::ZERO)).min(ceiling);
-    // Measured only from stats newer than the balloon's last move
-    // (libvirt's last-update is host wall-clock seconds), since a
-    // stale MemTotal next to a new size would mis-state it.
+    // Measured only from stats taken at the size ebb reads: with nothing
+    // in flight, and newer than both the balloon's last move and ebb's
+    // last target (libvirt's last-update is host wall-clock seconds).
+    // libvirt reads the size from QEMU's events, at most one a second: a
+    // balloon ebb just aimed moves before the reading does, and stats
+    // taken meanwhile, beside the old size, mis-state a deflate-on-OOM
+    // guest's use by the whole move. Until a reading settles, such a
+    // guest's last settled use stands (below), so it needs one from the
+    // start: a guest ebb first sees, with nothing of its own in flight, is
+    // taken as it reads. Without it, idle guests whose balloons ebb moved
+    // every second never settled, each tick read their use afresh from a
+    // size and stats a move apart (in the demo 0 to 150 MiB of a true
+    // 35), and the idle-taxed entitlements followed those readings: the
+    // targets moved every tick and never settled.
+    let first_look = st.last_current.is_none() && st.pending.is_none();
+    let in_flight = st.pending.is_some_and(|p| p.kind != Move::Hold && p.target.abs_diff(current) >= band);
     let settled_since = if st.last_current == Some(current) { st.moved_at } else { now };
-    let settled = stats.last_update.is_some_and(|s| s.saturating_mul(1000) >= settled_since.0 + 1000);
+    let settled_since = settled_since.max(st.aimed_at.unwrap_or(Millis(0)));
+    let settled = !unsure
+        && !in_flight
+        && (first_look || stats.last_update.is_some_and(|s| s.saturating_mul(1000) >= settled_since.0 + 1000));
     // The size the stats were taken at, for a deflate-on-OOM guest whose
     // MemTotal keeps the balloon's pages: unsettled, the larger of now and
     // the last look, so a shrink in flight never reads as less use.
@@ -85,9 +119,11 @@ pub(super) fn assess(
     };
     let flat = t.headroom_min.max(used.scale(t.headroom_fraction));
     // A guest whose history shows fast allocation keeps room for what it
-    // allocates before ebb can react (Tuning::react_ms).
-    let learned = s.burst_rate.filter(|r| r.scale(t.react_ms as f64 / 1000.0) > flat);
-    let headroom = learned.map_or(flat, |r| r.scale(t.react_ms as f64 / 1000.0));
+    // allocates before ebb can react: see it (Tuning::sees_in_ms), then
+    // grow its balloon at the pace it last grew.
+    let react_ms = t.sees_in_ms + st.grow_ms.unwrap_or(0);
+    let learned = s.burst_rate.map(|r| (r, react_ms)).filter(|(r, ms)| r.scale(*ms as f64 / 1000.0) > flat);
+    let headroom = learned.map_or(flat, |(r, ms)| r.scale(ms as f64 / 1000.0));
     let growth = match st.last_used {
         Some((before, at)) if settled && now.0 > at.0 => Some(Bytes((used.saturating_sub(before).0 as f64 * 1000.0 / now.since(at) as f64) as u64)),
         _ => None,
@@ -103,15 +139,14 @@ pub(super) fn assess(
     let overhead = if settled { reading } else { st.overhead.map_or(reading, |o| o.max(reading)) };
     st.overhead = Some(overhead);
 
-    // Grown past anything ebb asked for: the guest took pages back from its
-    // balloon itself (deflate-on-OOM). Whatever was in flight is over, and
-    // ebb follows it: the size it took is its floor for a while, so no
-    // reclaim pushes it back into its OOM path; the pool is made up from
-    // the others. (Only that size: what ebb gives it on top, for its
-    // pressure, is ebb's to take back once the pressure is gone.)
-    let asked = st.pending.map_or(Bytes::ZERO, |p| if p.kind == Move::Shrink { Bytes::ZERO } else { p.target });
-    let took_back = match st.last_current {
-        Some(last) if b.features.deflate_on_oom && current > last.max(asked) + band => Some(current - last.max(asked)),
+    // The guest took pages back from its balloon itself (deflate-on-OOM).
+    // Whatever was in flight is over, and ebb follows it: the size it took
+    // is its floor for a while, so no reclaim pushes it back into its OOM
+    // path; the pool is made up from the others. (Only that size: what ebb
+    // gives it on top, for its pressure, is ebb's to take back once the
+    // pressure is gone.)
+    let took_back = match unasked {
+        Unasked::Deflated(by) => Some(by),
         _ => None,
     };
     if let Some(by) = took_back {
@@ -130,7 +165,8 @@ pub(super) fn assess(
     }
     let took = st.deflated.filter(|d| d.held).map(|d| kib_down(d.to));
     let ceiling = ceiling.max(took.unwrap_or(Bytes::ZERO));
-    let floor = kib_up(min.max(used + headroom + overhead)).min(ceiling).max(took.unwrap_or(Bytes::ZERO));
+    let floor_with = |headroom: Bytes| kib_up(min.max(used + headroom + overhead)).min(ceiling).max(took.unwrap_or(Bytes::ZERO));
+    let (floor, learned_floor) = (floor_with(flat), floor_with(headroom));
 
     let mut pressure = pressure_words(t, stats, current, st.counters.as_ref(), now);
     if let Some(by) = took_back {
@@ -152,7 +188,9 @@ pub(super) fn assess(
     let recent_reclaim = st.reclaim_until.is_some_and(|u| now < u);
     let mut back_off = false;
     let mut stuck = None;
-    if let Some(p) = st.pending.as_mut() {
+    if unsure {
+        // Nothing of the move in flight is judged on a reading not trusted yet.
+    } else if let Some(p) = st.pending.as_mut() {
         let since = *p.since.get_or_insert(now);
         if p.kind == Move::Resumed {
             p.kind = if p.target < current { Move::Shrink } else { Move::Grow };
@@ -163,6 +201,9 @@ pub(super) fn assess(
         if pressured && (p.kind == Move::Shrink || recent_reclaim) {
             back_off = true;
         } else if reached {
+            if p.kind == Move::Grow {
+                st.grow_ms = Some(now.since(since));
+            }
             if p.kind == Move::Shrink {
                 st.step = t.double(st.step);
                 st.reclaim_until = Some(now.plus(t.stuck_after_ms));
@@ -210,6 +251,8 @@ pub(super) fn assess(
         step: st.step,
         min,
         floor,
+        learned_floor,
+        guaranteed: floor,
         ceiling,
         heading,
         committed,
@@ -219,6 +262,51 @@ pub(super) fn assess(
         stuck,
         entitlement: Bytes::ZERO,
         may_shrink: !pressured && st.no_shrink_until.is_none_or(|u| now >= u),
+        unsure,
         target: None,
+    }
+}
+
+/// What a balloon that reads above anything ebb asked for is.
+enum Unasked {
+    /// It does not, or it moved by someone else's hand (`virsh setmem`):
+    /// its reading stands.
+    No,
+    /// The guest deflated it itself on its way to an OOM, by this much.
+    Deflated(Bytes),
+    /// Not told apart yet: the size it had before.
+    Unsure(Bytes),
+}
+
+/// Tells a deflate-on-OOM guest taking pages back from its balloon from a
+/// stale reading. libvirt's balloon size comes, now and then, from QEMU's
+/// size-change events, which QEMU sends at most one a second: measured,
+/// a guest just shrunk to 320 MiB read 506 MiB again for 1.3 s. Taken for
+/// a deflation, that held the guest at 506 MiB and kept the pool over it.
+/// A guest deflates itself only when it is out of memory, so the first
+/// stats taken after the rise tell: short of memory, it deflated; with
+/// plenty free, the reading was stale. A rise that outlasts `stuck_after`
+/// is believed either way (stats that never come must not hide it).
+fn read_unasked(st: &mut VmMem, b: &Balloon, stats: &GuestMemStats, t: &Tuning, asked: Bytes, band: Bytes, now: Millis) -> Unasked {
+    let rise = match st.last_current {
+        Some(last) if b.features.deflate_on_oom && b.current > last.max(asked) + band => Some((last, b.current - last.max(asked))),
+        _ => None,
+    };
+    let Some((before, by)) = rise else {
+        st.rose_at = None;
+        return Unasked::No;
+    };
+    let since = *st.rose_at.get_or_insert(now);
+    let stats_after = stats.last_update.is_some_and(|s| s.saturating_mul(1000) >= since.0);
+    let short = stats.usable < b.current.scale(t.low_free_fraction);
+    let outlasted = now.since(since) >= t.stuck_after_ms;
+    if (stats_after || outlasted) && (short || !stats_after) {
+        st.rose_at = None;
+        Unasked::Deflated(by)
+    } else if outlasted {
+        st.rose_at = None;
+        Unasked::No
+    } else {
+        Unasked::Unsure(before)
     }
 }

@@ -101,19 +101,18 @@ pub(super) struct Tuning {
     pub headroom_fraction: f64,
     pub low_free_fraction: f64,
     pub major_fault_rate: f64,
-    /// How long ebb takes to react to a guest's allocation: up to a tick
-    /// until it looks, and the second a guest's stats lag behind (a give-back
-    /// lands within a fraction of a second). Set from the ticks' own pace.
-    pub react_ms: u64,
+    /// How long ebb takes to see a guest's allocation: up to a tick until
+    /// it looks (the configured tick: the fast ticks follow only a balloon
+    /// already moving), and the second a guest's stats lag behind. Its
+    /// balloon's own time to grow comes on top, per guest.
+    pub sees_in_ms: u64,
 }
 
-/// ebb's reaction time with ticks `tick_ms` apart (see `Tuning::react_ms`).
-pub(super) fn react_ms(tick_ms: u64) -> u64 {
-    tick_ms + 1000
-}
+/// How far a guest's stats lag behind it (QEMU polls them every second).
+const STATS_LAG_MS: u64 = 1000;
 
 impl Tuning {
-    pub fn new(c: &MemoryConfig) -> Tuning {
+    pub fn new(c: &MemoryConfig, tick_ms: u64) -> Tuning {
         let tau = if c.idle_tax.is_finite() { c.idle_tax.clamp(0.0, 0.99) } else { 0.75 };
         let step_min = Bytes(c.step_min.0.max(KIB));
         let frac = |f: f64, hi: f64| if f.is_finite() { f.clamp(0.0, hi) } else { 0.0 };
@@ -130,7 +129,7 @@ impl Tuning {
             headroom_fraction: frac(c.headroom_fraction, 10.0),
             low_free_fraction: frac(c.low_free_fraction, 0.9),
             major_fault_rate: if c.major_fault_rate.is_nan() { f64::INFINITY } else { c.major_fault_rate },
-            react_ms: react_ms(2000),
+            sees_in_ms: tick_ms + STATS_LAG_MS,
         }
     }
     pub fn band(&self, current: Bytes) -> Bytes {

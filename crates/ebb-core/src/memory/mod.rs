@@ -63,9 +63,15 @@ pub struct VmMemoryView {
     #[serde(default)]
     pub headroom: Option<Bytes>,
     /// When its history sized that headroom: its fastest growth per second,
-    /// and the reaction time (ms) it was multiplied by.
+    /// and the reaction time (ms) it was multiplied by: the configured
+    /// tick, the second its stats lag, and `balloon_grow_ms`. Kept as far
+    /// as the pool has room: past the flat headroom it is no guarantee.
     #[serde(default)]
     pub headroom_learned: Option<(Bytes, u64)>,
+    /// How long its balloon last took to grow, from ebb's target to the
+    /// size: part of ebb's reaction time.
+    #[serde(default)]
+    pub balloon_grow_ms: Option<u64>,
     /// When the guest last took pages back from its balloon itself
     /// (deflate-on-OOM), and how much.
     #[serde(default)]
@@ -110,7 +116,7 @@ pub struct Pool {
 /// Balloon targets, one view per observed VM (in id order), and the pool.
 pub type MemoryDecision = Decision<VmMemoryView, Pool>;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryPolicy {
     /// Per-VM state sorted by id: a tick walks it alongside the id-sorted
     /// observation, which at 10,000 VMs is several times faster than hashing
@@ -123,13 +129,28 @@ pub struct MemoryPolicy {
     step_bounds: Option<(Bytes, Bytes)>,
     /// Likewise how long a failed VM is left alone.
     quiet_ms: u64,
-    /// The last decide's time: ticks' pace sets ebb's reaction time.
-    last_now: Option<Millis>,
+    /// The agent's configured tick: how long ebb may take to look.
+    tick_ms: u64,
 }
+
+impl Default for MemoryPolicy {
+    fn default() -> Self {
+        MemoryPolicy { vms: Vec::new(), resumed: HashMap::new(), step_bounds: None, quiet_ms: 0, tick_ms: DEFAULT_TICK_MS }
+    }
+}
+
+/// The agent's default tick, for a policy not told its own.
+const DEFAULT_TICK_MS: u64 = 2000;
 
 impl MemoryPolicy {
     pub fn new() -> Self {
         MemoryPolicy::default()
+    }
+
+    /// The agent's configured tick (`agent.tick`): part of ebb's reaction
+    /// time, which sizes a learned headroom.
+    pub fn set_tick(&mut self, tick_ms: u64) {
+        self.tick_ms = tick_ms;
     }
 
     /// Seeds a VM's step and in-flight target after an agent restart. The step
@@ -150,12 +171,7 @@ impl MemoryPolicy {
         cfg: &MemoryConfig,
         now: Millis,
     ) -> MemoryDecision {
-        let mut t = Tuning::new(cfg);
-        // ebb's reaction time follows its own pace: the last two ticks apart.
-        if let Some(last) = self.last_now.filter(|l| now.0 > l.0) {
-            t.react_ms = config::react_ms(now.since(last));
-        }
-        self.last_now = Some(now);
+        let t = Tuning::new(cfg, self.tick_ms);
         self.step_bounds = Some((t.step_min, t.step_max));
         self.quiet_ms = t.stuck_after_ms;
         let defaults = VmSettings::default();
@@ -214,6 +230,7 @@ impl MemoryPolicy {
                         growth: None,
                         headroom: None,
                         headroom_learned: None,
+                        balloon_grow_ms: None,
                         entitlement: None,
                         floor: None,
                         ceiling: None,
@@ -230,7 +247,8 @@ impl MemoryPolicy {
             committed += w.committed;
             views.push(VmMemoryView {
                 vm: vm.id.clone(),
-                actual: Some(w.current),
+                // What libvirt reads, like the pool's sum (ebb may not trust it yet: `assess::read_unasked`).
+                actual: Some(b.current),
                 target: None,
                 used: Some(w.used),
                 host_rss: b.host_rss,
@@ -238,7 +256,8 @@ impl MemoryPolicy {
                 deflated: st.deflated.map(|d| (d.at, d.by)),
                 growth: w.growth,
                 headroom: Some(w.headroom),
-                headroom_learned: w.learned.map(|r| (r, t.react_ms)),
+                headroom_learned: w.learned,
+                balloon_grow_ms: st.grow_ms,
                 entitlement: None,
                 floor: Some(w.floor),
                 ceiling: Some(w.ceiling),
@@ -327,6 +346,7 @@ fn conclude(work: &[Work], views: &mut [VmMemoryView], states: &mut [(VmId, VmMe
                 _ => now,
             };
             st.pending = Some(Pending { target, kind, since: Some(since) });
+            st.aimed_at = Some(now);
             st.last_reason = Some(Arc::new(reason.clone()));
             actions.push(Action::SetBalloonTarget { vm: view.vm.clone(), target, reason });
         }

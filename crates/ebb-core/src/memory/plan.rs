@@ -29,6 +29,11 @@ pub(super) fn plan(work: &mut [Work], t: &Tuning, pool: Bytes, committed: Bytes,
         let c = w.current;
         let band = w.band;
         let e = w.entitlement;
+        if w.unsure {
+            // Any target could undo what the guest took: none until told apart.
+            settled += c.max(e);
+            continue;
+        }
         if let Some((hold, _, _)) = w.stuck {
             w.target = Some((hold, Rule::Stuck));
             settled += hold.max(e);
@@ -124,7 +129,7 @@ pub(super) fn plan(work: &mut [Work], t: &Tuning, pool: Bytes, committed: Bytes,
         let goal = w.entitlement.max(c);
         let need = goal.saturating_sub(base);
         let from_pool = Bytes(need.0.min(budget.max(0) as u64));
-        let below_floor = w.floor.saturating_sub(base).min(need);
+        let below_floor = w.guaranteed.saturating_sub(base).min(need);
         let give = if below_floor > from_pool {
             let extra = (below_floor - from_pool).min(host_spare);
             host_spare = host_spare - extra;

@@ -22,6 +22,10 @@ pub(super) struct VmMem {
     /// Last time the balloon moved at all: "stuck" is no movement, not a
     /// missed deadline, so a slow but moving balloon is left alone.
     pub moved_at: Millis,
+    /// When ebb last sent it a target: its balloon may move from then on
+    /// before libvirt's reading shows it (QEMU sends a size at most once a
+    /// second), so stats taken since may be at a size not read yet.
+    pub aimed_at: Option<Millis>,
     /// Distress seen before this instant is blamed on the reclaim that just
     /// landed: swapping shows up a tick after the balloon got there.
     pub reclaim_until: Option<Millis>,
@@ -38,6 +42,12 @@ pub(super) struct VmMem {
     /// (`DEFLATED_HOLD_MS`), so a reclaim never pushes it back into its own
     /// OOM path.
     pub deflated: Option<Deflated>,
+    /// Since when its balloon reads above anything ebb asked for, while
+    /// that is not told apart (`assess::read_unasked`).
+    pub rose_at: Option<Millis>,
+    /// How long its last grow took to land (ms): its balloon's own part
+    /// of ebb's reaction time.
+    pub grow_ms: Option<u64>,
     /// What the guest used at its last settled reading, and when: its
     /// growth per second is measured between settled readings only.
     pub last_used: Option<(Bytes, Millis)>,
@@ -89,10 +99,13 @@ impl VmMem {
             counters: None,
             last_current: None,
             moved_at: now,
+            aimed_at: None,
             reclaim_until: None,
             no_shrink_until: None,
             overhead: None,
             deflated: None,
+            rose_at: None,
+            grow_ms: None,
             last_used: None,
             last_reason: None,
         }
@@ -111,6 +124,7 @@ impl VmMem {
         self.counters = None;
         self.reclaim_until = None;
         self.last_current = None;
+        self.rose_at = None;
     }
 }
 

@@ -40,6 +40,7 @@ impl Agent {
         let (command_tx, commands) = mpsc::channel(64);
         let (surrogate, surrogate_events) = Surrogate::new(cfg.surrogate_limits());
         let mut policy = MemoryPolicy::new();
+        policy.set_tick(cfg.agent.tick.as_millis() as u64);
         let mut saved_memory = HashMap::new();
         match journal.memory_states() {
             Ok(states) => {

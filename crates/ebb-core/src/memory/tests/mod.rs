@@ -3,10 +3,12 @@
 //! holds the examples, `props` the invariants over random worlds.
 
 use super::*;
+use std::collections::VecDeque;
 
 mod deflate;
 mod headroom;
 mod props;
+mod settle;
 mod unit;
 
 const MB: u64 = MIB;
@@ -29,11 +31,16 @@ struct Guest {
     settings: VmSettings,
     /// Held by the guest kernel outside MemTotal.
     overhead: Bytes,
-    /// The stats report the size of a tick ago (as a real guest's do).
-    lagging: bool,
+    /// How many ticks behind its stats are (a real guest's lag a second or
+    /// more behind its balloon).
+    stats_lag: usize,
+    /// Its size and use at the start of each tick, newest first: what
+    /// lagging stats report.
+    history: VecDeque<(Bytes, Bytes)>,
+    /// libvirt reports this size instead of the real one (a stale reading).
+    reads: Option<Bytes>,
     /// A real balloon lands a few KiB off its target.
     lands_off: Bytes,
-    stats_size: Bytes,
     /// autodeflate='on': short of memory, the guest takes balloon pages
     /// back itself (and its MemTotal keeps them), instead of swapping.
     deflate_on_oom: bool,
@@ -59,13 +66,33 @@ fn guest(name: &str, size_mib: u64, used_mib: u64) -> Guest {
         major_faults: 0,
         settings: VmSettings::default(),
         overhead: Bytes::ZERO,
-        lagging: false,
+        stats_lag: 0,
+        history: VecDeque::new(),
+        reads: None,
         lands_off: Bytes::ZERO,
-        stats_size: Bytes::from_mib(size_mib),
         deflate_on_oom: false,
         took_back: 0,
         untouched: None,
     }
+}
+
+/// A 512 MiB guest whose kernel holds 56 MiB outside MemTotal, as the
+/// lab's guests do; `deflate_on_oom`: its balloon has autodeflate='on'.
+fn small(name: &str, used_mib: u64, deflate_on_oom: bool) -> Guest {
+    let mut g = guest(name, 512, used_mib);
+    g.overhead = Bytes::from_mib(56);
+    g.deflate_on_oom = deflate_on_oom;
+    g
+}
+
+/// A busy guest (300 MiB used) and an idle one (20 MiB) in a 600 MiB pool,
+/// their stats a tick behind their balloons.
+fn lagging_busy_and_idle(deflate_on_oom: bool) -> World {
+    let mut busy = small("busy", 300, deflate_on_oom);
+    busy.stats_lag = 1;
+    let mut idle = small("idle", 20, deflate_on_oom);
+    idle.stats_lag = 1;
+    World::new(vec![busy, idle], 600)
 }
 
 #[derive(Debug)]
@@ -86,7 +113,12 @@ impl World {
             host_total: Bytes::from_mib(pool_mib) + cfg.host_reserve,
             now: Millis(1_000_000),
             cfg,
-            policy: MemoryPolicy::new(),
+            policy: {
+                // It ticks every second.
+                let mut p = MemoryPolicy::new();
+                p.set_tick(1000);
+                p
+            },
         }
     }
 
@@ -112,19 +144,22 @@ impl World {
                     id: g.id.clone(),
                     state: g.state,
                     balloon: g.balloon.then(|| Balloon {
-                        current: g.current,
+                        current: g.reads.unwrap_or(g.current),
                         maximum: g.maximum,
                         stats: g.stats.then(|| {
-                            let size = if g.lagging { g.stats_size } else { g.current };
+                            let (size, used) = match g.stats_lag {
+                                0 => (g.current, g.used),
+                                n => g.history.get(n - 1).or(g.history.back()).copied().unwrap_or((g.current, g.used)),
+                            };
                             GuestMemStats {
                             total: if g.deflate_on_oom { g.maximum } else { size } - g.overhead,
-                            unused: size - g.overhead - g.used,
-                            usable: size - g.overhead - g.used,
+                            unused: size.saturating_sub(g.overhead + used),
+                            usable: size.saturating_sub(g.overhead + used),
                             swap_in: Bytes::ZERO,
                             swap_out: g.swap_out,
                             major_faults: g.major_faults,
                             oom_kills: Some(0),
-                            last_update: Some(self.now.0 / 1000 - g.lagging as u64),
+                            last_update: Some(self.now.0 / 1000 - g.stats_lag as u64),
                         }}),
                         features: BalloonFeatures { deflate_on_oom: g.deflate_on_oom, free_page_reporting: false },
                         host_rss: g.untouched.map(|u| g.current.saturating_sub(u)),
@@ -147,7 +182,8 @@ impl World {
     fn tick(&mut self) -> MemoryDecision {
         self.now = self.now.plus(1_000);
         for g in &mut self.guests {
-            g.stats_size = g.current;
+            g.history.push_front((g.current, g.used));
+            g.history.truncate(8);
             if let (Some(t), false) = (g.pending, g.stall) {
                 g.current = t + g.lands_off;
                 g.pending = None;

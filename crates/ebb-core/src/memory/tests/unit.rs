@@ -7,11 +7,7 @@ use crate::policy::ActionError;
 fn the_floor_keeps_the_guest_kernels_own_memory() {
     // Two idle guests in a tiny pool: both go to their floors. The one
     // whose kernel holds 56 MiB outside MemTotal keeps that on top.
-    let mut plain = guest("plain", 512, 100);
-    plain.settings.min = None;
-    let mut kernel = guest("kernel", 512, 100);
-    kernel.overhead = Bytes::from_mib(56);
-    let mut w = World::new(vec![plain, kernel], 400);
+    let mut w = World::new(vec![guest("plain", 512, 100), small("kernel", 100, false)], 400);
     let d = w.run(40);
     let floor = |n: &str| view(&d, n).floor.unwrap();
     assert_eq!(floor("kernel"), floor("plain") + Bytes::from_mib(56));
@@ -26,13 +22,7 @@ fn the_floor_keeps_the_guest_kernels_own_memory() {
 fn lagging_stats_never_sink_a_loaded_guests_floor() {
     // Stats a tick behind the balloon make (size − MemTotal) read low
     // while shrinking; the floor must hold at used + headroom + kernel.
-    let mut busy = guest("busy", 512, 300);
-    busy.overhead = Bytes::from_mib(56);
-    busy.lagging = true;
-    let mut idle = guest("idle", 512, 20);
-    idle.overhead = Bytes::from_mib(56);
-    idle.lagging = true;
-    let mut w = World::new(vec![busy, idle], 600);
+    let mut w = lagging_busy_and_idle(false);
     let floor = Bytes::from_mib(300 + 64 + 56);
     for _ in 0..30 {
         w.tick();
