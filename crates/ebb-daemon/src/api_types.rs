@@ -93,6 +93,10 @@ pub struct HostSleepView {
     pub last_wake: Option<(Millis, String)>,
     pub sleeps_total: u64,
     pub wakes_total: u64,
+    /// The farm's last wake of this host (its `woke` key): from the
+    /// coordinator's first send to this agent's `awake`, in ms.
+    #[serde(default)]
+    pub last_wake_took_ms: Option<u64>,
 }
 
 /// `ebb power`.

@@ -29,6 +29,9 @@ pub fn render(s: &Snapshot) -> String {
         gauge("ebb_host_asleep", "1 while the host sleeps (or its sleep is recorded) for want of clients.", "gauge", (h.state != "awake" && h.state != "draining") as u8 as f64);
         gauge("ebb_host_sleeps_total", "Times the host went to sleep for want of clients.", "counter", h.sleeps_total as f64);
         gauge("ebb_host_wakes_total", "Times the host woke from such a sleep.", "counter", h.wakes_total as f64);
+        if let Some(ms) = h.last_wake_took_ms {
+            gauge("ebb_host_last_wake_seconds", "The farm's last wake of the host: the coordinator's first send to the agent's awake.", "gauge", ms as f64 / 1000.0);
+        }
     }
     if let Some(p) = &st.power {
         let low = matches!(p.state, Some(ebb_core::power::PowerState::Low(_)));

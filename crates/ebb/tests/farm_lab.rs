@@ -156,6 +156,8 @@ async fn a_farm_sleeps_the_hosts_without_clients_and_gateway_clients_wake_theirs
     until("the wake recorded", Duration::from_secs(5), || woke("h1").is_some(), why);
     let w = woke("h1").unwrap();
     assert!(w.by.starts_with(&format!("by wol: Wake-on-LAN magic packet for {} sent to {BROADCAST}:9", h1.mac)), "{w:?}");
+    let latency = format!("ebb_host_last_wake_seconds {}", w.took_ms as f64 / 1000.0);
+    until("h1's metrics show the farm's wake latency", Duration::from_secs(5), || a1.text(&["metrics"]).contains(&latency), why);
     assert_eq!(coord.log().matches("waking host h1").count(), 1, "{}", coord.log());
     println!("h1 woke: {w:?}");
     drop(session);

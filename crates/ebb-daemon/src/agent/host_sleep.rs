@@ -124,6 +124,7 @@ impl HostSleep {
             last_wake: self.last_wake.clone(),
             sleeps_total: self.counted.0,
             wakes_total: self.counted.1,
+            last_wake_took_ms: self.in_farm.as_ref().and_then(|h| h.borrow().as_ref().and_then(|v| v.woke.as_ref().map(|w| w.took_ms))),
         })
     }
 }
