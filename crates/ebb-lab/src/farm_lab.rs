@@ -355,24 +355,22 @@ fn nic(h: &FarmHost, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>> {
 }
 
 /// The host's power rail: a thread that thaws the host's group when its
-/// BMC powers its placeholder domain on (seen off, then running), and at
-/// once once `keep_thawed` is set. Outside the group, as a BMC is outside
-/// the suspended host.
+/// BMC has powered its placeholder domain on while the group is frozen (the
+/// suspend powers it off before it freezes), and at once once
+/// `keep_thawed` is set. Outside the group, as a BMC is outside the
+/// suspended host.
 fn power_rail(h: &FarmHost, stop: Arc<AtomicBool>, keep_thawed: Arc<AtomicBool>) -> Result<JoinHandle<()>> {
     let conn = virt::connect::Connect::open(Some(crate::bmc::URI)).map_err(|e| format!("cannot connect to {}: {e}", crate::bmc::URI))?;
     let dom = conn.lookup_domain_by_name(h.power.name()).map_err(|e| format!("no domain {}: {e}", h.power.name()))?;
     let (state, power_ons) = (h.cgroup.join("freezer.state"), h.power_ons.clone());
     Ok(std::thread::spawn(move || {
         let _conn = conn;
-        let mut was_on = true;
         while !stop.load(Ordering::SeqCst) {
-            let on = dom.is_active().unwrap_or(was_on);
-            if on && !was_on {
+            let frozen = std::fs::read_to_string(&state).is_ok_and(|s| s.trim() == "FROZEN");
+            if frozen && dom.is_active().unwrap_or(false) {
                 power_ons.fetch_add(1, Ordering::SeqCst);
                 let _ = std::fs::write(&state, "THAWED");
-            }
-            was_on = on;
-            if keep_thawed.load(Ordering::SeqCst) && std::fs::read_to_string(&state).is_ok_and(|s| s.trim() != "THAWED") {
+            } else if keep_thawed.load(Ordering::SeqCst) && std::fs::read_to_string(&state).is_ok_and(|s| s.trim() != "THAWED") {
                 let _ = std::fs::write(&state, "THAWED");
             }
             std::thread::sleep(Duration::from_millis(100));

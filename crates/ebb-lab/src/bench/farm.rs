@@ -80,31 +80,45 @@ async fn wake_by_method(rounds: usize) -> Result<(), String> {
     // Dropped before the agents: a frozen agent cannot be stopped.
     let _thaw = farm.thaw_guard();
     let mut took: Vec<(&str, Vec<Duration>)> = cases.iter().map(|c| (c.2, Vec::new())).collect();
+    let mut to_sleep = Vec::new();
     for _ in 0..rounds {
         for (i, (h, port, method, _)) in cases.iter().enumerate() {
-            let asleep = || {
-                let view = farm_lab::farm_view(&exe, etcd.url()).ok();
-                let state = view.and_then(|v| v.hosts.into_iter().find(|v| v.name == h.name)).and_then(|v| v.state);
-                state == Some(HostState::Sleeping) && h.freezer_state() == "FROZEN"
-            };
+            // Asleep: frozen (seen within 20 ms) and `sleeping` in etcd,
+            // whose `slept` says when the agent decided.
             let started = Instant::now();
-            while !asleep() {
+            let slept = loop {
                 if started.elapsed() > Duration::from_secs(60) {
                     return Err(format!("{} did not sleep within 60 s", h.name));
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+                if h.freezer_state() != "FROZEN" {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                let frozen_at = ebb_core::Millis(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
+                let view = farm_lab::farm_view(&exe, etcd.url())?;
+                let host = view.hosts.into_iter().find(|v| v.name == h.name);
+                match host.filter(|v| v.state == Some(HostState::Sleeping)).and_then(|v| v.slept) {
+                    Some(s) => break frozen_at.since(s.at),
+                    None => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            };
+            to_sleep.push(Duration::from_millis(slept));
             let (session, banner) = tokio::task::block_in_place(|| farm_lab::rfb_session(COORD_IP, *port)).map_err(|e| format!("a client of {} by {method}: {e}", h.name))?;
             took[i].1.push(banner);
             drop(session);
         }
     }
-    println!("wake by method on the lab's farm ({rounds} rounds; a VNC client at the gateway, connect to the VM's first byte):");
-    for (method, mut t) in took {
+    let line = |what: &str, mut t: Vec<Duration>| {
         t.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        println!("  {method:<8} median {:>6.0} ms   min {:>6.0} ms   max {:>6.0} ms", ms(t[t.len() / 2]), ms(t[0]), ms(t[t.len() - 1]));
+        println!("  {what:<8} median {:>6.0} ms   min {:>6.0} ms   max {:>6.0} ms", ms(t[t.len() / 2]), ms(t[0]), ms(t[t.len() - 1]));
+    };
+    println!("wake by method on the lab's farm ({rounds} rounds; a VNC client at the gateway, connect to the VM's first byte):");
+    for (method, t) in took {
+        line(method, t);
     }
+    println!("the sleep decision (slept.at in etcd) to the host frozen, its VM saved and `sleeping` in etcd ({} sleeps):", to_sleep.len());
+    line("sleep", to_sleep);
     Ok(())
 }
 
