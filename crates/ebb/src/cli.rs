@@ -369,6 +369,13 @@ pub fn events_table(events: &[Event]) -> String {
     table(&["TIME(UTC)", "VM", "EVENT", "TARGET", "OUTCOME", "WHY"], &rows)
 }
 
+/// One journal entry on a line, as `ebb events --follow` prints it.
+pub fn event_line(e: &Event) -> String {
+    let target = e.target.map(|_| format!(" {}", size(e.target))).unwrap_or_default();
+    let outcome = e.outcome.as_deref().map(|o| format!(" {o}")).unwrap_or_default();
+    format!("{} {} {}{target}{outcome}: {}", clock(e.at), e.vm.as_deref().unwrap_or("-"), e.kind, e.text)
+}
+
 pub fn explain_text(x: &Explain) -> String {
     let mut out = String::new();
     for s in &x.summary {

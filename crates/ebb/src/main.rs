@@ -53,6 +53,9 @@ enum Command {
         vm: Option<String>,
         #[arg(long, default_value_t = 30)]
         limit: usize,
+        /// Then print each new entry as it is journaled (a JSON object a line with --json), until interrupted.
+        #[arg(long, short)]
+        follow: bool,
         #[arg(long)]
         json: bool,
     },
@@ -106,6 +109,13 @@ enum Command {
     },
     /// Prometheus metrics, as the agent serves them at /metrics.
     Metrics,
+    /// Shell completions on stdout, e.g. `ebb completions bash > /usr/share/bash-completion/completions/ebb`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff) on stdout, e.g. `ebb man > /usr/share/man/man1/ebb.1`.
+    Man,
     /// Run a coordinator replica of the farm: replicas elect one leader through etcd; the leader wakes the sleeping hosts clients wait for (IPMI, Redfish, Wake-on-LAN), and with [gateway.VM] sections the replica holds those clients until their host is awake. Stops cleanly on SIGTERM, SIGINT or SIGHUP.
     Coord {
         #[arg(long, short, default_value = "/etc/ebb/ebb.toml")]
@@ -181,9 +191,21 @@ async fn dispatch(args: Args) -> Result<(), String> {
         }
         Command::Status { json } => print_or_json(json, &client.status().await.map_err(e)?, cli::status_text),
         Command::Vms { json } => print_or_json(json, &client.vms().await.map_err(e)?, |v| cli::vms_table(v)),
-        Command::Events { vm, limit, json } => {
+        Command::Events { vm, limit, follow, json } => {
             let events = client.events(vm.as_deref(), limit).await.map_err(e)?;
-            print_or_json(json, &events, |ev| cli::events_table(ev))
+            print_or_json(json, &events, |ev| cli::events_table(ev))?;
+            if follow {
+                follow_events(&client, vm.as_deref(), events.first().map_or(0, |ev| ev.id), json).await?;
+            }
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut <Args as clap::CommandFactory>::command(), "ebb", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Args as clap::CommandFactory>::command());
+            page.render(&mut std::io::stdout()).map_err(|e| format!("cannot write the manual page: {e}"))
         }
         Command::Explain { vm: Some(vm), json, .. } => print_or_json(json, &client.explain(&vm).await.map_err(e)?, cli::explain_text),
         Command::Explain { vm: None, json, .. } => print_or_json(json, &client.explain_host().await.map_err(e)?, cli::explain_text),
@@ -235,4 +257,19 @@ fn print_or_json<T: serde::Serialize>(json: bool, value: &T, text: impl Fn(&T) -
         print!("{}", cli::for_terminal(&text(value)));
     }
     Ok(())
+}
+
+/// Prints the journal's entries after `last` as they come, a poll a second
+/// (the journal's newest first; a poll reads more than a second can add).
+async fn follow_events(client: &Client, vm: Option<&str>, mut last: i64, json: bool) -> Result<(), String> {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let events = client.events(vm, 500).await.map_err(|e| e.to_string())?;
+        let since = last;
+        for ev in events.iter().rev().filter(|ev| ev.id > since) {
+            let line = if json { serde_json::to_string(ev).map_err(|e| e.to_string())? } else { cli::for_terminal(&cli::event_line(ev)).into_owned() };
+            println!("{line}");
+            last = ev.id;
+        }
+    }
 }

@@ -423,3 +423,55 @@ async fn a_heartbeat_keeps_its_client_active_for_its_ttl_and_bad_ones_are_refuse
     assert_eq!(listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["kiosk-2"]);
     w.stop().await;
 }
+
+/// The Grafana dashboard shipped in contrib/grafana queries only metrics
+/// the agent serves: each name in its expressions is in /metrics of an
+/// agent with guests and a power source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_queries_only_metrics_the_agent_serves() {
+    let dashboard: serde_json::Value = serde_json::from_str(include_str!("../../../contrib/grafana/ebb.json")).expect("the dashboard is JSON");
+    fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => m.iter().for_each(|(k, v)| match v {
+                serde_json::Value::String(s) if k == "expr" || k == "query" => out.push(s.clone()),
+                _ => exprs(v, out),
+            }),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| exprs(v, out)),
+            _ => {}
+        }
+    }
+    let mut queries = Vec::new();
+    exprs(&dashboard, &mut queries);
+    let mut names: Vec<String> = queries
+        .iter()
+        .flat_map(|q| q.match_indices("ebb_").map(move |(i, _)| q[i..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect::<String>()))
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 15, "{names:?}");
+
+    let sys = tempfile::tempdir().unwrap();
+    let ac = sys.path().join("class/power_supply/AC");
+    std::fs::create_dir_all(&ac).unwrap();
+    std::fs::write(ac.join("type"), "Mains\n").unwrap();
+    std::fs::write(ac.join("online"), "1\n").unwrap();
+    let sim = SimHypervisor::new(Bytes::from_gib(16));
+    for (name, used) in [("a", 100), ("b", 300)] {
+        sim.add_vm(SimVm { used: Bytes::from_mib(used), ..SimVm::new(name, Bytes::from_mib(1024)) });
+    }
+    let power = format!("[power]\nsysfs = \"{}\"\nidle_watts = 80.0\nmax_watts = 200.0\n", sys.path().display());
+    let w = start_with(sim, "pool = \"2GiB\"", &power).await;
+    w.until("the guests' memory read", |vms, st| (st.power.is_some() && vms.iter().all(|v| v.memory.used.is_some())).then_some(())).await;
+    let served = |m: &str, name: &str| m.lines().any(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = w.client.metrics().await.unwrap();
+        let missing: Vec<&String> = names.iter().filter(|n| !served(&metrics, n)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the dashboard queries metrics the agent does not serve: {missing:?}\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.stop().await;
+}

@@ -402,3 +402,68 @@ fn check_warns_about_managed_guests_whose_balloon_has_no_safety_net() {
     let out = check_output(&config("qemu+unix:///system?socket=/nonexistent/ebb-test.sock"));
     assert!(out.contains("guests: not checked (") && !out.contains("warning:"), "{out}");
 }
+
+/// The subcommands `ebb --help` lists.
+fn subcommands() -> Vec<String> {
+    let help = String::from_utf8(ebb(&["--help"]).stdout).unwrap();
+    let list = help.split("Commands:").nth(1).unwrap().split("Options:").next().unwrap();
+    list.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| *w != "help").map(String::from).collect()
+}
+
+#[test]
+fn completions_and_the_manual_page_cover_every_command() {
+    let commands = subcommands();
+    assert!(commands.len() >= 20 && commands.contains(&"completions".to_string()) && commands.contains(&"farm".to_string()), "{commands:?}");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = ebb(&["completions", shell]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let missing: Vec<&String> = commands.iter().filter(|c| !text.contains(c.as_str())).collect();
+        assert!(missing.is_empty(), "{shell} completions lack {missing:?}");
+    }
+    let bad = ebb(&["completions", "tcsh"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("possible values"));
+    let man = String::from_utf8(ebb(&["man"]).stdout).unwrap();
+    assert!(man.starts_with(".ie") && man.contains(".TH ebb 1"), "{}", &man[..man.len().min(200)]);
+    // Each subcommand is named in the page (roff escapes its dashes).
+    let missing: Vec<&String> = commands.iter().filter(|c| !man.contains(&format!("ebb\\-{c}"))).collect();
+    assert!(missing.is_empty(), "the manual page lacks {missing:?}");
+}
+
+#[test]
+fn events_follow_prints_each_new_entry_as_it_is_journaled() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(dir.path(), "uri = \"test:///default\"\ntick = \"200ms\"", "");
+    wait_for("the test domain", Duration::from_secs(10), || agent.vm("test"));
+    let mut follow = std::process::Command::new(common::EBB)
+        .arg("--socket")
+        .arg(&agent.socket)
+        .args(["events", "--follow", "--json", "--limit", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let out = agent.cli(&["critical", "test", "on"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx.recv_timeout(left).expect("no new entry followed within 10 s");
+        // The first answer is the last entry as an array; each new one is an object on a line.
+        if let Ok(ev) = serde_json::from_str::<ebb_daemon::api_types::Event>(&line) {
+            if ev.kind == "critical" {
+                break ev;
+            }
+        }
+    };
+    assert_eq!(event.vm.as_deref(), Some("test"));
+    let _ = follow.kill();
+    let _ = follow.wait();
+}
