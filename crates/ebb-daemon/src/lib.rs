@@ -15,6 +15,7 @@ pub mod explain;
 pub mod fuzzing;
 pub mod journal;
 pub mod metrics;
+pub mod notify;
 pub mod routes;
 pub mod run;
 pub mod settings;

@@ -73,11 +73,18 @@ pub async fn run_with_clock(mut cfg: Config, connect: Connector, clock: Clock, s
         agent.use_farm_link(link);
     }
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let notifier = crate::notify::Notifier::from_env().map(std::sync::Arc::new);
+    if let Some(n) = &notifier {
+        tokio::spawn(tell_systemd(n.clone(), snapshot.clone()));
+    }
     let app = api::router(ApiState { snapshot, journal: writer.handle(), commands });
     let server = tokio::spawn(api::serve(listener, app, async {
         let _ = api_stopped.await;
     }));
     agent.run(shutdown).await;
+    if let Some(n) = &notifier {
+        n.stopping();
+    }
     // A clean stop leaves the farm at once (the membership lease revoked).
     if let Some(link) = farm {
         link.leave().await;
@@ -87,6 +94,15 @@ pub async fn run_with_clock(mut cfg: Config, connect: Connector, clock: Clock, s
     // The journal's last entries ("ebb stopped") land before ebb exits.
     let _ = tokio::task::spawn_blocking(move || writer.stop()).await;
     Ok(())
+}
+
+/// systemd hears that ebb is ready (the API's socket is bound by now), then
+/// each published snapshot: a status line and, with a watchdog, a ping.
+async fn tell_systemd(n: std::sync::Arc<crate::notify::Notifier>, mut snapshot: tokio::sync::watch::Receiver<std::sync::Arc<crate::api_types::Snapshot>>) {
+    n.ready(&snapshot.borrow_and_update());
+    while snapshot.changed().await.is_ok() {
+        n.ticked(&snapshot.borrow_and_update());
+    }
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit and returns the soft
