@@ -10,6 +10,7 @@ pub mod check;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod doctor;
 pub mod explain;
 #[doc(hidden)]
 pub mod fuzzing;

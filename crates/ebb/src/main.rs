@@ -36,6 +36,11 @@ enum Command {
         #[arg(long, short, default_value = "/etc/ebb/ebb.toml")]
         config: PathBuf,
     },
+    /// Check this host for what the config asks of it (libvirt, each managed guest's balloon and statistics, the guest agent for vcpus_min, the socket's and journal's folders, space for saves, cgroups, the UPS, cpufreq, descriptors): one line each with what to fix; exits non-zero when something blocks a configured feature.
+    Doctor {
+        #[arg(long, short, default_value = "/etc/ebb/ebb.toml")]
+        config: PathBuf,
+    },
     /// The agent's connection, pool and counters.
     Status {
         #[arg(long)]
@@ -179,6 +184,17 @@ async fn dispatch(args: Args) -> Result<(), String> {
         Command::Run { config } => {
             let cfg = Config::load(&config).map_err(|e| e.to_string())?;
             run::run(cfg).await.map_err(|e| e.to_string())
+        }
+        Command::Doctor { config } => {
+            let cfg = Config::load(&config).map_err(|e| e.to_string())?;
+            let findings = tokio::task::spawn_blocking(move || ebb_daemon::doctor::doctor(&cfg)).await.map_err(|e| e.to_string())?;
+            for f in &findings {
+                println!("{}", cli::for_terminal(&f.to_string()));
+            }
+            match findings.iter().filter(|f| f.verdict == ebb_daemon::doctor::Verdict::Blocks).count() {
+                0 => Ok(()),
+                n => Err(format!("{n} finding(s) above block what the config asks for")),
+            }
         }
         Command::Check { config } => {
             let cfg = Config::load(&config).map_err(|e| e.to_string())?;

@@ -467,3 +467,44 @@ fn events_follow_prints_each_new_entry_as_it_is_journaled() {
     let _ = follow.kill();
     let _ = follow.wait();
 }
+
+/// `ebb doctor` on a config (`DIR` in it a scratch folder): exit code, stdout, stderr.
+fn doctor(text: &str) -> (Option<i32>, String, String) {
+    doctor_with(text, |_| {})
+}
+
+/// As `doctor`, after `prepare` has made things in the scratch folder.
+fn doctor_with(text: &str, prepare: impl FnOnce(&std::path::Path)) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    prepare(dir.path());
+    let path = dir.path().join("ebb.toml");
+    std::fs::write(&path, text.replace("DIR", dir.path().to_str().unwrap())).unwrap();
+    let out = ebb(&["doctor", "--config", path.to_str().unwrap()]);
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn doctor_says_what_blocks_a_configured_feature_and_fails_only_then() {
+    // The test driver's domain sends no memory statistics: with memory
+    // management on, that blocks it, and the line says what to set.
+    let (code, out, err) = doctor(&test_driver("", ""));
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(out.contains("ok     libvirt at test:///default answers: 1 domains"), "{out}");
+    assert!(out.contains("BLOCKS test: its guest reports no memory statistics: set <stats period='1'/>"), "{out}");
+    assert!(out.contains("ok     agent.journal:") && out.contains("descriptors: the hard limit"), "{out}");
+    assert!(err.contains("1 finding(s) above block"), "{err}");
+    // Memory management off: nothing blocks, the command succeeds.
+    let (code, out, _) = doctor(&test_driver("", "[memory]\nenabled = false\n"));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("BLOCKS"), "{out}");
+    // libvirt away, a UPS nobody serves, a journal folder that cannot be written: each named.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let text = format!(
+        "[agent]\nuri = \"qemu+unix:///system?socket=/nonexistent/libvirt-sock\"\nsocket = \"DIR/ebb.sock\"\njournal = \"DIR/in-the-way/journal.db\"\n[power]\nups = \"ups@{closed}\"\ntimeout = \"1s\"\n"
+    );
+    let (code, out, _) = doctor_with(&text, |dir| std::fs::write(dir.join("in-the-way"), "").unwrap());
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("BLOCKS libvirt at qemu+unix:///system?socket=/nonexistent/libvirt-sock is not reachable"), "{out}");
+    assert!(out.contains(&format!("BLOCKS UPS ups@{closed} (power.ups): upsd at {closed} is not reachable")), "{out}");
+    assert!(out.contains("BLOCKS agent.journal:") && out.contains("in-the-way is a file, not a folder"), "{out}");
+}
