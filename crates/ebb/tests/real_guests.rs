@@ -123,6 +123,14 @@ fn reclaims_idle_memory_honours_metadata_and_skips_a_guest_without_balloon() {
     assert!(out.status.success() && check.contains(&format!("warning: {a_name}: its balloon has neither")) && !check.contains(&b_name), "{check}");
     let metrics = agent.text(&["metrics"]);
     assert!(metrics.contains(&format!("ebb_vm_memory_actual_bytes{{vm=\"{a_name}\"}}")), "{metrics}");
+    // `ebb doctor` on real guests: the guest without a balloon blocks
+    // memory management for it, the stock one gets advice, b is fine.
+    let out = ebb(&["doctor", "--config", agent.config.to_str().unwrap()]);
+    let doctor = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{doctor}");
+    assert!(doctor.contains(&format!("BLOCKS {nb_name}: no balloon device")), "{doctor}");
+    assert!(doctor.contains(&format!("advice {a_name}: its balloon has neither")), "{doctor}");
+    assert!(doctor.contains(&format!("ok     {b_name}: balloon with statistics")), "{doctor}");
 }
 
 #[test]
