@@ -16,11 +16,17 @@ pub fn unsafe_balloons(cfg: &Config) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for v in obs.vms.iter().filter(|v| cfg.agent.is_ebbs(v.id.as_str())) {
         let Some(risk) = v.balloon.as_ref().and_then(|b| b.features.risk()) else { continue };
-        // Metadata that cannot be read or parsed is ignored, as `ebb run` ignores it.
-        let meta = hv.ebb_metadata(&v.id).ok().flatten().and_then(|xml| settings::parse_metadata(&xml).ok());
-        if settings::resolve(cfg.vm_section(&v.id), meta.as_ref()).settings.managed {
+        if resolve_live(cfg, hv.as_mut(), &v.id).settings.managed {
             out.push(format!("{}: {risk}", v.id));
         }
     }
     Ok(out)
+}
+
+/// A VM's settings as `ebb run` resolves them: the config over the
+/// domain's metadata (metadata that cannot be read or parsed is ignored,
+/// as `ebb run` ignores it).
+pub(crate) fn resolve_live(cfg: &Config, hv: &mut dyn ebb_backends::Hypervisor, vm: &ebb_core::VmId) -> settings::Resolved {
+    let meta = hv.ebb_metadata(vm).ok().flatten().and_then(|xml| settings::parse_metadata(&xml).ok());
+    settings::resolve(cfg.vm_section(vm), meta.as_ref())
 }

@@ -3,7 +3,6 @@
 //! the command fail; advice does not.
 
 use crate::config::Config;
-use crate::settings;
 use ebb_core::{Bytes, VmState};
 use std::fmt;
 use std::path::Path;
@@ -76,8 +75,7 @@ fn guests(cfg: &Config, out: &mut Vec<Finding>) -> Bytes {
     out.push(found(Verdict::Ok, format!("libvirt at {uri} answers: {} domains, {} of them in agent.domains", obs.vms.len(), ours.len())));
     let mut to_save = Bytes::ZERO;
     for v in ours {
-        let meta = hv.ebb_metadata(&v.id).ok().flatten().and_then(|xml| settings::parse_metadata(&xml).ok());
-        let r = settings::resolve(cfg.vm_section(&v.id), meta.as_ref());
+        let r = crate::check::resolve_live(cfg, hv.as_mut(), &v.id);
         if !r.settings.managed {
             continue;
         }

@@ -13,7 +13,7 @@ use crate::now;
 use crate::member::backoff;
 use crate::mirror::{self, ActiveClients};
 use crate::store::Store;
-use crate::view::{host_of, ClientEntry, HostView};
+use crate::view::{host_of, HostView};
 use ebb_core::clients::{ClientKey, ClientKind, Clients};
 use ebb_core::farm::HostState;
 use ebb_core::human::Span;
@@ -89,18 +89,11 @@ impl Mirrors {
             let Some(Some(host)) = routes.get(vm) else { continue };
             let active = per_host.entry(host.as_str()).or_default();
             for v in table.views(at) {
-                active.insert(v.id.clone(), (ClientEntry { vm: v.vm.to_string(), kind: v.kind, remote: v.remote.clone() }, Duration::from_millis(v.ttl_ms)));
+                active.insert(v.id.clone(), mirror::entry_of(&v));
             }
         }
         for (host, tx) in &self.by_host {
-            let active = per_host.remove(host.as_str()).unwrap_or_default();
-            tx.send_if_modified(|held| {
-                let changed = *held != active;
-                if changed {
-                    *held = active;
-                }
-                changed
-            });
+            crate::replace_if_changed(tx, per_host.remove(host.as_str()).unwrap_or_default());
         }
     }
 }

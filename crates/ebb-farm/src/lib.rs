@@ -11,7 +11,7 @@ pub mod gateway;
 mod error;
 pub mod keys;
 pub mod member;
-mod mirror;
+pub mod mirror;
 mod store;
 mod view;
 pub mod wake;
@@ -24,6 +24,18 @@ pub use ebb_core::farm::WakeSettings;
 pub use view::{host_of, ClientEntry, FarmView, HostView, Member, Slept, Woke};
 /// How a client was seen active: the agent's own kinds.
 pub use ebb_core::clients::ClientKind;
+
+/// Puts `value` in `tx` if it differs from what `tx` holds: a change wakes
+/// the receivers (the farm link, a mirror), a repeat does not.
+pub fn replace_if_changed<T: PartialEq>(tx: &tokio::sync::watch::Sender<T>, value: T) {
+    tx.send_if_modified(|held| {
+        let changed = *held != value;
+        if changed {
+            *held = value;
+        }
+        changed
+    });
+}
 
 /// The wall clock as the farm's records carry it (shared by every host).
 pub(crate) fn now() -> ebb_core::Millis {

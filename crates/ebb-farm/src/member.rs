@@ -286,13 +286,7 @@ async fn follow_own(store: &Store, name: &str, host: &watch::Sender<Option<HostV
             return e;
         }
         match store.host(name).await {
-            Ok((view, _)) => {
-                host.send_if_modified(|held| {
-                    let changed = held.as_ref() != Some(&view);
-                    *held = Some(view);
-                    changed
-                });
-            }
+            Ok((view, _)) => crate::replace_if_changed(host, Some(view)),
             Err(e) => return e,
         }
     }

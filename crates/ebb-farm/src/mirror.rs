@@ -18,6 +18,11 @@ use tracing::warn;
 /// its entry and its TTL.
 pub type ActiveClients = BTreeMap<String, (ClientEntry, Duration)>;
 
+/// What a client's key holds, and its TTL, from the client table's view of it.
+pub fn entry_of(v: &ebb_core::clients::ClientView) -> (ClientEntry, Duration) {
+    (ClientEntry { vm: v.vm.to_string(), kind: v.kind, remote: v.remote.clone() }, Duration::from_millis(v.ttl_ms))
+}
+
 /// A client's key as etcd holds it.
 #[derive(Debug, Clone)]
 struct Held {

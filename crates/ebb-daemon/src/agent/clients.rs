@@ -132,32 +132,13 @@ impl Agent {
     /// The VMs this host runs, for the farm link to keep in the host's
     /// `vms` key (the gateway's routing); a change wakes the link.
     pub(super) fn offer_vms_to_farm(&self, vms: &[VmInfo]) {
-        let names: Vec<String> = vms.iter().map(|v| v.name.clone()).collect();
-        self.farm_vms.send_if_modified(|held| {
-            let changed = held.as_ref() != Some(&names);
-            if changed {
-                *held = Some(names);
-            }
-            changed
-        });
+        ebb_farm::replace_if_changed(&self.farm_vms, Some(vms.iter().map(|v| v.name.clone()).collect()));
     }
 
     /// The active clients, for the farm link to keep one leased key each in
     /// etcd (the seed's timer); a change wakes the link, a repeat does not.
     pub(super) fn offer_clients_to_farm(&self, views: &[ClientView]) {
-        let active: ebb_farm::ActiveClients = views
-            .iter()
-            .map(|v| {
-                let entry = ebb_farm::ClientEntry { vm: v.vm.to_string(), kind: v.kind, remote: v.remote.clone() };
-                (ClientKey::new(v.kind, v.id.clone()).to_string(), (entry, std::time::Duration::from_millis(v.ttl_ms)))
-            })
-            .collect();
-        self.farm_clients.send_if_modified(|held| {
-            let changed = *held != active;
-            if changed {
-                *held = active;
-            }
-            changed
-        });
+        let active = views.iter().map(|v| (ClientKey::new(v.kind, v.id.clone()).to_string(), ebb_farm::mirror::entry_of(v))).collect();
+        ebb_farm::replace_if_changed(&self.farm_clients, active);
     }
 }
