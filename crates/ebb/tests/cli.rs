@@ -450,6 +450,9 @@ fn events_follow_prints_each_new_entry_as_it_is_journaled() {
             let _ = tx.send(line);
         }
     });
+    // Its first answer (the last entry) printed, it follows what comes after:
+    // an entry journaled before that answer would be in it, not followed.
+    rx.recv_timeout(Duration::from_secs(10)).expect("the first answer within 10 s");
     let out = agent.cli(&["critical", "test", "on"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
