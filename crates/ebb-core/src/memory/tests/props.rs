@@ -92,7 +92,10 @@ proptest! {
         let mut w = World::new(gs, total * pool_pct / 100);
         let d = w.run(60);
         prop_assert!(view(&d, "high").entitlement >= view(&d, "low").entitlement);
-        prop_assert!(w.current("high") >= w.current("low"));
+        // Sizes settle within the dead band of their targets (ebb does not
+        // move a balloon for less): a share more may end a band's width lower.
+        let (high, low) = (w.current("high"), w.current("low"));
+        prop_assert!(high + w.cfg.dead_band >= low, "high {} low {}", high.0, low.0);
     }
 
     #[test]
