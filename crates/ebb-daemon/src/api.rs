@@ -22,12 +22,12 @@ use tracing::warn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("another ebb is already serving {0}: stop it first, or set agent.socket to another path")]
-    InUse(PathBuf),
-    #[error("agent.socket {path} exists and is {what}, not a socket: ebb never removes it; set agent.socket to another path")]
-    NotASocket { path: PathBuf, what: &'static str },
-    #[error("agent.socket is empty: give the path of the API's unix socket (default {})", crate::config::DEFAULT_SOCKET)]
-    Empty,
+    #[error("another ebb is already serving {path}: stop it first, or set {field} to another path")]
+    InUse { path: PathBuf, field: &'static str },
+    #[error("{field} {path} exists and is {what}, not a socket: ebb never removes it; set {field} to another path")]
+    NotASocket { path: PathBuf, what: &'static str, field: &'static str },
+    #[error("{0} is empty: give the path of a unix socket (agent.socket's default is {default})", default = crate::config::DEFAULT_SOCKET)]
+    Empty(&'static str),
     #[error("cannot listen on {path}: {source}")]
     Bind { path: PathBuf, source: std::io::Error },
 }
@@ -71,22 +71,22 @@ pub const MAX_API_CONNECTIONS: usize = 256;
 
 /// Binds the socket with mode 0660 (group `gid` when given), replacing a
 /// stale socket left by a crashed agent, but never a live one and never
-/// anything that is not a socket.
-pub async fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, ServeError> {
+/// anything that is not a socket. `field` is the config's name for it.
+pub async fn bind(path: &Path, gid: Option<u32>, field: &'static str) -> Result<UnixListener, ServeError> {
     use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
     if path.as_os_str().is_empty() {
         // Linux would bind an abstract socket that no file mode protects.
-        return Err(ServeError::Empty);
+        return Err(ServeError::Empty(field));
     }
     let bind_err = |source| ServeError::Bind { path: path.to_owned(), source };
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => match tokio::net::UnixStream::connect(path).await {
-            Ok(_) => return Err(ServeError::InUse(path.to_owned())),
+            Ok(_) => return Err(ServeError::InUse { path: path.to_owned(), field }),
             // Nobody listens: a crashed agent's socket.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => std::fs::remove_file(path).map_err(bind_err)?,
             Err(e) => return Err(bind_err(e)),
         },
-        Ok(meta) => return Err(ServeError::NotASocket { path: path.to_owned(), what: file_kind(&meta.file_type()) }),
+        Ok(meta) => return Err(ServeError::NotASocket { path: path.to_owned(), what: file_kind(&meta.file_type()), field }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(bind_err(e)),
     }
@@ -141,19 +141,40 @@ impl Drop for Unbind {
     }
 }
 
+/// What the API is served on: the agent's unix socket, or the web view's
+/// socket or TCP port.
+pub trait Listener: Send + 'static {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn next_connection(&self) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Listener for UnixListener {
+    type Io = tokio::net::UnixStream;
+    fn next_connection(&self) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send {
+        async move { self.accept().await.map(|(s, _)| s) }
+    }
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    fn next_connection(&self) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send {
+        async move { self.accept().await.map(|(s, _)| s) }
+    }
+}
+
 /// Serves the API until `stop`: HTTP/1.1 with a bound on the time to send a
 /// request head and on the connections served at once, so a client that
 /// opens connections and sends nothing cannot hold the agent's memory or
 /// descriptors.
-pub async fn serve(listener: UnixListener, app: Router, stop: impl std::future::Future<Output = ()>) {
+pub async fn serve<L: Listener>(listener: L, app: Router, stop: impl std::future::Future<Output = ()>) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let slots = Arc::new(Semaphore::new(MAX_API_CONNECTIONS));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(stop);
     loop {
         let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+            r = listener.next_connection() => match r {
+                Ok(stream) => stream,
                 Err(e) => {
                     // Out of descriptors, most likely: the backlog keeps them.
                     warn!("the API could not accept a connection: {e}");
@@ -180,7 +201,7 @@ pub async fn serve(listener: UnixListener, app: Router, stop: impl std::future::
     let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
 }
 
-async fn refuse_busy(mut stream: tokio::net::UnixStream) {
+async fn refuse_busy(mut stream: impl tokio::io::AsyncWrite + Unpin) {
     use tokio::io::AsyncWriteExt;
     let body = format!(r#"{{"error":"the agent serves {MAX_API_CONNECTIONS} API connections already: try again in a moment"}}"#);
     let reply = format!(

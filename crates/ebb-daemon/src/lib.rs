@@ -20,4 +20,5 @@ pub mod notify;
 pub mod routes;
 pub mod run;
 pub mod settings;
+pub mod web;
 pub mod words;

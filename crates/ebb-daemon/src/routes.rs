@@ -19,6 +19,11 @@ pub const HEARTBEAT: &str = "/v1/clients/{name}/heartbeat";
 /// Takes `vm` and `limit` as query parameters.
 pub const EVENTS: &str = "/v1/events";
 pub const METRICS: &str = "/metrics";
+/// The web view's live feed (server-sent events) and the page's assets.
+pub const STREAM: &str = "/v1/stream";
+pub const WEB_PAGE: &str = "/";
+pub const WEB_SCRIPT: &str = "/ebb.js";
+pub const WEB_STYLE: &str = "/ebb.css";
 
 /// `template` with each `{…}` replaced by the next of `args`, percent-encoded.
 pub fn fill(template: &str, args: &[&str]) -> String {

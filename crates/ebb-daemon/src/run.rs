@@ -46,8 +46,9 @@ pub async fn run_with_clock(mut cfg: Config, connect: Connector, clock: Clock, s
     // The socket first: a second agent on the same config is told another
     // serves this socket; one with its own socket, that the journal is taken.
     let gid = cfg.agent.socket_gid()?;
-    let listener = api::bind(&cfg.agent.socket, gid).await?;
+    let listener = api::bind(&cfg.agent.socket, gid, "agent.socket").await?;
     let _socket = api::Unbind(cfg.agent.socket.clone());
+    let web = crate::web::bind(&cfg).await?;
     let _lock = JournalLock::acquire(&cfg.agent.journal)?;
     let plan = FdPlan::for_limit(raise_fd_limit());
     info!("file descriptors: {plan}");
@@ -72,15 +73,20 @@ pub async fn run_with_clock(mut cfg: Config, connect: Connector, clock: Clock, s
     if let Some(link) = &farm {
         agent.use_farm_link(link);
     }
-    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = api_stopped.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
     let notifier = crate::notify::Notifier::from_env().map(std::sync::Arc::new);
     if let Some(n) = &notifier {
         tokio::spawn(tell_systemd(n.clone(), snapshot.clone()));
     }
-    let app = api::router(ApiState { snapshot, journal: writer.handle(), commands });
-    let server = tokio::spawn(api::serve(listener, app, async {
-        let _ = api_stopped.await;
-    }));
+    let api_state = ApiState { snapshot, journal: writer.handle(), commands };
+    let web = web.map(|w| w.serve(api_state.clone(), stopped()));
+    let server = tokio::spawn(api::serve(listener, api::router(api_state), stopped()));
     agent.run(shutdown).await;
     if let Some(n) = &notifier {
         n.stopping();
@@ -89,8 +95,11 @@ pub async fn run_with_clock(mut cfg: Config, connect: Connector, clock: Clock, s
     if let Some(link) = farm {
         link.leave().await;
     }
-    let _ = stop_api.send(());
+    let _ = stop_api.send(true);
     let _ = server.await;
+    if let Some(web) = web {
+        let _ = web.await;
+    }
     // The journal's last entries ("ebb stopped") land before ebb exits.
     let _ = tokio::task::spawn_blocking(move || writer.stop()).await;
     Ok(())

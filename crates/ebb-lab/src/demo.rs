@@ -24,6 +24,14 @@ pub struct DemoArgs {
     /// MiB the busy guest's workload allocates.
     #[arg(long, default_value_t = 300)]
     pub workload_mib: u64,
+    /// Serve the live web view at this address during the demo (e.g.
+    /// 127.0.0.1:8740); its URL, with a fresh write token, is printed.
+    #[arg(long, value_name = "ADDR")]
+    pub web: Option<String>,
+    /// After the demo, keep the guests and the agent (and the web view)
+    /// until Ctrl-C, to look around.
+    #[arg(long)]
+    pub stay: bool,
 }
 
 const PREFIX: &str = "ebb-demo-";
@@ -64,7 +72,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         socket.display(),
         dir.path().join("journal.db").display(),
         POOL.0 >> 20,
-    );
+    ) + &web_section(&args, dir.path())?;
     let cfg = Config::parse(&cfg_text).map_err(|e| format!("demo config: {e}"))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run_with(cfg, libvirt_connector(), async {
@@ -74,6 +82,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !socket.exists() && Instant::now() < deadline && !agent.is_finished() {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(addr) = &args.web {
+        let token = std::fs::read_to_string(dir.path().join("web.token")).unwrap_or_default();
+        say(&format!("the web view: http://{addr}/?token={}", token.trim()));
     }
     let mut screen = Screen { tty: !args.no_tty, started, last_line: Instant::now() - Duration::from_secs(60) };
 
@@ -135,6 +147,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     }
     .await;
 
+    if args.stay {
+        say("the demo is over; the guests and the agent stay until Ctrl-C");
+        let _ = tokio::signal::ctrl_c().await;
+    }
     let events = client.events(None, 10_000).await.unwrap_or_default();
     let actions = events.iter().filter(|e| e.kind == "set_balloon_target").count();
     let _ = stop.send(());
@@ -150,6 +166,20 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         }
         Err(e) => Err(format!("demo failed: {e}")),
     }
+}
+
+/// `[web]` with a fresh write token (a file in `dir`, root's alone), or
+/// nothing without `--web`.
+fn web_section(args: &DemoArgs, dir: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(addr) = &args.web else { return Ok(String::new()) };
+    let mut random = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random)).map_err(|e| format!("cannot read /dev/urandom for the web token: {e}"))?;
+    let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join("web.token");
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).and_then(|mut f| f.write_all(token.as_bytes())).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(format!("[web]\nlisten = \"{addr}\"\nwrite_token_file = \"{}\"\n", path.display()))
 }
 
 struct Screen {

@@ -475,3 +475,103 @@ async fn the_grafana_dashboard_queries_only_metrics_the_agent_serves() {
     }
     w.stop().await;
 }
+
+/// One HTTP/1.1 exchange on loopback: the status and the body.
+fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: localhost\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    (status, body)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn token_file(dir: &std::path::Path, name: &str, token: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_view_serves_the_api_behind_its_tokens_and_streams_the_agent() {
+    const READ: &str = "read-token-0123456789abcdef";
+    const WRITE: &str = "write-token-0123456789abcdef";
+    let tokens = tempfile::tempdir().unwrap();
+    let (read, write) = (token_file(tokens.path(), "read", READ), token_file(tokens.path(), "write", WRITE));
+    let port = free_port();
+    let sim = SimHypervisor::new(Bytes::from_gib(8));
+    sim.add_vm(SimVm { used: Bytes::from_mib(200), ..SimVm::new("web", Bytes::from_mib(1024)) });
+    let web = format!("[web]\nlisten = \"127.0.0.1:{port}\"\nread_token_file = \"{}\"\nwrite_token_file = \"{}\"\n", read.display(), write.display());
+    let w = start_with(sim, "pool = \"2GiB\"", &web).await;
+    w.until("a target", |vms, _| vms.first()?.memory.target.map(|_| ())).await;
+    let port_ = port;
+    let (page, no_token, wrong, vms, act_read, act_write, stream) = tokio::task::spawn_blocking(move || {
+        let port = port_;
+        (
+            http(port, "GET", "/", None),
+            http(port, "GET", "/v1/vms", None),
+            http(port, "GET", "/v1/vms", Some("read-token-0123456789abcdeX")),
+            http(port, "GET", "/v1/vms", Some(READ)),
+            http(port, "POST", "/v1/vms/web/critical/on", Some(READ)),
+            http(port, "POST", "/v1/vms/web/critical/on", Some(WRITE)),
+            first_stream_events(port, READ),
+        )
+    })
+    .await
+    .unwrap();
+    // The page loads without a token (it holds nothing of the host) and
+    // asks for one; everything else needs it.
+    assert_eq!(page.0, 200);
+    assert!(page.1.contains("/ebb.js"), "{}", page.1);
+    assert_eq!(no_token.0, 401, "{no_token:?}");
+    assert!(no_token.1.contains("not accepted"), "{no_token:?}");
+    assert_eq!(wrong.0, 401, "{wrong:?}");
+    assert_eq!(vms.0, 200, "{vms:?}");
+    let served: Vec<VmInfo> = serde_json::from_str(&vms.1).unwrap();
+    assert_eq!(served[0].name, "web");
+    assert_eq!(act_read.0, 403, "a read token may not act: {act_read:?}");
+    assert!(act_read.1.contains("write token"), "{act_read:?}");
+    assert_eq!(act_write.0, 200, "{act_write:?}");
+    assert!(w.events().await.iter().any(|e| e.kind == "critical" && e.vm.as_deref() == Some("web")), "the write token's action was carried out");
+    // The stream says what the token may do, then the hour so far, the
+    // agent's snapshot (the API's own type) and the journal.
+    let names: Vec<&str> = stream.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[..4], ["hello", "history", "snapshot", "events"], "{names:?}");
+    assert_eq!(stream[0].1["write"], false);
+    let snap: ebb_daemon::api_types::Snapshot = serde_json::from_value(stream[2].1.clone()).unwrap();
+    assert_eq!(snap.vms[0].name, "web");
+    assert!(stream[3].1.as_array().is_some_and(|e| !e.is_empty()), "the journal's entries: {:?}", stream[3].1);
+    w.stop().await;
+}
+
+/// The stream's first four events, by name with their data.
+fn first_stream_events(port: u16, token: &str) -> Vec<(String, serde_json::Value)> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /v1/stream?token={token} HTTP/1.1\r\nhost: localhost\r\n\r\n").unwrap();
+    let mut events = vec![];
+    let mut name = String::new();
+    for line in BufReader::new(s).lines() {
+        let line = line.unwrap();
+        if let Some(n) = line.strip_prefix("event: ") {
+            name = n.to_string();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            events.push((name.clone(), serde_json::from_str(data).unwrap()));
+            if events.len() == 4 {
+                break;
+            }
+        }
+    }
+    events
+}

@@ -73,7 +73,8 @@ fn reclaims_idle_memory_honours_metadata_and_skips_a_guest_without_balloon() {
 
     let pool = Bytes::from_mib(700);
     let (agent_lines, rest) = agent_config(prefix, "pool = \"700MiB\"");
-    let agent = AgentProc::start(dir.path(), &agent_lines, &rest);
+    let web_port = free_port();
+    let agent = AgentProc::start(dir.path(), &agent_lines, &format!("{rest}\n{}", web_section(dir.path(), web_port)));
     let names = [a_name.as_str(), b_name.as_str()];
     let vms = fit_the_pool(&agent, "the guests to fit the pool", &names, pool);
     let (va, vb) = (find(&vms, &a_name), find(&vms, &b_name));
@@ -131,6 +132,97 @@ fn reclaims_idle_memory_honours_metadata_and_skips_a_guest_without_balloon() {
     assert!(doctor.contains(&format!("BLOCKS {nb_name}: no balloon device")), "{doctor}");
     assert!(doctor.contains(&format!("advice {a_name}: its balloon has neither")), "{doctor}");
     assert!(doctor.contains(&format!("ok     {b_name}: balloon with statistics")), "{doctor}");
+
+    the_web_view_shows_the_agent_in_a_browser(&agent, web_port, &b_name);
+}
+
+const READ_TOKEN: &str = "read-token-0123456789abcdef";
+const WRITE_TOKEN: &str = "write-token-0123456789abcdef";
+
+/// `[web]` on 127.0.0.1:`port`, its token files (root's alone) in `dir`.
+fn web_section(dir: &std::path::Path, port: u16) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let file = |name: &str, token: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, token).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.display().to_string()
+    };
+    format!(
+        "[web]\nlisten = \"127.0.0.1:{port}\"\nread_token_file = \"{}\"\nwrite_token_file = \"{}\"\n",
+        file("web-read.token", READ_TOKEN),
+        file("web-write.token", WRITE_TOKEN)
+    )
+}
+
+/// The VMs' numbers as the page shows them (each row's data-value cells).
+const PAGE_VMS: &str = "[...document.querySelectorAll('#vms tbody tr')].map(r => Object.assign({name: r.dataset.vm}, \
+    Object.fromEntries([...r.querySelectorAll('td[data-value]')].map(td => [td.dataset.field, td.dataset.value]))))";
+
+fn page_numbers(v: &VmInfo) -> serde_json::Value {
+    let b = |x: Option<Bytes>| x.map_or(String::new(), |b| b.0.to_string());
+    let m = &v.memory;
+    let state = if v.sleeping.is_some() { "asleep".to_string() } else { serde_json::to_value(v.state).unwrap().as_str().unwrap().to_string() };
+    serde_json::json!({"name": v.name, "state": state, "actual": b(m.actual), "target": b(m.target), "used": b(m.used), "entitlement": b(m.entitlement), "shares": v.settings.shares.to_string()})
+}
+
+/// The web view in headless Chromium against this agent (issue 14): a wrong
+/// token is refused; the read token shows every VM with the numbers `ebb vms
+/// --json` gives, the memory chart, and no actions; the write token's Sleep
+/// button puts `sleeper` to sleep and the page shows it within 2 s of the
+/// agent's answer, then Wake brings it back. Screenshots stay in
+/// target/screenshots/ to look at.
+fn the_web_view_shows_the_agent_in_a_browser(agent: &AgentProc, port: u16, sleeper: &str) {
+    use ebb_lab::browser::{screenshot_dir, Browser};
+    let shots = screenshot_dir();
+    let url = |token: &str| format!("http://127.0.0.1:{port}/?token={token}");
+    let mut browser = Browser::launch().expect("chromium (scripts/setup-host.sh installs it)");
+
+    let mut page = browser.open(&url("read-token-0123456789abcdeX")).unwrap();
+    page.wait_for("!document.getElementById('login').hidden", Duration::from_secs(10)).unwrap();
+    let why = page.eval("document.getElementById('login-why').textContent").unwrap();
+    assert!(why.as_str().unwrap_or("").contains("not accepted"), "{why}");
+    page.screenshot(&shots.join("web-wrong-token.png")).unwrap();
+
+    let mut page = browser.open(&url(READ_TOKEN)).unwrap();
+    assert_eq!(page.status(), Some(200));
+    page.wait_for("document.querySelectorAll('#vms tbody tr').length === 3", Duration::from_secs(20)).unwrap();
+    // The page and the CLI read the same snapshot type; they agree once
+    // both have read the same tick.
+    let mut seen = serde_json::Value::Null;
+    let agreed = (0..40).any(|_| {
+        let cli: Vec<serde_json::Value> = agent.json::<Vec<VmInfo>>(&["vms"]).iter().map(page_numbers).collect();
+        seen = page.eval(&format!("JSON.stringify({PAGE_VMS})")).unwrap();
+        let shown: Vec<serde_json::Value> = serde_json::from_str(seen.as_str().unwrap()).unwrap();
+        if shown == cli {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        false
+    });
+    assert!(agreed, "the page's numbers never matched `ebb vms --json`; the page: {seen}");
+    assert_eq!(page.eval("document.querySelectorAll('button[data-action]').length").unwrap(), 0, "a read token shows no actions");
+    page.wait_for("Number(document.getElementById('memory-chart').dataset.points) >= 1 && document.querySelectorAll('#memory-chart polygon').length >= 2", Duration::from_secs(15)).unwrap();
+    page.wait_for("document.querySelectorAll('#journal tbody tr[data-kind=set_balloon_target]').length >= 1", Duration::from_secs(5)).unwrap();
+    page.screenshot(&shots.join("web-vms.png")).unwrap();
+
+    let mut page = browser.open(&url(WRITE_TOKEN)).unwrap();
+    let row = format!("document.querySelector('#vms tr[data-vm=\"{sleeper}\"]')");
+    page.wait_for(&format!("{row} && {row}.querySelector('button[data-action=sleep]')"), Duration::from_secs(20)).unwrap();
+    page.eval(&format!("{row}.querySelector('button[data-action=sleep]').click()")).unwrap();
+    // The answer comes once the VM is saved; the page shows it asleep within 2 s of that.
+    page.wait_for("/: done/.test(document.getElementById('action-result').textContent)", Duration::from_secs(90)).unwrap();
+    let shown = page.wait_for(&format!("{row}.querySelector('[data-field=state]').dataset.value === 'asleep'"), Duration::from_secs(2));
+    let took = shown.unwrap_or_else(|e| panic!("the page did not show the sleep within 2 s: {e}"));
+    println!("the page showed the sleep {} ms after the agent's answer", took.as_millis());
+    assert!(agent.vm(sleeper).unwrap().sleeping.is_some());
+    page.wait_for(&format!("document.querySelector('#timeline rect[data-vm=\"{sleeper}\"]') !== null"), Duration::from_secs(5)).unwrap();
+    page.screenshot(&shots.join("web-asleep.png")).unwrap();
+    page.eval(&format!("{row}.querySelector('button[data-action=wake]').click()")).unwrap();
+    page.wait_for(&format!("document.querySelector('#vms tr[data-vm=\"{sleeper}\"] [data-field=state]').dataset.value === 'running'"), Duration::from_secs(60)).unwrap();
+    assert!(agent.vm(sleeper).unwrap().sleeping.is_none());
+    assert_eq!(page.console_errors(), Vec::<String>::new(), "the page threw");
+    println!("screenshots in {}", shots.display());
 }
 
 #[test]

@@ -6,11 +6,13 @@ mod units;
 mod agent;
 mod power;
 mod vm;
+mod web;
 
 pub use units::*;
 pub use agent::*;
 pub use power::*;
 pub use vm::*;
+pub use web::*;
 
 use ebb_core::clients::ClientsConfig;
 use ebb_core::memory::MemoryConfig;
@@ -81,6 +83,9 @@ pub struct Config {
     /// `[farm]`: the farm this host joins through etcd; none: ebb runs alone.
     #[serde(default)]
     pub farm: Option<ebb_core::farm::FarmConfig>,
+    /// `[web]`: the live web view; off unless `listen` is set.
+    #[serde(default)]
+    pub web: WebSection,
     /// Per-VM settings: `[vm.NAME]`. These win over the domain's metadata.
     #[serde(default)]
     pub vm: BTreeMap<String, VmSection>,
@@ -120,6 +125,10 @@ impl Config {
         self.realloc.validate()?;
         self.power.validate()?;
         self.clients.validate()?;
+        self.web.validate()?;
+        if self.web.listen()? == Some(WebListen::Unix(self.agent.socket.clone())) {
+            return Err(FieldError::new("web.listen", format!("web.listen = {:?} is agent.socket's path: give the web view a socket of its own", self.agent.socket.display().to_string())));
+        }
         if let Some(farm) = &self.farm {
             farm.validate()?;
             // The hostname is read here, so `ebb check` refuses what `ebb run` would.

@@ -408,3 +408,50 @@ fn the_farm_section_is_optional_and_checked_and_the_example_holds_its_defaults()
     let e = Config::parse("[farm]\nendpoint = \"http://a:1\"\n").unwrap_err().to_string();
     assert!(e.contains("endpoint"), "{e}");
 }
+
+#[test]
+fn the_web_view_needs_a_token_on_tcp_and_refuses_tokens_anyone_could_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str, mode: u32| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p.display().to_string()
+    };
+    let (good, other, open, short) = (
+        file("good", "0123456789abcdef0123\n", 0o600),
+        file("other", "fedcba9876543210fedc\n", 0o640),
+        file("open", "0123456789abcdef0123\n", 0o644),
+        file("short", "abc\n", 0o600),
+    );
+    // Off by default.
+    assert_eq!(Config::parse("").unwrap().web.listen().unwrap(), None);
+    let e = Config::parse("[web]\nlisten = \"0.0.0.0:8740\"\n").unwrap_err().to_string();
+    assert!(e.starts_with("line 2: web.listen = \"0.0.0.0:8740\" is a TCP address, and a TCP listener needs a token"), "{e}");
+    let ok = Config::parse(&format!("[web]\nlisten = \"127.0.0.1:8740\"\nread_token_file = \"{good}\"\nwrite_token_file = \"{other}\"\n")).unwrap();
+    let tokens = ok.web.tokens().unwrap();
+    assert_eq!((tokens.read.as_deref(), tokens.write.as_deref()), (Some("0123456789abcdef0123"), Some("fedcba9876543210fedc")));
+    assert!(!format!("{tokens:?}").contains("0123"), "a token is never printed");
+    let e = Config::parse(&format!("[web]\nlisten = \"127.0.0.1:8740\"\nread_token_file = \"{open}\"\n")).unwrap_err().to_string();
+    assert!(e.contains("every user may read it (mode 644)"), "{e}");
+    let e = Config::parse(&format!("[web]\nlisten = \"127.0.0.1:8740\"\nread_token_file = \"{short}\"\n")).unwrap_err().to_string();
+    assert!(e.contains("at least 16 printable characters"), "{e}");
+    let e = Config::parse(&format!("[web]\nlisten = \"127.0.0.1:8740\"\nread_token_file = \"{good}\"\nwrite_token_file = \"{good}\"\n")).unwrap_err().to_string();
+    assert!(e.contains("hold the same token"), "{e}");
+    let e = Config::parse("[web]\nlisten = \"localhost\"\n").unwrap_err().to_string();
+    assert!(e.contains("neither an address with a port"), "{e}");
+    // A unix socket needs no token, but not agent.socket's path.
+    assert!(Config::parse("[web]\nlisten = \"/run/ebb/web.sock\"\n").is_ok());
+    let e = Config::parse("[web]\nlisten = \"/run/ebb/ebb.sock\"\n").unwrap_err().to_string();
+    assert!(e.contains("agent.socket's path"), "{e}");
+    // The example's section, uncommented (its token paths swapped for real files).
+    let example = include_str!("../../../../ebb.example.toml");
+    let section: String = example[example.find("# [web]").unwrap()..example.find("# [farm]").unwrap()]
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.starts_with('[') || (l.contains(" = ") && !l.starts_with(' ')))
+        .map(|l| l.replace("/etc/ebb/web-read.token", &good).replace("/etc/ebb/web-write.token", &other) + "\n")
+        .collect();
+    assert!(Config::parse(&section).unwrap().web.listen().unwrap().is_some(), "{section}");
+}

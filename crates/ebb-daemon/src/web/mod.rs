@@ -1,0 +1,230 @@
+//! The live web view (`[web]`): the API and a page that shows it, served
+//! on a unix socket or a TCP port. The page's assets are in the binary; it
+//! reads the API's own types and follows the agent over server-sent events
+//! (`stream`). A TCP listener asks for a token: the read token lets a
+//! browser look, the write token also lets it act.
+
+mod farm;
+mod history;
+mod stream;
+
+pub use history::{History, Sample};
+
+use crate::api::{self, ApiState, ServeError};
+use crate::api_types::ApiError;
+use crate::config::{Config, WebListen, WebTokens};
+use crate::run::StartError;
+use crate::routes;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tracing::info;
+
+/// What a request may do, by the token it brings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    Read,
+    Write,
+}
+
+/// Decides a request's grant from its token; no token configured (a unix
+/// socket, which its file mode guards) grants everything.
+#[derive(Clone, Debug)]
+pub struct Access {
+    tokens: Arc<WebTokens>,
+}
+
+impl Access {
+    pub fn new(tokens: WebTokens) -> Access {
+        Access { tokens: Arc::new(tokens) }
+    }
+
+    /// None: the token is missing or wrong.
+    pub fn grant(&self, presented: Option<&str>) -> Option<Grant> {
+        let (read, write) = (self.tokens.read.as_deref(), self.tokens.write.as_deref());
+        if read.is_none() && write.is_none() {
+            return Some(Grant::Write);
+        }
+        let presented = presented?;
+        if write.is_some_and(|w| same(w, presented)) {
+            Some(Grant::Write)
+        } else if read.is_some_and(|r| same(r, presented)) {
+            Some(Grant::Read)
+        } else {
+            None
+        }
+    }
+}
+
+/// Compares in time that does not depend on where the strings differ, so
+/// a token cannot be guessed a character at a time.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token of a request: `Authorization: Bearer …`, or `?token=…` (an
+/// EventSource cannot set headers).
+fn token_of(req: &Request) -> Option<String> {
+    if let Some(bearer) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) {
+        return Some(bearer.trim().to_string());
+    }
+    let query = req.uri().query()?;
+    query.split('&').find_map(|pair| pair.strip_prefix("token=")).map(|t| percent_decode(t))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Looking needs a token; acting (any method but GET and HEAD) the write
+/// token. The page and its assets hold no data of the host: they load
+/// without one, and the page asks for it.
+async fn check_access(State(access): State<Access>, mut req: Request, next: Next) -> Response {
+    let reading = req.method() == Method::GET || req.method() == Method::HEAD;
+    if reading && [routes::WEB_PAGE, routes::WEB_SCRIPT, routes::WEB_STYLE].contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    let grant = access.grant(token_of(&req).as_deref());
+    match grant {
+        None => refuse(StatusCode::UNAUTHORIZED, "this token is not accepted: open the view with ?token= and the read or write token (web.read_token_file, web.write_token_file)"),
+        Some(Grant::Read) if !reading => refuse(StatusCode::FORBIDDEN, "this token may only look: the actions need the write token (web.write_token_file)"),
+        Some(grant) => {
+            req.extensions_mut().insert(grant);
+            next.run(req).await
+        }
+    }
+}
+
+fn refuse(code: StatusCode, why: &str) -> Response {
+    (code, Json(ApiError { error: why.into() })).into_response()
+}
+
+/// What the page's stream reads besides the API's state.
+#[derive(Clone)]
+pub struct WebState {
+    pub api: ApiState,
+    pub history: History,
+    /// The farm as etcd has it, with `[farm]`.
+    pub farm: Option<watch::Receiver<farm::FarmShown>>,
+}
+
+const INDEX: &str = include_str!("assets/index.html");
+const SCRIPT: &str = include_str!("assets/ebb.js");
+const STYLE: &str = include_str!("assets/ebb.css");
+
+fn asset(kind: &'static str, body: &'static str) -> Response {
+    let mut r = ([(header::CONTENT_TYPE, kind)], body).into_response();
+    // Nothing from elsewhere: the page works on a host without internet.
+    r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+pub fn router(state: WebState, access: Access) -> Router {
+    let pages = Router::new()
+        .route(routes::WEB_PAGE, get(|| async { asset("text/html; charset=utf-8", INDEX) }))
+        .route(routes::WEB_SCRIPT, get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
+        .route(routes::WEB_STYLE, get(|| async { asset("text/css; charset=utf-8", STYLE) }))
+        .route(routes::STREAM, get(stream::stream))
+        .with_state(state.clone());
+    api::router(state.api).merge(pages).layer(axum::middleware::from_fn_with_state(access, check_access))
+}
+
+/// `[web]`'s listener, bound before the agent starts so that a taken port
+/// or a bad socket path stops `ebb run` with the reason.
+pub struct Bound {
+    listener: Listening,
+    tokens: WebTokens,
+    farm: Option<ebb_core::farm::FarmConfig>,
+}
+
+enum Listening {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, api::Unbind),
+}
+
+/// None when the view is off.
+pub async fn bind(cfg: &Config) -> Result<Option<Bound>, StartError> {
+    let Some(listen) = cfg.web.listen()? else { return Ok(None) };
+    let tokens = cfg.web.tokens()?;
+    let listener = match listen {
+        WebListen::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { path: addr.to_string().into(), source })?;
+            info!("the web view is at http://{}/ (open it with ?token=…)", listener.local_addr().unwrap_or(addr));
+            Listening::Tcp(listener)
+        }
+        WebListen::Unix(path) => {
+            let listener = api::bind(&path, cfg.agent.socket_gid()?, "web.listen").await?;
+            info!("the web view is on the unix socket {}", path.display());
+            Listening::Unix(listener, api::Unbind(path))
+        }
+    };
+    Ok(Some(Bound { listener, tokens, farm: cfg.farm.clone() }))
+}
+
+impl Bound {
+    /// Serves the view until `stop`; the socket (if one) is removed after.
+    pub fn serve(self, api: ApiState, stop: impl Future<Output = ()> + Send + 'static) -> tokio::task::JoinHandle<()> {
+        let history = History::start(api.snapshot.clone());
+        let farm = self.farm.map(farm::watch);
+        let app = router(WebState { api, history, farm }, Access::new(self.tokens));
+        match self.listener {
+            Listening::Tcp(l) => tokio::spawn(api::serve(l, app, stop)),
+            Listening::Unix(l, unbind) => tokio::spawn(async move {
+                api::serve(l, app, stop).await;
+                drop(unbind);
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(read: Option<&str>, write: Option<&str>) -> Access {
+        Access::new(WebTokens { read: read.map(Into::into), write: write.map(Into::into) })
+    }
+
+    #[test]
+    fn a_token_grants_what_its_file_says_and_nothing_else_does() {
+        let a = tokens(Some("read-token-0123456789"), Some("write-token-0123456789"));
+        assert_eq!(a.grant(Some("read-token-0123456789")), Some(Grant::Read));
+        assert_eq!(a.grant(Some("write-token-0123456789")), Some(Grant::Write));
+        assert_eq!(a.grant(Some("read-token-012345678")), None);
+        assert_eq!(a.grant(Some("")), None);
+        assert_eq!(a.grant(None), None);
+        // Without tokens (a unix socket) the socket's mode guards it.
+        assert_eq!(tokens(None, None).grant(None), Some(Grant::Write));
+        // A read token alone: nobody may act.
+        assert_eq!(tokens(Some("read-token-0123456789"), None).grant(Some("write-token-0123456789")), None);
+    }
+
+    #[test]
+    fn a_token_in_the_query_is_percent_decoded() {
+        let req = Request::builder().uri("/v1/stream?x=1&token=a%2Bb+c").body(axum::body::Body::empty()).unwrap();
+        assert_eq!(token_of(&req).as_deref(), Some("a+b c"));
+        let req = Request::builder().uri("/").header("authorization", "Bearer tok").body(axum::body::Body::empty()).unwrap();
+        assert_eq!(token_of(&req).as_deref(), Some("tok"));
+    }
+}
