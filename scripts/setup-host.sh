@@ -17,9 +17,12 @@ set -eu
 # venv of the BMC emulators the wake tests run (virtualbmc for IPMI, sushy-tools for Redfish);
 # openssl makes the self-signed certificate of their Redfish over https.
 # systemd and man-db: the unit file's test checks it with systemd-analyze verify (which reads its man: page).
+# chromium: the headless browser the web view's tests drive (ebb_lab::browser); fonts-dejavu-core
+# so that text renders in their screenshots (chromium only recommends a font).
 PACKAGES="qemu-system-x86 qemu-utils qemu-guest-agent nut-server nut-client libvirt-daemon-system libvirt-clients libvirt-dev \
 busybox-static linux-image-amd64 cpio zstd kmod pkg-config sqlite3 curl nftables apache2-utils iproute2 util-linux libnss3-tools \
-etcd-server etcd-client protobuf-compiler libprotobuf-dev ipmitool python3-venv python3-libvirt openssl systemd man-db"
+etcd-server etcd-client protobuf-compiler libprotobuf-dev ipmitool python3-venv python3-libvirt openssl systemd man-db \
+chromium fonts-dejavu-core"
 URI="qemu:///system"
 
 step() { printf 'setup-host: %s\n' "$*"; }

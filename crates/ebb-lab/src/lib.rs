@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod bmc;
+pub mod browser;
 pub mod crowd;
 pub mod demo;
 pub mod etcd;
