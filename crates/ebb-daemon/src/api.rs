@@ -150,15 +150,15 @@ pub trait Listener: Send + 'static {
 
 impl Listener for UnixListener {
     type Io = tokio::net::UnixStream;
-    fn next_connection(&self) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send {
-        async move { self.accept().await.map(|(s, _)| s) }
+    async fn next_connection(&self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(s, _)| s)
     }
 }
 
 impl Listener for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
-    fn next_connection(&self) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send {
-        async move { self.accept().await.map(|(s, _)| s) }
+    async fn next_connection(&self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(s, _)| s)
     }
 }
 

@@ -207,7 +207,9 @@ async fn a_hosts_active_clients_are_its_keys_in_etcd_while_their_timers_run() {
     let etcd = LocalEtcd::start().await.unwrap();
     let store = store(&etcd).await;
     let dir = tempfile::tempdir().unwrap();
-    let a = AgentProc::start(&subdir(dir.path(), "a"), TICK, &farm_section(etcd.url(), "h1"));
+    let web_port = common::free_port();
+    let a_dir = subdir(dir.path(), "a");
+    let a = AgentProc::start(&a_dir, TICK, &format!("{}{}", farm_section(etcd.url(), "h1"), common::web_section(&a_dir, web_port)));
     until("h1 joins", Duration::from_secs(10), async || is_member(&store, "h1").await).await;
     let beat = a.heartbeat("kiosk-1", r#"{"vm": "test", "ttl": "3s"}"#);
     assert!(beat.status.success(), "{}", String::from_utf8_lossy(&beat.stderr));
@@ -222,6 +224,20 @@ async fn a_hosts_active_clients_are_its_keys_in_etcd_while_their_timers_run() {
     let gone = until("the client's timer runs out", Duration::from_secs(6), async || store.client_count("h1").await.unwrap() == 0).await;
     assert!(counted + gone >= Duration::from_millis(2500), "gone after {:?}, before its 3 s", counted + gone);
     assert_eq!(a.status().active_clients, 0);
+
+    // The agent's web view shows the farm: its hosts and their clients, from etcd.
+    let beat = a.heartbeat("kiosk-2", r#"{"vm": "test", "ttl": "60s"}"#);
+    assert!(beat.status.success(), "{}", String::from_utf8_lossy(&beat.stderr));
+    let mut browser = ebb_lab::browser::Browser::launch().expect("chromium (scripts/setup-host.sh installs it)");
+    let mut page = browser.open(&format!("http://127.0.0.1:{web_port}/?token={}", common::READ_TOKEN)).unwrap();
+    let row = "document.querySelector('#farm-hosts tr[data-host=h1]')";
+    // The view is read from etcd every 2 s: the first one may still hold kiosk-1.
+    page.wait_for(&format!("{row} && {row}.textContent.includes('heartbeat:kiosk-2 (heartbeat, test)')"), Duration::from_secs(15)).unwrap();
+    assert_eq!(page.eval(&format!("{row}.querySelector('[data-field=clients]').dataset.value")).unwrap(), "1");
+    let own = page.eval("document.getElementById('farm-own').textContent").unwrap();
+    assert!(own.as_str().unwrap_or("").contains("This host, h1") && own.as_str().unwrap_or("").contains("member"), "{own}");
+    page.screenshot(&ebb_lab::browser::screenshot_dir().join("web-farm.png")).unwrap();
+    assert_eq!(page.console_errors(), Vec::<String>::new());
 }
 
 /// `[farm.sleep]` quick enough for a test, with a wake method (WoL).

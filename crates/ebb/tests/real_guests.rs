@@ -136,25 +136,6 @@ fn reclaims_idle_memory_honours_metadata_and_skips_a_guest_without_balloon() {
     the_web_view_shows_the_agent_in_a_browser(&agent, web_port, &b_name);
 }
 
-const READ_TOKEN: &str = "read-token-0123456789abcdef";
-const WRITE_TOKEN: &str = "write-token-0123456789abcdef";
-
-/// `[web]` on 127.0.0.1:`port`, its token files (root's alone) in `dir`.
-fn web_section(dir: &std::path::Path, port: u16) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let file = |name: &str, token: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, token).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        path.display().to_string()
-    };
-    format!(
-        "[web]\nlisten = \"127.0.0.1:{port}\"\nread_token_file = \"{}\"\nwrite_token_file = \"{}\"\n",
-        file("web-read.token", READ_TOKEN),
-        file("web-write.token", WRITE_TOKEN)
-    )
-}
-
 /// The VMs' numbers as the page shows them (each row's data-value cells).
 const PAGE_VMS: &str = "[...document.querySelectorAll('#vms tbody tr')].map(r => Object.assign({name: r.dataset.vm}, \
     Object.fromEntries([...r.querySelectorAll('td[data-value]')].map(td => [td.dataset.field, td.dataset.value]))))";

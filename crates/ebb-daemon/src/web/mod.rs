@@ -75,7 +75,7 @@ fn token_of(req: &Request) -> Option<String> {
         return Some(bearer.trim().to_string());
     }
     let query = req.uri().query()?;
-    query.split('&').find_map(|pair| pair.strip_prefix("token=")).map(|t| percent_decode(t))
+    query.split('&').find_map(|pair| pair.strip_prefix("token=")).map(percent_decode)
 }
 
 fn percent_decode(s: &str) -> String {

@@ -342,3 +342,23 @@ impl Drop for DiskImage {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// The web view's tokens in the tests (`web_section`).
+pub const READ_TOKEN: &str = "read-token-0123456789abcdef";
+pub const WRITE_TOKEN: &str = "write-token-0123456789abcdef";
+
+/// `[web]` on 127.0.0.1:`port`, its token files (root's alone) in `dir`.
+pub fn web_section(dir: &std::path::Path, port: u16) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let file = |name: &str, token: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, token).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.display().to_string()
+    };
+    format!(
+        "[web]\nlisten = \"127.0.0.1:{port}\"\nread_token_file = \"{}\"\nwrite_token_file = \"{}\"\n",
+        file("web-read.token", READ_TOKEN),
+        file("web-write.token", WRITE_TOKEN)
+    )
+}
