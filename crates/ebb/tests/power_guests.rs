@@ -125,7 +125,8 @@ fn on_battery_under_a_budget_the_most_valuable_guests_keep_running() {
         rest.push_str(&format!("[vm.{prefix}{n}]\nvalue = {v}\n"));
     }
     let agent_lines = format!("uri = \"{URI}\"\ndomains = [\"{prefix}*\"]\ntick = \"1s\"");
-    let agent = AgentProc::start(dir.path(), &agent_lines, &rest);
+    let web_port = free_port();
+    let agent = AgentProc::start(dir.path(), &agent_lines, &format!("{rest}{}", web_section(dir.path(), web_port)));
     // The plan is shown before anything happens.
     let plan = agent.wait("a plan that keeps only gold", Duration::from_secs(60), |a| {
         let plan = a.status().power.and_then(|p| p.plan)?;
@@ -163,6 +164,18 @@ fn on_battery_under_a_budget_the_most_valuable_guests_keep_running() {
     let mut saved = agent.status().power.unwrap().saved_for_power;
     saved.sort();
     assert_eq!(saved, vec![format!("{prefix}bronze"), format!("{prefix}silver")]);
+
+    // The web view shows the host on battery, its plan and its draw.
+    let mut browser = ebb_lab::browser::Browser::launch().expect("chromium (scripts/setup-host.sh installs it)");
+    let mut page = browser.open(&format!("http://127.0.0.1:{web_port}/?token={READ_TOKEN}")).unwrap();
+    page.wait_for("document.getElementById('p-on')?.textContent.includes('battery')", Duration::from_secs(15)).unwrap();
+    let plan = page.eval("document.getElementById('p-plan').textContent").unwrap();
+    assert!(plan.as_str().unwrap_or("").contains(&format!("keep {prefix}gold")), "{plan}");
+    page.wait_for("Number(document.getElementById('power-chart').dataset.points) >= 1 && document.querySelector('#power-chart polyline') !== null", Duration::from_secs(15)).unwrap();
+    page.wait_for(&format!("document.querySelector('#timeline rect[data-vm=\"{prefix}bronze\"]') !== null"), Duration::from_secs(5)).unwrap();
+    page.screenshot(&ebb_lab::browser::screenshot_dir().join("web-power.png")).unwrap();
+    assert_eq!(page.console_errors(), Vec::<String>::new());
+    drop(browser);
 
     // Mains power back: both restored, the more valuable first.
     upsd.set("OL").unwrap();

@@ -19,6 +19,7 @@ const KEEP: usize = 720;
 pub struct Sample {
     pub at: Millis,
     pub vms: Vec<VmSample>,
+    /// None when memory management is off.
     pub pool: Option<Bytes>,
     pub pool_used: Bytes,
     /// The host's draw: the power source's reading, else RAPL's, else the
@@ -45,7 +46,8 @@ impl Sample {
         Sample {
             at,
             vms: s.vms.iter().map(|v| VmSample { name: v.name.clone(), actual: v.memory.actual, target: v.memory.target, used: v.memory.used }).collect(),
-            pool: s.status.pool,
+            // Without memory management the "pool" is the host's: no line to draw.
+            pool: s.status.pool.filter(|_| s.status.memory_enabled),
             pool_used: s.status.pool_used,
             watts,
         }

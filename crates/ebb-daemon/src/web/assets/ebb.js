@@ -392,17 +392,18 @@ function drawTimeline() {
   box.setAttribute("viewBox", "0 0 " + w + " " + h);
   box.setAttribute("height", h);
   box.replaceChildren();
-  const x = (at) => pad.l + ((w - pad.l - pad.r) * Math.max(0, at - (now - HOUR_MS))) / HOUR_MS;
+  const within = span(state.samples);
+  const x = (at) => pad.l + ((w - pad.l - pad.r) * Math.max(0, at - (now - within))) / within;
   names.forEach((name, i) => {
     const top = i * row + 4;
     box.append(svg("text", { x: 4, y: top + 14 }, name));
     box.append(svg("line", { x1: pad.l, x2: w - pad.r, y1: top + row / 2, y2: top + row / 2, stroke: "#eaecf0" }));
     for (const [from, to] of spans.get(name) || []) {
-      if (to < now - HOUR_MS) continue;
+      if (to < now - within) continue;
       box.append(svg("rect", { x: x(from), y: top + 3, width: Math.max(2, x(to) - x(from)), height: row - 8, rx: 3, fill: "#6941c6", "data-vm": name }, svg("title", {}, name + " asleep " + clock(from) + "–" + clock(to))));
     }
   });
-  box.append(svg("text", { x: pad.l, y: h - 4 }, "−60 min"));
+  box.append(svg("text", { x: pad.l, y: h - 4 }, "−" + Math.round(within / 60000) + " min"));
   box.append(svg("text", { x: w - pad.r, y: h - 4, "text-anchor": "end" }, "now"));
 }
 
