@@ -476,6 +476,7 @@ pub fn describe_config(c: &Config) -> String {
         "clients: heartbeats {} (at most {})  consoles {} after disconnect  surrogate clients {} after their last connection",
         k.heartbeat_ttl, k.heartbeat_max_ttl, k.console_idle, k.surrogate_idle
     );
+    let _ = writeln!(out, "web view: {}", web_line(&c.web));
     if let Some(f) = &c.farm {
         out.push_str(&crate::farm::config_line(f));
     }
@@ -569,5 +570,21 @@ mod terminal_tests {
         assert!(shown.contains("\\u{1b}]0;PWNED\\u{7}") && shown.contains("\\u{202e}"), "{shown}");
         assert!(shown.contains("\nnext\tline"));
         assert!(matches!(for_terminal("plain"), std::borrow::Cow::Borrowed("plain")));
+    }
+}
+
+/// `[web]` in `ebb check`: where the view listens and who may use it.
+fn web_line(w: &ebb_daemon::config::WebSection) -> String {
+    use ebb_daemon::config::WebListen;
+    let tokens = w.tokens().unwrap_or_default();
+    let who = match (tokens.read.is_some(), tokens.write.is_some()) {
+        (_, true) => "the read token looks, the write token also acts",
+        (true, false) => "the read token looks; no write token: nobody acts through it",
+        (false, false) => "no tokens: the socket's mode decides (root and agent.socket_group)",
+    };
+    match w.listen() {
+        Ok(Some(WebListen::Tcp(a))) => format!("http://{a}/ ({who})"),
+        Ok(Some(WebListen::Unix(p))) => format!("on the unix socket {} ({who})", p.display()),
+        _ => "off (no web.listen)".into(),
     }
 }

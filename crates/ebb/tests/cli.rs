@@ -511,3 +511,19 @@ fn doctor_says_what_blocks_a_configured_feature_and_fails_only_then() {
     assert!(out.contains(&format!("BLOCKS UPS ups@{closed} (power.ups): upsd at {closed} is not reachable")), "{out}");
     assert!(out.contains("BLOCKS agent.journal:") && out.contains("in-the-way is a file, not a folder"), "{out}");
 }
+
+#[test]
+fn a_web_view_without_a_token_is_refused_and_one_on_a_path_that_is_no_socket_stops_the_agent() {
+    both_refuse(&test_driver("", "[web]\nlisten = \"127.0.0.1:8740\"\n"), &["web.listen = \"127.0.0.1:8740\" is a TCP address, and a TCP listener needs a token"]);
+    // `check` cannot know what will be at the path when `run` starts: `run` says it, and removes nothing.
+    let [(check, _), (run, err)] = check_and_run(&test_driver("", "[web]\nlisten = \"DIR/ebb.toml\"\n"));
+    assert_eq!(check, Some(0));
+    assert_eq!(run, Some(2), "{err}");
+    assert!(err.contains("web.listen") && err.contains("ebb.toml exists and is a regular file, not a socket"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ebb.toml");
+    std::fs::write(&path, test_driver("", "[web]\nlisten = \"/run/ebb/web.sock\"\n").replace("DIR", dir.path().to_str().unwrap())).unwrap();
+    let out = ebb(&["check", "--config", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("web view: on the unix socket /run/ebb/web.sock (no tokens: the socket's mode decides"), "{text}");
+}
