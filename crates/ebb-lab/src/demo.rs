@@ -174,6 +174,9 @@ fn web_section(args: &DemoArgs, dir: &std::path::Path) -> Result<String, String>
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let Some(addr) = &args.web else { return Ok(String::new()) };
+    if addr.parse::<std::net::SocketAddr>().is_err() {
+        return Err(format!("--web {addr:?}: give an address with a port, e.g. 127.0.0.1:8740"));
+    }
     let mut random = [0u8; 16];
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random)).map_err(|e| format!("cannot read /dev/urandom for the web token: {e}"))?;
     let token: String = random.iter().map(|b| format!("{b:02x}")).collect();

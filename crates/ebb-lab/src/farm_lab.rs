@@ -366,11 +366,11 @@ fn power_rail(h: &FarmHost, stop: Arc<AtomicBool>, keep_thawed: Arc<AtomicBool>)
     Ok(std::thread::spawn(move || {
         let _conn = conn;
         while !stop.load(Ordering::SeqCst) {
-            let frozen = std::fs::read_to_string(&state).is_ok_and(|s| s.trim() == "FROZEN");
-            if frozen && dom.is_active().unwrap_or(false) {
+            let now = std::fs::read_to_string(&state).unwrap_or_default();
+            if now.trim() == "FROZEN" && dom.is_active().unwrap_or(false) {
                 power_ons.fetch_add(1, Ordering::SeqCst);
                 let _ = std::fs::write(&state, "THAWED");
-            } else if keep_thawed.load(Ordering::SeqCst) && std::fs::read_to_string(&state).is_ok_and(|s| s.trim() != "THAWED") {
+            } else if keep_thawed.load(Ordering::SeqCst) && !now.trim().is_empty() && now.trim() != "THAWED" {
                 let _ = std::fs::write(&state, "THAWED");
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -476,7 +476,7 @@ pub fn describe_config(c: &Config) -> String {
         "clients: heartbeats {} (at most {})  consoles {} after disconnect  surrogate clients {} after their last connection",
         k.heartbeat_ttl, k.heartbeat_max_ttl, k.console_idle, k.surrogate_idle
     );
-    let _ = writeln!(out, "web view: {}", web_line(&c.web));
+    let _ = writeln!(out, "web view: {}", web_line(c));
     if let Some(f) = &c.farm {
         out.push_str(&crate::farm::config_line(f));
     }
@@ -574,15 +574,21 @@ mod terminal_tests {
 }
 
 /// `[web]` in `ebb check`: where the view listens and who may use it.
-fn web_line(w: &ebb_daemon::config::WebSection) -> String {
+fn web_line(c: &ebb_daemon::config::Config) -> String {
     use ebb_daemon::config::WebListen;
-    let tokens = w.tokens().unwrap_or_default();
-    let who = match (tokens.read.is_some(), tokens.write.is_some()) {
-        (_, true) => "the read token looks, the write token also acts",
-        (true, false) => "the read token looks; no write token: nobody acts through it",
-        (false, false) => "no tokens: the socket's mode decides (root and agent.socket_group)",
+    let tokens = c.web.tokens().unwrap_or_default();
+    let socket_users = match &c.agent.socket_group {
+        Some(g) => format!("root and the group {g}"),
+        None => "root only".into(),
     };
-    match w.listen() {
+    let who = match (tokens.read.is_some(), tokens.write.is_some()) {
+        (true, true) => "the read token looks, the write token also acts".to_string(),
+        (false, true) => "the write token looks and acts; no read token".to_string(),
+        (true, false) => "the read token looks; no write token: nobody acts through it".to_string(),
+        (false, false) => format!("no tokens: the socket's mode decides ({socket_users}), and it answers only to localhost"),
+    };
+    match c.web.listen() {
+        Ok(Some(WebListen::Tcp(a))) if a.ip().is_unspecified() => format!("http://HOST:{}/ on every address ({who}); plain HTTP: across an untrusted network put a TLS proxy or an SSH tunnel in front", a.port()),
         Ok(Some(WebListen::Tcp(a))) => format!("http://{a}/ ({who})"),
         Ok(Some(WebListen::Unix(p))) => format!("on the unix socket {} ({who})", p.display()),
         _ => "off (no web.listen)".into(),

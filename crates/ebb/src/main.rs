@@ -28,16 +28,19 @@ struct Args {
 enum Command {
     /// Run the agent: observe every domain each tick, balloon their memory, reallocate CPU, serve the API; stops cleanly on SIGTERM, SIGINT or SIGHUP.
     Run {
+        /// The config file (every field is documented in ebb.example.toml).
         #[arg(long, short, default_value = "/etc/ebb/ebb.toml")]
         config: PathBuf,
     },
     /// Check a config file and print what it resolves to; exits non-zero on an error.
     Check {
+        /// The config file (every field is documented in ebb.example.toml).
         #[arg(long, short, default_value = "/etc/ebb/ebb.toml")]
         config: PathBuf,
     },
     /// Check this host for what the config asks of it (libvirt, each managed guest's balloon and statistics, the guest agent for vcpus_min, the socket's and journal's folders, space for saves, cgroups, the UPS, cpufreq, descriptors): one line each with what to fix; exits non-zero when something blocks a configured feature.
     Doctor {
+        /// The config file (every field is documented in ebb.example.toml).
         #[arg(long, short, default_value = "/etc/ebb/ebb.toml")]
         config: PathBuf,
     },
@@ -123,6 +126,7 @@ enum Command {
     Man,
     /// Run a coordinator replica of the farm: replicas elect one leader through etcd; the leader wakes the sleeping hosts clients wait for (IPMI, Redfish, Wake-on-LAN), and with [gateway.VM] sections the replica holds those clients until their host is awake. Stops cleanly on SIGTERM, SIGINT or SIGHUP.
     Coord {
+        /// The config file (every field is documented in ebb.example.toml).
         #[arg(long, short, default_value = "/etc/ebb/ebb.toml")]
         config: PathBuf,
         /// etcd's client URL (repeatable), instead of the config's [farm].
@@ -132,8 +136,9 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
-    /// The farm as etcd has it: each host's agent, state, active clients, wake methods and last sleep, wakes under way and hosts that could not be woken, and the coordinators' leader.
+    /// The farm as etcd has it: each host's agent, state, VMs, active clients, wake methods and last sleep, wakes under way and hosts that could not be woken, and the coordinators' leader.
     Farm {
+        /// The config file (every field is documented in ebb.example.toml).
         #[arg(long, short, default_value = "/etc/ebb/ebb.toml")]
         config: PathBuf,
         /// etcd's client URL (repeatable), instead of the config's [farm].

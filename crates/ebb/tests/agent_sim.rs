@@ -478,11 +478,16 @@ async fn the_grafana_dashboard_queries_only_metrics_the_agent_serves() {
 
 /// One HTTP/1.1 exchange on loopback: the status and the body.
 fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    http_with(port, method, path, token, "")
+}
+
+/// `http` with more header lines (each ending in \r\n).
+fn http_with(port: u16, method: &str, path: &str, token: Option<&str>, headers: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.1\r\nhost: localhost\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n{auth}{headers}content-length: 0\r\nconnection: close\r\n\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -515,7 +520,7 @@ async fn the_web_view_serves_the_api_behind_its_tokens_and_streams_the_agent() {
     let w = start_with(sim, "pool = \"2GiB\"", &web).await;
     w.until("a target", |vms, _| vms.first()?.memory.target.map(|_| ())).await;
     let port_ = port;
-    let (page, no_token, wrong, vms, act_read, act_write, stream) = tokio::task::spawn_blocking(move || {
+    let (page, no_token, wrong, vms, act_read, act_write, cross_site, stream) = tokio::task::spawn_blocking(move || {
         let port = port_;
         (
             http(port, "GET", "/", None),
@@ -524,6 +529,7 @@ async fn the_web_view_serves_the_api_behind_its_tokens_and_streams_the_agent() {
             http(port, "GET", "/v1/vms", Some(READ)),
             http(port, "POST", "/v1/vms/web/critical/on", Some(READ)),
             http(port, "POST", "/v1/vms/web/critical/on", Some(WRITE)),
+            http_with(port, "POST", "/v1/vms/web/critical/off", Some(WRITE), "origin: https://evil.example\r\n"),
             first_stream_events(port, READ),
         )
     })
@@ -542,6 +548,7 @@ async fn the_web_view_serves_the_api_behind_its_tokens_and_streams_the_agent() {
     assert_eq!(act_read.0, 403, "a read token may not act: {act_read:?}");
     assert!(act_read.1.contains("write token"), "{act_read:?}");
     assert_eq!(act_write.0, 200, "{act_write:?}");
+    assert_eq!(cross_site.0, 403, "another site's page may not act, even with the token: {cross_site:?}");
     assert!(w.events().await.iter().any(|e| e.kind == "critical" && e.vm.as_deref() == Some("web")), "the write token's action was carried out");
     // The stream says what the token may do, then the hour so far, the
     // agent's snapshot (the API's own type) and the journal.

@@ -525,5 +525,5 @@ fn a_web_view_without_a_token_is_refused_and_one_on_a_path_that_is_no_socket_sto
     std::fs::write(&path, test_driver("", "[web]\nlisten = \"/run/ebb/web.sock\"\n").replace("DIR", dir.path().to_str().unwrap())).unwrap();
     let out = ebb(&["check", "--config", path.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("web view: on the unix socket /run/ebb/web.sock (no tokens: the socket's mode decides"), "{text}");
+    assert!(text.contains("web view: on the unix socket /run/ebb/web.sock (no tokens: the socket's mode decides (root only), and it answers only to localhost)"), "{text}");
 }

@@ -85,17 +85,12 @@ pub(super) fn assess(
     // Measured only from stats taken at the size ebb reads: with nothing
     // in flight, and newer than both the balloon's last move and ebb's
     // last target (libvirt's last-update is host wall-clock seconds).
-    // libvirt reads the size from QEMU's events, at most one a second: a
-    // balloon ebb just aimed moves before the reading does, and stats
-    // taken meanwhile, beside the old size, mis-state a deflate-on-OOM
-    // guest's use by the whole move. Until a reading settles, such a
-    // guest's last settled use stands (below), so it needs one from the
-    // start: a guest ebb first sees, with nothing of its own in flight, is
-    // taken as it reads. Without it, idle guests whose balloons ebb moved
-    // every second never settled, each tick read their use afresh from a
-    // size and stats a move apart (in the demo 0 to 150 MiB of a true
-    // 35), and the idle-taxed entitlements followed those readings: the
-    // targets moved every tick and never settled.
+    // libvirt learns the size from QEMU's events at most once a second, so
+    // stats taken meanwhile sit beside the wrong size and mis-state a
+    // deflate-on-OOM guest's use by a whole move. Until a reading settles
+    // the last settled use stands; a guest ebb first sees, with nothing of
+    // its own in flight, is taken as it reads, or one whose balloon moves
+    // every tick would never settle.
     let first_look = st.last_current.is_none() && st.pending.is_none();
     let in_flight = st.pending.is_some_and(|p| p.kind != Move::Hold && p.target.abs_diff(current) >= band);
     let settled_since = if st.last_current == Some(current) { st.moved_at } else { now };

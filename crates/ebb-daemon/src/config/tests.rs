@@ -436,7 +436,10 @@ fn the_web_view_needs_a_token_on_tcp_and_refuses_tokens_anyone_could_read() {
     let e = Config::parse(&format!("[web]\nlisten = \"127.0.0.1:8740\"\nread_token_file = \"{open}\"\n")).unwrap_err().to_string();
     assert!(e.contains("every user may read it (mode 644)"), "{e}");
     let e = Config::parse(&format!("[web]\nlisten = \"127.0.0.1:8740\"\nread_token_file = \"{short}\"\n")).unwrap_err().to_string();
-    assert!(e.contains("at least 16 printable characters"), "{e}");
+    assert!(e.contains("at least 16 letters, digits or - . _ ~"), "{e}");
+    let b64 = file("b64", "abc+def/ghi=jkl#mno&pq\n", 0o600);
+    let e = Config::parse(&format!("[web]\nlisten = \"127.0.0.1:8740\"\nread_token_file = \"{b64}\"\n")).unwrap_err().to_string();
+    assert!(e.contains("it travels in a URL"), "{e}");
     let e = Config::parse(&format!("[web]\nlisten = \"127.0.0.1:8740\"\nread_token_file = \"{good}\"\nwrite_token_file = \"{good}\"\n")).unwrap_err().to_string();
     assert!(e.contains("hold the same token"), "{e}");
     let e = Config::parse("[web]\nlisten = \"localhost\"\n").unwrap_err().to_string();

@@ -105,8 +105,11 @@ fn read_token(path: &Path, field: &str) -> Result<String, FieldError> {
         Err(e) => return refuse(format!("cannot be read ({e})")),
     };
     let token = text.trim();
-    if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return refuse(format!("a token is one line of at least {MIN_TOKEN_LEN} printable characters without spaces (e.g. `openssl rand -hex 16`)"));
+    // Only characters that pass through a URL as they are: the page is
+    // opened with ?token=, where + / # & = would change it.
+    let url_safe = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+    if token.len() < MIN_TOKEN_LEN || !token.bytes().all(url_safe) {
+        return refuse(format!("a token is one line of at least {MIN_TOKEN_LEN} letters, digits or - . _ ~ (it travels in a URL; e.g. `openssl rand -hex 16`)"));
     }
     Ok(token.to_string())
 }

@@ -250,6 +250,22 @@ impl Entry {
     }
 }
 
+/// An `events` row as the API serves it.
+fn event_of(r: &rusqlite::Row) -> rusqlite::Result<Event> {
+    let outcome: Option<String> = r.get(7)?;
+    Ok(Event {
+        failed: outcome.as_deref().is_some_and(Outcome::is_stored_failure),
+        id: r.get(0)?,
+        at: Millis(r.get::<_, i64>(1)? as u64),
+        vm: r.get(2)?,
+        kind: r.get(3)?,
+        rule: r.get(4)?,
+        text: r.get(5)?,
+        target: r.get::<_, Option<i64>>(6)?.map(|b| Bytes(b as u64)),
+        outcome,
+    })
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -353,20 +369,17 @@ impl Journal {
             "SELECT id, at_ms, vm, kind, rule, text, target_bytes, outcome FROM events
              WHERE (?1 IS NULL OR vm = ?1) ORDER BY id DESC LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![vm, limit as i64], |r| {
-            let outcome: Option<String> = r.get(7)?;
-            Ok(Event {
-                failed: outcome.as_deref().is_some_and(Outcome::is_stored_failure),
-                id: r.get(0)?,
-                at: Millis(r.get::<_, i64>(1)? as u64),
-                vm: r.get(2)?,
-                kind: r.get(3)?,
-                rule: r.get(4)?,
-                text: r.get(5)?,
-                target: r.get::<_, Option<i64>>(6)?.map(|b| Bytes(b as u64)),
-                outcome,
-            })
-        })?;
+        let rows = stmt.query_map(params![vm, limit as i64], event_of)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Oldest first: the entries after the one with id `after`, at most `limit`.
+    pub fn events_after(&self, after: i64, limit: usize) -> Result<Vec<Event>, JournalError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, at_ms, vm, kind, rule, text, target_bytes, outcome FROM events
+             WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, limit as i64], event_of)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -45,12 +45,17 @@ impl Access {
         Access { tokens: Arc::new(tokens) }
     }
 
+    /// No token is asked for (a unix socket).
+    pub fn open(&self) -> bool {
+        self.tokens.read.is_none() && self.tokens.write.is_none()
+    }
+
     /// None: the token is missing or wrong.
     pub fn grant(&self, presented: Option<&str>) -> Option<Grant> {
-        let (read, write) = (self.tokens.read.as_deref(), self.tokens.write.as_deref());
-        if read.is_none() && write.is_none() {
+        if self.open() {
             return Some(Grant::Write);
         }
+        let (read, write) = (self.tokens.read.as_deref(), self.tokens.write.as_deref());
         let presented = presented?;
         if write.is_some_and(|w| same(w, presented)) {
             Some(Grant::Write)
@@ -71,8 +76,11 @@ fn same(a: &str, b: &str) -> bool {
 /// The token of a request: `Authorization: Bearer …`, or `?token=…` (an
 /// EventSource cannot set headers).
 fn token_of(req: &Request) -> Option<String> {
-    if let Some(bearer) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) {
-        return Some(bearer.trim().to_string());
+    let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Some((scheme, token)) = auth.and_then(|v| v.split_once(' ')) {
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return Some(token.trim().to_string());
+        }
     }
     let query = req.uri().query()?;
     query.split('&').find_map(|pair| pair.strip_prefix("token=")).map(percent_decode)
@@ -104,6 +112,12 @@ async fn check_access(State(access): State<Access>, mut req: Request, next: Next
     if reading && [routes::WEB_PAGE, routes::WEB_SCRIPT, routes::WEB_STYLE].contains(&req.uri().path()) {
         return next.run(req).await;
     }
+    if !reading && cross_site(&req) {
+        return refuse(StatusCode::FORBIDDEN, "a request from another site's page may not act: open the view itself to act from it");
+    }
+    if access.open() && !to_loopback(&req) {
+        return refuse(StatusCode::FORBIDDEN, "without tokens the view answers only requests to localhost (through an SSH tunnel to its socket): set web.read_token_file to serve it under another name");
+    }
     let grant = access.grant(token_of(&req).as_deref());
     match grant {
         None => refuse(StatusCode::UNAUTHORIZED, "this token is not accepted: open the view with ?token= and the read or write token (web.read_token_file, web.write_token_file)"),
@@ -113,6 +127,26 @@ async fn check_access(State(access): State<Access>, mut req: Request, next: Next
             next.run(req).await
         }
     }
+}
+
+/// A browser names the page a request comes from (`Origin`): another
+/// site's page may not act, or any page the operator has open could POST
+/// to the view.
+fn cross_site(req: &Request) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
+    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    origin.split_once("://").map(|(_, h)| h) != Some(host)
+}
+
+/// The request names a loopback host: a page of another name that resolves
+/// to 127.0.0.1 (DNS rebinding) cannot read a view that has no tokens.
+fn to_loopback(req: &Request) -> bool {
+    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn refuse(code: StatusCode, why: &str) -> Response {
@@ -221,10 +255,30 @@ mod tests {
     }
 
     #[test]
+    fn another_sites_page_may_not_act_and_a_view_without_tokens_answers_only_localhost() {
+        let req = |host: &str, origin: Option<&str>| {
+            let mut b = Request::builder().method("POST").uri("/v1/vms/a/sleep").header("host", host);
+            if let Some(o) = origin {
+                b = b.header("origin", o);
+            }
+            b.body(axum::body::Body::empty()).unwrap()
+        };
+        assert!(cross_site(&req("127.0.0.1:8740", Some("https://evil.example"))));
+        assert!(!cross_site(&req("127.0.0.1:8740", Some("http://127.0.0.1:8740"))));
+        assert!(!cross_site(&req("127.0.0.1:8740", None)), "curl sends no Origin");
+        for host in ["localhost:8740", "127.0.0.1:8740", "[::1]:8740", "LOCALHOST", "127.0.0.2"] {
+            assert!(to_loopback(&req(host, None)), "{host}");
+        }
+        for host in ["evil.example:8740", "10.0.0.5:8740", "[2001:db8::1]:80"] {
+            assert!(!to_loopback(&req(host, None)), "{host}");
+        }
+    }
+
+    #[test]
     fn a_token_in_the_query_is_percent_decoded() {
         let req = Request::builder().uri("/v1/stream?x=1&token=a%2Bb+c").body(axum::body::Body::empty()).unwrap();
         assert_eq!(token_of(&req).as_deref(), Some("a+b c"));
-        let req = Request::builder().uri("/").header("authorization", "Bearer tok").body(axum::body::Body::empty()).unwrap();
+        let req = Request::builder().uri("/").header("authorization", "bearer tok").body(axum::body::Body::empty()).unwrap();
         assert_eq!(token_of(&req).as_deref(), Some("tok"));
     }
 }

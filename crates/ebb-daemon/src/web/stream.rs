@@ -20,9 +20,8 @@ use tokio_stream::wrappers::ReceiverStream;
 const MIN_GAP: Duration = Duration::from_millis(250);
 /// Journal entries a page starts with.
 const FIRST_EVENTS: usize = 200;
-/// Entries read per snapshot to find the new ones: more than the agent
-/// journals between two snapshots sent.
-const NEW_EVENTS: usize = 100;
+/// New entries are read and sent in batches of this many.
+const NEW_EVENTS: usize = 500;
 
 #[derive(Serialize)]
 struct Hello {
@@ -57,7 +56,8 @@ async fn feed(tx: &Tx, st: WebState, grant: Grant) -> Result<(), ()> {
     send(tx, "history", &history).await?;
     let first = snapshot.borrow_and_update().clone();
     send(tx, "snapshot", &*first).await?;
-    let mut events = journal(&st, FIRST_EVENTS).await;
+    // A journal that cannot be read shows none rather than closing the feed.
+    let mut events = st.api.journal.call(|j| j.events(None, FIRST_EVENTS)).await.unwrap_or_default();
     let mut last_id = events.first().map_or(0, |e| e.id);
     events.reverse();
     send(tx, "events", &events).await?;
@@ -71,11 +71,17 @@ async fn feed(tx: &Tx, st: WebState, grant: Grant) -> Result<(), ()> {
                 changed.map_err(|_| ())?;
                 let now = snapshot.borrow_and_update().clone();
                 send(tx, "snapshot", &*now).await?;
-                // Newest first from the journal; sent oldest first.
-                let new: Vec<Event> = journal(&st, NEW_EVENTS).await.into_iter().take_while(|e| e.id > last_id).collect();
-                if let Some(newest) = new.first() {
+                // Every entry since the last sent, however many the tick journaled.
+                loop {
+                    let after = last_id;
+                    let new: Vec<Event> = st.api.journal.call(move |j| j.events_after(after, NEW_EVENTS)).await.unwrap_or_default();
+                    let Some(newest) = new.last() else { break };
                     last_id = newest.id;
-                    send(tx, "events", &new.into_iter().rev().collect::<Vec<_>>()).await?;
+                    let full = new.len() == NEW_EVENTS;
+                    send(tx, "events", &new).await?;
+                    if !full {
+                        break;
+                    }
                 }
                 tokio::time::sleep(MIN_GAP).await;
             }
@@ -96,8 +102,3 @@ async fn feed(tx: &Tx, st: WebState, grant: Grant) -> Result<(), ()> {
     }
 }
 
-/// The journal's newest entries; a journal that cannot be read shows
-/// none rather than closing the page's feed.
-async fn journal(st: &WebState, limit: usize) -> Vec<Event> {
-    st.api.journal.call(move |j| j.events(None, limit)).await.unwrap_or_default()
-}

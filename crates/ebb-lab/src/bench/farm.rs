@@ -71,7 +71,7 @@ async fn wake_by_method(rounds: usize) -> Result<(), String> {
         let (lines, rest) = farm_lab::agent_config(h, etcd.url(), wake);
         let config = dir.path().join(format!("{}.toml", h.name));
         let (socket, journal) = (dir.path().join(format!("{}.sock", h.name)), dir.path().join(format!("{}.db", h.name)));
-        std::fs::write(&config, format!("[agent]\nsocket = \"{}\"\njournal = \"{}\"\n{lines}\n{rest}", socket.display(), journal.display())).map_err(|e| e.to_string())?;
+        std::fs::write(&config, crate::lab::agent_config_text(&socket, &journal, &lines, &rest)).map_err(|e| e.to_string())?;
         let wrapper = h.wrapper();
         let mut cmd = Command::new(&wrapper[0]);
         cmd.args(&wrapper[1..]).arg(&exe).args(["run", "--config"]).arg(&config);

@@ -96,6 +96,12 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LabErr
     move |source| LabError::Io { action, path, source }
 }
 
+/// An agent's config file: its socket and journal, then `agent_lines`
+/// (more of the `[agent]` table, as it comes first) and the `rest`.
+pub fn agent_config_text(socket: &std::path::Path, journal: &std::path::Path, agent_lines: &str, rest: &str) -> String {
+    format!("[agent]\nsocket = \"{}\"\njournal = \"{}\"\n{agent_lines}\n{rest}\n", socket.display(), journal.display())
+}
+
 /// A free TCP port on 127.0.0.1 (bound, read, released: good enough for tests).
 pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))

@@ -264,12 +264,7 @@ fn write_config(dir: &Path, agent_lines: &str, rest: &str) -> (PathBuf, PathBuf,
     let socket = dir.join("ebb.sock");
     let journal = dir.join("journal.db");
     let config = dir.join("ebb.toml");
-    let text = format!(
-        "[agent]\nsocket = \"{}\"\njournal = \"{}\"\n{agent_lines}\n{rest}\n",
-        socket.display(),
-        journal.display()
-    );
-    std::fs::write(&config, text).unwrap();
+    std::fs::write(&config, ebb_lab::lab::agent_config_text(&socket, &journal, agent_lines, rest)).unwrap();
     (config, socket, journal)
 }
 

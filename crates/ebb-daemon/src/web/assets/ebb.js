@@ -15,6 +15,9 @@ const state = {
   samples: [],
   events: [],
   colors: new Map(),
+  // Each VM's table row, kept between snapshots so its buttons stay put.
+  rows: new Map(),
+  source: null,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -53,7 +56,7 @@ $("login").addEventListener("submit", (e) => {
 function bytes(n) {
   if (n === null || n === undefined) return "–";
   const mib = n / 1048576;
-  if (mib >= 10240) return (mib / 1024).toFixed(1) + " GiB";
+  if (mib >= 1024) return (mib / 1024).toFixed(1) + " GiB";
   return Math.round(mib) + " MiB";
 }
 function rate(n) {
@@ -67,12 +70,6 @@ function pct(f) {
 }
 function clock(ms) {
   return new Date(ms).toLocaleTimeString([], { hour12: false });
-}
-function ago(ms) {
-  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
-  if (s < 120) return s + " s ago";
-  if (s < 7200) return Math.round(s / 60) + " min ago";
-  return Math.round(s / 3600) + " h ago";
 }
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -106,7 +103,7 @@ async function start() {
   // only sees that it failed.
   let answer;
   try {
-    answer = await fetch("/v1/status", { headers: authHeaders() });
+    answer = await fetch("v1/status", { headers: authHeaders() });
   } catch (e) {
     return showLogin("the agent cannot be reached: " + e);
   }
@@ -115,10 +112,16 @@ async function start() {
     return showLogin(body.error || "this token is not accepted");
   }
   $("view").hidden = false;
-  const url = "/v1/stream" + (state.token ? "?token=" + encodeURIComponent(state.token) : "");
+  const url = "v1/stream" + (state.token ? "?token=" + encodeURIComponent(state.token) : "");
+  if (state.source) state.source.close();
   const source = new EventSource(url);
+  state.source = source;
   const on = (name, f) => source.addEventListener(name, (m) => f(JSON.parse(m.data)));
   on("hello", (h) => {
+    // A reconnect starts over: the stream sends the history and journal again.
+    state.events = [];
+    state.samples = [];
+    state.rows.clear();
     state.write = h.write;
     state.farm = h.farm;
     $("actions-head").hidden = !h.write;
@@ -157,6 +160,9 @@ async function start() {
   source.onerror = () => {
     $("live").textContent = "reconnecting…";
     $("live").className = "live off";
+    // Refused (a token rotated across a restart, say): the browser gives
+    // up on the stream; start again, which says why.
+    if (source.readyState === EventSource.CLOSED) setTimeout(start, 2000);
   };
 }
 
@@ -179,7 +185,11 @@ function renderSummary(st) {
     card("last tick", st.last_tick_ms.toFixed(1) + " ms", "s-tick"),
   ];
   $("summary").replaceChildren(...cards);
-  const notes = [st.pool_note, st.journal_trouble && "journal: " + st.journal_trouble].filter(Boolean);
+  const notes = [
+    !st.memory_enabled && "memory: observed only (memory.enabled = false): ebb moves no balloon",
+    st.pool_note,
+    st.journal_trouble && "journal: " + st.journal_trouble,
+  ].filter(Boolean);
   $("note").hidden = notes.length === 0;
   $("note").textContent = notes.join(" · ");
 }
@@ -188,26 +198,28 @@ function renderSummary(st) {
 function stateWords(v) {
   if (v.sleeping) return ["asleep (" + v.sleeping.mode + ")", "since " + clock(v.sleeping.since) + ": " + v.sleeping.reason];
   const words = { running: "running", paused: "paused", shut_off: "shut off", other: "other" }[v.state] || v.state;
-  const why = v.surrogate && v.surrogate.state !== "awake" ? "surrogate: " + v.surrogate.state : null;
+  const why = v.surrogate && v.surrogate.state !== "awake" ? "surrogate: " + v.surrogate.state : v.memory.skipped ? "memory: " + v.memory.skipped : null;
   return [words, why];
 }
 
 function tuneWords(r) {
   const t = r && (r.current || r.wanted);
   if (!t) return ["–", "–", "–"];
-  const cap = t.quota_us ? Math.round((100 * t.quota_us) / t.period_us) + "% cap" : "uncapped";
-  const cpu = "shares " + t.shares + ", " + cap + (r.critical ? ", critical" : "");
+  const cap = t.quota_us ? "cap " + Math.round((100 * t.quota_us) / t.period_us) + "% of each vCPU" : "uncapped";
+  const cpu = "weight " + t.shares + ", " + cap + (r.critical ? ", critical" : "");
   const disk = t.io_weight ? "weight " + t.io_weight + (t.disk_limit ? ", " + rate(t.disk_limit) : "") : t.disk_limit ? rate(t.disk_limit) : "–";
-  const net = t.net ? "in " + t.net.inbound.average + " / out " + t.net.outbound.average + " KiB/s" : "–";
+  // libvirt's 0 is no limit.
+  const kib = (b) => (b.average ? b.average + " KiB/s" : "unlimited");
+  const net = t.net ? "in " + kib(t.net.inbound) + " / out " + kib(t.net.outbound) : "–";
   return [cpu, disk, net];
 }
 
 function activityWords(v) {
   const i = v.idle;
   const r = v.realloc;
-  if (!i && r && r.rates) return "CPU " + pct(r.cpu_use) + ", net " + rate(r.rates.net) + ", disk " + rate(r.rates.disk);
+  if (!i && r && r.rates) return "CPU " + pct(r.cpu_use) + " of its vCPUs, net " + rate(r.rates.net) + ", disk " + rate(r.rates.disk);
   if (!i) return "–";
-  const parts = ["CPU " + pct(i.cpu_rate), "net " + rate(i.net_rate), "disk " + rate(i.disk_rate)];
+  const parts = ["CPU " + pct(i.cpu_rate) + " of a vCPU", "net " + rate(i.net_rate), "disk " + rate(i.disk_rate)];
   if (i.sleeps_at) parts.push("sleeps at " + clock(i.sleeps_at));
   else if (i.idle_since) parts.push("quiet since " + clock(i.idle_since));
   return parts.join(", ");
@@ -218,15 +230,21 @@ function numCell(field, n, title) {
 }
 
 function renderVms(vms) {
+  const body = $("vms").tBodies[0];
+  if (!vms.length) {
+    state.rows.clear();
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 13, class: "note" }, "No domains: ebb sees none on this host (or none matches agent.domains).")));
+    return;
+  }
   const rows = vms.map((v) => {
     const m = v.memory;
     const [words, why] = stateWords(v);
     const [cpu, disk, net] = tuneWords(v.realloc);
     const reason = m.skipped || (m.last_reason && m.last_reason.text);
-    const row = el(
-      "tr",
-      { "data-vm": v.name, class: v.sleeping ? "sleeping" : null },
-      el("td", { "data-field": "name" }, el("span", { class: "swatch" }), v.name),
+    const swatch = el("span", { class: "swatch" });
+    swatch.style.background = colorOf(v.name);
+    const cells = [
+      el("td", { "data-field": "name" }, swatch, v.name),
       el("td", { "data-field": "state", "data-value": v.sleeping ? "asleep" : v.state }, words, why && el("span", { class: "why" }, why)),
       numCell("actual", m.actual),
       numCell("target", m.target, reason),
@@ -238,26 +256,40 @@ function renderVms(vms) {
       el("td", { "data-field": "disk" }, disk),
       el("td", { "data-field": "net" }, net),
       el("td", { "data-field": "activity" }, activityWords(v)),
-      state.write ? el("td", {}, actions(v)) : null,
-    );
-    row.querySelector(".swatch").style.background = colorOf(v.name);
-    return row;
+    ];
+    // The row and its buttons stay from one snapshot to the next, so a
+    // click is not lost to a redraw; the buttons change with what they do.
+    let held = state.rows.get(v.name);
+    if (!held) {
+      held = { row: el("tr", { "data-vm": v.name }), actions: el("td", {}), sig: null };
+      state.rows.set(v.name, held);
+    }
+    const sig = JSON.stringify([state.write, !!v.sleeping, v.state, !!(v.realloc && v.realloc.critical)]);
+    if (held.sig !== sig) {
+      held.actions.replaceChildren(...(state.write ? actions(v) : []));
+      held.sig = sig;
+    }
+    held.row.className = v.sleeping ? "sleeping" : "";
+    held.row.replaceChildren(...cells, ...(state.write ? [held.actions] : []));
+    return held.row;
   });
-  $("vms").tBodies[0].replaceChildren(...rows);
+  const names = new Set(vms.map((v) => v.name));
+  for (const name of [...state.rows.keys()]) if (!names.has(name)) state.rows.delete(name);
+  body.replaceChildren(...rows);
 }
 
 function actions(v) {
   const critical = v.realloc && v.realloc.critical;
   const name = encodeURIComponent(v.name);
   return [
-    v.sleeping ? el("button", { "data-action": "wake", onclick: () => act(v.name, "/v1/vms/" + name + "/wake") }, "Wake")
-      : el("button", { "data-action": "sleep", disabled: v.state !== "running", onclick: () => act(v.name, "/v1/vms/" + name + "/sleep") }, "Sleep"),
-    el("button", { "data-action": "critical", onclick: () => act(v.name, "/v1/vms/" + name + "/critical/" + (critical ? "off" : "on")) }, critical ? "Not critical" : "Critical"),
+    v.sleeping ? el("button", { "data-action": "wake", onclick: () => act(v.name, "v1/vms/" + name + "/wake") }, "Wake")
+      : el("button", { "data-action": "sleep", disabled: v.state !== "running", onclick: () => act(v.name, "v1/vms/" + name + "/sleep") }, "Sleep"),
+    el("button", { "data-action": "critical", onclick: () => act(v.name, "v1/vms/" + name + "/critical/" + (critical ? "off" : "on")) }, critical ? "Not critical" : "Critical"),
     el("button", {
       "data-action": "value",
       onclick: () => {
         const value = prompt("Value of " + v.name + " in a power drop (a whole number, or clear):");
-        if (value) act(v.name, "/v1/vms/" + name + "/value/" + encodeURIComponent(value.trim()));
+        if (value) act(v.name, "v1/vms/" + name + "/value/" + encodeURIComponent(value.trim()));
       },
     }, "Value…"),
   ];
@@ -374,7 +406,11 @@ function sleepSpans(now) {
   }
   for (const v of (state.snapshot && state.snapshot.vms) || []) {
     if (v.sleeping) open.set(v.name, open.get(v.name) || v.sleeping.since);
-    else if (open.has(v.name)) open.delete(v.name);
+    else if (open.has(v.name)) {
+      // Awake with no wake journaled (started behind ebb's back): it slept until about now.
+      spans.set(v.name, (spans.get(v.name) || []).concat([[open.get(v.name), now]]));
+      open.delete(v.name);
+    }
   }
   for (const [who, from] of open) spans.set(who, (spans.get(who) || []).concat([[from, now]]));
   return spans;
@@ -382,7 +418,8 @@ function sleepSpans(now) {
 
 function drawTimeline() {
   const box = $("timeline");
-  const now = Date.now();
+  // The agent's clock, as the charts use, not the browser's.
+  const now = (state.snapshot && state.snapshot.status.last_tick_at) || Date.now();
   const spans = sleepSpans(now);
   const names = [...new Set(((state.snapshot && state.snapshot.vms) || []).map((v) => v.name).concat([...spans.keys()]))];
   const row = 22;
@@ -426,12 +463,13 @@ function renderPower(p) {
   if (p.measured) cards.push(card("draw (" + p.measured.source + ")", Math.round(p.measured.watts) + " W", "p-measured"));
   if (p.model_draw !== null && p.model_draw !== undefined) cards.push(card("draw (model)", Math.round(p.model_draw) + " W", "p-model"));
   const parts = [el("div", { class: "cards" }, cards)];
+  if (p.state && p.state.state === "low") parts.push(el("p", { class: "error" }, "LOW BATTERY: " + p.state.why + ": every VM is saved and the host powered down"));
   for (const [what, why] of [["reading", p.error], ["measuring", p.measured_error]]) {
     if (why) parts.push(el("p", { class: "error" }, what + ": " + why));
   }
   if (p.plan) {
     const plan = p.plan.plan;
-    parts.push(el("p", { id: "p-plan" }, "On a power drop, under a budget of " + Math.round(plan.budget) + " W (host idle " + Math.round(p.plan.host_idle) + " W): keep " + (plan.keep.join(", ") || "none") + " (" + Math.round(plan.kept_draw) + " W, value " + plan.kept_value + "); save " + (plan.save.join(", ") || "none") + "."));
+    parts.push(el("p", { id: "p-plan" }, "On a power drop, with " + Math.round(plan.budget) + " W of the budget for the VMs (the host idles at " + Math.round(p.plan.host_idle) + " W): keep " + (plan.keep.join(", ") || "none") + " (" + Math.round(plan.kept_draw) + " W, value " + plan.kept_value + "); save " + (plan.save.join(", ") || "none") + ", in that order."));
   }
   if (p.saved_for_power.length) parts.push(el("p", {}, "Saved for power, restored on mains: " + p.saved_for_power.join(", ")));
   if (p.last_power_off) parts.push(el("p", {}, "Last power-off: " + p.last_power_off));
