@@ -538,7 +538,7 @@ async fn the_web_view_serves_the_api_behind_its_tokens_and_streams_the_agent() {
     // The page loads without a token (it holds nothing of the host) and
     // asks for one; everything else needs it.
     assert_eq!(page.0, 200);
-    assert!(page.1.contains("/ebb.js"), "{}", page.1);
+    assert!(page.1.contains("<script src=\"ebb.js\">"), "{}", page.1);
     assert_eq!(no_token.0, 401, "{no_token:?}");
     assert!(no_token.1.contains("not accepted"), "{no_token:?}");
     assert_eq!(wrong.0, 401, "{wrong:?}");
