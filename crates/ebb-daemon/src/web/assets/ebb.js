@@ -91,8 +91,13 @@ function svg(tag, attrs, ...children) {
   for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   return e;
 }
+// The palette's colours first, then hues spread by the golden angle, so
+// no two VMs share a colour however many there are.
 function colorOf(name) {
-  if (!state.colors.has(name)) state.colors.set(name, PALETTE[state.colors.size % PALETTE.length]);
+  if (!state.colors.has(name)) {
+    const i = state.colors.size;
+    state.colors.set(name, i < PALETTE.length ? PALETTE[i] : "hsl(" + Math.round((i * 137.508) % 360) + " 65% 50%)");
+  }
   return state.colors.get(name);
 }
 
