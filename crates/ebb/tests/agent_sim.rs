@@ -3,6 +3,8 @@
 //! survives the hypervisor going away mid-run, and notices domains coming
 //! and going.
 
+mod common;
+
 use ebb_daemon::api_types::{Connection, Event, Status, VmInfo};
 use ebb_daemon::client::{Client, ClientError};
 use ebb_daemon::config::Config;
@@ -495,28 +497,14 @@ fn http_with(port: u16, method: &str, path: &str, token: Option<&str>, headers: 
     (status, body)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn token_file(dir: &std::path::Path, name: &str, token: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{token}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_view_serves_the_api_behind_its_tokens_and_streams_the_agent() {
-    const READ: &str = "read-token-0123456789abcdef";
-    const WRITE: &str = "write-token-0123456789abcdef";
+    use common::{READ_TOKEN as READ, WRITE_TOKEN as WRITE};
     let tokens = tempfile::tempdir().unwrap();
-    let (read, write) = (token_file(tokens.path(), "read", READ), token_file(tokens.path(), "write", WRITE));
-    let port = free_port();
+    let port = common::free_port();
     let sim = SimHypervisor::new(Bytes::from_gib(8));
     sim.add_vm(SimVm { used: Bytes::from_mib(200), ..SimVm::new("web", Bytes::from_mib(1024)) });
-    let web = format!("[web]\nlisten = \"127.0.0.1:{port}\"\nread_token_file = \"{}\"\nwrite_token_file = \"{}\"\n", read.display(), write.display());
+    let web = common::web_section(tokens.path(), port);
     let w = start_with(sim, "pool = \"2GiB\"", &web).await;
     w.until("a target", |vms, _| vms.first()?.memory.target.map(|_| ())).await;
     let port_ = port;
@@ -525,7 +513,7 @@ async fn the_web_view_serves_the_api_behind_its_tokens_and_streams_the_agent() {
         (
             http(port, "GET", "/", None),
             http(port, "GET", "/v1/vms", None),
-            http(port, "GET", "/v1/vms", Some("read-token-0123456789abcdeX")),
+            http(port, "GET", "/v1/vms", Some(&format!("{READ}X"))),
             http(port, "GET", "/v1/vms", Some(READ)),
             http(port, "POST", "/v1/vms/web/critical/on", Some(READ)),
             http(port, "POST", "/v1/vms/web/critical/on", Some(WRITE)),
